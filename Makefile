@@ -1,0 +1,37 @@
+# The README's commands. `make up` installs everything and starts the local stack;
+# `make test` installs everything and runs the whole suite (what CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ferry-installed
+
+.PHONY: install up test protos lint bench clean-state
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(VENV)/bin/ferry up
+
+test: install
+	$(PY) -m pytest
+
+protos: install
+	$(PY) -m tools.protogen
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/mypy services devstack clients tools
+
+bench: install
+	$(PY) -m benchmarks.predict
+
+clean-state:
+	rm -rf .ferry

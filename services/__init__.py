@@ -1,0 +1,1 @@
+"""Ferry's services: gateway (public), inference, jobs and store, plus code they share in common."""

@@ -1,0 +1,96 @@
+"""Domain errors and their one mapping to gRPC status codes (Google AIP-193 style).
+
+Handlers raise a ``FerryError``; the server interceptor turns it into a canonical status
+with one ``google.rpc.ErrorInfo`` detail, so no handler formats statuses itself.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "ferry.dev"
+
+
+class FerryError(Exception):
+    """An error a caller can act on; subclasses fix the gRPC status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, reason: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.metadata = metadata or {}
+
+    def to_status(self) -> status_pb2.Status:
+        """Returns this error as a google.rpc.Status with an ErrorInfo detail."""
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+
+
+class InvalidArgument(FerryError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(FerryError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(FerryError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(FerryError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(FerryError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(FerryError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(FerryError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(FerryError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(FerryError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def status_to_proto(code: grpc.StatusCode, message: str, reason: str) -> status_pb2.Status:
+    """Builds a google.rpc.Status for a per-item error carried inside a response."""
+    error = FerryError(message, reason)
+    error.code = code
+    return error.to_status()
+
+
+_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def code_from_number(number: int) -> grpc.StatusCode:
+    """Maps a google.rpc.Code number back to grpc.StatusCode (UNKNOWN when out of range)."""
+    return _CODE_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def error_from_status(status: status_pb2.Status) -> FerryError:
+    """Rebuilds a FerryError from a google.rpc.Status, keeping its code, message and reason."""
+    reason = "UNKNOWN"
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason = info.reason
+            break
+    error = FerryError(status.message, reason)
+    error.code = code_from_number(status.code)
+    return error

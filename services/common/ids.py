@@ -1,0 +1,52 @@
+"""Resource ids: time-ordered UUIDv7 for new records, deterministic UUIDv5 for idempotent ones."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from services.common.errors import InvalidArgument
+
+# Fixed namespace so the same (tenant, request_id) maps to the same job id on every gateway.
+_JOB_NAMESPACE = uuid.UUID("6f1c2a64-3b0e-4f7e-9a57-0c9d1e7f3a10")
+
+
+def uuid7() -> uuid.UUID:
+    """Returns a UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits; sorts by time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # RFC 4122 variant
+    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    return uuid.UUID(int=value)
+
+
+def job_id_for_request(tenant: str, request_id: str) -> uuid.UUID:
+    """The job id for a client's idempotency key: a retry with the same key finds the same job."""
+    return uuid.uuid5(_JOB_NAMESPACE, f"{tenant}\x00{request_id}")
+
+
+def item_record_id(job_id: uuid.UUID, item_index: int) -> uuid.UUID:
+    """The prediction id of one job item: every redelivery of the item lands on the same row."""
+    return uuid.uuid5(job_id, str(item_index))
+
+
+def parse_name(name: str, collection: str) -> uuid.UUID:
+    """Parses ``"{collection}/{uuid}"`` (or a bare uuid) into a UUID.
+
+    Raises:
+        InvalidArgument: the name is not of that form.
+    """
+    raw = name.removeprefix(f"{collection}/")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument(
+            f"{name!r} is not a valid {collection[:-1]} name; expected "
+            f"'{collection}/<uuid>', for example '{collection}/{uuid7()}'",
+            reason="INVALID_RESOURCE_NAME",
+            metadata={"name": name},
+        ) from None

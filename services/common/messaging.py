@@ -1,0 +1,103 @@
+"""NATS JetStream: connection, the streams Ferry uses, and traced, deduplicated publishing.
+
+Streams (created idempotently by whichever service starts first):
+
+* ``FERRY_WORK`` (work-queue retention): job items on ``ferry.jobs.items.<priority>``.
+* ``FERRY_EVENTS`` (kept 7 days): prediction records on ``ferry.records.predictions``
+  and job events on ``ferry.jobs.events.<kind>``; store ingests them into Postgres.
+
+Every publish carries a ``Nats-Msg-Id`` so a retried publish is dropped by JetStream, and the
+W3C ``traceparent`` so consumers continue the publisher's trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+import nats
+from google.protobuf.message import Message
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from services.common.tracing import inject_headers
+
+log = logging.getLogger(__name__)
+
+WORK_STREAM = "FERRY_WORK"
+EVENTS_STREAM = "FERRY_EVENTS"
+PREDICTIONS_SUBJECT = "ferry.records.predictions"
+JOB_EVENTS_SUBJECT_PREFIX = "ferry.jobs.events"
+JOB_ITEMS_SUBJECT_PREFIX = "ferry.jobs.items"
+CANCELLED_JOBS_BUCKET = "ferry_cancelled_jobs"
+DEFAULT_PRIORITY = "normal"
+
+_DAY_S = 24 * 3600.0
+
+STREAMS = (
+    StreamConfig(
+        name=WORK_STREAM,
+        subjects=[f"{JOB_ITEMS_SUBJECT_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=600.0,
+    ),
+    StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=["ferry.records.>", f"{JOB_EVENTS_SUBJECT_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * _DAY_S,
+        duplicate_window=600.0,
+    ),
+)
+
+
+def job_items_subject(priority: str = DEFAULT_PRIORITY) -> str:
+    """The subject job items of ``priority`` are published on."""
+    return f"{JOB_ITEMS_SUBJECT_PREFIX}.{priority}"
+
+
+async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[NatsClient, JetStreamContext]:
+    """Connects to NATS (reconnecting forever) and drains the connection when ``stack`` closes."""
+
+    async def on_error(err: Exception) -> None:
+        log.warning("nats: %s", err)
+
+    nc = await nats.connect(
+        url,
+        name=client_name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+    )
+    stack.push_async_callback(nc.drain)
+    return nc, nc.jetstream()
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Creates Ferry's streams, or updates them when their config changed."""
+    for config in STREAMS:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+
+async def publish(
+    js: JetStreamContext, subject: str, message: Message, msg_id: str, timeout_s: float = 5.0
+) -> PubAck:
+    """Publishes ``message`` and waits until JetStream has stored it.
+
+    Args:
+        js: the JetStream context.
+        subject: where to publish.
+        message: the protobuf payload.
+        msg_id: deduplication id; a second publish with the same id inside the stream's
+            duplicate window is acknowledged but not stored again.
+        timeout_s: how long to wait for the stream's acknowledgement.
+    """
+    headers = inject_headers({"Nats-Msg-Id": msg_id})
+    return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=headers)

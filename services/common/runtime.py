@@ -1,0 +1,95 @@
+"""Boots a Ferry service: gRPC server, health, reflection, metrics, tracing, graceful shutdown.
+
+Each service implements ``FerryService``; ``run_service`` owns the lifecycle so that every
+service starts, reports readiness and stops the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.channels import channel_options
+from services.common.interceptors import ServerInterceptor
+from services.common.logs import setup_logging
+from services.common.metrics import start_metrics_server
+from services.common.settings import ServiceSettings
+from services.common.tracing import setup_tracing
+
+log = logging.getLogger(__name__)
+
+
+class FerryService(Protocol):
+    """What a service provides to the shared runtime."""
+
+    name: str
+    """Short service name: gateway, inference, jobs or store."""
+
+    def service_names(self) -> Sequence[str]:
+        """Full names of the gRPC services it serves, for health and reflection."""
+        ...
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds its servicers to ``server`` (called before the server starts)."""
+        ...
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Connects, loads and warms up; returns when ready to serve. Cleanups go on ``stack``."""
+        ...
+
+
+async def run_service(service: FerryService, settings: ServiceSettings) -> None:
+    """Runs ``service`` until SIGTERM or SIGINT, then shuts it down gracefully."""
+    setup_logging(service.name, settings.log_level)
+    provider = setup_tracing(f"ferry-{service.name}", settings.otlp_endpoint)
+    start_metrics_server(settings.grpc_host, settings.metrics_port)
+
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(service.name)],
+        options=channel_options(settings.max_message_bytes),
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service.register(server)
+    names = ["", *service.service_names()]
+    reflection.enable_server_reflection(
+        [*service.service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    for name in names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    server.add_insecure_port(address)
+    await server.start()
+    log.info("listening on %s (NOT_SERVING until ready)", address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with AsyncExitStack() as stack:
+        stack.callback(provider.shutdown)  # flushes buffered spans last
+        starting = asyncio.create_task(service.start(stack))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a failed start raises here and the process exits non-zero
+            for name in names:
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info("ready: %s", ", ".join(service.service_names()))
+            await stop.wait()
+        else:
+            starting.cancel()
+        log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_s)
+    log.info("stopped")

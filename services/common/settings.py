@@ -1,0 +1,34 @@
+"""Settings every service shares; each service subclasses this with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every Ferry service reads from its environment (``FERRY_<SERVICE>_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore")
+
+    grpc_host: str = "127.0.0.1"
+    """Address the gRPC server binds; use 0.0.0.0 inside containers."""
+    grpc_port: int = 50051
+    """Port of the gRPC server (health, reflection and the service's API)."""
+    metrics_port: int = 9100
+    """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    otlp_endpoint: str = ""
+    """OTLP/gRPC endpoint for traces, for example http://127.0.0.1:4317; empty exports nothing."""
+    log_level: str = "INFO"
+    """Python logging level."""
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled."""
+    max_message_bytes: int = 32 * 1024 * 1024
+    """Largest gRPC message sent or received; images travel inside messages."""
+
+
+class NatsSettings(BaseSettings):
+    """Mixin for services that talk to NATS JetStream."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server URL."""

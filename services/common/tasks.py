@@ -1,0 +1,34 @@
+"""Background tasks tied to a service's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from contextlib import AsyncExitStack
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def spawn(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """Starts ``coro`` as a task that is cancelled and awaited when ``stack`` closes.
+
+    A task that dies with an error is logged at once rather than failing silently.
+    """
+    task = asyncio.create_task(coro, name=name)
+
+    def report(done: asyncio.Task[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("background task %s died", name, exc_info=done.exception())
+
+    task.add_done_callback(report)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    stack.push_async_callback(stop)
+    return task

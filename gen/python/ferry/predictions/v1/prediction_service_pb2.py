@@ -26,7 +26,7 @@ from ferry.predictions.v1 import prediction_pb2 as ferry_dot_predictions_dot_v1_
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-ferry/predictions/v1/prediction_service.proto\x12\x14\x66\x65rry.predictions.v1\x1a%ferry/predictions/v1/prediction.proto\x1a\x1cgoogle/api/annotations.proto\"$\n\x14GetPredictionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x15GetPredictionResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"L\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\"i\n\x17ListPredictionsResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb6\x02\n\x11PredictionService\x12\x96\x01\n\rGetPrediction\x12*.ferry.predictions.v1.GetPredictionRequest\x1a+.ferry.predictions.v1.GetPredictionResponse\",\x82\xd3\xe4\x93\x02&\x12\x18/v1/{name=predictions/*}b\nprediction\x12\x87\x01\n\x0fListPredictions\x12,.ferry.predictions.v1.ListPredictionsRequest\x1a-.ferry.predictions.v1.ListPredictionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/predictionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-ferry/predictions/v1/prediction_service.proto\x12\x14\x66\x65rry.predictions.v1\x1a%ferry/predictions/v1/prediction.proto\x1a\x1cgoogle/api/annotations.proto\"$\n\x14GetPredictionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x15GetPredictionResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"L\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\"i\n\x17ListPredictionsResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaa\x02\n\x11PredictionService\x12\x8a\x01\n\rGetPrediction\x12*.ferry.predictions.v1.GetPredictionRequest\x1a+.ferry.predictions.v1.GetPredictionResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=predictions/*}\x12\x87\x01\n\x0fListPredictions\x12,.ferry.predictions.v1.ListPredictionsRequest\x1a-.ferry.predictions.v1.ListPredictionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/predictionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.predictions.v1.predic
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTIONSERVICE'].methods_by_name['GetPrediction']._loaded_options = None
-  _globals['_PREDICTIONSERVICE'].methods_by_name['GetPrediction']._serialized_options = b'\202\323\344\223\002&\022\030/v1/{name=predictions/*}b\nprediction'
+  _globals['_PREDICTIONSERVICE'].methods_by_name['GetPrediction']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/{name=predictions/*}'
   _globals['_PREDICTIONSERVICE'].methods_by_name['ListPredictions']._loaded_options = None
   _globals['_PREDICTIONSERVICE'].methods_by_name['ListPredictions']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/predictions'
   _globals['_GETPREDICTIONREQUEST']._serialized_start=140
@@ -46,5 +46,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=335
   _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=440
   _globals['_PREDICTIONSERVICE']._serialized_start=443
-  _globals['_PREDICTIONSERVICE']._serialized_end=753
+  _globals['_PREDICTIONSERVICE']._serialized_end=741
 # @@protoc_insertion_point(module_scope)

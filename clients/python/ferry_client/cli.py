@@ -1,0 +1,96 @@
+"""The ``ferry`` command: start the local stack, classify images, run and watch batch jobs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
+
+from ferry_client.client import FerryClient, FerryError
+
+
+def _default_target() -> str:
+    return os.environ.get("FERRY_TARGET", f"127.0.0.1:{os.environ.get('FERRY_HTTP_PORT', '8080')}")
+
+
+def _api_key(explicit: str | None) -> str:
+    """The key from --api-key, FERRY_API_KEY, or the local stack's dev key file, in that order."""
+    if explicit:
+        return explicit
+    if os.environ.get("FERRY_API_KEY"):
+        return os.environ["FERRY_API_KEY"]
+    if os.environ.get("FERRY_DEV_API_KEY"):
+        return os.environ["FERRY_DEV_API_KEY"]
+    key_file = Path(os.environ.get("FERRY_STATE_DIR", ".ferry")) / "dev-api-key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    sys.exit("no API key: pass --api-key or set FERRY_API_KEY (`ferry up` prints the dev key)")
+
+
+def _print(message: Message) -> None:
+    print(MessageToJson(message, preserving_proto_field_name=True, indent=2))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
+    parser.add_argument("--target", default=_default_target(), help="host:port of Envoy or gateway")
+    parser.add_argument("--api-key", help="API key (default: $FERRY_API_KEY or the local dev key)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="install nothing, start the whole local stack in the foreground")
+    sub.add_parser("models", help="list the served models")
+    predict = sub.add_parser("predict", help="classify one image file")
+    predict.add_argument("image", type=Path)
+    predict.add_argument("--model", default="efficientnet-lite0")
+    predict.add_argument("--top-k", type=int, default=5)
+    get = sub.add_parser("get", help="read a prediction or job by name (predictions/ID, jobs/ID)")
+    get.add_argument("name")
+    listing = sub.add_parser("predictions", help="list recent predictions")
+    listing.add_argument("--job", default="", help="only this job's predictions (jobs/ID)")
+    listing.add_argument("--page-size", type=int, default=20)
+    job = sub.add_parser("job", help="submit a batch job of image files")
+    job.add_argument("images", type=Path, nargs="+")
+    job.add_argument("--model", default="efficientnet-lite0")
+    job.add_argument("--top-k", type=int, default=5)
+    job.add_argument("--request-id", default="", help="idempotency key: a retry returns the same job")
+    job.add_argument("--wait", action="store_true", help="wait until the job finishes")
+    cancel = sub.add_parser("cancel", help="cancel a job (jobs/ID)")
+    cancel.add_argument("name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ferry`` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from devstack.stack import run  # imported here: the client needs none of the stack's code
+
+        return run()
+    with FerryClient(args.target, _api_key(args.api_key)) as ferry:
+        try:
+            if args.command == "models":
+                for model in ferry.list_models():
+                    _print(model)
+            elif args.command == "predict":
+                _print(ferry.predict(args.image, args.model, args.top_k))
+            elif args.command == "get":
+                is_job = args.name.startswith("jobs/")
+                _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))
+            elif args.command == "predictions":
+                _print(ferry.list_predictions(page_size=args.page_size, job=args.job))
+            elif args.command == "job":
+                created = ferry.create_job(args.images, args.model, args.top_k, args.request_id)
+                _print(ferry.wait_job(created.name) if args.wait else created)
+            elif args.command == "cancel":
+                _print(ferry.cancel_job(args.name))
+        except FerryError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""A synchronous client for Ferry's public gRPC API (through Envoy or straight to gateway)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc
+from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2, prediction_service_pb2_grpc
+from ferry.types.v1 import types_pb2
+
+_TERMINAL_JOB_STATES = {
+    job_pb2.JOB_STATE_SUCCEEDED,
+    job_pb2.JOB_STATE_FAILED,
+    job_pb2.JOB_STATE_CANCELLED,
+}
+
+
+class FerryError(Exception):
+    """A call failed; ``code`` is the gRPC status code and the message says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _image(image: bytes | str | Path) -> types_pb2.Image:
+    content = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return types_pb2.Image(content=content)
+
+
+def _model_name(model: str) -> str:
+    return model if model.startswith("models/") else f"models/{model}"
+
+
+class FerryClient:
+    """Calls Ferry with an API key. Use as a context manager or call ``close()``.
+
+    Example:
+        >>> with FerryClient("localhost:8080", api_key=key) as ferry:
+        ...     prediction = ferry.predict("cat.jpg")
+        ...     print(prediction.classes[0].label)
+    """
+
+    def __init__(self, target: str, api_key: str, timeout_s: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_send_message_length", 32 * 1024 * 1024)]
+        )
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._timeout_s = timeout_s
+        self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
+
+    def __enter__(self) -> FerryClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object) -> object:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout_s)
+        except grpc.RpcError as err:
+            raise FerryError(err.code(), err.details() or "") from None
+
+    def list_models(self) -> list[model_pb2.Model]:
+        """Returns the served models."""
+        answer = self._call(self.models.ListModels, model_service_pb2.ListModelsRequest())
+        return list(answer.models)  # type: ignore[attr-defined]
+
+    def predict(
+        self, image: bytes | str | Path, model: str = "efficientnet-lite0", top_k: int = 5
+    ) -> prediction_pb2.Prediction:
+        """Classifies one image (bytes or a file path) and returns the recorded prediction."""
+        request = model_service_pb2.PredictRequest(model=_model_name(model), image=_image(image), top_k=top_k)
+        return self._call(self.models.Predict, request).prediction  # type: ignore[attr-defined]
+
+    def get_prediction(self, name: str) -> prediction_pb2.Prediction:
+        """Reads one prediction by name ("predictions/{id}")."""
+        request = prediction_service_pb2.GetPredictionRequest(name=name)
+        return self._call(self.predictions.GetPrediction, request).prediction  # type: ignore[attr-defined]
+
+    def list_predictions(
+        self, page_size: int = 50, page_token: str = "", job: str = ""
+    ) -> prediction_service_pb2.ListPredictionsResponse:
+        """Lists predictions, newest first (or one job's, in item order)."""
+        request = prediction_service_pb2.ListPredictionsRequest(
+            page_size=page_size, page_token=page_token, job=job
+        )
+        return self._call(self.predictions.ListPredictions, request)  # type: ignore[return-value]
+
+    def create_job(
+        self,
+        images: Sequence[bytes | str | Path],
+        model: str = "efficientnet-lite0",
+        top_k: int = 5,
+        request_id: str = "",
+    ) -> job_pb2.Job:
+        """Submits a batch job; returns at once with the queued job."""
+        request = job_service_pb2.CreateJobRequest(
+            model=_model_name(model),
+            inputs=[types_pb2.Input(image=_image(i)) for i in images],
+            top_k=top_k,
+            request_id=request_id,
+        )
+        return self._call(self.jobs.CreateJob, request).job  # type: ignore[attr-defined]
+
+    def get_job(self, name: str) -> job_pb2.Job:
+        """Reads a job and its progress."""
+        request = job_service_pb2.GetJobRequest(name=name)
+        return self._call(self.jobs.GetJob, request).job  # type: ignore[attr-defined]
+
+    def cancel_job(self, name: str) -> job_pb2.Job:
+        """Cancels a job; finished items keep their predictions."""
+        request = job_service_pb2.CancelJobRequest(name=name)
+        return self._call(self.jobs.CancelJob, request).job  # type: ignore[attr-defined]
+
+    def wait_job(self, name: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> job_pb2.Job:
+        """Polls a job until it finishes (succeeded, failed or cancelled).
+
+        Raises:
+            TimeoutError: the job did not finish within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get_job(name)
+            if job.state in _TERMINAL_JOB_STATES:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} still {job_pb2.JobState.Name(job.state)} after {timeout_s}s")
+            time.sleep(poll_s)

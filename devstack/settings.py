@@ -1,0 +1,35 @@
+"""Settings of the local stack (``ferry up``); services keep their own settings classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StackSettings(BaseSettings):
+    """Where the local stack keeps its state and which ports it uses (``FERRY_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore")
+
+    state_dir: Path = Path(".ferry")
+    """Postgres data, JetStream store, logs and the dev API key; git-ignored, kept between starts."""
+    http_port: int = 8080
+    """The public port: Envoy serves REST and native gRPC here."""
+    host: str = "127.0.0.1"
+    """Address every local process binds; loopback only."""
+    dev_api_key: str = ""
+    """The development API key; empty generates one on first start and keeps it in the state dir."""
+    envoy_admin_port: int = 9901
+    """Envoy's admin port (stats, /ready)."""
+    nats_port: int = 4222
+    """nats-server's client port."""
+    otlp_endpoint: str = Field(
+        default="", validation_alias=AliasChoices("FERRY_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    """OTLP/gRPC endpoint every service exports traces to; empty exports nothing."""
+    free_ports: bool = False
+    """Pick free ports for every internal process (tests and side-by-side stacks)."""
+    start_timeout_s: float = 180.0
+    """How long each part may take to become ready."""

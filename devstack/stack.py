@@ -1,0 +1,220 @@
+"""Supervises the whole local stack as real processes: ``ferry up``.
+
+Order: Postgres and NATS, then the four services (started together, each waited on through gRPC
+health), then Envoy. Ctrl-C (or SIGTERM) stops them in reverse so in-flight work drains: Envoy
+first, store last, so records published during shutdown still reach Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from devstack.envoy import EnvoyOptions, render
+from devstack.health import wait_envoy_ready, wait_grpc_serving
+from devstack.infra import ManagedProcess, Postgres, free_port, start_nats, venv_binary
+from devstack.settings import StackSettings
+
+#: Service name -> (default gRPC port, default metrics port). Matches each service's settings.
+SERVICE_PORTS: dict[str, tuple[int, int]] = {
+    "gateway": (50051, 9101),
+    "inference": (50052, 9102),
+    "store": (50053, 9103),
+    "jobs": (50054, 9104),
+}
+START_ORDER = ("store", "inference", "jobs", "gateway")
+ENDPOINTS_FILE = "endpoints.json"
+
+
+@dataclass
+class Endpoints:
+    """Where the running stack can be reached; also written to ``<state_dir>/endpoints.json``."""
+
+    http_url: str
+    grpc_target: str
+    envoy_admin_url: str
+    nats_url: str
+    database_url: str
+    dev_api_key: str
+    logs_dir: str
+    services: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+class LocalStack:
+    """Starts and stops every process of the local stack."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir.resolve()
+        self.logs_dir = self.state_dir / "logs"
+        self._processes: list[ManagedProcess] = []
+        self._postgres: Postgres | None = None
+
+    def _port(self, default: int) -> int:
+        return free_port(self.settings.host) if self.settings.free_ports else default
+
+    def _dev_api_key(self) -> str:
+        if self.settings.dev_api_key:
+            return self.settings.dev_api_key
+        key_file = self.state_dir / "dev-api-key"
+        if not key_file.exists():
+            key_file.write_text(f"ferry-dev-{secrets.token_urlsafe(24)}\n")
+            key_file.chmod(0o600)
+        return key_file.read_text().strip()
+
+    def start(self) -> Endpoints:
+        """Starts everything and returns once every part reports ready."""
+        s = self.settings
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        api_key = self._dev_api_key()
+
+        self._postgres = Postgres(self.state_dir / "postgres")
+        nats_port = self._port(s.nats_port)
+        self._processes.append(start_nats(nats_port, self.state_dir / "nats", self.logs_dir, s.host))
+        nats_url = f"nats://{s.host}:{nats_port}"
+
+        ports = {name: (self._port(g), self._port(m)) for name, (g, m) in SERVICE_PORTS.items()}
+        targets = {name: f"{s.host}:{grpc}" for name, (grpc, _) in ports.items()}
+        extra = {
+            "gateway": {
+                "INFERENCE_TARGET": targets["inference"],
+                "STORE_TARGET": targets["store"],
+                "NATS_URL": nats_url,
+            },
+            "inference": {},
+            "store": {
+                "DATABASE_URL": self._postgres.uri,
+                "NATS_URL": nats_url,
+                "DEV_API_KEY": api_key,
+            },
+            "jobs": {"NATS_URL": nats_url, "INFERENCE_TARGET": targets["inference"]},
+        }
+        services = {}
+        for name in START_ORDER:
+            grpc_port, metrics_port = ports[name]
+            fields = {
+                "GRPC_HOST": s.host,
+                "GRPC_PORT": str(grpc_port),
+                "METRICS_PORT": str(metrics_port),
+                "OTLP_ENDPOINT": s.otlp_endpoint,
+                **extra[name],
+            }
+            env = {f"FERRY_{name.upper()}_{key}": value for key, value in fields.items()}
+            env["PYTHONUNBUFFERED"] = "1"
+            argv = [sys.executable, "-m", f"services.{name}"]
+            services[name] = ManagedProcess.start(name, argv, self.logs_dir, env)
+            self._processes.append(services[name])
+        for name in START_ORDER:
+            wait_grpc_serving(targets[name], services[name], s.start_timeout_s)
+
+        admin_port = self._port(s.envoy_admin_port)
+        envoy = self._start_envoy(ports["gateway"][0], admin_port)
+        admin_url = f"http://{s.host}:{admin_port}"
+        wait_envoy_ready(admin_url, envoy, s.start_timeout_s)
+
+        endpoints = Endpoints(
+            http_url=f"http://{s.host}:{s.http_port}",
+            grpc_target=f"{s.host}:{s.http_port}",
+            envoy_admin_url=admin_url,
+            nats_url=nats_url,
+            database_url=self._postgres.uri,
+            dev_api_key=api_key,
+            logs_dir=str(self.logs_dir),
+            services={n: {"grpc_port": g, "metrics_port": m} for n, (g, m) in ports.items()},
+        )
+        (self.state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(endpoints), indent=2))
+        return endpoints
+
+    def _start_envoy(self, gateway_port: int, admin_port: int) -> ManagedProcess:
+        s = self.settings
+        config = self.state_dir / "envoy" / "envoy.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        opts = EnvoyOptions(
+            listen_host=s.host,
+            listen_port=s.http_port,
+            admin_host=s.host,
+            admin_port=admin_port,
+            gateway_host=s.host,
+            gateway_port=gateway_port,
+        )
+        config.write_text(render(opts))
+        argv = [
+            venv_binary("envoy"),
+            "-c",
+            str(config),
+            "--use-dynamic-base-id",  # several stacks (a dev one and the tests') can run side by side
+            "--log-level",
+            "warn",
+        ]
+        envoy = ManagedProcess.start("envoy", argv, self.logs_dir)
+        self._processes.append(envoy)
+        return envoy
+
+    def dead_process(self) -> ManagedProcess | None:
+        """Returns a process that exited on its own, if any."""
+        return next((p for p in self._processes if not p.alive()), None)
+
+    def stop(self) -> None:
+        """Stops every process in reverse start order, then Postgres; state stays on disk."""
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+        (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+def banner(endpoints: Endpoints, seconds: float) -> str:
+    """The text ``ferry up`` prints once the stack is ready."""
+    metrics = ", ".join(f"{n} :{p['metrics_port']}" for n, p in endpoints.services.items())
+    return f"""
+Ferry is up (ready in {seconds:.1f} s).
+  REST + gRPC   {endpoints.http_url}   (Envoy: REST/JSON and native gRPC on one port)
+  dev API key   {endpoints.dev_api_key}
+  Envoy admin   {endpoints.envoy_admin_url}
+  NATS          {endpoints.nats_url}
+  Postgres      {endpoints.database_url}
+  metrics       {metrics}
+  logs          {endpoints.logs_dir}
+
+Try it:
+  export FERRY_API_KEY={endpoints.dev_api_key}
+  curl -s -H "authorization: Bearer $FERRY_API_KEY" {endpoints.http_url}/v1/models
+  grpcurl -plaintext {endpoints.grpc_target} list
+
+Press Ctrl-C to stop; data stays in the state folder for the next start.
+"""
+
+
+def run(settings: StackSettings | None = None) -> int:
+    """Runs the stack in the foreground until Ctrl-C or SIGTERM; returns the exit code."""
+    stack = LocalStack(settings or StackSettings())
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    started = time.monotonic()
+    print(f"starting Ferry (state in {stack.state_dir}) ...", flush=True)
+    code = 0
+    try:
+        endpoints = stack.start()
+        print(banner(endpoints, time.monotonic() - started), flush=True)
+        while not stopping.wait(0.5):
+            dead = stack.dead_process()
+            if dead is not None:
+                print(f"\n{dead.name} exited unexpectedly; log tail:\n{dead.log_tail()}", file=sys.stderr)
+                code = 1
+                break
+    except (RuntimeError, TimeoutError) as err:
+        print(f"\nFerry failed to start: {err}", file=sys.stderr)
+        code = 1
+    finally:
+        print("stopping Ferry ...", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+    return code

@@ -137,6 +137,11 @@ class Postgres:
         """A libpq/asyncpg connection URI."""
         return str(self._server.get_uri())
 
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id."""
+        return int(self._server.get_pid())
+
     def stop(self) -> None:
         """Stops the server; its data stays for the next start."""
         self._server.cleanup()

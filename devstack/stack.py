@@ -43,6 +43,7 @@ class Endpoints:
     dev_api_key: str
     logs_dir: str
     services: dict[str, dict[str, int]] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -126,6 +127,7 @@ class LocalStack:
             dev_api_key=api_key,
             logs_dir=str(self.logs_dir),
             services={n: {"grpc_port": g, "metrics_port": m} for n, (g, m) in ports.items()},
+            pids={p.name: p.popen.pid for p in self._processes} | {"postgres": self._postgres.pid},
         )
         (self.state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(endpoints), indent=2))
         return endpoints

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+
 from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2, prediction_service_pb2_grpc

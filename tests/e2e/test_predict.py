@@ -1,0 +1,82 @@
+"""Synchronous predictions over REST through Envoy, and their records in Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.e2e.expectations import CAT_CLASSES, ESPRESSO
+from tests.e2e.rest import Rest, b64
+
+pytestmark = pytest.mark.e2e
+
+PREDICT = "/v1/models/efficientnet-lite0:predict"
+
+
+def predict(rest: Rest, image: bytes, top_k: int = 5) -> dict[str, Any]:
+    status, body = rest.post(PREDICT, {"image": {"content": b64(image)}, "top_k": top_k})
+    assert status == 200, body
+    return body["prediction"]
+
+
+def test_cat_photo_top_label_is_a_cat(rest: Rest, cat_jpeg: bytes) -> None:
+    prediction = predict(rest, cat_jpeg)
+    classes = prediction["classes"]
+    assert len(classes) == 5
+    assert classes[0]["index"] in CAT_CLASSES, classes
+    assert classes[0]["label"]
+    scores = [c["score"] for c in classes]
+    assert scores == sorted(scores, reverse=True)
+    assert 0 < sum(scores) <= 1.0001
+    assert re.fullmatch(r"predictions/[0-9a-f-]{36}", prediction["name"])
+    assert prediction["model"] == "models/efficientnet-lite0"
+    assert prediction["state"] == "PREDICTION_STATE_SUCCEEDED"
+    timing = prediction["timing"]
+    assert timing["inference_ms"] > 0 and timing["total_ms"] >= timing["inference_ms"]
+    assert timing["batch_size"] >= 1
+
+
+def test_coffee_photo_is_espresso(rest: Rest, coffee_jpeg: bytes) -> None:
+    prediction = predict(rest, coffee_jpeg, top_k=3)
+    assert len(prediction["classes"]) == 3
+    assert prediction["classes"][0]["index"] == ESPRESSO
+
+
+def test_prediction_is_recorded_in_postgres(rest: Rest, stack: dict[str, Any], cat_jpeg: bytes) -> None:
+    made = predict(rest, cat_jpeg)
+    status, body = rest.poll(f"/v1/{made['name']}", lambda s, _: s == 200)
+    assert status == 200, body
+    stored = body["prediction"]
+    assert stored["name"] == made["name"]
+    assert [c["index"] for c in stored["classes"]] == [c["index"] for c in made["classes"]]
+    assert stored["trace_id"] == made["trace_id"] != ""
+
+    async def row() -> asyncpg.Record | None:
+        connection = await asyncpg.connect(stack["database_url"])
+        try:
+            record_id = uuid.UUID(made["name"].removeprefix("predictions/"))
+            return await connection.fetchrow("SELECT tenant, model FROM predictions WHERE id = $1", record_id)
+        finally:
+            await connection.close()
+
+    record = asyncio.run(row())
+    assert record is not None
+    assert record["tenant"] == "default"
+
+
+def test_list_predictions_newest_first_and_paged(rest: Rest, cat_jpeg: bytes, coffee_jpeg: bytes) -> None:
+    names = [predict(rest, image)["name"] for image in (cat_jpeg, coffee_jpeg, cat_jpeg)]
+    # Records reach Postgres asynchronously; wait for the newest one before listing.
+    rest.poll(f"/v1/{names[-1]}", lambda s, _: s == 200)
+    status, first = rest.get("/v1/predictions?page_size=2")
+    assert status == 200, first
+    assert [p["name"] for p in first["predictions"]] == [names[2], names[1]]
+    assert first["next_page_token"]
+    status, second = rest.get(f"/v1/predictions?page_size=2&page_token={first['next_page_token']}")
+    assert status == 200, second
+    assert second["predictions"][0]["name"] == names[0]

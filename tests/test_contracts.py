@@ -1,0 +1,62 @@
+"""Contracts: buf lint is clean, and committed stubs, descriptor set and Envoy config are fresh."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+from devstack.envoy import COMMITTED_CONFIG, EnvoyOptions, render
+from tools import protogen
+
+BUF = str(Path(sys.executable).parent / "buf")
+
+
+def test_buf_lint_is_clean() -> None:
+    done = subprocess.run([BUF, "lint"], cwd=protogen.ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_generated_python_is_fresh(tmp_path: Path) -> None:
+    protogen.generate_python(tmp_path)
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(
+        p.relative_to(protogen.GEN_PYTHON)
+        for p in protogen.GEN_PYTHON.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert fresh == committed, "run `make protos` and commit gen/"
+    stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, protogen.GEN_PYTHON / p, shallow=False)]
+    assert stale == [], "run `make protos` and commit gen/"
+
+
+def test_descriptor_set_is_fresh(tmp_path: Path) -> None:
+    out = tmp_path / "ferry.pb"
+    protogen.generate_descriptor_set(out)
+    assert out.read_bytes() == protogen.DESCRIPTOR_SET.read_bytes(), (
+        "run `make protos` and commit deploy/envoy/ferry.pb"
+    )
+
+
+def test_committed_envoy_config_is_fresh() -> None:
+    opts = EnvoyOptions(
+        listen_host="0.0.0.0",
+        admin_host="0.0.0.0",
+        gateway_host="gateway",
+        descriptor_path="/etc/envoy/ferry.pb",
+    )
+    assert COMMITTED_CONFIG.read_text() == render(opts), "run `python -m devstack.envoy` and commit"
+
+
+def test_envoy_accepts_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(render(EnvoyOptions()))
+    envoy = str(Path(sys.executable).parent / "envoy")
+    done = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -5,19 +5,18 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from collections.abc import Callable
 
 from devstack.infra import ManagedProcess
+from services.common.probe import is_serving
 
 
-def _wait(check: object, what: str, process: ManagedProcess, timeout_s: float) -> None:
+def _wait(check: Callable[[], bool], what: str, process: ManagedProcess, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not process.alive():
             raise RuntimeError(f"{process.name} exited while starting; log tail:\n{process.log_tail()}")
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.2)
     raise TimeoutError(f"{what} not ready within {timeout_s:.0f}s; log tail:\n{process.log_tail()}")
@@ -25,17 +24,7 @@ def _wait(check: object, what: str, process: ManagedProcess, timeout_s: float) -
 
 def wait_grpc_serving(target: str, process: ManagedProcess, timeout_s: float) -> None:
     """Waits until ``target`` answers gRPC health SERVING (the overall "" service)."""
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-
-        def serving() -> bool:
-            try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-            except grpc.RpcError:
-                return False
-            return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
-
-        _wait(serving, process.name, process, timeout_s)
+    _wait(lambda: is_serving(target, timeout_s=1.0), process.name, process, timeout_s)
 
 
 def wait_envoy_ready(admin_url: str, process: ManagedProcess, timeout_s: float) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import pgserver
+from pgserver.postgres_server import get_server
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -130,7 +130,7 @@ class Postgres:
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
+        self._server = get_server(data_dir, cleanup_mode="stop")
 
     @property
     def uri(self) -> str:
@@ -140,7 +140,10 @@ class Postgres:
     @property
     def pid(self) -> int:
         """The postmaster's process id."""
-        return int(self._server.get_pid())
+        pid = self._server.get_pid()
+        if pid is None:
+            raise RuntimeError("postgres is not running")
+        return int(pid)
 
     def stop(self) -> None:
         """Stops the server; its data stays for the next start."""

@@ -21,7 +21,7 @@ tracer = trace.get_tracer("ferry.grpc")
 # Probes and tooling: traced, they would drown real requests in noise.
 _UNOBSERVED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -32,9 +32,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(_UNOBSERVED_PREFIXES):
@@ -42,14 +42,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, metadata, handler.unary_unary),
+                self._wrap(method, metadata, handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
     def _wrap(self, method: str, metadata: Any, inner: Handler) -> Handler:
-        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             code = grpc.StatusCode.OK
             started = time.perf_counter()
             with tracer.start_as_current_span(
@@ -84,10 +84,12 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
     async def intercept_unary_unary(
         self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall]],
+        continuation: Callable[
+            [grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]
+        ],
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
-    ) -> grpc.aio.UnaryUnaryCall:
+    ) -> grpc.aio.UnaryUnaryCall[Any, Any]:
         method = client_call_details.method
         name = method.decode() if isinstance(method, bytes) else method
         with tracer.start_as_current_span(name.lstrip("/"), kind=trace.SpanKind.CLIENT):

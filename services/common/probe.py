@@ -15,7 +15,8 @@ def is_serving(target: str, timeout_s: float = 2.0) -> bool:
     """Asks ``target``'s gRPC health service whether it is SERVING."""
     with grpc.insecure_channel(target) as channel:
         try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
+            stub = health_pb2_grpc.HealthStub(channel)
+            answer = stub.Check(  # type: ignore[attr-defined]  # the published stubs omit the methods
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
             )
         except grpc.RpcError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -67,7 +68,7 @@ class FerryClient:
         """Closes the channel."""
         self._channel.close()
 
-    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object) -> object:
+    def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, metadata=self._metadata, timeout=self._timeout_s)
         except grpc.RpcError as err:
@@ -75,20 +76,26 @@ class FerryClient:
 
     def list_models(self) -> list[model_pb2.Model]:
         """Returns the served models."""
-        answer = self._call(self.models.ListModels, model_service_pb2.ListModelsRequest())
-        return list(answer.models)  # type: ignore[attr-defined]
+        answer: model_service_pb2.ListModelsResponse = self._call(
+            self.models.ListModels, model_service_pb2.ListModelsRequest()
+        )
+        return list(answer.models)
 
     def predict(
         self, image: bytes | str | Path, model: str = "efficientnet-lite0", top_k: int = 5
     ) -> prediction_pb2.Prediction:
         """Classifies one image (bytes or a file path) and returns the recorded prediction."""
         request = model_service_pb2.PredictRequest(model=_model_name(model), image=_image(image), top_k=top_k)
-        return self._call(self.models.Predict, request).prediction  # type: ignore[attr-defined]
+        answer: model_service_pb2.PredictResponse = self._call(self.models.Predict, request)
+        return answer.prediction
 
     def get_prediction(self, name: str) -> prediction_pb2.Prediction:
         """Reads one prediction by name ("predictions/{id}")."""
         request = prediction_service_pb2.GetPredictionRequest(name=name)
-        return self._call(self.predictions.GetPrediction, request).prediction  # type: ignore[attr-defined]
+        answer: prediction_service_pb2.GetPredictionResponse = self._call(
+            self.predictions.GetPrediction, request
+        )
+        return answer.prediction
 
     def list_predictions(
         self, page_size: int = 50, page_token: str = "", job: str = ""
@@ -97,7 +104,10 @@ class FerryClient:
         request = prediction_service_pb2.ListPredictionsRequest(
             page_size=page_size, page_token=page_token, job=job
         )
-        return self._call(self.predictions.ListPredictions, request)  # type: ignore[return-value]
+        answer: prediction_service_pb2.ListPredictionsResponse = self._call(
+            self.predictions.ListPredictions, request
+        )
+        return answer
 
     def create_job(
         self,
@@ -113,17 +123,20 @@ class FerryClient:
             top_k=top_k,
             request_id=request_id,
         )
-        return self._call(self.jobs.CreateJob, request).job  # type: ignore[attr-defined]
+        answer: job_service_pb2.CreateJobResponse = self._call(self.jobs.CreateJob, request)
+        return answer.job
 
     def get_job(self, name: str) -> job_pb2.Job:
         """Reads a job and its progress."""
         request = job_service_pb2.GetJobRequest(name=name)
-        return self._call(self.jobs.GetJob, request).job  # type: ignore[attr-defined]
+        answer: job_service_pb2.GetJobResponse = self._call(self.jobs.GetJob, request)
+        return answer.job
 
     def cancel_job(self, name: str) -> job_pb2.Job:
         """Cancels a job; finished items keep their predictions."""
         request = job_service_pb2.CancelJobRequest(name=name)
-        return self._call(self.jobs.CancelJob, request).job  # type: ignore[attr-defined]
+        answer: job_service_pb2.CancelJobResponse = self._call(self.jobs.CancelJob, request)
+        return answer.job
 
     def wait_job(self, name: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> job_pb2.Job:
         """Polls a job until it finishes (succeeded, failed or cancelled).

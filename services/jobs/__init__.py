@@ -1,0 +1,1 @@
+"""The jobs runner: pulls job items from JetStream, runs them through inference, records each result."""

@@ -1,0 +1,174 @@
+"""Fixtures for the runner's tests: real JetStream, a failure-injection inference double, a harness."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from ferry.events.v1 import events_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
+from services.common import messaging
+from services.jobs.service import JobsService
+from services.jobs.settings import JobsSettings
+from tests.jobs.doubles import FailureInjectingInference, start_double
+
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracer_provider() -> Iterator[None]:
+    """A real tracer provider, so spans (and so record trace ids) exist."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    yield
+
+
+class Harness:
+    """One test's runner setup: its own work subject and consumer, so tests never share work."""
+
+    def __init__(self, js: JetStreamContext, nats_url: str, inference_target: str) -> None:
+        self.js = js
+        tag = uuid.uuid4().hex[:12]
+        self.subject = messaging.job_items_subject(f"test{tag}")
+        self.settings = JobsSettings(
+            nats_url=nats_url,
+            inference_target=inference_target,
+            consumer_name=f"jobs-test-{tag}",
+            subject_filter=self.subject,
+            metrics_port=0,
+            backoff_base_s=0.01,
+            backoff_max_s=0.05,
+            inference_timeout_s=5.0,
+            publish_timeout_s=2.0,
+            ack_wait_s=30.0,
+            cancel_cache_s=0.0,
+        )
+        self._stacks: list[AsyncExitStack] = []
+
+    def configure(self, **overrides: Any) -> None:
+        """Changes settings for runners started after this call."""
+        self.settings = self.settings.model_copy(update=overrides)
+
+    async def start_runner(self) -> None:
+        """Starts one more runner process's worth of service on the shared consumer."""
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        self._stacks.append(stack)
+        await JobsService(self.settings).start(stack)
+
+    async def stop_runners(self) -> None:
+        """Stops every runner the way shutdown does: the exit stack closes."""
+        while self._stacks:
+            await self._stacks.pop().aclose()
+
+    async def publish_item(
+        self,
+        job_id: uuid.UUID,
+        index: int,
+        content: bytes,
+        *,
+        model: str = "efficientnet-lite0",
+        top_k: int = 3,
+        msg_id: str | None = None,
+    ) -> None:
+        """Publishes a job item the way gateway does (Nats-Msg-Id ``{job}:{index}``, traceparent)."""
+        item = events_pb2.JobItem(
+            tenant="acme",
+            job_id=str(job_id),
+            item_index=index,
+            model=model,
+            top_k=top_k,
+            input=types_pb2.Input(image=types_pb2.Image(content=content)),
+        )
+        await messaging.publish(self.js, self.subject, item, msg_id=msg_id or f"{job_id}:{index}")
+
+    async def publish_raw(self, data: bytes) -> int:
+        """Publishes arbitrary bytes to the work subject; returns the stream sequence."""
+        ack = await self.js.publish(self.subject, data, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        return int(ack.seq)
+
+    async def consumer(self) -> ConsumerInfo:
+        return await self.js.consumer_info(messaging.WORK_STREAM, self.settings.consumer_name)
+
+    async def wait_drained(self, at_least_delivered: int) -> ConsumerInfo:
+        """Waits until every work message was delivered and settled (acked or terminated)."""
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            info = await self.consumer()
+            done = info.num_pending == 0 and info.num_ack_pending == 0
+            if done and (info.delivered.stream_seq or 0) >= at_least_delivered:
+                return info
+            assert time.monotonic() < deadline, f"work not drained in {WAIT_S}s: {info}"
+            await asyncio.sleep(0.05)
+
+    async def work_stream_last_seq(self) -> int:
+        return int((await self.js.stream_info(messaging.WORK_STREAM)).state.last_seq)
+
+    async def records(self, *job_ids: uuid.UUID) -> list[prediction_pb2.Prediction]:
+        """Every record message in FERRY_EVENTS for these jobs, duplicates included, in stream order."""
+        jobs = {f"jobs/{j}" for j in job_ids}
+        last = int((await self.js.stream_info(messaging.EVENTS_STREAM)).state.last_seq)
+        config = ConsumerConfig(ack_policy=AckPolicy.NONE)
+        sub = await self.js.pull_subscribe(
+            messaging.PREDICTIONS_SUBJECT, stream=messaging.EVENTS_STREAM, config=config
+        )
+        found: list[prediction_pb2.Prediction] = []
+        try:
+            seq = 0
+            while seq < last:
+                try:
+                    msgs = await sub.fetch(256, timeout=1.0)
+                except TimeoutError:
+                    break  # nothing left on this subject (the rest of the stream is job events)
+                for msg in msgs:
+                    seq = int(msg.metadata.sequence.stream)
+                    event = events_pb2.PredictionRecorded.FromString(msg.data)
+                    if event.prediction.job in jobs:
+                        assert event.tenant == "acme"
+                        found.append(event.prediction)
+        finally:
+            await sub.unsubscribe()
+        return found
+
+    async def delete_consumer(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.js.delete_consumer(messaging.WORK_STREAM, self.settings.consumer_name)
+
+
+@pytest.fixture
+async def inference() -> AsyncIterator[FailureInjectingInference]:
+    """The failure-injection inference double, serving on a free port."""
+    double = FailureInjectingInference()
+    server = await start_double(double)
+    yield double
+    if double.hold is not None:
+        double.hold.set()
+    await server.stop(0)
+
+
+@pytest.fixture
+async def harness(nats_url: str, inference: FailureInjectingInference) -> AsyncIterator[Harness]:
+    """A runner harness on the session's nats-server; runners stop and the consumer goes at the end."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await messaging.ensure_streams(js)
+    h = Harness(js, nats_url, inference.target)
+    try:
+        yield h
+    finally:
+        await h.stop_runners()
+        await h.delete_consumer()
+        await nc.close()

@@ -1,0 +1,1 @@
+"""The gateway: Ferry's only public service (API keys, tenancy, validation, deadlines, routing)."""

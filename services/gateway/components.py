@@ -1,0 +1,46 @@
+"""What the handlers use, built by ``GatewayService.start`` once every dependency answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.errors import Unavailable
+from services.gateway.auth import Authenticator
+from services.gateway.catalog import ModelCatalog
+from services.gateway.job_manager import JobManager
+from services.gateway.predictor import Predictor
+from services.gateway.records import Records
+
+
+@dataclass(frozen=True)
+class Components:
+    """The gateway's logic, wired to live connections."""
+
+    auth: Authenticator
+    catalog: ModelCatalog
+    predictor: Predictor
+    jobs: JobManager
+    records: Records
+
+
+class ComponentsSlot:
+    """Holds the components; servicers are registered before ``start`` builds them."""
+
+    def __init__(self) -> None:
+        self._components: Components | None = None
+
+    def fill(self, components: Components) -> None:
+        """Makes ``components`` available to the handlers."""
+        self._components = components
+
+    def get(self) -> Components:
+        """Returns the components.
+
+        Raises:
+            Unavailable: the gateway is still starting (health reports NOT_SERVING meanwhile).
+        """
+        if self._components is None:
+            raise Unavailable(
+                "the gateway is still starting; retry in a few seconds", reason="GATEWAY_STARTING"
+            )
+        return self._components

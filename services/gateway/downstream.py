@@ -1,0 +1,139 @@
+"""Calls to inference, store and JetStream, and the one place their failures become FerryErrors.
+
+Every outgoing gRPC call goes through ``Backend.call`` so that it always has a deadline and its
+errors are mapped the same way: a downstream's own answer about the request (NOT_FOUND,
+INVALID_ARGUMENT, ...) reaches the user unchanged, while an outage becomes UNAVAILABLE or
+DEADLINE_EXCEEDED with a message that says which part is down and that a retry is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import status_pb2
+from nats.errors import Error as NatsError
+
+from services.common.errors import (
+    DeadlineExceeded,
+    FerryError,
+    Unavailable,
+    error_from_status,
+)
+from services.common.tracing import current_trace_id
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+# Codes that are the downstream's verdict on the request itself: the user can act on them.
+_PASSED_THROUGH = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
+def error_from_rpc(
+    service: str,
+    code: grpc.StatusCode,
+    details: str,
+    trailing_metadata: Iterable[tuple[str, str | bytes]] | None,
+    timeout_s: float,
+) -> FerryError:
+    """Maps a failed call to ``service`` to the error the gateway's caller gets.
+
+    Args:
+        service: the downstream's name for messages, "inference" or "store".
+        code: the call's status code.
+        details: the call's status message.
+        trailing_metadata: the call's trailers (a rich google.rpc.Status travels there).
+        timeout_s: the deadline the call had, named when it ran out.
+    """
+    if code in _PASSED_THROUGH:
+        rich = _rich_status(trailing_metadata)
+        if rich is not None and rich.code == code.value[0]:
+            return error_from_status(rich)  # keeps the downstream's ErrorInfo reason
+        error = FerryError(details or f"{service} refused the request", reason=code.name)
+        error.code = code
+        return error
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(
+            f"{service} did not answer within {timeout_s:g}s; it is overloaded or unavailable, "
+            "retry in a few seconds",
+            reason="BACKEND_DEADLINE_EXCEEDED",
+            metadata={"backend": service},
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return Unavailable(
+            f"{service} is unavailable right now; retry in a few seconds",
+            reason="BACKEND_UNAVAILABLE",
+            metadata={"backend": service},
+        )
+    # INTERNAL, UNKNOWN, UNIMPLEMENTED, UNAUTHENTICATED, DATA_LOSS: a fault inside Ferry, not the
+    # request's; its details are for operators (logged), the user gets the trace id to report.
+    log.error("%s failed with %s: %s", service, code.name, details)
+    error = FerryError(
+        f"{service} failed while handling this request; retrying may help, and the trace id "
+        f"{current_trace_id() or '(none)'} lets an operator find the cause",
+        reason="BACKEND_ERROR",
+        metadata={"backend": service, "code": code.name},
+    )
+    error.code = grpc.StatusCode.INTERNAL
+    return error
+
+
+def _rich_status(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> status_pb2.Status | None:
+    for key, value in trailing_metadata or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+class Backend:
+    """One downstream gRPC service: every call gets the same deadline and error mapping."""
+
+    def __init__(self, name: str, timeout_s: float) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+
+    async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
+        """Calls ``method(request)`` with this backend's deadline.
+
+        Raises:
+            FerryError: the call failed (see ``error_from_rpc``).
+        """
+        try:
+            return await method(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise error_from_rpc(
+                self.name, err.code(), err.details() or "", err.trailing_metadata(), self.timeout_s
+            ) from None
+
+
+@asynccontextmanager
+async def publishing(what: str) -> AsyncIterator[None]:
+    """Turns a failed JetStream publish inside the block into UNAVAILABLE.
+
+    Args:
+        what: the user-facing consequence, for example "the prediction could not be recorded".
+    """
+    try:
+        yield
+    except (TimeoutError, NatsError) as err:
+        log.warning("publish failed: %s: %r", what, err)
+        raise Unavailable(
+            f"{what}: the message bus did not acknowledge it; retry in a few seconds",
+            reason="EVENTS_UNAVAILABLE",
+        ) from None

@@ -1,0 +1,175 @@
+"""Creating and cancelling jobs: record the job in store, queue its items on JetStream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from ferry.events.v1 import events_pb2
+from ferry.jobs.v1 import job_pb2, job_service_pb2
+from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from ferry.types.v1 import types_pb2
+from services.common import messaging
+from services.common.errors import AlreadyExists
+from services.common.ids import job_id_for_request, uuid7
+from services.common.tracing import current_trace_id
+from services.gateway import validation
+from services.gateway.cancellation import mark_cancelled
+from services.gateway.catalog import ModelCatalog
+from services.gateway.downstream import Backend, publishing
+from services.gateway.settings import GatewaySettings
+
+# Room left in a NATS message for the JobItem's other fields and the headers (msg id, traceparent).
+_ITEM_HEADROOM_BYTES = 4096
+_FINISHED = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
+
+
+class JobManager:
+    """Runs ``JobService.CreateJob`` and ``CancelJob`` for a tenant."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: store_service_pb2_grpc.StoreServiceStub,
+        backend: Backend,
+        catalog: ModelCatalog,
+        nc: NatsClient,
+        js: JetStreamContext,
+        cancelled: KeyValue,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._backend = backend
+        self._catalog = catalog
+        self._nc = nc
+        self._js = js
+        self._cancelled = cancelled
+
+    def max_item_image_bytes(self) -> int:
+        """The largest image a job input may carry: the image limit, or less if NATS takes less."""
+        return min(self._settings.max_image_bytes, self._nc.max_payload - _ITEM_HEADROOM_BYTES)
+
+    async def create(self, tenant: str, request: job_service_pb2.CreateJobRequest) -> job_pb2.Job:
+        """Validates, records and queues a job; a repeated ``request_id`` returns the same job.
+
+        Raises:
+            FerryError: the request is invalid, the model unknown, the request_id used for a
+                different job, or store or JetStream unavailable.
+        """
+        s = self._settings
+        model = validation.model_id(request.model)
+        top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
+        request_id = validation.request_id(request.request_id)
+        validation.job_inputs(request.inputs, s.max_job_items, self.max_item_image_bytes())
+        await self._catalog.get(model)
+
+        job_id = job_id_for_request(tenant, request_id) if request_id else uuid7()
+        wanted = job_pb2.Job(
+            name=f"jobs/{job_id}",
+            model=validation.model_name(model),
+            state=job_pb2.JOB_STATE_QUEUED,
+            items_total=len(request.inputs),
+            top_k=top_k,
+            request_id=request_id,
+            trace_id=current_trace_id(),
+        )
+        answer: store_service_pb2.CreateJobResponse = await self._backend.call(
+            self._store.CreateJob, store_service_pb2.CreateJobRequest(tenant=tenant, job=wanted)
+        )
+        job = answer.job
+        if not answer.created:
+            _check_same_request(job, wanted)
+            if job.state in _FINISHED:
+                return job  # nothing left to queue
+        # Also when the job already existed: a retry after a crash mid-publish completes the
+        # queueing, and JetStream drops the items that did arrive (same Nats-Msg-Id).
+        what = f"job jobs/{job_id} was recorded but not all of its inputs could be queued; " + (
+            "retry with the same request_id to finish queueing them"
+            if request_id
+            else "send the job again with a request_id so that a retry completes it"
+        )
+        async with publishing(what):
+            await publish_job_items(
+                self._js,
+                events_pb2.JobItem(tenant=tenant, job_id=str(job_id), model=model, top_k=top_k),
+                request.inputs,
+                timeout_s=s.publish_timeout_s,
+                max_inflight=s.max_publish_inflight,
+            )
+        return job
+
+    async def cancel(self, tenant: str, name: str) -> job_pb2.Job:
+        """Cancels the job ``jobs/{id}`` of ``tenant`` and tells the runners to skip its items.
+
+        Returns the job; a job that had already finished keeps its final state.
+        """
+        job_id = validation.resource_id(name, "jobs")
+        answer: store_service_pb2.CancelJobResponse = await self._backend.call(
+            self._store.CancelJob, store_service_pb2.CancelJobRequest(tenant=tenant, id=str(job_id))
+        )
+        if answer.job.state == job_pb2.JOB_STATE_CANCELLED:
+            what = f"job jobs/{job_id} is cancelled but runners may still run its remaining items; retry"
+            async with publishing(what):
+                await mark_cancelled(self._cancelled, job_id, self._settings.publish_timeout_s)
+        return answer.job
+
+
+async def publish_job_items(
+    js: JetStreamContext,
+    template: events_pb2.JobItem,
+    inputs: Sequence[types_pb2.Input],
+    timeout_s: float,
+    max_inflight: int,
+) -> None:
+    """Publishes one JobItem per input to the work stream and waits for every ack.
+
+    Each message's ``Nats-Msg-Id`` is ``"{job_id}:{index}"``, so publishing a job's items again
+    (a client's retry) stores none of them twice inside JetStream's duplicate window.
+
+    Args:
+        js: the JetStream context.
+        template: the fields every item shares (tenant, job_id, model, top_k).
+        inputs: the job's inputs, in order.
+        timeout_s: how long each publish waits for its ack.
+        max_inflight: most publishes awaiting their ack at once.
+
+    Raises:
+        nats.errors.Error, TimeoutError: a publish failed; the others are cancelled.
+    """
+    subject = messaging.job_items_subject()
+    slots = asyncio.Semaphore(max_inflight)
+
+    async def publish_one(index: int) -> None:
+        async with slots:  # the item (a copy of the image) exists only while it is in flight
+            item = events_pb2.JobItem()
+            item.CopyFrom(template)
+            item.item_index = index
+            item.input.CopyFrom(inputs[index])
+            await messaging.publish(js, subject, item, f"{template.job_id}:{index}", timeout_s)
+
+    tasks = [asyncio.create_task(publish_one(index)) for index in range(len(inputs))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # after a failure, stop the rest: the caller answers UNAVAILABLE
+            task.cancel()
+
+
+def _check_same_request(existing: job_pb2.Job, wanted: job_pb2.Job) -> None:
+    """Refuses a request_id reused for a different job (another model, input count or top_k)."""
+    if (existing.model, existing.items_total, existing.top_k) != (
+        wanted.model,
+        wanted.items_total,
+        wanted.top_k,
+    ):
+        raise AlreadyExists(
+            f"request_id {wanted.request_id!r} was already used for {existing.name} "
+            f"({existing.model}, {existing.items_total} inputs, top_k {existing.top_k}); "
+            "use a new request_id for a different job",
+            reason="REQUEST_ID_REUSED",
+            metadata={"job": existing.name},
+        )

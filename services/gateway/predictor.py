@@ -1,0 +1,118 @@
+"""Synchronous predictions: run one input through inference, then record it before answering."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from google.protobuf import timestamp_pb2
+from nats.js import JetStreamContext
+
+from ferry.events.v1 import events_pb2
+from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from ferry.models.v1 import model_service_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
+from services.common import messaging
+from services.common.errors import FerryError, error_from_status
+from services.common.ids import uuid7
+from services.common.tracing import current_trace_id
+from services.gateway import validation
+from services.gateway.catalog import ModelCatalog
+from services.gateway.downstream import Backend, publishing
+from services.gateway.settings import GatewaySettings
+
+
+class Predictor:
+    """Runs ``ModelService.Predict`` for a tenant."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        inference: inference_service_pb2_grpc.InferenceServiceStub,
+        backend: Backend,
+        catalog: ModelCatalog,
+        js: JetStreamContext,
+    ) -> None:
+        self._settings = settings
+        self._inference = inference
+        self._backend = backend
+        self._catalog = catalog
+        self._js = js
+
+    async def predict(
+        self, tenant: str, request: model_service_pb2.PredictRequest, started: float
+    ) -> prediction_pb2.Prediction:
+        """Predicts, records and returns the prediction.
+
+        Args:
+            tenant: the caller's tenant.
+            request: the public request.
+            started: ``time.perf_counter()`` when the request reached the gateway.
+
+        Raises:
+            FerryError: the request is invalid, the model unknown, the input not predictable
+                (the input's own error, for example INVALID_ARGUMENT for bytes that are not an
+                image), or inference or JetStream unavailable.
+        """
+        s = self._settings
+        model = validation.model_id(request.model)
+        top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
+        image = request.image if request.HasField("image") else None
+        validation.image_content(image, s.max_image_bytes)
+
+        result = await self._run(model, request.image, top_k)
+        if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
+            raise error_from_status(result.error)
+
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        prediction = prediction_pb2.Prediction(
+            name=f"predictions/{uuid7()}",
+            model=validation.model_name(model),
+            state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+            classes=result.classes,
+            timing=types_pb2.Timing(
+                decode_ms=result.timing.decode_ms,
+                queue_ms=result.timing.queue_ms,
+                inference_ms=result.timing.inference_ms,
+                batch_size=result.timing.batch_size,
+                # Measured up to here so the returned and the recorded prediction agree.
+                total_ms=(time.perf_counter() - started) * 1000.0,
+            ),
+            trace_id=current_trace_id(),
+            create_time=now,
+        )
+        await self._record(tenant, prediction)
+        return prediction
+
+    async def _run(
+        self, model: str, image: types_pb2.Image, top_k: int
+    ) -> inference_service_pb2.PredictResult:
+        request = inference_service_pb2.PredictRequest(
+            model=model, inputs=[types_pb2.Input(image=image)], top_k=top_k
+        )
+        try:
+            answer: inference_service_pb2.PredictResponse = await self._backend.call(
+                self._inference.Predict, request
+            )
+        except FerryError as err:
+            if err.code == grpc.StatusCode.NOT_FOUND:
+                raise await self._catalog.not_found(model) from None
+            raise
+        if len(answer.results) != 1:
+            raise FerryError(
+                f"inference returned {len(answer.results)} results for 1 input; retry, and report it "
+                f"with trace id {current_trace_id()} if it persists",
+                reason="BACKEND_ERROR",
+            )
+        return answer.results[0]
+
+    async def _record(self, tenant: str, prediction: prediction_pb2.Prediction) -> None:
+        # The answer waits for JetStream's ack: a prediction is only returned once it will be stored.
+        event = events_pb2.PredictionRecorded(tenant=tenant, prediction=prediction)
+        msg_id = prediction.name.removeprefix("predictions/")
+        async with publishing("the prediction could not be recorded"):
+            await messaging.publish(
+                self._js, messaging.PREDICTIONS_SUBJECT, event, msg_id, self._settings.publish_timeout_s
+            )

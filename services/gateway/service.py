@@ -1,0 +1,94 @@
+"""The gateway service: the public API on the shared runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+import grpc
+
+from ferry.inference.v1 import inference_service_pb2_grpc
+from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
+from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_grpc
+from ferry.store.v1 import store_service_pb2_grpc
+from services.common import messaging
+from services.common.channels import open_channel
+from services.gateway.auth import Authenticator
+from services.gateway.cancellation import open_cancelled_bucket
+from services.gateway.catalog import ModelCatalog
+from services.gateway.components import Components, ComponentsSlot
+from services.gateway.downstream import Backend
+from services.gateway.job_manager import JobManager
+from services.gateway.predictor import Predictor
+from services.gateway.readiness import wait_serving
+from services.gateway.records import Records
+from services.gateway.servicers.jobs import JobServicer
+from services.gateway.servicers.models import ModelServicer
+from services.gateway.servicers.predictions import PredictionServicer
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+)
+
+
+class GatewayService:
+    """Serves ModelService, PredictionService and JobService (see ``FerryService``)."""
+
+    name = "gateway"
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._slot = ComponentsSlot()
+
+    def service_names(self) -> Sequence[str]:
+        """The public gRPC services."""
+        return SERVICE_NAMES
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds the three public servicers to ``server``."""
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._slot), server)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self._slot), server
+        )
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._slot), server)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Connects to inference, store and NATS; returns once inference and store are SERVING."""
+        s = self.settings
+        inference_channel = open_channel(s.inference_target, s.max_message_bytes)
+        stack.push_async_callback(inference_channel.close)
+        store_channel = open_channel(s.store_target, s.max_message_bytes)
+        stack.push_async_callback(store_channel.close)
+
+        nc, js = await messaging.connect(s.nats_url, "ferry-gateway", stack)
+        await messaging.ensure_streams(js)
+        cancelled = await open_cancelled_bucket(js)
+        log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
+
+        await asyncio.gather(
+            wait_serving(inference_channel, "inference", s.inference_target, s.startup_timeout_s),
+            wait_serving(store_channel, "store", s.store_target, s.startup_timeout_s),
+        )
+
+        inference = inference_service_pb2_grpc.InferenceServiceStub(inference_channel)
+        store = store_service_pb2_grpc.StoreServiceStub(store_channel)
+        inference_backend = Backend("inference", s.inference_timeout_s)
+        store_backend = Backend("store", s.store_timeout_s)
+        catalog = ModelCatalog(inference, inference_backend)
+        self._slot.fill(
+            Components(
+                auth=Authenticator(store, store_backend, s.auth_cache_ttl_s),
+                catalog=catalog,
+                predictor=Predictor(s, inference, inference_backend, catalog, js),
+                jobs=JobManager(s, store, store_backend, catalog, nc, js, cancelled),
+                records=Records(store, store_backend),
+            )
+        )

@@ -1,0 +1,1 @@
+"""gRPC handlers of the three public services; thin: authenticate, delegate, wrap the answer."""

@@ -1,0 +1,45 @@
+"""``ferry.jobs.v1.JobService`` handlers."""
+
+from __future__ import annotations
+
+import grpc
+
+from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+from services.gateway.components import ComponentsSlot
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    """Creates, reads and cancels the caller's batch jobs."""
+
+    def __init__(self, slot: ComponentsSlot) -> None:
+        self._slot = slot
+
+    async def CreateJob(
+        self, request: job_service_pb2.CreateJobRequest, context: Context
+    ) -> job_service_pb2.CreateJobResponse:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return job_service_pb2.CreateJobResponse(job=await c.jobs.create(tenant, request))
+
+    async def GetJob(
+        self, request: job_service_pb2.GetJobRequest, context: Context
+    ) -> job_service_pb2.GetJobResponse:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return job_service_pb2.GetJobResponse(job=await c.records.get_job(tenant, request.name))
+
+    async def ListJobs(
+        self, request: job_service_pb2.ListJobsRequest, context: Context
+    ) -> job_service_pb2.ListJobsResponse:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return await c.records.list_jobs(tenant, request)
+
+    async def CancelJob(
+        self, request: job_service_pb2.CancelJobRequest, context: Context
+    ) -> job_service_pb2.CancelJobResponse:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return job_service_pb2.CancelJobResponse(job=await c.jobs.cancel(tenant, request.name))

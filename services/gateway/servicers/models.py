@@ -1,0 +1,45 @@
+"""``ferry.models.v1.ModelService`` handlers."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
+from services.gateway import validation
+from services.gateway.components import ComponentsSlot
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """Lists the served models and runs synchronous predictions."""
+
+    def __init__(self, slot: ComponentsSlot) -> None:
+        self._slot = slot
+
+    async def ListModels(
+        self, request: model_service_pb2.ListModelsRequest, context: Context
+    ) -> model_service_pb2.ListModelsResponse:
+        c = self._slot.get()
+        await c.auth.tenant(context)
+        return model_service_pb2.ListModelsResponse(models=await c.catalog.served())
+
+    async def GetModel(
+        self, request: model_service_pb2.GetModelRequest, context: Context
+    ) -> model_service_pb2.GetModelResponse:
+        c = self._slot.get()
+        await c.auth.tenant(context)
+        model = validation.model_id(request.name, field="name")
+        return model_service_pb2.GetModelResponse(model=await c.catalog.get(model))
+
+    async def Predict(
+        self, request: model_service_pb2.PredictRequest, context: Context
+    ) -> model_service_pb2.PredictResponse:
+        started = time.perf_counter()
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return model_service_pb2.PredictResponse(
+            prediction=await c.predictor.predict(tenant, request, started)
+        )

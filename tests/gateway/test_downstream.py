@@ -1,0 +1,96 @@
+"""Downstream failures become the errors a user can act on, mapped in one place."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.channels import open_channel
+from services.common.errors import FerryError, InvalidArgument, NotFound
+from services.gateway.downstream import Backend, error_from_rpc, publishing
+from tests.gateway.servers import serving
+
+
+def rich_trailers(error: FerryError) -> list[tuple[str, bytes]]:
+    return [("grpc-status-details-bin", error.to_status().SerializeToString())]
+
+
+def test_request_errors_pass_through_with_message_and_reason() -> None:
+    sent = NotFound("job 'jobs/1' not found", "JOB_NOT_FOUND", {"job": "jobs/1"})
+    error = error_from_rpc("store", sent.code, sent.message, rich_trailers(sent), 5.0)
+    assert (error.code, error.message, error.reason) == (
+        grpc.StatusCode.NOT_FOUND,
+        sent.message,
+        "JOB_NOT_FOUND",
+    )
+
+
+def test_request_errors_without_rich_status_keep_code_and_message() -> None:
+    error = error_from_rpc("store", grpc.StatusCode.INVALID_ARGUMENT, "page_size is -1", None, 5.0)
+    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT, "page_size is -1")
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+def test_outage_is_unavailable_and_says_retry(code: grpc.StatusCode) -> None:
+    error = error_from_rpc("inference", code, "connection refused", None, 30.0)
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert "inference is unavailable" in error.message and "retry" in error.message
+    assert "connection refused" not in error.message  # internals stay in the logs
+
+
+def test_deadline_names_the_backend_and_its_timeout() -> None:
+    error = error_from_rpc("inference", grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", None, 30.0)
+    assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "inference did not answer within 30s" in error.message and "retry" in error.message
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAUTHENTICATED]
+)
+def test_faults_inside_ferry_are_internal(code: grpc.StatusCode) -> None:
+    error = error_from_rpc("store", code, "relation does not exist", None, 5.0)
+    assert error.code == grpc.StatusCode.INTERNAL
+    assert error.reason == "BACKEND_ERROR"
+    assert "relation" not in error.message
+
+
+class Inference(inference_service_pb2_grpc.InferenceServiceServicer):
+    """Inference's contract, answering with what the test needs."""
+
+    async def ListModels(self, request: Any, context: Any) -> inference_service_pb2.ListModelsResponse:
+        await asyncio.sleep(30)  # longer than any deadline the test gives
+        return inference_service_pb2.ListModelsResponse()
+
+    async def Predict(self, request: Any, context: Any) -> inference_service_pb2.PredictResponse:
+        raise InvalidArgument("top_k is 0; it must be between 1 and 100", "INVALID_TOP_K")
+
+
+async def test_backend_calls_map_real_rpc_failures() -> None:
+    def register(server: grpc.aio.Server) -> None:
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(Inference(), server)
+
+    async with serving(register) as target:
+        channel = open_channel(target, 1024 * 1024)
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        backend = Backend("inference", timeout_s=0.3)
+        with pytest.raises(FerryError) as refused:
+            await backend.call(stub.Predict, inference_service_pb2.PredictRequest())
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.reason == "INVALID_TOP_K"
+        with pytest.raises(FerryError) as slow:
+            await backend.call(stub.ListModels, inference_service_pb2.ListModelsRequest())
+        assert slow.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        await channel.close()
+
+
+async def test_failed_publish_becomes_unavailable() -> None:
+    with pytest.raises(FerryError) as caught:
+        async with publishing("the prediction could not be recorded"):
+            raise TimeoutError
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.message.startswith("the prediction could not be recorded")
+    assert "retry" in caught.value.message

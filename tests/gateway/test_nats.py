@@ -1,0 +1,67 @@
+"""What the gateway writes to a real JetStream: job items (deduplicated) and cancellations."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AsyncExitStack
+
+import grpc
+import nats
+import pytest
+
+from ferry.events.v1 import events_pb2
+from ferry.types.v1 import types_pb2
+from services.common import messaging
+from services.common.errors import FerryError
+from services.gateway.cancellation import CANCELLED, mark_cancelled, open_cancelled_bucket
+from services.gateway.downstream import publishing
+from services.gateway.job_manager import publish_job_items
+
+
+async def test_job_items_are_published_once_even_when_published_again(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "gateway-test", stack)
+        await messaging.ensure_streams(js)
+        job_id = str(uuid.uuid4())
+        template = events_pb2.JobItem(tenant="acme", job_id=job_id, model="efficientnet-lite0", top_k=3)
+        images = [b"first", b"second", b"third"]
+        inputs = [types_pb2.Input(image=types_pb2.Image(content=i)) for i in images]
+        before = (await js.stream_info(messaging.WORK_STREAM)).state.last_seq
+
+        for _ in range(2):  # the second round is a client's retry of the same job
+            await publish_job_items(js, template, inputs, timeout_s=5.0, max_inflight=2)
+
+        after = (await js.stream_info(messaging.WORK_STREAM)).state.last_seq
+        assert after - before == len(inputs)
+        stored = [await js.get_msg(messaging.WORK_STREAM, seq) for seq in range(before + 1, after + 1)]
+        by_id = {m.headers["Nats-Msg-Id"]: events_pb2.JobItem.FromString(m.data) for m in stored if m.headers}
+        assert set(by_id) == {f"{job_id}:{i}" for i in range(len(inputs))}
+        for index, image in enumerate(images):
+            item = by_id[f"{job_id}:{index}"]
+            assert (item.tenant, item.job_id, item.item_index, item.top_k) == ("acme", job_id, index, 3)
+            assert item.input.image.content == image
+        assert all(m.subject == messaging.job_items_subject() for m in stored)
+
+
+async def test_cancelled_job_is_marked_in_the_bucket(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "gateway-test", stack)
+        await open_cancelled_bucket(js)
+        bucket = await open_cancelled_bucket(js)  # opening an existing bucket works too
+        job_id = uuid.uuid4()
+        await mark_cancelled(bucket, job_id, timeout_s=5.0)
+        entry = await bucket.get(str(job_id))
+        assert entry.value == CANCELLED
+
+
+async def test_publish_on_a_lost_connection_is_unavailable(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await messaging.ensure_streams(js)
+    await nc.close()
+    record = events_pb2.PredictionRecorded(tenant="acme")
+    with pytest.raises(FerryError) as caught:
+        async with publishing("the prediction could not be recorded"):
+            await messaging.publish(js, messaging.PREDICTIONS_SUBJECT, record, str(uuid.uuid4()))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "the prediction could not be recorded" in caught.value.message

@@ -144,4 +144,5 @@ def resource_id(name: str, collection: str) -> uuid.UUID:
 
 
 def _mib(size: int) -> str:
-    return f"{size / (1024 * 1024):g} MiB"
+    mib = size / (1024 * 1024)
+    return f"{mib:g} MiB" if mib == int(mib) else f"about {mib:.1f} MiB"

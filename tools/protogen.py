@@ -48,10 +48,17 @@ def generate_python(out: Path) -> None:
             (folder / "__init__.py").touch()
 
 
+#: Not imported by any Ferry proto, but Envoy needs it to print an error's ErrorInfo detail as
+#: JSON; without it Envoy answers REST errors with an empty body.
+ERROR_DETAILS_PROTO = "google/rpc/error_details.proto"
+
+
 def generate_descriptor_set(out_file: Path) -> None:
     """Writes the binary FileDescriptorSet Envoy's gRPC-JSON transcoder reads."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    _run_protoc([f"--descriptor_set_out={out_file}", "--include_imports", *proto_files()])
+    _run_protoc(
+        [f"--descriptor_set_out={out_file}", "--include_imports", *proto_files(), ERROR_DETAILS_PROTO]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

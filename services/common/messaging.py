@@ -20,7 +20,8 @@ from google.protobuf.message import Message
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from services.common.tracing import inject_headers
 
@@ -101,3 +102,16 @@ async def publish(
     """
     headers = inject_headers({"Nats-Msg-Id": msg_id})
     return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=headers)
+
+
+async def open_cancelled_bucket(js: JetStreamContext) -> KeyValue:
+    """Opens the cancelled-jobs KV bucket, creating it when this service is the first to need it."""
+    try:
+        return await js.key_value(CANCELLED_JOBS_BUCKET)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(bucket=CANCELLED_JOBS_BUCKET)
+    except BadRequestError:
+        # Another service created it in the meantime: use theirs.
+        return await js.key_value(CANCELLED_JOBS_BUCKET)

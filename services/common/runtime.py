@@ -82,7 +82,9 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
-            starting.result()  # a failed start raises here and the process exits non-zero
+            if starting.exception() is not None:
+                await server.stop(0)
+                starting.result()  # re-raises: the process exits non-zero with the cause logged
             for name in names:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info("ready: %s", ", ".join(service.service_names()))

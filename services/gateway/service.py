@@ -16,8 +16,8 @@ from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
 from services.common.channels import open_channel
+from services.common.messaging import open_cancelled_bucket
 from services.gateway.auth import Authenticator
-from services.gateway.cancellation import open_cancelled_bucket
 from services.gateway.catalog import ModelCatalog
 from services.gateway.components import Components, ComponentsSlot
 from services.gateway.downstream import Backend

@@ -7,8 +7,7 @@ import time
 import uuid
 
 from nats.errors import Error as NatsError
-from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.common.messaging import CANCELLED_JOBS_BUCKET
@@ -17,19 +16,6 @@ log = logging.getLogger(__name__)
 
 # Bounds the memory of cached answers; expired ones are dropped when it is reached.
 _MAX_CACHED = 10_000
-
-
-async def open_cancelled_bucket(js: JetStreamContext) -> KeyValue:
-    """Opens the cancelled-jobs bucket, creating it when this service is the first to need it."""
-    try:
-        return await js.key_value(CANCELLED_JOBS_BUCKET)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=CANCELLED_JOBS_BUCKET)
-    except BadRequestError:
-        # Another service created it in the meantime (perhaps with its own config): use theirs.
-        return await js.key_value(CANCELLED_JOBS_BUCKET)
 
 
 class CancelledJobs:

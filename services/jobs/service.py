@@ -10,8 +10,9 @@ import grpc
 from ferry.inference.v1 import inference_service_pb2_grpc
 from services.common import messaging
 from services.common.channels import open_channel
+from services.common.messaging import open_cancelled_bucket
 from services.common.tasks import spawn
-from services.jobs.cancellation import CancelledJobs, open_cancelled_bucket
+from services.jobs.cancellation import CancelledJobs
 from services.jobs.predictor import Predictor
 from services.jobs.runner import Runner
 from services.jobs.settings import JobsSettings

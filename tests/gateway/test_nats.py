@@ -13,7 +13,8 @@ from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.errors import FerryError
-from services.gateway.cancellation import CANCELLED, mark_cancelled, open_cancelled_bucket
+from services.common.messaging import open_cancelled_bucket
+from services.gateway.cancellation import CANCELLED, mark_cancelled
 from services.gateway.downstream import publishing
 from services.gateway.job_manager import publish_job_items
 

@@ -20,7 +20,7 @@ from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
 from services.common import messaging
 from services.common.ids import item_record_id
-from services.jobs.cancellation import open_cancelled_bucket
+from services.common.messaging import open_cancelled_bucket
 from tests.jobs.conftest import Harness
 from tests.jobs.doubles import MISSING_MODEL, NOT_AN_IMAGE, FailureInjectingInference
 

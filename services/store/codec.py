@@ -1,0 +1,157 @@
+"""Converts between Postgres rows and Ferry's protos, and encodes opaque page tokens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
+
+from ferry.jobs.v1 import job_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
+from services.common.errors import InvalidArgument
+
+#: The columns of one prediction row, in the order ``prediction_row`` returns them.
+PREDICTION_COLUMNS = (
+    "id", "tenant", "model", "job_id", "item_index", "state",
+    "classes", "timing", "error", "trace_id", "create_time",
+)  # fmt: skip
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _uuid_of(name: str, collection: str) -> uuid.UUID:
+    return uuid.UUID(name.removeprefix(f"{collection}/"))
+
+
+def prediction_row(tenant: str, prediction: prediction_pb2.Prediction) -> tuple[Any, ...]:
+    """The row for a recorded prediction.
+
+    Raises:
+        ValueError: the prediction's name or job is not a valid resource name.
+    """
+    job_id = _uuid_of(prediction.job, "jobs") if prediction.job else None
+    created = (
+        prediction.create_time.ToDatetime(tzinfo=UTC)
+        if prediction.HasField("create_time")
+        else datetime.now(UTC)
+    )
+    return (
+        _uuid_of(prediction.name, "predictions"),
+        tenant,
+        prediction.model.removeprefix("models/"),
+        job_id,
+        prediction.item_index if job_id else None,
+        int(prediction.state),
+        json.dumps(
+            [json_format.MessageToDict(c, preserving_proto_field_name=True) for c in prediction.classes]
+        ),
+        json.dumps(json_format.MessageToDict(prediction.timing, preserving_proto_field_name=True)),
+        prediction.error.SerializeToString() if prediction.HasField("error") else None,
+        prediction.trace_id,
+        created,
+    )
+
+
+def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
+    """The Prediction resource of a row."""
+    prediction = prediction_pb2.Prediction(
+        name=f"predictions/{row['id']}",
+        model=f"models/{row['model']}",
+        state=row["state"],
+        classes=[json_format.ParseDict(c, types_pb2.ClassScore()) for c in json.loads(row["classes"])],
+        timing=json_format.ParseDict(json.loads(row["timing"]), types_pb2.Timing()),
+        trace_id=row["trace_id"],
+        create_time=_timestamp(row["create_time"]),
+    )
+    if row["job_id"] is not None:
+        prediction.job = f"jobs/{row['job_id']}"
+        prediction.item_index = row["item_index"]
+    if row["error"] is not None:
+        prediction.error.CopyFrom(status_pb2.Status.FromString(row["error"]))
+    return prediction
+
+
+def job_from_row(row: asyncpg.Record) -> job_pb2.Job:
+    """The Job resource of a row."""
+    job = job_pb2.Job(
+        name=f"jobs/{row['id']}",
+        model=f"models/{row['model']}",
+        state=row["state"],
+        items_total=row["items_total"],
+        items_succeeded=row["items_succeeded"],
+        items_failed=row["items_failed"],
+        top_k=row["top_k"],
+        request_id=row["request_id"],
+        trace_id=row["trace_id"],
+        create_time=_timestamp(row["create_time"]),
+        update_time=_timestamp(row["update_time"]),
+    )
+    if row["error"] is not None:
+        job.error.CopyFrom(status_pb2.Status.FromString(row["error"]))
+    return job
+
+
+def encode_page_token(position: dict[str, Any]) -> str:
+    """An opaque token for the position after the last row of a page."""
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
+
+
+def decode_page_token(token: str) -> dict[str, Any]:
+    """The position a page token stands for; empty for the first page.
+
+    Raises:
+        InvalidArgument: the token was not made by this API.
+    """
+    if not token:
+        return {}
+    try:
+        position = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        position = None
+    if not isinstance(position, dict):
+        raise InvalidArgument(
+            "page_token is not valid; pass the next_page_token of the previous page unchanged",
+            reason="INVALID_PAGE_TOKEN",
+        )
+    return position
+
+
+def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
+    """Validates a page size; 0 means the default.
+
+    Raises:
+        InvalidArgument: outside 0..maximum.
+    """
+    if requested == 0:
+        return default
+    if not 1 <= requested <= maximum:
+        raise InvalidArgument(
+            f"page_size must be between 1 and {maximum} (or 0 for {default}); got {requested}",
+            reason="INVALID_PAGE_SIZE",
+        )
+    return requested
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """Parses a resource id sent by the gateway.
+
+    Raises:
+        InvalidArgument: not a UUID.
+    """
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} id {value!r} is not a UUID", reason="INVALID_RESOURCE_NAME") from None

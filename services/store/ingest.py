@@ -1,0 +1,146 @@
+"""Writes record events from JetStream into Postgres: batched, idempotent, acked after commit.
+
+At-least-once delivery plus ``ON CONFLICT DO NOTHING`` on the record id makes every record land
+exactly once. Job counters move only for rows a transaction really inserted, so a redelivery
+never counts an item twice. A failed write naks the batch: nothing is acked that is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
+
+from ferry.events.v1 import events_pb2
+from ferry.predictions.v1 import prediction_pb2
+from services.common.messaging import EVENTS_STREAM
+from services.common.tracing import extract_context
+from services.store import codec, metrics
+from services.store.repositories import jobs, predictions
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("ferry.store")
+
+RECORDS_FILTER = "ferry.records.>"
+_SUCCEEDED = prediction_pb2.PREDICTION_STATE_SUCCEEDED
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One event ready to write."""
+
+    message: Msg
+    row: tuple[Any, ...]
+
+
+async def write_batch(pool: asyncpg.Pool, rows: list[tuple[Any, ...]]) -> int:
+    """Writes rows and their jobs' progress in one transaction; returns how many were new."""
+    async with pool.acquire() as connection, connection.transaction():
+        inserted = await predictions.insert_many(connection, rows)
+        done: Tally[tuple[Any, bool]] = Tally(
+            (r["job_id"], r["state"] == _SUCCEEDED) for r in inserted if r["job_id"] is not None
+        )
+        job_ids = sorted({job_id for job_id, _ in done})  # a fixed order avoids deadlocks between replicas
+        if job_ids:
+            await jobs.count_finished_items(
+                connection,
+                job_ids,
+                [done[(j, True)] for j in job_ids],
+                [done[(j, False)] for j in job_ids],
+            )
+    return len(inserted)
+
+
+def decode(message: Msg) -> Decoded | None:
+    """Parses one event; None when it can never be stored (it is then terminated)."""
+    try:
+        event = events_pb2.PredictionRecorded.FromString(message.data)
+        if not event.tenant:
+            raise ValueError("event has no tenant")
+        return Decoded(message, codec.prediction_row(event.tenant, event.prediction))
+    except (DecodeError, ValueError) as err:
+        log.error("dropping malformed record event on %s: %s", message.subject, err)
+        return None
+
+
+class Ingestor:
+    """Pulls record events from the durable consumer and writes them in batches."""
+
+    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, consumer: str, batch: int,
+                 fetch_timeout_s: float, retry_delay_s: float) -> None:  # fmt: skip
+        self._js = js
+        self._pool = pool
+        self._consumer = consumer
+        self._batch = batch
+        self._fetch_timeout_s = fetch_timeout_s
+        self._retry_delay_s = retry_delay_s
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        """Binds to (creating if needed) the durable consumer; replicas share it."""
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=60,
+            max_deliver=-1,  # a Postgres outage must delay records, never drop them
+            filter_subject=RECORDS_FILTER,
+        )
+        return await self._js.pull_subscribe(
+            RECORDS_FILTER, durable=self._consumer, stream=EVENTS_STREAM, config=config
+        )
+
+    async def run(self, subscription: JetStreamContext.PullSubscription) -> None:
+        """Ingests until cancelled."""
+        while True:
+            try:
+                messages = await subscription.fetch(self._batch, timeout=self._fetch_timeout_s)
+            except nats.errors.TimeoutError:
+                continue
+            await self.handle(messages)
+
+    async def handle(self, messages: list[Msg]) -> None:
+        """Writes one fetched batch, then acks it (or naks it when the write failed)."""
+        decoded = []
+        for message in messages:
+            item = decode(message)
+            if item is None:
+                metrics.RECORDS.labels("malformed").inc()
+                await message.term()
+            else:
+                decoded.append(item)
+        if not decoded:
+            return
+        started = time.time_ns()
+        try:
+            inserted = await write_batch(self._pool, [d.row for d in decoded])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            log.warning(
+                "cannot write %d records, redelivering in %.0fs: %s", len(decoded), self._retry_delay_s, err
+            )
+            metrics.RECORDS.labels("retried").inc(len(decoded))
+            await asyncio.gather(*(d.message.nak(delay=self._retry_delay_s) for d in decoded))
+            return
+        committed = time.time_ns()
+        metrics.BATCH_SIZE.observe(len(decoded))
+        metrics.RECORDS.labels("inserted").inc(inserted)
+        metrics.RECORDS.labels("duplicate").inc(len(decoded) - inserted)
+        now = datetime.now(UTC)
+        for item in decoded:
+            # Each record's span joins the trace of the request that produced it.
+            span = tracer.start_span(
+                "store.ingest", context=extract_context(item.message.headers), start_time=started
+            )
+            span.set_attribute("ferry.prediction_id", str(item.row[0]))
+            span.end(end_time=committed)
+            metrics.LAG.observe(max(0.0, (now - item.row[-1]).total_seconds()))
+        await asyncio.gather(*(d.message.ack() for d in decoded))

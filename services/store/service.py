@@ -1,0 +1,64 @@
+"""store as a FerryService: migrate, bootstrap the dev key, serve reads, ingest events."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+import asyncpg
+import grpc
+
+from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from services.common.messaging import connect, ensure_streams
+from services.common.tasks import spawn
+from services.store.ingest import Ingestor
+from services.store.migrate import migrate
+from services.store.repositories import api_keys
+from services.store.servicer import StoreServicer
+from services.store.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
+
+
+class StoreService:
+    """The only owner of Postgres."""
+
+    name = "store"
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self.settings = settings
+        self._servicer: StoreServicer | None = None
+
+    def service_names(self) -> Sequence[str]:
+        return [SERVICE_NAME]
+
+    def register(self, server: grpc.aio.Server) -> None:
+        self._servicer = StoreServicer()
+        store_service_pb2_grpc.add_StoreServiceServicer_to_server(self._servicer, server)
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        s = self.settings
+        if not s.database_url:
+            raise ValueError("FERRY_STORE_DATABASE_URL is not set; give store a Postgres URI")
+        pool = await asyncpg.create_pool(s.database_url, min_size=s.pool_min_size, max_size=s.pool_max_size)
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as connection:
+            applied = await migrate(connection)
+            if s.dev_api_key:
+                digest = hashlib.sha256(s.dev_api_key.encode()).hexdigest()
+                await api_keys.upsert(connection, digest, s.dev_tenant, "dev")
+        log.info("schema ready (%d migrations applied now)", len(applied))
+        assert self._servicer is not None
+        self._servicer.bind(pool)
+
+        _, js = await connect(s.nats_url, "ferry-store", stack)
+        await ensure_streams(js)
+        ingestor = Ingestor(
+            js, pool, s.consumer_name, s.ingest_batch_size, s.ingest_fetch_timeout_s, s.ingest_retry_delay_s
+        )
+        subscription = await ingestor.subscribe()
+        spawn(stack, ingestor.run(subscription), "store-ingest")

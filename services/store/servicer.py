@@ -1,0 +1,139 @@
+"""store's gRPC handlers: tenant-scoped reads and the few writes that must be synchronous."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import grpc
+
+from ferry.store.v1 import store_service_pb2 as pb
+from ferry.store.v1 import store_service_pb2_grpc
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from services.store import codec
+from services.store.repositories import api_keys, jobs, predictions
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _keyset(position: dict[str, Any]) -> tuple[datetime, Any] | None:
+    if not position:
+        return None
+    try:
+        return datetime.fromisoformat(position["t"]), codec.parse_id(position["id"], "page")
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArgument(
+            "page_token is not valid; pass the next_page_token of the previous page unchanged",
+            reason="INVALID_PAGE_TOKEN",
+        ) from None
+
+
+def _next_token(rows: list[asyncpg.Record], limit: int) -> str:
+    if len(rows) <= limit:
+        return ""
+    last = rows[limit - 1]
+    return codec.encode_page_token({"t": last["create_time"].isoformat(), "id": str(last["id"])})
+
+
+class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
+    """Implements ferry.store.v1.StoreService over a connection pool."""
+
+    def __init__(self) -> None:
+        self._bound: asyncpg.Pool | None = None
+
+    def bind(self, pool: asyncpg.Pool) -> None:
+        """Starts answering with ``pool`` (the server registers handlers before the pool exists)."""
+        self._bound = pool
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        if self._bound is None:
+            raise Unavailable("store is starting; retry in a moment", reason="STARTING")
+        return self._bound
+
+    async def GetPrediction(
+        self, request: pb.GetPredictionRequest, context: Context
+    ) -> pb.GetPredictionResponse:
+        prediction_id = codec.parse_id(request.id, "prediction")
+        async with self._pool.acquire() as connection:
+            row = await predictions.get(connection, request.tenant, prediction_id)
+        if row is None:
+            raise NotFound(
+                f"prediction predictions/{prediction_id} not found (records appear a moment after"
+                " the prediction; check the id)",
+                reason="PREDICTION_NOT_FOUND",
+                metadata={"name": f"predictions/{prediction_id}"},
+            )
+        return pb.GetPredictionResponse(prediction=codec.prediction_from_row(row))
+
+    async def ListPredictions(
+        self, request: pb.ListPredictionsRequest, context: Context
+    ) -> pb.ListPredictionsResponse:
+        limit = codec.page_size(request.page_size)
+        position = codec.decode_page_token(request.page_token)
+        async with self._pool.acquire() as connection:
+            if request.job_id:
+                job_id = codec.parse_id(request.job_id, "job")
+                after = position.get("i", -1)
+                if not isinstance(after, int):
+                    raise InvalidArgument("page_token is not valid for this job", reason="INVALID_PAGE_TOKEN")
+                rows = await predictions.list_job_items(connection, request.tenant, job_id, limit + 1, after)
+                token = (
+                    codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
+                )
+            else:
+                rows = await predictions.list_newest(connection, request.tenant, limit + 1, _keyset(position))
+                token = _next_token(rows, limit)
+        return pb.ListPredictionsResponse(
+            predictions=[codec.prediction_from_row(r) for r in rows[:limit]], next_page_token=token
+        )
+
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Context) -> pb.CreateJobResponse:
+        job_id = codec.parse_id(request.job.name.removeprefix("jobs/"), "job")
+        if request.job.items_total < 1:
+            raise InvalidArgument("a job needs at least one item", reason="EMPTY_JOB")
+        async with self._pool.acquire() as connection:
+            try:
+                row, created = await jobs.create(connection, job_id, request.tenant, request.job)
+            except LookupError:
+                raise AlreadyExists(f"job id {job_id} is taken", reason="JOB_ID_TAKEN") from None
+        return pb.CreateJobResponse(job=codec.job_from_row(row), created=created)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
+        job_id = codec.parse_id(request.id, "job")
+        async with self._pool.acquire() as connection:
+            row = await jobs.get(connection, request.tenant, job_id)
+        return pb.GetJobResponse(job=codec.job_from_row(_found(row, job_id)))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        limit = codec.page_size(request.page_size)
+        after = _keyset(codec.decode_page_token(request.page_token))
+        async with self._pool.acquire() as connection:
+            rows = await jobs.list_newest(connection, request.tenant, limit + 1, after)
+        return pb.ListJobsResponse(
+            jobs=[codec.job_from_row(r) for r in rows[:limit]], next_page_token=_next_token(rows, limit)
+        )
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.CancelJobResponse:
+        job_id = codec.parse_id(request.id, "job")
+        async with self._pool.acquire() as connection:
+            row = await jobs.cancel(connection, request.tenant, job_id)
+        return pb.CancelJobResponse(job=codec.job_from_row(_found(row, job_id)))
+
+    async def LookupApiKey(
+        self, request: pb.LookupApiKeyRequest, context: Context
+    ) -> pb.LookupApiKeyResponse:
+        async with self._pool.acquire() as connection:
+            row = await api_keys.lookup(connection, request.key_sha256)
+        if row is None:
+            raise NotFound("no live API key has this digest", reason="API_KEY_NOT_FOUND")
+        return pb.LookupApiKeyResponse(tenant=row["tenant"], key_name=row["name"])
+
+
+def _found(row: asyncpg.Record | None, job_id: Any) -> asyncpg.Record:
+    if row is None:
+        raise NotFound(
+            f"job jobs/{job_id} not found", reason="JOB_NOT_FOUND", metadata={"name": f"jobs/{job_id}"}
+        )
+    return row

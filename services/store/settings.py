@@ -1,0 +1,39 @@
+"""store's settings, from ``FERRY_STORE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import NatsSettings, ServiceSettings
+
+
+class StoreSettings(ServiceSettings, NatsSettings):
+    """How store reaches Postgres and NATS, and how it ingests."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRY_STORE_", extra="ignore")
+
+    grpc_port: int = 50053
+    """Port of store's internal gRPC API."""
+    metrics_port: int = 9103
+    """Port of the Prometheus /metrics endpoint."""
+    database_url: str = ""
+    """Postgres URI, for example postgresql://user:pass@host:5432/ferry (required)."""
+    dev_api_key: str = Field(
+        default="", validation_alias=AliasChoices("FERRY_STORE_DEV_API_KEY", "FERRY_DEV_API_KEY")
+    )
+    """A development API key to make sure exists at start (stored only as its SHA-256)."""
+    dev_tenant: str = "default"
+    """The tenant the development key belongs to."""
+    consumer_name: str = "store-ingest"
+    """Durable JetStream consumer that ingests record events; replicas share it."""
+    ingest_batch_size: int = Field(default=256, ge=1, le=10_000)
+    """Most events written in one transaction."""
+    ingest_fetch_timeout_s: float = Field(default=1.0, gt=0)
+    """How long one fetch waits for events when the stream is idle."""
+    ingest_retry_delay_s: float = Field(default=2.0, ge=0)
+    """Redelivery delay of a batch whose write failed (for example while Postgres is down)."""
+    pool_min_size: int = Field(default=1, ge=0)
+    """Fewest pooled Postgres connections."""
+    pool_max_size: int = Field(default=10, ge=1)
+    """Most pooled Postgres connections."""

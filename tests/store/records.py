@@ -1,0 +1,51 @@
+"""Builders of the events and jobs the store tests feed in."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+
+from ferry.events.v1 import events_pb2
+from ferry.jobs.v1 import job_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
+from services.common.errors import status_to_proto
+from services.common.ids import item_record_id, uuid7
+
+
+def prediction(
+    job: uuid.UUID | None = None, index: int = 0, failed: bool = False
+) -> prediction_pb2.Prediction:
+    record_id = item_record_id(job, index) if job else uuid7()
+    made = prediction_pb2.Prediction(
+        name=f"predictions/{record_id}",
+        model="models/efficientnet-lite0",
+        state=prediction_pb2.PREDICTION_STATE_FAILED if failed else prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+        trace_id="ab" * 16,
+    )
+    if failed:
+        made.error.CopyFrom(
+            status_to_proto(grpc.StatusCode.INVALID_ARGUMENT, "not an image", "INVALID_IMAGE")
+        )
+    else:
+        made.classes.append(types_pb2.ClassScore(label="espresso", score=0.95, index=967))
+        made.timing.CopyFrom(types_pb2.Timing(inference_ms=12.5, batch_size=2))
+    if job:
+        made.job, made.item_index = f"jobs/{job}", index
+    made.create_time.GetCurrentTime()
+    return made
+
+
+def event(tenant: str, made: prediction_pb2.Prediction) -> events_pb2.PredictionRecorded:
+    return events_pb2.PredictionRecorded(tenant=tenant, prediction=made)
+
+
+def queued_job(items: int, job_id: uuid.UUID | None = None) -> job_pb2.Job:
+    return job_pb2.Job(
+        name=f"jobs/{job_id or uuid7()}",
+        model="models/efficientnet-lite0",
+        state=job_pb2.JOB_STATE_QUEUED,
+        items_total=items,
+        top_k=5,
+    )

@@ -13,6 +13,7 @@ from ferry.store.v1 import store_service_pb2_grpc
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from services.store import codec
 from services.store.repositories import api_keys, jobs, predictions
+from services.store.repositories.newest import newest_first
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -83,7 +84,9 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
                     codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
                 )
             else:
-                rows = await predictions.list_newest(connection, request.tenant, limit + 1, _keyset(position))
+                rows = await newest_first(
+                    connection, "predictions", request.tenant, limit + 1, _keyset(position)
+                )
                 token = _next_token(rows, limit)
         return pb.ListPredictionsResponse(
             predictions=[codec.prediction_from_row(r) for r in rows[:limit]], next_page_token=token
@@ -110,7 +113,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         limit = codec.page_size(request.page_size)
         after = _keyset(codec.decode_page_token(request.page_token))
         async with self._pool.acquire() as connection:
-            rows = await jobs.list_newest(connection, request.tenant, limit + 1, after)
+            rows = await newest_first(connection, "jobs", request.tenant, limit + 1, after)
         return pb.ListJobsResponse(
             jobs=[codec.job_from_row(r) for r in rows[:limit]], next_page_token=_next_token(rows, limit)
         )

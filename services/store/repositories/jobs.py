@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 
 import asyncpg
 
@@ -48,20 +47,6 @@ async def create(
 async def get(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyncpg.Record | None:
     """One job of ``tenant``, or None."""
     return await connection.fetchrow("SELECT * FROM jobs WHERE id = $1 AND tenant = $2", job_id, tenant)
-
-
-async def list_newest(
-    connection: Connection, tenant: str, limit: int, after: tuple[datetime, uuid.UUID] | None
-) -> list[asyncpg.Record]:
-    """``tenant``'s jobs, newest first, after the (create_time, id) keyset position."""
-    if after is None:
-        query = "SELECT * FROM jobs WHERE tenant = $1 ORDER BY create_time DESC, id DESC LIMIT $2"
-        return list(await connection.fetch(query, tenant, limit))
-    query = (
-        "SELECT * FROM jobs WHERE tenant = $1 AND (create_time, id) < ($3, $4)"
-        " ORDER BY create_time DESC, id DESC LIMIT $2"
-    )
-    return list(await connection.fetch(query, tenant, limit, *after))
 
 
 async def cancel(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyncpg.Record | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -37,20 +36,6 @@ async def get(connection: Connection, tenant: str, prediction_id: uuid.UUID) -> 
     return await connection.fetchrow(
         "SELECT * FROM predictions WHERE id = $1 AND tenant = $2", prediction_id, tenant
     )
-
-
-async def list_newest(
-    connection: Connection, tenant: str, limit: int, after: tuple[datetime, uuid.UUID] | None
-) -> list[asyncpg.Record]:
-    """``tenant``'s predictions, newest first, after the (create_time, id) keyset position."""
-    if after is None:
-        query = "SELECT * FROM predictions WHERE tenant = $1 ORDER BY create_time DESC, id DESC LIMIT $2"
-        return list(await connection.fetch(query, tenant, limit))
-    query = (
-        "SELECT * FROM predictions WHERE tenant = $1 AND (create_time, id) < ($3, $4)"
-        " ORDER BY create_time DESC, id DESC LIMIT $2"
-    )
-    return list(await connection.fetch(query, tenant, limit, *after))
 
 
 async def list_job_items(

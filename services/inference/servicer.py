@@ -1,0 +1,70 @@
+"""gRPC handlers of ferry.inference.v1.InferenceService: validate, then hand off to the model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.errors import InvalidArgument, NotFound
+from services.inference.served import ServedModel
+
+MAX_INPUTS = 256
+MAX_TOP_K = 100
+
+
+class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
+    """Answers ListModels and Predict from the models loaded at start."""
+
+    def __init__(self, models: Mapping[str, ServedModel]) -> None:
+        # The mapping is filled in by the service's start(); handlers only read it.
+        self._models = models
+
+    async def ListModels(
+        self,
+        request: inference_service_pb2.ListModelsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> inference_service_pb2.ListModelsResponse:
+        """Returns the loaded models, sorted by name."""
+        return inference_service_pb2.ListModelsResponse(
+            models=[self._models[name].describe() for name in sorted(self._models)]
+        )
+
+    async def Predict(
+        self,
+        request: inference_service_pb2.PredictRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> inference_service_pb2.PredictResponse:
+        """Runs one model on 1 to 256 inputs; each input gets a result or its own error."""
+        model = self._model(request.model)
+        count = len(request.inputs)
+        if not 1 <= count <= MAX_INPUTS:
+            raise InvalidArgument(
+                f"inputs has {count} items; send between 1 and {MAX_INPUTS} inputs per request "
+                "(use a batch job for more)",
+                "INVALID_INPUT_COUNT",
+                {"count": str(count), "max": str(MAX_INPUTS)},
+            )
+        if not 1 <= request.top_k <= MAX_TOP_K:
+            raise InvalidArgument(
+                f"top_k is {request.top_k}; it must be between 1 and {MAX_TOP_K}",
+                "INVALID_TOP_K",
+                {"top_k": str(request.top_k)},
+            )
+        return inference_service_pb2.PredictResponse(
+            results=await model.predict(request.inputs, request.top_k)
+        )
+
+    def _model(self, name: str) -> ServedModel:
+        # Accept the resource name too ("models/x"), as ListModels hands it out.
+        served = self._models.get(name.removeprefix("models/"))
+        if served is None:
+            available = ", ".join(sorted(self._models)) or "none (still loading)"
+            raise NotFound(
+                f"model {name!r} is not served here; available: {available}",
+                "MODEL_NOT_FOUND",
+                {"model": name},
+            )
+        return served

@@ -1,0 +1,102 @@
+"""One real inference service per test session: real weights, a real gRPC server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from skimage import data as skimage_data
+
+from devstack.infra import free_port
+from ferry.inference.v1 import inference_service_pb2_grpc
+from services.common.runtime import run_service
+from services.inference.service import InferenceService
+from services.inference.settings import InferenceSettings
+
+#: ImageNet-1k indices of the domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+CAT_CLASSES = frozenset(range(281, 286))
+ESPRESSO = 967
+
+
+def encode(pixels: np.ndarray, image_format: str = "JPEG") -> bytes:
+    """Encodes an RGB array as an image file."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def cat_jpeg() -> bytes:
+    """scikit-image's photo of Chelsea the cat, as a JPEG."""
+    return encode(skimage_data.chelsea())
+
+
+@pytest.fixture(scope="session")
+def coffee_jpeg() -> bytes:
+    """scikit-image's photo of a cup of coffee, as a JPEG."""
+    return encode(skimage_data.coffee())
+
+
+@dataclass
+class RunningInference:
+    """A running inference service and what was seen while it started."""
+
+    service: InferenceService
+    channel: grpc.aio.Channel
+    stub: inference_service_pb2_grpc.InferenceServiceStub
+    health_seen: list[int] = field(default_factory=list)
+    """Health statuses polled from bind until SERVING, in order."""
+
+
+async def _wait_serving(channel: grpc.aio.Channel, seen: list[int], task: asyncio.Task[None]) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    service = "ferry.inference.v1.InferenceService"
+    while not task.done():
+        with contextlib.suppress(grpc.aio.AioRpcError):  # not bound yet
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+            if not seen or seen[-1] != answer.status:
+                seen.append(answer.status)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        await asyncio.sleep(0.05)
+    task.result()  # the service died during start: show why
+    raise AssertionError("inference service stopped before it was SERVING")
+
+
+@pytest.fixture(scope="session")
+async def inference() -> AsyncIterator[RunningInference]:
+    """Runs the inference service exactly as ``python -m services.inference`` does, on a free port."""
+    port = free_port()
+    settings = InferenceSettings(
+        grpc_port=port,
+        metrics_port=0,
+        device="cpu",
+        max_batch_size=8,
+        max_batch_delay_ms=5,
+        warmup_batches=1,
+        shutdown_grace_s=1,
+    )
+    service = InferenceService(settings)
+    task = asyncio.create_task(run_service(service, settings))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    running = RunningInference(service, channel, inference_service_pb2_grpc.InferenceServiceStub(channel))
+    try:
+        await asyncio.wait_for(_wait_serving(channel, running.health_seen, task), timeout=300)
+        yield running
+    finally:
+        await channel.close()
+        os.kill(os.getpid(), signal.SIGTERM)  # the runtime's own shutdown path
+        await asyncio.wait_for(task, timeout=30)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

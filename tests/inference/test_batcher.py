@@ -1,0 +1,102 @@
+"""The dynamic batcher forms real batches under concurrency and keeps each item's answer its own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+
+import pytest
+
+from services.common.errors import Unavailable
+from services.inference.batcher import DynamicBatcher
+from services.inference.runner import Item, ModelRunner, TopK
+from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+async def test_concurrent_items_share_forward_passes_on_the_real_model(
+    inference: RunningInference, stack: AsyncExitStack, cat_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
+    served = inference.service.models["efficientnet-lite0"]
+    runner: ModelRunner = served.runner
+    # A wide window: all items are queued before the worker collects, so batches must form.
+    batcher: DynamicBatcher[Item, TopK] = DynamicBatcher("test-lite0", runner.run, 8, max_delay_s=0.5)
+    await batcher.start(stack)
+    cat = Item(served.spec.preprocess(cat_jpeg), top_k=3)
+    coffee = Item(served.spec.preprocess(coffee_jpeg), top_k=1)
+    items = [cat, coffee] * 6
+
+    results = await asyncio.gather(*(batcher.submit(item) for item in items))
+
+    sizes = [r.batch_size for r in results]
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= 8 and sorted(set(sizes)) == [4, 8], sizes  # 12 items: one full batch, then 4
+    for item, result in zip(items, results, strict=True):
+        # Each answer belongs to its own input, whatever batch it ran in.
+        assert len(result.output.indices) == item.top_k
+        if item is cat:
+            assert result.output.indices[0] in CAT_CLASSES
+        else:
+            assert result.output.indices == [ESPRESSO]
+        assert result.queue_ms >= 0 and result.inference_ms > 0
+
+
+async def test_batches_never_exceed_max_size(stack: AsyncExitStack) -> None:
+    seen: list[int] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        seen.append(len(items))
+        return [item * 10 for item in items]
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("sizes", run, max_batch_size=3, max_delay_s=0.2)
+    await batcher.start(stack)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+    assert [r.output for r in results] == [i * 10 for i in range(10)]
+    assert max(seen) == 3 and sum(seen) == 10
+
+
+async def test_a_failing_batch_fails_its_items_and_the_worker_goes_on(stack: AsyncExitStack) -> None:
+    def run(items: Sequence[int]) -> list[int]:
+        if any(item < 0 for item in items):
+            raise RuntimeError("negative input")
+        return list(items)
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("failing", run, max_batch_size=4, max_delay_s=0.2)
+    await batcher.start(stack)
+    with pytest.raises(RuntimeError, match="negative input"):
+        await batcher.submit(-1)
+    assert (await batcher.submit(7)).output == 7
+
+
+async def test_items_queued_at_shutdown_fail_unavailable() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def run(items: Sequence[int]) -> list[int]:
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=10)
+        return list(items)
+
+    stack = AsyncExitStack()
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("closing", run, max_batch_size=1, max_delay_s=0)
+    await batcher.start(stack)
+    running = asyncio.ensure_future(batcher.submit(1))
+    await started.wait()
+    queued = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(stack.aclose())
+    await asyncio.sleep(0.05)
+    release.set()
+    await closing
+    for future in (running, queued):
+        with pytest.raises(Unavailable):
+            await future
+    with pytest.raises(Unavailable):
+        await batcher.submit(3)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: PIL format names accepted as input, as the contract (ferry.types.v1.Image) lists them.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -47,6 +47,9 @@ def decode_image(content: bytes, min_side: int = 0) -> Image.Image:
                 opened.draft("RGB", _draft_size(opened.size, min_side))
             # convert: the first frame of a GIF, alpha dropped, palettes and greyscale expanded.
             return ImageOps.exif_transpose(opened).convert("RGB")
+    except UnidentifiedImageError:
+        # PIL's own message names an internal BytesIO object, which helps no caller.
+        raise InvalidImage("the bytes are not a file of a supported image format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InvalidImage(str(err) or type(err).__name__) from err
 

@@ -75,7 +75,8 @@ class ServedModel:
             metrics.ITEMS.labels(self.spec.name, "invalid_image").inc()
             message = (
                 f"input {index} is not a decodable image ({err}); "
-                f"send the encoded file of a {ACCEPTED_FORMATS_TEXT} picture in inputs[{index}].image.content"
+                f"send the encoded file of a {ACCEPTED_FORMATS_TEXT} picture as the image content"
+                " (base64 in JSON)"
             )
             return inference_service_pb2.PredictResult(
                 error=status_to_proto(grpc.StatusCode.INVALID_ARGUMENT, message, INVALID_IMAGE)

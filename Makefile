@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/mypy services devstack clients tools
 
 bench: install
-	$(PY) -m benchmarks.predict
+	$(PY) -m benchmarks.e2e
 
 clean-state:
 	rm -rf .ferry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ from devstack.infra import Postgres, free_port, start_nats
 
 # Keep CPU tests predictable on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# pgserver logs from an atexit hook, after pytest has closed the streams it captured.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

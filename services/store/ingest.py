@@ -8,6 +8,7 @@ never counts an item twice. A failed write naks the batch: nothing is acked that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter as Tally
@@ -100,13 +101,22 @@ class Ingestor:
         )
 
     async def run(self, subscription: JetStreamContext.PullSubscription) -> None:
-        """Ingests until cancelled."""
-        while True:
-            try:
-                messages = await subscription.fetch(self._batch, timeout=self._fetch_timeout_s)
-            except nats.errors.TimeoutError:
-                continue
-            await self.handle(messages)
+        """Ingests until cancelled; a failed fetch is logged and retried, never fatal."""
+        try:
+            while True:
+                try:
+                    messages = await subscription.fetch(self._batch, timeout=self._fetch_timeout_s)
+                except TimeoutError:  # an idle stream; nats.errors.TimeoutError is one too
+                    continue
+                except nats.errors.Error as err:  # a reconnect under way, a deleted consumer, ...
+                    log.warning("fetching record events failed, retrying in 1s: %r", err)
+                    await asyncio.sleep(1.0)
+                    continue
+                await self.handle(messages)
+        finally:
+            # An open pull subscription would hold the connection's drain for its full timeout.
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def handle(self, messages: list[Msg]) -> None:
         """Writes one fetched batch, then acks it (or naks it when the write failed)."""

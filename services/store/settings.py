@@ -29,8 +29,12 @@ class StoreSettings(ServiceSettings, NatsSettings):
     """Durable JetStream consumer that ingests record events; replicas share it."""
     ingest_batch_size: int = Field(default=256, ge=1, le=10_000)
     """Most events written in one transaction."""
-    ingest_fetch_timeout_s: float = Field(default=1.0, gt=0)
-    """How long one fetch waits for events when the stream is idle."""
+    ingest_fetch_timeout_s: float = Field(default=0.1, gt=0)
+    """How long one fetch waits for events; also the most a lone record waits to be written.
+
+    nats-py keeps a pull open until this deadline even after the first event arrives, so a short
+    window keeps records readable right after the prediction; busy streams fill batches at once.
+    """
     ingest_retry_delay_s: float = Field(default=2.0, ge=0)
     """Redelivery delay of a batch whose write failed (for example while Postgres is down)."""
     pool_min_size: int = Field(default=1, ge=0)

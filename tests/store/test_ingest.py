@@ -30,9 +30,10 @@ async def js(nats_url: str, pool: asyncpg.Pool) -> AsyncIterator[JetStreamContex
         _, js = await connect(nats_url, "store-tests", stack)
         await ensure_streams(js)
         consumer = f"store-test-{uuid.uuid4().hex[:8]}"
-        ingestor = Ingestor(js, pool, consumer, batch=64, fetch_timeout_s=0.2, retry_delay_s=0.1)
-        spawn(stack, ingestor.run(await ingestor.subscribe()), "ingest")
+        ingestor = Ingestor(js, pool, consumer, batch=64, fetch_timeout_s=0.05, retry_delay_s=0.1)
+        task = spawn(stack, ingestor.run(await ingestor.subscribe()), "ingest")
         yield js
+        assert not task.done(), task  # ingest must outlive every idle fetch and bad event
         await js.delete_consumer("FERRY_EVENTS", consumer)
 
 
@@ -134,3 +135,18 @@ async def test_a_malformed_event_is_dropped_and_ingest_goes_on(
     made = prediction()
     await publish(js, event(TENANT, made), made.name)
     assert await rows_with_id(pool, made.name.removeprefix("predictions/"), 1) == 1
+
+
+async def test_ingest_survives_fetches_that_time_out(js: JetStreamContext, pool: asyncpg.Pool) -> None:
+    # With a 2 ms window nats-py often ends a fetch with the builtin TimeoutError (its deadline
+    # is spent by the no-wait probe). That once killed ingest and silently stopped every record.
+    consumer = f"store-test-idle-{uuid.uuid4().hex[:8]}"
+    async with AsyncExitStack() as stack:
+        ingestor = Ingestor(js, pool, consumer, batch=64, fetch_timeout_s=0.002, retry_delay_s=0.1)
+        task = spawn(stack, ingestor.run(await ingestor.subscribe()), "idle-ingest")
+        await asyncio.sleep(1.5)
+        assert not task.done(), task
+        made = prediction()
+        await publish(js, event(TENANT, made), made.name)
+        assert await rows_with_id(pool, made.name.removeprefix("predictions/"), 1) == 1
+    await js.delete_consumer("FERRY_EVENTS", consumer)

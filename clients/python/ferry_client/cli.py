@@ -32,7 +32,11 @@ def _api_key(explicit: str | None) -> str:
 
 
 def _print(message: Message) -> None:
-    print(MessageToJson(message, preserving_proto_field_name=True, indent=2))
+    print(
+        MessageToJson(
+            message, preserving_proto_field_name=True, indent=2, always_print_fields_with_no_presence=True
+        )
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

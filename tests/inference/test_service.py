@@ -1,0 +1,73 @@
+"""inference's own gRPC API, served exactly as in production, with the real weights."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from ferry.inference.v1 import inference_service_pb2 as pb
+from ferry.types.v1 import types_pb2
+from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
+
+
+def image(content: bytes) -> types_pb2.Input:
+    return types_pb2.Input(image=types_pb2.Image(content=content))
+
+
+async def test_health_is_serving_only_after_warm_up(inference: RunningInference) -> None:
+    # Polled from the moment the port is bound: loading and warming up take far longer than a poll.
+    assert inference.health_seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert inference.health_seen[-1] == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_list_models_describes_the_loaded_model(inference: RunningInference) -> None:
+    answer = await inference.stub.ListModels(pb.ListModelsRequest())
+    [model] = answer.models
+    assert (model.name, model.task, model.labels_count, model.ready) == (
+        "models/efficientnet-lite0",
+        "image-classification",
+        1000,
+        True,
+    )
+
+
+async def test_a_batch_answers_each_input_in_order(
+    inference: RunningInference, cat_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
+    request = pb.PredictRequest(
+        model="efficientnet-lite0",
+        inputs=[image(cat_jpeg), image(b"not an image at all"), image(coffee_jpeg)],
+        top_k=3,
+    )
+    cat, broken, coffee = (await inference.stub.Predict(request)).results
+    assert cat.classes[0].index in CAT_CLASSES and cat.classes[0].label == "tiger cat"
+    assert len(cat.classes) == 3
+    assert [c.score for c in cat.classes] == sorted((c.score for c in cat.classes), reverse=True)
+    assert coffee.classes[0].index == ESPRESSO and coffee.classes[0].label == "espresso"
+    assert coffee.timing.inference_ms > 0 and coffee.timing.batch_size >= 1
+    assert broken.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "input 1" in broken.error.message and "JPEG" in broken.error.message
+    assert "BytesIO" not in broken.error.message
+    assert not broken.classes
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "words"),
+    [
+        (pb.PredictRequest(model="resnet-9000", inputs=[image(b"x")], top_k=1), "NOT_FOUND", "available"),
+        (pb.PredictRequest(model="efficientnet-lite0", inputs=[], top_k=1), "INVALID_ARGUMENT", "input"),
+        (
+            pb.PredictRequest(model="efficientnet-lite0", inputs=[image(b"x")], top_k=0),
+            "INVALID_ARGUMENT",
+            "top_k",
+        ),
+    ],
+)
+async def test_bad_requests_get_a_clear_status(
+    inference: RunningInference, request_: pb.PredictRequest, code: str, words: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inference.stub.Predict(request_)
+    assert caught.value.code() == getattr(grpc.StatusCode, code)
+    assert words in (caught.value.details() or "")

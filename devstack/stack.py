@@ -143,6 +143,7 @@ class LocalStack:
             admin_port=admin_port,
             gateway_host=s.host,
             gateway_port=gateway_port,
+            otlp_endpoint=s.otlp_endpoint,
         )
         config.write_text(render(opts))
         argv = [

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from devstack.envoy import COMMITTED_CONFIG, EnvoyOptions, render
 from tools import protogen
 
@@ -49,9 +51,10 @@ def test_committed_envoy_config_is_fresh() -> None:
     assert COMMITTED_CONFIG.read_text() == render(opts), "run `python -m devstack.envoy` and commit"
 
 
-def test_envoy_accepts_the_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("otlp_endpoint", ["", "http://127.0.0.1:4317"], ids=["plain", "traced"])
+def test_envoy_accepts_the_config(tmp_path: Path, otlp_endpoint: str) -> None:
     config = tmp_path / "envoy.yaml"
-    config.write_text(render(EnvoyOptions()))
+    config.write_text(render(EnvoyOptions(otlp_endpoint=otlp_endpoint)))
     envoy = str(Path(sys.executable).parent / "envoy")
     done = subprocess.run(
         [envoy, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id"],

@@ -13,7 +13,7 @@ from tests.e2e.test_jobs import wait_finished
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = {"ferry-gateway", "ferry-jobs", "ferry-inference", "ferry-store"}
+SERVICES = {"ferry-envoy", "ferry-gateway", "ferry-jobs", "ferry-inference", "ferry-store"}
 
 
 def test_a_job_is_one_trace_across_every_service(

@@ -34,6 +34,26 @@ class EnvoyOptions:
     """OTLP/gRPC collector (``http://host:port``); when set, Envoy exports a span for the edge hop."""
 
 
+def _http2_cluster(name: str, host: str, port: int) -> str:
+    """A cluster of one HTTP/2 (gRPC) upstream, as YAML list item text."""
+    return f"""
+    - name: {name}
+      type: STRICT_DNS
+      connect_timeout: 2s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {{}}
+      load_assignment:
+        cluster_name: {name}
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{address: {host}, port_value: {port}}}"""
+
+
 def _otlp_host_port(endpoint: str) -> tuple[str, int]:
     address = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     if address.hostname is None or address.port is None:
@@ -56,22 +76,7 @@ def _tracing(opts: EnvoyOptions) -> tuple[str, str]:
                       grpc_service:
                         envoy_grpc: {cluster_name: otlp}
                         timeout: 1s"""
-    cluster = f"""
-    - name: otlp
-      type: STRICT_DNS
-      connect_timeout: 2s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {{}}
-      load_assignment:
-        cluster_name: otlp
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{address: {host}, port_value: {port}}}"""
+    cluster = _http2_cluster("otlp", host, port)
     return tracing, cluster
 
 
@@ -131,21 +136,7 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-    - name: gateway
-      type: STRICT_DNS
-      connect_timeout: 2s
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options: {{}}
-      load_assignment:
-        cluster_name: gateway
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: {{address: {opts.gateway_host}, port_value: {opts.gateway_port}}}
+{_http2_cluster("gateway", opts.gateway_host, opts.gateway_port).lstrip(chr(10))}
       # Envoy sends traffic only to gateway replicas that answer gRPC health SERVING.
       health_checks:
         - timeout: 1s

@@ -71,3 +71,11 @@ async def test_bad_requests_get_a_clear_status(
         await inference.stub.Predict(request_)
     assert caught.value.code() == getattr(grpc.StatusCode, code)
     assert words in (caught.value.details() or "")
+
+
+async def test_more_than_256_inputs_is_invalid(inference: RunningInference, cat_jpeg: bytes) -> None:
+    request = pb.PredictRequest(model="efficientnet-lite0", inputs=[image(cat_jpeg)] * 257, top_k=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inference.stub.Predict(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "257" in (caught.value.details() or "")

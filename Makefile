@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferry-installed
 
-.PHONY: install up test protos lint bench clean-state
+.PHONY: install up test protos lint bench bench-inference clean-state
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ lint: install
 
 bench: install
 	$(PY) -m benchmarks.e2e
+
+bench-inference: install
+	$(PY) -m benchmarks.inference
 
 clean-state:
 	rm -rf .ferry

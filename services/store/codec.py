@@ -7,23 +7,37 @@ import binascii
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, error_from_status
 
-#: The columns of one prediction row, in the order ``prediction_row`` returns them.
-PREDICTION_COLUMNS = (
-    "id", "tenant", "model", "job_id", "item_index", "state",
-    "classes", "timing", "error", "trace_id", "create_time",
-)  # fmt: skip
+
+class PredictionRow(NamedTuple):
+    """One row of the predictions table, in column order (ingest writes them column-wise)."""
+
+    id: uuid.UUID
+    tenant: str
+    model: str
+    job_id: uuid.UUID | None
+    item_index: int | None
+    state: int
+    classes: str
+    timing: str
+    error: bytes | None
+    error_code: int | None
+    error_message: str | None
+    error_reason: str | None
+    trace_id: str
+    create_time: datetime
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -36,32 +50,41 @@ def _uuid_of(name: str, collection: str) -> uuid.UUID:
     return uuid.UUID(name.removeprefix(f"{collection}/"))
 
 
-def prediction_row(tenant: str, prediction: prediction_pb2.Prediction) -> tuple[Any, ...]:
+def _json(message: Message) -> str:
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def prediction_row(tenant: str, prediction: prediction_pb2.Prediction) -> PredictionRow:
     """The row for a recorded prediction.
 
     Raises:
-        ValueError: the prediction's name or job is not a valid resource name.
+        ValueError: the prediction's name or job is not a valid resource name, or its time is
+            out of range.
     """
     job_id = _uuid_of(prediction.job, "jobs") if prediction.job else None
     created = (
-        prediction.create_time.ToDatetime(tzinfo=UTC)
+        prediction.create_time.ToDatetime(tzinfo=UTC)  # ValueError when out of range
         if prediction.HasField("create_time")
         else datetime.now(UTC)
     )
-    return (
-        _uuid_of(prediction.name, "predictions"),
-        tenant,
-        prediction.model.removeprefix("models/"),
-        job_id,
-        prediction.item_index if job_id else None,
-        int(prediction.state),
-        json.dumps(
+    failed = prediction.HasField("error")
+    return PredictionRow(
+        id=_uuid_of(prediction.name, "predictions"),
+        tenant=tenant,
+        model=prediction.model.removeprefix("models/"),
+        job_id=job_id,
+        item_index=prediction.item_index if job_id else None,
+        state=int(prediction.state),
+        classes=json.dumps(
             [json_format.MessageToDict(c, preserving_proto_field_name=True) for c in prediction.classes]
         ),
-        json.dumps(json_format.MessageToDict(prediction.timing, preserving_proto_field_name=True)),
-        prediction.error.SerializeToString() if prediction.HasField("error") else None,
-        prediction.trace_id,
-        created,
+        timing=_json(prediction.timing),
+        error=prediction.error.SerializeToString() if failed else None,
+        error_code=prediction.error.code if failed else None,
+        error_message=prediction.error.message if failed else None,
+        error_reason=error_from_status(prediction.error).reason if failed else None,
+        trace_id=prediction.trace_id,
+        create_time=created,
     )
 
 

@@ -3,6 +3,8 @@
 At-least-once delivery plus ``ON CONFLICT DO NOTHING`` on the record id makes every record land
 exactly once. Job counters move only for rows a transaction really inserted, so a redelivery
 never counts an item twice. A failed write naks the batch: nothing is acked that is not stored.
+Only an event that can never be stored (undecodable, or refused by Postgres for its content) is
+terminated, and it is logged.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import Counter as Tally
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import nats.errors
@@ -38,28 +40,36 @@ RECORDS_FILTER = "ferry.records.>"
 _SUCCEEDED = prediction_pb2.PREDICTION_STATE_SUCCEEDED
 
 
+# Postgres refuses these for a row's content (SQLSTATE classes 22 and 23): retrying cannot help.
+_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# Everything else from the database (down, restarting, a lock timeout) may pass: redeliver later.
+_TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
 @dataclass(frozen=True)
 class Decoded:
     """One event ready to write."""
 
     message: Msg
-    row: tuple[Any, ...]
+    row: codec.PredictionRow
 
 
-async def write_batch(pool: asyncpg.Pool, rows: list[tuple[Any, ...]]) -> int:
+async def write_batch(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
     """Writes rows and their jobs' progress in one transaction; returns how many were new."""
     async with pool.acquire() as connection, connection.transaction():
         inserted = await predictions.insert_many(connection, rows)
-        done: Tally[tuple[Any, bool]] = Tally(
-            (r["job_id"], r["state"] == _SUCCEEDED) for r in inserted if r["job_id"] is not None
+        done: Tally[tuple[str, uuid.UUID, bool]] = Tally(
+            (r["tenant"], r["job_id"], r["state"] == _SUCCEEDED) for r in inserted if r["job_id"] is not None
         )
-        job_ids = sorted({job_id for job_id, _ in done})  # a fixed order avoids deadlocks between replicas
-        if job_ids:
+        # Sorted so replicas tend to lock shared jobs in one order; a deadlock Postgres still finds
+        # aborts this transaction, which is transient: the batch is naked and comes back.
+        keys = sorted({(tenant, job_id) for tenant, job_id, _ in done})
+        if keys:
             await jobs.count_finished_items(
                 connection,
-                job_ids,
-                [done[(j, True)] for j in job_ids],
-                [done[(j, False)] for j in job_ids],
+                keys,
+                [done[(*k, True)] for k in keys],
+                [done[(*k, False)] for k in keys],
             )
     return len(inserted)
 
@@ -80,12 +90,12 @@ class Ingestor:
     """Pulls record events from the durable consumer and writes them in batches."""
 
     def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, consumer: str, batch: int,
-                 fetch_timeout_s: float, retry_delay_s: float) -> None:  # fmt: skip
+                 max_wait_s: float, retry_delay_s: float) -> None:  # fmt: skip
         self._js = js
         self._pool = pool
         self._consumer = consumer
         self._batch = batch
-        self._fetch_timeout_s = fetch_timeout_s
+        self._max_wait_s = max_wait_s
         self._retry_delay_s = retry_delay_s
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
@@ -101,18 +111,30 @@ class Ingestor:
         )
 
     async def run(self, subscription: JetStreamContext.PullSubscription) -> None:
-        """Ingests until cancelled; a failed fetch is logged and retried, never fatal."""
+        """Ingests until cancelled; a failed fetch or batch is logged and retried, never fatal."""
+        me = asyncio.current_task()
         try:
             while True:
+                # On Python 3.11 asyncio.wait_for (inside nats-py's fetch) swallows a cancel that
+                # races the fetch deadline; without this check a stop request could be lost and
+                # shutdown would wait on this loop forever.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 try:
-                    messages = await subscription.fetch(self._batch, timeout=self._fetch_timeout_s)
+                    messages = await subscription.fetch(self._batch, timeout=self._max_wait_s)
                 except TimeoutError:  # an idle stream; nats.errors.TimeoutError is one too
                     continue
                 except nats.errors.Error as err:  # a reconnect under way, a deleted consumer, ...
                     log.warning("fetching record events failed, retrying in 1s: %r", err)
                     await asyncio.sleep(1.0)
                     continue
-                await self.handle(messages)
+                try:
+                    await self.handle(messages)
+                except Exception:
+                    # Unacked messages come back after ack_wait; ingest itself must live on.
+                    log.exception("handling %d record events failed; they will be redelivered", len(messages))
+                    metrics.RECORDS.labels("retried").inc(len(messages))
+                    await asyncio.sleep(1.0)
         finally:
             # An open pull subscription would hold the connection's drain for its full timeout.
             with contextlib.suppress(Exception):
@@ -128,29 +150,45 @@ class Ingestor:
                 await message.term()
             else:
                 decoded.append(item)
-        if not decoded:
-            return
+        if decoded and not await self._write(decoded):
+            # One record Postgres refuses (a NUL character in a string, say) would hold back its
+            # whole batch on every redelivery: write them one by one and drop only the refused.
+            for item in decoded:
+                if not await self._write([item]):
+                    log.error("dropping record %s: Postgres refuses its content", item.row.id)
+                    metrics.RECORDS.labels("refused").inc()
+                    await item.message.term()
+
+    async def _write(self, group: list[Decoded]) -> bool:
+        """Writes ``group`` and acks it, or naks it when the failure may pass.
+
+        Returns:
+            Whether Postgres accepted the content; when it refused, nothing was acked or naked.
+        """
         started = time.time_ns()
         try:
-            inserted = await write_batch(self._pool, [d.row for d in decoded])
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as err:
+            inserted = await write_batch(self._pool, [d.row for d in group])
+        except _REFUSED:
+            return False
+        except _TRANSIENT as err:
             log.warning(
-                "cannot write %d records, redelivering in %.0fs: %s", len(decoded), self._retry_delay_s, err
+                "cannot write %d records, redelivering in %.0fs: %r", len(group), self._retry_delay_s, err
             )
-            metrics.RECORDS.labels("retried").inc(len(decoded))
-            await asyncio.gather(*(d.message.nak(delay=self._retry_delay_s) for d in decoded))
-            return
+            metrics.RECORDS.labels("retried").inc(len(group))
+            await asyncio.gather(*(d.message.nak(delay=self._retry_delay_s) for d in group))
+            return True
         committed = time.time_ns()
-        metrics.BATCH_SIZE.observe(len(decoded))
+        metrics.BATCH_SIZE.observe(len(group))
         metrics.RECORDS.labels("inserted").inc(inserted)
-        metrics.RECORDS.labels("duplicate").inc(len(decoded) - inserted)
+        metrics.RECORDS.labels("duplicate").inc(len(group) - inserted)
         now = datetime.now(UTC)
-        for item in decoded:
+        for item in group:
             # Each record's span joins the trace of the request that produced it.
             span = tracer.start_span(
                 "store.ingest", context=extract_context(item.message.headers), start_time=started
             )
-            span.set_attribute("ferry.prediction_id", str(item.row[0]))
+            span.set_attribute("ferry.prediction_id", str(item.row.id))
             span.end(end_time=committed)
-            metrics.LAG.observe(max(0.0, (now - item.row[-1]).total_seconds()))
-        await asyncio.gather(*(d.message.ack() for d in decoded))
+            metrics.LAG.observe(max(0.0, (now - item.row.create_time).total_seconds()))
+        await asyncio.gather(*(d.message.ack() for d in group))
+        return True

@@ -43,14 +43,19 @@ class StoreService:
     async def start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         if not s.database_url:
-            raise ValueError("FERRY_STORE_DATABASE_URL is not set; give store a Postgres URI")
+            raise ValueError(
+                "FERRY_STORE_DATABASE_URL is not set; give store a Postgres URI, for example"
+                " postgresql://user:password@127.0.0.1:5432/ferry"
+            )
         pool = await asyncpg.create_pool(s.database_url, min_size=s.pool_min_size, max_size=s.pool_max_size)
         stack.push_async_callback(pool.close)
         async with pool.acquire() as connection:
             applied = await migrate(connection)
             if s.dev_api_key:
                 digest = hashlib.sha256(s.dev_api_key.encode()).hexdigest()
-                await api_keys.upsert(connection, digest, s.dev_tenant, "dev")
+                async with connection.transaction():
+                    await api_keys.upsert(connection, digest, s.dev_tenant, "dev")
+                log.info("dev API key ready for tenant %r", s.dev_tenant)
         log.info("schema ready (%d migrations applied now)", len(applied))
         assert self._servicer is not None
         self._servicer.bind(pool)
@@ -58,7 +63,7 @@ class StoreService:
         _, js = await connect(s.nats_url, "ferry-store", stack)
         await ensure_streams(js)
         ingestor = Ingestor(
-            js, pool, s.consumer_name, s.ingest_batch_size, s.ingest_fetch_timeout_s, s.ingest_retry_delay_s
+            js, pool, s.consumer_name, s.ingest_batch_size, s.ingest_max_wait_s, s.ingest_retry_delay_s
         )
         subscription = await ingestor.subscribe()
         spawn(stack, ingestor.run(subscription), "store-ingest")

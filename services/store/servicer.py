@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,8 @@ from services.store.repositories.newest import newest_first
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
+
 
 def _keyset(position: dict[str, Any]) -> tuple[datetime, Any] | None:
     if not position:
@@ -28,6 +31,25 @@ def _keyset(position: dict[str, Any]) -> tuple[datetime, Any] | None:
             "page_token is not valid; pass the next_page_token of the previous page unchanged",
             reason="INVALID_PAGE_TOKEN",
         ) from None
+
+
+def _tenant(tenant: str) -> str:
+    """Every read and write is scoped by tenant, so a request without one is a caller bug."""
+    if not tenant:
+        raise InvalidArgument("tenant is required; pass the caller's tenant", reason="MISSING_TENANT")
+    return tenant
+
+
+def _item_position(position: dict[str, Any]) -> int:
+    """The item index a job listing's page token continues after (-1 for the first page)."""
+    after = position.get("i", -1) if position.keys() <= {"i"} else None
+    if type(after) is not int:
+        raise InvalidArgument(
+            "page_token is not valid for a job's predictions; pass the next_page_token of the"
+            " previous page of the same listing unchanged",
+            reason="INVALID_PAGE_TOKEN",
+        )
+    return after
 
 
 def _next_token(rows: list[asyncpg.Record], limit: int) -> str:
@@ -56,9 +78,10 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     async def GetPrediction(
         self, request: pb.GetPredictionRequest, context: Context
     ) -> pb.GetPredictionResponse:
+        tenant = _tenant(request.tenant)
         prediction_id = codec.parse_id(request.id, "prediction")
         async with self._pool.acquire() as connection:
-            row = await predictions.get(connection, request.tenant, prediction_id)
+            row = await predictions.get(connection, tenant, prediction_id)
         if row is None:
             raise NotFound(
                 f"prediction predictions/{prediction_id} not found (records appear a moment after"
@@ -71,64 +94,76 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     async def ListPredictions(
         self, request: pb.ListPredictionsRequest, context: Context
     ) -> pb.ListPredictionsResponse:
+        tenant = _tenant(request.tenant)
         limit = codec.page_size(request.page_size)
         position = codec.decode_page_token(request.page_token)
-        async with self._pool.acquire() as connection:
-            if request.job_id:
-                job_id = codec.parse_id(request.job_id, "job")
-                after = position.get("i", -1)
-                if not isinstance(after, int):
-                    raise InvalidArgument("page_token is not valid for this job", reason="INVALID_PAGE_TOKEN")
-                rows = await predictions.list_job_items(connection, request.tenant, job_id, limit + 1, after)
-                token = (
-                    codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
-                )
-            else:
-                rows = await newest_first(
-                    connection, "predictions", request.tenant, limit + 1, _keyset(position)
-                )
-                token = _next_token(rows, limit)
+        if request.job_id:
+            job_id = codec.parse_id(request.job_id, "job")
+            after = _item_position(position)
+            async with self._pool.acquire() as connection:
+                rows = await predictions.list_job_items(connection, tenant, job_id, limit + 1, after)
+            token = codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
+        else:
+            keyset = _keyset(position)
+            async with self._pool.acquire() as connection:
+                rows = await newest_first(connection, "predictions", tenant, limit + 1, keyset)
+            token = _next_token(rows, limit)
         return pb.ListPredictionsResponse(
             predictions=[codec.prediction_from_row(r) for r in rows[:limit]], next_page_token=token
         )
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: Context) -> pb.CreateJobResponse:
+        tenant = _tenant(request.tenant)
         job_id = codec.parse_id(request.job.name.removeprefix("jobs/"), "job")
         if request.job.items_total < 1:
-            raise InvalidArgument("a job needs at least one item", reason="EMPTY_JOB")
-        async with self._pool.acquire() as connection:
+            raise InvalidArgument(
+                f"a job needs at least one item; items_total is {request.job.items_total}",
+                reason="EMPTY_JOB",
+            )
+        if not request.job.model.removeprefix("models/"):
+            raise InvalidArgument("job.model is required, as 'models/<model>'", reason="MISSING_MODEL")
+        async with self._pool.acquire() as connection, connection.transaction():
             try:
-                row, created = await jobs.create(connection, job_id, request.tenant, request.job)
+                row, created = await jobs.create(connection, job_id, tenant, request.job)
             except LookupError:
                 raise AlreadyExists(f"job id {job_id} is taken", reason="JOB_ID_TAKEN") from None
         return pb.CreateJobResponse(job=codec.job_from_row(row), created=created)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
+        tenant = _tenant(request.tenant)
         job_id = codec.parse_id(request.id, "job")
         async with self._pool.acquire() as connection:
-            row = await jobs.get(connection, request.tenant, job_id)
+            row = await jobs.get(connection, tenant, job_id)
         return pb.GetJobResponse(job=codec.job_from_row(_found(row, job_id)))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        tenant = _tenant(request.tenant)
         limit = codec.page_size(request.page_size)
         after = _keyset(codec.decode_page_token(request.page_token))
         async with self._pool.acquire() as connection:
-            rows = await newest_first(connection, "jobs", request.tenant, limit + 1, after)
+            rows = await newest_first(connection, "jobs", tenant, limit + 1, after)
         return pb.ListJobsResponse(
             jobs=[codec.job_from_row(r) for r in rows[:limit]], next_page_token=_next_token(rows, limit)
         )
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.CancelJobResponse:
+        tenant = _tenant(request.tenant)
         job_id = codec.parse_id(request.id, "job")
-        async with self._pool.acquire() as connection:
-            row = await jobs.cancel(connection, request.tenant, job_id)
+        async with self._pool.acquire() as connection, connection.transaction():
+            row = await jobs.cancel(connection, tenant, job_id)
         return pb.CancelJobResponse(job=codec.job_from_row(_found(row, job_id)))
 
     async def LookupApiKey(
         self, request: pb.LookupApiKeyRequest, context: Context
     ) -> pb.LookupApiKeyResponse:
+        digest = request.key_sha256.lower()
+        if not _SHA256_HEX.fullmatch(digest):
+            raise InvalidArgument(
+                "key_sha256 must be the 64 hex digits of the key's SHA-256 digest",
+                reason="INVALID_KEY_DIGEST",
+            )
         async with self._pool.acquire() as connection:
-            row = await api_keys.lookup(connection, request.key_sha256)
+            row = await api_keys.lookup(connection, digest)
         if row is None:
             raise NotFound("no live API key has this digest", reason="API_KEY_NOT_FOUND")
         return pb.LookupApiKeyResponse(tenant=row["tenant"], key_name=row["name"])

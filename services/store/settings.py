@@ -18,7 +18,7 @@ class StoreSettings(ServiceSettings, NatsSettings):
     metrics_port: int = 9103
     """Port of the Prometheus /metrics endpoint."""
     database_url: str = ""
-    """Postgres URI, for example postgresql://user:pass@host:5432/ferry (required)."""
+    """Postgres URI, for example postgresql://user:pass@host:5432/ferry (required; start fails without it)."""
     dev_api_key: str = Field(
         default="", validation_alias=AliasChoices("FERRY_STORE_DEV_API_KEY", "FERRY_DEV_API_KEY")
     )
@@ -29,8 +29,8 @@ class StoreSettings(ServiceSettings, NatsSettings):
     """Durable JetStream consumer that ingests record events; replicas share it."""
     ingest_batch_size: int = Field(default=256, ge=1, le=10_000)
     """Most events written in one transaction."""
-    ingest_fetch_timeout_s: float = Field(default=0.1, gt=0)
-    """How long one fetch waits for events; also the most a lone record waits to be written.
+    ingest_max_wait_s: float = Field(default=0.1, gt=0)
+    """How long one fetch waits to fill a batch; also the most a lone record waits to be written.
 
     nats-py keeps a pull open until this deadline even after the first event arrives, so a short
     window keeps records readable right after the prediction; busy streams fill batches at once.

@@ -1,10 +1,17 @@
-"""Builders of the events and jobs the store tests feed in."""
+"""Builders of the events and jobs the store tests feed in, and bounded waits for their effects."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import asyncpg
 import grpc
+from nats.js import JetStreamContext
 
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2
@@ -12,6 +19,7 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import status_to_proto
 from services.common.ids import item_record_id, uuid7
+from services.common.messaging import PREDICTIONS_SUBJECT
 
 
 def prediction(
@@ -33,7 +41,7 @@ def prediction(
         made.timing.CopyFrom(types_pb2.Timing(inference_ms=12.5, batch_size=2))
     if job:
         made.job, made.item_index = f"jobs/{job}", index
-    made.create_time.GetCurrentTime()
+    made.create_time.FromMicroseconds(time.time_ns() // 1000)  # Postgres keeps microseconds
     return made
 
 
@@ -49,3 +57,37 @@ def queued_job(items: int, job_id: uuid.UUID | None = None) -> job_pb2.Job:
         items_total=items,
         top_k=5,
     )
+
+
+T = TypeVar("T")
+WAIT_S = 20.0
+
+
+async def publish(js: JetStreamContext, tenant: str, made: prediction_pb2.Prediction, msg_id: str) -> None:
+    """Publishes a PredictionRecorded exactly as gateway and jobs do, with its own Nats-Msg-Id."""
+    data = event(tenant, made).SerializeToString()
+    await js.publish(PREDICTIONS_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
+
+
+def record_id(made: prediction_pb2.Prediction) -> uuid.UUID:
+    return uuid.UUID(made.name.removeprefix("predictions/"))
+
+
+async def eventually(probe: Callable[[], Awaitable[T] | T], done: Callable[[T], bool]) -> T:
+    """Polls ``probe`` until ``done`` holds or WAIT_S passes; returns the last value either way."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        answer = probe()
+        value: T = await answer if inspect.isawaitable(answer) else answer  # type: ignore[assignment]
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+
+
+async def rows_of(pool: asyncpg.Pool, made: prediction_pb2.Prediction) -> int:
+    """How many rows hold this prediction, once at least one does (or the wait ran out)."""
+    count = await eventually(
+        lambda: pool.fetchval("SELECT count(*) FROM predictions WHERE id = $1", record_id(made)),
+        lambda n: bool(n),
+    )
+    return int(count)

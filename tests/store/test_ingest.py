@@ -3,150 +3,229 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
+import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ferry.jobs.v1 import job_pb2
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
-from services.common.messaging import PREDICTIONS_SUBJECT, connect, ensure_streams
-from services.common.tasks import spawn
+from services.common import messaging
+from services.store import metrics
 from services.store.ingest import Ingestor
-from tests.store.records import event, prediction, queued_job
+from tests.store.conftest import running_ingestor
+from tests.store.records import event, eventually, prediction, publish, queued_job, record_id, rows_of
 
-TENANT = "ingest-tests"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def js(nats_url: str, pool: asyncpg.Pool) -> AsyncIterator[JetStreamContext]:
-    """JetStream, with an ingestor of this module's own running against the module's database."""
-    async with AsyncExitStack() as stack:
-        _, js = await connect(nats_url, "store-tests", stack)
-        await ensure_streams(js)
-        consumer = f"store-test-{uuid.uuid4().hex[:8]}"
-        ingestor = Ingestor(js, pool, consumer, batch=64, fetch_timeout_s=0.05, retry_delay_s=0.1)
-        task = spawn(stack, ingestor.run(await ingestor.subscribe()), "ingest")
-        yield js
-        assert not task.done(), task  # ingest must outlive every idle fetch and bad event
-        await js.delete_consumer("FERRY_EVENTS", consumer)
+TENANT = f"ingest-{uuid.uuid4().hex[:6]}"
+Stub = store_service_pb2_grpc.StoreServiceStub
 
 
-async def publish(js: JetStreamContext, record: object, msg_id: str) -> None:
-    await js.publish(PREDICTIONS_SUBJECT, record.SerializeToString(), headers={"Nats-Msg-Id": msg_id})  # type: ignore[attr-defined]
+@pytest_asyncio.fixture(scope="module", autouse=True)
+async def ingesting(js: JetStreamContext, pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """This module's ingestor, writing into this module's database."""
+    async with running_ingestor(js, pool) as consumer:
+        yield consumer
 
 
-async def rows_with_id(pool: asyncpg.Pool, record_id: str, want: int, timeout_s: float = 15) -> int:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        count = await pool.fetchval("SELECT count(*) FROM predictions WHERE id = $1::uuid", record_id)
-        if count >= want or time.monotonic() > deadline:
-            return int(count)
-        await asyncio.sleep(0.05)
+async def new_job(store: Stub, items: int) -> uuid.UUID:
+    job = (await store.CreateJob(pb.CreateJobRequest(tenant=TENANT, job=queued_job(items)))).job
+    return uuid.UUID(job.name.removeprefix("jobs/"))
 
 
-async def job_when(store: store_service_pb2_grpc.StoreServiceStub, job_id: str, done: int) -> job_pb2.Job:
-    deadline = time.monotonic() + 15
-    while True:
-        job = (await store.GetJob(pb.GetJobRequest(tenant=TENANT, id=job_id))).job
-        if job.items_succeeded + job.items_failed >= done or time.monotonic() > deadline:
-            return job
-        await asyncio.sleep(0.05)
+async def settled(store: Stub, js: JetStreamContext, pool: asyncpg.Pool, job_id: uuid.UUID) -> job_pb2.Job:
+    """The job once everything published so far is ingested (a marker record published last is in)."""
+    marker = prediction()
+    await publish(js, TENANT, marker, marker.name)
+    assert await rows_of(pool, marker) == 1
+    return (await store.GetJob(pb.GetJobRequest(tenant=TENANT, id=str(job_id)))).job
 
 
 async def test_a_published_record_becomes_a_row(js: JetStreamContext, pool: asyncpg.Pool) -> None:
     made = prediction()
-    await publish(js, event(TENANT, made), made.name)
-    record_id = made.name.removeprefix("predictions/")
-    assert await rows_with_id(pool, record_id, 1) == 1
+    await publish(js, TENANT, made, made.name)
+    assert await rows_of(pool, made) == 1
     row = await pool.fetchrow(
-        "SELECT tenant, model, trace_id FROM predictions WHERE id = $1::uuid", record_id
+        "SELECT tenant, model, job_id, trace_id, classes FROM predictions WHERE id = $1", record_id(made)
     )
-    assert (row["tenant"], row["model"], row["trace_id"]) == (TENANT, "efficientnet-lite0", "ab" * 16)
+    assert (row["tenant"], row["model"], row["job_id"], row["trace_id"]) == (
+        TENANT,
+        "efficientnet-lite0",
+        None,
+        "ab" * 16,
+    )
+    assert "espresso" in row["classes"]
 
 
-async def test_a_redelivered_record_makes_one_row(js: JetStreamContext, pool: asyncpg.Pool) -> None:
+async def test_a_record_published_twice_makes_one_row(js: JetStreamContext, pool: asyncpg.Pool) -> None:
     made = prediction()
-    # Different message ids: JetStream's own dedup cannot help, as after its window has passed.
-    await publish(js, event(TENANT, made), f"a-{made.name}")
-    await publish(js, event(TENANT, made), f"b-{made.name}")
+    # Different message ids: JetStream's dedup cannot help, as for a redelivery after its window.
+    await publish(js, TENANT, made, f"a-{made.name}")
+    await publish(js, TENANT, made, f"b-{made.name}")
     marker = prediction()
-    await publish(
-        js, event(TENANT, marker), marker.name
-    )  # published after both: once it is in, both were handled
-    assert await rows_with_id(pool, marker.name.removeprefix("predictions/"), 1) == 1
-    assert await rows_with_id(pool, made.name.removeprefix("predictions/"), 1) == 1
+    await publish(js, TENANT, marker, marker.name)  # once it is in, both copies were handled
+    assert await rows_of(pool, marker) == 1
+    assert await rows_of(pool, made) == 1
 
 
-async def test_job_counts_each_item_once(
-    js: JetStreamContext, store: store_service_pb2_grpc.StoreServiceStub
+async def test_a_job_of_two_items_and_a_duplicate_succeeds_counting_each_once(
+    js: JetStreamContext, pool: asyncpg.Pool, store: Stub
 ) -> None:
-    job = (await store.CreateJob(pb.CreateJobRequest(tenant=TENANT, job=queued_job(3)))).job
-    job_id = uuid.UUID(job.name.removeprefix("jobs/"))
-    first, second, bad = prediction(job_id, 0), prediction(job_id, 1), prediction(job_id, 2, failed=True)
-    await publish(js, event(TENANT, first), "1")
-    running = await job_when(store, str(job_id), 1)
-    assert running.state == job_pb2.JOB_STATE_RUNNING
-    for msg_id, made in [("2", second), ("dup-1", first), ("3", bad), ("dup-2", second)]:
-        await publish(js, event(TENANT, made), f"{job_id}-{msg_id}")
-    done = await job_when(store, str(job_id), 3)
-    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
-    assert (done.items_succeeded, done.items_failed) == (2, 1)
+    job_id = await new_job(store, 2)
+    first, second = prediction(job_id, 0), prediction(job_id, 1)
+    await publish(js, TENANT, first, f"{job_id}:0")
+    running = await settled(store, js, pool, job_id)
+    assert (running.state, running.items_succeeded) == (job_pb2.JOB_STATE_RUNNING, 1)
 
+    await publish(js, TENANT, second, f"{job_id}:1")
+    await publish(js, TENANT, first, f"{job_id}:0:redelivered")
+    done = await settled(store, js, pool, job_id)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert (done.items_succeeded, done.items_failed) == (2, 0)
     listing = await store.ListPredictions(pb.ListPredictionsRequest(tenant=TENANT, job_id=str(job_id)))
-    assert [p.item_index for p in listing.predictions] == [0, 1, 2]
-    assert listing.predictions[2].error.message == "not an image"
+    assert [p.item_index for p in listing.predictions] == [0, 1]
     assert listing.predictions[0].classes[0].label == "espresso"
 
 
-async def test_a_job_whose_items_all_fail_is_failed(
-    js: JetStreamContext, store: store_service_pb2_grpc.StoreServiceStub
+async def test_a_failed_record_counts_as_failed(
+    js: JetStreamContext, pool: asyncpg.Pool, store: Stub
 ) -> None:
-    job = (await store.CreateJob(pb.CreateJobRequest(tenant=TENANT, job=queued_job(1)))).job
-    job_id = uuid.UUID(job.name.removeprefix("jobs/"))
-    await publish(js, event(TENANT, prediction(job_id, 0, failed=True)), f"{job_id}-0")
-    done = await job_when(store, str(job_id), 1)
-    assert done.state == job_pb2.JOB_STATE_FAILED
+    mixed, hopeless = await new_job(store, 2), await new_job(store, 1)
+    bad = prediction(mixed, 1, failed=True)
+    for made in (prediction(mixed, 0), bad, prediction(hopeless, 0, failed=True)):
+        await publish(js, TENANT, made, made.name)
+
+    partly = await settled(store, js, pool, mixed)
+    assert (partly.state, partly.items_succeeded, partly.items_failed) == (job_pb2.JOB_STATE_SUCCEEDED, 1, 1)
+    failed = (await store.GetJob(pb.GetJobRequest(tenant=TENANT, id=str(hopeless)))).job
+    assert (failed.state, failed.items_succeeded, failed.items_failed) == (job_pb2.JOB_STATE_FAILED, 0, 1)
+
+    got = (
+        await store.GetPrediction(pb.GetPredictionRequest(tenant=TENANT, id=str(record_id(bad))))
+    ).prediction
+    assert got.error == bad.error  # the whole google.rpc.Status, ErrorInfo included
+    row = await pool.fetchrow(
+        "SELECT error_code, error_message, error_reason FROM predictions WHERE id = $1", record_id(bad)
+    )
+    assert tuple(row) == (3, "not an image", "INVALID_IMAGE")
 
 
-async def test_a_cancelled_job_stays_cancelled(
-    js: JetStreamContext, store: store_service_pb2_grpc.StoreServiceStub
-) -> None:
-    job = (await store.CreateJob(pb.CreateJobRequest(tenant=TENANT, job=queued_job(1)))).job
-    job_id = uuid.UUID(job.name.removeprefix("jobs/"))
+async def test_a_cancelled_job_stays_cancelled(js: JetStreamContext, pool: asyncpg.Pool, store: Stub) -> None:
+    job_id = await new_job(store, 1)
     cancelled = (await store.CancelJob(pb.CancelJobRequest(tenant=TENANT, id=str(job_id)))).job
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
-    await publish(js, event(TENANT, prediction(job_id, 0)), f"{job_id}-0")
-    later = await job_when(store, str(job_id), 1)
+    await publish(js, TENANT, prediction(job_id, 0), f"{job_id}:0")
+    later = await settled(store, js, pool, job_id)
     assert (later.state, later.items_succeeded) == (job_pb2.JOB_STATE_CANCELLED, 1)
 
 
-async def test_a_malformed_event_is_dropped_and_ingest_goes_on(
+async def test_a_record_never_moves_another_tenants_job(
+    js: JetStreamContext, pool: asyncpg.Pool, store: Stub
+) -> None:
+    job_id = await new_job(store, 1)
+    stray = prediction(job_id, 0)
+    await publish(js, "someone-else", stray, stray.name)
+    job = await settled(store, js, pool, job_id)
+    assert (job.state, job.items_succeeded) == (job_pb2.JOB_STATE_QUEUED, 0)
+
+
+async def test_an_undecodable_event_is_dropped_and_ingest_goes_on(
     js: JetStreamContext, pool: asyncpg.Pool
 ) -> None:
     await js.publish(
-        PREDICTIONS_SUBJECT, b"\xff\xffnot a protobuf", headers={"Nats-Msg-Id": str(uuid.uuid4())}
+        messaging.PREDICTIONS_SUBJECT, b"\xff\xffnot a protobuf", headers={"Nats-Msg-Id": str(uuid.uuid4())}
     )
     made = prediction()
-    await publish(js, event(TENANT, made), made.name)
-    assert await rows_with_id(pool, made.name.removeprefix("predictions/"), 1) == 1
+    await publish(js, TENANT, made, made.name)
+    assert await rows_of(pool, made) == 1
+
+
+async def test_a_record_postgres_refuses_is_dropped_and_its_batch_lands(
+    js: JetStreamContext, pool: asyncpg.Pool
+) -> None:
+    refused_before = metrics.RECORDS.labels("refused")._value.get()
+    poison, good = prediction(), prediction()
+    poison.model = "models/nul\x00byte"  # valid protobuf, but Postgres text cannot hold NUL
+    await publish(js, TENANT, poison, poison.name)
+    await publish(js, TENANT, good, good.name)
+    assert await rows_of(pool, good) == 1
+    refused = await eventually(
+        lambda: metrics.RECORDS.labels("refused")._value.get(),
+        lambda n: n > refused_before,
+    )
+    assert refused == refused_before + 1  # terminated once, not naked round and round
+    assert await pool.fetchval("SELECT count(*) FROM predictions WHERE id = $1", record_id(poison)) == 0
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Spans finished during the test (a real SDK provider, as the services install)."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()  # the provider outlives the test; stop collecting into this exporter
+
+
+async def test_the_ingest_span_joins_the_publishers_trace(
+    js: JetStreamContext, pool: asyncpg.Pool, spans: InMemorySpanExporter
+) -> None:
+    made = prediction()
+    with trace.get_tracer("store-tests").start_as_current_span("gateway.publish") as publishing:
+        await messaging.publish(js, messaging.PREDICTIONS_SUBJECT, event(TENANT, made), made.name)
+    parent = publishing.get_span_context()
+    assert await rows_of(pool, made) == 1
+
+    found = await eventually(
+        lambda: [
+            s
+            for s in spans.get_finished_spans()
+            if s.name == "store.ingest"
+            and (s.attributes or {}).get("ferry.prediction_id") == str(record_id(made))
+        ],
+        bool,
+    )
+    assert len(found) == 1
+    span = found[0]
+    assert span.context is not None and span.parent is not None
+    assert (span.context.trace_id, span.parent.span_id) == (parent.trace_id, parent.span_id)
 
 
 async def test_ingest_survives_fetches_that_time_out(js: JetStreamContext, pool: asyncpg.Pool) -> None:
     # With a 2 ms window nats-py often ends a fetch with the builtin TimeoutError (its deadline
     # is spent by the no-wait probe). That once killed ingest and silently stopped every record.
-    consumer = f"store-test-idle-{uuid.uuid4().hex[:8]}"
-    async with AsyncExitStack() as stack:
-        ingestor = Ingestor(js, pool, consumer, batch=64, fetch_timeout_s=0.002, retry_delay_s=0.1)
-        task = spawn(stack, ingestor.run(await ingestor.subscribe()), "idle-ingest")
+    async with running_ingestor(js, pool, max_wait_s=0.002):
         await asyncio.sleep(1.5)
-        assert not task.done(), task
         made = prediction()
-        await publish(js, event(TENANT, made), made.name)
-        assert await rows_with_id(pool, made.name.removeprefix("predictions/"), 1) == 1
-    await js.delete_consumer("FERRY_EVENTS", consumer)
+        await publish(js, TENANT, made, made.name)
+        assert await rows_of(pool, made) == 1
+
+
+async def test_ingest_stops_when_cancelled_even_mid_fetch(js: JetStreamContext, pool: asyncpg.Pool) -> None:
+    # nats-py's fetch can swallow a cancel that races its deadline (asyncio.wait_for on 3.11): a
+    # stop request was then lost and shutdown hung. Cancel many times at random points of a 2 ms
+    # fetch window; every run must end.
+    consumer = f"store-test-stop-{uuid.uuid4().hex[:8]}"
+    ingestor = Ingestor(js, pool, consumer, batch=8, max_wait_s=0.002, retry_delay_s=0.1)
+    hung = 0
+    for attempt in range(100):
+        task = asyncio.create_task(ingestor.run(await ingestor.subscribe()))
+        await asyncio.sleep(0.002 + (attempt % 7) * 0.0005)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:  # a hang: cancel again so the test itself can finish
+            hung += 1
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+    await js.delete_consumer(messaging.EVENTS_STREAM, consumer)
+    assert hung == 0

@@ -65,11 +65,17 @@ async def cancel(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyn
 
 async def count_finished_items(
     connection: Connection,
-    job_ids: Sequence[uuid.UUID],
+    jobs: Sequence[tuple[str, uuid.UUID]],
     succeeded: Sequence[int],
     failed: Sequence[int],
 ) -> None:
     """Adds newly recorded items to their jobs' counters and moves each job's state.
+
+    Args:
+        connection: where to write (inside the transaction that inserted the items).
+        jobs: (tenant, job id) of each job; a record never moves another tenant's job.
+        succeeded: how many new succeeded items each job has.
+        failed: how many new failed items each job has.
 
     QUEUED/RUNNING become RUNNING, or SUCCEEDED (all items done, at least one succeeded) or
     FAILED (all done, none succeeded). CANCELLED stays CANCELLED.
@@ -86,10 +92,11 @@ async def count_finished_items(
                 ELSE {_RUNNING}
             END,
             update_time = now()
-        FROM unnest($1::uuid[], $2::integer[], $3::integer[]) AS d(id, ok, bad)
-        WHERE jobs.id = d.id
+        FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::integer[]) AS d(tenant, id, ok, bad)
+        WHERE jobs.id = d.id AND jobs.tenant = d.tenant
         """,
-        list(job_ids),
+        [tenant for tenant, _ in jobs],
+        [job_id for _, job_id in jobs],
         list(succeeded),
         list(failed),
     )

@@ -4,29 +4,39 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import asyncpg
 
+from services.store.codec import PredictionRow
 from services.store.repositories import Connection
 
-_INSERT = """
-INSERT INTO predictions
-    (id, tenant, model, job_id, item_index, state, classes, timing, error, trace_id, create_time)
-SELECT * FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::integer[], $6::smallint[],
-    $7::jsonb[], $8::jsonb[], $9::bytea[], $10::text[], $11::timestamptz[])
-ON CONFLICT (id) DO NOTHING
-RETURNING job_id, state
-"""
+# The Postgres type of each column, in codec.PredictionRow's field order.
+_COLUMN_TYPES = {
+    "id": "uuid", "tenant": "text", "model": "text", "job_id": "uuid", "item_index": "integer",
+    "state": "smallint", "classes": "jsonb", "timing": "jsonb", "error": "bytea",
+    "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
+    "create_time": "timestamptz",
+}  # fmt: skip
+if tuple(_COLUMN_TYPES) != PredictionRow._fields:
+    raise RuntimeError("predictions' column list and codec.PredictionRow disagree")
+
+# One statement for the whole batch: each column travels as one array parameter, so neither the
+# round trips nor the statement text grow with the batch.
+_INSERT = (
+    f"INSERT INTO predictions ({', '.join(_COLUMN_TYPES)}) SELECT * FROM unnest("
+    + ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_COLUMN_TYPES.values(), start=1))
+    + ") ON CONFLICT (id) DO NOTHING RETURNING tenant, job_id, state"
+)
 
 
-async def insert_many(connection: Connection, rows: Sequence[tuple[Any, ...]]) -> list[asyncpg.Record]:
-    """Inserts rows (see codec.PREDICTION_COLUMNS), skipping ids already stored.
+async def insert_many(connection: Connection, rows: Sequence[PredictionRow]) -> list[asyncpg.Record]:
+    """Inserts rows, skipping ids already stored.
 
     Returns:
-        (job_id, state) of the rows really inserted: a redelivered record is not among them.
+        (tenant, job_id, state) of the rows really inserted: a redelivered record is not among them.
     """
+    if not rows:
+        return []
     columns = [list(column) for column in zip(*rows, strict=True)]
     return list(await connection.fetch(_INSERT, *columns))
 

@@ -12,7 +12,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def spawn(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+def spawn(
+    stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str, stop_timeout_s: float = 10.0
+) -> asyncio.Task[None]:
     """Starts ``coro`` as a task that is cancelled and awaited when ``stack`` closes.
 
     A task that dies with an error is logged at once rather than failing silently.
@@ -27,6 +29,16 @@ def spawn(stack: AsyncExitStack, coro: Coroutine[Any, Any, None], name: str) -> 
 
     async def stop() -> None:
         task.cancel()
+        # Bounded: a task that swallows its cancel (some libraries' timeouts do) must not hang
+        # the whole shutdown; it is reported and left behind.
+        done, _ = await asyncio.wait({task}, timeout=stop_timeout_s)
+        if not done:
+            log.error(
+                "background task %s ignored cancellation for %.0fs; shutting down without it",
+                name,
+                stop_timeout_s,
+            )
+            return
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
 

@@ -131,8 +131,13 @@ class Runner:
         if self._sub is None:
             await self.subscribe()
         tasks: set[asyncio.Task[None]] = set()
+        me = asyncio.current_task()
         try:
             while True:
+                # nats-py's fetch can swallow a cancel that races its deadline (Python 3.11's
+                # wait_for); without this check a stop request could be lost and shutdown hang.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 room = await self._room()
                 msgs = await self._fetch(room)
                 if not msgs:

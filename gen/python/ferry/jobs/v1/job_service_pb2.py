@@ -27,7 +27,7 @@ from ferry.types.v1 import types_pb2 as ferry_dot_types_dot_v1_dot_types__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65rry/jobs/v1/job_service.proto\x12\rferry.jobs.v1\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\"k\n\x10\x43reateJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"4\n\x11\x43reateJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job2\xa7\x03\n\nJobService\x12\x63\n\tCreateJob\x12\x1f.ferry.jobs.v1.CreateJobRequest\x1a .ferry.jobs.v1.CreateJobResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/jobs:\x01*\x12`\n\x06GetJob\x12\x1c.ferry.jobs.v1.GetJobRequest\x1a\x1d.ferry.jobs.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.ferry.jobs.v1.ListJobsRequest\x1a\x1f.ferry.jobs.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12s\n\tCancelJob\x12\x1f.ferry.jobs.v1.CancelJobRequest\x1a .ferry.jobs.v1.CancelJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65rry/jobs/v1/job_service.proto\x12\rferry.jobs.v1\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\"k\n\x10\x43reateJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"4\n\x11\x43reateJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"\x1f\n\x0fRetryJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x15\n\ritems_retried\x18\x02 \x01(\x05\x32\x98\x04\n\nJobService\x12\x63\n\tCreateJob\x12\x1f.ferry.jobs.v1.CreateJobRequest\x1a .ferry.jobs.v1.CreateJobResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/jobs:\x01*\x12`\n\x06GetJob\x12\x1c.ferry.jobs.v1.GetJobRequest\x1a\x1d.ferry.jobs.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.ferry.jobs.v1.ListJobsRequest\x1a\x1f.ferry.jobs.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12s\n\tCancelJob\x12\x1f.ferry.jobs.v1.CancelJobRequest\x1a .ferry.jobs.v1.CancelJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12o\n\x08RetryJob\x12\x1e.ferry.jobs.v1.RetryJobRequest\x1a\x1f.ferry.jobs.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['ListJobs']._serialized_options = b'\202\323\344\223\002\n\022\010/v1/jobs'
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['CancelJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/{name=jobs/*}:cancel:\001*'
+  _globals['_JOBSERVICE'].methods_by_name['RetryJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['RetryJob']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/{name=jobs/*}:retry:\001*'
   _globals['_CREATEJOBREQUEST']._serialized_start=133
   _globals['_CREATEJOBREQUEST']._serialized_end=240
   _globals['_CREATEJOBRESPONSE']._serialized_start=242
@@ -58,6 +60,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELJOBREQUEST']._serialized_end=547
   _globals['_CANCELJOBRESPONSE']._serialized_start=549
   _globals['_CANCELJOBRESPONSE']._serialized_end=601
-  _globals['_JOBSERVICE']._serialized_start=604
-  _globals['_JOBSERVICE']._serialized_end=1027
+  _globals['_RETRYJOBREQUEST']._serialized_start=603
+  _globals['_RETRYJOBREQUEST']._serialized_end=634
+  _globals['_RETRYJOBRESPONSE']._serialized_start=636
+  _globals['_RETRYJOBRESPONSE']._serialized_end=710
+  _globals['_JOBSERVICE']._serialized_start=713
+  _globals['_JOBSERVICE']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

@@ -66,3 +66,17 @@ class CancelJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class RetryJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RetryJobResponse(_message.Message):
+    __slots__ = ("job", "items_retried")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_RETRIED_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    items_retried: int
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., items_retried: _Optional[int] = ...) -> None: ...

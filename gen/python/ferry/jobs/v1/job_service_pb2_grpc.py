@@ -55,6 +55,11 @@ class JobServiceStub:
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/ferry.jobs.v1.JobService/RetryJob',
+                request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -89,6 +94,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """RetryJob runs a finished job's failed items again; calling it again before they finish re-queues nothing twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobRequest.FromString,
+                    response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class JobService:
             '/ferry.jobs.v1.JobService/CancelJob',
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.jobs.v1.JobService/RetryJob',
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -117,3 +117,21 @@ class LookupApiKeyResponse(_message.Message):
     tenant: str
     key_name: str
     def __init__(self, tenant: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
+
+class RetryJobRequest(_message.Message):
+    __slots__ = ("tenant", "id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    id: str
+    def __init__(self, tenant: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class RetryJobResponse(_message.Message):
+    __slots__ = ("job", "item_indexes", "generation")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ITEM_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    item_indexes: _containers.RepeatedScalarFieldContainer[int]
+    generation: int
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., item_indexes: _Optional[_Iterable[int]] = ..., generation: _Optional[int] = ...) -> None: ...

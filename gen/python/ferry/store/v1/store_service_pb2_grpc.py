@@ -70,6 +70,11 @@ class StoreServiceStub:
                 request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyRequest.SerializeToString,
                 response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/ferry.store.v1.StoreService/RetryJob',
+                request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -125,6 +130,13 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """RetryJob marks a finished job's failed items as pending again and returns them, so the gateway can re-queue them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +174,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.LookupApiKey,
                     request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyRequest.FromString,
                     response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyResponse.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.FromString,
+                    response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +371,33 @@ class StoreService:
             '/ferry.store.v1.StoreService/LookupApiKey',
             ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyRequest.SerializeToString,
             ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.store.v1.StoreService/RetryJob',
+            ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.SerializeToString,
+            ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ with one ``google.rpc.ErrorInfo`` detail, so no handler formats statuses itself.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "ferry.dev"
@@ -18,18 +18,32 @@ class FerryError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, reason: str, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        reason: str,
+        metadata: dict[str, str] | None = None,
+        retry_after: duration_pb2.Duration | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
         self.metadata = metadata or {}
+        self.retry_after = retry_after
 
     def to_status(self) -> status_pb2.Status:
-        """Returns this error as a google.rpc.Status with an ErrorInfo detail."""
+        """Returns this error as a google.rpc.Status: an ErrorInfo, and a RetryInfo when retrying helps."""
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
-        detail = any_pb2.Any()
-        detail.Pack(info)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        details = [_packed(info)]
+        if self.retry_after is not None:
+            details.append(_packed(error_details_pb2.RetryInfo(retry_delay=self.retry_after)))
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+
+def _packed(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)
+    return detail
 
 
 class InvalidArgument(FerryError):

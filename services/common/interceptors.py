@@ -8,11 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from services.common.errors import FerryError
+from services.common.errors import FerryError, Unavailable
 from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS
+from services.common.readiness import Readiness
 from services.common.tracing import current_trace_id, extract_context, inject_headers
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,15 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler in a span, counts it, and maps FerryError to a gRPC status."""
+    """Wraps every unary handler in a span, counts it, and maps FerryError to a gRPC status.
 
-    def __init__(self, service: str) -> None:
+    It is also the readiness gate: until the service is ready, every call but health and
+    reflection is answered UNAVAILABLE (NOT_READY) before its handler runs.
+    """
+
+    def __init__(self, service: str, readiness: Readiness) -> None:
         self._service = service
+        self._readiness = readiness
 
     async def intercept_service(
         self,
@@ -56,7 +63,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 method.lstrip("/"), context=extract_context(metadata), kind=trace.SpanKind.SERVER
             ) as span:
                 try:
+                    self._readiness.check()
                     return await inner(request, context)
+                except (ConnectionError, TimeoutError) as err:
+                    # A dependency reached without a client of its own mapping (a socket
+                    # closed under us): an outage, so the caller is told to retry, not "a bug".
+                    error = _unreachable(self._service, err)
+                    code = error.code
+                    log.warning("%s: %s", method, error.message)
+                    await context.abort_with_status(rpc_status.to_status(error.to_status()))
                 except FerryError as err:
                     code = err.code
                     span.set_status(trace.StatusCode.ERROR, err.message)
@@ -77,6 +92,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     GRPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - started)
 
         return observed
+
+
+def _unreachable(service: str, err: BaseException) -> Unavailable:
+    return Unavailable(
+        f"{service} could not reach a dependency ({type(err).__name__}); retry in a few seconds",
+        reason="DEPENDENCY_UNAVAILABLE",
+        metadata={"service": service},
+        retry_after=duration_pb2.Duration(seconds=1),
+    )
 
 
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):

@@ -5,6 +5,8 @@ Streams (created idempotently by whichever service starts first):
 * ``FERRY_WORK`` (work-queue retention): job items on ``ferry.jobs.items.<priority>``.
 * ``FERRY_EVENTS`` (kept 7 days): prediction records on ``ferry.records.predictions``
   and job events on ``ferry.jobs.events.<kind>``; store ingests them into Postgres.
+* ``FERRY_DEAD`` (kept 7 days, the newest per subject): job items that ended FAILED, on
+  ``ferry.jobs.dead.<job_id>.<item_index>``, with their input, so RetryJob can run them again.
 
 Every publish carries a ``Nats-Msg-Id`` so a retried publish is dropped by JetStream, and the
 W3C ``traceparent`` so consumers continue the publisher's trace.
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 WORK_STREAM = "FERRY_WORK"
 EVENTS_STREAM = "FERRY_EVENTS"
+DEAD_STREAM = "FERRY_DEAD"
+DEAD_LETTER_SUBJECT_PREFIX = "ferry.jobs.dead"
 PREDICTIONS_SUBJECT = "ferry.records.predictions"
 JOB_EVENTS_SUBJECT_PREFIX = "ferry.jobs.events"
 JOB_ITEMS_SUBJECT_PREFIX = "ferry.jobs.items"
@@ -53,12 +57,34 @@ STREAMS = (
         max_age=7 * _DAY_S,
         duplicate_window=600.0,
     ),
+    StreamConfig(
+        name=DEAD_STREAM,
+        subjects=[f"{DEAD_LETTER_SUBJECT_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * _DAY_S,
+        max_msgs_per_subject=1,
+        duplicate_window=600.0,
+    ),
 )
 
 
 def job_items_subject(priority: str = DEFAULT_PRIORITY) -> str:
     """The subject job items of ``priority`` are published on."""
     return f"{JOB_ITEMS_SUBJECT_PREFIX}.{priority}"
+
+
+def dead_letter_subject(job_id: str, item_index: int) -> str:
+    """The subject a failed item of ``job_id`` is kept on, with its input, for RetryJob."""
+    return f"{DEAD_LETTER_SUBJECT_PREFIX}.{job_id}.{item_index}"
+
+
+def with_generation(msg_id: str, generation: int) -> str:
+    """The ``Nats-Msg-Id`` of a message of retry round ``generation``: unchanged for the first run.
+
+    A re-run item and its new record must not be dropped as duplicates of the first run's.
+    """
+    return msg_id if generation == 0 else f"{msg_id}:g{generation}"
 
 
 async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[NatsClient, JetStreamContext]:

@@ -17,10 +17,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.channels import channel_options
+from services.common.channels import server_options
 from services.common.interceptors import ServerInterceptor
 from services.common.logs import setup_logging
 from services.common.metrics import start_metrics_server
+from services.common.readiness import Readiness
 from services.common.settings import ServiceSettings
 from services.common.tracing import setup_tracing
 
@@ -41,8 +42,12 @@ class FerryService(Protocol):
         """Adds its servicers to ``server`` (called before the server starts)."""
         ...
 
-    async def start(self, stack: AsyncExitStack) -> None:
-        """Connects, loads and warms up; returns when ready to serve. Cleanups go on ``stack``."""
+    async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
+        """Connects, loads and warms up; returns when ready to serve. Cleanups go on ``stack``.
+
+        A service whose dependencies can come and go registers probes on ``readiness``
+        (``watch_dependency``); it serves only while they are up.
+        """
         ...
 
 
@@ -52,19 +57,20 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     provider = setup_tracing(f"ferry-{service.name}", settings.otlp_endpoint)
     start_metrics_server(settings.grpc_host, settings.metrics_port)
 
-    server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name)],
-        options=channel_options(settings.max_message_bytes),
-    )
     health_servicer = health.aio.HealthServicer()
+    names = ["", *service.service_names()]
+    for name in names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    readiness = Readiness(service.name, health_servicer, names)
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(service.name, readiness)],
+        options=server_options(settings.max_message_bytes),
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service.register(server)
-    names = ["", *service.service_names()]
     reflection.enable_server_reflection(
         [*service.service_names(), health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    for name in names:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     server.add_insecure_port(address)
@@ -78,20 +84,20 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
 
     async with AsyncExitStack() as stack:
         stack.callback(provider.shutdown)  # flushes buffered spans last
-        starting = asyncio.create_task(service.start(stack))
+        starting = asyncio.create_task(service.start(stack, readiness))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             if starting.exception() is not None:
                 await server.stop(0)
                 starting.result()  # re-raises: the process exits non-zero with the cause logged
-            for name in names:
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-            log.info("ready: %s", ", ".join(service.service_names()))
+            await readiness.mark_started()
+            log.info("started: %s", ", ".join(service.service_names()) or "(health only)")
             await stop.wait()
         else:
             starting.cancel()
         log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_s)
+        await readiness.mark_stopping()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_s)
     log.info("stopped")

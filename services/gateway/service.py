@@ -17,6 +17,7 @@ from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
 from services.common.channels import open_channel
 from services.common.messaging import open_cancelled_bucket
+from services.common.readiness import Readiness
 from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.components import Components, ComponentsSlot
@@ -60,7 +61,7 @@ class GatewayService:
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._slot), server)
 
-    async def start(self, stack: AsyncExitStack) -> None:
+    async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to inference, store and NATS; returns once inference and store are SERVING."""
         s = self.settings
         inference_channel = open_channel(s.inference_target, s.max_message_bytes)

@@ -12,6 +12,7 @@ import grpc
 import torch
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.readiness import Readiness
 from services.inference.batcher import DynamicBatcher
 from services.inference.models import ModelSpec, resolve
 from services.inference.runner import Item, ModelRunner, TopK, resolve_device
@@ -49,7 +50,7 @@ class InferenceService:
             InferenceServicer(self.models), server
         )
 
-    async def start(self, stack: AsyncExitStack) -> None:
+    async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Loads and warms up every configured model; returns once all can serve."""
         settings = self._settings
         if settings.torch_threads:

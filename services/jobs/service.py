@@ -11,6 +11,7 @@ from ferry.inference.v1 import inference_service_pb2_grpc
 from services.common import messaging
 from services.common.channels import open_channel
 from services.common.messaging import open_cancelled_bucket
+from services.common.readiness import Readiness
 from services.common.tasks import spawn
 from services.jobs.cancellation import CancelledJobs
 from services.jobs.predictor import Predictor
@@ -33,7 +34,7 @@ class JobsService:
     def register(self, server: grpc.aio.Server) -> None:
         """Nothing to register; the runner takes its work from NATS, not from callers."""
 
-    async def start(self, stack: AsyncExitStack) -> None:
+    async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to NATS and inference, creates the consumer and starts the runner task.
 
         Cleanups run in reverse: the runner stops first (handing back unfinished items), then

@@ -12,6 +12,7 @@ import grpc
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common.messaging import connect, ensure_streams
+from services.common.readiness import Readiness
 from services.common.tasks import spawn
 from services.store.ingest import Ingestor
 from services.store.migrate import migrate
@@ -40,7 +41,7 @@ class StoreService:
         self._servicer = StoreServicer()
         store_service_pb2_grpc.add_StoreServiceServicer_to_server(self._servicer, server)
 
-    async def start(self, stack: AsyncExitStack) -> None:
+    async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         s = self.settings
         if not s.database_url:
             raise ValueError(

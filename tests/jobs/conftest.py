@@ -21,6 +21,7 @@ from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
+from services.common.readiness import Readiness
 from services.jobs.service import JobsService
 from services.jobs.settings import JobsSettings
 from tests.jobs.doubles import FailureInjectingInference, start_double
@@ -67,7 +68,7 @@ class Harness:
         stack = AsyncExitStack()
         await stack.__aenter__()
         self._stacks.append(stack)
-        await JobsService(self.settings).start(stack)
+        await JobsService(self.settings).start(stack, Readiness.started("jobs"))
 
     async def stop_runners(self) -> None:
         """Stops every runner the way shutdown does: the exit stack closes."""

@@ -20,6 +20,7 @@ from ferry.store.v1 import store_service_pb2_grpc
 from services.common.channels import open_channel
 from services.common.interceptors import ServerInterceptor
 from services.common.messaging import EVENTS_STREAM, connect, ensure_streams
+from services.common.readiness import Readiness
 from services.common.tasks import spawn
 from services.store.ingest import Ingestor
 from services.store.migrate import migrate
@@ -104,7 +105,7 @@ async def serving(
         register: adds the store servicer to the server, as FerryService.register does.
     """
     async with AsyncExitStack() as stack:
-        server = grpc.aio.server(interceptors=[ServerInterceptor("store")])
+        server = grpc.aio.server(interceptors=[ServerInterceptor("store", Readiness.started("store"))])
         register(server)
         port = free_port()
         server.add_insecure_port(f"127.0.0.1:{port}")

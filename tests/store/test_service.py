@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common.messaging import EVENTS_STREAM
+from services.common.readiness import Readiness
 from services.store.service import StoreService
 from services.store.settings import StoreSettings
 from tests.store.conftest import serving
@@ -45,7 +46,7 @@ async def started(
     async with AsyncExitStack() as stack:
         # register() before start(), as run_service does: handlers exist before the pool.
         stub = await stack.enter_async_context(serving(service.register))
-        await service.start(stack)
+        await service.start(stack, Readiness.started("store"))
         yield settings, stub
     await js.delete_consumer(EVENTS_STREAM, settings.consumer_name)
 
@@ -103,4 +104,4 @@ async def test_start_without_a_database_url_says_what_to_set(monkeypatch: pytest
     service.register(grpc.aio.server())
     async with AsyncExitStack() as stack:
         with pytest.raises(ValueError, match="FERRY_STORE_DATABASE_URL"):
-            await service.start(stack)
+            await service.start(stack, Readiness.started("store"))

@@ -34,6 +34,10 @@ class EnvoyOptions:
     """OTLP/gRPC collector (``http://host:port``); when set, Envoy exports a span for the edge hop."""
 
 
+#: Resends of a request that reached no gateway; with the back-off they cover about 5 s of restart.
+RETRIES = 8
+
+
 def _http2_cluster(name: str, host: str, port: int) -> str:
     """A cluster of one HTTP/2 (gRPC) upstream, as YAML list item text."""
     return f"""
@@ -117,6 +121,13 @@ static_resources:
                             # A gRPC client's own deadline (grpc-timeout) wins when shorter.
                             max_stream_duration:
                               grpc_timeout_header_max: {opts.upstream_timeout_s}s
+                            # A request that never reached a gateway (one restarting, or a
+                            # connection it is draining) is sent again; nothing was done for it,
+                            # so even a CreateJob without request_id is safe to resend.
+                            retry_policy:
+                              retry_on: connect-failure,refused-stream,reset-before-request
+                              num_retries: {RETRIES}
+                              retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}
                 http_filters:
                   - name: envoy.filters.http.grpc_json_transcoder
                     typed_config:

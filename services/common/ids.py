@@ -10,6 +10,7 @@ from services.common.errors import InvalidArgument
 
 # Fixed namespace so the same (tenant, request_id) maps to the same job id on every gateway.
 _JOB_NAMESPACE = uuid.UUID("6f1c2a64-3b0e-4f7e-9a57-0c9d1e7f3a10")
+_PREDICTION_NAMESPACE = uuid.UUID("0b7d4c55-8a31-4e0f-b2a6-5d9e3c1f7a28")
 
 
 def uuid7() -> uuid.UUID:
@@ -27,6 +28,14 @@ def uuid7() -> uuid.UUID:
 def job_id_for_request(tenant: str, request_id: str) -> uuid.UUID:
     """The job id for a client's idempotency key: a retry with the same key finds the same job."""
     return uuid.uuid5(_JOB_NAMESPACE, f"{tenant}\x00{request_id}")
+
+
+def prediction_id_for_request(tenant: str, request_id: str) -> uuid.UUID:
+    """The prediction id for a sync Predict's idempotency key: a retry records the same row.
+
+    Drawn from its own namespace so that a job and a prediction with one request_id never share an id.
+    """
+    return uuid.uuid5(_PREDICTION_NAMESPACE, f"{tenant}\x00{request_id}")
 
 
 def item_record_id(job_id: uuid.UUID, item_index: int) -> uuid.UUID:

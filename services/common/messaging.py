@@ -15,6 +15,7 @@ W3C ``traceparent`` so consumers continue the publisher's trace.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 import nats
@@ -40,6 +41,7 @@ CANCELLED_JOBS_BUCKET = "ferry_cancelled_jobs"
 DEFAULT_PRIORITY = "normal"
 
 _DAY_S = 24 * 3600.0
+DEAD_LETTER_DAYS = 7
 
 STREAMS = (
     StreamConfig(
@@ -62,7 +64,7 @@ STREAMS = (
         subjects=[f"{DEAD_LETTER_SUBJECT_PREFIX}.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=7 * _DAY_S,
+        max_age=DEAD_LETTER_DAYS * _DAY_S,
         max_msgs_per_subject=1,
         duplicate_window=600.0,
     ),
@@ -88,7 +90,10 @@ def with_generation(msg_id: str, generation: int) -> str:
 
 
 async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[NatsClient, JetStreamContext]:
-    """Connects to NATS (reconnecting forever) and drains the connection when ``stack`` closes."""
+    """Connects to NATS (reconnecting forever) and drains the connection when ``stack`` closes.
+
+    While the connection is down, publishes raise ``OutboundBufferLimitError`` at once.
+    """
 
     async def on_error(err: Exception) -> None:
         log.warning("nats: %s", err)
@@ -99,6 +104,10 @@ async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[Na
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         error_cb=on_error,
+        # No buffering while disconnected: a publish either reaches a connected server or fails
+        # at once. A buffered one could be flushed after its caller gave up and answered "not
+        # recorded", which would make the answer and the record disagree.
+        pending_size=0,
     )
     stack.push_async_callback(nc.drain)
     return nc, nc.jetstream()
@@ -114,7 +123,12 @@ async def ensure_streams(js: JetStreamContext) -> None:
 
 
 async def publish(
-    js: JetStreamContext, subject: str, message: Message, msg_id: str, timeout_s: float = 5.0
+    js: JetStreamContext,
+    subject: str,
+    message: Message,
+    msg_id: str,
+    timeout_s: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> PubAck:
     """Publishes ``message`` and waits until JetStream has stored it.
 
@@ -125,9 +139,10 @@ async def publish(
         msg_id: deduplication id; a second publish with the same id inside the stream's
             duplicate window is acknowledged but not stored again.
         timeout_s: how long to wait for the stream's acknowledgement.
+        headers: more headers to send (``Nats-Msg-Id`` and ``traceparent`` are set here).
     """
-    headers = inject_headers({"Nats-Msg-Id": msg_id})
-    return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=headers)
+    sent = inject_headers({**(headers or {}), "Nats-Msg-Id": msg_id})
+    return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=sent)
 
 
 async def open_cancelled_bucket(js: JetStreamContext) -> KeyValue:

@@ -25,6 +25,8 @@ INVALID_KEY = "invalid API key"
 NEGATIVE_TTL_S = 5.0
 # Bounds the cache's memory against a flood of made-up keys.
 _MAX_CACHED = 10_000
+# Failures that say "store cannot answer now", not "the key is bad".
+_OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def api_key_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -58,35 +60,69 @@ def key_digest(key: str) -> str:
 
 
 class Authenticator:
-    """Resolves a request's API key to its tenant through store, with a small TTL cache."""
+    """Resolves a request's API key to its tenant through store, with a small TTL cache.
+
+    When store cannot be asked (it, or Postgres behind it, is down), a key that resolved within
+    ``stale_ttl_s`` keeps working: a database outage must not stop predictions for callers the
+    gateway already knows. Unknown keys are never served stale.
+    """
 
     def __init__(
-        self, store: store_service_pb2_grpc.StoreServiceStub, backend: Backend, ttl_s: float
+        self,
+        store: store_service_pb2_grpc.StoreServiceStub,
+        backend: Backend,
+        ttl_s: float,
+        stale_ttl_s: float = 0.0,
     ) -> None:
         self._store = store
         self._backend = backend
         self._ttl_s = ttl_s
+        self._stale_ttl_s = stale_ttl_s
         self._negative_ttl_s = min(ttl_s, NEGATIVE_TTL_S)
-        # digest -> (monotonic expiry, tenant or None for an unknown key)
+        # digest -> (monotonic time it was resolved, tenant or None for an unknown key)
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._serving_stale = False
 
     async def tenant(self, context: grpc.aio.ServicerContext[object, object]) -> str:
         """Returns the tenant of the request's API key.
 
         Raises:
             Unauthenticated: the key is missing or unknown.
-            FerryError: store could not be asked (UNAVAILABLE or DEADLINE_EXCEEDED).
+            FerryError: store could not be asked (UNAVAILABLE or DEADLINE_EXCEEDED) and the key
+                was not resolved recently enough to be trusted without it.
         """
         digest = key_digest(api_key_from_metadata(context.invocation_metadata()))
         now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        if cached is not None and now - cached[0] < self._ttl(cached[1]):
             tenant = cached[1]
         else:
-            tenant = await self._lookup(digest)
-            self._remember(digest, tenant, now)
+            tenant = await self._resolve(digest, cached, now)
         if tenant is None:
             raise Unauthenticated(INVALID_KEY, reason="INVALID_API_KEY")
+        return tenant
+
+    def _ttl(self, tenant: str | None) -> float:
+        return self._ttl_s if tenant is not None else self._negative_ttl_s
+
+    async def _resolve(self, digest: str, cached: tuple[float, str | None] | None, now: float) -> str | None:
+        try:
+            tenant = await self._lookup(digest)
+        except FerryError as err:
+            if err.code not in _OUTAGE or cached is None or cached[1] is None:
+                raise
+            if now - cached[0] >= self._stale_ttl_s:
+                raise
+            if not self._serving_stale:
+                log.warning(
+                    "store cannot check API keys (%s); trusting keys it confirmed recently", err.reason
+                )
+                self._serving_stale = True
+            return cached[1]
+        if self._serving_stale:
+            log.info("store checks API keys again")
+            self._serving_stale = False
+        self._remember(digest, tenant, now)
         return tenant
 
     async def _lookup(self, digest: str) -> str | None:
@@ -101,8 +137,8 @@ class Authenticator:
 
     def _remember(self, digest: str, tenant: str | None, now: float) -> None:
         if len(self._cache) >= _MAX_CACHED:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            keep = max(self._ttl_s, self._stale_ttl_s)
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < keep}
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
-        ttl = self._ttl_s if tenant is not None else self._negative_ttl_s
-        self._cache[digest] = (now + ttl, tenant)
+        self._cache[digest] = (now, tenant)

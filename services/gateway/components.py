@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.errors import Unavailable
 from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.job_manager import JobManager
@@ -34,13 +33,7 @@ class ComponentsSlot:
         self._components = components
 
     def get(self) -> Components:
-        """Returns the components.
-
-        Raises:
-            Unavailable: the gateway is still starting (health reports NOT_SERVING meanwhile).
-        """
+        """Returns the components; the readiness gate lets no call through before ``fill``."""
         if self._components is None:
-            raise Unavailable(
-                "the gateway is still starting; retry in a few seconds", reason="GATEWAY_STARTING"
-            )
+            raise RuntimeError("gateway handler ran before start() finished; the readiness gate is bypassed")
         return self._components

@@ -4,16 +4,25 @@ Every outgoing gRPC call goes through ``Backend.call`` so that it always has a d
 errors are mapped the same way: a downstream's own answer about the request (NOT_FOUND,
 INVALID_ARGUMENT, ...) reaches the user unchanged, while an outage becomes UNAVAILABLE or
 DEADLINE_EXCEEDED with a message that says which part is down and that a retry is safe.
+
+A downstream that is restarting is waited for, within the call's deadline: calls are made with
+``wait_for_ready`` (they wait while the connection is down instead of failing at once) and an
+UNAVAILABLE answer (a replica that is starting or draining) is retried with backoff. Every call
+the gateway makes downstream is safe to repeat: reads, predictions (inference keeps no state)
+and writes keyed by deterministic ids.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from google.rpc import status_pb2
 from nats.errors import Error as NatsError
 
@@ -30,6 +39,10 @@ log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 
 _DETAILS_KEY = "grpc-status-details-bin"
+#: Advice sent with every UNAVAILABLE: the outages the gateway sees last seconds (a restart).
+RETRY_AFTER = duration_pb2.Duration(seconds=2)
+_FIRST_RETRY_S = 0.05
+_MAX_RETRY_S = 1.0
 
 # Codes that are the downstream's verdict on the request itself: the user can act on them.
 _PASSED_THROUGH = frozenset(
@@ -76,11 +89,7 @@ def error_from_rpc(
             metadata={"backend": service},
         )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return Unavailable(
-            f"{service} is unavailable right now; retry in a few seconds",
-            reason="BACKEND_UNAVAILABLE",
-            metadata={"backend": service},
-        )
+        return unavailable(service)
     # INTERNAL, UNKNOWN, UNIMPLEMENTED, UNAUTHENTICATED, DATA_LOSS: a fault inside Ferry, not the
     # request's; its details are for operators (logged), the user gets the trace id to report.
     log.error("%s failed with %s: %s", service, code.name, details)
@@ -94,6 +103,16 @@ def error_from_rpc(
     return error
 
 
+def unavailable(service: str) -> Unavailable:
+    """The error for a downstream that cannot be reached or is not ready."""
+    return Unavailable(
+        f"{service} is unavailable right now; retry in a few seconds",
+        reason="BACKEND_UNAVAILABLE",
+        metadata={"backend": service},
+        retry_after=RETRY_AFTER,
+    )
+
+
 def _rich_status(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> status_pb2.Status | None:
     for key, value in trailing_metadata or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
@@ -102,24 +121,47 @@ def _rich_status(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) ->
 
 
 class Backend:
-    """One downstream gRPC service: every call gets the same deadline and error mapping."""
+    """One downstream gRPC service: every call gets the same deadline, retries and error mapping.
 
-    def __init__(self, name: str, timeout_s: float) -> None:
+    Args:
+        name: the downstream's name for messages, "inference" or "store".
+        channel: the channel the calls go over (asked whether it is connected after a timeout).
+        timeout_s: the deadline of one call, retries included.
+    """
+
+    def __init__(self, name: str, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self.name = name
         self.timeout_s = timeout_s
+        self._channel = channel
 
     async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
-        """Calls ``method(request)`` with this backend's deadline.
+        """Calls ``method(request)`` until it answers, within this backend's deadline.
 
         Raises:
-            FerryError: the call failed (see ``error_from_rpc``).
+            FerryError: the call failed (see ``error_from_rpc``); UNAVAILABLE when the deadline
+                passed while the downstream could not be reached.
         """
-        try:
-            return await method(request, timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as err:
-            raise error_from_rpc(
-                self.name, err.code(), err.details() or "", err.trailing_metadata(), self.timeout_s
-            ) from None
+        deadline = time.monotonic() + self.timeout_s
+        delay = _FIRST_RETRY_S
+        while True:
+            try:
+                return await method(request, timeout=deadline - time.monotonic(), wait_for_ready=True)
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() + delay < deadline:
+                    log.debug("%s unavailable (%s); retrying in %.2fs", self.name, err.details(), delay)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, _MAX_RETRY_S)
+                    continue
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self._connected():
+                    # The whole deadline went waiting for a connection: an outage, not slowness.
+                    raise unavailable(self.name) from None
+                raise error_from_rpc(
+                    self.name, code, err.details() or "", err.trailing_metadata(), self.timeout_s
+                ) from None
+
+    def _connected(self) -> bool:
+        return self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
 
 
 @asynccontextmanager
@@ -136,4 +178,5 @@ async def publishing(what: str) -> AsyncIterator[None]:
         raise Unavailable(
             f"{what}: the message bus did not acknowledge it; retry in a few seconds",
             reason="EVENTS_UNAVAILABLE",
+            retry_after=RETRY_AFTER,
         ) from None

@@ -1,31 +1,47 @@
-"""Creating and cancelling jobs: record the job in store, queue its items on JetStream."""
+"""Creating, cancelling and retrying jobs: record the job in store, queue its items on JetStream."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+import grpc
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2, job_service_pb2
+from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common import messaging
-from services.common.errors import AlreadyExists
-from services.common.ids import job_id_for_request, uuid7
+from services.common.errors import AlreadyExists, status_to_proto
+from services.common.ids import item_record_id, job_id_for_request, uuid7
 from services.common.tracing import current_trace_id
 from services.gateway import validation
 from services.gateway.cancellation import mark_cancelled
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
+from services.gateway.publisher import Publisher
 from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 # Room left in a NATS message for the JobItem's other fields and the headers (msg id, traceparent).
 _ITEM_HEADROOM_BYTES = 4096
-_FINISHED = frozenset({job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED})
+_FINISHED = frozenset(
+    {
+        job_pb2.JOB_STATE_SUCCEEDED,
+        job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
+        job_pb2.JOB_STATE_FAILED,
+        job_pb2.JOB_STATE_CANCELLED,
+    }
+)
 
 
 class JobManager:
@@ -39,6 +55,7 @@ class JobManager:
         catalog: ModelCatalog,
         nc: NatsClient,
         js: JetStreamContext,
+        publisher: Publisher,
         cancelled: KeyValue,
     ) -> None:
         self._settings = settings
@@ -47,6 +64,7 @@ class JobManager:
         self._catalog = catalog
         self._nc = nc
         self._js = js
+        self._publisher = publisher
         self._cancelled = cancelled
 
     def max_item_image_bytes(self) -> int:
@@ -94,10 +112,9 @@ class JobManager:
         )
         async with publishing(what):
             await publish_job_items(
-                self._js,
+                self._publisher,
                 events_pb2.JobItem(tenant=tenant, job_id=str(job_id), model=model, top_k=top_k),
                 request.inputs,
-                timeout_s=s.publish_timeout_s,
                 max_inflight=s.max_publish_inflight,
             )
         return job
@@ -117,12 +134,94 @@ class JobManager:
                 await mark_cancelled(self._cancelled, job_id, self._settings.publish_timeout_s)
         return answer.job
 
+    async def retry(self, tenant: str, name: str) -> job_service_pb2.RetryJobResponse:
+        """Queues the failed items of the finished job ``jobs/{id}`` of ``tenant`` again.
+
+        Store marks the failed items pending under a new generation (or returns the ones still
+        pending from an earlier call); each is re-queued from its dead letter with a msg id of that
+        generation, so repeating the call queues nothing twice. An item whose dead letter expired
+        gets a FAILED record of the new generation, which settles it.
+
+        Raises:
+            FerryError: unknown job, a job that is cancelled or still running, or an outage.
+        """
+        job_id = validation.resource_id(name, "jobs")
+        answer: store_service_pb2.RetryJobResponse = await self._backend.call(
+            self._store.RetryJob, store_service_pb2.RetryJobRequest(tenant=tenant, id=str(job_id))
+        )
+        what = f"job jobs/{job_id} was marked for retry but not all of its items could be queued; retry"
+        async with publishing(what):
+            await _bounded_gather(
+                [
+                    self._requeue(tenant, answer.job, job_id, i, answer.generation)
+                    for i in answer.item_indexes
+                ],
+                self._settings.max_publish_inflight,
+            )
+        return job_service_pb2.RetryJobResponse(job=answer.job, items_retried=len(answer.item_indexes))
+
+    async def _requeue(
+        self, tenant: str, job: job_pb2.Job, job_id: uuid.UUID, index: int, generation: int
+    ) -> None:
+        try:
+            dead = await self._js.get_last_msg(
+                messaging.DEAD_STREAM, messaging.dead_letter_subject(str(job_id), index)
+            )
+        except NotFoundError:
+            await self._settle_expired(tenant, job, job_id, index, generation)
+            return
+        item = events_pb2.JobItem.FromString(dead.data or b"")
+        item.generation = generation
+        msg_id = messaging.with_generation(f"{job_id}:{index}", generation)
+        await self._publisher.publish(messaging.job_items_subject(), item, msg_id)
+
+    async def _settle_expired(
+        self, tenant: str, job: job_pb2.Job, job_id: uuid.UUID, index: int, generation: int
+    ) -> None:
+        log.warning(
+            "job %s item %d has no dead letter left to retry; recording it failed again", job_id, index
+        )
+        record_id = item_record_id(job_id, index)
+        prediction = prediction_pb2.Prediction(
+            name=f"predictions/{record_id}",
+            model=job.model,
+            job=job.name,
+            item_index=index,
+            state=prediction_pb2.PREDICTION_STATE_FAILED,
+            error=status_to_proto(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"item {index} cannot run again: its input is kept for {messaging.DEAD_LETTER_DAYS} days "
+                "after it failed, and that time has passed; submit it in a new job",
+                "INPUT_EXPIRED",
+            ),
+            trace_id=current_trace_id(),
+        )
+        prediction.create_time.GetCurrentTime()
+        event = events_pb2.PredictionRecorded(tenant=tenant, prediction=prediction, generation=generation)
+        msg_id = messaging.with_generation(str(record_id), generation)
+        await self._publisher.publish(messaging.PREDICTIONS_SUBJECT, event, msg_id)
+
+
+async def _bounded_gather(coros: Sequence[Coroutine[Any, Any, None]], limit: int) -> None:
+    """Runs ``coros`` at most ``limit`` at a time; the first failure cancels the rest and is raised."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(coro: Coroutine[Any, Any, None]) -> None:
+        async with slots:
+            await coro
+
+    tasks = [asyncio.create_task(one(c)) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
 
 async def publish_job_items(
-    js: JetStreamContext,
+    publisher: Publisher,
     template: events_pb2.JobItem,
     inputs: Sequence[types_pb2.Input],
-    timeout_s: float,
     max_inflight: int,
 ) -> None:
     """Publishes one JobItem per input to the work stream and waits for every ack.
@@ -131,32 +230,25 @@ async def publish_job_items(
     (a client's retry) stores none of them twice inside JetStream's duplicate window.
 
     Args:
-        js: the JetStream context.
+        publisher: publishes with retries.
         template: the fields every item shares (tenant, job_id, model, top_k).
         inputs: the job's inputs, in order.
-        timeout_s: how long each publish waits for its ack.
         max_inflight: most publishes awaiting their ack at once.
 
     Raises:
         nats.errors.Error, TimeoutError: a publish failed; the others are cancelled.
     """
     subject = messaging.job_items_subject()
-    slots = asyncio.Semaphore(max_inflight)
 
     async def publish_one(index: int) -> None:
-        async with slots:  # the item (a copy of the image) exists only while it is in flight
-            item = events_pb2.JobItem()
-            item.CopyFrom(template)
-            item.item_index = index
-            item.input.CopyFrom(inputs[index])
-            await messaging.publish(js, subject, item, f"{template.job_id}:{index}", timeout_s)
+        # Built inside the slot: the item (a copy of the image) exists only while it is in flight.
+        item = events_pb2.JobItem()
+        item.CopyFrom(template)
+        item.item_index = index
+        item.input.CopyFrom(inputs[index])
+        await publisher.publish(subject, item, f"{template.job_id}:{index}")
 
-    tasks = [asyncio.create_task(publish_one(index)) for index in range(len(inputs))]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:  # after a failure, stop the rest: the caller answers UNAVAILABLE
-            task.cancel()
+    await _bounded_gather([publish_one(index) for index in range(len(inputs))], max_inflight)
 
 
 def _check_same_request(existing: job_pb2.Job, wanted: job_pb2.Job) -> None:

@@ -6,7 +6,6 @@ import time
 
 import grpc
 from google.protobuf import timestamp_pb2
-from nats.js import JetStreamContext
 
 from ferry.events.v1 import events_pb2
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -15,11 +14,12 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.errors import FerryError, error_from_status
-from services.common.ids import uuid7
+from services.common.ids import prediction_id_for_request, uuid7
 from services.common.tracing import current_trace_id
 from services.gateway import validation
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
+from services.gateway.publisher import Publisher
 from services.gateway.settings import GatewaySettings
 
 
@@ -32,18 +32,21 @@ class Predictor:
         inference: inference_service_pb2_grpc.InferenceServiceStub,
         backend: Backend,
         catalog: ModelCatalog,
-        js: JetStreamContext,
+        publisher: Publisher,
     ) -> None:
         self._settings = settings
         self._inference = inference
         self._backend = backend
         self._catalog = catalog
-        self._js = js
+        self._publisher = publisher
 
     async def predict(
         self, tenant: str, request: model_service_pb2.PredictRequest, started: float
     ) -> prediction_pb2.Prediction:
-        """Predicts, records and returns the prediction.
+        """Predicts, records and returns the prediction; answered only once it will be stored.
+
+        With a ``request_id`` the prediction's id is derived from it, so a client retrying after
+        an error (or a lost answer) gets a prediction of the same name and one record.
 
         Args:
             tenant: the caller's tenant.
@@ -58,6 +61,7 @@ class Predictor:
         s = self._settings
         model = validation.model_id(request.model)
         top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
+        request_id = validation.request_id(request.request_id)
         image = request.image if request.HasField("image") else None
         validation.image_content(image, s.max_image_bytes)
 
@@ -68,7 +72,7 @@ class Predictor:
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         prediction = prediction_pb2.Prediction(
-            name=f"predictions/{uuid7()}",
+            name=f"predictions/{prediction_id_for_request(tenant, request_id) if request_id else uuid7()}",
             model=validation.model_name(model),
             state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
             classes=result.classes,
@@ -113,6 +117,4 @@ class Predictor:
         event = events_pb2.PredictionRecorded(tenant=tenant, prediction=prediction)
         msg_id = prediction.name.removeprefix("predictions/")
         async with publishing("the prediction could not be recorded"):
-            await messaging.publish(
-                self._js, messaging.PREDICTIONS_SUBJECT, event, msg_id, self._settings.publish_timeout_s
-            )
+            await self._publisher.publish(messaging.PREDICTIONS_SUBJECT, event, msg_id)

@@ -24,6 +24,7 @@ from services.gateway.components import Components, ComponentsSlot
 from services.gateway.downstream import Backend
 from services.gateway.job_manager import JobManager
 from services.gateway.predictor import Predictor
+from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
 from services.gateway.records import Records
 from services.gateway.servicers.jobs import JobServicer
@@ -81,15 +82,16 @@ class GatewayService:
 
         inference = inference_service_pb2_grpc.InferenceServiceStub(inference_channel)
         store = store_service_pb2_grpc.StoreServiceStub(store_channel)
-        inference_backend = Backend("inference", s.inference_timeout_s)
-        store_backend = Backend("store", s.store_timeout_s)
+        inference_backend = Backend("inference", inference_channel, s.inference_timeout_s)
+        store_backend = Backend("store", store_channel, s.store_timeout_s)
         catalog = ModelCatalog(inference, inference_backend)
+        publisher = Publisher(js, s.publish_timeout_s)
         self._slot.fill(
             Components(
-                auth=Authenticator(store, store_backend, s.auth_cache_ttl_s),
+                auth=Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s),
                 catalog=catalog,
-                predictor=Predictor(s, inference, inference_backend, catalog, js),
-                jobs=JobManager(s, store, store_backend, catalog, nc, js, cancelled),
+                predictor=Predictor(s, inference, inference_backend, catalog, publisher),
+                jobs=JobManager(s, store, store_backend, catalog, nc, js, publisher, cancelled),
                 records=Records(store, store_backend),
             )
         )

@@ -24,11 +24,14 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     store_target: str = "127.0.0.1:50053"
     """host:port of the store service."""
     inference_timeout_s: float = Field(default=30.0, gt=0)
-    """Deadline of one call to inference (a Predict waits in inference's batching queue too)."""
+    """Deadline of one call to inference, retries included: a Predict waits in inference's batching
+    queue, and for a restarting inference to come back."""
     store_timeout_s: float = Field(default=5.0, gt=0)
-    """Deadline of one call to store (API key lookups, job and prediction reads and writes)."""
-    publish_timeout_s: float = Field(default=5.0, gt=0)
-    """How long to wait for JetStream to acknowledge one published message."""
+    """Deadline of one call to store, retries included (API key lookups, job and prediction reads
+    and writes)."""
+    publish_timeout_s: float = Field(default=10.0, gt=0)
+    """How long one publish keeps trying to get JetStream's acknowledgement (retrying across a NATS
+    restart) before the call answers UNAVAILABLE."""
     max_publish_inflight: int = Field(default=128, ge=1)
     """Most job items one CreateJob publishes at once (their acks are all awaited)."""
     max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -42,6 +45,9 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     """How long a resolved API key is reused without asking store; a revoked key works this long.
     Unknown keys are remembered for at most 5 s, so a new key works almost at once."""
+    auth_stale_ttl_s: float = Field(default=3600.0, ge=0)
+    """How long after its last successful lookup a key keeps working while store (or Postgres) cannot
+    be asked: predictions keep flowing through a database outage. 0 turns this off."""
     startup_timeout_s: float = Field(default=180.0, gt=0)
     """How long start() waits for inference and store to report SERVING before giving up."""
 

@@ -61,7 +61,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         # Accept the resource name too ("models/x"), as ListModels hands it out.
         served = self._models.get(name.removeprefix("models/"))
         if served is None:
-            available = ", ".join(sorted(self._models)) or "none (still loading)"
+            available = ", ".join(sorted(self._models))
             raise NotFound(
                 f"model {name!r} is not served here; available: {available}",
                 "MODEL_NOT_FOUND",

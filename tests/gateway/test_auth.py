@@ -79,7 +79,9 @@ async def test_key_resolves_to_tenant_by_digest_and_is_cached() -> None:
         lambda s: store_service_pb2_grpc.add_StoreServiceServicer_to_server(keys, s)
     ) as target:
         channel = open_channel(target, 1024 * 1024)
-        auth = Authenticator(store_service_pb2_grpc.StoreServiceStub(channel), Backend("store", 5.0), 60.0)
+        auth = Authenticator(
+            store_service_pb2_grpc.StoreServiceStub(channel), Backend("store", channel, 5.0), 60.0
+        )
         assert await auth.tenant(Call(GOOD_KEY)) == "acme"  # type: ignore[arg-type]
         assert await auth.tenant(Call(GOOD_KEY)) == "acme"  # type: ignore[arg-type]
         for _ in range(2):
@@ -99,9 +101,34 @@ async def test_store_outage_is_unavailable_not_unauthenticated() -> None:
     async with serving(lambda s: None) as target:
         pass  # the port is closed again: nothing listens there
     channel = open_channel(target, 1024 * 1024)
-    auth = Authenticator(store_service_pb2_grpc.StoreServiceStub(channel), Backend("store", 2.0), 60.0)
+    auth = Authenticator(
+        store_service_pb2_grpc.StoreServiceStub(channel), Backend("store", channel, 2.0), 60.0
+    )
     with pytest.raises(FerryError) as caught:
         await auth.tenant(Call(GOOD_KEY))  # type: ignore[arg-type]
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert "store is unavailable" in caught.value.message
+    await channel.close()
+
+
+async def test_known_keys_keep_working_while_store_is_down_and_unknown_ones_do_not() -> None:
+    keys = KeyStore()
+    server = grpc.aio.server()
+    store_service_pb2_grpc.add_StoreServiceServicer_to_server(keys, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = open_channel(f"127.0.0.1:{port}", 1024 * 1024)
+    stub = store_service_pb2_grpc.StoreServiceStub(channel)
+    # ttl 0: every call asks store, so the outage is seen at once.
+    trusting = Authenticator(stub, Backend("store", channel, 1.0), ttl_s=0.0, stale_ttl_s=3600.0)
+    strict = Authenticator(stub, Backend("store", channel, 1.0), ttl_s=0.0, stale_ttl_s=0.0)
+    assert await trusting.tenant(Call(GOOD_KEY)) == "acme"  # type: ignore[arg-type]
+    assert await strict.tenant(Call(GOOD_KEY)) == "acme"  # type: ignore[arg-type]
+    await server.stop(None)
+
+    assert await trusting.tenant(Call(GOOD_KEY)) == "acme"  # type: ignore[arg-type]
+    for auth, key in ((strict, GOOD_KEY), (trusting, "never-seen-key")):
+        with pytest.raises(FerryError) as caught:
+            await auth.tenant(Call(key))  # type: ignore[arg-type]
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     await channel.close()

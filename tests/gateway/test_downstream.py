@@ -8,9 +8,10 @@ from typing import Any
 import grpc
 import pytest
 
+from devstack.infra import free_port
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.channels import open_channel
-from services.common.errors import FerryError, InvalidArgument, NotFound
+from services.common.errors import FerryError, InvalidArgument, NotFound, Unavailable
 from services.gateway.downstream import Backend, error_from_rpc, publishing
 from tests.gateway.servers import serving
 
@@ -76,7 +77,7 @@ async def test_backend_calls_map_real_rpc_failures() -> None:
     async with serving(register) as target:
         channel = open_channel(target, 1024 * 1024)
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
-        backend = Backend("inference", timeout_s=0.3)
+        backend = Backend("inference", channel, timeout_s=0.3)
         with pytest.raises(FerryError) as refused:
             await backend.call(stub.Predict, inference_service_pb2.PredictRequest())
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -85,6 +86,67 @@ async def test_backend_calls_map_real_rpc_failures() -> None:
             await backend.call(stub.ListModels, inference_service_pb2.ListModelsRequest())
         assert slow.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         await channel.close()
+
+
+class Restarting(inference_service_pb2_grpc.InferenceServiceServicer):
+    """An inference replica that answers UNAVAILABLE (NOT_READY) a few times, as one that is starting."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.calls = 0
+
+    async def Predict(self, request: Any, context: Any) -> inference_service_pb2.PredictResponse:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise Unavailable("inference is starting; retry in 1 s", "NOT_READY")
+        return inference_service_pb2.PredictResponse(results=[inference_service_pb2.PredictResult()])
+
+
+async def test_backend_retries_a_replica_that_is_starting() -> None:
+    replica = Restarting(refusals=3)
+
+    def register(server: grpc.aio.Server) -> None:
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(replica, server)
+
+    async with serving(register) as target:
+        channel = open_channel(target, 1024 * 1024)
+        backend = Backend("inference", channel, timeout_s=10.0)
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        answer = await backend.call(stub.Predict, inference_service_pb2.PredictRequest())
+        await channel.close()
+    assert len(answer.results) == 1
+    assert replica.calls == 4
+
+
+async def test_backend_waits_for_a_server_that_comes_up_within_the_deadline() -> None:
+    replica = Restarting(refusals=0)
+    port = free_port()
+    channel = open_channel(f"127.0.0.1:{port}", 1024 * 1024)
+    backend = Backend("inference", channel, timeout_s=15.0)
+    stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    call = asyncio.create_task(backend.call(stub.Predict, inference_service_pb2.PredictRequest()))
+    await asyncio.sleep(1.0)  # the call is made while nothing listens: a replica restarting
+    assert not call.done()
+    server = grpc.aio.server()
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(replica, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    answer = await call
+    await server.stop(None)
+    await channel.close()
+    assert len(answer.results) == 1
+
+
+async def test_backend_that_never_comes_up_is_unavailable_not_a_timeout() -> None:
+    channel = open_channel(f"127.0.0.1:{free_port()}", 1024 * 1024)
+    backend = Backend("store", channel, timeout_s=0.5)
+    stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    with pytest.raises(FerryError) as caught:
+        await backend.call(stub.Predict, inference_service_pb2.PredictRequest())
+    await channel.close()
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert caught.value.reason == "BACKEND_UNAVAILABLE"
+    assert caught.value.retry_after is not None
 
 
 async def test_failed_publish_becomes_unavailable() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import grpc
 import nats
 import pytest
 
+from devstack.infra import free_port, start_nats
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
@@ -17,6 +20,7 @@ from services.common.messaging import open_cancelled_bucket
 from services.gateway.cancellation import CANCELLED, mark_cancelled
 from services.gateway.downstream import publishing
 from services.gateway.job_manager import publish_job_items
+from services.gateway.publisher import Publisher
 
 
 async def test_job_items_are_published_once_even_when_published_again(nats_url: str) -> None:
@@ -30,7 +34,7 @@ async def test_job_items_are_published_once_even_when_published_again(nats_url: 
         before = (await js.stream_info(messaging.WORK_STREAM)).state.last_seq
 
         for _ in range(2):  # the second round is a client's retry of the same job
-            await publish_job_items(js, template, inputs, timeout_s=5.0, max_inflight=2)
+            await publish_job_items(Publisher(js, 5.0), template, inputs, max_inflight=2)
 
         after = (await js.stream_info(messaging.WORK_STREAM)).state.last_seq
         assert after - before == len(inputs)
@@ -66,3 +70,55 @@ async def test_publish_on_a_lost_connection_is_unavailable(nats_url: str) -> Non
             await messaging.publish(js, messaging.PREDICTIONS_SUBJECT, record, str(uuid.uuid4()))
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert "the prediction could not be recorded" in caught.value.message
+
+
+async def test_publisher_rides_out_a_nats_restart_and_stores_the_message_once(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_nats(port, tmp_path / "store", tmp_path / "logs")
+    try:
+        async with AsyncExitStack() as stack:
+            _, js = await messaging.connect(f"nats://127.0.0.1:{port}", "gateway-test", stack)
+            await messaging.ensure_streams(js)
+            publisher = Publisher(js, budget_s=20.0)
+            msg_id = str(uuid.uuid4())
+            record = events_pb2.PredictionRecorded(tenant="acme")
+            server.stop()
+            publishing_now = asyncio.create_task(
+                publisher.publish(messaging.PREDICTIONS_SUBJECT, record, msg_id)
+            )
+            await asyncio.sleep(1.0)  # publishes fail at once meanwhile; the publisher keeps trying
+            assert not publishing_now.done()
+            server = start_nats(port, tmp_path / "store", tmp_path / "logs")
+            await publishing_now
+            await publisher.publish(messaging.PREDICTIONS_SUBJECT, record, msg_id)  # a retry
+            info = await js.stream_info(messaging.EVENTS_STREAM)
+            assert info.state.messages == 1
+    finally:
+        server.stop()
+
+
+async def test_publisher_gives_up_after_its_budget_and_nothing_is_stored_later(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_nats(port, tmp_path / "store", tmp_path / "logs")
+    try:
+        async with AsyncExitStack() as stack:
+            _, js = await messaging.connect(f"nats://127.0.0.1:{port}", "gateway-test", stack)
+            await messaging.ensure_streams(js)
+            server.stop()
+            with pytest.raises(FerryError) as caught:
+                async with publishing("the prediction could not be recorded"):
+                    await Publisher(js, budget_s=1.0).publish(
+                        messaging.PREDICTIONS_SUBJECT, events_pb2.PredictionRecorded(tenant="acme"), "gone"
+                    )
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+            server = start_nats(port, tmp_path / "store", tmp_path / "logs")
+            # Once reconnected, nothing buffered from the failed call may be flushed into the stream.
+            for _ in range(100):
+                try:
+                    info = await js.stream_info(messaging.EVENTS_STREAM)
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            assert info.state.messages == 0
+    finally:
+        server.stop()

@@ -11,7 +11,7 @@ Context = grpc.aio.ServicerContext[object, object]
 
 
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
-    """Creates, reads and cancels the caller's batch jobs."""
+    """Creates, reads, cancels and retries the caller's batch jobs."""
 
     def __init__(self, slot: ComponentsSlot) -> None:
         self._slot = slot
@@ -43,3 +43,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = self._slot.get()
         tenant = await c.auth.tenant(context)
         return job_service_pb2.CancelJobResponse(job=await c.jobs.cancel(tenant, request.name))
+
+    async def RetryJob(
+        self, request: job_service_pb2.RetryJobRequest, context: Context
+    ) -> job_service_pb2.RetryJobResponse:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return await c.jobs.retry(tenant, request.name)

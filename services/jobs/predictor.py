@@ -65,7 +65,9 @@ class Predictor:
         """Predicts ``inputs`` with ``model``; returns one Outcome per input, in order.
 
         All calls made for the group (there can be several, see below) share one deadline of
-        ``timeout_s``, so a group never outlives the consumer's ack wait.
+        ``timeout_s``. Calls wait for inference to be ready within it (``wait_for_ready``): a
+        call made while inference restarts or the channel reconnects waits for it instead of
+        failing at once and spending a retry.
         """
         deadline = time.monotonic() + self._timeout_s
         return await self._call(model, top_k, list(inputs), deadline)
@@ -83,7 +85,7 @@ class Predictor:
             return _failed(len(inputs), grpc.StatusCode.DEADLINE_EXCEEDED, message, "INFERENCE_TIMEOUT")
         request = inference_service_pb2.PredictRequest(model=model, inputs=inputs, top_k=top_k)
         try:
-            response = await self._stub.Predict(request, timeout=remaining)
+            response = await self._stub.Predict(request, timeout=remaining, wait_for_ready=True)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT and len(inputs) > 1:
                 # Items only share a request to be batched; one bad input must not fail the

@@ -1,8 +1,8 @@
 """The work loop: pull job items from JetStream, run them through inference, record, then ack.
 
 Delivery is at-least-once: a work message is acked only after its record is stored in
-FERRY_EVENTS, and the record's id (and Nats-Msg-Id) is derived from the job id and item index,
-so a redelivery lands on the same record. See docs/jobs.md.
+FERRY_EVENTS, and the record's id (and Nats-Msg-Id) is derived from the job id, item index and
+retry generation, so a redelivery lands on the same record. See docs/jobs.md.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -26,12 +27,15 @@ from opentelemetry import trace
 
 from ferry.events.v1 import events_pb2
 from services.common import messaging
+from services.common.failpoints import failpoint
+from services.common.readiness import Readiness
 from services.common.tracing import extract_context
 from services.jobs.cancellation import CancelledJobs
+from services.jobs.heartbeat import Heartbeat
 from services.jobs.metrics import BATCH_SIZE, ITEM_SECONDS, ITEMS
 from services.jobs.predictor import Outcome, Predictor
-from services.jobs.records import prediction_record, record_id
-from services.jobs.retry import backoff_delay, gave_up
+from services.jobs.records import publish_dead_letter, publish_record
+from services.jobs.retry import Backoff, gave_up
 from services.jobs.settings import JobsSettings
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,12 @@ tracer = trace.get_tracer("ferry.jobs")
 
 # How long the loop waits before pulling again after NATS itself failed (not an empty stream).
 _FETCH_ERROR_PAUSE_S = 1.0
+# How often a paused loop looks at readiness again. Readiness offers nothing to wait on, and
+# its dependency probes run about once a second, so a finer poll would not resume any sooner.
+_READY_POLL_S = 0.2
+
+#: Where a fault test may kill the runner: the record is stored, the work message not yet acked.
+AFTER_RECORD_PUBLISH = "jobs.after_record_publish"
 
 
 def decode_item(data: bytes) -> tuple[events_pb2.JobItem, uuid.UUID]:
@@ -60,6 +70,10 @@ def decode_item(data: bytes) -> tuple[events_pb2.JobItem, uuid.UUID]:
     return item, job_id
 
 
+def _describe(error: status_pb2.Status) -> str:
+    return f"{error.message} (code {error.code})"
+
+
 @dataclass
 class WorkItem:
     """One delivered job item and the span it runs in, until it is acked, nak'ed or released."""
@@ -74,8 +88,13 @@ class WorkItem:
 
     @property
     def attempt(self) -> int:
-        """Which delivery of this message this is, from 1."""
+        """Which delivery of this message this is, from 1 (JetStream counts, so it survives restarts)."""
         return int(self.msg.metadata.num_delivered)
+
+    @property
+    def key(self) -> int:
+        """The message's stream sequence: the same on every delivery, and unique per item."""
+        return int(self.msg.metadata.sequence.stream)
 
     def close(self, outcome: str) -> None:
         """Marks the item settled, counts it and ends its span."""
@@ -87,7 +106,16 @@ class WorkItem:
 
 
 class Runner:
-    """Runs job items from the durable consumer until cancelled; any number may share the consumer."""
+    """Runs job items from the durable consumer until cancelled; any number may share the consumer.
+
+    Args:
+        js: JetStream.
+        predictor: calls inference.
+        cancelled: tells which jobs were cancelled.
+        settings: the runner's settings.
+        readiness: the service's readiness; while it is not serving (inference or NATS down,
+            or shutting down) the runner fetches nothing new.
+    """
 
     def __init__(
         self,
@@ -95,11 +123,15 @@ class Runner:
         predictor: Predictor,
         cancelled: CancelledJobs,
         settings: JobsSettings,
+        readiness: Readiness,
     ) -> None:
         self._js = js
         self._predictor = predictor
         self._cancelled = cancelled
         self._s = settings
+        self._readiness = readiness
+        self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.retry_budget_s)
+        self._heartbeat = Heartbeat(settings.ack_wait_s)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._inflight = 0
         self._freed = asyncio.Event()
@@ -113,14 +145,18 @@ class Runner:
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self._s.ack_wait_s,
-            # Unlimited on the server: the runner counts attempts itself and, at max_deliver,
-            # writes a FAILED record. A server-side limit would silently strand the message when
-            # that last record could not be published.
+            # Unlimited on the server: the runner decides when to give up (its retry budget) and
+            # then writes a FAILED record. A server-side limit would silently strand the message
+            # when that last record could not be published.
             max_deliver=-1,
         )
 
     async def subscribe(self) -> None:
-        """Creates (or updates) the durable consumer and binds a pull subscription to it."""
+        """Creates the durable consumer, or updates it, and binds a pull subscription to it.
+
+        On an existing consumer the create is an update (nats-server 2.15 updates a durable whose
+        config differs in updatable fields), so a changed ``ack_wait_s`` takes effect on start.
+        """
         await self._js.add_consumer(messaging.WORK_STREAM, self.consumer_config())
         self._sub = await self._js.pull_subscribe_bind(
             durable=self._s.consumer_name, stream=messaging.WORK_STREAM
@@ -131,6 +167,7 @@ class Runner:
         if self._sub is None:
             await self.subscribe()
         tasks: set[asyncio.Task[None]] = set()
+        heartbeat = asyncio.create_task(self._heartbeat.run(), name="jobs-heartbeat")
         me = asyncio.current_task()
         try:
             while True:
@@ -138,6 +175,7 @@ class Runner:
                 # wait_for); without this check a stop request could be lost and shutdown hang.
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
+                await self._until_ready()
                 room = await self._room()
                 msgs = await self._fetch(room)
                 if not msgs:
@@ -147,6 +185,7 @@ class Runner:
                 tasks.add(task)
                 task.add_done_callback(functools.partial(self._finished, count=len(msgs), tasks=tasks))
         finally:
+            heartbeat.cancel()
             # Unsubscribe before the in-flight items are nak'ed: otherwise JetStream may redeliver
             # them into this runner's still-open pull request, where nobody would run them.
             if self._sub is not None:
@@ -155,7 +194,21 @@ class Runner:
                 self._sub = None
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(heartbeat, *tasks, return_exceptions=True)
+
+    async def _until_ready(self) -> None:
+        """Waits while the service is not serving.
+
+        With inference or NATS down, an item fetched now could only fail and spend its retry
+        budget; left in the stream it waits for free. Items already fetched carry on (their
+        calls wait for inference within their deadline, then retry as usual).
+        """
+        if self._readiness.serving:
+            return
+        log.info("not fetching job items until ready: %s", self._readiness.reason())
+        while not self._readiness.serving:  # noqa: ASYNC110  (no event to wait on: see _READY_POLL_S)
+            await asyncio.sleep(_READY_POLL_S)
+        log.info("ready again: fetching job items")
 
     async def _room(self) -> int:
         """Waits until fewer than max_inflight items run; returns how many more may be fetched."""
@@ -202,14 +255,25 @@ class Runner:
                     # call inside that trace; inference batches concurrent requests anyway.
                     groups[(w.item.model, w.item.top_k, w.parent_trace_id)].append(w)
             await asyncio.gather(*(self._run_group(group) for group in groups.values()))
-        except asyncio.CancelledError:
-            # Shutting down: hand unfinished items straight back instead of waiting out ack_wait.
-            for w in work:
-                if not w.settled:
-                    with contextlib.suppress(Exception):
-                        await w.msg.nak()
-                    w.span.end()
+        except BaseException as err:
+            await self._abandon(work, hand_back=isinstance(err, asyncio.CancelledError))
             raise
+
+    async def _abandon(self, work: list[WorkItem], hand_back: bool) -> None:
+        """Lets go of the batch's unsettled items after it stopped early.
+
+        Shutting down (``hand_back``), they are nak'ed so another runner takes them at once
+        instead of after ack_wait. After a bug they are only no longer claimed: they come back
+        after ack_wait rather than being kept alive by heartbeats forever.
+        """
+        for w in work:
+            if w.settled:
+                continue
+            self._heartbeat.untrack(w.msg)
+            if hand_back:
+                with contextlib.suppress(Exception):
+                    await w.msg.nak()
+            w.span.end()
 
     async def _open(self, msg: Msg) -> WorkItem | None:
         """Decodes ``msg`` and starts its span; a message that is not a job item is terminated."""
@@ -230,9 +294,11 @@ class Runner:
                 "ferry.item_index": item.item_index,
                 "ferry.model": item.model,
                 "ferry.attempt": int(msg.metadata.num_delivered),
+                "ferry.generation": item.generation,
             },
         )
         parent_trace_id = trace.get_current_span(parent).get_span_context().trace_id
+        self._heartbeat.track(msg)
         return WorkItem(msg, item, job_id, span, parent_trace_id)
 
     async def _run_group(self, group: list[WorkItem]) -> None:
@@ -248,44 +314,55 @@ class Runner:
         """Records a final outcome and acks, or naks a transient failure with backoff."""
         with trace.use_span(w.span, end_on_exit=False):
             if outcome.error is not None and outcome.transient:
-                if w.attempt < self._s.max_deliver:
-                    await self._retry(w, f"{outcome.error.message} (code {outcome.error.code})")
+                delay = self._backoff.next_delay(w.attempt, w.key)
+                if delay is not None:
+                    await self._retry(w, _describe(outcome.error), delay)
                     return
-                outcome = Outcome(error=gave_up(outcome.error, w.attempt))
+                retried_s = self._backoff.waited(w.attempt - 1, w.key)
+                outcome = Outcome(error=gave_up(outcome.error, w.attempt, retried_s))
             if outcome.error is not None:
                 w.span.set_status(trace.StatusCode.ERROR, outcome.error.message)
-            event = events_pb2.PredictionRecorded(
-                tenant=w.item.tenant, prediction=prediction_record(w.item, w.job_id, outcome)
-            )
             try:
-                await messaging.publish(
-                    self._js,
-                    messaging.PREDICTIONS_SUBJECT,
-                    event,
-                    msg_id=record_id(w.job_id, w.item.item_index),
-                    timeout_s=self._s.publish_timeout_s,
-                )
+                await self._leave_behind(w, outcome)
             except (NatsError, TimeoutError) as err:
-                await self._retry(w, f"publishing its record failed: {err!r}")
+                # Not stored, so not done. There is no giving up on this one (that would need
+                # this very publish to work), so it is retried outside the budget, for as long
+                # as it takes.
+                delay = self._backoff.delay(w.attempt, w.key)
+                await self._retry(w, f"publishing its record failed: {err!r}", delay)
                 return
             # Only now is the result safe; a crash before this ack means a redelivery that
             # publishes the same record id again, which JetStream and store both drop.
             await self._settle_with(w, "failed" if outcome.error is not None else "succeeded", w.msg.ack)
 
-    async def _retry(self, w: WorkItem, why: str) -> None:
-        delay = backoff_delay(w.attempt, self._s.backoff_base_s, self._s.backoff_max_s)
+    async def _leave_behind(self, w: WorkItem, outcome: Outcome) -> None:
+        """Publishes the item's record and, when it failed, its dead letter (the record first).
+
+        The dead letter goes after the record, so RetryJob never finds an item to re-queue that
+        its job does not yet count as failed, and before the ack, so a crash in between
+        republishes both under the same ids.
+        """
+        timeout_s = self._s.publish_timeout_s
+        await publish_record(self._js, w.item, w.job_id, outcome, timeout_s)
+        failpoint(AFTER_RECORD_PUBLISH)
+        if outcome.error is not None:
+            await publish_dead_letter(self._js, w.item, w.job_id, outcome.error, timeout_s)
+
+    async def _retry(self, w: WorkItem, why: str, delay: float) -> None:
         log.info(
-            "job %s item %d attempt %d/%d failed: %s; retrying in %.2fs",
+            "job %s item %d attempt %d failed: %s; retrying in %.2fs (%.1fs of the %.0fs budget used)",
             w.job_id,
             w.item.item_index,
             w.attempt,
-            self._s.max_deliver,
             why,
             delay,
+            self._backoff.waited(w.attempt - 1, w.key),
+            self._backoff.budget_s,
         )
         await self._settle_with(w, "retried", lambda: w.msg.nak(delay=delay))
 
     async def _settle_with(self, w: WorkItem, outcome: str, action: Callable[[], Awaitable[None]]) -> None:
+        self._heartbeat.untrack(w.msg)
         try:
             await action()
         except NatsError as err:

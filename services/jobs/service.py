@@ -6,21 +6,63 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.client import Client as NatsClient
 
 from ferry.inference.v1 import inference_service_pb2_grpc
 from services.common import messaging
-from services.common.channels import open_channel
+from services.common.channels import channel_options, open_channel
 from services.common.messaging import open_cancelled_bucket
-from services.common.readiness import Readiness
+from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.tasks import spawn
 from services.jobs.cancellation import CancelledJobs
 from services.jobs.predictor import Predictor
 from services.jobs.runner import Runner
 from services.jobs.settings import JobsSettings
 
+# How often the runner looks at its dependencies, and how long one health check may take.
+_PROBE_EVERY_S = 1.0
+_PROBE_TIMEOUT_S = 2.0
+
+
+def inference_probe(channel: grpc.aio.Channel) -> Probe:
+    """Asks inference's gRPC health (the overall "" service) whether it is SERVING.
+
+    The check does not wait for the channel to connect: a down inference must read as down now.
+    """
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    async def probe() -> str:
+        try:
+            answer = await stub.Check(  # type: ignore[attr-defined]  # the published stubs omit the methods
+                health_pb2.HealthCheckRequest(service=""), timeout=_PROBE_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            return f"health check failed: {err.code().name}: {err.details()}"
+        if answer.status == health_pb2.HealthCheckResponse.SERVING:
+            return ""
+        return f"health is {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}"
+
+    return probe
+
+
+def nats_probe(nc: NatsClient) -> Probe:
+    """Says whether the NATS connection is up (nats-py reconnects on its own meanwhile)."""
+
+    async def probe() -> str:
+        if nc.is_connected:
+            return ""
+        return "not connected (reconnecting)" if nc.is_reconnecting else "not connected"
+
+    return probe
+
 
 class JobsService:
-    """Runs job items from the work stream; SERVING once NATS is connected and the consumer exists."""
+    """Runs job items from the work stream.
+
+    SERVING once NATS is connected and the consumer exists, and while inference and NATS are up;
+    while it is not, the runner fetches no new items.
+    """
 
     name = "jobs"
 
@@ -35,18 +77,25 @@ class JobsService:
         """Nothing to register; the runner takes its work from NATS, not from callers."""
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
-        """Connects to NATS and inference, creates the consumer and starts the runner task.
+        """Connects to NATS and inference, watches both, creates the consumer and starts the runner.
 
         Cleanups run in reverse: the runner stops first (handing back unfinished items), then
-        the inference channel closes, then the NATS connection drains.
+        the probes stop, the inference channel closes, and the NATS connection drains.
         """
         s = self.settings
-        _, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
+        nc, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
         await messaging.ensure_streams(js)
         cancelled = CancelledJobs(await open_cancelled_bucket(js), s.cancel_cache_s)
         channel = open_channel(s.inference_target, s.max_message_bytes)
         stack.push_async_callback(channel.close)
+        # Probes go on a channel of their own, without the tracing interceptor: a check every
+        # second would otherwise make a trace every second (inference leaves health untraced
+        # too). Same target and reconnect options, so it sees inference as the Predict calls do.
+        probe_channel = grpc.aio.insecure_channel(s.inference_target, options=channel_options(1024 * 1024))
+        stack.push_async_callback(probe_channel.close)
+        await watch_dependency(stack, readiness, "nats", nats_probe(nc), _PROBE_EVERY_S)
+        await watch_dependency(stack, readiness, "inference", inference_probe(probe_channel), _PROBE_EVERY_S)
         predictor = Predictor(inference_service_pb2_grpc.InferenceServiceStub(channel), s.inference_timeout_s)
-        runner = Runner(js, predictor, cancelled, s)
+        runner = Runner(js, predictor, cancelled, s, readiness)
         await runner.subscribe()
         spawn(stack, runner.run(), "jobs-runner")

@@ -33,28 +33,32 @@ class JobsSettings(ServiceSettings, NatsSettings):
     """How long one pull waits for items when the stream is empty."""
     max_inflight: int = Field(default=32, ge=1)
     """Most items this process runs at once (across fetches)."""
-    max_deliver: int = Field(default=5, ge=1)
-    """Attempts per item before a transient failure becomes a FAILED record."""
-    backoff_base_s: float = Field(default=0.5, ge=0)
+    retry_budget_s: float = Field(default=300.0, ge=0)
+    """How long an item keeps being retried after transient failures (inference down, NATS
+    unreachable) before it becomes a FAILED record: the backoff it may wait in all. It outlasts
+    an inference restart by far; 0 turns retries off."""
+    backoff_base_s: float = Field(default=0.5, gt=0)
     """Delay before the second attempt; it doubles with every attempt after that."""
-    backoff_max_s: float = Field(default=30.0, ge=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
     """Longest delay between attempts."""
     inference_timeout_s: float = Field(default=30.0, gt=0)
-    """Deadline of one inference Predict call (a whole fetched group shares it)."""
+    """Deadline of one inference Predict call (a whole fetched group shares it). The call waits
+    for inference to be ready within it, so it also covers a restart of inference."""
     publish_timeout_s: float = Field(default=5.0, gt=0)
     """How long to wait for JetStream to store a record before the item is retried."""
-    ack_wait_s: float = Field(default=60.0, gt=0)
-    """Seconds an item may stay unacknowledged before JetStream hands it to another runner."""
+    ack_wait_s: float = Field(default=10.0, ge=1.0)
+    """Seconds an unacknowledged item stays with a runner that stopped answering for it before
+    JetStream hands it to another runner. A live runner reports progress on its items every third
+    of this, however long they take; below a second, those reports would flood NATS."""
     cancel_cache_s: float = Field(default=2.0, ge=0)
     """How long a "job is not cancelled" answer is reused; a cancellation is remembered for good."""
 
     @model_validator(mode="after")
-    def _ack_wait_covers_one_attempt(self) -> Self:
-        # An item redelivered while it is still running would run twice at once.
-        needed = self.inference_timeout_s + self.publish_timeout_s
-        if self.ack_wait_s <= needed:
+    def _backoff_cap_is_above_its_start(self) -> Self:
+        # A cap below the first delay would silently make every delay the cap.
+        if self.backoff_max_s < self.backoff_base_s:
             raise ValueError(
-                f"ack_wait_s ({self.ack_wait_s}) must exceed inference_timeout_s + publish_timeout_s "
-                f"({needed}); raise FERRY_JOBS_ACK_WAIT_S or lower the timeouts"
+                f"backoff_max_s ({self.backoff_max_s}) must be at least backoff_base_s "
+                f"({self.backoff_base_s})"
             )
         return self

@@ -6,14 +6,14 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
 import nats
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, RawStreamMsg
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -24,7 +24,7 @@ from services.common import messaging
 from services.common.readiness import Readiness
 from services.jobs.service import JobsService
 from services.jobs.settings import JobsSettings
-from tests.jobs.doubles import FailureInjectingInference, start_double
+from tests.jobs.doubles import FailureInjectingInference
 
 WAIT_S = 30.0
 
@@ -54,10 +54,11 @@ class Harness:
             backoff_max_s=0.05,
             inference_timeout_s=5.0,
             publish_timeout_s=2.0,
-            ack_wait_s=30.0,
+            ack_wait_s=10.0,
             cancel_cache_s=0.0,
         )
         self._stacks: list[AsyncExitStack] = []
+        self.readiness: list[Readiness] = []
 
     def configure(self, **overrides: Any) -> None:
         """Changes settings for runners started after this call."""
@@ -68,7 +69,9 @@ class Harness:
         stack = AsyncExitStack()
         await stack.__aenter__()
         self._stacks.append(stack)
-        await JobsService(self.settings).start(stack, Readiness.started("jobs"))
+        readiness = Readiness.started("jobs")
+        self.readiness.append(readiness)
+        await JobsService(self.settings).start(stack, readiness)
 
     async def stop_runners(self) -> None:
         """Stops every runner the way shutdown does: the exit stack closes."""
@@ -84,6 +87,7 @@ class Harness:
         model: str = "efficientnet-lite0",
         top_k: int = 3,
         msg_id: str | None = None,
+        generation: int = 0,
     ) -> None:
         """Publishes a job item the way gateway does (Nats-Msg-Id ``{job}:{index}``, traceparent)."""
         item = events_pb2.JobItem(
@@ -93,8 +97,10 @@ class Harness:
             model=model,
             top_k=top_k,
             input=types_pb2.Input(image=types_pb2.Image(content=content)),
+            generation=generation,
         )
-        await messaging.publish(self.js, self.subject, item, msg_id=msg_id or f"{job_id}:{index}")
+        msg_id = msg_id or messaging.with_generation(f"{job_id}:{index}", generation)
+        await messaging.publish(self.js, self.subject, item, msg_id=msg_id)
 
     async def publish_raw(self, data: bytes) -> int:
         """Publishes arbitrary bytes to the work subject; returns the stream sequence."""
@@ -120,13 +126,19 @@ class Harness:
 
     async def records(self, *job_ids: uuid.UUID) -> list[prediction_pb2.Prediction]:
         """Every record message in FERRY_EVENTS for these jobs, duplicates included, in stream order."""
+        return [event.prediction for event, _ in await self.record_events(*job_ids)]
+
+    async def record_events(
+        self, *job_ids: uuid.UUID
+    ) -> list[tuple[events_pb2.PredictionRecorded, dict[str, str]]]:
+        """Like ``records``, as whole events with their headers (``Nats-Msg-Id``, ``traceparent``)."""
         jobs = {f"jobs/{j}" for j in job_ids}
         last = int((await self.js.stream_info(messaging.EVENTS_STREAM)).state.last_seq)
         config = ConsumerConfig(ack_policy=AckPolicy.NONE)
         sub = await self.js.pull_subscribe(
             messaging.PREDICTIONS_SUBJECT, stream=messaging.EVENTS_STREAM, config=config
         )
-        found: list[prediction_pb2.Prediction] = []
+        found: list[tuple[events_pb2.PredictionRecorded, dict[str, str]]] = []
         try:
             seq = 0
             while seq < last:
@@ -139,10 +151,26 @@ class Harness:
                     event = events_pb2.PredictionRecorded.FromString(msg.data)
                     if event.prediction.job in jobs:
                         assert event.tenant == "acme"
-                        found.append(event.prediction)
+                        found.append((event, dict(msg.headers or {})))
         finally:
             await sub.unsubscribe()
         return found
+
+    async def dead_letter(self, job_id: uuid.UUID, index: int) -> RawStreamMsg:
+        """The dead letter of an item, read back the way gateway's RetryJob reads it.
+
+        Raises:
+            nats.js.errors.NotFoundError: the item has none.
+        """
+        subject = messaging.dead_letter_subject(str(job_id), index)
+        return await self.js.get_last_msg(messaging.DEAD_STREAM, subject)
+
+    async def wait_until(self, condition: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Waits (up to WAIT_S) until ``condition`` holds."""
+        deadline = time.monotonic() + WAIT_S
+        while not await condition():
+            assert time.monotonic() < deadline, f"not {what} within {WAIT_S}s"
+            await asyncio.sleep(0.05)
 
     async def delete_consumer(self) -> None:
         with contextlib.suppress(Exception):
@@ -153,11 +181,11 @@ class Harness:
 async def inference() -> AsyncIterator[FailureInjectingInference]:
     """The failure-injection inference double, serving on a free port."""
     double = FailureInjectingInference()
-    server = await start_double(double)
+    await double.start()
     yield double
     if double.hold is not None:
         double.hold.set()
-    await server.stop(0)
+    await double.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from opentelemetry import trace
 
@@ -41,6 +42,9 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
     * ``fail_next``: status codes for the next calls, one per call, then normal answers.
     * ``fail_always``: a code every call fails with.
     * ``hold``: when set, every call waits for this event before answering.
+    * ``delay_s``: every call sleeps this long before answering (a slow model).
+    * gRPC health says SERVING while it runs; ``stop()`` and ``start()`` take it down and bring
+      it back on the same port, as an inference restart does.
     * model ``MISSING_MODEL``: NOT_FOUND with an ErrorInfo, as inference reports an unknown model.
     * top_k outside 1..100: INVALID_ARGUMENT for the whole request (the contract's bounds).
     * input bytes ``NOT_AN_IMAGE``: a per-item INVALID_ARGUMENT inside a normal response.
@@ -50,8 +54,29 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
     fail_next: list[grpc.StatusCode] = field(default_factory=list)
     fail_always: grpc.StatusCode | None = None
     hold: asyncio.Event | None = None
+    delay_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        """Serves on a free local port (stored in ``target``), or on the same one as before."""
+        server = grpc.aio.server()
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(self, server)
+        health_servicer = health.aio.HealthServicer()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        port = int(self.target.rsplit(":", 1)[1]) if self.target else free_port()
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        self.target = f"127.0.0.1:{port}"
+        self.server = server
+
+    async def stop(self) -> None:
+        """Stops serving at once, failing calls in flight, as a killed inference would."""
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
 
     def seen(self, content: bytes) -> int:
         """How many times ``content`` was sent to inference."""
@@ -71,6 +96,8 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
         self.called.set()
         if self.hold is not None:
             await self.hold.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         code = self.fail_next.pop(0) if self.fail_next else self.fail_always
         if code is not None:
             await context.abort(code, f"injected {code.name}")
@@ -94,14 +121,3 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
             classes=[types_pb2.ClassScore(label=content.decode(), score=1.0, index=0)],
             timing=types_pb2.Timing(batch_size=batch_size),
         )
-
-
-async def start_double(double: FailureInjectingInference) -> grpc.aio.Server:
-    """Serves ``double`` on a free local port (stored in ``double.target``)."""
-    server = grpc.aio.server()
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(double, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    double.target = f"127.0.0.1:{port}"
-    return server

@@ -38,10 +38,31 @@ def by_name(records: list[prediction_pb2.Prediction]) -> dict[str, prediction_pb
     return {r.name: r for r in records}
 
 
-def error_reason(record: prediction_pb2.Prediction) -> str:
+def error_info(record: prediction_pb2.Prediction) -> error_details_pb2.ErrorInfo:
     info = error_details_pb2.ErrorInfo()
     assert record.error.details and record.error.details[0].Unpack(info)
-    return info.reason
+    return info
+
+
+def error_reason(record: prediction_pb2.Prediction) -> str:
+    return error_info(record).reason
+
+
+def error_metadata(record: prediction_pb2.Prediction) -> dict[str, str]:
+    return dict(error_info(record).metadata)
+
+
+async def assert_dead_letter(
+    harness: Harness, job_id: uuid.UUID, index: int, content: bytes, reason: str, generation: int = 0
+) -> None:
+    """The item's dead letter holds the item itself, its input included, and why it failed."""
+    dead = await harness.dead_letter(job_id, index)
+    item = events_pb2.JobItem.FromString(dead.data or b"")
+    assert (item.job_id, item.item_index, item.generation) == (str(job_id), index, generation)
+    assert item.input.image.content == content
+    assert dead.headers is not None
+    assert dead.headers["Ferry-Error-Reason"] == reason
+    assert dead.headers["Nats-Msg-Id"] == messaging.with_generation(f"{job_id}:{index}:dead", generation)
 
 
 async def test_each_item_gets_exactly_one_record_in_the_jobs_trace(
@@ -106,11 +127,11 @@ async def test_transient_failures_are_retried_then_succeed(
     assert info.num_redelivered == 0  # everything was finally acked
 
 
-async def test_persistent_failure_gives_a_failed_record_after_max_deliver(
+async def test_persistent_failure_gives_a_failed_record_and_a_dead_letter_once_the_budget_is_spent(
     harness: Harness, inference: FailureInjectingInference
 ) -> None:
     inference.fail_always = grpc.StatusCode.UNAVAILABLE
-    harness.configure(max_deliver=3)
+    harness.configure(retry_budget_s=0.2)
     job = uuid.uuid4()
     for i in range(2):
         await harness.publish_item(job, i, f"down-{i}".encode())
@@ -119,13 +140,16 @@ async def test_persistent_failure_gives_a_failed_record_after_max_deliver(
 
     records = by_name(await harness.records(job))
     assert set(records) == {name_of(job, 0), name_of(job, 1)}
-    for record in records.values():
+    for i in range(2):
+        record = records[name_of(job, i)]
         assert record.state == FAILED
         assert record.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
-        assert "gave up after 3 attempts" in record.error.message
+        attempts = inference.seen(f"down-{i}".encode())
+        assert f"gave up after retrying for 0.2s ({attempts} attempts)" in record.error.message
         assert "injected UNAVAILABLE" in record.error.message
         assert error_reason(record) == "RETRIES_EXHAUSTED"
-    assert [inference.seen(f"down-{i}".encode()) for i in range(2)] == [3, 3]
+        assert error_metadata(record)["attempts"] == str(attempts)
+        await assert_dead_letter(harness, job, i, f"down-{i}".encode(), "RETRIES_EXHAUSTED")
 
 
 async def test_permanent_errors_fail_at_once_and_alone(
@@ -156,6 +180,12 @@ async def test_permanent_errors_fail_at_once_and_alone(
     assert inference.seen(NOT_AN_IMAGE) == 1
     assert inference.seen(b"nowhere") == 1
     assert [inference.seen(b"k-0"), inference.seen(b"k-1")] == [2, 2]
+    # Each failed item left a dead letter with its input for RetryJob; the success left none.
+    await assert_dead_letter(harness, mixed, 1, NOT_AN_IMAGE, "INVALID_IMAGE")
+    await assert_dead_letter(harness, unknown_model, 0, b"nowhere", "MODEL_NOT_FOUND")
+    await assert_dead_letter(harness, bad_top_k, 1, b"k-1", "INFERENCE_ERROR")
+    with pytest.raises(NotFoundError):
+        await harness.dead_letter(mixed, 0)
 
 
 async def test_cancelled_jobs_items_are_skipped(

@@ -1,38 +1,80 @@
-"""``python -m services.jobs`` as users run it: env settings, health SERVING, runs items, stops on SIGTERM."""
+"""``python -m services.jobs`` as users run it: env settings, health, runs items, stops, and dies.
+
+Health is read the way a deployment reads it (gRPC health on the runner's port), and the crash
+test kills the real process at the failpoint fault tests use.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.health import wait_grpc_serving
 from devstack.infra import ManagedProcess, free_port
 from ferry.predictions.v1 import prediction_pb2
+from services.common.failpoints import ENV as FAILPOINTS_ENV
+from services.common.failpoints import EXIT_CODE as FAILPOINT_EXIT_CODE
 from services.common.ids import item_record_id
-from tests.jobs.conftest import Harness
+from services.jobs.runner import AFTER_RECORD_PUBLISH
+from tests.jobs.conftest import WAIT_S, Harness
 from tests.jobs.doubles import FailureInjectingInference
+from tests.jobs.test_delivery import by_name
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def test_module_serves_health_runs_items_and_stops_cleanly(
-    harness: Harness, inference: FailureInjectingInference, nats_url: str, tmp_path: Path
-) -> None:
+def start_runner_process(
+    harness: Harness, inference: FailureInjectingInference, logs: Path, **env: str
+) -> tuple[ManagedProcess, str]:
+    """Starts ``python -m services.jobs`` on the harness's consumer; returns it and its gRPC target."""
     grpc_port = free_port()
     s = harness.settings
-    env = {
+    base = {
         "FERRY_JOBS_GRPC_PORT": str(grpc_port),
         "FERRY_JOBS_METRICS_PORT": str(free_port()),
-        "FERRY_JOBS_NATS_URL": nats_url,
+        "FERRY_JOBS_NATS_URL": s.nats_url,
         "FERRY_JOBS_INFERENCE_TARGET": inference.target,
         "FERRY_JOBS_CONSUMER_NAME": s.consumer_name,
         "FERRY_JOBS_SUBJECT_FILTER": s.subject_filter,
         "FERRY_JOBS_BACKOFF_BASE_S": "0.01",
     }
-    process = ManagedProcess.start("jobs", [".venv/bin/python", "-m", "services.jobs"], tmp_path, env)
+    argv = [".venv/bin/python", "-m", "services.jobs"]
+    return ManagedProcess.start("jobs", argv, logs, {**base, **env}), f"127.0.0.1:{grpc_port}"
+
+
+async def health_of(target: str) -> int | None:
+    """The runner's overall health status, or None while it does not answer."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return None
+    return int(answer.status)
+
+
+async def wait_health(target: str, process: ManagedProcess, wanted: int) -> None:
+    deadline = time.monotonic() + 60
+    while (status := await health_of(target)) != wanted:
+        assert process.alive(), process.log_tail()
+        assert time.monotonic() < deadline, f"health {status}, not {wanted}: {process.log_tail()}"
+        await asyncio.sleep(0.1)
+
+
+async def test_module_serves_health_runs_items_and_stops_cleanly(
+    harness: Harness, inference: FailureInjectingInference, tmp_path: Path
+) -> None:
+    process, target = start_runner_process(harness, inference, tmp_path)
     try:
-        await asyncio.to_thread(wait_grpc_serving, f"127.0.0.1:{grpc_port}", process, 60)
+        await asyncio.to_thread(wait_grpc_serving, target, process, 60)
         # SERVING means the durable consumer exists, with the settings it was given.
-        assert (await harness.consumer()).config.filter_subject == s.subject_filter
+        assert (await harness.consumer()).config.filter_subject == harness.settings.subject_filter
 
         job = uuid.uuid4()
         await harness.publish_item(job, 0, b"via the real process")
@@ -44,3 +86,50 @@ async def test_module_serves_health_runs_items_and_stops_cleanly(
         code = await asyncio.to_thread(process.stop)
     assert code == 0, process.log_tail()
     assert "stopped" in process.log_tail()
+
+
+async def test_health_follows_inference(
+    harness: Harness, inference: FailureInjectingInference, tmp_path: Path
+) -> None:
+    await inference.stop()
+    process, target = start_runner_process(harness, inference, tmp_path)
+    try:
+        await wait_health(target, process, NOT_SERVING)  # started without its dependency
+        await inference.start()
+        await wait_health(target, process, SERVING)
+        await inference.stop()
+        await wait_health(target, process, NOT_SERVING)
+        assert "waiting for a dependency (inference: " in process.log_tail()
+        await inference.start()
+        await wait_health(target, process, SERVING)
+    finally:
+        code = await asyncio.to_thread(process.stop)
+    assert code == 0, process.log_tail()
+
+
+async def test_runner_killed_between_record_and_ack_leaves_no_duplicate_record(
+    harness: Harness, inference: FailureInjectingInference, tmp_path: Path
+) -> None:
+    # Store ingests exactly the record events asserted on here (and drops a duplicate id with
+    # ON CONFLICT DO NOTHING besides), so one event per item means one row per item in Postgres.
+    harness.configure(ack_wait_s=2.0)
+    env = {FAILPOINTS_ENV: AFTER_RECORD_PUBLISH, "FERRY_JOBS_ACK_WAIT_S": "2"}
+    process, _ = start_runner_process(harness, inference, tmp_path, **env)
+    job = uuid.uuid4()
+    try:
+        await harness.publish_item(job, 0, b"dies after recording")
+        code = await asyncio.to_thread(process.popen.wait, WAIT_S)
+    finally:
+        await asyncio.to_thread(process.stop)
+    assert code == FAILPOINT_EXIT_CODE, process.log_tail()
+    assert f"failpoint {AFTER_RECORD_PUBLISH} reached" in process.log_tail()
+    assert len(await harness.records(job)) == 1  # recorded...
+    assert (await harness.consumer()).num_ack_pending == 1  # ...but never acked
+
+    # A fresh runner gets the item once its ack wait runs out, runs it again and records it
+    # under the same Nats-Msg-Id, which JetStream drops.
+    await harness.start_runner()
+    await harness.wait_drained(await harness.work_stream_last_seq())
+    records = by_name(await harness.records(job))
+    assert [r.state for r in records.values()] == [prediction_pb2.PREDICTION_STATE_SUCCEEDED]
+    assert inference.seen(b"dies after recording") == 2

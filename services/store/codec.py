@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import asyncpg
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,7 +19,7 @@ from google.rpc import status_pb2
 from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
-from services.common.errors import InvalidArgument, error_from_status
+from services.common.errors import FerryError, InvalidArgument, code_from_number, error_from_status
 
 
 class PredictionRow(NamedTuple):
@@ -38,6 +39,7 @@ class PredictionRow(NamedTuple):
     error_reason: str | None
     trace_id: str
     create_time: datetime
+    generation: int
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -54,8 +56,8 @@ def _json(message: Message) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
-def prediction_row(tenant: str, prediction: prediction_pb2.Prediction) -> PredictionRow:
-    """The row for a recorded prediction.
+def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generation: int = 0) -> PredictionRow:
+    """The row for a recorded prediction of retry round ``generation`` (0 for a first run).
 
     Raises:
         ValueError: the prediction's name or job is not a valid resource name, or its time is
@@ -85,6 +87,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction) -> Predic
         error_reason=error_from_status(prediction.error).reason if failed else None,
         trace_id=prediction.trace_id,
         create_time=created,
+        generation=generation,
     )
 
 
@@ -121,10 +124,34 @@ def job_from_row(row: asyncpg.Record) -> job_pb2.Job:
         trace_id=row["trace_id"],
         create_time=_timestamp(row["create_time"]),
         update_time=_timestamp(row["update_time"]),
+        retry_count=row["retry_count"],
     )
-    if row["error"] is not None:
-        job.error.CopyFrom(status_pb2.Status.FromString(row["error"]))
+    if row["state"] in _FINISHED_WITH_FAILURES:
+        job.error.CopyFrom(_job_error(row))
     return job
+
+
+_FINISHED_WITH_FAILURES = (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED)
+
+
+def _job_error(row: asyncpg.Record) -> status_pb2.Status:
+    """Why a finished job has failed items, and what to do about it.
+
+    Built on read from the counters and the last failed item, so it can never disagree with them.
+    Its code is that item's (a job of unreadable images reads INVALID_ARGUMENT, not "a job failed").
+    """
+    name = f"jobs/{row['id']}"
+    reason = row["last_error_reason"] or "UNKNOWN"
+    failed, total = row["items_failed"], row["items_total"]
+    last = f"{reason}: {row['last_error_message']}" if row["last_error_message"] else reason
+    error = FerryError(
+        f"{failed} of {total} items failed (the last with {last}); list them with"
+        f" GET /v1/predictions?job={name} and run them again with POST /v1/{name}:retry",
+        "ITEMS_FAILED",
+        {"items_failed": str(failed), "items_total": str(total), "last_reason": reason},
+    )
+    error.code = code_from_number(row["last_error_code"] or grpc.StatusCode.UNKNOWN.value[0])
+    return error.to_status()
 
 
 def encode_page_token(position: dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
 """Writes record events from JetStream into Postgres: batched, idempotent, acked after commit.
 
-At-least-once delivery plus ``ON CONFLICT DO NOTHING`` on the record id makes every record land
-exactly once. Job counters move only for rows a transaction really inserted, so a redelivery
-never counts an item twice. A failed write naks the batch: nothing is acked that is not stored.
+At-least-once delivery plus an upsert on the record id makes every record land exactly once: a new
+id is inserted, and an existing row is replaced only by the re-run record of the retry round
+RetryJob re-queued it for. Job counters move only for rows a transaction really wrote, so a
+redelivery never counts an item twice. A failed write naks the batch: nothing is acked that is not stored.
 Only an event that can never be stored (undecodable, or refused by Postgres for its content) is
 terminated, and it is logged.
 """
@@ -14,8 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import Counter as Tally
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -31,6 +31,7 @@ from ferry.predictions.v1 import prediction_pb2
 from services.common.messaging import EVENTS_STREAM
 from services.common.tracing import extract_context
 from services.store import codec, metrics
+from services.store.outage import UNREACHABLE, OutageLog
 from services.store.repositories import jobs, predictions
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ _SUCCEEDED = prediction_pb2.PREDICTION_STATE_SUCCEEDED
 
 # Postgres refuses these for a row's content (SQLSTATE classes 22 and 23): retrying cannot help.
 _REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-# Everything else from the database (down, restarting, a lock timeout) may pass: redeliver later.
-_TRANSIENT = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# Everything else from the database (down, restarting, a deadlock) may pass: redeliver later.
+_TRANSIENT: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNREACHABLE)
 
 
 @dataclass(frozen=True)
@@ -55,23 +56,38 @@ class Decoded:
 
 
 async def write_batch(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
-    """Writes rows and their jobs' progress in one transaction; returns how many were new."""
+    """Writes rows and their jobs' progress in one transaction; returns how many were written."""
     async with pool.acquire() as connection, connection.transaction():
-        inserted = await predictions.insert_many(connection, rows)
-        done: Tally[tuple[str, uuid.UUID, bool]] = Tally(
-            (r["tenant"], r["job_id"], r["state"] == _SUCCEEDED) for r in inserted if r["job_id"] is not None
-        )
-        # Sorted so replicas tend to lock shared jobs in one order; a deadlock Postgres still finds
-        # aborts this transaction, which is transient: the batch is naked and comes back.
-        keys = sorted({(tenant, job_id) for tenant, job_id, _ in done})
-        if keys:
-            await jobs.count_finished_items(
-                connection,
-                keys,
-                [done[(*k, True)] for k in keys],
-                [done[(*k, False)] for k in keys],
+        written = await predictions.upsert_many(connection, rows)
+        progress = job_progress(written)
+        if progress:
+            await jobs.count_finished_items(connection, progress)
+    return len(written)
+
+
+def job_progress(written: list[asyncpg.Record]) -> list[jobs.Progress]:
+    """Tallies the job item rows a transaction wrote into per-job progress.
+
+    Sorted by job, so replicas tend to lock shared jobs in one order; a deadlock Postgres still
+    finds aborts the transaction, which is transient: the batch is naked and comes back.
+    """
+    tally: dict[tuple[str, uuid.UUID], jobs.Progress] = {}
+    for row in written:
+        if row["job_id"] is None:
+            continue
+        key = (row["tenant"], row["job_id"])
+        so_far = tally.get(key) or jobs.Progress(*key, succeeded=0, failed=0)
+        if row["state"] == _SUCCEEDED:
+            tally[key] = replace(so_far, succeeded=so_far.succeeded + 1)
+        else:  # the job's error reports the last failed item it heard of
+            tally[key] = replace(
+                so_far,
+                failed=so_far.failed + 1,
+                error_code=row["error_code"],
+                error_reason=row["error_reason"],
+                error_message=row["error_message"],
             )
-    return len(inserted)
+    return [tally[key] for key in sorted(tally)]
 
 
 def decode(message: Msg) -> Decoded | None:
@@ -80,7 +96,7 @@ def decode(message: Msg) -> Decoded | None:
         event = events_pb2.PredictionRecorded.FromString(message.data)
         if not event.tenant:
             raise ValueError("event has no tenant")
-        return Decoded(message, codec.prediction_row(event.tenant, event.prediction))
+        return Decoded(message, codec.prediction_row(event.tenant, event.prediction, event.generation))
     except (DecodeError, ValueError) as err:
         log.error("dropping malformed record event on %s: %s", message.subject, err)
         return None
@@ -97,6 +113,7 @@ class Ingestor:
         self._batch = batch
         self._max_wait_s = max_wait_s
         self._retry_delay_s = retry_delay_s
+        self._outage = OutageLog(log, "redelivering record batches", "record batches redelivered")
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
         """Binds to (creating if needed) the durable consumer; replicas share it."""
@@ -167,20 +184,24 @@ class Ingestor:
         """
         started = time.time_ns()
         try:
-            inserted = await write_batch(self._pool, [d.row for d in group])
+            written = await write_batch(self._pool, [d.row for d in group])
         except _REFUSED:
             return False
         except _TRANSIENT as err:
-            log.warning(
-                "cannot write %d records, redelivering in %.0fs: %r", len(group), self._retry_delay_s, err
-            )
+            if isinstance(err, UNREACHABLE):
+                self._outage.failed(err)  # once per outage: every batch fails alike until it ends
+            else:
+                log.warning(
+                    "cannot write %d records, redelivering in %.0fs: %r", len(group), self._retry_delay_s, err
+                )
             metrics.RECORDS.labels("retried").inc(len(group))
             await asyncio.gather(*(d.message.nak(delay=self._retry_delay_s) for d in group))
             return True
+        self._outage.succeeded()
         committed = time.time_ns()
         metrics.BATCH_SIZE.observe(len(group))
-        metrics.RECORDS.labels("inserted").inc(inserted)
-        metrics.RECORDS.labels("duplicate").inc(len(group) - inserted)
+        metrics.RECORDS.labels("inserted").inc(written)
+        metrics.RECORDS.labels("duplicate").inc(len(group) - written)
         now = datetime.now(UTC)
         for item in group:
             # Each record's span joins the trace of the request that produced it.

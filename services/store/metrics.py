@@ -4,7 +4,8 @@ from prometheus_client import Counter, Histogram
 
 RECORDS = Counter(
     "ferry_store_records_total",
-    "Record events handled by ingest, by outcome (inserted, duplicate, malformed, retried).",
+    "Record events handled by ingest, by outcome (inserted: written, a retried item's re-run included;"
+    " duplicate, malformed, refused, retried).",
     ["outcome"],
 )
 BATCH_SIZE = Histogram(

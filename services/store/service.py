@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -12,10 +13,11 @@ import grpc
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common.messaging import connect, ensure_streams
-from services.common.readiness import Readiness
+from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.tasks import spawn
 from services.store.ingest import Ingestor
 from services.store.migrate import migrate
+from services.store.outage import quiet_pool_floor_retries
 from services.store.repositories import api_keys
 from services.store.servicer import StoreServicer
 from services.store.settings import StoreSettings
@@ -23,6 +25,29 @@ from services.store.settings import StoreSettings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
+PROBE_TIMEOUT_S = 2.0
+
+
+def postgres_probe(pool: asyncpg.Pool, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
+    """A readiness probe: "" while the pool can run ``SELECT 1`` within ``timeout_s``.
+
+    It goes through the pool, as every RPC does: a server that refuses new connections (too many,
+    restarting) counts as down even while an old connection still works. The timeout keeps a
+    black-holed network from holding the probe; a pool so busy that it cannot lend a connection
+    for that long is in no state to serve either.
+    """
+
+    async def probe() -> str:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await pool.fetchval("SELECT 1")
+        except TimeoutError:
+            return f"no answer to SELECT 1 within {timeout_s:g} s"
+        except Exception as err:
+            return f"cannot run SELECT 1: {err!r}"
+        return ""
+
+    return probe
 
 
 class StoreService:
@@ -48,6 +73,7 @@ class StoreService:
                 "FERRY_STORE_DATABASE_URL is not set; give store a Postgres URI, for example"
                 " postgresql://user:password@127.0.0.1:5432/ferry"
             )
+        quiet_pool_floor_retries()
         pool = await asyncpg.create_pool(s.database_url, min_size=s.pool_min_size, max_size=s.pool_max_size)
         stack.push_async_callback(pool.close)
         async with pool.acquire() as connection:
@@ -60,6 +86,7 @@ class StoreService:
         log.info("schema ready (%d migrations applied now)", len(applied))
         assert self._servicer is not None
         self._servicer.bind(pool)
+        await watch_dependency(stack, readiness, "postgres", postgres_probe(pool))
 
         _, js = await connect(s.nats_url, "ferry-store", stack)
         await ensure_streams(js)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+from asyncpg.pool import PoolConnectionProxy
 
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.store import codec
+from services.store.outage import UNREACHABLE, OutageLog, database_unavailable
 from services.store.repositories import api_keys, jobs, predictions
 from services.store.repositories.newest import newest_first
+from services.store.retries import retry_job
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 _SHA256_HEX = re.compile("[0-9a-f]{64}")
 
@@ -63,24 +72,39 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     """Implements ferry.store.v1.StoreService over a connection pool."""
 
     def __init__(self) -> None:
-        self._bound: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._outage = OutageLog(log, "answering UNAVAILABLE", "calls answered UNAVAILABLE")
 
     def bind(self, pool: asyncpg.Pool) -> None:
-        """Starts answering with ``pool`` (the server registers handlers before the pool exists)."""
-        self._bound = pool
+        """Starts answering with ``pool`` (the server registers handlers before the pool exists).
 
-    @property
-    def _pool(self) -> asyncpg.Pool:
-        if self._bound is None:
-            raise Unavailable("store is starting; retry in a moment", reason="STARTING")
-        return self._bound
+        No call arrives before this: the runtime's readiness gate answers them until start returned.
+        """
+        self._pool = pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection; losing Postgres on the way is UNAVAILABLE, never INTERNAL.
+
+        The one place the RPC path maps an outage: until the readiness probe notices it, calls
+        still reach the pool, and their callers should hear "retry shortly", with one log line.
+        """
+        if self._pool is None:
+            raise RuntimeError("StoreServicer.bind was not called before serving")
+        try:
+            async with self._pool.acquire() as connection:
+                yield connection
+        except UNREACHABLE as err:
+            self._outage.failed(err)
+            raise database_unavailable() from err
+        self._outage.succeeded()
 
     async def GetPrediction(
         self, request: pb.GetPredictionRequest, context: Context
     ) -> pb.GetPredictionResponse:
         tenant = _tenant(request.tenant)
         prediction_id = codec.parse_id(request.id, "prediction")
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             row = await predictions.get(connection, tenant, prediction_id)
         if row is None:
             raise NotFound(
@@ -100,12 +124,12 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         if request.job_id:
             job_id = codec.parse_id(request.job_id, "job")
             after = _item_position(position)
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 rows = await predictions.list_job_items(connection, tenant, job_id, limit + 1, after)
             token = codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
         else:
             keyset = _keyset(position)
-            async with self._pool.acquire() as connection:
+            async with self._connection() as connection:
                 rows = await newest_first(connection, "predictions", tenant, limit + 1, keyset)
             token = _next_token(rows, limit)
         return pb.ListPredictionsResponse(
@@ -122,7 +146,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             )
         if not request.job.model.removeprefix("models/"):
             raise InvalidArgument("job.model is required, as 'models/<model>'", reason="MISSING_MODEL")
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with self._connection() as connection, connection.transaction():
             try:
                 row, created = await jobs.create(connection, job_id, tenant, request.job)
             except LookupError:
@@ -132,7 +156,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
         tenant = _tenant(request.tenant)
         job_id = codec.parse_id(request.id, "job")
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             row = await jobs.get(connection, tenant, job_id)
         return pb.GetJobResponse(job=codec.job_from_row(_found(row, job_id)))
 
@@ -140,7 +164,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         tenant = _tenant(request.tenant)
         limit = codec.page_size(request.page_size)
         after = _keyset(codec.decode_page_token(request.page_token))
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             rows = await newest_first(connection, "jobs", tenant, limit + 1, after)
         return pb.ListJobsResponse(
             jobs=[codec.job_from_row(r) for r in rows[:limit]], next_page_token=_next_token(rows, limit)
@@ -149,9 +173,18 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.CancelJobResponse:
         tenant = _tenant(request.tenant)
         job_id = codec.parse_id(request.id, "job")
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with self._connection() as connection, connection.transaction():
             row = await jobs.cancel(connection, tenant, job_id)
         return pb.CancelJobResponse(job=codec.job_from_row(_found(row, job_id)))
+
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.RetryJobResponse:
+        tenant = _tenant(request.tenant)
+        job_id = codec.parse_id(request.id, "job")
+        async with self._connection() as connection, connection.transaction():
+            retry = _found(await retry_job(connection, tenant, job_id), job_id)
+        return pb.RetryJobResponse(
+            job=codec.job_from_row(retry.job), item_indexes=retry.item_indexes, generation=retry.generation
+        )
 
     async def LookupApiKey(
         self, request: pb.LookupApiKeyRequest, context: Context
@@ -162,16 +195,16 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
                 "key_sha256 must be the 64 hex digits of the key's SHA-256 digest",
                 reason="INVALID_KEY_DIGEST",
             )
-        async with self._pool.acquire() as connection:
+        async with self._connection() as connection:
             row = await api_keys.lookup(connection, digest)
         if row is None:
             raise NotFound("no live API key has this digest", reason="API_KEY_NOT_FOUND")
         return pb.LookupApiKeyResponse(tenant=row["tenant"], key_name=row["name"])
 
 
-def _found(row: asyncpg.Record | None, job_id: Any) -> asyncpg.Record:
-    if row is None:
+def _found(found: T | None, job_id: Any) -> T:
+    if found is None:
         raise NotFound(
             f"job jobs/{job_id} not found", reason="JOB_NOT_FOUND", metadata={"name": f"jobs/{job_id}"}
         )
-    return row
+    return found

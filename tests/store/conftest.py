@@ -91,21 +91,23 @@ async def store(pool: asyncpg.Pool) -> AsyncIterator[store_service_pb2_grpc.Stor
     servicer.bind(pool)
     async with serving(
         lambda server: store_service_pb2_grpc.add_StoreServiceServicer_to_server(servicer, server)
-    ) as stub:
-        yield stub
+    ) as channel:
+        yield store_service_pb2_grpc.StoreServiceStub(channel)
 
 
 @asynccontextmanager
 async def serving(
-    register: Callable[[grpc.aio.Server], None],
-) -> AsyncIterator[store_service_pb2_grpc.StoreServiceStub]:
-    """Runs an in-process grpc.aio server (with Ferry's interceptor) on a free port; yields a stub.
+    register: Callable[[grpc.aio.Server], None], readiness: Readiness | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """Runs an in-process grpc.aio server (with Ferry's interceptor) on a free port; yields a channel.
 
     Args:
         register: adds the store servicer to the server, as FerryService.register does.
+        readiness: the interceptor's readiness gate; by default one that is already started.
     """
     async with AsyncExitStack() as stack:
-        server = grpc.aio.server(interceptors=[ServerInterceptor("store", Readiness.started("store"))])
+        gate = readiness or Readiness.started("store")
+        server = grpc.aio.server(interceptors=[ServerInterceptor("store", gate)])
         register(server)
         port = free_port()
         server.add_insecure_port(f"127.0.0.1:{port}")
@@ -113,4 +115,4 @@ async def serving(
         stack.push_async_callback(server.stop, None)
         channel = open_channel(f"127.0.0.1:{port}", 4 * 1024 * 1024)
         stack.push_async_callback(channel.close)
-        yield store_service_pb2_grpc.StoreServiceStub(channel)
+        yield channel

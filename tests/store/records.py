@@ -7,10 +7,12 @@ import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
 from nats.js import JetStreamContext
 
 from ferry.events.v1 import events_pb2
@@ -23,8 +25,16 @@ from services.common.messaging import PREDICTIONS_SUBJECT
 
 
 def prediction(
-    job: uuid.UUID | None = None, index: int = 0, failed: bool = False
+    job: uuid.UUID | None = None,
+    index: int = 0,
+    failed: bool = False,
+    why: tuple[grpc.StatusCode, str, str] = (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not an image",
+        "INVALID_IMAGE",
+    ),
 ) -> prediction_pb2.Prediction:
+    """A recorded prediction: a sync one, or item ``index`` of ``job``; ``why`` it failed if it did."""
     record_id = item_record_id(job, index) if job else uuid7()
     made = prediction_pb2.Prediction(
         name=f"predictions/{record_id}",
@@ -33,9 +43,7 @@ def prediction(
         trace_id="ab" * 16,
     )
     if failed:
-        made.error.CopyFrom(
-            status_to_proto(grpc.StatusCode.INVALID_ARGUMENT, "not an image", "INVALID_IMAGE")
-        )
+        made.error.CopyFrom(status_to_proto(*why))
     else:
         made.classes.append(types_pb2.ClassScore(label="espresso", score=0.95, index=967))
         made.timing.CopyFrom(types_pb2.Timing(inference_ms=12.5, batch_size=2))
@@ -45,8 +53,8 @@ def prediction(
     return made
 
 
-def event(tenant: str, made: prediction_pb2.Prediction) -> events_pb2.PredictionRecorded:
-    return events_pb2.PredictionRecorded(tenant=tenant, prediction=made)
+def event(tenant: str, made: prediction_pb2.Prediction, generation: int = 0) -> events_pb2.PredictionRecorded:
+    return events_pb2.PredictionRecorded(tenant=tenant, prediction=made, generation=generation)
 
 
 def queued_job(items: int, job_id: uuid.UUID | None = None) -> job_pb2.Job:
@@ -63,9 +71,11 @@ T = TypeVar("T")
 WAIT_S = 20.0
 
 
-async def publish(js: JetStreamContext, tenant: str, made: prediction_pb2.Prediction, msg_id: str) -> None:
+async def publish(
+    js: JetStreamContext, tenant: str, made: prediction_pb2.Prediction, msg_id: str, generation: int = 0
+) -> None:
     """Publishes a PredictionRecorded exactly as gateway and jobs do, with its own Nats-Msg-Id."""
-    data = event(tenant, made).SerializeToString()
+    data = event(tenant, made, generation).SerializeToString()
     await js.publish(PREDICTIONS_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
 
 
@@ -91,3 +101,26 @@ async def rows_of(pool: asyncpg.Pool, made: prediction_pb2.Prediction) -> int:
         lambda n: bool(n),
     )
     return int(count)
+
+
+async def error_of(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The error an RPC fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a google.rpc.Status."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    raise AssertionError(f"no ErrorInfo in {status}")
+
+
+async def drained(js: JetStreamContext, pool: asyncpg.Pool, tenant: str) -> None:
+    """Returns once everything published so far is ingested: a marker record published last is in."""
+    marker = prediction()
+    await publish(js, tenant, marker, marker.name)
+    assert await rows_of(pool, marker) == 1

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
+import grpc
 import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
@@ -19,10 +20,21 @@ from ferry.jobs.v1 import job_pb2
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
+from services.common.errors import error_from_status
 from services.store import metrics
 from services.store.ingest import Ingestor
 from tests.store.conftest import running_ingestor
-from tests.store.records import event, eventually, prediction, publish, queued_job, record_id, rows_of
+from tests.store.records import (
+    drained,
+    error_info,
+    event,
+    eventually,
+    prediction,
+    publish,
+    queued_job,
+    record_id,
+    rows_of,
+)
 
 TENANT = f"ingest-{uuid.uuid4().hex[:6]}"
 Stub = store_service_pb2_grpc.StoreServiceStub
@@ -41,10 +53,8 @@ async def new_job(store: Stub, items: int) -> uuid.UUID:
 
 
 async def settled(store: Stub, js: JetStreamContext, pool: asyncpg.Pool, job_id: uuid.UUID) -> job_pb2.Job:
-    """The job once everything published so far is ingested (a marker record published last is in)."""
-    marker = prediction()
-    await publish(js, TENANT, marker, marker.name)
-    assert await rows_of(pool, marker) == 1
+    """The job once everything published so far is ingested."""
+    await drained(js, pool, TENANT)
     return (await store.GetJob(pb.GetJobRequest(tenant=TENANT, id=str(job_id)))).job
 
 
@@ -88,24 +98,44 @@ async def test_a_job_of_two_items_and_a_duplicate_succeeds_counting_each_once(
     await publish(js, TENANT, first, f"{job_id}:0:redelivered")
     done = await settled(store, js, pool, job_id)
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert not done.HasField("error")
     assert (done.items_succeeded, done.items_failed) == (2, 0)
     listing = await store.ListPredictions(pb.ListPredictionsRequest(tenant=TENANT, job_id=str(job_id)))
     assert [p.item_index for p in listing.predictions] == [0, 1]
     assert listing.predictions[0].classes[0].label == "espresso"
 
 
-async def test_a_failed_record_counts_as_failed(
+async def test_a_finished_jobs_state_and_error_tell_the_truth(
     js: JetStreamContext, pool: asyncpg.Pool, store: Stub
 ) -> None:
-    mixed, hopeless = await new_job(store, 2), await new_job(store, 1)
+    mixed, hopeless = await new_job(store, 3), await new_job(store, 1)
     bad = prediction(mixed, 1, failed=True)
-    for made in (prediction(mixed, 0), bad, prediction(hopeless, 0, failed=True)):
+    for made in (prediction(mixed, 0), bad, prediction(mixed, 2), prediction(hopeless, 0, failed=True)):
         await publish(js, TENANT, made, made.name)
 
     partly = await settled(store, js, pool, mixed)
-    assert (partly.state, partly.items_succeeded, partly.items_failed) == (job_pb2.JOB_STATE_SUCCEEDED, 1, 1)
+    assert (partly.state, partly.items_succeeded, partly.items_failed) == (
+        job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
+        2,
+        1,
+    )
+    error = error_from_status(partly.error)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ITEMS_FAILED")
+    assert error.message.startswith("1 of 3 items failed")
+    assert f"GET /v1/predictions?job=jobs/{mixed}" in error.message
+    assert f"POST /v1/jobs/{mixed}:retry" in error.message
+    assert error_info(partly.error).metadata == {
+        "items_failed": "1",
+        "items_total": "3",
+        "last_reason": "INVALID_IMAGE",
+    }
+
     failed = (await store.GetJob(pb.GetJobRequest(tenant=TENANT, id=str(hopeless)))).job
     assert (failed.state, failed.items_succeeded, failed.items_failed) == (job_pb2.JOB_STATE_FAILED, 0, 1)
+    assert (
+        error_from_status(failed.error).code == grpc.StatusCode.INVALID_ARGUMENT
+    )  # a bad image, not a crash
+    assert error_from_status(failed.error).message.startswith("1 of 1 items failed")
 
     got = (
         await store.GetPrediction(pb.GetPredictionRequest(tenant=TENANT, id=str(record_id(bad))))

@@ -1,13 +1,22 @@
-"""Migrations on a real, empty Postgres database: all apply, once, even when replicas race."""
+"""Migrations on a real Postgres database: all apply, once, even when replicas race; old data is kept true."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import uuid
+from pathlib import Path
 
 import asyncpg
+import grpc
+import pytest
 
+from ferry.jobs.v1 import job_pb2
+from services.common.errors import error_from_status
+from services.store import codec
 from services.store.migrate import migrate, migration_files
 from tests.store.conftest import fresh_database
+from tests.store.records import error_info
 
 ALL = [version for version, _ in migration_files()]
 
@@ -37,3 +46,45 @@ async def test_replicas_starting_together_apply_each_migration_once(postgres_uri
             for connection in connections:
                 await connection.close()
     assert sorted(applied) == [[], [], ALL]
+
+
+async def test_0003_tells_the_truth_about_jobs_that_finished_before_it(
+    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before_0003 = tmp_path / "migrations"
+    before_0003.mkdir()
+    for version, path in migration_files():
+        if version < 3:
+            shutil.copy(path, before_0003)
+    mixed, hopeless = uuid.uuid4(), uuid.uuid4()
+    async with fresh_database(postgres_uri) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr("services.store.migrate.MIGRATIONS_DIR", before_0003)
+                assert await migrate(connection) == [1, 2]
+            # As 0002's code left them: a mixed job SUCCEEDED, the failed job without an error.
+            for job_id, state, ok, bad in [(mixed, 3, 1, 1), (hopeless, 4, 0, 1)]:
+                await connection.execute(
+                    "INSERT INTO jobs (id, tenant, model, state, items_total, items_succeeded,"
+                    " items_failed, top_k) VALUES ($1, 't', 'm', $2, $3, $4, $5, 5)",
+                    job_id, state, ok + bad, ok, bad,
+                )  # fmt: skip
+                await connection.execute(
+                    "INSERT INTO predictions (id, tenant, model, job_id, item_index, state, error_code,"
+                    " error_message, error_reason, create_time)"
+                    " VALUES ($1, 't', 'm', $2, 0, 2, 3, 'not an image', 'INVALID_IMAGE', now())",
+                    uuid.uuid4(), job_id,
+                )  # fmt: skip
+            assert await migrate(connection) == [3]
+            rows = [
+                await connection.fetchrow("SELECT * FROM jobs WHERE id = $1", j) for j in (mixed, hopeless)
+            ]
+        finally:
+            await connection.close()
+    jobs = [codec.job_from_row(row) for row in rows]
+    assert [job.state for job in jobs] == [job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED, job_pb2.JOB_STATE_FAILED]
+    for job in jobs:
+        error = error_from_status(job.error)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ITEMS_FAILED")
+        assert error_info(job.error).metadata["last_reason"] == "INVALID_IMAGE"

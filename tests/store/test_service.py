@@ -45,9 +45,9 @@ async def started(
     service = StoreService(settings)
     async with AsyncExitStack() as stack:
         # register() before start(), as run_service does: handlers exist before the pool.
-        stub = await stack.enter_async_context(serving(service.register))
+        channel = await stack.enter_async_context(serving(service.register))
         await service.start(stack, Readiness.started("store"))
-        yield settings, stub
+        yield settings, store_service_pb2_grpc.StoreServiceStub(channel)
     await js.delete_consumer(EVENTS_STREAM, settings.consumer_name)
 
 

@@ -17,19 +17,13 @@ from ferry.store.v1 import store_service_pb2_grpc
 from services.store import codec
 from services.store.ingest import write_batch
 from services.store.repositories import api_keys
-from tests.store.records import prediction, queued_job, record_id
+from tests.store.records import error_of, prediction, queued_job, record_id
 
 Stub = store_service_pb2_grpc.StoreServiceStub
 
 
 def tenant() -> str:
     return f"t-{uuid.uuid4().hex[:8]}"
-
-
-async def error_of(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def create_job(store: Stub, owner: str, items: int = 1) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -15,6 +16,7 @@ _RUNNING = job_pb2.JOB_STATE_RUNNING
 _SUCCEEDED = job_pb2.JOB_STATE_SUCCEEDED
 _FAILED = job_pb2.JOB_STATE_FAILED
 _CANCELLED = job_pb2.JOB_STATE_CANCELLED
+_PARTIALLY_SUCCEEDED = job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED
 
 
 async def create(
@@ -63,22 +65,32 @@ async def cancel(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyn
     return row if row is not None else await get(connection, tenant, job_id)
 
 
-async def count_finished_items(
-    connection: Connection,
-    jobs: Sequence[tuple[str, uuid.UUID]],
-    succeeded: Sequence[int],
-    failed: Sequence[int],
-) -> None:
+@dataclass(frozen=True)
+class Progress:
+    """Items of one job that a transaction newly recorded (or re-recorded after a retry)."""
+
+    tenant: str
+    job_id: uuid.UUID
+    succeeded: int
+    failed: int
+    error_code: int | None = None
+    """The google.rpc code of one of the failed items (the job's error reports it)."""
+    error_reason: str | None = None
+    """That item's ErrorInfo reason."""
+    error_message: str | None = None
+    """That item's error message."""
+
+
+async def count_finished_items(connection: Connection, progress: Sequence[Progress]) -> None:
     """Adds newly recorded items to their jobs' counters and moves each job's state.
 
-    Args:
-        connection: where to write (inside the transaction that inserted the items).
-        jobs: (tenant, job id) of each job; a record never moves another tenant's job.
-        succeeded: how many new succeeded items each job has.
-        failed: how many new failed items each job has.
+    A record only moves a job of its own tenant. CANCELLED stays CANCELLED; any other job is
+    RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none succeeded) or
+    PARTIALLY_SUCCEEDED. A job finished before is judged again: RetryJob moves counts back.
 
-    QUEUED/RUNNING become RUNNING, or SUCCEEDED (all items done, at least one succeeded) or
-    FAILED (all done, none succeeded). CANCELLED stays CANCELLED.
+    Args:
+        connection: where to write (inside the transaction that wrote the items).
+        progress: one entry per job; sorted by the caller so that replicas lock jobs in one order.
     """
     await connection.execute(
         f"""
@@ -86,17 +98,51 @@ async def count_finished_items(
             items_succeeded = items_succeeded + d.ok,
             items_failed = items_failed + d.bad,
             state = CASE
-                WHEN state IN ({_CANCELLED}, {_SUCCEEDED}, {_FAILED}) THEN state
-                WHEN items_succeeded + d.ok + items_failed + d.bad >= items_total THEN
-                    CASE WHEN items_succeeded + d.ok > 0 THEN {_SUCCEEDED} ELSE {_FAILED} END
-                ELSE {_RUNNING}
+                WHEN state = {_CANCELLED} THEN state
+                WHEN items_succeeded + d.ok + items_failed + d.bad < items_total THEN {_RUNNING}
+                WHEN items_failed + d.bad = 0 THEN {_SUCCEEDED}
+                WHEN items_succeeded + d.ok = 0 THEN {_FAILED}
+                ELSE {_PARTIALLY_SUCCEEDED}
             END,
+            last_error_code = CASE WHEN d.bad > 0 THEN d.code ELSE last_error_code END,
+            last_error_reason = CASE WHEN d.bad > 0 THEN d.reason ELSE last_error_reason END,
+            last_error_message = CASE WHEN d.bad > 0 THEN d.message ELSE last_error_message END,
             update_time = now()
-        FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::integer[]) AS d(tenant, id, ok, bad)
+        FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::integer[], $5::integer[], $6::text[],
+                    $7::text[]) AS d(tenant, id, ok, bad, code, reason, message)
         WHERE jobs.id = d.id AND jobs.tenant = d.tenant
         """,
-        [tenant for tenant, _ in jobs],
-        [job_id for _, job_id in jobs],
-        list(succeeded),
-        list(failed),
+        [p.tenant for p in progress],
+        [p.job_id for p in progress],
+        [p.succeeded for p in progress],
+        [p.failed for p in progress],
+        [p.error_code for p in progress],
+        [p.error_reason for p in progress],
+        [p.error_message for p in progress],
     )
+
+
+async def lock(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyncpg.Record | None:
+    """One job of ``tenant``, locked until the transaction ends (RetryJob calls take turns)."""
+    return await connection.fetchrow(
+        "SELECT * FROM jobs WHERE id = $1 AND tenant = $2 FOR UPDATE", job_id, tenant
+    )
+
+
+async def start_retry(connection: Connection, tenant: str, job_id: uuid.UUID, items: int) -> asyncpg.Record:
+    """Opens the next retry round of ``items`` failed items: uncounts them, RUNNING again.
+
+    The re-run records count them again (succeeded or failed) as ingest writes them.
+    """
+    row = await connection.fetchrow(
+        "UPDATE jobs SET retry_count = retry_count + 1, items_failed = items_failed - $3, state = $4,"
+        " last_error_code = NULL, last_error_reason = NULL, last_error_message = NULL,"
+        " update_time = now() WHERE id = $1 AND tenant = $2 RETURNING *",
+        job_id,
+        tenant,
+        items,
+        _RUNNING,
+    )
+    if row is None:  # the caller holds the job's lock, so it cannot have gone
+        raise LookupError(f"job {job_id} vanished during its retry")
+    return row

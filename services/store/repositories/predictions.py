@@ -7,38 +7,96 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from ferry.predictions.v1 import prediction_pb2
 from services.store.codec import PredictionRow
 from services.store.repositories import Connection
+
+_FAILED = prediction_pb2.PREDICTION_STATE_FAILED
 
 # The Postgres type of each column, in codec.PredictionRow's field order.
 _COLUMN_TYPES = {
     "id": "uuid", "tenant": "text", "model": "text", "job_id": "uuid", "item_index": "integer",
     "state": "smallint", "classes": "jsonb", "timing": "jsonb", "error": "bytea",
     "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
-    "create_time": "timestamptz",
+    "create_time": "timestamptz", "generation": "integer",
 }  # fmt: skip
 if tuple(_COLUMN_TYPES) != PredictionRow._fields:
     raise RuntimeError("predictions' column list and codec.PredictionRow disagree")
 
+# What a re-run's record replaces in the row it re-queued; the row's identity stays.
+_RERUN_COLUMNS = (
+    "state", "classes", "timing", "error", "error_code", "error_message", "error_reason", "trace_id",
+    "create_time",
+)  # fmt: skip
+
 # One statement for the whole batch: each column travels as one array parameter, so neither the
-# round trips nor the statement text grow with the batch.
-_INSERT = (
+# round trips nor the statement text grow with the batch. A new id is inserted; an existing row is
+# replaced only when RetryJob re-queued it (retry_pending) for exactly this record's generation,
+# so a redelivered record, or one of an older round, changes nothing and is not returned.
+_UPSERT = (
     f"INSERT INTO predictions ({', '.join(_COLUMN_TYPES)}) SELECT * FROM unnest("
     + ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_COLUMN_TYPES.values(), start=1))
-    + ") ON CONFLICT (id) DO NOTHING RETURNING tenant, job_id, state"
+    + ") ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in _RERUN_COLUMNS)
+    + ", ingest_time = now(), retry_pending = false"
+    " WHERE predictions.retry_pending AND predictions.generation = EXCLUDED.generation"
+    " AND predictions.tenant = EXCLUDED.tenant"
+    " RETURNING tenant, job_id, state, error_code, error_reason, error_message"
 )
 
 
-async def insert_many(connection: Connection, rows: Sequence[PredictionRow]) -> list[asyncpg.Record]:
-    """Inserts rows, skipping ids already stored.
+def _one_per_id(rows: Sequence[PredictionRow]) -> list[PredictionRow]:
+    """One row per id, the newest generation's: an upsert may not touch a row twice.
+
+    A batch can hold the same record twice (published twice, or redelivered into the same fetch);
+    Postgres refuses ``ON CONFLICT DO UPDATE`` on one id twice in a statement, which would hold
+    the batch back forever. Of two generations only the newer can ever be written.
+    """
+    chosen: dict[uuid.UUID, PredictionRow] = {}
+    for row in rows:
+        kept = chosen.get(row.id)
+        if kept is None or row.generation > kept.generation:
+            chosen[row.id] = row
+    return list(chosen.values())
+
+
+async def upsert_many(connection: Connection, rows: Sequence[PredictionRow]) -> list[asyncpg.Record]:
+    """Inserts new rows and lets re-run records replace the failed rows RetryJob re-queued.
 
     Returns:
-        (tenant, job_id, state) of the rows really inserted: a redelivered record is not among them.
+        (tenant, job_id, state, error_code, error_reason, error_message) of each row really
+        written: a redelivered or stale record is not among them, so it counts nothing.
     """
     if not rows:
         return []
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    return list(await connection.fetch(_INSERT, *columns))
+    columns = [list(column) for column in zip(*_one_per_id(rows), strict=True)]
+    return list(await connection.fetch(_UPSERT, *columns))
+
+
+async def mark_failed_for_retry(
+    connection: Connection, tenant: str, job_id: uuid.UUID, generation: int
+) -> list[int]:
+    """Marks a job's failed item rows pending a retry of ``generation``; returns their indexes."""
+    rows = await connection.fetch(
+        "UPDATE predictions SET retry_pending = true, generation = $3"
+        " WHERE tenant = $1 AND job_id = $2 AND state = $4 RETURNING item_index",
+        tenant,
+        job_id,
+        generation,
+        _FAILED,
+    )
+    return sorted(r["item_index"] for r in rows)
+
+
+async def pending_retry(connection: Connection, tenant: str, job_id: uuid.UUID) -> list[int]:
+    """The indexes of a job's items still pending a retry, in order."""
+    rows = await connection.fetch(
+        "SELECT item_index FROM predictions WHERE tenant = $1 AND job_id = $2 AND retry_pending"
+        " ORDER BY item_index",
+        tenant,
+        job_id,
+    )
+    return [r["item_index"] for r in rows]
 
 
 async def get(connection: Connection, tenant: str, prediction_id: uuid.UUID) -> asyncpg.Record | None:

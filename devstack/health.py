@@ -29,12 +29,13 @@ def wait_grpc_serving(target: str, process: ManagedProcess, timeout_s: float) ->
 
 def wait_envoy_ready(admin_url: str, process: ManagedProcess, timeout_s: float) -> None:
     """Waits until Envoy's admin /ready says LIVE."""
+    _wait(lambda: envoy_ready(admin_url), "envoy", process, timeout_s)
 
-    def live() -> bool:
-        try:
-            with urllib.request.urlopen(f"{admin_url}/ready", timeout=1.0) as answer:
-                return bool(answer.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
 
-    _wait(live, "envoy", process, timeout_s)
+def envoy_ready(admin_url: str, timeout_s: float = 1.0) -> bool:
+    """Whether Envoy's admin /ready answers 200 (LIVE) now."""
+    try:
+        with urllib.request.urlopen(f"{admin_url}/ready", timeout=timeout_s) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from pgserver.postgres_server import get_server
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Returns a TCP port that was free a moment ago (the OS picks it)."""
@@ -37,6 +35,45 @@ def venv_binary(name: str) -> str:
     return found
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user (pgserver runs Postgres as its own user under root)
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # The state letter follows the parenthesised command name, which may itself hold spaces.
+        return stat.read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """Waits until no process ``pid`` exists, not even a zombie; returns whether it went in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether ``host:port`` accepts a TCP connection now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, timeout_s: float, process: ManagedProcess | None = None) -> None:
     """Waits until ``host:port`` accepts TCP connections.
 
@@ -48,11 +85,9 @@ def wait_for_port(host: str, port: int, timeout_s: float, process: ManagedProces
     while time.monotonic() < deadline:
         if process is not None and process.popen.poll() is not None:
             raise RuntimeError(f"{process.name} exited early; log tail:\n{process.log_tail()}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
+        if port_open(host, port):
+            return
+        time.sleep(0.05)
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout_s:.0f}s")
 
 
@@ -64,6 +99,8 @@ class ManagedProcess:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    log_offset: int = 0
+    """Size of the log file when this process started: where its own output begins."""
 
     @classmethod
     def start(
@@ -73,6 +110,7 @@ class ManagedProcess:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
         log_file = log_path.open("ab")
+        log_offset = log_file.tell()
         popen = subprocess.Popen(
             argv,
             stdout=log_file,
@@ -81,13 +119,23 @@ class ManagedProcess:
             env={**os.environ, **(env or {})},
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
         )
-        return cls(name, popen, log_path, log_file)
+        return cls(name, popen, log_path, log_file, log_offset)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether the child still runs (reaps it once it has exited)."""
         return self.popen.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The exit code once the child has exited (negative: killed by that signal), else None."""
+        return self.popen.poll()
+
     def stop(self, timeout_s: float = 15.0) -> int:
-        """Sends SIGTERM, waits, then SIGKILLs; returns the exit code."""
+        """Sends SIGTERM, waits, then SIGKILLs; returns the exit code. Safe to call again."""
         if self.alive():
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -107,8 +155,8 @@ class ManagedProcess:
 NATS_MAX_PAYLOAD = 8 * 1024 * 1024
 
 
-def start_nats(port: int, store_dir: Path, log_dir: Path, host: str = "127.0.0.1") -> ManagedProcess:
-    """Starts nats-server with JetStream on ``host:port``, storing streams in ``store_dir``."""
+def nats_command(port: int, store_dir: Path, host: str = "127.0.0.1") -> list[str]:
+    """Writes nats-server's config (JetStream on ``host:port``, streams in ``store_dir``); returns argv."""
     store_dir.mkdir(parents=True, exist_ok=True)
     config = store_dir / "nats.conf"
     # Images travel inside job items, so the 1 MiB default payload limit is raised on purpose.
@@ -117,7 +165,12 @@ def start_nats(port: int, store_dir: Path, log_dir: Path, host: str = "127.0.0.1
         f"max_payload: {NATS_MAX_PAYLOAD}\n"
         f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
     )
-    process = ManagedProcess.start("nats", [venv_binary("nats-server"), "-c", str(config)], log_dir)
+    return [venv_binary("nats-server"), "-c", str(config)]
+
+
+def start_nats(port: int, store_dir: Path, log_dir: Path, host: str = "127.0.0.1") -> ManagedProcess:
+    """Starts nats-server with JetStream on ``host:port``, storing streams in ``store_dir``."""
+    process = ManagedProcess.start("nats", nats_command(port, store_dir, host), log_dir)
     wait_for_port(host, port, timeout_s=20, process=process)
     return process
 
@@ -129,8 +182,13 @@ class Postgres:
     """
 
     def __init__(self, data_dir: Path) -> None:
+        # Imported here: pgserver is slow to import, and `ferry status` needs none of it.
+        from pgserver.postgres_server import get_server
+
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server = get_server(data_dir, cleanup_mode="stop")
+        self.log_path = data_dir / "log"
+        """pg_ctl's server log, appended to by every start."""
 
     @property
     def uri(self) -> str:
@@ -145,6 +203,29 @@ class Postgres:
             raise RuntimeError("postgres is not running")
         return int(pid)
 
+    def alive(self) -> bool:
+        """Whether the postmaster still runs (it is no child of ours: pg_ctl daemonizes it)."""
+        pid = self._server.get_pid()
+        return pid is not None and pid_alive(int(pid))
+
+    def exit_code(self) -> int | None:
+        """Always None: the postmaster is not our child, so its exit status is not ours to read."""
+        return None
+
     def stop(self) -> None:
-        """Stops the server; its data stays for the next start."""
+        """Stops the server (pg_ctl waits for it); its data stays for the next start.
+
+        Also releases pgserver's handle on a server that died, so that a new ``Postgres`` on the same
+        data directory starts a fresh postmaster instead of reusing the dead one's record.
+        """
+        if not self.alive():
+            # A killed postmaster stays a zombie until init reaps it. Both pgserver and a new
+            # postmaster would take its postmaster.pid for a live server (pgserver would even try to
+            # stop it), so wait until it is gone for good.
+            wait_gone(self.pid, timeout_s=10)
         self._server.cleanup()
+        # pgserver keeps the handle when another (maybe long dead) process is listed as a user of
+        # the same data directory, and would hand this dead server out again on the next start.
+        instances = type(self._server)._instances
+        if instances.get(self._server.pgdata) is self._server:
+            del instances[self._server.pgdata]

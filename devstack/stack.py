@@ -1,8 +1,10 @@
 """Supervises the whole local stack as real processes: ``ferry up``.
 
 Order: Postgres and NATS, then the four services (started together, each waited on through gRPC
-health), then Envoy. Ctrl-C (or SIGTERM) stops them in reverse so in-flight work drains: Envoy
-first, store last, so records published during shutdown still reach Postgres.
+health), then Envoy. While it runs, a process that exits is started again (``devstack.supervisor``),
+so one crash costs a few seconds of that part, never the stack. Ctrl-C (or SIGTERM) stops them in
+reverse so in-flight work drains: Envoy first, store last, so records published during shutdown
+still reach Postgres.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 from devstack.envoy import EnvoyOptions, render
-from devstack.health import wait_envoy_ready, wait_grpc_serving
-from devstack.infra import ManagedProcess, Postgres, free_port, start_nats, venv_binary
+from devstack.health import envoy_ready
+from devstack.infra import ManagedProcess, Postgres, free_port, nats_command, port_open, venv_binary
 from devstack.settings import StackSettings
+from devstack.supervisor import Program, Supervisor
+from services.common.probe import is_serving
 
 #: Service name -> (default gRPC port, default metrics port). Matches each service's settings.
 SERVICE_PORTS: dict[str, tuple[int, int]] = {
@@ -29,6 +34,8 @@ SERVICE_PORTS: dict[str, tuple[int, int]] = {
 }
 START_ORDER = ("store", "inference", "jobs", "gateway")
 ENDPOINTS_FILE = "endpoints.json"
+READY_LINE = "started:"
+"""What services.common.runtime logs once a service serves: tells a replacement apart."""
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Endpoints:
     logs_dir: str
     services: dict[str, dict[str, int]] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    """The pids at start; processes restart, so ``status.json`` has the current ones."""
 
 
 class LocalStack:
@@ -53,8 +61,7 @@ class LocalStack:
         self.settings = settings
         self.state_dir = settings.state_dir.resolve()
         self.logs_dir = self.state_dir / "logs"
-        self._processes: list[ManagedProcess] = []
-        self._postgres: Postgres | None = None
+        self.supervisor = Supervisor(self.state_dir, settings.start_timeout_s)
 
     def _port(self, default: int) -> int:
         return free_port(self.settings.host) if self.settings.free_ports else default
@@ -73,10 +80,24 @@ class LocalStack:
         s = self.settings
         self.state_dir.mkdir(parents=True, exist_ok=True)
         api_key = self._dev_api_key()
+        supervisor = self.supervisor
+        supervisor.begin()
 
-        self._postgres = Postgres(self.state_dir / "postgres")
+        pg_dir = self.state_dir / "postgres"
+        # Alive is all "serving" means for Postgres; store's readiness tells whether it answers.
+        postgres = supervisor.start(
+            Program("postgres", partial(Postgres, pg_dir), lambda: True, pg_dir / "log")
+        )
         nats_port = self._port(s.nats_port)
-        self._processes.append(start_nats(nats_port, self.state_dir / "nats", self.logs_dir, s.host))
+        nats_argv = nats_command(nats_port, self.state_dir / "nats", s.host)
+        nats = Program(
+            "nats",
+            partial(ManagedProcess.start, "nats", nats_argv, self.logs_dir),
+            partial(port_open, s.host, nats_port),
+            self.logs_dir / "nats.log",
+        )
+        supervisor.start(nats)
+        supervisor.wait_serving("nats", 20)
         nats_url = f"nats://{s.host}:{nats_port}"
 
         ports = {name: (self._port(g), self._port(m)) for name, (g, m) in SERVICE_PORTS.items()}
@@ -89,13 +110,12 @@ class LocalStack:
             },
             "inference": {},
             "store": {
-                "DATABASE_URL": self._postgres.uri,
+                "DATABASE_URL": postgres.uri,
                 "NATS_URL": nats_url,
                 "DEV_API_KEY": api_key,
             },
             "jobs": {"NATS_URL": nats_url, "INFERENCE_TARGET": targets["inference"]},
         }
-        services = {}
         for name in START_ORDER:
             grpc_port, metrics_port = ports[name]
             fields = {
@@ -108,31 +128,38 @@ class LocalStack:
             env = {f"FERRY_{name.upper()}_{key}": value for key, value in fields.items()}
             env["PYTHONUNBUFFERED"] = "1"
             argv = [sys.executable, "-m", f"services.{name}"]
-            services[name] = ManagedProcess.start(name, argv, self.logs_dir, env)
-            self._processes.append(services[name])
+            program = Program(
+                name,
+                partial(ManagedProcess.start, name, argv, self.logs_dir, env),
+                partial(is_serving, targets[name], timeout_s=1.0),
+                self.logs_dir / f"{name}.log",
+                surge=True,
+                ready_line=READY_LINE,
+            )
+            supervisor.start(program)
         for name in START_ORDER:
-            wait_grpc_serving(targets[name], services[name], s.start_timeout_s)
+            supervisor.wait_serving(name, s.start_timeout_s)
 
         admin_port = self._port(s.envoy_admin_port)
-        envoy = self._start_envoy(ports["gateway"][0], admin_port)
         admin_url = f"http://{s.host}:{admin_port}"
-        wait_envoy_ready(admin_url, envoy, s.start_timeout_s)
+        supervisor.start(self._envoy(ports["gateway"][0], admin_port, admin_url))
+        supervisor.wait_serving("envoy", s.start_timeout_s)
 
         endpoints = Endpoints(
             http_url=f"http://{s.host}:{s.http_port}",
             grpc_target=f"{s.host}:{s.http_port}",
             envoy_admin_url=admin_url,
             nats_url=nats_url,
-            database_url=self._postgres.uri,
+            database_url=postgres.uri,
             dev_api_key=api_key,
             logs_dir=str(self.logs_dir),
             services={n: {"grpc_port": g, "metrics_port": m} for n, (g, m) in ports.items()},
-            pids={p.name: p.popen.pid for p in self._processes} | {"postgres": self._postgres.pid},
+            pids=supervisor.pids(),
         )
         (self.state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(endpoints), indent=2))
         return endpoints
 
-    def _start_envoy(self, gateway_port: int, admin_port: int) -> ManagedProcess:
+    def _envoy(self, gateway_port: int, admin_port: int, admin_url: str) -> Program[ManagedProcess]:
         s = self.settings
         config = self.state_dir / "envoy" / "envoy.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
@@ -154,22 +181,16 @@ class LocalStack:
             "--log-level",
             "warn",
         ]
-        envoy = ManagedProcess.start("envoy", argv, self.logs_dir)
-        self._processes.append(envoy)
-        return envoy
-
-    def dead_process(self) -> ManagedProcess | None:
-        """Returns a process that exited on its own, if any."""
-        return next((p for p in self._processes if not p.alive()), None)
+        return Program(
+            "envoy",
+            partial(ManagedProcess.start, "envoy", argv, self.logs_dir),
+            partial(envoy_ready, admin_url),
+            self.logs_dir / "envoy.log",
+        )
 
     def stop(self) -> None:
-        """Stops every process in reverse start order, then Postgres; state stays on disk."""
-        for process in reversed(self._processes):
-            process.stop()
-        self._processes.clear()
-        if self._postgres is not None:
-            self._postgres.stop()
-            self._postgres = None
+        """Stops every process in reverse start order (Postgres last); state stays on disk."""
+        self.supervisor.stop()
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
 
 
@@ -191,12 +212,13 @@ Try it:
   curl -s -H "authorization: Bearer $FERRY_API_KEY" {endpoints.http_url}/v1/models
   grpcurl -plaintext {endpoints.grpc_target} list
 
+A process that exits is restarted; `ferry status` shows them all, `ferry restart NAME` replaces one.
 Press Ctrl-C to stop; data stays in the state folder for the next start.
 """
 
 
 def run(settings: StackSettings | None = None) -> int:
-    """Runs the stack in the foreground until Ctrl-C or SIGTERM; returns the exit code."""
+    """Runs the stack in the foreground until Ctrl-C or SIGTERM (0) or a crash loop (1)."""
     stack = LocalStack(settings or StackSettings())
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -207,12 +229,7 @@ def run(settings: StackSettings | None = None) -> int:
     try:
         endpoints = stack.start()
         print(banner(endpoints, time.monotonic() - started), flush=True)
-        while not stopping.wait(0.5):
-            dead = stack.dead_process()
-            if dead is not None:
-                print(f"\n{dead.name} exited unexpectedly; log tail:\n{dead.log_tail()}", file=sys.stderr)
-                code = 1
-                break
+        code = stack.supervisor.run(stopping)
     except (RuntimeError, TimeoutError) as err:
         print(f"\nFerry failed to start: {err}", file=sys.stderr)
         code = 1

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+import socket
+import threading
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.exposition import MetricsHandler
 
 GRPC_REQUESTS = Counter(
     "ferry_grpc_requests_total",
@@ -17,7 +22,27 @@ GRPC_LATENCY = Histogram(
 )
 
 
-def start_metrics_server(host: str, port: int) -> None:
+class _ReusePortServer(ThreadingHTTPServer):
+    """An HTTP server that shares its port with a replacement process (SO_REUSEPORT).
+
+    A rolling restart starts the new process while the old one still serves; with
+    ``prometheus_client.start_http_server`` the new one would die with EADDRINUSE.
+    """
+
+    allow_reuse_port = True
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int) -> None:
+        # IPv4 or IPv6, whichever ``host`` is (the base class assumes IPv4).
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        self.address_family = infos[0][0]
+        super().__init__((host, port), MetricsHandler)
+
+
+def start_metrics_server(host: str, port: int) -> ThreadingHTTPServer | None:
     """Serves /metrics on ``host:port`` from a daemon thread; port 0 turns metrics off."""
-    if port:
-        start_http_server(port, addr=host)
+    if not port:
+        return None
+    server = _ReusePortServer(host, port)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -14,7 +14,7 @@ from tests.e2e.rest import Rest, b64
 
 pytestmark = pytest.mark.e2e
 
-FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
+FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
 
 def create_job(rest: Rest, images: list[bytes], **extra: Any) -> dict[str, Any]:
@@ -68,17 +68,50 @@ def test_job_runs_every_item_and_records_it(
     assert [r["item_index"] for r in job_rows(stack["database_url"], job["name"])] == [0, 1]
 
 
-def test_a_bad_item_fails_alone(rest: Rest, cat_jpeg: bytes) -> None:
+def test_a_bad_item_fails_alone_and_the_job_says_so(rest: Rest, cat_jpeg: bytes) -> None:
     job = create_job(rest, [cat_jpeg, b"this is not an image"])
     done = wait_finished(rest, job["name"])
-    assert done["state"] == "JOB_STATE_SUCCEEDED"
+    assert done["state"] == "JOB_STATE_PARTIALLY_SUCCEEDED"
     assert (done["items_succeeded"], done["items_failed"]) == (1, 1)
+    assert done["error"]["code"] == 3  # INVALID_ARGUMENT: what its failed item got
+    assert "1 of 2 items failed" in done["error"]["message"]
+    assert ":retry" in done["error"]["message"]
     status, listing = rest.get(f"/v1/predictions?job={job['name']}")
     assert status == 200
     failed = listing["predictions"][1]
     assert failed["state"] == "PREDICTION_STATE_FAILED"
     assert failed["error"]["code"] == 3  # INVALID_ARGUMENT
     assert "image" in failed["error"]["message"]
+
+
+def test_a_job_of_bad_images_only_is_failed(rest: Rest) -> None:
+    done = wait_finished(rest, create_job(rest, [b"not an image", b"nor this"])["name"])
+    assert done["state"] == "JOB_STATE_FAILED"
+    assert (done["items_succeeded"], done["items_failed"]) == (0, 2)
+    assert done["error"]["details"][0]["reason"] == "ITEMS_FAILED"
+
+
+def test_retry_runs_the_failed_items_again_once(rest: Rest, stack: dict[str, Any], cat_jpeg: bytes) -> None:
+    job = create_job(rest, [cat_jpeg, b"this is not an image", cat_jpeg])
+    wait_finished(rest, job["name"])
+    status, body = rest.post(f"/v1/{job['name']}:retry", {})
+    assert status == 200, body
+    assert body["items_retried"] == 1
+    assert body["job"]["retry_count"] == 1
+    again = wait_finished(rest, job["name"])
+    # The bad image fails again (a permanent error): still one failed item, not two, one row each.
+    assert again["state"] == "JOB_STATE_PARTIALLY_SUCCEEDED"
+    assert (again["items_succeeded"], again["items_failed"], again["retry_count"]) == (2, 1, 1)
+    assert [r["item_index"] for r in job_rows(stack["database_url"], job["name"])] == [0, 1, 2]
+
+
+def test_retry_of_a_job_without_failures_queues_nothing(rest: Rest, cat_jpeg: bytes) -> None:
+    job = create_job(rest, [cat_jpeg])
+    wait_finished(rest, job["name"])
+    status, body = rest.post(f"/v1/{job['name']}:retry", {})
+    assert status == 200, body
+    assert body["items_retried"] == 0
+    assert body["job"]["state"] == "JOB_STATE_SUCCEEDED"
 
 
 def test_request_id_makes_create_idempotent(rest: Rest, stack: dict[str, Any], cat_jpeg: bytes) -> None:

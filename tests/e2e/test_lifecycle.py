@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from devstack.status import read_status
 from tests.e2e.rest import Rest, b64
-from tests.e2e.stack import RunningStack
+from tests.e2e.stack import FERRY, RunningStack
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +30,18 @@ def test_ctrl_c_stops_everything_and_restart_keeps_state(tmp_path: Path, coffee_
     first = RunningStack(state, {"FERRY_DEV_API_KEY": ""})  # the stack generates and keeps a key
     endpoints = first.start()
     try:
+        status = read_status(state)
+        assert status is not None
+        assert list(status.processes) == [
+            "postgres",
+            "nats",
+            "store",
+            "inference",
+            "jobs",
+            "gateway",
+            "envoy",
+        ]
+        assert {name: p.pid for name, p in status.processes.items()} == endpoints["pids"]
         rest = Rest(endpoints["http_url"], endpoints["dev_api_key"])
         status, made = rest.post(
             "/v1/models/efficientnet-lite0:predict", {"image": {"content": b64(coffee_jpeg)}}
@@ -39,6 +53,10 @@ def test_ctrl_c_stops_everything_and_restart_keeps_state(tmp_path: Path, coffee_
         exit_code = first.stop()
     assert exit_code == 0, first.log()[-3000:]
     assert {n for n, pid in endpoints["pids"].items() if _alive(pid)} == set()
+    assert not (state / "status.json").exists()
+    shown = subprocess.run([FERRY, "status"], env=first.env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 1
+    assert "no Ferry stack is running" in shown.stdout
 
     second = RunningStack(state, {"FERRY_DEV_API_KEY": ""})
     again = second.start()

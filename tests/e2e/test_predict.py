@@ -80,3 +80,29 @@ def test_list_predictions_newest_first_and_paged(rest: Rest, cat_jpeg: bytes, co
     status, second = rest.get(f"/v1/predictions?page_size=2&page_token={first['next_page_token']}")
     assert status == 200, second
     assert second["predictions"][0]["name"] == names[0]
+
+
+def test_request_id_makes_predict_idempotent(rest: Rest, stack: dict[str, Any], cat_jpeg: bytes) -> None:
+    body = {"image": {"content": b64(cat_jpeg)}, "request_id": f"client-retry-{uuid.uuid4()}"}
+    answers = [rest.post(PREDICT, body) for _ in range(2)]  # the second is a client's retry
+    assert [status for status, _ in answers] == [200, 200], answers
+    first, second = (answer["prediction"] for _, answer in answers)
+    assert first["name"] == second["name"]
+    assert first["classes"][0]["index"] == second["classes"][0]["index"]
+    prediction_id = uuid.UUID(first["name"].removeprefix("predictions/"))
+
+    async def count() -> int:
+        connection = await asyncpg.connect(stack["database_url"])
+        try:
+            for _ in range(100):  # records land a moment after the answer
+                n = int(
+                    await connection.fetchval("SELECT count(*) FROM predictions WHERE id = $1", prediction_id)
+                )
+                if n:
+                    return n
+                await asyncio.sleep(0.1)
+            return 0
+        finally:
+            await connection.close()
+
+    assert asyncio.run(count()) == 1

@@ -1,4 +1,4 @@
-"""The ``ferry`` command: start the local stack, classify images, run and watch batch jobs."""
+"""The ``ferry`` command: run the local stack, classify images, run and watch batch jobs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def _default_target() -> str:
     return os.environ.get("FERRY_TARGET", f"127.0.0.1:{os.environ.get('FERRY_HTTP_PORT', '8080')}")
 
 
+def _state_dir() -> Path:
+    """The local stack's state folder (``FERRY_STATE_DIR``, as ``ferry up`` reads it)."""
+    return Path(os.environ.get("FERRY_STATE_DIR", ".ferry")).resolve()
+
+
 def _api_key(explicit: str | None) -> str:
     """The key from --api-key, FERRY_API_KEY, or the local stack's dev key file, in that order."""
     if explicit:
@@ -25,7 +30,7 @@ def _api_key(explicit: str | None) -> str:
         return os.environ["FERRY_API_KEY"]
     if os.environ.get("FERRY_DEV_API_KEY"):
         return os.environ["FERRY_DEV_API_KEY"]
-    key_file = Path(os.environ.get("FERRY_STATE_DIR", ".ferry")) / "dev-api-key"
+    key_file = _state_dir() / "dev-api-key"
     if key_file.exists():
         return key_file.read_text().strip()
     sys.exit("no API key: pass --api-key or set FERRY_API_KEY (`ferry up` prints the dev key)")
@@ -45,11 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="API key (default: $FERRY_API_KEY or the local dev key)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="install nothing, start the whole local stack in the foreground")
+    sub.add_parser("status", help="show the local stack's processes (from a running `ferry up`)")
+    for action, what in (
+        ("restart", "replace processes of the local stack one at a time (gRPC services: no downtime)"),
+        ("stop", "stop processes of the local stack and keep them stopped (an outage, or maintenance)"),
+        ("start", "start processes that `ferry stop` stopped"),
+    ):
+        control = sub.add_parser(action, help=what)
+        control.add_argument(
+            "names",
+            nargs="+",
+            metavar="name",
+            help="postgres, nats, store, inference, jobs, gateway or envoy",
+        )
     sub.add_parser("models", help="list the served models")
     predict = sub.add_parser("predict", help="classify one image file")
     predict.add_argument("image", type=Path)
     predict.add_argument("--model", default="efficientnet-lite0")
     predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
     get = sub.add_parser("get", help="read a prediction or job by name (predictions/ID, jobs/ID)")
     get.add_argument("name")
     listing = sub.add_parser("predictions", help="list recent predictions")
@@ -63,23 +82,34 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--wait", action="store_true", help="wait until the job finishes")
     cancel = sub.add_parser("cancel", help="cancel a job (jobs/ID)")
     cancel.add_argument("name")
+    retry = sub.add_parser("retry", help="run a finished job's failed items again (jobs/ID)")
+    retry.add_argument("name")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ferry`` command."""
     args = _parser().parse_args(argv)
+    # The local stack's commands import devstack here: the client itself needs none of it.
     if args.command == "up":
-        from devstack.stack import run  # imported here: the client needs none of the stack's code
+        from devstack.stack import run
 
         return run()
+    if args.command == "status":
+        from devstack.status import show
+
+        return show(_state_dir())
+    if args.command in ("restart", "stop", "start"):
+        from devstack.control import act
+
+        return act(_state_dir(), args.command, args.names)
     with FerryClient(args.target, _api_key(args.api_key)) as ferry:
         try:
             if args.command == "models":
                 for model in ferry.list_models():
                     _print(model)
             elif args.command == "predict":
-                _print(ferry.predict(args.image, args.model, args.top_k))
+                _print(ferry.predict(args.image, args.model, args.top_k, args.request_id))
             elif args.command == "get":
                 is_job = args.name.startswith("jobs/")
                 _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))
@@ -90,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 _print(ferry.wait_job(created.name) if args.wait else created)
             elif args.command == "cancel":
                 _print(ferry.cancel_job(args.name))
+            elif args.command == "retry":
+                _print(ferry.retry_job(args.name))
         except FerryError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

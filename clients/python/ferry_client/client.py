@@ -16,6 +16,7 @@ from ferry.types.v1 import types_pb2
 
 _TERMINAL_JOB_STATES = {
     job_pb2.JOB_STATE_SUCCEEDED,
+    job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
     job_pb2.JOB_STATE_FAILED,
     job_pb2.JOB_STATE_CANCELLED,
 }
@@ -82,10 +83,19 @@ class FerryClient:
         return list(answer.models)
 
     def predict(
-        self, image: bytes | str | Path, model: str = "efficientnet-lite0", top_k: int = 5
+        self,
+        image: bytes | str | Path,
+        model: str = "efficientnet-lite0",
+        top_k: int = 5,
+        request_id: str = "",
     ) -> prediction_pb2.Prediction:
-        """Classifies one image (bytes or a file path) and returns the recorded prediction."""
-        request = model_service_pb2.PredictRequest(model=_model_name(model), image=_image(image), top_k=top_k)
+        """Classifies one image (bytes or a file path) and returns the recorded prediction.
+
+        A ``request_id`` makes the call safe to retry: the same id yields the same prediction.
+        """
+        request = model_service_pb2.PredictRequest(
+            model=_model_name(model), image=_image(image), top_k=top_k, request_id=request_id
+        )
         answer: model_service_pb2.PredictResponse = self._call(self.models.Predict, request)
         return answer.prediction
 
@@ -138,8 +148,14 @@ class FerryClient:
         answer: job_service_pb2.CancelJobResponse = self._call(self.jobs.CancelJob, request)
         return answer.job
 
+    def retry_job(self, name: str) -> job_service_pb2.RetryJobResponse:
+        """Runs a finished job's failed items again; the answer says how many were resubmitted."""
+        request = job_service_pb2.RetryJobRequest(name=name)
+        answer: job_service_pb2.RetryJobResponse = self._call(self.jobs.RetryJob, request)
+        return answer
+
     def wait_job(self, name: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> job_pb2.Job:
-        """Polls a job until it finishes (succeeded, failed or cancelled).
+        """Polls a job until it finishes (succeeded, partially succeeded, failed or cancelled).
 
         Raises:
             TimeoutError: the job did not finish within ``timeout_s``.

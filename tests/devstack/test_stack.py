@@ -1,0 +1,115 @@
+"""``ferry up`` keeps serving when a part of it dies or is replaced: the whole stack, real processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+
+from devstack.status import ProcessStatus, read_status
+from tests.e2e.rest import Rest, b64
+from tests.e2e.stack import FERRY, RunningStack
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "ferry-test-key-devstack"
+PREDICT = "/v1/models/efficientnet-lite0:predict"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """One ``ferry up`` shared by this module's tests (a stack costs 10-20 s of CPU to start)."""
+    running = RunningStack(
+        Path(tmp_path_factory.mktemp("supervised")) / "state", {"FERRY_DEV_API_KEY": API_KEY}
+    )
+    running.start()
+    yield running
+    assert running.stop() == 0, running.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def cat() -> dict[str, Any]:
+    """A predict request body: scikit-image's photo of Chelsea the cat."""
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.chelsea()).save(buffer, format="JPEG", quality=92)
+    return {"image": {"content": b64(buffer.getvalue())}}
+
+
+def _process(stack: RunningStack, name: str) -> ProcessStatus:
+    status = read_status(stack.state_dir)
+    assert status is not None, "no status.json while ferry up runs"
+    return status.processes[name]
+
+
+def _eventually(check: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.25)
+    pytest.fail(f"not within {timeout_s}s: {check}")
+
+
+def _ferry(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FERRY, *args], env=stack.env, capture_output=True, text=True, timeout=240)
+
+
+def test_killed_inference_is_restarted_and_serves_again(stack: RunningStack, cat: dict[str, Any]) -> None:
+    before = _process(stack, "inference")
+    assert before.pid is not None
+    os.kill(before.pid, signal.SIGKILL)
+
+    after = _eventually(
+        lambda: (p := _process(stack, "inference")).serving and p.pid != before.pid and p, timeout_s=180
+    )
+    assert (after.state, after.restarts, after.last_exit_code) == ("running", before.restarts + 1, -9)
+    assert "inference exited (code -9); restarting in 0.5 s" in stack.log()
+
+    shown = _ferry(stack, "status")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line.split() for line in shown.stdout.splitlines() if line.startswith("inference"))
+    assert row[:5] == ["inference", "running", str(after.pid), str(after.restarts), "yes"]
+
+    rest = Rest(stack.endpoints["http_url"], API_KEY)
+    status, body = rest.post(PREDICT, cat)
+    assert status == 200, body
+    assert body["prediction"]["classes"][0]["label"]
+
+
+def test_rolling_restart_of_gateway_answers_every_predict(stack: RunningStack, cat: dict[str, Any]) -> None:
+    rest = Rest(stack.endpoints["http_url"], API_KEY)
+    old_pid = _process(stack, "gateway").pid
+    answers: list[tuple[int, dict[str, Any]]] = []
+    done = threading.Event()
+
+    def predict_until_done() -> None:
+        while not done.is_set():
+            answers.append(rest.post(PREDICT, cat))
+
+    client = threading.Thread(target=predict_until_done, daemon=True)
+    client.start()
+    try:
+        _eventually(lambda: len(answers) >= 3, timeout_s=60)  # the stream flows before the restart
+        restarted = _ferry(stack, "restart", "gateway")
+        seen = len(answers)
+        _eventually(lambda: len(answers) >= seen + 3, timeout_s=60)  # and still flows after it
+    finally:
+        done.set()
+        client.join(timeout=90)
+
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    new_pid = _process(stack, "gateway").pid
+    assert new_pid not in (None, old_pid)
+    assert f"gateway: pid {old_pid} -> {new_pid}, serving" in restarted.stdout
+    failed = [(status, body) for status, body in answers if status != 200]
+    assert failed == [], f"{len(failed)} of {len(answers)} predicts failed during the restart"

@@ -1,0 +1,58 @@
+"""One ``ferry up`` stack for the fault matrix, separate from the e2e suite's (these cases hurt it)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+
+from tests.e2e.stack import RunningStack
+from tests.faults.harness import FaultStack, Report
+
+API_KEY = "ferry-faults-key-0123456789"
+
+
+def _jpeg(pixels: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[bytes]:
+    """The cat and the coffee cup, the photos every case sends."""
+    return [_jpeg(skimage_data.chelsea()), _jpeg(skimage_data.coffee())]
+
+
+@pytest.fixture(scope="session")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
+    """The figures of every case; printed at the end, and kept as JSON for docs/reliability.md."""
+    path = Path(tmp_path_factory.mktemp("faults")) / "reliability.json"
+    collected = Report(path)
+    yield collected
+    if collected.rows:
+        print(f"\n\nFault matrix (figures also in {path}):\n{collected.table()}")
+
+
+@pytest.fixture(scope="session")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    """A whole local stack under ``ferry up``'s supervision, with armable failpoints."""
+    root = Path(tmp_path_factory.mktemp("faultstack"))
+    failpoints = root / "failpoints"
+    failpoints.mkdir()
+    running = RunningStack(
+        root / "state",
+        {"FERRY_DEV_API_KEY": API_KEY, "FERRY_FAILPOINTS_DIR": str(failpoints)},
+    )
+    endpoints = running.start()
+    stack = FaultStack(endpoints, running.state_dir, running.env, API_KEY, failpoints)
+    try:
+        stack.wait_all_serving()
+        yield stack
+    finally:
+        code = running.stop()
+        assert code == 0, f"ferry up exited {code}:\n{running.log()[-4000:]}"

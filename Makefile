@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferry-installed
 
-.PHONY: install up test protos lint bench bench-inference clean-state
+.PHONY: install up test faults protos lint bench bench-inference clean-state
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ up: install
 
 test: install
 	$(PY) -m pytest
+
+# The fault matrix alone (it is part of `make test` too), printing its table of figures.
+faults: install
+	$(PY) -m pytest tests/faults -s
 
 protos: install
 	$(PY) -m tools.protogen

@@ -99,6 +99,11 @@ class FaultStack:
         """Waits until the supervisor runs a new ``name`` that serves; returns the seconds taken."""
         return eventually(lambda: self.serving_with_new_pid(name, old_pid), f"{name} back", timeout_s)
 
+    def hurt(self, name: str, sig: signal.Signals) -> float:
+        """Sends ``sig`` to ``name`` and waits for the supervisor's replacement; returns the seconds taken."""
+        pid, _ = self.signal(name, sig)
+        return self.wait_replaced(name, pid)
+
     def ferry(self, *args: str, timeout_s: float = 300.0) -> str:
         """Runs the ``ferry`` CLI against this stack; returns its output (fails on a non-zero exit)."""
         done = subprocess.run(
@@ -108,9 +113,10 @@ class FaultStack:
         return done.stdout
 
     # -- jobs --------------------------------------------------------------------------------
-    def create_job(self, images: list[bytes]) -> str:
-        body = {"model": "efficientnet-lite0", "inputs": [{"image": {"content": b64(i)}} for i in images]}
-        status, answer = self.rest.post("/v1/jobs", body)
+    def create_job(self, photos: list[bytes], items: int) -> str:
+        """Submits a job of ``items`` inputs cycling through ``photos``; returns its name."""
+        inputs = [{"image": {"content": b64(photos[i % len(photos)])}} for i in range(items)]
+        status, answer = self.rest.post("/v1/jobs", {"model": "efficientnet-lite0", "inputs": inputs})
         assert status == 200, answer
         return str(answer["job"]["name"])
 

@@ -59,10 +59,9 @@ def test_1_inference_killed_mid_job_every_item_succeeds(
 ) -> None:
     figures = Figures("1", "inference SIGKILLed mid-job, restarted by the supervisor")
     total = 40
-    job = fault_stack.create_job([photos[i % 2] for i in range(total)])
+    job = fault_stack.create_job(photos, total)
     fault_stack.wait_done_items(job, 5)
-    pid, _ = fault_stack.signal("inference", signal.SIGKILL)
-    figures.recovery_s = fault_stack.wait_replaced("inference", pid)
+    figures.recovery_s = fault_stack.hurt("inference", signal.SIGKILL)
     assert_job_complete(fault_stack, job, total, figures)
     report.add(figures)
 
@@ -74,8 +73,7 @@ def test_2_inference_restarted_under_load_fails_no_request(
     rows_before = fault_stack.sync_row_count()
     with SteadyLoad(fault_stack.rest, photos[0]) as load:
         time.sleep(2)
-        pid, _ = fault_stack.signal("inference", signal.SIGTERM)
-        figures.recovery_s = fault_stack.wait_replaced("inference", pid)
+        figures.recovery_s = fault_stack.hurt("inference", signal.SIGTERM)
         time.sleep(3)
     assert_load_recorded(fault_stack, load, figures, rows_before, allowed=set())
     report.add(figures)
@@ -86,10 +84,9 @@ def test_3_runner_killed_with_items_in_flight_finishes_soon_after(
 ) -> None:
     figures = Figures("3", "jobs runner SIGKILLed with items in flight")
     total = 60
-    job = fault_stack.create_job([photos[i % 2] for i in range(total)])
+    job = fault_stack.create_job(photos, total)
     fault_stack.wait_done_items(job, 5)
-    pid, _ = fault_stack.signal("jobs", signal.SIGKILL)
-    fault_stack.wait_replaced("jobs", pid)
+    fault_stack.hurt("jobs", signal.SIGKILL)
     restarted = time.monotonic()
     # Redelivery comes within the consumer's ack wait (10 s), not the 60 s it used to take.
     fault_stack.wait_finished(job, timeout_s=45)
@@ -105,7 +102,7 @@ def test_4_runner_dying_between_record_and_ack_duplicates_nothing(
     total = 20
     pid = fault_stack.pid("jobs")
     fault_stack.arm("jobs.after_record_publish")
-    job = fault_stack.create_job([photos[i % 2] for i in range(total)])
+    job = fault_stack.create_job(photos, total)
     figures.recovery_s = fault_stack.wait_replaced("jobs", pid)
     assert fault_stack.processes()["jobs"]["restarts"] >= 1
     assert_job_complete(fault_stack, job, total, figures)
@@ -117,9 +114,8 @@ def test_5_gateway_killed_right_after_accepting_a_job(
 ) -> None:
     figures = Figures("5", "gateway SIGKILLed right after a job is accepted")
     total = 30
-    job = fault_stack.create_job([photos[i % 2] for i in range(total)])
-    pid, _ = fault_stack.signal("gateway", signal.SIGKILL)
-    figures.recovery_s = fault_stack.wait_replaced("gateway", pid)
+    job = fault_stack.create_job(photos, total)
+    figures.recovery_s = fault_stack.hurt("gateway", signal.SIGKILL)
     assert_job_complete(fault_stack, job, total, figures)
     report.add(figures)
 
@@ -131,10 +127,9 @@ def test_6_nats_restarted_mid_job_and_under_load(
     total = 40
     rows_before = fault_stack.sync_row_count()
     with SteadyLoad(fault_stack.rest, photos[1]) as load:
-        job = fault_stack.create_job([photos[i % 2] for i in range(total)])
+        job = fault_stack.create_job(photos, total)
         fault_stack.wait_done_items(job, 5)
-        pid, _ = fault_stack.signal("nats", signal.SIGTERM)
-        figures.recovery_s = fault_stack.wait_replaced("nats", pid)
+        figures.recovery_s = fault_stack.hurt("nats", signal.SIGTERM)
         fault_stack.wait_all_serving()
         time.sleep(3)
     # A sync answer is 200 (recorded) or 503 (not recorded); nothing else.
@@ -170,7 +165,7 @@ def test_8_rolling_restart_of_every_service_fails_no_request(
     rows_before = fault_stack.sync_row_count()
     before = {name: fault_stack.pid(name) for name in ("store", "inference", "jobs", "gateway")}
     with SteadyLoad(fault_stack.rest, photos[0]) as load:
-        job = fault_stack.create_job([photos[i % 2] for i in range(total)])
+        job = fault_stack.create_job(photos, total)
         started = time.monotonic()
         fault_stack.ferry("restart", "store", "inference", "jobs", "gateway")
         figures.recovery_s = time.monotonic() - started

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
 import nats
 import pytest
+from nats.js import JetStreamContext
 
 from devstack.infra import free_port, start_nats
 from ferry.events.v1 import events_pb2
@@ -72,53 +74,69 @@ async def test_publish_on_a_lost_connection_is_unavailable(nats_url: str) -> Non
     assert "the prediction could not be recorded" in caught.value.message
 
 
-async def test_publisher_rides_out_a_nats_restart_and_stores_the_message_once(tmp_path: Path) -> None:
-    port = free_port()
-    server = start_nats(port, tmp_path / "store", tmp_path / "logs")
+class PrivateNats:
+    """A nats-server of the test's own, to stop and start again on the same port and store."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._process = start_nats(self.port, root / "store", root / "logs")
+
+    def stop(self) -> None:
+        self._process.stop()
+
+    def start(self) -> None:
+        self._process = start_nats(self.port, self._root / "store", self._root / "logs")
+
+
+@pytest.fixture
+async def private_nats(tmp_path: Path) -> AsyncIterator[tuple[PrivateNats, JetStreamContext]]:
+    server = PrivateNats(tmp_path)
     try:
         async with AsyncExitStack() as stack:
-            _, js = await messaging.connect(f"nats://127.0.0.1:{port}", "gateway-test", stack)
+            _, js = await messaging.connect(server.url, "gateway-test", stack)
             await messaging.ensure_streams(js)
-            publisher = Publisher(js, budget_s=20.0)
-            msg_id = str(uuid.uuid4())
-            record = events_pb2.PredictionRecorded(tenant="acme")
-            server.stop()
-            publishing_now = asyncio.create_task(
-                publisher.publish(messaging.PREDICTIONS_SUBJECT, record, msg_id)
+            yield server, js
+    finally:
+        server.stop()
+
+
+async def test_publisher_rides_out_a_nats_restart_and_stores_the_message_once(
+    private_nats: tuple[PrivateNats, JetStreamContext],
+) -> None:
+    server, js = private_nats
+    publisher = Publisher(js, budget_s=20.0)
+    msg_id = str(uuid.uuid4())
+    record = events_pb2.PredictionRecorded(tenant="acme")
+    server.stop()
+    publishing_now = asyncio.create_task(publisher.publish(messaging.PREDICTIONS_SUBJECT, record, msg_id))
+    await asyncio.sleep(1.0)  # publishes fail at once meanwhile; the publisher keeps trying
+    assert not publishing_now.done()
+    server.start()
+    await publishing_now
+    await publisher.publish(messaging.PREDICTIONS_SUBJECT, record, msg_id)  # a retry
+    info = await js.stream_info(messaging.EVENTS_STREAM)
+    assert info.state.messages == 1
+
+
+async def test_publisher_gives_up_after_its_budget_and_nothing_is_stored_later(
+    private_nats: tuple[PrivateNats, JetStreamContext],
+) -> None:
+    server, js = private_nats
+    server.stop()
+    with pytest.raises(FerryError) as caught:
+        async with publishing("the prediction could not be recorded"):
+            await Publisher(js, budget_s=1.0).publish(
+                messaging.PREDICTIONS_SUBJECT, events_pb2.PredictionRecorded(tenant="acme"), "gone"
             )
-            await asyncio.sleep(1.0)  # publishes fail at once meanwhile; the publisher keeps trying
-            assert not publishing_now.done()
-            server = start_nats(port, tmp_path / "store", tmp_path / "logs")
-            await publishing_now
-            await publisher.publish(messaging.PREDICTIONS_SUBJECT, record, msg_id)  # a retry
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    server.start()
+    # Once reconnected, nothing buffered from the failed call may be flushed into the stream.
+    for _ in range(100):
+        try:
             info = await js.stream_info(messaging.EVENTS_STREAM)
-            assert info.state.messages == 1
-    finally:
-        server.stop()
-
-
-async def test_publisher_gives_up_after_its_budget_and_nothing_is_stored_later(tmp_path: Path) -> None:
-    port = free_port()
-    server = start_nats(port, tmp_path / "store", tmp_path / "logs")
-    try:
-        async with AsyncExitStack() as stack:
-            _, js = await messaging.connect(f"nats://127.0.0.1:{port}", "gateway-test", stack)
-            await messaging.ensure_streams(js)
-            server.stop()
-            with pytest.raises(FerryError) as caught:
-                async with publishing("the prediction could not be recorded"):
-                    await Publisher(js, budget_s=1.0).publish(
-                        messaging.PREDICTIONS_SUBJECT, events_pb2.PredictionRecorded(tenant="acme"), "gone"
-                    )
-            assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-            server = start_nats(port, tmp_path / "store", tmp_path / "logs")
-            # Once reconnected, nothing buffered from the failed call may be flushed into the stream.
-            for _ in range(100):
-                try:
-                    info = await js.stream_info(messaging.EVENTS_STREAM)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            assert info.state.messages == 0
-    finally:
-        server.stop()
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    assert info.state.messages == 0

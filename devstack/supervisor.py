@@ -446,9 +446,16 @@ class Supervisor:
             unit.busy, unit.failures = True, 0
         try:
             new = self._launch(unit, unit.program.launch)
+        except Exception as err:
+            with self._lock:
+                unit.busy = False
+            # From here on it is a crash like any other: the loop keeps trying, with backoff.
+            self._schedule_restart(unit, None, f"failed to start ({err})")
+            return RestartResult(name, ok=False, message=f"could not start ({err}); retrying with backoff")
+        try:
             self._await_serving(unit, new, unit.launch_offset, self.ready_timeout_s, need_line=False)
         except Exception as err:  # the loop restarts it with backoff if it exited
-            return RestartResult(name, ok=False, message=f"could not start: {err}")
+            return RestartResult(name, ok=False, message=f"not serving: {err}")
         finally:
             with self._lock:
                 unit.busy = False

@@ -1,7 +1,8 @@
 """Renders Envoy's config: one public listener, REST transcoded to gRPC, native gRPC passed through.
 
-The same renderer writes the local stack's config and ``deploy/envoy/envoy.yaml`` (containers), so
-the edge behaves identically everywhere. Run ``python -m devstack.envoy`` to refresh the committed file.
+The same renderer writes the local stack's config, ``deploy/envoy/envoy.yaml`` (docker compose) and
+the Helm chart's ``files/envoy*.yaml`` (templates whose gateway and collector addresses Helm fills
+in), so the edge behaves identically everywhere. Run ``python -m devstack.envoy`` to refresh them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from tools.protogen import DESCRIPTOR_SET, PUBLIC_SERVICES
 
 COMMITTED_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "envoy" / "envoy.yaml"
+CHART_FILES = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "ferry" / "files"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
@@ -33,6 +35,10 @@ class EnvoyOptions:
     otlp_endpoint: str = ""
     """OTLP/gRPC collector (``http://host:port``); when set, Envoy exports a span for the edge hop."""
 
+
+#: Plain-HTTP health endpoints on the public port, for load balancers without gRPC health.
+LIVE_PATH = "/healthz"
+READY_PATH = "/readyz"
 
 #: Resends of a request that reached no gateway; with the back-off they cover about 5 s of restart.
 RETRIES = 8
@@ -108,6 +114,28 @@ static_resources:
                 stat_prefix: public
                 codec_type: AUTO
                 generate_request_id: true{tracing}
+                # One JSON line per request on stdout, in the services' log shape (services/common/logs.py);
+                # load balancers' /healthz and /readyz probes are left out. trace_id is set when tracing is.
+                access_log:
+                  - name: envoy.access_loggers.stdout
+                    filter: {{not_health_check_filter: {{}}}}
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+                      log_format:
+                        json_format:
+                          time: "%START_TIME(%Y-%m-%dT%H:%M:%S.%3f%z)%"
+                          level: INFO
+                          service: ferry-envoy
+                          logger: envoy.access
+                          message: "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%"
+                          method: "%REQ(:METHOD)%"
+                          path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+                          code: "%RESPONSE_CODE%"
+                          grpc_status: "%GRPC_STATUS%"
+                          duration_ms: "%DURATION%"
+                          trace_id: "%TRACE_ID%"
+                          request_id: "%REQ(X-REQUEST-ID)%"
+                          upstream: "%UPSTREAM_HOST%"
                 route_config:
                   name: public
                   virtual_hosts:
@@ -129,6 +157,27 @@ static_resources:
                               num_retries: {RETRIES}
                               retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}
                 http_filters:
+                  # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
+                  # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
+                  # to Envoy's own gRPC health checks (the gateway is SERVING only when its
+                  # dependencies are). Both answer here, before the transcoder sees the path.
+                  - name: envoy.filters.http.health_check
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+                      pass_through_mode: false
+                      headers:
+                        - name: ":path"
+                          string_match: {{exact: "{LIVE_PATH}"}}
+                  - name: envoy.filters.http.health_check
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+                      pass_through_mode: false
+                      headers:
+                        - name: ":path"
+                          string_match: {{exact: "{READY_PATH}"}}
+                      # At least one healthy gateway (no hosts at all is 503 too).
+                      cluster_min_healthy_percentages:
+                        gateway: {{value: 1}}
                   - name: envoy.filters.http.grpc_json_transcoder
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder
@@ -152,25 +201,71 @@ static_resources:
       health_checks:
         - timeout: 1s
           interval: 2s
+          # Checked as often while no request has been routed yet (Envoy's default then is
+          # 60 s), so /readyz turns 200 within seconds of the first gateway becoming SERVING.
+          no_traffic_interval: 2s
           unhealthy_threshold: 2
           healthy_threshold: 1
           grpc_health_check: {{}}{otlp_cluster}
 """
 
 
+#: Stand-ins replaced by Helm template actions in the chart's copies (see ``chart_configs``).
+_GATEWAY_STANDIN = "gateway.standin.invalid"
+_OTLP_STANDIN = "otlp.standin.invalid"
+_OTLP_STANDIN_PORT = 65417
+
+
+def container_options(
+    admin_host: str = "0.0.0.0", gateway_host: str = "gateway", otlp_endpoint: str = ""
+) -> EnvoyOptions:
+    """Options of the containerised Envoy: public on 8080, descriptor set at /etc/envoy/ferry.pb."""
+    return EnvoyOptions(
+        listen_host="0.0.0.0",
+        admin_host=admin_host,
+        gateway_host=gateway_host,
+        descriptor_path="/etc/envoy/ferry.pb",
+        otlp_endpoint=otlp_endpoint,
+    )
+
+
+def chart_configs() -> dict[str, str]:
+    """The Helm chart's Envoy configs (untraced and traced), as templates for Helm's ``tpl``.
+
+    On Kubernetes the admin interface listens on localhost only (probes use /healthz and /readyz
+    on the public port), and the gateway is the chart's headless Service.
+    """
+    gateway = '{{ include "ferry.fullname" . }}-gateway'
+    configs = {}
+    for name, otlp in (
+        ("envoy.yaml", ""),
+        ("envoy-traced.yaml", f"http://{_OTLP_STANDIN}:{_OTLP_STANDIN_PORT}"),
+    ):
+        text = render(
+            container_options(admin_host="127.0.0.1", gateway_host=_GATEWAY_STANDIN, otlp_endpoint=otlp)
+        )
+        text = text.replace(_GATEWAY_STANDIN, gateway)
+        text = text.replace(_OTLP_STANDIN, '{{ include "ferry.otlpHost" . }}')
+        text = text.replace(str(_OTLP_STANDIN_PORT), '{{ include "ferry.otlpPort" . }}')
+        configs[name] = text.replace(
+            "# Generated by `python -m devstack.envoy`",
+            "# Generated by `python -m devstack.envoy` (a Helm template: rendered with tpl)",
+        )
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Writes the container deployment's Envoy config (gateway reached as ``gateway:50051``)."""
+    """Writes the container deployments' Envoy configs: compose's and the Helm chart's."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=COMMITTED_CONFIG)
+    parser.add_argument("--chart-files", type=Path, default=CHART_FILES)
     args = parser.parse_args(argv)
-    opts = EnvoyOptions(
-        listen_host="0.0.0.0",
-        admin_host="0.0.0.0",
-        gateway_host="gateway",
-        descriptor_path="/etc/envoy/ferry.pb",
-    )
-    args.out.write_text(render(opts))
+    args.out.write_text(render(container_options()))
     print(f"wrote {args.out}")
+    args.chart_files.mkdir(parents=True, exist_ok=True)
+    for name, text in chart_configs().items():
+        (args.chart_files / name).write_text(text)
+        print(f"wrote {args.chart_files / name}")
     return 0
 
 

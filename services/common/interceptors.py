@@ -1,4 +1,4 @@
-"""gRPC interceptors: server spans, metrics and error mapping; client trace propagation."""
+"""gRPC interceptors: server spans, metrics, access logs and error mapping; client trace propagation."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from services.common.errors import FerryError, Unavailable
+from services.common.logs import bind, new_rpc_fields, reset_rpc_fields
 from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS
 from services.common.readiness import Readiness
 from services.common.tracing import current_trace_id, extract_context, inject_headers
 
 log = logging.getLogger(__name__)
+#: One line per RPC (method, code, duration_ms, trace id, and tenant/request id when known).
+access_log = logging.getLogger("ferry.access")
 tracer = trace.get_tracer("ferry.grpc")
 
 # Probes and tooling: traced, they would drown real requests in noise.
@@ -31,11 +34,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     It is also the readiness gate: until the service is ready, every call but health and
     reflection is answered UNAVAILABLE (NOT_READY) before its handler runs.
+
+    Every call gets fresh log fields (``services.common.logs.bind``), starting with Envoy's
+    ``x-request-id``; the public edge (the gateway, by default) also logs one access line per call.
     """
 
-    def __init__(self, service: str, readiness: Readiness) -> None:
+    def __init__(self, service: str, readiness: Readiness, access_log: bool | None = None) -> None:
         self._service = service
         self._readiness = readiness
+        self._access_log = service == "gateway" if access_log is None else access_log
 
     async def intercept_service(
         self,
@@ -59,6 +66,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             code = grpc.StatusCode.OK
             started = time.perf_counter()
+            fields = new_rpc_fields()
+            request_id = _metadata_value(metadata, "x-request-id")
+            if request_id:
+                bind(request_id=request_id)
             with tracer.start_as_current_span(
                 method.lstrip("/"), context=extract_context(metadata), kind=trace.SpanKind.SERVER
             ) as span:
@@ -88,10 +99,29 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         f"(trace id {current_trace_id()})",
                     )
                 finally:
+                    elapsed = time.perf_counter() - started
                     GRPC_REQUESTS.labels(self._service, method, code.name).inc()
-                    GRPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - started)
+                    GRPC_LATENCY.labels(self._service, method).observe(elapsed)
+                    if self._access_log:
+                        duration_ms = round(elapsed * 1000, 1)
+                        access_log.info(
+                            "%s %s %.1fms",
+                            method,
+                            code.name,
+                            duration_ms,
+                            extra={"method": method, "code": code.name, "duration_ms": duration_ms},
+                        )
+                    reset_rpc_fields(fields)
 
         return observed
+
+
+def _metadata_value(metadata: Any, key: str) -> str:
+    """Returns the first string value of ``key`` in gRPC invocation metadata, or ''."""
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str):
+            return value
+    return ""
 
 
 def _unreachable(service: str, err: BaseException) -> Unavailable:

@@ -1,0 +1,168 @@
+{{/* Names and labels. */}}
+{{- define "ferry.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ferry.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: ferry
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "gateway"). */}}
+{{- define "ferry.selectorLabels" -}}
+app.kubernetes.io/name: ferry
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Pod template labels: the selector's plus the chart's bookkeeping ones. */}}
+{{- define "ferry.podLabels" -}}
+{{ include "ferry.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end -}}
+
+{{- define "ferry.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "ferry.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "ferry.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ferry.secretName" -}}
+{{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "ferry.fullname" .)) -}}
+{{- end -}}
+
+{{/* A service's in-cluster gRPC target: dns:/// on its headless Service, so gRPC sees every pod. */}}
+{{- define "ferry.target" -}}
+{{- printf "dns:///%s-%s:%v" (include "ferry.fullname" .root) .component (index .root.Values .component).grpcPort -}}
+{{- end -}}
+
+{{/* The OTLP collector's host and port, from otlp.endpoint (http://host:port). */}}
+{{- define "ferry.otlpHost" -}}
+{{- (split ":" (urlParse .Values.otlp.endpoint).host)._0 -}}
+{{- end -}}
+{{- define "ferry.otlpPort" -}}
+{{- (split ":" (urlParse .Values.otlp.endpoint).host)._1 | default "4317" -}}
+{{- end -}}
+
+{{/* Env every Ferry service reads: (dict "root" $ "component" "gateway"). */}}
+{{- define "ferry.commonEnv" -}}
+{{- $p := printf "FERRY_%s_" (upper .component) -}}
+{{- $svc := index .root.Values .component -}}
+- name: {{ $p }}GRPC_HOST
+  value: "0.0.0.0"
+- name: {{ $p }}GRPC_PORT
+  value: {{ $svc.grpcPort | quote }}
+- name: {{ $p }}METRICS_PORT
+  value: {{ $svc.metricsPort | quote }}
+- name: {{ $p }}LOG_LEVEL
+  value: {{ .root.Values.logLevel | quote }}
+- name: {{ $p }}OTLP_ENDPOINT
+  value: {{ .root.Values.otlp.endpoint | quote }}
+- name: FERRY_LOG_FORMAT
+  value: {{ .root.Values.logFormat | quote }}
+# The image has no home directory; torch and Python caches go to the writable /tmp.
+- name: HOME
+  value: /tmp
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+{{- range $name, $value := $svc.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level pieces every Ferry pod shares. */}}
+{{- define "ferry.podCommon" -}}
+serviceAccountName: {{ include "ferry.serviceAccountName" .root }}
+automountServiceAccountToken: false
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .root.Values.podSecurityContext | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "ferry.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{/* Env of one service beyond the common fields: (dict "root" $ "component" "gateway"). */}}
+{{- define "ferry.serviceEnv" -}}
+{{- $root := .root -}}
+{{- $v := index $root.Values .component -}}
+{{- if eq .component "gateway" -}}
+- name: FERRY_GATEWAY_INFERENCE_TARGET
+  value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
+- name: FERRY_GATEWAY_STORE_TARGET
+  value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
+- name: FERRY_GATEWAY_NATS_URL
+  value: {{ $root.Values.nats.url | quote }}
+{{- else if eq .component "inference" -}}
+- name: FERRY_INFERENCE_MODELS
+  value: {{ $v.models | quote }}
+- name: FERRY_INFERENCE_DEVICE
+  value: {{ $v.device | quote }}
+- name: FERRY_INFERENCE_MAX_BATCH_SIZE
+  value: {{ $v.maxBatchSize | quote }}
+- name: FERRY_INFERENCE_MAX_BATCH_DELAY_MS
+  value: {{ $v.maxBatchDelayMs | quote }}
+- name: FERRY_INFERENCE_TORCH_THREADS
+  value: {{ $v.torchThreads | quote }}
+{{- else if eq .component "jobs" -}}
+- name: FERRY_JOBS_NATS_URL
+  value: {{ $root.Values.nats.url | quote }}
+- name: FERRY_JOBS_INFERENCE_TARGET
+  value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
+{{- else if eq .component "store" -}}
+- name: FERRY_STORE_NATS_URL
+  value: {{ $root.Values.nats.url | quote }}
+- name: FERRY_STORE_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ferry.secretName" $root }}
+      key: database-url
+- name: FERRY_STORE_DEV_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ferry.secretName" $root }}
+      key: dev-api-key
+      optional: true
+{{- end }}
+{{- end -}}
+
+{{/* A NetworkPolicy peer: the pods of one component, (dict "root" $ "component" "gateway"). */}}
+{{- define "ferry.peer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "ferry.selectorLabels" . | nindent 6 }}
+{{- end -}}

@@ -17,7 +17,7 @@ KEEPALIVE_TIME_MS = 20_000
 MAX_RECONNECT_BACKOFF_MS = 2_000
 """Longest wait between reconnection attempts to a peer that is down."""
 
-Options = list[tuple[str, int]]
+Options = list[tuple[str, int | str]]
 
 
 def _message_limits(max_message_bytes: int) -> Options:
@@ -52,6 +52,9 @@ def channel_options(max_message_bytes: int) -> Options:
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        # Spread calls over every address a target resolves to (dns:///inference:50052 in
+        # Kubernetes lists each replica), so replicas an autoscaler adds get traffic at once.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
 
 

@@ -15,6 +15,7 @@ import grpc
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common.errors import FerryError, Unauthenticated
+from services.common.logs import bind
 from services.gateway.downstream import Backend
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Authenticator:
             tenant = await self._resolve(digest, cached, now)
         if tenant is None:
             raise Unauthenticated(INVALID_KEY, reason="INVALID_API_KEY")
+        bind(tenant=tenant)  # the call's log lines, its access line included, name the tenant
         return tenant
 
     def _ttl(self, tenant: str | None) -> float:

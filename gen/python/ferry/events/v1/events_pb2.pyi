@@ -18,7 +18,7 @@ class PredictionRecorded(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class JobItem(_message.Message):
-    __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation")
+    __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation", "priority")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class JobItem(_message.Message):
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     job_id: str
     item_index: int
@@ -33,4 +34,5 @@ class JobItem(_message.Message):
     input: _types_pb2.Input
     top_k: int
     generation: int
-    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+    priority: _types_pb2.Priority
+    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...

@@ -80,3 +80,19 @@ class RetryJobResponse(_message.Message):
     job: _job_pb2.Job
     items_retried: int
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., items_retried: _Optional[int] = ...) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class WatchJobResponse(_message.Message):
+    __slots__ = ("job", "items_per_second", "eta_seconds")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    items_per_second: float
+    eta_seconds: float
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., items_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...

@@ -55,6 +55,11 @@ class JobServiceStub:
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/ferry.jobs.v1.JobService/WatchJob',
+                request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
         self.RetryJob = channel.unary_unary(
                 '/ferry.jobs.v1.JobService/RetryJob',
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
@@ -94,6 +99,13 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJob(self, request, context):
+        """WatchJob streams a job's progress: its state at once, then every change, until the job finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RetryJob(self, request, context):
         """RetryJob runs a finished job's failed items again; calling it again before they finish re-queues nothing twice.
         """
@@ -123,6 +135,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobRequest.FromString,
                     response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
+                    response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
@@ -239,6 +256,33 @@ class JobService:
             '/ferry.jobs.v1.JobService/CancelJob',
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobRequest.SerializeToString,
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ferry.jobs.v1.JobService/WatchJob',
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

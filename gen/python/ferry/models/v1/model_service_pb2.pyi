@@ -1,4 +1,5 @@
 from ferry.models.v1 import model_pb2 as _model_pb2
+from ferry.models.v1 import model_stats_pb2 as _model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
 from google.api import annotations_pb2 as _annotations_pb2
@@ -33,19 +34,35 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "image", "top_k", "request_id")
+    __slots__ = ("model", "image", "top_k", "request_id", "priority")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: _types_pb2.Image
     top_k: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    priority: _types_pb2.Priority
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("prediction",)
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     prediction: _prediction_pb2.Prediction
     def __init__(self, prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ...) -> None: ...
+
+class GetModelStatsRequest(_message.Message):
+    __slots__ = ("name", "window")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    window: str
+    def __init__(self, name: _Optional[str] = ..., window: _Optional[str] = ...) -> None: ...
+
+class GetModelStatsResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: _model_stats_pb2.ModelStats
+    def __init__(self, stats: _Optional[_Union[_model_stats_pb2.ModelStats, _Mapping]] = ...) -> None: ...

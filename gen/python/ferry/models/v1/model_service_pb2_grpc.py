@@ -50,6 +50,11 @@ class ModelServiceStub:
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.GetModelStats = channel.unary_unary(
+                '/ferry.models.v1.ModelService/GetModelStats',
+                request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsRequest.SerializeToString,
+                response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -77,6 +82,13 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelStats(self, request, context):
+        """GetModelStats summarizes the caller's predictions of one model over a recent window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictRequest.FromString,
                     response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'GetModelStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStats,
+                    request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsRequest.FromString,
+                    response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class ModelService:
             '/ferry.models.v1.ModelService/Predict',
             ferry_dot_models_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
             ferry_dot_models_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.models.v1.ModelService/GetModelStats',
+            ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsRequest.SerializeToString,
+            ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,12 +17,23 @@ class PredictionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICTION_STATE_UNSPECIFIED: _ClassVar[PredictionState]
     PREDICTION_STATE_SUCCEEDED: _ClassVar[PredictionState]
     PREDICTION_STATE_FAILED: _ClassVar[PredictionState]
+
+class PredictionSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PREDICTION_SOURCE_UNSPECIFIED: _ClassVar[PredictionSource]
+    PREDICTION_SOURCE_SYNC: _ClassVar[PredictionSource]
+    PREDICTION_SOURCE_JOB_ITEM: _ClassVar[PredictionSource]
+    PREDICTION_SOURCE_OIP: _ClassVar[PredictionSource]
 PREDICTION_STATE_UNSPECIFIED: PredictionState
 PREDICTION_STATE_SUCCEEDED: PredictionState
 PREDICTION_STATE_FAILED: PredictionState
+PREDICTION_SOURCE_UNSPECIFIED: PredictionSource
+PREDICTION_SOURCE_SYNC: PredictionSource
+PREDICTION_SOURCE_JOB_ITEM: PredictionSource
+PREDICTION_SOURCE_OIP: PredictionSource
 
 class Prediction(_message.Message):
-    __slots__ = ("name", "model", "state", "classes", "timing", "error", "job", "item_index", "trace_id", "create_time")
+    __slots__ = ("name", "model", "state", "classes", "timing", "error", "job", "item_index", "trace_id", "create_time", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +44,7 @@ class Prediction(_message.Message):
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: PredictionState
@@ -43,4 +55,5 @@ class Prediction(_message.Message):
     item_index: int
     trace_id: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., job: _Optional[str] = ..., item_index: _Optional[int] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source: PredictionSource
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., job: _Optional[str] = ..., item_index: _Optional[int] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[PredictionSource, str]] = ...) -> None: ...

@@ -1,5 +1,8 @@
+import datetime
+
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -21,14 +24,28 @@ class GetPredictionResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ...) -> None: ...
 
 class ListPredictionsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "job")
+    __slots__ = ("page_size", "page_token", "job", "model", "label", "min_score", "start_time", "end_time", "source", "state")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     job: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., job: _Optional[str] = ...) -> None: ...
+    model: str
+    label: str
+    min_score: float
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    source: _prediction_pb2.PredictionSource
+    state: _prediction_pb2.PredictionState
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., job: _Optional[str] = ..., model: _Optional[str] = ..., label: _Optional[str] = ..., min_score: _Optional[float] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[_prediction_pb2.PredictionSource, str]] = ..., state: _Optional[_Union[_prediction_pb2.PredictionState, str]] = ...) -> None: ...
 
 class ListPredictionsResponse(_message.Message):
     __slots__ = ("predictions", "next_page_token")

@@ -23,48 +23,54 @@ _sym_db = _symbol_database.Default()
 
 
 from ferry.jobs.v1 import job_pb2 as ferry_dot_jobs_dot_v1_dot_job__pb2
+from ferry.models.v1 import model_stats_pb2 as ferry_dot_models_dot_v1_dot_model__stats__pb2
 from ferry.predictions.v1 import prediction_pb2 as ferry_dot_predictions_dot_v1_dot_prediction__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/store/v1/store_service.proto\x12\x0e\x66\x65rry.store.v1\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a%ferry/predictions/v1/prediction.proto\"2\n\x14GetPredictionRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"M\n\x15GetPredictionResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"_\n\x16ListPredictionsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\"i\n\x17ListPredictionsResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x10\x43reateJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"E\n\x11\x43reateJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"+\n\rGetJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"H\n\x0fListJobsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\")\n\x13LookupApiKeyRequest\x12\x12\n\nkey_sha256\x18\x01 \x01(\t\"8\n\x14LookupApiKeyResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\"-\n\x0fRetryJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"]\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x14\n\x0citem_indexes\x18\x02 \x03(\x05\x12\x12\n\ngeneration\x18\x03 \x01(\x05\x32\xb6\x05\n\x0cStoreService\x12\\\n\rGetPrediction\x12$.ferry.store.v1.GetPredictionRequest\x1a%.ferry.store.v1.GetPredictionResponse\x12\x62\n\x0fListPredictions\x12&.ferry.store.v1.ListPredictionsRequest\x1a\'.ferry.store.v1.ListPredictionsResponse\x12P\n\tCreateJob\x12 .ferry.store.v1.CreateJobRequest\x1a!.ferry.store.v1.CreateJobResponse\x12G\n\x06GetJob\x12\x1d.ferry.store.v1.GetJobRequest\x1a\x1e.ferry.store.v1.GetJobResponse\x12M\n\x08ListJobs\x12\x1f.ferry.store.v1.ListJobsRequest\x1a .ferry.store.v1.ListJobsResponse\x12P\n\tCancelJob\x12 .ferry.store.v1.CancelJobRequest\x1a!.ferry.store.v1.CancelJobResponse\x12Y\n\x0cLookupApiKey\x12#.ferry.store.v1.LookupApiKeyRequest\x1a$.ferry.store.v1.LookupApiKeyResponse\x12M\n\x08RetryJob\x12\x1f.ferry.store.v1.RetryJobRequest\x1a .ferry.store.v1.RetryJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ferry/store/v1/store_service.proto\x12\x0e\x66\x65rry.store.v1\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a!ferry/models/v1/model_stats.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x14GetPredictionRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"M\n\x15GetPredictionResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xdc\x02\n\x16ListPredictionsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\t\x12\x11\n\tmin_score\x18\x07 \x01(\x02\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06source\x18\n \x01(\x0e\x32&.ferry.predictions.v1.PredictionSource\x12\x34\n\x05state\x18\x0b \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\"i\n\x17ListPredictionsResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x10\x43reateJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"E\n\x11\x43reateJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"+\n\rGetJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"H\n\x0fListJobsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\")\n\x13LookupApiKeyRequest\x12\x12\n\nkey_sha256\x18\x01 \x01(\t\"8\n\x14LookupApiKeyResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08key_name\x18\x02 \x01(\t\"-\n\x0fRetryJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"]\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x14\n\x0citem_indexes\x18\x02 \x03(\x05\x12\x12\n\ngeneration\x18\x03 \x01(\x05\"\xa7\x01\n\x14GetModelStatsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntop_labels\x18\x05 \x01(\x05\"C\n\x15GetModelStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.ferry.models.v1.ModelStats2\x94\x06\n\x0cStoreService\x12\\\n\rGetPrediction\x12$.ferry.store.v1.GetPredictionRequest\x1a%.ferry.store.v1.GetPredictionResponse\x12\x62\n\x0fListPredictions\x12&.ferry.store.v1.ListPredictionsRequest\x1a\'.ferry.store.v1.ListPredictionsResponse\x12P\n\tCreateJob\x12 .ferry.store.v1.CreateJobRequest\x1a!.ferry.store.v1.CreateJobResponse\x12G\n\x06GetJob\x12\x1d.ferry.store.v1.GetJobRequest\x1a\x1e.ferry.store.v1.GetJobResponse\x12M\n\x08ListJobs\x12\x1f.ferry.store.v1.ListJobsRequest\x1a .ferry.store.v1.ListJobsResponse\x12P\n\tCancelJob\x12 .ferry.store.v1.CancelJobRequest\x1a!.ferry.store.v1.CancelJobResponse\x12Y\n\x0cLookupApiKey\x12#.ferry.store.v1.LookupApiKeyRequest\x1a$.ferry.store.v1.LookupApiKeyResponse\x12M\n\x08RetryJob\x12\x1f.ferry.store.v1.RetryJobRequest\x1a .ferry.store.v1.RetryJobResponse\x12\\\n\rGetModelStats\x12$.ferry.store.v1.GetModelStatsRequest\x1a%.ferry.store.v1.GetModelStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.store.v1.store_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETPREDICTIONREQUEST']._serialized_start=118
-  _globals['_GETPREDICTIONREQUEST']._serialized_end=168
-  _globals['_GETPREDICTIONRESPONSE']._serialized_start=170
-  _globals['_GETPREDICTIONRESPONSE']._serialized_end=247
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=249
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=344
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=346
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=451
-  _globals['_CREATEJOBREQUEST']._serialized_start=453
-  _globals['_CREATEJOBREQUEST']._serialized_end=520
-  _globals['_CREATEJOBRESPONSE']._serialized_start=522
-  _globals['_CREATEJOBRESPONSE']._serialized_end=591
-  _globals['_GETJOBREQUEST']._serialized_start=593
-  _globals['_GETJOBREQUEST']._serialized_end=636
-  _globals['_GETJOBRESPONSE']._serialized_start=638
-  _globals['_GETJOBRESPONSE']._serialized_end=687
-  _globals['_LISTJOBSREQUEST']._serialized_start=689
-  _globals['_LISTJOBSREQUEST']._serialized_end=761
-  _globals['_LISTJOBSRESPONSE']._serialized_start=763
-  _globals['_LISTJOBSRESPONSE']._serialized_end=840
-  _globals['_CANCELJOBREQUEST']._serialized_start=842
-  _globals['_CANCELJOBREQUEST']._serialized_end=888
-  _globals['_CANCELJOBRESPONSE']._serialized_start=890
-  _globals['_CANCELJOBRESPONSE']._serialized_end=942
-  _globals['_LOOKUPAPIKEYREQUEST']._serialized_start=944
-  _globals['_LOOKUPAPIKEYREQUEST']._serialized_end=985
-  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_start=987
-  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_end=1043
-  _globals['_RETRYJOBREQUEST']._serialized_start=1045
-  _globals['_RETRYJOBREQUEST']._serialized_end=1090
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1092
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1185
-  _globals['_STORESERVICE']._serialized_start=1188
-  _globals['_STORESERVICE']._serialized_end=1882
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=186
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=236
+  _globals['_GETPREDICTIONRESPONSE']._serialized_start=238
+  _globals['_GETPREDICTIONRESPONSE']._serialized_end=315
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=318
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=666
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=668
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=773
+  _globals['_CREATEJOBREQUEST']._serialized_start=775
+  _globals['_CREATEJOBREQUEST']._serialized_end=842
+  _globals['_CREATEJOBRESPONSE']._serialized_start=844
+  _globals['_CREATEJOBRESPONSE']._serialized_end=913
+  _globals['_GETJOBREQUEST']._serialized_start=915
+  _globals['_GETJOBREQUEST']._serialized_end=958
+  _globals['_GETJOBRESPONSE']._serialized_start=960
+  _globals['_GETJOBRESPONSE']._serialized_end=1009
+  _globals['_LISTJOBSREQUEST']._serialized_start=1011
+  _globals['_LISTJOBSREQUEST']._serialized_end=1083
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1085
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1162
+  _globals['_CANCELJOBREQUEST']._serialized_start=1164
+  _globals['_CANCELJOBREQUEST']._serialized_end=1210
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1212
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1264
+  _globals['_LOOKUPAPIKEYREQUEST']._serialized_start=1266
+  _globals['_LOOKUPAPIKEYREQUEST']._serialized_end=1307
+  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_start=1309
+  _globals['_LOOKUPAPIKEYRESPONSE']._serialized_end=1365
+  _globals['_RETRYJOBREQUEST']._serialized_start=1367
+  _globals['_RETRYJOBREQUEST']._serialized_end=1412
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1414
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1507
+  _globals['_GETMODELSTATSREQUEST']._serialized_start=1510
+  _globals['_GETMODELSTATSREQUEST']._serialized_end=1677
+  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1679
+  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1746
+  _globals['_STORESERVICE']._serialized_start=1749
+  _globals['_STORESERVICE']._serialized_end=2537
 # @@protoc_insertion_point(module_scope)

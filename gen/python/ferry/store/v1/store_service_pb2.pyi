@@ -1,5 +1,9 @@
+import datetime
+
 from ferry.jobs.v1 import job_pb2 as _job_pb2
+from ferry.models.v1 import model_stats_pb2 as _model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -23,16 +27,30 @@ class GetPredictionResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ...) -> None: ...
 
 class ListPredictionsRequest(_message.Message):
-    __slots__ = ("tenant", "page_size", "page_token", "job_id")
+    __slots__ = ("tenant", "page_size", "page_token", "job_id", "model", "label", "min_score", "start_time", "end_time", "source", "state")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     page_size: int
     page_token: str
     job_id: str
-    def __init__(self, tenant: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+    model: str
+    label: str
+    min_score: float
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    source: _prediction_pb2.PredictionSource
+    state: _prediction_pb2.PredictionState
+    def __init__(self, tenant: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., job_id: _Optional[str] = ..., model: _Optional[str] = ..., label: _Optional[str] = ..., min_score: _Optional[float] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[_prediction_pb2.PredictionSource, str]] = ..., state: _Optional[_Union[_prediction_pb2.PredictionState, str]] = ...) -> None: ...
 
 class ListPredictionsResponse(_message.Message):
     __slots__ = ("predictions", "next_page_token")
@@ -135,3 +153,23 @@ class RetryJobResponse(_message.Message):
     item_indexes: _containers.RepeatedScalarFieldContainer[int]
     generation: int
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., item_indexes: _Optional[_Iterable[int]] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class GetModelStatsRequest(_message.Message):
+    __slots__ = ("tenant", "model", "start_time", "end_time", "top_labels")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    TOP_LABELS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    model: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    top_labels: int
+    def __init__(self, tenant: _Optional[str] = ..., model: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., top_labels: _Optional[int] = ...) -> None: ...
+
+class GetModelStatsResponse(_message.Message):
+    __slots__ = ("stats",)
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: _model_stats_pb2.ModelStats
+    def __init__(self, stats: _Optional[_Union[_model_stats_pb2.ModelStats, _Mapping]] = ...) -> None: ...

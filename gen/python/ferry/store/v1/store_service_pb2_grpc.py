@@ -75,6 +75,11 @@ class StoreServiceStub:
                 request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.GetModelStats = channel.unary_unary(
+                '/ferry.store.v1.StoreService/GetModelStats',
+                request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.GetModelStatsRequest.SerializeToString,
+                response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.GetModelStatsResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -137,6 +142,13 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelStats(self, request, context):
+        """GetModelStats summarizes a tenant's predictions of one model over a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +191,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.FromString,
                     response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'GetModelStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStats,
+                    request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.GetModelStatsRequest.FromString,
+                    response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.GetModelStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +415,33 @@ class StoreService:
             '/ferry.store.v1.StoreService/RetryJob',
             ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.SerializeToString,
             ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.store.v1.StoreService/GetModelStats',
+            ferry_dot_store_dot_v1_dot_store__service__pb2.GetModelStatsRequest.SerializeToString,
+            ferry_dot_store_dot_v1_dot_store__service__pb2.GetModelStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,10 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
+
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
@@ -17,6 +21,7 @@ from services.common.ids import parse_name
 MODEL_PREFIX = "models/"
 EXAMPLE_MODEL = "models/efficientnet-lite0"
 MAX_REQUEST_ID_CHARS = 128
+MAX_LABEL_CHARS = 256
 
 # Model ids are short slugs such as "efficientnet-lite0"; anything else cannot be served.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -146,3 +151,89 @@ def resource_id(name: str, collection: str) -> uuid.UUID:
 def _mib(size: int) -> str:
     mib = size / (1024 * 1024)
     return f"{mib:g} MiB" if mib == int(mib) else f"about {mib:.1f} MiB"
+
+
+DEFAULT_STATS_WINDOW = "1h"
+MAX_STATS_WINDOW = timedelta(days=90)
+_WINDOW = re.compile(r"([1-9][0-9]{0,6})([smhd])")
+_WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def stats_window(value: str) -> tuple[str, timedelta]:
+    """Parses a stats window such as ``"15m"``, ``"1h"``, ``"24h"`` or ``"7d"``; empty means 1h.
+
+    Returns:
+        The window as given (or the default) and its length.
+
+    Raises:
+        InvalidArgument: not a positive number and one of s, m, h, d, or longer than 90 days.
+    """
+    text = value or DEFAULT_STATS_WINDOW
+    found = _WINDOW.fullmatch(text)
+    length = timedelta(**{_WINDOW_UNITS[found[2]]: int(found[1])}) if found else None
+    if length is None or length > MAX_STATS_WINDOW:
+        raise InvalidArgument(
+            f"window is {value!r}; expected a whole number and a unit (s, m, h or d) of at most 90 days, "
+            "for example '15m', '1h', '24h' or '7d'",
+            reason="INVALID_WINDOW",
+            metadata={"field": "window"},
+        )
+    return text, length
+
+
+def min_score(value: float) -> float:
+    """Checks a minimum top-class score (0 means no minimum).
+
+    Raises:
+        InvalidArgument: outside 0..1 (or not a number).
+    """
+    if not 0.0 <= value <= 1.0:
+        raise InvalidArgument(
+            f"min_score is {value:g}; it must be between 0 and 1 (a class probability)",
+            reason="INVALID_MIN_SCORE",
+            metadata={"field": "min_score"},
+        )
+    return value
+
+
+def label(value: str) -> str:
+    """Checks a label filter.
+
+    Raises:
+        InvalidArgument: longer than MAX_LABEL_CHARS.
+    """
+    if len(value) > MAX_LABEL_CHARS:
+        raise InvalidArgument(
+            f"label is {len(value)} characters; class labels are at most {MAX_LABEL_CHARS}",
+            reason="INVALID_LABEL",
+            metadata={"field": "label"},
+        )
+    return value
+
+
+def time_range(start: Timestamp | None, end: Timestamp | None) -> None:
+    """Checks that a time range's start (if any) comes before its end (if any).
+
+    Raises:
+        InvalidArgument: start_time is not before end_time.
+    """
+    if start is not None and end is not None and start.ToNanoseconds() >= end.ToNanoseconds():
+        raise InvalidArgument(
+            f"start_time ({start.ToJsonString()}) must be before end_time ({end.ToJsonString()})",
+            reason="INVALID_TIME_RANGE",
+            metadata={"field": "start_time"},
+        )
+
+
+def enum_value(value: int, enum: EnumTypeWrapper, field: str) -> int:
+    """Checks that ``value`` is a known number of ``enum`` (0, unspecified, means any).
+
+    Raises:
+        InvalidArgument: an unknown number.
+    """
+    if value not in enum.values():
+        known = ", ".join(enum.keys()[1:])
+        raise InvalidArgument(
+            f"{field} is {value}; expected one of {known}", reason="INVALID_ENUM", metadata={"field": field}
+        )
+    return value

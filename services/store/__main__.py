@@ -1,8 +1,13 @@
-"""``python -m services.store``."""
+"""``python -m services.store`` serves; ``python -m services.store migrate`` applies migrations and exits."""
 
 import asyncio
+import logging
+import sys
+
+import asyncpg
 
 from services.common.runtime import run_service
+from services.store.migrate import migrate
 from services.store.service import StoreService
 from services.store.settings import StoreSettings
 
@@ -12,5 +17,23 @@ async def main() -> None:
     await run_service(StoreService(settings), settings)
 
 
+async def migrate_only() -> int:
+    """Applies pending migrations to ``FERRY_STORE_DATABASE_URL`` and exits (for deploy pipelines)."""
+    settings = StoreSettings()
+    if not settings.database_url:
+        print("FERRY_STORE_DATABASE_URL is not set; give store a Postgres URI", file=sys.stderr)
+        return 2
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        applied = await migrate(connection)
+    finally:
+        await connection.close()
+    print(f"schema up to date ({len(applied)} migrations applied now: {applied})")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["migrate"]:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        sys.exit(asyncio.run(migrate_only()))
     asyncio.run(main())

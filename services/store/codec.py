@@ -5,18 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import asyncpg
 import grpc
 from google.protobuf import json_format
+from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from ferry.jobs.v1 import job_pb2
+from ferry.models.v1 import model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import FerryError, InvalidArgument, code_from_number, error_from_status
@@ -40,6 +44,7 @@ class PredictionRow(NamedTuple):
     trace_id: str
     create_time: datetime
     generation: int
+    source: int
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -54,6 +59,50 @@ def _uuid_of(name: str, collection: str) -> uuid.UUID:
 
 def _json(message: Message) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+# Ingest converts every record's classes and timing to JSON; json_format does it at ~20,000
+# records/s, which alone would cap ingest below its target. These build the same dicts directly
+# (proto3 JSON: zero values left out, float32 scores at their shortest exact form); a new field in
+# either message must be added here, which this check enforces at import.
+_CLASS_FIELDS = ("label", "score", "index")
+_TIMING_FIELDS = ("decode_ms", "queue_ms", "inference_ms", "total_ms", "batch_size")
+if (
+    tuple(types_pb2.ClassScore.DESCRIPTOR.fields_by_name) != _CLASS_FIELDS
+    or tuple(types_pb2.Timing.DESCRIPTOR.fields_by_name) != _TIMING_FIELDS
+):
+    raise RuntimeError("ClassScore or Timing changed: update codec's fast JSON conversion")
+
+
+def classes_json(classes: Iterable[types_pb2.ClassScore]) -> str:
+    """The JSON of a prediction's classes, as json_format.MessageToDict would write it."""
+    items = []
+    for c in classes:
+        item: dict[str, Any] = {}
+        if c.label:
+            item["label"] = c.label
+        if c.score:
+            if not math.isfinite(c.score):
+                return json.dumps(
+                    [json_format.MessageToDict(x, preserving_proto_field_name=True) for x in classes]
+                )
+            item["score"] = type_checkers.ToShortestFloat(c.score)
+        if c.index:
+            item["index"] = c.index
+        items.append(item)
+    return json.dumps(items)
+
+
+def timing_json(timing: types_pb2.Timing) -> str:
+    """The JSON of a prediction's timing, as json_format.MessageToDict would write it."""
+    fields = {name: getattr(timing, name) for name in _TIMING_FIELDS}
+    if not all(math.isfinite(value) for value in fields.values()):
+        return _json(timing)  # NaN and infinities are strings in proto3 JSON
+    return json.dumps({name: value for name, value in fields.items() if value})
+
+
+_SYNC = prediction_pb2.PREDICTION_SOURCE_SYNC
+_JOB_ITEM = prediction_pb2.PREDICTION_SOURCE_JOB_ITEM
 
 
 def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generation: int = 0) -> PredictionRow:
@@ -77,10 +126,8 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         job_id=job_id,
         item_index=prediction.item_index if job_id else None,
         state=int(prediction.state),
-        classes=json.dumps(
-            [json_format.MessageToDict(c, preserving_proto_field_name=True) for c in prediction.classes]
-        ),
-        timing=_json(prediction.timing),
+        classes=classes_json(prediction.classes),
+        timing=timing_json(prediction.timing),
         error=prediction.error.SerializeToString() if failed else None,
         error_code=prediction.error.code if failed else None,
         error_message=prediction.error.message if failed else None,
@@ -88,6 +135,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         trace_id=prediction.trace_id,
         create_time=created,
         generation=generation,
+        source=prediction.source or (_JOB_ITEM if job_id else _SYNC),
     )
 
 
@@ -101,6 +149,7 @@ def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
         timing=json_format.ParseDict(json.loads(row["timing"]), types_pb2.Timing()),
         trace_id=row["trace_id"],
         create_time=_timestamp(row["create_time"]),
+        source=row["source"],
     )
     if row["job_id"] is not None:
         prediction.job = f"jobs/{row['job_id']}"
@@ -108,6 +157,23 @@ def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
     if row["error"] is not None:
         prediction.error.CopyFrom(status_pb2.Status.FromString(row["error"]))
     return prediction
+
+
+def model_stats(row: asyncpg.Record, labels: list[asyncpg.Record]) -> model_stats_pb2.ModelStats:
+    """ModelStats from queries.model_stats' row and top labels (model, window and times unset)."""
+
+    def percentiles(values: list[float | None] | None) -> model_stats_pb2.LatencyPercentiles:
+        p50, p95, p99 = (v or 0.0 for v in values) if values else (0.0, 0.0, 0.0)
+        return model_stats_pb2.LatencyPercentiles(p50_ms=p50, p95_ms=p95, p99_ms=p99)
+
+    return model_stats_pb2.ModelStats(
+        request_count=row["requests"],
+        error_count=row["errors"],
+        total_latency=percentiles(row["total_ms"]),
+        inference_latency=percentiles(row["inference_ms"]),
+        batch_size_mean=row["batch_size_mean"] or 0.0,
+        top_labels=[model_stats_pb2.LabelCount(label=r["label"], count=r["count"]) for r in labels],
+    )
 
 
 def job_from_row(row: asyncpg.Record) -> job_pb2.Job:

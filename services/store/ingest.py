@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ferry.store")
 
 RECORDS_FILTER = "ferry.records.>"
+MAX_ACK_PENDING = 20_000
 _SUCCEEDED = prediction_pb2.PREDICTION_STATE_SUCCEEDED
 
 
@@ -57,11 +59,16 @@ class Decoded:
 
 async def write_batch(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
     """Writes rows and their jobs' progress in one transaction; returns how many were written."""
-    async with pool.acquire() as connection, connection.transaction():
-        written = await predictions.upsert_many(connection, rows)
-        progress = job_progress(written)
-        if progress:
-            await jobs.count_finished_items(connection, progress)
+    try:
+        async with pool.acquire() as connection, connection.transaction():
+            written = await predictions.upsert_many(connection, rows)
+            progress = job_progress(written)
+            if progress:
+                await jobs.count_finished_items(connection, progress)
+    except asyncpg.InternalClientError as err:
+        # A connection lost in the middle of COPY stays in asyncpg's COPY state, so the commit or
+        # rollback after it fails with this rather than a connection error: it is an outage.
+        raise asyncpg.ConnectionDoesNotExistError(f"connection lost while writing: {err}") from err
     return len(written)
 
 
@@ -102,11 +109,16 @@ def decode(message: Msg) -> Decoded | None:
         return None
 
 
+#: Writes a batch of rows and returns how many were new: write_batch, or the benchmark's baseline.
+Writer = Callable[[asyncpg.Pool, list[codec.PredictionRow]], Awaitable[int]]
+
+
 class Ingestor:
     """Pulls record events from the durable consumer and writes them in batches."""
 
     def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, consumer: str, batch: int,
-                 max_wait_s: float, retry_delay_s: float) -> None:  # fmt: skip
+                 max_wait_s: float, retry_delay_s: float, writer: Writer | None = None) -> None:  # fmt: skip
+        self._writer = writer or write_batch
         self._js = js
         self._pool = pool
         self._consumer = consumer
@@ -118,11 +130,17 @@ class Ingestor:
     async def subscribe(self) -> JetStreamContext.PullSubscription:
         """Binds to (creating if needed) the durable consumer; replicas share it."""
         config = ConsumerConfig(
+            durable_name=self._consumer,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=60,
             max_deliver=-1,  # a Postgres outage must delay records, never drop them
             filter_subject=RECORDS_FILTER,
+            # JetStream's default (1,000 unacked) would cut big batches in flight down to a few
+            # dozen records per fetch; leave room for every replica's batches in flight.
+            max_ack_pending=max(MAX_ACK_PENDING, 4 * self._batch),
         )
+        # Create or update: a consumer made by an older store gets the new limits too.
+        await self._js.add_consumer(EVENTS_STREAM, config)
         return await self._js.pull_subscribe(
             RECORDS_FILTER, durable=self._consumer, stream=EVENTS_STREAM, config=config
         )
@@ -184,7 +202,7 @@ class Ingestor:
         """
         started = time.time_ns()
         try:
-            written = await write_batch(self._pool, [d.row for d in group])
+            written = await self._writer(self._pool, [d.row for d in group])
         except _REFUSED:
             return False
         except _TRANSIENT as err:
@@ -211,5 +229,6 @@ class Ingestor:
             span.set_attribute("ferry.prediction_id", str(item.row.id))
             span.end(end_time=committed)
             metrics.LAG.observe(max(0.0, (now - item.row.create_time).total_seconds()))
-        await asyncio.gather(*(d.message.ack() for d in group))
+        for item in group:  # an ack is a buffered publish: awaiting each in turn beats a task per ack
+            await item.message.ack()
         return True

@@ -11,7 +11,7 @@ RECORDS = Counter(
 BATCH_SIZE = Histogram(
     "ferry_store_ingest_batch_size",
     "Events written per transaction.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
 )
 LAG = Histogram(
     "ferry_store_ingest_lag_seconds",

@@ -38,6 +38,8 @@ async def migrate(connection: Connection) -> list[int]:
             if version in done:
                 continue
             async with connection.transaction():
+                # An index on a big table may take longer than the service's statement timeout.
+                await connection.execute("SET LOCAL statement_timeout = 0")
                 await connection.execute(path.read_text())
                 await connection.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, path.name

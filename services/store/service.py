@@ -19,6 +19,7 @@ from services.store.ingest import Ingestor
 from services.store.migrate import migrate
 from services.store.outage import quiet_pool_floor_retries
 from services.store.repositories import api_keys
+from services.store.retention import run_retention
 from services.store.servicer import StoreServicer
 from services.store.settings import StoreSettings
 
@@ -50,6 +51,17 @@ def postgres_probe(pool: asyncpg.Pool, timeout_s: float = PROBE_TIMEOUT_S) -> Pr
     return probe
 
 
+async def create_pool(settings: StoreSettings) -> asyncpg.Pool:
+    """A pool on ``database_url`` (TLS as its ``sslmode`` says) with the statement timeout set."""
+    server_settings = {"statement_timeout": str(settings.statement_timeout_ms)}
+    return await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        server_settings=server_settings,
+    )
+
+
 class StoreService:
     """The only owner of Postgres."""
 
@@ -74,7 +86,7 @@ class StoreService:
                 " postgresql://user:password@127.0.0.1:5432/ferry"
             )
         quiet_pool_floor_retries()
-        pool = await asyncpg.create_pool(s.database_url, min_size=s.pool_min_size, max_size=s.pool_max_size)
+        pool = await create_pool(s)
         stack.push_async_callback(pool.close)
         async with pool.acquire() as connection:
             applied = await migrate(connection)
@@ -93,5 +105,8 @@ class StoreService:
         ingestor = Ingestor(
             js, pool, s.consumer_name, s.ingest_batch_size, s.ingest_max_wait_s, s.ingest_retry_delay_s
         )
-        subscription = await ingestor.subscribe()
-        spawn(stack, ingestor.run(subscription), "store-ingest")
+        for n in range(s.ingest_concurrency):
+            spawn(stack, ingestor.run(await ingestor.subscribe()), f"store-ingest-{n}")
+        if s.retention_days:
+            retention = run_retention(pool, s.retention_days, s.retention_batch_size, s.retention_interval_s)
+            spawn(stack, retention, "store-retention")

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -18,7 +18,7 @@ from ferry.store.v1 import store_service_pb2_grpc
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.store import codec
 from services.store.outage import UNREACHABLE, OutageLog, database_unavailable
-from services.store.repositories import api_keys, jobs, predictions
+from services.store.repositories import api_keys, jobs, predictions, queries
 from services.store.repositories.newest import newest_first
 from services.store.retries import retry_job
 
@@ -47,6 +47,25 @@ def _tenant(tenant: str) -> str:
     if not tenant:
         raise InvalidArgument("tenant is required; pass the caller's tenant", reason="MISSING_TENANT")
     return tenant
+
+
+def _prediction_filter(request: pb.ListPredictionsRequest) -> queries.PredictionFilter:
+    """The listing's filter; the gateway validated the public fields, this checks the internal ones."""
+    if not 0.0 <= request.min_score <= 1.0:
+        raise InvalidArgument(
+            f"min_score must be between 0 and 1; got {request.min_score:g}", reason="INVALID_MIN_SCORE"
+        )
+    return queries.PredictionFilter(
+        tenant=_tenant(request.tenant),
+        model=request.model,
+        label=request.label,
+        min_score=request.min_score,
+        start_time=request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
+        end_time=request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+        job_id=codec.parse_id(request.job_id, "job") if request.job_id else None,
+        source=request.source,
+        state=request.state,
+    )
 
 
 def _item_position(position: dict[str, Any]) -> int:
@@ -118,23 +137,38 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     async def ListPredictions(
         self, request: pb.ListPredictionsRequest, context: Context
     ) -> pb.ListPredictionsResponse:
-        tenant = _tenant(request.tenant)
+        where = _prediction_filter(request)
         limit = codec.page_size(request.page_size)
         position = codec.decode_page_token(request.page_token)
-        if request.job_id:
-            job_id = codec.parse_id(request.job_id, "job")
+        if where.job_id is not None:
             after = _item_position(position)
             async with self._connection() as connection:
-                rows = await predictions.list_job_items(connection, tenant, job_id, limit + 1, after)
+                rows = await queries.list_job_items(connection, where, limit + 1, after)
             token = codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
         else:
             keyset = _keyset(position)
             async with self._connection() as connection:
-                rows = await newest_first(connection, "predictions", tenant, limit + 1, keyset)
+                rows = await queries.list_newest(connection, where, limit + 1, keyset)
             token = _next_token(rows, limit)
         return pb.ListPredictionsResponse(
             predictions=[codec.prediction_from_row(r) for r in rows[:limit]], next_page_token=token
         )
+
+    async def GetModelStats(
+        self, request: pb.GetModelStatsRequest, context: Context
+    ) -> pb.GetModelStatsResponse:
+        tenant = _tenant(request.tenant)
+        if not request.model:
+            raise InvalidArgument("model is required", reason="MISSING_MODEL")
+        if not (request.HasField("start_time") and request.HasField("end_time")):
+            raise InvalidArgument("start_time and end_time are required", reason="MISSING_TIME_RANGE")
+        start = request.start_time.ToDatetime(tzinfo=UTC)
+        end = request.end_time.ToDatetime(tzinfo=UTC)
+        async with self._connection() as connection:
+            row, labels = await queries.model_stats(
+                connection, tenant, request.model, start, end, request.top_labels or 10
+            )
+        return pb.GetModelStatsResponse(stats=codec.model_stats(row, labels))
 
     async def CreateJob(self, request: pb.CreateJobRequest, context: Context) -> pb.CreateJobResponse:
         tenant = _tenant(request.tenant)

@@ -18,7 +18,11 @@ class StoreSettings(ServiceSettings, NatsSettings):
     metrics_port: int = 9103
     """Port of the Prometheus /metrics endpoint."""
     database_url: str = ""
-    """Postgres URI, for example postgresql://user:pass@host:5432/ferry (required; start fails without it)."""
+    """Postgres URI, for example postgresql://user:pass@host:5432/ferry?sslmode=verify-full (required).
+
+    Any Postgres 13+ works. TLS is set in the URI as libpq does: ``sslmode`` (disable, prefer,
+    require, verify-ca, verify-full), ``sslrootcert``, ``sslcert``, ``sslkey``.
+    """
     dev_api_key: str = Field(
         default="", validation_alias=AliasChoices("FERRY_STORE_DEV_API_KEY", "FERRY_DEV_API_KEY")
     )
@@ -27,8 +31,12 @@ class StoreSettings(ServiceSettings, NatsSettings):
     """The tenant the development key belongs to."""
     consumer_name: str = "store-ingest"
     """Durable JetStream consumer that ingests record events; replicas share it."""
-    ingest_batch_size: int = Field(default=256, ge=1, le=10_000)
-    """Most events written in one transaction."""
+    ingest_batch_size: int = Field(default=1_000, ge=1, le=10_000)
+    """Most events written in one transaction (a fetch returns at once with what is there, so a
+    large batch costs a lone record no wait; under load it saves a transaction per 1,000 rows)."""
+    ingest_concurrency: int = Field(default=2, ge=1, le=16)
+    """Batches in flight at once (pull subscriptions on the shared consumer): one is decoded while
+    another is written, so Python and Postgres work side by side."""
     ingest_max_wait_s: float = Field(default=0.1, gt=0)
     """How long one fetch waits to fill a batch; also the most a lone record waits to be written.
 
@@ -41,3 +49,11 @@ class StoreSettings(ServiceSettings, NatsSettings):
     """Fewest pooled Postgres connections."""
     pool_max_size: int = Field(default=10, ge=1)
     """Most pooled Postgres connections."""
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    """Postgres ``statement_timeout`` of every pooled connection (0: none); migrations run without it."""
+    retention_days: int = Field(default=30, ge=0)
+    """Predictions older than this many days are deleted in the background; 0 keeps them forever."""
+    retention_interval_s: float = Field(default=300.0, gt=0)
+    """How often the retention task looks for expired predictions."""
+    retention_batch_size: int = Field(default=5_000, ge=1)
+    """Most rows one retention DELETE removes; each batch is its own short transaction."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -76,7 +79,7 @@ async def test_0003_tells_the_truth_about_jobs_that_finished_before_it(
                     " VALUES ($1, 't', 'm', $2, 0, 2, 3, 'not an image', 'INVALID_IMAGE', now())",
                     uuid.uuid4(), job_id,
                 )  # fmt: skip
-            assert await migrate(connection) == [3]
+            assert await migrate(connection) == ALL[2:]  # 0003 and every later one
             rows = [
                 await connection.fetchrow("SELECT * FROM jobs WHERE id = $1", j) for j in (mixed, hopeless)
             ]
@@ -88,3 +91,55 @@ async def test_0003_tells_the_truth_about_jobs_that_finished_before_it(
         error = error_from_status(job.error)
         assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ITEMS_FAILED")
         assert error_info(job.error).metadata["last_reason"] == "INVALID_IMAGE"
+
+
+async def test_0004_classifies_older_predictions_by_job_and_fills_the_top_class(
+    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before_0004 = tmp_path / "migrations"
+    before_0004.mkdir()
+    for version, path in migration_files():
+        if version < 4:
+            shutil.copy(path, before_0004)
+    sync, item = uuid.uuid4(), uuid.uuid4()
+    async with fresh_database(postgres_uri) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr("services.store.migrate.MIGRATIONS_DIR", before_0004)
+                assert await migrate(connection) == [1, 2, 3]
+            for record_id, job_id in [(sync, None), (item, uuid.uuid4())]:
+                await connection.execute(
+                    "INSERT INTO predictions (id, tenant, model, job_id, item_index, state, classes,"
+                    " create_time) VALUES ($1, 't', 'm', $2, 0, 1,"
+                    ' \'[{"label": "espresso", "score": 0.95}]\', now())',
+                    record_id, job_id,
+                )  # fmt: skip
+            assert await migrate(connection) == [4]
+            rows = {
+                r["id"]: (r["source"], r["top_label"], round(r["top_score"], 2))
+                for r in await connection.fetch("SELECT id, source, top_label, top_score FROM predictions")
+            }
+        finally:
+            await connection.close()
+    assert rows == {sync: (1, "espresso", 0.95), item: (2, "espresso", 0.95)}
+
+
+async def test_the_migrate_command_applies_migrations_and_exits(postgres_uri: str) -> None:
+    async with fresh_database(postgres_uri) as url:
+        env = {**os.environ, "FERRY_STORE_DATABASE_URL": url}
+        command = [sys.executable, "-m", "services.store", "migrate"]
+        done = await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        )
+        again = await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=60
+        )
+        connection = await asyncpg.connect(url)
+        try:
+            recorded = [r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")]
+        finally:
+            await connection.close()
+    assert (done.returncode, again.returncode) == (0, 0), done.stderr
+    assert sorted(recorded) == ALL
+    assert f"{len(ALL)} migrations applied now" in done.stdout and "0 migrations applied now" in again.stdout

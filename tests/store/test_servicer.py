@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from ferry.jobs.v1 import job_pb2
+from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
 from services.store import codec
@@ -69,6 +70,7 @@ async def test_bad_requests_are_invalid_arguments(store: Stub, call: Callable[[S
 async def test_another_tenant_sees_nothing(store: Stub, pool: asyncpg.Pool) -> None:
     owner, stranger = tenant(), tenant()
     made = prediction()
+    made.source = prediction_pb2.PREDICTION_SOURCE_SYNC  # store's default for a record without a job
     await write_batch(pool, [codec.prediction_row(owner, made)])
     got = await store.GetPrediction(pb.GetPredictionRequest(tenant=owner, id=str(record_id(made))))
     assert got.prediction == made  # every field survives the round trip through Postgres

@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
+from ferry_client import export
 from ferry_client.client import FerryClient, FerryError
 
 
@@ -71,9 +72,32 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
     get = sub.add_parser("get", help="read a prediction or job by name (predictions/ID, jobs/ID)")
     get.add_argument("name")
-    listing = sub.add_parser("predictions", help="list recent predictions")
+    listing = sub.add_parser("predictions", help="list or export predictions, newest first, with filters")
     listing.add_argument("--job", default="", help="only this job's predictions (jobs/ID)")
-    listing.add_argument("--page-size", type=int, default=20)
+    listing.add_argument("--model", default="", help="only this model's predictions")
+    listing.add_argument("--label", default="", help="only predictions whose top class has this label")
+    listing.add_argument(
+        "--min-score", type=float, default=0.0, help="only top classes scored at least this (0-1)"
+    )
+    listing.add_argument(
+        "--since", default="", help="made at or after this time (RFC 3339, e.g. 2026-11-25T00:00:00Z)"
+    )
+    listing.add_argument("--until", default="", help="made before this time (RFC 3339)")
+    listing.add_argument("--source", choices=sorted(export.SOURCES), help="which API made them")
+    listing.add_argument("--state", choices=sorted(export.STATES), help="succeeded or failed")
+    listing.add_argument(
+        "--format",
+        choices=("json", "jsonl", "csv"),
+        default="json",
+        help="json: one page as JSON; jsonl / csv: every matching prediction, one per line",
+    )
+    listing.add_argument("--page-size", type=int, default=20, help="predictions per page (json)")
+    stats = sub.add_parser(
+        "stats", help="a model's request and error counts, latency percentiles, top labels"
+    )
+    stats.add_argument("model", nargs="?", default="efficientnet-lite0")
+    stats.add_argument("--window", default="1h", help="how far back: 15m, 1h, 24h, 7d, ...")
+    sub.add_parser("migrate", help="apply store's database migrations to FERRY_STORE_DATABASE_URL and exit")
     job = sub.add_parser("job", help="submit a batch job of image files")
     job.add_argument("images", type=Path, nargs="+")
     job.add_argument("--model", default="efficientnet-lite0")
@@ -99,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         from devstack.status import show
 
         return show(_state_dir())
+    if args.command == "migrate":
+        import asyncio
+
+        from services.store.__main__ import migrate_only
+
+        return asyncio.run(migrate_only())
     if args.command in ("restart", "stop", "start"):
         from devstack.control import act
 
@@ -114,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                 is_job = args.name.startswith("jobs/")
                 _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))
             elif args.command == "predictions":
-                _print(ferry.list_predictions(page_size=args.page_size, job=args.job))
+                filters = export.filters(args)
+                if args.format == "json":
+                    _print(ferry.list_predictions(page_size=args.page_size, job=args.job, **filters))
+                else:
+                    records = ferry.iter_predictions(job=args.job, **filters)
+                    export.write(records, args.format, sys.stdout)
+            elif args.command == "stats":
+                _print(ferry.model_stats(args.model, args.window))
             elif args.command == "job":
                 created = ferry.create_job(args.images, args.model, args.top_k, args.request_id)
                 _print(ferry.wait_job(created.name) if args.wait else created)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
-from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc
+from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc, model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2, prediction_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 
@@ -34,6 +36,33 @@ class FerryError(Exception):
 def _image(image: bytes | str | Path) -> types_pb2.Image:
     content = image if isinstance(image, bytes) else Path(image).read_bytes()
     return types_pb2.Image(content=content)
+
+
+def _timestamp(value: datetime | str) -> Timestamp:
+    stamp = Timestamp()
+    if isinstance(value, str):
+        stamp.FromJsonString(value)
+    else:
+        stamp.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
+    return stamp
+
+
+def _listing(
+    page_size: int, page_token: str, job: str, filters: dict[str, Any]
+) -> prediction_service_pb2.ListPredictionsRequest:
+    """A ListPredictionsRequest from keyword filters; ``since``/``until`` become the time range."""
+    fields = {k: v for k, v in filters.items() if v not in (None, "", 0)}
+    since, until = fields.pop("since", None), fields.pop("until", None)
+    if "model" in fields:
+        fields["model"] = _model_name(fields["model"])
+    request = prediction_service_pb2.ListPredictionsRequest(
+        page_size=page_size, page_token=page_token, job=job, **fields
+    )
+    if since is not None:
+        request.start_time.CopyFrom(_timestamp(since))
+    if until is not None:
+        request.end_time.CopyFrom(_timestamp(until))
+    return request
 
 
 def _model_name(model: str) -> str:
@@ -108,16 +137,46 @@ class FerryClient:
         return answer.prediction
 
     def list_predictions(
-        self, page_size: int = 50, page_token: str = "", job: str = ""
+        self,
+        page_size: int = 50,
+        page_token: str = "",
+        job: str = "",
+        **filters: Any,
     ) -> prediction_service_pb2.ListPredictionsResponse:
-        """Lists predictions, newest first (or one job's, in item order)."""
-        request = prediction_service_pb2.ListPredictionsRequest(
-            page_size=page_size, page_token=page_token, job=job
-        )
+        """Lists predictions, newest first (or one job's, in item order).
+
+        ``filters`` are ListPredictionsRequest fields: ``model``, ``label``, ``min_score``,
+        ``source``, ``state`` (enum values or names), and ``since`` / ``until`` (datetimes or
+        RFC 3339 strings, for ``start_time`` / ``end_time``).
+        """
+        request = _listing(page_size, page_token, job, filters)
         answer: prediction_service_pb2.ListPredictionsResponse = self._call(
             self.predictions.ListPredictions, request
         )
         return answer
+
+    def iter_predictions(
+        self, job: str = "", page_size: int = 500, **filters: Any
+    ) -> Iterator[prediction_pb2.Prediction]:
+        """Yields every matching prediction, following pages (same filters as ``list_predictions``)."""
+        token = ""
+        while True:
+            page = self.list_predictions(page_size=page_size, page_token=token, job=job, **filters)
+            yield from page.predictions
+            token = page.next_page_token
+            if not token:
+                return
+
+    def model_stats(
+        self, model: str = "efficientnet-lite0", window: str = "1h"
+    ) -> model_stats_pb2.ModelStats:
+        """A model's request and error counts, latency percentiles and top labels.
+
+        ``window`` is how far back to look: "15m", "1h", "24h", "7d".
+        """
+        request = model_service_pb2.GetModelStatsRequest(name=_model_name(model), window=window)
+        answer: model_service_pb2.GetModelStatsResponse = self._call(self.models.GetModelStats, request)
+        return answer.stats
 
     def create_job(
         self,

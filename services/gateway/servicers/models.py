@@ -43,3 +43,10 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return model_service_pb2.PredictResponse(
             prediction=await c.predictor.predict(tenant, request, started)
         )
+
+    async def GetModelStats(
+        self, request: model_service_pb2.GetModelStatsRequest, context: Context
+    ) -> model_service_pb2.GetModelStatsResponse:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        return model_service_pb2.GetModelStatsResponse(stats=await c.records.model_stats(tenant, request))

@@ -18,10 +18,11 @@ _COLUMN_TYPES = {
     "id": "uuid", "tenant": "text", "model": "text", "job_id": "uuid", "item_index": "integer",
     "state": "smallint", "classes": "jsonb", "timing": "jsonb", "error": "bytea",
     "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
-    "create_time": "timestamptz", "generation": "integer",
+    "create_time": "timestamptz", "generation": "integer", "source": "smallint",
 }  # fmt: skip
 if tuple(_COLUMN_TYPES) != PredictionRow._fields:
     raise RuntimeError("predictions' column list and codec.PredictionRow disagree")
+_COLUMNS = ", ".join(_COLUMN_TYPES)
 
 # What a re-run's record replaces in the row it re-queued; the row's identity stays.
 _RERUN_COLUMNS = (
@@ -29,19 +30,35 @@ _RERUN_COLUMNS = (
     "create_time",
 )  # fmt: skip
 
-# One statement for the whole batch: each column travels as one array parameter, so neither the
-# round trips nor the statement text grow with the batch. A new id is inserted; an existing row is
-# replaced only when RetryJob re-queued it (retry_pending) for exactly this record's generation,
-# so a redelivered record, or one of an older round, changes nothing and is not returned.
+# A batch is first copied (binary COPY, one round trip, no statement text per row) into a temporary
+# table of this connection, emptied at every commit; so concurrent ingest transactions never see
+# each other's staging rows, and nothing of a failed batch stays behind. Temporary tables are not
+# WAL-logged, which makes them cheaper than an UNLOGGED shared table with a batch key.
+STAGING = "predictions_staging"
+_CREATE_STAGING = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ("
+    + ", ".join(f"{column} {kind}" for column, kind in _COLUMN_TYPES.items())
+    + ") ON COMMIT DELETE ROWS"
+)
+
+# Then one statement moves the batch: a new id is inserted; an existing row is replaced only when
+# RetryJob re-queued it (retry_pending) for exactly this record's generation, so a redelivered
+# record, or one of an older round, changes nothing and is not returned.
 _UPSERT = (
-    f"INSERT INTO predictions ({', '.join(_COLUMN_TYPES)}) SELECT * FROM unnest("
-    + ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_COLUMN_TYPES.values(), start=1))
-    + ") ON CONFLICT (id) DO UPDATE SET "
+    f"INSERT INTO predictions ({_COLUMNS}) SELECT {_COLUMNS} FROM {STAGING}"
+    " ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{column} = EXCLUDED.{column}" for column in _RERUN_COLUMNS)
     + ", ingest_time = now(), retry_pending = false"
     " WHERE predictions.retry_pending AND predictions.generation = EXCLUDED.generation"
     " AND predictions.tenant = EXCLUDED.tenant"
     " RETURNING tenant, job_id, state, error_code, error_reason, error_message"
+)
+
+
+_INSERT_ONE = (
+    f"INSERT INTO predictions ({_COLUMNS}) VALUES ("
+    + ", ".join(f"${n}::{kind}" for n, kind in enumerate(_COLUMN_TYPES.values(), start=1))
+    + ") ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 
 
@@ -63,14 +80,25 @@ def _one_per_id(rows: Sequence[PredictionRow]) -> list[PredictionRow]:
 async def upsert_many(connection: Connection, rows: Sequence[PredictionRow]) -> list[asyncpg.Record]:
     """Inserts new rows and lets re-run records replace the failed rows RetryJob re-queued.
 
+    Must run inside a transaction (the staging table empties at its commit).
+
     Returns:
         (tenant, job_id, state, error_code, error_reason, error_message) of each row really
         written: a redelivered or stale record is not among them, so it counts nothing.
     """
     if not rows:
         return []
-    columns = [list(column) for column in zip(*_one_per_id(rows), strict=True)]
-    return list(await connection.fetch(_UPSERT, *columns))
+    await connection.execute(_CREATE_STAGING)
+    await connection.copy_records_to_table(STAGING, records=_one_per_id(rows), columns=list(_COLUMN_TYPES))
+    return list(await connection.fetch(_UPSERT))
+
+
+async def insert_one(connection: Connection, row: PredictionRow) -> bool:
+    """Writes one row with its own ``INSERT … ON CONFLICT DO NOTHING``; True when it was new.
+
+    The row-at-a-time path ingest used before COPY, kept as the benchmark's baseline.
+    """
+    return await connection.fetchval(_INSERT_ONE, *row) is not None
 
 
 async def mark_failed_for_retry(
@@ -104,14 +132,3 @@ async def get(connection: Connection, tenant: str, prediction_id: uuid.UUID) -> 
     return await connection.fetchrow(
         "SELECT * FROM predictions WHERE id = $1 AND tenant = $2", prediction_id, tenant
     )
-
-
-async def list_job_items(
-    connection: Connection, tenant: str, job_id: uuid.UUID, limit: int, after_index: int
-) -> list[asyncpg.Record]:
-    """A job's item predictions in item order, after ``after_index``."""
-    query = (
-        "SELECT * FROM predictions WHERE tenant = $1 AND job_id = $2 AND item_index > $3"
-        " ORDER BY item_index LIMIT $4"
-    )
-    return list(await connection.fetch(query, tenant, job_id, after_index, limit))

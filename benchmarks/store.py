@@ -1,0 +1,323 @@
+"""Store ingest benchmark: rows/s from JetStream to committed Postgres rows, and ingestion lag.
+
+``python -m benchmarks.store`` starts its own nats-server and Postgres in a temporary folder (free
+ports; it never touches a running ``ferry up``), migrates a database per measurement, and runs
+store's real ``Ingestor`` on a durable consumer of its own:
+
+* throughput: N records published beforehand, then the time until all N rows are committed —
+  with store's path (binary COPY into a temporary table, one ``INSERT … SELECT … ON CONFLICT``
+  per batch) and, on the same records, the row-at-a-time baseline (one ``INSERT … ON CONFLICT DO
+  NOTHING`` transaction per record);
+* lag: a separate process publishes at a steady rate (5,000 predictions/s by default, as gateways
+  would) while ingest runs with store's default settings; each row's lag is the time from its
+  prediction's ``create_time`` to the commit of its batch.
+
+Not a test: nothing asserts a time. Prints a table with the ratio of the two write paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from devstack.infra import Postgres, free_port, start_nats
+from ferry.events.v1 import events_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
+from services.common.ids import uuid7
+from services.common.messaging import EVENTS_STREAM, PREDICTIONS_SUBJECT, connect, ensure_streams
+from services.common.tasks import spawn
+from services.store import codec
+from services.store.ingest import Ingestor, Writer, write_batch
+from services.store.migrate import migrate
+from services.store.repositories import predictions
+from services.store.settings import StoreSettings
+
+TENANT = "bench"
+
+
+def record(now_ns: int | None = None) -> bytes:
+    """One PredictionRecorded as a sync predict publishes it: five classes, timing, a trace id."""
+    made = prediction_pb2.Prediction(
+        name=f"predictions/{uuid7()}",
+        model="models/efficientnet-lite0",
+        state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+        classes=[
+            types_pb2.ClassScore(label=label, score=score, index=index)
+            for label, score, index in [
+                ("tiger cat", 0.39, 282),
+                ("Egyptian cat", 0.36, 285),
+                ("tabby", 0.17, 281),
+                ("lynx", 0.02, 287),
+                ("remote control", 0.01, 761),
+            ]
+        ],
+        timing=types_pb2.Timing(decode_ms=6.1, queue_ms=2.0, inference_ms=27.3, total_ms=41.2, batch_size=4),
+        trace_id=uuid.uuid4().hex,
+    )
+    made.create_time.FromNanoseconds(now_ns or time.time_ns())
+    return events_pb2.PredictionRecorded(tenant=TENANT, prediction=made).SerializeToString()
+
+
+async def publish(js: JetStreamContext, count: int, rate: float = 0.0) -> None:
+    """Publishes ``count`` records, awaiting acks in windows; paced to ``rate`` per second if set."""
+    started = time.monotonic()
+    window = 500
+    for first in range(0, count, window):
+        if rate:
+            await asyncio.sleep(max(0.0, started + first / rate - time.monotonic()))
+        acks = []
+        for _ in range(min(window, count - first)):
+            data = record()
+            acks.append(js.publish(PREDICTIONS_SUBJECT, data, headers={"Nats-Msg-Id": data[-40:].hex()}))
+        await asyncio.gather(*acks)
+
+
+def _publisher_process(nats_url: str, count: int, rate: float) -> None:
+    """Runs in its own process, as gateways do, so publishing does not share ingest's event loop."""
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            _, js = await connect(nats_url, "bench-publisher", stack)
+            await publish(js, count, rate)
+
+    asyncio.run(main())
+
+
+def _ingest_process(nats_url: str, database_url: str, consumer: str, batch: int, concurrency: int) -> None:
+    """One store replica's ingest, in its own process, until terminated."""
+
+    async def main() -> None:
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=concurrency + 1)
+        async with AsyncExitStack() as stack:
+            _, js = await connect(nats_url, "bench-replica", stack)
+            ingestor = Ingestor(js, pool, consumer, batch, 0.05, retry_delay_s=1.0)
+            for n in range(concurrency):
+                spawn(stack, ingestor.run(await ingestor.subscribe()), f"{consumer}-{n}")
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def one_by_one(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
+    """The baseline: one INSERT (and one transaction, one round trip) per record."""
+    written = 0
+    async with pool.acquire() as connection:
+        for row in rows:
+            written += await predictions.insert_one(connection, row)
+    return written
+
+
+async def committed(pool: asyncpg.Pool, count: int, poll_s: float = 0.05) -> int:
+    """Returns how many rows are committed once at least ``count`` are (polled every ``poll_s``)."""
+    while True:
+        rows: int = await pool.fetchval("SELECT count(*) FROM predictions")
+        if rows >= count:
+            return rows
+        await asyncio.sleep(poll_s)
+
+
+@dataclass
+class Throughput:
+    name: str
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+class Bench:
+    """Holds the benchmark's own nats-server and Postgres."""
+
+    def __init__(self, js: JetStreamContext, postgres_uri: str, nats_url: str, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.database_url = ""
+        self.js = js
+        self.postgres_uri = postgres_uri
+        self.nats_url = nats_url
+
+    @asynccontextmanager
+    async def database(self) -> AsyncIterator[asyncpg.Pool]:
+        """A fresh migrated database and a pool on it (dropped afterwards)."""
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(self.postgres_uri)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        self.database_url = self.postgres_uri.replace("/postgres?", f"/{name}?")
+        pool = await asyncpg.create_pool(self.database_url, min_size=2, max_size=4)
+        try:
+            async with pool.acquire() as connection:
+                await migrate(connection)
+            yield pool
+        finally:
+            await pool.close()
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.close()
+
+    @asynccontextmanager
+    async def ingesting(
+        self, pool: asyncpg.Pool, batch: int, max_wait_s: float, writer: Writer
+    ) -> AsyncIterator[None]:
+        """Store's Ingestor on a new durable consumer that starts at the stream's next message."""
+        consumer = f"bench-{uuid.uuid4().hex[:8]}"
+        ingestor = Ingestor(self.js, pool, consumer, batch, max_wait_s, retry_delay_s=1.0, writer=writer)
+        async with AsyncExitStack() as stack:
+            for n in range(self.concurrency):  # as store does: ingest_concurrency subscriptions
+                spawn(stack, ingestor.run(await ingestor.subscribe()), f"{consumer}-{n}")
+            yield
+        await self.js.delete_consumer(EVENTS_STREAM, consumer)
+
+    async def throughput(self, name: str, count: int, batch: int, writer: Writer) -> Throughput:
+        """Time to commit ``count`` records already waiting in the stream."""
+        await self.js.purge_stream(EVENTS_STREAM)
+        await publish(self.js, count)
+        async with self.database() as pool:
+            started = time.perf_counter()
+            async with self.ingesting(pool, batch, 0.05, writer):
+                await committed(pool, count)
+                elapsed = time.perf_counter() - started
+        return Throughput(name, count, elapsed)
+
+    async def replicas(self, count: int, batch: int, processes: int) -> Throughput:
+        """Rows/s of ``processes`` store ingest processes sharing the consumer, as replicas do.
+
+        Timed from the first committed row to the last, so process start-up is left out.
+        """
+        await self.js.purge_stream(EVENTS_STREAM)
+        await publish(self.js, count)
+        consumer = f"bench-{uuid.uuid4().hex[:8]}"
+        async with self.database() as pool:
+            context = multiprocessing.get_context("spawn")
+            args = (self.nats_url, self.database_url, consumer, batch, self.concurrency)
+            workers = [context.Process(target=_ingest_process, args=args) for _ in range(processes)]
+            for worker in workers:
+                worker.start()
+            try:
+                first = await committed(pool, 1, poll_s=0.01)
+                started = time.perf_counter()
+                await committed(pool, count)
+                elapsed = time.perf_counter() - started
+            finally:
+                for worker in workers:
+                    worker.terminate()
+                    worker.join()
+        await self.js.delete_consumer(EVENTS_STREAM, consumer)
+        return Throughput(f"COPY, {processes} store processes", count - first, elapsed)
+
+    async def lag(self, rate: float, seconds: float) -> list[float]:
+        """Each row's create_time → commit, while another process publishes at ``rate``/s."""
+        defaults = StoreSettings(database_url="unused")
+        lags: list[float] = []
+
+        async def measured(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
+            written = await write_batch(pool, rows)
+            committed = time.time()
+            lags.extend(committed - row.create_time.timestamp() for row in rows)
+            return written
+
+        count = int(rate * seconds)
+        await self.js.purge_stream(EVENTS_STREAM)
+        async with (
+            self.database() as pool,
+            self.ingesting(pool, defaults.ingest_batch_size, defaults.ingest_max_wait_s, measured),
+        ):
+            publisher = multiprocessing.get_context("spawn").Process(
+                target=_publisher_process, args=(self.nats_url, count, rate)
+            )
+            publisher.start()
+            while publisher.is_alive() or len(lags) < count:
+                await asyncio.sleep(0.1)
+                if not publisher.is_alive() and publisher.exitcode:
+                    raise RuntimeError(f"publisher exited with {publisher.exitcode}")
+        return lags
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 1000) - 1]
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-store-") as tmp:
+        root = Path(tmp)
+        nats_port = free_port()
+        nats = start_nats(nats_port, root / "nats", root / "logs")
+        postgres = Postgres(root / "pg")
+        try:
+            async with AsyncExitStack() as stack:
+                nats_url = f"nats://127.0.0.1:{nats_port}"
+                _, js = await connect(nats_url, "bench-store", stack)
+                await ensure_streams(js)
+                bench = Bench(js, postgres.uri, nats_url, args.concurrency)
+                copy = await bench.throughput("COPY + INSERT … SELECT", args.rows, args.batch, write_batch)
+                rows = await bench.throughput("row at a time", args.baseline_rows, args.batch, one_by_one)
+                scaled = [await bench.replicas(args.rows, args.batch, n) for n in args.processes]
+                lags = await bench.lag(args.rate, args.seconds)
+        finally:
+            postgres.stop()
+            nats.stop()
+    print(
+        f"\nstore ingest, JetStream → committed rows ({os.cpu_count()} CPUs, batch {args.batch},"
+        f" {args.concurrency} in flight)"
+    )
+    print(f"{'write path':<30}{'rows':>9}{'seconds':>9}{'rows/s':>10}{'ratio':>8}")
+    for result in (copy, *scaled, rows):
+        ratio = result.rows_per_s / rows.rows_per_s
+        print(
+            f"{result.name:<30}{result.rows:>9}{result.seconds:>9.2f}{result.rows_per_s:>10,.0f}{ratio:>7.1f}x"
+        )
+    print(
+        f"\ningestion lag at {args.rate:,.0f} predictions/s for {args.seconds:g} s ({len(lags)} rows,"
+        " store's default batch settings)"
+    )
+    print(
+        f"p50 {percentile(lags, 0.5) * 1000:.0f} ms   p99 {percentile(lags, 0.99) * 1000:.0f} ms"
+        f"   max {max(lags) * 1000:.0f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="records for the COPY path's throughput")
+    parser.add_argument(
+        "--baseline-rows", type=int, default=10_000, help="records for the row-at-a-time path"
+    )
+    parser.add_argument("--batch", type=int, default=2_000, help="ingest batch size for the throughput runs")
+    parser.add_argument(
+        "--rate", type=float, default=5_000, help="predictions/s published during the lag run"
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="how long the lag run publishes")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="*",
+        default=[2],
+        help="also measure this many store processes (replicas)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=StoreSettings(database_url="unused").ingest_concurrency,
+        help="batches in flight (store's FERRY_STORE_INGEST_CONCURRENCY)",
+    )
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.ERROR)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

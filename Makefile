@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferry-installed
+# Peer clients a Ferry user already has, in their own environment: tritonclient pins protobuf
+# below Ferry's, as it would in a Triton user's own virtualenv. The suite runs it against Ferry.
+PEER_VENV ?= .venv-peer
+PEER_STAMP := $(PEER_VENV)/.ferry-installed
 
-.PHONY: install deploy-tools up test faults protos lint bench bench-inference clean-state
+.PHONY: install deploy-tools up test faults protos lint bench bench-inference bench-store bench-outages clean-state
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+$(PEER_STAMP):
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet "tritonclient[grpc]==2.73.0"
+	touch $(PEER_STAMP)
+
+install: $(STAMP) $(PEER_STAMP)
 
 # promtool (Debian's `prometheus` package) checks deploy/prometheus/ in the suite. Installed only
 # when missing and we are root with apt-get; otherwise those tests skip and say why.
@@ -49,6 +58,12 @@ bench: install
 
 bench-inference: install
 	$(PY) -m benchmarks.inference
+
+bench-store: install
+	$(PY) -m benchmarks.store
+
+bench-outages: install
+	$(PY) -m benchmarks.outages
 
 clean-state:
 	rm -rf .ferry

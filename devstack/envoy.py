@@ -8,6 +8,7 @@ in), so the edge behaves identically everywhere. Run ``python -m devstack.envoy`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,40 @@ def _tracing(opts: EnvoyOptions) -> tuple[str, str]:
     return tracing, cluster
 
 
+#: Streams that last as long as their job: no route timeout (a client's grpc-timeout still applies).
+STREAMING_ROUTES = (
+    ("path", "/ferry.jobs.v1.JobService/WatchJob"),
+    ("safe_regex", {"regex": "/v1/jobs/[^/]+:watch"}),
+)
+
+
+def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
+    """One route to the gateway cluster, as YAML list item text."""
+    return f"""
+                        - match: {match}
+                          route:
+                            cluster: gateway
+                            timeout: {timeout_s}s
+                            # A gRPC client's own deadline (grpc-timeout) wins when shorter.
+                            max_stream_duration:
+                              grpc_timeout_header_max: {grpc_timeout_max_s}s
+                            # A request that never reached a gateway (one restarting, or a
+                            # connection it is draining) is sent again; nothing was done for it,
+                            # so even a CreateJob without request_id is safe to resend.
+                            retry_policy:
+                              retry_on: connect-failure,refused-stream,reset-before-request
+                              num_retries: {RETRIES}
+                              retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}"""
+
+
+def _routes(opts: EnvoyOptions) -> str:
+    streams = "".join(
+        _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0)
+        for kind, value in STREAMING_ROUTES
+    )
+    return streams + _route('{prefix: "/"}', opts.upstream_timeout_s, opts.upstream_timeout_s)
+
+
 def render(opts: EnvoyOptions) -> str:
     """Returns the Envoy bootstrap config as YAML."""
     services = "".join(f"\n                        - {name}" for name in PUBLIC_SERVICES)
@@ -141,21 +176,7 @@ static_resources:
                   virtual_hosts:
                     - name: ferry
                       domains: ["*"]
-                      routes:
-                        - match: {{prefix: "/"}}
-                          route:
-                            cluster: gateway
-                            timeout: {opts.upstream_timeout_s}s
-                            # A gRPC client's own deadline (grpc-timeout) wins when shorter.
-                            max_stream_duration:
-                              grpc_timeout_header_max: {opts.upstream_timeout_s}s
-                            # A request that never reached a gateway (one restarting, or a
-                            # connection it is draining) is sent again; nothing was done for it,
-                            # so even a CreateJob without request_id is safe to resend.
-                            retry_policy:
-                              retry_on: connect-failure,refused-stream,reset-before-request
-                              num_retries: {RETRIES}
-                              retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}
+                      routes:{_routes(opts)}
                 http_filters:
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
@@ -189,6 +210,8 @@ static_resources:
                       print_options:
                         always_print_primitive_fields: true
                         preserve_proto_field_names: true
+                        # A server stream (WatchJob) reads as one JSON object per line with curl.
+                        stream_newline_delimited: true
                       request_validation_options:
                         reject_unknown_method: true
                         reject_unknown_query_parameters: true

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,10 +29,11 @@ tracer = trace.get_tracer("ferry.grpc")
 _UNOBSERVED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary handler in a span, counts it, and maps FerryError to a gRPC status.
+    """Wraps every unary and server-streaming handler in a span, counts it, maps FerryError to a status.
 
     It is also the readiness gate: until the service is ready, every call but health and
     reflection is answered UNAVAILABLE (NOT_READY) before its handler runs.
@@ -60,60 +63,85 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, metadata, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     def _wrap(self, method: str, metadata: Any, inner: Handler) -> Handler:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            code = grpc.StatusCode.OK
-            started = time.perf_counter()
-            fields = new_rpc_fields()
-            request_id = _metadata_value(metadata, "x-request-id")
-            if request_id:
-                bind(request_id=request_id)
-            with tracer.start_as_current_span(
-                method.lstrip("/"), context=extract_context(metadata), kind=trace.SpanKind.SERVER
-            ) as span:
-                try:
-                    self._readiness.check()
-                    return await inner(request, context)
-                except (ConnectionError, TimeoutError) as err:
-                    # A dependency reached without a client of its own mapping (a socket
-                    # closed under us): an outage, so the caller is told to retry, not "a bug".
-                    error = _unreachable(self._service, err)
-                    code = error.code
-                    log.warning("%s: %s", method, error.message)
-                    await context.abort_with_status(rpc_status.to_status(error.to_status()))
-                except FerryError as err:
-                    code = err.code
-                    span.set_status(trace.StatusCode.ERROR, err.message)
-                    await context.abort_with_status(rpc_status.to_status(err.to_status()))
-                except grpc.aio.AbortError:
-                    code = context.code() or grpc.StatusCode.UNKNOWN
-                    raise
-                except Exception:
-                    code = grpc.StatusCode.INTERNAL
-                    log.exception("unhandled error in %s", method)
-                    await context.abort(
-                        grpc.StatusCode.INTERNAL,
-                        f"internal error in {self._service}; its log has the details "
-                        f"(trace id {current_trace_id()})",
-                    )
-                finally:
-                    elapsed = time.perf_counter() - started
-                    GRPC_REQUESTS.labels(self._service, method, code.name).inc()
-                    GRPC_LATENCY.labels(self._service, method).observe(elapsed)
-                    if self._access_log:
-                        duration_ms = round(elapsed * 1000, 1)
-                        access_log.info(
-                            "%s %s %.1fms",
-                            method,
-                            code.name,
-                            duration_ms,
-                            extra={"method": method, "code": code.name, "duration_ms": duration_ms},
-                        )
-                    reset_rpc_fields(fields)
+            async with self._observing(method, metadata, context):
+                return await inner(request, context)
 
         return observed
+
+    def _wrap_stream(self, method: str, metadata: Any, inner: StreamHandler) -> StreamHandler:
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async with self._observing(method, metadata, context):
+                async for response in inner(request, context):
+                    yield response
+
+        return observed
+
+    @contextlib.asynccontextmanager
+    async def _observing(
+        self, method: str, metadata: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[None]:
+        """One call's span, log fields, readiness gate, error mapping, metrics and access line."""
+        code = grpc.StatusCode.OK
+        started = time.perf_counter()
+        fields = new_rpc_fields()
+        request_id = _metadata_value(metadata, "x-request-id")
+        if request_id:
+            bind(request_id=request_id)
+        with tracer.start_as_current_span(
+            method.lstrip("/"), context=extract_context(metadata), kind=trace.SpanKind.SERVER
+        ) as span:
+            try:
+                self._readiness.check()
+                yield
+            except (ConnectionError, TimeoutError) as err:
+                # A dependency reached without a client of its own mapping (a socket
+                # closed under us): an outage, so the caller is told to retry, not "a bug".
+                error = _unreachable(self._service, err)
+                code = error.code
+                log.warning("%s: %s", method, error.message)
+                await context.abort_with_status(rpc_status.to_status(error.to_status()))
+            except FerryError as err:
+                code = err.code
+                span.set_status(trace.StatusCode.ERROR, err.message)
+                await context.abort_with_status(rpc_status.to_status(err.to_status()))
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the caller went away (a closed stream, say)
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error in %s", method)
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    f"internal error in {self._service}; its log has the details "
+                    f"(trace id {current_trace_id()})",
+                )
+            finally:
+                elapsed = time.perf_counter() - started
+                GRPC_REQUESTS.labels(self._service, method, code.name).inc()
+                GRPC_LATENCY.labels(self._service, method).observe(elapsed)
+                if self._access_log:
+                    duration_ms = round(elapsed * 1000, 1)
+                    access_log.info(
+                        "%s %s %.1fms",
+                        method,
+                        code.name,
+                        duration_ms,
+                        extra={"method": method, "code": code.name, "duration_ms": duration_ms},
+                    )
+                reset_rpc_fields(fields)
 
 
 def _metadata_value(metadata: Any, key: str) -> str:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.job_manager import JobManager
+from services.gateway.open_inference import OpenInference
 from services.gateway.predictor import Predictor
 from services.gateway.records import Records
+from services.gateway.settings import GatewaySettings
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class Components:
     predictor: Predictor
     jobs: JobManager
     records: Records
+    open_inference: OpenInference
+    settings: GatewaySettings
 
 
 class ComponentsSlot:

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # Room left in a NATS message for the JobItem's other fields and the headers (msg id, traceparent).
 _ITEM_HEADROOM_BYTES = 4096
-_FINISHED = frozenset(
+#: States a job does not leave by itself (only RetryJob reopens a finished one).
+FINISHED = frozenset(
     {
         job_pb2.JOB_STATE_SUCCEEDED,
         job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
@@ -101,7 +102,7 @@ class JobManager:
         job = answer.job
         if not answer.created:
             _check_same_request(job, wanted)
-            if job.state in _FINISHED:
+            if job.state in FINISHED:
                 return job  # nothing left to queue
         # Also when the job already existed: a retry after a crash mid-publish completes the
         # queueing, and JetStream drops the items that did arrive (same Nats-Msg-Id).

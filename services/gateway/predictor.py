@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -65,7 +66,7 @@ class Predictor:
         image = request.image if request.HasField("image") else None
         validation.image_content(image, s.max_image_bytes)
 
-        result = await self._run(model, request.image, top_k)
+        result = await self._run(model, request.image, top_k, request.priority)
         if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
             raise error_from_status(result.error)
 
@@ -87,14 +88,28 @@ class Predictor:
             trace_id=current_trace_id(),
             create_time=now,
         )
-        await self._record(tenant, prediction)
+        await self.record(tenant, prediction)
         return prediction
 
     async def _run(
-        self, model: str, image: types_pb2.Image, top_k: int
+        self, model: str, image: types_pb2.Image, top_k: int, priority: types_pb2.Priority
     ) -> inference_service_pb2.PredictResult:
+        return (await self.run_many(model, [image.content], top_k, priority))[0]
+
+    async def run_many(
+        self, model: str, images: Sequence[bytes], top_k: int, priority: types_pb2.Priority
+    ) -> list[inference_service_pb2.PredictResult]:
+        """Runs ``model`` on encoded ``images`` in one inference call; one result (or error) each.
+
+        Raises:
+            FerryError: the model is not served (NOT_FOUND naming the served ones), or an outage.
+        """
+        # The priority passes through as sent: inference validates it and orders its queues by it.
         request = inference_service_pb2.PredictRequest(
-            model=model, inputs=[types_pb2.Input(image=image)], top_k=top_k
+            model=model,
+            inputs=[types_pb2.Input(image=types_pb2.Image(content=image)) for image in images],
+            top_k=top_k,
+            priority=priority,
         )
         try:
             answer: inference_service_pb2.PredictResponse = await self._backend.call(
@@ -104,15 +119,20 @@ class Predictor:
             if err.code == grpc.StatusCode.NOT_FOUND:
                 raise await self._catalog.not_found(model) from None
             raise
-        if len(answer.results) != 1:
+        if len(answer.results) != len(images):
             raise FerryError(
-                f"inference returned {len(answer.results)} results for 1 input; retry, and report it "
-                f"with trace id {current_trace_id()} if it persists",
+                f"inference returned {len(answer.results)} results for {len(images)} inputs; retry, and "
+                f"report it with trace id {current_trace_id()} if it persists",
                 reason="BACKEND_ERROR",
             )
-        return answer.results[0]
+        return list(answer.results)
 
-    async def _record(self, tenant: str, prediction: prediction_pb2.Prediction) -> None:
+    async def record(self, tenant: str, prediction: prediction_pb2.Prediction) -> None:
+        """Publishes ``prediction``'s record and returns once JetStream stored it.
+
+        Raises:
+            FerryError: UNAVAILABLE when JetStream did not acknowledge it within the budget.
+        """
         # The answer waits for JetStream's ack: a prediction is only returned once it will be stored.
         event = events_pb2.PredictionRecorded(tenant=tenant, prediction=prediction)
         msg_id = prediction.name.removeprefix("predictions/")

@@ -12,6 +12,7 @@ import grpc
 from ferry.inference.v1 import inference_service_pb2_grpc
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
+from ferry.oip.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_grpc
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
@@ -23,12 +24,14 @@ from services.gateway.catalog import ModelCatalog
 from services.gateway.components import Components, ComponentsSlot
 from services.gateway.downstream import Backend
 from services.gateway.job_manager import JobManager
+from services.gateway.open_inference import OpenInference
 from services.gateway.predictor import Predictor
 from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
 from services.gateway.records import Records
 from services.gateway.servicers.jobs import JobServicer
 from services.gateway.servicers.models import ModelServicer
+from services.gateway.servicers.open_inference import OpenInferenceServicer
 from services.gateway.servicers.predictions import PredictionServicer
 from services.gateway.settings import GatewaySettings
 
@@ -38,6 +41,7 @@ SERVICE_NAMES = (
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 )
 
 
@@ -61,6 +65,9 @@ class GatewayService:
             PredictionServicer(self._slot), server
         )
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self._slot), server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OpenInferenceServicer(self._slot), server
+        )
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to inference, store and NATS; returns once inference and store are SERVING."""
@@ -86,12 +93,15 @@ class GatewayService:
         store_backend = Backend("store", store_channel, s.store_timeout_s)
         catalog = ModelCatalog(inference, inference_backend)
         publisher = Publisher(js, s.publish_timeout_s)
+        predictor = Predictor(s, inference, inference_backend, catalog, publisher)
         self._slot.fill(
             Components(
                 auth=Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s),
                 catalog=catalog,
-                predictor=Predictor(s, inference, inference_backend, catalog, publisher),
+                predictor=predictor,
                 jobs=JobManager(s, store, store_backend, catalog, nc, js, publisher, cancelled),
                 records=Records(store, store_backend),
+                open_inference=OpenInference(s, catalog, predictor),
+                settings=s,
             )
         )

@@ -48,6 +48,10 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     auth_stale_ttl_s: float = Field(default=3600.0, ge=0)
     """How long after its last successful lookup a key keeps working while store (or Postgres) cannot
     be asked: predictions keep flowing through a database outage. 0 turns this off."""
+    watch_poll_s: float = Field(default=0.5, gt=0)
+    """How often a WatchJob stream reads its job's progress from store."""
+    watch_max_s: float = Field(default=3600.0, gt=0)
+    """Longest one WatchJob stream lasts; a client still interested watches again."""
     startup_timeout_s: float = Field(default=180.0, gt=0)
     """How long start() waits for inference and store to report SERVING before giving up."""
 

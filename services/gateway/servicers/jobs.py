@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
 from services.gateway.components import ComponentsSlot
+from services.gateway.watch import watch_job
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -43,6 +46,15 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = self._slot.get()
         tenant = await c.auth.tenant(context)
         return job_service_pb2.CancelJobResponse(job=await c.jobs.cancel(tenant, request.name))
+
+    async def WatchJob(
+        self, request: job_service_pb2.WatchJobRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        s = c.settings
+        async for update in watch_job(c.records, tenant, request.name, s.watch_poll_s, s.watch_max_s):
+            yield update
 
     async def RetryJob(
         self, request: job_service_pb2.RetryJobRequest, context: Context

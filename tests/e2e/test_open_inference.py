@@ -1,0 +1,130 @@
+"""The Open Inference Protocol on the public port: Triton's own client, and Ferry's stubs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
+from ferry.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
+from tests.e2e.conftest import API_KEY
+from tests.e2e.expectations import CAT_CLASSES, ESPRESSO
+
+pytestmark = pytest.mark.e2e
+
+PEER_PYTHON = Path(sys.executable).parents[2] / ".venv-peer" / "bin" / "python"
+AUTH = (("authorization", f"Bearer {API_KEY}"),)
+
+
+def test_tritonclient_classifies_real_photos_through_envoy(
+    stack: dict[str, Any], cat_jpeg: bytes, coffee_jpeg: bytes, tmp_path: Path
+) -> None:
+    assert PEER_PYTHON.exists(), "run `make install`: it makes .venv-peer with tritonclient"
+    (tmp_path / "cat.jpg").write_bytes(cat_jpeg)
+    (tmp_path / "coffee.jpg").write_bytes(coffee_jpeg)
+    script = Path(__file__).with_name("triton_client.py")
+    done = subprocess.run(
+        [
+            str(PEER_PYTHON),
+            str(script),
+            stack["grpc_target"],
+            API_KEY,
+            "efficientnet-lite0",
+            str(tmp_path / "cat.jpg"),
+            str(tmp_path / "coffee.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert (seen["live"], seen["ready"], seen["model_ready"]) == (True, True, True)
+    assert seen["unauthenticated"] == "StatusCode.UNAUTHENTICATED"
+    assert seen["metadata"]["inputs"] == [{"name": "IMAGE", "datatype": "BYTES", "shape": ["-1"]}]
+    assert [row[0] for row in seen["labels"]][1] == "espresso"
+    assert seen["labels"][0][0] in {"tiger cat", "Egyptian cat", "tabby"}
+    assert len(seen["scores"]) == 2 and all(len(row) == 3 for row in seen["scores"])
+    assert seen["scores"][0] == sorted(seen["scores"][0], reverse=True)
+    assert seen["id"] == "triton-e2e"
+
+
+def _stub(stack: dict[str, Any]) -> tuple[grpc.Channel, oip_grpc.GRPCInferenceServiceStub]:
+    channel = grpc.insecure_channel(stack["grpc_target"])
+    return channel, oip_grpc.GRPCInferenceServiceStub(channel)
+
+
+def test_typed_contents_answer_typed_outputs_and_are_recorded(
+    stack: dict[str, Any], cat_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
+    request = oip.ModelInferRequest(
+        model_name="efficientnet-lite0",
+        inputs=[
+            oip.ModelInferRequest.InferInputTensor(
+                name="IMAGE",
+                datatype="BYTES",
+                shape=[2],
+                contents=oip.InferTensorContents(bytes_contents=[cat_jpeg, coffee_jpeg]),
+            )
+        ],
+    )
+    channel, stub = _stub(stack)
+    with channel:
+        answer = stub.ModelInfer(request, metadata=AUTH, timeout=60)
+    outputs = {o.name: o for o in answer.outputs}
+    assert set(outputs) == {"LABELS", "SCORES", "CLASS_INDICES"}
+    assert list(outputs["CLASS_INDICES"].shape) == [2, 5]
+    indices = list(outputs["CLASS_INDICES"].contents.int64_contents)
+    assert indices[0] in CAT_CLASSES and indices[5] == ESPRESSO
+    assert not answer.raw_output_contents
+
+
+@pytest.mark.parametrize(
+    ("tensor", "code"),
+    [
+        (
+            oip.ModelInferRequest.InferInputTensor(name="IMAGE", datatype="FP32", shape=[1]),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            oip.ModelInferRequest.InferInputTensor(name="PIXELS", datatype="BYTES", shape=[1]),
+            "INVALID_ARGUMENT",
+        ),
+        (
+            oip.ModelInferRequest.InferInputTensor(
+                name="IMAGE",
+                datatype="BYTES",
+                shape=[1],
+                contents=oip.InferTensorContents(bytes_contents=[b"no"]),
+            ),
+            "INVALID_ARGUMENT",
+        ),
+    ],
+)
+def test_bad_requests_get_a_clear_status(stack: dict[str, Any], tensor: Any, code: str) -> None:
+    channel, stub = _stub(stack)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(
+            oip.ModelInferRequest(model_name="efficientnet-lite0", inputs=[tensor]), metadata=AUTH, timeout=60
+        )
+    assert caught.value.code().name == code
+    assert "IMAGE" in (caught.value.details() or "")
+
+
+def test_unknown_model_and_version_are_not_found(stack: dict[str, Any]) -> None:
+    channel, stub = _stub(stack)
+    with channel:
+        for request in (
+            oip.ModelMetadataRequest(name="resnet-9000"),
+            oip.ModelMetadataRequest(name="efficientnet-lite0", version="7"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelMetadata(request, metadata=AUTH, timeout=30)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,6 +15,7 @@ import pytest
 from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from tests.e2e.conftest import API_KEY
 from tests.e2e.rest import Rest
+from tests.e2e.stack import FERRY
 from tests.e2e.test_jobs import create_job
 
 pytestmark = pytest.mark.e2e
@@ -70,3 +73,31 @@ def test_watching_an_unknown_job_is_not_found(stack: dict[str, Any]) -> None:
             )
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_cli_job_wait_shows_progress_and_prints_the_finished_job(
+    stack: dict[str, Any], cat_jpeg: bytes, tmp_path: Path
+) -> None:
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(cat_jpeg)
+    done = subprocess.run(
+        [
+            FERRY,
+            "--target",
+            stack["grpc_target"],
+            "--api-key",
+            API_KEY,
+            "job",
+            str(photo),
+            str(photo),
+            "--wait",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    finished = json.loads(done.stdout)
+    assert (finished["state"], finished["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 2)
+    assert "2/2" in done.stderr  # the progress bar reached the end

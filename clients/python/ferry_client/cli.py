@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from ferry_client import export
 from ferry_client.client import FerryClient, FerryError
+from ferry_client.progress import watch
 
 
 def _default_target() -> str:
@@ -106,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--wait", action="store_true", help="wait until the job finishes")
     cancel = sub.add_parser("cancel", help="cancel a job (jobs/ID)")
     cancel.add_argument("name")
+    watching = sub.add_parser("watch", help="follow a job with a progress bar until it finishes (jobs/ID)")
+    watching.add_argument("name")
     retry = sub.add_parser("retry", help="run a finished job's failed items again (jobs/ID)")
     retry.add_argument("name")
     return parser
@@ -154,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 _print(ferry.model_stats(args.model, args.window))
             elif args.command == "job":
                 created = ferry.create_job(args.images, args.model, args.top_k, args.request_id)
-                _print(ferry.wait_job(created.name) if args.wait else created)
+                _print(watch(ferry, created.name) if args.wait else created)
+            elif args.command == "watch":
+                _print(watch(ferry, args.name))
             elif args.command == "cancel":
                 _print(ferry.cancel_job(args.name))
             elif args.command == "retry":

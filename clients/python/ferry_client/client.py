@@ -213,6 +213,20 @@ class FerryClient:
         answer: job_service_pb2.RetryJobResponse = self._call(self.jobs.RetryJob, request)
         return answer
 
+    def watch_job(self, name: str, timeout_s: float = 3600.0) -> Iterator[job_service_pb2.WatchJobResponse]:
+        """Yields the job's progress (state, counts, pace, ETA) on every change until it finishes.
+
+        Raises:
+            FerryError: the job does not exist, or the stream broke off.
+        """
+        stream = self.jobs.WatchJob(
+            job_service_pb2.WatchJobRequest(name=name), metadata=self._metadata, timeout=timeout_s
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as err:
+            raise FerryError(err.code(), err.details() or "") from None
+
     def wait_job(self, name: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> job_pb2.Job:
         """Polls a job until it finishes (succeeded, partially succeeded, failed or cancelled).
 

@@ -42,8 +42,15 @@ def test_a_rest_call_leaves_one_access_line_with_its_trace_id(
     assert 0 < line["duration_ms"] < 60_000
     assert line["request_id"]  # Envoy's x-request-id
 
-    # Envoy logs the same request, in the same shape, under the same trace and request ids.
-    envoy = [e for e in json_lines(Path(stack["logs_dir"]) / "envoy.log") if e.get("trace_id") == trace_id]
+    # Envoy logs the same request, in the same shape, under the same trace and request ids. It
+    # flushes its access log every few seconds, so the line may take a moment to appear.
+    envoy_log = Path(stack["logs_dir"]) / "envoy.log"
+    deadline = time.monotonic() + 20
+    while True:
+        envoy = [e for e in json_lines(envoy_log) if e.get("trace_id") == trace_id]
+        if envoy or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert [(e["logger"], e["code"], e["request_id"]) for e in envoy] == [
         ("envoy.access", 200, line["request_id"])
     ]

@@ -5,7 +5,9 @@
 * raw: the same model code (ModelRunner, same preprocessing), batch 1, sequential, in this process;
 * Ferry inference: ``python -m services.inference`` started as its own process on a free loopback
   port, called over gRPC (Predict, one image per request) by 1 client and by N concurrent clients,
-  with dynamic batching on.
+  with dynamic batching on (batch size as the service chooses it, unless given);
+* raw best: the same model's forward passes in-process at batch 2, 4 and 8, the best of them (the
+  throughput ceiling a batching server aims for).
 
 Unlike ``benchmarks.e2e`` there is no Envoy, gateway or NATS: the figures isolate the cost and the
 gain of the service itself (gRPC hop, off-loop decoding, batching). Bounded: a fixed number of
@@ -31,21 +33,27 @@ from devstack.infra import free_port
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common.probe import is_serving
+from services.inference.models.registry import resolve
+from services.inference.runner import Item, ModelRunner, resolve_device
 
 START_DEADLINE_S = 120
 
 
 @contextmanager
-def inference_process(max_batch_size: int, max_batch_delay_ms: float) -> Iterator[str]:
-    """Runs ``python -m services.inference`` on a free port; yields its target once SERVING."""
+def inference_process(settings: dict[str, str]) -> Iterator[str]:
+    """Runs ``python -m services.inference`` on a free port; yields its target once SERVING.
+
+    Args:
+        settings: ``FERRY_INFERENCE_<FIELD>`` values by field (for example ``MAX_BATCH_SIZE``);
+            fields left out keep the service's defaults.
+    """
     port = free_port()
     env = {
         **os.environ,
         "FERRY_INFERENCE_GRPC_PORT": str(port),
         "FERRY_INFERENCE_METRICS_PORT": "0",
-        "FERRY_INFERENCE_MAX_BATCH_SIZE": str(max_batch_size),
-        "FERRY_INFERENCE_MAX_BATCH_DELAY_MS": str(max_batch_delay_ms),
         "FERRY_INFERENCE_LOG_LEVEL": "WARNING",
+        **{f"FERRY_INFERENCE_{field}": value for field, value in settings.items()},
     }
     process = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env)
     target = f"127.0.0.1:{port}"
@@ -59,6 +67,24 @@ def inference_process(max_batch_size: int, max_batch_delay_ms: float) -> Iterato
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def raw_best(image: bytes, requests: int, sizes: tuple[int, ...] = (2, 4, 8)) -> Result:
+    """The raw model's best throughput over batch sizes: the ceiling a batching server aims for.
+
+    Forward passes only (the image is preprocessed once), sequential, in this process.
+    """
+    spec = resolve([MODEL])[0]
+    runner = ModelRunner(spec, resolve_device("auto"))
+    item = Item(spec.preprocess(image), 5)
+    results: list[Result] = []
+    for size in sizes:
+        runner.warm_up(batches=2, batch_size=size)
+        batch = [item] * size
+        timed = measure("", lambda batch=batch: runner.run(batch), max(3, requests // size), clients=1)
+        name = f"raw forward only, best batch ({size})"
+        results.append(Result(name, timed.images_per_s * size, timed.p50_ms, timed.p99_ms))
+    return max(results, key=lambda r: r.images_per_s)
 
 
 class PredictCall:
@@ -82,36 +108,59 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=120, help="requests per measurement (bounded)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients for the batched row")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-delay-ms", type=float, default=5.0)
+    parser.add_argument("--max-batch-size", type=int, help="default: chosen by the service at warm-up")
+    parser.add_argument("--max-batch-delay-ms", type=float, help="default: the service's (0)")
+    parser.add_argument("--torch-threads", type=int, help="default: the service's")
+    parser.add_argument("--decode-threads", type=int, help="default: the service's")
     args = parser.parse_args()
     requests = max(10, min(args.requests, 1000))
     image = cat_jpeg()
+    settings = {
+        field: str(value)
+        for field, value in (
+            ("MAX_BATCH_SIZE", args.max_batch_size),
+            ("MAX_BATCH_DELAY_MS", args.max_batch_delay_ms),
+            ("TORCH_THREADS", args.torch_threads),
+            ("DECODE_THREADS", args.decode_threads),
+        )
+        if value is not None
+    }
 
-    results: list[Result] = [raw_model(image, requests)]
+    # Both raw rows first, in this process, before the service starts: they never share the CPU.
+    results: list[Result] = [raw_model(image, requests), raw_best(image, requests)]
     mean_batch: dict[str, float] = {}
-    with inference_process(args.max_batch_size, args.max_batch_delay_ms) as target:
+    with inference_process(settings) as target:
         with grpc.insecure_channel(target) as channel:
             stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+            [model] = stub.ListModels(inference_service_pb2.ListModelsRequest(), timeout=10).models
+            batch_size = model.max_batch_size
             for clients in (1, args.clients):
                 call = PredictCall(stub, image)
                 result = measure(f"Ferry inference gRPC, {clients} client(s)", call, requests, clients)
                 mean_batch[result.name] = sum(call.batch_sizes) / len(call.batch_sizes)
                 results.append(result)
 
-    raw = results[0].images_per_s
+    raw, best = results[0], results[1]
     device = "cuda" if torch.cuda.is_available() else f"cpu, torch {torch.get_num_threads()} threads"
     print(
         f"\n{MODEL}, one 451x300 JPEG per request, {requests} requests per row, device {device}, "
-        f"max_batch_size {args.max_batch_size}, max_batch_delay_ms {args.max_batch_delay_ms:g}"
+        f"service batch size {batch_size}, settings {settings or 'defaults'}"
     )
-    print(f"{'setup':<36} {'img/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'mean batch':>10} {'Ferry/raw':>9}")
+    print(
+        f"{'setup':<36} {'img/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'mean batch':>10}"
+        f" {'vs raw b1':>9} {'vs raw best':>11}"
+    )
     for r in results:
-        batch = f"{mean_batch[r.name]:.1f}" if r.name in mean_batch else "1.0"
+        batch = f"{mean_batch[r.name]:.1f}" if r.name in mean_batch else "-"
         print(
             f"{r.name:<36} {r.images_per_s:>7.1f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {batch:>10}"
-            f" {r.images_per_s / raw:>8.2f}x"
+            f" {r.images_per_s / raw.images_per_s:>8.2f}x {r.images_per_s / best.images_per_s:>10.2f}x"
         )
+    single = results[2]
+    print(
+        f"\n1 client p50: {single.p50_ms:.1f} ms through the service vs {raw.p50_ms:.1f} ms in-process "
+        f"(overhead {single.p50_ms - raw.p50_ms:+.1f} ms: gRPC hop, decode hand-off, queue)"
+    )
 
 
 if __name__ == "__main__":

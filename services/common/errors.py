@@ -98,13 +98,18 @@ def code_from_number(number: int) -> grpc.StatusCode:
 
 
 def error_from_status(status: status_pb2.Status) -> FerryError:
-    """Rebuilds a FerryError from a google.rpc.Status, keeping its code, message and reason."""
+    """Rebuilds a FerryError from a google.rpc.Status: code, message, reason, metadata, retry advice."""
     reason = "UNKNOWN"
+    metadata: dict[str, str] = {}
+    retry_after: duration_pb2.Duration | None = None
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(info) and reason == "UNKNOWN":
             reason = info.reason
-            break
-    error = FerryError(status.message, reason)
+            metadata = dict(info.metadata)
+        elif detail.Unpack(retry) and retry_after is None:
+            retry_after = retry.retry_delay
+    error = FerryError(status.message, reason, metadata, retry_after)
     error.code = code_from_number(status.code)
     return error

@@ -1,31 +1,45 @@
 """Dynamic batching: items from many concurrent requests share one forward pass.
 
-One worker task per model takes the first queued item, then keeps collecting until the batch
-holds ``max_batch_size`` items or ``max_delay_s`` has passed since that first item arrived.
-The batch runs in a dedicated thread (so the event loop keeps serving) and each item's future
-is resolved with its own output. While a batch runs, new items queue up and form the next one,
-so under load batches fill without waiting for the delay.
+One worker task per model. The collection rule is *continuous batching*:
+
+* when the model is idle (nothing ran since the queue was last empty), the first item to arrive
+  runs at once, alone: no waiting for company that may never come;
+* while a batch runs, new items queue up; when it finishes, the next batch takes up to
+  ``max_batch_size`` of them at once. Under load batches fill by themselves, and the batch size
+  follows the load. ``max_delay_s`` (default 0) optionally waits a little longer for a busy
+  model's next batch to fill, which pays off where a fuller batch costs almost nothing (GPUs).
+
+The queue is ordered by priority with aging (see ``scheduling``) and bounded: beyond
+``max_queue`` waiting items a submit fails at once with RESOURCE_EXHAUSTED. Items whose caller
+gave up (cancelled) or whose deadline passed are dropped before compute and free their place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from services.common.errors import Unavailable
+from google.protobuf import duration_pb2
+
+from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from services.common.tasks import spawn
 from services.inference import metrics
+from services.inference.scheduling import AgingQueue, Priority
 
 log = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+QUEUE_FULL = "QUEUE_FULL"
+DEADLINE_PASSED = "DEADLINE_PASSED_IN_QUEUE"
 
 
 @dataclass(frozen=True)
@@ -45,17 +59,32 @@ class Batched(Generic[Out]):
 class _Pending(Generic[In, Out]):
     item: In
     future: asyncio.Future[Batched[Out]]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
+    deadline: float | None
+
+
+def deadline_passed(name: str, where: str) -> DeadlineExceeded:
+    """The error of an item dropped because its caller's deadline passed while it waited."""
+    return DeadlineExceeded(
+        f"the call's deadline passed while its input waited {where} for model {name!r}; "
+        "it was dropped before running: retry with a longer deadline",
+        DEADLINE_PASSED,
+        {"model": name},
+    )
 
 
 class DynamicBatcher(Generic[In, Out]):
-    """Queues items and runs them in batches through ``run``.
+    """Queues items by priority and runs them in batches through ``run``.
 
     Args:
-        name: Model name, used in metrics and the worker's task name.
+        name: Model name, used in metrics, messages and the worker's task name.
         run: Runs one batch synchronously and returns one output per item, in order.
         max_batch_size: Largest batch handed to ``run``.
-        max_delay_s: Longest wait after a batch's first item for more items.
+        max_delay_s: How long a busy model waits for its next batch to fill (0: not at all).
+            An idle model never waits.
+        max_queue: Most items waiting (not yet running) before submits are refused.
+        aging_s: The priority handicap step (see ``scheduling``).
+        clock: Monotonic seconds; deadlines passed to ``submit`` are on this clock.
     """
 
     def __init__(
@@ -63,19 +92,26 @@ class DynamicBatcher(Generic[In, Out]):
         name: str,
         run: Callable[[Sequence[In]], Sequence[Out]],
         max_batch_size: int,
-        max_delay_s: float,
+        max_delay_s: float = 0.0,
+        max_queue: int = 256,
+        aging_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be at least 1")
         self.name = name
         self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
         self._run = run
         self._max_delay_s = max_delay_s
-        self._queue: asyncio.Queue[_Pending[In, Out]] = asyncio.Queue()
+        self._clock = clock
+        self._queue: AgingQueue[_Pending[In, Out]] = AgingQueue(aging_s, clock)
+        self._arrived = asyncio.Event()
         # One thread: forward passes run one at a time, each using torch's own intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self._closed = False
         self._running: list[_Pending[In, Out]] = []
+        self._last_batch_s = 0.0
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Starts the worker; closing ``stack`` stops it and fails whatever is still queued."""
@@ -84,67 +120,150 @@ class DynamicBatcher(Generic[In, Out]):
         stack.callback(self._fail_queued)
         spawn(stack, self._work(), name=f"batcher-{self.name}")
 
-    async def submit(self, item: In) -> Batched[Out]:
+    @property
+    def queued(self) -> int:
+        """Items waiting to run whose callers still wait for them."""
+        self._drop_dead()
+        return len(self._queue)
+
+    def check_room(self, count: int, elsewhere: int = 0) -> None:
+        """Refuses ``count`` more items when the queue, plus ``elsewhere`` items bound for it, is full.
+
+        A request larger than the whole bound is still admitted into an empty queue, so that no
+        request is refused forever.
+
+        Raises:
+            ResourceExhausted: With reason QUEUE_FULL and retry advice.
+        """
+        waiting = len(self._queue) + elsewhere
+        if waiting + count <= self.max_queue:
+            return
+        waiting = self.queued + elsewhere
+        if waiting + count <= self.max_queue or waiting == 0:
+            return
+        metrics.REJECTED.labels(self.name).inc(count)
+        raise ResourceExhausted(
+            f"model {self.name!r} has {waiting} inputs waiting, its limit is {self.max_queue} "
+            f"(FERRY_INFERENCE_MAX_QUEUE); retry after the advised delay",
+            QUEUE_FULL,
+            {"model": self.name, "waiting": str(waiting), "max_queue": str(self.max_queue)},
+            retry_after=self._retry_after(waiting),
+        )
+
+    async def submit(
+        self,
+        item: In,
+        priority: Priority = Priority.NORMAL,
+        deadline: float | None = None,
+        admitted: bool = False,
+    ) -> Batched[Out]:
         """Queues ``item`` and waits for its output.
+
+        Args:
+            item: The input to run.
+            priority: Its priority in this model's queue.
+            deadline: When its caller stops waiting (on the batcher's clock); the item is
+                dropped instead of run once it has passed.
+            admitted: The caller already passed ``check_room`` for this item.
 
         Raises:
             Unavailable: When the batcher is shutting down.
+            ResourceExhausted: When the queue is full (unless ``admitted``).
+            DeadlineExceeded: When the deadline passed before the item ran.
         """
         if self._closed:
             raise Unavailable(
                 f"model {self.name!r} is shutting down; retry on another replica", "SHUTTING_DOWN"
             )
-        pending: _Pending[In, Out] = _Pending(item, asyncio.get_running_loop().create_future())
-        self._queue.put_nowait(pending)
-        return await pending.future
+        if not admitted:
+            self.check_room(1)
+        now = self._clock()
+        if deadline is not None and deadline <= now:
+            raise deadline_passed(self.name, "before reaching the queue")
+        future: asyncio.Future[Batched[Out]] = asyncio.get_running_loop().create_future()
+        self._queue.push(_Pending(item, future, now, deadline), priority)
+        self._arrived.set()
+        return await future
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        busy = False
         while True:
-            batch = await self._collect()
-            # Callers that gave up (deadline, cancellation) take no place in the forward pass.
-            batch = [p for p in batch if not p.future.done()]
-            if not batch:
-                continue
-            started = time.perf_counter()
-            self._running = batch
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._run, [p.item for p in batch])
-            except Exception as err:  # a failed batch fails its items, never the worker
-                self._running = []
-                log.exception("batch of %d for %s failed", len(batch), self.name)
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(err)
-                continue
-            # Not in a `finally`: when shutdown cancels this task mid-batch, _running must still
-            # hold the batch so that _fail_queued answers its callers instead of leaving them hanging.
-            self._running = []
-            self._resolve(batch, outputs, started, time.perf_counter())
+            if not self._queue:
+                busy = False
+                self._arrived.clear()
+                await self._arrived.wait()
+            elif busy and self._max_delay_s > 0:
+                await self._wait_to_fill()
+            batch = self._take()
+            if batch:
+                busy = True
+                await self._run_batch(batch)
 
-    async def _collect(self) -> list[_Pending[In, Out]]:
-        first = await self._queue.get()
-        batch = [first]
-        deadline = first.enqueued + self._max_delay_s
-        while len(batch) < self.max_batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.perf_counter()
+    async def _wait_to_fill(self) -> None:
+        """Waits until a full batch is queued or ``max_delay_s`` has passed."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._max_delay_s
+        while len(self._queue) < self.max_batch_size:
+            remaining = until - loop.time()
             if remaining <= 0:
-                break
+                return
+            self._arrived.clear()
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
-                break
+                return
+
+    def _take(self) -> list[_Pending[In, Out]]:
+        """Pops the next batch: up to ``max_batch_size`` live items, best key first."""
+        batch: list[_Pending[In, Out]] = []
+        now = self._clock()
+        while self._queue and len(batch) < self.max_batch_size:
+            pending = self._queue.pop()
+            if not self._expire(pending, now):
+                batch.append(pending)
         return batch
+
+    def _expire(self, pending: _Pending[In, Out], now: float) -> bool:
+        """Answers a dead item (caller gone or deadline passed); true when it must not run."""
+        if pending.future.done():  # cancelled: the caller gave up
+            return True
+        if pending.deadline is not None and pending.deadline <= now:
+            metrics.EXPIRED.labels(self.name).inc()
+            pending.future.set_exception(deadline_passed(self.name, "in the queue"))
+            return True
+        return False
+
+    def _drop_dead(self) -> None:
+        now = self._clock()
+        self._queue.remove_if(lambda pending: self._expire(pending, now))
+
+    async def _run_batch(self, batch: list[_Pending[In, Out]]) -> None:
+        loop = asyncio.get_running_loop()
+        started = self._clock()
+        self._running = batch
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, [p.item for p in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(
+                    f"model {self.name!r} returned {len(outputs)} outputs for a batch of {len(batch)}"
+                )
+        except Exception as err:  # a failed batch fails its items, never the worker
+            self._running = []
+            log.exception("batch of %d for %s failed", len(batch), self.name)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        # Not in a `finally`: when shutdown cancels this task mid-batch, _running must still
+        # hold the batch so that _fail_queued answers its callers instead of leaving them hanging.
+        self._running = []
+        self._resolve(batch, outputs, started, self._clock())
 
     def _resolve(
         self, batch: list[_Pending[In, Out]], outputs: Sequence[Out], started: float, finished: float
     ) -> None:
         size = len(batch)
+        self._last_batch_s = finished - started
         inference_ms = (finished - started) * 1000
         metrics.BATCH_SIZE.labels(self.name).observe(size)
         for p, output in zip(batch, outputs, strict=True):
@@ -153,12 +272,17 @@ class DynamicBatcher(Generic[In, Out]):
             if not p.future.done():
                 p.future.set_result(Batched(output, size, queue_s * 1000, inference_ms))
 
+    def _retry_after(self, waiting: int) -> duration_pb2.Duration:
+        """About how long the queue takes to drain: batches ahead times the last batch's time."""
+        seconds = math.ceil(waiting / self.max_batch_size) * self._last_batch_s
+        seconds = min(max(seconds, 0.1), 30.0)
+        return duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9))
+
     def _fail_queued(self) -> None:
         """Fails every item not yet answered: queued ones and those of a batch cut off by shutdown."""
         self._closed = True
-        left = list(self._running)
-        while not self._queue.empty():
-            left.append(self._queue.get_nowait())
+        left = list(self._running) + list(self._queue)
+        self._queue.remove_if(lambda _: True)
         for pending in left:
             if not pending.future.done():
                 pending.future.set_exception(

@@ -21,3 +21,13 @@ ITEMS = Counter(
     "Inputs handled, by model and outcome (ok, invalid_image, error).",
     ["model", "outcome"],
 )
+REJECTED = Counter(
+    "ferry_inference_rejected_total",
+    "Inputs refused with RESOURCE_EXHAUSTED because the model's queue was full, by model.",
+    ["model"],
+)
+EXPIRED = Counter(
+    "ferry_inference_expired_total",
+    "Inputs dropped before running because their caller's deadline had passed, by model.",
+    ["model"],
+)

@@ -22,6 +22,42 @@ ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP or GIF"
 class InvalidImage(ValueError):
     """The bytes are not an image in one of the accepted formats."""
 
+    reason = "INVALID_IMAGE"
+
+
+class ImageTooLarge(InvalidImage):
+    """The image's header declares more pixels than the decoding budget allows."""
+
+    reason = "IMAGE_TOO_LARGE"
+
+
+def check_image_pixels(content: bytes, max_pixels: int) -> None:
+    """Refuses an image whose header declares more than ``max_pixels``, before any decoding.
+
+    Only the header is read (``Image.open`` is lazy), so this costs microseconds even for a
+    picture that would take seconds and gigabytes to decode. Bytes that are not an accepted
+    image pass here and fail in ``decode_image`` with its own message.
+
+    Raises:
+        ImageTooLarge: With the image's size and the limit in the message.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content), formats=ACCEPTED_FORMATS) as opened:
+                width, height = opened.size
+        size = f"{width}x{height} = {width * height / 1e6:.1f} megapixels"
+        too_large = width * height > max_pixels
+    except Image.DecompressionBombError:  # beyond PIL's own hard limit, so far beyond ours
+        size, too_large = f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels", True
+    except (OSError, SyntaxError, ValueError):
+        return
+    if too_large:
+        raise ImageTooLarge(
+            f"it is {size} and the limit is {max_pixels / 1e6:g} megapixels per image "
+            "(FERRY_INFERENCE_MAX_IMAGE_PIXELS); downscale it before sending"
+        )
+
 
 def decode_image(content: bytes, min_side: int = 0) -> Image.Image:
     """Decodes an encoded image into an RGB picture, upright as its EXIF orientation says.

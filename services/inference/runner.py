@@ -72,6 +72,22 @@ class ModelRunner:
             for item, row_indices, row_scores in zip(items, indices_list, scores_list, strict=True)
         ]
 
+    def time_batch(self, batch_size: int, repeats: int) -> float:
+        """Fastest of ``repeats`` timed forward passes of ``batch_size`` dummy items.
+
+        The fastest, not the mean: other processes only ever add time, so the minimum is the
+        steadiest estimate of what the pass itself costs on a shared machine.
+        """
+        batch = [Item(np.zeros(self.spec.input_shape, dtype=np.float32), 1)] * batch_size
+        times: list[float] = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.run(batch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
     def warm_up(self, batches: int, batch_size: int) -> None:
         """Runs ``batches`` dummy batches (full size, then single items) so first requests are not slow."""
         dummy = np.zeros(self.spec.input_shape, dtype=np.float32)

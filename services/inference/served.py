@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
-from concurrent.futures import Executor
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from ferry.inference.v1 import inference_service_pb2
 from ferry.models.v1 import model_pb2
 from ferry.types.v1 import types_pb2
-from services.common.errors import status_to_proto
+from services.common.errors import DeadlineExceeded, ResourceExhausted, status_to_proto
 from services.inference import metrics
 from services.inference.batcher import DynamicBatcher
-from services.inference.preprocessing import ACCEPTED_FORMATS_TEXT, InvalidImage
+from services.inference.decoding import DecodeQueue
+from services.inference.preprocessing import ACCEPTED_FORMATS_TEXT, InvalidImage, check_image_pixels
 from services.inference.runner import Item, ModelRunner, TopK
-
-INVALID_IMAGE = "INVALID_IMAGE"
+from services.inference.scheduling import Priority
 
 
 class ServedModel:
@@ -27,16 +29,23 @@ class ServedModel:
     Args:
         runner: The loaded model.
         batcher: The batcher whose run function is ``runner.run``.
-        decode_pool: Threads that decode and preprocess inputs.
+        decoder: The decode queue shared by every model.
+        max_image_pixels: Most pixels an input image may declare.
     """
 
     def __init__(
-        self, runner: ModelRunner, batcher: DynamicBatcher[Item, TopK], decode_pool: Executor
+        self,
+        runner: ModelRunner,
+        batcher: DynamicBatcher[Item, TopK],
+        decoder: DecodeQueue,
+        max_image_pixels: int,
     ) -> None:
         self.spec = runner.spec
         self.runner = runner
         self.batcher = batcher
-        self._decode_pool = decode_pool
+        self._decoder = decoder
+        self._max_image_pixels = max_image_pixels
+        self._decoding = 0  # inputs admitted for this model and not yet in its batching queue
         self.ready = False
 
     def describe(self) -> model_pb2.Model:
@@ -53,37 +62,95 @@ class ServedModel:
         )
 
     async def predict(
-        self, inputs: Sequence[types_pb2.Input], top_k: int
+        self,
+        inputs: Sequence[types_pb2.Input],
+        top_k: int,
+        priority: Priority = Priority.NORMAL,
+        deadline: float | None = None,
     ) -> list[inference_service_pb2.PredictResult]:
-        """Predicts every input concurrently; a bad input gets its own error, the rest still run."""
+        """Predicts every input concurrently; a bad input gets its own error, the rest still run.
+
+        Args:
+            inputs: The inputs, answered in order.
+            top_k: Classes per input.
+            priority: Where the inputs go in the decode and batching queues.
+            deadline: When the caller stops waiting (``time.monotonic()``); inputs still queued
+                then are dropped.
+
+        Raises:
+            ResourceExhausted: The model's queue is full (checked before any decoding).
+            DeadlineExceeded: The deadline passed before an input ran.
+        """
         received = time.perf_counter()
-        results = await asyncio.gather(
-            *(self._predict_one(index, item, top_k, received) for index, item in enumerate(inputs))
-        )
-        return list(results)
+        # Counted from here: inputs being decoded hold their place in the model's bound, so a
+        # burst is refused at once instead of after decoding.
+        self.batcher.check_room(len(inputs), elsewhere=self._decoding)
+        admitted = [True] * len(inputs)  # which inputs still count in self._decoding
+        self._decoding += len(inputs)
+        tasks = [
+            asyncio.ensure_future(self._predict_one(i, item, top_k, priority, deadline, received, admitted))
+            for i, item in enumerate(inputs)
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # One input's failure (or the call's cancellation) ends the call: the others give up
+            # their places in the queues instead of running for nobody.
+            for task in tasks:
+                task.cancel()
+            raise
+        finally:
+            # A task cancelled before it started never runs its own release.
+            for index in range(len(admitted)):
+                self._release(admitted, index)
+
+    @property
+    def waiting(self) -> int:
+        """Inputs admitted for this model that are still being decoded (or waiting to be)."""
+        return self._decoding
+
+    def _release(self, admitted: list[bool], index: int) -> None:
+        if admitted[index]:
+            admitted[index] = False
+            self._decoding -= 1
+
+    def _decode(self, content: bytes) -> npt.NDArray[np.float32]:
+        check_image_pixels(content, self._max_image_pixels)
+        return self.spec.preprocess(content)
 
     async def _predict_one(
-        self, index: int, item: types_pb2.Input, top_k: int, received: float
+        self,
+        index: int,
+        item: types_pb2.Input,
+        top_k: int,
+        priority: Priority,
+        deadline: float | None,
+        received: float,
+        admitted: list[bool],
     ) -> inference_service_pb2.PredictResult:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
             if item.WhichOneof("kind") != "image":
                 raise InvalidImage("it has no image")
-            pixels = await loop.run_in_executor(self._decode_pool, self.spec.preprocess, item.image.content)
+            call = functools.partial(self._decode, item.image.content)
+            pixels = await self._decoder.run(call, priority, deadline)
         except InvalidImage as err:
             metrics.ITEMS.labels(self.spec.name, "invalid_image").inc()
-            message = (
-                f"input {index} is not a decodable image ({err}); "
-                f"send the encoded file of a {ACCEPTED_FORMATS_TEXT} picture as the image content"
-                " (base64 in JSON)"
-            )
             return inference_service_pb2.PredictResult(
-                error=status_to_proto(grpc.StatusCode.INVALID_ARGUMENT, message, INVALID_IMAGE)
+                error=status_to_proto(
+                    grpc.StatusCode.INVALID_ARGUMENT, _invalid_message(index, err), err.reason
+                )
             )
+        finally:
+            self._release(admitted, index)
         decoded = time.perf_counter()
         try:
-            batched = await self.batcher.submit(Item(pixels, top_k))
+            batched = await self.batcher.submit(Item(pixels, top_k), priority, deadline, admitted=True)
+        except ResourceExhausted:
+            raise  # counted by the batcher
+        except DeadlineExceeded:
+            metrics.ITEMS.labels(self.spec.name, "expired").inc()
+            raise
         except Exception:
             metrics.ITEMS.labels(self.spec.name, "error").inc()
             raise
@@ -102,3 +169,13 @@ class ServedModel:
                 total_ms=(time.perf_counter() - received) * 1000,
             ),
         )
+
+
+def _invalid_message(index: int, err: InvalidImage) -> str:
+    if err.reason != InvalidImage.reason:
+        return f"input {index} is refused: {err}"
+    return (
+        f"input {index} is not a decodable image ({err}); "
+        f"send the encoded file of a {ACCEPTED_FORMATS_TEXT} picture as the image content"
+        " (base64 in JSON)"
+    )

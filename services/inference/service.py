@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import grpc
@@ -14,11 +13,13 @@ import torch
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.readiness import Readiness
 from services.inference.batcher import DynamicBatcher
+from services.inference.decoding import DecodeQueue
 from services.inference.models import ModelSpec, resolve
 from services.inference.runner import Item, ModelRunner, TopK, resolve_device
 from services.inference.served import ServedModel
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
+from services.inference.tuning import tune_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +57,43 @@ class InferenceService:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         device = resolve_device(settings.device)
-        decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        stack.callback(decode_pool.shutdown, wait=False, cancel_futures=True)
+        aging_s = settings.priority_aging_ms / 1000
+        decoder = DecodeQueue(settings.decode_threads, aging_s)
+        await decoder.start(stack)
         for spec in self._specs:
             # Loading and warm-up block for seconds; in a thread, health checks still get answers.
             runner = await asyncio.to_thread(ModelRunner, spec, device)
-            await asyncio.to_thread(runner.warm_up, settings.warmup_batches, settings.max_batch_size)
+            batch_size = settings.max_batch_size
+            if batch_size is None:
+                # Warm first: the first passes of a fresh model pay one-off set-up costs.
+                await asyncio.to_thread(runner.warm_up, settings.warmup_batches, 1)
+                batch_size = await asyncio.to_thread(
+                    tune_batch_size,
+                    spec.name,
+                    runner.time_batch,
+                    settings.batch_size_search_max,
+                    settings.batch_latency_budget_ms / 1000,
+                )
+            await asyncio.to_thread(runner.warm_up, settings.warmup_batches, batch_size)
             batcher: DynamicBatcher[Item, TopK] = DynamicBatcher(
-                spec.name, runner.run, settings.max_batch_size, settings.max_batch_delay_ms / 1000
+                spec.name,
+                runner.run,
+                batch_size,
+                max_delay_s=settings.max_batch_delay_ms / 1000,
+                max_queue=settings.max_queue,
+                aging_s=aging_s,
             )
             await batcher.start(stack)
-            served = ServedModel(runner, batcher, decode_pool)
+            served = ServedModel(runner, batcher, decoder, settings.max_image_pixels)
             served.ready = True
             self.models[spec.name] = served
             log.info(
-                "serving %s (max batch %d, delay %.1f ms)",
+                "serving %s on %s (batch size %d%s, queue bound %d, torch threads %d, decode threads %d)",
                 spec.name,
+                device,
                 batcher.max_batch_size,
-                settings.max_batch_delay_ms,
+                "" if settings.max_batch_size is None else " from FERRY_INFERENCE_MAX_BATCH_SIZE",
+                settings.max_queue,
+                torch.get_num_threads(),
+                settings.decode_threads,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +10,7 @@ import grpc
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.errors import InvalidArgument, NotFound
+from services.inference.scheduling import priority_from_proto
 from services.inference.served import ServedModel
 
 MAX_INPUTS = 256
@@ -37,7 +39,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         request: inference_service_pb2.PredictRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.PredictResponse:
-        """Runs one model on 1 to 256 inputs; each input gets a result or its own error."""
+        """Runs one model on 1 to 256 inputs; each input gets a result or its own error.
+
+        A full model queue fails the whole call at once with RESOURCE_EXHAUSTED (QUEUE_FULL).
+        """
         model = self._model(request.model)
         count = len(request.inputs)
         if not 1 <= count <= MAX_INPUTS:
@@ -53,8 +58,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 "INVALID_TOP_K",
                 {"top_k": str(request.top_k)},
             )
+        priority = priority_from_proto(request.priority)
+        # Inputs still queued when the caller's deadline passes are dropped, never computed.
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
         return inference_service_pb2.PredictResponse(
-            results=await model.predict(request.inputs, request.top_k)
+            results=await model.predict(request.inputs, request.top_k, priority, deadline)
         )
 
     def _model(self, name: str) -> ServedModel:

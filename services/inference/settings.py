@@ -25,10 +25,28 @@ class InferenceSettings(ServiceSettings):
     """Models to load at start, comma-separated (for example ``efficientnet-lite0``); see the registry."""
     device: str = "auto"
     """Torch device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` (CUDA when available, else CPU)."""
-    max_batch_size: int = Field(default=8, ge=1, le=1024)
-    """Largest batch the dynamic batcher hands to one forward pass."""
-    max_batch_delay_ms: float = Field(default=5.0, ge=0)
-    """Longest time the batcher waits after a batch's first item for more items to join it."""
+    max_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    """Largest batch per forward pass. Unset: chosen per model at warm-up by timing batch sizes
+    1, 2, 4, ... up to ``batch_size_search_max`` on this device and keeping the best throughput
+    whose forward pass fits ``batch_latency_budget_ms``. Set: used as is, nothing is timed."""
+    batch_size_search_max: int = Field(default=16, ge=1, le=1024)
+    """Largest batch size tried at warm-up when ``max_batch_size`` is unset."""
+    batch_latency_budget_ms: float = Field(default=250.0, gt=0)
+    """Longest forward pass a chosen batch size may take (at warm-up, on this device)."""
+    max_batch_delay_ms: float = Field(default=0.0, ge=0)
+    """How long a busy model waits for its next batch to fill; an idle model never waits. 0 (the
+    default) runs whatever queued while the previous batch ran, which suits CPUs; a few ms can
+    pay off on a GPU, where a fuller batch costs little more."""
+    max_queue: int = Field(default=256, ge=1)
+    """Most inputs per model waiting to be decoded or run; beyond it Predict answers
+    RESOURCE_EXHAUSTED (reason QUEUE_FULL) with retry advice at once."""
+    priority_aging_ms: float = Field(default=1000.0, ge=0)
+    """Priority head start: HIGH goes before NORMAL that arrived up to this long earlier, and before
+    LOW that arrived up to twice this long earlier; older items keep their arrival order."""
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    """Most pixels an input image may declare in its header; larger ones are refused before
+    decoding (INVALID_ARGUMENT, reason IMAGE_TOO_LARGE). 50 M admits 48-megapixel phone photos;
+    a 50-megapixel PNG still decodes for about 3 s on one core here, and 169 M took 12 s and 1 GB."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads torch uses on CPU; 0 keeps torch's default (one per core)."""
     decode_threads: int = Field(default=2, ge=1)

@@ -54,6 +54,17 @@ def _outcome(result: inference_service_pb2.PredictResult) -> Outcome:
     return Outcome(result=result)
 
 
+@dataclass(frozen=True)
+class _Call:
+    """What every Predict call made for one group of items shares."""
+
+    model: str
+    top_k: int
+    priority: types_pb2.Priority
+    deadline: float
+    """``time.monotonic()`` after which no call is made."""
+
+
 class Predictor:
     """Calls InferenceService.Predict with a deadline; never raises for a failed call."""
 
@@ -61,36 +72,43 @@ class Predictor:
         self._stub = stub
         self._timeout_s = timeout_s
 
-    async def predict(self, model: str, top_k: int, inputs: Sequence[types_pb2.Input]) -> list[Outcome]:
+    async def predict(
+        self,
+        model: str,
+        top_k: int,
+        inputs: Sequence[types_pb2.Input],
+        priority: types_pb2.Priority = types_pb2.PRIORITY_UNSPECIFIED,
+    ) -> list[Outcome]:
         """Predicts ``inputs`` with ``model``; returns one Outcome per input, in order.
 
         All calls made for the group (there can be several, see below) share one deadline of
         ``timeout_s``. Calls wait for inference to be ready within it (``wait_for_ready``): a
         call made while inference restarts or the channel reconnects waits for it instead of
-        failing at once and spending a retry.
+        failing at once and spending a retry. ``priority`` is the job's, passed to inference.
         """
         deadline = time.monotonic() + self._timeout_s
-        return await self._call(model, top_k, list(inputs), deadline)
+        return await self._call(_Call(model, top_k, priority, deadline), list(inputs))
 
-    async def _call(
-        self, model: str, top_k: int, inputs: list[types_pb2.Input], deadline: float
-    ) -> list[Outcome]:
+    async def _call(self, call: _Call, inputs: list[types_pb2.Input]) -> list[Outcome]:
+        model, top_k, deadline = call.model, call.top_k, call.deadline
         if len(inputs) > MAX_INPUTS:
             chunks = [inputs[i : i + MAX_INPUTS] for i in range(0, len(inputs), MAX_INPUTS)]
-            parts = await asyncio.gather(*(self._call(model, top_k, c, deadline) for c in chunks))
+            parts = await asyncio.gather(*(self._call(call, c) for c in chunks))
             return [outcome for part in parts for outcome in part]
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             message = f"inference did not answer within {self._timeout_s:.1f}s"
             return _failed(len(inputs), grpc.StatusCode.DEADLINE_EXCEEDED, message, "INFERENCE_TIMEOUT")
-        request = inference_service_pb2.PredictRequest(model=model, inputs=inputs, top_k=top_k)
+        request = inference_service_pb2.PredictRequest(
+            model=model, inputs=inputs, top_k=top_k, priority=call.priority
+        )
         try:
             response = await self._stub.Predict(request, timeout=remaining, wait_for_ready=True)
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT and len(inputs) > 1:
                 # Items only share a request to be batched; one bad input must not fail the
                 # others, so each one is asked again on its own.
-                parts = await asyncio.gather(*(self._call(model, top_k, [i], deadline) for i in inputs))
+                parts = await asyncio.gather(*(self._call(call, [i]) for i in inputs))
                 return [outcome for part in parts for outcome in part]
             return [Outcome(error=_status_of(err))] * len(inputs)
         except Exception as err:  # a bug or a closed channel: retry it like a crashed server

@@ -246,14 +246,15 @@ class Runner:
                 opened = await self._open(msg)
                 if opened is not None:
                     work.append(opened)
-            groups: dict[tuple[str, int, int], list[WorkItem]] = defaultdict(list)
+            groups: dict[tuple[str, int, int, int], list[WorkItem]] = defaultdict(list)
             for w in work:
                 if await self._cancelled.is_cancelled(w.job_id):
                     await self._settle_with(w, "skipped_cancelled", w.msg.ack)
                 else:
                     # Items of one job share its trace, so grouping by trace keeps the Predict
                     # call inside that trace; inference batches concurrent requests anyway.
-                    groups[(w.item.model, w.item.top_k, w.parent_trace_id)].append(w)
+                    key = (w.item.model, w.item.top_k, w.item.priority, w.parent_trace_id)
+                    groups[key].append(w)
             await asyncio.gather(*(self._run_group(group) for group in groups.values()))
         except BaseException as err:
             await self._abandon(work, hand_back=isinstance(err, asyncio.CancelledError))
@@ -306,7 +307,7 @@ class Runner:
         # The call is made in the first item's span; the group shares its trace (see _process).
         with trace.use_span(first.span, end_on_exit=False):
             outcomes = await self._predictor.predict(
-                first.item.model, first.item.top_k, [w.item.input for w in group]
+                first.item.model, first.item.top_k, [w.item.input for w in group], first.item.priority
             )
         await asyncio.gather(*(self._settle(w, o) for w, o in zip(group, outcomes, strict=True)))
 

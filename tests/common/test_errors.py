@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
-from services.common.errors import NotFound, error_from_status, status_to_proto
+from services.common.errors import NotFound, ResourceExhausted, error_from_status, status_to_proto
 
 
 def test_error_becomes_status_with_error_info() -> None:
@@ -20,3 +21,16 @@ def test_status_round_trips_through_error_from_status() -> None:
     error = error_from_status(status)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert (error.message, error.reason) == ("input 0 is not an image", "INVALID_IMAGE")
+
+
+def test_retry_advice_and_metadata_survive_error_from_status() -> None:
+    sent = ResourceExhausted(
+        "queue full", "QUEUE_FULL", {"model": "m"}, retry_after=duration_pb2.Duration(nanos=250_000_000)
+    )
+    error = error_from_status(sent.to_status())
+    assert (error.code, error.reason, error.metadata) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "QUEUE_FULL",
+        {"model": "m"},
+    )
+    assert error.retry_after is not None and error.retry_after.ToMilliseconds() == 250

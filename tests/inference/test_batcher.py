@@ -25,8 +25,8 @@ async def test_concurrent_items_share_forward_passes_on_the_real_model(
 ) -> None:
     served = inference.service.models["efficientnet-lite0"]
     runner: ModelRunner = served.runner
-    # A wide window: all items are queued before the worker collects, so batches must form.
-    batcher: DynamicBatcher[Item, TopK] = DynamicBatcher("test-lite0", runner.run, 8, max_delay_s=0.5)
+    # All items are queued in one loop tick, before the worker wakes, so batches must form.
+    batcher: DynamicBatcher[Item, TopK] = DynamicBatcher("test-lite0", runner.run, 8)
     await batcher.start(stack)
     cat = Item(served.spec.preprocess(cat_jpeg), top_k=3)
     coffee = Item(served.spec.preprocess(coffee_jpeg), top_k=1)
@@ -54,7 +54,7 @@ async def test_batches_never_exceed_max_size(stack: AsyncExitStack) -> None:
         seen.append(len(items))
         return [item * 10 for item in items]
 
-    batcher: DynamicBatcher[int, int] = DynamicBatcher("sizes", run, max_batch_size=3, max_delay_s=0.2)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("sizes", run, max_batch_size=3)
     await batcher.start(stack)
     results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
     assert [r.output for r in results] == [i * 10 for i in range(10)]
@@ -67,7 +67,7 @@ async def test_a_failing_batch_fails_its_items_and_the_worker_goes_on(stack: Asy
             raise RuntimeError("negative input")
         return list(items)
 
-    batcher: DynamicBatcher[int, int] = DynamicBatcher("failing", run, max_batch_size=4, max_delay_s=0.2)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("failing", run, max_batch_size=4)
     await batcher.start(stack)
     with pytest.raises(RuntimeError, match="negative input"):
         await batcher.submit(-1)

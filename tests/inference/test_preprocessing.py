@@ -11,7 +11,13 @@ from PIL import Image
 from skimage import data as skimage_data
 from torchvision import transforms
 
-from services.inference.preprocessing import ImageTransform, InvalidImage, decode_image
+from services.inference.preprocessing import (
+    ImageTooLarge,
+    ImageTransform,
+    InvalidImage,
+    check_image_pixels,
+    decode_image,
+)
 from tests.inference.conftest import encode
 
 TRANSFORM = ImageTransform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -81,3 +87,23 @@ def test_unaccepted_format_is_invalid() -> None:
     Image.fromarray(skimage_data.chelsea()).save(buffer, format="TIFF")
     with pytest.raises(InvalidImage):
         TRANSFORM.decode(buffer.getvalue())
+
+
+def huge_png(side: int) -> bytes:
+    """A PNG whose header says side x side: tiny to make (1-bit, all black), slow to decode."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("side", [13000, 20000], ids=["above-ours", "above-pil-hard-limit"])
+def test_an_image_over_the_pixel_budget_is_refused_from_its_header(side: int) -> None:
+    with pytest.raises(ImageTooLarge, match=r"limit is 50 megapixels.*FERRY_INFERENCE_MAX_IMAGE_PIXELS"):
+        check_image_pixels(huge_png(side), max_pixels=50_000_000)
+
+
+def test_images_within_the_budget_and_non_images_pass_the_header_check(cat_jpeg: bytes) -> None:
+    check_image_pixels(cat_jpeg, max_pixels=451 * 300)
+    check_image_pixels(b"not an image", max_pixels=1)  # decode_image gives its own error
+    with pytest.raises(ImageTooLarge, match="451x300"):
+        check_image_pixels(cat_jpeg, max_pixels=451 * 300 - 1)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
+from grpc_status import rpc_status
+from PIL import Image
 
 from ferry.inference.v1 import inference_service_pb2 as pb
 from ferry.types.v1 import types_pb2
 from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
+from tests.inference.test_preprocessing import huge_png
 
 
 def image(content: bytes) -> types_pb2.Input:
@@ -79,3 +86,70 @@ async def test_more_than_256_inputs_is_invalid(inference: RunningInference, cat_
         await inference.stub.Predict(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "257" in (caught.value.details() or "")
+
+
+async def test_a_huge_image_is_refused_from_its_header_not_decoded(
+    inference: RunningInference, cat_jpeg: bytes
+) -> None:
+    # 13000 x 13000: under PIL's own limit, about 12 s and 1 GB to decode.
+    request = pb.PredictRequest(
+        model="efficientnet-lite0", inputs=[image(huge_png(13000)), image(cat_jpeg)], top_k=1
+    )
+    huge, cat = (await inference.stub.Predict(request, timeout=5)).results
+    assert huge.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "input 0" in huge.error.message and "13000x13000" in huge.error.message
+    assert "limit is 50 megapixels" in huge.error.message
+    assert "FERRY_INFERENCE_MAX_IMAGE_PIXELS" in huge.error.message
+    assert cat.classes[0].index in CAT_CLASSES
+
+
+@pytest.mark.parametrize(
+    "priority", [types_pb2.PRIORITY_HIGH, types_pb2.PRIORITY_LOW, types_pb2.PRIORITY_UNSPECIFIED]
+)
+async def test_every_priority_is_served(
+    inference: RunningInference, coffee_jpeg: bytes, priority: int
+) -> None:
+    request = pb.PredictRequest(
+        model="efficientnet-lite0", inputs=[image(coffee_jpeg)], top_k=1, priority=priority
+    )  # type: ignore[arg-type]
+    [coffee] = (await inference.stub.Predict(request)).results
+    assert coffee.classes[0].index == ESPRESSO
+
+
+async def test_an_unknown_priority_is_invalid(inference: RunningInference, coffee_jpeg: bytes) -> None:
+    request = pb.PredictRequest(model="efficientnet-lite0", inputs=[image(coffee_jpeg)], top_k=1, priority=7)  # type: ignore[arg-type]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await inference.stub.Predict(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PRIORITY_HIGH" in (caught.value.details() or "")
+
+
+async def test_a_full_model_queue_answers_resource_exhausted_at_once(inference: RunningInference) -> None:
+    served = inference.service.models["efficientnet-lite0"]
+    small = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(small, format="PNG")
+    flood = pb.PredictRequest(model="efficientnet-lite0", inputs=[image(small.getvalue())] * 256, top_k=1)
+    first = inference.stub.Predict(flood)
+    for _ in range(600):  # until its 256 inputs hold the model's whole queue bound
+        if served.batcher.queued or served.waiting:
+            break
+        await asyncio.sleep(0.01)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await inference.stub.Predict(flood)
+    finally:
+        first.cancel()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "FERRY_INFERENCE_MAX_QUEUE" in (caught.value.details() or "")
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info) and info.reason == "QUEUE_FULL"
+    assert status.details[1].Unpack(retry) and retry.retry_delay.ToNanoseconds() > 0
+    # The cancelled flood gives its places back: the next call is served.
+    for _ in range(600):
+        if not served.batcher.queued and not served.waiting:
+            break
+        await asyncio.sleep(0.01)
+    single = pb.PredictRequest(model="efficientnet-lite0", inputs=[image(small.getvalue())], top_k=1)
+    assert (await inference.stub.Predict(single)).results[0].classes

@@ -12,7 +12,14 @@ def test_models_come_comma_separated_from_the_environment(monkeypatch: pytest.Mo
     monkeypatch.setenv("FERRY_INFERENCE_MODELS", " efficientnet-lite0 , other-model,")
     settings = InferenceSettings()
     assert settings.models == ["efficientnet-lite0", "other-model"]
-    assert (settings.grpc_port, settings.metrics_port, settings.max_batch_size) == (50052, 9102, 8)
+    assert (settings.grpc_port, settings.metrics_port) == (50052, 9102)
+    # Unset: each model's batch size is chosen from measurement at warm-up.
+    assert settings.max_batch_size is None
+    assert (settings.max_queue, settings.max_image_pixels, settings.max_batch_delay_ms) == (
+        256,
+        50_000_000,
+        0,
+    )
 
 
 def test_unknown_model_fails_at_start_listing_the_available_ones() -> None:

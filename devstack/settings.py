@@ -29,6 +29,9 @@ class StackSettings(BaseSettings):
         default="", validation_alias=AliasChoices("FERRY_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     )
     """OTLP/gRPC endpoint every service exports traces to; empty exports nothing."""
+    trace: bool = False
+    """Receive every process's spans locally (``ferry up --trace``) into ``<state_dir>/traces.jsonl``
+    for ``ferry trace``; ignored when ``otlp_endpoint`` names a collector of the user's."""
     free_ports: bool = False
     """Pick free ports for every internal process (tests and side-by-side stacks)."""
     start_timeout_s: float = 180.0

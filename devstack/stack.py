@@ -23,6 +23,7 @@ from devstack.health import envoy_ready
 from devstack.infra import ManagedProcess, Postgres, free_port, nats_command, port_open, venv_binary
 from devstack.settings import StackSettings
 from devstack.supervisor import Program, Supervisor
+from devstack.traces import TRACES_FILE, TraceReceiver
 from services.common.probe import is_serving
 
 #: Service name -> (default gRPC port, default metrics port). Matches each service's settings.
@@ -34,6 +35,7 @@ SERVICE_PORTS: dict[str, tuple[int, int]] = {
 }
 START_ORDER = ("store", "inference", "jobs", "gateway")
 ENDPOINTS_FILE = "endpoints.json"
+PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""
 
@@ -52,6 +54,12 @@ class Endpoints:
     services: dict[str, dict[str, int]] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     """The pids at start; processes restart, so ``status.json`` has the current ones."""
+    otlp_endpoint: str = ""
+    """Where every process exports its spans; empty: nowhere."""
+    traces_file: str = ""
+    """``ferry up --trace``: the file the local receiver appends spans to; empty otherwise."""
+    prometheus_config: str = ""
+    """A Prometheus scrape config for this run's ports."""
 
 
 class LocalStack:
@@ -62,6 +70,18 @@ class LocalStack:
         self.state_dir = settings.state_dir.resolve()
         self.logs_dir = self.state_dir / "logs"
         self.supervisor = Supervisor(self.state_dir, settings.start_timeout_s)
+        self.receiver: TraceReceiver | None = None
+
+    def _otlp_endpoint(self) -> str:
+        """The user's collector, else (``--trace``) a receiver of our own, else none."""
+        s = self.settings
+        if s.otlp_endpoint or not s.trace:
+            if s.trace:
+                print(f"--trace: spans go to FERRY_OTLP_ENDPOINT={s.otlp_endpoint}, not to `ferry trace`")
+            return s.otlp_endpoint
+        self.receiver = TraceReceiver(free_port(s.host), s.host, self.state_dir / TRACES_FILE)
+        self.receiver.start()
+        return self.receiver.endpoint
 
     def _port(self, default: int) -> int:
         return free_port(self.settings.host) if self.settings.free_ports else default
@@ -82,6 +102,7 @@ class LocalStack:
         api_key = self._dev_api_key()
         supervisor = self.supervisor
         supervisor.begin()
+        otlp = self._otlp_endpoint()
 
         pg_dir = self.state_dir / "postgres"
         # Alive is all "serving" means for Postgres; store's readiness tells whether it answers.
@@ -122,7 +143,7 @@ class LocalStack:
                 "GRPC_HOST": s.host,
                 "GRPC_PORT": str(grpc_port),
                 "METRICS_PORT": str(metrics_port),
-                "OTLP_ENDPOINT": s.otlp_endpoint,
+                "OTLP_ENDPOINT": otlp,
                 **extra[name],
             }
             env = {f"FERRY_{name.upper()}_{key}": value for key, value in fields.items()}
@@ -142,7 +163,7 @@ class LocalStack:
 
         admin_port = self._port(s.envoy_admin_port)
         admin_url = f"http://{s.host}:{admin_port}"
-        supervisor.start(self._envoy(ports["gateway"][0], admin_port, admin_url))
+        supervisor.start(self._envoy(ports["gateway"][0], admin_port, admin_url, otlp))
         supervisor.wait_serving("envoy", s.start_timeout_s)
 
         endpoints = Endpoints(
@@ -155,11 +176,20 @@ class LocalStack:
             logs_dir=str(self.logs_dir),
             services={n: {"grpc_port": g, "metrics_port": m} for n, (g, m) in ports.items()},
             pids=supervisor.pids(),
+            otlp_endpoint=otlp,
+            traces_file=str(self.state_dir / TRACES_FILE) if self.receiver is not None else "",
+            prometheus_config=str(self.state_dir / PROMETHEUS_FILE),
+        )
+        metrics_ports = {name: m for name, (_, m) in ports.items()}
+        (self.state_dir / PROMETHEUS_FILE).write_text(
+            scrape_config(s.host, metrics_ports, f"{s.host}:{admin_port}")
         )
         (self.state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(endpoints), indent=2))
         return endpoints
 
-    def _envoy(self, gateway_port: int, admin_port: int, admin_url: str) -> Program[ManagedProcess]:
+    def _envoy(
+        self, gateway_port: int, admin_port: int, admin_url: str, otlp: str
+    ) -> Program[ManagedProcess]:
         s = self.settings
         config = self.state_dir / "envoy" / "envoy.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +200,7 @@ class LocalStack:
             admin_port=admin_port,
             gateway_host=s.host,
             gateway_port=gateway_port,
-            otlp_endpoint=s.otlp_endpoint,
+            otlp_endpoint=otlp,
         )
         config.write_text(render(opts))
         argv = [
@@ -191,7 +221,35 @@ class LocalStack:
     def stop(self) -> None:
         """Stops every process in reverse start order (Postgres last); state stays on disk."""
         self.supervisor.stop()
+        if self.receiver is not None:  # after the processes, so their last spans still arrive
+            self.receiver.stop()
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+def scrape_config(host: str, metrics_ports: dict[str, int], envoy_admin: str) -> str:
+    """``<state_dir>/prometheus.yml``: scrapes each service as job ``ferry-<service>``.
+
+    The job names are the ones ``deploy/prometheus/rules.yml`` and the dashboards expect.
+    """
+    jobs = "".join(
+        f'  - job_name: ferry-{name}\n    static_configs: [{{targets: ["{host}:{port}"]}}]\n'
+        for name, port in metrics_ports.items()
+    )
+    return (
+        "# Written by `ferry up` for this run's ports: prometheus --config.file=<this file>\n"
+        "global:\n  scrape_interval: 5s\n\nscrape_configs:\n"
+        f"{jobs}"
+        "  - job_name: ferry-envoy\n    metrics_path: /stats/prometheus\n"
+        f'    static_configs: [{{targets: ["{envoy_admin}"]}}]\n'
+    )
+
+
+def _traces_line(endpoints: Endpoints) -> str:
+    if endpoints.traces_file:
+        return f"{endpoints.traces_file}   (`ferry trace` lists them, `ferry trace ID` draws one)"
+    if endpoints.otlp_endpoint:
+        return f"exported to {endpoints.otlp_endpoint}"
+    return "off (`ferry up --trace` keeps them locally for `ferry trace`)"
 
 
 def banner(endpoints: Endpoints, seconds: float) -> str:
@@ -204,7 +262,9 @@ Ferry is up (ready in {seconds:.1f} s).
   Envoy admin   {endpoints.envoy_admin_url}
   NATS          {endpoints.nats_url}
   Postgres      {endpoints.database_url}
-  metrics       {metrics}
+  metrics       {metrics}   (`ferry metrics` sums them up)
+  Prometheus    {endpoints.prometheus_config}   (a scrape config for these ports)
+  traces        {_traces_line(endpoints)}
   logs          {endpoints.logs_dir}
 
 Try it:
@@ -230,7 +290,7 @@ def run(settings: StackSettings | None = None) -> int:
         endpoints = stack.start()
         print(banner(endpoints, time.monotonic() - started), flush=True)
         code = stack.supervisor.run(stopping)
-    except (RuntimeError, TimeoutError) as err:
+    except (RuntimeError, TimeoutError, FileNotFoundError) as err:
         print(f"\nFerry failed to start: {err}", file=sys.stderr)
         code = 1
     finally:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ FERRY = str(Path(sys.executable).parent / "ferry")
 class RunningStack:
     """A ``ferry up`` process and the endpoints it wrote once ready."""
 
-    def __init__(self, state_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, state_dir: Path, env: dict[str, str], args: Sequence[str] = ()) -> None:
         self.state_dir = state_dir
+        self.args = list(args)
+        """Extra arguments of ``ferry up`` (``--trace``)."""
         self.http_port = free_port()
         self.env = {
             **os.environ,
@@ -40,7 +43,11 @@ class RunningStack:
         endpoints_file.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [FERRY, "up"], env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                [FERRY, "up", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout_s
         while not endpoints_file.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -51,8 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default=_default_target(), help="host:port of Envoy or gateway")
     parser.add_argument("--api-key", help="API key (default: $FERRY_API_KEY or the local dev key)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="install nothing, start the whole local stack in the foreground")
+    up = sub.add_parser("up", help="install nothing, start the whole local stack in the foreground")
+    up.add_argument(
+        "--trace",
+        action="store_true",
+        help="keep every request's spans in the state folder for `ferry trace` (a local OTLP receiver)",
+    )
     sub.add_parser("status", help="show the local stack's processes (from a running `ferry up`)")
+    sub.add_parser("metrics", help="the local stack's key figures, from each service's /metrics")
+    tracing = sub.add_parser(
+        "trace", help="draw a trace's spans as a waterfall (`ferry up --trace`); no ID: list recent ones"
+    )
+    tracing.add_argument("trace_id", nargs="?", default="", help="32 hex digits (answers carry trace_id)")
+    tracing.add_argument("--last", type=int, default=10, help="how many recent traces to list")
     for action, what in (
         ("restart", "replace processes of the local stack one at a time (gRPC services: no downtime)"),
         ("stop", "stop processes of the local stack and keep them stopped (an outage, or maintenance)"),
@@ -114,28 +126,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ferry`` command."""
-    args = _parser().parse_args(argv)
-    # The local stack's commands import devstack here: the client itself needs none of it.
+LOCAL_COMMANDS = ("up", "status", "metrics", "trace", "restart", "stop", "start", "migrate")
+"""Commands that run or read the local stack: they need the server's code (devstack, services)."""
+
+
+def _full_install_missing(command: str) -> bool:
+    """Says so and returns True when this is the lean install (``pip install ./clients/python``)."""
+    if all(importlib.util.find_spec(m) is not None for m in ("devstack", "services", "prometheus_client")):
+        return False
+    print(
+        f"`ferry {command}` needs Ferry's full install (the server and the local stack); this is the "
+        "client-only install. From a checkout of Ferry: `make up`, or `pip install -e '.[stack]'`.",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _local(args: argparse.Namespace) -> int:
+    """Runs one of LOCAL_COMMANDS; devstack is imported here: the client itself needs none of it."""
     if args.command == "up":
+        from devstack.settings import StackSettings
         from devstack.stack import run
 
-        return run()
+        return run(StackSettings(trace=True) if args.trace else StackSettings())
     if args.command == "status":
         from devstack.status import show
 
         return show(_state_dir())
+    if args.command == "metrics":
+        from devstack import figures
+
+        return figures.show(_state_dir())
+    if args.command == "trace":
+        from devstack import traces
+
+        return traces.show(_state_dir(), args.trace_id, args.last)
     if args.command == "migrate":
         import asyncio
 
         from services.store.__main__ import migrate_only
 
         return asyncio.run(migrate_only())
-    if args.command in ("restart", "stop", "start"):
-        from devstack.control import act
+    from devstack.control import act
 
-        return act(_state_dir(), args.command, args.names)
+    return act(_state_dir(), args.command, args.names)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ferry`` command."""
+    args = _parser().parse_args(argv)
+    if args.command in LOCAL_COMMANDS:
+        return 2 if _full_install_missing(args.command) else _local(args)
     with FerryClient(args.target, _api_key(args.api_key)) as ferry:
         try:
             if args.command == "models":

@@ -1,4 +1,4 @@
-"""One table of ports: devstack's SERVICE_PORTS. Settings, compose, Envoy and the chart must agree.
+"""One table of ports (devstack's SERVICE_PORTS) and of size limits: settings, compose, Envoy, chart agree.
 
 Each check names the file that disagrees, so a port changed in one place fails with where to fix it.
 """
@@ -13,8 +13,10 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from devstack.envoy import EnvoyOptions
+from devstack.envoy import MAX_BODY_BYTES, EnvoyOptions
+from devstack.infra import NATS_MAX_PAYLOAD
 from devstack.stack import SERVICE_PORTS
+from services.common.settings import ServiceSettings
 from services.gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
 from services.jobs.settings import JobsSettings
@@ -89,3 +91,18 @@ def test_envoy_reaches_the_gateway_on_its_port() -> None:
     config = (ROOT / "deploy/envoy/envoy.yaml").read_text()
     ports = re.findall(r"address: gateway, port_value: (\d+)", config)
     assert ports and {int(p) for p in ports} == {gateway}, "deploy/envoy/envoy.yaml's gateway cluster"
+
+
+def test_message_limits_agree_from_the_edge_to_the_services() -> None:
+    """A body Envoy lets through fits every gRPC server's message limit, and the largest image fits it."""
+    message = ServiceSettings.model_fields["max_message_bytes"].default
+    assert MAX_BODY_BYTES == message, "devstack/envoy.py MAX_BODY_BYTES vs services/common/settings.py"
+    image = _default(GatewaySettings, "max_image_bytes")
+    # REST carries images base64 in JSON: 4 bytes per 3, plus the rest of the request.
+    assert image * 4 // 3 + 64 * 1024 <= MAX_BODY_BYTES, "gateway max_image_bytes does not fit a REST body"
+
+
+def test_nats_payload_limit_is_the_same_locally_and_in_compose() -> None:
+    command = _yaml("docker-compose.yml")["services"]["nats"]["command"]
+    compose_limit = int(command[command.index("--max_payload") + 1])
+    assert compose_limit == NATS_MAX_PAYLOAD, "docker-compose.yml nats --max_payload vs devstack/infra.py"

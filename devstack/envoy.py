@@ -108,11 +108,12 @@ def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
                             # A gRPC client's own deadline (grpc-timeout) wins when shorter.
                             max_stream_duration:
                               grpc_timeout_header_max: {grpc_timeout_max_s}s
-                            # A request that never reached a gateway (one restarting, or a
-                            # connection it is draining) is sent again; nothing was done for it,
-                            # so even a CreateJob without request_id is safe to resend.
+                            # A request a gateway reset or never got (one restarting: gRPC cancels
+                            # calls that arrive as its server stops) is sent again. Resending is
+                            # safe: writes take their ids from the client's request_id or else
+                            # from x-request-id, which a resend keeps (services/gateway/idempotency.py).
                             retry_policy:
-                              retry_on: connect-failure,refused-stream,reset-before-request
+                              retry_on: connect-failure,refused-stream,reset
                               num_retries: {RETRIES}
                               retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}"""
 
@@ -148,7 +149,10 @@ static_resources:
                 "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
                 stat_prefix: public
                 codec_type: AUTO
-                generate_request_id: true{tracing}
+                generate_request_id: true
+                # Envoy is the edge: it sets the x-request-id that writes without a request_id
+                # derive their ids from (services/gateway/idempotency.py).
+                use_remote_address: true{tracing}
                 # One JSON line per request on stdout, in the services' log shape (services/common/logs.py);
                 # load balancers' /healthz and /readyz probes are left out. trace_id is set when tracing is.
                 access_log:

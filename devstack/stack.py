@@ -184,6 +184,8 @@ class LocalStack:
         (self.state_dir / PROMETHEUS_FILE).write_text(
             scrape_config(s.host, metrics_ports, f"{s.host}:{admin_port}")
         )
+        # status.json lists every process before endpoints.json says the stack is up.
+        supervisor.write_status()
         (self.state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(endpoints), indent=2))
         return endpoints
 

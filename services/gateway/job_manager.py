@@ -72,8 +72,13 @@ class JobManager:
         """The largest image a job input may carry: the image limit, or less if NATS takes less."""
         return min(self._settings.max_image_bytes, self._nc.max_payload - _ITEM_HEADROOM_BYTES)
 
-    async def create(self, tenant: str, request: job_service_pb2.CreateJobRequest) -> job_pb2.Job:
+    async def create(
+        self, tenant: str, request: job_service_pb2.CreateJobRequest, edge_key: str = ""
+    ) -> job_pb2.Job:
         """Validates, records and queues a job; a repeated ``request_id`` returns the same job.
+
+        Without a ``request_id``, ``edge_key`` (see ``idempotency``) makes the edge's own resend of
+        this request return the same job too.
 
         Raises:
             FerryError: the request is invalid, the model unknown, the request_id used for a
@@ -86,7 +91,8 @@ class JobManager:
         validation.job_inputs(request.inputs, s.max_job_items, self.max_item_image_bytes())
         await self._catalog.get(model)
 
-        job_id = job_id_for_request(tenant, request_id) if request_id else uuid7()
+        key = request_id or edge_key
+        job_id = job_id_for_request(tenant, key) if key else uuid7()
         wanted = job_pb2.Job(
             name=f"jobs/{job_id}",
             model=validation.model_name(model),

@@ -233,8 +233,13 @@ class OpenInference:
             outputs=[tensor(name=n, datatype=d, shape=[-1, -1]) for n, d in OUTPUTS.items()],
         )
 
-    async def infer(self, tenant: str, request: oip.ModelInferRequest) -> oip.ModelInferResponse:
+    async def infer(
+        self, tenant: str, request: oip.ModelInferRequest, edge_key: str = ""
+    ) -> oip.ModelInferResponse:
         """Runs ``request`` and records each element once the whole request succeeded.
+
+        The records' ids come from the request's ``id``, else from ``edge_key`` (see ``idempotency``),
+        so a repeated call records each element once.
 
         Raises:
             FerryError: a bad request (INVALID_ARGUMENT), an unknown model (NOT_FOUND), an image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 
 import grpc
@@ -24,6 +25,10 @@ from services.gateway.publisher import Publisher
 from services.gateway.settings import GatewaySettings
 
 
+def _prediction_id(tenant: str, key: str) -> uuid.UUID:
+    return prediction_id_for_request(tenant, key) if key else uuid7()
+
+
 class Predictor:
     """Runs ``ModelService.Predict`` for a tenant."""
 
@@ -42,12 +47,13 @@ class Predictor:
         self._publisher = publisher
 
     async def predict(
-        self, tenant: str, request: model_service_pb2.PredictRequest, started: float
+        self, tenant: str, request: model_service_pb2.PredictRequest, started: float, edge_key: str = ""
     ) -> prediction_pb2.Prediction:
         """Predicts, records and returns the prediction; answered only once it will be stored.
 
         With a ``request_id`` the prediction's id is derived from it, so a client retrying after
-        an error (or a lost answer) gets a prediction of the same name and one record.
+        an error (or a lost answer) gets a prediction of the same name and one record. Without one,
+        ``edge_key`` (see ``idempotency``) does the same for the edge's own resends.
 
         Args:
             tenant: the caller's tenant.
@@ -73,7 +79,7 @@ class Predictor:
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         prediction = prediction_pb2.Prediction(
-            name=f"predictions/{prediction_id_for_request(tenant, request_id) if request_id else uuid7()}",
+            name=f"predictions/{_prediction_id(tenant, request_id or edge_key)}",
             model=validation.model_name(model),
             state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
             classes=result.classes,

@@ -108,12 +108,12 @@ def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
                             # A gRPC client's own deadline (grpc-timeout) wins when shorter.
                             max_stream_duration:
                               grpc_timeout_header_max: {grpc_timeout_max_s}s
-                            # A request a gateway reset or never got (one restarting: gRPC cancels
-                            # calls that arrive as its server stops) is sent again. Resending is
+                            # A request a gateway reset, cancelled or never got (one restarting:
+                            # gRPC cancels calls that arrive as its server stops) is sent again. Resending is
                             # safe: writes take their ids from the client's request_id or else
                             # from x-request-id, which a resend keeps (services/gateway/idempotency.py).
                             retry_policy:
-                              retry_on: connect-failure,refused-stream,reset
+                              retry_on: connect-failure,refused-stream,reset,cancelled
                               num_retries: {RETRIES}
                               retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}"""
 

@@ -118,6 +118,25 @@ def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
                               retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}"""
 
 
+#: /readyz: at least one healthy gateway (no hosts at all is 503 too).
+READY_NEEDS = """
+                      # At least one healthy gateway (no hosts at all is 503 too).
+                      cluster_min_healthy_percentages:
+                        gateway: {value: 1}"""
+
+
+def _health_filter(path: str, needs: str = "") -> str:
+    """An HTTP health-check filter answering ``path`` itself, as YAML list item text."""
+    return f"""
+                  - name: envoy.filters.http.health_check
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
+                      pass_through_mode: false
+                      headers:
+                        - name: ":path"
+                          string_match: {{exact: "{path}"}}{needs}"""
+
+
 def _routes(opts: EnvoyOptions) -> str:
     streams = "".join(
         _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0)
@@ -185,24 +204,7 @@ static_resources:
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its
-                  # dependencies are). Both answer here, before the transcoder sees the path.
-                  - name: envoy.filters.http.health_check
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
-                      pass_through_mode: false
-                      headers:
-                        - name: ":path"
-                          string_match: {{exact: "{LIVE_PATH}"}}
-                  - name: envoy.filters.http.health_check
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck
-                      pass_through_mode: false
-                      headers:
-                        - name: ":path"
-                          string_match: {{exact: "{READY_PATH}"}}
-                      # At least one healthy gateway (no hosts at all is 503 too).
-                      cluster_min_healthy_percentages:
-                        gateway: {{value: 1}}
+                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}
                   - name: envoy.filters.http.grpc_json_transcoder
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder

@@ -109,13 +109,18 @@ def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
                             max_stream_duration:
                               grpc_timeout_header_max: {grpc_timeout_max_s}s
                             # A request a gateway reset, cancelled or never got (one restarting:
-                            # gRPC cancels calls that arrive as its server stops) is sent again. Resending is
-                            # safe: writes take their ids from the client's request_id or else
-                            # from x-request-id, which a resend keeps (services/gateway/idempotency.py).
+                            # gRPC cancels calls that arrive as its server stops) is sent again.
+                            # Resending is safe: writes take their ids from the client's request_id
+                            # or else from the edge's stamp, which a resend keeps (idempotency.py).
                             retry_policy:
                               retry_on: connect-failure,refused-stream,reset,cancelled
                               num_retries: {RETRIES}
-                              retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}"""
+                              retry_back_off: {{base_interval: 0.1s, max_interval: 1s}}
+                          # When the edge got the request: with x-request-id, what ids of writes
+                          # without a request_id derive from; a resend keeps both.
+                          request_headers_to_add:
+                            - header: {{key: x-ferry-edge-ms, value: "%START_TIME(%s%3f)%"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"""
 
 
 #: /readyz: at least one healthy gateway (no hosts at all is 503 too).

@@ -15,8 +15,15 @@ _PREDICTION_NAMESPACE = uuid.UUID("0b7d4c55-8a31-4e0f-b2a6-5d9e3c1f7a28")
 
 def uuid7() -> uuid.UUID:
     """Returns a UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then random bits; sorts by time."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    return uuid7_at(time.time_ns() // 1_000_000, os.urandom(10))
+
+
+def uuid7_at(ms: int, seed: bytes) -> uuid.UUID:
+    """A UUIDv7 for Unix time ``ms`` whose other 74 bits come from ``seed`` (at least 10 bytes).
+
+    The same (ms, seed) always gives the same id: a deterministic id that still sorts by time.
+    """
+    rand = int.from_bytes(seed[:10], "big")
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version
     value |= ((rand >> 68) & 0xFFF) << 64  # rand_a, 12 bits

@@ -21,12 +21,13 @@ from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.errors import AlreadyExists, status_to_proto
-from services.common.ids import item_record_id, job_id_for_request, uuid7
+from services.common.ids import item_record_id, job_id_for_request
 from services.common.tracing import current_trace_id
 from services.gateway import validation
 from services.gateway.cancellation import mark_cancelled
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
+from services.gateway.idempotency import Edge, new_id
 from services.gateway.publisher import Publisher
 from services.gateway.settings import GatewaySettings
 
@@ -73,11 +74,11 @@ class JobManager:
         return min(self._settings.max_image_bytes, self._nc.max_payload - _ITEM_HEADROOM_BYTES)
 
     async def create(
-        self, tenant: str, request: job_service_pb2.CreateJobRequest, edge_key: str = ""
+        self, tenant: str, request: job_service_pb2.CreateJobRequest, edge: Edge | None = None
     ) -> job_pb2.Job:
         """Validates, records and queues a job; a repeated ``request_id`` returns the same job.
 
-        Without a ``request_id``, ``edge_key`` (see ``idempotency``) makes the edge's own resend of
+        Without a ``request_id``, ``edge`` (see ``idempotency``) makes the edge's own resend of
         this request return the same job too.
 
         Raises:
@@ -91,8 +92,7 @@ class JobManager:
         validation.job_inputs(request.inputs, s.max_job_items, self.max_item_image_bytes())
         await self._catalog.get(model)
 
-        key = request_id or edge_key
-        job_id = job_id_for_request(tenant, key) if key else uuid7()
+        job_id = job_id_for_request(tenant, request_id) if request_id else new_id("job", tenant, edge)
         wanted = job_pb2.Job(
             name=f"jobs/{job_id}",
             model=validation.model_name(model),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,10 +27,11 @@ from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, error_from_status
-from services.common.ids import prediction_id_for_request, uuid7
+from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
 from services.gateway import validation
 from services.gateway.catalog import ModelCatalog
+from services.gateway.idempotency import Edge, new_id
 from services.gateway.predictor import Predictor
 from services.gateway.settings import GatewaySettings
 
@@ -234,11 +236,11 @@ class OpenInference:
         )
 
     async def infer(
-        self, tenant: str, request: oip.ModelInferRequest, edge_key: str = ""
+        self, tenant: str, request: oip.ModelInferRequest, edge: Edge | None = None
     ) -> oip.ModelInferResponse:
         """Runs ``request`` and records each element once the whole request succeeded.
 
-        The records' ids come from the request's ``id``, else from ``edge_key`` (see ``idempotency``),
+        The records' ids come from the request's ``id``, else from ``edge`` (see ``idempotency``),
         so a repeated call records each element once.
 
         Raises:
@@ -268,9 +270,8 @@ class OpenInference:
                 raise error
         tensors, raw = output_tensors(results, [o.name for o in request.outputs], images.raw)
         for i, result in enumerate(results):
-            await self._predictor.record(
-                tenant, self._prediction(tenant, request.id, i, model, result, started)
-            )
+            record_id = self._record_id(tenant, request.id, edge, i)
+            await self._predictor.record(tenant, self._prediction(record_id, model, result, started))
         return oip.ModelInferResponse(
             model_name=model,
             model_version=MODEL_VERSION,
@@ -280,16 +281,16 @@ class OpenInference:
         )
 
     @staticmethod
+    def _record_id(tenant: str, request_id: str, edge: Edge | None, index: int) -> uuid.UUID:
+        # A repeated ModelInfer (same id, or the edge's resend) lands on the same records.
+        if request_id:
+            return prediction_id_for_request(tenant, f"oip:{request_id}:{index}")
+        return new_id("oip", tenant, edge, str(index))
+
+    @staticmethod
     def _prediction(
-        tenant: str,
-        request_id: str,
-        index: int,
-        model: str,
-        result: inference_service_pb2.PredictResult,
-        started: float,
+        record_id: uuid.UUID, model: str, result: inference_service_pb2.PredictResult, started: float
     ) -> prediction_pb2.Prediction:
-        # A client's request id makes a retried ModelInfer land on the same records.
-        record_id = prediction_id_for_request(tenant, f"oip:{request_id}:{index}") if request_id else uuid7()
         prediction = prediction_pb2.Prediction(
             name=f"predictions/{record_id}",
             model=validation.model_name(model),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 
 import grpc
@@ -16,17 +15,14 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.errors import FerryError, error_from_status
-from services.common.ids import prediction_id_for_request, uuid7
+from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
 from services.gateway import validation
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
+from services.gateway.idempotency import Edge, new_id
 from services.gateway.publisher import Publisher
 from services.gateway.settings import GatewaySettings
-
-
-def _prediction_id(tenant: str, key: str) -> uuid.UUID:
-    return prediction_id_for_request(tenant, key) if key else uuid7()
 
 
 class Predictor:
@@ -47,13 +43,17 @@ class Predictor:
         self._publisher = publisher
 
     async def predict(
-        self, tenant: str, request: model_service_pb2.PredictRequest, started: float, edge_key: str = ""
+        self,
+        tenant: str,
+        request: model_service_pb2.PredictRequest,
+        started: float,
+        edge: Edge | None = None,
     ) -> prediction_pb2.Prediction:
         """Predicts, records and returns the prediction; answered only once it will be stored.
 
         With a ``request_id`` the prediction's id is derived from it, so a client retrying after
         an error (or a lost answer) gets a prediction of the same name and one record. Without one,
-        ``edge_key`` (see ``idempotency``) does the same for the edge's own resends.
+        ``edge`` (see ``idempotency``) does the same for the edge's own resends.
 
         Args:
             tenant: the caller's tenant.
@@ -76,10 +76,15 @@ class Predictor:
         if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
             raise error_from_status(result.error)
 
+        prediction_id = (
+            prediction_id_for_request(tenant, request_id)
+            if request_id
+            else new_id("prediction", tenant, edge)
+        )
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         prediction = prediction_pb2.Prediction(
-            name=f"predictions/{_prediction_id(tenant, request_id or edge_key)}",
+            name=f"predictions/{prediction_id}",
             model=validation.model_name(model),
             state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
             classes=result.classes,

@@ -106,3 +106,10 @@ def test_request_id_makes_predict_idempotent(rest: Rest, stack: dict[str, Any], 
             await connection.close()
 
     assert asyncio.run(count()) == 1
+
+
+def test_ids_without_request_id_sort_by_time(rest: Rest, cat_jpeg: bytes) -> None:
+    first, second = predict(rest, cat_jpeg), predict(rest, cat_jpeg)
+    ids = [uuid.UUID(p["name"].removeprefix("predictions/")) for p in (first, second)]
+    assert [i.version for i in ids] == [7, 7]  # UUIDv7 of when Envoy got each request
+    assert ids[0] < ids[1]

@@ -10,7 +10,6 @@ from ferry.inference.v1 import inference_service_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
 from services.common.errors import FerryError
-from services.gateway.idempotency import edge_key
 from services.gateway.open_inference import (
     decode_bytes_tensor,
     encode_bytes_tensor,
@@ -80,9 +79,3 @@ def test_raw_outputs_decode_to_the_classes_in_order() -> None:
     assert decode_bytes_tensor(raw[1]) == [b"espresso", b"cup", b"espresso", b"cup"]
     with pytest.raises(FerryError):
         output_tensors([result], ["PROBABILITIES"], raw=False)
-
-
-def test_the_edge_key_is_envoys_request_id() -> None:
-    assert edge_key((("authorization", "Bearer k"), ("x-request-id", "4b1e"))) == "edge:4b1e"
-    assert edge_key((("x-request-id", b"binary"),)) == ""
-    assert edge_key(None) == ""

@@ -8,7 +8,7 @@ import grpc
 
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
 from services.gateway.components import ComponentsSlot
-from services.gateway.idempotency import edge_key
+from services.gateway.idempotency import Edge
 from services.gateway.watch import watch_job
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -25,7 +25,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> job_service_pb2.CreateJobResponse:
         c = self._slot.get()
         tenant = await c.auth.tenant(context)
-        job = await c.jobs.create(tenant, request, edge_key(context.invocation_metadata()))
+        job = await c.jobs.create(tenant, request, Edge.of(context.invocation_metadata()))
         return job_service_pb2.CreateJobResponse(job=job)
 
     async def GetJob(

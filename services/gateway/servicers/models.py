@@ -9,7 +9,7 @@ import grpc
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from services.gateway import validation
 from services.gateway.components import ComponentsSlot
-from services.gateway.idempotency import edge_key
+from services.gateway.idempotency import Edge
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -43,7 +43,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         tenant = await c.auth.tenant(context)
         return model_service_pb2.PredictResponse(
             prediction=await c.predictor.predict(
-                tenant, request, started, edge_key(context.invocation_metadata())
+                tenant, request, started, Edge.of(context.invocation_metadata())
             )
         )
 

@@ -7,7 +7,7 @@ import grpc
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from services.gateway.components import ComponentsSlot
-from services.gateway.idempotency import edge_key
+from services.gateway.idempotency import Edge
 from services.gateway.open_inference import SERVER_NAME, SERVER_VERSION
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -49,4 +49,4 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Context) -> oip.ModelInferResponse:
         c = self._slot.get()
         tenant = await c.auth.tenant(context)
-        return await c.open_inference.infer(tenant, request, edge_key(context.invocation_metadata()))
+        return await c.open_inference.infer(tenant, request, Edge.of(context.invocation_metadata()))

@@ -95,9 +95,33 @@ class LocalStack:
             key_file.chmod(0o600)
         return key_file.read_text().strip()
 
+    def _check_ports_free(self) -> None:
+        """Refuses to start on ports something already listens on (another ``ferry up``, say).
+
+        The services bind with SO_REUSEPORT, so without this check a second stack's gateway would
+        quietly share a port, and its traffic, with the first one's.
+
+        Raises:
+            RuntimeError: names each busy port and what to do.
+        """
+        s = self.settings
+        wanted = {"http": s.http_port}  # chosen by the user even when the others are picked free
+        if not s.free_ports:
+            wanted |= {"envoy admin": s.envoy_admin_port, "nats": s.nats_port}
+            for name, (grpc_port, metrics_port) in SERVICE_PORTS.items():
+                wanted |= {f"{name} gRPC": grpc_port, f"{name} metrics": metrics_port}
+        busy = [f"{what} {port}" for what, port in wanted.items() if port_open(s.host, port)]
+        if busy:
+            raise RuntimeError(
+                f"ports already in use on {s.host}: {', '.join(busy)}. Is another `ferry up` running "
+                "(`ferry status` in its folder says)? Stop it, or start this one with "
+                "FERRY_FREE_PORTS=true (and FERRY_HTTP_PORT for the public port)."
+            )
+
     def start(self) -> Endpoints:
         """Starts everything and returns once every part reports ready."""
         s = self.settings
+        self._check_ports_free()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         api_key = self._dev_api_key()
         supervisor = self.supervisor

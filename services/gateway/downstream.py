@@ -7,7 +7,7 @@ DEADLINE_EXCEEDED with a message that says which part is down and that a retry i
 
 A downstream that is restarting is waited for, within the call's deadline: calls are made with
 ``wait_for_ready`` (they wait while the connection is down instead of failing at once) and an
-UNAVAILABLE answer (a replica that is starting or draining) is retried with backoff. Every call
+UNAVAILABLE or CANCELLED answer (a replica that is starting or stopping) is retried with backoff. Every call
 the gateway makes downstream is safe to repeat: reads, predictions (inference keeps no state)
 and writes keyed by deterministic ids.
 """
@@ -43,6 +43,9 @@ _DETAILS_KEY = "grpc-status-details-bin"
 RETRY_AFTER = duration_pb2.Duration(seconds=2)
 _FIRST_RETRY_S = 0.05
 _MAX_RETRY_S = 1.0
+# Answers of a replica that is starting or stopping. CANCELLED comes from the server here (our own
+# cancellation raises CancelledError instead): gRPC cancels calls that arrive as a server stops.
+_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 # Codes that are the downstream's verdict on the request itself: the user can act on them.
 _PASSED_THROUGH = frozenset(
@@ -148,7 +151,7 @@ class Backend:
                 return await method(request, timeout=deadline - time.monotonic(), wait_for_ready=True)
             except grpc.aio.AioRpcError as err:
                 code = err.code()
-                if code == grpc.StatusCode.UNAVAILABLE and time.monotonic() + delay < deadline:
+                if code in _RETRIED and time.monotonic() + delay < deadline:
                     log.debug("%s unavailable (%s); retrying in %.2fs", self.name, err.details(), delay)
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, _MAX_RETRY_S)

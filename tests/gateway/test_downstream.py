@@ -89,21 +89,25 @@ async def test_backend_calls_map_real_rpc_failures() -> None:
 
 
 class Restarting(inference_service_pb2_grpc.InferenceServiceServicer):
-    """An inference replica that answers UNAVAILABLE (NOT_READY) a few times, as one that is starting."""
+    """An inference replica that answers UNAVAILABLE (NOT_READY) a few times, as one that is starting,
+    or CANCELLED, as gRPC answers a call that arrives while a server stops."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, refusals: int, cancels: int = 0) -> None:
         self.refusals = refusals
+        self.cancels = cancels
         self.calls = 0
 
     async def Predict(self, request: Any, context: Any) -> inference_service_pb2.PredictResponse:
         self.calls += 1
-        if self.calls <= self.refusals:
+        if self.calls <= self.cancels:
+            await context.abort(grpc.StatusCode.CANCELLED, "server is shutting down")
+        if self.calls <= self.cancels + self.refusals:
             raise Unavailable("inference is starting; retry in 1 s", "NOT_READY")
         return inference_service_pb2.PredictResponse(results=[inference_service_pb2.PredictResult()])
 
 
-async def test_backend_retries_a_replica_that_is_starting() -> None:
-    replica = Restarting(refusals=3)
+async def test_backend_retries_a_replica_that_is_stopping_then_starting() -> None:
+    replica = Restarting(refusals=2, cancels=1)
 
     def register(server: grpc.aio.Server) -> None:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(replica, server)

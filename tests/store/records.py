@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2
+from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common.errors import status_to_proto
 from services.common.ids import item_record_id, uuid7
@@ -69,6 +70,12 @@ def queued_job(items: int, job_id: uuid.UUID | None = None) -> job_pb2.Job:
 
 T = TypeVar("T")
 WAIT_S = 20.0
+
+
+async def create_job(store: store_service_pb2_grpc.StoreServiceStub, tenant: str, items: int) -> uuid.UUID:
+    """Records a queued job of ``items`` items for ``tenant`` through store's API; returns its id."""
+    answer = await store.CreateJob(store_service_pb2.CreateJobRequest(tenant=tenant, job=queued_job(items)))
+    return uuid.UUID(answer.job.name.removeprefix("jobs/"))
 
 
 async def publish(

@@ -25,13 +25,13 @@ from services.store import metrics
 from services.store.ingest import Ingestor
 from tests.store.conftest import running_ingestor
 from tests.store.records import (
+    create_job,
     drained,
     error_info,
     event,
     eventually,
     prediction,
     publish,
-    queued_job,
     record_id,
     rows_of,
 )
@@ -48,8 +48,7 @@ async def ingesting(js: JetStreamContext, pool: asyncpg.Pool) -> AsyncIterator[s
 
 
 async def new_job(store: Stub, items: int) -> uuid.UUID:
-    job = (await store.CreateJob(pb.CreateJobRequest(tenant=TENANT, job=queued_job(items)))).job
-    return uuid.UUID(job.name.removeprefix("jobs/"))
+    return await create_job(store, TENANT, items)
 
 
 async def settled(store: Stub, js: JetStreamContext, pool: asyncpg.Pool, job_id: uuid.UUID) -> job_pb2.Job:

@@ -20,7 +20,7 @@ from services.common.messaging import with_generation
 from services.store import codec
 from services.store.ingest import write_batch
 from tests.store.conftest import running_ingestor
-from tests.store.records import drained, error_info, error_of, prediction, publish, queued_job
+from tests.store.records import create_job, drained, error_info, error_of, prediction, publish
 
 TENANT = f"retry-{uuid.uuid4().hex[:6]}"
 Stub = store_service_pb2_grpc.StoreServiceStub
@@ -35,8 +35,7 @@ async def ingesting(js: JetStreamContext, pool: asyncpg.Pool) -> AsyncIterator[s
 
 
 async def new_job(store: Stub, items: int) -> uuid.UUID:
-    job = (await store.CreateJob(pb.CreateJobRequest(tenant=TENANT, job=queued_job(items)))).job
-    return uuid.UUID(job.name.removeprefix("jobs/"))
+    return await create_job(store, TENANT, items)
 
 
 async def finished_job(store: Stub, pool: asyncpg.Pool, items: int, failed: Sequence[int]) -> uuid.UUID:

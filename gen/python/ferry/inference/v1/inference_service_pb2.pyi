@@ -1,5 +1,6 @@
 from ferry.models.v1 import model_pb2 as _model_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -38,11 +39,19 @@ class PredictResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[PredictResult, _Mapping]]] = ...) -> None: ...
 
 class PredictResult(_message.Message):
-    __slots__ = ("classes", "error", "timing")
+    __slots__ = ("classes", "error", "timing", "embedding", "output", "tensors", "members")
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.RepeatedCompositeFieldContainer[_types_pb2.ClassScore]
     error: _status_pb2.Status
     timing: _types_pb2.Timing
-    def __init__(self, classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    output: _struct_pb2.Struct
+    tensors: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    members: _containers.RepeatedCompositeFieldContainer[_types_pb2.MemberTiming]
+    def __init__(self, classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[_types_pb2.MemberTiming, _Mapping]]] = ...) -> None: ...

@@ -1,5 +1,7 @@
 import datetime
 
+from ferry.types.v1 import types_pb2 as _types_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -28,7 +30,7 @@ JOB_STATE_CANCELLED: JobState
 JOB_STATE_PARTIALLY_SUCCEEDED: JobState
 
 class Job(_message.Message):
-    __slots__ = ("name", "model", "state", "items_total", "items_succeeded", "items_failed", "top_k", "request_id", "trace_id", "error", "create_time", "update_time", "retry_count")
+    __slots__ = ("name", "model", "state", "items_total", "items_succeeded", "items_failed", "top_k", "request_id", "trace_id", "error", "create_time", "update_time", "retry_count", "priority")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +44,7 @@ class Job(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     RETRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: JobState
@@ -55,4 +58,5 @@ class Job(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     retry_count: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., items_total: _Optional[int] = ..., items_succeeded: _Optional[int] = ..., items_failed: _Optional[int] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_count: _Optional[int] = ...) -> None: ...
+    priority: _types_pb2.Priority
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., items_total: _Optional[int] = ..., items_succeeded: _Optional[int] = ..., items_failed: _Optional[int] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry_count: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...

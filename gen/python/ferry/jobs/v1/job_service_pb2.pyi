@@ -1,6 +1,9 @@
 from ferry.jobs.v1 import job_pb2 as _job_pb2
+from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -10,16 +13,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("model", "inputs", "top_k", "request_id")
+    __slots__ = ("model", "inputs", "top_k", "request_id", "priority")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Input]
     top_k: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    priority: _types_pb2.Priority
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -96,3 +101,57 @@ class WatchJobResponse(_message.Message):
     items_per_second: float
     eta_seconds: float
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., items_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
+
+class ListJobItemsRequest(_message.Message):
+    __slots__ = ("parent", "state", "page_size", "page_token")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    parent: str
+    state: _prediction_pb2.PredictionState
+    page_size: int
+    page_token: str
+    def __init__(self, parent: _Optional[str] = ..., state: _Optional[_Union[_prediction_pb2.PredictionState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobItemsResponse(_message.Message):
+    __slots__ = ("items", "next_page_token")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[JobItem]
+    next_page_token: str
+    def __init__(self, items: _Optional[_Iterable[_Union[JobItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class JobItem(_message.Message):
+    __slots__ = ("index", "prediction", "dead_lettered", "dead_letter_reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    prediction: _prediction_pb2.Prediction
+    dead_lettered: bool
+    dead_letter_reason: str
+    def __init__(self, index: _Optional[int] = ..., prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ..., dead_lettered: _Optional[bool] = ..., dead_letter_reason: _Optional[str] = ...) -> None: ...
+
+class GetJobResultsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetJobResultsResponse(_message.Message):
+    __slots__ = ("index", "input", "state", "classes", "error", "prediction")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    input: str
+    state: _prediction_pb2.PredictionState
+    classes: _containers.RepeatedCompositeFieldContainer[_types_pb2.ClassScore]
+    error: _status_pb2.Status
+    prediction: str
+    def __init__(self, index: _Optional[int] = ..., input: _Optional[str] = ..., state: _Optional[_Union[_prediction_pb2.PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., prediction: _Optional[str] = ...) -> None: ...

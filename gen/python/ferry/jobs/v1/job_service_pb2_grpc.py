@@ -60,6 +60,16 @@ class JobServiceStub:
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.ListJobItems = channel.unary_unary(
+                '/ferry.jobs.v1.JobService/ListJobItems',
+                request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.ListJobItemsRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.ListJobItemsResponse.FromString,
+                _registered_method=True)
+        self.GetJobResults = channel.unary_stream(
+                '/ferry.jobs.v1.JobService/GetJobResults',
+                request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsResponse.FromString,
+                _registered_method=True)
         self.RetryJob = channel.unary_unary(
                 '/ferry.jobs.v1.JobService/RetryJob',
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
@@ -106,6 +116,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobItems(self, request, context):
+        """ListJobItems returns a job's recorded items in item order, optionally only those in one state; FAILED lists the failed items with their errors and whether each is dead-lettered (kept for RetryJob).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobResults(self, request, context):
+        """GetJobResults streams a finished job's result file: one GetJobResultsResponse per recorded item, in item order (over REST, one JSON object per line, the file's own lines).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RetryJob(self, request, context):
         """RetryJob runs a finished job's failed items again; calling it again before they finish re-queues nothing twice.
         """
@@ -140,6 +164,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobRequest.FromString,
                     response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'ListJobItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobItems,
+                    request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.ListJobItemsRequest.FromString,
+                    response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.ListJobItemsResponse.SerializeToString,
+            ),
+            'GetJobResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetJobResults,
+                    request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsRequest.FromString,
+                    response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsResponse.SerializeToString,
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
@@ -283,6 +317,60 @@ class JobService:
             '/ferry.jobs.v1.JobService/WatchJob',
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobRequest.SerializeToString,
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.jobs.v1.JobService/ListJobItems',
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.ListJobItemsRequest.SerializeToString,
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.ListJobItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ferry.jobs.v1.JobService/GetJobResults',
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsRequest.SerializeToString,
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

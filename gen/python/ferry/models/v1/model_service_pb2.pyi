@@ -3,6 +3,8 @@ from ferry.models.v1 import model_stats_pb2 as _model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -34,24 +36,50 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "image", "top_k", "request_id", "priority")
+    __slots__ = ("model", "image", "top_k", "request_id", "priority", "text", "payload", "tensor")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: _types_pb2.Image
     top_k: int
     request_id: str
     priority: _types_pb2.Priority
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
+    text: _types_pb2.Text
+    payload: _struct_pb2.Struct
+    tensor: _types_pb2.Tensor
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., text: _Optional[_Union[_types_pb2.Text, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensor: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("prediction",)
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     prediction: _prediction_pb2.Prediction
     def __init__(self, prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ...) -> None: ...
+
+class BatchPredictRequest(_message.Message):
+    __slots__ = ("model", "inputs", "top_k", "request_id", "priority")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Input]
+    top_k: int
+    request_id: str
+    priority: _types_pb2.Priority
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
+
+class BatchPredictResponse(_message.Message):
+    __slots__ = ("predictions",)
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    predictions: _containers.RepeatedCompositeFieldContainer[_prediction_pb2.Prediction]
+    def __init__(self, predictions: _Optional[_Iterable[_Union[_prediction_pb2.Prediction, _Mapping]]] = ...) -> None: ...
 
 class GetModelStatsRequest(_message.Message):
     __slots__ = ("name", "window")

@@ -50,6 +50,11 @@ class ModelServiceStub:
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.BatchPredict = channel.unary_unary(
+                '/ferry.models.v1.ModelService/BatchPredict',
+                request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictRequest.SerializeToString,
+                response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictResponse.FromString,
+                _registered_method=True)
         self.GetModelStats = channel.unary_unary(
                 '/ferry.models.v1.ModelService/GetModelStats',
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsRequest.SerializeToString,
@@ -82,6 +87,13 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchPredict(self, request, context):
+        """BatchPredict runs a model on up to 64 inputs in one call and records each prediction; the answers come in input order, and an input that cannot be predicted gets its own error while the others still answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelStats(self, request, context):
         """GetModelStats summarizes the caller's predictions of one model over a recent window.
         """
@@ -106,6 +118,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictRequest.FromString,
                     response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'BatchPredict': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchPredict,
+                    request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictRequest.FromString,
+                    response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictResponse.SerializeToString,
             ),
             'GetModelStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStats,
@@ -195,6 +212,33 @@ class ModelService:
             '/ferry.models.v1.ModelService/Predict',
             ferry_dot_models_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
             ferry_dot_models_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchPredict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.models.v1.ModelService/BatchPredict',
+            ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictRequest.SerializeToString,
+            ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

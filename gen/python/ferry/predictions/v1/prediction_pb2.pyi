@@ -1,6 +1,8 @@
 import datetime
 
 from ferry.types.v1 import types_pb2 as _types_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
@@ -33,7 +35,7 @@ PREDICTION_SOURCE_JOB_ITEM: PredictionSource
 PREDICTION_SOURCE_OIP: PredictionSource
 
 class Prediction(_message.Message):
-    __slots__ = ("name", "model", "state", "classes", "timing", "error", "job", "item_index", "trace_id", "create_time", "source")
+    __slots__ = ("name", "model", "state", "classes", "timing", "error", "job", "item_index", "trace_id", "create_time", "source", "embedding", "output", "tensors", "members")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +47,10 @@ class Prediction(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: PredictionState
@@ -56,4 +62,8 @@ class Prediction(_message.Message):
     trace_id: str
     create_time: _timestamp_pb2.Timestamp
     source: PredictionSource
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., job: _Optional[str] = ..., item_index: _Optional[int] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[PredictionSource, str]] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    output: _struct_pb2.Struct
+    tensors: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    members: _containers.RepeatedCompositeFieldContainer[_types_pb2.MemberTiming]
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., job: _Optional[str] = ..., item_index: _Optional[int] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[PredictionSource, str]] = ..., embedding: _Optional[_Iterable[float]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[_types_pb2.MemberTiming, _Mapping]]] = ...) -> None: ...

@@ -24,28 +24,31 @@ _sym_db = _symbol_database.Default()
 
 from ferry.predictions.v1 import prediction_pb2 as ferry_dot_predictions_dot_v1_dot_prediction__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-ferry/predictions/v1/prediction_service.proto\x12\x14\x66\x65rry.predictions.v1\x1a%ferry/predictions/v1/prediction.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"$\n\x14GetPredictionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x15GetPredictionResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xc9\x02\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06source\x18\t \x01(\x0e\x32&.ferry.predictions.v1.PredictionSource\x12\x34\n\x05state\x18\n \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\"i\n\x17ListPredictionsResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaa\x02\n\x11PredictionService\x12\x8a\x01\n\rGetPrediction\x12*.ferry.predictions.v1.GetPredictionRequest\x1a+.ferry.predictions.v1.GetPredictionResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=predictions/*}\x12\x87\x01\n\x0fListPredictions\x12,.ferry.predictions.v1.ListPredictionsRequest\x1a-.ferry.predictions.v1.ListPredictionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/predictionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-ferry/predictions/v1/prediction_service.proto\x12\x14\x66\x65rry.predictions.v1\x1a%ferry/predictions/v1/prediction.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x14GetPredictionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x15GetPredictionResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xc9\x02\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0b\n\x03job\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\r\n\x05label\x18\x05 \x01(\t\x12\x11\n\tmin_score\x18\x06 \x01(\x02\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x06source\x18\t \x01(\x0e\x32&.ferry.predictions.v1.PredictionSource\x12\x34\n\x05state\x18\n \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\"i\n\x17ListPredictionsResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xaa\x02\n\x11PredictionService\x12\x8a\x01\n\rGetPrediction\x12*.ferry.predictions.v1.GetPredictionRequest\x1a+.ferry.predictions.v1.GetPredictionResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=predictions/*}\x12\x87\x01\n\x0fListPredictions\x12,.ferry.predictions.v1.ListPredictionsRequest\x1a-.ferry.predictions.v1.ListPredictionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/predictionsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.predictions.v1.prediction_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETPREDICTIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETPREDICTIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_PREDICTIONSERVICE'].methods_by_name['GetPrediction']._loaded_options = None
   _globals['_PREDICTIONSERVICE'].methods_by_name['GetPrediction']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/{name=predictions/*}'
   _globals['_PREDICTIONSERVICE'].methods_by_name['ListPredictions']._loaded_options = None
   _globals['_PREDICTIONSERVICE'].methods_by_name['ListPredictions']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/predictions'
-  _globals['_GETPREDICTIONREQUEST']._serialized_start=173
-  _globals['_GETPREDICTIONREQUEST']._serialized_end=209
-  _globals['_GETPREDICTIONRESPONSE']._serialized_start=211
-  _globals['_GETPREDICTIONRESPONSE']._serialized_end=288
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=291
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=620
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=622
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=727
-  _globals['_PREDICTIONSERVICE']._serialized_start=730
-  _globals['_PREDICTIONSERVICE']._serialized_end=1028
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=206
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=248
+  _globals['_GETPREDICTIONRESPONSE']._serialized_start=250
+  _globals['_GETPREDICTIONRESPONSE']._serialized_end=327
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=330
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=659
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=661
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=766
+  _globals['_PREDICTIONSERVICE']._serialized_start=769
+  _globals['_PREDICTIONSERVICE']._serialized_end=1067
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,21 @@ class StoreServiceStub:
                 request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyRequest.SerializeToString,
                 response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/ferry.store.v1.StoreService/CreateApiKey',
+                request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/ferry.store.v1.StoreService/ListApiKeys',
+                request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/ferry.store.v1.StoreService/RevokeApiKey',
+                request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
         self.RetryJob = channel.unary_unary(
                 '/ferry.store.v1.StoreService/RetryJob',
                 request_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RetryJobRequest.SerializeToString,
@@ -135,6 +150,27 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """CreateApiKey records a new API key by its digest, with its tenant, scopes and rate limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """ListApiKeys returns API keys (never their digests), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """RevokeApiKey marks an API key revoked; lookups stop finding it at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RetryJob(self, request, context):
         """RetryJob marks a finished job's failed items as pending again and returns them, so the gateway can re-queue them.
         """
@@ -186,6 +222,21 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.LookupApiKey,
                     request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyRequest.FromString,
                     response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=ferry_dot_store_dot_v1_dot_store__service__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
@@ -388,6 +439,87 @@ class StoreService:
             '/ferry.store.v1.StoreService/LookupApiKey',
             ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyRequest.SerializeToString,
             ferry_dot_store_dot_v1_dot_store__service__pb2.LookupApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.store.v1.StoreService/CreateApiKey',
+            ferry_dot_store_dot_v1_dot_store__service__pb2.CreateApiKeyRequest.SerializeToString,
+            ferry_dot_store_dot_v1_dot_store__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.store.v1.StoreService/ListApiKeys',
+            ferry_dot_store_dot_v1_dot_store__service__pb2.ListApiKeysRequest.SerializeToString,
+            ferry_dot_store_dot_v1_dot_store__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.store.v1.StoreService/RevokeApiKey',
+            ferry_dot_store_dot_v1_dot_store__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            ferry_dot_store_dot_v1_dot_store__service__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,23 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65rry/types/v1/types.proto\x12\x0e\x66\x65rry.types.v1\"\x18\n\x05Image\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\"7\n\x05Input\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x15.ferry.types.v1.ImageH\x00\x42\x06\n\x04kind\"9\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05index\x18\x03 \x01(\x05\"i\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65rry/types/v1/types.proto\x12\x0e\x66\x65rry.types.v1\x1a\x1cgoogle/protobuf/struct.proto\"%\n\x05Image\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x0b\n\x03uri\x18\x02 \x01(\t\"\xb3\x01\n\x05Input\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x15.ferry.types.v1.ImageH\x00\x12$\n\x04text\x18\x02 \x01(\x0b\x32\x14.ferry.types.v1.TextH\x00\x12*\n\x07payload\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12(\n\x06tensor\x18\x04 \x01(\x0b\x32\x16.ferry.types.v1.TensorH\x00\x42\x06\n\x04kind\"1\n\x04Text\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61ndidate_labels\x18\x02 \x03(\t\"d\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x15\n\rfp32_contents\x18\x04 \x03(\x02\x12\x14\n\x0craw_contents\x18\x05 \x01(\x0c\"E\n\x0cMemberTiming\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06timing\x18\x02 \x01(\x0b\x32\x16.ferry.types.v1.Timing\"9\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05index\x18\x03 \x01(\x05\"i\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\x12\x12\n\nbatch_size\x18\x05 \x01(\x05*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.types.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=295
-  _globals['_PRIORITY']._serialized_end=389
-  _globals['_IMAGE']._serialized_start=46
-  _globals['_IMAGE']._serialized_end=70
-  _globals['_INPUT']._serialized_start=72
-  _globals['_INPUT']._serialized_end=127
-  _globals['_CLASSSCORE']._serialized_start=129
-  _globals['_CLASSSCORE']._serialized_end=186
-  _globals['_TIMING']._serialized_start=188
-  _globals['_TIMING']._serialized_end=293
+  _globals['_PRIORITY']._serialized_start=687
+  _globals['_PRIORITY']._serialized_end=781
+  _globals['_IMAGE']._serialized_start=76
+  _globals['_IMAGE']._serialized_end=113
+  _globals['_INPUT']._serialized_start=116
+  _globals['_INPUT']._serialized_end=295
+  _globals['_TEXT']._serialized_start=297
+  _globals['_TEXT']._serialized_end=346
+  _globals['_TENSOR']._serialized_start=348
+  _globals['_TENSOR']._serialized_end=448
+  _globals['_MEMBERTIMING']._serialized_start=450
+  _globals['_MEMBERTIMING']._serialized_end=519
+  _globals['_CLASSSCORE']._serialized_start=521
+  _globals['_CLASSSCORE']._serialized_end=578
+  _globals['_TIMING']._serialized_start=580
+  _globals['_TIMING']._serialized_end=685
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,192 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.rpc import code_pb2 as _code_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    MISSING_API_KEY: _ClassVar[ErrorReason]
+    UNSUPPORTED_AUTH_SCHEME: _ClassVar[ErrorReason]
+    INVALID_API_KEY: _ClassVar[ErrorReason]
+    MISSING_SCOPE: _ClassVar[ErrorReason]
+    TOO_MANY_AUTH_FAILURES: _ClassVar[ErrorReason]
+    RATE_LIMITED: _ClassVar[ErrorReason]
+    OVERLOADED: _ClassVar[ErrorReason]
+    QUEUE_FULL: _ClassVar[ErrorReason]
+    REQUEST_TOO_LARGE: _ClassVar[ErrorReason]
+    MALFORMED_REQUEST: _ClassVar[ErrorReason]
+    UNKNOWN_FIELD: _ClassVar[ErrorReason]
+    UNKNOWN_PATH: _ClassVar[ErrorReason]
+    HEADERS_TOO_LARGE: _ClassVar[ErrorReason]
+    EDGE_DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
+    EDGE_INTERNAL_ERROR: _ClassVar[ErrorReason]
+    INVALID_MODEL_NAME: _ClassVar[ErrorReason]
+    MISSING_MODEL: _ClassVar[ErrorReason]
+    INVALID_TOP_K: _ClassVar[ErrorReason]
+    MISSING_IMAGE: _ClassVar[ErrorReason]
+    IMAGE_TOO_LARGE: _ClassVar[ErrorReason]
+    INVALID_IMAGE_URI: _ClassVar[ErrorReason]
+    IMAGE_URI_FORBIDDEN: _ClassVar[ErrorReason]
+    IMAGE_FETCH_FAILED: _ClassVar[ErrorReason]
+    INVALID_IMAGE: _ClassVar[ErrorReason]
+    INVALID_INPUT: _ClassVar[ErrorReason]
+    INVALID_INPUT_COUNT: _ClassVar[ErrorReason]
+    UNSUPPORTED_INPUT: _ClassVar[ErrorReason]
+    MISSING_INPUT: _ClassVar[ErrorReason]
+    INPUT_TOO_LARGE: _ClassVar[ErrorReason]
+    MISSING_TEXT: _ClassVar[ErrorReason]
+    TEXT_TOO_LONG: _ClassVar[ErrorReason]
+    TOO_MANY_LABELS: _ClassVar[ErrorReason]
+    NO_INPUTS: _ClassVar[ErrorReason]
+    TOO_MANY_INPUTS: _ClassVar[ErrorReason]
+    EMPTY_JOB: _ClassVar[ErrorReason]
+    REQUEST_ID_TOO_LONG: _ClassVar[ErrorReason]
+    INVALID_RESOURCE_NAME: _ClassVar[ErrorReason]
+    INVALID_PAGE_SIZE: _ClassVar[ErrorReason]
+    INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
+    INVALID_WINDOW: _ClassVar[ErrorReason]
+    INVALID_MIN_SCORE: _ClassVar[ErrorReason]
+    INVALID_LABEL: _ClassVar[ErrorReason]
+    INVALID_TIME_RANGE: _ClassVar[ErrorReason]
+    MISSING_TIME_RANGE: _ClassVar[ErrorReason]
+    INVALID_ENUM: _ClassVar[ErrorReason]
+    INVALID_PRIORITY: _ClassVar[ErrorReason]
+    MISSING_TENANT: _ClassVar[ErrorReason]
+    INVALID_OIP_INPUT: _ClassVar[ErrorReason]
+    INVALID_OIP_OUTPUT: _ClassVar[ErrorReason]
+    INVALID_OIP_PARAMETER: _ClassVar[ErrorReason]
+    INVALID_API_KEY_SPEC: _ClassVar[ErrorReason]
+    INVALID_KEY_DIGEST: _ClassVar[ErrorReason]
+    INVALID_DISPLAY_NAME: _ClassVar[ErrorReason]
+    INVALID_RATE_LIMIT: _ClassVar[ErrorReason]
+    INVALID_SCOPES: _ClassVar[ErrorReason]
+    INVALID_TENANT: _ClassVar[ErrorReason]
+    MODEL_NOT_FOUND: _ClassVar[ErrorReason]
+    MODEL_VERSION_NOT_FOUND: _ClassVar[ErrorReason]
+    PREDICTION_NOT_FOUND: _ClassVar[ErrorReason]
+    JOB_NOT_FOUND: _ClassVar[ErrorReason]
+    API_KEY_NOT_FOUND: _ClassVar[ErrorReason]
+    REQUEST_ID_REUSED: _ClassVar[ErrorReason]
+    JOB_ID_TAKEN: _ClassVar[ErrorReason]
+    API_KEY_EXISTS: _ClassVar[ErrorReason]
+    JOB_CANCELLED: _ClassVar[ErrorReason]
+    JOB_NOT_FINISHED: _ClassVar[ErrorReason]
+    BACKEND_UNAVAILABLE: _ClassVar[ErrorReason]
+    EVENTS_UNAVAILABLE: _ClassVar[ErrorReason]
+    NOT_READY: _ClassVar[ErrorReason]
+    DATABASE_UNAVAILABLE: _ClassVar[ErrorReason]
+    DEPENDENCY_UNAVAILABLE: _ClassVar[ErrorReason]
+    SHUTTING_DOWN: _ClassVar[ErrorReason]
+    MODEL_LOADING: _ClassVar[ErrorReason]
+    MODEL_FAILED: _ClassVar[ErrorReason]
+    BACKEND_DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
+    DEFAULT_DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
+    DEADLINE_PASSED_IN_QUEUE: _ClassVar[ErrorReason]
+    OIP_TIMEOUT: _ClassVar[ErrorReason]
+    BACKEND_ERROR: _ClassVar[ErrorReason]
+    UNKNOWN: _ClassVar[ErrorReason]
+    ITEMS_FAILED: _ClassVar[ErrorReason]
+    INPUT_EXPIRED: _ClassVar[ErrorReason]
+    INFERENCE_ERROR: _ClassVar[ErrorReason]
+    INFERENCE_TIMEOUT: _ClassVar[ErrorReason]
+    INFERENCE_CALL_FAILED: _ClassVar[ErrorReason]
+    INFERENCE_BAD_RESPONSE: _ClassVar[ErrorReason]
+    RETRIES_EXHAUSTED: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+MISSING_API_KEY: ErrorReason
+UNSUPPORTED_AUTH_SCHEME: ErrorReason
+INVALID_API_KEY: ErrorReason
+MISSING_SCOPE: ErrorReason
+TOO_MANY_AUTH_FAILURES: ErrorReason
+RATE_LIMITED: ErrorReason
+OVERLOADED: ErrorReason
+QUEUE_FULL: ErrorReason
+REQUEST_TOO_LARGE: ErrorReason
+MALFORMED_REQUEST: ErrorReason
+UNKNOWN_FIELD: ErrorReason
+UNKNOWN_PATH: ErrorReason
+HEADERS_TOO_LARGE: ErrorReason
+EDGE_DEADLINE_EXCEEDED: ErrorReason
+EDGE_INTERNAL_ERROR: ErrorReason
+INVALID_MODEL_NAME: ErrorReason
+MISSING_MODEL: ErrorReason
+INVALID_TOP_K: ErrorReason
+MISSING_IMAGE: ErrorReason
+IMAGE_TOO_LARGE: ErrorReason
+INVALID_IMAGE_URI: ErrorReason
+IMAGE_URI_FORBIDDEN: ErrorReason
+IMAGE_FETCH_FAILED: ErrorReason
+INVALID_IMAGE: ErrorReason
+INVALID_INPUT: ErrorReason
+INVALID_INPUT_COUNT: ErrorReason
+UNSUPPORTED_INPUT: ErrorReason
+MISSING_INPUT: ErrorReason
+INPUT_TOO_LARGE: ErrorReason
+MISSING_TEXT: ErrorReason
+TEXT_TOO_LONG: ErrorReason
+TOO_MANY_LABELS: ErrorReason
+NO_INPUTS: ErrorReason
+TOO_MANY_INPUTS: ErrorReason
+EMPTY_JOB: ErrorReason
+REQUEST_ID_TOO_LONG: ErrorReason
+INVALID_RESOURCE_NAME: ErrorReason
+INVALID_PAGE_SIZE: ErrorReason
+INVALID_PAGE_TOKEN: ErrorReason
+INVALID_WINDOW: ErrorReason
+INVALID_MIN_SCORE: ErrorReason
+INVALID_LABEL: ErrorReason
+INVALID_TIME_RANGE: ErrorReason
+MISSING_TIME_RANGE: ErrorReason
+INVALID_ENUM: ErrorReason
+INVALID_PRIORITY: ErrorReason
+MISSING_TENANT: ErrorReason
+INVALID_OIP_INPUT: ErrorReason
+INVALID_OIP_OUTPUT: ErrorReason
+INVALID_OIP_PARAMETER: ErrorReason
+INVALID_API_KEY_SPEC: ErrorReason
+INVALID_KEY_DIGEST: ErrorReason
+INVALID_DISPLAY_NAME: ErrorReason
+INVALID_RATE_LIMIT: ErrorReason
+INVALID_SCOPES: ErrorReason
+INVALID_TENANT: ErrorReason
+MODEL_NOT_FOUND: ErrorReason
+MODEL_VERSION_NOT_FOUND: ErrorReason
+PREDICTION_NOT_FOUND: ErrorReason
+JOB_NOT_FOUND: ErrorReason
+API_KEY_NOT_FOUND: ErrorReason
+REQUEST_ID_REUSED: ErrorReason
+JOB_ID_TAKEN: ErrorReason
+API_KEY_EXISTS: ErrorReason
+JOB_CANCELLED: ErrorReason
+JOB_NOT_FINISHED: ErrorReason
+BACKEND_UNAVAILABLE: ErrorReason
+EVENTS_UNAVAILABLE: ErrorReason
+NOT_READY: ErrorReason
+DATABASE_UNAVAILABLE: ErrorReason
+DEPENDENCY_UNAVAILABLE: ErrorReason
+SHUTTING_DOWN: ErrorReason
+MODEL_LOADING: ErrorReason
+MODEL_FAILED: ErrorReason
+BACKEND_DEADLINE_EXCEEDED: ErrorReason
+DEFAULT_DEADLINE_EXCEEDED: ErrorReason
+DEADLINE_PASSED_IN_QUEUE: ErrorReason
+OIP_TIMEOUT: ErrorReason
+BACKEND_ERROR: ErrorReason
+UNKNOWN: ErrorReason
+ITEMS_FAILED: ErrorReason
+INPUT_EXPIRED: ErrorReason
+INFERENCE_ERROR: ErrorReason
+INFERENCE_TIMEOUT: ErrorReason
+INFERENCE_CALL_FAILED: ErrorReason
+INFERENCE_BAD_RESPONSE: ErrorReason
+RETRIES_EXHAUSTED: ErrorReason
+CODE_FIELD_NUMBER: _ClassVar[int]
+code: _descriptor.FieldDescriptor
+HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+http_status: _descriptor.FieldDescriptor
+CODE_OF_CAUSE_FIELD_NUMBER: _ClassVar[int]
+code_of_cause: _descriptor.FieldDescriptor

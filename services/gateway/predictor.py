@@ -17,7 +17,7 @@ from services.common import messaging
 from services.common.errors import FerryError, error_from_status
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
-from services.gateway import validation
+from services.gateway import fetcher, validation
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
 from services.gateway.idempotency import Edge, new_id
@@ -69,10 +69,11 @@ class Predictor:
         model = validation.model_id(request.model)
         top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
         request_id = validation.request_id(request.request_id)
-        image = request.image if request.HasField("image") else None
-        validation.image_content(image, s.max_image_bytes)
+        if request.HasField("image"):  # an image by URL is fetched here, once
+            await fetcher.inline_images([(request.image, "image")], fetcher.fetcher_for(s))
+        item = validation.predict_input(request, s.max_image_bytes)
 
-        result = await self._run(model, request.image, top_k, request.priority)
+        result = (await self.run_inputs(model, [item], top_k, request.priority))[0]
         if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
             raise error_from_status(result.error)
 
@@ -88,6 +89,10 @@ class Predictor:
             model=validation.model_name(model),
             state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
             classes=result.classes,
+            embedding=result.embedding,
+            output=result.output if result.HasField("output") else None,
+            tensors=result.tensors,
+            members=result.members,
             timing=types_pb2.Timing(
                 decode_ms=result.timing.decode_ms,
                 queue_ms=result.timing.queue_ms,
@@ -102,11 +107,6 @@ class Predictor:
         await self.record(tenant, prediction)
         return prediction
 
-    async def _run(
-        self, model: str, image: types_pb2.Image, top_k: int, priority: types_pb2.Priority
-    ) -> inference_service_pb2.PredictResult:
-        return (await self.run_many(model, [image.content], top_k, priority))[0]
-
     async def run_many(
         self, model: str, images: Sequence[bytes], top_k: int, priority: types_pb2.Priority
     ) -> list[inference_service_pb2.PredictResult]:
@@ -115,12 +115,20 @@ class Predictor:
         Raises:
             FerryError: the model is not served (NOT_FOUND naming the served ones), or an outage.
         """
+        inputs = [types_pb2.Input(image=types_pb2.Image(content=image)) for image in images]
+        return await self.run_inputs(model, inputs, top_k, priority)
+
+    async def run_inputs(
+        self, model: str, inputs: Sequence[types_pb2.Input], top_k: int, priority: types_pb2.Priority
+    ) -> list[inference_service_pb2.PredictResult]:
+        """Runs ``model`` on ``inputs`` (images, texts, payloads, tensors) in one inference call.
+
+        Raises:
+            FerryError: the model is not served (NOT_FOUND naming the served ones), or an outage.
+        """
         # The priority passes through as sent: inference validates it and orders its queues by it.
         request = inference_service_pb2.PredictRequest(
-            model=model,
-            inputs=[types_pb2.Input(image=types_pb2.Image(content=image)) for image in images],
-            top_k=top_k,
-            priority=priority,
+            model=model, inputs=inputs, top_k=top_k, priority=priority
         )
         try:
             answer: inference_service_pb2.PredictResponse = await self._backend.call(
@@ -130,9 +138,9 @@ class Predictor:
             if err.code == grpc.StatusCode.NOT_FOUND:
                 raise await self._catalog.not_found(model) from None
             raise
-        if len(answer.results) != len(images):
+        if len(answer.results) != len(inputs):
             raise FerryError(
-                f"inference returned {len(answer.results)} results for {len(images)} inputs; retry, and "
+                f"inference returned {len(answer.results)} results for {len(inputs)} inputs; retry, and "
                 f"report it with trace id {current_trace_id()} if it persists",
                 reason="BACKEND_ERROR",
             )

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ferry.models.v1 import model_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
 from services.common.ids import parse_name
@@ -66,7 +68,7 @@ def top_k(value: int, default: int, maximum: int) -> int:
         raise InvalidArgument(
             f"top_k is {value}; it must be between 1 and {maximum} (0 means {default})",
             reason="INVALID_TOP_K",
-            metadata={"top_k": str(value), "max_top_k": str(maximum)},
+            metadata={"field": "top_k", "top_k": str(value), "max_top_k": str(maximum)},
         )
     return value
 
@@ -100,6 +102,81 @@ def image_content(image: types_pb2.Image | None, max_bytes: int, where: str = "i
     return image.content
 
 
+MAX_TEXT_CHARS = 10_000
+MAX_CANDIDATE_LABELS = 64
+#: The public PredictRequest's input fields, in the order they are named in errors.
+PREDICT_INPUT_FIELDS = ("image", "text", "payload", "tensor")
+
+
+def predict_input(request: model_service_pb2.PredictRequest, max_bytes: int) -> types_pb2.Input:
+    """The one input of a Predict: exactly one of image, text, payload or tensor, within limits.
+
+    Args:
+        request: the public request.
+        max_bytes: the largest image, and the largest payload or tensor once serialized.
+
+    Raises:
+        InvalidArgument: none or several set, or the one set is empty or too large.
+    """
+    present = [name for name in PREDICT_INPUT_FIELDS if request.HasField(name)]
+    if len(present) != 1:
+        shown = " and ".join(present) if present else "none"
+        raise InvalidArgument(
+            f"a Predict takes exactly one of image, text, payload or tensor and this one has {shown}; "
+            "for example {image: {content: <base64>}} or {text: {content: 'a sentence'}}",
+            reason="MISSING_IMAGE" if not present else "INVALID_INPUT",
+            metadata={"field": "image" if not present else present[1]},
+        )
+    field = present[0]
+    if field == "image":
+        return types_pb2.Input(image=types_pb2.Image(content=image_content(request.image, max_bytes)))
+    if field == "text":
+        return types_pb2.Input(text=text(request.text))
+    if field == "payload":
+        _serialized_size(request.payload, "payload", max_bytes)
+        return types_pb2.Input(payload=request.payload)
+    _serialized_size(request.tensor, "tensor", max_bytes)
+    return types_pb2.Input(tensor=request.tensor)
+
+
+def text(value: types_pb2.Text, where: str = "text") -> types_pb2.Text:
+    """Checks a text input: non-empty, at most MAX_TEXT_CHARS, at most MAX_CANDIDATE_LABELS labels.
+
+    Raises:
+        InvalidArgument: an empty or too long text, or too many candidate labels.
+    """
+    if not value.content.strip():
+        raise InvalidArgument(
+            f"{where}.content is empty; send the text to embed or classify",
+            reason="MISSING_TEXT",
+            metadata={"field": f"{where}.content"},
+        )
+    if len(value.content) > MAX_TEXT_CHARS:
+        raise InvalidArgument(
+            f"{where}.content has {len(value.content)} characters; the limit is {MAX_TEXT_CHARS}",
+            reason="TEXT_TOO_LONG",
+            metadata={"field": f"{where}.content", "max_chars": str(MAX_TEXT_CHARS)},
+        )
+    if len(value.candidate_labels) > MAX_CANDIDATE_LABELS:
+        raise InvalidArgument(
+            f"{where}.candidate_labels has {len(value.candidate_labels)} labels; the limit is "
+            f"{MAX_CANDIDATE_LABELS}",
+            reason="TOO_MANY_LABELS",
+            metadata={"field": f"{where}.candidate_labels", "max_labels": str(MAX_CANDIDATE_LABELS)},
+        )
+    return value
+
+
+def _serialized_size(message: Message, where: str, max_bytes: int) -> None:
+    size = message.ByteSize()
+    if size > max_bytes:
+        raise InvalidArgument(
+            f"{where} is {size} bytes; the limit is {max_bytes} bytes ({_mib(max_bytes)})",
+            reason="INPUT_TOO_LARGE",
+            metadata={"field": where, "size_bytes": str(size), "max_bytes": str(max_bytes)},
+        )
+
+
 def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_image_bytes: int) -> None:
     """Checks a job's inputs: 1 to ``max_items`` of them, each with an image within the limit.
 
@@ -110,13 +187,14 @@ def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_image_byte
         raise InvalidArgument(
             "a job needs at least one input; send inputs: [{image: {content: ...}}, ...]",
             reason="NO_INPUTS",
+            metadata={"field": "inputs"},
         )
     if len(inputs) > max_items:
         raise InvalidArgument(
             f"a job takes at most {max_items} inputs and this one has {len(inputs)}; "
             "split it into several jobs",
             reason="TOO_MANY_INPUTS",
-            metadata={"inputs": str(len(inputs)), "max_inputs": str(max_items)},
+            metadata={"field": "inputs", "inputs": str(len(inputs)), "max_inputs": str(max_items)},
         )
     for index, item in enumerate(inputs):
         image = item.image if item.WhichOneof("kind") == "image" else None
@@ -134,7 +212,7 @@ def request_id(value: str) -> str:
             f"request_id is {len(value)} characters; the limit is {MAX_REQUEST_ID_CHARS} "
             "(a UUID is a good request_id)",
             reason="REQUEST_ID_TOO_LONG",
-            metadata={"max_chars": str(MAX_REQUEST_ID_CHARS)},
+            metadata={"field": "request_id", "max_chars": str(MAX_REQUEST_ID_CHARS)},
         )
     return value
 

@@ -85,6 +85,7 @@ class DynamicBatcher(Generic[In, Out]):
         max_queue: Most items waiting (not yet running) before submits are refused.
         aging_s: The priority handicap step (see ``scheduling``).
         clock: Monotonic seconds; deadlines passed to ``submit`` are on this clock.
+        instances: Batches that may run at once, each in its own thread (a model's ``instances``).
     """
 
     def __init__(
@@ -96,9 +97,10 @@ class DynamicBatcher(Generic[In, Out]):
         max_queue: int = 256,
         aging_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        instances: int = 1,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1:
-            raise ValueError("max_batch_size and max_queue must be at least 1")
+        if max_batch_size < 1 or max_queue < 1 or instances < 1:
+            raise ValueError("max_batch_size, max_queue and instances must be at least 1")
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -107,10 +109,12 @@ class DynamicBatcher(Generic[In, Out]):
         self._clock = clock
         self._queue: AgingQueue[_Pending[In, Out]] = AgingQueue(aging_s, clock)
         self._arrived = asyncio.Event()
-        # One thread: forward passes run one at a time, each using torch's own intra-op threads.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        # One thread per instance (default one): forward passes run one at a time, each using
+        # torch's own intra-op threads.
+        self._instances = instances
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"batch-{name}")
         self._closed = False
-        self._running: list[_Pending[In, Out]] = []
+        self._running: dict[int, list[_Pending[In, Out]]] = {}
         self._last_batch_s = 0.0
 
     async def start(self, stack: AsyncExitStack) -> None:
@@ -118,7 +122,8 @@ class DynamicBatcher(Generic[In, Out]):
         # wait=False: a forward pass still running finishes in its thread without blocking the loop.
         stack.callback(self._executor.shutdown, wait=False, cancel_futures=True)
         stack.callback(self._fail_queued)
-        spawn(stack, self._work(), name=f"batcher-{self.name}")
+        for worker in range(self._instances):
+            spawn(stack, self._work(worker), name=f"batcher-{self.name}-{worker}")
 
     @property
     def queued(self) -> int:
@@ -185,7 +190,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._arrived.set()
         return await future
 
-    async def _work(self) -> None:
+    async def _work(self, worker: int) -> None:
         busy = False
         while True:
             if not self._queue:
@@ -197,7 +202,7 @@ class DynamicBatcher(Generic[In, Out]):
             batch = self._take()
             if batch:
                 busy = True
-                await self._run_batch(batch)
+                await self._run_batch(worker, batch)
 
     async def _wait_to_fill(self) -> None:
         """Waits until a full batch is queued or ``max_delay_s`` has passed."""
@@ -237,10 +242,10 @@ class DynamicBatcher(Generic[In, Out]):
         now = self._clock()
         self._queue.remove_if(lambda pending: self._expire(pending, now))
 
-    async def _run_batch(self, batch: list[_Pending[In, Out]]) -> None:
+    async def _run_batch(self, worker: int, batch: list[_Pending[In, Out]]) -> None:
         loop = asyncio.get_running_loop()
         started = self._clock()
-        self._running = batch
+        self._running[worker] = batch
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, [p.item for p in batch])
             if len(outputs) != len(batch):
@@ -248,7 +253,7 @@ class DynamicBatcher(Generic[In, Out]):
                     f"model {self.name!r} returned {len(outputs)} outputs for a batch of {len(batch)}"
                 )
         except Exception as err:  # a failed batch fails its items, never the worker
-            self._running = []
+            self._running.pop(worker, None)
             log.exception("batch of %d for %s failed", len(batch), self.name)
             for p in batch:
                 if not p.future.done():
@@ -256,7 +261,7 @@ class DynamicBatcher(Generic[In, Out]):
             return
         # Not in a `finally`: when shutdown cancels this task mid-batch, _running must still
         # hold the batch so that _fail_queued answers its callers instead of leaving them hanging.
-        self._running = []
+        self._running.pop(worker, None)
         self._resolve(batch, outputs, started, self._clock())
 
     def _resolve(
@@ -281,7 +286,7 @@ class DynamicBatcher(Generic[In, Out]):
     def _fail_queued(self) -> None:
         """Fails every item not yet answered: queued ones and those of a batch cut off by shutdown."""
         self._closed = True
-        left = list(self._running) + list(self._queue)
+        left = [p for batch in self._running.values() for p in batch] + list(self._queue)
         self._queue.remove_if(lambda _: True)
         for pending in left:
             if not pending.future.done():

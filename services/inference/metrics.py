@@ -18,7 +18,7 @@ QUEUE_WAIT = Histogram(
 )
 ITEMS = Counter(
     "ferry_inference_items_total",
-    "Inputs handled, by model and outcome (ok, invalid_image, error).",
+    "Inputs handled, by model and outcome (ok, invalid_input, expired, error).",
     ["model", "outcome"],
 )
 REJECTED = Counter(

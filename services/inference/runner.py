@@ -1,35 +1,16 @@
-"""Runs a loaded torch module on batches: device placement, memory layout, softmax and top-k."""
+"""Runs a loaded model on batches: its forward pass, then each item's postprocess."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
-from services.inference.models.registry import ModelSpec
+from services.inference.models.contract import Answer, Item, Model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One preprocessed input and how many classes its caller wants."""
-
-    pixels: npt.NDArray[np.float32]
-    top_k: int
-
-
-@dataclass(frozen=True)
-class TopK:
-    """The best classes for one item, highest probability first."""
-
-    indices: list[int]
-    scores: list[float]
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -43,42 +24,32 @@ def resolve_device(setting: str) -> torch.device:
 
 
 class ModelRunner:
-    """A model loaded on a device, ready to run batches (from one thread at a time)."""
+    """A model loaded on a device, ready to run batches."""
 
-    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
-        """Loads ``spec``'s weights onto ``device`` in eval mode (blocking: seconds)."""
+    def __init__(self, model: Model, device: torch.device) -> None:
+        """Loads ``model``'s weights onto ``device`` (blocking: seconds)."""
         started = time.perf_counter()
-        self.spec = spec
+        self.model = model
         self.device = device
-        # channels_last lets CPU (oneDNN) and GPU convolutions skip layout conversions; on a
-        # 2-core CPU it nearly doubles efficientnet-lite0's throughput (see FACTS).
-        module = spec.load().eval().to(device).to(memory_format=torch.channels_last)
-        module.requires_grad_(False)
-        self.module = module
-        log.info("loaded %s on %s in %.1fs", spec.name, device, time.perf_counter() - started)
+        model.load(device)
+        log.info("loaded %s on %s in %.1fs", model.name, device, time.perf_counter() - started)
 
-    def run(self, items: Sequence[Item]) -> list[TopK]:
-        """Runs one forward pass over ``items`` and returns each item's top classes."""
-        batch = torch.from_numpy(np.stack([item.pixels for item in items]))
-        batch = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        k = min(max(item.top_k for item in items), len(self.spec.labels))
-        with torch.inference_mode():
-            probabilities = torch.softmax(self.module(batch).float(), dim=1)
-            scores, indices = torch.topk(probabilities, k, dim=1)
-        scores_list: list[list[float]] = scores.cpu().tolist()
-        indices_list: list[list[int]] = indices.cpu().tolist()
-        return [
-            TopK(indices=row_indices[: item.top_k], scores=row_scores[: item.top_k])
-            for item, row_indices, row_scores in zip(items, indices_list, scores_list, strict=True)
-        ]
+    def run(self, items: Sequence[Item]) -> list[Answer]:
+        """Runs one forward pass over ``items`` and returns each item's answer, in order."""
+        raws = self.model.forward(items)
+        if len(raws) != len(items):
+            raise RuntimeError(
+                f"model {self.model.name!r} returned {len(raws)} outputs for a batch of {len(items)}"
+            )
+        return [self.model.postprocess(raw, item.options) for item, raw in zip(items, raws, strict=True)]
 
     def time_batch(self, batch_size: int, repeats: int) -> float:
-        """Fastest of ``repeats`` timed forward passes of ``batch_size`` dummy items.
+        """Fastest of ``repeats`` timed passes of ``batch_size`` example items.
 
         The fastest, not the mean: other processes only ever add time, so the minimum is the
         steadiest estimate of what the pass itself costs on a shared machine.
         """
-        batch = [Item(np.zeros(self.spec.input_shape, dtype=np.float32), 1)] * batch_size
+        batch = [Item(self.model.example())] * batch_size
         times: list[float] = []
         for _ in range(repeats):
             started = time.perf_counter()
@@ -89,10 +60,10 @@ class ModelRunner:
         return min(times)
 
     def warm_up(self, batches: int, batch_size: int) -> None:
-        """Runs ``batches`` dummy batches (full size, then single items) so first requests are not slow."""
-        dummy = np.zeros(self.spec.input_shape, dtype=np.float32)
+        """Runs ``batches`` example batches (full size, then single items) so first requests are not slow."""
+        example = Item(self.model.example())
         for _ in range(batches):
-            self.run([Item(dummy, 1)] * batch_size)
-            self.run([Item(dummy, 1)])
+            self.run([example] * batch_size)
+            self.run([example])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

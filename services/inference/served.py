@@ -1,70 +1,111 @@
-"""One served model: decode off the event loop, batch, run, and shape the answer as protos."""
+"""Served models: preprocess off the event loop, batch, run, and shape the answer as protos.
+
+Three kinds share one interface (``Served``): a model behind its own dynamic batcher
+(``ServedModel``), an ensemble that fans each input out to member models (``ensemble``), and a
+model that is not serving (``Unserved``: still loading, or failed with the reason).
+"""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 
 from ferry.inference.v1 import inference_service_pb2
 from ferry.models.v1 import model_pb2
 from ferry.types.v1 import types_pb2
-from services.common.errors import DeadlineExceeded, ResourceExhausted, status_to_proto
+from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable, status_to_proto
 from services.inference import metrics
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
+from services.inference.models.config import ModelConfig
+from services.inference.models.contract import IMAGE, Answer, InvalidInput, Item, ModelInput, Options
 from services.inference.preprocessing import ACCEPTED_FORMATS_TEXT, InvalidImage, check_image_pixels
-from services.inference.runner import Item, ModelRunner, TopK
+from services.inference.protos import answer_fields, model_input
+from services.inference.runner import ModelRunner
 from services.inference.scheduling import Priority
 
+READY = model_pb2.MODEL_STATE_READY
+LOADING = model_pb2.MODEL_STATE_LOADING
+FAILED = model_pb2.MODEL_STATE_FAILED
 
-class ServedModel:
-    """A loaded model behind its own dynamic batcher.
 
-    Args:
-        runner: The loaded model.
-        batcher: The batcher whose run function is ``runner.run``.
-        decoder: The decode queue shared by every model.
-        max_image_pixels: Most pixels an input image may declare.
+@dataclass(frozen=True)
+class Timed:
+    """One input's answer and where its time went inside inference."""
+
+    answer: Answer
+    timing: types_pb2.Timing
+    members: tuple[types_pb2.MemberTiming, ...] = ()
+
+
+class Admission:
+    """Places one call's inputs hold in a model's queue bound until they leave decoding.
+
+    Each is given back once (``release``), when its input reaches the batching queue or fails;
+    ``release_all`` gives back those of inputs that never got that far (a cancelled call).
     """
 
-    def __init__(
-        self,
-        runner: ModelRunner,
-        batcher: DynamicBatcher[Item, TopK],
-        decoder: DecodeQueue,
-        max_image_pixels: int,
-    ) -> None:
-        self.spec = runner.spec
-        self.runner = runner
-        self.batcher = batcher
-        self._decoder = decoder
-        self._max_image_pixels = max_image_pixels
-        self._decoding = 0  # inputs admitted for this model and not yet in its batching queue
-        self.ready = False
+    def __init__(self, served: Served, count: int) -> None:
+        self._served = served
+        self._held = [True] * count
 
+    def release(self, index: int) -> None:
+        """Gives back input ``index``'s place (again: nothing)."""
+        if self._held[index]:
+            self._held[index] = False
+            self._served.release(1)
+
+    def release_all(self) -> None:
+        """Gives back every place still held."""
+        for index in range(len(self._held)):
+            self.release(index)
+
+
+class Served(abc.ABC):
+    """What the servicer asks of any model it lists."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    @abc.abstractmethod
     def describe(self) -> model_pb2.Model:
         """This model as the public ``ferry.models.v1.Model`` resource."""
-        spec = self.spec
-        return model_pb2.Model(
-            name=f"models/{spec.name}",
-            display_name=spec.display_name,
-            description=spec.description,
-            task=spec.task,
-            labels_count=len(spec.labels),
-            ready=self.ready,
-            max_batch_size=self.batcher.max_batch_size,
-        )
+
+    @abc.abstractmethod
+    async def answer(
+        self,
+        index: int,
+        item: ModelInput,
+        options: Options,
+        priority: Priority,
+        deadline: float | None,
+        admission: Admission | None = None,
+    ) -> Timed:
+        """Answers one input (``index`` in its call; its place in ``admission``, if admitted).
+
+        Raises:
+            InvalidInput: The input is not one this model can take (also InvalidImage).
+            FerryError: The queue is full, the deadline passed, or the model is not serving.
+        """
+
+    def admit(self, count: int) -> None:  # noqa: B027 - a hook: models without a bound admit all
+        """Refuses ``count`` more inputs when the model's queue is full (ResourceExhausted)."""
+
+    def release(self, count: int) -> None:  # noqa: B027 - the hook's counterpart
+        """Gives back places taken by ``admit``."""
 
     async def predict(
         self,
         inputs: Sequence[types_pb2.Input],
-        top_k: int,
+        options: Options,
         priority: Priority = Priority.NORMAL,
         deadline: float | None = None,
     ) -> list[inference_service_pb2.PredictResult]:
@@ -72,7 +113,7 @@ class ServedModel:
 
         Args:
             inputs: The inputs, answered in order.
-            top_k: Classes per input.
+            options: What each answer should hold (top_k).
             priority: Where the inputs go in the decode and batching queues.
             deadline: When the caller stops waiting (``time.monotonic()``); inputs still queued
                 then are dropped.
@@ -84,11 +125,12 @@ class ServedModel:
         received = time.perf_counter()
         # Counted from here: inputs being decoded hold their place in the model's bound, so a
         # burst is refused at once instead of after decoding.
-        self.batcher.check_room(len(inputs), elsewhere=self._decoding)
-        admitted = [True] * len(inputs)  # which inputs still count in self._decoding
-        self._decoding += len(inputs)
+        self.admit(len(inputs))
+        admission = Admission(self, len(inputs))
         tasks = [
-            asyncio.ensure_future(self._predict_one(i, item, top_k, priority, deadline, received, admitted))
+            asyncio.ensure_future(
+                self._predict_one(i, item, options, priority, deadline, received, admission)
+            )
             for i, item in enumerate(inputs)
         ]
         try:
@@ -100,82 +142,204 @@ class ServedModel:
                 task.cancel()
             raise
         finally:
-            # A task cancelled before it started never runs its own release.
-            for index in range(len(admitted)):
-                self._release(admitted, index)
+            admission.release_all()  # a task cancelled before it started never released its own
+
+    async def _predict_one(
+        self,
+        index: int,
+        proto: types_pb2.Input,
+        options: Options,
+        priority: Priority,
+        deadline: float | None,
+        received: float,
+        admission: Admission,
+    ) -> inference_service_pb2.PredictResult:
+        try:
+            item = model_input(proto)
+            if item.candidate_labels:
+                options = Options(options.top_k, item.candidate_labels)
+            timed = await self.answer(index, item, options, priority, deadline, admission)
+        except (InvalidImage, InvalidInput) as err:
+            admission.release(index)
+            metrics.ITEMS.labels(self.name, "invalid_input").inc()
+            return inference_service_pb2.PredictResult(
+                error=status_to_proto(
+                    grpc.StatusCode.INVALID_ARGUMENT, _invalid_message(index, err), err.reason
+                )
+            )
+        except (ResourceExhausted, DeadlineExceeded):
+            raise  # counted where they happen
+        except Exception:
+            metrics.ITEMS.labels(self.name, "error").inc()
+            raise
+        metrics.ITEMS.labels(self.name, "ok").inc()
+        timed.timing.total_ms = (time.perf_counter() - received) * 1000
+        return inference_service_pb2.PredictResult(
+            timing=timed.timing, members=timed.members, **answer_fields(timed.answer)
+        )
+
+
+class ServedModel(Served):
+    """A loaded model behind its own dynamic batcher.
+
+    Args:
+        runner: The loaded model.
+        batcher: The batcher whose run function is ``runner.run``.
+        decoder: The decode queue shared by every model.
+        max_image_pixels: Most pixels an input image may declare.
+        batch_size_source: ``measured`` or ``configured``.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        batcher: DynamicBatcher[Item, Answer],
+        decoder: DecodeQueue,
+        max_image_pixels: int,
+        batch_size_source: str = "configured",
+    ) -> None:
+        super().__init__(runner.model.config)
+        self.model = runner.model
+        self.runner = runner
+        self.batcher = batcher
+        self._decoder = decoder
+        self._max_image_pixels = max_image_pixels
+        self._batch_size_source = batch_size_source
+        self._decoding = 0  # inputs admitted for this model and not yet in its batching queue
+
+    def describe(self) -> model_pb2.Model:
+        """Metadata: task, inputs and outputs, labels, device, batch settings, state."""
+        model = self.model
+        return model_pb2.Model(
+            name=f"models/{self.name}",
+            display_name=model.display_name,
+            description=model.description,
+            task=model.task,
+            labels_count=len(model.labels),
+            ready=True,
+            max_batch_size=self.batcher.max_batch_size,
+            state=READY,
+            version=self.config.version,
+            device=str(self.runner.device),
+            inputs=[_tensor_metadata(t) for t in model.inputs],
+            outputs=[_tensor_metadata(t) for t in model.outputs],
+            max_batch_delay_ms=self.config.max_batch_delay_ms or 0.0,
+            max_queue=self.batcher.max_queue,
+            instances=self.config.instances,
+            batch_size_source=self._batch_size_source,
+        )
 
     @property
     def waiting(self) -> int:
         """Inputs admitted for this model that are still being decoded (or waiting to be)."""
         return self._decoding
 
-    def _release(self, admitted: list[bool], index: int) -> None:
-        if admitted[index]:
-            admitted[index] = False
-            self._decoding -= 1
+    def admit(self, count: int) -> None:
+        """Refuses the inputs when the queue, plus inputs still decoding, is full."""
+        self.batcher.check_room(count, elsewhere=self._decoding)
+        self._decoding += count
 
-    def _decode(self, content: bytes) -> npt.NDArray[np.float32]:
-        check_image_pixels(content, self._max_image_pixels)
-        return self.spec.preprocess(content)
+    def release(self, count: int) -> None:
+        """Inputs that left decoding free their place in the bound."""
+        self._decoding -= count
 
-    async def _predict_one(
+    def _preprocess(self, item: ModelInput) -> Any:
+        if item.kind == IMAGE:
+            check_image_pixels(item.image, self._max_image_pixels)
+        return self.model.preprocess(item)
+
+    async def answer(
         self,
         index: int,
-        item: types_pb2.Input,
-        top_k: int,
+        item: ModelInput,
+        options: Options,
         priority: Priority,
         deadline: float | None,
-        received: float,
-        admitted: list[bool],
-    ) -> inference_service_pb2.PredictResult:
+        admission: Admission | None = None,
+    ) -> Timed:
+        """Preprocesses in the decode queue, then runs in the batcher."""
         started = time.perf_counter()
+        if admission is None:
+            self.admit(1)
+            admission, index = Admission(self, 1), 0
         try:
-            if item.WhichOneof("kind") != "image":
-                raise InvalidImage("it has no image")
-            call = functools.partial(self._decode, item.image.content)
-            pixels = await self._decoder.run(call, priority, deadline)
-        except InvalidImage as err:
-            metrics.ITEMS.labels(self.spec.name, "invalid_image").inc()
-            return inference_service_pb2.PredictResult(
-                error=status_to_proto(
-                    grpc.StatusCode.INVALID_ARGUMENT, _invalid_message(index, err), err.reason
-                )
-            )
+            features = await self._decoder.run(functools.partial(self._preprocess, item), priority, deadline)
         finally:
-            self._release(admitted, index)
+            admission.release(index)
         decoded = time.perf_counter()
         try:
-            batched = await self.batcher.submit(Item(pixels, top_k), priority, deadline, admitted=True)
-        except ResourceExhausted:
-            raise  # counted by the batcher
+            batched = await self.batcher.submit(Item(features, options), priority, deadline, admitted=True)
         except DeadlineExceeded:
-            metrics.ITEMS.labels(self.spec.name, "expired").inc()
+            metrics.ITEMS.labels(self.name, "expired").inc()
             raise
-        except Exception:
-            metrics.ITEMS.labels(self.spec.name, "error").inc()
-            raise
-        metrics.ITEMS.labels(self.spec.name, "ok").inc()
-        labels = self.spec.labels
-        return inference_service_pb2.PredictResult(
-            classes=[
-                types_pb2.ClassScore(label=labels[i], score=score, index=i)
-                for i, score in zip(batched.output.indices, batched.output.scores, strict=True)
-            ],
-            timing=types_pb2.Timing(
+        return Timed(
+            batched.output,
+            types_pb2.Timing(
                 decode_ms=(decoded - started) * 1000,
                 queue_ms=batched.queue_ms,
                 inference_ms=batched.inference_ms,
                 batch_size=batched.batch_size,
-                total_ms=(time.perf_counter() - received) * 1000,
+                total_ms=(time.perf_counter() - started) * 1000,
             ),
         )
 
 
-def _invalid_message(index: int, err: InvalidImage) -> str:
-    if err.reason != InvalidImage.reason:
-        return f"input {index} is refused: {err}"
-    return (
-        f"input {index} is not a decodable image ({err}); "
-        f"send the encoded file of a {ACCEPTED_FORMATS_TEXT} picture as the image content"
-        " (base64 in JSON)"
-    )
+class Unserved(Served):
+    """A configured model that does not serve: still loading, or failed (with the reason)."""
+
+    def __init__(self, config: ModelConfig, state: int, message: str = "") -> None:
+        super().__init__(config)
+        self.state = state
+        self.message = message
+
+    def describe(self) -> model_pb2.Model:
+        """Name, version, state and why."""
+        return model_pb2.Model(
+            name=f"models/{self.name}",
+            ready=False,
+            state=self.state,  # type: ignore[arg-type]
+            state_message=self.message,
+            version=self.config.version,
+            members=[f"models/{m}" for m in self.config.members],
+        )
+
+    async def answer(
+        self,
+        index: int,
+        item: ModelInput,
+        options: Options,
+        priority: Priority,
+        deadline: float | None,
+        admission: Admission | None = None,
+    ) -> Timed:
+        """Refuses: the model is not serving."""
+        raise self.unavailable()
+
+    def unavailable(self) -> Unavailable:
+        """The error a call to this model gets."""
+        if self.state == FAILED:
+            return Unavailable(
+                f"model {self.name!r} failed to load: {self.message}",
+                "MODEL_FAILED",
+                {"model": self.name},
+            )
+        return Unavailable(
+            f"model {self.name!r} is still loading; retry in a few seconds",
+            "MODEL_LOADING",
+            {"model": self.name},
+        )
+
+
+def _tensor_metadata(info: Any) -> model_pb2.TensorMetadata:
+    return model_pb2.TensorMetadata(name=info.name, datatype=info.datatype, shape=list(info.shape))
+
+
+def _invalid_message(index: int, err: ValueError) -> str:
+    reason = getattr(err, "reason", "")
+    if reason == InvalidImage.reason:
+        return (
+            f"input {index} is not a decodable image ({err}); "
+            f"send the encoded file of a {ACCEPTED_FORMATS_TEXT} picture as the image content"
+            " (base64 in JSON)"
+        )
+    return f"input {index} is refused: {err}"

@@ -1,4 +1,9 @@
-"""The inference service: loads the configured models, warms them up, and serves them."""
+"""The inference service: loads the configured models, warms them up, and serves them.
+
+A model that cannot load (its package missing, its weights broken) is listed as FAILED with the
+reason, and the others still serve; the service only fails to start when no model loads, or when
+the settings themselves are wrong (an unknown model name, an unknown field in the models file).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,12 @@ from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.readiness import Readiness
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
-from services.inference.models import ModelSpec, resolve
-from services.inference.runner import Item, ModelRunner, TopK, resolve_device
-from services.inference.served import ServedModel
+from services.inference.ensemble import ServedEnsemble
+from services.inference.models import hub, registry
+from services.inference.models.config import ModelConfig, load_models_file, resolve_config
+from services.inference.models.contract import Answer, Item
+from services.inference.runner import ModelRunner, resolve_device
+from services.inference.served import FAILED, LOADING, Served, ServedModel, Unserved
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 from services.inference.tuning import tune_batch_size
@@ -26,20 +34,56 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
+def model_configs(settings: InferenceSettings) -> list[ModelConfig]:
+    """The settings of every model to load: the configured ones, their ensembles' members and the
+    models they require.
+
+    Those come first, in order, so that ensembles and the models calling them load after them.
+
+    Raises:
+        ModelsFileError: The models file is unreadable or has an unknown field.
+        ValueError: A configured model is neither an installed entry point nor in the file.
+    """
+    tables = load_models_file(settings.models_file)
+    installed = registry.available()
+    service_wide = settings.model_dump()
+    explicit = frozenset(settings.model_fields_set)
+    configs: dict[str, ModelConfig] = {}
+
+    def add(name: str, wanted_by: str = "") -> None:
+        if name in configs:
+            return
+        if name not in tables and name not in installed:
+            known = sorted(set(tables) | set(installed))
+            where = f" (needed by {wanted_by!r})" if wanted_by else " in FERRY_INFERENCE_MODELS"
+            raise ValueError(
+                f"unknown model {name!r}{where}; available: {', '.join(known)} (entry points of group "
+                f"{registry.GROUP!r} and tables of {settings.models_file})"
+            )
+        config = resolve_config(name, tables.get(name, {}), service_wide, explicit)
+        for member in (*config.members, *config.requires):
+            add(member, name)
+        configs[name] = config
+
+    for name in settings.models:
+        add(name)
+    return list(configs.values())
+
+
 class InferenceService:
     """FerryService for ``ferry.inference.v1.InferenceService``.
 
     Raises:
-        ValueError: At construction, when settings name a model that is not registered.
+        ValueError: At construction, when settings name an unknown model or a bad field.
     """
 
     name = "inference"
 
     def __init__(self, settings: InferenceSettings) -> None:
         self._settings = settings
-        self._specs: list[ModelSpec] = resolve(settings.models)  # fail before binding a port
-        self.models: dict[str, ServedModel] = {}
-        """Models ready to serve, by name; filled by start()."""
+        self._configs = model_configs(settings)  # fail before binding a port
+        self.models: dict[str, Served] = {c.name: Unserved(c, LOADING) for c in self._configs}
+        """Every configured model by name: LOADING until start() has loaded it, then served or FAILED."""
 
     def service_names(self) -> Sequence[str]:
         """The gRPC service this process serves."""
@@ -52,48 +96,89 @@ class InferenceService:
         )
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
-        """Loads and warms up every configured model; returns once all can serve."""
+        """Loads and warms up every configured model; returns once each serves or failed.
+
+        Raises:
+            RuntimeError: No model could be loaded.
+        """
         settings = self._settings
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        device = resolve_device(settings.device)
-        aging_s = settings.priority_aging_ms / 1000
-        decoder = DecodeQueue(settings.decode_threads, aging_s)
+        decoder = DecodeQueue(settings.decode_threads, settings.priority_aging_ms / 1000)
         await decoder.start(stack)
-        for spec in self._specs:
-            # Loading and warm-up block for seconds; in a thread, health checks still get answers.
-            runner = await asyncio.to_thread(ModelRunner, spec, device)
-            batch_size = settings.max_batch_size
-            if batch_size is None:
-                # Warm first: the first passes of a fresh model pay one-off set-up costs.
-                await asyncio.to_thread(runner.warm_up, settings.warmup_batches, 1)
-                batch_size = await asyncio.to_thread(
-                    tune_batch_size,
-                    spec.name,
-                    runner.time_batch,
-                    settings.batch_size_search_max,
-                    settings.batch_latency_budget_ms / 1000,
-                )
-            await asyncio.to_thread(runner.warm_up, settings.warmup_batches, batch_size)
-            batcher: DynamicBatcher[Item, TopK] = DynamicBatcher(
-                spec.name,
-                runner.run,
-                batch_size,
-                max_delay_s=settings.max_batch_delay_ms / 1000,
-                max_queue=settings.max_queue,
-                aging_s=aging_s,
+        hub.attach(asyncio.get_running_loop(), self.models)
+        stack.callback(hub.detach)
+        for config in self._configs:
+            try:
+                if config.is_ensemble:
+                    self.models[config.name] = self._ensemble(config)
+                else:
+                    self.models[config.name] = await self._load(config, decoder, stack)
+            except Exception as err:
+                log.error("model %s failed to load: %s", config.name, err, exc_info=True)
+                self.models[config.name] = Unserved(config, FAILED, str(err))
+        if all(isinstance(m, Unserved) for m in self.models.values()):
+            reasons = "; ".join(
+                f"{m.name}: {m.message}" for m in self.models.values() if isinstance(m, Unserved)
             )
-            await batcher.start(stack)
-            served = ServedModel(runner, batcher, decoder, settings.max_image_pixels)
-            served.ready = True
-            self.models[spec.name] = served
-            log.info(
-                "serving %s on %s (batch size %d%s, queue bound %d, torch threads %d, decode threads %d)",
-                spec.name,
-                device,
-                batcher.max_batch_size,
-                "" if settings.max_batch_size is None else " from FERRY_INFERENCE_MAX_BATCH_SIZE",
-                settings.max_queue,
-                torch.get_num_threads(),
-                settings.decode_threads,
+            raise RuntimeError(f"no model could be loaded ({reasons})")
+
+    def _ensemble(self, config: ModelConfig) -> ServedEnsemble:
+        members = [self.models[m] for m in config.members]
+        failed = [m.name for m in members if not isinstance(m, ServedModel)]
+        if failed:
+            raise RuntimeError(f"its member(s) {', '.join(failed)} did not load")
+        ensemble = ServedEnsemble(config, [m for m in members if isinstance(m, ServedModel)])
+        log.info("serving ensemble %s of %s", config.name, ", ".join(config.members))
+        return ensemble
+
+    async def _load(self, config: ModelConfig, decoder: DecodeQueue, stack: AsyncExitStack) -> ServedModel:
+        settings = self._settings
+        model = registry.build(config)
+        device = resolve_device(config.device or "auto")
+        # Loading and warm-up block for seconds; in a thread, health checks still get answers.
+        runner = await asyncio.to_thread(ModelRunner, model, device)
+        warmup = config.warmup_batches if config.warmup_batches is not None else settings.warmup_batches
+        if model.example() is None:
+            warmup = (
+                0  # nothing to warm up with (a notebook's predict is never called with a made-up payload)
             )
+        batch_size, source = config.max_batch_size, "configured"
+        if not model.batchable:
+            batch_size = 1
+        elif batch_size is None:
+            # Warm first: the first passes of a fresh model pay one-off set-up costs.
+            await asyncio.to_thread(runner.warm_up, warmup, 1)
+            batch_size = await asyncio.to_thread(
+                tune_batch_size,
+                config.name,
+                runner.time_batch,
+                settings.batch_size_search_max,
+                settings.batch_latency_budget_ms / 1000,
+            )
+            source = "measured"
+        await asyncio.to_thread(runner.warm_up, warmup, batch_size)
+        batcher: DynamicBatcher[Item, Answer] = DynamicBatcher(
+            config.name,
+            runner.run,
+            batch_size,
+            max_delay_s=(config.max_batch_delay_ms or 0.0) / 1000,
+            max_queue=config.max_queue or settings.max_queue,
+            aging_s=settings.priority_aging_ms / 1000,
+            instances=config.instances,
+        )
+        await batcher.start(stack)
+        log.info(
+            "serving %s v%s on %s (batch size %d %s, queue bound %d, instances %d, torch threads %d, "
+            "decode threads %d)",
+            config.name,
+            config.version,
+            device,
+            batcher.max_batch_size,
+            source,
+            batcher.max_queue,
+            config.instances,
+            torch.get_num_threads(),
+            settings.decode_threads,
+        )
+        return ServedModel(runner, batcher, decoder, settings.max_image_pixels, source)

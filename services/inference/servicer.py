@@ -10,8 +10,9 @@ import grpc
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.errors import InvalidArgument, NotFound
+from services.inference.models.contract import Options
 from services.inference.scheduling import priority_from_proto
-from services.inference.served import ServedModel
+from services.inference.served import Served, Unserved
 
 MAX_INPUTS = 256
 MAX_TOP_K = 100
@@ -20,7 +21,7 @@ MAX_TOP_K = 100
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     """Answers ListModels and Predict from the models loaded at start."""
 
-    def __init__(self, models: Mapping[str, ServedModel]) -> None:
+    def __init__(self, models: Mapping[str, Served]) -> None:
         # The mapping is filled in by the service's start(); handlers only read it.
         self._models = models
 
@@ -29,7 +30,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         request: inference_service_pb2.ListModelsRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.ListModelsResponse:
-        """Returns the loaded models, sorted by name."""
+        """Returns the configured models (loading, ready or failed), sorted by name."""
         return inference_service_pb2.ListModelsResponse(
             models=[self._models[name].describe() for name in sorted(self._models)]
         )
@@ -41,9 +42,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.PredictResponse:
         """Runs one model on 1 to 256 inputs; each input gets a result or its own error.
 
-        A full model queue fails the whole call at once with RESOURCE_EXHAUSTED (QUEUE_FULL).
+        A full model queue fails the whole call at once with RESOURCE_EXHAUSTED (QUEUE_FULL); a
+        model still loading, or that failed to load, fails it with UNAVAILABLE.
         """
         model = self._model(request.model)
+        if isinstance(model, Unserved):
+            raise model.unavailable()
         count = len(request.inputs)
         if not 1 <= count <= MAX_INPUTS:
             raise InvalidArgument(
@@ -63,10 +67,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         return inference_service_pb2.PredictResponse(
-            results=await model.predict(request.inputs, request.top_k, priority, deadline)
+            results=await model.predict(request.inputs, Options(top_k=request.top_k), priority, deadline)
         )
 
-    def _model(self, name: str) -> ServedModel:
+    def _model(self, name: str) -> Served:
         # Accept the resource name too ("models/x"), as ListModels hands it out.
         served = self._models.get(name.removeprefix("models/"))
         if served is None:

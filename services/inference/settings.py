@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.inference.models.config import DEFAULT_MODELS_FILE
 
 
 class InferenceSettings(ServiceSettings):
@@ -22,7 +24,11 @@ class InferenceSettings(ServiceSettings):
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["efficientnet-lite0"], min_length=1
     )
-    """Models to load at start, comma-separated (for example ``efficientnet-lite0``); see the registry."""
+    """Models to load at start, comma-separated (for example ``efficientnet-lite0,minilm``): entry points
+    of the ``ferry.models`` group or tables of the models file. An ensemble's members load with it."""
+    models_file: Path = DEFAULT_MODELS_FILE
+    """The TOML file of per-model settings (``[models.<id>]`` tables: version, device, batch and
+    queue settings, instances, warm-up, ensemble members, notebook path); see docs/inference.md."""
     device: str = "auto"
     """Torch device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` (CUDA when available, else CPU)."""
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)

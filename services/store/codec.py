@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import math
+import struct
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ class PredictionRow(NamedTuple):
     create_time: datetime
     generation: int
     source: int
+    outputs: str | None
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -62,7 +64,7 @@ def _json(message: Message) -> str:
 
 
 # Ingest converts every record's classes and timing to JSON; json_format does it at ~20,000
-# records/s, which alone would cap ingest below its target. These build the same dicts directly
+# records/s, which alone would cap ingest below its target. These write the same JSON directly
 # (proto3 JSON: zero values left out, float32 scores at their shortest exact form); a new field in
 # either message must be added here, which this check enforces at import.
 _CLASS_FIELDS = ("label", "score", "index")
@@ -74,31 +76,58 @@ if (
     raise RuntimeError("ClassScore or Timing changed: update codec's fast JSON conversion")
 
 
+# The text is written directly, character for character what json.dumps of those dicts writes
+# (its separators, its string escaping, float.__repr__): building the dicts and calling json.dumps
+# was the largest single cost of a record in store's process (see docs/store.md, Throughput).
+_json_string = json.encoder.encode_basestring_ascii  # json.dumps' own (C) escaping
+_FLOAT32 = struct.Struct("<f")
+_SIGNIFICANT_DIGITS = tuple(f".{digits}g" for digits in range(6, 10))  # 9 always give a float32 back
+
+
+def shortest_float32(value: float) -> float:
+    """``type_checkers.ToShortestFloat`` (json_format's form of a float32), with less overhead.
+
+    The fewest significant digits, from 6 up, that give back the same float32; a test compares the
+    two on many values.
+    """
+    pack, unpack = _FLOAT32.pack, _FLOAT32.unpack
+    for digits in _SIGNIFICANT_DIGITS:
+        rounded = float(format(value, digits))
+        if unpack(pack(rounded))[0] == value:
+            return rounded
+    return type_checkers.ToShortestFloat(value)  # not a float32 (cannot come from a proto field)
+
+
 def classes_json(classes: Iterable[types_pb2.ClassScore]) -> str:
     """The JSON of a prediction's classes, as json_format.MessageToDict would write it."""
     items = []
     for c in classes:
-        item: dict[str, Any] = {}
-        if c.label:
-            item["label"] = c.label
-        if c.score:
-            if not math.isfinite(c.score):
+        label, score, index = c.label, c.score, c.index
+        fields = []
+        if label:
+            fields.append(f'"label": {_json_string(label)}')
+        if score:
+            if not math.isfinite(score):  # NaN and infinities are strings in proto3 JSON
                 return json.dumps(
                     [json_format.MessageToDict(x, preserving_proto_field_name=True) for x in classes]
                 )
-            item["score"] = type_checkers.ToShortestFloat(c.score)
-        if c.index:
-            item["index"] = c.index
-        items.append(item)
-    return json.dumps(items)
+            fields.append(f'"score": {float.__repr__(shortest_float32(score))}')
+        if index:
+            fields.append(f'"index": {index}')
+        items.append("{" + ", ".join(fields) + "}")
+    return "[" + ", ".join(items) + "]"
 
 
 def timing_json(timing: types_pb2.Timing) -> str:
     """The JSON of a prediction's timing, as json_format.MessageToDict would write it."""
-    fields = {name: getattr(timing, name) for name in _TIMING_FIELDS}
-    if not all(math.isfinite(value) for value in fields.values()):
-        return _json(timing)  # NaN and infinities are strings in proto3 JSON
-    return json.dumps({name: value for name, value in fields.items() if value})
+    fields = []
+    for name in _TIMING_FIELDS:
+        value = getattr(timing, name)
+        if value:
+            if not math.isfinite(value):
+                return _json(timing)  # NaN and infinities are strings in proto3 JSON
+            fields.append(f'"{name}": {value!r}')
+    return "{" + ", ".join(fields) + "}"
 
 
 _SYNC = prediction_pb2.PREDICTION_SOURCE_SYNC
@@ -136,7 +165,22 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         create_time=created,
         generation=generation,
         source=prediction.source or (_JOB_ITEM if job_id else _SYNC),
+        outputs=outputs_json(prediction),
     )
+
+
+def outputs_json(prediction: prediction_pb2.Prediction) -> str | None:
+    """The JSON of the prediction's non-class outputs (embedding, output, tensors, members), or None."""
+    if not (
+        prediction.embedding or prediction.HasField("output") or prediction.tensors or prediction.members
+    ):
+        return None
+    outputs = prediction_pb2.Prediction(
+        embedding=prediction.embedding, tensors=prediction.tensors, members=prediction.members
+    )
+    if prediction.HasField("output"):
+        outputs.output.CopyFrom(prediction.output)
+    return _json(outputs)
 
 
 def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
@@ -156,6 +200,8 @@ def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
         prediction.item_index = row["item_index"]
     if row["error"] is not None:
         prediction.error.CopyFrom(status_pb2.Status.FromString(row["error"]))
+    if row.get("outputs") is not None:
+        prediction.MergeFrom(json_format.ParseDict(json.loads(row["outputs"]), prediction_pb2.Prediction()))
     return prediction
 
 
@@ -191,6 +237,7 @@ def job_from_row(row: asyncpg.Record) -> job_pb2.Job:
         create_time=_timestamp(row["create_time"]),
         update_time=_timestamp(row["update_time"]),
         retry_count=row["retry_count"],
+        priority=row["priority"],
     )
     if row["state"] in _FINISHED_WITH_FAILURES:
         job.error.CopyFrom(_job_error(row))

@@ -10,7 +10,8 @@ import pytest
 
 from services.common.errors import Unavailable
 from services.inference.batcher import DynamicBatcher
-from services.inference.runner import Item, ModelRunner, TopK
+from services.inference.models.contract import IMAGE, Answer, Item, ModelInput, Options
+from services.inference.runner import ModelRunner
 from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
 
 
@@ -26,10 +27,10 @@ async def test_concurrent_items_share_forward_passes_on_the_real_model(
     served = inference.service.models["efficientnet-lite0"]
     runner: ModelRunner = served.runner
     # All items are queued in one loop tick, before the worker wakes, so batches must form.
-    batcher: DynamicBatcher[Item, TopK] = DynamicBatcher("test-lite0", runner.run, 8)
+    batcher: DynamicBatcher[Item, Answer] = DynamicBatcher("test-lite0", runner.run, 8)
     await batcher.start(stack)
-    cat = Item(served.spec.preprocess(cat_jpeg), top_k=3)
-    coffee = Item(served.spec.preprocess(coffee_jpeg), top_k=1)
+    cat = Item(served.model.preprocess(ModelInput(IMAGE, image=cat_jpeg)), Options(top_k=3))
+    coffee = Item(served.model.preprocess(ModelInput(IMAGE, image=coffee_jpeg)), Options(top_k=1))
     items = [cat, coffee] * 6
 
     results = await asyncio.gather(*(batcher.submit(item) for item in items))
@@ -39,11 +40,12 @@ async def test_concurrent_items_share_forward_passes_on_the_real_model(
     assert max(sizes) <= 8 and sorted(set(sizes)) == [4, 8], sizes  # 12 items: one full batch, then 4
     for item, result in zip(items, results, strict=True):
         # Each answer belongs to its own input, whatever batch it ran in.
-        assert len(result.output.indices) == item.top_k
+        indices = [c.index for c in result.output.classes]
+        assert len(indices) == item.options.top_k
         if item is cat:
-            assert result.output.indices[0] in CAT_CLASSES
+            assert indices[0] in CAT_CLASSES
         else:
-            assert result.output.indices == [ESPRESSO]
+            assert indices == [ESPRESSO]
         assert result.queue_ms >= 0 and result.inference_ms > 0
 
 
@@ -100,3 +102,18 @@ async def test_items_queued_at_shutdown_fail_unavailable() -> None:
             await future
     with pytest.raises(Unavailable):
         await batcher.submit(3)
+
+
+async def test_instances_run_batches_side_by_side(stack: AsyncExitStack) -> None:
+    import threading
+
+    both_running = threading.Barrier(2, timeout=10)
+
+    def run(items: Sequence[int]) -> list[int]:
+        both_running.wait()  # returns only when two batches run at once, in two threads
+        return list(items)
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("twins", run, max_batch_size=1, instances=2)
+    await batcher.start(stack)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit(2))
+    assert [r.output for r in results] == [1, 2]

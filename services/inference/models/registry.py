@@ -1,76 +1,61 @@
-"""The model registry: each model module registers one ``ModelSpec`` under its name.
+"""Finding models: Python entry points of the group ``ferry.models``.
 
-Adding a model is adding one module to this package that calls ``register``; every module in
-the package is imported by ``load_registry``, so no list elsewhere needs editing.
+A package declares, in its pyproject.toml::
+
+    [project.entry-points."ferry.models"]
+    my-model = "my_package.model:build"
+
+where ``build(config: ModelConfig) -> Model``. Only the entry points of the configured models
+are imported, so a model whose package (or one of its dependencies) is missing fails alone, with
+a message that says what to install, while the others load.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
-import numpy as np
-import numpy.typing as npt
-from torch import nn
+from services.inference.models.config import ModelConfig
+from services.inference.models.contract import Model
 
-#: Turns an encoded input into the model's input array; raises preprocessing.InvalidImage.
-Preprocess = Callable[[bytes], npt.NDArray[np.float32]]
+GROUP = "ferry.models"
 
-_REGISTRY: dict[str, ModelSpec] = {}
+#: Builds a model (without loading its weights) from its settings.
+Factory = Callable[[ModelConfig], Model]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything Ferry needs to serve one model."""
-
-    name: str
-    """Model id used in requests and settings, for example ``efficientnet-lite0``."""
-    display_name: str
-    """Short human-readable title."""
-    description: str
-    """What the model does and where its weights come from."""
-    task: str
-    """What the model does, for example ``image-classification``."""
-    labels: Sequence[str]
-    """Class names, indexed as the model's output."""
-    load: Callable[[], nn.Module]
-    """Builds the module with its weights loaded from local files (never a download)."""
-    preprocess: Preprocess
-    """Decodes and transforms one input's bytes; runs in a worker thread."""
-    input_shape: tuple[int, ...]
-    """Shape of one preprocessed input, used for warm-up batches."""
+class ModelUnavailable(RuntimeError):
+    """A configured model cannot be built: its package or a dependency is missing, or it failed."""
 
 
-def register(spec: ModelSpec) -> ModelSpec:
-    """Adds ``spec`` to the registry; a second model with the same name is a programming error."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
+def available() -> dict[str, EntryPoint]:
+    """Every model entry point installed, by name (nothing is imported)."""
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def load_registry() -> dict[str, ModelSpec]:
-    """Imports every model module in this package and returns the registry, by name."""
-    package = importlib.import_module(__package__ or "services.inference.models")
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "registry":
-            importlib.import_module(f"{package.__name__}.{module.name}")
-    return dict(_REGISTRY)
-
-
-def resolve(names: Sequence[str]) -> list[ModelSpec]:
-    """Returns the specs of ``names``, in order.
+def build(config: ModelConfig) -> Model:
+    """Imports ``config``'s entry point and builds the model.
 
     Raises:
-        ValueError: When a name is not registered; the message lists the available models.
+        ModelUnavailable: No such entry point, or importing or building it failed; the message
+            names the model, the missing module and what to do.
     """
-    registry = load_registry()
-    unknown = [name for name in names if name not in registry]
-    if unknown:
-        raise ValueError(
-            f"unknown model(s) {', '.join(map(repr, unknown))} in FERRY_INFERENCE_MODELS; "
-            f"available: {', '.join(sorted(registry))}"
+    name = config.entry_point or config.name
+    found = available().get(name)
+    if found is None:
+        raise ModelUnavailable(
+            f"model {config.name!r}: no entry point {name!r} in group {GROUP!r}; install the package "
+            f"that provides it (installed: {', '.join(sorted(available())) or 'none'})"
         )
-    return [registry[name] for name in dict.fromkeys(names)]
+    try:
+        factory: Factory = found.load()
+    except ImportError as err:
+        missing = f" (missing module {err.name!r})" if err.name else ""
+        raise ModelUnavailable(
+            f"model {config.name!r} cannot be imported from {found.value!r}{missing}: {err}; "
+            "install its package and dependencies"
+        ) from err
+    try:
+        return factory(config)
+    except Exception as err:
+        raise ModelUnavailable(f"model {config.name!r} could not be built: {err}") from err

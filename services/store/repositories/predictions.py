@@ -18,7 +18,7 @@ _COLUMN_TYPES = {
     "id": "uuid", "tenant": "text", "model": "text", "job_id": "uuid", "item_index": "integer",
     "state": "smallint", "classes": "jsonb", "timing": "jsonb", "error": "bytea",
     "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
-    "create_time": "timestamptz", "generation": "integer", "source": "smallint",
+    "create_time": "timestamptz", "generation": "integer", "source": "smallint", "outputs": "jsonb",
 }  # fmt: skip
 if tuple(_COLUMN_TYPES) != PredictionRow._fields:
     raise RuntimeError("predictions' column list and codec.PredictionRow disagree")
@@ -27,7 +27,7 @@ _COLUMNS = ", ".join(_COLUMN_TYPES)
 # What a re-run's record replaces in the row it re-queued; the row's identity stays.
 _RERUN_COLUMNS = (
     "state", "classes", "timing", "error", "error_code", "error_message", "error_reason", "trace_id",
-    "create_time",
+    "create_time", "outputs",
 )  # fmt: skip
 
 # A batch is first copied (binary COPY, one round trip, no statement text per row) into a temporary

@@ -1,0 +1,99 @@
+"""Conversions between the wire (``ferry.types.v1`` protos) and the model contract's values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf import json_format, struct_pb2
+
+from ferry.types.v1 import types_pb2
+from services.inference.models.contract import IMAGE, PAYLOAD, TENSOR, TEXT, Answer, InvalidInput, ModelInput
+
+FP32 = "FP32"
+MAX_TENSOR_ELEMENTS = 16_000_000
+
+
+def model_input(item: types_pb2.Input) -> ModelInput:
+    """The contract's view of one request input.
+
+    Raises:
+        InvalidInput: No input kind set, or a tensor whose datatype, shape and contents disagree.
+    """
+    kind = item.WhichOneof("kind")
+    if kind == IMAGE:
+        return ModelInput(IMAGE, image=item.image.content)
+    if kind == TEXT:
+        return ModelInput(TEXT, text=item.text.content, candidate_labels=tuple(item.text.candidate_labels))
+    if kind == PAYLOAD:
+        return ModelInput(PAYLOAD, payload=struct_to_dict(item.payload))
+    if kind == TENSOR:
+        return ModelInput(TENSOR, tensor=tensor_array(item.tensor))
+    raise InvalidInput("it is empty; set one of image, text, payload or tensor")
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as a plain JSON object (whole numbers stay floats, as JSON has one number type)."""
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    """A JSON-serializable object as a Struct.
+
+    Raises:
+        ValueError: The object holds a value JSON cannot carry.
+    """
+    struct = struct_pb2.Struct()
+    json_format.ParseDict(value, struct)
+    return struct
+
+
+def tensor_array(tensor: types_pb2.Tensor) -> npt.NDArray[np.float32]:
+    """The tensor's elements as an array of its shape.
+
+    Raises:
+        InvalidInput: Not FP32, a negative dimension, or contents that do not fill the shape.
+    """
+    if tensor.datatype.upper() != FP32:
+        raise InvalidInput(f"its tensor has datatype {tensor.datatype or 'unset'!r}; FP32 is supported")
+    shape = tuple(int(d) for d in tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidInput(f"its tensor shape {list(shape)} must list one or more non-negative sizes")
+    count = int(np.prod(shape))
+    if count > MAX_TENSOR_ELEMENTS:
+        raise InvalidInput(f"its tensor has {count} elements; the limit is {MAX_TENSOR_ELEMENTS}")
+    if tensor.raw_contents:
+        if len(tensor.raw_contents) != 4 * count:
+            raise InvalidInput(
+                f"its tensor's raw_contents has {len(tensor.raw_contents)} bytes; shape {list(shape)} "
+                f"needs {4 * count} (little-endian FP32)"
+            )
+        values = np.frombuffer(tensor.raw_contents, dtype="<f4")
+    else:
+        if len(tensor.fp32_contents) != count:
+            raise InvalidInput(
+                f"its tensor has {len(tensor.fp32_contents)} fp32_contents; shape {list(shape)} needs {count}"
+            )
+        values = np.asarray(tensor.fp32_contents, dtype=np.float32)
+    return np.ascontiguousarray(values.astype(np.float32).reshape(shape))
+
+
+def tensor_proto(name: str, array: npt.NDArray[np.float32]) -> types_pb2.Tensor:
+    """An array as an FP32 tensor (elements in fp32_contents, row-major)."""
+    flat = np.asarray(array, dtype=np.float32).ravel()
+    return types_pb2.Tensor(name=name, datatype=FP32, shape=list(array.shape), fp32_contents=flat.tolist())
+
+
+def answer_fields(answer: Answer) -> dict[str, Any]:
+    """The PredictResult (and Prediction) fields of an answer, as keyword arguments."""
+    fields: dict[str, Any] = {
+        "classes": [types_pb2.ClassScore(label=c.label, score=c.score, index=c.index) for c in answer.classes]
+    }
+    if answer.embedding is not None:
+        fields["embedding"] = answer.embedding.astype(np.float32).ravel().tolist()
+    if answer.output is not None:
+        fields["output"] = dict_to_struct(answer.output)
+    if answer.tensors:
+        fields["tensors"] = [tensor_proto(name, array) for name, array in answer.tensors.items()]
+    return fields

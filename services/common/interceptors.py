@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import duration_pb2
@@ -32,7 +33,58 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the handler of every method (but those under ``open_prefixes``) once, then reuses it.
+
+    Subclasses implement ``wrap_unary`` and ``wrap_stream``. A wrapper serves every call of its
+    method, so it reads per-call data (metadata) from the call's context and never captures it:
+    building closures and handler objects for each call cost a measurable share of a cheap call.
+    """
+
+    open_prefixes: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or method.startswith(self.open_prefixes):
+            return handler
+        if handler.unary_unary is not None:
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self.wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.unary_stream is not None:
+            wrapped = grpc.unary_stream_rpc_method_handler(
+                self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        else:
+            return handler
+        self._handlers[method] = wrapped  # only registered methods get here: the dict stays small
+        return wrapped
+
+    def wrap_unary(self, method: str, inner: Handler) -> Handler:
+        """The handler that runs instead of unary ``inner``."""
+        raise NotImplementedError
+
+    def wrap_stream(self, method: str, inner: StreamHandler) -> StreamHandler:
+        """The handler that runs instead of server-streaming ``inner``."""
+        raise NotImplementedError
+
+
+class ServerInterceptor(WrappingInterceptor):
     """Wraps every unary and server-streaming handler in a span, counts it, maps FerryError to a status.
 
     It is also the readiness gate: until the service is ready, every call but health and
@@ -42,45 +94,27 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ``x-request-id``; the public edge (the gateway, by default) also logs one access line per call.
     """
 
+    open_prefixes = _UNOBSERVED_PREFIXES
+
     def __init__(self, service: str, readiness: Readiness, access_log: bool | None = None) -> None:
+        super().__init__()
         self._service = service
         self._readiness = readiness
         self._access_log = service == "gateway" if access_log is None else access_log
+        # Per method (and code), its metric children: labels() costs a lock and a tuple per call.
+        self._latency: dict[str, Any] = {}
+        self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(_UNOBSERVED_PREFIXES):
-            return handler
-        metadata = handler_call_details.invocation_metadata
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, metadata, handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, metadata, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-    def _wrap(self, method: str, metadata: Any, inner: Handler) -> Handler:
+    def wrap_unary(self, method: str, inner: Handler) -> Handler:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            async with self._observing(method, metadata, context):
+            async with self._observing(method, context):
                 return await inner(request, context)
 
         return observed
 
-    def _wrap_stream(self, method: str, metadata: Any, inner: StreamHandler) -> StreamHandler:
+    def wrap_stream(self, method: str, inner: StreamHandler) -> StreamHandler:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            async with self._observing(method, metadata, context):
+            async with self._observing(method, context):
                 async for response in inner(request, context):
                     yield response
 
@@ -88,17 +122,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     @contextlib.asynccontextmanager
     async def _observing(
-        self, method: str, metadata: Any, context: grpc.aio.ServicerContext[Any, Any]
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[None]:
         """One call's span, log fields, readiness gate, error mapping, metrics and access line."""
         code = grpc.StatusCode.OK
         started = time.perf_counter()
         fields = new_rpc_fields()
-        request_id = _metadata_value(metadata, "x-request-id")
+        # gRPC metadata keys arrive lower-case; binary values (-bin) are bytes and not needed here.
+        headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        request_id = headers.get("x-request-id")
         if request_id:
             bind(request_id=request_id)
+        # Without a traceparent there is nothing to extract: the call starts a trace of its own.
+        parent = extract_context(headers) if "traceparent" in headers else None
         with tracer.start_as_current_span(
-            method.lstrip("/"), context=extract_context(metadata), kind=trace.SpanKind.SERVER
+            method.lstrip("/"), context=parent, kind=trace.SpanKind.SERVER
         ) as span:
             try:
                 self._readiness.check()
@@ -109,11 +147,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 error = _unreachable(self._service, err)
                 code = error.code
                 log.warning("%s: %s", method, error.message)
-                await context.abort_with_status(rpc_status.to_status(error.to_status()))
+                await context.abort_with_status(_grpc_status(error))
             except FerryError as err:
                 code = err.code
                 span.set_status(trace.StatusCode.ERROR, err.message)
-                await context.abort_with_status(rpc_status.to_status(err.to_status()))
+                await context.abort_with_status(_grpc_status(err))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -130,8 +168,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 )
             finally:
                 elapsed = time.perf_counter() - started
-                GRPC_REQUESTS.labels(self._service, method, code.name).inc()
-                GRPC_LATENCY.labels(self._service, method).observe(elapsed)
+                self._count(method, code, elapsed)
                 if self._access_log:
                     duration_ms = round(elapsed * 1000, 1)
                     access_log.info(
@@ -143,13 +180,35 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     )
                 reset_rpc_fields(fields)
 
+    def _count(self, method: str, code: grpc.StatusCode, elapsed: float) -> None:
+        requests = self._requests.get((method, code))
+        if requests is None:
+            requests = self._requests[(method, code)] = GRPC_REQUESTS.labels(self._service, method, code.name)
+        latency = self._latency.get(method)
+        if latency is None:
+            latency = self._latency[method] = GRPC_LATENCY.labels(self._service, method)
+        requests.inc()
+        latency.observe(elapsed)
 
-def _metadata_value(metadata: Any, key: str) -> str:
-    """Returns the first string value of ``key`` in gRPC invocation metadata, or ''."""
-    for name, value in metadata or ():
-        if name == key and isinstance(value, str):
-            return value
-    return ""
+
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def _grpc_status(err: FerryError) -> grpc.Status:
+    """The status of ``err``: its google.rpc.Status, and a ``retry-after`` trailer when it has RetryInfo.
+
+    Envoy's transcoder turns the trailers of such an answer into response headers, so REST
+    callers get the standard ``Retry-After`` header (whole seconds, rounded up).
+    """
+    status = rpc_status.to_status(err.to_status())
+    if err.retry_after is None:
+        return status
+    seconds = max(1, math.ceil(err.retry_after.seconds + err.retry_after.nanos / 1e9))
+    trailers = (*status.trailing_metadata, ("retry-after", str(seconds)))
+    return _Status(status.code, status.details, trailers)  # type: ignore[return-value]  # grpc.Status is a bare ABC
 
 
 def _unreachable(service: str, err: BaseException) -> Unavailable:

@@ -51,6 +51,15 @@ class FerryService(Protocol):
         ...
 
 
+def _own_interceptors(service: FerryService) -> Sequence[grpc.aio.ServerInterceptor]:
+    """A service's own interceptors (an optional ``interceptors()`` method), run inside the common one.
+
+    Inside: the common interceptor's readiness gate, span, error mapping and access line cover them.
+    """
+    own = getattr(service, "interceptors", None)
+    return list(own()) if callable(own) else []
+
+
 async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     """Runs ``service`` until SIGTERM or SIGINT, then shuts it down gracefully."""
     setup_logging(service.name, settings.log_level)
@@ -63,7 +72,7 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     readiness = Readiness(service.name, health_servicer, names)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name, readiness)],
+        interceptors=[ServerInterceptor(service.name, readiness), *_own_interceptors(service)],
         options=server_options(settings.max_message_bytes),
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

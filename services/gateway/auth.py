@@ -1,4 +1,4 @@
-"""API keys: read from request metadata, resolved to a tenant by store, cached briefly.
+"""API keys: read from request metadata, resolved to a caller (tenant, scopes) by store, cached briefly.
 
 The key never leaves this module: store is asked by the key's SHA-256 digest, and neither the key
 nor its digest is logged.
@@ -14,9 +14,11 @@ from collections.abc import Iterable
 import grpc
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from services.common import scopes
 from services.common.errors import FerryError, Unauthenticated
 from services.common.logs import bind
 from services.gateway.downstream import Backend
+from services.gateway.identity import Caller
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def key_digest(key: str) -> str:
 
 
 class Authenticator:
-    """Resolves a request's API key to its tenant through store, with a small TTL cache.
+    """Resolves a request's API key to its caller through store, with a small TTL cache.
 
     When store cannot be asked (it, or Postgres behind it, is down), a key that resolved within
     ``stale_ttl_s`` keeps working: a database outage must not stop predictions for callers the
@@ -80,36 +82,63 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._stale_ttl_s = stale_ttl_s
         self._negative_ttl_s = min(ttl_s, NEGATIVE_TTL_S)
-        # digest -> (monotonic time it was resolved, tenant or None for an unknown key)
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        # digest -> (monotonic time it was resolved, caller or None for an unknown key)
+        self._cache: dict[str, tuple[float, Caller | None]] = {}
         self._serving_stale = False
 
     async def tenant(self, context: grpc.aio.ServicerContext[object, object]) -> str:
-        """Returns the tenant of the request's API key.
+        """Returns the tenant of the request's API key (see ``caller``)."""
+        return (await self.caller(context.invocation_metadata())).tenant
+
+    async def caller(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
+        """Returns the caller whose API key the request's metadata carries.
 
         Raises:
             Unauthenticated: the key is missing or unknown.
             FerryError: store could not be asked (UNAVAILABLE or DEADLINE_EXCEEDED) and the key
                 was not resolved recently enough to be trusted without it.
         """
-        digest = key_digest(api_key_from_metadata(context.invocation_metadata()))
+        return await self.resolve(key_digest(api_key_from_metadata(metadata)))
+
+    def must_ask(self, digest: str) -> bool:
+        """Whether resolving ``digest`` needs store: it is neither cached nor a key that worked lately.
+
+        A key that resolved within the stale TTL counts as known even once its cache entry is old,
+        so throttling lookups of made-up keys never holds up callers the gateway knows.
+        """
+        cached = self._cache.get(digest)
+        if cached is None:
+            return True
+        age = time.monotonic() - cached[0]
+        if cached[1] is None:
+            return age >= self._negative_ttl_s
+        return age >= max(self._ttl_s, self._stale_ttl_s)
+
+    async def resolve(self, digest: str) -> Caller:
+        """Returns the caller of the key with this digest (see ``caller``)."""
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and now - cached[0] < self._ttl(cached[1]):
-            tenant = cached[1]
+            found = cached[1]
         else:
-            tenant = await self._resolve(digest, cached, now)
-        if tenant is None:
+            found = await self._resolve(digest, cached, now)
+        if found is None:
             raise Unauthenticated(INVALID_KEY, reason="INVALID_API_KEY")
-        bind(tenant=tenant)  # the call's log lines, its access line included, name the tenant
-        return tenant
+        bind(tenant=found.tenant)  # the call's log lines, its access line included, name the tenant
+        return found
 
-    def _ttl(self, tenant: str | None) -> float:
-        return self._ttl_s if tenant is not None else self._negative_ttl_s
+    def forget(self, digest: str) -> None:
+        """Drops a key from the cache (it was revoked here): its next use asks store."""
+        self._cache.pop(digest, None)
 
-    async def _resolve(self, digest: str, cached: tuple[float, str | None] | None, now: float) -> str | None:
+    def _ttl(self, found: Caller | None) -> float:
+        return self._ttl_s if found is not None else self._negative_ttl_s
+
+    async def _resolve(
+        self, digest: str, cached: tuple[float, Caller | None] | None, now: float
+    ) -> Caller | None:
         try:
-            tenant = await self._lookup(digest)
+            found = await self._lookup(digest)
         except FerryError as err:
             if err.code not in _OUTAGE or cached is None or cached[1] is None:
                 raise
@@ -124,23 +153,34 @@ class Authenticator:
         if self._serving_stale:
             log.info("store checks API keys again")
             self._serving_stale = False
-        self._remember(digest, tenant, now)
-        return tenant
+        self._remember(digest, found, now)
+        return found
 
-    async def _lookup(self, digest: str) -> str | None:
+    async def _lookup(self, digest: str) -> Caller | None:
         request = store_service_pb2.LookupApiKeyRequest(key_sha256=digest)
         try:
-            answer = await self._backend.call(self._store.LookupApiKey, request)
+            answer: store_service_pb2.LookupApiKeyResponse = await self._backend.call(
+                self._store.LookupApiKey, request
+            )
         except FerryError as err:
             if err.code == grpc.StatusCode.NOT_FOUND:  # store's answer for a digest it does not know
                 return None
             raise
-        return answer.tenant or None
+        if not answer.tenant:
+            return None
+        return Caller(
+            tenant=answer.tenant,
+            # A store from before scopes names none: its keys keep what they could do then.
+            scopes=frozenset(answer.scopes or scopes.DEFAULT),
+            key_id=answer.key_id,
+            rate_per_s=answer.rate_per_s,
+            burst=answer.burst,
+        )
 
-    def _remember(self, digest: str, tenant: str | None, now: float) -> None:
+    def _remember(self, digest: str, found: Caller | None, now: float) -> None:
         if len(self._cache) >= _MAX_CACHED:
             keep = max(self._ttl_s, self._stale_ttl_s)
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] < keep}
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
-        self._cache[digest] = (now, tenant)
+        self._cache[digest] = (now, found)

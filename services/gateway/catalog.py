@@ -1,6 +1,16 @@
-"""The served models, as inference reports them."""
+"""The served models, as inference reports them, cached briefly.
+
+The list changes only when inference restarts or loads a model, yet every ListModels, GetModel,
+job and not-found answer needs it: asking inference each time cost a network hop per call. So the
+list is kept for ``ttl_s`` and refreshed early when it may be wrong: a model not in it (asked
+again, at most every ``MIN_REFRESH_S``, so made-up names cannot flood inference) or inference
+saying NOT_FOUND for a model the list had. Concurrent refreshes share one call.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import time
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
@@ -8,16 +18,43 @@ from services.common.errors import NotFound
 from services.gateway.downstream import Backend
 from services.gateway.validation import model_name
 
+MIN_REFRESH_S = 0.5
+"""Least time between two refreshes caused by an unknown model name."""
+
 
 class ModelCatalog:
-    """Lists and finds models by asking inference (no cache: the list is small and cheap)."""
+    """Lists and finds models; a copy of inference's list at most ``ttl_s`` old (0: no cache)."""
 
-    def __init__(self, inference: inference_service_pb2_grpc.InferenceServiceStub, backend: Backend) -> None:
+    def __init__(
+        self, inference: inference_service_pb2_grpc.InferenceServiceStub, backend: Backend, ttl_s: float = 2.0
+    ) -> None:
         self._inference = inference
         self._backend = backend
+        self._ttl_s = ttl_s
+        self._models: list[model_pb2.Model] = []
+        self._fetched = -float("inf")  # monotonic time of the last answer
+        self._refresh: asyncio.Future[list[model_pb2.Model]] | None = None
 
     async def served(self) -> list[model_pb2.Model]:
         """Returns the served models, sorted by name."""
+        if time.monotonic() - self._fetched < self._ttl_s:
+            return self._models
+        return await self._fetch()
+
+    async def _fetch(self) -> list[model_pb2.Model]:
+        """Asks inference, or joins the request already on its way."""
+        if self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._ask())
+            self._refresh.add_done_callback(self._refreshed)
+        return await asyncio.shield(self._refresh)
+
+    def _refreshed(self, done: asyncio.Future[list[model_pb2.Model]]) -> None:
+        self._refresh = None
+        if not done.cancelled() and done.exception() is None:
+            self._models = done.result()
+            self._fetched = time.monotonic()
+
+    async def _ask(self) -> list[model_pb2.Model]:
         answer: inference_service_pb2.ListModelsResponse = await self._backend.call(
             self._inference.ListModels, inference_service_pb2.ListModelsRequest()
         )
@@ -30,13 +67,17 @@ class ModelCatalog:
             NotFound: no such model; the message names the served ones.
         """
         models = await self.served()
-        for found in models:
-            if found.name == model_name(model):
-                return found
-        raise self._not_found(model, models)
+        found = _find(models, model)
+        if found is None and time.monotonic() - self._fetched >= MIN_REFRESH_S:
+            models = await self._fetch()  # loaded since the list was fetched?
+            found = _find(models, model)
+        if found is None:
+            raise self._not_found(model, models)
+        return found
 
     async def not_found(self, model: str) -> NotFound:
-        """The NOT_FOUND error for ``model``, naming the models that are served."""
+        """The NOT_FOUND error for ``model`` (inference said so), naming the models now served."""
+        self._fetched = -float("inf")  # the list had it, so the list is out of date
         return self._not_found(model, await self.served())
 
     @staticmethod
@@ -47,3 +88,8 @@ class ModelCatalog:
             reason="MODEL_NOT_FOUND",
             metadata={"model": model_name(model)},
         )
+
+
+def _find(models: list[model_pb2.Model], model: str) -> model_pb2.Model | None:
+    name = model_name(model)
+    return next((m for m in models if m.name == name), None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.job_manager import JobManager
+from services.gateway.keys import KeyAdmin
 from services.gateway.open_inference import OpenInference
 from services.gateway.predictor import Predictor
 from services.gateway.records import Records
@@ -23,6 +24,7 @@ class Components:
     jobs: JobManager
     records: Records
     open_inference: OpenInference
+    keys: KeyAdmin
     settings: GatewaySettings
 
 

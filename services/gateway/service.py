@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 
 import grpc
 
+from ferry.admin.v1 import key_service_pb2, key_service_pb2_grpc
 from ferry.inference.v1 import inference_service_pb2_grpc
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
@@ -23,13 +24,16 @@ from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.components import Components, ComponentsSlot
 from services.gateway.downstream import Backend
+from services.gateway.interceptors import AdmissionInterceptor
 from services.gateway.job_manager import JobManager
+from services.gateway.keys import KeyAdmin
 from services.gateway.open_inference import OpenInference
 from services.gateway.predictor import Predictor
 from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
 from services.gateway.records import Records
 from services.gateway.servicers.jobs import JobServicer
+from services.gateway.servicers.keys import KeyServicer
 from services.gateway.servicers.models import ModelServicer
 from services.gateway.servicers.open_inference import OpenInferenceServicer
 from services.gateway.servicers.predictions import PredictionServicer
@@ -42,6 +46,7 @@ SERVICE_NAMES = (
     prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
 )
 
 
@@ -58,6 +63,10 @@ class GatewayService:
         """The public gRPC services."""
         return SERVICE_NAMES
 
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        """Authentication, scopes and admission control, once for every public call."""
+        return [AdmissionInterceptor(self._slot, self.settings)]
+
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the three public servicers to ``server``."""
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._slot), server)
@@ -68,6 +77,7 @@ class GatewayService:
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             OpenInferenceServicer(self._slot), server
         )
+        key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self._slot), server)
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to inference, store and NATS; returns once inference and store are SERVING."""
@@ -91,17 +101,19 @@ class GatewayService:
         store = store_service_pb2_grpc.StoreServiceStub(store_channel)
         inference_backend = Backend("inference", inference_channel, s.inference_timeout_s)
         store_backend = Backend("store", store_channel, s.store_timeout_s)
-        catalog = ModelCatalog(inference, inference_backend)
+        catalog = ModelCatalog(inference, inference_backend, s.catalog_ttl_s)
         publisher = Publisher(js, s.publish_timeout_s)
         predictor = Predictor(s, inference, inference_backend, catalog, publisher)
+        auth = Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s)
         self._slot.fill(
             Components(
-                auth=Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s),
+                auth=auth,
                 catalog=catalog,
                 predictor=predictor,
                 jobs=JobManager(s, store, store_backend, catalog, nc, js, publisher, cancelled),
                 records=Records(store, store_backend),
                 open_inference=OpenInference(s, catalog, predictor),
+                keys=KeyAdmin(store, store_backend, auth),
                 settings=s,
             )
         )

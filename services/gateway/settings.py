@@ -7,6 +7,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.channels import Targets
 from services.common.settings import NatsSettings, ServiceSettings
 
 
@@ -19,8 +20,10 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     """Port of the gRPC server; Envoy forwards REST (transcoded) and native gRPC here."""
     metrics_port: int = 9101
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
-    inference_target: str = "127.0.0.1:50052"
-    """host:port of the inference service."""
+    inference_target: Targets = "127.0.0.1:50052"
+    """host:port of the inference service; several replicas comma-separated
+    (``127.0.0.1:50052,127.0.0.1:50062``, IP addresses only) are balanced round robin over those
+    that serve (``services.common.channels``). ``ferry up`` sets it from FERRY_INFERENCE_INSTANCES."""
     store_target: str = "127.0.0.1:50053"
     """host:port of the store service."""
     inference_timeout_s: float = Field(default=30.0, gt=0)
@@ -38,6 +41,16 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     """Largest encoded image accepted, in bytes. Job items are also bounded by NATS's max_payload."""
     max_job_items: int = Field(default=10_000, ge=1)
     """Most inputs in one job."""
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0)
+    """Deadline of fetching one image given by URL (``image.uri``), redirects included."""
+    image_fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    """Redirects followed when fetching an image by URL; each one's address is checked again."""
+    image_fetch_allow_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDRs, e.g. ``["10.20.0.0/16"]``) image URLs may reach although they are not
+    public; by default loopback, private, link-local (cloud metadata) and reserved ones are refused."""
+    max_batch_predict_inputs: int = Field(default=64, ge=1, le=256)
+    """Most inputs in one BatchPredict call (inference takes at most 256 per request); more go in
+    several calls, or in a job."""
     default_top_k: int = Field(default=5, ge=1)
     """Classes returned when a request's top_k is 0."""
     max_top_k: int = Field(default=100, ge=1)
@@ -48,10 +61,47 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     auth_stale_ttl_s: float = Field(default=3600.0, ge=0)
     """How long after its last successful lookup a key keeps working while store (or Postgres) cannot
     be asked: predictions keep flowing through a database outage. 0 turns this off."""
+    catalog_ttl_s: float = Field(default=2.0, ge=0)
+    """How long the list of served models is reused without asking inference (a model name not in
+    it, or inference's NOT_FOUND, refreshes it early). 0: ask every time."""
+    rate_limit_per_s: float = Field(default=100.0, ge=0)
+    """Requests a second one API key may make unless its record sets its own limit; 0: no limit."""
+    rate_limit_burst: int = Field(default=0, ge=0)
+    """Requests a key may make at once above its rate unless its record says; 0: twice the rate."""
+    auth_failure_rate_per_s: float = Field(default=5.0, ge=0)
+    """Requests with a missing or invalid key allowed a second per source address (ten times that
+    from all sources together); beyond it they get 429 without a lookup in store. 0: no bound."""
+    max_inflight: int = Field(default=256, ge=0)
+    """Most unary calls one gateway works on at once; beyond it a call gets 429 OVERLOADED at once
+    instead of waiting behind the others. WatchJob streams are not counted. 0: no bound."""
+    predict_latency_tolerance: float = Field(default=0.0, ge=0)
+    """Opt-in latency protection: when set (for example 2), predictions are admitted while
+    inference serves them (queue, decode, forward pass) within this many times the best time seen;
+    the gateway learns how many may be in flight for that and refuses more at once (429
+    OVERLOADED) instead of queueing them. 0 (the default): off, because a batching model's latency
+    rises by design under load (a batch of 4 takes longer than one item) and the bound then refuses
+    clients the model would have served well: at 16 closed-loop clients it cut throughput to about
+    half (docs/benchmarks.md). The static bounds (``max_inflight`` here, inference's ``max_queue``)
+    always apply."""
+    min_inflight_predict: int = Field(default=4, ge=1)
+    """The fewest predictions in flight that bound allows, however slow they get."""
+    max_inflight_predict: int = Field(default=64, ge=1)
+    """The most predictions in flight that bound can learn to allow."""
+    default_predict_deadline_s: float = Field(default=30.0, gt=0)
+    """Deadline of a Predict (or ModelInfer) call whose client sent none (REST callers never do)."""
+    default_jobs_deadline_s: float = Field(default=60.0, gt=0)
+    """Deadline of a job write (CreateJob, CancelJob, RetryJob) whose client sent none."""
+    default_read_deadline_s: float = Field(default=10.0, gt=0)
+    """Deadline of any other call (reads, admin) whose client sent none."""
     watch_poll_s: float = Field(default=0.5, gt=0)
     """How often a WatchJob stream reads its job's progress from store."""
     watch_max_s: float = Field(default=3600.0, gt=0)
     """Longest one WatchJob stream lasts; a client still interested watches again."""
+    results_url: str = ""
+    """Where jobs' result files are kept: empty for NATS JetStream Object Store (bucket
+    ferry_job_results), or ``s3://<bucket>[/<prefix>]`` for an S3-compatible store (the ``s3``
+    extra; credentials and region from the usual AWS_* variables, ``AWS_ENDPOINT_URL`` for a
+    store other than AWS)."""
     startup_timeout_s: float = Field(default=180.0, gt=0)
     """How long start() waits for inference and store to report SERVING before giving up."""
 

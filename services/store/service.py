@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from services.common import scopes
 from services.common.messaging import connect, ensure_streams
 from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.tasks import spawn
@@ -93,7 +94,7 @@ class StoreService:
             if s.dev_api_key:
                 digest = hashlib.sha256(s.dev_api_key.encode()).hexdigest()
                 async with connection.transaction():
-                    await api_keys.upsert(connection, digest, s.dev_tenant, "dev")
+                    await api_keys.upsert(connection, digest, s.dev_tenant, "dev", scopes.ALL)
                 log.info("dev API key ready for tenant %r", s.dev_tenant)
         log.info("schema ready (%d migrations applied now)", len(applied))
         assert self._servicer is not None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,8 +16,9 @@ from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.store import codec
+from services.store.keys import ApiKeyHandlers
 from services.store.outage import UNREACHABLE, OutageLog, database_unavailable
-from services.store.repositories import api_keys, jobs, predictions, queries
+from services.store.repositories import jobs, predictions, queries
 from services.store.repositories.newest import newest_first
 from services.store.retries import retry_job
 
@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
-
-_SHA256_HEX = re.compile("[0-9a-f]{64}")
 
 
 def _keyset(position: dict[str, Any]) -> tuple[datetime, Any] | None:
@@ -87,7 +85,7 @@ def _next_token(rows: list[asyncpg.Record], limit: int) -> str:
     return codec.encode_page_token({"t": last["create_time"].isoformat(), "id": str(last["id"])})
 
 
-class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
+class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer):
     """Implements ferry.store.v1.StoreService over a connection pool."""
 
     def __init__(self) -> None:
@@ -219,21 +217,6 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         return pb.RetryJobResponse(
             job=codec.job_from_row(retry.job), item_indexes=retry.item_indexes, generation=retry.generation
         )
-
-    async def LookupApiKey(
-        self, request: pb.LookupApiKeyRequest, context: Context
-    ) -> pb.LookupApiKeyResponse:
-        digest = request.key_sha256.lower()
-        if not _SHA256_HEX.fullmatch(digest):
-            raise InvalidArgument(
-                "key_sha256 must be the 64 hex digits of the key's SHA-256 digest",
-                reason="INVALID_KEY_DIGEST",
-            )
-        async with self._connection() as connection:
-            row = await api_keys.lookup(connection, digest)
-        if row is None:
-            raise NotFound("no live API key has this digest", reason="API_KEY_NOT_FOUND")
-        return pb.LookupApiKeyResponse(tenant=row["tenant"], key_name=row["name"])
 
 
 def _found(found: T | None, job_id: Any) -> T:

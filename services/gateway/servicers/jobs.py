@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+from services.gateway import identity
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
+from services.gateway.job_manager import FINISHED
 from services.gateway.watch import watch_job
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -24,7 +26,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.CreateJobRequest, context: Context
     ) -> job_service_pb2.CreateJobResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         job = await c.jobs.create(tenant, request, Edge.of(context.invocation_metadata()))
         return job_service_pb2.CreateJobResponse(job=job)
 
@@ -32,35 +34,52 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: job_service_pb2.GetJobRequest, context: Context
     ) -> job_service_pb2.GetJobResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return job_service_pb2.GetJobResponse(job=await c.records.get_job(tenant, request.name))
 
     async def ListJobs(
         self, request: job_service_pb2.ListJobsRequest, context: Context
     ) -> job_service_pb2.ListJobsResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return await c.records.list_jobs(tenant, request)
 
     async def CancelJob(
         self, request: job_service_pb2.CancelJobRequest, context: Context
     ) -> job_service_pb2.CancelJobResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return job_service_pb2.CancelJobResponse(job=await c.jobs.cancel(tenant, request.name))
 
     async def WatchJob(
         self, request: job_service_pb2.WatchJobRequest, context: Context
     ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         s = c.settings
         async for update in watch_job(c.records, tenant, request.name, s.watch_poll_s, s.watch_max_s):
+            if update.job.state in FINISHED:
+                await c.jobs.results.write_quietly(tenant, update.job)
             yield update
+
+    async def GetJobResults(
+        self, request: job_service_pb2.GetJobResultsRequest, context: Context
+    ) -> AsyncIterator[job_service_pb2.GetJobResultsResponse]:
+        c = self._slot.get()
+        tenant = await c.auth.tenant(context)
+        async for result in c.jobs.results.read(tenant, request.name):
+            yield result
+
+    async def ListJobItems(
+        self, request: job_service_pb2.ListJobItemsRequest, context: Context
+    ) -> job_service_pb2.ListJobItemsResponse:
+        c = self._slot.get()
+        tenant = identity.tenant()
+        return await c.jobs.list_items(tenant, request)
 
     async def RetryJob(
         self, request: job_service_pb2.RetryJobRequest, context: Context
     ) -> job_service_pb2.RetryJobResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return await c.jobs.retry(tenant, request.name)

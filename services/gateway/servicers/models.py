@@ -7,7 +7,8 @@ import time
 import grpc
 
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
-from services.gateway import validation
+from services.gateway import identity, validation
+from services.gateway.batch_predictor import BatchPredictor
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
 
@@ -24,14 +25,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_service_pb2.ListModelsRequest, context: Context
     ) -> model_service_pb2.ListModelsResponse:
         c = self._slot.get()
-        await c.auth.tenant(context)
         return model_service_pb2.ListModelsResponse(models=await c.catalog.served())
 
     async def GetModel(
         self, request: model_service_pb2.GetModelRequest, context: Context
     ) -> model_service_pb2.GetModelResponse:
         c = self._slot.get()
-        await c.auth.tenant(context)
         model = validation.model_id(request.name, field="name")
         return model_service_pb2.GetModelResponse(model=await c.catalog.get(model))
 
@@ -40,16 +39,27 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_service_pb2.PredictResponse:
         started = time.perf_counter()
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return model_service_pb2.PredictResponse(
             prediction=await c.predictor.predict(
                 tenant, request, started, Edge.of(context.invocation_metadata())
             )
         )
 
+    async def BatchPredict(
+        self, request: model_service_pb2.BatchPredictRequest, context: Context
+    ) -> model_service_pb2.BatchPredictResponse:
+        started = time.perf_counter()
+        c = self._slot.get()
+        batch = BatchPredictor(c.settings, c.predictor)
+        predictions = await batch.predict(
+            identity.tenant(), request, started, Edge.of(context.invocation_metadata())
+        )
+        return model_service_pb2.BatchPredictResponse(predictions=predictions)
+
     async def GetModelStats(
         self, request: model_service_pb2.GetModelStatsRequest, context: Context
     ) -> model_service_pb2.GetModelStatsResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return model_service_pb2.GetModelStatsResponse(stats=await c.records.model_stats(tenant, request))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_grpc
+from services.gateway import identity
 from services.gateway.components import ComponentsSlot
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -20,7 +21,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self, request: prediction_service_pb2.GetPredictionRequest, context: Context
     ) -> prediction_service_pb2.GetPredictionResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         prediction = await c.records.get_prediction(tenant, request.name)
         return prediction_service_pb2.GetPredictionResponse(prediction=prediction)
 
@@ -28,5 +29,5 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self, request: prediction_service_pb2.ListPredictionsRequest, context: Context
     ) -> prediction_service_pb2.ListPredictionsResponse:
         c = self._slot.get()
-        tenant = await c.auth.tenant(context)
+        tenant = identity.tenant()
         return await c.records.list_predictions(tenant, request)

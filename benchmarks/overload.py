@@ -1,0 +1,163 @@
+"""Overload: what admission control does for predictions sent at 3x the rate the stack sustains.
+
+``python -m benchmarks.overload`` (or ``make bench-overload``) starts its own local stack on free
+ports in a temporary folder and, through Envoy over gRPC, with a key whose rate limit is out of
+the way:
+
+1. unloaded: predictions one at a time, their p50 and p99;
+2. sustainable: a closed loop of a few clients, the predictions/s the stack completes;
+3. overload: an open loop sending at 3x that rate (arrivals do not wait for answers, as real
+   users' do not), for a fixed time.
+
+It prints the admitted predictions' p99 against the unloaded p99 (the goal: at most 2x), how
+fast the refused ones were answered (the goal: within 10 ms), and the counts of every outcome.
+Not a test: nothing here asserts a time. Others may share this machine: the load is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import time
+from collections import Counter
+
+import grpc
+from PIL import Image
+from skimage import data as skimage_data
+
+from benchmarks.local import local_stack, unthrottled_key
+from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
+from ferry.types.v1 import types_pb2
+
+MODEL = "models/efficientnet-lite0"
+
+
+def cat_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    pixels = skimage_data.chelsea()  # type: ignore[no-untyped-call]
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of ``values``, nearest rank; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+class Bench:
+    """Predictions through Envoy, each recorded as (outcome, seconds)."""
+
+    def __init__(self, channel: grpc.aio.Channel, key: str, image: bytes) -> None:
+        self._stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {key}"),)
+        self._request = model_service_pb2.PredictRequest(model=MODEL, image=types_pb2.Image(content=image))
+        self.first_error: str | None = None
+
+    async def predict(self) -> tuple[str, float]:
+        started = time.perf_counter()
+        try:
+            await self._stub.Predict(self._request, metadata=self._metadata, timeout=60)
+            outcome = "OK"
+        except grpc.aio.AioRpcError as err:
+            outcome = err.code().name
+            if outcome != "RESOURCE_EXHAUSTED" and self.first_error is None:
+                self.first_error = f"{outcome}: {err.details()}"
+        return outcome, time.perf_counter() - started
+
+    async def unloaded(self, requests: int) -> list[float]:
+        """Latencies of ``requests`` predictions, one at a time."""
+        return [(await self.predict())[1] for _ in range(requests)]
+
+    async def sustainable(self, clients: int, seconds: float) -> float:
+        """Predictions/s completed by ``clients`` clients that each send the next on an answer."""
+        done = 0
+        deadline = time.monotonic() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                outcome, _ = await self.predict()
+                done += outcome == "OK"
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return done / (time.perf_counter() - started)
+
+    async def open_loop(self, rate: float, seconds: float) -> list[tuple[str, float]]:
+        """Sends at ``rate`` per second for ``seconds``, whatever the answers; returns every outcome."""
+        calls = []
+        started = time.monotonic()
+        for n in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            calls.append(asyncio.ensure_future(self.predict()))
+        return list(await asyncio.gather(*calls))
+
+
+async def run(target: str, seconds: float, clients: int, factor: float) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        bench = Bench(channel, await unthrottled_key(target, ["predict"]), cat_jpeg())
+        outcome, _ = await bench.predict()  # warm: connections, the model, the catalog
+        if outcome != "OK":
+            raise SystemExit(f"a prediction failed: {bench.first_error}")
+        await bench.unloaded(10)
+        print(f"load (1 min) before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs, shared with others")
+        unloaded = await bench.unloaded(60)
+        p99_unloaded = percentile(unloaded, 99)
+        print(f"unloaded, 1 at a time: p50 {ms(percentile(unloaded, 50))}  p99 {ms(p99_unloaded)}")
+        rate = await bench.sustainable(clients, seconds / 2)
+        print(f"sustainable, {clients} clients in a closed loop: {rate:.1f} predictions/s")
+        await asyncio.sleep(2)  # let the queues drain
+        outcomes = await bench.open_loop(factor * rate, seconds)
+    admitted = [s for outcome, s in outcomes if outcome == "OK"]
+    refused = [s for outcome, s in outcomes if outcome == "RESOURCE_EXHAUSTED"]
+    p99_admitted = percentile(admitted, 99)
+    print(f"overload, open loop at {factor:g}x = {factor * rate:.1f}/s for {seconds:g} s:")
+    print(f"  outcomes: {dict(Counter(outcome for outcome, _ in outcomes))}")
+    if admitted:
+        print(
+            f"  admitted {len(admitted)} ({len(admitted) / seconds:.1f}/s):"
+            f" p50 {ms(percentile(admitted, 50))}"
+            f"  p99 {ms(p99_admitted)} = {p99_admitted / p99_unloaded:.2f}x the unloaded p99 (goal <= 2x)"
+        )
+    if refused:
+        print(
+            f"  refused {len(refused)} with 429: p50 {ms(percentile(refused, 50))}"
+            f"  p99 {ms(percentile(refused, 99))}"
+            f"  max {ms(max(refused))} (goal: within 10 ms)"
+        )
+    print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the overload phase")
+    parser.add_argument(
+        "--clients", type=int, default=8, help="closed-loop clients measuring the sustainable rate"
+    )
+    parser.add_argument("--factor", type=float, default=3.0, help="overload rate, times the sustainable one")
+    parser.add_argument(
+        "--tolerance",
+        default="2",
+        help="FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE of the stack (the latency bound is opt-in; 0: off)",
+    )
+    args = parser.parse_args()
+    # The stack's processes inherit this environment.
+    os.environ["FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE"] = args.tolerance
+    print(f"FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE={args.tolerance}")
+    with local_stack("ferry-bench-overload-") as endpoints:
+        asyncio.run(run(endpoints.grpc_target, args.seconds, args.clients, args.factor))
+
+
+if __name__ == "__main__":
+    main()

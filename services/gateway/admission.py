@@ -1,0 +1,275 @@
+"""Admission control: per-key rate limits, throttled authentication failures, an in-flight bound.
+
+Each refusal is RESOURCE_EXHAUSTED (HTTP 429) at once, with a ``google.rpc.RetryInfo`` (and a
+``retry-after`` header through Envoy) saying when a retry can succeed: a gateway that queues
+everything it is sent answers everyone late, while one that refuses the excess early keeps the
+admitted calls fast.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from google.protobuf import duration_pb2
+
+from services.common.errors import ResourceExhausted
+from services.gateway.identity import Caller
+
+Clock = Callable[[], float]
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; a call takes one."""
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:  # a ``now`` read before the bucket was made adds nothing
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+
+    def take(self, now: float) -> float:
+        """Takes a token; returns 0 when there was one, else the seconds until there will be."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    def wait(self, now: float) -> float:
+        """The seconds until a token is there, without taking it (0: one is there now)."""
+        self._refill(now)
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+
+def retry_after(wait_s: float) -> duration_pb2.Duration:
+    """A RetryInfo delay of ``wait_s`` rounded up to the millisecond (at least 1 ms)."""
+    millis = max(1, math.ceil(wait_s * 1000))
+    return duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+
+
+class Buckets:
+    """Token buckets by name, the least recently used dropped beyond ``max_buckets``.
+
+    A dropped bucket comes back full, so the bound costs accuracy only under a flood of names.
+    """
+
+    def __init__(self, max_buckets: int, clock: Clock = time.monotonic) -> None:
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._max = max_buckets
+        self._clock = clock
+
+    def get(self, name: str, rate: float, burst: float) -> TokenBucket:
+        """The bucket of ``name``, made (full) or updated to ``rate`` and ``burst``."""
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = TokenBucket(rate, burst, self._clock())
+            self._buckets[name] = bucket
+            if len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(name)
+            bucket.rate, bucket.burst = rate, max(1.0, burst)
+        return bucket
+
+    def now(self) -> float:
+        """The clock the buckets run on."""
+        return self._clock()
+
+
+class RateLimits:
+    """Per-key rate limits, and a budget for calls whose key turns out missing or wrong.
+
+    Args:
+        default_rate_per_s: the limit of a key without its own; 0 means no limit.
+        default_burst: the burst of a key without its own; 0 means twice its rate.
+        failure_rate_per_s: authentication failures a second allowed per source address (and
+            ten times that from all sources together); beyond it such calls are refused without
+            asking store, so made-up keys cannot flood the database.
+    """
+
+    def __init__(
+        self,
+        default_rate_per_s: float,
+        default_burst: int,
+        failure_rate_per_s: float,
+        max_buckets: int = 100_000,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._default_rate = default_rate_per_s
+        self._default_burst = default_burst
+        self._failure_rate = failure_rate_per_s
+        self._keys = Buckets(max_buckets, clock)
+        self._failures = Buckets(max_buckets, clock)
+
+    def admit(self, caller: Caller) -> None:
+        """Takes a token of the caller's key.
+
+        Raises:
+            ResourceExhausted: the key is over its rate (RATE_LIMITED, with the wait).
+        """
+        rate = caller.rate_per_s or self._default_rate
+        if rate <= 0:
+            return
+        burst = caller.burst or self._default_burst or 2 * rate
+        bucket = self._keys.get(caller.key_id or caller.tenant, rate, burst)
+        wait = bucket.take(self._keys.now())
+        if wait:
+            raise ResourceExhausted(
+                f"this API key is over its rate limit of {rate:g} requests/s (burst {bucket.burst:g}); "
+                f"retry after {wait:.2f}s, or ask an admin for a higher limit",
+                reason="RATE_LIMITED",
+                metadata={"limit_per_s": f"{rate:g}", "burst": f"{bucket.burst:g}"},
+                retry_after=retry_after(wait),
+            )
+
+    def _failure_buckets(self, source: str) -> tuple[TokenBucket, TokenBucket]:
+        rate = self._failure_rate
+        return (
+            self._failures.get(source, rate, 2 * rate),
+            self._failures.get("", 10 * rate, 20 * rate),  # every source together
+        )
+
+    def check_failures(self, source: str) -> None:
+        """Refuses a call from a source that sent too many missing or wrong keys lately.
+
+        Raises:
+            ResourceExhausted: TOO_MANY_AUTH_FAILURES, with the wait.
+        """
+        if self._failure_rate <= 0:
+            return
+        now = self._failures.now()
+        wait = max(bucket.wait(now) for bucket in self._failure_buckets(source))
+        if wait:
+            raise ResourceExhausted(
+                "too many requests with a missing or invalid API key; check the key and retry "
+                f"after {wait:.2f}s",
+                reason="TOO_MANY_AUTH_FAILURES",
+                retry_after=retry_after(wait),
+            )
+
+    def failed(self, source: str) -> None:
+        """Counts an authentication failure of ``source``."""
+        if self._failure_rate <= 0:
+            return
+        now = self._failures.now()
+        for bucket in self._failure_buckets(source):
+            bucket.take(now)
+
+
+class InFlight:
+    """Bounds the calls a gateway works on at once; beyond the bound a call is refused at once.
+
+    Queueing more than the backends can finish in time only makes every call late; the bound
+    keeps the admitted ones fast and tells the rest to come back.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def enter(self) -> None:
+        """Counts a call in.
+
+        Raises:
+            ResourceExhausted: OVERLOADED when ``limit`` calls are in flight (0 means no bound).
+        """
+        if self.limit and self.count >= self.limit:
+            raise ResourceExhausted(
+                f"the gateway is at its limit of {self.limit} requests in flight; retry shortly",
+                reason="OVERLOADED",
+                metadata={"limit": str(self.limit)},
+                retry_after=retry_after(1.0),
+            )
+        self.count += 1
+
+    def leave(self) -> None:
+        """Counts a call out (after ``enter`` admitted it)."""
+        self.count -= 1
+
+
+class AdaptiveLimit:
+    """Bounds in-flight calls of one kind (predictions) to what keeps their latency near the best seen.
+
+    A static bound is right on one machine only; this one learns it (additive increase,
+    multiplicative decrease, as TCP Vegas and Netflix's concurrency-limits do). The best latency
+    seen is the baseline (it drifts up very slowly, so one lucky call does not set it forever).
+    A call that took more than ``tolerance`` times the baseline means work is queueing: the limit
+    shrinks by a fifth, at most once per such latency. A call within it, while the limit was
+    reached, grows the limit by ``1/limit``. Beyond the limit a call is refused at once.
+
+    Args:
+        initial: the limit to start from.
+        minimum: the limit never shrinks below this (a few clients are never refused).
+        maximum: the limit never grows beyond this.
+        tolerance: how many times the baseline latency counts as "not queueing"; 0 turns the
+            bound off (only ``InFlight`` applies).
+    """
+
+    def __init__(
+        self, initial: int, minimum: int, maximum: int, tolerance: float, clock: Clock = time.monotonic
+    ) -> None:
+        self.minimum = float(max(1, min(minimum, maximum)))
+        self.limit = float(max(self.minimum, min(initial, maximum)))
+        self.maximum = maximum
+        self.tolerance = tolerance
+        self.count = 0
+        self.baseline_s = math.inf
+        self._clock = clock
+        self._last_cut = -math.inf
+
+    def enter(self) -> None:
+        """Counts a call in.
+
+        Raises:
+            ResourceExhausted: OVERLOADED when the learnt limit of calls is in flight.
+        """
+        if self.tolerance and self.count >= int(self.limit):
+            raise ResourceExhausted(
+                f"the gateway is at its limit of {int(self.limit)} predictions in flight (learnt from "
+                "their latency: more would only queue); retry shortly",
+                reason="OVERLOADED",
+                metadata={"limit": str(int(self.limit))},
+                retry_after=retry_after(max(self.baseline_s, 0.1) if math.isfinite(self.baseline_s) else 1.0),
+            )
+        self.count += 1
+
+    def leave(self, latency_s: float | None) -> None:
+        """Counts a call out; ``latency_s`` is its duration when it succeeded (None otherwise)."""
+        saturated = self.count >= int(self.limit)
+        self.count -= 1
+        if latency_s is None or not self.tolerance:
+            return
+        self.baseline_s = min(latency_s, self.baseline_s * 1.0001)
+        if latency_s > self.tolerance * self.baseline_s:
+            now = self._clock()
+            if now - self._last_cut >= latency_s:  # once per round: its other late calls say the same
+                self.limit = max(self.minimum, self.limit * 0.8)
+                self._last_cut = now
+        elif saturated:
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+
+
+def inference_seconds(answer: object) -> float | None:
+    """Inference's own time for a Predict or BatchPredict answer (queue, decode, forward pass).
+
+    That, not the call's whole duration, says whether predictions queue: a slow publish or a store
+    outage makes calls long without the model being any busier. None when the answer has no timing.
+    """
+    one = getattr(answer, "prediction", None)
+    predictions = [one] if one is not None else list(getattr(answer, "predictions", ()))
+    times = [
+        p.timing.queue_ms + p.timing.decode_ms + p.timing.inference_ms
+        for p in predictions
+        if p.HasField("timing")
+    ]
+    return max(times) / 1000.0 if times else None

@@ -1,0 +1,174 @@
+"""The gateway's admission interceptor: one place that authenticates, authorizes and admits calls.
+
+It runs inside the common ``ServerInterceptor`` (which maps the FerryErrors raised here to
+statuses, counts and logs them), so every public method gets, before its handler runs:
+
+1. the in-flight bounds (``admission.InFlight``, and for predictions the learnt
+   ``admission.AdaptiveLimit``): refused at once when full;
+2. the API key resolved to a ``Caller`` (``auth.Authenticator``), lookups of keys the gateway
+   does not know throttled per source address;
+3. the method's scope checked (``identity.route``): PERMISSION_DENIED otherwise;
+4. the key's rate limit (``admission.RateLimits``);
+5. a default deadline when the client sent none.
+
+Health and reflection stay open: probes and tooling carry no key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any
+
+import grpc
+
+from services.common.errors import DeadlineExceeded, Unauthenticated
+from services.common.interceptors import Handler, StreamHandler, WrappingInterceptor
+from services.gateway.admission import AdaptiveLimit, InFlight, RateLimits, inference_seconds
+from services.gateway.auth import api_key_from_metadata, key_digest
+from services.gateway.components import ComponentsSlot
+from services.gateway.identity import Caller, Route, RouteClass, check_scope, reset_caller, route, set_caller
+from services.gateway.settings import GatewaySettings
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Metadata = Iterable[tuple[str, str | bytes]]
+
+#: Open to anyone: load balancers' probes and grpcurl's listing carry no key.
+_OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def source_address(metadata: Metadata | None, context: Context) -> str:
+    """The caller's address: the last ``x-forwarded-for`` hop (Envoy appends the peer), else the peer."""
+    for name, value in metadata or ():
+        if name == "x-forwarded-for" and isinstance(value, str):
+            return value.rsplit(",", 1)[-1].strip()
+    peer = context.peer() or ""
+    return peer.rpartition(":")[0] or peer
+
+
+class AdmissionInterceptor(WrappingInterceptor):
+    """Authenticates, authorizes and admits every public call (see the module docstring)."""
+
+    open_prefixes = _OPEN_PREFIXES
+
+    def __init__(self, slot: ComponentsSlot, settings: GatewaySettings) -> None:
+        super().__init__()
+        self._slot = slot
+        self.inflight = InFlight(settings.max_inflight)
+        self.predictions = AdaptiveLimit(
+            max(8, settings.min_inflight_predict),
+            settings.min_inflight_predict,
+            settings.max_inflight_predict,
+            settings.predict_latency_tolerance,
+        )
+        self.limits = RateLimits(
+            settings.rate_limit_per_s, settings.rate_limit_burst, settings.auth_failure_rate_per_s
+        )
+        self._deadlines = {
+            RouteClass.PREDICT: settings.default_predict_deadline_s,
+            RouteClass.JOBS: settings.default_jobs_deadline_s,
+            RouteClass.READ: settings.default_read_deadline_s,
+        }
+
+    def wrap_unary(self, method: str, inner: Handler) -> Handler:
+        needed = route(method)
+        budget = self._deadlines.get(needed.kind)
+        if needed.kind is RouteClass.PREDICT:
+            return self._wrap_predict(method, needed, inner, budget)
+
+        async def admitted(request: Any, context: Context) -> Any:
+            self.inflight.enter()
+            try:
+                return await self._call(method, needed, inner, budget, request, context)
+            finally:
+                self.inflight.leave()
+
+        return admitted
+
+    def _wrap_predict(self, method: str, needed: Route, inner: Handler, budget: float | None) -> Handler:
+        """As ``wrap_unary``, and within the learnt bound of predictions in flight (``AdaptiveLimit``)."""
+
+        async def admitted(request: Any, context: Context) -> Any:
+            self.inflight.enter()
+            try:
+                self.predictions.enter()
+            except BaseException:
+                self.inflight.leave()
+                raise
+            started, latency = time.perf_counter(), None
+            try:
+                answer = await self._call(method, needed, inner, budget, request, context)
+                latency = inference_seconds(answer) or time.perf_counter() - started
+                return answer
+            finally:
+                self.predictions.leave(latency)
+                self.inflight.leave()
+
+        return admitted
+
+    async def _call(
+        self, method: str, needed: Route, inner: Handler, budget: float | None, request: Any, context: Context
+    ) -> Any:
+        """Admits the caller, then runs the handler as them, within the default deadline if needed."""
+        token = set_caller(await self.admit(method, needed, context))
+        try:
+            if budget is None or context.time_remaining() is not None:
+                return await inner(request, context)
+            return await _within(budget, needed.kind, inner(request, context))
+        finally:
+            reset_caller(token)
+
+    def wrap_stream(self, method: str, inner: StreamHandler) -> StreamHandler:
+        needed = route(method)
+
+        async def admitted(request: Any, context: Context) -> AsyncIterator[Any]:
+            token = set_caller(await self.admit(method, needed, context))
+            try:
+                async for response in inner(request, context):
+                    yield response
+            finally:
+                reset_caller(token)
+
+        return admitted
+
+    async def admit(self, method: str, needed: Route, context: Context) -> Caller:
+        """The call's caller, once its key, scope and rate allow the call.
+
+        Raises:
+            FerryError: UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED (see the module).
+        """
+        auth = self._slot.get().auth
+        metadata = context.invocation_metadata()
+        digest = key_digest(api_key_from_metadata(metadata))  # no key at all: 401, no lookup
+        if not auth.must_ask(digest):
+            caller = await auth.resolve(digest)
+        else:
+            # Only a lookup in store costs: it is what made-up keys are throttled on. A key that
+            # worked lately is spared, so a flood of made-up ones does not lock out known callers.
+            source = source_address(metadata, context)
+            self.limits.check_failures(source)
+            try:
+                caller = await auth.resolve(digest)
+            except Unauthenticated:
+                self.limits.failed(source)
+                raise
+        check_scope(caller, method, needed)
+        self.limits.admit(caller)
+        return caller
+
+
+async def _within(budget_s: float, kind: RouteClass, call: Awaitable[Any]) -> Any:
+    """Awaits ``call`` for at most ``budget_s``: the default deadline of a call that set none."""
+    try:
+        async with asyncio.timeout(budget_s) as scope:
+            return await call
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise DeadlineExceeded(
+            f"the call took longer than {budget_s:g}s, the default deadline of {kind.value} calls that "
+            "set none; set a longer deadline (grpc-timeout) or retry",
+            reason="DEFAULT_DEADLINE_EXCEEDED",
+            metadata={"deadline_s": f"{budget_s:g}"},
+        ) from None

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from devstack import body_fields, edge
+from services.common import limits
+from tools.openapi import OPENAPI_FILE, OPENAPI_PATH
 from tools.protogen import DESCRIPTOR_SET, PUBLIC_SERVICES
 
 COMMITTED_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "envoy" / "envoy.yaml"
 CHART_FILES = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "ferry" / "files"
-MAX_BODY_BYTES = 32 * 1024 * 1024
+#: The transcoder's own bound; the buffer filter's per-route limits (devstack/edge.py) come first.
+MAX_BODY_BYTES = limits.MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class EnvoyOptions:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 50051
     descriptor_path: str = str(DESCRIPTOR_SET)
+    openapi_path: str = str(OPENAPI_FILE)
+    """The OpenAPI description Envoy serves at /openapi.json (tools/openapi.py writes it)."""
     upstream_timeout_s: int = 60
     otlp_endpoint: str = ""
     """OTLP/gRPC collector (``http://host:port``); when set, Envoy exports a span for the edge hop."""
@@ -95,11 +101,13 @@ def _tracing(opts: EnvoyOptions) -> tuple[str, str]:
 STREAMING_ROUTES = (
     ("path", "/ferry.jobs.v1.JobService/WatchJob"),
     ("safe_regex", {"regex": "/v1/jobs/[^/]+:watch"}),
+    ("path", "/ferry.jobs.v1.JobService/GetJobResults"),
+    ("safe_regex", {"regex": "/v1/jobs/[^/]+/results"}),
 )
 
 
-def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
-    """One route to the gateway cluster, as YAML list item text."""
+def _route(match: str, timeout_s: int, grpc_timeout_max_s: int, limit: edge.BodyLimit | None = None) -> str:
+    """One route to the gateway cluster, as YAML list item text; ``limit``: its own body limit."""
     return f"""
                         - match: {match}
                           route:
@@ -120,7 +128,9 @@ def _route(match: str, timeout_s: int, grpc_timeout_max_s: int) -> str:
                           # without a request_id derive from; a resend keeps both.
                           request_headers_to_add:
                             - header: {{key: x-ferry-edge-ms, value: "%START_TIME(%s%3f)%"}}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"""
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD""" + (
+        edge.route_buffer_config(limit) if limit else ""
+    )
 
 
 #: /readyz: at least one healthy gateway (no hosts at all is 503 too).
@@ -146,8 +156,13 @@ def _routes(opts: EnvoyOptions) -> str:
     streams = "".join(
         _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0)
         for kind, value in STREAMING_ROUTES
+    ) + "".join(_route(json.dumps(match), 0, 0, edge.STREAMED) for match in edge.STREAMED.matches)
+    limited = "".join(
+        _route(json.dumps(match), opts.upstream_timeout_s, opts.upstream_timeout_s, limit)
+        for limit in edge.ROUTE_LIMITS
+        for match in limit.matches
     )
-    return streams + _route('{prefix: "/"}', opts.upstream_timeout_s, opts.upstream_timeout_s)
+    return streams + limited + _route('{prefix: "/"}', opts.upstream_timeout_s, opts.upstream_timeout_s)
 
 
 def render(opts: EnvoyOptions) -> str:
@@ -177,6 +192,8 @@ static_resources:
                 # Envoy is the edge: it sets the x-request-id that writes without a request_id
                 # derive their ids from (services/gateway/idempotency.py).
                 use_remote_address: true{tracing}
+                # Envoy's own errors (413, malformed JSON, unknown paths, timeouts, no gateway) in
+                # the gateway's error shape, for REST and native gRPC alike (devstack/edge.py).{edge.local_reply_yaml(16, READY_PATH)}
                 # One JSON line per request on stdout, in the services' log shape (services/common/logs.py);
                 # load balancers' /healthz and /readyz probes are left out. trace_id is set when tracing is.
                 access_log:
@@ -201,15 +218,17 @@ static_resources:
                           upstream: "%UPSTREAM_HOST%"
                 route_config:
                   name: public
+                  # /openapi.json is a direct response (about 70 KB).
+                  max_direct_response_body_size_bytes: {edge.MAX_DIRECT_RESPONSE_BYTES}
                   virtual_hosts:
                     - name: ferry
                       domains: ["*"]
-                      routes:{_routes(opts)}
+                      routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{_routes(opts)}
                 http_filters:
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its
-                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}
+                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}{edge.buffer_filter()}{body_fields.lua_filter()}
                   - name: envoy.filters.http.grpc_json_transcoder
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder
@@ -259,6 +278,7 @@ def container_options(
         admin_host=admin_host,
         gateway_host=gateway_host,
         descriptor_path="/etc/envoy/ferry.pb",
+        openapi_path="/etc/envoy/openapi.json",
         otlp_endpoint=otlp_endpoint,
     )
 

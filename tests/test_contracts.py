@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from openapi_spec_validator import validate
 
-from devstack.envoy import COMMITTED_CONFIG, EnvoyOptions, render
-from tools import protogen
+from devstack.envoy import COMMITTED_CONFIG, EnvoyOptions, container_options, render
+from tools import openapi, protogen
 
 BUF = str(Path(sys.executable).parent / "buf")
 
@@ -42,13 +44,15 @@ def test_descriptor_set_is_fresh(tmp_path: Path) -> None:
 
 
 def test_committed_envoy_config_is_fresh() -> None:
-    opts = EnvoyOptions(
-        listen_host="0.0.0.0",
-        admin_host="0.0.0.0",
-        gateway_host="gateway",
-        descriptor_path="/etc/envoy/ferry.pb",
+    assert COMMITTED_CONFIG.read_text() == render(container_options()), (
+        "run `python -m devstack.envoy` and commit"
     )
-    assert COMMITTED_CONFIG.read_text() == render(opts), "run `python -m devstack.envoy` and commit"
+
+
+def test_openapi_description_is_fresh_and_valid() -> None:
+    committed = openapi.OPENAPI_FILE.read_text()
+    assert committed == openapi.render_text(), "run `python -m tools.openapi` and commit deploy/openapi/"
+    validate(json.loads(committed))  # OpenAPI 3.0's schema and rules (openapi-spec-validator)
 
 
 @pytest.mark.parametrize("otlp_endpoint", ["", "http://127.0.0.1:4317"], ids=["plain", "traced"])

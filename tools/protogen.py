@@ -23,6 +23,7 @@ PUBLIC_SERVICES = (
     "ferry.models.v1.ModelService",
     "ferry.predictions.v1.PredictionService",
     "ferry.jobs.v1.JobService",
+    "ferry.admin.v1.KeyService",
 )
 
 

@@ -1,16 +1,72 @@
 """Domain errors and their one mapping to gRPC status codes (Google AIP-193 style).
 
 Handlers raise a ``FerryError``; the server interceptor turns it into a canonical status
-with one ``google.rpc.ErrorInfo`` detail, so no handler formats statuses itself.
+with one ``google.rpc.ErrorInfo`` detail, so no handler formats statuses itself. An
+INVALID_ARGUMENT that names the request field at fault (``metadata["field"]``) also carries a
+``google.rpc.BadRequest`` with that field's violation.
+
+Every reason is a value of the ``ferry.errors.v1.ErrorReason`` enum
+(protos/ferry/errors/v1/error_reason.proto), which also says each reason's code;
+tests/test_error_reasons.py fails when code uses a reason the enum does not list.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cache
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from ferry.errors.v1 import error_reason_pb2
+
 ERROR_DOMAIN = "ferry.dev"
+
+#: The HTTP status Envoy's transcoder answers for each gRPC code (Envoy's grpcToHttpStatus).
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One ErrorReason value: its name (ErrorInfo.reason), gRPC code and REST status."""
+
+    name: str
+    code: grpc.StatusCode
+    http_status: int
+    code_of_cause: bool
+    """The error keeps the code of what caused it (``code`` is then UNKNOWN)."""
+
+
+@cache
+def reasons() -> dict[str, Reason]:
+    """Every reason of the ErrorReason enum by name, read from its options (the zero value left out)."""
+    found = {}
+    for value in error_reason_pb2.ErrorReason.DESCRIPTOR.values[1:]:
+        options = {field.name: setting for field, setting in value.GetOptions().ListFields()}
+        code = code_from_number(options.get("code", grpc.StatusCode.UNKNOWN.value[0]))
+        http = options.get("http_status") or HTTP_STATUS[code]
+        found[value.name] = Reason(value.name, code, http, bool(options.get("code_of_cause")))
+    return found
 
 
 class FerryError(Exception):
@@ -35,12 +91,18 @@ class FerryError(Exception):
         """Returns this error as a google.rpc.Status: an ErrorInfo, and a RetryInfo when retrying helps."""
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
         details = [_packed(info)]
+        field = self.metadata.get("field")
+        if field and self.code == grpc.StatusCode.INVALID_ARGUMENT:
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=field, description=self.message, reason=self.reason
+            )
+            details.append(_packed(error_details_pb2.BadRequest(field_violations=[violation])))
         if self.retry_after is not None:
             details.append(_packed(error_details_pb2.RetryInfo(retry_delay=self.retry_after)))
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
 
-def _packed(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) -> any_pb2.Any:
+def _packed(message: Message) -> any_pb2.Any:
     detail = any_pb2.Any()
     detail.Pack(message)
     return detail

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import limits
+
 
 class ServiceSettings(BaseSettings):
     """Fields every Ferry service reads from its environment (``FERRY_<SERVICE>_<FIELD>``)."""
@@ -23,8 +25,10 @@ class ServiceSettings(BaseSettings):
     """Python logging level."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled."""
-    max_message_bytes: int = 32 * 1024 * 1024
-    """Largest gRPC message sent or received; images travel inside messages."""
+    max_message_bytes: int = limits.MAX_MESSAGE_BYTES
+    """Largest gRPC message sent or received; images travel inside messages. The default is the
+    largest body Envoy lets through (services/common/limits.py), so gRPC's own size refusal
+    (RESOURCE_EXHAUSTED) never answers a request the edge admitted."""
 
 
 class NatsSettings(BaseSettings):

@@ -280,11 +280,13 @@ def test_gateway_and_inference_autoscale_and_every_part_has_a_disruption_budget(
 def test_job_runners_scale_on_the_work_consumers_backlog(manifests: list[dict[str, Any]]) -> None:
     scaled = find(manifests, "ScaledObject", "ferry-jobs")
     assert scaled["spec"]["scaleTargetRef"] == {"name": "ferry-jobs"}
-    [trigger] = scaled["spec"]["triggers"]
-    assert trigger["type"] == "nats-jetstream"
-    assert trigger["metadata"]["stream"] == WORK_STREAM
-    assert trigger["metadata"]["consumer"] == JobsSettings().consumer_name
-    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats:8222"
+    triggers = scaled["spec"]["triggers"]
+    lanes = [consumer for _, consumer, _ in JobsSettings().lanes()]  # one consumer per priority
+    assert [t["metadata"]["consumer"] for t in triggers] == lanes
+    for trigger in triggers:
+        assert trigger["type"] == "nats-jetstream"
+        assert trigger["metadata"]["stream"] == WORK_STREAM
+        assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats:8222"
 
 
 def test_without_keda_the_runners_have_a_fixed_count() -> None:
@@ -361,7 +363,11 @@ def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
     assert set(chart_configs()) == {"envoy.yaml", "envoy-traced.yaml"}
     (tmp_path / "ferry.pb").write_bytes(base64.b64decode(config["binaryData"]["ferry.pb"]))
     assert (tmp_path / "ferry.pb").read_bytes() == (ROOT / "deploy" / "envoy" / "ferry.pb").read_bytes()
+    (tmp_path / "openapi.json").write_bytes(base64.b64decode(config["binaryData"]["openapi.json"]))
+    served = (tmp_path / "openapi.json").read_bytes()
+    assert served == (ROOT / "deploy" / "openapi" / "ferry.json").read_bytes()
     local = text.replace("/etc/envoy/ferry.pb", str(tmp_path / "ferry.pb"))
+    local = local.replace("/etc/envoy/openapi.json", str(tmp_path / "openapi.json"))
     (tmp_path / "envoy.yaml").write_text(local)
     done = subprocess.run(
         [

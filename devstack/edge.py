@@ -1,0 +1,338 @@
+"""Envoy's edge policy: per-route request body limits, and Envoy's own errors in Ferry's error shape.
+
+Body limits: Envoy's buffer filter holds at most a route's limit of a request body and answers 413
+beyond it, before the gateway authenticates anything and before the transcoder turns JSON into
+protobuf (the transcoder streams: without the buffer filter a 256 MiB body grew Envoy past 1 GB).
+
+Local replies (errors Envoy answers itself: a body too large, JSON the transcoder cannot read, a
+path no method serves, a timeout, no gateway) carry the body the gateway's errors carry,
+``{"code": <gRPC code>, "message": ..., "details": [ErrorInfo]}``, with the HTTP status the
+transcoder gives that gRPC code. Native gRPC callers get the same code as ``grpc-status``, the
+message as ``grpc-message`` and the ErrorInfo in ``grpc-status-details-bin``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from devstack import body_fields
+from services.common import limits
+from services.common.errors import ERROR_DOMAIN, reasons
+
+Match = dict[str, Any]
+"""A route match as Envoy's RouteMatch: ``{"path": ...}`` or ``{"safe_regex": {"regex": ...}}``."""
+
+
+@dataclass(frozen=True)
+class BodyLimit:
+    """The largest request body of a class of routes, and the paths (REST and gRPC) in the class."""
+
+    name: str
+    max_bytes: int
+    advice: str
+    """What to do instead, appended to the 413's message."""
+    matches: tuple[Match, ...] = field(default=())
+
+
+PREDICT_LIMIT = BodyLimit(
+    "predict",
+    limits.PREDICT_REQUEST_BYTES,
+    "send a smaller or more compressed image",
+    (
+        {"path": "/ferry.models.v1.ModelService/Predict"},
+        {"path": "/inference.GRPCInferenceService/ModelInfer"},
+        {"safe_regex": {"regex": "/v1/models/[^/]+:predict"}},
+    ),
+)
+UPLOAD_LIMIT = BodyLimit(
+    "upload",
+    limits.UPLOAD_REQUEST_BYTES,
+    "split the inputs into several jobs (or BatchPredict calls)",
+    (
+        {"path": "/ferry.jobs.v1.JobService/CreateJob"},
+        {"path": "/v1/jobs"},
+        {"path": "/ferry.models.v1.ModelService/BatchPredict"},
+        {"safe_regex": {"regex": "/v1/models/[^/]+:batchPredict"}},
+    ),
+)
+DEFAULT_LIMIT = BodyLimit("default", limits.DEFAULT_REQUEST_BYTES, "this call takes small requests only")
+
+#: Routes with their own limit, before the catch-all route that has DEFAULT_LIMIT.
+ROUTE_LIMITS = (PREDICT_LIMIT, UPLOAD_LIMIT)
+
+REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+
+
+def too_large_message(limit: BodyLimit) -> str:
+    return (
+        f"request body is larger than this call's limit of {limits.describe(limit.max_bytes)}; {limit.advice}"
+    )
+
+
+def buffer_filter() -> str:
+    """The buffer filter, as an http_filters list item: DEFAULT_LIMIT unless a route says otherwise."""
+    return f"""
+                  # Holds at most a route's limit of a request body, then 413 (devstack/edge.py).
+                  - name: envoy.filters.http.buffer
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer
+                      max_request_bytes: {DEFAULT_LIMIT.max_bytes}"""
+
+
+#: Requests that stream (gRPC reflection, which grpcurl uses, is bidirectional): the buffer filter
+#: would wait for an end the client only sends after the answers. Envoy's flow control bounds them.
+STREAMED = BodyLimit("streamed", 0, "", ({"prefix": "/grpc.reflection."},))
+
+
+def route_buffer_config(limit: BodyLimit) -> str:
+    """A route's typed_per_filter_config setting the buffer filter's limit (none for STREAMED), as
+    route YAML text."""
+    if limit.max_bytes == 0:
+        return """
+                          typed_per_filter_config:
+                            envoy.filters.http.buffer:
+                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                              disabled: true"""
+    return f"""
+                          typed_per_filter_config:
+                            envoy.filters.http.buffer:
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute
+                              buffer: {{max_request_bytes: {limit.max_bytes}}}"""
+
+
+MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
+
+#: The filters a static file's route skips: it has no body, and no method serves its path.
+_SKIPPED_BY_FILES = (
+    "envoy.filters.http.buffer",
+    "envoy.filters.http.lua",
+    "envoy.filters.http.grpc_json_transcoder",
+)
+
+
+def openapi_route(path: str, filename: str) -> str:
+    """The route answering ``path`` with the OpenAPI description from ``filename``, as route YAML text."""
+    skipped = "".join(
+        f"""
+                            {name}:
+                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                              disabled: true"""
+        for name in _SKIPPED_BY_FILES
+    )
+    return f"""
+                        - match: {{path: "{path}"}}
+                          direct_response:
+                            status: 200
+                            body: {{filename: "{filename}"}}
+                          response_headers_to_add:
+                            - header: {{key: content-type, value: application/json}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                          typed_per_filter_config:{skipped}"""
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    """A status Envoy answers by itself, and the ErrorReason (hence gRPC code and HTTP status) it gets."""
+
+    envoy_status: int
+    reason: str
+    message: str = "%LOCAL_REPLY_BODY%"
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return reasons()[self.reason].code
+
+    @property
+    def http_status(self) -> int:
+        """What the gateway's errors with this reason answer: the same HTTP status."""
+        return reasons()[self.reason].http_status
+
+
+#: Envoy's own answers, by the status Envoy chose, in the gateway's terms.
+LOCAL_REPLIES = (
+    # JSON the transcoder cannot parse, a value of the wrong type, an unknown query parameter.
+    LocalReply(400, "MALFORMED_REQUEST"),
+    # A path no method serves (the transcoder's reject_unknown_method), or no route at all.
+    LocalReply(404, "UNKNOWN_PATH"),
+    LocalReply(405, "UNKNOWN_PATH"),
+    # The client's own deadline (grpc-timeout) or the route's timeout ran out at the edge.
+    LocalReply(408, "EDGE_DEADLINE_EXCEEDED"),
+    LocalReply(504, "EDGE_DEADLINE_EXCEEDED"),
+    LocalReply(431, "HEADERS_TOO_LARGE"),
+    # No gateway answered (none healthy, all restarting): retrying later helps.
+    LocalReply(502, "BACKEND_UNAVAILABLE"),
+    LocalReply(503, "BACKEND_UNAVAILABLE"),
+    LocalReply(500, "EDGE_INTERNAL_ERROR"),
+)
+
+#: gRPC requests: the content type says so, and the transcoder did not make them from REST
+#: (it records the REST path in x-envoy-original-path).
+_GRPC_REQUEST = (
+    {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}}},
+    {
+        "header_filter": {
+            "header": {"name": "x-envoy-original-path", "present_match": True, "invert_match": True}
+        }
+    },
+)
+
+
+def _status_is(status: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {
+            "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": "ferry.none"}}
+        }
+    }
+
+
+def _path_is(matches: tuple[Match, ...]) -> dict[str, Any]:
+    """A filter on the request path (a query string allowed) matching any of a class's routes."""
+    filters = []
+    for match in matches:
+        pattern = re.escape(match["path"]) if "path" in match else match["safe_regex"]["regex"]
+        regex = {"safe_regex": {"regex": f"{pattern}(\\?.*)?"}}
+        filters.append({"header_filter": {"header": {"name": ":path", "string_match": regex}}})
+    return {"or_filter": {"filters": filters}} if len(filters) > 1 else filters[0]
+
+
+def _and(*filters: dict[str, Any]) -> dict[str, Any]:
+    return {"and_filter": {"filters": list(filters)}}
+
+
+def _error_info(reason: str, metadata: dict[str, str]) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": ERROR_DOMAIN,
+        "metadata": metadata,
+    }
+
+
+def _status_details(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> str:
+    """``grpc-status-details-bin``: the google.rpc.Status gRPC clients decode into ErrorInfo."""
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata), deterministic=True
+    )
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return base64.b64encode(status.SerializeToString(deterministic=True)).decode().rstrip("=")
+
+
+def _grpc_mapper(reply: LocalReply, metadata: dict[str, str], *where: dict[str, Any]) -> dict[str, Any]:
+    """A native gRPC caller's answer: the reason's code, the message, and (when fixed) its ErrorInfo."""
+    headers = [("grpc-status", str(reply.code.value[0]))]
+    if "%" not in reply.message:  # a fixed message: its Status can be written once, here
+        details = _status_details(reply.code, reply.message, reply.reason, metadata)
+        headers.append(("grpc-status-details-bin", details))
+    return {
+        "filter": _and(*_GRPC_REQUEST, _status_is(reply.envoy_status), *where),
+        "headers_to_add": [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in headers
+        ],
+        "body_format_override": {"text_format_source": {"inline_string": reply.message}},
+    }
+
+
+def _rest_mapper(reply: LocalReply, metadata: dict[str, str], *where: dict[str, Any]) -> dict[str, Any]:
+    """A REST caller's answer: the gateway's JSON error body and HTTP status for the reason."""
+    status = _status_is(reply.envoy_status)
+    body = {
+        "code": reply.code.value[0],
+        "message": reply.message,
+        "details": [_error_info(reply.reason, metadata)],
+    }
+    mapper: dict[str, Any] = {
+        "filter": _and(status, *where) if where else status,
+        "body_format_override": {"json_format": body},
+    }
+    if reply.http_status != reply.envoy_status:
+        mapper["status_code"] = reply.http_status
+    return mapper
+
+
+def _both(reply: LocalReply, metadata: dict[str, str], *where: dict[str, Any]) -> list[dict[str, Any]]:
+    return [_grpc_mapper(reply, metadata, *where), _rest_mapper(reply, metadata, *where)]
+
+
+def local_reply_config(ready_path: str) -> dict[str, Any]:
+    """The connection manager's ``local_reply_config``: every mapper, most specific first."""
+    mappers = []
+    for limit in (*ROUTE_LIMITS, DEFAULT_LIMIT):
+        where = (_path_is(limit.matches),) if limit.matches else ()
+        metadata = {"max_bytes": str(limit.max_bytes), "source": "envoy"}
+        for status in (413, 507):  # 507: a body over the limit met while buffering for a retry
+            mappers += _both(
+                LocalReply(status, REQUEST_TOO_LARGE, too_large_message(limit)), metadata, *where
+            )
+    details = {"source": "envoy", "details": "%RESPONSE_CODE_DETAILS%"}
+    # The readiness probe's 503 has no text of its own.
+    unready = "no gateway is ready: none answers gRPC health SERVING to Envoy's checks"
+    ready = _path_is(({"path": ready_path},))
+    mappers.append(_rest_mapper(LocalReply(503, "BACKEND_UNAVAILABLE", unready), details, ready))
+    # The Lua filter's 400 for an unknown body field (devstack/body_fields.py): it left the field
+    # in dynamic metadata. REST only: gRPC bodies are protobuf, where unknown fields are allowed.
+    unknown = LocalReply(400, body_fields.UNKNOWN_FIELD, body_fields.unknown_field_message())
+    field = {"field": f"%DYNAMIC_METADATA({body_fields.METADATA_NAMESPACE}:field)%", "source": "envoy"}
+    recorded = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": body_fields.METADATA_NAMESPACE,
+                "path": [{"key": "field"}],
+                "value": {"present_match": True},
+            },
+            "match_if_key_not_found": False,
+        }
+    }
+    mappers.append(_rest_mapper(unknown, field, recorded))
+    for reply in LOCAL_REPLIES:
+        mappers += _both(reply, details)
+    return {"mappers": mappers}
+
+
+def local_reply_yaml(indent: int, ready_path: str) -> str:
+    """``local_reply_config:`` and its value (JSON, which YAML reads), indented for the HCM block."""
+    pad = " " * indent
+    body = json.dumps(local_reply_config(ready_path), indent=2)
+    lines = (folded(f"{pad}  {line}") for line in body.splitlines())
+    return f"\n{pad}local_reply_config:\n" + "\n".join(lines)
+
+
+#: Longest line the generated YAML may have (the Helm chart's yamllint allows 160).
+MAX_LINE = 150
+
+
+def folded(line: str, width: int = MAX_LINE) -> str:
+    """A JSON line whose last string runs past ``width``, continued on further lines the YAML way:
+    a double-quoted string's escaped line break joins the lines with nothing in between (the next
+    line's indentation is dropped), so each break falls before a character that is not a space and
+    never inside a backslash escape."""
+    if len(line) <= width or not line.rstrip(",").endswith('"'):
+        return line
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    pieces: list[str] = []
+    start = 0
+    while len(line) - start > width - (len(indent) if pieces else 0):
+        cut = start + width - (len(indent) if pieces else 0) - 1
+        while cut > start + 1 and (line[cut] == " " or _escaped(line, cut)):
+            cut -= 1
+        pieces.append(line[start:cut] + "\\")
+        start = cut
+    pieces.append(line[start:])
+    return f"\n{indent}".join(pieces)
+
+
+def _escaped(line: str, index: int) -> bool:
+    """Whether ``line[index]`` is the character after a JSON backslash (an odd run of them)."""
+    run = 0
+    while index - 1 - run >= 0 and line[index - 1 - run] == "\\":
+        run += 1
+    return run % 2 == 1

@@ -1,0 +1,295 @@
+"""Images named by URL (``image: {uri: "https://..."}``), fetched once by the gateway, safely.
+
+A URL is a request to make the gateway open a connection, so it must not reach what only the
+gateway can reach (server-side request forgery): cloud metadata at 169.254.169.254, Postgres,
+NATS, the other services, anything on a private network. So:
+
+- only ``http`` and ``https``, no credentials in the URL;
+- the host is resolved here, and every address it resolves to must be public (``is_global``;
+  an IPv4-mapped IPv6 address is judged as the IPv4 one) unless a network in the settings'
+  allow-list admits it; the connection goes to that checked address (no second lookup that a
+  DNS rebinding could answer differently), with TLS verified against the host name;
+- every redirect is checked the same way, at most ``max_redirects`` of them;
+- the whole fetch has one deadline, and the body is read to at most the image limit
+  (a larger Content-Length is refused before reading).
+
+The image is fetched once, at the gateway: what goes on (to inference, into a job's items) is
+its bytes, so retries and redeliveries never fetch again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urljoin, urlsplit
+
+import h11
+
+from ferry.types.v1 import types_pb2
+from services.common.errors import InvalidArgument
+from services.gateway.settings import GatewaySettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+#: Images of one request (a job's inputs) fetched at the same time.
+MAX_CONCURRENT_FETCHES = 8
+_CHUNK = 64 * 1024
+_USER_AGENT = "ferry-gateway (image fetch)"
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """What the gateway fetches: sizes, time, redirects, and networks admitted despite being private."""
+
+    max_bytes: int
+    timeout_s: float = 10.0
+    max_redirects: int = 3
+    allowed_networks: tuple[Network, ...] = ()
+
+    @classmethod
+    def parse_networks(cls, cidrs: Iterable[str]) -> tuple[Network, ...]:
+        return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def forbidden(address: Address, allowed: Sequence[Network]) -> bool:
+    """Whether the gateway must not connect to ``address``: not public, and not admitted."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if any(address in network for network in allowed if network.version == address.version):
+        return False
+    return not address.is_global or address.is_multicast
+
+
+class Fetcher:
+    """Fetches image URLs under a FetchPolicy."""
+
+    def __init__(self, policy: FetchPolicy) -> None:
+        self.policy = policy
+
+    async def fetch(self, uri: str, where: str = "image.uri") -> bytes:
+        """Returns the bytes at ``uri``, following checked redirects.
+
+        Raises:
+            InvalidArgument: INVALID_IMAGE_URI (not an http(s) URL), IMAGE_URI_FORBIDDEN (it, or a
+                redirect, leads to an address the gateway does not fetch from), IMAGE_TOO_LARGE,
+                or IMAGE_FETCH_FAILED (unreachable, not 200, too many redirects, too slow).
+        """
+        try:
+            async with asyncio.timeout(self.policy.timeout_s):
+                return await self._follow(uri, where)
+        except TimeoutError:
+            raise _failed(where, uri, f"no answer within {self.policy.timeout_s:g} s") from None
+
+    async def _follow(self, uri: str, where: str) -> bytes:
+        current = uri
+        for _ in range(self.policy.max_redirects + 1):
+            status, location, body = await self._get(current, where)
+            if status in _REDIRECTS and location:
+                current = urljoin(current, location)
+                continue
+            if status != 200:
+                raise _failed(where, uri, f"the server answered HTTP {status}")
+            return body
+        raise _failed(where, uri, f"more than {self.policy.max_redirects} redirects")
+
+    async def _get(self, uri: str, where: str) -> tuple[int, str, bytes]:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidArgument(
+                f"{where} is {_shown(uri)}; give an http:// or https:// URL of an image",
+                reason="INVALID_IMAGE_URI",
+                metadata={"field": where},
+            )
+        if parts.username or parts.password:
+            raise InvalidArgument(
+                f"{where} carries credentials; the gateway fetches public images only",
+                reason="INVALID_IMAGE_URI",
+                metadata={"field": where},
+            )
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise InvalidArgument(
+                f"{where} has an invalid port: {_shown(uri)}",
+                reason="INVALID_IMAGE_URI",
+                metadata={"field": where},
+            ) from None
+        address = await self._checked_address(parts.hostname, port, uri, where)
+        return await self._request(parts.scheme, parts.hostname, address, port, _target(parts), uri, where)
+
+    async def _checked_address(self, host: str, port: int, uri: str, where: str) -> str:
+        """Resolves ``host``; every address must be allowed. Returns the one to connect to."""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as err:
+            raise _failed(where, uri, f"its host does not resolve ({err})") from None
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        refused = [a for a in addresses if forbidden(a, self.policy.allowed_networks)]
+        if refused or not addresses:
+            raise InvalidArgument(
+                f"{where} leads to {host}, which resolves to an address the gateway does not fetch "
+                "from (loopback, private, link-local, cloud metadata or another reserved range); "
+                "give a URL on the public internet, or send the image's bytes in content",
+                reason="IMAGE_URI_FORBIDDEN",
+                metadata={"field": where, "host": host},
+            )
+        return str(addresses[0])
+
+    async def _request(
+        self, scheme: str, host: str, address: str, port: int, target: str, uri: str, where: str
+    ) -> tuple[int, str, bytes]:
+        context = ssl.create_default_context() if scheme == "https" else None
+        try:
+            reader, writer = await asyncio.open_connection(
+                address, port, ssl=context, server_hostname=host if context else None
+            )
+        except (OSError, ssl.SSLError) as err:
+            raise _failed(where, uri, f"cannot connect ({err})") from None
+        try:
+            return await self._exchange(reader, writer, host, port, target, uri, where)
+        except (OSError, h11.ProtocolError) as err:
+            raise _failed(where, uri, f"the connection failed ({err})") from None
+        finally:
+            writer.close()
+
+    async def _exchange(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        port: int,
+        target: str,
+        uri: str,
+        where: str,
+    ) -> tuple[int, str, bytes]:
+        connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        authority = host if port in (80, 443) else f"{host}:{port}"
+        request = h11.Request(
+            method="GET",
+            target=target,
+            headers=[("host", authority), ("user-agent", _USER_AGENT), ("accept", "image/*")],
+        )
+        writer.write(connection.send(request) + connection.send(h11.EndOfMessage()))
+        await writer.drain()
+        status, location, body = 0, "", bytearray()
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await reader.read(_CHUNK))
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+                location = headers.get("location", "")
+                if status != 200:
+                    return status, location, b""
+                declared = headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.policy.max_bytes:
+                    raise _too_large(where, int(declared), self.policy.max_bytes)
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.policy.max_bytes:
+                    raise _too_large(where, len(body), self.policy.max_bytes)
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, location, bytes(body)
+
+
+def _target(parts: SplitResult) -> str:
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def _shown(uri: str) -> str:
+    return repr(uri if len(uri) <= 200 else uri[:200] + "...")
+
+
+def _failed(where: str, uri: str, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} could not be fetched: {why}; check the URL {_shown(uri)}, "
+        "or send the image's bytes in content",
+        reason="IMAGE_FETCH_FAILED",
+        metadata={"field": where},
+    )
+
+
+def _too_large(where: str, size: int, limit: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} is more than {limit} bytes (at least {size}); the limit is {limit} bytes",
+        reason="IMAGE_TOO_LARGE",
+        metadata={"field": where, "max_bytes": str(limit)},
+    )
+
+
+async def inline_images(images: Iterable[tuple[types_pb2.Image, str]], fetcher: Fetcher) -> None:
+    """Replaces each image's ``uri`` by the bytes it names, in place (concurrently), so what goes
+    on carries bytes only: fetched once. ``images`` pairs each image with its field name.
+
+    Raises:
+        InvalidArgument: an image has both content and uri, or its URL cannot be fetched safely.
+    """
+    pending = []
+    for image, where in images:
+        if not image.uri:
+            continue
+        if image.content:
+            raise InvalidArgument(
+                f"{where} has both content and uri; send one of them",
+                reason="INVALID_IMAGE_URI",
+                metadata={"field": where},
+            )
+        pending.append((image, where))
+    slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
+
+    async def fetch(image: types_pb2.Image, where: str) -> bytes:
+        async with slots:
+            return await fetcher.fetch(image.uri, f"{where}.uri")
+
+    fetched = await asyncio.gather(*(fetch(image, where) for image, where in pending))
+    for (image, _), content in zip(pending, fetched, strict=True):
+        image.content = content
+        image.uri = ""
+
+
+def input_images(
+    inputs: Sequence[types_pb2.Input], field: str = "inputs"
+) -> list[tuple[types_pb2.Image, str]]:
+    """The image inputs of a request with their field names (``inputs[3].image``), for inline_images."""
+    return [
+        (item.image, f"{field}[{i}].image")
+        for i, item in enumerate(inputs)
+        if item.WhichOneof("kind") == "image"
+    ]
+
+
+def fetcher_for(settings: GatewaySettings, max_bytes: int | None = None) -> Fetcher:
+    """The gateway's fetcher: its settings' deadline, redirects and allow-list; the image size limit."""
+    policy = FetchPolicy(
+        max_bytes=max_bytes if max_bytes is not None else settings.max_image_bytes,
+        timeout_s=settings.image_fetch_timeout_s,
+        max_redirects=settings.image_fetch_max_redirects,
+        allowed_networks=FetchPolicy.parse_networks(settings.image_fetch_allow_networks),
+    )
+    return Fetcher(policy)
+
+
+async def inline_each(inputs: Sequence[types_pb2.Input], fetcher: Fetcher) -> dict[int, InvalidArgument]:
+    """Like inline_images for a call whose inputs fail one by one (BatchPredict): returns the error
+    of each input whose image could not be fetched, by index; the others are inlined."""
+    failed: dict[int, InvalidArgument] = {}
+
+    async def one(index: int, image: types_pb2.Image, where: str) -> None:
+        try:
+            await inline_images([(image, where)], fetcher)
+        except InvalidArgument as err:
+            failed[index] = err
+
+    images = input_images(inputs)
+    indexes = [i for i, item in enumerate(inputs) if item.WhichOneof("kind") == "image"]
+    await asyncio.gather(*(one(i, image, where) for i, (image, where) in zip(indexes, images, strict=True)))
+    return failed

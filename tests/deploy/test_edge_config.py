@@ -1,0 +1,46 @@
+"""The edge's rendered policy, checked without running Envoy (tests/e2e/test_edge.py runs it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import yaml
+
+from devstack import body_fields, edge
+from services.common import limits
+from services.common.settings import ServiceSettings
+from services.gateway.settings import GatewaySettings
+
+
+def test_services_accept_every_message_the_edge_lets_through() -> None:
+    largest = max(limit.max_bytes for limit in (*edge.ROUTE_LIMITS, edge.DEFAULT_LIMIT))
+    assert ServiceSettings().max_message_bytes == limits.MAX_MESSAGE_BYTES >= largest
+
+
+def test_the_largest_image_fits_the_predict_limit_as_base64_json() -> None:
+    image = GatewaySettings().max_image_bytes
+    assert len(base64.b64encode(b"\0" * image)) + 4096 < edge.PREDICT_LIMIT.max_bytes
+
+
+def test_path_templates_become_anchored_lua_patterns() -> None:
+    assert body_fields._lua_path_pattern("/v1/{model=models/*}:predict") == "^/v1/models/[^/]+%:predict$"
+    assert body_fields._lua_path_pattern("/v1/jobs") == "^/v1/jobs$"
+    assert body_fields._lua_path_pattern("/v1/{name=files/**}") == "^/v1/files/.+$"
+
+
+def test_every_json_body_route_is_checked_by_proto_and_json_names() -> None:
+    routes, fields = body_fields.schema()
+    roots = {root for _, _, root in routes}
+    assert {".ferry.models.v1.PredictRequest", ".ferry.jobs.v1.CreateJobRequest"} <= roots
+    predict = fields[".ferry.models.v1.PredictRequest"]
+    assert {"top_k", "topK", "request_id", "requestId"} <= set(predict)
+    assert predict["image"] == ".ferry.types.v1.Image"  # checked inside
+    assert "content" in fields[".ferry.types.v1.Image"]
+
+
+def test_long_strings_fold_into_yaml_that_reads_back_the_same() -> None:
+    value = {"value": "A" * 300 + " b \\ c " * 40 + '"quoted"' + "x" * 200}
+    text = "\n".join(edge.folded(f"        {line}") for line in json.dumps(value, indent=2).splitlines())
+    assert all(len(part) <= edge.MAX_LINE for part in text.splitlines())
+    assert yaml.safe_load(text) == value

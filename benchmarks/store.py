@@ -12,7 +12,12 @@ store's real ``Ingestor`` on a durable consumer of its own:
   would) while ingest runs with store's default settings; each row's lag is the time from its
   prediction's ``create_time`` to the commit of its batch.
 
-Not a test: nothing asserts a time. Prints a table with the ratio of the two write paths.
+Besides wall time, each throughput row says how much CPU time each process spent per row (the
+store process or processes, nats-server, Postgres; read from ``/proc``): on a machine shared with
+other work, wall-clock rows/s swing with the load, CPU time per row much less; ``2-core est.`` is
+what the same CPU cost per row would give on 2 idle cores (one store process cannot use more
+than one). Not a test: nothing asserts a time. Prints a table with the ratio of the two write
+paths.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -131,22 +136,84 @@ async def committed(pool: asyncpg.Pool, count: int, poll_s: float = 0.05) -> int
         await asyncio.sleep(poll_s)
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds of the process and its reaped children), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) "; field 4 is fields[1]
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return int(fields[1]), (utime + stime + cutime + cstime) / _TICKS_PER_S
+
+
+def cpu_by_process(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each root process and all its descendants ({} off Linux).
+
+    Postgres' backends are children of the postmaster, store processes children of this one.
+    """
+    if not Path("/proc/self/stat").exists():
+        return {}
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (found := _proc_cpu(int(entry.name))) is not None:
+            parents[int(entry.name)], cpu[int(entry.name)] = found
+    totals = dict.fromkeys(roots, 0.0)
+    for pid, seconds in cpu.items():
+        ancestor = pid
+        while ancestor > 1:
+            for name, root in roots.items():
+                if ancestor == root:
+                    totals[name] += seconds
+                    break
+            else:
+                ancestor = parents.get(ancestor, 0)
+                continue
+            break
+    return totals
+
+
 @dataclass
 class Throughput:
     name: str
     rows: int
     seconds: float
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds spent during the run by each process group (store, nats-server, Postgres)."""
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds
 
+    def cpu_us_per_row(self, name: str) -> float:
+        return self.cpu_s.get(name, 0.0) / self.rows * 1e6
+
+    def idle_estimate(self, processes: int, cores: int = 2) -> float:
+        """Rows/s the measured CPU cost per row would allow on ``cores`` idle cores."""
+        total = sum(self.cpu_s.values()) / self.rows
+        store = self.cpu_s.get("store", 0.0) / self.rows
+        if not total or not store:
+            return 0.0
+        return min(cores / total, processes / store)
+
 
 class Bench:
     """Holds the benchmark's own nats-server and Postgres."""
 
-    def __init__(self, js: JetStreamContext, postgres_uri: str, nats_url: str, concurrency: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        postgres_uri: str,
+        nats_url: str,
+        concurrency: int,
+        pids: dict[str, int] | None = None,
+    ) -> None:
         self.concurrency = concurrency
+        self.pids = pids or {}
         self.database_url = ""
         self.js = js
         self.postgres_uri = postgres_uri
@@ -187,11 +254,13 @@ class Bench:
         await self.js.purge_stream(EVENTS_STREAM)
         await publish(self.js, count)
         async with self.database() as pool:
+            cpu = cpu_by_process(self.pids)
             started = time.perf_counter()
             async with self.ingesting(pool, batch, 0.05, writer):
                 await committed(pool, count)
                 elapsed = time.perf_counter() - started
-        return Throughput(name, count, elapsed)
+                spent = cpu_by_process(self.pids)
+        return Throughput(name, count, elapsed, {k: spent[k] - cpu[k] for k in spent})
 
     async def replicas(self, count: int, batch: int, processes: int) -> Throughput:
         """Rows/s of ``processes`` store ingest processes sharing the consumer, as replicas do.
@@ -209,15 +278,18 @@ class Bench:
                 worker.start()
             try:
                 first = await committed(pool, 1, poll_s=0.01)
+                cpu = cpu_by_process(self.pids)
                 started = time.perf_counter()
                 await committed(pool, count)
                 elapsed = time.perf_counter() - started
+                spent = cpu_by_process(self.pids)
             finally:
                 for worker in workers:
                     worker.terminate()
                     worker.join()
         await self.js.delete_consumer(EVENTS_STREAM, consumer)
-        return Throughput(f"COPY, {processes} store processes", count - first, elapsed)
+        used = {k: spent[k] - cpu[k] for k in spent}
+        return Throughput(f"COPY, {processes} store processes", count - first, elapsed, used)
 
     async def lag(self, rate: float, seconds: float) -> list[float]:
         """Each row's create_time → commit, while another process publishes at ``rate``/s."""
@@ -262,7 +334,8 @@ async def run(args: argparse.Namespace) -> None:
                 nats_url = f"nats://127.0.0.1:{nats_port}"
                 _, js = await connect(nats_url, "bench-store", stack)
                 await ensure_streams(js)
-                bench = Bench(js, postgres.uri, nats_url, args.concurrency)
+                pids = {"store": os.getpid(), "nats": nats.pid, "postgres": postgres.pid}
+                bench = Bench(js, postgres.uri, nats_url, args.concurrency, pids)
                 copy = await bench.throughput("COPY + INSERT … SELECT", args.rows, args.batch, write_batch)
                 rows = await bench.throughput("row at a time", args.baseline_rows, args.batch, one_by_one)
                 scaled = [await bench.replicas(args.rows, args.batch, n) for n in args.processes]
@@ -274,11 +347,16 @@ async def run(args: argparse.Namespace) -> None:
         f"\nstore ingest, JetStream → committed rows ({os.cpu_count()} CPUs, batch {args.batch},"
         f" {args.concurrency} in flight)"
     )
-    print(f"{'write path':<30}{'rows':>9}{'seconds':>9}{'rows/s':>10}{'ratio':>8}")
-    for result in (copy, *scaled, rows):
+    print(
+        f"{'write path':<30}{'rows':>8}{'seconds':>8}{'rows/s':>9}{'ratio':>7}"
+        f"   CPU µs/row: {'store':>6}{'nats':>6}{'pg':>6}   2-core est."
+    )
+    for result, processes in ((copy, 1), *zip(scaled, args.processes, strict=True), (rows, 1)):
         ratio = result.rows_per_s / rows.rows_per_s
+        cpu = "".join(f"{result.cpu_us_per_row(name):>6.1f}" for name in ("store", "nats", "postgres"))
         print(
-            f"{result.name:<30}{result.rows:>9}{result.seconds:>9.2f}{result.rows_per_s:>10,.0f}{ratio:>7.1f}x"
+            f"{result.name:<30}{result.rows:>8}{result.seconds:>8.2f}{result.rows_per_s:>9,.0f}{ratio:>6.1f}x"
+            f"               {cpu}{result.idle_estimate(processes):>11,.0f}"
         )
     print(
         f"\ningestion lag at {args.rate:,.0f} predictions/s for {args.seconds:g} s ({len(lags)} rows,"

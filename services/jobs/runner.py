@@ -32,7 +32,8 @@ from services.common.readiness import Readiness
 from services.common.tracing import extract_context
 from services.jobs.cancellation import CancelledJobs
 from services.jobs.heartbeat import Heartbeat
-from services.jobs.metrics import BATCH_SIZE, ITEM_SECONDS, ITEMS
+from services.jobs.lanes import Room
+from services.jobs.metrics import BATCH_SIZE, ITEM_LATENCY, ITEM_SECONDS, ITEMS
 from services.jobs.predictor import Outcome, Predictor
 from services.jobs.records import publish_dead_letter, publish_record
 from services.jobs.retry import Backoff, gave_up
@@ -40,12 +41,6 @@ from services.jobs.settings import JobsSettings
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("ferry.jobs")
-
-# How long the loop waits before pulling again after NATS itself failed (not an empty stream).
-_FETCH_ERROR_PAUSE_S = 1.0
-# How often a paused loop looks at readiness again. Readiness offers nothing to wait on, and
-# its dependency probes run about once a second, so a finer poll would not resume any sooner.
-_READY_POLL_S = 0.2
 
 #: Where a fault test may kill the runner: the record is stored, the work message not yet acked.
 AFTER_RECORD_PUBLISH = "jobs.after_record_publish"
@@ -83,6 +78,8 @@ class WorkItem:
     job_id: uuid.UUID
     span: trace.Span
     parent_trace_id: int
+    lane: str
+    """The priority lane (consumer) it was taken from."""
     fetched: float = field(default_factory=time.perf_counter)
     settled: bool = False
 
@@ -99,8 +96,11 @@ class WorkItem:
     def close(self, outcome: str) -> None:
         """Marks the item settled, counts it and ends its span."""
         self.settled = True
-        ITEMS.labels(outcome).inc()
+        ITEMS.labels(outcome, self.item.model).inc()
         ITEM_SECONDS.labels(outcome).observe(time.perf_counter() - self.fetched)
+        if outcome in ("succeeded", "failed"):
+            queued = self.msg.metadata.timestamp.timestamp()
+            ITEM_LATENCY.labels(self.lane).observe(max(0.0, time.time() - queued))
         self.span.set_attribute("ferry.outcome", outcome)
         self.span.end()
 
@@ -115,6 +115,9 @@ class Runner:
         settings: the runner's settings.
         readiness: the service's readiness; while it is not serving (inference or NATS down,
             or shutting down) the runner fetches nothing new.
+        room: the in-flight budget this runner shares with the process's other priority lanes
+            (see lanes.py); None gives it one of its own, of ``max_inflight``.
+        priority: the lane's priority (its weight in ``room``); settings name its consumer.
     """
 
     def __init__(
@@ -124,6 +127,8 @@ class Runner:
         cancelled: CancelledJobs,
         settings: JobsSettings,
         readiness: Readiness,
+        room: Room | None = None,
+        priority: str = messaging.DEFAULT_PRIORITY,
     ) -> None:
         self._js = js
         self._predictor = predictor
@@ -132,9 +137,16 @@ class Runner:
         self._readiness = readiness
         self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.retry_budget_s)
         self._heartbeat = Heartbeat(settings.ack_wait_s)
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._consumer: messaging.PullConsumer | None = None
         self._inflight = 0
-        self._freed = asyncio.Event()
+        self._settled = 0
+        room = room or Room(settings.max_inflight, settings.fetch_batch)
+        self._lane = room.add_lane(
+            priority,
+            settings.priority_weights.get(priority, 1),
+            inflight=lambda: self._inflight,
+            admitted=lambda: self._inflight + self._settled,
+        )
 
     def consumer_config(self) -> ConsumerConfig:
         """The durable consumer every runner process shares."""
@@ -152,32 +164,34 @@ class Runner:
         )
 
     async def subscribe(self) -> None:
-        """Creates the durable consumer, or updates it, and binds a pull subscription to it.
+        """Creates the durable consumer, or updates it, and starts a pull subscription on it.
 
         On an existing consumer the create is an update (nats-server 2.15 updates a durable whose
         config differs in updatable fields), so a changed ``ack_wait_s`` takes effect on start.
+        The pulling (and its pause while not ready) is messaging's shared ``PullConsumer``.
         """
-        await self._js.add_consumer(messaging.WORK_STREAM, self.consumer_config())
-        self._sub = await self._js.pull_subscribe_bind(
-            durable=self._s.consumer_name, stream=messaging.WORK_STREAM
-        )
+        if self._consumer is None:
+            self._consumer = messaging.PullConsumer(
+                self._js, messaging.WORK_STREAM, self.consumer_config(), "job items", self._readiness
+            )
+        await self._consumer.subscribe()
 
     async def run(self) -> None:
         """Pulls and runs batches until cancelled; in-flight items are handed back on the way out."""
-        if self._sub is None:
+        if self._consumer is None:
             await self.subscribe()
+        consumer = self._consumer
+        assert consumer is not None
         tasks: set[asyncio.Task[None]] = set()
         heartbeat = asyncio.create_task(self._heartbeat.run(), name="jobs-heartbeat")
-        me = asyncio.current_task()
         try:
             while True:
-                # nats-py's fetch can swallow a cancel that races its deadline (Python 3.11's
-                # wait_for); without this check a stop request could be lost and shutdown hang.
-                if me is not None and me.cancelling():
-                    raise asyncio.CancelledError
-                await self._until_ready()
+                # With inference or NATS down, an item fetched now could only fail and spend its
+                # retry budget; left in the stream it waits for free. Items already fetched carry
+                # on (their calls wait for inference within their deadline, then retry as usual).
+                await consumer.until_ready()
                 room = await self._room()
-                msgs = await self._fetch(room)
+                msgs = await consumer.next_batch(room, self._s.fetch_timeout_s)
                 if not msgs:
                     continue
                 self._inflight += len(msgs)
@@ -188,54 +202,25 @@ class Runner:
             heartbeat.cancel()
             # Unsubscribe before the in-flight items are nak'ed: otherwise JetStream may redeliver
             # them into this runner's still-open pull request, where nobody would run them.
-            if self._sub is not None:
-                with contextlib.suppress(Exception):
-                    await self._sub.unsubscribe()
-                self._sub = None
+            await consumer.close()
+            self._consumer = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(heartbeat, *tasks, return_exceptions=True)
 
-    async def _until_ready(self) -> None:
-        """Waits while the service is not serving.
-
-        With inference or NATS down, an item fetched now could only fail and spend its retry
-        budget; left in the stream it waits for free. Items already fetched carry on (their
-        calls wait for inference within their deadline, then retry as usual).
-        """
-        if self._readiness.serving:
-            return
-        log.info("not fetching job items until ready: %s", self._readiness.reason())
-        while not self._readiness.serving:  # noqa: ASYNC110  (no event to wait on: see _READY_POLL_S)
-            await asyncio.sleep(_READY_POLL_S)
-        log.info("ready again: fetching job items")
-
     async def _room(self) -> int:
-        """Waits until fewer than max_inflight items run; returns how many more may be fetched."""
-        while self._inflight >= self._s.max_inflight:
-            self._freed.clear()
-            await self._freed.wait()
-        return min(self._s.fetch_batch, self._s.max_inflight - self._inflight)
+        """Waits for room under max_inflight (shared by the priority lanes, by weight); returns
+        how many items may be fetched. Called before every fetch: it also ends the previous one's
+        reservation (see lanes.py)."""
+        return await self._lane.take()
 
     def _finished(self, task: asyncio.Task[None], count: int, tasks: set[asyncio.Task[None]]) -> None:
         tasks.discard(task)
         self._inflight -= count
-        self._freed.set()
+        self._settled += count
+        self._lane.freed()
         if not task.cancelled() and task.exception() is not None:
             log.error("a batch of job items failed unexpectedly", exc_info=task.exception())
-
-    async def _fetch(self, count: int) -> list[Msg]:
-        assert self._sub is not None
-        try:
-            return await self._sub.fetch(count, timeout=self._s.fetch_timeout_s)
-        except TimeoutError:  # nats' own TimeoutError is one too
-            return []  # nothing to do right now
-        except NatsError as err:
-            log.warning("pulling job items failed, retrying: %r", err)
-            await asyncio.sleep(_FETCH_ERROR_PAUSE_S)
-            with contextlib.suppress(NatsError):
-                await self.subscribe()  # in case the consumer was deleted under us
-            return []
 
     async def _process(self, msgs: list[Msg]) -> None:
         """Runs one fetched batch: decode, drop cancelled jobs, group, predict, record, ack."""
@@ -282,7 +267,7 @@ class Runner:
             item, job_id = decode_item(msg.data)
         except ValueError as err:
             log.warning("terminating malformed work message on %s: %s", msg.subject, err)
-            ITEMS.labels("malformed").inc()
+            ITEMS.labels("malformed", "").inc()
             with contextlib.suppress(NatsError):
                 await msg.term()
             return None
@@ -300,7 +285,7 @@ class Runner:
         )
         parent_trace_id = trace.get_current_span(parent).get_span_context().trace_id
         self._heartbeat.track(msg)
-        return WorkItem(msg, item, job_id, span, parent_trace_id)
+        return WorkItem(msg, item, job_id, span, parent_trace_id, self._lane.name)
 
     async def _run_group(self, group: list[WorkItem]) -> None:
         first = group[0]

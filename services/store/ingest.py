@@ -11,7 +11,6 @@ terminated, and it is logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -20,7 +19,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
-import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,7 +27,7 @@ from opentelemetry import trace
 
 from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
-from services.common.messaging import EVENTS_STREAM
+from services.common.messaging import EVENTS_STREAM, PullConsumer
 from services.common.tracing import extract_context
 from services.store import codec, metrics
 from services.store.outage import UNREACHABLE, OutageLog
@@ -127,8 +125,8 @@ class Ingestor:
         self._retry_delay_s = retry_delay_s
         self._outage = OutageLog(log, "redelivering record batches", "record batches redelivered")
 
-    async def subscribe(self) -> JetStreamContext.PullSubscription:
-        """Binds to (creating if needed) the durable consumer; replicas share it."""
+    async def subscribe(self) -> PullConsumer:
+        """A pull subscription on the durable consumer (created or updated); replicas share it."""
         config = ConsumerConfig(
             durable_name=self._consumer,
             ack_policy=AckPolicy.EXPLICIT,
@@ -140,28 +138,16 @@ class Ingestor:
             max_ack_pending=max(MAX_ACK_PENDING, 4 * self._batch),
         )
         # Create or update: a consumer made by an older store gets the new limits too.
-        await self._js.add_consumer(EVENTS_STREAM, config)
-        return await self._js.pull_subscribe(
-            RECORDS_FILTER, durable=self._consumer, stream=EVENTS_STREAM, config=config
-        )
+        consumer = PullConsumer(self._js, EVENTS_STREAM, config, "record events")
+        await consumer.subscribe()
+        return consumer
 
-    async def run(self, subscription: JetStreamContext.PullSubscription) -> None:
+    async def run(self, consumer: PullConsumer) -> None:
         """Ingests until cancelled; a failed fetch or batch is logged and retried, never fatal."""
-        me = asyncio.current_task()
         try:
             while True:
-                # On Python 3.11 asyncio.wait_for (inside nats-py's fetch) swallows a cancel that
-                # races the fetch deadline; without this check a stop request could be lost and
-                # shutdown would wait on this loop forever.
-                if me is not None and me.cancelling():
-                    raise asyncio.CancelledError
-                try:
-                    messages = await subscription.fetch(self._batch, timeout=self._max_wait_s)
-                except TimeoutError:  # an idle stream; nats.errors.TimeoutError is one too
-                    continue
-                except nats.errors.Error as err:  # a reconnect under way, a deleted consumer, ...
-                    log.warning("fetching record events failed, retrying in 1s: %r", err)
-                    await asyncio.sleep(1.0)
+                messages = await consumer.next_batch(self._batch, self._max_wait_s)
+                if not messages:
                     continue
                 try:
                     await self.handle(messages)
@@ -172,8 +158,7 @@ class Ingestor:
                     await asyncio.sleep(1.0)
         finally:
             # An open pull subscription would hold the connection's drain for its full timeout.
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            await consumer.close()
 
     async def handle(self, messages: list[Msg]) -> None:
         """Writes one fetched batch, then acks it (or naks it when the write failed)."""

@@ -40,8 +40,9 @@ class StoreSettings(ServiceSettings, NatsSettings):
     ingest_max_wait_s: float = Field(default=0.1, gt=0)
     """How long one fetch waits to fill a batch; also the most a lone record waits to be written.
 
-    nats-py keeps a pull open until this deadline even after the first event arrives, so a short
-    window keeps records readable right after the prediction; busy streams fill batches at once.
+    A fetch takes at once what the consumer has; only on an idle stream does it wait, and then
+    it keeps its pull open until a batch is full or this deadline, so a short window keeps
+    records readable right after the prediction; busy streams fill batches at once.
     """
     ingest_retry_delay_s: float = Field(default=2.0, ge=0)
     """Redelivery delay of a batch whose write failed (for example while Postgres is down)."""

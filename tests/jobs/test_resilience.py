@@ -86,9 +86,12 @@ async def test_runner_fetches_nothing_while_inference_is_down(
 async def test_a_slow_item_is_not_redelivered_to_another_runner(
     harness: Harness, inference: FailureInjectingInference
 ) -> None:
-    # Inference takes four ack waits to answer; only the heartbeats keep the item claimed.
-    harness.configure(ack_wait_s=1.0, inference_timeout_s=30.0)
-    inference.delay_s = 4.0
+    # Inference takes 2.5 ack waits to answer; only the heartbeats keep the item claimed. The ack
+    # wait runs from delivery, while a pull still waits out its fetch timeout for a fuller batch
+    # before the runner (and its first heartbeat, a third of the ack wait later) sees the item: the
+    # ack wait must exceed both together, with room for a loaded machine.
+    harness.configure(ack_wait_s=2.0, fetch_timeout_s=0.5, inference_timeout_s=30.0)
+    inference.delay_s = 5.0
     await harness.start_runner()
     await harness.start_runner()
     job = uuid.uuid4()

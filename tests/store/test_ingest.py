@@ -258,3 +258,22 @@ async def test_ingest_stops_when_cancelled_even_mid_fetch(js: JetStreamContext, 
             await asyncio.wait({task}, timeout=5)
     await js.delete_consumer(messaging.EVENTS_STREAM, consumer)
     assert hung == 0
+
+
+async def test_every_record_is_acked_once_after_its_commit(
+    js: JetStreamContext, pool: asyncpg.Pool, ingesting: str
+) -> None:
+    # Many records, several batches of the ingestor's 64: each message is acked after its batch
+    # commits, so nothing stays pending and nothing is redelivered when all goes well.
+    made = [prediction() for _ in range(300)]
+    for one in made:
+        await publish(js, TENANT, one, one.name)
+    await drained(js, pool, TENANT)
+    ids = [record_id(one) for one in made]
+    assert await pool.fetchval("SELECT count(*) FROM predictions WHERE id = ANY($1)", ids) == 300
+    for _ in range(100):  # the last acks may still be on their way to the server
+        info = await js.consumer_info(messaging.EVENTS_STREAM, ingesting)
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)

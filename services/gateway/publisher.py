@@ -40,6 +40,11 @@ class Publisher:
         self._js = js
         self.budget_s = budget_s
 
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context it publishes with (for callers that pipeline their own publishes)."""
+        return self._js
+
     async def publish(self, subject: str, message: Message, msg_id: str) -> None:
         """Publishes ``message`` and returns once JetStream has stored it.
 

@@ -19,9 +19,6 @@ from services.common.ids import item_record_id
 from services.common.tracing import current_trace_id
 from services.jobs.predictor import Outcome
 
-#: Header of a dead letter: the ErrorInfo reason the item failed with (INVALID_IMAGE, ...).
-ERROR_REASON_HEADER = "Ferry-Error-Reason"
-
 
 def record_id(job_id: uuid.UUID, item_index: int) -> str:
     """The record id of item ``item_index`` of ``job_id`` (its Nats-Msg-Id in generation 0)."""
@@ -86,5 +83,5 @@ async def publish_dead_letter(
         item,
         msg_id=messaging.with_generation(f"{job_id}:{item.item_index}:dead", item.generation),
         timeout_s=timeout_s,
-        headers={ERROR_REASON_HEADER: reason},
+        headers={messaging.DEAD_LETTER_REASON_HEADER: reason},
     )

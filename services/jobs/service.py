@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from ferry.inference.v1 import inference_service_pb2_grpc
 from services.common import messaging
@@ -16,9 +20,13 @@ from services.common.messaging import open_cancelled_bucket
 from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.tasks import spawn
 from services.jobs.cancellation import CancelledJobs
+from services.jobs.lanes import Room
 from services.jobs.predictor import Predictor
+from services.jobs.queue_metrics import watch_queues
 from services.jobs.runner import Runner
 from services.jobs.settings import JobsSettings
+
+log = logging.getLogger(__name__)
 
 # How often the runner looks at its dependencies, and how long one health check may take.
 _PROBE_EVERY_S = 1.0
@@ -96,6 +104,30 @@ class JobsService:
         await watch_dependency(stack, readiness, "nats", nats_probe(nc), _PROBE_EVERY_S)
         await watch_dependency(stack, readiness, "inference", inference_probe(probe_channel), _PROBE_EVERY_S)
         predictor = Predictor(inference_service_pb2_grpc.InferenceServiceStub(channel), s.inference_timeout_s)
-        runner = Runner(js, predictor, cancelled, s, readiness)
-        await runner.subscribe()
-        spawn(stack, runner.run(), "jobs-runner")
+        await retire_catch_all_consumer(js, s)
+        room = Room(s.max_inflight, s.fetch_batch)
+        for priority, consumer, subjects in s.lanes():
+            lane = s.model_copy(update={"consumer_name": consumer, "subject_filter": subjects})
+            runner = Runner(js, predictor, cancelled, lane, readiness, room, priority)
+            await runner.subscribe()
+            spawn(stack, runner.run(), f"jobs-runner-{priority}")
+        lanes = [(priority, consumer) for priority, consumer, _ in s.lanes()]
+        spawn(stack, watch_queues(js, lanes, s.queue_metrics_s), "jobs-queue-metrics")
+
+
+async def retire_catch_all_consumer(js: JetStreamContext, s: JobsSettings) -> None:
+    """Deletes the single all-priorities consumer runners used before priority lanes.
+
+    Its filter (``ferry.jobs.items.>``) overlaps the lanes' ones, which a work-queue stream
+    refuses. Its unacked items stay in the stream and go to the lanes.
+    """
+    if len(s.lanes()) == 1:
+        return
+    try:
+        info = await js.consumer_info(messaging.WORK_STREAM, s.consumer_name)
+    except NotFoundError:
+        return
+    if info.config.filter_subject == s.subject_filter:
+        log.info("deleting consumer %s (one for all priorities): lanes replace it", s.consumer_name)
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(messaging.WORK_STREAM, s.consumer_name)

@@ -7,8 +7,12 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX
+from services.common.channels import Targets
+from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX, PRIORITIES
 from services.common.settings import NatsSettings, ServiceSettings
+
+#: The lane of a runner on a single subject (no split by priority): it takes whatever arrives.
+DEFAULT_LANE = "normal"
 
 
 class JobsSettings(ServiceSettings, NatsSettings):
@@ -20,13 +24,20 @@ class JobsSettings(ServiceSettings, NatsSettings):
     """Port of the gRPC server (health and reflection only: the runner has no API of its own)."""
     metrics_port: int = 9104
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
-    inference_target: str = "127.0.0.1:50052"
-    """host:port of the inference service."""
+    inference_target: Targets = "127.0.0.1:50052"
+    """host:port of the inference service; several replicas comma-separated
+    (``127.0.0.1:50052,127.0.0.1:50062``, IP addresses only) are balanced round robin over those
+    that serve (``services.common.channels``). ``ferry up`` sets it from FERRY_INFERENCE_INSTANCES."""
     consumer_name: str = "jobs-runner"
     """Durable JetStream consumer; every runner process with the same name shares the work."""
     subject_filter: str = f"{JOB_ITEMS_SUBJECT_PREFIX}.>"
-    """Work subjects this consumer takes. FERRY_WORK is a work queue, so no two consumers may have
-    overlapping filters; change it only to split priorities between consumers (or in tests)."""
+    """Work subjects this runner takes. A filter ending in ``.>`` is split into one consumer per
+    priority (``<consumer_name>-high`` on ``<prefix>.high``, ...: see lanes.py); any other filter
+    is one consumer named ``consumer_name``. FERRY_WORK is a work queue, so no two consumers may
+    have overlapping filters (tests give each runner a subject of its own)."""
+    priority_weights: dict[str, int] = Field(default_factory=lambda: {"high": 6, "normal": 3, "low": 1})
+    """Share of contended in-flight room per priority (JSON, e.g. ``{"high":6,"normal":3,"low":1}``):
+    under a backlog of every priority, high gets 6 of every 10 fetches and low still 1."""
     fetch_batch: int = Field(default=8, ge=1, le=256)
     """Most items pulled in one fetch; items of one job and model go to inference as one request."""
     fetch_timeout_s: float = Field(default=1.0, gt=0)
@@ -50,8 +61,26 @@ class JobsSettings(ServiceSettings, NatsSettings):
     """Seconds an unacknowledged item stays with a runner that stopped answering for it before
     JetStream hands it to another runner. A live runner reports progress on its items every third
     of this, however long they take; below a second, those reports would flood NATS."""
+    queue_metrics_s: float = Field(default=2.0, gt=0)
+    """How often the work consumers' backlog is read into the ferry_jobs_queue_* gauges."""
     cancel_cache_s: float = Field(default=2.0, ge=0)
     """How long a "job is not cancelled" answer is reused; a cancellation is remembered for good."""
+
+    def lanes(self) -> list[tuple[str, str, str]]:
+        """(priority, consumer name, subject filter) of each consumer this runner fetches from."""
+        if not self.subject_filter.endswith(".>"):
+            return [(DEFAULT_LANE, self.consumer_name, self.subject_filter)]
+        prefix = self.subject_filter.removesuffix(".>")
+        return [(p, f"{self.consumer_name}-{p}", f"{prefix}.{p}") for p in PRIORITIES]
+
+    @model_validator(mode="after")
+    def _weights_name_every_priority(self) -> Self:
+        if set(self.priority_weights) != set(PRIORITIES) or min(self.priority_weights.values()) < 1:
+            raise ValueError(
+                f"priority_weights must give each of {', '.join(PRIORITIES)} a weight of at least 1"
+                f" (none may starve); got {self.priority_weights}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _backoff_cap_is_above_its_start(self) -> Self:

@@ -88,8 +88,10 @@ class Harness:
         top_k: int = 3,
         msg_id: str | None = None,
         generation: int = 0,
+        subject: str | None = None,
     ) -> None:
-        """Publishes a job item the way gateway does (Nats-Msg-Id ``{job}:{index}``, traceparent)."""
+        """Publishes a job item the way gateway does (Nats-Msg-Id ``{job}:{index}``, traceparent),
+        on the harness's subject unless told another."""
         item = events_pb2.JobItem(
             tenant="acme",
             job_id=str(job_id),
@@ -100,7 +102,7 @@ class Harness:
             generation=generation,
         )
         msg_id = msg_id or messaging.with_generation(f"{job_id}:{index}", generation)
-        await messaging.publish(self.js, self.subject, item, msg_id=msg_id)
+        await messaging.publish(self.js, subject or self.subject, item, msg_id=msg_id)
 
     async def publish_raw(self, data: bytes) -> int:
         """Publishes arbitrary bytes to the work subject; returns the stream sequence."""
@@ -173,8 +175,10 @@ class Harness:
             await asyncio.sleep(0.05)
 
     async def delete_consumer(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.js.delete_consumer(messaging.WORK_STREAM, self.settings.consumer_name)
+        """Deletes the test's consumers (one per priority lane when its filter was split)."""
+        for _, consumer, _ in self.settings.lanes():
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(messaging.WORK_STREAM, consumer)
 
 
 @pytest.fixture

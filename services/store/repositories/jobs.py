@@ -27,8 +27,8 @@ async def create(
 ) -> tuple[asyncpg.Record, bool]:
     """Inserts a queued job unless its id exists; returns (the row, whether it was inserted)."""
     row = await connection.fetchrow(
-        "INSERT INTO jobs (id, tenant, request_id, model, state, items_total, top_k, trace_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING RETURNING *",
+        "INSERT INTO jobs (id, tenant, request_id, model, state, items_total, top_k, trace_id, priority)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING *",
         job_id,
         tenant,
         job.request_id,
@@ -37,6 +37,7 @@ async def create(
         job.items_total,
         job.top_k,
         job.trace_id,
+        job.priority,
     )
     if row is not None:
         return row, True

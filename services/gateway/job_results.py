@@ -1,0 +1,124 @@
+"""Result files: one JSONL file per finished job, kept in NATS JetStream Object Store or S3
+(``result_stores.py``).
+
+A line is a ``GetJobResultsResponse`` in proto JSON (field names as in the proto, enums by name,
+fields without presence printed even when empty), which is also how Envoy's transcoder prints
+each streamed message: the REST stream of ``GET /v1/jobs/{id}/results`` is the file, line by line.
+
+The file is written the first time the job is seen finished: by a WatchJob that sees it end
+(``ferry job --wait``, ``ferry watch``), or else by the first GetJobResults call. It is built from
+store's records, so it says exactly what ListJobItems says. Each retry round (``retry_count``) gets a
+file of its own, so a job that RetryJob reopened gets a new file when it ends again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from google.protobuf import json_format
+
+from ferry.jobs.v1 import job_pb2, job_service_pb2
+from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
+from services.common.errors import FailedPrecondition
+from services.gateway.records import Records
+from services.gateway.result_stores import ResultStore
+
+log = logging.getLogger(__name__)
+
+# Records read from store per page while a file is built.
+_PAGE = 1000
+
+_FINISHED = frozenset(
+    {
+        job_pb2.JOB_STATE_SUCCEEDED,
+        job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
+        job_pb2.JOB_STATE_FAILED,
+        job_pb2.JOB_STATE_CANCELLED,
+    }
+)
+
+
+def result_line(result: job_service_pb2.GetJobResultsResponse) -> bytes:
+    """One line of a result file (compact proto JSON and a newline)."""
+    fields = json_format.MessageToDict(
+        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+def result_of(prediction: prediction_pb2.Prediction) -> job_service_pb2.GetJobResultsResponse:
+    """The result line of one item's record."""
+    result = job_service_pb2.GetJobResultsResponse(
+        index=prediction.item_index,
+        input=f"inputs[{prediction.item_index}]",
+        state=prediction.state,
+        classes=prediction.classes,
+        prediction=prediction.name,
+    )
+    if prediction.HasField("error"):
+        result.error.CopyFrom(prediction.error)
+    return result
+
+
+def object_name(job: job_pb2.Job) -> str:
+    """The file of the job's current retry round: ``<job id>/round-<retry_count>.jsonl``."""
+    return f"{job.name.removeprefix('jobs/')}/round-{job.retry_count}.jsonl"
+
+
+class JobResults:
+    """Writes and reads result files of a tenant's jobs, in ``store``."""
+
+    def __init__(self, records: Records, store: ResultStore) -> None:
+        self._records = records
+        self._store = store
+
+    async def write(self, tenant: str, job: job_pb2.Job) -> str:
+        """Builds the finished ``job``'s file from store's records (unless it exists); returns its name."""
+        name = object_name(job)
+        if await self._store.exists(name):
+            return name
+        lines = [result_line(result_of(p)) async for p in self._records_of(tenant, job.name)]
+        await self._store.put(name, b"".join(lines))
+        log.info("wrote the result file %s/%s (%d items)", self._store.where, name, len(lines))
+        return name
+
+    async def write_quietly(self, tenant: str, job: job_pb2.Job) -> None:
+        """``write``, for a watcher: a failure is logged and left to the first GetJobResults."""
+        try:
+            await self.write(tenant, job)
+        except Exception:  # a watch must not fail over a file it only prepares
+            log.warning("could not write the result file of %s; GetJobResults will", job.name, exc_info=True)
+
+    async def read(self, tenant: str, name: str) -> AsyncIterator[job_service_pb2.GetJobResultsResponse]:
+        """Yields the lines of the finished job ``name``'s file, writing it first if need be.
+
+        Raises:
+            FerryError: a bad name, an unknown job (NOT_FOUND), a job still running
+                (FAILED_PRECONDITION), or store or NATS unavailable.
+        """
+        job = await self._records.get_job(tenant, name)
+        if job.state not in _FINISHED:
+            raise FailedPrecondition(
+                f"{job.name} has not finished yet ({job_pb2.JobState.Name(job.state)}); its result file is"
+                " written when it ends: watch it (GET /v1/{name}:watch) and ask again",
+                reason="JOB_NOT_FINISHED",
+                metadata={"name": job.name},
+            )
+        found = await self._store.get(await self.write(tenant, job))
+        for line in found.splitlines():
+            yield json_format.Parse(line, job_service_pb2.GetJobResultsResponse())
+
+    async def _records_of(self, tenant: str, job: str) -> AsyncIterator[prediction_pb2.Prediction]:
+        token = ""
+        while True:
+            page = await self._records.list_predictions(
+                tenant,
+                prediction_service_pb2.ListPredictionsRequest(job=job, page_size=_PAGE, page_token=token),
+            )
+            for prediction in page.predictions:
+                yield prediction
+            token = page.next_page_token
+            if not token:
+                return

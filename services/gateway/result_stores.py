@@ -1,0 +1,152 @@
+"""Where jobs' result files are kept: NATS JetStream Object Store (default) or an S3-compatible store.
+
+Both answer the same three questions (is the file there, store it, read it); which one a gateway
+uses is ``results_url`` (``FERRY_GATEWAY_RESULTS_URL``). The Object Store needs no infrastructure
+beyond the NATS that jobs already use; S3 suits files that should outlive NATS's storage or be
+read by other tools. boto3 is synchronous, so its calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+BUCKET = "ferry_job_results"
+#: How long the Object Store keeps a result file (an S3 bucket's lifecycle rules decide there).
+KEEP_DAYS = 30
+
+
+class ResultStore(Protocol):
+    """A place for result files, by name."""
+
+    where: str
+    """The store, for logs: ``nats:ferry_job_results`` or ``s3://bucket/prefix``."""
+
+    async def exists(self, name: str) -> bool:
+        """Whether the file ``name`` is stored."""
+        ...
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Stores ``data`` as ``name`` (replacing any file of that name)."""
+        ...
+
+    async def get(self, name: str) -> bytes:
+        """The file ``name``.
+
+        Raises:
+            KeyError: there is none.
+        """
+        ...
+
+
+class NatsResults:
+    """Result files in the JetStream Object Store bucket ``ferry_job_results`` (created on first use)."""
+
+    where = f"nats:{BUCKET}"
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._bucket: ObjectStore | None = None
+
+    async def _store(self) -> ObjectStore:
+        if self._bucket is None:
+            try:
+                self._bucket = await self._js.object_store(BUCKET)
+            except (BucketNotFoundError, NotFoundError):
+                config = ObjectStoreConfig(
+                    bucket=BUCKET,
+                    description="Ferry: one JSONL result file per finished job",
+                    ttl=KEEP_DAYS * 24 * 3600.0,
+                    storage=StorageType.FILE,
+                )
+                self._bucket = await self._js.create_object_store(BUCKET, config)
+        return self._bucket
+
+    async def exists(self, name: str) -> bool:
+        try:
+            await (await self._store()).get_info(name)
+        except (ObjectNotFoundError, NotFoundError):
+            return False
+        return True
+
+    async def put(self, name: str, data: bytes) -> None:
+        await (await self._store()).put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        try:
+            found = await (await self._store()).get(name)
+        except (ObjectNotFoundError, NotFoundError):
+            raise KeyError(name) from None
+        return found.data or b""
+
+
+class S3Results:
+    """Result files as objects ``<prefix>/<name>`` of an S3 bucket (any S3-compatible API)."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._client = client
+        self.where = f"s3://{bucket}/{self._prefix}".rstrip("/")
+
+    def _key(self, name: str) -> str:
+        return f"{self._prefix}/{name}" if self._prefix else name
+
+    async def exists(self, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            await asyncio.to_thread(self._client.head_object, Bucket=self._bucket, Key=self._key(name))
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    async def put(self, name: str, data: bytes) -> None:
+        await asyncio.to_thread(
+            self._client.put_object,
+            Bucket=self._bucket,
+            Key=self._key(name),
+            Body=data,
+            ContentType="application/x-ndjson",
+        )
+
+    async def get(self, name: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = await asyncio.to_thread(
+                self._client.get_object, Bucket=self._bucket, Key=self._key(name)
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise KeyError(name) from None
+            raise
+        body: bytes = await asyncio.to_thread(answer["Body"].read)
+        return body
+
+
+def result_store(url: str, js: JetStreamContext) -> ResultStore:
+    """The store ``url`` names: empty for the Object Store, ``s3://bucket[/prefix]`` for S3.
+
+    Raises:
+        ValueError: another scheme, or ``s3://`` without a bucket (the gateway does not start).
+        ImportError: ``s3://`` without boto3 installed (the ``s3`` extra).
+    """
+    if not url:
+        return NatsResults(js)
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(
+            f"FERRY_GATEWAY_RESULTS_URL {url!r} is neither empty (NATS Object Store) nor s3://<bucket>[/<prefix>]"
+        )
+    import boto3  # the s3 extra; only a gateway configured for S3 needs it
+
+    return S3Results(parsed.netloc, parsed.path, boto3.client("s3"))

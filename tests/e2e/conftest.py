@@ -37,6 +37,10 @@ def coffee_jpeg() -> bytes:
     return _jpeg(skimage_data.coffee())
 
 
+#: The models the session's stack loads: the ensemble brings mobilenet-v2 along.
+E2E_MODELS = "efficientnet-lite0,imagenet-ensemble,minilm,agree"
+
+
 @pytest.fixture(scope="session")
 def otlp_collector() -> Iterator[OtlpCollector]:
     collector = OtlpCollector(free_port())
@@ -53,7 +57,12 @@ def stack(
     root = Path(tmp_path_factory.mktemp("stack"))
     running = RunningStack(
         root / "state",
-        {"FERRY_DEV_API_KEY": API_KEY, "FERRY_OTLP_ENDPOINT": otlp_collector.endpoint},
+        {
+            "FERRY_DEV_API_KEY": API_KEY,
+            "FERRY_OTLP_ENDPOINT": otlp_collector.endpoint,
+            # Every shipped model (tests/e2e/test_models.py): minilm adds about 8 s to the start.
+            "FERRY_INFERENCE_MODELS": E2E_MODELS,
+        },
     )
     endpoints = running.start()
     yield endpoints

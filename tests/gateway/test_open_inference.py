@@ -10,13 +10,14 @@ from ferry.inference.v1 import inference_service_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
 from services.common.errors import FerryError
-from services.gateway.open_inference import (
+from services.gateway.oip_tensors import (
     decode_bytes_tensor,
     encode_bytes_tensor,
-    images_of,
+    inputs_of,
     output_tensors,
-    priority_of,
+    tensor_array,
 )
+from services.gateway.open_inference import candidate_labels_of, priority_of
 
 
 def test_raw_bytes_tensors_round_trip_as_tritonclient_encodes_them() -> None:
@@ -62,7 +63,7 @@ def test_shape_must_match_the_elements() -> None:
         contents=oip.InferTensorContents(bytes_contents=[b"a", b"b"]),
     )
     with pytest.raises(FerryError) as caught:
-        images_of(oip.ModelInferRequest(inputs=[tensor]), max_image_bytes=1024)
+        inputs_of(oip.ModelInferRequest(inputs=[tensor]), max_bytes=1024)
     assert "shape [3] but 2 elements" in caught.value.message
 
 
@@ -79,3 +80,105 @@ def test_raw_outputs_decode_to_the_classes_in_order() -> None:
     assert decode_bytes_tensor(raw[1]) == [b"espresso", b"cup", b"espresso", b"cup"]
     with pytest.raises(FerryError):
         output_tensors([result], ["PROBABILITIES"], raw=False)
+
+
+def fp32_input(shape: list[int], **contents: object) -> oip.ModelInferRequest:
+    tensor = oip.ModelInferRequest.InferInputTensor(name="TENSOR", datatype="FP32", shape=shape)
+    return oip.ModelInferRequest(inputs=[tensor], **contents)  # type: ignore[arg-type]
+
+
+def test_an_fp32_tensor_splits_into_items_raw_or_typed() -> None:
+    values = np.arange(2 * 3 * 4, dtype="<f4").reshape(2, 3, 4)
+    raw = inputs_of(fp32_input([2, 3, 4], raw_input_contents=[values.tobytes()]), max_bytes=1024)
+    typed_request = fp32_input([2, 3, 4])
+    typed_request.inputs[0].contents.fp32_contents.extend(values.ravel().tolist())
+    typed = inputs_of(typed_request, max_bytes=1024)
+    assert (raw.raw, typed.raw) == (True, False)
+    for inputs in (raw, typed):
+        assert [list(i.tensor.shape) for i in inputs.items] == [[3, 4], [3, 4]]
+        assert np.array_equal(tensor_array(inputs.items[1].tensor), values[1])
+
+
+@pytest.mark.parametrize(
+    ("request_", "says"),
+    [
+        (fp32_input([12], raw_input_contents=[b"\x00" * 48]), "send [n, ...]"),
+        (fp32_input([2, 3], raw_input_contents=[b"\x00" * 20]), "needs 24"),
+        (fp32_input([1, 3]), "needs 3"),
+        (fp32_input([1, 300], raw_input_contents=[b"\x00" * 1200]), "the limit is 1024"),
+    ],
+)
+def test_an_fp32_tensor_that_does_not_fit_its_shape_is_invalid(
+    request_: oip.ModelInferRequest, says: str
+) -> None:
+    with pytest.raises(FerryError) as caught:
+        inputs_of(request_, max_bytes=1024)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in caught.value.message
+
+
+def test_an_input_of_the_wrong_datatype_is_told_which_input_to_use() -> None:
+    tensor = oip.ModelInferRequest.InferInputTensor(name="IMAGE", datatype="FP32", shape=[1, 3])
+    with pytest.raises(FerryError) as caught:
+        inputs_of(oip.ModelInferRequest(inputs=[tensor]), max_bytes=1024)
+    assert "send FP32 items as input 'TENSOR'" in caught.value.message
+
+
+def test_texts_and_json_objects_become_their_inputs() -> None:
+    texts = oip.ModelInferRequest.InferInputTensor(
+        name="TEXT",
+        datatype="BYTES",
+        shape=[2],
+        contents=oip.InferTensorContents(bytes_contents=[b"a cat", b"tax"]),
+    )
+    items = inputs_of(oip.ModelInferRequest(inputs=[texts]), 1024, ["animal", "money"]).items
+    assert [(i.text.content, list(i.text.candidate_labels)) for i in items] == [
+        ("a cat", ["animal", "money"]),
+        ("tax", ["animal", "money"]),
+    ]
+    payload = oip.ModelInferRequest.InferInputTensor(
+        name="JSON",
+        datatype="BYTES",
+        shape=[1],
+        contents=oip.InferTensorContents(bytes_contents=[b'{"x": 1}']),
+    )
+    [item] = inputs_of(oip.ModelInferRequest(inputs=[payload]), 1024).items
+    assert item.payload["x"] == 1
+    bad = oip.ModelInferRequest.InferInputTensor(
+        name="TEXT", datatype="BYTES", shape=[1], contents=oip.InferTensorContents(bytes_contents=[b"\xff"])
+    )
+    with pytest.raises(FerryError, match="not UTF-8"):
+        inputs_of(oip.ModelInferRequest(inputs=[bad]), 1024)
+
+
+@pytest.mark.parametrize(
+    ("value", "labels"),
+    [("animal, money", ["animal", "money"]), ('["a, b", "c"]', ["a, b", "c"])],
+)
+def test_candidate_labels_are_a_list_or_comma_separated(value: str, labels: list[str]) -> None:
+    assert candidate_labels_of({"candidate_labels": oip.InferParameter(string_param=value)}) == labels
+
+
+def test_embeddings_and_tensors_become_batched_outputs() -> None:
+    results = [
+        inference_service_pb2.PredictResult(
+            embedding=[0.6, 0.8],
+            tensors=[types_pb2.Tensor(name="logits", datatype="FP32", shape=[3], fp32_contents=[i, 0, 1])],
+        )
+        for i in range(2)
+    ]
+    tensors, raw = output_tensors(results, [], raw=False)
+    assert [(t.name, t.datatype, list(t.shape)) for t in tensors] == [
+        ("EMBEDDING", "FP32", [2, 2]),
+        ("logits", "FP32", [2, 3]),
+    ]
+    assert list(tensors[1].contents.fp32_contents) == [0, 0, 1, 1, 0, 1] and raw == []
+    _, raw = output_tensors(results, ["EMBEDDING"], raw=True)
+    assert np.frombuffer(raw[0], dtype="<f4").tolist() == pytest.approx([0.6, 0.8, 0.6, 0.8])
+
+
+def test_tritons_uint64_parameters_are_read_though_kserves_proto_lacks_them() -> None:
+    # tritonclient's priority=1, timeout=5000: InferParameter field 5 (uint64_param), varints.
+    priority = oip.InferParameter.FromString(bytes([5 << 3, 1]))
+    assert priority.WhichOneof("parameter_choice") is None
+    assert priority_of({"priority": priority}) == types_pb2.PRIORITY_HIGH

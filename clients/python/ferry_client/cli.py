@@ -11,7 +11,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from ferry_client import export
+from ferry_client import export, keys
 from ferry_client.client import FerryClient, FerryError
 from ferry_client.progress import watch
 
@@ -117,12 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--top-k", type=int, default=5)
     job.add_argument("--request-id", default="", help="idempotency key: a retry returns the same job")
     job.add_argument("--wait", action="store_true", help="wait until the job finishes")
+    job.add_argument(
+        "--priority", choices=("high", "normal", "low"), default="normal", help="runs before lower ones"
+    )
     cancel = sub.add_parser("cancel", help="cancel a job (jobs/ID)")
     cancel.add_argument("name")
     watching = sub.add_parser("watch", help="follow a job with a progress bar until it finishes (jobs/ID)")
     watching.add_argument("name")
+    results = sub.add_parser("results", help="save a finished job's result file, JSONL (jobs/ID)")
+    results.add_argument("name")
+    results.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     retry = sub.add_parser("retry", help="run a finished job's failed items again (jobs/ID)")
     retry.add_argument("name")
+    keys.add_parser(sub)
     return parser
 
 
@@ -197,14 +204,25 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "stats":
                 _print(ferry.model_stats(args.model, args.window))
             elif args.command == "job":
-                created = ferry.create_job(args.images, args.model, args.top_k, args.request_id)
+                created = ferry.create_job(
+                    args.images, args.model, args.top_k, args.request_id, args.priority
+                )
                 _print(watch(ferry, created.name) if args.wait else created)
             elif args.command == "watch":
                 _print(watch(ferry, args.name))
             elif args.command == "cancel":
                 _print(ferry.cancel_job(args.name))
+            elif args.command == "results":
+                if args.output is None:
+                    ferry.save_job_results(args.name, sys.stdout)
+                else:
+                    with args.output.open("w", encoding="utf-8") as out:
+                        count = ferry.save_job_results(args.name, out)
+                    print(f"wrote {count} results of {args.name} to {args.output}", file=sys.stderr)
             elif args.command == "retry":
                 _print(ferry.retry_job(args.name))
+            elif args.command == "keys":
+                return keys.run(ferry, args, _print)
         except FerryError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
+from ferry.admin.v1 import key_service_pb2, key_service_pb2_grpc
 from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc, model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2, prediction_service_pb2_grpc
@@ -25,12 +30,57 @@ _TERMINAL_JOB_STATES = {
 
 
 class FerryError(Exception):
-    """A call failed; ``code`` is the gRPC status code and the message says why."""
+    """A call failed; ``code`` is the gRPC status code and the message says why.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(f"{code.name}: {message}")
+    ``reason`` is the stable machine-readable cause (the google.rpc.ErrorInfo reason, one of
+    ferry.errors.v1.ErrorReason's names, for example ``MODEL_NOT_FOUND``; empty when the answer
+    had none) and ``metadata`` its details. Match on ``code`` and ``reason``, never on the message.
+    ``field_violations`` maps each request field at fault to what was wrong (google.rpc.BadRequest).
+    ``retry_after_s`` is the server's advice (google.rpc.RetryInfo) on when a retry can succeed,
+    for example after a rate limit (RESOURCE_EXHAUSTED); None when it gave none.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        retry_after_s: float | None = None,
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}" + (f" [{reason}]" if reason else ""))
         self.code = code
         self.message = message
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+        self.metadata = metadata or {}
+        self.field_violations = field_violations or {}
+
+
+def _error(err: grpc.RpcError) -> FerryError:
+    """The FerryError of a failed call, with the ErrorInfo, BadRequest and RetryInfo of its rich
+    status when there is one."""
+    retry_after_s = None
+    reason = ""
+    metadata: dict[str, str] = {}
+    violations: dict[str, str] = {}
+    try:
+        status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
+    except ValueError:  # status details that contradict the call's own code or message
+        status = None
+    details: list[Any] = list(status.details) if status is not None else []
+    for detail in details:
+        retry = error_details_pb2.RetryInfo()
+        info = error_details_pb2.ErrorInfo()
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(retry):
+            retry_after_s = retry.retry_delay.ToTimedelta().total_seconds()
+        elif detail.Unpack(info) and not reason:
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Unpack(bad_request):
+            violations |= {v.field: v.description for v in bad_request.field_violations}
+    return FerryError(err.code(), err.details() or "", retry_after_s, reason, metadata, violations)
 
 
 def _image(image: bytes | str | Path) -> types_pb2.Image:
@@ -87,6 +137,7 @@ class FerryClient:
         self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
+        self.keys = key_service_pb2_grpc.KeyServiceStub(self._channel)
 
     def __enter__(self) -> FerryClient:
         return self
@@ -102,7 +153,7 @@ class FerryClient:
         try:
             return method(request, metadata=self._metadata, timeout=self._timeout_s)
         except grpc.RpcError as err:
-            raise FerryError(err.code(), err.details() or "") from None
+            raise _error(err) from None
 
     def list_models(self) -> list[model_pb2.Model]:
         """Returns the served models."""
@@ -127,6 +178,53 @@ class FerryClient:
         )
         answer: model_service_pb2.PredictResponse = self._call(self.models.Predict, request)
         return answer.prediction
+
+    def predict_text(
+        self,
+        text: str,
+        model: str = "minilm",
+        candidate_labels: Sequence[str] = (),
+        top_k: int = 5,
+        request_id: str = "",
+    ) -> prediction_pb2.Prediction:
+        """Embeds a text (``prediction.embedding``), or with ``candidate_labels`` ranks them
+        zero-shot (``prediction.classes``, scores are cosine similarities)."""
+        request = model_service_pb2.PredictRequest(
+            model=_model_name(model),
+            text=types_pb2.Text(content=text, candidate_labels=list(candidate_labels)),
+            top_k=top_k,
+            request_id=request_id,
+        )
+        answer: model_service_pb2.PredictResponse = self._call(self.models.Predict, request)
+        return answer.prediction
+
+    def predict_json(self, payload: dict[str, Any], model: str, request_id: str = "") -> dict[str, Any]:
+        """Sends a JSON object to a JSON model (a notebook-backed one) and returns its JSON answer."""
+        request = model_service_pb2.PredictRequest(model=_model_name(model), request_id=request_id)
+        request.payload.update(payload)
+        answer: model_service_pb2.PredictResponse = self._call(self.models.Predict, request)
+        return json_format.MessageToDict(answer.prediction.output)
+
+    def batch_predict(
+        self,
+        images: Sequence[bytes | str | Path],
+        model: str = "efficientnet-lite0",
+        top_k: int = 5,
+        request_id: str = "",
+    ) -> list[prediction_pb2.Prediction]:
+        """Classifies up to 64 images in one call; returns one recorded prediction per image, in order.
+
+        An image that cannot be classified comes back with state FAILED and its ``error``; the
+        others still answer. A ``request_id`` makes the call safe to retry.
+        """
+        request = model_service_pb2.BatchPredictRequest(
+            model=_model_name(model),
+            inputs=[types_pb2.Input(image=_image(i)) for i in images],
+            top_k=top_k,
+            request_id=request_id,
+        )
+        answer: model_service_pb2.BatchPredictResponse = self._call(self.models.BatchPredict, request)
+        return list(answer.predictions)
 
     def get_prediction(self, name: str) -> prediction_pb2.Prediction:
         """Reads one prediction by name ("predictions/{id}")."""
@@ -184,13 +282,19 @@ class FerryClient:
         model: str = "efficientnet-lite0",
         top_k: int = 5,
         request_id: str = "",
+        priority: str = "normal",
     ) -> job_pb2.Job:
-        """Submits a batch job; returns at once with the queued job."""
+        """Submits a batch job; returns at once with the queued job.
+
+        ``priority`` is ``high``, ``normal`` or ``low``: runners take higher priorities first
+        under a backlog, without starving lower ones.
+        """
         request = job_service_pb2.CreateJobRequest(
             model=_model_name(model),
             inputs=[types_pb2.Input(image=_image(i)) for i in images],
             top_k=top_k,
             request_id=request_id,
+            priority=f"PRIORITY_{priority.upper()}",
         )
         answer: job_service_pb2.CreateJobResponse = self._call(self.jobs.CreateJob, request)
         return answer.job
@@ -225,7 +329,70 @@ class FerryClient:
         try:
             yield from stream
         except grpc.RpcError as err:
-            raise FerryError(err.code(), err.details() or "") from None
+            raise _error(err) from None
+
+    def job_results(
+        self, name: str, timeout_s: float = 600.0
+    ) -> Iterator[job_service_pb2.GetJobResultsResponse]:
+        """Yields the lines of a finished job's result file (one per recorded item, in item order).
+
+        Raises:
+            FerryError: the job does not exist or has not finished, or the stream broke off.
+        """
+        stream = self.jobs.GetJobResults(
+            job_service_pb2.GetJobResultsRequest(name=name), metadata=self._metadata, timeout=timeout_s
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as err:
+            raise _error(err) from None
+
+    def save_job_results(self, name: str, out: IO[str]) -> int:
+        """Writes a finished job's result file to ``out`` as JSONL, the file's own lines; returns
+        how many items it holds."""
+        count = 0
+        for result in self.job_results(name):
+            fields = json_format.MessageToDict(
+                result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            out.write(json.dumps(fields, separators=(",", ":")) + "\n")
+            count += 1
+        return count
+
+    def create_key(
+        self,
+        tenant: str,
+        scopes: Sequence[str] = ("predict", "jobs", "read"),
+        rate_per_s: float = 0.0,
+        burst: int = 0,
+        display_name: str = "",
+    ) -> key_service_pb2.CreateKeyResponse:
+        """Makes an API key (needs an admin key); the answer's ``api_key`` is shown only this once."""
+        request = key_service_pb2.CreateKeyRequest(
+            tenant=tenant, scopes=scopes, rate_per_s=rate_per_s, burst=burst, display_name=display_name
+        )
+        answer: key_service_pb2.CreateKeyResponse = self._call(self.keys.CreateKey, request)
+        return answer
+
+    def list_keys(self, tenant: str = "", show_revoked: bool = False) -> Iterator[key_service_pb2.Key]:
+        """Yields API keys, newest first, following pages (needs an admin key)."""
+        token = ""
+        while True:
+            request = key_service_pb2.ListKeysRequest(
+                tenant=tenant, show_revoked=show_revoked, page_token=token
+            )
+            page: key_service_pb2.ListKeysResponse = self._call(self.keys.ListKeys, request)
+            yield from page.keys
+            token = page.next_page_token
+            if not token:
+                return
+
+    def revoke_key(self, name: str) -> key_service_pb2.Key:
+        """Revokes an API key ("keys/{id}" or the id; needs an admin key)."""
+        answer: key_service_pb2.RevokeKeyResponse = self._call(
+            self.keys.RevokeKey, key_service_pb2.RevokeKeyRequest(name=name)
+        )
+        return answer.key
 
     def wait_job(self, name: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> job_pb2.Job:
         """Polls a job until it finishes (succeeded, partially succeeded, failed or cancelled).

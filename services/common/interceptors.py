@@ -36,7 +36,8 @@ StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterato
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handler of every method (but those under ``open_prefixes``) once, then reuses it.
 
-    Subclasses implement ``wrap_unary`` and ``wrap_stream``. A wrapper serves every call of its
+    Subclasses implement ``wrap_unary`` (also used for client-streaming methods) and
+    ``wrap_stream``. A wrapper serves every call of its
     method, so it reads per-call data (metadata) from the call's context and never captures it:
     building closures and handler objects for each call cost a measurable share of a cheap call.
     """
@@ -67,6 +68,14 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        elif handler.stream_unary is not None:
+            # Client streaming (CreateUpload): one answer, so it is wrapped as a unary call whose
+            # "request" is the iterator of the client's messages, passed through untouched.
+            wrapped = grpc.stream_unary_rpc_method_handler(
+                self.wrap_unary(method, handler.stream_unary),  # type: ignore[arg-type]
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -14,6 +14,8 @@ PREDICT_REQUEST_BYTES = 16 * MIB
 """One image: the gateway's 10 MiB image limit, as base64 in JSON (4/3 larger), plus the fields."""
 UPLOAD_REQUEST_BYTES = 32 * MIB
 """A batch job's inputs: several images in one request."""
+UPLOAD_FILE_BYTES = 256 * MIB
+"""One upload (``POST /v1/uploads``, a manifest or a zip of images): streamed, bounded by gateway."""
 DEFAULT_REQUEST_BYTES = 1 * MIB
 """Everything else (reads, lists, cancel, retry, keys): small JSON or protobuf messages."""
 

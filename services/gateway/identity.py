@@ -110,6 +110,7 @@ _METHODS = {
     "/ferry.jobs.v1.JobService/ListJobItems": _JOB_READ,
     "/ferry.jobs.v1.JobService/WatchJob": _JOB_STREAM,
     "/ferry.jobs.v1.JobService/GetJobResults": _JOB_STREAM,
+    "/ferry.jobs.v1.JobService/GetJobNotebook": _JOB_READ,
 }
 
 

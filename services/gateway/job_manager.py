@@ -22,10 +22,11 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common import messaging
-from services.common.errors import AlreadyExists, status_to_proto
+from services.common.errors import AlreadyExists, InvalidArgument, status_to_proto
 from services.common.ids import item_record_id, job_id_for_request
+from services.common.result_stores import result_store
 from services.common.tracing import current_trace_id, inject_headers
-from services.gateway import fetcher, validation
+from services.gateway import fetcher, manifests, notebook_jobs, validation
 from services.gateway.cancellation import mark_cancelled
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
@@ -34,8 +35,8 @@ from services.gateway.job_items import list_job_items
 from services.gateway.job_results import JobResults
 from services.gateway.publisher import Publisher
 from services.gateway.records import Records
-from services.gateway.result_stores import result_store
 from services.gateway.settings import GatewaySettings
+from services.gateway.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ class JobManager:
         self._publisher = publisher
         self._cancelled = cancelled
         self._records = Records(store, backend)
-        self.results = JobResults(self._records, result_store(settings.results_url, js))
+        self._result_files = result_store(settings.results_url, js)
+        self.results = JobResults(self._records, self._result_files)
         """The jobs' result files (GetJobResults, and WatchJob when it sees a job end)."""
+        self.uploads = Uploads(js, settings.max_upload_bytes)
+        """Manifests and zips that jobs name by reference (CreateUpload, CreateJob.manifest)."""
 
     def max_item_image_bytes(self) -> int:
         """The largest image a job input may carry: the image limit, or less if NATS takes less."""
@@ -96,6 +100,23 @@ class JobManager:
             FerryError: the request is invalid, the model unknown, the request_id used for a
                 different job, or store or JetStream unavailable.
         """
+        if request.notebook:  # a notebook instead of a model and inputs: see notebook_jobs.py
+            return await notebook_jobs.create(
+                self._settings,
+                self._backend,
+                self._store,
+                self._publisher,
+                tenant,
+                request,
+                edge,
+                _check_same_request,
+            )
+        if request.parameters.fields:
+            raise InvalidArgument(
+                "parameters are a notebook's; name the notebook too (notebook), or leave parameters empty",
+                reason="INVALID_NOTEBOOK_JOB",
+                metadata={"field": "parameters"},
+            )
         s = self._settings
         model = validation.model_id(request.model)
         top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
@@ -103,10 +124,8 @@ class JobManager:
         priority = types_pb2.Priority.Name(
             validation.enum_value(request.priority, types_pb2.Priority, "priority") or _NORMAL
         )
-        if len(request.inputs) <= s.max_job_items:  # images by URL are fetched here, once
-            images = fetcher.input_images(request.inputs)
-            await fetcher.inline_images(images, fetcher.fetcher_for(s, self.max_item_image_bytes()))
-        validation.job_inputs(request.inputs, s.max_job_items, self.max_item_image_bytes())
+        inputs = await self._inputs(tenant, request)
+        validation.job_inputs(inputs, s.max_job_items, self.max_item_image_bytes())
         await self._catalog.get(model)
 
         job_id = job_id_for_request(tenant, request_id) if request_id else new_id("job", tenant, edge)
@@ -114,7 +133,7 @@ class JobManager:
             name=f"jobs/{job_id}",
             model=validation.model_name(model),
             state=job_pb2.JOB_STATE_QUEUED,
-            items_total=len(request.inputs),
+            items_total=len(inputs),
             top_k=top_k,
             request_id=request_id,
             trace_id=current_trace_id(),
@@ -141,10 +160,34 @@ class JobManager:
                 events_pb2.JobItem(
                     tenant=tenant, job_id=str(job_id), model=model, top_k=top_k, priority=priority
                 ),
-                request.inputs,
+                inputs,
                 max_inflight=s.max_publish_inflight,
             )
         return job
+
+    async def _inputs(
+        self, tenant: str, request: job_service_pb2.CreateJobRequest
+    ) -> Sequence[types_pb2.Input]:
+        """The job's inputs with every image as bytes: inline ones (URLs fetched), or the manifest's."""
+        s = self._settings
+        get = fetcher.fetcher_for(s, self.max_item_image_bytes())
+        if request.manifest:
+            if request.inputs:
+                raise InvalidArgument(
+                    "send either inputs or manifest, not both",
+                    reason="INVALID_MANIFEST",
+                    metadata={"field": "manifest"},
+                )
+            return await manifests.expand(
+                self.uploads, tenant, request.manifest, get, s.max_job_items, self.max_item_image_bytes()
+            )
+        if len(request.inputs) <= s.max_job_items:  # images by URL are fetched here, once
+            await fetcher.inline_images(fetcher.input_images(request.inputs), get)
+        return request.inputs
+
+    async def notebook(self, tenant: str, name: str) -> job_service_pb2.GetJobNotebookResponse:
+        """The executed notebook of the finished notebook job ``name`` (GetJobNotebook)."""
+        return await notebook_jobs.executed_notebook(self._records, self._result_files, tenant, name)
 
     async def cancel(self, tenant: str, name: str) -> job_pb2.Job:
         """Cancels the job ``jobs/{id}`` of ``tenant`` and tells the runners to skip its items.

@@ -22,8 +22,8 @@ from google.protobuf import json_format
 from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from services.common.errors import FailedPrecondition
+from services.common.result_stores import ResultStore
 from services.gateway.records import Records
-from services.gateway.result_stores import ResultStore
 
 log = logging.getLogger(__name__)
 

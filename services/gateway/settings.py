@@ -7,11 +7,13 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common import limits
 from services.common.channels import Targets
+from services.common.notebooks import NotebookSettings
 from services.common.settings import NatsSettings, ServiceSettings
 
 
-class GatewaySettings(ServiceSettings, NatsSettings):
+class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     """Everything the gateway can be told; defaults run against the local stack."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_GATEWAY_", extra="ignore")
@@ -41,6 +43,9 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     """Largest encoded image accepted, in bytes. Job items are also bounded by NATS's max_payload."""
     max_job_items: int = Field(default=10_000, ge=1)
     """Most inputs in one job."""
+    max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)
+    """Largest upload (``POST /v1/uploads``: a JSONL manifest or a zip of images), counted as it
+    streams in; the edge streams the body through (it would have to hold it to bound it)."""
     image_fetch_timeout_s: float = Field(default=10.0, gt=0)
     """Deadline of fetching one image given by URL (``image.uri``), redirects included."""
     image_fetch_max_redirects: int = Field(default=3, ge=0, le=10)

@@ -18,9 +18,11 @@ from services.common import messaging
 from services.common.channels import channel_options, open_channel
 from services.common.messaging import open_cancelled_bucket
 from services.common.readiness import Probe, Readiness, watch_dependency
+from services.common.result_stores import result_store
 from services.common.tasks import spawn
 from services.jobs.cancellation import CancelledJobs
 from services.jobs.lanes import Room
+from services.jobs.notebooks import NotebookRunner
 from services.jobs.predictor import Predictor
 from services.jobs.queue_metrics import watch_queues
 from services.jobs.runner import Runner
@@ -111,6 +113,10 @@ class JobsService:
             runner = Runner(js, predictor, cancelled, lane, readiness, room, priority)
             await runner.subscribe()
             spawn(stack, runner.run(), f"jobs-runner-{priority}")
+        if s.notebook_subject:
+            notebooks = NotebookRunner(js, cancelled, result_store(s.results_url, js), s, readiness)
+            await notebooks.subscribe()
+            spawn(stack, notebooks.run(), "jobs-notebooks")
         lanes = [(priority, consumer) for priority, consumer, _ in s.lanes()]
         spawn(stack, watch_queues(js, lanes, s.queue_metrics_s), "jobs-queue-metrics")
 

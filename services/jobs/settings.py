@@ -9,13 +9,14 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common.channels import Targets
 from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX, PRIORITIES
+from services.common.notebooks import NotebookSettings
 from services.common.settings import NatsSettings, ServiceSettings
 
 #: The lane of a runner on a single subject (no split by priority): it takes whatever arrives.
 DEFAULT_LANE = "normal"
 
 
-class JobsSettings(ServiceSettings, NatsSettings):
+class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
     """Everything the jobs runner can be told; defaults run against the local stack."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_JOBS_", extra="ignore")
@@ -65,6 +66,13 @@ class JobsSettings(ServiceSettings, NatsSettings):
     """How often the work consumers' backlog is read into the ferry_jobs_queue_* gauges."""
     cancel_cache_s: float = Field(default=2.0, ge=0)
     """How long a "job is not cancelled" answer is reused; a cancellation is remembered for good."""
+    notebook_consumer: str = "jobs-notebooks"
+    """Durable consumer of notebook jobs, shared by every runner process (one notebook at a time each)."""
+    notebook_cell_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest one notebook cell may run; a cell that runs longer fails its job (NOTEBOOK_CELL_FAILED)."""
+    results_url: str = ""
+    """Where executed notebooks are kept: empty for the NATS Object Store bucket of result files,
+    ``s3://bucket[/prefix]`` for S3; set it as the gateway's FERRY_GATEWAY_RESULTS_URL."""
 
     def lanes(self) -> list[tuple[str, str, str]]:
         """(priority, consumer name, subject filter) of each consumer this runner fetches from."""

@@ -16,6 +16,7 @@ from asyncpg.pool import PoolConnectionProxy
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.store.v1 import store_service_pb2 as pb
+from services.common import paging
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.store import codec
 from services.store.repositories import api_keys
@@ -60,7 +61,7 @@ def api_key_from_row(row: asyncpg.Record) -> pb.ApiKey:
 
 
 def _keyset(token: str) -> Any:
-    position = codec.decode_page_token(token)
+    position = paging.decode_page_token(token)
     if not position:
         return None
     try:
@@ -121,7 +122,7 @@ class ApiKeyHandlers:
         return pb.CreateApiKeyResponse(key=api_key_from_row(row))
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Context) -> pb.ListApiKeysResponse:
-        limit = codec.page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
+        limit = paging.page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
         after = _keyset(request.page_token)
         async with self._connection() as connection:
             rows = await api_keys.newest(
@@ -130,7 +131,7 @@ class ApiKeyHandlers:
         token = ""
         if len(rows) > limit:
             last = rows[limit - 1]
-            token = codec.encode_page_token({"t": last["create_time"].isoformat(), "id": str(last["id"])})
+            token = paging.encode_page_token({"t": last["create_time"].isoformat(), "id": str(last["id"])})
         return pb.ListApiKeysResponse(keys=[api_key_from_row(r) for r in rows[:limit]], next_page_token=token)
 
     async def RevokeApiKey(

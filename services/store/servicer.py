@@ -14,6 +14,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
+from services.common import paging
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.store import codec
 from services.store.keys import ApiKeyHandlers
@@ -82,7 +83,7 @@ def _next_token(rows: list[asyncpg.Record], limit: int) -> str:
     if len(rows) <= limit:
         return ""
     last = rows[limit - 1]
-    return codec.encode_page_token({"t": last["create_time"].isoformat(), "id": str(last["id"])})
+    return paging.encode_page_token({"t": last["create_time"].isoformat(), "id": str(last["id"])})
 
 
 class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer):
@@ -136,13 +137,14 @@ class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer)
         self, request: pb.ListPredictionsRequest, context: Context
     ) -> pb.ListPredictionsResponse:
         where = _prediction_filter(request)
-        limit = codec.page_size(request.page_size)
-        position = codec.decode_page_token(request.page_token)
+        limit = paging.page_size(request.page_size)
+        position = paging.decode_page_token(request.page_token)
         if where.job_id is not None:
             after = _item_position(position)
             async with self._connection() as connection:
                 rows = await queries.list_job_items(connection, where, limit + 1, after)
-            token = codec.encode_page_token({"i": rows[limit - 1]["item_index"]}) if len(rows) > limit else ""
+            more = len(rows) > limit
+            token = paging.encode_page_token({"i": rows[limit - 1]["item_index"]}) if more else ""
         else:
             keyset = _keyset(position)
             async with self._connection() as connection:
@@ -194,8 +196,8 @@ class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         tenant = _tenant(request.tenant)
-        limit = codec.page_size(request.page_size)
-        after = _keyset(codec.decode_page_token(request.page_token))
+        limit = paging.page_size(request.page_size)
+        after = _keyset(paging.decode_page_token(request.page_token))
         async with self._connection() as connection:
             rows = await newest_first(connection, "jobs", tenant, limit + 1, after)
         return pb.ListJobsResponse(

@@ -56,6 +56,9 @@ class Harness:
             publish_timeout_s=2.0,
             ack_wait_s=10.0,
             cancel_cache_s=0.0,
+            # Notebook jobs too on subjects of their own (FERRY_WORK refuses overlapping consumers).
+            notebook_subject=f"{self.subject}-notebooks",
+            notebook_consumer=f"jobs-test-{tag}-notebooks",
         )
         self._stacks: list[AsyncExitStack] = []
         self.readiness: list[Readiness] = []
@@ -176,7 +179,7 @@ class Harness:
 
     async def delete_consumer(self) -> None:
         """Deletes the test's consumers (one per priority lane when its filter was split)."""
-        for _, consumer, _ in self.settings.lanes():
+        for consumer in [c for _, c, _ in self.settings.lanes()] + [self.settings.notebook_consumer]:
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(messaging.WORK_STREAM, consumer)
 

@@ -24,8 +24,8 @@ from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import FailedPrecondition, status_to_proto
+from services.common.result_stores import ResultStore, result_store
 from services.gateway.job_results import JobResults, result_line
-from services.gateway.result_stores import ResultStore, result_store
 
 
 class RecordsOf:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
@@ -111,9 +113,24 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("model", nargs="?", default="efficientnet-lite0")
     stats.add_argument("--window", default="1h", help="how far back: 15m, 1h, 24h, 7d, ...")
     sub.add_parser("migrate", help="apply store's database migrations to FERRY_STORE_DATABASE_URL and exit")
-    job = sub.add_parser("job", help="submit a batch job of image files")
-    job.add_argument("images", type=Path, nargs="+")
+    upload = sub.add_parser("upload", help="upload a JSONL manifest or a zip of images for a job to name")
+    upload.add_argument("file", type=Path)
+    job = sub.add_parser("job", help="submit a batch job of image files (or of an upload: --manifest)")
+    job.add_argument("images", type=Path, nargs="*")
+    job.add_argument(
+        "--manifest", default="", help="uploads/ID (from `ferry upload`): its entries are the items"
+    )
     job.add_argument("--model", default="efficientnet-lite0")
+    job.add_argument(
+        "--notebook", default="", help="run this registered notebook (papermill) instead of a model"
+    )
+    job.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a notebook parameter (JSON value or text)",
+    )
     job.add_argument("--top-k", type=int, default=5)
     job.add_argument("--request-id", default="", help="idempotency key: a retry returns the same job")
     job.add_argument("--wait", action="store_true", help="wait until the job finishes")
@@ -127,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     results = sub.add_parser("results", help="save a finished job's result file, JSONL (jobs/ID)")
     results.add_argument("name")
     results.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
+    notebook = sub.add_parser("notebook", help="save a finished notebook job's executed notebook (jobs/ID)")
+    notebook.add_argument("name")
+    notebook.add_argument("-o", "--output", type=Path, help="file to write (default: standard output)")
     retry = sub.add_parser("retry", help="run a finished job's failed items again (jobs/ID)")
     retry.add_argument("name")
     keys.add_parser(sub)
@@ -203,9 +223,14 @@ def main(argv: list[str] | None = None) -> int:
                     export.write(records, args.format, sys.stdout)
             elif args.command == "stats":
                 _print(ferry.model_stats(args.model, args.window))
+            elif args.command == "upload":
+                _print(ferry.upload(args.file))
+            elif args.command == "job" and args.notebook:
+                created = ferry.create_notebook_job(args.notebook, _params(args.param), args.request_id)
+                _print(watch(ferry, created.name) if args.wait else created)
             elif args.command == "job":
                 created = ferry.create_job(
-                    args.images, args.model, args.top_k, args.request_id, args.priority
+                    args.images, args.model, args.top_k, args.request_id, args.priority, args.manifest
                 )
                 _print(watch(ferry, created.name) if args.wait else created)
             elif args.command == "watch":
@@ -221,12 +246,34 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"wrote {count} results of {args.name} to {args.output}", file=sys.stderr)
             elif args.command == "retry":
                 _print(ferry.retry_job(args.name))
+            elif args.command == "notebook":
+                executed = ferry.job_notebook(args.name)
+                if args.output is None:
+                    sys.stdout.write(executed.decode())
+                else:
+                    args.output.write_bytes(executed)
+                    print(f"wrote the executed notebook of {args.name} to {args.output}", file=sys.stderr)
             elif args.command == "keys":
                 return keys.run(ferry, args, _print)
         except FerryError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
     return 0
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """``--param key=value`` pairs as notebook parameters: a value that parses as JSON is that
+    (``count=3`` is a number), any other is text (``text=hello``)."""
+    parameters: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --param {pair!r} is not KEY=VALUE")
+        try:
+            parameters[key] = json.loads(value)
+        except ValueError:
+            parameters[key] = value
+    return parameters
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -20,6 +21,9 @@ from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc, model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2, prediction_service_pb2_grpc
 from ferry.types.v1 import types_pb2
+
+#: Pieces an upload is streamed in: well under gRPC's message limit, few enough messages.
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 _TERMINAL_JOB_STATES = {
     job_pb2.JOB_STATE_SUCCEEDED,
@@ -283,11 +287,13 @@ class FerryClient:
         top_k: int = 5,
         request_id: str = "",
         priority: str = "normal",
+        manifest: str = "",
     ) -> job_pb2.Job:
         """Submits a batch job; returns at once with the queued job.
 
         ``priority`` is ``high``, ``normal`` or ``low``: runners take higher priorities first
-        under a backlog, without starving lower ones.
+        under a backlog, without starving lower ones. ``manifest`` (``uploads/ID``, from
+        ``upload``) gives the items by reference instead of ``images`` (pass none then).
         """
         request = job_service_pb2.CreateJobRequest(
             model=_model_name(model),
@@ -295,9 +301,39 @@ class FerryClient:
             top_k=top_k,
             request_id=request_id,
             priority=f"PRIORITY_{priority.upper()}",
+            manifest=manifest,
         )
         answer: job_service_pb2.CreateJobResponse = self._call(self.jobs.CreateJob, request)
         return answer.job
+
+    def upload(self, file: Path | str, chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> job_service_pb2.Upload:
+        """Uploads a JSONL manifest or a zip of images, streamed in ``chunk_bytes`` pieces; returns
+        the upload (``uploads/ID``) that ``create_job(manifest=...)`` names."""
+        path = Path(file)
+
+        def pieces() -> Iterator[job_service_pb2.CreateUploadRequest]:
+            with path.open("rb") as f:
+                while chunk := f.read(chunk_bytes):
+                    yield job_service_pb2.CreateUploadRequest(body=httpbody_pb2.HttpBody(data=chunk))
+
+        answer: job_service_pb2.CreateUploadResponse = self._call(self.jobs.CreateUpload, pieces())
+        return answer.upload
+
+    def create_notebook_job(
+        self, notebook: str, parameters: dict[str, Any] | None = None, request_id: str = ""
+    ) -> job_pb2.Job:
+        """Submits a run-notebook job: papermill runs the registered notebook ``notebook`` with
+        ``parameters``; the job's items are its code cells. Returns at once with the queued job."""
+        request = job_service_pb2.CreateJobRequest(notebook=notebook, request_id=request_id)
+        request.parameters.update(parameters or {})
+        answer: job_service_pb2.CreateJobResponse = self._call(self.jobs.CreateJob, request)
+        return answer.job
+
+    def job_notebook(self, name: str) -> bytes:
+        """The executed notebook (.ipynb bytes) of a finished notebook job."""
+        request = job_service_pb2.GetJobNotebookRequest(name=name)
+        answer: job_service_pb2.GetJobNotebookResponse = self._call(self.jobs.GetJobNotebook, request)
+        return bytes(answer.notebook.data)
 
     def get_job(self, name: str) -> job_pb2.Job:
         """Reads a job and its progress."""

@@ -70,12 +70,28 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         async for result in c.jobs.results.read(tenant, request.name):
             yield result
 
+    async def GetJobNotebook(
+        self, request: job_service_pb2.GetJobNotebookRequest, context: Context
+    ) -> job_service_pb2.GetJobNotebookResponse:
+        c = self._slot.get()
+        tenant = identity.tenant()
+        return await c.jobs.notebook(tenant, request.name)
+
     async def ListJobItems(
         self, request: job_service_pb2.ListJobItemsRequest, context: Context
     ) -> job_service_pb2.ListJobItemsResponse:
         c = self._slot.get()
         tenant = identity.tenant()
         return await c.jobs.list_items(tenant, request)
+
+    async def CreateUpload(
+        self, request_iterator: AsyncIterator[job_service_pb2.CreateUploadRequest], context: Context
+    ) -> job_service_pb2.CreateUploadResponse:
+        c = self._slot.get()
+        tenant = identity.tenant()
+        return job_service_pb2.CreateUploadResponse(
+            upload=await c.jobs.uploads.create(tenant, request_iterator)
+        )
 
     async def RetryJob(
         self, request: job_service_pb2.RetryJobRequest, context: Context

@@ -7,6 +7,7 @@ import time
 import grpc
 
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
+from services.common import paging
 from services.gateway import identity, validation
 from services.gateway.batch_predictor import BatchPredictor
 from services.gateway.components import ComponentsSlot
@@ -25,7 +26,18 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_service_pb2.ListModelsRequest, context: Context
     ) -> model_service_pb2.ListModelsResponse:
         c = self._slot.get()
-        return model_service_pb2.ListModelsResponse(models=await c.catalog.served())
+        limit = paging.page_size(request.page_size)
+        after = paging.decode_page_token(request.page_token).get("after", "")
+        if not isinstance(after, str):
+            raise paging.bad_page_token()
+        # The catalog is small and sorted by name: a page is the names after the last one shown.
+        remaining = [model for model in await c.catalog.served() if model.name > after]
+        page = remaining[:limit]
+        more = len(remaining) > limit
+        return model_service_pb2.ListModelsResponse(
+            models=page,
+            next_page_token=paging.encode_page_token({"after": page[-1].name}) if more else "",
+        )
 
     async def GetModel(
         self, request: model_service_pb2.GetModelRequest, context: Context

@@ -17,6 +17,8 @@ _SUCCEEDED = job_pb2.JOB_STATE_SUCCEEDED
 _FAILED = job_pb2.JOB_STATE_FAILED
 _CANCELLED = job_pb2.JOB_STATE_CANCELLED
 _PARTIALLY_SUCCEEDED = job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED
+# A notebook job whose cell failed fails whole: the cells before it are not partial results.
+_FAILS_WHOLE = "NOTEBOOK_CELL_FAILED"
 
 
 async def create(
@@ -86,8 +88,9 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
     """Adds newly recorded items to their jobs' counters and moves each job's state.
 
     A record only moves a job of its own tenant. CANCELLED stays CANCELLED; any other job is
-    RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none succeeded) or
-    PARTIALLY_SUCCEEDED. A job finished before is judged again: RetryJob moves counts back.
+    RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none succeeded, or a
+    notebook cell failed: NOTEBOOK_CELL_FAILED) or PARTIALLY_SUCCEEDED. A job finished before is
+    judged again: RetryJob moves counts back.
 
     Args:
         connection: where to write (inside the transaction that wrote the items).
@@ -103,6 +106,8 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
                 WHEN items_succeeded + d.ok + items_failed + d.bad < items_total THEN {_RUNNING}
                 WHEN items_failed + d.bad = 0 THEN {_SUCCEEDED}
                 WHEN items_succeeded + d.ok = 0 THEN {_FAILED}
+                WHEN COALESCE(CASE WHEN d.bad > 0 THEN d.reason END, last_error_reason) = '{_FAILS_WHOLE}'
+                    THEN {_FAILED}
                 ELSE {_PARTIALLY_SUCCEEDED}
             END,
             last_error_code = CASE WHEN d.bad > 0 THEN d.code ELSE last_error_code END,

@@ -23,36 +23,39 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ferry/admin/v1/key_service.proto\x12\x0e\x66\x65rry.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdc\x01\n\x03Key\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x12\n\nrate_per_s\x18\x05 \x01(\x01\x12\r\n\x05\x62urst\x18\x06 \x01(\x05\x12\x0c\n\x04hint\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"k\n\x10\x43reateKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x12\n\nrate_per_s\x18\x03 \x01(\x01\x12\r\n\x05\x62urst\x18\x04 \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\"F\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.ferry.admin.v1.Key\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"^\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.ferry.admin.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x11RevokeKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.ferry.admin.v1.Key2\xcb\x02\n\nKeyService\x12\x65\n\tCreateKey\x12 .ferry.admin.v1.CreateKeyRequest\x1a!.ferry.admin.v1.CreateKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/keys:\x01*\x12_\n\x08ListKeys\x12\x1f.ferry.admin.v1.ListKeysRequest\x1a .ferry.admin.v1.ListKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/keys\x12u\n\tRevokeKey\x12 .ferry.admin.v1.RevokeKeyRequest\x1a!.ferry.admin.v1.RevokeKeyResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=keys/*}:revoke:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ferry/admin/v1/key_service.proto\x12\x0e\x66\x65rry.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x02\n\x03Key\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12\x12\n\nrate_per_s\x18\x05 \x01(\x01\x12\r\n\x05\x62urst\x18\x06 \x01(\x05\x12\x0c\n\x04hint\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brevoke_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp:)\xea\x41&\n\rferry.dev/Key\x12\nkeys/{key}*\x04keys2\x03key\"k\n\x10\x43reateKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x12\n\nrate_per_s\x18\x03 \x01(\x01\x12\r\n\x05\x62urst\x18\x04 \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\"F\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.ferry.admin.v1.Key\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"^\n\x0fListKeysRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"N\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.ferry.admin.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x11RevokeKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.ferry.admin.v1.Key2\xcb\x02\n\nKeyService\x12\x65\n\tCreateKey\x12 .ferry.admin.v1.CreateKeyRequest\x1a!.ferry.admin.v1.CreateKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/keys:\x01*\x12_\n\x08ListKeys\x12\x1f.ferry.admin.v1.ListKeysRequest\x1a .ferry.admin.v1.ListKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/keys\x12u\n\tRevokeKey\x12 .ferry.admin.v1.RevokeKeyRequest\x1a!.ferry.admin.v1.RevokeKeyResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=keys/*}:revoke:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.admin.v1.key_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_KEY']._loaded_options = None
+  _globals['_KEY']._serialized_options = b'\352A&\n\rferry.dev/Key\022\nkeys/{key}*\004keys2\003key'
   _globals['_KEYSERVICE'].methods_by_name['CreateKey']._loaded_options = None
   _globals['_KEYSERVICE'].methods_by_name['CreateKey']._serialized_options = b'\202\323\344\223\002\r\"\010/v1/keys:\001*'
   _globals['_KEYSERVICE'].methods_by_name['ListKeys']._loaded_options = None
   _globals['_KEYSERVICE'].methods_by_name['ListKeys']._serialized_options = b'\202\323\344\223\002\n\022\010/v1/keys'
   _globals['_KEYSERVICE'].methods_by_name['RevokeKey']._loaded_options = None
   _globals['_KEYSERVICE'].methods_by_name['RevokeKey']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/{name=keys/*}:revoke:\001*'
-  _globals['_KEY']._serialized_start=116
-  _globals['_KEY']._serialized_end=336
-  _globals['_CREATEKEYREQUEST']._serialized_start=338
-  _globals['_CREATEKEYREQUEST']._serialized_end=445
-  _globals['_CREATEKEYRESPONSE']._serialized_start=447
-  _globals['_CREATEKEYRESPONSE']._serialized_end=517
-  _globals['_LISTKEYSREQUEST']._serialized_start=519
-  _globals['_LISTKEYSREQUEST']._serialized_end=613
-  _globals['_LISTKEYSRESPONSE']._serialized_start=615
-  _globals['_LISTKEYSRESPONSE']._serialized_end=693
-  _globals['_REVOKEKEYREQUEST']._serialized_start=695
-  _globals['_REVOKEKEYREQUEST']._serialized_end=727
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=729
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=782
-  _globals['_KEYSERVICE']._serialized_start=785
-  _globals['_KEYSERVICE']._serialized_end=1116
+  _globals['_KEY']._serialized_start=143
+  _globals['_KEY']._serialized_end=406
+  _globals['_CREATEKEYREQUEST']._serialized_start=408
+  _globals['_CREATEKEYREQUEST']._serialized_end=515
+  _globals['_CREATEKEYRESPONSE']._serialized_start=517
+  _globals['_CREATEKEYRESPONSE']._serialized_end=587
+  _globals['_LISTKEYSREQUEST']._serialized_start=589
+  _globals['_LISTKEYSREQUEST']._serialized_end=683
+  _globals['_LISTKEYSRESPONSE']._serialized_start=685
+  _globals['_LISTKEYSRESPONSE']._serialized_end=763
+  _globals['_REVOKEKEYREQUEST']._serialized_start=765
+  _globals['_REVOKEKEYREQUEST']._serialized_end=797
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=799
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=852
+  _globals['_KEYSERVICE']._serialized_start=855
+  _globals['_KEYSERVICE']._serialized_end=1186
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,14 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INFERENCE_CALL_FAILED: _ClassVar[ErrorReason]
     INFERENCE_BAD_RESPONSE: _ClassVar[ErrorReason]
     RETRIES_EXHAUSTED: _ClassVar[ErrorReason]
+    UPLOAD_TOO_LARGE: _ClassVar[ErrorReason]
+    INVALID_UPLOAD: _ClassVar[ErrorReason]
+    UPLOAD_NOT_FOUND: _ClassVar[ErrorReason]
+    INVALID_MANIFEST: _ClassVar[ErrorReason]
+    NOTEBOOK_NOT_FOUND: _ClassVar[ErrorReason]
+    NOTEBOOK_CELL_FAILED: _ClassVar[ErrorReason]
+    NOT_A_NOTEBOOK_JOB: _ClassVar[ErrorReason]
+    INVALID_NOTEBOOK_JOB: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 MISSING_API_KEY: ErrorReason
 UNSUPPORTED_AUTH_SCHEME: ErrorReason
@@ -184,6 +192,14 @@ INFERENCE_TIMEOUT: ErrorReason
 INFERENCE_CALL_FAILED: ErrorReason
 INFERENCE_BAD_RESPONSE: ErrorReason
 RETRIES_EXHAUSTED: ErrorReason
+UPLOAD_TOO_LARGE: ErrorReason
+INVALID_UPLOAD: ErrorReason
+UPLOAD_NOT_FOUND: ErrorReason
+INVALID_MANIFEST: ErrorReason
+NOTEBOOK_NOT_FOUND: ErrorReason
+NOTEBOOK_CELL_FAILED: ErrorReason
+NOT_A_NOTEBOOK_JOB: ErrorReason
+INVALID_NOTEBOOK_JOB: ErrorReason
 CODE_FIELD_NUMBER: _ClassVar[int]
 code: _descriptor.FieldDescriptor
 HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]

@@ -24,11 +24,12 @@ _sym_db = _symbol_database.Default()
 
 from ferry.types.v1 import types_pb2 as ferry_dot_types_dot_v1_dot_types__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65rry/jobs/v1/job.proto\x12\rferry.jobs.v1\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc5\x03\n\x03Job\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x17.ferry.jobs.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x19\n\x0bitems_total\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fitems_succeeded\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0citems_failed\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\r\n\x05top_k\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x16\n\x08trace_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x19\n\x0bretry_count\x18\r \x01(\x05\x42\x04\xe2\x41\x01\x03\x12*\n\x08priority\x18\x0e \x01(\x0e\x32\x18.ferry.types.v1.Priority*\xbd\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12!\n\x1dJOB_STATE_PARTIALLY_SUCCEEDED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65rry/jobs/v1/job.proto\x12\rferry.jobs.v1\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xf0\x03\n\x03Job\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x17.ferry.jobs.v1.JobStateB\x04\xe2\x41\x01\x03\x12\x19\n\x0bitems_total\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fitems_succeeded\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0citems_failed\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\r\n\x05top_k\x18\x07 \x01(\x05\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x16\n\x08trace_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\n \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x19\n\x0bretry_count\x18\r \x01(\x05\x42\x04\xe2\x41\x01\x03\x12*\n\x08priority\x18\x0e \x01(\x0e\x32\x18.ferry.types.v1.Priority:)\xea\x41&\n\rferry.dev/Job\x12\njobs/{job}*\x04jobs2\x03job*\xbd\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12!\n\x1dJOB_STATE_PARTIALLY_SUCCEEDED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,8 +56,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_JOB'].fields_by_name['retry_count']._loaded_options = None
   _globals['_JOB'].fields_by_name['retry_count']._serialized_options = b'\342A\001\003'
-  _globals['_JOBSTATE']._serialized_start=618
-  _globals['_JOBSTATE']._serialized_end=807
-  _globals['_JOB']._serialized_start=162
-  _globals['_JOB']._serialized_end=615
+  _globals['_JOB']._loaded_options = None
+  _globals['_JOB']._serialized_options = b'\352A&\n\rferry.dev/Job\022\njobs/{job}*\004jobs2\003job'
+  _globals['_JOBSTATE']._serialized_start=688
+  _globals['_JOBSTATE']._serialized_end=877
+  _globals['_JOB']._serialized_start=189
+  _globals['_JOB']._serialized_end=685
 # @@protoc_insertion_point(module_scope)

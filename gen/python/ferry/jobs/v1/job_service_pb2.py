@@ -27,10 +27,12 @@ from ferry.predictions.v1 import prediction_pb2 as ferry_dot_predictions_dot_v1_
 from ferry.types.v1 import types_pb2 as ferry_dot_types_dot_v1_dot_types__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65rry/jobs/v1/job_service.proto\x12\rferry.jobs.v1\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x17google/rpc/status.proto\"\xa3\x01\n\x10\x43reateJobRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.InputB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\"4\n\x11\x43reateJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"#\n\rGetJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10\x43\x61ncelJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"%\n\x0fRetryJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x15\n\ritems_retried\x18\x02 \x01(\x05\"%\n\x0fWatchJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"b\n\x10WatchJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x18\n\x10items_per_second\x18\x02 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x03 \x01(\x01\"\x88\x01\n\x13ListJobItemsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x14ListJobItemsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ferry.jobs.v1.JobItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x07JobItem\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x34\n\nprediction\x18\x02 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x15\n\rdead_lettered\x18\x03 \x01(\x08\x12\x1a\n\x12\x64\x65\x61\x64_letter_reason\x18\x04 \x01(\t\"*\n\x14GetJobResultsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xcf\x01\n\x15GetJobResultsResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05input\x18\x02 \x01(\t\x12\x34\n\x05state\x18\x03 \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\x12+\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1a.ferry.types.v1.ClassScore\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x12\n\nprediction\x18\x06 \x01(\t2\x85\x07\n\nJobService\x12\x63\n\tCreateJob\x12\x1f.ferry.jobs.v1.CreateJobRequest\x1a .ferry.jobs.v1.CreateJobResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/jobs:\x01*\x12`\n\x06GetJob\x12\x1c.ferry.jobs.v1.GetJobRequest\x1a\x1d.ferry.jobs.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.ferry.jobs.v1.ListJobsRequest\x1a\x1f.ferry.jobs.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12s\n\tCancelJob\x12\x1f.ferry.jobs.v1.CancelJobRequest\x1a .ferry.jobs.v1.CancelJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12n\n\x08WatchJob\x12\x1e.ferry.jobs.v1.WatchJobRequest\x1a\x1f.ferry.jobs.v1.WatchJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12z\n\x0cListJobItems\x12\".ferry.jobs.v1.ListJobItemsRequest\x1a#.ferry.jobs.v1.ListJobItemsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=jobs/*}/items\x12\x7f\n\rGetJobResults\x12#.ferry.jobs.v1.GetJobResultsRequest\x1a$.ferry.jobs.v1.GetJobResultsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=jobs/*}/results0\x01\x12o\n\x08RetryJob\x12\x1e.ferry.jobs.v1.RetryJobRequest\x1a\x1f.ferry.jobs.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x65rry/jobs/v1/job_service.proto\x12\rferry.jobs.v1\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\xf4\x01\n\x10\x43reateJobRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.InputB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\x10\n\x08manifest\x18\x06 \x01(\t\x12\x10\n\x08notebook\x18\x0b \x01(\t\x12+\n\nparameters\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\"4\n\x11\x43reateJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"#\n\rGetJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10\x43\x61ncelJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"%\n\x0fRetryJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x15\n\ritems_retried\x18\x02 \x01(\x05\"%\n\x0fWatchJobRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"b\n\x10WatchJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x18\n\x10items_per_second\x18\x02 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x03 \x01(\x01\"\x88\x01\n\x13ListJobItemsRequest\x12\x14\n\x06parent\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\x05state\x18\x02 \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"V\n\x14ListJobItemsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.ferry.jobs.v1.JobItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x81\x01\n\x07JobItem\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x34\n\nprediction\x18\x02 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x15\n\rdead_lettered\x18\x03 \x01(\x08\x12\x1a\n\x12\x64\x65\x61\x64_letter_reason\x18\x04 \x01(\t\"*\n\x14GetJobResultsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xcf\x01\n\x15GetJobResultsResponse\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05input\x18\x02 \x01(\t\x12\x34\n\x05state\x18\x03 \x01(\x0e\x32%.ferry.predictions.v1.PredictionState\x12+\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1a.ferry.types.v1.ClassScore\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x12\n\nprediction\x18\x06 \x01(\t\"9\n\x13\x43reateUploadRequest\x12\"\n\x04\x62ody\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody\"=\n\x14\x43reateUploadResponse\x12%\n\x06upload\x18\x01 \x01(\x0b\x32\x15.ferry.jobs.v1.Upload\"O\n\x06Upload\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0f\n\x07\x65ntries\x18\x04 \x01(\x05\"+\n\x15GetJobNotebookRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x16GetJobNotebookResponse\x12&\n\x08notebook\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBody2\x89\t\n\nJobService\x12\x63\n\tCreateJob\x12\x1f.ferry.jobs.v1.CreateJobRequest\x1a .ferry.jobs.v1.CreateJobResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/jobs:\x01*\x12`\n\x06GetJob\x12\x1c.ferry.jobs.v1.GetJobRequest\x1a\x1d.ferry.jobs.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12]\n\x08ListJobs\x12\x1e.ferry.jobs.v1.ListJobsRequest\x1a\x1f.ferry.jobs.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12s\n\tCancelJob\x12\x1f.ferry.jobs.v1.CancelJobRequest\x1a .ferry.jobs.v1.CancelJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12n\n\x08WatchJob\x12\x1e.ferry.jobs.v1.WatchJobRequest\x1a\x1f.ferry.jobs.v1.WatchJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12z\n\x0cListJobItems\x12\".ferry.jobs.v1.ListJobItemsRequest\x1a#.ferry.jobs.v1.ListJobItemsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{parent=jobs/*}/items\x12\x7f\n\rGetJobResults\x12#.ferry.jobs.v1.GetJobResultsRequest\x1a$.ferry.jobs.v1.GetJobResultsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=jobs/*}/results0\x01\x12t\n\x0c\x43reateUpload\x12\".ferry.jobs.v1.CreateUploadRequest\x1a#.ferry.jobs.v1.CreateUploadResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0b/v1/uploads:\x04\x62ody(\x01\x12\x8b\x01\n\x0eGetJobNotebook\x12$.ferry.jobs.v1.GetJobNotebookRequest\x1a%.ferry.jobs.v1.GetJobNotebookResponse\",\x82\xd3\xe4\x93\x02&\x12\x1a/v1/{name=jobs/*}/notebookb\x08notebook\x12o\n\x08RetryJob\x12\x1e.ferry.jobs.v1.RetryJobRequest\x1a\x1f.ferry.jobs.v1.RetryJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,6 +55,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBITEMSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002'
   _globals['_GETJOBRESULTSREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETJOBRESULTSREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_UPLOAD'].fields_by_name['name']._loaded_options = None
+  _globals['_UPLOAD'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_GETJOBNOTEBOOKREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETJOBNOTEBOOKREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_JOBSERVICE'].methods_by_name['CreateJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['CreateJob']._serialized_options = b'\202\323\344\223\002\r\"\010/v1/jobs:\001*'
   _globals['_JOBSERVICE'].methods_by_name['GetJob']._loaded_options = None
@@ -67,42 +73,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['ListJobItems']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/{parent=jobs/*}/items'
   _globals['_JOBSERVICE'].methods_by_name['GetJobResults']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['GetJobResults']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/{name=jobs/*}/results'
+  _globals['_JOBSERVICE'].methods_by_name['CreateUpload']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['CreateUpload']._serialized_options = b'\202\323\344\223\002\023\"\013/v1/uploads:\004body'
+  _globals['_JOBSERVICE'].methods_by_name['GetJobNotebook']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['GetJobNotebook']._serialized_options = b'\202\323\344\223\002&\022\032/v1/{name=jobs/*}/notebookb\010notebook'
   _globals['_JOBSERVICE'].methods_by_name['RetryJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['RetryJob']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/{name=jobs/*}:retry:\001*'
-  _globals['_CREATEJOBREQUEST']._serialized_start=231
-  _globals['_CREATEJOBREQUEST']._serialized_end=394
-  _globals['_CREATEJOBRESPONSE']._serialized_start=396
-  _globals['_CREATEJOBRESPONSE']._serialized_end=448
-  _globals['_GETJOBREQUEST']._serialized_start=450
-  _globals['_GETJOBREQUEST']._serialized_end=485
-  _globals['_GETJOBRESPONSE']._serialized_start=487
-  _globals['_GETJOBRESPONSE']._serialized_end=536
-  _globals['_LISTJOBSREQUEST']._serialized_start=538
-  _globals['_LISTJOBSREQUEST']._serialized_end=594
-  _globals['_LISTJOBSRESPONSE']._serialized_start=596
-  _globals['_LISTJOBSRESPONSE']._serialized_end=673
-  _globals['_CANCELJOBREQUEST']._serialized_start=675
-  _globals['_CANCELJOBREQUEST']._serialized_end=713
-  _globals['_CANCELJOBRESPONSE']._serialized_start=715
-  _globals['_CANCELJOBRESPONSE']._serialized_end=767
-  _globals['_RETRYJOBREQUEST']._serialized_start=769
-  _globals['_RETRYJOBREQUEST']._serialized_end=806
-  _globals['_RETRYJOBRESPONSE']._serialized_start=808
-  _globals['_RETRYJOBRESPONSE']._serialized_end=882
-  _globals['_WATCHJOBREQUEST']._serialized_start=884
-  _globals['_WATCHJOBREQUEST']._serialized_end=921
-  _globals['_WATCHJOBRESPONSE']._serialized_start=923
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1021
-  _globals['_LISTJOBITEMSREQUEST']._serialized_start=1024
-  _globals['_LISTJOBITEMSREQUEST']._serialized_end=1160
-  _globals['_LISTJOBITEMSRESPONSE']._serialized_start=1162
-  _globals['_LISTJOBITEMSRESPONSE']._serialized_end=1248
-  _globals['_JOBITEM']._serialized_start=1251
-  _globals['_JOBITEM']._serialized_end=1380
-  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1382
-  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1424
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=1427
-  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=1634
-  _globals['_JOBSERVICE']._serialized_start=1637
-  _globals['_JOBSERVICE']._serialized_end=2538
+  _globals['_CREATEJOBREQUEST']._serialized_start=288
+  _globals['_CREATEJOBREQUEST']._serialized_end=532
+  _globals['_CREATEJOBRESPONSE']._serialized_start=534
+  _globals['_CREATEJOBRESPONSE']._serialized_end=586
+  _globals['_GETJOBREQUEST']._serialized_start=588
+  _globals['_GETJOBREQUEST']._serialized_end=623
+  _globals['_GETJOBRESPONSE']._serialized_start=625
+  _globals['_GETJOBRESPONSE']._serialized_end=674
+  _globals['_LISTJOBSREQUEST']._serialized_start=676
+  _globals['_LISTJOBSREQUEST']._serialized_end=732
+  _globals['_LISTJOBSRESPONSE']._serialized_start=734
+  _globals['_LISTJOBSRESPONSE']._serialized_end=811
+  _globals['_CANCELJOBREQUEST']._serialized_start=813
+  _globals['_CANCELJOBREQUEST']._serialized_end=851
+  _globals['_CANCELJOBRESPONSE']._serialized_start=853
+  _globals['_CANCELJOBRESPONSE']._serialized_end=905
+  _globals['_RETRYJOBREQUEST']._serialized_start=907
+  _globals['_RETRYJOBREQUEST']._serialized_end=944
+  _globals['_RETRYJOBRESPONSE']._serialized_start=946
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1020
+  _globals['_WATCHJOBREQUEST']._serialized_start=1022
+  _globals['_WATCHJOBREQUEST']._serialized_end=1059
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1061
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1159
+  _globals['_LISTJOBITEMSREQUEST']._serialized_start=1162
+  _globals['_LISTJOBITEMSREQUEST']._serialized_end=1298
+  _globals['_LISTJOBITEMSRESPONSE']._serialized_start=1300
+  _globals['_LISTJOBITEMSRESPONSE']._serialized_end=1386
+  _globals['_JOBITEM']._serialized_start=1389
+  _globals['_JOBITEM']._serialized_end=1518
+  _globals['_GETJOBRESULTSREQUEST']._serialized_start=1520
+  _globals['_GETJOBRESULTSREQUEST']._serialized_end=1562
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_start=1565
+  _globals['_GETJOBRESULTSRESPONSE']._serialized_end=1772
+  _globals['_CREATEUPLOADREQUEST']._serialized_start=1774
+  _globals['_CREATEUPLOADREQUEST']._serialized_end=1831
+  _globals['_CREATEUPLOADRESPONSE']._serialized_start=1833
+  _globals['_CREATEUPLOADRESPONSE']._serialized_end=1894
+  _globals['_UPLOAD']._serialized_start=1896
+  _globals['_UPLOAD']._serialized_end=1975
+  _globals['_GETJOBNOTEBOOKREQUEST']._serialized_start=1977
+  _globals['_GETJOBNOTEBOOKREQUEST']._serialized_end=2020
+  _globals['_GETJOBNOTEBOOKRESPONSE']._serialized_start=2022
+  _globals['_GETJOBNOTEBOOKRESPONSE']._serialized_end=2086
+  _globals['_JOBSERVICE']._serialized_start=2089
+  _globals['_JOBSERVICE']._serialized_end=3250
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,16 @@ class JobServiceStub:
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsRequest.SerializeToString,
                 response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsResponse.FromString,
                 _registered_method=True)
+        self.CreateUpload = channel.stream_unary(
+                '/ferry.jobs.v1.JobService/CreateUpload',
+                request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CreateUploadRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CreateUploadResponse.FromString,
+                _registered_method=True)
+        self.GetJobNotebook = channel.unary_unary(
+                '/ferry.jobs.v1.JobService/GetJobNotebook',
+                request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobNotebookRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobNotebookResponse.FromString,
+                _registered_method=True)
         self.RetryJob = channel.unary_unary(
                 '/ferry.jobs.v1.JobService/RetryJob',
                 request_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.RetryJobRequest.SerializeToString,
@@ -130,6 +140,20 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateUpload(self, request_iterator, context):
+        """CreateUpload stores a JSONL manifest or a zip of images for jobs to name by reference ("uploads/{id}"); the body streams in (over REST, the raw bytes of POST /v1/uploads), at most the gateway's max_upload_bytes (256 MiB by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobNotebook(self, request, context):
+        """GetJobNotebook returns a finished notebook job's executed notebook (.ipynb, outputs and errors included; over REST, the file itself).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RetryJob(self, request, context):
         """RetryJob runs a finished job's failed items again; calling it again before they finish re-queues nothing twice.
         """
@@ -174,6 +198,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetJobResults,
                     request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsRequest.FromString,
                     response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsResponse.SerializeToString,
+            ),
+            'CreateUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.CreateUpload,
+                    request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CreateUploadRequest.FromString,
+                    response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.CreateUploadResponse.SerializeToString,
+            ),
+            'GetJobNotebook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobNotebook,
+                    request_deserializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobNotebookRequest.FromString,
+                    response_serializer=ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobNotebookResponse.SerializeToString,
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
@@ -371,6 +405,60 @@ class JobService:
             '/ferry.jobs.v1.JobService/GetJobResults',
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsRequest.SerializeToString,
             ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/ferry.jobs.v1.JobService/CreateUpload',
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.CreateUploadRequest.SerializeToString,
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.CreateUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobNotebook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.jobs.v1.JobService/GetJobNotebook',
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobNotebookRequest.SerializeToString,
+            ferry_dot_jobs_dot_v1_dot_job__service__pb2.GetJobNotebookResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ferry/models/v1/model_service.proto\x12\x0f\x66\x65rry.models.v1\x1a\x1b\x66\x65rry/models/v1/model.proto\x1a!ferry/models/v1/model_stats.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ferry.models.v1.Model\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"\x90\x02\n\x0ePredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.ferry.types.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\"\n\x04text\x18\x06 \x01(\x0b\x32\x14.ferry.types.v1.Text\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06tensor\x18\x08 \x01(\x0b\x32\x16.ferry.types.v1.Tensor\"G\n\x0fPredictResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xa6\x01\n\x13\x42\x61tchPredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.InputB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\"M\n\x14\x42\x61tchPredictResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\":\n\x14GetModelStatsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06window\x18\x02 \x01(\t\"C\n\x15GetModelStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.ferry.models.v1.ModelStats2\xee\x04\n\x0cModelService\x12i\n\nListModels\x12\".ferry.models.v1.ListModelsRequest\x1a#.ferry.models.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12l\n\x08GetModel\x12 .ferry.models.v1.GetModelRequest\x1a!.ferry.models.v1.GetModelResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=models/*}\x12u\n\x07Predict\x12\x1f.ferry.models.v1.PredictRequest\x1a .ferry.models.v1.PredictResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{model=models/*}:predict:\x01*\x12\x89\x01\n\x0c\x42\x61tchPredict\x12$.ferry.models.v1.BatchPredictRequest\x1a%.ferry.models.v1.BatchPredictResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{model=models/*}:batchPredict:\x01*\x12\x81\x01\n\rGetModelStats\x12%.ferry.models.v1.GetModelStatsRequest\x1a&.ferry.models.v1.GetModelStatsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=models/*}/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ferry/models/v1/model_service.proto\x12\x0f\x66\x65rry.models.v1\x1a\x1b\x66\x65rry/models/v1/model.proto\x1a!ferry/models/v1/model_stats.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ferry.models.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"\x90\x02\n\x0ePredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.ferry.types.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\"\n\x04text\x18\x06 \x01(\x0b\x32\x14.ferry.types.v1.Text\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06tensor\x18\x08 \x01(\x0b\x32\x16.ferry.types.v1.Tensor\"G\n\x0fPredictResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xa6\x01\n\x13\x42\x61tchPredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.InputB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\"M\n\x14\x42\x61tchPredictResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\":\n\x14GetModelStatsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06window\x18\x02 \x01(\t\"C\n\x15GetModelStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.ferry.models.v1.ModelStats2\xee\x04\n\x0cModelService\x12i\n\nListModels\x12\".ferry.models.v1.ListModelsRequest\x1a#.ferry.models.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12l\n\x08GetModel\x12 .ferry.models.v1.GetModelRequest\x1a!.ferry.models.v1.GetModelResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=models/*}\x12u\n\x07Predict\x12\x1f.ferry.models.v1.PredictRequest\x1a .ferry.models.v1.PredictResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{model=models/*}:predict:\x01*\x12\x89\x01\n\x0c\x42\x61tchPredict\x12$.ferry.models.v1.BatchPredictRequest\x1a%.ferry.models.v1.BatchPredictResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{model=models/*}:batchPredict:\x01*\x12\x81\x01\n\rGetModelStats\x12%.ferry.models.v1.GetModelStatsRequest\x1a&.ferry.models.v1.GetModelStatsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=models/*}/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,25 +59,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVICE'].methods_by_name['GetModelStats']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModelStats']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/{name=models/*}/stats'
   _globals['_LISTMODELSREQUEST']._serialized_start=280
-  _globals['_LISTMODELSREQUEST']._serialized_end=299
-  _globals['_LISTMODELSRESPONSE']._serialized_start=301
-  _globals['_LISTMODELSRESPONSE']._serialized_end=361
-  _globals['_GETMODELREQUEST']._serialized_start=363
-  _globals['_GETMODELREQUEST']._serialized_end=400
-  _globals['_GETMODELRESPONSE']._serialized_start=402
-  _globals['_GETMODELRESPONSE']._serialized_end=459
-  _globals['_PREDICTREQUEST']._serialized_start=462
-  _globals['_PREDICTREQUEST']._serialized_end=734
-  _globals['_PREDICTRESPONSE']._serialized_start=736
-  _globals['_PREDICTRESPONSE']._serialized_end=807
-  _globals['_BATCHPREDICTREQUEST']._serialized_start=810
-  _globals['_BATCHPREDICTREQUEST']._serialized_end=976
-  _globals['_BATCHPREDICTRESPONSE']._serialized_start=978
-  _globals['_BATCHPREDICTRESPONSE']._serialized_end=1055
-  _globals['_GETMODELSTATSREQUEST']._serialized_start=1057
-  _globals['_GETMODELSTATSREQUEST']._serialized_end=1115
-  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1117
-  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1184
-  _globals['_MODELSERVICE']._serialized_start=1187
-  _globals['_MODELSERVICE']._serialized_end=1809
+  _globals['_LISTMODELSREQUEST']._serialized_end=338
+  _globals['_LISTMODELSRESPONSE']._serialized_start=340
+  _globals['_LISTMODELSRESPONSE']._serialized_end=425
+  _globals['_GETMODELREQUEST']._serialized_start=427
+  _globals['_GETMODELREQUEST']._serialized_end=464
+  _globals['_GETMODELRESPONSE']._serialized_start=466
+  _globals['_GETMODELRESPONSE']._serialized_end=523
+  _globals['_PREDICTREQUEST']._serialized_start=526
+  _globals['_PREDICTREQUEST']._serialized_end=798
+  _globals['_PREDICTRESPONSE']._serialized_start=800
+  _globals['_PREDICTRESPONSE']._serialized_end=871
+  _globals['_BATCHPREDICTREQUEST']._serialized_start=874
+  _globals['_BATCHPREDICTREQUEST']._serialized_end=1040
+  _globals['_BATCHPREDICTRESPONSE']._serialized_start=1042
+  _globals['_BATCHPREDICTRESPONSE']._serialized_end=1119
+  _globals['_GETMODELSTATSREQUEST']._serialized_start=1121
+  _globals['_GETMODELSTATSREQUEST']._serialized_end=1179
+  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1181
+  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1248
+  _globals['_MODELSERVICE']._serialized_start=1251
+  _globals['_MODELSERVICE']._serialized_end=1873
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,9 @@
 """Where jobs' result files are kept: NATS JetStream Object Store (default) or an S3-compatible store.
 
-Both answer the same three questions (is the file there, store it, read it); which one a gateway
-uses is ``results_url`` (``FERRY_GATEWAY_RESULTS_URL``). The Object Store needs no infrastructure
+Both answer the same three questions (is the file there, store it, read it); which one is used
+is a ``results_url`` setting (``FERRY_GATEWAY_RESULTS_URL`` for the gateway's result files and
+uploads, ``FERRY_JOBS_RESULTS_URL`` for the runner's executed notebooks: the same store). Shared
+here because both gateway and jobs write to it. The Object Store needs no infrastructure
 beyond the NATS that jobs already use; S3 suits files that should outlive NATS's storage or be
 read by other tools. boto3 is synchronous, so its calls run in a worker thread.
 """
@@ -56,16 +58,9 @@ class NatsResults:
 
     async def _store(self) -> ObjectStore:
         if self._bucket is None:
-            try:
-                self._bucket = await self._js.object_store(BUCKET)
-            except (BucketNotFoundError, NotFoundError):
-                config = ObjectStoreConfig(
-                    bucket=BUCKET,
-                    description="Ferry: one JSONL result file per finished job",
-                    ttl=KEEP_DAYS * 24 * 3600.0,
-                    storage=StorageType.FILE,
-                )
-                self._bucket = await self._js.create_object_store(BUCKET, config)
+            self._bucket = await object_store(
+                self._js, BUCKET, "Ferry: one JSONL result file per finished job", KEEP_DAYS
+            )
         return self._bucket
 
     async def exists(self, name: str) -> bool:
@@ -84,6 +79,17 @@ class NatsResults:
         except (ObjectNotFoundError, NotFoundError):
             raise KeyError(name) from None
         return found.data or b""
+
+
+async def object_store(js: JetStreamContext, bucket: str, description: str, keep_days: int) -> ObjectStore:
+    """The Object Store bucket ``bucket``, created (file storage, objects kept ``keep_days``) if missing."""
+    try:
+        return await js.object_store(bucket)
+    except (BucketNotFoundError, NotFoundError):
+        config = ObjectStoreConfig(
+            bucket=bucket, description=description, ttl=keep_days * 24 * 3600.0, storage=StorageType.FILE
+        )
+        return await js.create_object_store(bucket, config)
 
 
 class S3Results:

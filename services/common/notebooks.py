@@ -1,0 +1,92 @@
+"""Notebook jobs' shared vocabulary: the registry of runnable notebooks and how a job names one.
+
+Gateway and the jobs runner both read the registry (``FERRY_NOTEBOOKS``, the same variable for
+both): gateway to refuse an unknown name and count the notebook's code cells (a notebook job's
+items), the runner to find the file it executes. A notebook job travels as one ``JobItem`` whose
+model is ``notebook:<name>`` and whose input payload holds the parameters, on a subject of its
+own, so no model lane ever takes it. See docs/jobs.md, "Run-notebook jobs".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings
+
+from services.common.errors import NotFound
+from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX
+
+#: The work subject notebook jobs are queued on (in FERRY_WORK, beside the priority subjects).
+NOTEBOOK_SUBJECT = f"{JOB_ITEMS_SUBJECT_PREFIX}.notebook"
+#: A notebook job's model id is this prefix and the notebook's name (``notebook:report``).
+MODEL_PREFIX = "notebook:"
+#: Relative registry paths are read from the repository root, wherever a service was started.
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class NotebookSettings(BaseSettings):
+    """The notebooks jobs may run, by name (mixed into the gateway's and the runner's settings)."""
+
+    notebooks: dict[str, str] = Field(
+        default_factory=lambda: {"report": "notebooks/report.ipynb"},
+        validation_alias=AliasChoices("notebooks", "FERRY_NOTEBOOKS"),
+    )
+    """Name -> .ipynb path (JSON, e.g. ``{"report": "notebooks/report.ipynb"}``); relative paths are
+    from the repository root. Read from FERRY_NOTEBOOKS by gateway and runner alike."""
+
+    notebook_subject: str = Field(
+        default=NOTEBOOK_SUBJECT, validation_alias=AliasChoices("notebook_subject", "FERRY_NOTEBOOK_SUBJECT")
+    )
+    """Work subject gateway queues notebook jobs on and runners take them from (FERRY_NOTEBOOK_SUBJECT;
+    tests give each runner its own). An empty one turns a runner's notebook worker off."""
+
+    def notebook_path(self, name: str) -> Path:
+        """The file of the registered notebook ``name``.
+
+        Raises:
+            NotFound: no notebook of that name is registered.
+        """
+        path = self.notebooks.get(name)
+        if path is None:
+            known = ", ".join(sorted(self.notebooks)) or "none"
+            raise NotFound(
+                f"no notebook named {name!r} is registered (registered: {known}); "
+                "add it to FERRY_NOTEBOOKS as a JSON object of name -> .ipynb path",
+                reason="NOTEBOOK_NOT_FOUND",
+                metadata={"notebook": name},
+            )
+        return _ROOT / path
+
+
+def code_cell_count(path: Path) -> int:
+    """How many code cells the notebook at ``path`` has (a notebook job's items).
+
+    Raises:
+        NotFound: the file is missing or not an nbformat 4 notebook.
+    """
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        cells = document["cells"] if document.get("nbformat") == 4 else None
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        cells, problem = None, str(err)
+    else:
+        problem = "not an nbformat 4 notebook"
+    if not isinstance(cells, list):
+        raise NotFound(
+            f"the registered notebook {path} cannot be read ({problem}); fix FERRY_NOTEBOOKS",
+            reason="NOTEBOOK_NOT_FOUND",
+            metadata={"path": str(path)},
+        )
+    return sum(1 for cell in cells if isinstance(cell, dict) and cell.get("cell_type") == "code")
+
+
+def model_of(name: str) -> str:
+    """The model id a notebook job is recorded under."""
+    return f"{MODEL_PREFIX}{name}"
+
+
+def executed_notebook_name(job_id: str) -> str:
+    """Where a notebook job's executed notebook is kept in the result store."""
+    return f"{job_id}/notebook.ipynb"

@@ -21,6 +21,7 @@ from ferry.inference.v1 import inference_service_pb2
 from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
+from services.common.answers import copy_answer
 from services.common.errors import FerryError, InvalidArgument
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
@@ -48,17 +49,8 @@ def input_count(inputs: Sequence[types_pb2.Input], max_inputs: int) -> None:
 
 
 def answer_of(prediction: prediction_pb2.Prediction, result: inference_service_pb2.PredictResult) -> None:
-    """Copies the model's answer in ``result`` into ``prediction``, its timing too (total excepted).
-
-    Whatever the model answered travels: classes, an embedding, a JSON object, tensors, members.
-    """
-    prediction.classes.extend(result.classes)
-    prediction.embedding.extend(result.embedding)
-    if result.HasField("output"):
-        prediction.output.CopyFrom(result.output)
-    prediction.tensors.extend(result.tensors)
-    prediction.members.extend(result.members)
-    prediction.timing.CopyFrom(result.timing)
+    """Copies the model's answer in ``result`` into ``prediction`` (see ``services.common.answers``)."""
+    copy_answer(prediction, result)
 
 
 def item_record_id(kind: str, tenant: str, request_id: str, edge: Edge | None, index: int) -> uuid.UUID:
@@ -162,24 +154,4 @@ class BatchPredictor:
 
     def _checked(self, item: types_pb2.Input, index: int) -> types_pb2.Input:
         """One input, checked as a Predict checks its input; a problem is that input's own error."""
-        where = f"inputs[{index}]"
-        kind = item.WhichOneof("kind")
-        limit = self._settings.max_image_bytes
-        if kind is None:
-            raise InvalidArgument(
-                f"{where} is empty; send one of image, text, payload or tensor, for example "
-                "{image: {content: <base64>}}",
-                reason="MISSING_INPUT",
-                metadata={"field": where},
-            )
-        if kind == "image":
-            validation.image_content(item.image, limit, where=f"{where}.image")
-        elif kind == "text":
-            validation.text(item.text, where=f"{where}.text")
-        elif item.ByteSize() > limit:
-            raise InvalidArgument(
-                f"{where}.{kind} is {item.ByteSize()} bytes; the limit is {limit} bytes",
-                reason="INPUT_TOO_LARGE",
-                metadata={"field": f"{where}.{kind}", "max_bytes": str(limit)},
-            )
-        return item
+        return validation.input_item(item, self._settings.max_image_bytes, where=f"inputs[{index}]")

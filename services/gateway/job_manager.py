@@ -84,8 +84,9 @@ class JobManager:
         self.uploads = Uploads(js, settings.max_upload_bytes)
         """Manifests and zips that jobs name by reference (CreateUpload, CreateJob.manifest)."""
 
-    def max_item_image_bytes(self) -> int:
-        """The largest image a job input may carry: the image limit, or less if NATS takes less."""
+    def max_item_bytes(self) -> int:
+        """The largest image (or serialized payload or tensor) a job input may carry: the image
+        limit, or less if NATS takes less (each item travels as one work message)."""
         return min(self._settings.max_image_bytes, self._nc.max_payload - _ITEM_HEADROOM_BYTES)
 
     async def create(
@@ -125,7 +126,7 @@ class JobManager:
             validation.enum_value(request.priority, types_pb2.Priority, "priority") or _NORMAL
         )
         inputs = await self._inputs(tenant, request)
-        validation.job_inputs(inputs, s.max_job_items, self.max_item_image_bytes())
+        validation.job_inputs(inputs, s.max_job_items, self.max_item_bytes())
         await self._catalog.get(model)
 
         job_id = job_id_for_request(tenant, request_id) if request_id else new_id("job", tenant, edge)
@@ -168,9 +169,10 @@ class JobManager:
     async def _inputs(
         self, tenant: str, request: job_service_pb2.CreateJobRequest
     ) -> Sequence[types_pb2.Input]:
-        """The job's inputs with every image as bytes: inline ones (URLs fetched), or the manifest's."""
+        """The job's inputs with every image as bytes: inline ones (URLs fetched), or the manifest's
+        (images, texts, payloads, tensors)."""
         s = self._settings
-        get = fetcher.fetcher_for(s, self.max_item_image_bytes())
+        get = fetcher.fetcher_for(s, self.max_item_bytes())
         if request.manifest:
             if request.inputs:
                 raise InvalidArgument(
@@ -179,7 +181,7 @@ class JobManager:
                     metadata={"field": "manifest"},
                 )
             return await manifests.expand(
-                self.uploads, tenant, request.manifest, get, s.max_job_items, self.max_item_image_bytes()
+                self.uploads, tenant, request.manifest, get, s.max_job_items, self.max_item_bytes()
             )
         if len(request.inputs) <= s.max_job_items:  # images by URL are fetched here, once
             await fetcher.inline_images(fetcher.input_images(request.inputs), get)

@@ -49,16 +49,20 @@ def result_line(result: job_service_pb2.GetJobResultsResponse) -> bytes:
 
 
 def result_of(prediction: prediction_pb2.Prediction) -> job_service_pb2.GetJobResultsResponse:
-    """The result line of one item's record."""
+    """The result line of one item's record: its classes, embedding, JSON output or tensors."""
     result = job_service_pb2.GetJobResultsResponse(
         index=prediction.item_index,
         input=f"inputs[{prediction.item_index}]",
         state=prediction.state,
         classes=prediction.classes,
         prediction=prediction.name,
+        embedding=prediction.embedding,
+        tensors=prediction.tensors,
     )
     if prediction.HasField("error"):
         result.error.CopyFrom(prediction.error)
+    if prediction.HasField("output"):
+        result.output.CopyFrom(prediction.output)
     return result
 
 

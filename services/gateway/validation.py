@@ -128,15 +128,45 @@ def predict_input(request: model_service_pb2.PredictRequest, max_bytes: int) -> 
             metadata={"field": "image" if not present else present[1]},
         )
     field = present[0]
-    if field == "image":
+    if field == "image":  # the bytes only: an image by URL was fetched into content already
         return types_pb2.Input(image=types_pb2.Image(content=image_content(request.image, max_bytes)))
-    if field == "text":
-        return types_pb2.Input(text=text(request.text))
-    if field == "payload":
-        _serialized_size(request.payload, "payload", max_bytes)
-        return types_pb2.Input(payload=request.payload)
-    _serialized_size(request.tensor, "tensor", max_bytes)
-    return types_pb2.Input(tensor=request.tensor)
+    return input_item(types_pb2.Input(**{field: getattr(request, field)}), max_bytes)
+
+
+def input_item(item: types_pb2.Input, max_bytes: int, where: str = "") -> types_pb2.Input:
+    """Checks one input of any kind, as Predict checks its one: a kind set, present, within limits.
+
+    Used for each input of a BatchPredict and of a job, and for each line of a job's manifest, so
+    every path refuses the same inputs with the same reasons. Whether the model takes that kind
+    is not known here: inference says so per input (INVALID_ARGUMENT naming the kinds it takes).
+
+    Args:
+        item: the input.
+        max_bytes: the largest image, and the largest payload or tensor once serialized.
+        where: what the input is called in errors, for example ``"inputs[3]"``; empty for a
+            Predict, whose fields are named bare (``"text.content"``).
+
+    Raises:
+        InvalidArgument: MISSING_INPUT (no kind set), MISSING_IMAGE, IMAGE_TOO_LARGE,
+            MISSING_TEXT, TEXT_TOO_LONG, TOO_MANY_LABELS or INPUT_TOO_LARGE.
+    """
+    kind = item.WhichOneof("kind")
+    if kind is None:
+        shown = where or "the input"
+        raise InvalidArgument(
+            f"{shown} is empty; send one of image, text, payload or tensor, for example "
+            "{image: {content: <base64>}} or {text: {content: 'a sentence'}}",
+            reason="MISSING_INPUT",
+            metadata={"field": where or "input"},
+        )
+    field = f"{where}.{kind}" if where else kind
+    if kind == "image":
+        image_content(item.image, max_bytes, where=field)
+    elif kind == "text":
+        text(item.text, where=field)
+    else:
+        _serialized_size(getattr(item, kind), field, max_bytes)
+    return item
 
 
 def text(value: types_pb2.Text, where: str = "text") -> types_pb2.Text:
@@ -177,15 +207,17 @@ def _serialized_size(message: Message, where: str, max_bytes: int) -> None:
         )
 
 
-def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_image_bytes: int) -> None:
-    """Checks a job's inputs: 1 to ``max_items`` of them, each with an image within the limit.
+def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_bytes: int) -> None:
+    """Checks a job's inputs: 1 to ``max_items`` of them, each one a good input (``input_item``).
 
     Raises:
-        InvalidArgument: no inputs, too many, or an input (named by index) without a good image.
+        InvalidArgument: no inputs, too many, or an input (named by index) that is empty,
+            invalid or too large.
     """
     if not inputs:
         raise InvalidArgument(
-            "a job needs at least one input; send inputs: [{image: {content: ...}}, ...]",
+            "a job needs at least one input; send inputs: [{image: {content: ...}}, ...] "
+            "or [{text: {content: ...}}, ...]",
             reason="NO_INPUTS",
             metadata={"field": "inputs"},
         )
@@ -197,8 +229,7 @@ def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_image_byte
             metadata={"field": "inputs", "inputs": str(len(inputs)), "max_inputs": str(max_items)},
         )
     for index, item in enumerate(inputs):
-        image = item.image if item.WhichOneof("kind") == "image" else None
-        image_content(image, max_image_bytes, where=f"inputs[{index}].image")
+        input_item(item, max_bytes, where=f"inputs[{index}]")
 
 
 def request_id(value: str) -> str:

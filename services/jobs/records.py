@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
 from services.common import messaging
+from services.common.answers import copy_answer
 from services.common.errors import error_from_status
 from services.common.ids import item_record_id
 from services.common.tracing import current_trace_id
@@ -28,7 +29,8 @@ def record_id(job_id: uuid.UUID, item_index: int) -> str:
 def prediction_record(
     item: events_pb2.JobItem, job_id: uuid.UUID, outcome: Outcome
 ) -> prediction_pb2.Prediction:
-    """Builds the Prediction of ``item``: SUCCEEDED with classes and timing, or FAILED with the error.
+    """Builds the Prediction of ``item``: SUCCEEDED with the model's answer (classes, embedding, JSON
+    output, tensors) and timing, or FAILED with the error.
 
     Call it inside the item's span: the record carries the current trace id.
     """
@@ -41,8 +43,7 @@ def prediction_record(
     )
     if outcome.error is None and outcome.result is not None:
         prediction.state = prediction_pb2.PREDICTION_STATE_SUCCEEDED
-        prediction.classes.extend(outcome.result.classes)
-        prediction.timing.CopyFrom(outcome.result.timing)
+        copy_answer(prediction, outcome.result)
     else:
         prediction.state = prediction_pb2.PREDICTION_STATE_FAILED
         if outcome.error is not None:

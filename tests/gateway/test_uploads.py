@@ -77,6 +77,57 @@ async def test_a_manifest_expands_to_its_images_in_line_order(nats_url: str) -> 
         assert too_large.value.reason == "IMAGE_TOO_LARGE" and "line 1" in too_large.value.message
 
 
+async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = Uploads(js, max_bytes=10_000)
+        lines = [
+            {"text": "a cat asleep on a sofa"},
+            {"text": "a kitten", "candidate_labels": ["animal", "tax"]},
+            {"payload": {"image": "aGk=", "top_k": 2}},
+            {"tensor": {"datatype": "FP32", "shape": [2], "fp32_contents": [0.5, 1.5]}},
+            {"content": "Q0M="},
+        ]
+        manifest = await uploads.create("acme", pieces("\n".join(json.dumps(x) for x in lines).encode()))
+        inputs = await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+        assert [i.WhichOneof("kind") for i in inputs] == ["text", "text", "payload", "tensor", "image"]
+        assert inputs[0].text.content == "a cat asleep on a sofa" and not inputs[0].text.candidate_labels
+        assert list(inputs[1].text.candidate_labels) == ["animal", "tax"]
+        assert inputs[2].payload["image"] == "aGk=" and inputs[2].payload["top_k"] == 2
+        assert list(inputs[3].tensor.shape) == [2] and list(inputs[3].tensor.fp32_contents) == [0.5, 1.5]
+        assert inputs[4].image.content == b"CC"
+        assert [i.WhichOneof("kind") for i in inputs[1:3]] == ["text", "payload"]  # slices too
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "words"),
+    [
+        ('{"text": 42}', "INVALID_MANIFEST", '"text" must be a string'),
+        ('{"text": "x", "candidate_labels": "animal"}', "INVALID_MANIFEST", "list of strings"),
+        ('{"text": "x", "payload": {}}', "INVALID_MANIFEST", "one of these forms"),
+        ('{"candidate_labels": ["a"]}', "INVALID_MANIFEST", "one of these forms"),
+        ('{"payload": [1, 2]}', "INVALID_MANIFEST", "must be a JSON object"),
+        ('{"tensor": {"shape": "two"}}', "INVALID_MANIFEST", "ferry.types.v1.Tensor"),
+        ('{"text": "   "}', "MISSING_TEXT", "text.content is empty"),
+        ('{"text": "x", "candidate_labels": [' + ", ".join(['"l"'] * 65) + "]}", "TOO_MANY_LABELS", "64"),
+        ('{"payload": {"blob": "' + "x" * 2000 + '"}}', "INPUT_TOO_LARGE", "limit is 1000 bytes"),
+    ],
+)
+async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number(
+    nats_url: str, line: str, reason: str, words: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = Uploads(js, max_bytes=10_000)
+        good = json.dumps({"text": "fine"})
+        manifest = await uploads.create("acme", pieces("\n".join([good, "", line, good]).encode()))
+        with pytest.raises(InvalidArgument) as refused:
+            await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+        assert refused.value.reason == reason
+        assert f"{manifest.name} line 3: " in refused.value.message and words in refused.value.message
+        assert refused.value.metadata["field"] == "manifest"  # the request's field
+
+
 @pytest.mark.parametrize(
     ("data", "kind"),
     [(b'{"content": "aGk="}\n', "jsonl"), (zipped({"a.jpg": b"A"}), "zip")],

@@ -70,27 +70,75 @@ def test_oversized_image_names_the_limit() -> None:
 
 
 def test_job_needs_at_least_one_input() -> None:
-    error = invalid(validation.job_inputs, [], max_items=10, max_image_bytes=MiB)
+    error = invalid(validation.job_inputs, [], max_items=10, max_bytes=MiB)
     assert "a job needs at least one input" in error.message
 
 
 def test_job_with_too_many_inputs_names_the_limit() -> None:
-    error = invalid(validation.job_inputs, [image_input(b"x")] * 3, max_items=2, max_image_bytes=MiB)
+    error = invalid(validation.job_inputs, [image_input(b"x")] * 3, max_items=2, max_bytes=MiB)
     assert "at most 2 inputs" in error.message
 
 
 def test_job_input_errors_name_the_index() -> None:
     inputs = [image_input(b"ok"), image_input(b"ok"), types_pb2.Input()]
-    assert (
-        "inputs[2].image" in invalid(validation.job_inputs, inputs, max_items=10, max_image_bytes=MiB).message
-    )
+    error = invalid(validation.job_inputs, inputs, max_items=10, max_bytes=MiB)
+    assert error.reason == "MISSING_INPUT" and error.message.startswith("inputs[2] is empty")
+    assert error.metadata["field"] == "inputs[2]"
+    inputs = [image_input(b"ok"), types_pb2.Input(image=types_pb2.Image())]
+    error = invalid(validation.job_inputs, inputs, max_items=10, max_bytes=MiB)
+    assert error.reason == "MISSING_IMAGE" and "inputs[1].image" in error.message
     inputs = [image_input(b"ok"), image_input(b"x" * 11)]
-    error = invalid(validation.job_inputs, inputs, max_items=10, max_image_bytes=10)
+    error = invalid(validation.job_inputs, inputs, max_items=10, max_bytes=10)
     assert "inputs[1].image" in error.message and "10 bytes" in error.message
 
 
+def text_input(content: str, labels: tuple[str, ...] = ()) -> types_pb2.Input:
+    return types_pb2.Input(text=types_pb2.Text(content=content, candidate_labels=labels))
+
+
+def payload_input(**fields: str | float) -> types_pb2.Input:
+    item = types_pb2.Input()
+    item.payload.update(fields)
+    return item
+
+
+def test_a_job_takes_every_kind_of_input_a_predict_takes() -> None:
+    tensor = types_pb2.Tensor(datatype="FP32", shape=[2], fp32_contents=[1.0, 2.0])
+    inputs = [
+        image_input(b"jpeg"),
+        text_input("a cat on a sofa"),
+        text_input("a cat on a sofa", ("animal", "tax")),
+        payload_input(image="abc", top_k=2),
+        types_pb2.Input(tensor=tensor),
+    ]
+    validation.job_inputs(inputs, max_items=5, max_bytes=100)
+
+
+@pytest.mark.parametrize(
+    ("item", "reason", "field"),
+    [
+        (text_input("  "), "MISSING_TEXT", "inputs[1].text.content"),
+        (text_input("x" * (validation.MAX_TEXT_CHARS + 1)), "TEXT_TOO_LONG", "inputs[1].text.content"),
+        (text_input("x", ("l",) * 65), "TOO_MANY_LABELS", "inputs[1].text.candidate_labels"),
+        (payload_input(blob="x" * 200), "INPUT_TOO_LARGE", "inputs[1].payload"),
+        (
+            types_pb2.Input(tensor=types_pb2.Tensor(datatype="FP32", shape=[64], fp32_contents=[0.0] * 64)),
+            "INPUT_TOO_LARGE",
+            "inputs[1].tensor",
+        ),
+    ],
+)
+def test_a_bad_job_input_of_any_kind_is_refused_naming_its_index_and_field(
+    item: types_pb2.Input, reason: str, field: str
+) -> None:
+    error = invalid(validation.job_inputs, [text_input("fine"), item], max_items=10, max_bytes=100)
+    assert error.reason == reason
+    assert error.metadata["field"] == field
+    assert field in error.message
+
+
 def test_good_job_inputs_pass() -> None:
-    validation.job_inputs([image_input(b"a"), image_input(b"b")], max_items=2, max_image_bytes=1)
+    validation.job_inputs([image_input(b"a"), image_input(b"b")], max_items=2, max_bytes=1)
 
 
 def test_request_id_length_is_limited() -> None:

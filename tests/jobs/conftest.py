@@ -85,7 +85,7 @@ class Harness:
         self,
         job_id: uuid.UUID,
         index: int,
-        content: bytes,
+        content: bytes | types_pb2.Input,
         *,
         model: str = "efficientnet-lite0",
         top_k: int = 3,
@@ -94,14 +94,16 @@ class Harness:
         subject: str | None = None,
     ) -> None:
         """Publishes a job item the way gateway does (Nats-Msg-Id ``{job}:{index}``, traceparent),
-        on the harness's subject unless told another."""
+        on the harness's subject unless told another; ``content`` is an image's bytes or any Input."""
         item = events_pb2.JobItem(
             tenant="acme",
             job_id=str(job_id),
             item_index=index,
             model=model,
             top_k=top_k,
-            input=types_pb2.Input(image=types_pb2.Image(content=content)),
+            input=content
+            if isinstance(content, types_pb2.Input)
+            else types_pb2.Input(image=types_pb2.Image(content=content)),
             generation=generation,
         )
         msg_id = msg_id or messaging.with_generation(f"{job_id}:{index}", generation)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,12 +13,11 @@ from opentelemetry import trace
 from PIL import Image
 from skimage import data as skimage_data
 
-from devstack.health import wait_grpc_serving
-from devstack.infra import ManagedProcess, free_port
 from ferry.predictions.v1 import prediction_pb2
 from services.common.ids import item_record_id
 from tests.e2e.expectations import CAT_CLASSES, ESPRESSO
 from tests.jobs.conftest import Harness
+from tests.jobs.inference_process import real_inference_process
 
 
 def jpeg(pixels: np.ndarray) -> bytes:
@@ -32,20 +29,8 @@ def jpeg(pixels: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 async def real_inference(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """``python -m services.inference`` on a free port, CPU, real weights; yields its target."""
-    port = free_port()
-    env = {
-        "FERRY_INFERENCE_GRPC_PORT": str(port),
-        "FERRY_INFERENCE_METRICS_PORT": "0",
-        "FERRY_INFERENCE_DEVICE": "cpu",
-        "FERRY_INFERENCE_WARMUP_BATCHES": "1",
-    }
-    logs: Path = tmp_path_factory.mktemp("inference-logs")
-    process = ManagedProcess.start("inference", [".venv/bin/python", "-m", "services.inference"], logs, env)
-    try:
-        await asyncio.to_thread(wait_grpc_serving, f"127.0.0.1:{port}", process, 300)
-        yield f"127.0.0.1:{port}"
-    finally:
-        await asyncio.to_thread(process.stop)
+    async with real_inference_process(tmp_path_factory.mktemp("inference-logs")) as target:
+        yield target
 
 
 async def test_job_items_run_on_the_real_model(harness: Harness, real_inference: str) -> None:

@@ -8,6 +8,7 @@ the whole path by tests/e2e/test_job_features.py); what is tested here is the fi
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -162,3 +163,28 @@ async def test_a_running_job_has_no_result_file_yet(js: JetStreamContext) -> Non
     results = JobResults(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
     with pytest.raises(FailedPrecondition):
         await lines(results, job.name)
+
+
+async def test_lines_carry_embeddings_json_outputs_and_tensors(js: JetStreamContext) -> None:
+    job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", state=job_pb2.JOB_STATE_SUCCEEDED, items_total=3)
+    ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    embedded = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}", job=job.name, item_index=0, state=ok, embedding=[0.6, 0.8]
+    )
+    answered = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}", job=job.name, item_index=1, state=ok
+    )
+    answered.output.update({"agreed": True, "label": "espresso"})
+    tensor = types_pb2.Tensor(name="logits", datatype="FP32", shape=[2], fp32_contents=[0.25, 0.75])
+    tensors = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}", job=job.name, item_index=2, state=ok, tensors=[tensor]
+    )
+    results = JobResults(RecordsOf(job, [embedded, answered, tensors]), result_store("", js))  # type: ignore[arg-type]
+
+    parsed = [r async for r in results.read("acme", job.name)]
+    assert list(parsed[0].embedding) == pytest.approx([0.6, 0.8])
+    assert parsed[1].output["label"] == "espresso" and parsed[1].output["agreed"] is True
+    assert not parsed[0].HasField("output") and not parsed[1].embedding
+    assert list(parsed[2].tensors[0].fp32_contents) == [0.25, 0.75]
+    line = json.loads((await lines(results, job.name))[1])
+    assert line["output"] == {"agreed": True, "label": "espresso"}

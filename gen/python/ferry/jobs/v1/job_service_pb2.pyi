@@ -149,20 +149,26 @@ class GetJobResultsRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class GetJobResultsResponse(_message.Message):
-    __slots__ = ("index", "input", "state", "classes", "error", "prediction")
+    __slots__ = ("index", "input", "state", "classes", "error", "prediction", "embedding", "output", "tensors")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
     index: int
     input: str
     state: _prediction_pb2.PredictionState
     classes: _containers.RepeatedCompositeFieldContainer[_types_pb2.ClassScore]
     error: _status_pb2.Status
     prediction: str
-    def __init__(self, index: _Optional[int] = ..., input: _Optional[str] = ..., state: _Optional[_Union[_prediction_pb2.PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., prediction: _Optional[str] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    output: _struct_pb2.Struct
+    tensors: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    def __init__(self, index: _Optional[int] = ..., input: _Optional[str] = ..., state: _Optional[_Union[_prediction_pb2.PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., prediction: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ...) -> None: ...
 
 class CreateUploadRequest(_message.Message):
     __slots__ = ("body",)

@@ -1,0 +1,32 @@
+"""The real inference service for runner tests: ``python -m services.inference`` on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from devstack.health import wait_grpc_serving
+from devstack.infra import ManagedProcess, free_port
+
+
+@asynccontextmanager
+async def real_inference_process(logs: Path, models: str = "") -> AsyncIterator[str]:
+    """Runs inference on CPU with real weights (``models``, comma-separated, or its default ones)
+    until the block ends; yields its gRPC target."""
+    port = free_port()
+    env = {
+        "FERRY_INFERENCE_GRPC_PORT": str(port),
+        "FERRY_INFERENCE_METRICS_PORT": "0",
+        "FERRY_INFERENCE_DEVICE": "cpu",
+        "FERRY_INFERENCE_WARMUP_BATCHES": "1",
+    }
+    if models:
+        env["FERRY_INFERENCE_MODELS"] = models
+    process = ManagedProcess.start("inference", [".venv/bin/python", "-m", "services.inference"], logs, env)
+    try:
+        await asyncio.to_thread(wait_grpc_serving, f"127.0.0.1:{port}", process, 300)
+        yield f"127.0.0.1:{port}"
+    finally:
+        await asyncio.to_thread(process.stop)

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common.settings import ServiceSettings
-from services.inference.models.config import DEFAULT_MODELS_FILE
+from services.inference.models.config import DEFAULT_GRAPH, DEFAULT_MODELS_FILE, Graph
 
 
 class InferenceSettings(ServiceSettings):
@@ -55,10 +55,23 @@ class InferenceSettings(ServiceSettings):
     a 50-megapixel PNG still decodes for about 3 s on one core here, and 169 M took 12 s and 1 GB."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads torch uses on CPU; 0 keeps torch's default (one per core)."""
+    openmp_spin_count: int = Field(default=10_000, ge=0)
+    """How long torch's idle OpenMP threads spin for the next operation before they sleep
+    (``GOMP_SPINCOUNT``, rounds; 10,000 is about 0.1 ms). GNU OpenMP's own default spins 300,000
+    (about 3 ms): fine when torch has the cores to itself, but beside the decode threads, the
+    gateway and the rest of the stack a spinning thread holds the core its partner needs. 0 sleeps
+    at once (``OMP_WAIT_POLICY=passive``), which costs about 6 ms on a batch-1 forward pass here.
+    An explicit ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` in the environment wins."""
     decode_threads: int = Field(default=2, ge=1)
     """Threads that decode and preprocess images, off the event loop."""
     warmup_batches: int = Field(default=2, ge=0)
     """Dummy full batches each model runs before the service reports SERVING."""
+    graph: Graph = DEFAULT_GRAPH
+    """How forward passes run, for models that support a graph (the image classifiers):
+    ``torchscript`` traces and freezes the module at load; ``eager`` runs it layer by layer. An
+    eager module takes Python's GIL back between layers, and each time it can wait up to the
+    interpreter's switch interval (5 ms) for the gRPC and decode threads: on this 2-core machine
+    that doubled efficientnet-lite0's forward pass inside the service (docs/benchmarks.md)."""
 
     @field_validator("models", mode="before")
     @classmethod

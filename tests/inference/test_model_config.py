@@ -67,6 +67,20 @@ def test_the_environment_overrides_the_file_which_overrides_the_defaults(
         model_configs(InferenceSettings(models_file=path))
 
 
+def test_the_graph_is_torchscript_unless_a_model_or_the_service_says_eager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = models_file(tmp_path, '[models.efficientnet-lite0]\n[models.mobilenet-v2]\ngraph = "eager"\n')
+    names = ["efficientnet-lite0", "mobilenet-v2"]
+    graphs = [c.graph for c in model_configs(InferenceSettings(models_file=path, models=names))]
+    assert graphs == ["torchscript", "eager"]
+    service_wide = InferenceSettings(models_file=path, models=names, graph="eager")
+    assert [c.graph for c in model_configs(service_wide)] == ["eager", "eager"]
+    monkeypatch.setenv(env_key("efficientnet-lite0", "graph"), "onnx")
+    with pytest.raises(ModelsFileError, match="graph"):
+        model_configs(InferenceSettings(models_file=path, models=names))
+
+
 @pytest.fixture
 def broken_package(tmp_path: Path) -> Iterator[None]:
     """An installed distribution whose model imports a package that is not installed."""

@@ -20,7 +20,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,7 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.toml"
 
 #: Fields that fall back to the service-wide setting of the same name when a model leaves them out.
-INHERITED = ("device", "max_batch_size", "max_batch_delay_ms", "max_queue", "warmup_batches")
+INHERITED = ("device", "max_batch_size", "max_batch_delay_ms", "max_queue", "warmup_batches", "graph")
+
+#: How a model's forward pass runs (``graph``): see ``ModelConfig.graph``.
+Graph = Literal["torchscript", "eager"]
+DEFAULT_GRAPH: Graph = "torchscript"
 
 
 class ModelConfig(BaseModel):
@@ -50,6 +54,11 @@ class ModelConfig(BaseModel):
     instances: int = Field(default=1, ge=1, le=16)
     """Forward passes of this model that may run at once in one process (threads)."""
     warmup_batches: int | None = Field(default=None, ge=0)
+    graph: Graph = DEFAULT_GRAPH
+    """``torchscript``: models that support it (the image classifiers) trace and freeze their
+    module at load, so a forward pass is one call that releases Python's GIL for its whole length;
+    ``eager``: the module runs layer by layer from Python. Left out of the file:
+    FERRY_INFERENCE_GRAPH."""
     members: tuple[str, ...] = ()
     """Non-empty: an ensemble of these models (mean of their class probabilities)."""
     requires: tuple[str, ...] = ()

@@ -13,6 +13,8 @@
   its gRPC port), and Ferry's REST predict vs a seed-style FastAPI endpoint (one image per request).
   Targets: throughput >= 1.2x and p99 <= 0.7x vs MLServer; throughput >= 1.3x vs FastAPI.
 * ``service``: the inference service alone over gRPC (no Envoy, gateway or records) vs the raw model.
+* ``graph``: the inference service alone at N clients with the image model traced (``torchscript``,
+  the default) and eager, in turn: what tracing is worth once gRPC and decoding share the GIL.
 
 Every row uses the same load client (``benchmarks.e2e.measure``: N threads, closed loop, one
 451x300 JPEG per request, a fixed number of requests), and every server runs alone in its turn on
@@ -296,6 +298,7 @@ def batching(image: bytes, requests: int) -> None:
 def peers(image: bytes, requests: int, clients: int) -> None:
     """P4: Ferry vs MLServer (OIP gRPC) and vs a FastAPI endpoint (REST), same client, in turn."""
     from benchmarks.peers import servers  # only this benchmark needs the peers' environment
+    from benchmarks.peers.model import GRAPH_VARIABLE
 
     if why := servers.missing():
         sys.exit(why)
@@ -319,7 +322,15 @@ def peers(image: bytes, requests: int, clients: int) -> None:
     # Its defaults, then one torch thread: on a busy 2-core machine MLServer's worker process ran
     # forward passes 100x slower with torch's 2 OpenMP threads than with one. The better of the two
     # is the reference, so the ratios never flatter Ferry.
-    for name, env in (("", {}), (", 1 torch thread", {"OMP_NUM_THREADS": "1"})):
+    # And the module traced and frozen by hand, as Ferry does by default: the reference is then
+    # whatever a peer's user could reach with the same model work.
+    variants: tuple[tuple[str, dict[str, str]], ...] = (
+        ("", {}),
+        (", 1 torch thread", {"OMP_NUM_THREADS": "1"}),
+        (", traced", {GRAPH_VARIABLE: "torchscript"}),
+        (", traced, 1 torch thread", {GRAPH_VARIABLE: "torchscript", "OMP_NUM_THREADS": "1"}),
+    )
+    for name, env in variants:
         with servers.mlserver(env) as peer:
             call = oip_call(peer.grpc_target, image)
             row = f"MLServer 1.7 OIP gRPC, {clients} clients{name}"
@@ -367,11 +378,12 @@ def inference_process(settings: dict[str, str]) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def service(image: bytes, requests: int, clients: int) -> None:
-    """The inference service alone over gRPC, 1 and N clients, vs the raw model."""
-    base, best = raw_batch1(image, requests), raw_best(image, requests)
+def service_rows(
+    image: bytes, requests: int, clients: tuple[int, ...], settings: dict[str, str], label: str = ""
+) -> list[Result]:
+    """The inference service alone (``settings``: its FERRY_INFERENCE_* fields) at each client count."""
     rows: list[Result] = []
-    with inference_process({}) as target, grpc.insecure_channel(target) as channel:
+    with inference_process(settings) as target, grpc.insecure_channel(target) as channel:
         stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
         request = inference_service_pb2.PredictRequest(
             model=MODEL, inputs=[types_pb2.Input(image=types_pb2.Image(content=image))], top_k=5
@@ -380,10 +392,24 @@ def service(image: bytes, requests: int, clients: int) -> None:
         def call() -> object:
             return stub.Predict(request, timeout=60)
 
-        for n in (1, clients):
-            rows.append(measure(f"Ferry inference gRPC (no edge), {n} client(s)", call, requests, n))
+        for n in clients:
+            rows.append(measure(f"Ferry inference gRPC (no edge), {n} client(s){label}", call, requests, n))
+    return rows
+
+
+def service(image: bytes, requests: int, clients: int) -> None:
+    """The inference service alone over gRPC, 1 and N clients, vs the raw model."""
+    base, best = raw_batch1(image, requests), raw_best(image, requests)
+    rows = service_rows(image, requests, (1, clients), {})
     table("inference service alone (ratio: vs the raw model's best batch)", [base, best, *rows], best)
     print(f"1 client p50 overhead vs raw batch 1: {rows[0].p50_ms - base.p50_ms:+.1f} ms")
+
+
+def graph(image: bytes, requests: int, clients: int) -> None:
+    """The inference service alone at ``clients``: traced graph vs eager module, in turn."""
+    traced = service_rows(image, requests, (clients,), {"GRAPH": "torchscript"}, ", torchscript")
+    eager = service_rows(image, requests, (clients,), {"GRAPH": "eager"}, ", eager")
+    table("traced graph vs eager module (ratio: vs eager)", [*traced, *eager], eager[0])
 
 
 def main() -> None:
@@ -394,7 +420,7 @@ def main() -> None:
         "benchmark",
         nargs="?",
         default="service",
-        choices=["overhead", "throughput", "batching", "peers", "service"],
+        choices=["overhead", "throughput", "batching", "peers", "service", "graph"],
     )
     parser.add_argument("--requests", type=int, default=240, help="requests per row (bounded)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (peers, service)")
@@ -420,6 +446,8 @@ def main() -> None:
         batching(image, requests)
     elif args.benchmark == "peers":
         peers(image, requests, args.clients)
+    elif args.benchmark == "graph":
+        graph(image, requests, args.clients)
     else:
         service(image, requests, args.clients)
     print(f"\nmachine after: {machine()}")

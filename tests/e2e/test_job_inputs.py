@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tests.e2e.conftest import API_KEY
 from tests.e2e.rest import Rest, b64
+from tests.e2e.stack import FERRY
 from tests.e2e.test_jobs import wait_finished
 from tests.e2e.test_keys import ferry_cli
 from tests.e2e.test_uploads import ferry
@@ -124,3 +128,43 @@ def test_a_kind_the_model_cannot_take_fails_that_item(rest: Rest, cat_jpeg: byte
     failed = items(rest, job["name"])[1]
     assert failed["error"]["code"] == 3  # INVALID_ARGUMENT
     assert "takes image or tensor" in failed["error"]["message"], failed
+
+
+def test_the_cli_predicts_and_runs_jobs_of_texts_and_json(
+    stack: dict[str, Any], tmp_path: Path, coffee_jpeg: bytes
+) -> None:
+    embedded = ferry(stack, "predict", "--text", CAT)
+    assert embedded["model"] == "models/minilm" and len(embedded["embedding"]) == 384
+    ranked = ferry(stack, "predict", "--text", CAT, "--label", "weather", "--label", "animal")
+    assert [c["label"] for c in ranked["classes"]] == ["animal", "weather"]
+    answer = ferry(stack, "predict", "--model", "agree", "--json", json.dumps({"image": b64(coffee_jpeg)}))
+    assert answer["agreed"] is True and answer["label"] == "espresso", answer
+    done = ferry(
+        stack,
+        "job",
+        "--text",
+        CAT,
+        "--text",
+        "stock prices fell",
+        "--label",
+        "animal",
+        "--label",
+        "finance",
+        "--wait",
+    )
+    assert (done["model"], done["state"], done["items_succeeded"]) == (
+        "models/minilm",
+        "JOB_STATE_SUCCEEDED",
+        2,
+    ), done
+    results = ferry_cli(stack, "results", done["name"])
+    assert isinstance(results, list)
+    assert [r["classes"][0]["label"] for r in results] == ["animal", "finance"]
+
+
+def test_the_cli_refuses_a_predict_of_two_inputs_or_labels_without_a_text(stack: dict[str, Any]) -> None:
+    env = {**os.environ, "FERRY_API_KEY": API_KEY, "FERRY_TARGET": stack["grpc_target"]}
+    for args in (["predict", "--text", "a", "--text", "b"], ["job", "--label", "animal"], ["predict"]):
+        done = subprocess.run([FERRY, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, (args, done.stdout)
+        assert "--text" in done.stderr or "one input" in done.stderr, done.stderr

@@ -14,7 +14,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
 from ferry_client import export, keys
-from ferry_client.client import FerryClient, FerryError
+from ferry_client.client import FerryClient, FerryError, payload_input, text_input
 from ferry_client.progress import watch
 
 
@@ -49,6 +49,11 @@ def _print(message: Message) -> None:
     )
 
 
+#: The model an image (or a text) goes to when no --model is given.
+IMAGE_MODEL = "efficientnet-lite0"
+TEXT_MODEL = "minilm"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
     parser.add_argument("--target", default=_default_target(), help="host:port of Envoy or gateway")
@@ -80,9 +85,12 @@ def _parser() -> argparse.ArgumentParser:
             help="postgres, nats, store, inference, jobs, gateway or envoy",
         )
     sub.add_parser("models", help="list the served models")
-    predict = sub.add_parser("predict", help="classify one image file")
-    predict.add_argument("image", type=Path)
-    predict.add_argument("--model", default="efficientnet-lite0")
+    predict = sub.add_parser(
+        "predict", help="predict one input: an image file, a --text (minilm) or a --json object"
+    )
+    predict.add_argument("image", type=Path, nargs="?")
+    _input_arguments(predict)
+    predict.add_argument("--model", default="", help="default: efficientnet-lite0, minilm for --text")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
     get = sub.add_parser("get", help="read a prediction or job by name (predictions/ID, jobs/ID)")
@@ -115,12 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply store's database migrations to FERRY_STORE_DATABASE_URL and exit")
     upload = sub.add_parser("upload", help="upload a JSONL manifest or a zip of images for a job to name")
     upload.add_argument("file", type=Path)
-    job = sub.add_parser("job", help="submit a batch job of image files (or of an upload: --manifest)")
+    job = sub.add_parser(
+        "job", help="submit a batch job of image files, --text or --json items (or an upload: --manifest)"
+    )
     job.add_argument("images", type=Path, nargs="*")
+    _input_arguments(job, many=True)
     job.add_argument(
         "--manifest", default="", help="uploads/ID (from `ferry upload`): its entries are the items"
     )
-    job.add_argument("--model", default="efficientnet-lite0")
+    job.add_argument("--model", default="", help="default: efficientnet-lite0, minilm for --text")
     job.add_argument(
         "--notebook", default="", help="run this registered notebook (papermill) instead of a model"
     )
@@ -199,9 +210,53 @@ def _local(args: argparse.Namespace) -> int:
     return act(_state_dir(), args.command, args.names)
 
 
+def _input_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """``--text``, ``--label`` and ``--json``: the inputs that are not image files."""
+    each = " (repeat for more items)" if many else ""
+    parser.add_argument("--text", action="append", default=[], help=f"a text to embed{each}")
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        help="with --text: a candidate label; the text's labels are ranked zero-shot (repeat)",
+    )
+    parser.add_argument(
+        "--json",
+        action="append",
+        default=[],
+        type=_json_object,
+        metavar="OBJECT",
+        help=f"a JSON object for a JSON model, e.g. --model agree{each}",
+    )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("give a JSON object, {...}")
+    return value
+
+
+def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One kind of input per predict; a job's items need an image, a text, a JSON object or a manifest."""
+    if args.command == "predict":
+        given = [bool(args.image), bool(args.text), bool(args.json)]
+        if sum(given) != 1 or len(args.text) > 1 or len(args.json) > 1:
+            parser.error("predict takes one input: an image file, one --text or one --json")
+        if args.json and not args.model:
+            parser.error("--json needs --model (a JSON model, e.g. agree)")
+    if args.command in ("predict", "job") and args.label and not args.text:
+        parser.error("--label ranks the labels of a --text; give one")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ferry`` command."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_inputs(parser, args)
     if args.command in LOCAL_COMMANDS:
         return 2 if _full_install_missing(args.command) else _local(args)
     with FerryClient(args.target, _api_key(args.api_key)) as ferry:
@@ -209,8 +264,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "models":
                 for model in ferry.list_models():
                     _print(model)
+            elif args.command == "predict" and args.text:
+                [text] = args.text
+                text_model = args.model or TEXT_MODEL
+                _print(ferry.predict_text(text, text_model, args.label, args.top_k, args.request_id))
+            elif args.command == "predict" and args.json:
+                [payload] = args.json
+                print(json.dumps(ferry.predict_json(payload, args.model, args.request_id), indent=2))
             elif args.command == "predict":
-                _print(ferry.predict(args.image, args.model, args.top_k, args.request_id))
+                _print(ferry.predict(args.image, args.model or IMAGE_MODEL, args.top_k, args.request_id))
             elif args.command == "get":
                 is_job = args.name.startswith("jobs/")
                 _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))
@@ -229,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
                 created = ferry.create_notebook_job(args.notebook, _params(args.param), args.request_id)
                 _print(watch(ferry, created.name) if args.wait else created)
             elif args.command == "job":
+                items = [*args.images, *(text_input(t, args.label) for t in args.text)]
+                items += [payload_input(p) for p in args.json]
+                job_model = args.model or (TEXT_MODEL if args.text else IMAGE_MODEL)
                 created = ferry.create_job(
-                    args.images, args.model, args.top_k, args.request_id, args.priority, args.manifest
+                    items, job_model, args.top_k, args.request_id, args.priority, args.manifest
                 )
                 _print(watch(ferry, created.name) if args.wait else created)
             elif args.command == "watch":

@@ -92,6 +92,23 @@ def _image(image: bytes | str | Path) -> types_pb2.Image:
     return types_pb2.Image(content=content)
 
 
+def text_input(text: str, candidate_labels: Sequence[str] = ()) -> types_pb2.Input:
+    """A text input (for ``create_job``): embedded, or ranked zero-shot against ``candidate_labels``."""
+    return types_pb2.Input(text=types_pb2.Text(content=text, candidate_labels=list(candidate_labels)))
+
+
+def payload_input(payload: dict[str, Any]) -> types_pb2.Input:
+    """A JSON object input (for ``create_job``) for a JSON model (a notebook-backed one)."""
+    item = types_pb2.Input()
+    item.payload.update(payload)
+    return item
+
+
+def _input(item: bytes | str | Path | types_pb2.Input) -> types_pb2.Input:
+    """An input as sent: an ``Input`` as built, anything else an image (bytes or a file path)."""
+    return item if isinstance(item, types_pb2.Input) else types_pb2.Input(image=_image(item))
+
+
 def _timestamp(value: datetime | str) -> Timestamp:
     stamp = Timestamp()
     if isinstance(value, str):
@@ -282,7 +299,7 @@ class FerryClient:
 
     def create_job(
         self,
-        images: Sequence[bytes | str | Path],
+        images: Sequence[bytes | str | Path | types_pb2.Input],
         model: str = "efficientnet-lite0",
         top_k: int = 5,
         request_id: str = "",
@@ -294,10 +311,11 @@ class FerryClient:
         ``priority`` is ``high``, ``normal`` or ``low``: runners take higher priorities first
         under a backlog, without starving lower ones. ``manifest`` (``uploads/ID``, from
         ``upload``) gives the items by reference instead of ``images`` (pass none then).
+        ``images`` may also hold other inputs, built with ``text_input`` or ``payload_input``.
         """
         request = job_service_pb2.CreateJobRequest(
             model=_model_name(model),
-            inputs=[types_pb2.Input(image=_image(i)) for i in images],
+            inputs=[_input(i) for i in images],
             top_k=top_k,
             request_id=request_id,
             priority=f"PRIORITY_{priority.upper()}",

@@ -251,15 +251,40 @@ def verdict(name: str, value: float, target: str, met: bool) -> None:
 
 
 def overhead(image: bytes, requests: int) -> None:
-    """P1: REST through Envoy, one client, vs the same work in-process."""
+    """P1: REST through Envoy, one client, vs the same work in-process; and where the time goes.
+
+    The same request, one client, enters the stack one hop further out each row: inference's own
+    port, the gateway's (auth, admission, the inference hop, the awaited record), Envoy's gRPC
+    (passed through), Envoy's REST (JSON transcoded). Each row's p50 minus the one before is that
+    layer's cost.
+    """
     base = raw_batch1(image, requests)
     with ferry_stack() as endpoints:
-        ferry = measure(
-            "Ferry REST via Envoy, 1 client", rest_call(endpoints.http_url, API_KEY, image), requests, 1
-        )
-    table("P1 overhead", [base, ferry])
-    extra = ferry.p50_ms - base.p50_ms
+        inference = inference_call(f"127.0.0.1:{endpoints.services['inference']['grpc_port']}", image)
+        rows = [measure("Ferry inference gRPC (no edge)", inference, requests, 1)]
+        gateway = f"127.0.0.1:{endpoints.services['gateway']['grpc_port']}"
+        hops = (("Ferry gateway gRPC", gateway), ("Ferry gRPC via Envoy", endpoints.grpc_target))
+        for name, target in hops:
+            with FerryClient(target, API_KEY, timeout_s=60) as ferry:
+                rows.append(measure(name, lambda ferry=ferry: ferry.predict(image), requests, 1))
+        rest = rest_call(endpoints.http_url, API_KEY, image)
+        rows.append(measure("Ferry REST via Envoy, 1 client", rest, requests, 1))
+    table("P1 overhead", [base, *rows])
+    print("\nwhere the time goes (p50, each row minus the one before):")
+    for before, after in zip([base, *rows], rows, strict=False):
+        print(f"  {after.name:<40} {after.p50_ms - before.p50_ms:+6.1f} ms")
+    extra = rows[-1].p50_ms - base.p50_ms
     verdict("P1 p50 overhead ms", extra, "<= 3 ms, stretch 1.5 ms", extra <= 3.0)
+
+
+def inference_call(target: str, image: bytes) -> Callable[[], object]:
+    """One Predict of one image on an inference service's port (no Envoy, gateway or record)."""
+    channel = grpc.insecure_channel(target)
+    stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    request = inference_service_pb2.PredictRequest(
+        model=MODEL, inputs=[types_pb2.Input(image=types_pb2.Image(content=image))], top_k=5
+    )
+    return lambda: stub.Predict(request, timeout=60)
 
 
 def grpc_rows(
@@ -383,15 +408,8 @@ def service_rows(
 ) -> list[Result]:
     """The inference service alone (``settings``: its FERRY_INFERENCE_* fields) at each client count."""
     rows: list[Result] = []
-    with inference_process(settings) as target, grpc.insecure_channel(target) as channel:
-        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
-        request = inference_service_pb2.PredictRequest(
-            model=MODEL, inputs=[types_pb2.Input(image=types_pb2.Image(content=image))], top_k=5
-        )
-
-        def call() -> object:
-            return stub.Predict(request, timeout=60)
-
+    with inference_process(settings) as target:
+        call = inference_call(target, image)
         for n in clients:
             rows.append(measure(f"Ferry inference gRPC (no edge), {n} client(s){label}", call, requests, n))
     return rows

@@ -46,8 +46,9 @@ from ferry.types.v1 import types_pb2
 from services.common.ids import uuid7
 from services.common.messaging import EVENTS_STREAM, PREDICTIONS_SUBJECT, connect, ensure_streams
 from services.common.tasks import spawn
+from services.common.tracing import setup_tracing
 from services.store import codec
-from services.store.ingest import Ingestor, Writer, write_batch
+from services.store.ingest import Ingestor, Writer, tune_gc, write_batch
 from services.store.migrate import migrate
 from services.store.repositories import predictions
 from services.store.settings import StoreSettings
@@ -78,6 +79,14 @@ def record(now_ns: int | None = None) -> bytes:
     return events_pb2.PredictionRecorded(tenant=TENANT, prediction=made).SerializeToString()
 
 
+def headers(data: bytes) -> dict[str, str]:
+    """A record's headers as a gateway sends them: its message id and its request's traceparent."""
+    return {
+        "Nats-Msg-Id": data[-40:].hex(),
+        "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+    }
+
+
 async def publish(js: JetStreamContext, count: int, rate: float = 0.0) -> None:
     """Publishes ``count`` records, awaiting acks in windows; paced to ``rate`` per second if set."""
     started = time.monotonic()
@@ -88,7 +97,7 @@ async def publish(js: JetStreamContext, count: int, rate: float = 0.0) -> None:
         acks = []
         for _ in range(min(window, count - first)):
             data = record()
-            acks.append(js.publish(PREDICTIONS_SUBJECT, data, headers={"Nats-Msg-Id": data[-40:].hex()}))
+            acks.append(js.publish(PREDICTIONS_SUBJECT, data, headers=headers(data)))
         await asyncio.gather(*acks)
 
 
@@ -103,7 +112,20 @@ def _publisher_process(nats_url: str, count: int, rate: float) -> None:
     asyncio.run(main())
 
 
-def _ingest_process(nats_url: str, database_url: str, consumer: str, batch: int, concurrency: int) -> None:
+def as_store_runs(tracing: bool) -> None:
+    """Sets this process up as store's runtime does: a tracer provider (no exporter), ingest's GC.
+
+    Without the provider each record's span is OpenTelemetry's no-op, which costs store far less
+    than the real one (``--no-tracing`` measures that).
+    """
+    if tracing:
+        setup_tracing("ferry-store", "")
+    tune_gc()
+
+
+def _ingest_process(
+    nats_url: str, database_url: str, consumer: str, batch: int, concurrency: int, tracing: bool
+) -> None:
     """One store replica's ingest, in its own process, until terminated."""
 
     async def main() -> None:
@@ -111,6 +133,7 @@ def _ingest_process(nats_url: str, database_url: str, consumer: str, batch: int,
         async with AsyncExitStack() as stack:
             _, js = await connect(nats_url, "bench-replica", stack)
             ingestor = Ingestor(js, pool, consumer, batch, 0.05, retry_delay_s=1.0)
+            as_store_runs(tracing)
             for n in range(concurrency):
                 spawn(stack, ingestor.run(await ingestor.subscribe()), f"{consumer}-{n}")
             await asyncio.Event().wait()
@@ -211,7 +234,9 @@ class Bench:
         nats_url: str,
         concurrency: int,
         pids: dict[str, int] | None = None,
+        tracing: bool = True,
     ) -> None:
+        self.tracing = tracing
         self.concurrency = concurrency
         self.pids = pids or {}
         self.database_url = ""
@@ -272,7 +297,7 @@ class Bench:
         consumer = f"bench-{uuid.uuid4().hex[:8]}"
         async with self.database() as pool:
             context = multiprocessing.get_context("spawn")
-            args = (self.nats_url, self.database_url, consumer, batch, self.concurrency)
+            args = (self.nats_url, self.database_url, consumer, batch, self.concurrency, self.tracing)
             workers = [context.Process(target=_ingest_process, args=args) for _ in range(processes)]
             for worker in workers:
                 worker.start()
@@ -335,7 +360,8 @@ async def run(args: argparse.Namespace) -> None:
                 _, js = await connect(nats_url, "bench-store", stack)
                 await ensure_streams(js)
                 pids = {"store": os.getpid(), "nats": nats.pid, "postgres": postgres.pid}
-                bench = Bench(js, postgres.uri, nats_url, args.concurrency, pids)
+                bench = Bench(js, postgres.uri, nats_url, args.concurrency, pids, tracing=not args.no_tracing)
+                as_store_runs(bench.tracing)
                 copy = await bench.throughput("COPY + INSERT … SELECT", args.rows, args.batch, write_batch)
                 rows = await bench.throughput("row at a time", args.baseline_rows, args.batch, one_by_one)
                 scaled = [await bench.replicas(args.rows, args.batch, n) for n in args.processes]
@@ -345,7 +371,7 @@ async def run(args: argparse.Namespace) -> None:
             nats.stop()
     print(
         f"\nstore ingest, JetStream → committed rows ({os.cpu_count()} CPUs, batch {args.batch},"
-        f" {args.concurrency} in flight)"
+        f" {args.concurrency} in flight, tracing {'off' if args.no_tracing else 'on'})"
     )
     print(
         f"{'write path':<30}{'rows':>8}{'seconds':>8}{'rows/s':>9}{'ratio':>7}"
@@ -391,6 +417,11 @@ def main() -> None:
         type=int,
         default=StoreSettings(database_url="unused").ingest_concurrency,
         help="batches in flight (store's FERRY_STORE_INGEST_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--no-tracing",
+        action="store_true",
+        help="run store without a tracer provider (each record's span a no-op), unlike the service",
     )
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.ERROR)

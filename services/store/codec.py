@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import uuid
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import asyncpg
 import grpc
+from asyncpg.pgproto.pgproto import UUID as _FastUUID
 from google.protobuf import json_format
-from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
@@ -26,7 +24,11 @@ from services.common.errors import FerryError, InvalidArgument, code_from_number
 
 
 class PredictionRow(NamedTuple):
-    """One row of the predictions table, in column order (ingest writes them column-wise)."""
+    """One row of the predictions table, in column order (ingest writes them column-wise).
+
+    A class is the i-th element of ``class_labels``, ``class_scores`` and ``class_indices``; a
+    timing value the proto left at zero is None, as proto3 JSON leaves it out.
+    """
 
     id: uuid.UUID
     tenant: str
@@ -34,8 +36,14 @@ class PredictionRow(NamedTuple):
     job_id: uuid.UUID | None
     item_index: int | None
     state: int
-    classes: str
-    timing: str
+    class_labels: list[str]
+    class_scores: list[float]
+    class_indices: list[int]
+    decode_ms: float | None
+    queue_ms: float | None
+    inference_ms: float | None
+    total_ms: float | None
+    batch_size: int | None
     error: bytes | None
     error_code: int | None
     error_message: str | None
@@ -54,97 +62,69 @@ def _timestamp(value: datetime) -> Timestamp:
 
 
 def _uuid_of(name: str, collection: str) -> uuid.UUID:
-    return uuid.UUID(name.removeprefix(f"{collection}/"))
+    """The id in a resource name; ValueError when it is not a canonical UUID.
+
+    asyncpg's UUID (a uuid.UUID, the type asyncpg reads uuid columns as) parses in C, about ten
+    times faster than uuid.UUID: ingest parses one or two per record.
+    """
+    return _FastUUID(name.removeprefix(f"{collection}/"))
 
 
 def _json(message: Message) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
-# Ingest converts every record's classes and timing to JSON; json_format does it at ~20,000
-# records/s, which alone would cap ingest below its target. These write the same JSON directly
-# (proto3 JSON: zero values left out, float32 scores at their shortest exact form); a new field in
-# either message must be added here, which this check enforces at import.
+# A row keeps every field of ClassScore and Timing as a column of its own; a new field in either
+# message needs a column (a new migration) and a place in prediction_row and prediction_from_row,
+# which this check enforces at import.
 _CLASS_FIELDS = ("label", "score", "index")
 _TIMING_FIELDS = ("decode_ms", "queue_ms", "inference_ms", "total_ms", "batch_size")
 if (
     tuple(types_pb2.ClassScore.DESCRIPTOR.fields_by_name) != _CLASS_FIELDS
     or tuple(types_pb2.Timing.DESCRIPTOR.fields_by_name) != _TIMING_FIELDS
 ):
-    raise RuntimeError("ClassScore or Timing changed: update codec's fast JSON conversion")
-
-
-# The text is written directly, character for character what json.dumps of those dicts writes
-# (its separators, its string escaping, float.__repr__): building the dicts and calling json.dumps
-# was the largest single cost of a record in store's process (see docs/store.md, Throughput).
-_json_string = json.encoder.encode_basestring_ascii  # json.dumps' own (C) escaping
-_FLOAT32 = struct.Struct("<f")
-_SIGNIFICANT_DIGITS = tuple(f".{digits}g" for digits in range(6, 10))  # 9 always give a float32 back
-
-
-def shortest_float32(value: float) -> float:
-    """``type_checkers.ToShortestFloat`` (json_format's form of a float32), with less overhead.
-
-    The fewest significant digits, from 6 up, that give back the same float32; a test compares the
-    two on many values.
-    """
-    pack, unpack = _FLOAT32.pack, _FLOAT32.unpack
-    for digits in _SIGNIFICANT_DIGITS:
-        rounded = float(format(value, digits))
-        if unpack(pack(rounded))[0] == value:
-            return rounded
-    return type_checkers.ToShortestFloat(value)  # not a float32 (cannot come from a proto field)
-
-
-def classes_json(classes: Iterable[types_pb2.ClassScore]) -> str:
-    """The JSON of a prediction's classes, as json_format.MessageToDict would write it."""
-    items = []
-    for c in classes:
-        label, score, index = c.label, c.score, c.index
-        fields = []
-        if label:
-            fields.append(f'"label": {_json_string(label)}')
-        if score:
-            if not math.isfinite(score):  # NaN and infinities are strings in proto3 JSON
-                return json.dumps(
-                    [json_format.MessageToDict(x, preserving_proto_field_name=True) for x in classes]
-                )
-            fields.append(f'"score": {float.__repr__(shortest_float32(score))}')
-        if index:
-            fields.append(f'"index": {index}')
-        items.append("{" + ", ".join(fields) + "}")
-    return "[" + ", ".join(items) + "]"
-
-
-def timing_json(timing: types_pb2.Timing) -> str:
-    """The JSON of a prediction's timing, as json_format.MessageToDict would write it."""
-    fields = []
-    for name in _TIMING_FIELDS:
-        value = getattr(timing, name)
-        if value:
-            if not math.isfinite(value):
-                return _json(timing)  # NaN and infinities are strings in proto3 JSON
-            fields.append(f'"{name}": {value!r}')
-    return "{" + ", ".join(fields) + "}"
-
+    raise RuntimeError("ClassScore or Timing changed: give the new field a column in predictions")
 
 _SYNC = prediction_pb2.PREDICTION_SOURCE_SYNC
 _JOB_ITEM = prediction_pb2.PREDICTION_SOURCE_JOB_ITEM
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# google.protobuf.Timestamp's valid range (0001-01-01 to 9999-12-31), as Timestamp.ToDatetime checks it.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def _create_time(stamp: Timestamp) -> datetime:
+    """``stamp.ToDatetime(tzinfo=UTC)`` (to the microsecond, toward zero) at a third of its cost.
+
+    Raises:
+        ValueError: the timestamp is out of range.
+    """
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
+        raise ValueError(f"timestamp out of range: {seconds} s, {nanos} ns")
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generation: int = 0) -> PredictionRow:
     """The row for a recorded prediction of retry round ``generation`` (0 for a first run).
+
+    Ingest calls this once per record, so it reads each proto field once and builds nothing it
+    does not store (see docs/store.md, Throughput).
 
     Raises:
         ValueError: the prediction's name or job is not a valid resource name, or its time is
             out of range.
     """
     job_id = _uuid_of(prediction.job, "jobs") if prediction.job else None
-    created = (
-        prediction.create_time.ToDatetime(tzinfo=UTC)  # ValueError when out of range
-        if prediction.HasField("create_time")
-        else datetime.now(UTC)
-    )
+    stamp = prediction.create_time if prediction.HasField("create_time") else None
+    created = _create_time(stamp) if stamp is not None else datetime.now(UTC)
+    labels: list[str] = []
+    scores: list[float] = []
+    indices: list[int] = []
+    for c in prediction.classes:  # one pass: iterating a repeated field costs more than reading it
+        labels.append(c.label)
+        scores.append(c.score)
+        indices.append(c.index)
+    timing = prediction.timing
     failed = prediction.HasField("error")
     return PredictionRow(
         id=_uuid_of(prediction.name, "predictions"),
@@ -153,8 +133,14 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         job_id=job_id,
         item_index=prediction.item_index if job_id else None,
         state=int(prediction.state),
-        classes=classes_json(prediction.classes),
-        timing=timing_json(prediction.timing),
+        class_labels=labels,
+        class_scores=scores,
+        class_indices=indices,
+        decode_ms=timing.decode_ms or None,
+        queue_ms=timing.queue_ms or None,
+        inference_ms=timing.inference_ms or None,
+        total_ms=timing.total_ms or None,
+        batch_size=timing.batch_size or None,
         error=prediction.error.SerializeToString() if failed else None,
         error_code=prediction.error.code if failed else None,
         error_message=prediction.error.message if failed else None,
@@ -181,14 +167,36 @@ def outputs_json(prediction: prediction_pb2.Prediction) -> str | None:
     return _json(outputs)
 
 
+def _number(value: float | None) -> float:
+    """A stored score or time as the API answers it: 0 for none, and any NaN as the one NaN.
+
+    Rows once held JSON, where every NaN was the string "NaN"; a NaN's payload bits stay out of
+    answers as they did then.
+    """
+    if value is None:
+        return 0.0
+    return value if value == value else math.nan
+
+
 def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
     """The Prediction resource of a row."""
     prediction = prediction_pb2.Prediction(
         name=f"predictions/{row['id']}",
         model=f"models/{row['model']}",
         state=row["state"],
-        classes=[json_format.ParseDict(c, types_pb2.ClassScore()) for c in json.loads(row["classes"])],
-        timing=json_format.ParseDict(json.loads(row["timing"]), types_pb2.Timing()),
+        classes=[
+            types_pb2.ClassScore(label=label, score=_number(score), index=index)
+            for label, score, index in zip(
+                row["class_labels"], row["class_scores"], row["class_indices"], strict=True
+            )
+        ],
+        timing=types_pb2.Timing(
+            decode_ms=_number(row["decode_ms"]),
+            queue_ms=_number(row["queue_ms"]),
+            inference_ms=_number(row["inference_ms"]),
+            total_ms=_number(row["total_ms"]),
+            batch_size=row["batch_size"] or 0,
+        ),
         trace_id=row["trace_id"],
         create_time=_timestamp(row["create_time"]),
         source=row["source"],

@@ -16,7 +16,7 @@ from services.common import scopes
 from services.common.messaging import connect, ensure_streams
 from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.tasks import spawn
-from services.store.ingest import Ingestor
+from services.store.ingest import Ingestor, tune_gc
 from services.store.migrate import migrate
 from services.store.outage import quiet_pool_floor_retries
 from services.store.repositories import api_keys
@@ -106,6 +106,7 @@ class StoreService:
         ingestor = Ingestor(
             js, pool, s.consumer_name, s.ingest_batch_size, s.ingest_max_wait_s, s.ingest_retry_delay_s
         )
+        tune_gc()
         for n in range(s.ingest_concurrency):
             spawn(stack, ingestor.run(await ingestor.subscribe()), f"store-ingest-{n}")
         if s.retention_days:

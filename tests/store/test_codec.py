@@ -1,12 +1,13 @@
-"""The fast JSON of classes and timing is exactly what json_format writes (rows look the same either way)."""
+"""A row holds a prediction's classes and timing as they were: the API reads back the same proto."""
 
 from __future__ import annotations
 
-import json
+import uuid
 
 import pytest
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 
+from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.store import codec
 
@@ -27,21 +28,58 @@ TIMINGS = [
 ]
 
 
+def _through_a_row(
+    classes: list[types_pb2.ClassScore], timing: types_pb2.Timing
+) -> prediction_pb2.Prediction:
+    made = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}", model="models/m", classes=classes, timing=timing
+    )
+    return codec.prediction_from_row(codec.prediction_row("t", made)._asdict())  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("classes", CLASSES)
-def test_classes_json_matches_json_format(classes: list[types_pb2.ClassScore]) -> None:
-    expected = [MessageToDict(c, preserving_proto_field_name=True) for c in classes]
-    assert json.loads(codec.classes_json(classes)) == expected
+def test_classes_read_back_as_the_json_rows_of_before_answered(classes: list[types_pb2.ClassScore]) -> None:
+    # Before migration 0008 a row kept json_format's JSON, and the API parsed it back.
+    before = [ParseDict(MessageToDict(c), types_pb2.ClassScore()) for c in classes]
+    back = _through_a_row(classes, types_pb2.Timing()).classes
+    assert [c.SerializeToString() for c in back] == [c.SerializeToString() for c in before]
 
 
 @pytest.mark.parametrize("timing", TIMINGS)
-def test_timing_json_matches_json_format(timing: types_pb2.Timing) -> None:
-    assert json.loads(codec.timing_json(timing)) == MessageToDict(timing, preserving_proto_field_name=True)
+def test_timing_reads_back_as_the_json_rows_of_before_answered(timing: types_pb2.Timing) -> None:
+    before = ParseDict(MessageToDict(timing), types_pb2.Timing())
+    assert _through_a_row([], timing).timing.SerializeToString() == before.SerializeToString()
+
+
+def test_a_bad_id_or_time_is_a_value_error() -> None:
+    good = prediction_pb2.Prediction(name=f"predictions/{uuid.uuid4()}", model="models/m")
+    for bad in (
+        prediction_pb2.Prediction(name="predictions/not-a-uuid"),
+        prediction_pb2.Prediction(name=good.name, job="jobs/nope"),
+    ):
+        with pytest.raises(ValueError):
+            codec.prediction_row("t", bad)
+    late = prediction_pb2.Prediction()
+    late.CopyFrom(good)
+    late.create_time.seconds = 253_402_300_800  # year 10000
+    with pytest.raises(ValueError):
+        codec.prediction_row("t", late)
+
+
+def test_create_time_is_timestamps_own_conversion() -> None:
+    made = prediction_pb2.Prediction(name=f"predictions/{uuid.uuid4()}", model="models/m")
+    for seconds, nanos in [
+        (0, 0),
+        (1_764_480_000, 123_456_789),
+        (-62_135_596_800, 999_999_999),
+        (253_402_300_799, 1),
+    ]:
+        made.create_time.seconds, made.create_time.nanos = seconds, nanos
+        assert codec.prediction_row("t", made).create_time == made.create_time.ToDatetime(tzinfo=codec.UTC)
 
 
 def test_outputs_other_than_classes_survive_the_row() -> None:
     from google.protobuf import struct_pb2
-
-    from ferry.predictions.v1 import prediction_pb2
 
     output = struct_pb2.Struct()
     output.update({"agreed": True, "label": "espresso", "scores": {"a": 0.9}})

@@ -62,7 +62,7 @@ async def test_a_published_record_becomes_a_row(js: JetStreamContext, pool: asyn
     await publish(js, TENANT, made, made.name)
     assert await rows_of(pool, made) == 1
     row = await pool.fetchrow(
-        "SELECT tenant, model, job_id, trace_id, classes FROM predictions WHERE id = $1", record_id(made)
+        "SELECT tenant, model, job_id, trace_id, class_labels FROM predictions WHERE id = $1", record_id(made)
     )
     assert (row["tenant"], row["model"], row["job_id"], row["trace_id"]) == (
         TENANT,
@@ -70,7 +70,7 @@ async def test_a_published_record_becomes_a_row(js: JetStreamContext, pool: asyn
         None,
         "ab" * 16,
     )
-    assert "espresso" in row["classes"]
+    assert row["class_labels"] == ["espresso"]
 
 
 async def test_a_record_published_twice_makes_one_row(js: JetStreamContext, pool: asyncpg.Pool) -> None:

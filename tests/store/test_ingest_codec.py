@@ -1,39 +1,71 @@
-"""Ingest's fast JSON writes exactly the text json.dumps(json_format.MessageToDict(...)) writes."""
+"""Through real Postgres, a prediction's classes and timing come back as the JSON rows of before did.
+
+Until migration 0008 a row kept classes and timing as json_format's JSON (float32 scores at their
+shortest form) and the API parsed them back; now they are typed columns. These check, on many
+float32 values, that the API's answer did not change by a bit.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import random
 import struct
+import uuid
 
-from google.protobuf.internal import type_checkers
-from google.protobuf.json_format import MessageToDict
+import asyncpg
+from google.protobuf.json_format import MessageToDict, ParseDict
 
+from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.store import codec
+from services.store.ingest import write_batch
 
 
 def _float32(value: float) -> float:
     return float(struct.unpack("<f", struct.pack("<f", value))[0])
 
 
-def test_shortest_float32_agrees_with_protobuf_on_many_values() -> None:
+def _scores() -> list[float]:
     rng = random.Random(9)
     scores = [_float32(rng.random()) for _ in range(20_000)]  # softmax-like
     scores += [_float32(rng.random() ** 8) for _ in range(5_000)]  # tiny scores
     bits = (struct.unpack("<f", struct.pack("<I", rng.getrandbits(32)))[0] for _ in range(20_000))
-    scores += [b for b in bits if b == b and abs(b) != float("inf")]  # any finite float32
-    scores += [_float32(x) for x in (1e-45, 1.17549435e-38, 3.4028235e38, 0.1, 1.0, 123456.789)]
-    assert [codec.shortest_float32(s) for s in scores] == [type_checkers.ToShortestFloat(s) for s in scores]
+    scores += list(bits)  # any float32, NaN and infinities included
+    scores += [_float32(x) for x in (1e-45, 1.17549435e-38, 3.4e38, 0.1, 1.0, 123456.789, 0.0)]
+    # The few largest float32 (above 3.4028234e38) were written as JSON that ParseDict refused
+    # ("Float value too large"): the JSON rows could not answer them at all, so none to compare.
+    return [s for s in scores if not abs(s) > 3.4028234e38 or abs(s) == math.inf]
 
 
-def test_classes_and_timing_text_is_json_dumps_text() -> None:
-    classes = [
-        types_pb2.ClassScore(label='quote " backslash \\ é ☕', score=0.954144657, index=967),
-        types_pb2.ClassScore(label="", score=0.0, index=3),
-        types_pb2.ClassScore(label="tiny", score=1e-30),
-    ]
-    timing = types_pb2.Timing(decode_ms=6.123456789, queue_ms=0.0, inference_ms=1e-7, batch_size=4)
-    expected_classes = json.dumps([MessageToDict(c, preserving_proto_field_name=True) for c in classes])
-    assert codec.classes_json(classes) == expected_classes
-    assert codec.timing_json(timing) == json.dumps(MessageToDict(timing, preserving_proto_field_name=True))
+def _bits(prediction: prediction_pb2.Prediction) -> tuple[bytes, bytes]:
+    return b"".join(c.SerializeToString() for c in prediction.classes), prediction.timing.SerializeToString()
+
+
+async def test_classes_and_timing_read_back_as_the_json_rows_answered(pool: asyncpg.Pool) -> None:
+    scores = _scores()
+    made = []
+    for first in range(0, len(scores), 5):
+        prediction = prediction_pb2.Prediction(
+            name=f"predictions/{uuid.uuid4()}",
+            model="models/m",
+            state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+            classes=[
+                types_pb2.ClassScore(label=f'class "{n}" \\ é ☕' if n % 3 else "", score=score, index=n % 4)
+                for n, score in enumerate(scores[first : first + 5], start=first)
+            ],
+            timing=types_pb2.Timing(
+                decode_ms=first / 7,
+                queue_ms=0.0,
+                inference_ms=1e-7 * first,
+                total_ms=float("inf"),
+                batch_size=4,
+            ),
+        )
+        made.append(prediction)
+    await write_batch(pool, [codec.prediction_row("codec", p) for p in made])
+    rows = await pool.fetch("SELECT * FROM predictions WHERE tenant = 'codec'")
+    read = {p.name: _bits(p) for p in map(codec.prediction_from_row, rows)}
+    # What the API answered when a row held MessageToDict's JSON and was parsed back with ParseDict.
+    before = {p.name: _bits(ParseDict(MessageToDict(p), prediction_pb2.Prediction())) for p in made}
+    assert len(read) == len(made)
+    assert read == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -13,8 +14,12 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from ferry.jobs.v1 import job_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
 from services.common.errors import error_from_status
 from services.store import codec
 from services.store.migrate import migrate, migration_files
@@ -22,6 +27,16 @@ from tests.store.conftest import fresh_database
 from tests.store.records import error_info
 
 ALL = [version for version, _ in migration_files()]
+
+
+def migrations_before(version: int, folder: Path) -> Path:
+    """A copy of the migrations older than ``version``: a database as an older store left it."""
+    older = folder / "migrations"
+    older.mkdir()
+    for number, path in migration_files():
+        if number < version:
+            shutil.copy(path, older)
+    return older
 
 
 async def test_migrations_apply_once_and_reapply_as_a_no_op(postgres_uri: str) -> None:
@@ -54,11 +69,7 @@ async def test_replicas_starting_together_apply_each_migration_once(postgres_uri
 async def test_0003_tells_the_truth_about_jobs_that_finished_before_it(
     postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before_0003 = tmp_path / "migrations"
-    before_0003.mkdir()
-    for version, path in migration_files():
-        if version < 3:
-            shutil.copy(path, before_0003)
+    before_0003 = migrations_before(3, tmp_path)
     mixed, hopeless = uuid.uuid4(), uuid.uuid4()
     async with fresh_database(postgres_uri) as url:
         connection = await asyncpg.connect(url)
@@ -96,11 +107,7 @@ async def test_0003_tells_the_truth_about_jobs_that_finished_before_it(
 async def test_0004_classifies_older_predictions_by_job_and_fills_the_top_class(
     postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before_0004 = tmp_path / "migrations"
-    before_0004.mkdir()
-    for version, path in migration_files():
-        if version < 4:
-            shutil.copy(path, before_0004)
+    before_0004 = migrations_before(4, tmp_path)
     sync, item = uuid.uuid4(), uuid.uuid4()
     async with fresh_database(postgres_uri) as url:
         connection = await asyncpg.connect(url)
@@ -144,3 +151,66 @@ async def test_the_migrate_command_applies_migrations_and_exits(postgres_uri: st
     assert (done.returncode, again.returncode) == (0, 0), done.stderr
     assert sorted(recorded) == ALL
     assert f"{len(ALL)} migrations applied now" in done.stdout and "0 migrations applied now" in again.stdout
+
+
+def _json(message: Message) -> dict[str, object]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+async def test_0008_reads_rows_of_json_classes_and_timing_back_unchanged(
+    postgres_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before_0008 = migrations_before(8, tmp_path)
+    made = [
+        prediction_pb2.Prediction(
+            name=f"predictions/{uuid.uuid4()}",
+            model="models/m",
+            state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+            classes=classes,
+            timing=timing,
+        )
+        for classes, timing in [
+            (
+                [
+                    types_pb2.ClassScore(label='tiger "cat" é', score=0.954144657, index=282),
+                    types_pb2.ClassScore(label="", score=0.0, index=3),
+                    types_pb2.ClassScore(label="tiny", score=1e-30),
+                ],
+                types_pb2.Timing(decode_ms=6.123456789, inference_ms=27.3, total_ms=41.2, batch_size=4),
+            ),
+            (
+                [types_pb2.ClassScore(label="odd", score=float("nan"), index=1)],
+                types_pb2.Timing(queue_ms=1e-7),
+            ),
+            ([types_pb2.ClassScore(score=0.5, index=7)], types_pb2.Timing(total_ms=float("inf"))),
+            ([], types_pb2.Timing()),
+        ]
+    ]
+    async with fresh_database(postgres_uri) as url:
+        connection = await asyncpg.connect(url)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr("services.store.migrate.MIGRATIONS_DIR", before_0008)
+                await migrate(connection)
+            for prediction in made:  # as ingest wrote them before 0008: json_format's JSON
+                await connection.execute(
+                    "INSERT INTO predictions (id, tenant, model, state, classes, timing, create_time, source)"
+                    " VALUES ($1, 't', 'm', 1, $2::jsonb, $3::jsonb, now(), 1)",
+                    uuid.UUID(prediction.name.removeprefix("predictions/")),
+                    json.dumps([_json(c) for c in prediction.classes]),
+                    json.dumps(_json(prediction.timing)),
+                )  # fmt: skip
+            top = "SELECT id, top_label, top_score FROM predictions ORDER BY id"
+            tops_before = [tuple(r) for r in await connection.fetch(top)]
+            assert await migrate(connection) == [v for v, _ in migration_files() if v >= 8]
+            tops_after = [tuple(r) for r in await connection.fetch(top)]
+            rows = {r["id"]: r for r in await connection.fetch("SELECT * FROM predictions")}
+        finally:
+            await connection.close()
+    assert repr(tops_after) == repr(tops_before)  # repr: NaN equals NaN there
+    for prediction in made:
+        back = codec.prediction_from_row(rows[uuid.UUID(prediction.name.removeprefix("predictions/"))])
+        # What the API read from the JSON row before 0008.
+        was = json_format.ParseDict(json_format.MessageToDict(prediction), prediction_pb2.Prediction())
+        assert [c.SerializeToString() for c in back.classes] == [c.SerializeToString() for c in was.classes]
+        assert back.timing.SerializeToString() == was.timing.SerializeToString()

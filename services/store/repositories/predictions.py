@@ -16,7 +16,9 @@ _FAILED = prediction_pb2.PREDICTION_STATE_FAILED
 # The Postgres type of each column, in codec.PredictionRow's field order.
 _COLUMN_TYPES = {
     "id": "uuid", "tenant": "text", "model": "text", "job_id": "uuid", "item_index": "integer",
-    "state": "smallint", "classes": "jsonb", "timing": "jsonb", "error": "bytea",
+    "state": "smallint", "class_labels": "text[]", "class_scores": "real[]", "class_indices": "integer[]",
+    "decode_ms": "double precision", "queue_ms": "double precision", "inference_ms": "double precision",
+    "total_ms": "double precision", "batch_size": "integer", "error": "bytea",
     "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
     "create_time": "timestamptz", "generation": "integer", "source": "smallint", "outputs": "jsonb",
 }  # fmt: skip
@@ -26,7 +28,8 @@ _COLUMNS = ", ".join(_COLUMN_TYPES)
 
 # What a re-run's record replaces in the row it re-queued; the row's identity stays.
 _RERUN_COLUMNS = (
-    "state", "classes", "timing", "error", "error_code", "error_message", "error_reason", "trace_id",
+    "state", "class_labels", "class_scores", "class_indices", "decode_ms", "queue_ms", "inference_ms",
+    "total_ms", "batch_size", "error", "error_code", "error_message", "error_reason", "trace_id",
     "create_time", "outputs",
 )  # fmt: skip
 

@@ -104,11 +104,11 @@ _STATS = f"""
 SELECT
     count(*) AS requests,
     count(*) FILTER (WHERE state = {_FAILED}) AS errors,
-    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY (timing ->> 'total_ms')::float8)
+    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY total_ms)
         FILTER (WHERE state = {_SUCCEEDED}) AS total_ms,
-    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY (timing ->> 'inference_ms')::float8)
+    percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY inference_ms)
         FILTER (WHERE state = {_SUCCEEDED}) AS inference_ms,
-    avg((timing ->> 'batch_size')::float8) FILTER (WHERE state = {_SUCCEEDED}) AS batch_size_mean
+    avg(batch_size::float8) FILTER (WHERE state = {_SUCCEEDED}) AS batch_size_mean
 FROM predictions
 WHERE tenant = $1 AND model = $2 AND create_time >= $3 AND create_time < $4
 """

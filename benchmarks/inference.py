@@ -347,16 +347,20 @@ def peers(image: bytes, requests: int, clients: int) -> None:
     # Its defaults, then one torch thread: on a busy 2-core machine MLServer's worker process ran
     # forward passes 100x slower with torch's 2 OpenMP threads than with one. The better of the two
     # is the reference, so the ratios never flatter Ferry.
-    # And the module traced and frozen by hand, as Ferry does by default: the reference is then
-    # whatever a peer's user could reach with the same model work.
-    variants: tuple[tuple[str, dict[str, str]], ...] = (
-        ("", {}),
-        (", 1 torch thread", {"OMP_NUM_THREADS": "1"}),
-        (", traced", {GRAPH_VARIABLE: "torchscript"}),
-        (", traced, 1 torch thread", {GRAPH_VARIABLE: "torchscript", "OMP_NUM_THREADS": "1"}),
+    # And the module traced and frozen by hand, as Ferry does by default, and last everything Ferry
+    # does copied by hand: two workers of one thread each (Ferry's two instances) with Ferry's
+    # OpenMP settings. The reference is whatever a peer's user could reach with the same work.
+    traced = {GRAPH_VARIABLE: "torchscript"}
+    like_ferry = {**traced, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "10000"}
+    variants: tuple[tuple[str, dict[str, str], dict[str, object]], ...] = (
+        ("", {}, {}),
+        (", 1 torch thread", {"OMP_NUM_THREADS": "1"}, {}),
+        (", traced", traced, {}),
+        (", traced, 1 torch thread", {**traced, "OMP_NUM_THREADS": "1"}, {}),
+        (", as Ferry: traced, 2 workers x 1 thread", like_ferry, {"parallel_workers": 2}),
     )
-    for name, env in variants:
-        with servers.mlserver(env) as peer:
+    for name, env, settings in variants:
+        with servers.mlserver(env, **settings) as peer:
             call = oip_call(peer.grpc_target, image)
             row = f"MLServer 1.7 OIP gRPC, {clients} clients{name}"
             mlservers.append(loaded(row, call, requests, clients, {"mlserver": peer.pid}))

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import PEER_PROCESS
 from devstack.infra import free_port
+from services.inference import openmp
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-mlserver"
@@ -66,11 +68,13 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 @contextmanager
 def _running(argv: list[str], cwd: Path, ready_url: str, env: dict[str, str]) -> Iterator[int]:
     log = cwd / "server.log"
+    # The benchmark's process runs with Ferry's OpenMP settings; a peer starts with its defaults.
+    inherited = {k: v for k, v in os.environ.items() if k not in openmp.VARIABLES}
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv,
             cwd=cwd,
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            env={**inherited, **env, "PYTHONPATH": str(ROOT), PEER_PROCESS: "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -102,6 +106,7 @@ def mlserver(env: dict[str, str] | None = None, **extra_settings: object) -> Ite
             "grpc_port": grpc_port,
             "metrics_port": metrics_port,
             "host": "127.0.0.1",
+            **extra_settings,
         }
         (root / "settings.json").write_text(json.dumps(settings))
         model = {

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 from services.common.runtime import run_service
+from services.inference import openmp
 from services.inference.settings import InferenceSettings
 
 
@@ -18,7 +18,5 @@ async def main(settings: InferenceSettings) -> None:
 
 if __name__ == "__main__":
     service_settings = InferenceSettings()
-    # OpenMP reads these once, when torch loads it; what the environment sets explicitly wins.
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", str(service_settings.openmp_spin_count))
+    openmp.apply(service_settings.openmp_spin_count)  # before torch loads
     asyncio.run(main(service_settings))

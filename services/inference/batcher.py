@@ -86,6 +86,8 @@ class DynamicBatcher(Generic[In, Out]):
         aging_s: The priority handicap step (see ``scheduling``).
         clock: Monotonic seconds; deadlines passed to ``submit`` are on this clock.
         instances: Batches that may run at once, each in its own thread (a model's ``instances``).
+        share_threads: Called in a batch's thread just before ``run``, with how many batches run
+            at that moment (this one included): the model splits its intra-op threads by it.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class DynamicBatcher(Generic[In, Out]):
         aging_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         instances: int = 1,
+        share_threads: Callable[[int], None] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or instances < 1:
             raise ValueError("max_batch_size, max_queue and instances must be at least 1")
@@ -112,6 +115,7 @@ class DynamicBatcher(Generic[In, Out]):
         # One thread per instance (default one): forward passes run one at a time, each using
         # torch's own intra-op threads.
         self._instances = instances
+        self._share_threads = share_threads
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"batch-{name}")
         self._closed = False
         self._running: dict[int, list[_Pending[In, Out]]] = {}
@@ -247,7 +251,8 @@ class DynamicBatcher(Generic[In, Out]):
         started = self._clock()
         self._running[worker] = batch
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, [p.item for p in batch])
+            items = [p.item for p in batch]
+            outputs = await loop.run_in_executor(self._executor, self._run_sharing, len(self._running), items)
             if len(outputs) != len(batch):
                 raise RuntimeError(
                     f"model {self.name!r} returned {len(outputs)} outputs for a batch of {len(batch)}"
@@ -263,6 +268,12 @@ class DynamicBatcher(Generic[In, Out]):
         # hold the batch so that _fail_queued answers its callers instead of leaving them hanging.
         self._running.pop(worker, None)
         self._resolve(batch, outputs, started, self._clock())
+
+    def _run_sharing(self, running: int, items: Sequence[In]) -> Sequence[Out]:
+        """``run`` in the batch's thread, after the model took its share of threads."""
+        if self._share_threads is not None:
+            self._share_threads(running)
+        return self._run(items)
 
     def _resolve(
         self, batch: list[_Pending[In, Out]], outputs: Sequence[Out], started: float, finished: float

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.inference import openmp
 from services.inference.models.config import DEFAULT_GRAPH, DEFAULT_MODELS_FILE, Graph
 
 
@@ -55,7 +56,7 @@ class InferenceSettings(ServiceSettings):
     a 50-megapixel PNG still decodes for about 3 s on one core here, and 169 M took 12 s and 1 GB."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads torch uses on CPU; 0 keeps torch's default (one per core)."""
-    openmp_spin_count: int = Field(default=10_000, ge=0)
+    openmp_spin_count: int = Field(default=openmp.DEFAULT_SPIN_COUNT, ge=0)
     """How long torch's idle OpenMP threads spin for the next operation before they sleep
     (``GOMP_SPINCOUNT``, rounds; 10,000 is about 0.1 ms). GNU OpenMP's own default spins 300,000
     (about 3 ms): fine when torch has the cores to itself, but beside the decode threads, the

@@ -117,3 +117,30 @@ async def test_instances_run_batches_side_by_side(stack: AsyncExitStack) -> None
     await batcher.start(stack)
     results = await asyncio.gather(batcher.submit(1), batcher.submit(2))
     assert [r.output for r in results] == [1, 2]
+
+
+async def test_each_batch_learns_how_many_batches_run_beside_it(stack: AsyncExitStack) -> None:
+    import threading
+
+    both_running = threading.Barrier(2, timeout=10)
+    shares: list[tuple[str, int]] = []
+
+    def share(running: int) -> None:
+        shares.append((threading.current_thread().name, running))
+
+    def run(items: Sequence[int]) -> list[int]:
+        if items[0] > 0:
+            both_running.wait()
+        return list(items)
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(
+        "twins", run, max_batch_size=1, instances=2, share_threads=share
+    )
+    await batcher.start(stack)
+    await batcher.submit(0)  # alone: the whole machine
+    assert [running for _, running in shares] == [1]
+    await asyncio.gather(batcher.submit(1), batcher.submit(2))
+    # The first of the two started alone, the second beside it; each is told in its own batch
+    # thread, where torch's thread count applies.
+    assert sorted(running for _, running in shares[1:]) == [1, 2]
+    assert all(name.startswith("batch-twins") for name, _ in shares)

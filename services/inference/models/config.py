@@ -52,7 +52,8 @@ class ModelConfig(BaseModel):
     max_batch_delay_ms: float | None = Field(default=None, ge=0)
     max_queue: int | None = Field(default=None, ge=1)
     instances: int = Field(default=1, ge=1, le=16)
-    """Forward passes of this model that may run at once in one process (threads)."""
+    """Batches of this model that may run at once in one process, each in its own thread; the
+    torch threads are shared among those running (a batch alone gets them all)."""
     warmup_batches: int | None = Field(default=None, ge=0)
     graph: Graph = DEFAULT_GRAPH
     """``torchscript``: models that support it (the image classifiers) trace and freeze their

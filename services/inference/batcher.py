@@ -112,8 +112,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._clock = clock
         self._queue: AgingQueue[_Pending[In, Out]] = AgingQueue(aging_s, clock)
         self._arrived = asyncio.Event()
-        # One thread per instance (default one): forward passes run one at a time, each using
-        # torch's own intra-op threads.
+        # One thread per instance (default one). With one, forward passes run one at a time with
+        # all of torch's intra-op threads; with more, those running share them (``share_threads``).
         self._instances = instances
         self._share_threads = share_threads
         self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"batch-{name}")

@@ -167,7 +167,9 @@ class InferenceService:
             max_queue=config.max_queue or settings.max_queue,
             aging_s=settings.priority_aging_ms / 1000,
             instances=config.instances,
-            share_threads=intra_op_share(threads) if config.instances > 1 else None,
+            # Every model sets its count in its own batch threads, instances or not: a thread that
+            # first runs torch later starts from the count last set anywhere in the process.
+            share_threads=intra_op_share(threads),
         )
         await batcher.start(stack)
         log.info(

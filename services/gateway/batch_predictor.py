@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import grpc
 
-from ferry.inference.v1 import inference_service_pb2
 from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
@@ -46,11 +45,6 @@ def input_count(inputs: Sequence[types_pb2.Input], max_inputs: int) -> None:
             reason="TOO_MANY_INPUTS" if inputs else "NO_INPUTS",
             metadata={"field": "inputs", "inputs": str(len(inputs)), "max_inputs": str(max_inputs)},
         )
-
-
-def answer_of(prediction: prediction_pb2.Prediction, result: inference_service_pb2.PredictResult) -> None:
-    """Copies the model's answer in ``result`` into ``prediction`` (see ``services.common.answers``)."""
-    copy_answer(prediction, result)
 
 
 def item_record_id(kind: str, tenant: str, request_id: str, edge: Edge | None, index: int) -> uuid.UUID:
@@ -145,7 +139,7 @@ class BatchPredictor:
                     prediction.error.message = f"inputs[{i}]: {message}"
                     prediction.timing.CopyFrom(result.timing)
                 else:
-                    answer_of(prediction, result)
+                    copy_answer(prediction, result)
             prediction.timing.total_ms = (time.perf_counter() - started) * 1000.0
             predictions.append(prediction)
         # Recorded together (JetStream acks them in parallel); answered only once all are stored.

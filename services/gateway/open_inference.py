@@ -25,9 +25,10 @@ from ferry.models.v1 import model_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
+from services.common.answers import copy_answer
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, error_from_status
 from services.gateway import validation
-from services.gateway.batch_predictor import answer_of, item_record_id, new_prediction
+from services.gateway.batch_predictor import item_record_id, new_prediction
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge
 from services.gateway.oip_tensors import (
@@ -257,7 +258,7 @@ class OpenInference:
         record_id: uuid.UUID, model: str, result: inference_service_pb2.PredictResult, started: float
     ) -> prediction_pb2.Prediction:
         prediction = new_prediction(record_id, model, prediction_pb2.PREDICTION_SOURCE_OIP)
-        answer_of(prediction, result)
+        copy_answer(prediction, result)
         prediction.timing.total_ms = (time.perf_counter() - started) * 1000.0
         return prediction
 

@@ -14,6 +14,7 @@ from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
+from services.common.answers import copy_answer
 from services.common.errors import FerryError, error_from_status
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
@@ -88,22 +89,12 @@ class Predictor:
             name=f"predictions/{prediction_id}",
             model=validation.model_name(model),
             state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
-            classes=result.classes,
-            embedding=result.embedding,
-            output=result.output if result.HasField("output") else None,
-            tensors=result.tensors,
-            members=result.members,
-            timing=types_pb2.Timing(
-                decode_ms=result.timing.decode_ms,
-                queue_ms=result.timing.queue_ms,
-                inference_ms=result.timing.inference_ms,
-                batch_size=result.timing.batch_size,
-                # Measured up to here so the returned and the recorded prediction agree.
-                total_ms=(time.perf_counter() - started) * 1000.0,
-            ),
             trace_id=current_trace_id(),
             create_time=now,
         )
+        copy_answer(prediction, result)
+        # Measured up to here so the returned and the recorded prediction agree.
+        prediction.timing.total_ms = (time.perf_counter() - started) * 1000.0
         await self.record(tenant, prediction)
         return prediction
 

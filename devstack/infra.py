@@ -158,22 +158,60 @@ class ManagedProcess:
 NATS_MAX_PAYLOAD = 8 * 1024 * 1024
 
 
-def nats_command(port: int, store_dir: Path, host: str = "127.0.0.1") -> list[str]:
-    """Writes nats-server's config (JetStream on ``host:port``, streams in ``store_dir``); returns argv."""
+@dataclass(frozen=True)
+class NatsCluster:
+    """Where one node of a local NATS cluster routes: every node gets ``name`` and all route ports."""
+
+    name: str
+    route_ports: tuple[int, ...]
+    """The cluster (route) port of every node, this one's included; node ``i`` listens on the i-th."""
+
+
+def nats_command(
+    port: int,
+    store_dir: Path,
+    host: str = "127.0.0.1",
+    cluster: NatsCluster | None = None,
+    node: int = 0,
+) -> list[str]:
+    """Writes nats-server's config (JetStream on ``host:port``, streams in ``store_dir``); returns argv.
+
+    With ``cluster``, the server is node ``node`` of it: it listens for routes on its own port,
+    routes to every other node, and takes part in JetStream's replication (each node needs a
+    ``server_name`` of its own for that).
+    """
     store_dir.mkdir(parents=True, exist_ok=True)
     config = store_dir / "nats.conf"
     # Images travel inside job items, so the 1 MiB default payload limit is raised on purpose.
-    config.write_text(
-        f'listen: "{host}:{port}"\n'
-        f"max_payload: {NATS_MAX_PAYLOAD}\n"
-        f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
-    )
+    text = f'listen: "{host}:{port}"\nmax_payload: {NATS_MAX_PAYLOAD}\n'
+    text += f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
+    if cluster is not None:
+        routes = ", ".join(
+            f'"nats://{host}:{route}"' for i, route in enumerate(cluster.route_ports) if i != node
+        )
+        text += (
+            f'server_name: "{cluster.name}-{node}"\n'
+            f'cluster {{\n  name: "{cluster.name}"\n'
+            f'  listen: "{host}:{cluster.route_ports[node]}"\n  routes: [{routes}]\n}}\n'
+        )
+    config.write_text(text)
     return [venv_binary("nats-server"), "-c", str(config)]
 
 
-def start_nats(port: int, store_dir: Path, log_dir: Path, host: str = "127.0.0.1") -> ManagedProcess:
-    """Starts nats-server with JetStream on ``host:port``, storing streams in ``store_dir``."""
-    process = ManagedProcess.start("nats", nats_command(port, store_dir, host), log_dir)
+def start_nats(
+    port: int,
+    store_dir: Path,
+    log_dir: Path,
+    host: str = "127.0.0.1",
+    cluster: NatsCluster | None = None,
+    node: int = 0,
+) -> ManagedProcess:
+    """Starts nats-server with JetStream on ``host:port``, storing streams in ``store_dir``.
+
+    With ``cluster``, it is node ``node`` of that cluster, logging to ``nats-<node>.log``.
+    """
+    name = "nats" if cluster is None else f"nats-{node}"
+    process = ManagedProcess.start(name, nats_command(port, store_dir, host, cluster, node), log_dir)
     wait_for_port(host, port, timeout_s=20, process=process)
     return process
 

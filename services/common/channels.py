@@ -96,9 +96,26 @@ def _message_limits(max_message_bytes: int) -> Options:
     ]
 
 
-def server_options(max_message_bytes: int) -> Options:
-    """Options of every Ferry gRPC server: message limits, and a ping policy clients satisfy."""
+def server_options(
+    max_message_bytes: int, max_connection_age_s: float = 0.0, max_connection_age_grace_s: float = 0.0
+) -> Options:
+    """Options of every Ferry gRPC server: message limits, a ping policy clients satisfy, and an age.
+
+    Args:
+        max_message_bytes: the largest message sent or received.
+        max_connection_age_s: after this long (gRPC adds up to 10 % jitter) the server sends
+            GOAWAY and the client reconnects, resolving the name again: replicas added since it
+            connected enter its rotation. 0 keeps connections forever.
+        max_connection_age_grace_s: how long calls under way on an aged connection may still run.
+    """
+    age: Options = []
+    if max_connection_age_s > 0:
+        age = [
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max_connection_age_grace_s * 1000)),
+        ]
     return [
+        *age,
         *_message_limits(max_message_bytes),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),

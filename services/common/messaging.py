@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -129,7 +130,9 @@ async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[Na
         log.warning("nats: %s", err)
 
     nc = await nats.connect(
-        url,
+        # A cluster is given as several URLs, comma-separated; the client tries each in turn and
+        # learns the rest of the cluster from whichever node answers.
+        [part.strip() for part in url.split(",") if part.strip()],
         name=client_name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -143,9 +146,16 @@ async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[Na
     return nc, nc.jetstream()
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Creates Ferry's streams, or updates them when their config changed."""
-    for config in STREAMS:
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    """Creates Ferry's streams, or updates them when their config changed.
+
+    Args:
+        js: JetStream.
+        replicas: copies of each stream the cluster keeps (``nats_stream_replicas``); more than
+            the cluster has nodes is refused by NATS.
+    """
+    for stream in STREAMS:
+        config = dataclasses.replace(stream, num_replicas=replicas)
         try:
             await js.add_stream(config)
         except BadRequestError:
@@ -175,14 +185,15 @@ async def publish(
     return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=sent)
 
 
-async def open_cancelled_bucket(js: JetStreamContext) -> KeyValue:
-    """Opens the cancelled-jobs KV bucket, creating it when this service is the first to need it."""
+async def open_cancelled_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Opens the cancelled-jobs KV bucket, creating it with ``replicas`` copies when this service is
+    the first to need it."""
     try:
         return await js.key_value(CANCELLED_JOBS_BUCKET)
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(bucket=CANCELLED_JOBS_BUCKET)
+        return await js.create_key_value(bucket=CANCELLED_JOBS_BUCKET, replicas=replicas)
     except BadRequestError:
         # Another service created it in the meantime: use theirs.
         return await js.key_value(CANCELLED_JOBS_BUCKET)

@@ -73,7 +73,9 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     readiness = Readiness(service.name, health_servicer, names)
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(service.name, readiness), *_own_interceptors(service)],
-        options=server_options(settings.max_message_bytes),
+        options=server_options(
+            settings.max_message_bytes, settings.max_connection_age_s, settings.max_connection_age_grace_s
+        ),
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service.register(server)

@@ -29,10 +29,20 @@ class ServiceSettings(BaseSettings):
     """Largest gRPC message sent or received; images travel inside messages. The default is the
     largest body Envoy lets through (services/common/limits.py), so gRPC's own size refusal
     (RESOURCE_EXHAUSTED) never answers a request the edge admitted."""
+    max_connection_age_s: float = Field(default=0.0, ge=0)
+    """Seconds after which the server asks a client to reconnect (GOAWAY); 0 never does. Clients
+    balance over the addresses a name resolves to when they connect, so without an age a replica
+    an autoscaler adds gets no calls from channels opened before it; a reconnect re-resolves. Off
+    by default because a stream (WatchJob) running past age + grace is cut; inference sets it."""
+    max_connection_age_grace_s: float = Field(default=30.0, ge=0)
+    """Seconds calls already running on an aged connection get to finish before it is closed."""
 
 
 class NatsSettings(BaseSettings):
     """Mixin for services that talk to NATS JetStream."""
 
     nats_url: str = "nats://127.0.0.1:4222"
-    """NATS server URL."""
+    """NATS server URL; several comma-separated for a cluster (the client fails over between them)."""
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
+    """Copies JetStream keeps of each of Ferry's streams and buckets: 1 on a single NATS node, 3 on
+    a cluster of 3 or more, so losing one node loses no queued item or unstored record."""

@@ -88,8 +88,8 @@ class GatewayService:
         stack.push_async_callback(store_channel.close)
 
         nc, js = await messaging.connect(s.nats_url, "ferry-gateway", stack)
-        await messaging.ensure_streams(js)
-        cancelled = await open_cancelled_bucket(js)
+        await messaging.ensure_streams(js, s.nats_stream_replicas)
+        cancelled = await open_cancelled_bucket(js, s.nats_stream_replicas)
         log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
 
         await asyncio.gather(

@@ -22,6 +22,10 @@ class InferenceSettings(ServiceSettings):
     """Port of the gRPC server."""
     metrics_port: int = 9102
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    max_connection_age_s: float = Field(default=30.0, ge=0)
+    """Seconds after which a client (gateway, runner) is asked to reconnect, resolving the inference
+    name again, so a replica an autoscaler adds enters every caller's rotation within this (plus
+    10 % jitter). Inference streams nothing, so its calls never outlive the grace."""
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["efficientnet-lite0"], min_length=1
     )

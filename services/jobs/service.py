@@ -94,8 +94,8 @@ class JobsService:
         """
         s = self.settings
         nc, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
-        await messaging.ensure_streams(js)
-        cancelled = CancelledJobs(await open_cancelled_bucket(js), s.cancel_cache_s)
+        await messaging.ensure_streams(js, s.nats_stream_replicas)
+        cancelled = CancelledJobs(await open_cancelled_bucket(js, s.nats_stream_replicas), s.cancel_cache_s)
         channel = open_channel(s.inference_target, s.max_message_bytes)
         stack.push_async_callback(channel.close)
         # Probes go on a channel of their own, without the tracing interceptor: a check every

@@ -1,14 +1,22 @@
-"""Request size limits, defined once for the edge (Envoy) and the services' gRPC servers.
+"""Every size, count and depth limit of Ferry, defined once.
 
-Envoy refuses a request body over its route's limit with 413 (gRPC: INVALID_ARGUMENT) after
-buffering at most that many bytes, before authentication and before any service sees it. The
-services' gRPC message limit is the largest route limit, so a request that passed the edge never
-meets gRPC's own "larger than max" refusal (RESOURCE_EXHAUSTED, which clients read as "retry").
+Services import these; settings that let an operator lower a limit are bounded by them (a value
+above the bound is refused at start with a message naming the variable), so no two services can
+disagree about what a request may hold (a ``top_k`` the gateway lets through is one inference
+accepts). docs/reliability.md ("Abuse") lists each with what a caller sees when it is hit.
+
+Request bodies: Envoy refuses a body over its route's limit with 413 (gRPC: INVALID_ARGUMENT)
+after buffering at most that many bytes, before authentication and before any service sees it.
+The services' gRPC message limit is the largest route limit, so a request that passed the edge
+never meets gRPC's own "larger than max" refusal (RESOURCE_EXHAUSTED, which clients read as
+"retry").
 """
 
 from __future__ import annotations
 
 MIB = 1024 * 1024
+
+# Bodies at the edge.
 
 PREDICT_REQUEST_BYTES = 16 * MIB
 """One image: the gateway's 10 MiB image limit, as base64 in JSON (4/3 larger), plus the fields."""
@@ -22,9 +30,66 @@ DEFAULT_REQUEST_BYTES = 1 * MIB
 MAX_MESSAGE_BYTES = max(PREDICT_REQUEST_BYTES, UPLOAD_REQUEST_BYTES, DEFAULT_REQUEST_BYTES)
 """Every gRPC server's and channel's message limit: the largest body the edge lets through."""
 
+# Nesting.
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays in a JSON body or value (a payload, notebook parameters,
+a manifest line), the outermost object counting 1. Protobuf's parser stops at 100 message levels
+and every JSON level inside a ``google.protobuf.Struct`` costs it three (Struct, map entry,
+Value), so past about 33 levels a body the edge transcoded could not be read by any service."""
+
+# Inputs.
+
+MAX_IMAGE_BYTES = 12 * MIB
+"""Largest encoded image any setting may allow: what fits, as base64, in a Predict body."""
+DEFAULT_IMAGE_BYTES = 10 * MIB
+"""Largest encoded image accepted by default (FERRY_GATEWAY_MAX_IMAGE_BYTES)."""
+MAX_INPUTS_PER_REQUEST = 256
+"""Most inputs in one call to inference (a BatchPredict, a ModelInfer tensor, a runner's group)."""
+DEFAULT_BATCH_PREDICT_INPUTS = 64
+"""Most inputs in one BatchPredict by default (FERRY_GATEWAY_MAX_BATCH_PREDICT_INPUTS)."""
+MAX_TOP_K = 100
+"""Most classes one answer may list (inference refuses more)."""
+DEFAULT_TOP_K = 5
+"""Classes listed when a request's top_k is 0 (FERRY_GATEWAY_DEFAULT_TOP_K)."""
+MAX_JOB_ITEMS = 10_000
+"""Most inputs in one job, whether listed in CreateJob or expanded from an upload."""
+MAX_TEXT_CHARS = 10_000
+"""Longest text input, in characters."""
+MAX_CANDIDATE_LABELS = 64
+"""Most candidate labels of one zero-shot text input."""
+MAX_LABEL_CHARS = 256
+"""Longest label (a candidate label, or a label a query filters on)."""
+MAX_REQUEST_ID_CHARS = 128
+"""Longest request_id (idempotency key)."""
+MAX_TENSOR_ELEMENTS = 16_000_000
+"""Most elements of one tensor input."""
+DEFAULT_IMAGE_PIXELS = 50_000_000
+"""Most pixels an image may declare by default (FERRY_INFERENCE_MAX_IMAGE_PIXELS)."""
+
 
 def describe(size: int) -> str:
     """A size as people read it: ``"16 MiB (16777216 bytes)"``."""
     mib = size / MIB
     shown = f"{mib:g} MiB" if mib == int(mib) else f"{mib:.1f} MiB"
     return f"{shown} ({size} bytes)"
+
+
+def check_settings(values: object, prefix: str, bounds: dict[str, tuple[int, str]]) -> None:
+    """Refuses settings above the limits they must stay within, naming the variable and why.
+
+    Args:
+        values: the settings object.
+        prefix: its environment prefix (``FERRY_GATEWAY_``), to name the variable to change.
+        bounds: field name -> (the limit, what makes it the limit).
+
+    Raises:
+        ValueError: a field is above its limit (pydantic reports it as a validation error).
+    """
+    for field, (bound, why) in bounds.items():
+        value = getattr(values, field)
+        if value > bound:
+            raise ValueError(
+                f"{prefix}{field.upper()} is {value}; it may be at most {bound} ({why}). "
+                f"Lower {prefix}{field.upper()} to {bound} or less"
+            )

@@ -35,6 +35,7 @@ from nats.js.api import ConsumerConfig, PubAck, RetentionPolicy, StorageType, St
 from nats.js.errors import BadRequestError, BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from services.common import priorities
 from services.common.readiness import Readiness
 from services.common.tracing import inject_headers
 
@@ -48,7 +49,7 @@ PREDICTIONS_SUBJECT = "ferry.records.predictions"
 JOB_EVENTS_SUBJECT_PREFIX = "ferry.jobs.events"
 JOB_ITEMS_SUBJECT_PREFIX = "ferry.jobs.items"
 CANCELLED_JOBS_BUCKET = "ferry_cancelled_jobs"
-DEFAULT_PRIORITY = "normal"
+DEFAULT_PRIORITY = priorities.DEFAULT.name
 
 _DAY_S = 24 * 3600.0
 DEAD_LETTER_DAYS = 7
@@ -82,7 +83,7 @@ STREAMS = (
 
 
 #: Job priorities, highest first: the last token of a work subject (``ferry.jobs.items.high``).
-PRIORITIES = ("high", "normal", "low")
+PRIORITIES = priorities.NAMES
 
 
 def job_items_subject(priority: str = DEFAULT_PRIORITY) -> str:
@@ -96,11 +97,10 @@ def priority_token(priority: int) -> str:
     Raises:
         ValueError: not a Priority number.
     """
-    if priority == 0:
-        return DEFAULT_PRIORITY
-    if not 1 <= priority <= len(PRIORITIES):
-        raise ValueError(f"priority {priority} is not a ferry.types.v1.Priority")
-    return PRIORITIES[priority - 1]
+    try:
+        return priorities.of_proto(priority).name
+    except KeyError:
+        raise ValueError(f"priority {priority} is not a ferry.types.v1.Priority") from None
 
 
 def dead_letter_subject(job_id: str, item_index: int) -> str:

@@ -31,6 +31,7 @@ from google.protobuf import json_format, struct_pb2
 from ferry.inference.v1 import inference_service_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
+from services.common import limits
 from services.common.errors import InvalidArgument
 from services.gateway import validation
 
@@ -48,8 +49,6 @@ INPUTS = {
 CLASS_OUTPUTS = {"LABELS": "BYTES", "SCORES": "FP32", "CLASS_INDICES": "INT64"}
 EMBEDDING_OUTPUT = "EMBEDDING"
 JSON_OUTPUT = "OUTPUT"
-#: Most elements in one ModelInfer (the inference service's limit per request).
-MAX_ELEMENTS = 256
 _FP32 = np.dtype("<f4")
 _ACCEPTED = ", ".join(f"{name} ({datatype}: {what})" for name, (datatype, what) in INPUTS.items())
 
@@ -140,8 +139,8 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
 
 
 def _check_count(name: str, count: int) -> None:
-    if not 1 <= count <= MAX_ELEMENTS:
-        raise _bad_input(name, f"input {name!r} has {count} items; send 1 to {MAX_ELEMENTS}")
+    if not 1 <= count <= limits.MAX_INPUTS_PER_REQUEST:
+        raise _bad_input(name, f"input {name!r} has {count} items; send 1 to {limits.MAX_INPUTS_PER_REQUEST}")
 
 
 def _image(content: bytes, max_bytes: int, where: str) -> types_pb2.Input:

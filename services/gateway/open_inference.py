@@ -25,6 +25,7 @@ from ferry.models.v1 import model_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
+from services.common import priorities
 from services.common.answers import copy_answer
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, error_from_status
 from services.gateway import validation
@@ -48,11 +49,6 @@ from services.gateway.settings import GatewaySettings
 SERVER_NAME = "ferry"
 SERVER_VERSION = "0.1.0"
 MODEL_VERSION = "1"
-_PRIORITIES = {
-    "high": types_pb2.PRIORITY_HIGH,
-    "normal": types_pb2.PRIORITY_NORMAL,
-    "low": types_pb2.PRIORITY_LOW,
-}
 # Triton numbers priorities from 1 (highest); 0 means the default. 3 and above run as low here.
 _TRITON_PRIORITIES = {
     0: types_pb2.PRIORITY_UNSPECIFIED,
@@ -101,8 +97,11 @@ def priority_of(parameters: dict[str, oip.InferParameter]) -> types_pb2.Priority
     value = parameters.get("priority")
     if value is None:
         return types_pb2.PRIORITY_UNSPECIFIED
-    if value.WhichOneof("parameter_choice") == "string_param" and value.string_param.lower() in _PRIORITIES:
-        return _PRIORITIES[value.string_param.lower()]
+    if (
+        value.WhichOneof("parameter_choice") == "string_param"
+        and value.string_param.lower() in priorities.NAMES
+    ):
+        return priorities.of_name(value.string_param).proto
     number = _parameter_int(parameters, "priority")
     if number is None or number < 0:
         raise InvalidArgument(

@@ -39,9 +39,9 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     restart) before the call answers UNAVAILABLE."""
     max_publish_inflight: int = Field(default=128, ge=1)
     """Most job items one CreateJob publishes at once (their acks are all awaited)."""
-    max_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_image_bytes: int = Field(default=limits.DEFAULT_IMAGE_BYTES, gt=0)
     """Largest encoded image accepted, in bytes. Job items are also bounded by NATS's max_payload."""
-    max_job_items: int = Field(default=10_000, ge=1)
+    max_job_items: int = Field(default=limits.MAX_JOB_ITEMS, ge=1)
     """Most inputs in one job."""
     max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)
     """Largest upload (``POST /v1/uploads``: a JSONL manifest or a zip of images), counted as it
@@ -53,12 +53,12 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     image_fetch_allow_networks: list[str] = Field(default_factory=list)
     """Networks (CIDRs, e.g. ``["10.20.0.0/16"]``) image URLs may reach although they are not
     public; by default loopback, private, link-local (cloud metadata) and reserved ones are refused."""
-    max_batch_predict_inputs: int = Field(default=64, ge=1, le=256)
+    max_batch_predict_inputs: int = Field(default=limits.DEFAULT_BATCH_PREDICT_INPUTS, ge=1)
     """Most inputs in one BatchPredict call (inference takes at most 256 per request); more go in
     several calls, or in a job."""
-    default_top_k: int = Field(default=5, ge=1)
+    default_top_k: int = Field(default=limits.DEFAULT_TOP_K, ge=1)
     """Classes returned when a request's top_k is 0."""
-    max_top_k: int = Field(default=100, ge=1)
+    max_top_k: int = Field(default=limits.MAX_TOP_K, ge=1)
     """Largest top_k a request may ask for."""
     auth_cache_ttl_s: float = Field(default=30.0, ge=0)
     """How long a resolved API key is reused without asking store; a revoked key works this long.
@@ -109,6 +109,28 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     store other than AWS)."""
     startup_timeout_s: float = Field(default=180.0, gt=0)
     """How long start() waits for inference and store to report SERVING before giving up."""
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> Self:
+        # What the gateway lets through, inference (or NATS, or the edge) must accept.
+        limits.check_settings(
+            self,
+            "FERRY_GATEWAY_",
+            {
+                "max_top_k": (limits.MAX_TOP_K, "inference lists at most that many classes"),
+                "max_batch_predict_inputs": (
+                    limits.MAX_INPUTS_PER_REQUEST,
+                    "inference takes at most that many inputs per request",
+                ),
+                "max_image_bytes": (
+                    limits.MAX_IMAGE_BYTES,
+                    "a larger image does not fit the edge's body limit",
+                ),
+                "max_job_items": (limits.MAX_JOB_ITEMS, "the most items one job may hold"),
+                "max_upload_bytes": (limits.UPLOAD_FILE_BYTES, "the edge's limit on one upload"),
+            },
+        )
+        return self
 
     @model_validator(mode="after")
     def _default_top_k_is_allowed(self) -> Self:

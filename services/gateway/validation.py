@@ -17,13 +17,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.models.v1 import model_service_pb2
 from ferry.types.v1 import types_pb2
+from services.common import limits
 from services.common.errors import InvalidArgument
 from services.common.ids import parse_name
 
 MODEL_PREFIX = "models/"
 EXAMPLE_MODEL = "models/efficientnet-lite0"
-MAX_REQUEST_ID_CHARS = 128
-MAX_LABEL_CHARS = 256
 
 # Model ids are short slugs such as "efficientnet-lite0"; anything else cannot be served.
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -102,8 +101,6 @@ def image_content(image: types_pb2.Image | None, max_bytes: int, where: str = "i
     return image.content
 
 
-MAX_TEXT_CHARS = 10_000
-MAX_CANDIDATE_LABELS = 64
 #: The public PredictRequest's input fields, in the order they are named in errors.
 PREDICT_INPUT_FIELDS = ("image", "text", "payload", "tensor")
 
@@ -170,7 +167,7 @@ def input_item(item: types_pb2.Input, max_bytes: int, where: str = "") -> types_
 
 
 def text(value: types_pb2.Text, where: str = "text") -> types_pb2.Text:
-    """Checks a text input: non-empty, at most MAX_TEXT_CHARS, at most MAX_CANDIDATE_LABELS labels.
+    """Checks a text input: non-empty, within the text limits.
 
     Raises:
         InvalidArgument: an empty or too long text, or too many candidate labels.
@@ -181,18 +178,18 @@ def text(value: types_pb2.Text, where: str = "text") -> types_pb2.Text:
             reason="MISSING_TEXT",
             metadata={"field": f"{where}.content"},
         )
-    if len(value.content) > MAX_TEXT_CHARS:
+    if len(value.content) > limits.MAX_TEXT_CHARS:
         raise InvalidArgument(
-            f"{where}.content has {len(value.content)} characters; the limit is {MAX_TEXT_CHARS}",
+            f"{where}.content has {len(value.content)} characters; the limit is {limits.MAX_TEXT_CHARS}",
             reason="TEXT_TOO_LONG",
-            metadata={"field": f"{where}.content", "max_chars": str(MAX_TEXT_CHARS)},
+            metadata={"field": f"{where}.content", "max_chars": str(limits.MAX_TEXT_CHARS)},
         )
-    if len(value.candidate_labels) > MAX_CANDIDATE_LABELS:
+    if len(value.candidate_labels) > limits.MAX_CANDIDATE_LABELS:
         raise InvalidArgument(
             f"{where}.candidate_labels has {len(value.candidate_labels)} labels; the limit is "
-            f"{MAX_CANDIDATE_LABELS}",
+            f"{limits.MAX_CANDIDATE_LABELS}",
             reason="TOO_MANY_LABELS",
-            metadata={"field": f"{where}.candidate_labels", "max_labels": str(MAX_CANDIDATE_LABELS)},
+            metadata={"field": f"{where}.candidate_labels", "max_labels": str(limits.MAX_CANDIDATE_LABELS)},
         )
     return value
 
@@ -236,14 +233,14 @@ def request_id(value: str) -> str:
     """Checks a client's idempotency key (empty means none).
 
     Raises:
-        InvalidArgument: the key is longer than MAX_REQUEST_ID_CHARS.
+        InvalidArgument: the key is longer than limits.MAX_REQUEST_ID_CHARS.
     """
-    if len(value) > MAX_REQUEST_ID_CHARS:
+    if len(value) > limits.MAX_REQUEST_ID_CHARS:
         raise InvalidArgument(
-            f"request_id is {len(value)} characters; the limit is {MAX_REQUEST_ID_CHARS} "
+            f"request_id is {len(value)} characters; the limit is {limits.MAX_REQUEST_ID_CHARS} "
             "(a UUID is a good request_id)",
             reason="REQUEST_ID_TOO_LONG",
-            metadata={"field": "request_id", "max_chars": str(MAX_REQUEST_ID_CHARS)},
+            metadata={"field": "request_id", "max_chars": str(limits.MAX_REQUEST_ID_CHARS)},
         )
     return value
 
@@ -309,11 +306,11 @@ def label(value: str) -> str:
     """Checks a label filter.
 
     Raises:
-        InvalidArgument: longer than MAX_LABEL_CHARS.
+        InvalidArgument: longer than limits.MAX_LABEL_CHARS.
     """
-    if len(value) > MAX_LABEL_CHARS:
+    if len(value) > limits.MAX_LABEL_CHARS:
         raise InvalidArgument(
-            f"label is {len(value)} characters; class labels are at most {MAX_LABEL_CHARS}",
+            f"label is {len(value)} characters; class labels are at most {limits.MAX_LABEL_CHARS}",
             reason="INVALID_LABEL",
             metadata={"field": "label"},
         )

@@ -9,10 +9,10 @@ import numpy.typing as npt
 from google.protobuf import json_format, struct_pb2
 
 from ferry.types.v1 import types_pb2
+from services.common import limits
 from services.inference.models.contract import IMAGE, PAYLOAD, TENSOR, TEXT, Answer, InvalidInput, ModelInput
 
 FP32 = "FP32"
-MAX_TENSOR_ELEMENTS = 16_000_000
 
 
 def model_input(item: types_pb2.Input) -> ModelInput:
@@ -61,8 +61,8 @@ def tensor_array(tensor: types_pb2.Tensor) -> npt.NDArray[np.float32]:
     if not shape or any(d < 0 for d in shape):
         raise InvalidInput(f"its tensor shape {list(shape)} must list one or more non-negative sizes")
     count = int(np.prod(shape))
-    if count > MAX_TENSOR_ELEMENTS:
-        raise InvalidInput(f"its tensor has {count} elements; the limit is {MAX_TENSOR_ELEMENTS}")
+    if count > limits.MAX_TENSOR_ELEMENTS:
+        raise InvalidInput(f"its tensor has {count} elements; the limit is {limits.MAX_TENSOR_ELEMENTS}")
     if tensor.raw_contents:
         if len(tensor.raw_contents) != 4 * count:
             raise InvalidInput(

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ferry.types.v1 import types_pb2
+from services.common import priorities
 from services.common.errors import InvalidArgument
 
 T = TypeVar("T")
@@ -32,14 +32,6 @@ class Priority(enum.IntEnum):
     LOW = 2
 
 
-_FROM_PROTO = {
-    types_pb2.PRIORITY_UNSPECIFIED: Priority.NORMAL,
-    types_pb2.PRIORITY_HIGH: Priority.HIGH,
-    types_pb2.PRIORITY_NORMAL: Priority.NORMAL,
-    types_pb2.PRIORITY_LOW: Priority.LOW,
-}
-
-
 def priority_from_proto(value: int) -> Priority:
     """Maps ``ferry.types.v1.Priority`` to a Priority (unspecified is NORMAL).
 
@@ -47,7 +39,7 @@ def priority_from_proto(value: int) -> Priority:
         InvalidArgument: For a number the enum does not define.
     """
     try:
-        return _FROM_PROTO[value]  # type: ignore[index]
+        return Priority(priorities.of_proto(value).handicap)
     except KeyError:
         raise InvalidArgument(
             f"priority is {value}; use PRIORITY_HIGH, PRIORITY_NORMAL or PRIORITY_LOW "

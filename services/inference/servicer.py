@@ -9,13 +9,11 @@ from typing import Any
 import grpc
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common import limits
 from services.common.errors import InvalidArgument, NotFound
 from services.inference.models.contract import Options
 from services.inference.scheduling import priority_from_proto
 from services.inference.served import Served, Unserved
-
-MAX_INPUTS = 256
-MAX_TOP_K = 100
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
@@ -49,16 +47,17 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         if isinstance(model, Unserved):
             raise model.unavailable()
         count = len(request.inputs)
-        if not 1 <= count <= MAX_INPUTS:
+        if not 1 <= count <= limits.MAX_INPUTS_PER_REQUEST:
             raise InvalidArgument(
-                f"inputs has {count} items; send between 1 and {MAX_INPUTS} inputs per request "
+                f"inputs has {count} items; send between 1 and {limits.MAX_INPUTS_PER_REQUEST} inputs per "
+                "request "
                 "(use a batch job for more)",
                 "INVALID_INPUT_COUNT",
-                {"count": str(count), "max": str(MAX_INPUTS)},
+                {"count": str(count), "max": str(limits.MAX_INPUTS_PER_REQUEST)},
             )
-        if not 1 <= request.top_k <= MAX_TOP_K:
+        if not 1 <= request.top_k <= limits.MAX_TOP_K:
             raise InvalidArgument(
-                f"top_k is {request.top_k}; it must be between 1 and {MAX_TOP_K}",
+                f"top_k is {request.top_k}; it must be between 1 and {limits.MAX_TOP_K}",
                 "INVALID_TOP_K",
                 {"top_k": str(request.top_k)},
             )

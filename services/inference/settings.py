@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.common import limits
 from services.common.settings import ServiceSettings
 from services.inference import openmp
 from services.inference.models.config import DEFAULT_GRAPH, DEFAULT_MODELS_FILE, Graph
@@ -54,7 +55,7 @@ class InferenceSettings(ServiceSettings):
     priority_aging_ms: float = Field(default=1000.0, ge=0)
     """Priority head start: HIGH goes before NORMAL that arrived up to this long earlier, and before
     LOW that arrived up to twice this long earlier; older items keep their arrival order."""
-    max_image_pixels: int = Field(default=50_000_000, ge=1)
+    max_image_pixels: int = Field(default=limits.DEFAULT_IMAGE_PIXELS, ge=1)
     """Most pixels an input image may declare in its header; larger ones are refused before
     decoding (INVALID_ARGUMENT, reason IMAGE_TOO_LARGE). 50 M admits 48-megapixel phone photos;
     a 50-megapixel PNG still decodes for about 3 s on one core here, and 169 M took 12 s and 1 GB."""

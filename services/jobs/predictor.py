@@ -14,13 +14,11 @@ from grpc_status import rpc_status
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.types.v1 import types_pb2
+from services.common import limits
 from services.common.errors import status_to_proto
 from services.jobs.retry import is_transient
 
 log = logging.getLogger(__name__)
-
-#: Most inputs inference accepts in one request (see PredictRequest.inputs).
-MAX_INPUTS = 256
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,11 @@ class Predictor:
 
     async def _call(self, call: _Call, inputs: list[types_pb2.Input]) -> list[Outcome]:
         model, top_k, deadline = call.model, call.top_k, call.deadline
-        if len(inputs) > MAX_INPUTS:
-            chunks = [inputs[i : i + MAX_INPUTS] for i in range(0, len(inputs), MAX_INPUTS)]
+        if len(inputs) > limits.MAX_INPUTS_PER_REQUEST:
+            chunks = [
+                inputs[i : i + limits.MAX_INPUTS_PER_REQUEST]
+                for i in range(0, len(inputs), limits.MAX_INPUTS_PER_REQUEST)
+            ]
             parts = await asyncio.gather(*(self._call(call, c) for c in chunks))
             return [outcome for part in parts for outcome in part]
         remaining = deadline - time.monotonic()

@@ -7,6 +7,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common import limits, priorities
 from services.common.channels import Targets
 from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX, PRIORITIES
 from services.common.notebooks import NotebookSettings
@@ -36,10 +37,10 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
     priority (``<consumer_name>-high`` on ``<prefix>.high``, ...: see lanes.py); any other filter
     is one consumer named ``consumer_name``. FERRY_WORK is a work queue, so no two consumers may
     have overlapping filters (tests give each runner a subject of its own)."""
-    priority_weights: dict[str, int] = Field(default_factory=lambda: {"high": 6, "normal": 3, "low": 1})
+    priority_weights: dict[str, int] = Field(default_factory=priorities.default_weights)
     """Share of contended in-flight room per priority (JSON, e.g. ``{"high":6,"normal":3,"low":1}``):
     under a backlog of every priority, high gets 6 of every 10 fetches and low still 1."""
-    fetch_batch: int = Field(default=8, ge=1, le=256)
+    fetch_batch: int = Field(default=8, ge=1, le=limits.MAX_INPUTS_PER_REQUEST)
     """Most items pulled in one fetch; items of one job and model go to inference as one request."""
     fetch_timeout_s: float = Field(default=1.0, gt=0)
     """How long one pull waits for items when the stream is empty."""

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from ferry.types.v1 import types_pb2
+from services.common import limits
 from services.common.errors import FerryError
 from services.gateway import validation
 
@@ -118,7 +119,7 @@ def test_a_job_takes_every_kind_of_input_a_predict_takes() -> None:
     ("item", "reason", "field"),
     [
         (text_input("  "), "MISSING_TEXT", "inputs[1].text.content"),
-        (text_input("x" * (validation.MAX_TEXT_CHARS + 1)), "TEXT_TOO_LONG", "inputs[1].text.content"),
+        (text_input("x" * (limits.MAX_TEXT_CHARS + 1)), "TEXT_TOO_LONG", "inputs[1].text.content"),
         (text_input("x", ("l",) * 65), "TOO_MANY_LABELS", "inputs[1].text.candidate_labels"),
         (payload_input(blob="x" * 200), "INPUT_TOO_LARGE", "inputs[1].payload"),
         (
@@ -143,10 +144,10 @@ def test_good_job_inputs_pass() -> None:
 
 def test_request_id_length_is_limited() -> None:
     assert validation.request_id("") == ""
-    ok = "r" * validation.MAX_REQUEST_ID_CHARS
+    ok = "r" * limits.MAX_REQUEST_ID_CHARS
     assert validation.request_id(ok) == ok
     error = invalid(validation.request_id, ok + "r")
-    assert str(validation.MAX_REQUEST_ID_CHARS) in error.message
+    assert str(limits.MAX_REQUEST_ID_CHARS) in error.message
 
 
 def test_resource_names_parse_and_malformed_ones_show_the_form() -> None:

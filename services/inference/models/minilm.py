@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from services.common import limits
 from services.inference.models.config import ModelConfig
 from services.inference.models.contract import (
     TEXT,
@@ -32,9 +33,6 @@ from services.inference.models.contract import (
 )
 
 DIMENSIONS = 384
-MAX_TEXT_CHARS = 10_000
-MAX_CANDIDATE_LABELS = 64
-MAX_LABEL_CHARS = 256
 _LABEL_CACHE_SIZE = 4096
 
 #: One item's raw output: its text's embedding and, for zero-shot, its labels' embeddings.
@@ -77,13 +75,17 @@ class MiniLM(Model):
         self.check_kind(item)
         if not item.text.strip():
             raise InvalidInput("its text is empty; send the text to embed in text.content")
-        if len(item.text) > MAX_TEXT_CHARS:
-            raise InvalidInput(f"its text has {len(item.text)} characters; the limit is {MAX_TEXT_CHARS}")
+        if len(item.text) > limits.MAX_TEXT_CHARS:
+            raise InvalidInput(
+                f"its text has {len(item.text)} characters; the limit is {limits.MAX_TEXT_CHARS}"
+            )
         labels = item.candidate_labels
-        if len(labels) > MAX_CANDIDATE_LABELS:
-            raise InvalidInput(f"it has {len(labels)} candidate labels; the limit is {MAX_CANDIDATE_LABELS}")
-        if any(not label.strip() or len(label) > MAX_LABEL_CHARS for label in labels):
-            raise InvalidInput(f"a candidate label is empty or over {MAX_LABEL_CHARS} characters")
+        if len(labels) > limits.MAX_CANDIDATE_LABELS:
+            raise InvalidInput(
+                f"it has {len(labels)} candidate labels; the limit is {limits.MAX_CANDIDATE_LABELS}"
+            )
+        if any(not label.strip() or len(label) > limits.MAX_LABEL_CHARS for label in labels):
+            raise InvalidInput(f"a candidate label is empty or over {limits.MAX_LABEL_CHARS} characters")
         if len(set(labels)) != len(labels):
             raise InvalidInput("its candidate labels repeat a label; send each label once")
         return item.text, labels

@@ -20,6 +20,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_TOO_LARGE: _ClassVar[ErrorReason]
     MALFORMED_REQUEST: _ClassVar[ErrorReason]
     UNKNOWN_FIELD: _ClassVar[ErrorReason]
+    NESTING_TOO_DEEP: _ClassVar[ErrorReason]
     UNKNOWN_PATH: _ClassVar[ErrorReason]
     HEADERS_TOO_LARGE: _ClassVar[ErrorReason]
     EDGE_DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
@@ -116,6 +117,7 @@ QUEUE_FULL: ErrorReason
 REQUEST_TOO_LARGE: ErrorReason
 MALFORMED_REQUEST: ErrorReason
 UNKNOWN_FIELD: ErrorReason
+NESTING_TOO_DEEP: ErrorReason
 UNKNOWN_PATH: ErrorReason
 HEADERS_TOO_LARGE: ErrorReason
 EDGE_DEADLINE_EXCEEDED: ErrorReason

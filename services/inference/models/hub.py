@@ -66,9 +66,9 @@ def _answer(model: str, item: ModelInput, options: Options) -> Answer:
     if threading.current_thread() is threading.main_thread() and loop.is_running():
         raise RuntimeError("hub calls block: call them from a model's thread, never the event loop")
     # Imported late: served imports the models package, which imports this module.
-    from services.inference.scheduling import Priority
+    from services.inference.calls import Request
 
-    call = served.answer(0, item, options, Priority.NORMAL, None)
+    call = served.answer(Request(item, options))
     return asyncio.run_coroutine_threadsafe(call, loop).result(TIMEOUT_S).answer
 
 

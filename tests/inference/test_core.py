@@ -1,0 +1,53 @@
+"""The protocol-neutral core: plain calls in, plain outcomes out, on the real models."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.inference.calls import Answered, Call, Refused, Request
+from services.inference.models.contract import IMAGE, TEXT, InvalidInput, ModelInput, Options
+from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
+
+
+async def test_a_call_answers_each_input_in_order_without_any_protobuf(
+    inference: RunningInference, cat_jpeg: bytes, coffee_jpeg: bytes
+) -> None:
+    model = inference.service.models["efficientnet-lite0"]
+    call = Call(
+        [
+            ModelInput(IMAGE, image=cat_jpeg),
+            InvalidInput("its tensor has datatype 'INT8'; FP32 is supported"),
+            ModelInput(IMAGE, image=b"not an image"),
+            ModelInput(IMAGE, image=coffee_jpeg),
+        ],
+        Options(top_k=2),
+    )
+    cat, unconverted, broken, coffee = await model.predict(call)
+    assert isinstance(cat, Answered) and isinstance(coffee, Answered)
+    assert cat.answer.classes[0].index in CAT_CLASSES and len(cat.answer.classes) == 2
+    assert coffee.answer.classes[0].index == ESPRESSO
+    # The call's clock: from its arrival, so never less than the input's own decode and queue.
+    assert coffee.timing.total_ms >= coffee.timing.decode_ms + coffee.timing.queue_ms > 0
+    assert coffee.timing.batch_size >= 1
+    assert unconverted == Refused(
+        "input 1 is refused: its tensor has datatype 'INT8'; FP32 is supported", "INVALID_INPUT"
+    )
+    assert isinstance(broken, Refused) and broken.reason == "INVALID_IMAGE" and "input 2" in broken.message
+    # Every place in the queue bound was given back.
+    assert model.waiting == 0
+
+
+async def test_an_ensemble_answers_one_request_with_each_members_timing(
+    inference: RunningInference, cat_jpeg: bytes
+) -> None:
+    ensemble = inference.service.models["imagenet-ensemble"]
+    answered = await ensemble.answer(Request(ModelInput(IMAGE, image=cat_jpeg), Options(top_k=3)))
+    assert answered.answer.classes[0].index in CAT_CLASSES and len(answered.answer.classes) == 3
+    assert [name for name, _ in answered.members] == ["efficientnet-lite0", "mobilenet-v2"]
+    assert all(timing.inference_ms > 0 for _, timing in answered.members)
+
+
+async def test_an_ensemble_refuses_a_text_input(inference: RunningInference) -> None:
+    ensemble = inference.service.models["imagenet-ensemble"]
+    with pytest.raises(InvalidInput, match="takes an image"):
+        await ensemble.answer(Request(ModelInput(TEXT, text="a cat")))

@@ -12,10 +12,12 @@ from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from services.common.errors import FerryError, Unavailable
+from services.common import nesting
+from services.common.errors import FerryError, InvalidArgument, Unavailable
 from services.common.logs import bind, new_rpc_fields, reset_rpc_fields
 from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS
 from services.common.readiness import Readiness
@@ -31,6 +33,53 @@ _UNOBSERVED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any]
+
+
+class Undecodable:
+    """Stands in for a request message protobuf could not parse, so the call can refuse it as 400.
+
+    gRPC parses a request before any interceptor or handler sees it, and a parse error there is
+    answered UNKNOWN with a traceback in the log: a caller's bytes (a JSON payload nested 50 deep,
+    which the edge transcodes into 150 protobuf levels; truncated or garbled protobuf) would look
+    like a bug of ours. The guarded deserializer returns this instead and the call refuses it.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def refusal(self) -> InvalidArgument:
+        """The INVALID_ARGUMENT to answer: NESTING_TOO_DEEP past protobuf's depth, else MALFORMED_REQUEST."""
+        if "MaxDepth" in self.error:
+            return nesting.too_deep("the request")
+        return InvalidArgument(
+            f"the request is not a valid protobuf message ({self.error}); send the message the method takes",
+            reason="MALFORMED_REQUEST",
+        )
+
+
+def guarded(deserialize: Deserializer | None) -> Deserializer | None:
+    """``deserialize``, returning an Undecodable instead of raising for bytes protobuf cannot parse."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as err:
+            return Undecodable(str(err))
+
+    return parse
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A client stream's messages, raising the refusal of the first that could not be parsed."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.refusal()
+        yield request
 
 
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
@@ -62,13 +111,13 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.stream_unary is not None:
@@ -76,13 +125,17 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             # "request" is the iterator of the client's messages, passed through untouched.
             wrapped = grpc.stream_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.stream_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=self.deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         else:
             return handler
         self._handlers[method] = wrapped  # only registered methods get here: the dict stays small
         return wrapped
+
+    def deserializer(self, inner: Deserializer | None) -> Deserializer | None:
+        """The request deserializer the wrapped handler uses: ``inner`` unless a subclass guards it."""
+        return inner
 
     def wrap_unary(self, method: str, inner: Handler) -> Handler:
         """The handler that runs instead of unary ``inner``."""
@@ -114,9 +167,16 @@ class ServerInterceptor(WrappingInterceptor):
         self._latency: dict[str, Any] = {}
         self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
 
+    def deserializer(self, inner: Deserializer | None) -> Deserializer | None:
+        return guarded(inner)
+
     def wrap_unary(self, method: str, inner: Handler) -> Handler:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             async with self._observing(method, context):
+                if isinstance(request, Undecodable):
+                    raise request.refusal()
+                if hasattr(request, "__aiter__"):  # a client stream (see intercept_service)
+                    request = _decoded_stream(request)
                 return await inner(request, context)
 
         return observed
@@ -124,6 +184,8 @@ class ServerInterceptor(WrappingInterceptor):
     def wrap_stream(self, method: str, inner: StreamHandler) -> StreamHandler:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async with self._observing(method, context):
+                if isinstance(request, Undecodable):
+                    raise request.refusal()
                 async for response in inner(request, context):
                     yield response
 

@@ -62,6 +62,8 @@ MAX_LABEL_CHARS = 256
 """Longest label (a candidate label, or a label a query filters on)."""
 MAX_REQUEST_ID_CHARS = 128
 """Longest request_id (idempotency key)."""
+MAX_PARAMETERS_BYTES = 256 * 1024
+"""Largest notebook job's parameters, serialized: they travel in one NATS message (1 MiB at most)."""
 MAX_TENSOR_ELEMENTS = 16_000_000
 """Most elements of one tensor input."""
 DEFAULT_IMAGE_PIXELS = 50_000_000

@@ -5,10 +5,12 @@ gateway can reach (server-side request forgery): cloud metadata at 169.254.169.2
 NATS, the other services, anything on a private network. So:
 
 - only ``http`` and ``https``, no credentials in the URL;
-- the host is resolved here, and every address it resolves to must be public (``is_global``;
-  an IPv4-mapped IPv6 address is judged as the IPv4 one) unless a network in the settings'
-  allow-list admits it; the connection goes to that checked address (no second lookup that a
-  DNS rebinding could answer differently), with TLS verified against the host name;
+- the host name must be well formed (``addresses.ascii_host``: a malformed one is 400, not 500);
+- the host is resolved here, and every address it resolves to must be public (``is_global``; an
+  IPv6 address that carries an IPv4 one, NAT64, 6to4, Teredo, mapped or compatible, is judged by
+  the IPv4 one: ``addresses.forbidden``) unless a network in the settings' allow-list admits it;
+  the connection goes to that checked address (no second lookup that a DNS rebinding could
+  answer differently), with TLS verified against the host name;
 - every redirect is checked the same way, at most ``max_redirects`` of them;
 - the whole fetch has one deadline, and the body is read to at most the image limit
   (a larger Content-Length is refused before reading).
@@ -25,22 +27,22 @@ import socket
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 
 from ferry.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
+from services.gateway.addresses import Network, ascii_host, forbidden
 from services.gateway.settings import GatewaySettings
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 #: Images of one request (a job's inputs) fetched at the same time.
 MAX_CONCURRENT_FETCHES = 8
 _CHUNK = 64 * 1024
 _USER_AGENT = "ferry-gateway (image fetch)"
+#: What a request target keeps as is: RFC 3986's reserved characters and '%' (already encoded).
+_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,6 @@ class FetchPolicy:
     @classmethod
     def parse_networks(cls, cidrs: Iterable[str]) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
-def forbidden(address: Address, allowed: Sequence[Network]) -> bool:
-    """Whether the gateway must not connect to ``address``: not public, and not admitted."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address in network for network in allowed if network.version == address.version):
-        return False
-    return not address.is_global or address.is_multicast
 
 
 class Fetcher:
@@ -99,35 +92,15 @@ class Fetcher:
         raise _failed(where, uri, f"more than {self.policy.max_redirects} redirects")
 
     async def _get(self, uri: str, where: str) -> tuple[int, str, bytes]:
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidArgument(
-                f"{where} is {_shown(uri)}; give an http:// or https:// URL of an image",
-                reason="INVALID_IMAGE_URI",
-                metadata={"field": where},
-            )
-        if parts.username or parts.password:
-            raise InvalidArgument(
-                f"{where} carries credentials; the gateway fetches public images only",
-                reason="INVALID_IMAGE_URI",
-                metadata={"field": where},
-            )
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise InvalidArgument(
-                f"{where} has an invalid port: {_shown(uri)}",
-                reason="INVALID_IMAGE_URI",
-                metadata={"field": where},
-            ) from None
-        address = await self._checked_address(parts.hostname, port, uri, where)
-        return await self._request(parts.scheme, parts.hostname, address, port, _target(parts), uri, where)
+        url = parse_url(uri, where)
+        address = await self._checked_address(url.host, url.port, uri, where)
+        return await self._request(url.scheme, url.host, address, url.port, url.target, uri, where)
 
     async def _checked_address(self, host: str, port: int, uri: str, where: str) -> str:
         """Resolves ``host``; every address must be allowed. Returns the one to connect to."""
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as err:
+        except (OSError, UnicodeError) as err:
             raise _failed(where, uri, f"its host does not resolve ({err})") from None
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         refused = [a for a in addresses if forbidden(a, self.policy.allowed_networks)]
@@ -190,7 +163,7 @@ class Fetcher:
                 if status != 200:
                     return status, location, b""
                 declared = headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.policy.max_bytes:
+                if declared.isascii() and declared.isdigit() and int(declared) > self.policy.max_bytes:
                     raise _too_large(where, int(declared), self.policy.max_bytes)
             elif isinstance(event, h11.Data):
                 body += event.data
@@ -200,13 +173,56 @@ class Fetcher:
                 return status, location, bytes(body)
 
 
-def _target(parts: SplitResult) -> str:
+@dataclass(frozen=True)
+class Url:
+    """An image URL, checked for form: what to connect to and what to ask for."""
+
+    scheme: str
+    host: str
+    """The ASCII host name (IDNA-encoded) or address literal."""
+    port: int
+    target: str
+    """The request target: path and query."""
+
+
+def parse_url(uri: str, where: str = "image.uri") -> Url:
+    """Checks ``uri``'s form (nothing is resolved or fetched).
+
+    Raises:
+        InvalidArgument: INVALID_IMAGE_URI: not an http(s) URL, credentials in it, a bad port or a
+            malformed host (``a..b.com``, a label over 63 characters, characters no host has).
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError as err:  # "Invalid IPv6 URL", characters NFKC maps to '/' or '@'...
+        raise _invalid(where, f"is not a valid URL ({err})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _invalid(where, f"is {_shown(uri)}; give an http:// or https:// URL of an image")
+    if parts.username or parts.password:
+        raise _invalid(where, "carries credentials; the gateway fetches public images only")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise _invalid(where, f"has an invalid port: {_shown(uri)}") from None
+    host = ascii_host(parts.hostname)
+    if host is None:
+        raise _invalid(
+            where,
+            f"has a malformed host {_shown(parts.hostname)} (empty labels, a label over 63 "
+            "characters, or characters a host name cannot have)",
+        )
     path = parts.path or "/"
-    return f"{path}?{parts.query}" if parts.query else path
+    target = f"{path}?{parts.query}" if parts.query else path
+    # HTTP/1.1 targets are ASCII without spaces: percent-encode anything else (é, a space, \n).
+    return Url(parts.scheme, host, port, quote(target, safe=_TARGET_SAFE, errors="replace"))
 
 
 def _shown(uri: str) -> str:
     return repr(uri if len(uri) <= 200 else uri[:200] + "...")
+
+
+def _invalid(where: str, why: str) -> InvalidArgument:
+    return InvalidArgument(f"{where} {why}", reason="INVALID_IMAGE_URI", metadata={"field": where})
 
 
 def _failed(where: str, uri: str, why: str) -> InvalidArgument:

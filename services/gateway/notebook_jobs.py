@@ -65,6 +65,7 @@ async def create(
         FerryError: an unknown notebook, model fields set, or store or JetStream unavailable.
     """
     _refuse_model_fields(request)
+    validation.notebook_parameters(request.parameters)
     cells = code_cell_count(settings.notebook_path(request.notebook))
     if cells < 1:
         raise InvalidArgument(

@@ -20,6 +20,7 @@ when the request was raw.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from google.protobuf import json_format, struct_pb2
 from ferry.inference.v1 import inference_service_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
-from services.common import limits
+from services.common import limits, nesting
 from services.common.errors import InvalidArgument
 from services.gateway import validation
 
@@ -126,7 +127,7 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
         if raw
         else list(tensor.contents.bytes_contents)
     )
-    expected = int(np.prod(tensor.shape)) if tensor.shape else len(elements)
+    expected = math.prod(tensor.shape) if tensor.shape else len(elements)
     if expected != len(elements):
         raise _bad_input(name, f"input {name!r} has shape {list(tensor.shape)} but {len(elements)} elements")
     _check_count(name, len(elements))
@@ -162,13 +163,18 @@ def _payload(content: bytes, max_bytes: int, where: str) -> types_pb2.Input:
     if len(content) > max_bytes:
         raise _bad_input(JSON_INPUT, f"{where} is {len(content)} bytes; the limit is {max_bytes}")
     try:
-        value = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        value = nesting.loads(content)
+    except nesting.TooDeep:
+        raise nesting.too_deep(where) from None
+    except ValueError as err:  # not UTF-8, not JSON, an integer of thousands of digits
         raise _bad_input(JSON_INPUT, f"{where} is not JSON: {err}") from None
     if not isinstance(value, dict):
         raise _bad_input(JSON_INPUT, f"{where} is a JSON {type(value).__name__}; send a JSON object")
     payload = struct_pb2.Struct()
-    payload.update(value)
+    try:
+        payload.update(value)
+    except (ValueError, OverflowError) as err:  # a lone surrogate (\ud800), a number past a double
+        raise _bad_input(JSON_INPUT, f"{where} holds a value a JSON object cannot carry: {err}") from None
     return types_pb2.Input(payload=payload)
 
 
@@ -183,7 +189,13 @@ def _tensor_items(
             f"input {TENSOR_INPUT!r} has shape {shape}; send [n, ...]: n items of the model's input "
             "shape, for example [1, 3, 224, 224] for an image classifier",
         )
-    count = int(np.prod(shape))
+    count = math.prod(shape)  # Python's integers: numpy's int64 product wraps around
+    if count > limits.MAX_TENSOR_ELEMENTS:
+        raise _bad_input(
+            TENSOR_INPUT,
+            f"input {TENSOR_INPUT!r} has shape {shape}: {count} elements; the limit is "
+            f"{limits.MAX_TENSOR_ELEMENTS}",
+        )
     if raw is not None:
         if len(raw) != 4 * count:
             raise _bad_input(

@@ -13,7 +13,6 @@ whole request succeeded: answer and record agree.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
@@ -25,7 +24,7 @@ from ferry.models.v1 import model_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
-from services.common import priorities
+from services.common import nesting, priorities
 from services.common.answers import copy_answer
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, error_from_status
 from services.gateway import validation
@@ -56,6 +55,8 @@ _TRITON_PRIORITIES = {
     2: types_pb2.PRIORITY_NORMAL,
 }
 _TRITON_UINT64_FIELD = 5
+#: Most digits of an integer parameter given as a string (an int64 has 19).
+_MAX_DIGITS = 20
 _VARINT = 0
 #: A model input's name in Ferry's metadata -> the OIP input that carries it.
 _INPUT_NAMES = {"image": IMAGE_INPUT, "text": TEXT_INPUT, "payload": JSON_INPUT}
@@ -83,8 +84,9 @@ def _parameter_int(parameters: dict[str, oip.InferParameter], name: str) -> int 
         return int(value.int64_param)
     if kind is None and (number := _triton_uint64(value)) is not None:
         return number
-    if kind == "string_param" and value.string_param.strip().isdigit():
-        return int(value.string_param)
+    digits = value.string_param.strip() if kind == "string_param" else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= _MAX_DIGITS:  # not '²', not 5,000 digits
+        return int(digits)
     raise InvalidArgument(f"parameter {name!r} must be an integer", reason="INVALID_OIP_PARAMETER")
 
 
@@ -123,17 +125,28 @@ def candidate_labels_of(parameters: dict[str, oip.InferParameter]) -> list[str]:
     labels: object = None
     if text is not None and text.lstrip().startswith("["):
         try:
-            labels = json.loads(text)
-        except json.JSONDecodeError:
+            labels = nesting.loads(text)
+        except ValueError:  # not JSON, or nested past the limit
             labels = None
     elif text is not None:
         labels = [label.strip() for label in text.split(",") if label.strip()]
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+    if not isinstance(labels, list) or not all(
+        isinstance(label, str) and _encodable(label) for label in labels
+    ):
         raise InvalidArgument(
             "parameter 'candidate_labels' is a string: a JSON list of labels or labels separated by commas",
             reason="INVALID_OIP_PARAMETER",
         )
     return labels
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can be sent as a protobuf string (JSON's "\\ud800" decodes to a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def metadata_inputs(model: model_pb2.Model) -> list[oip.ModelMetadataResponse.TensorMetadata]:

@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
+from google.protobuf import struct_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.models.v1 import model_service_pb2
 from ferry.types.v1 import types_pb2
-from services.common import limits
+from services.common import limits, nesting
 from services.common.errors import InvalidArgument
 from services.common.ids import parse_name
 
@@ -125,6 +126,8 @@ def predict_input(request: model_service_pb2.PredictRequest, max_bytes: int) -> 
             metadata={"field": "image" if not present else present[1]},
         )
     field = present[0]
+    if field == "payload":  # before it is copied: a copy re-parses it, and protobuf has a depth limit
+        nesting.check_struct(request.payload, field)
     if field == "image":  # the bytes only: an image by URL was fetched into content already
         return types_pb2.Input(image=types_pb2.Image(content=image_content(request.image, max_bytes)))
     return input_item(types_pb2.Input(**{field: getattr(request, field)}), max_bytes)
@@ -145,7 +148,7 @@ def input_item(item: types_pb2.Input, max_bytes: int, where: str = "") -> types_
 
     Raises:
         InvalidArgument: MISSING_INPUT (no kind set), MISSING_IMAGE, IMAGE_TOO_LARGE,
-            MISSING_TEXT, TEXT_TOO_LONG, TOO_MANY_LABELS or INPUT_TOO_LARGE.
+            MISSING_TEXT, TEXT_TOO_LONG, TOO_MANY_LABELS, INPUT_TOO_LARGE or NESTING_TOO_DEEP.
     """
     kind = item.WhichOneof("kind")
     if kind is None:
@@ -163,6 +166,8 @@ def input_item(item: types_pb2.Input, max_bytes: int, where: str = "") -> types_
         text(item.text, where=field)
     else:
         _serialized_size(getattr(item, kind), field, max_bytes)
+        if kind == "payload":
+            nesting.check_struct(item.payload, field)
     return item
 
 
@@ -202,6 +207,17 @@ def _serialized_size(message: Message, where: str, max_bytes: int) -> None:
             reason="INPUT_TOO_LARGE",
             metadata={"field": where, "size_bytes": str(size), "max_bytes": str(max_bytes)},
         )
+
+
+def notebook_parameters(parameters: struct_pb2.Struct) -> struct_pb2.Struct:
+    """Checks a notebook job's parameters: at most MAX_PARAMETERS_BYTES, nested at most MAX_JSON_DEPTH.
+
+    Raises:
+        InvalidArgument: INPUT_TOO_LARGE or NESTING_TOO_DEEP, naming ``parameters``.
+    """
+    _serialized_size(parameters, "parameters", limits.MAX_PARAMETERS_BYTES)
+    nesting.check_struct(parameters, "parameters")
+    return parameters
 
 
 def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_bytes: int) -> None:

@@ -7,6 +7,7 @@ operator would admit an internal image store, and nothing else.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import pytest
 
 from ferry.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
-from services.gateway.fetcher import Fetcher, FetchPolicy, forbidden, inline_each, inline_images
+from services.gateway.addresses import embedded_ipv4, forbidden
+from services.gateway.fetcher import Fetcher, FetchPolicy, inline_each, inline_images
 
 IMAGE = b"\xff\xd8\xff\xe0" + b"jpeg" * 1000
 LIMIT = 64 * 1024
@@ -211,7 +213,6 @@ async def test_content_and_uri_together_are_refused() -> None:
 
 
 def test_forbidden_ranges() -> None:
-    import ipaddress
 
     def check(text: str, *allowed: str) -> bool:
         return forbidden(ipaddress.ip_address(text), FetchPolicy.parse_networks(allowed))
@@ -232,3 +233,76 @@ async def test_batch_inputs_fail_one_by_one(server: str) -> None:
     assert list(failed) == [1] and failed[1].reason == "IMAGE_URI_FORBIDDEN"
     assert failed[1].metadata["field"] == "inputs[1].image.uri"
     assert inputs[0].image.content == IMAGE and inputs[2].image.content == b"bytes"
+
+
+@pytest.mark.parametrize(
+    ("address", "carried"),
+    [
+        ("64:ff9b::a9fe:a9fe", "169.254.169.254"),  # NAT64 of the metadata service
+        ("64:ff9b::7f00:1", "127.0.0.1"),
+        ("64:ff9b:1:a9fe:a9:fe00::", "169.254.169.254"),  # local-use NAT64, /48 layout (RFC 6052)
+        ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),  # local-use NAT64, /96 layout
+        ("2002:7f00:1::", "127.0.0.1"),  # 6to4 of loopback
+        ("2002:a9fe:a9fe::1", "169.254.169.254"),
+        ("::127.0.0.1", "127.0.0.1"),  # IPv4-compatible
+        ("::a00:7", "10.0.0.7"),
+        ("::ffff:169.254.169.254", "169.254.169.254"),  # IPv4-mapped
+        ("::ffff:0:a9fe:a9fe", "169.254.169.254"),  # IPv4-translated
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),  # Teredo, client 127.0.0.1 (obfuscated)
+        ("2001:0:a00:7:8000:63bf:3fff:fdd2", "10.0.0.7"),  # Teredo, server 10.0.0.7
+    ],
+)
+def test_an_ipv6_address_carrying_a_private_ipv4_is_forbidden(address: str, carried: str) -> None:
+    v6 = ipaddress.IPv6Address(address)
+    assert ipaddress.IPv4Address(carried) in embedded_ipv4(v6)
+    assert forbidden(v6, ())
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2001:0:808:808:8000:63bf:f7f7:f7f7"],
+)
+def test_an_ipv6_address_carrying_a_public_ipv4_is_judged_by_it(address: str) -> None:
+    assert not forbidden(ipaddress.IPv6Address(address), ())
+
+
+def test_an_embedded_ipv4_is_admitted_by_the_allow_list_as_an_ipv4() -> None:
+    allowed = FetchPolicy.parse_networks(["10.0.0.0/24"])
+    assert not forbidden(ipaddress.IPv6Address("64:ff9b::a00:7"), allowed)
+    assert forbidden(ipaddress.IPv6Address("64:ff9b::a00:107"), allowed)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[2002:a9fe:a9fe::]/x.jpg",
+        "http://[::10.0.0.7]/x.jpg",
+        "http://[::ffff:a00:7]/x.jpg",
+    ],
+)
+async def test_urls_to_ipv4_carrying_addresses_are_refused(uri: str) -> None:
+    # (The fetcher here admits 127.0.0.1, so these carry other private addresses.)
+    with pytest.raises(InvalidArgument) as caught:
+        await fetcher().fetch(uri)
+    assert caught.value.reason == "IMAGE_URI_FORBIDDEN"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://a..b.com/x.jpg",
+        "http://" + "a" * 64 + ".com/x.jpg",
+        "http://\u2100.com/x.jpg",  # ℀: NFKC makes it 'a/c'
+        "http://[::1/x.jpg",
+        "http://exa mple.com/x.jpg",
+        "http://-a.com/x.jpg",
+        "http://a.b\udcff.com/x.jpg",
+        "http://" + "a." * 130 + "com/x.jpg",
+        "http://ex%41mple.com/",
+    ],
+)
+async def test_malformed_hosts_are_invalid_uris(uri: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await fetcher().fetch(uri)
+    assert caught.value.reason == "INVALID_IMAGE_URI"

@@ -1,0 +1,197 @@
+"""Property-based: no input a caller can send makes the gateway's parsing fail with anything but a 400.
+
+Every function here reads caller-controlled bytes or text (OIP tensors and parameters, JSON
+payloads, image URLs, raw protobuf); whatever hypothesis draws, it answers or raises an
+INVALID_ARGUMENT FerryError, never another exception (which would be a 500 and a traceback).
+tests/e2e/test_hostile.py sends the same kinds of input through Envoy to the running stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
+from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
+from services.common import limits, nesting
+from services.common.errors import FerryError, InvalidArgument
+from services.common.interceptors import Undecodable, guarded
+from services.gateway import validation
+from services.gateway.fetcher import parse_url
+from services.gateway.oip_tensors import JSON_INPUT, TENSOR_INPUT, inputs_of
+from services.gateway.open_inference import candidate_labels_of, priority_of
+from tests import hostile
+from tests.gateway.servers import serving
+
+BOUNDED = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def only_invalid_argument(call: Any, *args: Any) -> Any:
+    """Runs ``call``: it answers, or refuses with INVALID_ARGUMENT; anything else fails the test."""
+    try:
+        return call(*args)
+    except FerryError as err:
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT, err
+        assert err.reason and err.message
+        return err
+
+
+@BOUNDED
+@given(
+    st.lists(
+        st.one_of(hostile.json_texts.map(str.encode), st.binary(max_size=64)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_oip_json_inputs(elements: list[bytes]) -> None:
+    tensor = oip.ModelInferRequest.InferInputTensor(name=JSON_INPUT, datatype="BYTES", shape=[len(elements)])
+    tensor.contents.bytes_contents.extend(elements)
+    only_invalid_argument(inputs_of, oip.ModelInferRequest(inputs=[tensor]), 1 << 20)
+
+
+@BOUNDED
+@given(
+    st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=5),
+    st.lists(st.floats(width=32), max_size=16),
+    st.booleans(),
+)
+def test_oip_tensor_shapes(shape: list[int], values: list[float], raw: bool) -> None:
+    tensor = oip.ModelInferRequest.InferInputTensor(name=TENSOR_INPUT, datatype="FP32", shape=shape)
+    request = oip.ModelInferRequest(inputs=[tensor])
+    if raw:
+        request.raw_input_contents.append(b"\0" * 4 * len(values))
+    else:
+        request.inputs[0].contents.fp32_contents.extend(values)
+    only_invalid_argument(inputs_of, request, 1 << 20)
+
+
+parameters = st.one_of(
+    st.builds(
+        lambda v: oip.InferParameter(string_param=v), st.one_of(st.text(max_size=30), hostile.json_texts)
+    ),
+    st.builds(lambda v: oip.InferParameter(int64_param=v), st.integers(-(2**63), 2**63 - 1)),
+    st.builds(lambda v: oip.InferParameter(bool_param=v), st.booleans()),
+    st.just(oip.InferParameter()),
+)
+
+
+@BOUNDED
+@given(parameters)
+def test_oip_parameters(value: oip.InferParameter) -> None:
+    if "\ud800" <= max(value.string_param or " ") and any(
+        0xD800 <= ord(c) <= 0xDFFF for c in value.string_param
+    ):
+        return  # protobuf strings cannot hold lone surrogates: no caller can send one
+    only_invalid_argument(candidate_labels_of, {"candidate_labels": value})
+    only_invalid_argument(priority_of, {"priority": value})
+
+
+@BOUNDED
+@given(hostile.urls)
+def test_image_urls(uri: str) -> None:
+    only_invalid_argument(parse_url, uri)
+
+
+@BOUNDED
+@given(st.one_of(hostile.nested(), hostile.json_values.filter(lambda v: isinstance(v, dict))))
+def test_payloads_past_the_depth_limit_are_nesting_too_deep(value: dict[str, Any]) -> None:
+    request = model_service_pb2.PredictRequest()
+    try:
+        request.payload.SetInParent()  # {} is a payload too
+        request.payload.update(value)  # in place: copying a message this deep would parse it
+    except (ValueError, OverflowError):
+        return  # protobuf cannot hold it (a lone surrogate, a huge integer): no caller can send it
+    answer = only_invalid_argument(validation.predict_input, request, 1 << 20)
+    too_deep = nesting.json_depth(value, 1000) > limits.MAX_JSON_DEPTH
+    assert (isinstance(answer, InvalidArgument) and answer.reason == "NESTING_TOO_DEEP") == too_deep
+
+
+@BOUNDED
+@given(hostile.json_texts)
+def test_depth_checked_json_raises_only_value_errors(text: str) -> None:
+    try:
+        nesting.loads(text)
+    except ValueError:
+        pass
+
+
+@BOUNDED
+@given(st.binary(max_size=200))
+def test_undecodable_protobuf_is_refused_not_raised(data: bytes) -> None:
+    parse = guarded(model_service_pb2.PredictRequest.FromString)
+    assert parse is not None
+    parsed = parse(data)
+    if isinstance(parsed, Undecodable):
+        assert parsed.refusal().code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+class _Echo(model_service_pb2_grpc.ModelServiceServicer):
+    async def Predict(self, request: Any, context: Any) -> model_service_pb2.PredictResponse:
+        return model_service_pb2.PredictResponse()
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[grpc.aio.Channel]:
+    def register(server: grpc.aio.Server) -> None:
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_Echo(), server)
+
+    async with serving(register) as target, grpc.aio.insecure_channel(target) as channel:
+        yield channel
+
+
+def _field(number: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field (protobuf itself refuses to build messages this deep)."""
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _deep_request(depth: int) -> bytes:
+    """A PredictRequest whose payload Struct nests ``depth`` objects: {"k": {"k": ...}}."""
+    struct = b""
+    for _ in range(depth - 1):
+        value = _field(5, struct)  # Value.struct_value
+        struct = _field(1, _field(1, b"k") + _field(2, value))  # Struct.fields map entry
+    payload = _PAYLOAD_FIELD
+    return _field(payload, struct)
+
+
+_PAYLOAD_FIELD = model_service_pb2.PredictRequest.DESCRIPTOR.fields_by_name["payload"].number
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (_deep_request(40), "NESTING_TOO_DEEP"),
+        (_deep_request(2000), "NESTING_TOO_DEEP"),
+        (b"\x0a\xff\xff\xff\xff\x0f", "MALFORMED_REQUEST"),  # a length past the end
+        (b"\xff\xff", "MALFORMED_REQUEST"),
+    ],
+)
+async def test_native_grpc_bytes_protobuf_cannot_parse_are_400(
+    echo: grpc.aio.Channel, body: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = echo.unary_unary("/ferry.models.v1.ModelService/Predict")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(body)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+    assert status is not None
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info) and info.reason == reason
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]

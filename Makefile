@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 $(PEER_STAMP): $(PEER_LOCK)
 	$(PYTHON) -m venv $(PEER_VENV)
-	$(PEER_VENV)/bin/python -m pip install --quiet -c $(PEER_LOCK) "tritonclient[grpc]"
+	$(PEER_VENV)/bin/python -m pip install --quiet -c $(PEER_LOCK) "tritonclient[grpc,http]"
 	touch $(PEER_STAMP)
 
 # Re-resolve every package from pyproject.toml in throwaway environments and write the locks; then
@@ -42,7 +42,7 @@ lock:
 	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^ferry'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	$(PYTHON) -m venv .venv-lock-peer
-	.venv-lock-peer/bin/python -m pip install --quiet "tritonclient[grpc]==2.73.0"
+	.venv-lock-peer/bin/python -m pip install --quiet "tritonclient[grpc,http]==2.73.0"
 	{ sed -n '1p' $(PEER_LOCK); .venv-lock-peer/bin/python -m pip freeze; } > $(PEER_LOCK).new
 	mv $(PEER_LOCK).new $(PEER_LOCK)
 	rm -rf .venv-lock .venv-lock-peer

@@ -50,6 +50,7 @@ PREDICT_LIMIT = BodyLimit(
         {"path": "/ferry.models.v1.ModelService/Predict"},
         {"path": "/inference.GRPCInferenceService/ModelInfer"},
         {"safe_regex": {"regex": "/v1/models/[^/]+:predict"}},
+        {"safe_regex": {"regex": "/v2/models/[^/]+(/versions/[^/]+)?/infer"}},
     ),
 )
 UPLOAD_LIMIT = BodyLimit(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from devstack import body_fields, edge
+from devstack import body_fields, edge, oip_rest_edge
 from services.common import limits
 from tools.openapi import OPENAPI_FILE, OPENAPI_PATH
 from tools.protogen import DESCRIPTOR_SET, PUBLIC_SERVICES
@@ -224,7 +224,7 @@ static_resources:
                     - name: ferry
                       domains: ["*"]
                       routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{_routes(opts)}
-                http_filters:
+                http_filters:{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its

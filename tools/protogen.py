@@ -24,6 +24,7 @@ PUBLIC_SERVICES = (
     "ferry.predictions.v1.PredictionService",
     "ferry.jobs.v1.JobService",
     "ferry.admin.v1.KeyService",
+    "ferry.openinference.v1.OpenInferenceRestService",
 )
 
 

@@ -99,12 +99,14 @@ _SERVICES = {
     "ferry.predictions.v1.PredictionService": _READ,
     "ferry.jobs.v1.JobService": _route(RouteClass.JOBS, scopes.JOBS),
     "inference.GRPCInferenceService": _OIP_READ,
+    "ferry.openinference.v1.OpenInferenceRestService": _OIP_READ,
     "ferry.admin.v1.KeyService": _ADMIN,
 }
 _METHODS = {
     "/ferry.models.v1.ModelService/Predict": _PREDICT,
     "/ferry.models.v1.ModelService/BatchPredict": _PREDICT,
     "/inference.GRPCInferenceService/ModelInfer": _PREDICT,
+    "/ferry.openinference.v1.OpenInferenceRestService/InferModel": _PREDICT,
     "/ferry.jobs.v1.JobService/GetJob": _JOB_READ,
     "/ferry.jobs.v1.JobService/ListJobs": _JOB_READ,
     "/ferry.jobs.v1.JobService/ListJobItems": _JOB_READ,

@@ -14,6 +14,7 @@ from ferry.inference.v1 import inference_service_pb2_grpc
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from ferry.oip.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
+from ferry.openinference.v1 import open_inference_rest_pb2, open_inference_rest_pb2_grpc
 from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_grpc
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
@@ -35,6 +36,7 @@ from services.gateway.records import Records
 from services.gateway.servicers.jobs import JobServicer
 from services.gateway.servicers.keys import KeyServicer
 from services.gateway.servicers.models import ModelServicer
+from services.gateway.servicers.oip_rest import OpenInferenceRestServicer
 from services.gateway.servicers.open_inference import OpenInferenceServicer
 from services.gateway.servicers.predictions import PredictionServicer
 from services.gateway.settings import GatewaySettings
@@ -47,6 +49,7 @@ SERVICE_NAMES = (
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    open_inference_rest_pb2.DESCRIPTOR.services_by_name["OpenInferenceRestService"].full_name,
 )
 
 
@@ -78,6 +81,9 @@ class GatewayService:
             OpenInferenceServicer(self._slot), server
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self._slot), server)
+        open_inference_rest_pb2_grpc.add_OpenInferenceRestServiceServicer_to_server(
+            OpenInferenceRestServicer(self._slot), server
+        )
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to inference, store and NATS; returns once inference and store are SERVING."""

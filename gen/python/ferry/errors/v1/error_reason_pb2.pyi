@@ -105,6 +105,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NOTEBOOK_CELL_FAILED: _ClassVar[ErrorReason]
     NOT_A_NOTEBOOK_JOB: _ClassVar[ErrorReason]
     INVALID_NOTEBOOK_JOB: _ClassVar[ErrorReason]
+    INVALID_OIP_REST_BODY: _ClassVar[ErrorReason]
+    OIP_NOT_READY: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 MISSING_API_KEY: ErrorReason
 UNSUPPORTED_AUTH_SCHEME: ErrorReason
@@ -202,6 +204,8 @@ NOTEBOOK_NOT_FOUND: ErrorReason
 NOTEBOOK_CELL_FAILED: ErrorReason
 NOT_A_NOTEBOOK_JOB: ErrorReason
 INVALID_NOTEBOOK_JOB: ErrorReason
+INVALID_OIP_REST_BODY: ErrorReason
+OIP_NOT_READY: ErrorReason
 CODE_FIELD_NUMBER: _ClassVar[int]
 code: _descriptor.FieldDescriptor
 HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,101 @@
+"""``OpenInferenceRestService`` handlers: the Open Inference Protocol's REST binding on /v2.
+
+Envoy routes each /v2 path here with the body raw (see the proto); each handler converts at the
+edge (``oip_rest``) and calls the same ``OpenInference`` as the gRPC binding, behind the same
+admission (keys, scopes, limits) and recording. Errors are raised as for any call; Envoy rewrites
+their JSON into the protocol's ``{"error": "..."}`` on /v2 paths (``devstack/oip_rest_edge.py``).
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.api import httpbody_pb2
+
+from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
+from ferry.openinference.v1 import open_inference_rest_pb2 as rest
+from ferry.openinference.v1 import open_inference_rest_pb2_grpc as rest_grpc
+from services.common.errors import NotFound, Unavailable
+from services.gateway import identity, oip_rest
+from services.gateway.components import ComponentsSlot
+from services.gateway.idempotency import Edge
+from services.gateway.open_inference import SERVER_NAME, SERVER_VERSION
+
+Context = grpc.aio.ServicerContext[object, object]
+#: The protocol's extensions this binding speaks (Triton's names).
+EXTENSIONS = ["binary_tensor_data"]
+
+
+def _json(document: object) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type=oip_rest.JSON_TYPE, data=oip_rest.json_bytes(document))
+
+
+def _header(context: Context, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
+def _not_ready(what: str) -> Unavailable:
+    return Unavailable(f"{what} is not ready", reason="OIP_NOT_READY")
+
+
+class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
+    """Serves tritonclient.http, KServe's REST clients and curl; every call needs the caller's key."""
+
+    def __init__(self, slot: ComponentsSlot) -> None:
+        self._slot = slot
+
+    async def GetServerHealth(
+        self, request: rest.GetServerHealthRequest, context: Context
+    ) -> rest.GetServerHealthResponse:
+        if request.probe == "live":
+            return rest.GetServerHealthResponse(body=_json({"live": True}))  # answering is being live
+        if request.probe != "ready":
+            raise NotFound(
+                f"no health probe {request.probe!r}: GET /v2/health/live or /v2/health/ready",
+                reason="UNKNOWN_PATH",
+            )
+        if not await self._slot.get().open_inference.server_ready():
+            raise _not_ready("the server (no model is ready)")
+        return rest.GetServerHealthResponse(body=_json({"ready": True}))
+
+    async def GetServerMetadata(
+        self, request: rest.GetServerMetadataRequest, context: Context
+    ) -> rest.GetServerMetadataResponse:
+        document = {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+        return rest.GetServerMetadataResponse(body=_json(document))
+
+    async def GetModelMetadata(
+        self, request: rest.GetModelMetadataRequest, context: Context
+    ) -> rest.GetModelMetadataResponse:
+        found = await self._slot.get().open_inference.model_metadata(
+            request.model_name, request.model_version
+        )
+        return rest.GetModelMetadataResponse(body=_json(oip_rest.metadata_document(found)))
+
+    async def GetModelReady(
+        self, request: rest.GetModelReadyRequest, context: Context
+    ) -> rest.GetModelReadyResponse:
+        ready = await self._slot.get().open_inference.model_ready(request.model_name, request.model_version)
+        if not ready:
+            raise _not_ready(f"model {request.model_name!r}")
+        return rest.GetModelReadyResponse(body=_json({"name": request.model_name, "ready": True}))
+
+    async def InferModel(self, request: rest.InferModelRequest, context: Context) -> rest.InferModelResponse:
+        parsed = oip_rest.infer_request(
+            request.body.data,
+            _header(context, oip_rest.HEADER_LENGTH),
+            request.model_name,
+            request.model_version,
+        )
+        c = self._slot.get()
+        answer: oip.ModelInferResponse = await c.open_inference.infer(
+            identity.tenant(), parsed.request, Edge.of(context.invocation_metadata())
+        )
+        written = oip_rest.infer_answer(answer, parsed)
+        if written.header_length is not None:
+            await context.send_initial_metadata(((oip_rest.HEADER_LENGTH, str(written.header_length)),))
+        return rest.InferModelResponse(
+            body=httpbody_pb2.HttpBody(content_type=written.content_type, data=written.body)
+        )

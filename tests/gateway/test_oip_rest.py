@@ -1,0 +1,167 @@
+"""The Open Inference Protocol's REST body <-> its gRPC messages (services/gateway/oip_rest.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
+from services.common.errors import InvalidArgument
+from services.gateway import oip_rest
+from services.gateway.oip_tensors import encode_bytes_tensor
+
+
+def _binary_body(document: dict[str, object], *tensors: bytes) -> tuple[bytes, str]:
+    header = json.dumps(document).encode()
+    return header + b"".join(tensors), str(len(header))
+
+
+def test_binary_inputs_become_raw_contents_and_parameters_typed() -> None:
+    image = encode_bytes_tensor([b"\xff\xd8jpeg"])
+    body, length = _binary_body(
+        {
+            "id": "r1",
+            "parameters": {
+                "top_k": 3,
+                "priority": "high",
+                "binary_data_output": True,
+                "candidate_labels": ["a", "b"],
+            },
+            "inputs": [
+                {
+                    "name": "IMAGE",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(image)},
+                }
+            ],
+        },
+        image,
+    )
+    rest = oip_rest.infer_request(body, length, "m", "2")
+    request = rest.request
+    assert (request.model_name, request.model_version, request.id) == ("m", "2", "r1")
+    assert list(request.raw_input_contents) == [image]
+    assert request.parameters["top_k"].int64_param == 3
+    assert request.parameters["priority"].string_param == "high"
+    assert json.loads(request.parameters["candidate_labels"].string_param) == ["a", "b"]
+    assert "binary_data_output" not in request.parameters and rest.wants_binary("LABELS")
+
+
+def test_json_inputs_fill_typed_contents_nested_or_base64() -> None:
+    document = {
+        "inputs": [
+            {"name": "TENSOR", "shape": [1, 2, 2], "datatype": "FP32", "data": [[[1, 2.5], [3, 4]]]},
+            {
+                "name": "IMAGE",
+                "shape": [1],
+                "datatype": "BYTES",
+                "parameters": {"content_type": "base64"},
+                "data": ["/9g="],
+            },
+            {"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["héllo"]},
+        ],
+        "outputs": [
+            {"name": "SCORES", "parameters": {"binary_data": True}},
+            {"name": "LABELS", "parameters": {"binary_data": False}},
+        ],
+    }
+    rest = oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+    tensor, image, text = rest.request.inputs
+    assert list(tensor.contents.fp32_contents) == [1.0, 2.5, 3.0, 4.0]
+    assert list(image.contents.bytes_contents) == [b"\xff\xd8"]
+    assert list(text.contents.bytes_contents) == ["héllo".encode()]
+    assert [o.name for o in rest.request.outputs] == ["SCORES", "LABELS"]
+    assert rest.wants_binary("SCORES") and not rest.wants_binary("LABELS")
+
+
+@pytest.mark.parametrize(
+    ("body", "length", "words"),
+    [
+        (b"[1]", None, "JSON list"),
+        (b"{", None, "not JSON"),
+        (b'{"inputs": []}', None, "inputs"),
+        (b'{"inputs": []}', "x", "Inference-Header-Content-Length"),
+        (b'{"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES"}]}', None, "neither data"),
+        (b'{"inputs": [{"name": "IMAGE", "shape": "1", "datatype": "BYTES", "data": []}]}', None, "shape"),
+        (b'{"inputs": [{"name": "T", "shape": [1], "datatype": "FP32", "data": ["a"]}]}', None, "numbers"),
+        (b'{"inputs": [{"name": "T", "shape": [1], "datatype": "BF16", "data": [1]}]}', None, "BF16"),
+        (
+            b'{"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", '
+            b'"parameters": {"binary_data_size": 9}}]}',
+            None,
+            "binary_data_size",
+        ),
+    ],
+)
+def test_bad_bodies_say_what_is_wrong(body: bytes, length: str | None, words: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        oip_rest.infer_request(body, length, "m", "")
+    assert words in caught.value.message and caught.value.reason == "INVALID_OIP_REST_BODY"
+
+
+def test_unclaimed_binary_data_and_mixed_inputs_are_refused() -> None:
+    body, length = _binary_body(
+        {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, b"tail"
+    )
+    with pytest.raises(InvalidArgument, match="no input claims"):
+        oip_rest.infer_request(body, length, "m", "")
+    mixed = {
+        "inputs": [
+            {"name": "A", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 5}},
+            {"name": "B", "shape": [1], "datatype": "BYTES", "data": ["x"]},
+        ]
+    }
+    body, length = _binary_body(mixed, encode_bytes_tensor([b"x"]))
+    with pytest.raises(InvalidArgument, match="not a mix"):
+        oip_rest.infer_request(body, length, "m", "")
+
+
+def test_classification_output_parameter_is_refused_not_ignored() -> None:
+    document = {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+    document["outputs"] = [{"name": "LABELS", "parameters": {"classification": 3}}]
+    with pytest.raises(InvalidArgument, match="classification"):
+        oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+
+
+def _answer(raw: bool) -> oip.ModelInferResponse:
+    labels, scores = [b"tabby", b"tiger cat"], np.array([[0.5, 0.25]], dtype="<f4")
+    response = oip.ModelInferResponse(model_name="m", model_version="1", id="r")
+    response.outputs.add(name="LABELS", datatype="BYTES", shape=[1, 2])
+    response.outputs.add(name="SCORES", datatype="FP32", shape=[1, 2])
+    if raw:
+        response.raw_output_contents.extend([encode_bytes_tensor(labels), scores.tobytes()])
+    else:
+        response.outputs[0].contents.bytes_contents.extend(labels)
+        response.outputs[1].contents.fp32_contents.extend(scores.ravel().tolist())
+    return response
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_answers_as_json_or_binary_as_asked_whatever_the_grpc_form(raw: bool) -> None:
+    request = oip.ModelInferRequest()
+    as_json = oip_rest.infer_answer(_answer(raw), oip_rest.RestInfer(request))
+    assert as_json.header_length is None and as_json.content_type == "application/json"
+    document = json.loads(as_json.body)
+    assert document["outputs"][0] == {
+        "name": "LABELS",
+        "datatype": "BYTES",
+        "shape": [1, 2],
+        "data": ["tabby", "tiger cat"],
+    }
+    assert document["outputs"][1]["data"] == [0.5, 0.25]
+
+    binary = oip_rest.infer_answer(_answer(raw), oip_rest.RestInfer(request, binary_outputs={"SCORES"}))
+    assert binary.header_length is not None
+    head = json.loads(binary.body[: binary.header_length])
+    assert head["outputs"][0]["data"] == ["tabby", "tiger cat"]
+    assert head["outputs"][1]["parameters"] == {"binary_data_size": 8}
+    assert np.frombuffer(binary.body[binary.header_length :], dtype="<f4").tolist() == [0.5, 0.25]
+
+    everything = oip_rest.infer_answer(
+        _answer(raw), oip_rest.RestInfer(request, all_binary=True, json_outputs={"SCORES"})
+    )
+    assert everything.header_length is not None
+    assert everything.body[everything.header_length :] == encode_bytes_tensor([b"tabby", b"tiger cat"])

@@ -58,8 +58,9 @@ end
 
 def lua_filter() -> str:
     """The filter, as an http_filters list item (it goes first: see the module docstring)."""
+    # No blank lines: the Helm chart indents the config, which would leave them as trailing spaces.
     source = "\n".join(
-        f"                          {line}" if line else "" for line in LUA_SOURCE.strip().splitlines()
+        f"                          {line}" for line in LUA_SOURCE.strip().splitlines() if line
     )
     return f"""
                   # The protocol's {{"error": ...}} on /v2 REST errors (devstack/oip_rest_edge.py).

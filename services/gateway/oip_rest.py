@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
+from services.common import nesting
 from services.common.errors import InvalidArgument
 from services.gateway.oip_tensors import decode_bytes_tensor, encode_bytes_tensor
 
@@ -82,8 +83,10 @@ class RestInfer:
 
 def _json_object(text: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        value = nesting.loads(text)
+    except nesting.TooDeep:
+        raise nesting.too_deep(what) from None
+    except ValueError as err:  # not JSON, not UTF-8, or an integer too long to convert
         raise _bad_body(f"{what} is not JSON: {err}") from None
     if not isinstance(value, dict):
         raise _bad_body(f"{what} is a JSON {type(value).__name__}; send a JSON object")
@@ -198,9 +201,17 @@ def infer_request(body: bytes, header_length: str | None, model_name: str, model
 
     Raises:
         InvalidArgument: a body that is not the protocol's JSON, binary data that does not match the
-            sizes the inputs give, or inputs mixing JSON and binary data.
+            sizes the inputs give, inputs mixing JSON and binary data, or values protobuf cannot
+            hold (a number out of its datatype's range, a string with a lone surrogate).
     """
     document, binary = split_body(body, header_length)
+    try:
+        return _infer_request(document, binary, model_name, model_version)
+    except (ValueError, OverflowError, TypeError) as err:  # UnicodeEncodeError is a ValueError
+        raise _bad_body(f"the request holds a value its field cannot take: {err}") from None
+
+
+def _infer_request(document: dict[str, Any], binary: bytes, model_name: str, model_version: str) -> RestInfer:
     request = oip.ModelInferRequest(model_name=model_name, model_version=model_version)
     request_id = document.get("id", "")
     if not isinstance(request_id, str):

@@ -165,3 +165,33 @@ def test_answers_as_json_or_binary_as_asked_whatever_the_grpc_form(raw: bool) ->
     )
     assert everything.header_length is not None
     assert everything.body[everything.header_length :] == encode_bytes_tensor([b"tabby", b"tiger cat"])
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "NESTING_TOO_DEEP"),
+        (
+            b'{"parameters": {"top_k": 1'
+            + b"0" * 30
+            + b'}, "inputs": [{"name": "A", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}',
+            "INVALID_OIP_REST_BODY",
+        ),
+        (
+            b'{"inputs": [{"name": "T", "shape": [1], "datatype": "FP32", "data": [1' + b"0" * 400 + b"]}]}",
+            "INVALID_OIP_REST_BODY",
+        ),
+        (
+            b'{"inputs": [{"name": "T", "shape": [1], "datatype": "INT32", "data": [1.5]}]}',
+            "INVALID_OIP_REST_BODY",
+        ),
+        (
+            b'{"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["\\ud800"]}]}',
+            "INVALID_OIP_REST_BODY",
+        ),
+    ],
+)
+def test_hostile_values_are_400_not_500(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        oip_rest.infer_request(body, None, "m", "")
+    assert caught.value.reason == reason

@@ -8,6 +8,7 @@ in), so the edge behaves identically everywhere. Run ``python -m devstack.envoy`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ class EnvoyOptions:
     admin_port: int = 9901
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 50051
+    more_gateway_ports: tuple[int, ...] = ()
+    """Ports of further gateway processes on ``gateway_host`` (``FERRY_GATEWAYS``): endpoints of the
+    same cluster, balanced over those that pass health checks."""
     descriptor_path: str = str(DESCRIPTOR_SET)
     openapi_path: str = str(OPENAPI_FILE)
     """The OpenAPI description Envoy serves at /openapi.json (tools/openapi.py writes it)."""
@@ -51,8 +55,15 @@ READY_PATH = "/readyz"
 RETRIES = 8
 
 
-def _http2_cluster(name: str, host: str, port: int) -> str:
-    """A cluster of one HTTP/2 (gRPC) upstream, as YAML list item text."""
+def _http2_cluster(name: str, host: str, port: int, more_ports: tuple[int, ...] = ()) -> str:
+    """A cluster of HTTP/2 (gRPC) upstreams on ``host`` (``port`` and ``more_ports``), as YAML list item text."""
+    endpoints = "".join(
+        f"""
+              - endpoint:
+                  address:
+                    socket_address: {{address: {host}, port_value: {more}}}"""
+        for more in more_ports
+    )
     return f"""
     - name: {name}
       type: STRICT_DNS
@@ -68,7 +79,7 @@ def _http2_cluster(name: str, host: str, port: int) -> str:
           - lb_endpoints:
               - endpoint:
                   address:
-                    socket_address: {{address: {host}, port_value: {port}}}"""
+                    socket_address: {{address: {host}, port_value: {port}}}{endpoints}"""
 
 
 def _otlp_host_port(endpoint: str) -> tuple[str, int]:
@@ -249,7 +260,7 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-{_http2_cluster("gateway", opts.gateway_host, opts.gateway_port).lstrip(chr(10))}
+{_http2_cluster("gateway", opts.gateway_host, opts.gateway_port, opts.more_gateway_ports).lstrip(chr(10))}
       # Envoy sends traffic only to gateway replicas that answer gRPC health SERVING.
       health_checks:
         - timeout: 1s
@@ -267,6 +278,7 @@ static_resources:
 _GATEWAY_STANDIN = "gateway.standin.invalid"
 _OTLP_STANDIN = "otlp.standin.invalid"
 _OTLP_STANDIN_PORT = 65417
+_GATEWAY_STANDIN_PORT = 65051
 
 
 def container_options(
@@ -295,10 +307,12 @@ def chart_configs() -> dict[str, str]:
         ("envoy.yaml", ""),
         ("envoy-traced.yaml", f"http://{_OTLP_STANDIN}:{_OTLP_STANDIN_PORT}"),
     ):
-        text = render(
-            container_options(admin_host="127.0.0.1", gateway_host=_GATEWAY_STANDIN, otlp_endpoint=otlp)
-        )
+        options = container_options(admin_host="127.0.0.1", gateway_host=_GATEWAY_STANDIN, otlp_endpoint=otlp)
+        text = render(dataclasses.replace(options, gateway_port=_GATEWAY_STANDIN_PORT))
         text = text.replace(_GATEWAY_STANDIN, gateway)
+        text = text.replace(
+            f"port_value: {_GATEWAY_STANDIN_PORT}", "port_value: {{ .Values.gateway.grpcPort }}"
+        )
         text = text.replace(_OTLP_STANDIN, '{{ include "ferry.otlpHost" . }}')
         text = text.replace(str(_OTLP_STANDIN_PORT), '{{ include "ferry.otlpPort" . }}')
         configs[name] = text.replace(

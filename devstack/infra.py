@@ -216,6 +216,40 @@ def start_nats(
     return process
 
 
+def prepare_streams(url: str, replicas: int, timeout_s: float) -> None:
+    """Creates Ferry's streams with ``replicas`` copies once JetStream answers at ``url``.
+
+    A new cluster elects its JetStream leader a few seconds after its nodes start; until then every
+    stream request times out. Services create the streams too (idempotently), but starting them
+    after this means none of them spends its start on that election.
+
+    Raises:
+        TimeoutError: JetStream did not take the streams within ``timeout_s``.
+    """
+    # Imported here: `ferry status` and the other light commands need none of nats-py.
+    import asyncio
+    from contextlib import AsyncExitStack
+
+    import nats.errors
+    import nats.js.errors
+
+    from services.common import messaging
+
+    async def create() -> None:
+        async with AsyncExitStack() as stack:
+            _, js = await messaging.connect(url, "ferry-up", stack)
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    try:
+                        await messaging.ensure_streams(js, replicas)
+                        await messaging.open_cancelled_bucket(js, replicas)
+                        return
+                    except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+                        await asyncio.sleep(0.5)
+
+    asyncio.run(create())
+
+
 class Postgres:
     """A real PostgreSQL 16 (from the pgserver package) with its data in ``data_dir``.
 

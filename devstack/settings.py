@@ -43,3 +43,17 @@ class StackSettings(BaseSettings):
     inference_instances: int = Field(default=1, ge=1, le=64, validation_alias="FERRY_INFERENCE_INSTANCES")
     """Inference processes when no device list is given (on CPU: each gets cores / instances torch
     threads unless FERRY_INFERENCE_TORCH_THREADS says otherwise)."""
+    nats_nodes: int = Field(default=1, ge=1, le=7)
+    """nats-server processes: 1, or a cluster of 3 (or more) on loopback, each node its own client
+    and route port, with every stream replicated ``min(3, nodes)`` ways (docs/scaling.md)."""
+    gateways: int = Field(default=1, ge=1, le=16)
+    """Gateway processes; Envoy balances over those whose gRPC health says SERVING."""
+    runners: int = Field(default=1, ge=1, le=16)
+    """Jobs runner processes; they share one durable consumer, so each item goes to one of them."""
+    stores: int = Field(default=1, ge=1, le=16)
+    """Store processes; they share the ingest consumer and answer queries alike."""
+
+    @property
+    def stream_replicas(self) -> int:
+        """Copies of each stream: every node up to 3 (JetStream's usual replication)."""
+        return min(3, self.nats_nodes)

@@ -20,7 +20,16 @@ from functools import partial
 
 from devstack.envoy import EnvoyOptions, render
 from devstack.health import envoy_ready
-from devstack.infra import ManagedProcess, Postgres, free_port, nats_command, port_open, venv_binary
+from devstack.infra import (
+    ManagedProcess,
+    NatsCluster,
+    Postgres,
+    free_port,
+    nats_command,
+    port_open,
+    prepare_streams,
+    venv_binary,
+)
 from devstack.replicas import inference_replicas
 from devstack.settings import StackSettings
 from devstack.supervisor import Program, Supervisor
@@ -36,6 +45,9 @@ SERVICE_PORTS: dict[str, tuple[int, int]] = {
 }
 START_ORDER = ("store", "inference", "jobs", "gateway")
 ENDPOINTS_FILE = "endpoints.json"
+#: SHUTDOWN_DELAY_S of a service running as several processes: Envoy's health checks (2 s apart,
+#: 2 failures: devstack/envoy.py) take up to 4 s to take a leaving gateway out.
+REPLICA_SHUTDOWN_DELAY_S = 5.0
 PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""
@@ -138,41 +150,23 @@ class LocalStack:
         postgres = supervisor.start(
             Program("postgres", partial(Postgres, pg_dir), lambda: True, pg_dir / "log")
         )
-        nats_port = self._port(s.nats_port)
-        nats_argv = nats_command(nats_port, self.state_dir / "nats", s.host)
-        nats = Program(
-            "nats",
-            partial(ManagedProcess.start, "nats", nats_argv, self.logs_dir),
-            partial(port_open, s.host, nats_port),
-            self.logs_dir / "nats.log",
-        )
-        supervisor.start(nats)
-        supervisor.wait_serving("nats", 20)
-        nats_url = f"nats://{s.host}:{nats_port}"
+        nats_url = self._start_nats()
 
-        ports = {name: (self._port(g), self._port(m)) for name, (g, m) in SERVICE_PORTS.items()}
         # Processes of each service: inference may run as several replicas (devstack.replicas),
-        # the first on inference's ports, the others on free ones.
-        processes = {name: [name] for name in SERVICE_PORTS} | {"inference": list(replicas)}
-        inference_ports = ports.pop("inference")
-        for i, name in enumerate(replicas):
-            ports[name] = inference_ports if i == 0 else (free_port(s.host), free_port(s.host))
+        # the others as many as their count; the first of each on the service's ports, the
+        # others on free ones.
+        counts = {"gateway": s.gateways, "store": s.stores, "jobs": s.runners}
+        processes = {name: process_names(name, counts.get(name, 1)) for name in SERVICE_PORTS}
+        processes["inference"] = list(replicas)
+        ports: dict[str, tuple[int, int]] = {}
+        for service, (grpc_default, metrics_default) in SERVICE_PORTS.items():
+            for i, name in enumerate(processes[service]):
+                first = (self._port(grpc_default), self._port(metrics_default))
+                ports[name] = first if i == 0 else (free_port(s.host), free_port(s.host))
         targets = {name: f"{s.host}:{grpc}" for name, (grpc, _) in ports.items()}
-        targets["inference"] = ",".join(targets[name] for name in replicas)
-        extra = {
-            "gateway": {
-                "INFERENCE_TARGET": targets["inference"],
-                "STORE_TARGET": targets["store"],
-                "NATS_URL": nats_url,
-            },
-            "inference": {},
-            "store": {
-                "DATABASE_URL": postgres.uri,
-                "NATS_URL": nats_url,
-                "DEV_API_KEY": api_key,
-            },
-            "jobs": {"NATS_URL": nats_url, "INFERENCE_TARGET": targets["inference"]},
-        }
+        for service, names in processes.items():
+            targets[service] = ",".join(targets[name] for name in names)
+        extra = service_fields(targets, nats_url, s.stream_replicas, postgres.uri, api_key)
         for service in START_ORDER:
             for name in processes[service]:
                 grpc_port, metrics_port = ports[name]
@@ -183,6 +177,9 @@ class LocalStack:
                     "OTLP_ENDPOINT": otlp,
                     **extra[service],
                 }
+                if len(processes[service]) > 1:
+                    # Stopped alone, a replica must leave its balancers before refusing calls.
+                    fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
                 env |= replicas[name].env if name in replicas else {}
                 env["PYTHONUNBUFFERED"] = "1"
@@ -202,7 +199,8 @@ class LocalStack:
 
         admin_port = self._port(s.envoy_admin_port)
         admin_url = f"http://{s.host}:{admin_port}"
-        supervisor.start(self._envoy(ports["gateway"][0], admin_port, admin_url, otlp))
+        gateway_ports = tuple(ports[name][0] for name in processes["gateway"])
+        supervisor.start(self._envoy(gateway_ports, admin_port, admin_url, otlp))
         supervisor.wait_serving("envoy", s.start_timeout_s)
 
         endpoints = Endpoints(
@@ -228,8 +226,39 @@ class LocalStack:
         (self.state_dir / ENDPOINTS_FILE).write_text(json.dumps(asdict(endpoints), indent=2))
         return endpoints
 
+    def _start_nats(self) -> str:
+        """Starts nats-server, or a cluster of ``nats_nodes`` on loopback; returns the client URL.
+
+        A cluster's streams are created here with their replicas once JetStream has elected its
+        leader (a few seconds), so no service races that election at start.
+        """
+        s = self.settings
+        supervisor = self.supervisor
+        cluster = None
+        names = ["nats"]
+        if s.nats_nodes > 1:
+            cluster = NatsCluster("ferry", tuple(free_port(s.host) for _ in range(s.nats_nodes)))
+            names = [f"nats-{node}" for node in range(s.nats_nodes)]
+        ports = [self._port(s.nats_port)] + [free_port(s.host) for _ in names[1:]]
+        for node, (name, port) in enumerate(zip(names, ports, strict=True)):
+            argv = nats_command(port, self.state_dir / name, s.host, cluster, node)
+            supervisor.start(
+                Program(
+                    name,
+                    partial(ManagedProcess.start, name, argv, self.logs_dir),
+                    partial(port_open, s.host, port),
+                    self.logs_dir / f"{name}.log",
+                )
+            )
+        for name in names:
+            supervisor.wait_serving(name, 20)
+        url = ",".join(f"nats://{s.host}:{port}" for port in ports)
+        if cluster is not None:
+            prepare_streams(url, s.stream_replicas, s.start_timeout_s)
+        return url
+
     def _envoy(
-        self, gateway_port: int, admin_port: int, admin_url: str, otlp: str
+        self, gateway_ports: tuple[int, ...], admin_port: int, admin_url: str, otlp: str
     ) -> Program[ManagedProcess]:
         s = self.settings
         config = self.state_dir / "envoy" / "envoy.yaml"
@@ -240,7 +269,8 @@ class LocalStack:
             admin_host=s.host,
             admin_port=admin_port,
             gateway_host=s.host,
-            gateway_port=gateway_port,
+            gateway_port=gateway_ports[0],
+            more_gateway_ports=gateway_ports[1:],
             otlp_endpoint=otlp,
         )
         config.write_text(render(opts))
@@ -265,6 +295,33 @@ class LocalStack:
         if self.receiver is not None:  # after the processes, so their last spans still arrive
             self.receiver.stop()
         (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+def process_names(service: str, count: int) -> list[str]:
+    """Supervised names of ``count`` processes of ``service``: ``gateway``, or ``gateway-0``, ..."""
+    return [service] if count == 1 else [f"{service}-{i}" for i in range(count)]
+
+
+def service_fields(
+    targets: dict[str, str], nats_url: str, stream_replicas: int, database_url: str, api_key: str
+) -> dict[str, dict[str, str]]:
+    """The settings ``ferry up`` gives each service besides its ports, as ``FERRY_<SERVICE>_<KEY>``
+    keys (tests/devstack checks every key against the service's settings class).
+
+    Args:
+        targets: each service's gRPC target, its processes comma-separated.
+        nats_url: NATS, a cluster's nodes comma-separated.
+        stream_replicas: copies of each stream.
+        database_url: Postgres.
+        api_key: the development key store makes sure exists.
+    """
+    nats = {"NATS_URL": nats_url, "NATS_STREAM_REPLICAS": str(stream_replicas)}
+    return {
+        "gateway": {"INFERENCE_TARGET": targets["inference"], "STORE_TARGET": targets["store"], **nats},
+        "inference": {},
+        "store": {"DATABASE_URL": database_url, "DEV_API_KEY": api_key, **nats},
+        "jobs": {"INFERENCE_TARGET": targets["inference"], **nats},
+    }
 
 
 def scrape_config(host: str, metrics_ports: dict[str, list[int]], envoy_admin: str) -> str:

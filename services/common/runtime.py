@@ -107,8 +107,13 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
             await stop.wait()
         else:
             starting.cancel()
-        log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_s)
         await readiness.mark_stopping()
+        if settings.shutdown_delay_s and starting.done():
+            # Health says NOT_SERVING now, but calls still get answers until balancers have moved
+            # away: refusing them at once would fail calls routed here before they noticed.
+            log.info("leaving: NOT_SERVING, still answering for %.1fs", settings.shutdown_delay_s)
+            await asyncio.sleep(settings.shutdown_delay_s)
+        log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_s)
     log.info("stopped")

@@ -25,6 +25,11 @@ class ServiceSettings(BaseSettings):
     """Python logging level."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     """Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled."""
+    shutdown_delay_s: float = Field(default=0.0, ge=0, le=60)
+    """Seconds between reporting NOT_SERVING on SIGTERM and refusing new calls, while calls are
+    still answered: the time balancers (Envoy's health checks, other replicas' clients, Kubernetes
+    endpoints) take to stop sending here. 0 suits one process restarted by surge (its successor
+    already listens); several replicas behind a balancer need it (``ferry up`` sets 5 s then)."""
     max_message_bytes: int = limits.MAX_MESSAGE_BYTES
     """Largest gRPC message sent or received; images travel inside messages. The default is the
     largest body Envoy lets through (services/common/limits.py), so gRPC's own size refusal

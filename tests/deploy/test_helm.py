@@ -38,7 +38,9 @@ PROFILES = {"default": None, "cpu": "values-cpu.yaml", "gpu": "values-gpu.yaml"}
 #: The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas bundled.
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
 SECRETS = {
-    "secrets": {"databaseUrl": "postgresql://ferry:secret@postgres:5432/ferry", "devApiKey": "dev-key"}
+    "secrets": {"databaseUrl": "postgresql://ferry:secret@postgres:5432/ferry", "devApiKey": "dev-key"},
+    # Offline rendering knows no cluster's APIs: as on a cluster with KEDA installed.
+    "jobs": {"keda": {"enabled": True}},
 }
 SETTINGS = {
     "gateway": GatewaySettings,

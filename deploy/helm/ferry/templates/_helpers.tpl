@@ -127,6 +127,10 @@ affinity:
   value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
 - name: FERRY_GATEWAY_NATS_URL
   value: {{ $root.Values.nats.url | quote }}
+- name: FERRY_GATEWAY_NATS_STREAM_REPLICAS
+  value: {{ $root.Values.nats.streamReplicas | quote }}
+- name: FERRY_GATEWAY_SHUTDOWN_DELAY_S
+  value: {{ $root.Values.shutdownDelaySeconds | quote }}
 {{- else if eq .component "inference" -}}
 - name: FERRY_INFERENCE_MODELS
   value: {{ $v.models | quote }}
@@ -138,14 +142,24 @@ affinity:
   value: {{ $v.maxBatchDelayMs | quote }}
 - name: FERRY_INFERENCE_TORCH_THREADS
   value: {{ $v.torchThreads | quote }}
+- name: FERRY_INFERENCE_SHUTDOWN_DELAY_S
+  value: {{ $root.Values.shutdownDelaySeconds | quote }}
 {{- else if eq .component "jobs" -}}
 - name: FERRY_JOBS_NATS_URL
   value: {{ $root.Values.nats.url | quote }}
+- name: FERRY_JOBS_NATS_STREAM_REPLICAS
+  value: {{ $root.Values.nats.streamReplicas | quote }}
+- name: FERRY_JOBS_SHUTDOWN_DELAY_S
+  value: {{ $root.Values.shutdownDelaySeconds | quote }}
 - name: FERRY_JOBS_INFERENCE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
 {{- else if eq .component "store" -}}
 - name: FERRY_STORE_NATS_URL
   value: {{ $root.Values.nats.url | quote }}
+- name: FERRY_STORE_NATS_STREAM_REPLICAS
+  value: {{ $root.Values.nats.streamReplicas | quote }}
+- name: FERRY_STORE_SHUTDOWN_DELAY_S
+  value: {{ $root.Values.shutdownDelaySeconds | quote }}
 - name: FERRY_STORE_DATABASE_URL
   valueFrom:
     secretKeyRef:
@@ -165,4 +179,14 @@ affinity:
 - podSelector:
     matchLabels:
       {{- include "ferry.selectorLabels" . | nindent 6 }}
+{{- end -}}
+
+{{/* Whether the jobs runners scale with KEDA: jobs.keda.enabled true, or "auto" (the default)
+and KEDA's API is on the cluster: a cluster without KEDA's CRDs would refuse the ScaledObject and
+fail the whole install. Offline rendering (helm template) knows no cluster's APIs: say true there. */}}
+{{- define "ferry.kedaActive" -}}
+{{- $wanted := toString .Values.jobs.keda.enabled -}}
+{{- if or (eq $wanted "true") (and (eq $wanted "auto") (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) -}}
+true
+{{- end -}}
 {{- end -}}

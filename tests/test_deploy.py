@@ -105,4 +105,5 @@ def test_image_requirements_are_pyprojects_dependencies() -> None:
     torch = run(sys.executable, "deploy/docker/requirements.py", "torch").stdout.split()
     rest = run(sys.executable, "deploy/docker/requirements.py", "rest").stdout.split()
     assert torch == ["torch==2.14.1", "torchvision==0.29.1"]
-    assert sorted(torch + rest) == sorted(d.replace(" ", "") for d in deps)
+    # The client package comes from clients/python, with the code (Dockerfile's last layers).
+    assert sorted([*torch, *rest, "ferry-client==0.1.0"]) == sorted(d.replace(" ", "") for d in deps)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+from google.protobuf import struct_pb2
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings
 
@@ -22,6 +24,9 @@ from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX
 NOTEBOOK_SUBJECT = f"{JOB_ITEMS_SUBJECT_PREFIX}.notebook"
 #: A notebook job's model id is this prefix and the notebook's name (``notebook:report``).
 MODEL_PREFIX = "notebook:"
+#: Whole numbers up to this size are exact in a Struct's doubles, so they can be given back as ints.
+_EXACT_INTEGERS = 2**53
+
 #: Relative registry paths are read from the repository root, wherever a service was started.
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +95,29 @@ def model_of(name: str) -> str:
 def executed_notebook_name(job_id: str) -> str:
     """Where a notebook job's executed notebook is kept in the result store."""
     return f"{job_id}/notebook.ipynb"
+
+
+def parameters_of(payload: struct_pb2.Struct) -> dict[str, Any]:
+    """A notebook's parameters as papermill injects them, from the job's ``Struct``.
+
+    A Struct holds every number as a double, so ``count=3`` arrives as 3.0; as in JSON (``json.loads``
+    reads ``3`` as an int), a whole number comes back as an int, any other as a float. Booleans,
+    strings, lists, objects and null keep their types. (A float such as 3.0 is indistinguishable from
+    3 on the wire: it comes back as 3.)
+    """
+    return {key: _python(value) for key, value in payload.fields.items()}
+
+
+def _python(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        exact = number.is_integer() and abs(number) <= _EXACT_INTEGERS
+        return int(number) if exact else number
+    if kind == "struct_value":
+        return parameters_of(value.struct_value)
+    if kind == "list_value":
+        return [_python(v) for v in value.list_value.values]
+    if kind == "null_value" or kind is None:
+        return None
+    return getattr(value, kind)

@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -29,7 +28,7 @@ from ferry.events.v1 import events_pb2
 from ferry.inference.v1 import inference_service_pb2
 from services.common import messaging
 from services.common.errors import FerryError, NotFound
-from services.common.notebooks import MODEL_PREFIX, code_cell_count, executed_notebook_name
+from services.common.notebooks import MODEL_PREFIX, code_cell_count, executed_notebook_name, parameters_of
 from services.common.readiness import Readiness
 from services.common.result_stores import ResultStore
 from services.jobs.cancellation import CancelledJobs
@@ -147,7 +146,7 @@ class NotebookRunner:
     ) -> None:
         """Executes the notebook, stores it, then records the cells not yet recorded."""
         loop = asyncio.get_running_loop()
-        parameters = json_format.MessageToDict(item.input.payload)
+        parameters = parameters_of(item.input.payload)
         log.info("job %s: running notebook %s (%d code cells)", job_id, name, cells)
 
         def cell_done(cell: int) -> None:  # papermill's thread: record progress on the loop

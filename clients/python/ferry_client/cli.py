@@ -3,42 +3,64 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from ferry_client import export, keys
+from ferry_client import export, keys, local
 from ferry_client.client import FerryClient, FerryError, payload_input, text_input
 from ferry_client.progress import watch
 
 
-def _default_target() -> str:
-    return os.environ.get("FERRY_TARGET", f"127.0.0.1:{os.environ.get('FERRY_HTTP_PORT', '8080')}")
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a user's mistake is one line (and exit code 2), not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _state_dir() -> Path:
-    """The local stack's state folder (``FERRY_STATE_DIR``, as ``ferry up`` reads it)."""
-    return Path(os.environ.get("FERRY_STATE_DIR", ".ferry")).resolve()
+def _api_key(parser: argparse.ArgumentParser, explicit: str | None) -> str:
+    """The key from --api-key, FERRY_API_KEY, FERRY_DEV_API_KEY or the local stack's dev key file."""
+    key = explicit or os.environ.get("FERRY_API_KEY") or os.environ.get("FERRY_DEV_API_KEY")
+    key = key or local.dev_api_key()
+    if not key:
+        parser.error("no API key: pass --api-key or set FERRY_API_KEY (`ferry up` prints the dev key)")
+    return key
 
 
-def _api_key(explicit: str | None) -> str:
-    """The key from --api-key, FERRY_API_KEY, or the local stack's dev key file, in that order."""
-    if explicit:
-        return explicit
-    if os.environ.get("FERRY_API_KEY"):
-        return os.environ["FERRY_API_KEY"]
-    if os.environ.get("FERRY_DEV_API_KEY"):
-        return os.environ["FERRY_DEV_API_KEY"]
-    key_file = _state_dir() / "dev-api-key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    sys.exit("no API key: pass --api-key or set FERRY_API_KEY (`ferry up` prints the dev key)")
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: {'a folder' if path.is_dir() else 'no such file'}")
+    return path
+
+
+def _number(convert: Callable[[str], Any], low: float, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` (int or float) of the text, refused outside [low, high]."""
+    what = "a whole number" if convert is int else "a number"
+    allowed = f"at least {low}" if high is None else f"between {low} and {high}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+        return value
+
+    return parse
+
+
+_at_least_one = _number(int, 1)
+_fraction = _number(float, 0, 1)
 
 
 def _print(message: Message) -> None:
@@ -54,44 +76,42 @@ IMAGE_MODEL = "efficientnet-lite0"
 TEXT_MODEL = "minilm"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
-    parser.add_argument("--target", default=_default_target(), help="host:port of Envoy or gateway")
+COMMAND_GROUP = "ferry.commands"
+"""Entry points that add sub-commands: the server's install adds the local stack's (``ferry up``)."""
+
+SERVER_COMMANDS = ("up", "status", "metrics", "trace", "restart", "stop", "start", "migrate")
+"""The server install's commands, named only to tell a user of the client alone where they are."""
+
+
+def _parser() -> tuple[argparse.ArgumentParser, bool]:
+    """The parser, and whether an installed package added commands to it."""
+    target, origin = local.default_target()
+    parser = _Parser(
+        prog="ferry",
+        description=__doc__,
+        epilog="The local stack's commands (`ferry up`, status, metrics, trace, restart, stop, start, "
+        "migrate) come with Ferry's server install: `make install` in a checkout.",
+    )
+    parser.add_argument(
+        "--target",
+        default=target,
+        help="host:port of Envoy or gateway. Default: $FERRY_TARGET, else the stack that `ferry up` "
+        f"runs from $FERRY_STATE_DIR (.ferry), else {local.DEFAULT_TARGET}; now {target} ({origin})",
+    )
     parser.add_argument("--api-key", help="API key (default: $FERRY_API_KEY or the local dev key)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="install nothing, start the whole local stack in the foreground")
-    up.add_argument(
-        "--trace",
-        action="store_true",
-        help="keep every request's spans in the state folder for `ferry trace` (a local OTLP receiver)",
-    )
-    sub.add_parser("status", help="show the local stack's processes (from a running `ferry up`)")
-    sub.add_parser("metrics", help="the local stack's key figures, from each service's /metrics")
-    tracing = sub.add_parser(
-        "trace", help="draw a trace's spans as a waterfall (`ferry up --trace`); no ID: list recent ones"
-    )
-    tracing.add_argument("trace_id", nargs="?", default="", help="32 hex digits (answers carry trace_id)")
-    tracing.add_argument("--last", type=int, default=10, help="how many recent traces to list")
-    for action, what in (
-        ("restart", "replace processes of the local stack one at a time (gRPC services: no downtime)"),
-        ("stop", "stop processes of the local stack and keep them stopped (an outage, or maintenance)"),
-        ("start", "start processes that `ferry stop` stopped"),
-    ):
-        control = sub.add_parser(action, help=what)
-        control.add_argument(
-            "names",
-            nargs="+",
-            metavar="name",
-            help="postgres, nats, store, inference, jobs, gateway or envoy",
-        )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    extended = False
+    for entry in entry_points(group=COMMAND_GROUP):
+        entry.load()(sub)
+        extended = True
     sub.add_parser("models", help="list the served models")
     predict = sub.add_parser(
         "predict", help="predict one input: an image file, a --text (minilm) or a --json object"
     )
-    predict.add_argument("image", type=Path, nargs="?")
+    predict.add_argument("image", type=_existing_file, nargs="?")
     _input_arguments(predict)
     predict.add_argument("--model", default="", help="default: efficientnet-lite0, minilm for --text")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=_at_least_one, default=5)
     predict.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
     get = sub.add_parser("get", help="read a prediction or job by name (predictions/ID, jobs/ID)")
     get.add_argument("name")
@@ -100,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--model", default="", help="only this model's predictions")
     listing.add_argument("--label", default="", help="only predictions whose top class has this label")
     listing.add_argument(
-        "--min-score", type=float, default=0.0, help="only top classes scored at least this (0-1)"
+        "--min-score", type=_fraction, default=0.0, help="only top classes scored at least this (0-1)"
     )
     listing.add_argument(
         "--since", default="", help="made at or after this time (RFC 3339, e.g. 2026-11-25T00:00:00Z)"
@@ -114,19 +134,18 @@ def _parser() -> argparse.ArgumentParser:
         default="json",
         help="json: one page as JSON; jsonl / csv: every matching prediction, one per line",
     )
-    listing.add_argument("--page-size", type=int, default=20, help="predictions per page (json)")
+    listing.add_argument("--page-size", type=_at_least_one, default=20, help="predictions per page (json)")
     stats = sub.add_parser(
         "stats", help="a model's request and error counts, latency percentiles, top labels"
     )
     stats.add_argument("model", nargs="?", default="efficientnet-lite0")
     stats.add_argument("--window", default="1h", help="how far back: 15m, 1h, 24h, 7d, ...")
-    sub.add_parser("migrate", help="apply store's database migrations to FERRY_STORE_DATABASE_URL and exit")
     upload = sub.add_parser("upload", help="upload a JSONL manifest or a zip of images for a job to name")
-    upload.add_argument("file", type=Path)
+    upload.add_argument("file", type=_existing_file)
     job = sub.add_parser(
         "job", help="submit a batch job of image files, --text or --json items (or an upload: --manifest)"
     )
-    job.add_argument("images", type=Path, nargs="*")
+    job.add_argument("images", type=_existing_file, nargs="*")
     _input_arguments(job, many=True)
     job.add_argument(
         "--manifest", default="", help="uploads/ID (from `ferry upload`): its entries are the items"
@@ -142,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a notebook parameter (JSON value or text)",
     )
-    job.add_argument("--top-k", type=int, default=5)
+    job.add_argument("--top-k", type=_at_least_one, default=5)
     job.add_argument("--request-id", default="", help="idempotency key: a retry returns the same job")
     job.add_argument("--wait", action="store_true", help="wait until the job finishes")
     job.add_argument(
@@ -161,53 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     retry = sub.add_parser("retry", help="run a finished job's failed items again (jobs/ID)")
     retry.add_argument("name")
     keys.add_parser(sub)
-    return parser
-
-
-LOCAL_COMMANDS = ("up", "status", "metrics", "trace", "restart", "stop", "start", "migrate")
-"""Commands that run or read the local stack: they need the server's code (devstack, services)."""
-
-
-def _full_install_missing(command: str) -> bool:
-    """Says so and returns True when this is the lean install (``pip install ./clients/python``)."""
-    if all(importlib.util.find_spec(m) is not None for m in ("devstack", "services", "prometheus_client")):
-        return False
-    print(
-        f"`ferry {command}` needs Ferry's full install (the server and the local stack); this is the "
-        "client-only install. From a checkout of Ferry: `make up`, or `pip install -e '.[stack]'`.",
-        file=sys.stderr,
-    )
-    return True
-
-
-def _local(args: argparse.Namespace) -> int:
-    """Runs one of LOCAL_COMMANDS; devstack is imported here: the client itself needs none of it."""
-    if args.command == "up":
-        from devstack.settings import StackSettings
-        from devstack.stack import run
-
-        return run(StackSettings(trace=True) if args.trace else StackSettings())
-    if args.command == "status":
-        from devstack.status import show
-
-        return show(_state_dir())
-    if args.command == "metrics":
-        from devstack import figures
-
-        return figures.show(_state_dir())
-    if args.command == "trace":
-        from devstack import traces
-
-        return traces.show(_state_dir(), args.trace_id, args.last)
-    if args.command == "migrate":
-        import asyncio
-
-        from services.store.__main__ import migrate_only
-
-        return asyncio.run(migrate_only())
-    from devstack.control import act
-
-    return act(_state_dir(), args.command, args.names)
+    return parser, extended
 
 
 def _input_arguments(parser: argparse.ArgumentParser, many: bool = False) -> None:
@@ -250,90 +223,121 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error("--json needs --model (a JSON model, e.g. agree)")
     if args.command in ("predict", "job") and args.label and not args.text:
         parser.error("--label ranks the labels of a --text; give one")
+    if args.command == "job":
+        args.parameters = _params(parser, args.param)
+
+
+def _server_command(argv: list[str]) -> str:
+    """The sub-command of ``argv`` when it is one of the server install's; empty otherwise."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--target", "--api-key"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in SERVER_COMMANDS else ""
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ferry`` command."""
-    parser = _parser()
+    parser, extended = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = "" if extended else _server_command(argv)
+    if command:
+        print(
+            f"`ferry {command}` needs Ferry's full install (the server and the local stack); this is the "
+            "client-only install. From a checkout of Ferry: `make install` (or `make up`).",
+            file=sys.stderr,
+        )
+        return 2
     args = parser.parse_args(argv)
     _check_inputs(parser, args)
-    if args.command in LOCAL_COMMANDS:
-        return 2 if _full_install_missing(args.command) else _local(args)
-    with FerryClient(args.target, _api_key(args.api_key)) as ferry:
-        try:
-            if args.command == "models":
-                for model in ferry.list_models():
-                    _print(model)
-            elif args.command == "predict" and args.text:
-                [text] = args.text
-                text_model = args.model or TEXT_MODEL
-                _print(ferry.predict_text(text, text_model, args.label, args.top_k, args.request_id))
-            elif args.command == "predict" and args.json:
-                [payload] = args.json
-                print(json.dumps(ferry.predict_json(payload, args.model, args.request_id), indent=2))
-            elif args.command == "predict":
-                _print(ferry.predict(args.image, args.model or IMAGE_MODEL, args.top_k, args.request_id))
-            elif args.command == "get":
-                is_job = args.name.startswith("jobs/")
-                _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))
-            elif args.command == "predictions":
-                filters = export.filters(args)
-                if args.format == "json":
-                    _print(ferry.list_predictions(page_size=args.page_size, job=args.job, **filters))
-                else:
-                    records = ferry.iter_predictions(job=args.job, **filters)
-                    export.write(records, args.format, sys.stdout)
-            elif args.command == "stats":
-                _print(ferry.model_stats(args.model, args.window))
-            elif args.command == "upload":
-                _print(ferry.upload(args.file))
-            elif args.command == "job" and args.notebook:
-                created = ferry.create_notebook_job(args.notebook, _params(args.param), args.request_id)
-                _print(watch(ferry, created.name) if args.wait else created)
-            elif args.command == "job":
-                items = [*args.images, *(text_input(t, args.label) for t in args.text)]
-                items += [payload_input(p) for p in args.json]
-                job_model = args.model or (TEXT_MODEL if args.text else IMAGE_MODEL)
-                created = ferry.create_job(
-                    items, job_model, args.top_k, args.request_id, args.priority, args.manifest
-                )
-                _print(watch(ferry, created.name) if args.wait else created)
-            elif args.command == "watch":
-                _print(watch(ferry, args.name))
-            elif args.command == "cancel":
-                _print(ferry.cancel_job(args.name))
-            elif args.command == "results":
-                if args.output is None:
-                    ferry.save_job_results(args.name, sys.stdout)
-                else:
-                    with args.output.open("w", encoding="utf-8") as out:
-                        count = ferry.save_job_results(args.name, out)
-                    print(f"wrote {count} results of {args.name} to {args.output}", file=sys.stderr)
-            elif args.command == "retry":
-                _print(ferry.retry_job(args.name))
-            elif args.command == "notebook":
-                executed = ferry.job_notebook(args.name)
-                if args.output is None:
-                    sys.stdout.write(executed.decode())
-                else:
-                    args.output.write_bytes(executed)
-                    print(f"wrote the executed notebook of {args.name} to {args.output}", file=sys.stderr)
-            elif args.command == "keys":
-                return keys.run(ferry, args, _print)
-        except FerryError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+    if hasattr(args, "run"):  # a command an installed package added (the local stack's)
+        return int(args.run(args))
+    try:
+        with FerryClient(args.target, _api_key(parser, args.api_key)) as ferry:
+            return _call(ferry, args)
+    except FerryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file to read or write: the user's to fix
+        parser.exit(2, f"ferry: error: {err.strerror or err}: {err.filename or ''}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
+    """Runs one of the client's own commands; a FerryError goes up to ``main``."""
+    if args.command == "models":
+        for model in ferry.list_models():
+            _print(model)
+    elif args.command == "predict" and args.text:
+        [text] = args.text
+        text_model = args.model or TEXT_MODEL
+        _print(ferry.predict_text(text, text_model, args.label, args.top_k, args.request_id))
+    elif args.command == "predict" and args.json:
+        [payload] = args.json
+        print(json.dumps(ferry.predict_json(payload, args.model, args.request_id), indent=2))
+    elif args.command == "predict":
+        _print(ferry.predict(args.image, args.model or IMAGE_MODEL, args.top_k, args.request_id))
+    elif args.command == "get":
+        is_job = args.name.startswith("jobs/")
+        _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))
+    elif args.command == "predictions":
+        filters = export.filters(args)
+        if args.format == "json":
+            _print(ferry.list_predictions(page_size=args.page_size, job=args.job, **filters))
+        else:
+            records = ferry.iter_predictions(job=args.job, **filters)
+            export.write(records, args.format, sys.stdout)
+    elif args.command == "stats":
+        _print(ferry.model_stats(args.model, args.window))
+    elif args.command == "upload":
+        _print(ferry.upload(args.file))
+    elif args.command == "job" and args.notebook:
+        created = ferry.create_notebook_job(args.notebook, args.parameters, args.request_id)
+        _print(watch(ferry, created.name) if args.wait else created)
+    elif args.command == "job":
+        items = [*args.images, *(text_input(t, args.label) for t in args.text)]
+        items += [payload_input(p) for p in args.json]
+        job_model = args.model or (TEXT_MODEL if args.text else IMAGE_MODEL)
+        created = ferry.create_job(
+            items, job_model, args.top_k, args.request_id, args.priority, args.manifest
+        )
+        _print(watch(ferry, created.name) if args.wait else created)
+    elif args.command == "watch":
+        _print(watch(ferry, args.name))
+    elif args.command == "cancel":
+        _print(ferry.cancel_job(args.name))
+    elif args.command == "results":
+        if args.output is None:
+            ferry.save_job_results(args.name, sys.stdout)
+        else:
+            with args.output.open("w", encoding="utf-8") as out:
+                count = ferry.save_job_results(args.name, out)
+            print(f"wrote {count} results of {args.name} to {args.output}", file=sys.stderr)
+    elif args.command == "retry":
+        _print(ferry.retry_job(args.name))
+    elif args.command == "notebook":
+        executed = ferry.job_notebook(args.name)
+        if args.output is None:
+            sys.stdout.write(executed.decode())
+        else:
+            args.output.write_bytes(executed)
+            print(f"wrote the executed notebook of {args.name} to {args.output}", file=sys.stderr)
+    elif args.command == "keys":
+        return keys.run(ferry, args, _print)
     return 0
 
 
-def _params(pairs: list[str]) -> dict[str, Any]:
+def _params(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
     """``--param key=value`` pairs as notebook parameters: a value that parses as JSON is that
     (``count=3`` is a number), any other is text (``text=hello``)."""
     parameters: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --param {pair!r} is not KEY=VALUE")
+            parser.error(f"--param {pair!r} is not KEY=VALUE")
         try:
             parameters[key] = json.loads(value)
         except ValueError:

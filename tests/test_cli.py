@@ -1,0 +1,96 @@
+"""The ``ferry`` command: where it sends calls by default, and user errors as one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ferry_client import local
+from ferry_client.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _no_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty state folder and none of the variables a user's shell may have set."""
+    for name in ("FERRY_TARGET", "FERRY_API_KEY", "FERRY_DEV_API_KEY", "FERRY_HTTP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FERRY_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "state").mkdir()
+    return tmp_path / "state"
+
+
+def _running_stack(state: Path, target: str, supervisor_pid: int) -> None:
+    (state / "endpoints.json").write_text(json.dumps({"grpc_target": target, "pids": {}}))
+    (state / "status.json").write_text(json.dumps({"supervisor_pid": supervisor_pid}))
+
+
+def test_the_default_target_is_ferry_target_then_the_running_stack_then_localhost(
+    _no_stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert local.default_target()[0] == "localhost:8080"
+    _running_stack(_no_stack, "127.0.0.1:18090", os.getpid())
+    assert local.default_target() == ("127.0.0.1:18090", f"the stack running in {_no_stack}")
+    monkeypatch.setenv("FERRY_TARGET", "ferry.example:443")
+    assert local.default_target() == ("ferry.example:443", "FERRY_TARGET")
+
+
+def test_a_stack_that_is_gone_is_not_the_target(_no_stack: Path) -> None:
+    _running_stack(_no_stack, "127.0.0.1:18090", 2**22 + 12345)  # above pid_max: no such process
+    assert local.default_target()[0] == "localhost:8080"
+
+
+def test_help_says_where_calls_go(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: $FERRY_TARGET, else the stack that `ferry up` runs from $FERRY_STATE_DIR" in text
+    assert "now localhost:8080 (no FERRY_TARGET, no running stack)" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["predict", "nope.jpg"], "argument image: nope.jpg: no such file"),
+        (["predict", "."], "argument image: .: a folder"),
+        (["job", "a.jpg", "--wait"], "argument images: a.jpg: no such file"),
+        (["upload", "missing.zip"], "argument file: missing.zip: no such file"),
+        (["predict", "--text", "x", "--top-k", "0"], "argument --top-k: 0 is not at least 1"),
+        (["predict", "--text", "x", "--top-k", "many"], "argument --top-k: 'many' is not a whole number"),
+        (["predictions", "--min-score", "1.5"], "argument --min-score: 1.5 is not between 0 and 1"),
+        (["job", "--notebook", "report", "--param", "count"], "--param 'count' is not KEY=VALUE"),
+        (["models"], "no API key: pass --api-key or set FERRY_API_KEY"),
+        (["predict", "--json", "[1]", "--model", "agree"], "argument --json: give a JSON object"),
+    ],
+)
+def test_a_user_error_is_one_line_and_exit_code_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
+
+
+def test_a_file_that_cannot_be_written_is_one_line_and_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens on port 9: the error is about the file only if it is checked first.
+    argv = [
+        "--target",
+        "127.0.0.1:9",
+        "--api-key",
+        "k",
+        "results",
+        "jobs/x",
+        "-o",
+        str(tmp_path / "no/such/dir.jsonl"),
+    ]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and "No such file or directory" in err, err

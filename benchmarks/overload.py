@@ -11,6 +11,20 @@ the way:
 
 It prints the admitted predictions' p99 against the unloaded p99 (the goal: at most 2x), how
 fast the refused ones were answered (the goal: within 10 ms), and the counts of every outcome.
+
+Then two attacks on the front door (issue 17), in the same run:
+
+4. over the in-flight bound: ``--overbound-clients`` (400) closed-loop clients, more than the
+   gateway's FERRY_GATEWAY_MAX_INFLIGHT (256), each sending again as soon as it is answered
+   (ignoring the advised retry delay, as a hostile or naive client does): the 429 OVERLOADED
+   answers' p50 (the goal: <= 5 ms) and the goodput against the sustainable rate (the goal:
+   within 10 %);
+5. a wrong-key flood over REST from ``--flood-sources`` (15) loopback source addresses
+   (127.0.0.2, ...; Envoy puts the real peer in x-forwarded-for), while never-used valid keys
+   call from another address once a second: how many valid calls were refused (the goal: none),
+   and the key lookups that reached store a second (read from store's own request counter; the
+   documented cap is ten times FERRY_GATEWAY_AUTH_FAILURE_RATE_PER_S, 50/s).
+
 Not a test: nothing here asserts a time. Others may share this machine: the load is printed.
 """
 
@@ -18,16 +32,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import io
 import os
+import re
+import secrets
+import threading
 import time
+import urllib.request
 from collections import Counter
+from urllib.parse import urlsplit
 
 import grpc
 from PIL import Image
 from skimage import data as skimage_data
 
 from benchmarks.local import local_stack, unthrottled_key
+from devstack.stack import Endpoints
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 
@@ -101,8 +122,25 @@ class Bench:
             calls.append(asyncio.ensure_future(self.predict()))
         return list(await asyncio.gather(*calls))
 
+    async def overbound(self, clients: int, seconds: float) -> tuple[float, list[float]]:
+        """``clients`` closed-loop clients for ``seconds``: predictions/s done, and each 429's latency."""
+        done, refused = 0, []
+        deadline = time.monotonic() + seconds
 
-async def run(target: str, seconds: float, clients: int, factor: float) -> None:
+        async def client() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                outcome, took = await self.predict()
+                done += outcome == "OK"
+                if outcome == "RESOURCE_EXHAUSTED":
+                    refused.append(took)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return done / (time.perf_counter() - started), refused
+
+
+async def run(target: str, seconds: float, clients: int, factor: float, overbound_clients: int) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         bench = Bench(channel, await unthrottled_key(target, ["predict"]), cat_jpeg())
         outcome, _ = await bench.predict()  # warm: connections, the model, the catalog
@@ -117,6 +155,8 @@ async def run(target: str, seconds: float, clients: int, factor: float) -> None:
         print(f"sustainable, {clients} clients in a closed loop: {rate:.1f} predictions/s")
         await asyncio.sleep(2)  # let the queues drain
         outcomes = await bench.open_loop(factor * rate, seconds)
+        await asyncio.sleep(2)
+        goodput, refusals = await bench.overbound(overbound_clients, seconds)
     admitted = [s for outcome, s in outcomes if outcome == "OK"]
     refused = [s for outcome, s in outcomes if outcome == "RESOURCE_EXHAUSTED"]
     p99_admitted = percentile(admitted, 99)
@@ -134,7 +174,71 @@ async def run(target: str, seconds: float, clients: int, factor: float) -> None:
             f"  p99 {ms(percentile(refused, 99))}"
             f"  max {ms(max(refused))} (goal: within 10 ms)"
         )
+    print(f"over the in-flight bound, {overbound_clients} closed-loop clients for {seconds:g} s:")
+    print(
+        f"  goodput {goodput:.1f} predictions/s = {goodput / rate:.2f}x the sustainable rate (goal >= 0.9x);"
+        f" {len(refusals)} refused with 429: p50 {ms(percentile(refusals, 50))}"
+        f"  p99 {ms(percentile(refusals, 99))} (goal: p50 <= 5 ms)"
+    )
     print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
+
+
+def _lookups(metrics_url: str) -> float:
+    """Key lookups store has answered (every code), from its request counter."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as answer:
+        text = answer.read().decode()
+    pattern = r"ferry_grpc_requests_total\{[^}]*LookupApiKey[^}]*\} ([0-9.e+]+)"
+    return sum(float(v) for v in re.findall(pattern, text))
+
+
+def _get(connection: http.client.HTTPConnection, key: str) -> int:
+    connection.request("GET", "/v1/models", headers={"authorization": f"Bearer {key}"})
+    answer = connection.getresponse()
+    answer.read()
+    return answer.status
+
+
+def wrong_key_flood(endpoints: Endpoints, valid_keys: list[str], sources: int, seconds: float) -> None:
+    """Made-up keys from ``sources`` addresses (two threads each) while valid keys call once a second."""
+    url = urlsplit(endpoints.http_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    store_metrics = f"http://127.0.0.1:{endpoints.services['store']['metrics_port']}/metrics"
+    deadline = time.monotonic() + seconds
+    flood: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def attacker(source: str) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=30, source_address=(source, 0))
+        seen: Counter[int] = Counter()
+        while time.monotonic() < deadline:
+            seen[_get(connection, "made-up-" + secrets.token_hex(12))] += 1
+        with lock:
+            flood.update(seen)
+
+    before = _lookups(store_metrics)
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=attacker, args=(f"127.0.0.{2 + n}",), daemon=True)
+        for n in range(sources)
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    valid: Counter[int] = Counter()
+    for key in valid_keys:  # one never-used valid key a second, from an address of its own
+        time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+        connection = http.client.HTTPConnection(host, port, timeout=30, source_address=("127.0.0.200", 0))
+        valid[_get(connection, key)] += 1
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    lookups = _lookups(store_metrics) - before
+    rate = sum(flood.values()) / elapsed
+    print(f"wrong-key flood from {sources} addresses for {elapsed:.0f} s: {dict(flood)} ({rate:.0f}/s)")
+    print(
+        f"  never-used valid keys from another address: {dict(valid)} (goal: all 200);"
+        f" key lookups reaching store: {lookups / elapsed:.1f}/s (documented cap 50/s)"
+    )
 
 
 def main() -> None:
@@ -146,6 +250,10 @@ def main() -> None:
         "--clients", type=int, default=8, help="closed-loop clients measuring the sustainable rate"
     )
     parser.add_argument("--factor", type=float, default=3.0, help="overload rate, times the sustainable one")
+    parser.add_argument("--overbound-clients", type=int, default=400, help="clients over the bound")
+    parser.add_argument(
+        "--flood-sources", type=int, default=15, help="source addresses of the wrong-key flood"
+    )
     parser.add_argument(
         "--tolerance",
         default="2",
@@ -156,7 +264,11 @@ def main() -> None:
     os.environ["FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE"] = args.tolerance
     print(f"FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE={args.tolerance}")
     with local_stack("ferry-bench-overload-") as endpoints:
-        asyncio.run(run(endpoints.grpc_target, args.seconds, args.clients, args.factor))
+        asyncio.run(
+            run(endpoints.grpc_target, args.seconds, args.clients, args.factor, args.overbound_clients)
+        )
+        valid_keys = [asyncio.run(unthrottled_key(endpoints.grpc_target, ["read"])) for _ in range(5)]
+        wrong_key_flood(endpoints, valid_keys, args.flood_sources, max(args.seconds, len(valid_keys) + 1.0))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from devstack import body_depth
 from tools.protogen import DESCRIPTOR_SET
 
 UNKNOWN_FIELD = "UNKNOWN_FIELD"
@@ -221,7 +222,8 @@ function envoy_on_request(handle)
   if not root then return end
   local body = handle:body()
   if not body or body:length() == 0 then return end
-  local ok, finished, field, message = pcall(value, body:getBytes(0, body:length()), 1, root, "", 0)
+  local bytes = body:getBytes(0, body:length())DEPTH_CHECK
+  local ok, finished, field, message = pcall(value, bytes, 1, root, "", 0)
   if not ok or finished or not field then return end
   field = field:gsub("[^%w_%.%-]", "?")
   local metadata = handle:streamInfo():dynamicMetadata()
@@ -230,12 +232,12 @@ function envoy_on_request(handle)
   metadata:set("NAMESPACE", "known", table.concat(KNOWN[message], ", "))
   handle:respond({[":status"] = "400"}, "unknown field " .. field)
 end
-""".replace("NAMESPACE", METADATA_NAMESPACE)
+""".replace("DEPTH_CHECK", body_depth.lua_check("NAMESPACE")).replace("NAMESPACE", METADATA_NAMESPACE)
 
 
 def lua_source(descriptor_set: Path = DESCRIPTOR_SET) -> str:
     """The Lua filter's whole script."""
-    return lua_tables(descriptor_set) + "\n" + LUA_WALKER
+    return lua_tables(descriptor_set) + "\n" + LUA_WALKER + body_depth.LUA_FUNCTION
 
 
 def unknown_field_message() -> str:
@@ -254,7 +256,8 @@ def lua_filter(descriptor_set: Path = DESCRIPTOR_SET) -> str:
     pad = " " * 26
     indented = "\n".join(pad + line for line in script.splitlines() if line.strip())
     return f"""
-                  # Unknown JSON body fields: 400 naming the field (devstack/body_fields.py).
+                  # JSON bodies nested too deep, unknown JSON body fields: 400 naming the limit or
+                  # the field (devstack/body_depth.py, devstack/body_fields.py).
                   - name: envoy.filters.http.lua
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua

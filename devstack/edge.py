@@ -23,7 +23,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from devstack import body_fields
+from devstack import body_depth, body_fields
 from services.common import limits
 from services.common.errors import ERROR_DOMAIN, reasons
 
@@ -305,6 +305,9 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
         }
     }
     mappers.append(_rest_mapper(unknown, field, recorded))
+    deep = LocalReply(400, body_depth.REASON, body_depth.message())
+    depth = {body_depth.METADATA_KEY: str(limits.MAX_JSON_DEPTH), "source": "envoy"}
+    mappers.append(_rest_mapper(deep, depth, body_depth.recorded(body_fields.METADATA_NAMESPACE)))
     for reply in LOCAL_REPLIES:
         mappers += _both(reply, details)
     return {"mappers": mappers}

@@ -12,6 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from ferry.models.v1 import model_service_pb2
 from services.common import limits
 
 #: Scalars JSON can hold, including the awkward ones: huge integers, lone surrogates, NaN.
@@ -97,3 +98,27 @@ urls = st.one_of(
     ),
     st.text(max_size=60),
 )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field, written by hand: protobuf refuses to build messages this deep."""
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
+
+
+def deep_predict_request(depth: int, model: str = "models/efficientnet-lite0") -> bytes:
+    """A PredictRequest whose payload Struct nests ``depth`` objects ({"k": {"k": ...}}), as raw bytes."""
+    struct = b""
+    for _ in range(depth - 1):
+        value = _field(5, struct)  # Value.struct_value
+        struct = _field(1, _field(1, b"k") + _field(2, value))  # a Struct.fields map entry
+    fields = model_service_pb2.PredictRequest.DESCRIPTOR.fields_by_name
+    return _field(fields["model"].number, model.encode()) + _field(fields["payload"].number, struct)

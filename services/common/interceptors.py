@@ -34,6 +34,12 @@ _UNOBSERVED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 Deserializer = Callable[[bytes], Any]
+#: Asked with the method before a call is read: the error to refuse it with at once, or None.
+Shed = Callable[[str], "FerryError | None"]
+
+
+def _unread(data: bytes) -> None:
+    """The deserializer of a shed call: its request is never looked at."""
 
 
 class Undecodable:
@@ -158,8 +164,17 @@ class ServerInterceptor(WrappingInterceptor):
 
     open_prefixes = _UNOBSERVED_PREFIXES
 
-    def __init__(self, service: str, readiness: Readiness, access_log: bool | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        readiness: Readiness,
+        access_log: bool | None = None,
+        shed: Shed | None = None,
+    ) -> None:
         super().__init__()
+        self.shed = shed
+        """Asked before each unary call is read: an error refuses it at once (see ``Shed``)."""
+        self._refusals: dict[str, tuple[FerryError, grpc.RpcMethodHandler[Any, Any]]] = {}
         self._service = service
         self._readiness = readiness
         self._access_log = service == "gateway" if access_log is None else access_log
@@ -169,6 +184,53 @@ class ServerInterceptor(WrappingInterceptor):
 
     def deserializer(self, inner: Deserializer | None) -> Deserializer | None:
         return guarded(inner)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if self.shed is not None:
+            method = handler_call_details.method
+            cached = self._handlers.get(method)
+            # Unary methods already seen (their kind is known); streams are never shed.
+            if cached is not None and cached.unary_unary is not None:
+                error = self.shed(method)
+                if error is not None:
+                    return self._refusing(method, error)
+        return await super().intercept_service(continuation, handler_call_details)
+
+    def _refusing(self, method: str, error: FerryError) -> grpc.RpcMethodHandler[Any, Any]:
+        """A handler that refuses with ``error`` without reading the request (made once per error).
+
+        An overloaded gateway refuses most of what it is sent: each refusal must cost next to
+        nothing, or refusing itself fills the event loop and slows the calls it admitted. So no
+        request parsing (a Predict carries megabytes of image), no span, and a status built once;
+        the call is still counted and access-logged.
+        """
+        known = self._refusals.get(method)
+        if known is not None and known[0] is error:
+            return known[1]
+        status = _grpc_status(error)
+        code = error.code
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            self._count(method, code, 0.0)
+            if self._access_log:
+                access_log.info(
+                    "%s %s %.1fms",
+                    method,
+                    code.name,
+                    0.0,
+                    extra={"method": method, "code": code.name, "duration_ms": 0.0, "shed": True},
+                )
+            await context.abort_with_status(status)
+
+        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+            refuse, request_deserializer=_unread
+        )
+        self._refusals[method] = (error, handler)
+        return handler
 
     def wrap_unary(self, method: str, inner: Handler) -> Handler:
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

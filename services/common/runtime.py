@@ -11,14 +11,14 @@ import logging
 import signal
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from typing import Protocol
+from typing import Protocol, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.channels import server_options
-from services.common.interceptors import ServerInterceptor
+from services.common.interceptors import ServerInterceptor, Shed
 from services.common.logs import setup_logging
 from services.common.metrics import start_metrics_server
 from services.common.readiness import Readiness
@@ -60,6 +60,16 @@ def _own_interceptors(service: FerryService) -> Sequence[grpc.aio.ServerIntercep
     return list(own()) if callable(own) else []
 
 
+def _shedding(own: Sequence[grpc.aio.ServerInterceptor]) -> Shed | None:
+    """The ``shed`` of a service's own interceptor (the gateway's in-flight bound), if one has it:
+    the common interceptor asks it before a call is read."""
+    for interceptor in own:
+        shed = getattr(interceptor, "shed", None)
+        if callable(shed):
+            return cast(Shed, shed)
+    return None
+
+
 async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     """Runs ``service`` until SIGTERM or SIGINT, then shuts it down gracefully."""
     setup_logging(service.name, settings.log_level)
@@ -71,8 +81,9 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     readiness = Readiness(service.name, health_servicer, names)
+    own = _own_interceptors(service)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name, readiness), *_own_interceptors(service)],
+        interceptors=[ServerInterceptor(service.name, readiness, shed=_shedding(own)), *own],
         options=server_options(
             settings.max_message_bytes, settings.max_connection_age_s, settings.max_connection_age_grace_s
         ),

@@ -45,6 +45,10 @@ class TokenBucket:
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
+    def give(self) -> None:
+        """Returns a token taken for work that turned out not to count (a key that was valid)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
     def wait(self, now: float) -> float:
         """The seconds until a token is there, without taking it (0: one is there now)."""
         self._refill(now)
@@ -86,14 +90,41 @@ class Buckets:
         return self._clock()
 
 
+#: How long a source address that sent a wrong key counts as suspect (its lookups draw on the
+#: suspects' share of the global budget).
+SUSPECT_S = 60.0
+#: The share of the global lookup budget kept for sources that sent no wrong key lately, so a
+#: wrong-key flood from many addresses cannot lock out a valid key nobody has used yet.
+CLEAN_SHARE = 0.2
+
+
+class LookupTicket:
+    """A reserved lookup of a key the gateway does not know: given back if the key was valid."""
+
+    __slots__ = ("buckets", "source")
+
+    def __init__(self, source: str, buckets: tuple[TokenBucket, ...]) -> None:
+        self.source = source
+        self.buckets = buckets
+
+
 class RateLimits:
-    """Per-key rate limits, and a budget for calls whose key turns out missing or wrong.
+    """Per-key rate limits, and a budget for lookups of keys the gateway does not know.
+
+    Lookups of unknown keys (made-up ones, and valid ones not seen lately) are what a wrong-key
+    flood costs store, so each takes a token *before* it is made, from its source address's bucket
+    (``failure_rate_per_s``) and from a global one (ten times that: the documented cap on failed
+    lookups reaching store); a lookup that finds a valid key gives its tokens back. Counting after
+    the lookup instead let every concurrent lookup pass the check (96 failed lookups/s reached
+    store against a cap of 50). The global budget is split: sources that sent a wrong key in the
+    last ``SUSPECT_S`` draw on 80 %, the others on the remaining ``CLEAN_SHARE``, so a flood
+    from many addresses spends its own share and a valid key from elsewhere still gets looked up.
 
     Args:
         default_rate_per_s: the limit of a key without its own; 0 means no limit.
         default_burst: the burst of a key without its own; 0 means twice its rate.
-        failure_rate_per_s: authentication failures a second allowed per source address (and
-            ten times that from all sources together); beyond it such calls are refused without
+        failure_rate_per_s: lookups of unknown keys a second allowed per source address (and ten
+            times that from all sources together); beyond it such calls are refused without
             asking store, so made-up keys cannot flood the database.
     """
 
@@ -110,6 +141,12 @@ class RateLimits:
         self._failure_rate = failure_rate_per_s
         self._keys = Buckets(max_buckets, clock)
         self._failures = Buckets(max_buckets, clock)
+        self._suspects: OrderedDict[str, float] = OrderedDict()  # source -> last failure
+        self._max_suspects = max_buckets
+        rate = 10 * failure_rate_per_s
+        now = clock()
+        self._clean = TokenBucket(CLEAN_SHARE * rate, 2 * CLEAN_SHARE * rate, now)
+        self._suspect = TokenBucket((1 - CLEAN_SHARE) * rate, 2 * (1 - CLEAN_SHARE) * rate, now)
 
     def admit(self, caller: Caller) -> None:
         """Takes a token of the caller's key.
@@ -132,23 +169,28 @@ class RateLimits:
                 retry_after=retry_after(wait),
             )
 
-    def _failure_buckets(self, source: str) -> tuple[TokenBucket, TokenBucket]:
-        rate = self._failure_rate
-        return (
-            self._failures.get(source, rate, 2 * rate),
-            self._failures.get("", 10 * rate, 20 * rate),  # every source together
-        )
+    def _suspected(self, source: str, now: float) -> bool:
+        last = self._suspects.get(source)
+        if last is None:
+            return False
+        if now - last < SUSPECT_S:
+            return True
+        del self._suspects[source]
+        return False
 
-    def check_failures(self, source: str) -> None:
-        """Refuses a call from a source that sent too many missing or wrong keys lately.
+    def reserve_lookup(self, source: str) -> LookupTicket | None:
+        """Takes the tokens of one lookup in store of a key not known here (None: no bound).
 
         Raises:
-            ResourceExhausted: TOO_MANY_AUTH_FAILURES, with the wait.
+            ResourceExhausted: TOO_MANY_AUTH_FAILURES, with the wait: the source, or all sources
+                of its kind, made too many lookups lately.
         """
         if self._failure_rate <= 0:
-            return
+            return None
         now = self._failures.now()
-        wait = max(bucket.wait(now) for bucket in self._failure_buckets(source))
+        pool = self._suspect if self._suspected(source, now) else self._clean
+        buckets = (self._failures.get(source, self._failure_rate, 2 * self._failure_rate), pool)
+        wait = max(bucket.wait(now) for bucket in buckets)
         if wait:
             raise ResourceExhausted(
                 "too many requests with a missing or invalid API key; check the key and retry "
@@ -156,14 +198,23 @@ class RateLimits:
                 reason="TOO_MANY_AUTH_FAILURES",
                 retry_after=retry_after(wait),
             )
-
-    def failed(self, source: str) -> None:
-        """Counts an authentication failure of ``source``."""
-        if self._failure_rate <= 0:
-            return
-        now = self._failures.now()
-        for bucket in self._failure_buckets(source):
+        for bucket in buckets:
             bucket.take(now)
+        return LookupTicket(source, buckets)
+
+    def found(self, ticket: LookupTicket | None) -> None:
+        """The lookup found a valid key: its tokens go back (valid keys are never throttled here)."""
+        for bucket in ticket.buckets if ticket else ():
+            bucket.give()
+
+    def failed(self, ticket: LookupTicket | None) -> None:
+        """The lookup found no valid key: its tokens stay spent, and its source becomes suspect."""
+        if ticket is None:
+            return
+        self._suspects[ticket.source] = self._failures.now()
+        self._suspects.move_to_end(ticket.source)
+        if len(self._suspects) > self._max_suspects:
+            self._suspects.popitem(last=False)
 
 
 class InFlight:
@@ -176,6 +227,17 @@ class InFlight:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
+        # One error for every refusal: the common interceptor builds its status once from it.
+        self._overloaded = ResourceExhausted(
+            f"the gateway is at its limit of {limit} requests in flight; retry shortly",
+            reason="OVERLOADED",
+            metadata={"limit": str(limit)},
+            retry_after=retry_after(1.0),
+        )
+
+    def refusal(self) -> ResourceExhausted | None:
+        """The OVERLOADED error while ``limit`` calls are in flight (0 means no bound), else None."""
+        return self._overloaded if self.limit and self.count >= self.limit else None
 
     def enter(self) -> None:
         """Counts a call in.
@@ -184,12 +246,7 @@ class InFlight:
             ResourceExhausted: OVERLOADED when ``limit`` calls are in flight (0 means no bound).
         """
         if self.limit and self.count >= self.limit:
-            raise ResourceExhausted(
-                f"the gateway is at its limit of {self.limit} requests in flight; retry shortly",
-                reason="OVERLOADED",
-                metadata={"limit": str(self.limit)},
-                retry_after=retry_after(1.0),
-            )
+            raise self._overloaded
         self.count += 1
 
     def leave(self) -> None:

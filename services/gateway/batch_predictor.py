@@ -25,6 +25,7 @@ from services.common.errors import FerryError, InvalidArgument
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
 from services.gateway import fetcher, validation
+from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.predictor import Predictor
 from services.gateway.settings import GatewaySettings
@@ -76,9 +77,10 @@ def new_prediction(
 class BatchPredictor:
     """Runs ``BatchPredict`` for a tenant with the gateway's ``Predictor`` (inference and records)."""
 
-    def __init__(self, settings: GatewaySettings, predictor: Predictor) -> None:
+    def __init__(self, settings: GatewaySettings, predictor: Predictor, catalog: ModelCatalog) -> None:
         self._settings = settings
         self._predictor = predictor
+        self._catalog = catalog
 
     async def predict(
         self,
@@ -94,13 +96,17 @@ class BatchPredictor:
 
         Raises:
             FerryError: the call itself is wrong (model, top_k, request_id, input count), the
-                model is not served, or inference or JetStream is unavailable.
+                model is not served (NOT_FOUND naming the served ones; nothing is recorded), or
+                inference or JetStream is unavailable.
         """
         s = self._settings
         model = validation.model_id(request.model)
         top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
         request_id = validation.request_id(request.request_id)
         input_count(request.inputs, s.max_batch_predict_inputs)
+        # Before any input is looked at: a call whose every input is refused would otherwise
+        # record failed predictions of a model that does not exist (and answer 200).
+        await self._catalog.get(model)
 
         # Images by URL are fetched here, once; one that cannot be is that input's own error.
         refused: dict[int, FerryError] = dict(

@@ -25,11 +25,11 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common.channels import open_channel
-from services.common.errors import FerryError, NotFound
+from services.common.errors import FerryError, NotFound, ResourceExhausted
 from services.common.interceptors import ServerInterceptor
 from services.common.readiness import Readiness
 from services.gateway import identity
-from services.gateway.admission import AdaptiveLimit, inference_seconds
+from services.gateway.admission import AdaptiveLimit, RateLimits, inference_seconds
 from services.gateway.auth import Authenticator
 from services.gateway.components import ComponentsSlot
 from services.gateway.downstream import Backend
@@ -99,10 +99,11 @@ async def gateway(**settings: Any) -> AsyncIterator[Running]:
         slot = ComponentsSlot()
         slot.fill(SimpleNamespace(auth=auth))  # type: ignore[arg-type]  # the interceptor reads only .auth
         models = Models()
+        admission = AdmissionInterceptor(slot, GatewaySettings(**settings))
         server = grpc.aio.server(
             interceptors=[
-                ServerInterceptor("gateway", Readiness.started("gateway")),
-                AdmissionInterceptor(slot, GatewaySettings(**settings)),
+                ServerInterceptor("gateway", Readiness.started("gateway"), shed=admission.shed),
+                admission,
             ]
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, server)
@@ -217,7 +218,7 @@ async def test_made_up_keys_are_throttled_before_reaching_store() -> None:
 
 
 async def test_calls_beyond_the_in_flight_bound_are_refused_at_once() -> None:
-    async with gateway(max_inflight=2) as (stub, models, _, _):
+    async with gateway(max_inflight=2) as (stub, models, keys, channel):
         held = [
             asyncio.ensure_future(
                 stub.Predict(model_service_pb2.PredictRequest(), metadata=bearer("key-all"))
@@ -226,11 +227,18 @@ async def test_calls_beyond_the_in_flight_bound_are_refused_at_once() -> None:
         ]
         for _ in held:
             await models.entered.get()
+        lookups = keys.lookups
         err = await refused(
             lambda: stub.ListModels(model_service_pb2.ListModelsRequest(), metadata=bearer("key-all"))
         )
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert details(err)[0] == "OVERLOADED"
+        # Refused before its request is read: bytes no protobuf parses still get OVERLOADED, and
+        # no key is looked up (the shed path runs before authentication).
+        raw = channel.unary_unary("/ferry.models.v1.ModelService/Predict")
+        err = await refused(lambda: raw(b"\xff\xff", metadata=bearer("made-up")))
+        assert details(err)[0] == "OVERLOADED"
+        assert keys.lookups == lookups
         models.release.set()
         await asyncio.gather(*held)
         # Once they finished, calls are admitted again.
@@ -304,3 +312,58 @@ def test_the_prediction_bound_keeps_its_floor_and_learns_from_inferences_own_tim
     )
     assert inference_seconds(batch) == pytest.approx(0.07)
     assert inference_seconds(model_service_pb2.PredictResponse()) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_concurrent_lookups_of_unknown_keys_stay_within_the_global_cap() -> None:
+    # 5 a second per source, 50 from all: 1,000 lookups at once from 100 addresses, none answered yet.
+    clock = _Clock()
+    limits = RateLimits(100, 0, 5.0, clock=clock)
+    reserved = 0
+    for second in range(10):
+        clock.now = float(second)
+        for n in range(1000):
+            try:
+                limits.reserve_lookup(f"10.0.{n % 100}.1")
+                reserved += 1
+            except ResourceExhausted:
+                pass
+    # Ten seconds at 50/s, plus the initial burst (twice the rate): never 1,000 a second.
+    assert reserved <= 10 * 50 + 2 * 50
+
+
+def test_a_wrong_key_flood_from_many_addresses_never_throttles_a_valid_key_from_elsewhere() -> None:
+    clock = _Clock()
+    limits = RateLimits(100, 0, 5.0, clock=clock)
+    flood = [f"10.1.0.{n}" for n in range(15)]
+    valid_refused = 0
+    for tick in range(600):  # a minute in steps of 0.1 s
+        clock.now = tick / 10
+        for source in flood * 4:  # 600 made-up keys a second, from 15 addresses
+            try:
+                limits.failed(limits.reserve_lookup(source))
+            except ResourceExhausted:
+                pass
+        if tick % 10 == 0:  # one never-used valid key a second, from an address of its own
+            try:
+                limits.found(limits.reserve_lookup(f"192.0.2.{tick // 10}"))
+            except ResourceExhausted:
+                valid_refused += 1
+    assert valid_refused == 0
+
+
+def test_a_valid_key_gives_its_lookup_back() -> None:
+    clock = _Clock()
+    limits = RateLimits(100, 0, 0.5, clock=clock)  # a burst of one lookup per source
+    for _ in range(5):
+        limits.found(limits.reserve_lookup("10.2.0.1"))
+    limits.failed(limits.reserve_lookup("10.2.0.1"))
+    with pytest.raises(ResourceExhausted):
+        limits.reserve_lookup("10.2.0.1")

@@ -147,38 +147,11 @@ async def echo() -> AsyncIterator[grpc.aio.Channel]:
         yield channel
 
 
-def _field(number: int, body: bytes) -> bytes:
-    """A length-delimited protobuf field (protobuf itself refuses to build messages this deep)."""
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
-def _deep_request(depth: int) -> bytes:
-    """A PredictRequest whose payload Struct nests ``depth`` objects: {"k": {"k": ...}}."""
-    struct = b""
-    for _ in range(depth - 1):
-        value = _field(5, struct)  # Value.struct_value
-        struct = _field(1, _field(1, b"k") + _field(2, value))  # Struct.fields map entry
-    payload = _PAYLOAD_FIELD
-    return _field(payload, struct)
-
-
-_PAYLOAD_FIELD = model_service_pb2.PredictRequest.DESCRIPTOR.fields_by_name["payload"].number
-
-
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (_deep_request(40), "NESTING_TOO_DEEP"),
-        (_deep_request(2000), "NESTING_TOO_DEEP"),
+        (hostile.deep_predict_request(40), "NESTING_TOO_DEEP"),
+        (hostile.deep_predict_request(2000), "NESTING_TOO_DEEP"),
         (b"\x0a\xff\xff\xff\xff\x0f", "MALFORMED_REQUEST"),  # a length past the end
         (b"\xff\xff", "MALFORMED_REQUEST"),
     ],

@@ -63,7 +63,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_service_pb2.BatchPredictResponse:
         started = time.perf_counter()
         c = self._slot.get()
-        batch = BatchPredictor(c.settings, c.predictor)
+        batch = BatchPredictor(c.settings, c.predictor, c.catalog)
         predictions = await batch.predict(
             identity.tenant(), request, started, Edge.of(context.invocation_metadata())
         )

@@ -103,6 +103,29 @@ def closed_loop(call: Callable[[], object], clients: int, seconds: float) -> int
     return sum(done)
 
 
+def pil_reference(content: bytes) -> object:
+    """Decode and preprocess as ``ImageTransform.decode`` did before issue 18, step for step: PIL
+    decode, EXIF transpose and RGB copies, PIL bicubic resize, crop, float normalise in numpy."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(content))).convert("RGB").convert("RGB")
+    width, height = image.size
+    size = (
+        (max(1, int(256 * width / height)), 256)
+        if width > height
+        else (256, max(1, int(256 * height / width)))
+    )
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = round((size[0] - 224) / 2.0), round((size[1] - 224) / 2.0)
+    image = image.crop((left, top, left + 224, top + 224))
+    scaled = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    normalised = (scaled - np.float32(0.5)) / np.float32(0.5)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
 def load_average() -> str:
     return Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").exists() else "?"
 
@@ -128,12 +151,19 @@ def main() -> None:
     print(f"machine before: {machine()}; /proc/loadavg {load_average()}", flush=True)
 
     runner = raw.load(MODEL)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the service's decode threads
     decode_ms = thread_cpu_ms(lambda: runner.model.preprocess(ModelInput(kind="image", image=image)), 200)
+    reference_ms = thread_cpu_ms(lambda: pil_reference(image), 200)
+    print(
+        f"decode + preprocess: {decode_ms:.2f} ms CPU per image (uint8 pixels; normalised in the batch); "
+        f"the float PIL pipeline it replaced: "
+        f"{reference_ms:.2f} ms, {reference_ms / decode_ms:.2f}x (target >= 2x)",
+        flush=True,
+    )
     item = raw.item(runner, image)
     # One torch thread: the work itself, without OpenMP's spinning between parallel regions
     # (which the stack's CPU figures do include; the difference is what the spin costs there).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     runner.warm_up(batches=3, batch_size=4)
     forward = {size: thread_cpu_ms(lambda size=size: runner.run([item] * size), 30) / size for size in (1, 4)}
     torch.set_num_threads(threads)

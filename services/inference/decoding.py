@@ -39,16 +39,21 @@ class DecodeQueue:
         threads: How many inputs decode at once.
         aging_s: The priority handicap step (see ``scheduling``).
         clock: Monotonic seconds; deadlines passed to ``run`` are on this clock.
+        initializer: Run once in each decode thread as it starts.
     """
 
     def __init__(
-        self, threads: int, aging_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        threads: int,
+        aging_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        initializer: Callable[[], object] | None = None,
     ) -> None:
         self._threads = threads
         self._clock = clock
         self._queue: AgingQueue[_Work] = AgingQueue(aging_s, clock)
         self._ready = asyncio.Semaphore(0)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=initializer)
         self._closed = False
 
     async def start(self, stack: AsyncExitStack) -> None:

@@ -104,7 +104,13 @@ class InferenceService:
         settings = self._settings
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        decoder = DecodeQueue(settings.decode_threads, settings.priority_aging_ms / 1000)
+        # One torch thread per decode thread: the resize is per image, and an OpenMP team there
+        # would spin on the cores the batches' forward passes are using.
+        decoder = DecodeQueue(
+            settings.decode_threads,
+            settings.priority_aging_ms / 1000,
+            initializer=lambda: torch.set_num_threads(1),
+        )
         await decoder.start(stack)
         hub.attach(asyncio.get_running_loop(), self.models)
         stack.callback(hub.detach)

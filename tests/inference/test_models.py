@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
+from PIL import Image
+from skimage import data as skimage_data
 
 from ferry.inference.v1 import inference_service_pb2 as pb
 from ferry.models.v1 import model_pb2
 from ferry.types.v1 import types_pb2
+from services.inference.models.contract import IMAGE, Item, ModelInput, Options
 from services.inference.models.efficientnet import TRANSFORM
 from services.inference.preprocessing import decode_image
-from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
+from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference, encode
+from tests.inference.test_preprocessing import reference
 
 CAT_SENTENCE = "a cat sleeping on a sofa"
 
@@ -196,3 +201,23 @@ async def test_the_notebook_model_answers_json(
 async def test_a_model_answers_only_its_own_kind_of_input(inference: RunningInference) -> None:
     [answer] = await predict(inference, "agree", text("hello"))
     assert "takes payload" in answer.error.message
+
+
+@pytest.mark.parametrize("model", ["efficientnet-lite0", "mobilenet-v2"])
+@pytest.mark.parametrize("photo", ["chelsea", "coffee", "astronaut"])
+def test_answers_match_those_of_the_reference_pil_preprocessing(
+    inference: RunningInference, model: str, photo: str
+) -> None:
+    # The reference: torchvision's PIL transforms (PIL's bicubic resize, float normalisation per
+    # image), as before preprocessing moved to uint8 pixels normalised per batch.
+    served = inference.service.models[model]
+    classifier = served.model
+    content = encode(getattr(skimage_data, photo)())
+    ours = Item(classifier.preprocess(ModelInput(IMAGE, image=content)), Options(top_k=5))
+    expected = reference(Image.open(io.BytesIO(content)), classifier.transform).numpy()
+    theirs = Item(expected, Options(top_k=5))
+    new, old = classifier.forward([ours, theirs])
+    assert [c.index for c in classifier.postprocess(new, ours.options).classes][:3] == [
+        c.index for c in classifier.postprocess(old, theirs.options).classes
+    ][:3]
+    np.testing.assert_allclose(new, old, atol=0.01, rtol=0)

@@ -17,6 +17,7 @@ from services.inference.preprocessing import (
     InvalidImage,
     check_image_pixels,
     decode_image,
+    decode_jpeg_on,
 )
 from tests.inference.conftest import encode
 
@@ -39,17 +40,71 @@ def test_black_and_white_map_to_minus_one_and_one() -> None:
     assert np.allclose(white, 1.0)
 
 
-def test_matches_torchvision_reference_transform() -> None:
-    image = Image.fromarray(skimage_data.coffee())
-    reference = transforms.Compose(
+#: One uint8 intensity level after (x / 255 - 0.5) / 0.5.
+ONE_LEVEL = 1 / 127.5
+
+
+def reference(image: Image.Image, transform: ImageTransform = TRANSFORM) -> torch.Tensor:
+    """torchvision's own PIL pipeline (PIL's bicubic resize): what the weights were trained with."""
+    return transforms.Compose(
         [
-            transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(224),
+            transforms.Resize(transform.resize, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(transform.crop),
             transforms.ToTensor(),
-            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+            transforms.Normalize(transform.mean, transform.std),
         ]
     )(image)
-    torch.testing.assert_close(torch.from_numpy(TRANSFORM(image)), reference, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("photo", ["coffee", "chelsea", "astronaut"])
+def test_matches_torchvision_reference_transform_within_one_level(photo: str) -> None:
+    # torch's vectorised uint8 bicubic rounds a few pixels the other way from PIL's.
+    image = Image.fromarray(getattr(skimage_data, photo)())
+    pixels = torch.from_numpy(TRANSFORM.decode(encode(np.asarray(image))))
+    expected = reference(Image.open(io.BytesIO(encode(np.asarray(image)))))
+    torch.testing.assert_close(pixels, expected, atol=ONE_LEVEL + 1e-6, rtol=0)
+    assert (pixels - expected).abs().mean() < ONE_LEVEL / 20  # a few pixels, not a shift
+
+
+def test_pixels_are_uint8_channels_last_and_normalize_as_the_formula() -> None:
+    content = encode(skimage_data.chelsea())
+    pixels = TRANSFORM.pixels(content)
+    assert (pixels.shape, pixels.dtype) == ((224, 224, 3), torch.uint8)
+    batch = TRANSFORM.normalize(torch.stack([pixels, pixels]))
+    assert batch.shape == (2, 3, 224, 224) and batch.is_contiguous(memory_format=torch.channels_last)
+    formula = (pixels.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(batch[1], formula, atol=1e-6, rtol=0)
+
+
+def test_the_device_decoder_agrees_with_pil_on_the_cpu() -> None:
+    # On a GPU the same call runs nvJPEG; here it runs libjpeg-turbo, as PIL does.
+    content = encode(skimage_data.chelsea())
+    decoded = decode_jpeg_on(content, 512, torch.device("cpu"))
+    assert decoded is not None and decoded.shape == (3, 300, 451)
+    via_pil = torch.from_numpy(np.array(decode_image(content, 512))).permute(2, 0, 1)
+    assert (decoded.int() - via_pil.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [encode(skimage_data.astronaut(), "PNG"), b"\xff\xd8\xff\xe0" + b"\x00" * 64, b"not an image"],
+    ids=["png", "truncated-jpeg", "text"],
+)
+def test_the_device_decoder_leaves_what_it_cannot_decode_to_pil(content: bytes) -> None:
+    assert decode_jpeg_on(content, 512, torch.device("cpu")) is None
+
+
+def test_a_big_jpeg_is_left_to_pil_drafting() -> None:
+    big = encode(np.tile(skimage_data.chelsea(), (4, 4, 1)))  # 1804 x 1200: a 1/2 draft keeps 600
+    assert decode_jpeg_on(big, 512, torch.device("cpu")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here: nvJPEG not exercised")
+def test_pixels_decode_on_the_gpu() -> None:
+    content = encode(skimage_data.chelsea())
+    on_gpu = TRANSFORM.pixels(content, torch.device("cuda"))
+    assert on_gpu.is_cuda
+    assert (on_gpu.cpu().int() - TRANSFORM.pixels(content).int()).abs().max() <= 2
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "WEBP", "BMP", "GIF"])

@@ -78,11 +78,12 @@ class ImageClassifier(Model):
             module = trace(module, self.example_batch(device))
         self.module, self.device = module, device
 
-    def preprocess(self, item: ModelInput) -> npt.NDArray[np.float32]:
-        """Decodes and transforms an image; a tensor input must already have the input shape."""
+    def preprocess(self, item: ModelInput) -> torch.Tensor | npt.NDArray[np.float32]:
+        """An image's uint8 pixels, resized and cropped (decoded on the model's device: nvJPEG on
+        a GPU); a tensor input must already have the input shape (and be normalised)."""
         self.check_kind(item)
         if item.kind == IMAGE:
-            return self.transform.decode(item.image)
+            return self.transform.pixels(item.image, self.device)
         assert item.tensor is not None
         if tuple(item.tensor.shape) != self.transform.input_shape:
             raise InvalidInput(
@@ -94,24 +95,39 @@ class ImageClassifier(Model):
     def forward(self, batch: Sequence[Item]) -> list[npt.NDArray[np.float32]]:
         """Softmax probabilities of every class, one row per item."""
         assert self.module is not None, "load() first"
-        pixels = torch.from_numpy(np.stack([item.features for item in batch]))
-        pixels = pixels.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            probabilities = torch.softmax(self.module(pixels).float(), dim=1)
+            probabilities = torch.softmax(self.module(self.batch_pixels(batch)).float(), dim=1)
         return list(probabilities.cpu().numpy())
+
+    def batch_pixels(self, batch: Sequence[Item]) -> torch.Tensor:
+        """The batch as one normalised float tensor, channels_last, on the model's device.
+
+        Images arrive as uint8 pixels and are normalised here, all at once; tensor inputs arrive
+        normalised. A batch of images only (the usual one) is stacked and normalised in one go.
+        """
+        features = [item.features for item in batch]
+        if all(isinstance(f, torch.Tensor) for f in features):
+            return self.transform.normalize(torch.stack(features).to(self.device, non_blocking=True))
+        pixels = torch.stack([self._normalized(f) for f in features])
+        return pixels.contiguous(memory_format=torch.channels_last)
+
+    def _normalized(self, features: torch.Tensor | npt.NDArray[np.float32]) -> torch.Tensor:
+        if isinstance(features, torch.Tensor):
+            return self.transform.normalize(features.unsqueeze(0).to(self.device))[0]
+        return torch.from_numpy(features).to(self.device, non_blocking=True)
 
     def postprocess(self, raw: npt.NDArray[np.float32], options: Options) -> Answer:
         """The top-k classes; the full distribution stays on the answer for ensembles."""
         return Answer(classes=top_classes(raw, self.labels, options.top_k), probabilities=raw)
 
     def example(self) -> Any:
-        """A black image, already transformed."""
-        return np.zeros(self.transform.input_shape, dtype=np.float32)
+        """A black image's pixels, as ``preprocess`` makes them (uint8, height, width, channels)."""
+        crop = self.transform.crop
+        return torch.zeros((crop, crop, 3), dtype=torch.uint8, device=self.device)
 
     def example_batch(self, device: torch.device) -> torch.Tensor:
-        """Two example images as one channels_last batch on ``device``: what tracing runs."""
-        pixels = torch.from_numpy(np.stack([self.example()] * 2)).to(device)
-        return pixels.contiguous(memory_format=torch.channels_last)
+        """Two example images as one normalised channels_last batch on ``device``: what tracing runs."""
+        return self.transform.normalize(torch.stack([self.example()] * 2).to(device))
 
 
 def trace(module: nn.Module, example: torch.Tensor) -> nn.Module:

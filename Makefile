@@ -55,8 +55,8 @@ lock:
 
 install: $(STAMP) $(PEER_STAMP)
 
-# promtool (Debian's `prometheus` package) checks deploy/prometheus/ in the suite. Installed only
-# when missing and we are root with apt-get; otherwise those tests skip and say why.
+# promtool (Debian's `prometheus` package) checks deploy/prometheus/ in the suite, chromium the web
+# console (tests/console). Installed only when missing and we are root with apt-get; otherwise those tests skip and say why.
 deploy-tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -64,6 +64,13 @@ deploy-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
 	      || echo "could not install promtool: its tests will be skipped"; \
 	  else echo "promtool missing and not root: its tests will be skipped"; fi; }
+	@# The console's browser tests (tests/console): Debian's chromium and its chromedriver.
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+	      || echo "could not install chromium: the console's browser tests will be skipped"; \
+	  else echo "chromium-driver missing and not root: the console's browser tests will be skipped"; fi; }
 
 up: install
 	$(VENV)/bin/ferry up

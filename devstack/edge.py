@@ -130,15 +130,20 @@ _SKIPPED_BY_FILES = (
 )
 
 
-def openapi_route(path: str, filename: str) -> str:
-    """The route answering ``path`` with the OpenAPI description from ``filename``, as route YAML text."""
-    skipped = "".join(
+def skipped_filters() -> str:
+    """A static file route's typed_per_filter_config entries turning off _SKIPPED_BY_FILES."""
+    return "".join(
         f"""
                             {name}:
                               "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
                               disabled: true"""
         for name in _SKIPPED_BY_FILES
     )
+
+
+def openapi_route(path: str, filename: str) -> str:
+    """The route answering ``path`` with the OpenAPI description from ``filename``, as route YAML text."""
+    skipped = skipped_filters()
     return f"""
                         - match: {{path: "{path}"}}
                           direct_response:

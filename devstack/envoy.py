@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from devstack import body_fields, edge, oip_rest_edge
+from devstack import body_fields, console, edge, oip_rest_edge
 from services.common import limits
 from tools.openapi import OPENAPI_FILE, OPENAPI_PATH
 from tools.protogen import DESCRIPTOR_SET, PUBLIC_SERVICES
@@ -42,10 +42,16 @@ class EnvoyOptions:
     descriptor_path: str = str(DESCRIPTOR_SET)
     openapi_path: str = str(OPENAPI_FILE)
     """The OpenAPI description Envoy serves at /openapi.json (tools/openapi.py writes it)."""
+    console_dir: str = str(console.CONSOLE_DIR)
+    """The console's files, served at /console/ (devstack/console.py)."""
     upstream_timeout_s: int = 60
     otlp_endpoint: str = ""
     """OTLP/gRPC collector (``http://host:port``); when set, Envoy exports a span for the edge hop."""
 
+
+#: Where containers find the console's files: a mount of its own (Kubernetes cannot mount a
+#: folder inside /etc/envoy, the ConfigMap's read-only mount).
+CONTAINER_CONSOLE_DIR = "/etc/ferry-console"
 
 #: Plain-HTTP health endpoints on the public port, for load balancers without gRPC health.
 LIVE_PATH = "/healthz"
@@ -229,12 +235,12 @@ static_resources:
                           upstream: "%UPSTREAM_HOST%"
                 route_config:
                   name: public
-                  # /openapi.json is a direct response (about 70 KB).
+                  # /openapi.json (about 70 KB) and the console's files are direct responses.
                   max_direct_response_body_size_bytes: {edge.MAX_DIRECT_RESPONSE_BYTES}
                   virtual_hosts:
                     - name: ferry
                       domains: ["*"]
-                      routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{_routes(opts)}
+                      routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{_routes(opts)}
                 http_filters:{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
@@ -291,6 +297,7 @@ def container_options(
         gateway_host=gateway_host,
         descriptor_path="/etc/envoy/ferry.pb",
         openapi_path="/etc/envoy/openapi.json",
+        console_dir=CONTAINER_CONSOLE_DIR,
         otlp_endpoint=otlp_endpoint,
     )
 

@@ -22,7 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
-from devstack.envoy import CHART_FILES, chart_configs, container_options
+from devstack.console import console_files as console_names
+from devstack.envoy import CHART_FILES, CONTAINER_CONSOLE_DIR, chart_configs, container_options
 from devstack.envoy import render as render_envoy
 from services.common.messaging import WORK_STREAM
 from services.gateway.settings import GatewaySettings
@@ -370,6 +371,12 @@ def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
     assert served == (ROOT / "deploy" / "openapi" / "ferry.json").read_bytes()
     local = text.replace("/etc/envoy/ferry.pb", str(tmp_path / "ferry.pb"))
     local = local.replace("/etc/envoy/openapi.json", str(tmp_path / "openapi.json"))
+    console_files = find(manifests, "ConfigMap", "ferry-envoy-console")["binaryData"]
+    assert sorted(console_files) == console_names()
+    (tmp_path / "console").mkdir()
+    for name, content in console_files.items():
+        (tmp_path / "console" / name).write_bytes(base64.b64decode(content))
+    local = local.replace(CONTAINER_CONSOLE_DIR, str(tmp_path / "console"))
     (tmp_path / "envoy.yaml").write_text(local)
     done = subprocess.run(
         [

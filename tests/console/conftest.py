@@ -1,0 +1,98 @@
+"""A ``ferry up`` stack of its own and one headless Chromium for the console's browser tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from skimage import data as skimage_data
+
+from tests.console.browser import Browser, missing
+from tests.e2e.rest import Rest
+from tests.e2e.stack import RunningStack
+
+#: Set both to run the tests against a stack that is already up (`ferry up`) instead of a new one.
+STACK_URL_ENV = "FERRY_CONSOLE_STACK_URL"
+STACK_KEY_ENV = "FERRY_CONSOLE_STACK_KEY"
+API_KEY = os.environ.get(STACK_KEY_ENV, "ferry-console-test-key-0123456789")
+#: An image classifier and the text model (its candidate labels carry the XSS check's markup).
+MODELS = "efficientnet-lite0,minilm"
+
+
+#: Pictures in the job test's zip, besides one file that is not a picture.
+ZIP_PHOTOS = 12
+
+
+def _jpeg(pixels: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if why := missing():
+        pytest.skip(why)
+    if url := os.environ.get(STACK_URL_ENV):  # a stack already up: quicker while working on the console
+        yield {"http_url": url}
+        return
+    root = Path(tmp_path_factory.mktemp("console-stack"))
+    running = RunningStack(root / "state", {"FERRY_DEV_API_KEY": API_KEY, "FERRY_INFERENCE_MODELS": MODELS})
+    yield running.start()
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def api(console_stack: dict[str, Any]) -> Rest:
+    return Rest(console_stack["http_url"], API_KEY)
+
+
+@pytest.fixture(scope="session")
+def browser_session(
+    console_stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Browser]:
+    browser = Browser(console_stack["http_url"], Path(tmp_path_factory.mktemp("downloads")))
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture
+def browser(browser_session: Browser) -> Iterator[Browser]:
+    """The session's browser, signed out at the start of the test; no console errors by its end."""
+    browser_session.open("signin")
+    browser_session.run("sessionStorage.clear()")
+    browser_session.errors()
+    yield browser_session
+    assert browser_session.errors() == [], "the console logged errors (a CSP violation or a script error)"
+
+
+def sign_in(browser: Browser, key: str = API_KEY) -> None:
+    browser.open("signin")
+    browser.element("#api-key").send_keys(key)
+    browser.element("#signin-form button").click()
+    browser.wait(
+        lambda: browser.driver.current_url.endswith("#/models"), what="the models page after signing in"
+    )
+    browser.element("#nav a[href='#/models']")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """scikit-image's photos as files a user picks: the cat, and a zip of cats and coffees and one
+    file that is not an image (one failed item)."""
+    root = Path(tmp_path_factory.mktemp("photos"))
+    cat = _jpeg(skimage_data.chelsea())
+    (root / "chelsea.jpg").write_bytes(cat)
+    coffee = _jpeg(skimage_data.coffee())
+    with zipfile.ZipFile(root / "photos.zip", "w") as archive:
+        # Enough items that the job is still running when its page opens and starts watching.
+        for i in range(ZIP_PHOTOS):
+            archive.writestr(f"{i:02d}-{'chelsea' if i % 2 else 'coffee'}.jpg", cat if i % 2 else coffee)
+        archive.writestr("zz-notes.jpg", b"these bytes are not a picture")
+    return {"cat": root / "chelsea.jpg", "zip": root / "photos.zip"}

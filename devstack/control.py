@@ -114,10 +114,22 @@ def act(state_dir: Path, action: str, names: list[str], timeout_s: float = RESTA
         print(f"unknown process {', '.join(unknown)}; choose from {', '.join(status.processes)}")
         return 2
     for name in names:
-        print(f"{action} {name} (pid {status.processes[name].pid}) ...", flush=True)
+        pid = status.processes[name].pid
+        print(f"{action} {name}{f' (pid {pid})' if pid else ''} ...", flush=True)
         result = wait_result(state_dir, action, name, request(state_dir, action, name), timeout_s)
         if not result.ok:
             print(f"{name}: {action} failed: {result.message}")
             return 1
-        print(f"{name}: {result.message or f'pid {result.old_pid} -> {result.new_pid}, serving'}", flush=True)
+        print(f"{name}: {outcome(result)}", flush=True)
     return 0
+
+
+def outcome(result: RestartResult) -> str:
+    """What a successful restart, stop or start did, naming only the pids there are."""
+    if result.message:
+        return result.message
+    if result.old_pid is None:
+        return f"started, pid {result.new_pid}, serving"
+    if result.new_pid is None:
+        return f"stopped (was pid {result.old_pid})"
+    return f"pid {result.old_pid} -> {result.new_pid}, serving"

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -259,7 +260,12 @@ class Postgres:
     def __init__(self, data_dir: Path) -> None:
         # Imported here: pgserver is slow to import, and `ferry status` needs none of it.
         try:
-            from pgserver.postgres_server import get_server
+            with warnings.catch_warnings():
+                # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR
+                # (a container, ssh without a login session) that warns on every `ferry up`,
+                # though the fallback it takes (/tmp/runtime-<uid>) works.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+                from pgserver.postgres_server import get_server
         except ModuleNotFoundError as err:
             raise FileNotFoundError(
                 "pgserver is not installed: the local stack needs the `stack` extra "

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
+from devstack import models
 from devstack.envoy import EnvoyOptions, render
 from devstack.health import envoy_ready
 from devstack.infra import (
@@ -72,6 +73,10 @@ class Endpoints:
     traces_file: str = ""
     """``ferry up --trace``: the file the local receiver appends spans to; empty otherwise."""
     prometheus_config: str = ""
+    models: list[str] = field(default_factory=list)
+    """The models inference serves."""
+    models_origin: str = ""
+    """Why those: FERRY_INFERENCE_MODELS, or every model of the models file."""
     """A Prometheus scrape config for this run's ports."""
 
 
@@ -84,6 +89,7 @@ class LocalStack:
         self.logs_dir = self.state_dir / "logs"
         self.supervisor = Supervisor(self.state_dir, settings.start_timeout_s)
         self.receiver: TraceReceiver | None = None
+        self.models, self.models_origin = models.served_models()
 
     def _otlp_endpoint(self) -> str:
         """The user's collector, else (``--trace``) a receiver of our own, else none."""
@@ -182,6 +188,8 @@ class LocalStack:
                     fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
                 env |= replicas[name].env if name in replicas else {}
+                if service == "inference":
+                    env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
                 program = Program(
@@ -216,6 +224,8 @@ class LocalStack:
             otlp_endpoint=otlp,
             traces_file=str(self.state_dir / TRACES_FILE) if self.receiver is not None else "",
             prometheus_config=str(self.state_dir / PROMETHEUS_FILE),
+            models=self.models,
+            models_origin=self.models_origin,
         )
         metrics_ports = {service: [ports[name][1] for name in names] for service, names in processes.items()}
         (self.state_dir / PROMETHEUS_FILE).write_text(
@@ -359,6 +369,7 @@ def banner(endpoints: Endpoints, seconds: float) -> str:
 Ferry is up (ready in {seconds:.1f} s).
   REST + gRPC   {endpoints.http_url}   (Envoy: REST/JSON and native gRPC on one port)
   dev API key   {endpoints.dev_api_key}
+  models        {", ".join(endpoints.models)}   ({endpoints.models_origin})
   Envoy admin   {endpoints.envoy_admin_url}
   NATS          {endpoints.nats_url}
   Postgres      {endpoints.database_url}

@@ -69,6 +69,20 @@ def reasons() -> dict[str, Reason]:
     return found
 
 
+#: Codes that say the request was wrong (HTTP 4xx), not the service: logged at INFO, no traceback.
+CALLERS_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
 class FerryError(Exception):
     """An error a caller can act on; subclasses fix the gRPC status code."""
 
@@ -86,6 +100,11 @@ class FerryError(Exception):
         self.reason = reason
         self.metadata = metadata or {}
         self.retry_after = retry_after
+
+    @property
+    def is_callers(self) -> bool:
+        """Whether the caller's request is at fault (a 4xx): worth an INFO line, not a traceback."""
+        return self.code in CALLERS_CODES
 
     def to_status(self) -> status_pb2.Status:
         """Returns this error as a google.rpc.Status: an ErrorInfo, and a RetryInfo when retrying helps."""

@@ -45,16 +45,27 @@ def api_key_from_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) ->
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer":
-            raise Unauthenticated(
-                f"the authorization header uses the {scheme!r} scheme; send 'authorization: Bearer <key>'",
-                reason="UNSUPPORTED_AUTH_SCHEME",
-            )
+            raise Unauthenticated(_wrong_scheme(scheme), reason="UNSUPPORTED_AUTH_SCHEME")
         if key.strip():
             return key.strip()
     key = headers.get("x-api-key", "").strip()
     if key:
         return key
     raise Unauthenticated(MISSING_KEY, reason="MISSING_API_KEY")
+
+
+#: HTTP authentication schemes (IANA's registry and common ones): the only words of a wrong
+#: authorization header an answer repeats; anything else may be a key sent without "Bearer ".
+_KNOWN_SCHEMES = frozenset(
+    {"basic", "digest", "negotiate", "ntlm", "hoba", "mutual", "oauth", "token", "vapid", "aws4-hmac-sha256"}
+)
+
+
+def _wrong_scheme(scheme: str) -> str:
+    """The message for an authorization header that is not ``Bearer <key>``, echoing no secret."""
+    if scheme.lower() in _KNOWN_SCHEMES:
+        return f"the authorization header uses the {scheme!r} scheme; send 'authorization: Bearer <key>'"
+    return "the authorization header is not 'Bearer <key>' (a bare key needs the Bearer scheme before it)"
 
 
 def key_digest(key: str) -> str:

@@ -91,6 +91,7 @@ class Predictor:
             state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
             trace_id=current_trace_id(),
             create_time=now,
+            source=prediction_pb2.PREDICTION_SOURCE_SYNC,  # as the record says when read back
         )
         copy_answer(prediction, result)
         # Measured up to here so the returned and the recorded prediction agree.

@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf import duration_pb2
 
-from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from services.common.errors import DeadlineExceeded, FerryError, ResourceExhausted, Unavailable
 from services.common.tasks import spawn
 from services.inference import metrics
 from services.inference.scheduling import AgingQueue, Priority
@@ -259,7 +259,12 @@ class DynamicBatcher(Generic[In, Out]):
                 )
         except Exception as err:  # a failed batch fails its items, never the worker
             self._running.pop(worker, None)
-            log.exception("batch of %d for %s failed", len(batch), self.name)
+            if isinstance(err, FerryError) and err.is_callers:  # the input's fault, not the model's
+                log.info(
+                    "batch of %d for %s refused: %s [%s]", len(batch), self.name, err.message, err.reason
+                )
+            else:
+                log.exception("batch of %d for %s failed", len(batch), self.name)
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(err)

@@ -52,7 +52,17 @@ def test_the_installed_client_predicts_on_the_running_stack(
     assert predicted.returncode == 0, predicted.stderr
     answer = json.loads(predicted.stdout)
     assert answer["classes"][0]["index"] in CAT_CLASSES, answer
+    assert answer["source"] == "PREDICTION_SOURCE_SYNC", answer  # as GetPrediction reads it back
 
     missing = _ferry(env_dir, state_dir, "predict", tmp_path / "nope.jpg")
     assert missing.returncode == 2, missing.stderr
     assert missing.stderr.count("\n") == 1 and "nope.jpg: no such file" in missing.stderr
+
+
+def test_a_clean_start_prints_no_warning_lines(stack: dict[str, Any]) -> None:
+    """What `ferry up` printed up to now (the banner, no RuntimeDirWarning and its code line)."""
+    state_dir = Path(stack["logs_dir"]).parent
+    printed = (state_dir.parent / f"{state_dir.name}-ferry-up.log").read_text(errors="replace")
+    assert "Ferry is up" in printed
+    warnings = [line for line in printed.splitlines() if "Warning" in line or "warnings.warn" in line]
+    assert not warnings, warnings

@@ -132,3 +132,11 @@ async def test_known_keys_keep_working_while_store_is_down_and_unknown_ones_do_n
             await auth.tenant(Call(key))  # type: ignore[arg-type]
         assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     await channel.close()
+
+
+def test_a_bare_key_in_the_authorization_header_is_not_echoed() -> None:
+    """`authorization: <key>` without the scheme: the 401 must not repeat the key."""
+    with pytest.raises(FerryError) as refused:
+        api_key_from_metadata([("authorization", GOOD_KEY)])
+    assert GOOD_KEY not in refused.value.message and "Bearer <key>" in refused.value.message
+    assert refused.value.reason == "UNSUPPORTED_AUTH_SCHEME"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 
 import pytest
 
-from services.common.errors import Unavailable
+from services.common.errors import InvalidArgument, Unavailable
 from services.inference.batcher import DynamicBatcher
 from services.inference.models.contract import IMAGE, Answer, Item, ModelInput, Options
 from services.inference.runner import ModelRunner
@@ -144,3 +145,18 @@ async def test_each_batch_learns_how_many_batches_run_beside_it(stack: AsyncExit
     # thread, where torch's thread count applies.
     assert sorted(running for _, running in shares[1:]) == [1, 2]
     assert all(name.startswith("batch-twins") for name, _ in shares)
+
+
+async def test_a_batch_refused_for_its_input_is_an_info_line_without_traceback(
+    stack: AsyncExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    def run(items: Sequence[int]) -> list[int]:
+        raise InvalidArgument("input 0 is not a decodable image", reason="INVALID_IMAGE")
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("refusing", run, max_batch_size=4)
+    await batcher.start(stack)
+    with caplog.at_level(logging.INFO, logger="services.inference.batcher"), pytest.raises(InvalidArgument):
+        await batcher.submit(1)
+    [record] = [r for r in caplog.records if r.name == "services.inference.batcher"]
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "refused: input 0 is not a decodable image [INVALID_IMAGE]" in record.getMessage()

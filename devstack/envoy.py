@@ -123,6 +123,24 @@ STREAMING_ROUTES = (
 )
 
 
+#: Loading a model reads its weights, warms it up and may measure its batch size: minutes, not 60 s.
+MODEL_LOAD_ROUTES = (
+    ("path", "/ferry.models.v1.ModelService/LoadModel"),
+    ("safe_regex", {"regex": "/v1/models/[^/]+:load"}),
+    ("path", "/inference.GRPCInferenceService/RepositoryModelLoad"),
+    ("safe_regex", {"regex": "/v2/repository/models/[^/]+/load"}),
+)
+MODEL_LOAD_TIMEOUT_S = 600
+
+
+def _model_load_routes() -> str:
+    """Routes of model loads (admin): a longer timeout than other calls."""
+    return "".join(
+        _route(json.dumps({kind: value}), MODEL_LOAD_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S)
+        for kind, value in MODEL_LOAD_ROUTES
+    )
+
+
 def _route(match: str, timeout_s: int, grpc_timeout_max_s: int, limit: edge.BodyLimit | None = None) -> str:
     """One route to the gateway cluster, as YAML list item text; ``limit``: its own body limit."""
     return f"""
@@ -179,7 +197,8 @@ def _routes(opts: EnvoyOptions) -> str:
         for limit in edge.ROUTE_LIMITS
         for match in limit.matches
     )
-    return streams + limited + _route('{prefix: "/"}', opts.upstream_timeout_s, opts.upstream_timeout_s)
+    catch_all = _route('{prefix: "/"}', opts.upstream_timeout_s, opts.upstream_timeout_s)
+    return streams + limited + _model_load_routes() + catch_all
 
 
 def render(opts: EnvoyOptions) -> str:

@@ -75,6 +75,10 @@ class ModelCatalog:
             raise self._not_found(model, models)
         return found
 
+    def invalidate(self) -> None:
+        """Forgets the list: the next call asks inference (a model was loaded or unloaded)."""
+        self._fetched = -float("inf")
+
     async def not_found(self, model: str) -> NotFound:
         """The NOT_FOUND error for ``model`` (inference said so), naming the models now served."""
         self._fetched = -float("inf")  # the list had it, so the list is out of date

@@ -8,6 +8,7 @@ from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.job_manager import JobManager
 from services.gateway.keys import KeyAdmin
+from services.gateway.model_admin import ModelAdmin
 from services.gateway.open_inference import OpenInference
 from services.gateway.predictor import Predictor
 from services.gateway.records import Records
@@ -25,6 +26,7 @@ class Components:
     records: Records
     open_inference: OpenInference
     keys: KeyAdmin
+    models: ModelAdmin
     settings: GatewaySettings
 
 

@@ -71,6 +71,8 @@ class RouteClass(Enum):
     READ = "read"
     STREAM = "stream"
     """Long-lived server streams (WatchJob): no default deadline, not counted in flight."""
+    LOAD = "load"
+    """Loading or unloading a model (admin): no default deadline, as a load may take minutes."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ _PREDICT = _route(RouteClass.PREDICT, scopes.PREDICT)
 _JOB_STREAM = _route(RouteClass.STREAM, scopes.READ, scopes.JOBS)
 _OIP_READ = _route(RouteClass.READ, scopes.READ, scopes.PREDICT)
 _ADMIN = _route(RouteClass.READ, scopes.ADMIN)
+_MODEL_ADMIN = _route(RouteClass.LOAD, scopes.ADMIN)
 
 #: Per service: the route of its methods unless ``_METHODS`` says otherwise. A service missing
 #: here needs admin: a new public service is closed until someone decides who may call it.
@@ -107,6 +110,14 @@ _METHODS = {
     "/ferry.models.v1.ModelService/BatchPredict": _PREDICT,
     "/inference.GRPCInferenceService/ModelInfer": _PREDICT,
     "/ferry.openinference.v1.OpenInferenceRestService/InferModel": _PREDICT,
+    "/ferry.models.v1.ModelService/LoadModel": _MODEL_ADMIN,
+    "/ferry.models.v1.ModelService/UnloadModel": _MODEL_ADMIN,
+    "/inference.GRPCInferenceService/RepositoryIndex": _ADMIN,
+    "/inference.GRPCInferenceService/RepositoryModelLoad": _MODEL_ADMIN,
+    "/inference.GRPCInferenceService/RepositoryModelUnload": _MODEL_ADMIN,
+    "/ferry.openinference.v1.OpenInferenceRestService/RepositoryIndex": _ADMIN,
+    "/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelLoad": _MODEL_ADMIN,
+    "/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelUnload": _MODEL_ADMIN,
     "/ferry.jobs.v1.JobService/GetJob": _JOB_READ,
     "/ferry.jobs.v1.JobService/ListJobs": _JOB_READ,
     "/ferry.jobs.v1.JobService/ListJobItems": _JOB_READ,

@@ -93,6 +93,15 @@ def _json_object(text: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def optional_object(body: bytes) -> dict[str, Any]:
+    """A body that is empty or a JSON object (the repository's requests), as a dict.
+
+    Raises:
+        InvalidArgument: anything else.
+    """
+    return _json_object(body, "the request body") if body.strip() else {}
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON object at the start of ``body`` and the binary data after it.
 

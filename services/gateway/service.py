@@ -28,11 +28,13 @@ from services.gateway.downstream import Backend
 from services.gateway.interceptors import AdmissionInterceptor
 from services.gateway.job_manager import JobManager
 from services.gateway.keys import KeyAdmin
+from services.gateway.model_admin import ModelAdmin
 from services.gateway.open_inference import OpenInference
 from services.gateway.predictor import Predictor
 from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
 from services.gateway.records import Records
+from services.gateway.servicers import oip_repository
 from services.gateway.servicers.jobs import JobServicer
 from services.gateway.servicers.keys import KeyServicer
 from services.gateway.servicers.models import ModelServicer
@@ -84,6 +86,7 @@ class GatewayService:
         open_inference_rest_pb2_grpc.add_OpenInferenceRestServiceServicer_to_server(
             OpenInferenceRestServicer(self._slot), server
         )
+        oip_repository.add_to_server(self._slot, server)  # after the protocol's own methods
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to inference, store and NATS; returns once inference and store are SERVING."""
@@ -120,6 +123,9 @@ class GatewayService:
                 records=Records(store, store_backend),
                 open_inference=OpenInference(s, catalog, predictor),
                 keys=KeyAdmin(store, store_backend, auth),
+                models=ModelAdmin(
+                    inference, Backend("inference", inference_channel, s.model_load_timeout_s), catalog
+                ),
                 settings=s,
             )
         )

@@ -31,6 +31,9 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     inference_timeout_s: float = Field(default=30.0, gt=0)
     """Deadline of one call to inference, retries included: a Predict waits in inference's batching
     queue, and for a restarting inference to come back."""
+    model_load_timeout_s: float = Field(default=600.0, gt=0)
+    """Deadline of loading or unloading a model on inference (LoadModel, the OIP repository's load):
+    loading reads weights, warms up and may measure its batch size."""
     store_timeout_s: float = Field(default=5.0, gt=0)
     """Deadline of one call to store, retries included (API key lookups, job and prediction reads
     and writes)."""

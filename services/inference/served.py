@@ -19,7 +19,13 @@ from dataclasses import replace
 from typing import Any
 
 from ferry.models.v1 import model_pb2
-from services.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FerryError,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.inference import metrics
 from services.inference.batcher import DynamicBatcher
 from services.inference.calls import Answered, Call, Outcome, Refused, Request, Timing
@@ -32,6 +38,7 @@ from services.inference.runner import ModelRunner
 READY = model_pb2.MODEL_STATE_READY
 LOADING = model_pb2.MODEL_STATE_LOADING
 FAILED = model_pb2.MODEL_STATE_FAILED
+UNLOADED = model_pb2.MODEL_STATE_UNLOADED
 
 
 class Place:
@@ -235,7 +242,7 @@ class ServedModel(Served):
 
 
 class Unserved(Served):
-    """A configured model that does not serve: still loading, or failed (with the reason)."""
+    """A configured model that does not serve: still loading, failed (with the reason) or unloaded."""
 
     def __init__(self, config: ModelConfig, state: int, message: str = "") -> None:
         super().__init__(config)
@@ -257,8 +264,15 @@ class Unserved(Served):
         """Refuses: the model is not serving."""
         raise self.unavailable()
 
-    def unavailable(self) -> Unavailable:
+    def unavailable(self) -> FerryError:
         """The error a call to this model gets."""
+        if self.state == UNLOADED:
+            return FailedPrecondition(
+                f"model {self.name!r} is not loaded (an admin unloaded it); load it with "
+                f"`ferry models load {self.name}` or POST /v1/models/{self.name}:load",
+                "MODEL_NOT_LOADED",
+                {"model": self.name},
+            )
         if self.state == FAILED:
             return Unavailable(
                 f"model {self.name!r} failed to load: {self.message}",

@@ -8,6 +8,7 @@ the settings themselves are wrong (an unknown model name, an unknown field in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -16,6 +17,7 @@ import grpc
 import torch
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
@@ -23,8 +25,9 @@ from services.inference.ensemble import ServedEnsemble
 from services.inference.models import hub, registry
 from services.inference.models.config import ModelConfig, load_models_file, resolve_config
 from services.inference.models.contract import Answer, Item
+from services.inference.repository import ModelRepository
 from services.inference.runner import ModelRunner, resolve_device
-from services.inference.served import FAILED, LOADING, Served, ServedModel, Unserved
+from services.inference.served import LOADING, Served, ServedModel, Unserved
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 from services.inference.tuning import tune_batch_size
@@ -84,6 +87,8 @@ class InferenceService:
         self._configs = model_configs(settings)  # fail before binding a port
         self.models: dict[str, Served] = {c.name: Unserved(c, LOADING) for c in self._configs}
         """Every configured model by name: LOADING until start() has loaded it, then served or FAILED."""
+        self.repository = ModelRepository(self._configs, self.models)
+        """Loads and unloads them at runtime, each model on a stack of its own."""
 
     def service_names(self) -> Sequence[str]:
         """The gRPC service this process serves."""
@@ -92,7 +97,7 @@ class InferenceService:
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the InferenceService servicer to ``server``."""
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.models), server
+            InferenceServicer(self.models, self.repository), server
         )
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
@@ -114,15 +119,15 @@ class InferenceService:
         await decoder.start(stack)
         hub.attach(asyncio.get_running_loop(), self.models)
         stack.callback(hub.detach)
+
+        async def build(config: ModelConfig, own: AsyncExitStack) -> Served:
+            return self._ensemble(config) if config.is_ensemble else await self._load(config, decoder, own)
+
+        self.repository.attach(build)
+        stack.push_async_callback(self.repository.close)
         for config in self._configs:
-            try:
-                if config.is_ensemble:
-                    self.models[config.name] = self._ensemble(config)
-                else:
-                    self.models[config.name] = await self._load(config, decoder, stack)
-            except Exception as err:
-                log.error("model %s failed to load: %s", config.name, err, exc_info=True)
-                self.models[config.name] = Unserved(config, FAILED, str(err))
+            with contextlib.suppress(FailedPrecondition):  # failed: listed FAILED with the reason
+                await self.repository.load(config.name)
         if all(isinstance(m, Unserved) for m in self.models.values()):
             reasons = "; ".join(
                 f"{m.name}: {m.message}" for m in self.models.values() if isinstance(m, Unserved)

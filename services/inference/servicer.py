@@ -14,6 +14,7 @@ from services.common.errors import InvalidArgument, NotFound
 from services.inference.calls import Call
 from services.inference.models.contract import Options
 from services.inference.protos import call_inputs, predict_result
+from services.inference.repository import ModelRepository
 from services.inference.scheduling import priority_from_proto
 from services.inference.served import Served, Unserved
 
@@ -21,9 +22,33 @@ from services.inference.served import Served, Unserved
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     """Answers ListModels and Predict from the models loaded at start."""
 
-    def __init__(self, models: Mapping[str, Served]) -> None:
-        # The mapping is filled in by the service's start(); handlers only read it.
+    def __init__(self, models: Mapping[str, Served], repository: ModelRepository | None = None) -> None:
+        # The mapping is filled in by the service's start() and the repository; handlers only read it.
         self._models = models
+        self._repository = repository
+
+    async def LoadModel(
+        self,
+        request: inference_service_pb2.LoadModelRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> inference_service_pb2.LoadModelResponse:
+        """Loads a configured model off the serving path (see ``repository``)."""
+        served = await self._repository_or_fail().load(request.model)
+        return inference_service_pb2.LoadModelResponse(model=served.describe())
+
+    async def UnloadModel(
+        self,
+        request: inference_service_pb2.UnloadModelRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> inference_service_pb2.UnloadModelResponse:
+        """Stops serving a model and gives its memory back (see ``repository``)."""
+        unloaded = await self._repository_or_fail().unload(request.model)
+        return inference_service_pb2.UnloadModelResponse(model=unloaded.describe())
+
+    def _repository_or_fail(self) -> ModelRepository:
+        if self._repository is None:
+            raise RuntimeError("this servicer was built without a model repository")
+        return self._repository
 
     async def ListModels(
         self,

@@ -104,7 +104,11 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
     for entry in entry_points(group=COMMAND_GROUP):
         entry.load()(sub)
         extended = True
-    sub.add_parser("models", help="list the served models")
+    models = sub.add_parser(
+        "models", help="list the models (with their states), or load or unload one (admin)"
+    )
+    models.add_argument("action", nargs="?", choices=("list", "load", "unload"), default="list")
+    models.add_argument("model", nargs="?", help="the model to load or unload, e.g. mobilenet-v2")
     predict = sub.add_parser(
         "predict", help="predict one input: an image file, a --text (minilm) or a --json object"
     )
@@ -268,7 +272,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
     """Runs one of the client's own commands; a FerryError goes up to ``main``."""
-    if args.command == "models":
+    if args.command == "models" and args.action != "list":
+        if not args.model:
+            sys.exit(f"ferry models {args.action} needs a model name, e.g. mobilenet-v2")
+        change = ferry.load_model if args.action == "load" else ferry.unload_model
+        _print(change(args.model))
+    elif args.command == "models":
         for model in ferry.list_models():
             _print(model)
     elif args.command == "predict" and args.text:

@@ -24,6 +24,8 @@ from ferry.types.v1 import types_pb2
 
 #: Pieces an upload is streamed in: well under gRPC's message limit, few enough messages.
 UPLOAD_CHUNK_BYTES = 1024 * 1024
+#: Deadline of loading or unloading a model: it reads weights, warms up and may measure its batch size.
+LOAD_TIMEOUT_S = 600.0
 
 _TERMINAL_JOB_STATES = {
     job_pb2.JOB_STATE_SUCCEEDED,
@@ -170,9 +172,9 @@ class FerryClient:
         """Closes the channel."""
         self._channel.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         try:
-            return method(request, metadata=self._metadata, timeout=self._timeout_s)
+            return method(request, metadata=self._metadata, timeout=timeout_s or self._timeout_s)
         except grpc.RpcError as err:
             raise _error(err) from None
 
@@ -182,6 +184,22 @@ class FerryClient:
             self.models.ListModels, model_service_pb2.ListModelsRequest()
         )
         return list(answer.models)
+
+    def load_model(self, model: str) -> model_pb2.Model:
+        """Loads a configured model (admin scope); returns it READY, or raises with the reason it failed."""
+        answer: model_service_pb2.LoadModelResponse = self._call(
+            self.models.LoadModel, model_service_pb2.LoadModelRequest(name=_model_name(model)), LOAD_TIMEOUT_S
+        )
+        return answer.model
+
+    def unload_model(self, model: str) -> model_pb2.Model:
+        """Unloads a model (admin scope), giving its memory back; returns it UNLOADED."""
+        answer: model_service_pb2.UnloadModelResponse = self._call(
+            self.models.UnloadModel,
+            model_service_pb2.UnloadModelRequest(name=_model_name(model)),
+            LOAD_TIMEOUT_S,
+        )
+        return answer.model
 
     def predict(
         self,

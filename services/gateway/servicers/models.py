@@ -69,6 +69,16 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
         return model_service_pb2.BatchPredictResponse(predictions=predictions)
 
+    async def LoadModel(
+        self, request: model_service_pb2.LoadModelRequest, context: Context
+    ) -> model_service_pb2.LoadModelResponse:
+        return model_service_pb2.LoadModelResponse(model=await self._slot.get().models.load(request.name))
+
+    async def UnloadModel(
+        self, request: model_service_pb2.UnloadModelRequest, context: Context
+    ) -> model_service_pb2.UnloadModelResponse:
+        return model_service_pb2.UnloadModelResponse(model=await self._slot.get().models.unload(request.name))
+
     async def GetModelStats(
         self, request: model_service_pb2.GetModelStatsRequest, context: Context
     ) -> model_service_pb2.GetModelStatsResponse:

@@ -19,10 +19,11 @@ from services.gateway import identity, oip_rest
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
 from services.gateway.open_inference import SERVER_NAME, SERVER_VERSION
+from services.gateway.servicers.oip_repository import index_entry
 
 Context = grpc.aio.ServicerContext[object, object]
 #: The protocol's extensions this binding speaks (Triton's names).
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
 def _json(document: object) -> httpbody_pb2.HttpBody:
@@ -99,3 +100,31 @@ class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
         return rest.InferModelResponse(
             body=httpbody_pb2.HttpBody(content_type=written.content_type, data=written.body)
         )
+
+    async def RepositoryIndex(
+        self, request: rest.RepositoryIndexRequest, context: Context
+    ) -> rest.RepositoryIndexResponse:
+        document = oip_rest.optional_object(request.body.data)
+        ready = document.get("ready", False) is True
+        models = await self._slot.get().models.index(ready_only=ready)
+        entries = []
+        for model in models:
+            entry = index_entry(model)
+            entries.append(
+                {"name": entry.name, "version": entry.version, "state": entry.state, "reason": entry.reason}
+            )
+        return rest.RepositoryIndexResponse(body=_json(entries))
+
+    async def RepositoryModelLoad(
+        self, request: rest.RepositoryModelLoadRequest, context: Context
+    ) -> rest.RepositoryModelLoadResponse:
+        oip_rest.optional_object(request.body.data)
+        await self._slot.get().models.load(request.model_name, field="model_name")
+        return rest.RepositoryModelLoadResponse(body=_json({}))
+
+    async def RepositoryModelUnload(
+        self, request: rest.RepositoryModelUnloadRequest, context: Context
+    ) -> rest.RepositoryModelUnloadResponse:
+        oip_rest.optional_object(request.body.data)
+        await self._slot.get().models.unload(request.model_name, field="model_name")
+        return rest.RepositoryModelUnloadResponse(body=_json({}))

@@ -107,6 +107,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_NOTEBOOK_JOB: _ClassVar[ErrorReason]
     INVALID_OIP_REST_BODY: _ClassVar[ErrorReason]
     OIP_NOT_READY: _ClassVar[ErrorReason]
+    MODEL_NOT_LOADED: _ClassVar[ErrorReason]
+    MODEL_LOAD_FAILED: _ClassVar[ErrorReason]
+    MODEL_IN_USE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 MISSING_API_KEY: ErrorReason
 UNSUPPORTED_AUTH_SCHEME: ErrorReason
@@ -206,6 +209,9 @@ NOT_A_NOTEBOOK_JOB: ErrorReason
 INVALID_NOTEBOOK_JOB: ErrorReason
 INVALID_OIP_REST_BODY: ErrorReason
 OIP_NOT_READY: ErrorReason
+MODEL_NOT_LOADED: ErrorReason
+MODEL_LOAD_FAILED: ErrorReason
+MODEL_IN_USE: ErrorReason
 CODE_FIELD_NUMBER: _ClassVar[int]
 code: _descriptor.FieldDescriptor
 HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]

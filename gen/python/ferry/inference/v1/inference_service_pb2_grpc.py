@@ -45,6 +45,16 @@ class InferenceServiceStub:
                 request_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/ferry.inference.v1.InferenceService/LoadModel',
+                request_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/ferry.inference.v1.InferenceService/UnloadModel',
+                request_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -65,6 +75,20 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """LoadModel loads a configured model that is not loaded (unloaded, or failed), off the serving path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel stops serving a model and gives its memory back; its calls then answer MODEL_NOT_LOADED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +101,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.PredictRequest.FromString,
                     response_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.LoadModelRequest.FromString,
+                    response_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelRequest.FromString,
+                    response_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +168,60 @@ class InferenceService:
             '/ferry.inference.v1.InferenceService/Predict',
             ferry_dot_inference_dot_v1_dot_inference__service__pb2.PredictRequest.SerializeToString,
             ferry_dot_inference_dot_v1_dot_inference__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.inference.v1.InferenceService/LoadModel',
+            ferry_dot_inference_dot_v1_dot_inference__service__pb2.LoadModelRequest.SerializeToString,
+            ferry_dot_inference_dot_v1_dot_inference__service__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.inference.v1.InferenceService/UnloadModel',
+            ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelRequest.SerializeToString,
+            ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,10 +15,12 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATE_LOADING: _ClassVar[ModelState]
     MODEL_STATE_READY: _ClassVar[ModelState]
     MODEL_STATE_FAILED: _ClassVar[ModelState]
+    MODEL_STATE_UNLOADED: _ClassVar[ModelState]
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_LOADING: ModelState
 MODEL_STATE_READY: ModelState
 MODEL_STATE_FAILED: ModelState
+MODEL_STATE_UNLOADED: ModelState
 
 class Model(_message.Message):
     __slots__ = ("name", "display_name", "description", "task", "labels_count", "ready", "max_batch_size", "state", "state_message", "version", "device", "inputs", "outputs", "max_batch_delay_ms", "max_queue", "instances", "batch_size_source", "members")

@@ -55,6 +55,16 @@ class ModelServiceStub:
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictRequest.SerializeToString,
                 response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictResponse.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/ferry.models.v1.ModelService/LoadModel',
+                request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.LoadModelResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/ferry.models.v1.ModelService/UnloadModel',
+                request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
         self.GetModelStats = channel.unary_unary(
                 '/ferry.models.v1.ModelService/GetModelStats',
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsRequest.SerializeToString,
@@ -94,6 +104,20 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadModel(self, request, context):
+        """LoadModel loads a configured model on every inference replica (admin scope); the models being served keep answering meanwhile, and a load that fails says why and leaves the others serving.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """UnloadModel stops serving a model and gives its memory back (admin scope); its calls then answer MODEL_NOT_LOADED while the others serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelStats(self, request, context):
         """GetModelStats summarizes the caller's predictions of one model over a recent window.
         """
@@ -123,6 +147,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.BatchPredict,
                     request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictRequest.FromString,
                     response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictResponse.SerializeToString,
+            ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.LoadModelRequest.FromString,
+                    response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.LoadModelResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelRequest.FromString,
+                    response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelResponse.SerializeToString,
             ),
             'GetModelStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStats,
@@ -239,6 +273,60 @@ class ModelService:
             '/ferry.models.v1.ModelService/BatchPredict',
             ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictRequest.SerializeToString,
             ferry_dot_models_dot_v1_dot_model__service__pb2.BatchPredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.models.v1.ModelService/LoadModel',
+            ferry_dot_models_dot_v1_dot_model__service__pb2.LoadModelRequest.SerializeToString,
+            ferry_dot_models_dot_v1_dot_model__service__pb2.LoadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.models.v1.ModelService/UnloadModel',
+            ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
+            ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

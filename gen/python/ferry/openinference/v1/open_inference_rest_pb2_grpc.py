@@ -65,6 +65,21 @@ class OpenInferenceRestServiceStub:
                 request_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.InferModelRequest.SerializeToString,
                 response_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.InferModelResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/ferry.openinference.v1.OpenInferenceRestService/RepositoryIndex',
+                request_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelLoad = channel.unary_unary(
+                '/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelLoad',
+                request_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelLoadRequest.SerializeToString,
+                response_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelLoadResponse.FromString,
+                _registered_method=True)
+        self.RepositoryModelUnload = channel.unary_unary(
+                '/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelUnload',
+                request_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelUnloadRequest.SerializeToString,
+                response_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelUnloadResponse.FromString,
+                _registered_method=True)
 
 
 class OpenInferenceRestServiceServicer:
@@ -111,6 +126,27 @@ class OpenInferenceRestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """RepositoryIndex answers POST /v2/repository/index (admin scope): every configured model with its state and reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelLoad(self, request, context):
+        """RepositoryModelLoad answers POST /v2/repository/models/{model_name}/load (admin scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelUnload(self, request, context):
+        """RepositoryModelUnload answers POST /v2/repository/models/{model_name}/unload (admin scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OpenInferenceRestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +174,21 @@ def add_OpenInferenceRestServiceServicer_to_server(servicer, server):
                     servicer.InferModel,
                     request_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.InferModelRequest.FromString,
                     response_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.InferModelResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryIndexResponse.SerializeToString,
+            ),
+            'RepositoryModelLoad': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelLoad,
+                    request_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelLoadRequest.FromString,
+                    response_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelLoadResponse.SerializeToString,
+            ),
+            'RepositoryModelUnload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelUnload,
+                    request_deserializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelUnloadRequest.FromString,
+                    response_serializer=ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelUnloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -281,6 +332,87 @@ class OpenInferenceRestService:
             '/ferry.openinference.v1.OpenInferenceRestService/InferModel',
             ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.InferModelRequest.SerializeToString,
             ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.InferModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.openinference.v1.OpenInferenceRestService/RepositoryIndex',
+            ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryIndexRequest.SerializeToString,
+            ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelLoad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelLoad',
+            ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelLoadRequest.SerializeToString,
+            ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelUnload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelUnload',
+            ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelUnloadRequest.SerializeToString,
+            ferry_dot_openinference_dot_v1_dot_open__inference__rest__pb2.RepositoryModelUnloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

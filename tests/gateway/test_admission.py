@@ -279,15 +279,19 @@ def test_the_prediction_bound_shrinks_when_latency_grows_and_grows_back_when_it_
     assert limit.limit == shrunk and limit.count == 0
 
 
-def test_every_public_method_has_a_scope_and_only_key_management_needs_admin() -> None:
+#: Besides key management, what needs admin: loading and unloading models (Ferry's API and the
+#: OIP repository extension over REST).
+_MODEL_ADMIN = {"LoadModel", "UnloadModel", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+def test_every_public_method_has_a_scope_and_only_key_and_model_management_need_admin() -> None:
     for service_name in SERVICE_NAMES:
         service = descriptor_pool.Default().FindServiceByName(service_name)
         for method in service.methods:
             found = route(f"/{service_name}/{method.name}")
             assert found.scopes, method.full_name
-            assert ("admin" in found.scopes) == (service_name == "ferry.admin.v1.KeyService"), (
-                method.full_name
-            )
+            admin = service_name == "ferry.admin.v1.KeyService" or method.name in _MODEL_ADMIN
+            assert ("admin" in found.scopes) == admin, method.full_name
             assert (found.kind is RouteClass.STREAM) == method.server_streaming, method.full_name
 
 

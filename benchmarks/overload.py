@@ -47,6 +47,7 @@ import grpc
 from PIL import Image
 from skimage import data as skimage_data
 
+from benchmarks.cpu import cpu_seconds
 from benchmarks.local import local_stack, unthrottled_key
 from devstack.stack import Endpoints
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
@@ -140,7 +141,9 @@ class Bench:
         return done / (time.perf_counter() - started), refused
 
 
-async def run(target: str, seconds: float, clients: int, factor: float, overbound_clients: int) -> None:
+async def run(
+    target: str, seconds: float, clients: int, factor: float, overbound_clients: int, pids: dict[str, int]
+) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
         bench = Bench(channel, await unthrottled_key(target, ["predict"]), cat_jpeg())
         outcome, _ = await bench.predict()  # warm: connections, the model, the catalog
@@ -156,7 +159,9 @@ async def run(target: str, seconds: float, clients: int, factor: float, overboun
         await asyncio.sleep(2)  # let the queues drain
         outcomes = await bench.open_loop(factor * rate, seconds)
         await asyncio.sleep(2)
+        before = cpu_seconds(pids)
         goodput, refusals = await bench.overbound(overbound_clients, seconds)
+        spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
     admitted = [s for outcome, s in outcomes if outcome == "OK"]
     refused = [s for outcome, s in outcomes if outcome == "RESOURCE_EXHAUSTED"]
     p99_admitted = percentile(admitted, 99)
@@ -179,6 +184,11 @@ async def run(target: str, seconds: float, clients: int, factor: float, overboun
         f"  goodput {goodput:.1f} predictions/s = {goodput / rate:.2f}x the sustainable rate (goal >= 0.9x);"
         f" {len(refusals)} refused with 429: p50 {ms(percentile(refusals, 50))}"
         f"  p99 {ms(percentile(refusals, 99))} (goal: p50 <= 5 ms)"
+    )
+    calls = max(1, len(refusals) + round(goodput * seconds))
+    print(
+        "  CPU per call (admitted and refused), robust to the machine's load: "
+        + ", ".join(f"{name} {1000 * used / calls:.2f} ms" for name, used in spent.items())
     )
     print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
 
@@ -264,9 +274,9 @@ def main() -> None:
     os.environ["FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE"] = args.tolerance
     print(f"FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE={args.tolerance}")
     with local_stack("ferry-bench-overload-") as endpoints:
-        asyncio.run(
-            run(endpoints.grpc_target, args.seconds, args.clients, args.factor, args.overbound_clients)
-        )
+        pids = {name: endpoints.pids[name] for name in ("gateway", "envoy")}
+        overbound = args.overbound_clients
+        asyncio.run(run(endpoints.grpc_target, args.seconds, args.clients, args.factor, overbound, pids))
         valid_keys = [asyncio.run(unthrottled_key(endpoints.grpc_target, ["read"])) for _ in range(5)]
         wrong_key_flood(endpoints, valid_keys, args.flood_sources, max(args.seconds, len(valid_keys) + 1.0))
 

@@ -69,6 +69,23 @@ MAX_TENSOR_ELEMENTS = 16_000_000
 DEFAULT_IMAGE_PIXELS = 50_000_000
 """Most pixels an image may declare by default (FERRY_INFERENCE_MAX_IMAGE_PIXELS)."""
 
+# Uploads (CreateUpload) and the jobs made from them.
+
+UPLOAD_MAX_ENTRIES = MAX_JOB_ITEMS
+"""Most files in a zip upload, or non-blank lines in a JSONL manifest: a job's most items."""
+UPLOAD_MAX_UNPACKED_BYTES = 1024 * MIB
+"""Most bytes a zip upload's files may hold once unpacked (what the Object Store keeps of it)."""
+UPLOAD_MAX_COMPRESSION_RATIO = 100
+"""Largest unpacked-to-packed size ratio of one zip file: photos pack about 1:1, text ~5:1; a
+file of 8 MiB of zeros packs about 1000:1 (a zip bomb's ratio)."""
+UPLOAD_TENANT_QUOTA_BYTES = 4096 * MIB
+"""Most upload bytes (zip files unpacked, manifests as sent) a tenant may keep stored at once."""
+UPLOAD_BUFFER_BYTES = 4 * MIB
+"""Most bytes of one upload in flight that the gateway holds in memory before writing them to
+its spool file: the memory an upload costs, whatever its size."""
+MANIFEST_MAX_LINE_BYTES = 16 * MIB
+"""Longest JSONL manifest line: an image of the 12 MiB image limit as base64, and its key."""
+
 
 def describe(size: int) -> str:
     """A size as people read it: ``"16 MiB (16777216 bytes)"``."""

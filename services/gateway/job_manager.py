@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2, job_service_pb2
+from ferry.models.v1 import model_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
@@ -33,6 +34,7 @@ from services.gateway.downstream import Backend, publishing
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.job_items import list_job_items
 from services.gateway.job_results import JobResults
+from services.gateway.manifests import JobInput
 from services.gateway.publisher import Publisher
 from services.gateway.records import Records
 from services.gateway.settings import GatewaySettings
@@ -81,7 +83,7 @@ class JobManager:
         self._result_files = result_store(settings.results_url, js)
         self.results = JobResults(self._records, self._result_files)
         """The jobs' result files (GetJobResults, and WatchJob when it sees a job end)."""
-        self.uploads = Uploads(js, settings.max_upload_bytes)
+        self.uploads = Uploads(js, settings, self.max_item_bytes())
         """Manifests and zips that jobs name by reference (CreateUpload, CreateJob.manifest)."""
 
     def max_item_bytes(self) -> int:
@@ -125,9 +127,10 @@ class JobManager:
         priority = types_pb2.Priority.Name(
             validation.enum_value(request.priority, types_pb2.Priority, "priority") or _NORMAL
         )
+        # The model first: an unknown one is refused before anything is fetched or stored.
+        served = await self._catalog.get(model)
         inputs = await self._inputs(tenant, request)
-        validation.job_inputs(inputs, s.max_job_items, self.max_item_bytes())
-        await self._catalog.get(model)
+        refuse_inputs_none_taken(served, inputs)
 
         job_id = job_id_for_request(tenant, request_id) if request_id else new_id("job", tenant, edge)
         wanted = job_pb2.Job(
@@ -166,11 +169,9 @@ class JobManager:
             )
         return job
 
-    async def _inputs(
-        self, tenant: str, request: job_service_pb2.CreateJobRequest
-    ) -> Sequence[types_pb2.Input]:
-        """The job's inputs with every image as bytes: inline ones (URLs fetched), or the manifest's
-        (images, texts, payloads, tensors)."""
+    async def _inputs(self, tenant: str, request: job_service_pb2.CreateJobRequest) -> Sequence[JobInput]:
+        """The job's checked inputs: inline ones (URLs fetched into bytes), or the manifest's
+        (images as claim checks; texts, payloads and tensors as Inputs)."""
         s = self._settings
         get = fetcher.fetcher_for(s, self.max_item_bytes())
         if request.manifest:
@@ -185,6 +186,7 @@ class JobManager:
             )
         if len(request.inputs) <= s.max_job_items:  # images by URL are fetched here, once
             await fetcher.inline_images(fetcher.input_images(request.inputs), get)
+        validation.job_inputs(request.inputs, s.max_job_items, self.max_item_bytes())
         return request.inputs
 
     async def notebook(self, tenant: str, name: str) -> job_service_pb2.GetJobNotebookResponse:
@@ -299,7 +301,7 @@ async def _bounded_gather(coros: Sequence[Coroutine[Any, Any, None]], limit: int
 async def publish_job_items(
     publisher: Publisher,
     template: events_pb2.JobItem,
-    inputs: Sequence[types_pb2.Input],
+    inputs: Sequence[JobInput],
     max_inflight: int,
 ) -> None:
     """Publishes one JobItem per input to the work stream and waits for every ack.
@@ -315,7 +317,7 @@ async def publish_job_items(
         publisher: publishes with retries.
         template: the fields every item shares (tenant, job_id, model, top_k, priority); the
             priority picks the subject, ``ferry.jobs.items.<priority>``.
-        inputs: the job's inputs, in order.
+        inputs: the job's inputs, in order: Inputs, or claim checks of images (``input_ref``).
         max_inflight: most publishes awaiting their ack at once.
 
     Raises:
@@ -328,7 +330,11 @@ async def publish_job_items(
         item = events_pb2.JobItem()
         item.CopyFrom(template)
         item.item_index = index
-        item.input.CopyFrom(inputs[index])
+        found = inputs[index]
+        if isinstance(found, events_pb2.ObjectRef):
+            item.input_ref.CopyFrom(found)  # a claim check: the runner reads the bytes
+        else:
+            item.input.CopyFrom(found)
         return item
 
     async def publish_one(index: int) -> None:
@@ -386,6 +392,30 @@ async def _publish_pipelined(
         elif not future.cancelled() and future.exception() is None:
             acked.add(index)
     return [index for index in range(count) if index not in acked]
+
+
+def refuse_inputs_none_taken(model: model_pb2.Model, inputs: Sequence[JobInput]) -> None:
+    """Refuses a job none of whose inputs ``model`` takes (texts for an image model): every item
+    would only fail. A job with some it takes runs, and the others fail one by one.
+
+    Raises:
+        InvalidArgument: UNSUPPORTED_INPUT, naming what the model takes and what the job holds.
+    """
+    takes = set(model.input_kinds)
+    if not takes:  # not serving yet: inference judges each item when it runs
+        return
+    kinds = {
+        "image" if isinstance(i, events_pb2.ObjectRef) else i.WhichOneof("kind") or "empty" for i in inputs
+    }
+    if kinds & takes:
+        return
+    raise InvalidArgument(
+        f"{model.name} takes {' or '.join(sorted(takes))} inputs and none of this job's {len(inputs)} "
+        f"inputs is one (they are {', '.join(sorted(kinds))}); name a model that takes them "
+        "(GET /v1/models lists each model's input_kinds)",
+        reason="UNSUPPORTED_INPUT",
+        metadata={"field": "model", "model": model.name, "input_kinds": ",".join(sorted(takes))},
+    )
 
 
 def items_subject(priority: int) -> str:

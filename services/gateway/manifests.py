@@ -14,10 +14,12 @@ non-blank line, each a JSON object of one of these forms::
 Texts, payloads and tensors are checked like a Predict's input (``validation.input_item``);
 whether the model takes that kind is inference's to say, per item, as for every job input.
 
-Everything is resolved here, before the job is recorded, so a bad line is an INVALID_ARGUMENT
-naming its line number and no job is created; the items then go out like inline inputs (each
-published once, under its msg id). A zip entry or URL named by many lines is read or fetched once,
-and every item built from it shares the bytes (``ManifestInputs`` builds each Input when sent).
+Every line is resolved before the job is recorded, so a bad line is an INVALID_ARGUMENT naming
+its line number and no job is created. Images become claim checks, never bytes held for the
+job: a zip's file is already its own object (``uploads.py``); an inline image or a fetched URL
+is stored as one (``<tenant>/<upload>/line-<n>``, ``<tenant>/<upload>/url-<hash>``, the latter
+charged to the tenant's upload quota) once, and every item naming it shares the reference. The
+manifest itself is copied to a spool file and read a line at a time.
 """
 
 from __future__ import annotations
@@ -25,144 +27,144 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
+import hashlib
 import json
-import zipfile
-from collections.abc import Sequence
-from typing import Any, overload
+import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 from google.protobuf import json_format
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 
+from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import InvalidArgument, NotFound
 from services.gateway import validation
 from services.gateway.fetcher import MAX_CONCURRENT_FETCHES, Fetcher
-from services.gateway.uploads import ZIP, Stored, Uploads, zip_files
+from services.gateway.uploads import BUCKET, ZIP, Index, Uploads
 
-
-class ManifestInputs(Sequence[types_pb2.Input]):
-    """A job's inputs: images as shared bytes, one ``Input`` built per access (not held 2,000
-    times), and the other kinds as the ``Input`` each line made."""
-
-    def __init__(self, items: list[bytes | types_pb2.Input]) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @overload
-    def __getitem__(self, index: int) -> types_pb2.Input: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[types_pb2.Input]: ...
-    def __getitem__(self, index: int | slice) -> types_pb2.Input | Sequence[types_pb2.Input]:
-        if isinstance(index, slice):
-            return ManifestInputs(self._items[index])
-        found = self._items[index]
-        if isinstance(found, types_pb2.Input):
-            return found
-        return types_pb2.Input(image=types_pb2.Image(content=found))
+#: One job item's input: an Input carried in the work message, or a claim check of an image.
+JobInput = types_pb2.Input | events_pb2.ObjectRef
+#: Lines longer than this are parsed in a worker thread, off the event loop.
+_LONG_LINE = 64 * 1024
 
 
 class _Resolver:
-    """Turns one upload's entries into image bytes, reading each zip and fetching each URL once."""
+    """Turns one manifest's lines into job inputs, reading each upload's index once."""
 
-    def __init__(self, uploads: Uploads, tenant: str, fetcher: Fetcher, max_image_bytes: int) -> None:
+    def __init__(self, uploads: Uploads, index: Index, fetcher: Fetcher, max_image_bytes: int) -> None:
         self._uploads = uploads
-        self._tenant = tenant
+        self._index = index
         self._fetcher = fetcher
         self.max_image_bytes = max_image_bytes
         """The largest image, and the largest payload or tensor once serialized."""
-        self._zips: dict[str, zipfile.ZipFile] = {}
-        self._entries: dict[tuple[str, str], bytes] = {}
+        self._indexes: dict[str, Index] = {}
 
-    async def zip_of(self, name: str, where: str) -> zipfile.ZipFile:
-        if name not in self._zips:
+    async def entry(self, upload: str, entry: str, where: str) -> events_pb2.ObjectRef:
+        """The claim check of the file ``entry`` of the zip upload ``upload``."""
+        if upload not in self._indexes:
             try:
-                stored = await self._uploads.read(self._tenant, name)
+                self._indexes[upload] = await self._uploads.index(self._index.tenant, upload)
             except NotFound as err:
                 raise NotFound(
-                    f"{where}: {err.message}", reason="UPLOAD_NOT_FOUND", metadata={"upload": name}
+                    f"{where}: {err.message}", reason="UPLOAD_NOT_FOUND", metadata={"upload": upload}
                 ) from None
-            if stored.kind != ZIP:
-                raise _bad(where, f"{name} is a manifest, not a zip; name a file of a zip upload")
-            self._zips[name] = zipfile.ZipFile(io.BytesIO(stored.data))
-        return self._zips[name]
+        found = self._indexes[upload]
+        if found.kind != ZIP:
+            raise _bad(where, f"{upload} is a manifest, not a zip; name a file of a zip upload")
+        position = found.position_of(entry)
+        if position is None:
+            raise NotFound(
+                f"{where}: {upload} has no file {entry!r}",
+                reason="UPLOAD_NOT_FOUND",
+                metadata={"upload": upload, "entry": entry},
+            )
+        return found.entry_ref(position)
 
-    async def entry(self, upload: str, entry: str, where: str) -> bytes:
-        key = (upload, entry)
-        if key not in self._entries:
-            archive = await self.zip_of(upload, where)
-            try:
-                info = archive.getinfo(entry)
-            except KeyError:
-                raise NotFound(
-                    f"{where}: {upload} has no file {entry!r}",
-                    reason="UPLOAD_NOT_FOUND",
-                    metadata={"upload": upload, "entry": entry},
-                ) from None
-            if info.file_size > self.max_image_bytes:
-                raise _too_large(where, info.file_size, self.max_image_bytes)
-            self._entries[key] = self.checked(archive.read(info), where)
-        return self._entries[key]
+    async def stored(self, suffix: str, data: bytes) -> events_pb2.ObjectRef:
+        """Stores ``data`` as ``<index>/<suffix>`` unless it already is; its claim check."""
+        name = f"{self._index.tenant}/{self._index.upload_id}/{suffix}"
+        bucket = await self._uploads.store()
+        try:
+            await bucket.get_info(name)
+        except (ObjectNotFoundError, NotFoundError):
+            await bucket.put(name, data)
+        return events_pb2.ObjectRef(bucket=BUCKET, name=name, size_bytes=len(data))
 
     def checked(self, data: bytes, where: str) -> bytes:
         return validation.image_content(types_pb2.Image(content=data), self.max_image_bytes, where)
 
-    async def fetch_all(self, urls: dict[str, str]) -> dict[str, bytes]:
-        """Fetches each URL once (``urls``: URL to the line that first named it)."""
+    async def fetch_all(self, urls: dict[str, str]) -> dict[str, events_pb2.ObjectRef]:
+        """Fetches and stores each URL once (``urls``: URL to the line that first named it)."""
         slots = asyncio.Semaphore(MAX_CONCURRENT_FETCHES)
 
-        async def one(url: str, where: str) -> tuple[str, bytes]:
+        async def one(url: str, where: str) -> tuple[str, events_pb2.ObjectRef]:
             async with slots:
-                return url, await self._fetcher.fetch(url, where)
+                data = await self._fetcher.fetch(url, where)
+                suffix = "url-" + hashlib.sha256(url.encode()).hexdigest()[:32]
+                await self._uploads.charge(self._index, suffix, len(data))
+                return url, await self.stored(suffix, data)
 
         return dict(await asyncio.gather(*(one(url, where) for url, where in urls.items())))
 
 
 async def expand(
     uploads: Uploads, tenant: str, name: str, fetcher: Fetcher, max_items: int, max_image_bytes: int
-) -> ManifestInputs:
-    """The inputs of the upload ``name``: a zip's files, or a manifest's lines resolved to bytes.
+) -> list[JobInput]:
+    """The inputs of the upload ``name``: a zip's files, or a manifest's lines, images as claim checks.
 
     Raises:
         InvalidArgument: INVALID_MANIFEST (a line, by number, is not a valid item), TOO_MANY_INPUTS,
             an image too large or a URL refused (naming the line).
         NotFound: UPLOAD_NOT_FOUND, the upload or a zip file a line names.
     """
-    resolver = _Resolver(uploads, tenant, fetcher, max_image_bytes)
-    stored = await uploads.read(tenant, name)
-    if stored.kind == ZIP:
-        files = zip_files(await resolver.zip_of(name, name))
-        _check_count(len(files), max_items, name)
-        return ManifestInputs([await resolver.entry(name, f, f"{name}/{f}") for f in files])
-    return await _expand_lines(resolver, stored, name, max_items)
+    index = await uploads.index(tenant, name)
+    if index.kind == ZIP:
+        _check_count(len(index.entries), max_items, name)
+        return [index.entry_ref(position) for position in range(len(index.entries))]
+    _check_count(index.lines, max_items, name)
+    resolver = _Resolver(uploads, index, fetcher, max_image_bytes)
+    with tempfile.TemporaryFile(prefix="ferry-manifest-") as spooled:
+        await uploads.read_manifest(index, spooled)
+        spooled.seek(0)
+        return await _expand_lines(resolver, _lines(spooled), name)
 
 
-async def _expand_lines(resolver: _Resolver, stored: Stored, name: str, max_items: int) -> ManifestInputs:
-    lines = [(n, line) for n, line in enumerate(stored.data.decode("utf-8").splitlines(), 1) if line.strip()]
-    _check_count(len(lines), max_items, name)
-    # Per line: an image's bytes, another kind's Input, or an image's URL (fetched below).
-    images: list[bytes | types_pb2.Input | str] = []
+def _lines(spooled: Any) -> Iterator[tuple[int, str]]:
+    """The spooled manifest's non-blank lines with their numbers, one at a time."""
+    for number, raw in enumerate(spooled, 1):
+        line = raw.decode("utf-8")
+        if line.strip():
+            yield number, line
+
+
+async def _expand_lines(resolver: _Resolver, lines: Iterator[tuple[int, str]], name: str) -> list[JobInput]:
+    # Per line: an image's claim check, another kind's Input, or an image's URL (fetched below).
+    items: list[JobInput | str] = []
     urls: dict[str, str] = {}
     for number, line in lines:
         where = f"{name} line {number}"
-        kind, value = _parse_line(line, where)
+        if len(line) > _LONG_LINE:
+            kind, value = await asyncio.to_thread(_parse_line, line, where)
+        else:
+            kind, value = _parse_line(line, where)
         if kind == "content":
-            images.append(resolver.checked(_base64(value, where), where))
+            data = resolver.checked(_base64(value, where), where)
+            items.append(await resolver.stored(f"line-{number}", data))
         elif kind != "image":
-            images.append(_other_input(value, resolver.max_image_bytes, where))
+            items.append(_other_input(value, resolver.max_image_bytes, where))
         elif value.startswith("uploads/"):
             upload, _, entry = value.partition("/")[2].partition("/")
             if not entry:
                 raise _bad(where, f"{value!r} names no file; write uploads/<id>/<file in the zip>")
-            images.append(await resolver.entry(f"uploads/{upload}", entry, where))
+            items.append(await resolver.entry(f"uploads/{upload}", entry, where))
         elif value.startswith(("http://", "https://")):
             urls.setdefault(value, where)
-            images.append(value)
+            items.append(value)
         else:
             raise _bad(where, f'"image" is {value!r}: neither uploads/<id>/<file> nor an http(s) URL')
     fetched = await resolver.fetch_all(urls)
-    return ManifestInputs([fetched[i] if isinstance(i, str) else i for i in images])
+    return [fetched[i] if isinstance(i, str) else i for i in items]
 
 
 #: A line's keys, by the kind of item it makes.
@@ -233,6 +235,7 @@ def _base64(value: str, where: str) -> bytes:
 
 
 def _check_count(count: int, max_items: int, name: str) -> None:
+    # The upload's own limit (upload_max_entries) may be above a job's (max_job_items).
     if count > max_items:
         raise InvalidArgument(
             f"{name} makes {count} items and a job takes at most {max_items}; split it into several uploads",
@@ -243,12 +246,3 @@ def _check_count(count: int, max_items: int, name: str) -> None:
 
 def _bad(where: str, why: str) -> InvalidArgument:
     return InvalidArgument(f"{where}: {why}", reason="INVALID_MANIFEST", metadata={"field": "manifest"})
-
-
-def _too_large(where: str, size: int, limit: int) -> InvalidArgument:
-    """IMAGE_TOO_LARGE from a zip file's declared size, before it is unpacked (a zip bomb is not)."""
-    return InvalidArgument(
-        f"{where} is {size} bytes; the limit is {limit} bytes; send a smaller or more compressed image",
-        reason="IMAGE_TOO_LARGE",
-        metadata={"field": where, "size_bytes": str(size), "max_bytes": str(limit)},
-    )

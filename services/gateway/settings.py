@@ -49,6 +49,26 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)
     """Largest upload (``POST /v1/uploads``: a JSONL manifest or a zip of images), counted as it
     streams in; the edge streams the body through (it would have to hold it to bound it)."""
+    upload_max_entries: int = Field(default=limits.UPLOAD_MAX_ENTRIES, ge=1, le=limits.UPLOAD_MAX_ENTRIES)
+    """Most files in a zip upload, or non-blank lines in a JSONL manifest (UPLOAD_TOO_MANY_ENTRIES)."""
+    upload_max_unpacked_bytes: int = Field(
+        default=limits.UPLOAD_MAX_UNPACKED_BYTES, gt=0, le=limits.UPLOAD_MAX_UNPACKED_BYTES
+    )
+    """Most bytes a zip upload's files hold unpacked (UPLOAD_UNPACKED_TOO_LARGE)."""
+    upload_max_compression_ratio: int = Field(
+        default=limits.UPLOAD_MAX_COMPRESSION_RATIO, ge=1, le=limits.UPLOAD_MAX_COMPRESSION_RATIO
+    )
+    """Largest unpacked-to-packed ratio of one zip file (UPLOAD_UNPACKED_TOO_LARGE): a zip bomb's mark."""
+    upload_quota_bytes: int = Field(default=limits.UPLOAD_TENANT_QUOTA_BYTES, gt=0)
+    """Most upload bytes one tenant keeps stored at once (UPLOAD_QUOTA_EXCEEDED, 429) until they expire."""
+    upload_buffer_bytes: int = Field(
+        default=limits.UPLOAD_BUFFER_BYTES, ge=64 * 1024, le=limits.UPLOAD_BUFFER_BYTES
+    )
+    """Bytes of one upload held in memory before they are written to the spool file."""
+    upload_spool_dir: str = ""
+    """Folder of the spool files uploads are written to while they arrive and are checked (a zip's
+    directory is at its end); empty: the system's temporary folder. Needs room for the uploads in
+    flight at once, each at most max_upload_bytes."""
     image_fetch_timeout_s: float = Field(default=10.0, gt=0)
     """Deadline of fetching one image given by URL (``image.uri``), redirects included."""
     image_fetch_max_redirects: int = Field(default=3, ge=0, le=10)

@@ -54,6 +54,7 @@ class ServedEnsemble(Served):
             device=", ".join(dict.fromkeys(str(m.runner.device) for m in self.members)),
             inputs=[t for t in first.inputs if t.datatype == "BYTES"],
             outputs=[t for t in first.outputs],
+            input_kinds=[IMAGE],  # members may take tensors too; the ensemble passes images only
             max_queue=min(m.batcher.max_queue for m in self.members),
             instances=1,
             batch_size_source="members",

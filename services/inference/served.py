@@ -184,6 +184,7 @@ class ServedModel(Served):
             device=str(self.runner.device),
             inputs=[_tensor_metadata(t) for t in model.inputs],
             outputs=[_tensor_metadata(t) for t in model.outputs],
+            input_kinds=sorted(model.kinds),
             max_batch_delay_ms=self.config.max_batch_delay_ms or 0.0,
             max_queue=self.batcher.max_queue,
             instances=self.config.instances,

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from nats.aio.msg import Msg
@@ -26,11 +28,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from ferry.events.v1 import events_pb2
+from ferry.types.v1 import types_pb2
 from services.common import messaging
+from services.common.errors import status_to_proto
 from services.common.failpoints import failpoint
 from services.common.readiness import Readiness
 from services.common.tracing import extract_context
 from services.jobs.cancellation import CancelledJobs
+from services.jobs.claims import ClaimChecks, ClaimError
 from services.jobs.heartbeat import Heartbeat
 from services.jobs.lanes import Room
 from services.jobs.metrics import BATCH_SIZE, ITEM_LATENCY, ITEM_SECONDS, ITEMS
@@ -46,23 +51,68 @@ tracer = trace.get_tracer("ferry.jobs")
 AFTER_RECORD_PUBLISH = "jobs.after_record_publish"
 
 
+class MalformedItem(ValueError):
+    """A work message whose input cannot be decoded, but whose job and index can (``item``, with
+    no input): the item is failed with the reason, so its job still ends."""
+
+    def __init__(self, why: str, item: events_pb2.JobItem, job_id: uuid.UUID) -> None:
+        super().__init__(why)
+        self.item = item
+        self.job_id = job_id
+
+
 def decode_item(data: bytes) -> tuple[events_pb2.JobItem, uuid.UUID]:
     """Parses a work message into its JobItem and job id.
 
     Raises:
+        MalformedItem: the input cannot be decoded (nested too deep, for example) but the
+            identifying fields can (``JobItemHeader``).
         ValueError: the payload is not a JobItem with a UUID job id and a non-negative index.
     """
     try:
         item = events_pb2.JobItem.FromString(data)
     except DecodeError as err:
-        raise ValueError(f"not a ferry.events.v1.JobItem: {err}") from None
+        why = f"not a ferry.events.v1.JobItem: {err}"
+        try:  # the header skips the input (an unknown field to it), whatever is wrong inside it
+            header = events_pb2.JobItemHeader.FromString(data)
+            item = events_pb2.JobItem(
+                tenant=header.tenant,
+                job_id=header.job_id,
+                item_index=header.item_index,
+                model=header.model,
+                generation=header.generation,
+                priority=header.priority,
+            )
+            job_id = _job_id(item)
+        except (DecodeError, ValueError):
+            raise ValueError(why) from None
+        raise MalformedItem(why, item, job_id) from None
+    return item, _job_id(item)
+
+
+def _job_id(item: events_pb2.JobItem) -> uuid.UUID:
     try:
         job_id = uuid.UUID(item.job_id)
     except ValueError:
         raise ValueError(f"job_id {item.job_id!r} is not a UUID") from None
     if item.item_index < 0:
         raise ValueError(f"item_index {item.item_index} is negative")
-    return item, job_id
+    return job_id
+
+
+#: How inference names an input: by its position in the call, which is not the item's in its job.
+_CALL_POSITION = re.compile(r"^input \d+ ")
+
+
+def own_index(outcome: Outcome, index: int) -> Outcome:
+    """The outcome with an error naming the item by its index in the job ("item 12 is not a
+    decodable image"), not by its position in the runner's call to inference ("input 0 …")."""
+    if outcome.error is None or not _CALL_POSITION.match(outcome.error.message):
+        return outcome
+    error = status_pb2.Status()
+    error.CopyFrom(outcome.error)
+    error.message = _CALL_POSITION.sub(f"item {index} ", error.message, count=1)
+    return Outcome(result=outcome.result, error=error)
 
 
 def _describe(error: status_pb2.Status) -> str:
@@ -137,6 +187,7 @@ class Runner:
         self._readiness = readiness
         self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.retry_budget_s)
         self._heartbeat = Heartbeat(settings.ack_wait_s)
+        self._claims = ClaimChecks(js, settings.publish_timeout_s)
         self._consumer: messaging.PullConsumer | None = None
         self._inflight = 0
         self._settled = 0
@@ -262,15 +313,30 @@ class Runner:
             w.span.end()
 
     async def _open(self, msg: Msg) -> WorkItem | None:
-        """Decodes ``msg`` and starts its span; a message that is not a job item is terminated."""
+        """Decodes ``msg`` and starts its span; a message that is not a job item is terminated,
+        one whose input cannot be read is failed (recorded, so its job ends) and acked."""
         try:
             item, job_id = decode_item(msg.data)
+        except MalformedItem as err:
+            log.warning("job %s item %d cannot be decoded: %s", err.job_id, err.item.item_index, err)
+            error = status_to_proto(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"item {err.item.item_index} cannot be run: its work message {err}",
+                "JOB_ITEM_MALFORMED",
+            )
+            work = self._start(msg, err.item, err.job_id)
+            await self._settle(work, Outcome(error=error), dead_letter=False)
+            return None
         except ValueError as err:
             log.warning("terminating malformed work message on %s: %s", msg.subject, err)
             ITEMS.labels("malformed", "").inc()
             with contextlib.suppress(NatsError):
                 await msg.term()
             return None
+        return self._start(msg, item, job_id)
+
+    def _start(self, msg: Msg, item: events_pb2.JobItem, job_id: uuid.UUID) -> WorkItem:
+        """The item's WorkItem: its span started, its message kept alive by the heartbeat."""
         parent = extract_context(msg.headers)
         span = tracer.start_span(
             "jobs.run_item",
@@ -288,15 +354,34 @@ class Runner:
         return WorkItem(msg, item, job_id, span, parent_trace_id, self._lane.name)
 
     async def _run_group(self, group: list[WorkItem]) -> None:
-        first = group[0]
+        read = await asyncio.gather(*(self._read_input(w) for w in group))
+        runs = [w for w, found in zip(group, read, strict=True) if found is not None]
+        inputs = [found for found in read if found is not None]
+        del read
+        if not runs:
+            return
+        first = runs[0]
         # The call is made in the first item's span; the group shares its trace (see _process).
         with trace.use_span(first.span, end_on_exit=False):
             outcomes = await self._predictor.predict(
-                first.item.model, first.item.top_k, [w.item.input for w in group], first.item.priority
+                first.item.model, first.item.top_k, inputs, first.item.priority
             )
-        await asyncio.gather(*(self._settle(w, o) for w, o in zip(group, outcomes, strict=True)))
+        del inputs  # the images: held only while inference runs them
+        settles = [
+            self._settle(w, own_index(o, w.item.item_index)) for w, o in zip(runs, outcomes, strict=True)
+        ]
+        await asyncio.gather(*settles)
 
-    async def _settle(self, w: WorkItem, outcome: Outcome) -> None:
+    async def _read_input(self, w: WorkItem) -> types_pb2.Input | None:
+        """The item's input, its claim check read now (the work message and its dead letter keep
+        only the reference); None once an item whose input cannot be read is settled."""
+        try:
+            return await self._claims.input_of(w.item)
+        except ClaimError as err:
+            await self._settle(w, Outcome(error=err.status))
+            return None
+
+    async def _settle(self, w: WorkItem, outcome: Outcome, dead_letter: bool = True) -> None:
         """Records a final outcome and acks, or naks a transient failure with backoff."""
         with trace.use_span(w.span, end_on_exit=False):
             if outcome.error is not None and outcome.transient:
@@ -309,7 +394,7 @@ class Runner:
             if outcome.error is not None:
                 w.span.set_status(trace.StatusCode.ERROR, outcome.error.message)
             try:
-                await self._leave_behind(w, outcome)
+                await self._leave_behind(w, outcome, dead_letter)
             except (NatsError, TimeoutError) as err:
                 # Not stored, so not done. There is no giving up on this one (that would need
                 # this very publish to work), so it is retried outside the budget, for as long
@@ -321,7 +406,7 @@ class Runner:
             # publishes the same record id again, which JetStream and store both drop.
             await self._settle_with(w, "failed" if outcome.error is not None else "succeeded", w.msg.ack)
 
-    async def _leave_behind(self, w: WorkItem, outcome: Outcome) -> None:
+    async def _leave_behind(self, w: WorkItem, outcome: Outcome, dead_letter: bool = True) -> None:
         """Publishes the item's record and, when it failed, its dead letter (the record first).
 
         The dead letter goes after the record, so RetryJob never finds an item to re-queue that
@@ -331,7 +416,7 @@ class Runner:
         timeout_s = self._s.publish_timeout_s
         await publish_record(self._js, w.item, w.job_id, outcome, timeout_s)
         failpoint(AFTER_RECORD_PUBLISH)
-        if outcome.error is not None:
+        if outcome.error is not None and dead_letter:
             await publish_dead_letter(self._js, w.item, w.job_id, outcome.error, timeout_s)
 
     async def _retry(self, w: WorkItem, why: str, delay: float) -> None:

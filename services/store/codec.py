@@ -21,6 +21,7 @@ from ferry.models.v1 import model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import FerryError, InvalidArgument, code_from_number, error_from_status
+from services.store.repositories.jobs import STALLED
 
 
 class PredictionRow(NamedTuple):
@@ -261,6 +262,10 @@ def _job_error(row: asyncpg.Record) -> status_pb2.Status:
     """
     name = f"jobs/{row['id']}"
     reason = row["last_error_reason"] or "UNKNOWN"
+    if reason == STALLED:  # the job as a whole stopped, whatever its items did
+        stalled = FerryError(row["last_error_message"] or reason, reason)
+        stalled.code = code_from_number(row["last_error_code"] or grpc.StatusCode.UNKNOWN.value[0])
+        return stalled.to_status()
     failed, total = row["items_failed"], row["items_total"]
     last = f"{reason}: {row['last_error_message']}" if row["last_error_message"] else reason
     error = FerryError(

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Postgres away (a connection dropped mid-batch surfaces as InternalClientError), or a batch it
 # refused: either way the next round tries again.
-_ROUND_FAILED: tuple[type[BaseException], ...] = (
+ROUND_FAILED: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InternalClientError,
     *UNREACHABLE,
@@ -58,7 +58,7 @@ async def run_retention(pool: asyncpg.Pool, days: int, batch_size: int, interval
             deleted = await purge(pool, days, batch_size)
             if deleted:
                 log.info("retention: deleted %d predictions older than %d days", deleted, days)
-        except _ROUND_FAILED as err:
+        except ROUND_FAILED as err:
             # An outage is store's to report, once, from ingest; retention just waits its turn.
             log.info("retention round failed, trying again in %.0fs: %r", interval_s, err)
         await asyncio.sleep(interval_s)

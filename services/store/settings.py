@@ -58,3 +58,8 @@ class StoreSettings(ServiceSettings, NatsSettings):
     """How often the retention task looks for expired predictions."""
     retention_batch_size: int = Field(default=5_000, ge=1)
     """Most rows one retention DELETE removes; each batch is its own short transaction."""
+    job_stall_timeout_s: float = Field(default=3600.0, ge=0)
+    """A queued or running job none of whose items finished for this long is failed (JOB_STALLED),
+    never left waiting for good; 0 never fails one. Longer than a backlog may keep a job waiting."""
+    job_stall_check_interval_s: float = Field(default=60.0, gt=0)
+    """How often stalled jobs are looked for."""

@@ -127,7 +127,29 @@ def test_a_kind_the_model_cannot_take_fails_that_item(rest: Rest, cat_jpeg: byte
     )
     failed = items(rest, job["name"])[1]
     assert failed["error"]["code"] == 3  # INVALID_ARGUMENT
+    assert failed["error"]["message"].startswith("item 1 "), failed  # its own index in the job
     assert "takes image or tensor" in failed["error"]["message"], failed
+
+
+def test_a_job_the_model_can_take_none_of_is_refused_at_create(rest: Rest) -> None:
+    status, refused = rest.post(
+        "/v1/jobs", {"model": "efficientnet-lite0", "inputs": [{"text": {"content": CAT}}] * 3}
+    )
+    assert status == 400, refused
+    assert "takes image or tensor inputs and none of this job's 3 inputs is one" in refused["message"]
+    assert "UNSUPPORTED_INPUT" in json.dumps(refused["details"])
+
+
+def test_a_job_for_an_unknown_model_is_404_naming_the_served_ones_and_records_nothing(rest: Rest) -> None:
+    status, before = rest.get("/v1/jobs?page_size=1000")
+    assert status == 200, before
+    status, refused = rest.post(
+        "/v1/jobs", {"model": "no-such-model", "inputs": [{"text": {"content": CAT}}]}
+    )
+    assert status == 404, refused
+    assert "available models" in refused["message"] and "efficientnet-lite0" in refused["message"]
+    _, after = rest.get("/v1/jobs?page_size=1000")
+    assert len(after.get("jobs", [])) == len(before.get("jobs", []))
 
 
 def test_the_cli_predicts_and_runs_jobs_of_texts_and_json(

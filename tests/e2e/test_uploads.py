@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skimage_data
@@ -180,9 +181,73 @@ def test_uploads_are_the_tenants_own_and_must_exist(rest: Rest, stack: dict[str,
 
 def test_an_upload_larger_than_a_grpc_message_streams_through_envoy(stack: dict[str, Any]) -> None:
     """40 MiB over REST: more than gRPC's 32 MiB message limit, so Envoy must have sent it in pieces."""
-    line = b'{"content": "aGk="}\n'
-    count = 40 * 1024 * 1024 // len(line) + 1
-    status, body = upload_over_rest(stack, line * count, "application/x-ndjson")
-    assert status == 200, body
-    assert (body["upload"]["kind"], body["upload"]["entries"]) == ("jsonl", count)
-    assert int(body["upload"]["size_bytes"]) == len(line) * count
+    random = np.random.default_rng(17)
+    files = {f"noise-{i}.bin": random.bytes(5 * 1024 * 1024) for i in range(8)}
+    body = zip_of(files, zipfile.ZIP_STORED)
+    status, answer = upload_over_rest(stack, body, "application/zip")
+    assert status == 200, answer
+    assert (answer["upload"]["kind"], answer["upload"]["entries"]) == ("zip", 8)
+    assert int(answer["upload"]["size_bytes"]) == len(body)
+
+
+def zip_of(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def camera_photos(count: int, size: tuple[int, int] = (1600, 1200)) -> dict[str, bytes]:
+    """``count`` JPEGs like a camera's: skimage's photos upscaled, with sensor-like noise so they
+    do not pack smaller than real ones (about 0.6 MB each at 2 megapixels)."""
+    sources = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut(), skimage_data.rocket()]
+    random = np.random.default_rng(6)
+    photos = {}
+    for i in range(count):
+        image = Image.fromarray(sources[i % len(sources)]).convert("RGB").resize(size, Image.BICUBIC)
+        noisy = np.asarray(image, dtype=np.int16) + random.integers(-12, 13, (size[1], size[0], 3))
+        buffer = io.BytesIO()
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        photos[f"camera/{i:03d}.jpg"] = buffer.getvalue()
+    return photos
+
+
+def test_a_zip_of_real_photos_becomes_a_job_at_once_carried_by_reference(
+    rest: Rest, stack: dict[str, Any]
+) -> None:
+    """The issue's bulk case at CI size: 60 two-megapixel photos (about 36 MB) in one zip. The job's
+    work messages carry claim checks, so the work stream holds bytes per item, not per photo."""
+    photos = camera_photos(60)
+    body = zip_of(photos)
+    status, answer = upload_over_rest(stack, body, "application/zip")
+    assert status == 200, answer
+    assert answer["upload"]["entries"] == 60
+    status, created = create_by_manifest(rest, answer["upload"]["name"])
+    assert status == 200, created
+    job = created["job"]
+    assert job["items_total"] == 60
+    done = wait_finished(rest, job["name"])
+    assert (done["state"], done["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 60), done
+    status, page = rest.get(f"/v1/{job['name']}/items?page_size=8")
+    assert status == 200, page
+    labels = [item["prediction"]["classes"][0]["label"] for item in page["items"]]
+    assert labels[:4] == labels[4:8] and len(set(labels[:4])) >= 3, labels  # photo i and i+4 agree
+    assert sum(len(p) for p in photos.values()) > 20_000_000
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({f"zeros-{i}.jpg": bytes(8 * 1024 * 1024) for i in range(3)}, "UPLOAD_UNPACKED_TOO_LARGE"),
+    ],
+    ids=["compressible-entries"],
+)
+def test_a_zip_bomb_is_refused_by_its_directory(
+    stack: dict[str, Any], files: dict[str, bytes], reason: str
+) -> None:
+    body = zip_of(files)
+    assert len(body) < 100_000  # 24 MiB of zeros packs to a few KiB
+    status, refused = upload_over_rest(stack, body, "application/zip")
+    assert status == 400, refused
+    assert reason in json.dumps(refused["details"]) and "upload_max_compression_ratio" in refused["message"]

@@ -10,13 +10,18 @@ from contextlib import AsyncExitStack
 
 import pytest
 from google.api import httpbody_pb2
+from nats.js import JetStreamContext
 
+from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_service_pb2
+from ferry.types.v1 import types_pb2
 from services.common import messaging
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.gateway import manifests
 from services.gateway.fetcher import Fetcher, FetchPolicy
-from services.gateway.uploads import Uploads, inspect
+from services.gateway.settings import GatewaySettings
+from services.gateway.uploads import Uploads
+from services.jobs.claims import ClaimChecks
 
 FETCHER = Fetcher(FetchPolicy(max_bytes=1000))
 
@@ -24,6 +29,15 @@ FETCHER = Fetcher(FetchPolicy(max_bytes=1000))
 async def pieces(*chunks: bytes) -> AsyncIterator[job_service_pb2.CreateUploadRequest]:
     for chunk in chunks:
         yield job_service_pb2.CreateUploadRequest(body=httpbody_pb2.HttpBody(data=chunk))
+
+
+def uploads_of(js: JetStreamContext, max_bytes: int = 10_000, **settings: int) -> Uploads:
+    return Uploads(js, GatewaySettings(max_upload_bytes=max_bytes, **settings), max_entry_bytes=1000)
+
+
+async def image_of(js: JetStreamContext, ref: events_pb2.ObjectRef) -> bytes:
+    """What the runner reads for an item's claim check."""
+    return (await ClaimChecks(js, 5.0).input_of(events_pb2.JobItem(input_ref=ref))).image.content
 
 
 def zipped(files: dict[str, bytes]) -> bytes:
@@ -37,7 +51,7 @@ def zipped(files: dict[str, bytes]) -> bytes:
 async def test_an_upload_past_the_bound_is_refused_while_it_streams(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)
-        uploads = Uploads(js, max_bytes=100)
+        uploads = uploads_of(js, max_bytes=100)
         stored = await uploads.create("acme", pieces(b'{"content": "aGk="}\n' * 4))
         assert (stored.kind, stored.entries, stored.size_bytes) == ("jsonl", 4, 80)
         with pytest.raises(InvalidArgument) as refused:
@@ -48,39 +62,41 @@ async def test_an_upload_past_the_bound_is_refused_while_it_streams(nats_url: st
 async def test_a_tenant_reads_only_its_own_uploads(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)
-        uploads = Uploads(js, max_bytes=10_000)
+        uploads = uploads_of(js)
         stored = await uploads.create("acme", pieces(zipped({"a.jpg": b"A"})))
-        assert (await uploads.read("acme", stored.name)).data == zipped({"a.jpg": b"A"})
+        index = await uploads.index("acme", stored.name)
+        assert await image_of(js, index.entry_ref(0)) == b"A"
         with pytest.raises(NotFound) as missing:
-            await uploads.read("other", stored.name)
+            await uploads.index("other", stored.name)
         assert missing.value.reason == "UPLOAD_NOT_FOUND"
 
 
 async def test_a_manifest_expands_to_its_images_in_line_order(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)
-        uploads = Uploads(js, max_bytes=10_000)
+        uploads = uploads_of(js)
         photos = await uploads.create("acme", pieces(zipped({"b.jpg": b"BB", "a.jpg": b"AA", "dir/": b""})))
         assert photos.entries == 2
         lines = [{"image": f"{photos.name}/b.jpg"}, {"content": "Q0M="}, {"image": f"{photos.name}/a.jpg"}]
         manifest = await uploads.create("acme", pieces("\n\n".join(json.dumps(x) for x in lines).encode()))
         inputs = await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
-        assert [i.image.content for i in inputs] == [b"BB", b"CC", b"AA"]
+        assert all(isinstance(i, events_pb2.ObjectRef) for i in inputs)  # claim checks, not bytes
+        assert [await image_of(js, i) for i in inputs] == [b"BB", b"CC", b"AA"]  # type: ignore[arg-type]
         by_zip = await manifests.expand(uploads, "acme", photos.name, FETCHER, 10, 1000)
-        assert [i.image.content for i in by_zip] == [b"AA", b"BB"]  # file-name order
+        assert [await image_of(js, i) for i in by_zip] == [b"AA", b"BB"]  # type: ignore[arg-type]
 
         with pytest.raises(InvalidArgument) as too_many:
             await manifests.expand(uploads, "acme", manifest.name, FETCHER, 2, 1000)
         assert too_many.value.reason == "TOO_MANY_INPUTS"
         with pytest.raises(InvalidArgument) as too_large:
             await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1)
-        assert too_large.value.reason == "IMAGE_TOO_LARGE" and "line 1" in too_large.value.message
+        assert too_large.value.reason == "IMAGE_TOO_LARGE" and "line 3" in too_large.value.message
 
 
 async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)
-        uploads = Uploads(js, max_bytes=10_000)
+        uploads = uploads_of(js)
         lines = [
             {"text": "a cat asleep on a sofa"},
             {"text": "a kitten", "candidate_labels": ["animal", "tax"]},
@@ -90,13 +106,14 @@ async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> Non
         ]
         manifest = await uploads.create("acme", pieces("\n".join(json.dumps(x) for x in lines).encode()))
         inputs = await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
-        assert [i.WhichOneof("kind") for i in inputs] == ["text", "text", "payload", "tensor", "image"]
+        texts = [i for i in inputs if isinstance(i, types_pb2.Input)]
+        assert [i.WhichOneof("kind") for i in texts] == ["text", "text", "payload", "tensor"]
+        assert isinstance(inputs[4], events_pb2.ObjectRef) and await image_of(js, inputs[4]) == b"CC"
+        inputs = texts
         assert inputs[0].text.content == "a cat asleep on a sofa" and not inputs[0].text.candidate_labels
         assert list(inputs[1].text.candidate_labels) == ["animal", "tax"]
         assert inputs[2].payload["image"] == "aGk=" and inputs[2].payload["top_k"] == 2
         assert list(inputs[3].tensor.shape) == [2] and list(inputs[3].tensor.fp32_contents) == [0.5, 1.5]
-        assert inputs[4].image.content == b"CC"
-        assert [i.WhichOneof("kind") for i in inputs[1:3]] == ["text", "payload"]  # slices too
 
 
 @pytest.mark.parametrize(
@@ -118,7 +135,7 @@ async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number
 ) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)
-        uploads = Uploads(js, max_bytes=10_000)
+        uploads = uploads_of(js)
         good = json.dumps({"text": "fine"})
         manifest = await uploads.create("acme", pieces("\n".join([good, "", line, good]).encode()))
         with pytest.raises(InvalidArgument) as refused:
@@ -128,16 +145,120 @@ async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number
         assert refused.value.metadata["field"] == "manifest"  # the request's field
 
 
+def with_bytes_changed(data: bytes, find: bytes, replace: bytes) -> bytes:
+    assert data.count(find) >= 1
+    return data.replace(find, replace)
+
+
+def stored_zip(name: str, content: bytes) -> bytes:
+    """A zip of one file kept unpacked (ZIP_STORED): its bytes appear as they are in the zip."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def deflated_zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def packed_data_overwritten(data: bytes) -> bytes:
+    """The zip's first file's packed bytes (after its 30-byte header and name) made garbage."""
+    start = 30 + int.from_bytes(data[26:28], "little")
+    return data[:start] + b"\xff" * 8 + data[start + 8 :]
+
+
+def encrypted_flag(data: bytes) -> bytes:
+    """The zip with every file marked encrypted (bit 0 of the flags, local and central headers)."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = out.find(signature)
+        while at != -1:
+            out[at + offset] |= 0x1
+            at = out.find(signature, at + 4)
+    return bytes(out)
+
+
 @pytest.mark.parametrize(
-    ("data", "kind"),
-    [(b'{"content": "aGk="}\n', "jsonl"), (zipped({"a.jpg": b"A"}), "zip")],
+    ("data", "reason", "words"),
+    [
+        # A bad CRC: the stored file's bytes changed after the zip was made.
+        (
+            with_bytes_changed(stored_zip("a.jpg", b"JPEGDATA" * 10), b"JPEGDATA", b"JPEGDATB"),
+            "INVALID_UPLOAD",
+            "CRC",
+        ),
+        # Corrupt deflate data: the packed stream overwritten with bytes no inflater takes.
+        (
+            packed_data_overwritten(deflated_zip({"a.jpg": bytes(range(256)) * 3})),
+            "INVALID_UPLOAD",
+            "cannot be read",
+        ),
+        (encrypted_flag(zipped({"a.jpg": b"A" * 10})), "INVALID_UPLOAD", "encrypted"),
+        (zipped({f"{i}.jpg": b"x" for i in range(6)}), "UPLOAD_TOO_MANY_ENTRIES", "upload_max_entries"),
+        (
+            deflated_zip({"zeros.jpg": bytes(900)}),
+            "UPLOAD_UNPACKED_TOO_LARGE",
+            "upload_max_compression_ratio",
+        ),
+        (
+            zipped({"a.jpg": b"a" * 600, "b.jpg": b"b" * 600}),
+            "UPLOAD_UNPACKED_TOO_LARGE",
+            "upload_max_unpacked_bytes",
+        ),
+        (zipped({"big.jpg": b"b" * 1001}), "IMAGE_TOO_LARGE", "big.jpg"),
+        (b"PK\x03\x04broken", "INVALID_UPLOAD", "not a readable one"),
+        (zipped({"d/": b""}), "INVALID_UPLOAD", "no files"),
+        (b"", "INVALID_UPLOAD", "empty"),
+        (b"\n \n", "INVALID_UPLOAD", "empty"),
+        (b'{"text": "a"}\n\xff\xfe', "INVALID_UPLOAD", "byte 14"),
+        (b'{"text": "a"}\n' * 6, "UPLOAD_TOO_MANY_ENTRIES", "upload_max_entries"),
+    ],
 )
-def test_an_upload_is_told_apart_by_its_bytes(data: bytes, kind: str) -> None:
-    assert inspect(data) == (kind, 1)
+async def test_a_bad_or_oversized_upload_is_refused_with_a_reason_naming_the_limit(
+    nats_url: str, data: bytes, reason: str, words: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(
+            js, upload_max_entries=5, upload_max_unpacked_bytes=1000, upload_max_compression_ratio=20
+        )
+        with pytest.raises(InvalidArgument) as refused:
+            await uploads.create("acme", pieces(data[:7], data[7:]))
+        assert refused.value.reason == reason, refused.value.message
+        assert words in refused.value.message, refused.value.message
 
 
-@pytest.mark.parametrize("data", [b"", b"\n \n", b"\xff\xfe", b"PK\x03\x04broken", zipped({"d/": b""})])
-def test_what_is_neither_a_manifest_nor_a_zip_of_files_is_refused(data: bytes) -> None:
-    with pytest.raises(InvalidArgument) as refused:
-        inspect(data)
-    assert refused.value.reason == "INVALID_UPLOAD"
+async def test_a_tenant_past_its_quota_is_refused_429_and_others_are_not(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, upload_quota_bytes=3000)
+        await uploads.create("quota-a", pieces(zipped({"a.jpg": b"a" * 900, "b.jpg": b"b" * 900})))
+        await uploads.create("quota-a", pieces(b'{"text": "x"}\n' * 50))  # 700 bytes: 2,500 used
+        with pytest.raises(ResourceExhausted) as refused:
+            await uploads.create("quota-a", pieces(zipped({"c.jpg": b"c" * 600})))
+        assert refused.value.reason == "UPLOAD_QUOTA_EXCEEDED"
+        assert refused.value.metadata["limit"] == "upload_quota_bytes"
+        with pytest.raises(ResourceExhausted):  # refused while it streams, past the room left
+            await uploads.create("quota-a", pieces(b'{"text": "x"}\n' * 20, b'{"text": "x"}\n' * 30))
+        assert (await uploads.create("quota-b", pieces(zipped({"c.jpg": b"c" * 600})))).entries == 1
+
+
+async def test_a_refused_zip_leaves_nothing_stored_and_its_quota_refunded(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, upload_quota_bytes=2000)
+        good = stored_zip("a.jpg", b"A" * 700)
+        bad = with_bytes_changed(
+            zipped({"a.jpg": b"A" * 700, "b.jpg": b"JPEGDATA"}), b"JPEGDATA", b"JPEGDATB"
+        )
+        with pytest.raises(InvalidArgument):
+            await uploads.create("refund", pieces(bad))
+        before = await (await uploads.store()).status()
+        await uploads.create("refund", pieces(good))
+        await uploads.create("refund", pieces(good))  # fits only if the refused one was refunded
+        assert (await (await uploads.store()).status()).size > before.size

@@ -107,14 +107,14 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
         if not 1 <= request.top_k <= 100:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"top_k {request.top_k} is not in 1..100")
         return inference_service_pb2.PredictResponse(
-            results=[self._answer(c, len(contents)) for c in contents]
+            results=[self._answer(c, len(contents), i) for i, c in enumerate(contents)]
         )
 
     @staticmethod
-    def _answer(content: bytes, batch_size: int) -> inference_service_pb2.PredictResult:
-        if content == NOT_AN_IMAGE:
+    def _answer(content: bytes, batch_size: int, position: int) -> inference_service_pb2.PredictResult:
+        if content == NOT_AN_IMAGE:  # named by its position in the call, as inference does
             error = status_to_proto(
-                grpc.StatusCode.INVALID_ARGUMENT, "input is not an image", "INVALID_IMAGE"
+                grpc.StatusCode.INVALID_ARGUMENT, f"input {position} is not an image", "INVALID_IMAGE"
             )
             return inference_service_pb2.PredictResult(error=error)
         return inference_service_pb2.PredictResult(

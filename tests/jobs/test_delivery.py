@@ -170,6 +170,7 @@ async def test_permanent_errors_fail_at_once_and_alone(
     assert bad_input.state == FAILED
     assert bad_input.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert error_reason(bad_input) == "INVALID_IMAGE"
+    assert bad_input.error.message == "item 1 is not an image"  # its own index, not the call's
     missing = records[name_of(unknown_model, 0)]
     assert missing.state == FAILED
     assert missing.error.code == grpc.StatusCode.NOT_FOUND.value[0]

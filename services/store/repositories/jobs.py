@@ -19,6 +19,11 @@ _CANCELLED = job_pb2.JOB_STATE_CANCELLED
 _PARTIALLY_SUCCEEDED = job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED
 # A notebook job whose cell failed fails whole: the cells before it are not partial results.
 _FAILS_WHOLE = "NOTEBOOK_CELL_FAILED"
+#: The reason of a job failed for making no progress (``fail_stalled``).
+STALLED = "JOB_STALLED"
+# A job failed as stalled keeps that state and error: items that still run later are counted,
+# but do not reopen it (its caller was told it failed, and may have submitted it again).
+_IS_STALLED = f"(state = {_FAILED} AND last_error_reason = '{STALLED}')"
 
 
 async def create(
@@ -102,7 +107,7 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
             items_succeeded = items_succeeded + d.ok,
             items_failed = items_failed + d.bad,
             state = CASE
-                WHEN state = {_CANCELLED} THEN state
+                WHEN state = {_CANCELLED} OR {_IS_STALLED} THEN state
                 WHEN items_succeeded + d.ok + items_failed + d.bad < items_total THEN {_RUNNING}
                 WHEN items_failed + d.bad = 0 THEN {_SUCCEEDED}
                 WHEN items_succeeded + d.ok = 0 THEN {_FAILED}
@@ -110,9 +115,11 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
                     THEN {_FAILED}
                 ELSE {_PARTIALLY_SUCCEEDED}
             END,
-            last_error_code = CASE WHEN d.bad > 0 THEN d.code ELSE last_error_code END,
-            last_error_reason = CASE WHEN d.bad > 0 THEN d.reason ELSE last_error_reason END,
-            last_error_message = CASE WHEN d.bad > 0 THEN d.message ELSE last_error_message END,
+            last_error_code = CASE WHEN d.bad > 0 AND NOT {_IS_STALLED} THEN d.code ELSE last_error_code END,
+            last_error_reason = CASE WHEN d.bad > 0 AND NOT {_IS_STALLED} THEN d.reason
+                ELSE last_error_reason END,
+            last_error_message = CASE WHEN d.bad > 0 AND NOT {_IS_STALLED} THEN d.message
+                ELSE last_error_message END,
             update_time = now()
         FROM unnest($1::text[], $2::uuid[], $3::integer[], $4::integer[], $5::integer[], $6::text[],
                     $7::text[]) AS d(tenant, id, ok, bad, code, reason, message)
@@ -125,6 +132,27 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
         [p.error_code for p in progress],
         [p.error_reason for p in progress],
         [p.error_message for p in progress],
+    )
+
+
+async def fail_stalled(
+    connection: Connection, idle_s: float, code: int, message: str
+) -> list[asyncpg.Record]:
+    """Fails every queued or running job none of whose items finished for ``idle_s`` seconds.
+
+    "Finished" is what moves ``update_time``: a job's creation, an item counted, a retry. Returns
+    the failed jobs (id, tenant, counters), for the log.
+    """
+    return await connection.fetch(
+        f"""
+        UPDATE jobs SET state = {_FAILED}, last_error_code = $2, last_error_reason = '{STALLED}',
+            last_error_message = $3, update_time = now()
+        WHERE state IN ({_QUEUED}, {_RUNNING}) AND update_time < now() - make_interval(secs => $1)
+        RETURNING id, tenant, items_total, items_succeeded, items_failed
+        """,
+        idle_s,
+        code,
+        message,
     )
 
 

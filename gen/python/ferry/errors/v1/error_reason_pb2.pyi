@@ -97,10 +97,15 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INFERENCE_CALL_FAILED: _ClassVar[ErrorReason]
     INFERENCE_BAD_RESPONSE: _ClassVar[ErrorReason]
     RETRIES_EXHAUSTED: _ClassVar[ErrorReason]
+    JOB_ITEM_MALFORMED: _ClassVar[ErrorReason]
+    JOB_STALLED: _ClassVar[ErrorReason]
     UPLOAD_TOO_LARGE: _ClassVar[ErrorReason]
     INVALID_UPLOAD: _ClassVar[ErrorReason]
     UPLOAD_NOT_FOUND: _ClassVar[ErrorReason]
     INVALID_MANIFEST: _ClassVar[ErrorReason]
+    UPLOAD_TOO_MANY_ENTRIES: _ClassVar[ErrorReason]
+    UPLOAD_UNPACKED_TOO_LARGE: _ClassVar[ErrorReason]
+    UPLOAD_QUOTA_EXCEEDED: _ClassVar[ErrorReason]
     NOTEBOOK_NOT_FOUND: _ClassVar[ErrorReason]
     NOTEBOOK_CELL_FAILED: _ClassVar[ErrorReason]
     NOT_A_NOTEBOOK_JOB: _ClassVar[ErrorReason]
@@ -199,10 +204,15 @@ INFERENCE_TIMEOUT: ErrorReason
 INFERENCE_CALL_FAILED: ErrorReason
 INFERENCE_BAD_RESPONSE: ErrorReason
 RETRIES_EXHAUSTED: ErrorReason
+JOB_ITEM_MALFORMED: ErrorReason
+JOB_STALLED: ErrorReason
 UPLOAD_TOO_LARGE: ErrorReason
 INVALID_UPLOAD: ErrorReason
 UPLOAD_NOT_FOUND: ErrorReason
 INVALID_MANIFEST: ErrorReason
+UPLOAD_TOO_MANY_ENTRIES: ErrorReason
+UPLOAD_UNPACKED_TOO_LARGE: ErrorReason
+UPLOAD_QUOTA_EXCEEDED: ErrorReason
 NOTEBOOK_NOT_FOUND: ErrorReason
 NOTEBOOK_CELL_FAILED: ErrorReason
 NOT_A_NOTEBOOK_JOB: ErrorReason

@@ -23,7 +23,7 @@ MODEL_STATE_FAILED: ModelState
 MODEL_STATE_UNLOADED: ModelState
 
 class Model(_message.Message):
-    __slots__ = ("name", "display_name", "description", "task", "labels_count", "ready", "max_batch_size", "state", "state_message", "version", "device", "inputs", "outputs", "max_batch_delay_ms", "max_queue", "instances", "batch_size_source", "members")
+    __slots__ = ("name", "display_name", "description", "task", "labels_count", "ready", "max_batch_size", "state", "state_message", "version", "device", "inputs", "outputs", "max_batch_delay_ms", "max_queue", "instances", "batch_size_source", "members", "input_kinds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Model(_message.Message):
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_KINDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     description: str
@@ -60,7 +61,8 @@ class Model(_message.Message):
     instances: int
     batch_size_source: str
     members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels_count: _Optional[int] = ..., ready: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_message: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., instances: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+    input_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels_count: _Optional[int] = ..., ready: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_message: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., instances: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., input_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TensorMetadata(_message.Message):
     __slots__ = ("name", "datatype", "shape")

@@ -1,0 +1,242 @@
+"""Bulk jobs and hostile uploads against a whole local stack: memory of every process, and what
+another tenant sees meanwhile.
+
+``python -m benchmarks.bulk`` starts its own stack on free ports in a temporary folder, then runs
+issue #17's cases one after another, each while a second tenant calls ``GetModel`` in a loop:
+
+* **photos**: a zip of ``--photos`` (200) camera-sized JPEGs (``--megapixels`` 6; skimage's photos
+  upscaled with sensor-like noise so they do not pack smaller than real ones) uploaded, a job
+  created from it, and run to its end;
+* **bomb**: a zip of 60 files of 8 MiB of zeros (about 0.5 MB packed), uploaded;
+* **jsonl-200mib**: a 200 MiB JSONL manifest of 16 million short lines, uploaded;
+* **one-line-100mb**: a 100 MB manifest of one line, uploaded.
+
+For each case it prints the answer (and how long it took), the peak RSS of gateway, NATS, jobs
+runner and inference (sampled every 50 ms from /proc, children included), and the other
+tenant's GetModel p50/p99/max, against a quiet baseline measured first. Not a test: nothing here
+asserts; figures depend on the machine and its load (printed at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import data as skimage_data
+
+from devstack.infra import free_port
+from devstack.settings import StackSettings
+from devstack.stack import LocalStack
+from ferry.jobs.v1 import job_pb2
+from ferry.models.v1 import model_service_pb2
+from ferry_client import FerryClient
+from ferry_client.client import FerryError
+
+MODEL = "efficientnet-lite0"
+WATCHED = ("gateway", "nats", "jobs", "inference")
+_FINISHED = {
+    job_pb2.JOB_STATE_SUCCEEDED,
+    job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
+    job_pb2.JOB_STATE_FAILED,
+    job_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (the inference replicas, a notebook kernel)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending.extend(int(c) for c in children)
+    return total
+
+
+class Watch:
+    """Samples the processes' RSS and times another tenant's GetModel while a case runs."""
+
+    def __init__(self, pids: dict[str, int], prober: FerryClient) -> None:
+        self._pids = {name: pids[name] for name in WATCHED if name in pids}
+        self._prober = prober
+        self.peaks: dict[str, int] = {}
+        self.before: dict[str, int] = {}
+        self.latencies_ms: list[float] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> Watch:
+        self.before = {name: rss_bytes(pid) for name, pid in self._pids.items()}
+        self.peaks = dict(self.before)
+        self._threads = [threading.Thread(target=self._sample), threading.Thread(target=self._probe)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            for name, pid in self._pids.items():
+                self.peaks[name] = max(self.peaks[name], rss_bytes(pid))
+
+    def _probe(self) -> None:
+        request = model_service_pb2.GetModelRequest(name=f"models/{MODEL}")
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                self._prober.models.GetModel(request, metadata=self._prober._metadata, timeout=30)
+            except Exception:  # an error is a data point too: a refused call's time counts
+                pass
+            self.latencies_ms.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.02)
+
+    def report(self, name: str, outcome: str) -> str:
+        lat = sorted(self.latencies_ms) or [0.0]
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        memory = ", ".join(
+            f"{proc} {self.before[proc] / 2**20:.0f}->{self.peaks[proc] / 2**20:.0f} MB" for proc in self._pids
+        )
+        return (
+            f"{name}: {outcome}\n  peak RSS: {memory}\n"
+            f"  other tenant's GetModel ({len(lat)} calls): p50 {statistics.median(lat):.1f} ms, "
+            f"p99 {p99:.1f} ms, max {lat[-1]:.1f} ms"
+        )
+
+
+def camera_photos(count: int, megapixels: float, folder: Path) -> Path:
+    """A zip of ``count`` noisy camera-sized JPEGs (what a phone makes: about 1 MB per 6 MP)."""
+    width = int((megapixels * 1e6 * 3 / 2) ** 0.5)
+    size = (width, width * 2 // 3)
+    sources = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut(), skimage_data.rocket()]
+    bases = [Image.fromarray(s).convert("RGB").resize(size, Image.BICUBIC) for s in sources]
+    random = np.random.default_rng(17)
+    path = folder / "photos.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for i in range(count):
+            noise = random.integers(-10, 11, (size[1], size[0], 3), dtype=np.int16)
+            noisy = (np.asarray(bases[i % len(bases)], dtype=np.int16) + noise).clip(0, 255).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(noisy).save(buffer, format="JPEG", quality=85)
+            archive.writestr(f"photos/{i:04d}.jpg", buffer.getvalue())
+    return path
+
+
+def bomb(folder: Path) -> Path:
+    path = folder / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for i in range(60):
+            archive.writestr(f"zeros-{i:02d}.jpg", bytes(8 * 1024 * 1024))
+    return path
+
+
+def big_jsonl(folder: Path) -> Path:
+    path = folder / "big.jsonl"
+    line = b'{"text":"x"}\n'
+    with path.open("wb") as out:
+        block = line * (1024 * 1024 // len(line))
+        for _ in range(200):
+            out.write(block)
+    return path
+
+
+def one_line(folder: Path) -> Path:
+    path = folder / "one-line.jsonl"
+    path.write_bytes(b'{"text": "' + b"x" * (100 * 1000 * 1000) + b'"}\n')
+    return path
+
+
+def timed(action: Callable[[], str]) -> str:
+    started = time.perf_counter()
+    try:
+        outcome = action()
+    except FerryError as err:
+        outcome = f"refused {err.code.name} {getattr(err, 'reason', '')}: {str(err)[:160]}"
+    return f"{outcome} ({time.perf_counter() - started:.1f} s)"
+
+
+def photo_job(ferry: FerryClient, path: Path) -> str:
+    started = time.perf_counter()
+    upload = ferry.upload(path)
+    uploaded = time.perf_counter() - started
+    job = ferry.create_job([], MODEL, top_k=1, manifest=upload.name)
+    created = time.perf_counter() - started - uploaded
+    for update in ferry.watch_job(job.name, timeout_s=3600):
+        job = update.job
+        if job.state in _FINISHED:
+            break
+    return (
+        f"{path.stat().st_size / 1e6:.0f} MB zip uploaded in {uploaded:.1f} s, CreateJob answered in "
+        f"{created * 1000:.0f} ms, job {job_pb2.JobState.Name(job.state)} "
+        f"({job.items_succeeded}/{job.items_total} succeeded)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photos", type=int, default=200, help="photos in the bulk zip")
+    parser.add_argument("--megapixels", type=float, default=6.0, help="size of each photo")
+    parser.add_argument("--cases", default="photos,bomb,jsonl-200mib,one-line-100mb")
+    args = parser.parse_args()
+    cases = args.cases.split(",")
+
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-bulk-") as state:
+        folder = Path(state)
+        files = {
+            "photos": lambda: camera_photos(args.photos, args.megapixels, folder),
+            "bomb": lambda: bomb(folder),
+            "jsonl-200mib": lambda: big_jsonl(folder),
+            "one-line-100mb": lambda: one_line(folder),
+        }
+        made = {name: files[name]() for name in cases}
+        stack = LocalStack(
+            StackSettings(state_dir=folder / "stack", http_port=free_port(), free_ports=True, dev_api_key="bench")
+        )
+        try:
+            endpoints = stack.start()
+            with FerryClient(endpoints.grpc_target, "bench", timeout_s=600) as ferry:
+                other = ferry.create_key("other-tenant", scopes=("read",)).api_key
+                ferry.predict(skimage_photo())  # warm: connections, the model's first batch
+                with FerryClient(endpoints.grpc_target, other, timeout_s=30) as prober:
+                    with Watch(endpoints.pids, prober) as quiet:
+                        time.sleep(5)
+                    print(quiet.report("quiet baseline (5 s)", "nothing else running"), flush=True)
+                    for name in cases:
+                        path = made[name]
+                        with Watch(endpoints.pids, prober) as watch:
+                            if name == "photos":
+                                outcome = timed(lambda p=path: photo_job(ferry, p))
+                            else:
+                                outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
+                        print(watch.report(f"{name} ({path.stat().st_size / 1e6:.1f} MB)", outcome), flush=True)
+        finally:
+            stack.stop()
+    print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")
+
+
+def skimage_photo() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.chelsea()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+if __name__ == "__main__":
+    main()

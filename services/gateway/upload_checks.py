@@ -1,0 +1,194 @@
+"""What an upload spooled to disk is, checked before any of it is stored (run in a worker thread).
+
+A zip's directory is at its end, so nothing can be said of a zip until all of it has arrived:
+the gateway spools the upload to a file (``uploads.py``, bounded memory) and only then reads it
+here. A zip is judged by its directory first (count, names, declared sizes, packing ratio,
+encryption), so a bomb is refused before a byte of it is inflated; the files' CRCs and deflate
+streams are checked as each file is copied into the object store (``ZipExtFile`` raises at the
+end of a file whose CRC does not match). A JSONL manifest is read in blocks: UTF-8, its line
+count and its longest line, never a whole line in memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common import limits
+from services.common.errors import InvalidArgument
+
+ZIP = "zip"
+JSONL = "jsonl"
+#: Read size when scanning a manifest: the memory a scan costs.
+_BLOCK_BYTES = 1024 * 1024
+#: What inflating or reading a broken zip file raises (a bad CRC is a BadZipFile).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError)
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """The gateway's upload limits (settings bounded by ``services.common.limits``)."""
+
+    max_entries: int
+    max_unpacked_bytes: int
+    max_ratio: int
+    max_entry_bytes: int
+    """Largest file of a zip: the image size limit."""
+    max_line_bytes: int = limits.MANIFEST_MAX_LINE_BYTES
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A zip file that becomes a job item: its name in the zip and its unpacked size."""
+
+    name: str
+    size: int
+
+
+def kind_of(head: bytes) -> str:
+    """``zip`` for bytes that start like one (``PK``), else ``jsonl``."""
+    return ZIP if head.startswith(b"PK") else JSONL
+
+
+def invalid(why: str, reason: str = "INVALID_UPLOAD", **metadata: str) -> InvalidArgument:
+    """An upload refused: ``why`` and what POST /v1/uploads takes."""
+    return InvalidArgument(
+        f"{why}; POST /v1/uploads takes a JSONL manifest or a zip of images",
+        reason=reason,
+        metadata={"field": "body", **metadata},
+    )
+
+
+@contextmanager
+def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The spooled zip, or INVALID_UPLOAD when its directory cannot be read."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (*ZIP_ERRORS, OSError) as err:
+        raise invalid(f"the upload starts like a zip but is not a readable one ({err})") from None
+    with archive:
+        yield archive
+
+
+def zip_entries(archive: zipfile.ZipFile, bounds: UploadLimits) -> list[tuple[Entry, zipfile.ZipInfo]]:
+    """A zip's files (not folders) in name order, checked against ``bounds`` by its directory.
+
+    Raises:
+        InvalidArgument: INVALID_UPLOAD (no files, an encrypted file, two files of one name, a
+            file over the image limit), UPLOAD_TOO_MANY_ENTRIES, UPLOAD_UNPACKED_TOO_LARGE
+            (the total, or one file's packing ratio).
+    """
+    infos = sorted((i for i in archive.infolist() if not i.is_dir()), key=lambda i: i.filename)
+    if not infos:
+        raise invalid("the zip holds no files; put the images in it")
+    if len(infos) > bounds.max_entries:
+        raise invalid(
+            f"the zip holds {len(infos)} files and an upload may hold at most {bounds.max_entries} "
+            "(upload_max_entries); split it into several uploads",
+            reason="UPLOAD_TOO_MANY_ENTRIES",
+            entries=str(len(infos)),
+            limit="upload_max_entries",
+            max_entries=str(bounds.max_entries),
+        )
+    total = 0
+    for before, info in zip([None, *infos], infos, strict=False):
+        name = info.filename
+        if before is not None and before.filename == name:
+            raise invalid(f"the zip holds two files named {name!r}; each file needs its own name")
+        if info.flag_bits & 0x1:
+            raise invalid(f"{name!r} in the zip is encrypted; Ferry reads unencrypted zips only")
+        if info.file_size > bounds.max_entry_bytes:
+            raise invalid(
+                f"{name!r} in the zip is {info.file_size} bytes unpacked and an image may be at most "
+                f"{limits.describe(bounds.max_entry_bytes)}",
+                reason="IMAGE_TOO_LARGE",
+                entry=name,
+                max_bytes=str(bounds.max_entry_bytes),
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > bounds.max_ratio:
+            raise invalid(
+                f"{name!r} in the zip unpacks to {ratio:.0f} times its packed size and the limit is "
+                f"{bounds.max_ratio} (upload_max_compression_ratio); images do not pack like that",
+                reason="UPLOAD_UNPACKED_TOO_LARGE",
+                entry=name,
+                limit="upload_max_compression_ratio",
+            )
+        total += info.file_size
+        if total > bounds.max_unpacked_bytes:
+            raise invalid(
+                f"the zip's files hold more than {limits.describe(bounds.max_unpacked_bytes)} "
+                "unpacked (upload_max_unpacked_bytes); split it into several uploads",
+                reason="UPLOAD_UNPACKED_TOO_LARGE",
+                limit="upload_max_unpacked_bytes",
+                max_bytes=str(bounds.max_unpacked_bytes),
+            )
+    return [(Entry(info.filename, info.file_size), info) for info in infos]
+
+
+def broken_entry(name: str, err: BaseException) -> InvalidArgument:
+    """INVALID_UPLOAD for a zip file that failed while it was read (bad CRC, corrupt deflate)."""
+    return invalid(f"{name!r} in the zip cannot be read: {err or type(err).__name__}", entry=name)
+
+
+def manifest_lines(path: Path, bounds: UploadLimits) -> int:
+    """How many non-blank lines the spooled JSONL manifest has, checked as it is read in blocks.
+
+    Raises:
+        InvalidArgument: INVALID_UPLOAD (not UTF-8, empty, a line over max_line_bytes),
+            UPLOAD_TOO_MANY_ENTRIES.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
+    line_bytes = 0  # of the line being read
+    blank = True  # whether the line being read has only whitespace so far
+    offset = 0
+    with path.open("rb") as spooled:
+        while block := spooled.read(_BLOCK_BYTES):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                raise invalid(
+                    f"the upload is neither a zip nor UTF-8 JSONL text (byte {offset + err.start})"
+                ) from None
+            offset += len(block)
+            pieces = block.split(b"\n")
+            for index, piece in enumerate(pieces):
+                line_bytes += len(piece)
+                blank = blank and not piece.strip()
+                if line_bytes > bounds.max_line_bytes:
+                    raise invalid(
+                        f"line {lines + 1} of the manifest is longer than "
+                        f"{limits.describe(bounds.max_line_bytes)}; put big images in a zip upload "
+                        "and name them by uploads/<id>/<file>",
+                        limit="manifest_max_line_bytes",
+                    )
+                if index < len(pieces) - 1:  # the line ended in this block
+                    lines += not blank
+                    _check_lines(lines, bounds)
+                    line_bytes, blank = 0, True
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise invalid("the upload ends inside a UTF-8 character; it is not JSONL text") from None
+    lines += not blank
+    _check_lines(lines, bounds)
+    if not lines:
+        raise invalid("the upload is empty; send a JSONL manifest (one item per line) or a zip of images")
+    return lines
+
+
+def _check_lines(lines: int, bounds: UploadLimits) -> None:
+    if lines > bounds.max_entries:
+        raise invalid(
+            f"the manifest has more than {bounds.max_entries} lines (upload_max_entries), a job's "
+            "most items; split it into several uploads",
+            reason="UPLOAD_TOO_MANY_ENTRIES",
+            limit="upload_max_entries",
+            max_entries=str(bounds.max_entries),
+        )

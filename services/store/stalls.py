@@ -1,0 +1,58 @@
+"""Every job ends: a job whose items make no progress for ``job_stall_timeout_s`` is failed.
+
+Items can stop reaching the runners for reasons no runner sees: the gateway crashed between
+recording the job and queueing its items (and the client never retried), a work message was
+lost to a misconfigured stream, or every runner is down for hours. Without this a job would stay
+QUEUED or RUNNING for good and a client waiting on it would wait forever. Store owns the jobs'
+state, so it sweeps: every ``interval_s`` one UPDATE fails the jobs whose ``update_time`` (moved
+by every counted item) is older than the timeout, with reason JOB_STALLED naming the setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import grpc
+
+from services.store.repositories import jobs
+from services.store.retention import ROUND_FAILED
+
+log = logging.getLogger(__name__)
+
+
+def stalled_message(idle_s: float) -> str:
+    """Job.error's message of a job failed as stalled."""
+    return (
+        f"no item of this job finished for {idle_s:g} s (FERRY_STORE_JOB_STALL_TIMEOUT_S), so it was "
+        "failed rather than left waiting; items that still run later are recorded but do not reopen "
+        "it; submit the job again"
+    )
+
+
+async def fail_stalled(pool: asyncpg.Pool, idle_s: float) -> int:
+    """Fails the jobs stalled for ``idle_s`` seconds now; returns how many."""
+    code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    async with pool.acquire() as connection, connection.transaction():
+        failed = await jobs.fail_stalled(connection, idle_s, code, stalled_message(idle_s))
+    for row in failed:
+        log.warning(
+            "job %s of tenant %r made no progress for %g s (%d/%d items finished): failed as stalled",
+            row["id"],
+            row["tenant"],
+            idle_s,
+            row["items_succeeded"] + row["items_failed"],
+            row["items_total"],
+        )
+    return len(failed)
+
+
+async def run_stall_sweeper(pool: asyncpg.Pool, idle_s: float, interval_s: float) -> None:
+    """Fails stalled jobs every ``interval_s`` until cancelled; a failed round waits for the next."""
+    while True:
+        try:
+            await fail_stalled(pool, idle_s)
+        except ROUND_FAILED as err:
+            log.warning("stalled jobs: this round failed (%r); trying again in %.0f s", err, interval_s)
+        await asyncio.sleep(interval_s)

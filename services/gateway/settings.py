@@ -49,21 +49,15 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)
     """Largest upload (``POST /v1/uploads``: a JSONL manifest or a zip of images), counted as it
     streams in; the edge streams the body through (it would have to hold it to bound it)."""
-    upload_max_entries: int = Field(default=limits.UPLOAD_MAX_ENTRIES, ge=1, le=limits.UPLOAD_MAX_ENTRIES)
+    upload_max_entries: int = Field(default=limits.UPLOAD_MAX_ENTRIES, ge=1)
     """Most files in a zip upload, or non-blank lines in a JSONL manifest (UPLOAD_TOO_MANY_ENTRIES)."""
-    upload_max_unpacked_bytes: int = Field(
-        default=limits.UPLOAD_MAX_UNPACKED_BYTES, gt=0, le=limits.UPLOAD_MAX_UNPACKED_BYTES
-    )
+    upload_max_unpacked_bytes: int = Field(default=limits.UPLOAD_MAX_UNPACKED_BYTES, gt=0)
     """Most bytes a zip upload's files hold unpacked (UPLOAD_UNPACKED_TOO_LARGE)."""
-    upload_max_compression_ratio: int = Field(
-        default=limits.UPLOAD_MAX_COMPRESSION_RATIO, ge=1, le=limits.UPLOAD_MAX_COMPRESSION_RATIO
-    )
+    upload_max_compression_ratio: int = Field(default=limits.UPLOAD_MAX_COMPRESSION_RATIO, ge=1)
     """Largest unpacked-to-packed ratio of one zip file (UPLOAD_UNPACKED_TOO_LARGE): a zip bomb's mark."""
     upload_quota_bytes: int = Field(default=limits.UPLOAD_TENANT_QUOTA_BYTES, gt=0)
     """Most upload bytes one tenant keeps stored at once (UPLOAD_QUOTA_EXCEEDED, 429) until they expire."""
-    upload_buffer_bytes: int = Field(
-        default=limits.UPLOAD_BUFFER_BYTES, ge=64 * 1024, le=limits.UPLOAD_BUFFER_BYTES
-    )
+    upload_buffer_bytes: int = Field(default=limits.UPLOAD_BUFFER_BYTES, ge=64 * 1024)
     """Bytes of one upload held in memory before they are written to the spool file."""
     upload_spool_dir: str = ""
     """Folder of the spool files uploads are written to while they arrive and are checked (a zip's
@@ -151,6 +145,16 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
                 ),
                 "max_job_items": (limits.MAX_JOB_ITEMS, "the most items one job may hold"),
                 "max_upload_bytes": (limits.UPLOAD_FILE_BYTES, "the edge's limit on one upload"),
+                "upload_max_entries": (limits.UPLOAD_MAX_ENTRIES, "a job's most items"),
+                "upload_max_unpacked_bytes": (
+                    limits.UPLOAD_MAX_UNPACKED_BYTES,
+                    "what one upload may cost the object store",
+                ),
+                "upload_max_compression_ratio": (
+                    limits.UPLOAD_MAX_COMPRESSION_RATIO,
+                    "past it a zip file is a bomb, not images",
+                ),
+                "upload_buffer_bytes": (limits.UPLOAD_BUFFER_BYTES, "an upload's memory in the gateway"),
             },
         )
         return self

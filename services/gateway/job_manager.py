@@ -83,7 +83,7 @@ class JobManager:
         self._result_files = result_store(settings.results_url, js)
         self.results = JobResults(self._records, self._result_files)
         """The jobs' result files (GetJobResults, and WatchJob when it sees a job end)."""
-        self.uploads = Uploads(js, settings, self.max_item_bytes())
+        self.uploads = Uploads(js, settings)
         """Manifests and zips that jobs name by reference (CreateUpload, CreateJob.manifest)."""
 
     def max_item_bytes(self) -> int:

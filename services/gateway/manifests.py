@@ -52,12 +52,12 @@ _LONG_LINE = 64 * 1024
 class _Resolver:
     """Turns one manifest's lines into job inputs, reading each upload's index once."""
 
-    def __init__(self, uploads: Uploads, index: Index, fetcher: Fetcher, max_image_bytes: int) -> None:
+    def __init__(self, uploads: Uploads, index: Index, fetcher: Fetcher, max_item_bytes: int) -> None:
         self._uploads = uploads
         self._index = index
         self._fetcher = fetcher
-        self.max_image_bytes = max_image_bytes
-        """The largest image, and the largest payload or tensor once serialized."""
+        self.max_item_bytes = max_item_bytes
+        """The largest payload or tensor once serialized: it travels in the work message."""
         self._indexes: dict[str, Index] = {}
 
     async def entry(self, upload: str, entry: str, where: str) -> events_pb2.ObjectRef:
@@ -92,7 +92,9 @@ class _Resolver:
         return events_pb2.ObjectRef(bucket=BUCKET, name=name, size_bytes=len(data))
 
     def checked(self, data: bytes, where: str) -> bytes:
-        return validation.image_content(types_pb2.Image(content=data), self.max_image_bytes, where)
+        """An inline image, checked against the image limit (it is stored, not sent in a message)."""
+        limit = self._uploads.max_image_bytes
+        return validation.image_content(types_pb2.Image(content=data), limit, where)
 
     async def fetch_all(self, urls: dict[str, str]) -> dict[str, events_pb2.ObjectRef]:
         """Fetches and stores each URL once (``urls``: URL to the line that first named it)."""
@@ -109,7 +111,7 @@ class _Resolver:
 
 
 async def expand(
-    uploads: Uploads, tenant: str, name: str, fetcher: Fetcher, max_items: int, max_image_bytes: int
+    uploads: Uploads, tenant: str, name: str, fetcher: Fetcher, max_items: int, max_item_bytes: int
 ) -> list[JobInput]:
     """The inputs of the upload ``name``: a zip's files, or a manifest's lines, images as claim checks.
 
@@ -123,7 +125,7 @@ async def expand(
         _check_count(len(index.entries), max_items, name)
         return [index.entry_ref(position) for position in range(len(index.entries))]
     _check_count(index.lines, max_items, name)
-    resolver = _Resolver(uploads, index, fetcher, max_image_bytes)
+    resolver = _Resolver(uploads, index, fetcher, max_item_bytes)
     with tempfile.TemporaryFile(prefix="ferry-manifest-") as spooled:
         await uploads.read_manifest(index, spooled)
         spooled.seek(0)
@@ -152,7 +154,7 @@ async def _expand_lines(resolver: _Resolver, lines: Iterator[tuple[int, str]], n
             data = resolver.checked(_base64(value, where), where)
             items.append(await resolver.stored(f"line-{number}", data))
         elif kind != "image":
-            items.append(_other_input(value, resolver.max_image_bytes, where))
+            items.append(_other_input(value, resolver.max_item_bytes, where))
         elif value.startswith("uploads/"):
             upload, _, entry = value.partition("/")[2].partition("/")
             if not entry:

@@ -95,14 +95,17 @@ class Index:
 class Uploads:
     """The tenants' uploads in the Object Store bucket ``ferry_uploads`` (created on first use)."""
 
-    def __init__(self, js: JetStreamContext, settings: GatewaySettings, max_entry_bytes: int) -> None:
+    def __init__(self, js: JetStreamContext, settings: GatewaySettings) -> None:
         self._js = js
         self._s = settings
+        self.max_image_bytes = settings.max_image_bytes
+        """The largest image stored for a job: the image limit, not NATS's message size (an
+        item carries its image's reference, not its bytes)."""
         self._bounds = UploadLimits(
             max_entries=settings.upload_max_entries,
             max_unpacked_bytes=settings.upload_max_unpacked_bytes,
             max_ratio=settings.upload_max_compression_ratio,
-            max_entry_bytes=max_entry_bytes,
+            max_entry_bytes=settings.max_image_bytes,
         )
         self._quota = UploadQuota(js, settings.upload_quota_bytes, KEEP_DAYS * 24 * 3600.0)
         self._bucket: ObjectStore | None = None

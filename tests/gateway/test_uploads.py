@@ -32,7 +32,8 @@ async def pieces(*chunks: bytes) -> AsyncIterator[job_service_pb2.CreateUploadRe
 
 
 def uploads_of(js: JetStreamContext, max_bytes: int = 10_000, **settings: int) -> Uploads:
-    return Uploads(js, GatewaySettings(max_upload_bytes=max_bytes, **settings), max_entry_bytes=1000)
+    settings.setdefault("max_image_bytes", 1000)
+    return Uploads(js, GatewaySettings(max_upload_bytes=max_bytes, **settings))
 
 
 async def image_of(js: JetStreamContext, ref: events_pb2.ObjectRef) -> bytes:
@@ -89,7 +90,8 @@ async def test_a_manifest_expands_to_its_images_in_line_order(nats_url: str) -> 
             await manifests.expand(uploads, "acme", manifest.name, FETCHER, 2, 1000)
         assert too_many.value.reason == "TOO_MANY_INPUTS"
         with pytest.raises(InvalidArgument) as too_large:
-            await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1)
+            tiny_images = uploads_of(js, max_image_bytes=1)  # the same bucket, a 1-byte image limit
+            await manifests.expand(tiny_images, "acme", manifest.name, FETCHER, 10, 1000)
         assert too_large.value.reason == "IMAGE_TOO_LARGE" and "line 3" in too_large.value.message
 
 

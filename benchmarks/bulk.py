@@ -112,8 +112,9 @@ class Watch:
     def report(self, name: str, outcome: str) -> str:
         lat = sorted(self.latencies_ms) or [0.0]
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        mib = 2**20
         memory = ", ".join(
-            f"{proc} {self.before[proc] / 2**20:.0f}->{self.peaks[proc] / 2**20:.0f} MB" for proc in self._pids
+            f"{proc} {self.before[proc] / mib:.0f}->{self.peaks[proc] / mib:.0f} MB" for proc in self._pids
         )
         return (
             f"{name}: {outcome}\n  peak RSS: {memory}\n"
@@ -207,9 +208,10 @@ def main() -> None:
             "one-line-100mb": lambda: one_line(folder),
         }
         made = {name: files[name]() for name in cases}
-        stack = LocalStack(
-            StackSettings(state_dir=folder / "stack", http_port=free_port(), free_ports=True, dev_api_key="bench")
+        settings = StackSettings(
+            state_dir=folder / "stack", http_port=free_port(), free_ports=True, dev_api_key="bench"
         )
+        stack = LocalStack(settings)
         try:
             endpoints = stack.start()
             with FerryClient(endpoints.grpc_target, "bench", timeout_s=600) as ferry:
@@ -226,7 +228,8 @@ def main() -> None:
                                 outcome = timed(lambda p=path: photo_job(ferry, p))
                             else:
                                 outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
-                        print(watch.report(f"{name} ({path.stat().st_size / 1e6:.1f} MB)", outcome), flush=True)
+                        size_mb = path.stat().st_size / 1e6
+                        print(watch.report(f"{name} ({size_mb:.1f} MB)", outcome), flush=True)
         finally:
             stack.stop()
     print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")

@@ -34,10 +34,11 @@ def _key(tenant: str) -> str:
 class UploadQuota:
     """Charges and refunds tenants' stored upload bytes against ``quota_bytes``."""
 
-    def __init__(self, js: JetStreamContext, quota_bytes: int, keep_s: float) -> None:
+    def __init__(self, js: JetStreamContext, quota_bytes: int, keep_s: float, replicas: int = 1) -> None:
         self._js = js
         self._quota = quota_bytes
         self._keep_s = keep_s
+        self._replicas = replicas
         self._kv: KeyValue | None = None
 
     async def _bucket(self) -> KeyValue:
@@ -50,6 +51,7 @@ class UploadQuota:
                         bucket=BUCKET,
                         description="Ferry: each tenant's stored upload bytes (the upload quota)",
                         storage=StorageType.FILE,
+                        replicas=self._replicas,
                     )
                 )
         return self._kv

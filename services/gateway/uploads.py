@@ -107,7 +107,8 @@ class Uploads:
             max_ratio=settings.upload_max_compression_ratio,
             max_entry_bytes=settings.max_image_bytes,
         )
-        self._quota = UploadQuota(js, settings.upload_quota_bytes, KEEP_DAYS * 24 * 3600.0)
+        keep_s = KEEP_DAYS * 24 * 3600.0
+        self._quota = UploadQuota(js, settings.upload_quota_bytes, keep_s, settings.nats_stream_replicas)
         self._bucket: ObjectStore | None = None
 
     async def store(self) -> ObjectStore:

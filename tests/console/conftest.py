@@ -31,7 +31,7 @@ ZIP_PHOTOS = 12
 
 def _jpeg(pixels: Any) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
 
 

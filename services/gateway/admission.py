@@ -147,6 +147,8 @@ class RateLimits:
         now = clock()
         self._clean = TokenBucket(CLEAN_SHARE * rate, 2 * CLEAN_SHARE * rate, now)
         self._suspect = TokenBucket((1 - CLEAN_SHARE) * rate, 2 * (1 - CLEAN_SHARE) * rate, now)
+        self.gateways: Callable[[], int] = lambda: 1
+        """How many gateways share each key's limit (services/gateway/peers.py); this one takes 1/n."""
 
     def admit(self, caller: Caller) -> None:
         """Takes a token of the caller's key.
@@ -158,7 +160,8 @@ class RateLimits:
         if rate <= 0:
             return
         burst = caller.burst or self._default_burst or 2 * rate
-        bucket = self._keys.get(caller.key_id or caller.tenant, rate, burst)
+        share = self.gateways()
+        bucket = self._keys.get(caller.key_id or caller.tenant, rate / share, burst / share)
         wait = bucket.take(self._keys.now())
         if wait:
             raise ResourceExhausted(

@@ -30,6 +30,7 @@ from services.gateway.job_manager import JobManager
 from services.gateway.keys import KeyAdmin
 from services.gateway.model_admin import ModelAdmin
 from services.gateway.open_inference import OpenInference
+from services.gateway.peers import LiveGateways
 from services.gateway.predictor import Predictor
 from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
@@ -63,6 +64,7 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._slot = ComponentsSlot()
+        self._admission = AdmissionInterceptor(self._slot, self.settings)
 
     def service_names(self) -> Sequence[str]:
         """The public gRPC services."""
@@ -70,7 +72,7 @@ class GatewayService:
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
         """Authentication, scopes and admission control, once for every public call."""
-        return [AdmissionInterceptor(self._slot, self.settings)]
+        return [self._admission]
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the three public servicers to ``server``."""
@@ -100,6 +102,9 @@ class GatewayService:
         await messaging.ensure_streams(js, s.nats_stream_replicas)
         cancelled = await open_cancelled_bucket(js, s.nats_stream_replicas)
         log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
+        gateways = LiveGateways(nc)
+        await gateways.start(stack)
+        self._admission.limits.gateways = gateways.count
 
         await asyncio.gather(
             wait_serving(inference_channel, "inference", s.inference_target, s.startup_timeout_s),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.deploy.settings_env import unknown_names
-from tests.deploy.test_helm import CHART, SECRETS, SERVICES, env_of, find, merged, render
+from tests.deploy.test_helm import BIN, CHART, SECRETS, SERVICES, env_of, find, merged, render
 
 
 def plain(**extra: Any) -> list[dict[str, Any]]:
@@ -62,3 +64,150 @@ def test_every_variable_the_chart_sets_is_a_settings_field() -> None:
     docs = plain()
     for component in SERVICES:
         assert unknown_names(component, env_of(docs, component)) == [], component
+
+
+def egress_extra(docs: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == f"ferry-{component}-egress-extra"
+    ]
+    return [rule for doc in found for rule in doc["spec"]["egress"]]
+
+
+def test_dns_rule_reaches_nodelocal_dnscache_and_can_open_port_53() -> None:
+    shared = find(plain(), "NetworkPolicy", "ferry-egress-shared")["spec"]["egress"][0]
+    assert {"ipBlock": {"cidr": "169.254.20.10/32"}} in shared["to"]
+    anywhere = find(plain(networkPolicy={"dnsPeers": []}), "NetworkPolicy", "ferry-egress-shared")
+    rule = anywhere["spec"]["egress"][0]
+    assert "to" not in rule and {"protocol": "UDP", "port": 53} in rule["ports"]
+
+
+def test_egress_presets_open_each_documented_flow_and_nothing_by_default(tmp_path: Path) -> None:
+    assert not [d for d in plain() if d["metadata"]["name"].endswith("-egress-extra")]
+    docs = plain(networkPolicy={"allow": {"imageUrls": True, "s3": True}})
+    policies = [d for d in docs if d["metadata"]["name"].endswith("-egress-extra")]
+    files = []
+    for doc in policies:
+        path = tmp_path / f"{doc['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        files.append(str(path))
+    done = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--quiet", "-k", "1.37.0", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    gateway_ports = {p["port"] for rule in egress_extra(docs, "gateway") for p in rule["ports"]}
+    assert gateway_ports == {80, 443}
+    assert [p["port"] for rule in egress_extra(docs, "jobs") for p in rule["ports"]] == [443]
+    assert egress_extra(docs, "inference") == [] and egress_extra(docs, "store") == []
+
+
+def test_extra_egress_and_external_postgres_peers() -> None:
+    minio = {"to": [{"podSelector": {"matchLabels": {"app": "minio"}}}], "ports": [{"port": 9000}]}
+    docs = plain(
+        networkPolicy={"extraEgress": {"jobs": [minio]}},
+        postgres={"networkPeers": [{"ipBlock": {"cidr": "10.20.0.5/32"}}]},
+    )
+    assert egress_extra(docs, "jobs") == [minio]
+    store = find(docs, "NetworkPolicy", "ferry-store")["spec"]["egress"]
+    assert {"ipBlock": {"cidr": "10.20.0.5/32"}} in [peer for rule in store for peer in rule.get("to", [])]
+
+
+def test_service_monitors_keep_the_labels_the_rules_and_dashboards_query() -> None:
+    docs = plain(monitoring={"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}})
+    for component in SERVICES:
+        monitor = find(docs, "ServiceMonitor", f"ferry-{component}")
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+        [endpoint] = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == "metrics"
+        # The metrics' own `service` label survives (not renamed exported_service) ...
+        assert endpoint["honorLabels"] is True
+        # ... and the job is ferry-<service> as deploy/prometheus/rules.yml expects.
+        assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": f"ferry-{component}"}]
+        service = find(docs, "Service", f"ferry-{component}")
+        # A ServiceMonitor selects Services by their own labels.
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert not [d for d in plain() if d["kind"] in ("ServiceMonitor", "PrometheusRule")]
+
+
+def test_prometheus_rule_is_the_rules_file_the_suite_tests() -> None:
+    committed = CHART.parent.parent / "prometheus" / "rules.yml"
+    assert (CHART / "files" / "prometheus-rules.yml").read_text() == committed.read_text()
+    rule = find(plain(monitoring={"prometheusRule": {"enabled": True}}), "PrometheusRule", "ferry")
+    assert rule["spec"] == yaml.safe_load(committed.read_text())
+
+
+def test_tls_on_the_public_listener_from_a_secret(tmp_path: Path) -> None:
+    from tests.deploy.test_helm import envoy_validates
+
+    docs = plain(envoy={"tls": {"secretName": "ferry-tls"}})
+    config = find(docs, "ConfigMap", "ferry-envoy")
+    [chain] = yaml.safe_load(config["data"]["envoy.yaml"])["static_resources"]["listeners"][0][
+        "filter_chains"
+    ]
+    assert chain["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    pod = find(docs, "Deployment", "ferry-envoy")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "ferry-tls"}} in pod["volumes"]
+    [envoy] = pod["containers"]
+    assert envoy["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    # The real Envoy loads it with a certificate where the Secret would be mounted.
+    (tmp_path / "tls").mkdir()
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ferry",
+            "-keyout",
+            str(tmp_path / "tls" / "tls.key"),
+            "-out",
+            str(tmp_path / "tls" / "tls.crt"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    done = envoy_validates(docs, tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    plain_chain = yaml.safe_load(find(plain(), "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"])
+    assert "transport_socket" not in plain_chain["static_resources"]["listeners"][0]["filter_chains"][0]
+
+
+def test_values_schema_refuses_what_would_break_in_the_cluster() -> None:
+    import pytest
+
+    from tests.deploy.test_helm import helm_python
+
+    for wrong in (
+        {"jobs": {"keda": {"enabled": "yes"}}},
+        {"nats": {"streamReplicas": 0}},
+        {"inference": {"pdb": {"minAvailable": 1, "maxUnavailable": 1}}},
+        {"networkPolicy": {"allow": {"imageUrl": True}}},
+        {"gateway": {"grpcPort": "50051"}},
+    ):
+        with pytest.raises(helm_python.HelmError):
+            plain(**wrong)
+
+
+def test_envoy_memory_fits_its_body_buffers_under_the_overload_manager() -> None:
+    from devstack.envoy import ENVOY_HEAP_BYTES
+
+    docs = plain()
+    config = yaml.safe_load(find(docs, "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"])
+    [monitor] = config["overload_manager"]["resource_monitors"]
+    heap = monitor["typed_config"]["max_heap_size_bytes"]
+    assert heap == ENVOY_HEAP_BYTES  # the default holds BUFFERED_BODIES bodies of the largest size
+    actions = {a["name"] for a in config["overload_manager"]["actions"]}
+    assert "envoy.overload_actions.stop_accepting_requests" in actions
+    [envoy] = find(docs, "Deployment", "ferry-envoy")["spec"]["template"]["spec"]["containers"]
+    limit = envoy["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and heap < int(limit[:-2]) * 2**30, "the heap must stay below the limit"

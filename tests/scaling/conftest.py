@@ -1,8 +1,8 @@
 """The scale-out matrix's fixtures: a loopback NATS cluster, and a whole stack of several processes each.
 
-The scaled stack is what ``FERRY_NATS_NODES=3 FERRY_GATEWAYS=2 FERRY_RUNNERS=2 FERRY_STORES=2
+The scaled stack is what ``FERRY_NATS_NODES=3 FERRY_GATEWAYS=3 FERRY_RUNNERS=2 FERRY_STORES=2
 FERRY_INFERENCE_INSTANCES=3 ferry up`` runs: one Postgres, a 3-node NATS cluster with every stream
-replicated 3 ways, and two or three of every service.
+replicated 3 ways, and two or three of every service (the third gateway stopped until case 4).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.scaling.cluster import LocalNatsCluster
 API_KEY = "ferry-scaling-key-0123456789"
 SCALE = {
     "FERRY_NATS_NODES": "3",
-    "FERRY_GATEWAYS": "2",
+    "FERRY_GATEWAYS": "3",  # gateway-2 is held back until case 4 adds it
     "FERRY_RUNNERS": "2",
     "FERRY_STORES": "2",
     "FERRY_INFERENCE_INSTANCES": "3",
@@ -62,6 +62,7 @@ def scaled_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStac
     stack = FaultStack(endpoints, running.state_dir, running.env, API_KEY, failpoints)
     try:
         stack.wait_all_serving()
+        stack.ferry("stop", "gateway-2")
         yield stack
     finally:
         code = running.stop()

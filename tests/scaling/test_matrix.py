@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
 from contextlib import AsyncExitStack
 
 import pytest
 
 from services.common import messaging
+from tests.e2e.rest import Rest
 from tests.faults.harness import FaultStack, Figures, Report, SteadyLoad, eventually
 from tests.faults.test_matrix import assert_job_complete, assert_load_recorded
 from tests.scaling.metrics import counter
@@ -99,17 +101,19 @@ def test_3_inference_replica_then_gateway_stopped_under_load_fails_nothing(
 ) -> None:
     figures = Figures("3", "one of 3 inference replicas, then one of 2 gateways stopped (SIGTERM) under load")
     rows_before = scaled_stack.sync_row_count()
-    with SteadyLoad(scaled_stack.rest, photos[0], clients=4) as load:
-        time.sleep(2)
-        started = time.monotonic()
-        scaled_stack.ferry("stop", "inference-1")
-        time.sleep(2)
-        scaled_stack.ferry("stop", "gateway-1")
-        figures.recovery_s = time.monotonic() - started
-        time.sleep(3)
+    try:
+        with SteadyLoad(scaled_stack.rest, photos[0], clients=4) as load:
+            time.sleep(2)
+            started = time.monotonic()
+            scaled_stack.ferry("stop", "inference-1")
+            time.sleep(2)
+            scaled_stack.ferry("stop", "gateway-1")
+            figures.recovery_s = time.monotonic() - started
+            time.sleep(3)
+    finally:  # the next cases need them back, whatever happened here
+        scaled_stack.ferry("start", "inference-1", check=False)
+        scaled_stack.ferry("start", "gateway-1", check=False)
     assert_load_recorded(scaled_stack, load, figures, rows_before, allowed=set())
-    scaled_stack.ferry("start", "inference-1")
-    scaled_stack.ferry("start", "gateway-1")
     scaling_report.add(figures)
 
 
@@ -141,3 +145,64 @@ def test_5_two_runners_and_two_stores_each_item_and_record_once(
     assert sum(runs.values()) == total, f"each item run once, by one runner: {runs}"
     assert all(n > 0 for n in inserts.values()), f"both stores ingested records: {inserts}"
     scaling_report.add(figures)
+
+
+KEY_RATE = 20.0  # calls/s the key is limited to, across every gateway
+WARM_S, MEASURE_S = 3.0, 8.0
+
+
+def admitted_rate(rest: Rest, clients: int = 6) -> tuple[float, int, int]:
+    """Calls/s admitted to ``rest``'s key while ``clients`` call as fast as they can: (rate, ok, 429s).
+
+    Counts only answers within ``MEASURE_S`` after ``WARM_S``, so the burst saved up before is spent.
+    """
+    stop = threading.Event()
+    answers: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        while not stop.is_set():
+            status, _ = rest.get("/v1/models")
+            with lock:
+                answers.append((time.monotonic(), status))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(WARM_S + MEASURE_S)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    window = [s for t, s in answers if started + WARM_S <= t < started + WARM_S + MEASURE_S]
+    ok, refused = window.count(200), window.count(429)
+    assert ok + refused == len(window), f"only 200 or 429 expected: {sorted(set(window))}"
+    return ok / MEASURE_S, ok, refused
+
+
+def test_4_a_keys_limit_holds_across_two_then_three_gateways(
+    scaled_stack: FaultStack, scaling_report: Report
+) -> None:
+    figures = Figures("4", f"a key limited to {KEY_RATE:g}/s called flat out through 2, then 3 gateways")
+    status, created = scaled_stack.rest.post(
+        "/v1/keys",
+        {"tenant": "limited", "scopes": ["read"], "rate_per_s": KEY_RATE, "burst": int(KEY_RATE)},
+    )
+    assert status == 200, created
+    rest = Rest(scaled_stack.endpoints["http_url"], created["api_key"])
+    two, ok2, refused2 = admitted_rate(rest)
+    started = time.monotonic()
+    scaled_stack.ferry("start", "gateway-2")
+    figures.recovery_s = time.monotonic() - started
+    time.sleep(2)  # its heartbeats reach the others within a second
+    three, ok3, refused3 = admitted_rate(rest)
+    figures.requests = ok2 + refused2 + ok3 + refused3
+    figures.requests_ok = ok2 + ok3
+    figures.requests_retryable = refused2 + refused3
+    figures.notes |= {
+        "admitted_per_s_2_gateways": round(two, 1),
+        "admitted_per_s_3_gateways": round(three, 1),
+    }
+    scaling_report.add(figures)
+    for rate in (two, three):
+        assert abs(rate - KEY_RATE) <= 0.1 * KEY_RATE, figures.notes

@@ -190,3 +190,25 @@ fail the whole install. Offline rendering (helm template) knows no cluster's API
 true
 {{- end -}}
 {{- end -}}
+
+{{/* The public listener's TLS (a filter chain's transport_socket), from the Secret named by
+envoy.tls.secretName (a kubernetes.io/tls Secret: tls.crt, tls.key), mounted at /etc/envoy/tls. */}}
+{{- define "ferry.envoyTls" -}}
+{{- if .Values.envoy.tls.secretName }}
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+    common_tls_context:
+      # HTTP/2 for native gRPC clients, HTTP/1.1 for REST.
+      alpn_protocols: [h2, http/1.1]
+      tls_certificates:
+        - certificate_chain: {filename: /etc/envoy/tls/tls.crt}
+          private_key: {filename: /etc/envoy/tls/tls.key}
+{{- end }}
+{{- end -}}
+
+{{/* The heap Envoy's overload manager watches, in bytes (envoy.maxHeapMiB, below its memory limit). */}}
+{{- define "ferry.envoyHeapBytes" -}}
+{{- mul (int .Values.envoy.maxHeapMiB) 1048576 -}}
+{{- end -}}

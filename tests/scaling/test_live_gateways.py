@@ -1,0 +1,66 @@
+"""Gateways count each other over NATS, and each enforces its share of a key's limit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from devstack.infra import ManagedProcess, free_port, start_nats
+from services.common import messaging
+from services.common.errors import ResourceExhausted
+from services.gateway.admission import RateLimits
+from services.gateway.identity import Caller
+from services.gateway.peers import HEARTBEAT_S, LiveGateways
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process: ManagedProcess = start_nats(port, tmp_path / "nats", tmp_path / "logs")
+    try:
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+async def wait_count(gateways: list[LiveGateways], want: int) -> None:
+    async with asyncio.timeout(5 * HEARTBEAT_S):
+        while any(g.count() != want for g in gateways):  # noqa: ASYNC110  (count() is computed on demand)
+            await asyncio.sleep(0.05)
+
+
+async def test_gateways_count_each_other_and_a_leaver_at_once(nats_url: str) -> None:
+    async with AsyncExitStack() as outer:
+        stacks = [await outer.enter_async_context(AsyncExitStack()) for _ in range(3)]
+        gateways = []
+        for stack in stacks:
+            nc, _ = await messaging.connect(nats_url, "gateway", stack)
+            gateway = LiveGateways(nc)
+            await gateway.start(stack)
+            gateways.append(gateway)
+        await wait_count(gateways, 3)
+        await stacks[2].aclose()  # a graceful stop says goodbye: no wait for the heartbeat to age
+        async with asyncio.timeout(HEARTBEAT_S):
+            while any(g.count() != 2 for g in gateways[:2]):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+
+def test_each_gateway_admits_its_share_of_a_keys_rate() -> None:
+    now = [0.0]
+    limits = RateLimits(0, 0, 10, clock=lambda: now[0])
+    limits.gateways = lambda: 2
+    caller = Caller(tenant="t", scopes=frozenset(), key_id="k", rate_per_s=10, burst=10)
+    admitted = 0
+    for _ in range(100):  # 10 s at 10 calls/s: half go through this gateway's share
+        now[0] += 0.1
+        try:
+            limits.admit(caller)
+            admitted += 1
+        except ResourceExhausted:
+            pass
+    # Burst 10 / 2 gateways = 5 saved up, then 5/s for 10 s.
+    assert 50 <= admitted <= 55

@@ -12,6 +12,7 @@ count and its longest line, never a whole line in memory.
 from __future__ import annotations
 
 import codecs
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ ZIP = "zip"
 JSONL = "jsonl"
 #: Read size when scanning a manifest: the memory a scan costs.
 _BLOCK_BYTES = 1024 * 1024
+#: A line of only whitespace (what ``bytes.strip`` removes), its newline included.
+_BLANK_LINE = re.compile(rb"^[ \t\r\x0b\x0c]*\n", re.MULTILINE)
 #: What inflating or reading a broken zip file raises (a bad CRC is a BadZipFile).
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError)
 
@@ -139,17 +142,24 @@ def broken_entry(name: str, err: BaseException) -> InvalidArgument:
 def manifest_lines(path: Path, bounds: UploadLimits) -> int:
     """How many non-blank lines the spooled JSONL manifest has, checked as it is read in blocks.
 
+    Each block is scanned by bytes methods and one regex (C loops), never a Python loop per line
+    (a third of that loop's CPU on 4 million short lines, and the GIL held a block at a time,
+    not a line: this runs in a worker thread beside the gateway's event loop). A block is never
+    longer than the line limit, so only the line running across blocks needs measuring.
+
     Raises:
         InvalidArgument: INVALID_UPLOAD (not UTF-8, empty, a line over max_line_bytes),
             UPLOAD_TOO_MANY_ENTRIES.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    lines = 0
+    read_bytes = min(_BLOCK_BYTES, bounds.max_line_bytes)
+    lines = 0  # non-blank lines ended so far
+    ended = 0  # lines ended so far, blank ones too: the line being read is number ended + 1
     line_bytes = 0  # of the line being read
     blank = True  # whether the line being read has only whitespace so far
     offset = 0
     with path.open("rb") as spooled:
-        while block := spooled.read(_BLOCK_BYTES):
+        while block := spooled.read(read_bytes):
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as err:
@@ -157,21 +167,24 @@ def manifest_lines(path: Path, bounds: UploadLimits) -> int:
                     f"the upload is neither a zip nor UTF-8 JSONL text (byte {offset + err.start})"
                 ) from None
             offset += len(block)
-            pieces = block.split(b"\n")
-            for index, piece in enumerate(pieces):
-                line_bytes += len(piece)
-                blank = blank and not piece.strip()
-                if line_bytes > bounds.max_line_bytes:
-                    raise invalid(
-                        f"line {lines + 1} of the manifest is longer than "
-                        f"{limits.describe(bounds.max_line_bytes)}; put big images in a zip upload "
-                        "and name them by uploads/<id>/<file>",
-                        limit="manifest_max_line_bytes",
-                    )
-                if index < len(pieces) - 1:  # the line ended in this block
-                    lines += not blank
-                    _check_lines(lines, bounds)
-                    line_bytes, blank = 0, True
+            first = block.find(b"\n")
+            head = block if first == -1 else block[:first]
+            line_bytes += len(head)
+            blank = blank and not head.strip()
+            _check_line(line_bytes, ended + 1, bounds)
+            if first == -1:
+                continue
+            lines += not blank
+            ended += 1
+            rest = block[first + 1 :]
+            last = rest.rfind(b"\n")
+            whole = rest[: last + 1]  # the lines that begin and end in this block
+            count = whole.count(b"\n")
+            lines += count - len(_BLANK_LINE.findall(whole))
+            ended += count
+            _check_lines(lines, bounds)
+            tail = rest[last + 1 :]
+            line_bytes, blank = len(tail), not tail.strip()
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
@@ -181,6 +194,15 @@ def manifest_lines(path: Path, bounds: UploadLimits) -> int:
     if not lines:
         raise invalid("the upload is empty; send a JSONL manifest (one item per line) or a zip of images")
     return lines
+
+
+def _check_line(line_bytes: int, number: int, bounds: UploadLimits) -> None:
+    if line_bytes > bounds.max_line_bytes:
+        raise invalid(
+            f"line {number} of the manifest is longer than {limits.describe(bounds.max_line_bytes)}; "
+            "put big images in a zip upload and name them by uploads/<id>/<file>",
+            limit="manifest_max_line_bytes",
+        )
 
 
 def _check_lines(lines: int, bounds: UploadLimits) -> None:

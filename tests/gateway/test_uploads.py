@@ -7,6 +7,8 @@ import json
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
+from random import Random
 
 import pytest
 from google.api import httpbody_pb2
@@ -17,9 +19,10 @@ from ferry.jobs.v1 import job_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
-from services.gateway import manifests
+from services.gateway import manifests, upload_checks
 from services.gateway.fetcher import Fetcher, FetchPolicy
 from services.gateway.settings import GatewaySettings
+from services.gateway.upload_checks import UploadLimits
 from services.gateway.uploads import Uploads
 from services.jobs.claims import ClaimChecks
 
@@ -264,3 +267,29 @@ async def test_a_refused_zip_leaves_nothing_stored_and_its_quota_refunded(nats_u
         await uploads.create("refund", pieces(good))
         await uploads.create("refund", pieces(good))  # fits only if the refused one was refunded
         assert (await (await uploads.store()).status()).size > before.size
+
+
+@pytest.mark.parametrize("line_limit", [5, 6, 7, 16, 1 << 24])
+def test_manifest_lines_are_counted_across_block_edges(tmp_path: Path, line_limit: int) -> None:
+    """Blocks are read at most the line limit long, so small limits put every edge case (a line
+    split across blocks, blank lines of whitespace, CRLF, no final newline) on a block edge."""
+    random = Random(line_limit)
+    for trial in range(100):
+        parts = [
+            random.choice([b"", b"  ", b"\r", b'{"a":1}', b" x ", b"\t\x0b", b"y" * random.randint(1, 9)])
+        ]
+        parts += [random.choice([b"", b" ", b"abc", b"\r", b"z" * random.randint(1, 9)]) for _ in range(20)]
+        data = b"\n".join(parts) + random.choice([b"", b"\n", b"\n\n "])
+        path = tmp_path / f"{trial}.jsonl"
+        path.write_bytes(data)
+        bounds = UploadLimits(1000, 1, 1, 1, max_line_bytes=line_limit)
+        non_blank = sum(1 for line in data.split(b"\n") if line.strip())
+        longest = max(len(line) for line in data.split(b"\n"))
+        if longest > line_limit:
+            with pytest.raises(InvalidArgument, match="longer than"):
+                upload_checks.manifest_lines(path, bounds)
+        elif not non_blank:
+            with pytest.raises(InvalidArgument, match="empty"):
+                upload_checks.manifest_lines(path, bounds)
+        else:
+            assert upload_checks.manifest_lines(path, bounds) == non_blank, data

@@ -45,8 +45,9 @@ export async function showModel(main, id) {
     h("p", {}, h("a", {href: "#/models"}, "← Models")),
     h("h1", {}, shortName(m.name)),
     h("p", {class: "muted"}, m.display_name, " — ", m.description),
-    h("dl", {class: "facts"}, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     scopes().has("predict") || scopes().has("admin") ? tryIt(m) : h("p", {class: "muted"}, "This key has no predict scope: trying the model is off."),
+    h("h2", {}, "How it is served"),
+    h("dl", {class: "facts"}, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     h("p", {}, h("a", {href: `#/stats?model=${encodeURIComponent(shortName(m.name))}`}, "Stats of this model"), " · ",
       h("a", {href: `#/predictions?model=${encodeURIComponent(shortName(m.name))}`}, "Its predictions")));
 }

@@ -68,7 +68,7 @@ def test_try_a_model_on_a_photo(browser: Browser, photos: dict[str, Path], api: 
     assert shown in DOMESTIC_CATS
     trace_id = browser.element("#trace-id").text
     assert len(trace_id) == 32
-    browser.shot("try-it", height=1300)
+    browser.shot("try-it", height=1000)
 
     browser.element("#prediction-link").click()
     browser.text_of("h1", "Prediction")

@@ -38,6 +38,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
+from services.common import nesting
 from services.common.errors import InvalidArgument, NotFound
 from services.gateway import validation
 from services.gateway.fetcher import MAX_CONCURRENT_FETCHES, Fetcher
@@ -187,9 +188,17 @@ def _parse_line(line: str, where: str) -> tuple[str, Any]:
     """A line's kind (its main key) and the line: the string value of ``image`` or ``content``,
     else the whole object (a text's labels ride along with it)."""
     try:
-        item: Any = json.loads(line)
+        item: Any = nesting.loads(line)
+    except nesting.TooDeep as err:  # however deep: Python's recursion limit is not a 500
+        raise InvalidArgument(
+            f"{where}: {err}, the limit; flatten it",
+            reason=nesting.REASON,
+            metadata={"field": "manifest", "max_depth": str(err.limit)},
+        ) from None
     except json.JSONDecodeError as err:
         raise _bad(where, f"not JSON ({err.msg} at column {err.colno})") from None
+    except ValueError as err:  # an integer too long to convert, for example
+        raise _bad(where, f"not JSON that Ferry can read ({err})") from None
     kinds = [k for k in _LINE_KEYS if isinstance(item, dict) and k in item]
     if len(kinds) != 1 or not item.keys() <= _LINE_KEYS[kinds[0]]:
         raise _bad(where, f"expected one object of one of these forms: {_LINE_FORMS}")

@@ -34,7 +34,7 @@ async def pieces(*chunks: bytes) -> AsyncIterator[job_service_pb2.CreateUploadRe
         yield job_service_pb2.CreateUploadRequest(body=httpbody_pb2.HttpBody(data=chunk))
 
 
-def uploads_of(js: JetStreamContext, max_bytes: int = 10_000, **settings: int) -> Uploads:
+def uploads_of(js: JetStreamContext, max_bytes: int = 1_000_000, **settings: int) -> Uploads:
     settings.setdefault("max_image_bytes", 1000)
     return Uploads(js, GatewaySettings(max_upload_bytes=max_bytes, **settings))
 
@@ -129,6 +129,9 @@ async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> Non
         ('{"text": "x", "payload": {}}', "INVALID_MANIFEST", "one of these forms"),
         ('{"candidate_labels": ["a"]}', "INVALID_MANIFEST", "one of these forms"),
         ('{"payload": [1, 2]}', "INVALID_MANIFEST", "must be a JSON object"),
+        ('{"payload": ' + "[" * 100_000 + "]" * 100_000 + "}", "NESTING_TOO_DEEP", "deeper than 32 levels"),
+        ('{"payload": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}", "NESTING_TOO_DEEP", "deeper than 32 levels"),
+        ('{"payload": {"n": ' + "9" * 5000 + "}}", "INVALID_MANIFEST", "not JSON that Ferry can read"),
         ('{"tensor": {"shape": "two"}}', "INVALID_MANIFEST", "ferry.types.v1.Tensor"),
         ('{"text": "   "}', "MISSING_TEXT", "text.content is empty"),
         ('{"text": "x", "candidate_labels": [' + ", ".join(['"l"'] * 65) + "]}", "TOO_MANY_LABELS", "64"),

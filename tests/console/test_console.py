@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 import urllib.request
 from pathlib import Path
@@ -109,6 +110,23 @@ def test_submit_a_job_from_a_zip_and_watch_it_finish(browser: Browser, photos: d
     browser.open("jobs")
     browser.element("table tbody tr")
     browser.shot("jobs")
+
+
+def test_submit_a_job_from_a_jsonl_manifest(browser: Browser, tmp_path: Path) -> None:
+    manifest = tmp_path / "texts.jsonl"
+    lines = [
+        {"text": "a calm lake at dawn", "candidate_labels": ["calm", "stormy"]},
+        {"text": "thunder all night"},
+    ]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    sign_in(browser)
+    browser.open("jobs")
+    browser.element("#job-file").send_keys(str(manifest))
+    Select(browser.element("#job-model")).select_by_value("minilm")
+    browser.element("#job-submit").click()
+    browser.text_of("#job-summary", "succeeded", timeout_s=60)
+    assert browser.element("#job-succeeded").text == "2"
+    assert "minilm" in browser.element("#job-summary").text
 
 
 def test_filter_predictions_and_export(browser: Browser, api: Rest, photos: dict[str, Path]) -> None:

@@ -23,7 +23,7 @@ from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from services.common import limits, nesting
 from services.common.errors import FerryError, InvalidArgument
 from services.common.interceptors import Undecodable, guarded
-from services.gateway import validation
+from services.gateway import manifests, validation
 from services.gateway.fetcher import parse_url
 from services.gateway.oip_tensors import JSON_INPUT, TENSOR_INPUT, inputs_of
 from services.gateway.open_inference import candidate_labels_of, priority_of
@@ -168,3 +168,11 @@ async def test_native_grpc_bytes_protobuf_cannot_parse_are_400(
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info) and info.reason == reason
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]
+
+
+@BOUNDED
+@given(hostile.json_texts)
+def test_manifest_lines_are_items_or_invalid_manifest(line: str) -> None:
+    answer = only_invalid_argument(manifests._parse_line, line, "line 1")
+    if isinstance(answer, FerryError):
+        assert answer.reason in ("INVALID_MANIFEST", "NESTING_TOO_DEEP")

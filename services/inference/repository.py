@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Builds a model to serve; what it starts goes on the stack it is given.
 Builder = Callable[[ModelConfig, AsyncExitStack], Awaitable[Served]]
+#: Keeps a model's desired state (loaded or not) where every replica sees it (``model_states``).
+Recorder = Callable[[str, bool], Awaitable[None]]
 
 
 def give_memory_back() -> None:
@@ -61,10 +63,13 @@ class ModelRepository:
         self._stacks: dict[str, AsyncExitStack] = {}
         self._locks: dict[str, asyncio.Lock] = {name: asyncio.Lock() for name in self._configs}
         self._build: Builder | None = None
+        self._record: Recorder | None = None
 
-    def attach(self, build: Builder) -> None:
-        """Sets how models are built (the service's loader, once its shared parts have started)."""
+    def attach(self, build: Builder, record: Recorder | None = None) -> None:
+        """Sets how models are built (the service's loader, once its shared parts have started) and,
+        optionally, where an admin's loads and unloads are kept (``record=True`` calls)."""
         self._build = build
+        self._record = record
 
     def config(self, name: str) -> ModelConfig:
         """A configured model's settings.
@@ -82,8 +87,9 @@ class ModelRepository:
             )
         return found
 
-    async def load(self, name: str) -> Served:
-        """Loads ``name`` unless it serves already; returns it serving.
+    async def load(self, name: str, record: bool = False) -> Served:
+        """Loads ``name`` unless it serves already; returns it serving. ``record``: an admin asked,
+        so the desired state is kept once the load succeeded.
 
         Raises:
             NotFound: not a configured model.
@@ -93,6 +99,7 @@ class ModelRepository:
         async with self._locks[config.name]:
             current = self._models.get(config.name)
             if current is not None and not isinstance(current, Unserved):
+                await self._keep(config.name, True, record)
                 return current
             if self._build is None:
                 raise RuntimeError("the repository loads models once the service has started")
@@ -112,10 +119,16 @@ class ModelRepository:
             self._stacks[config.name] = stack
             self._models[config.name] = served
             log.info("loaded %s in %.1f s", config.name, time.perf_counter() - started)
+            await self._keep(config.name, True, record)
             return served
 
-    async def unload(self, name: str) -> Served:
-        """Stops serving ``name`` and gives its memory back; returns its UNLOADED entry.
+    async def _keep(self, name: str, loaded: bool, record: bool) -> None:
+        if record and self._record is not None:
+            await self._record(name, loaded)
+
+    async def unload(self, name: str, record: bool = False) -> Served:
+        """Stops serving ``name`` and gives its memory back; returns its UNLOADED entry. ``record``:
+        an admin asked, so the desired state is kept.
 
         Raises:
             NotFound: not a configured model.
@@ -136,6 +149,9 @@ class ModelRepository:
             )
         async with self._locks[config.name]:
             current = self._models.get(config.name)
+            if isinstance(current, Unserved) and current.state == UNLOADED:
+                await self._keep(config.name, False, record)
+                return current
             unloaded = Unserved(config, UNLOADED, "unloaded by an admin; load it again to serve it")
             self._models[config.name] = unloaded  # new calls are refused from here on
             if isinstance(current, ServedModel):
@@ -146,6 +162,7 @@ class ModelRepository:
                 await stack.aclose()
             await asyncio.to_thread(give_memory_back)
             log.info("unloaded %s", config.name)
+            await self._keep(config.name, False, record)
             return unloaded
 
     async def _drain(self, served: ServedModel) -> None:

@@ -17,17 +17,19 @@ import grpc
 import torch
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from services.common import messaging
 from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
 from services.inference.ensemble import ServedEnsemble
+from services.inference.model_states import DesiredStates, open_bucket
 from services.inference.models import hub, registry
 from services.inference.models.config import ModelConfig, load_models_file, resolve_config
 from services.inference.models.contract import Answer, Item
 from services.inference.repository import ModelRepository
 from services.inference.runner import ModelRunner, resolve_device
-from services.inference.served import LOADING, Served, ServedModel, Unserved
+from services.inference.served import FAILED, LOADING, Served, ServedModel, Unserved
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 from services.inference.tuning import tune_batch_size
@@ -123,16 +125,32 @@ class InferenceService:
         async def build(config: ModelConfig, own: AsyncExitStack) -> Served:
             return self._ensemble(config) if config.is_ensemble else await self._load(config, decoder, own)
 
-        self.repository.attach(build)
+        states = await self._desired_states(stack)
+        self.repository.attach(build, states.record if states else None)
         stack.push_async_callback(self.repository.close)
+        desired = await states.read() if states else {}
         for config in self._configs:
             with contextlib.suppress(FailedPrecondition):  # failed: listed FAILED with the reason
-                await self.repository.load(config.name)
-        if all(isinstance(m, Unserved) for m in self.models.values()):
+                if desired.get(config.name, True):
+                    await self.repository.load(config.name)
+                else:  # an admin unloaded it before this process started
+                    await self.repository.unload(config.name)
+        if states:
+            await states.follow(stack)
+        unserved = [m for m in self.models.values() if isinstance(m, Unserved)]
+        # Models an admin unloaded are no failure: a process may start with all of them unloaded.
+        if len(unserved) == len(self.models) and any(m.state == FAILED for m in unserved):
             reasons = "; ".join(
                 f"{m.name}: {m.message}" for m in self.models.values() if isinstance(m, Unserved)
             )
             raise RuntimeError(f"no model could be loaded ({reasons})")
+
+    async def _desired_states(self, stack: AsyncExitStack) -> DesiredStates | None:
+        """The loaded set kept in NATS (``model_states``), when FERRY_INFERENCE_NATS_URL is set."""
+        if not self._settings.nats_url:
+            return None
+        _, js = await messaging.connect(self._settings.nats_url, "ferry-inference", stack)
+        return DesiredStates(await open_bucket(js, self._settings.nats_stream_replicas), self.repository)
 
     def _ensemble(self, config: ModelConfig) -> ServedEnsemble:
         members = [self.models[m] for m in config.members]

@@ -33,7 +33,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.LoadModelResponse:
         """Loads a configured model off the serving path (see ``repository``)."""
-        served = await self._repository_or_fail().load(request.model)
+        served = await self._repository_or_fail().load(request.model, record=True)
         return inference_service_pb2.LoadModelResponse(model=served.describe())
 
     async def UnloadModel(
@@ -42,7 +42,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.UnloadModelResponse:
         """Stops serving a model and gives its memory back (see ``repository``)."""
-        unloaded = await self._repository_or_fail().unload(request.model)
+        unloaded = await self._repository_or_fail().unload(request.model, record=True)
         return inference_service_pb2.UnloadModelResponse(model=unloaded.describe())
 
     def _repository_or_fail(self) -> ModelRepository:

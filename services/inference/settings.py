@@ -23,6 +23,13 @@ class InferenceSettings(ServiceSettings):
     """Port of the gRPC server."""
     metrics_port: int = 9102
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    nats_url: str = ""
+    """NATS (several comma-separated for a cluster) where the models an admin loaded or unloaded at
+    runtime are kept (KV bucket ferry_models): set, they stay so across restarts and every replica
+    converges to them; empty (the default), inference needs no NATS and a restart loads
+    FERRY_INFERENCE_MODELS again."""
+    nats_stream_replicas: int = Field(default=1, ge=1, le=5)
+    """Copies NATS keeps of the ferry_models bucket (3 on a cluster of 3 or more)."""
     max_connection_age_s: float = Field(default=30.0, ge=0)
     """Seconds after which a client (gateway, runner) is asked to reconnect, resolving the inference
     name again, so a replica an autoscaler adds enters every caller's rotation within this (plus

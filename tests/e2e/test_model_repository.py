@@ -125,3 +125,23 @@ def test_tritonclient_grpc_and_http_unload_and_load_through_the_repository(stack
     assert seen["http_ready_after_unload"] is False and seen["http_after_load"] == ["READY:"]
     assert {"efficientnet-lite0", "mobilenet-v2", "minilm"} <= set(seen["http_models"])
     assert "API key" in seen["http_no_key"]
+
+
+def test_an_unloaded_model_stays_unloaded_across_an_inference_restart(
+    stack: dict[str, Any], rest: Rest
+) -> None:
+    status, body = rest.post("/v1/models/minilm:unload", {})
+    assert status == 200, body
+    env = {**os.environ, "FERRY_STATE_DIR": str(Path(stack["logs_dir"]).parent)}
+    done = subprocess.run(
+        [FERRY, "restart", "inference"], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    # The new process read the desired state from NATS: minilm is not loaded, the others serve.
+    status, body = rest.poll(
+        "/v1/models/efficientnet-lite0", lambda code, b: code == 200 and b["model"]["ready"]
+    )
+    assert status == 200 and body["model"]["ready"], body
+    assert _state(rest, "minilm") == "MODEL_STATE_UNLOADED"
+    status, body = rest.post("/v1/models/minilm:load", {})
+    assert status == 200 and body["model"]["ready"] is True, body

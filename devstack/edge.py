@@ -17,6 +17,7 @@ import base64
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -179,7 +180,8 @@ LOCAL_REPLIES = (
     LocalReply(400, "MALFORMED_REQUEST"),
     # A path no method serves (the transcoder's reject_unknown_method), or no route at all.
     LocalReply(404, "UNKNOWN_PATH"),
-    LocalReply(405, "UNKNOWN_PATH"),
+    # A known REST path with another method (method_not_allowed_routes).
+    LocalReply(405, "METHOD_NOT_ALLOWED"),
     # The client's own deadline (grpc-timeout) or the route's timeout ran out at the edge.
     LocalReply(408, "EDGE_DEADLINE_EXCEEDED"),
     LocalReply(504, "EDGE_DEADLINE_EXCEEDED"),
@@ -356,3 +358,49 @@ def _escaped(line: str, index: int) -> bool:
     while index - 1 - run >= 0 and line[index - 1 - run] == "\\":
         run += 1
     return run % 2 == 1
+
+
+#: The REST description the 405 routes read paths and methods from (tools.openapi renders it from
+#: the protos' google.api.http rules).
+OPENAPI_FILE = Path(__file__).resolve().parent.parent / "deploy" / "openapi" / "ferry.json"
+_HTTP_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def rest_methods(openapi_file: Path = OPENAPI_FILE) -> dict[str, tuple[str, ...]]:
+    """Each public /v1 REST path template and the methods it takes (HEAD wherever GET is)."""
+    paths = json.loads(openapi_file.read_text())["paths"]
+    methods = {}
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):  # /v2 (the Open Inference Protocol) answers in its own shape
+            taken = [m.upper() for m in _HTTP_METHODS if m in operations]
+            methods[path] = (*taken, "HEAD") if "GET" in taken else tuple(taken)
+    return methods
+
+
+def path_regex(template: str) -> str:
+    """An RE2 regex of a path template: a ``{variable}`` is one or more segments' worth of a name
+    (``/v1/jobs/{name}`` is ``/v1/jobs/<id>``), never a ``:verb`` or a further ``/``."""
+    return "^" + re.sub(r"\\\{[^}]*\\\}", "[^/:]+", re.escape(template)) + "$"
+
+
+def method_not_allowed_routes() -> str:
+    """Routes answering 405 METHOD_NOT_ALLOWED (with ``allow``) for a known REST path asked with
+    another method, as route YAML text; the transcoder would call it an unknown path (404)."""
+    routes = []
+    for template, methods in sorted(rest_methods().items()):
+        taken = "|".join(methods)
+        routes.append(f"""
+                        - match:
+                            safe_regex: {{regex: {json.dumps(path_regex(template))}}}
+                            headers:
+                              - name: ":method"
+                                string_match: {{safe_regex: {{regex: "^({taken})$"}}}}
+                                invert_match: true
+                          direct_response:
+                            status: 405
+                            body: {{inline_string: "{template} takes {", ".join(methods)}"}}
+                          response_headers_to_add:
+                            - header: {{key: allow, value: "{", ".join(methods)}"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                          typed_per_filter_config:{skipped_filters()}""")
+    return "".join(routes)

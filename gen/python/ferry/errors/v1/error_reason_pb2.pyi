@@ -22,6 +22,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNKNOWN_FIELD: _ClassVar[ErrorReason]
     NESTING_TOO_DEEP: _ClassVar[ErrorReason]
     UNKNOWN_PATH: _ClassVar[ErrorReason]
+    METHOD_NOT_ALLOWED: _ClassVar[ErrorReason]
     HEADERS_TOO_LARGE: _ClassVar[ErrorReason]
     EDGE_DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
     EDGE_INTERNAL_ERROR: _ClassVar[ErrorReason]
@@ -129,6 +130,7 @@ MALFORMED_REQUEST: ErrorReason
 UNKNOWN_FIELD: ErrorReason
 NESTING_TOO_DEEP: ErrorReason
 UNKNOWN_PATH: ErrorReason
+METHOD_NOT_ALLOWED: ErrorReason
 HEADERS_TOO_LARGE: ErrorReason
 EDGE_DEADLINE_EXCEEDED: ErrorReason
 EDGE_INTERNAL_ERROR: ErrorReason

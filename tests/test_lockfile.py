@@ -89,7 +89,7 @@ def test_the_installed_environment_is_the_lock() -> None:
         if installed.get(name) != version
     ]
     unlocked = sorted(set(installed) - set(locked) - OURS - PIP_ITSELF)
-    assert not differ, f"`make install` would install other versions: {differ}"
+    assert not differ, f"the environment is not the lock (run `make install`): {differ}"
     assert not unlocked, (
         f"installed but not in {LOCK.name} (a fresh clone would lack them; add them to "
         f"pyproject.toml and run `make lock`): {unlocked}"

@@ -132,13 +132,9 @@ def lua_tables(descriptor_set: Path = DESCRIPTOR_SET) -> str:
 #: Walks a JSON text's object keys (skipping over string contents with plain finds: base64 images
 #: are megabytes), and returns nil plus the dotted path and message of the first unknown key. Nil
 #: and no path: malformed JSON, which the transcoder reports. Nesting deeper than 64 is not checked.
-LUA_WALKER = r"""
-local find, byte, sub = string.find, string.byte, string.sub
-
-local function skip(s, i)
-  return find(s, "[^ \t\r\n]", i) or (#s + 1)
-end
-
+#: The index after a JSON string's closing quote, given the index of its opening quote (needs the
+#: locals ``find`` and ``byte``); devstack/oip_rest_edge.py reads error messages with it too.
+LUA_STRING_END = r"""
 local function string_end(s, i)
   local j = i + 1
   while true do
@@ -150,7 +146,19 @@ local function string_end(s, i)
     j = k + 1
   end
 end
+"""
 
+LUA_WALKER = (
+    r"""
+local find, byte, sub = string.find, string.byte, string.sub
+
+local function skip(s, i)
+  return find(s, "[^ \t\r\n]", i) or (#s + 1)
+end
+
+"""
+    + LUA_STRING_END
+    + r"""
 local value
 
 local function object(s, i, message, path, depth)
@@ -233,6 +241,7 @@ function envoy_on_request(handle)
   handle:respond({[":status"] = "400"}, "unknown field " .. field)
 end
 """.replace("DEPTH_CHECK", body_depth.lua_check("NAMESPACE")).replace("NAMESPACE", METADATA_NAMESPACE)
+)
 
 
 def lua_source(descriptor_set: Path = DESCRIPTOR_SET) -> str:

@@ -10,7 +10,10 @@ into that shape, keeping the message and the HTTP status. gRPC requests are left
 
 from __future__ import annotations
 
-LUA_SOURCE = r"""
+from devstack import body_fields
+
+LUA_SOURCE = (
+    r"""
 local find, byte, sub = string.find, string.byte, string.sub
 
 function envoy_on_request(handle)
@@ -21,19 +24,9 @@ function envoy_on_request(handle)
   handle:streamInfo():dynamicMetadata():set("ferry.oip_rest", "rest", "1")
 end
 
--- The index after a JSON string's closing quote, given the index of its opening quote.
-local function string_end(s, i)
-  local j = i + 1
-  while true do
-    local k = find(s, '"', j, true)
-    if not k then return nil end
-    local n = k - 1
-    while byte(s, n) == 92 do n = n - 1 end
-    if (k - 1 - n) % 2 == 0 then return k + 1 end
-    j = k + 1
-  end
-end
-
+"""
+    + body_fields.LUA_STRING_END
+    + r"""
 function envoy_on_response(handle)
   if handle:streamInfo():dynamicMetadata():get("ferry.oip_rest") == nil then return end
   local status = tonumber(handle:headers():get(":status")) or 200
@@ -54,6 +47,7 @@ function envoy_on_response(handle)
   handle:headers():replace("content-length", tostring(#out))
 end
 """
+)
 
 
 def lua_filter() -> str:

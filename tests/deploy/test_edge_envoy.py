@@ -105,7 +105,7 @@ def test_unknown_fields_inside_lists_of_messages_are_named_by_path(edge: str) ->
         b'{"top_k": 3, "topK": 3, "image": {"content": "aGk="}}',  # proto and JSON names
         b'{"request_id": "a \\"topk\\": 1, \\\\", "image": {"content": "aGk="}}',  # keys inside strings
         b'{"payload": {"anything": {"goes": [1, 2, {"here": true}]}}}',  # a Struct is free-form
-        b'{"payload": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}",  # deeper than the walker goes
+        b'{"payload": ' + b'{"a": ' * 30 + b"1" + b"}" * 30 + b"}",  # nested 31 deep: within the limit
         b"",
     ],
 )

@@ -36,6 +36,9 @@ from services.inference.tuning import tune_batch_size
 
 log = logging.getLogger(__name__)
 
+#: How long a starting inference waits for NATS (the kept load/unload state) before serving without it.
+NATS_START_TIMEOUT_S = 10.0
+
 SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
@@ -149,8 +152,14 @@ class InferenceService:
         """The loaded set kept in NATS (``model_states``), when FERRY_INFERENCE_NATS_URL is set."""
         if not self._settings.nats_url:
             return None
-        _, js = await messaging.connect(self._settings.nats_url, "ferry-inference", stack)
-        return DesiredStates(await open_bucket(js, self._settings.nats_stream_replicas), self.repository)
+        try:  # bounded: serving must not wait on NATS (an outage then costs only the kept state)
+            async with asyncio.timeout(NATS_START_TIMEOUT_S):
+                _, js = await messaging.connect(self._settings.nats_url, "ferry-inference", stack)
+                bucket = await open_bucket(js, self._settings.nats_stream_replicas)
+        except Exception as err:
+            log.warning("serving FERRY_INFERENCE_MODELS without the kept load/unload state: NATS: %r", err)
+            return None
+        return DesiredStates(bucket, self.repository)
 
     def _ensemble(self, config: ModelConfig) -> ServedEnsemble:
         members = [self.models[m] for m in config.members]

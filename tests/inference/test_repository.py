@@ -10,12 +10,15 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from devstack.infra import free_port
 from ferry.models.v1 import model_pb2
 from services.common.errors import FailedPrecondition, NotFound
 from services.inference.calls import Answered, Request
 from services.inference.models.config import ModelConfig
 from services.inference.repository import ModelRepository
 from services.inference.served import FAILED, LOADING, UNLOADED, Place, Served, Unserved
+from services.inference.service import InferenceService
+from services.inference.settings import InferenceSettings
 
 
 class _Up(Served):
@@ -83,3 +86,10 @@ async def test_unknown_models_are_not_found_naming_the_configured_ones() -> None
         with pytest.raises(NotFound) as caught:
             await call("resnet-9000")
         assert caught.value.reason == "MODEL_NOT_FOUND" and "a, b, pair" in caught.value.message
+
+
+async def test_inference_does_not_wait_on_an_unreachable_nats_for_the_kept_state() -> None:
+    # Serving must not depend on NATS: past the bounded wait, the configured models load as before.
+    settings = InferenceSettings(nats_url=f"nats://127.0.0.1:{free_port()}")
+    async with AsyncExitStack() as stack:
+        assert await InferenceService(settings)._desired_states(stack) is None

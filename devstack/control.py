@@ -109,11 +109,12 @@ def act(state_dir: Path, action: str, names: list[str], timeout_s: float = RESTA
     if status is None:
         print(f"no Ferry stack is running in {state_dir} (start one with `ferry up`)")
         return 1
-    unknown = [name for name in names if name not in status.processes]
+    expanded = expand_groups(names, list(status.processes))
+    unknown = [name for name in expanded if name not in status.processes]
     if unknown:
         print(f"unknown process {', '.join(unknown)}; choose from {', '.join(status.processes)}")
         return 2
-    for name in names:
+    for name in expanded:
         pid = status.processes[name].pid
         print(f"{action} {name}{f' (pid {pid})' if pid else ''} ...", flush=True)
         result = wait_result(state_dir, action, name, request(state_dir, action, name), timeout_s)
@@ -122,6 +123,19 @@ def act(state_dir: Path, action: str, names: list[str], timeout_s: float = RESTA
             return 1
         print(f"{name}: {outcome(result)}", flush=True)
     return 0
+
+
+def expand_groups(names: list[str], processes: list[str]) -> list[str]:
+    """Names each process meant: ``gateway`` on a stack of ``gateway-0`` and ``gateway-1`` means both.
+
+    A scaled stack (``FERRY_GATEWAYS=2`` ...) names its processes ``SERVICE-N``; the README's
+    ``ferry restart gateway inference`` must keep working there, one process at a time.
+    """
+    expanded: list[str] = []
+    for name in names:
+        members = [p for p in processes if p.rpartition("-")[0] == name and p.rpartition("-")[2].isdigit()]
+        expanded.extend(members if name not in processes and members else [name])
+    return expanded
 
 
 def outcome(result: RestartResult) -> str:

@@ -10,6 +10,7 @@ still reach Postgres.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import sys
@@ -354,6 +355,14 @@ def scrape_config(host: str, metrics_ports: dict[str, list[int]], envoy_admin: s
     )
 
 
+def _grpcurl() -> str:
+    """grpcurl as the user can run it: the venv's binary (the venv's bin/ is rarely on PATH)."""
+    try:
+        return os.path.relpath(venv_binary("grpcurl"))
+    except FileNotFoundError:
+        return "grpcurl"
+
+
 def _traces_line(endpoints: Endpoints) -> str:
     if endpoints.traces_file:
         return f"{endpoints.traces_file}   (`ferry trace` lists them, `ferry trace ID` draws one)"
@@ -381,7 +390,7 @@ Ferry is up (ready in {seconds:.1f} s).
 Try it:
   export FERRY_API_KEY={endpoints.dev_api_key}
   curl -s -H "authorization: Bearer $FERRY_API_KEY" {endpoints.http_url}/v1/models
-  grpcurl -plaintext {endpoints.grpc_target} list
+  {_grpcurl()} -plaintext {endpoints.grpc_target} list
 
 A process that exits is restarted; `ferry status` shows them all, `ferry restart NAME` replaces one.
 Press Ctrl-C to stop; data stays in the state folder for the next start.

@@ -94,3 +94,27 @@ def test_a_file_that_cannot_be_written_is_one_line_and_exit_code_2(
         main(argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1 and "No such file or directory" in err, err
+
+
+def test_no_stack_found_says_where_it_looked_and_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devstack.infra import free_port
+
+    # Nothing listens on the default target here (a free port stands in for localhost:8080).
+    monkeypatch.setattr(local, "DEFAULT_TARGET", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("FERRY_API_KEY", "fy_test")
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "hint: no Ferry stack answered" in err and "--target" in err
+
+
+def test_a_named_target_that_does_not_answer_gets_no_stack_hint(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devstack.infra import free_port
+
+    monkeypatch.setenv("FERRY_API_KEY", "fy_test")
+    assert main(["--target", f"127.0.0.1:{free_port()}", "models"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "hint:" not in err

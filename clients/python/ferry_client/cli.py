@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
+import grpc
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
@@ -81,6 +82,14 @@ COMMAND_GROUP = "ferry.commands"
 
 SERVER_COMMANDS = ("up", "status", "metrics", "trace", "restart", "stop", "start", "migrate")
 """The server install's commands, named only to tell a user of the client alone where they are."""
+
+
+#: Said when the default target does not answer: no stack was found, so say where the CLI looked.
+_NO_STACK_HINT = (
+    f"hint: no Ferry stack answered at {local.DEFAULT_TARGET}, and none runs from $FERRY_STATE_DIR "
+    "(.ferry in the checkout). Start one with `make up`, or name one with --target HOST:PORT "
+    "or $FERRY_TARGET."
+)
 
 
 def _parser() -> tuple[argparse.ArgumentParser, bool]:
@@ -263,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return _call(ferry, args)
     except FerryError as err:
         print(f"error: {err}", file=sys.stderr)
+        if err.code == grpc.StatusCode.UNAVAILABLE and args.target == local.DEFAULT_TARGET:
+            print(_NO_STACK_HINT, file=sys.stderr)
         return 1
     except OSError as err:  # a file to read or write: the user's to fix
         parser.exit(2, f"ferry: error: {err.strerror or err}: {err.filename or ''}\n")

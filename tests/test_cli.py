@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ferry.models.v1 import model_pb2
 from ferry_client import local
-from ferry_client.cli import main
+from ferry_client.cli import _print_models, _whole_numbers, main
 
 
 @pytest.fixture(autouse=True)
@@ -118,3 +119,35 @@ def test_a_named_target_that_does_not_answer_gets_no_stack_hint(
     assert main(["--target", f"127.0.0.1:{free_port()}", "models"]) == 1
     err = capsys.readouterr().err
     assert "UNAVAILABLE" in err and "hint:" not in err
+
+
+def test_models_print_as_a_table_with_why_a_model_does_not_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    ready = model_pb2.Model(
+        name="models/efficientnet-lite0",
+        state=model_pb2.MODEL_STATE_READY,
+        version="1",
+        input_kinds=["image"],
+    )
+    unloaded = model_pb2.Model(
+        name="models/minilm",
+        state=model_pb2.MODEL_STATE_UNLOADED,
+        version="1",
+        input_kinds=["text"],
+        state_message="unloaded by an admin",
+    )
+    _print_models([ready, unloaded], whole=False)
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert header.split() == ["MODEL", "STATE", "VERSION", "TAKES", "DEVICE"]
+    assert first.split() == ["efficientnet-lite0", "READY", "1", "image"]
+    assert second.split()[:4] == ["minilm", "UNLOADED", "1", "text"]
+    assert second.endswith("unloaded by an admin")
+    _print_models([ready], whole=True)
+    assert json.loads(capsys.readouterr().out)["name"] == "models/efficientnet-lite0"
+
+
+def test_a_json_models_whole_numbers_print_as_integers() -> None:
+    assert _whole_numbers({"index": 3.0, "scores": [0.5, 2.0], "big": 1e300}) == {
+        "index": 3,
+        "scores": [0.5, 2],
+        "big": 1e300,
+    }

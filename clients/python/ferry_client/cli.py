@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
+from ferry.models.v1 import model_pb2
 from ferry_client import export, keys, local
 from ferry_client.client import FerryClient, FerryError, payload_input, text_input
 from ferry_client.progress import watch
@@ -72,6 +73,37 @@ def _print(message: Message) -> None:
     )
 
 
+def _print_models(models: Sequence[model_pb2.Model], whole: bool) -> None:
+    """One line per model (name, state, version, what it takes, device), or each whole as JSON;
+    a model that is not ready says why on its line."""
+    if whole:
+        for model in models:
+            _print(model)
+        return
+    rows = [("MODEL", "STATE", "VERSION", "TAKES", "DEVICE", "")]
+    for m in models:
+        state = model_pb2.ModelState.Name(m.state).removeprefix("MODEL_STATE_")
+        why = "" if m.state == model_pb2.MODEL_STATE_READY else m.state_message
+        takes = ",".join(m.input_kinds)
+        rows.append((m.name.removeprefix("models/"), state, m.version, takes, m.device, why))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        print(f"{line}  {row[5]}".rstrip())
+
+
+def _whole_numbers(value: Any) -> Any:
+    """``value`` with floats that are whole numbers as ints: a JSON model's answer comes back as a
+    protobuf Struct, whose numbers are all doubles, and a class index should print as 3, not 3.0."""
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
 #: The model an image (or a text) goes to when no --model is given.
 IMAGE_MODEL = "efficientnet-lite0"
 TEXT_MODEL = "minilm"
@@ -118,6 +150,7 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
     )
     models.add_argument("action", nargs="?", choices=("list", "load", "unload"), default="list")
     models.add_argument("model", nargs="?", help="the model to load or unload, e.g. mobilenet-v2")
+    models.add_argument("--json", action="store_true", help="print each model whole, as JSON")
     predict = sub.add_parser(
         "predict", help="predict one input: an image file, a --text (minilm) or a --json object"
     )
@@ -287,17 +320,16 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
         if not args.model:
             sys.exit(f"ferry models {args.action} needs a model name, e.g. mobilenet-v2")
         change = ferry.load_model if args.action == "load" else ferry.unload_model
-        _print(change(args.model))
+        _print_models([change(args.model)], args.json)
     elif args.command == "models":
-        for model in ferry.list_models():
-            _print(model)
+        _print_models(ferry.list_models(), args.json)
     elif args.command == "predict" and args.text:
         [text] = args.text
         text_model = args.model or TEXT_MODEL
         _print(ferry.predict_text(text, text_model, args.label, args.top_k, args.request_id))
     elif args.command == "predict" and args.json:
         [payload] = args.json
-        print(json.dumps(ferry.predict_json(payload, args.model, args.request_id), indent=2))
+        print(json.dumps(_whole_numbers(ferry.predict_json(payload, args.model, args.request_id)), indent=2))
     elif args.command == "predict":
         _print(ferry.predict(args.image, args.model or IMAGE_MODEL, args.top_k, args.request_id))
     elif args.command == "get":

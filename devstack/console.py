@@ -80,8 +80,22 @@ def _file_route(path: str, filename: str, content_type: str) -> str:
 
 def routes(served_dir: str, folder: Path = CONSOLE_DIR) -> str:
     """The console's routes as route YAML text: ``/console`` redirects to ``/console/`` (index.html),
-    and each file of ``folder`` is answered from ``served_dir`` (where Envoy finds the folder)."""
+    and each file of ``folder`` is answered from ``served_dir`` (where Envoy finds the folder); a
+    method other than GET or HEAD is 405, as on the API's paths."""
     text = f"""
+                        - match:
+                            safe_regex: {{regex: "^{CONSOLE_PATH.rstrip("/")}(/.*)?$"}}
+                            headers:
+                              - name: ":method"
+                                string_match: {{safe_regex: {{regex: "^(GET|HEAD)$"}}}}
+                                invert_match: true
+                          direct_response:
+                            status: 405
+                            body: {{inline_string: "the console's files take GET, HEAD"}}
+                          response_headers_to_add:
+                            - header: {{key: allow, value: "GET, HEAD"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                          typed_per_filter_config:{edge.skipped_filters()}
                         - match: {{path: "{CONSOLE_PATH.rstrip("/")}"}}
                           redirect: {{path_redirect: "{CONSOLE_PATH}"}}
                           typed_per_filter_config:{edge.skipped_filters()}"""

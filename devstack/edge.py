@@ -79,6 +79,26 @@ def too_large_message(limit: BodyLimit) -> str:
     )
 
 
+#: The request's method as the client sent it: the transcoder turns every REST call into a POST to
+#: the gRPC path, and the access log should say GET for a GET (the path has the same problem,
+#: which x-envoy-original-path solves).
+ORIGINAL_METHOD_HEADER = "x-ferry-original-method"
+
+
+def original_method_filter() -> str:
+    """A header_mutation filter, as the first http_filters item: keeps the client's method in
+    ORIGINAL_METHOD_HEADER (a client's own value is overwritten) before the transcoder changes it."""
+    return f"""
+                  - name: envoy.filters.http.header_mutation
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+                      mutations:
+                        request_mutations:
+                          - append:
+                              header: {{key: {ORIGINAL_METHOD_HEADER}, value: "%REQ(:METHOD)%"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"""
+
+
 def buffer_filter() -> str:
     """The buffer filter, as an http_filters list item: DEFAULT_LIMIT unless a route says otherwise."""
     return f"""

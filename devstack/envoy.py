@@ -212,6 +212,7 @@ def render(opts: EnvoyOptions) -> str:
     """Returns the Envoy bootstrap config as YAML."""
     services = "".join(f"\n                        - {name}" for name in PUBLIC_SERVICES)
     tracing, otlp_cluster = _tracing(opts)
+    method = f"%REQ({edge.ORIGINAL_METHOD_HEADER.upper()}?:METHOD)%"
     # Several gateways: never route to one that fails its health checks. Envoy's default (panic
     # below 50 % healthy: route to all) would send calls to stopped gateways when 2 of 3 are out.
     no_panic = (
@@ -273,8 +274,8 @@ static_resources:
                           level: INFO
                           service: ferry-envoy
                           logger: envoy.access
-                          message: "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%"
-                          method: "%REQ(:METHOD)%"
+                          message: "{method} %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %RESPONSE_CODE%"
+                          method: "{method}"
                           path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
                           code: "%RESPONSE_CODE%"
                           grpc_status: "%GRPC_STATUS%"
@@ -290,7 +291,7 @@ static_resources:
                     - name: ferry
                       domains: ["*"]
                       routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{edge.method_not_allowed_routes()}{_routes(opts)}
-                http_filters:{oip_rest_edge.lua_filter()}
+                http_filters:{edge.original_method_filter()}{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its

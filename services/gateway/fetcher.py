@@ -97,7 +97,17 @@ class Fetcher:
         return await self._request(url.scheme, url.host, address, url.port, url.target, uri, where)
 
     async def _checked_address(self, host: str, port: int, uri: str, where: str) -> str:
-        """Resolves ``host``; every address must be allowed. Returns the one to connect to."""
+        """Resolves ``host``; every address must be allowed. Returns the one to connect to.
+
+        An address literal is judged before it is resolved: ``[fe80::1%lo]`` is a forbidden
+        link-local address whether or not this machine has that zone.
+        """
+        try:
+            literal = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            literal = None
+        if literal is not None and forbidden(literal, self.policy.allowed_networks):
+            raise _forbidden_host(where, host)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as err:
@@ -105,13 +115,7 @@ class Fetcher:
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         refused = [a for a in addresses if forbidden(a, self.policy.allowed_networks)]
         if refused or not addresses:
-            raise InvalidArgument(
-                f"{where} leads to {host}, which resolves to an address the gateway does not fetch "
-                "from (loopback, private, link-local, cloud metadata or another reserved range); "
-                "give a URL on the public internet, or send the image's bytes in content",
-                reason="IMAGE_URI_FORBIDDEN",
-                metadata={"field": where, "host": host},
-            )
+            raise _forbidden_host(where, host)
         return str(addresses[0])
 
     async def _request(
@@ -223,6 +227,16 @@ def _shown(uri: str) -> str:
 
 def _invalid(where: str, why: str) -> InvalidArgument:
     return InvalidArgument(f"{where} {why}", reason="INVALID_IMAGE_URI", metadata={"field": where})
+
+
+def _forbidden_host(where: str, host: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} leads to {host}, which resolves to an address the gateway does not fetch "
+        "from (loopback, private, link-local, cloud metadata or another reserved range); "
+        "give a URL on the public internet, or send the image's bytes in content",
+        reason="IMAGE_URI_FORBIDDEN",
+        metadata={"field": where, "host": host},
+    )
 
 
 def _failed(where: str, uri: str, why: str) -> InvalidArgument:

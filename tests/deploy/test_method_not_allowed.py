@@ -33,6 +33,8 @@ def _call(url: str, method: str) -> tuple[int, dict[str, Any], str]:
         ("DELETE", "/v1/jobs", "GET, POST, HEAD"),
         ("POST", "/v1/predictions/0193a1b2-0000-7000-8000-000000000000?x=1", "GET, HEAD"),
         ("PUT", "/v1/jobs/abc:cancel", "POST"),
+        ("POST", "/console/", "GET, HEAD"),
+        ("DELETE", "/console", "GET, HEAD"),
     ],
 )
 def test_a_wrong_method_on_a_known_path_is_405_naming_the_methods(
@@ -57,3 +59,10 @@ def test_templates_match_names_not_verbs_or_deeper_paths() -> None:
     assert not re.fullmatch(path_regex("/v1/jobs/{name}").strip("^$"), "/v1/jobs/abc/results")
     assert rest_methods()["/v1/models/{model}:predict"] == ("POST",)
     assert not [p for p in rest_methods() if p.startswith("/v2")]
+
+
+def test_the_console_still_answers_get_and_head(edge: str) -> None:
+    for method in ("GET", "HEAD"):
+        request = urllib.request.Request(edge + "/console/", method=method)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 200 and answer.headers["content-type"].startswith("text/html")

@@ -55,6 +55,22 @@ def test_a_rest_call_leaves_one_access_line_with_its_trace_id(
         ("envoy.access", 200, line["request_id"])
     ]
     assert envoy[0]["path"] == "/v1/models/efficientnet-lite0:predict"
+    assert envoy[0]["method"] == "POST"
+
+
+def test_envoy_logs_a_rest_get_as_the_get_it_was(stack: dict[str, Any], rest: Rest) -> None:
+    # The transcoder sends every REST call on as a POST to the gRPC path; the log keeps the client's.
+    marker = "efficientnet-lite0?view=logged-get"
+    status, body = rest.get(f"/v1/models/{marker}")
+    assert status in (200, 400), body
+    envoy_log = Path(stack["logs_dir"]) / "envoy.log"
+    deadline = time.monotonic() + 20
+    while True:
+        envoy = [e for e in json_lines(envoy_log) if e.get("path") == f"/v1/models/{marker}"]
+        if envoy or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [(e["method"], e["message"].split()[0]) for e in envoy] == [("GET", "GET")], envoy
 
 
 def test_every_service_logs_json_lines(stack: dict[str, Any]) -> None:

@@ -279,9 +279,12 @@ def test_an_embedded_ipv4_is_admitted_by_the_allow_list_as_an_ipv4() -> None:
         "http://[2002:a9fe:a9fe::]/x.jpg",
         "http://[::10.0.0.7]/x.jpg",
         "http://[::ffff:a00:7]/x.jpg",
+        # A zoned link-local literal is forbidden before it is resolved (this machine has no such zone).
+        "http://[fe80::1%lo]/x.jpg",
+        "http://[fe80::1%25nozone]/x.jpg",
     ],
 )
-async def test_urls_to_ipv4_carrying_addresses_are_refused(uri: str) -> None:
+async def test_urls_to_forbidden_address_literals_are_refused(uri: str) -> None:
     # (The fetcher here admits 127.0.0.1, so these carry other private addresses.)
     with pytest.raises(InvalidArgument) as caught:
         await fetcher().fetch(uri)

@@ -44,7 +44,13 @@ from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.ids import uuid7
-from services.common.messaging import EVENTS_STREAM, PREDICTIONS_SUBJECT, connect, ensure_streams
+from services.common.messaging import (
+    EVENTS_STREAM,
+    PREDICTION_BATCHES_SUBJECT,
+    PREDICTIONS_SUBJECT,
+    connect,
+    ensure_streams,
+)
 from services.common.tasks import spawn
 from services.common.tracing import setup_tracing
 from services.store import codec
@@ -56,8 +62,8 @@ from services.store.settings import StoreSettings
 TENANT = "bench"
 
 
-def record(now_ns: int | None = None) -> bytes:
-    """One PredictionRecorded as a sync predict publishes it: five classes, timing, a trace id."""
+def event(now_ns: int | None = None) -> events_pb2.PredictionRecorded:
+    """One PredictionRecorded as a sync predict makes it: five classes, timing, a trace id."""
     made = prediction_pb2.Prediction(
         name=f"predictions/{uuid7()}",
         model="models/efficientnet-lite0",
@@ -76,7 +82,21 @@ def record(now_ns: int | None = None) -> bytes:
         trace_id=uuid.uuid4().hex,
     )
     made.create_time.FromNanoseconds(now_ns or time.time_ns())
-    return events_pb2.PredictionRecorded(tenant=TENANT, prediction=made).SerializeToString()
+    return events_pb2.PredictionRecorded(tenant=TENANT, prediction=made)
+
+
+def record(now_ns: int | None = None) -> bytes:
+    """One PredictionRecorded, serialized, as the jobs runner publishes it (one a message)."""
+    return event(now_ns).SerializeToString()
+
+
+def batch(size: int) -> bytes:
+    """A PredictionsRecorded of ``size`` records, each with its request's traceparent, as the
+    gateway publishes them."""
+    records = [event() for _ in range(size)]
+    for made in records:
+        made.traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    return events_pb2.PredictionsRecorded(records=records).SerializeToString()
 
 
 def headers(data: bytes) -> dict[str, str]:
@@ -87,27 +107,30 @@ def headers(data: bytes) -> dict[str, str]:
     }
 
 
-async def publish(js: JetStreamContext, count: int, rate: float = 0.0) -> None:
-    """Publishes ``count`` records, awaiting acks in windows; paced to ``rate`` per second if set."""
+async def publish(js: JetStreamContext, count: int, rate: float = 0.0, per_message: int = 1) -> None:
+    """Publishes ``count`` records, ``per_message`` a message (a batch when above 1), awaiting acks
+    in windows; paced to ``rate`` records per second if set."""
     started = time.monotonic()
-    window = 500
+    window = 500 * per_message
     for first in range(0, count, window):
         if rate:
             await asyncio.sleep(max(0.0, started + first / rate - time.monotonic()))
         acks = []
-        for _ in range(min(window, count - first)):
-            data = record()
-            acks.append(js.publish(PREDICTIONS_SUBJECT, data, headers=headers(data)))
+        for at in range(first, min(first + window, count), per_message):
+            size = min(per_message, count - at)
+            subject = PREDICTIONS_SUBJECT if per_message == 1 else PREDICTION_BATCHES_SUBJECT
+            data = record() if per_message == 1 else batch(size)
+            acks.append(js.publish(subject, data, headers=headers(data)))
         await asyncio.gather(*acks)
 
 
-def _publisher_process(nats_url: str, count: int, rate: float) -> None:
+def _publisher_process(nats_url: str, count: int, rate: float, per_message: int) -> None:
     """Runs in its own process, as gateways do, so publishing does not share ingest's event loop."""
 
     async def main() -> None:
         async with AsyncExitStack() as stack:
             _, js = await connect(nats_url, "bench-publisher", stack)
-            await publish(js, count, rate)
+            await publish(js, count, rate, per_message)
 
     asyncio.run(main())
 
@@ -235,8 +258,10 @@ class Bench:
         concurrency: int,
         pids: dict[str, int] | None = None,
         tracing: bool = True,
+        per_message: int = 1,
     ) -> None:
         self.tracing = tracing
+        self.per_message = per_message
         self.concurrency = concurrency
         self.pids = pids or {}
         self.database_url = ""
@@ -277,7 +302,7 @@ class Bench:
     async def throughput(self, name: str, count: int, batch: int, writer: Writer) -> Throughput:
         """Time to commit ``count`` records already waiting in the stream."""
         await self.js.purge_stream(EVENTS_STREAM)
-        await publish(self.js, count)
+        await publish(self.js, count, per_message=self.per_message)
         async with self.database() as pool:
             cpu = cpu_by_process(self.pids)
             started = time.perf_counter()
@@ -293,7 +318,7 @@ class Bench:
         Timed from the first committed row to the last, so process start-up is left out.
         """
         await self.js.purge_stream(EVENTS_STREAM)
-        await publish(self.js, count)
+        await publish(self.js, count, per_message=self.per_message)
         consumer = f"bench-{uuid.uuid4().hex[:8]}"
         async with self.database() as pool:
             context = multiprocessing.get_context("spawn")
@@ -334,7 +359,7 @@ class Bench:
             self.ingesting(pool, defaults.ingest_batch_size, defaults.ingest_max_wait_s, measured),
         ):
             publisher = multiprocessing.get_context("spawn").Process(
-                target=_publisher_process, args=(self.nats_url, count, rate)
+                target=_publisher_process, args=(self.nats_url, count, rate, self.per_message)
             )
             publisher.start()
             while publisher.is_alive() or len(lags) < count:
@@ -360,7 +385,9 @@ async def run(args: argparse.Namespace) -> None:
                 _, js = await connect(nats_url, "bench-store", stack)
                 await ensure_streams(js)
                 pids = {"store": os.getpid(), "nats": nats.pid, "postgres": postgres.pid}
-                bench = Bench(js, postgres.uri, nats_url, args.concurrency, pids, tracing=not args.no_tracing)
+                bench = Bench(
+                    js, postgres.uri, nats_url, args.concurrency, pids, not args.no_tracing, args.per_message
+                )
                 as_store_runs(bench.tracing)
                 copy = await bench.throughput("COPY + INSERT … SELECT", args.rows, args.batch, write_batch)
                 rows = await bench.throughput("row at a time", args.baseline_rows, args.batch, one_by_one)
@@ -371,7 +398,8 @@ async def run(args: argparse.Namespace) -> None:
             nats.stop()
     print(
         f"\nstore ingest, JetStream → committed rows ({os.cpu_count()} CPUs, batch {args.batch},"
-        f" {args.concurrency} in flight, tracing {'off' if args.no_tracing else 'on'})"
+        f" {args.concurrency} in flight, tracing {'off' if args.no_tracing else 'on'},"
+        f" {args.per_message} records a message)"
     )
     print(
         f"{'write path':<30}{'rows':>8}{'seconds':>8}{'rows/s':>9}{'ratio':>7}"
@@ -399,6 +427,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000, help="records for the COPY path's throughput")
     parser.add_argument(
         "--baseline-rows", type=int, default=10_000, help="records for the row-at-a-time path"
+    )
+    parser.add_argument(
+        "--per-message",
+        type=int,
+        default=1,
+        help="records per NATS message: 1 as the jobs runner publishes, more for the gateway's batches",
     )
     parser.add_argument("--batch", type=int, default=2_000, help="ingest batch size for the throughput runs")
     parser.add_argument(

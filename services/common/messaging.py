@@ -3,8 +3,9 @@
 Streams (created idempotently by whichever service starts first):
 
 * ``FERRY_WORK`` (work-queue retention): job items on ``ferry.jobs.items.<priority>``.
-* ``FERRY_EVENTS`` (kept 7 days): prediction records on ``ferry.records.predictions``
-  and job events on ``ferry.jobs.events.<kind>``; store ingests them into Postgres.
+* ``FERRY_EVENTS`` (kept 7 days): prediction records on ``ferry.records.predictions`` (one a
+  message) and ``ferry.records.prediction_batches`` (many a message), and job events on
+  ``ferry.jobs.events.<kind>``; store ingests them into Postgres.
 * ``FERRY_DEAD`` (kept 7 days, the newest per subject): job items that ended FAILED, on
   ``ferry.jobs.dead.<job_id>.<item_index>``, with their input, so RetryJob can run them again.
 
@@ -46,6 +47,8 @@ EVENTS_STREAM = "FERRY_EVENTS"
 DEAD_STREAM = "FERRY_DEAD"
 DEAD_LETTER_SUBJECT_PREFIX = "ferry.jobs.dead"
 PREDICTIONS_SUBJECT = "ferry.records.predictions"
+#: Batches of prediction records (``PredictionsRecorded``): the gateway's synchronous predictions.
+PREDICTION_BATCHES_SUBJECT = "ferry.records.prediction_batches"
 JOB_EVENTS_SUBJECT_PREFIX = "ferry.jobs.events"
 JOB_ITEMS_SUBJECT_PREFIX = "ferry.jobs.items"
 CANCELLED_JOBS_BUCKET = "ferry_cancelled_jobs"

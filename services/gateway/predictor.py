@@ -13,7 +13,6 @@ from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
-from services.common import messaging
 from services.common.answers import copy_answer
 from services.common.errors import FerryError, error_from_status
 from services.common.ids import prediction_id_for_request
@@ -22,7 +21,7 @@ from services.gateway import fetcher, validation
 from services.gateway.catalog import ModelCatalog
 from services.gateway.downstream import Backend, publishing
 from services.gateway.idempotency import Edge, new_id
-from services.gateway.publisher import Publisher
+from services.gateway.record_batches import RecordBatcher
 from services.gateway.settings import GatewaySettings
 
 
@@ -35,13 +34,13 @@ class Predictor:
         inference: inference_service_pb2_grpc.InferenceServiceStub,
         backend: Backend,
         catalog: ModelCatalog,
-        publisher: Publisher,
+        records: RecordBatcher,
     ) -> None:
         self._settings = settings
         self._inference = inference
         self._backend = backend
         self._catalog = catalog
-        self._publisher = publisher
+        self._records = records
 
     async def predict(
         self,
@@ -144,8 +143,8 @@ class Predictor:
         Raises:
             FerryError: UNAVAILABLE when JetStream did not acknowledge it within the budget.
         """
-        # The answer waits for JetStream's ack: a prediction is only returned once it will be stored.
+        # The answer waits for JetStream's ack of the record's batch: a prediction is only
+        # returned once it will be stored.
         event = events_pb2.PredictionRecorded(tenant=tenant, prediction=prediction)
-        msg_id = prediction.name.removeprefix("predictions/")
         async with publishing("the prediction could not be recorded"):
-            await self._publisher.publish(messaging.PREDICTIONS_SUBJECT, event, msg_id)
+            await self._records.record(event)

@@ -34,6 +34,7 @@ from services.gateway.peers import LiveGateways
 from services.gateway.predictor import Predictor
 from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
+from services.gateway.record_batches import RecordBatcher
 from services.gateway.records import Records
 from services.gateway.servicers import oip_repository
 from services.gateway.servicers.jobs import JobServicer
@@ -117,7 +118,11 @@ class GatewayService:
         store_backend = Backend("store", store_channel, s.store_timeout_s)
         catalog = ModelCatalog(inference, inference_backend, s.catalog_ttl_s)
         publisher = Publisher(js, s.publish_timeout_s)
-        predictor = Predictor(s, inference, inference_backend, catalog, publisher)
+        records = RecordBatcher(
+            publisher, s.record_batch_max_records, nc.max_payload * 3 // 4, s.record_batches_in_flight
+        )
+        stack.push_async_callback(records.close)  # before the drain: closed first, drained after
+        predictor = Predictor(s, inference, inference_backend, catalog, records)
         auth = Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s)
         self._slot.fill(
             Components(

@@ -40,6 +40,13 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     publish_timeout_s: float = Field(default=10.0, gt=0)
     """How long one publish keeps trying to get JetStream's acknowledgement (retrying across a NATS
     restart) before the call answers UNAVAILABLE."""
+    record_batch_max_records: int = Field(default=256, ge=1)
+    """Most prediction records in one JetStream message (docs/architecture.md, *Records*); a batch
+    is also kept under three quarters of NATS's max_payload."""
+    record_batches_in_flight: int = Field(default=1, ge=1)
+    """Record batches awaiting JetStream's acknowledgement at once before new records wait to go
+    in the next batch; 1 is group commit: under load, each batch holds what arrived during the
+    previous one's round trip."""
     max_publish_inflight: int = Field(default=128, ge=1)
     """Most job items one CreateJob publishes at once (their acks are all awaited)."""
     max_image_bytes: int = Field(default=limits.DEFAULT_IMAGE_BYTES, gt=0)

@@ -5,18 +5,21 @@ id is inserted, and an existing row is replaced only by the re-run record of the
 RetryJob re-queued it for. Job counters move only for rows a transaction really wrote, so a
 redelivery never counts an item twice. A failed write naks the batch: nothing is acked that is not stored.
 Only an event that can never be stored (undecodable, or refused by Postgres for its content) is
-terminated, and it is logged.
+terminated, and it is logged. A message may be a batch of records (``PredictionsRecorded``, the
+gateway's): each record is decoded, written and deduplicated on its own, and the message is acked
+once all of them are stored (or can never be), naked if the write of any may still pass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import gc
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -32,7 +35,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
-from services.common.messaging import EVENTS_STREAM, PullConsumer
+from services.common.messaging import EVENTS_STREAM, PREDICTION_BATCHES_SUBJECT, PullConsumer
 from services.common.tracing import extract_context
 from services.store import codec, metrics
 from services.store.outage import UNREACHABLE, OutageLog
@@ -71,10 +74,12 @@ def tune_gc() -> None:
 
 
 class Decoded(NamedTuple):
-    """One event ready to write (a tuple: ingest makes one per record, a dataclass costs more)."""
+    """One record ready to write (a tuple: ingest makes one per record, a dataclass costs more)."""
 
     message: Msg
     row: codec.PredictionRow
+    headers: dict[str, str] | None
+    """Where the record's trace context is: its message's headers, or its own in a batch."""
 
 
 async def write_batch(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
@@ -117,16 +122,38 @@ def job_progress(written: list[asyncpg.Record]) -> list[jobs.Progress]:
     return [tally[key] for key in sorted(tally)]
 
 
-def decode(message: Msg) -> Decoded | None:
-    """Parses one event; None when it can never be stored (it is then terminated)."""
+def decode(message: Msg) -> list[Decoded]:
+    """The records of one event message: a ``PredictionRecorded``, or a ``PredictionsRecorded``
+    batch on ``PREDICTION_BATCHES_SUBJECT``.
+
+    A record that can never be stored (no tenant, a bad name, a time out of range) is logged,
+    counted as malformed and left out, so one bad record does not hold back the rest of its
+    batch; [] when nothing in the message can be stored (it is then terminated).
+    """
+    events: Sequence[events_pb2.PredictionRecorded]
     try:
-        event = events_pb2.PredictionRecorded.FromString(message.data)
-        if not event.tenant:
-            raise ValueError("event has no tenant")
-        return Decoded(message, codec.prediction_row(event.tenant, event.prediction, event.generation))
-    except (DecodeError, ValueError) as err:
+        if message.subject == PREDICTION_BATCHES_SUBJECT:
+            events = events_pb2.PredictionsRecorded.FromString(message.data).records
+        else:
+            events = [events_pb2.PredictionRecorded.FromString(message.data)]
+    except DecodeError as err:
         log.error("dropping malformed record event on %s: %s", message.subject, err)
-        return None
+        metrics.RECORDS.labels("malformed").inc()
+        return []
+    decoded = []
+    for event in events:
+        try:
+            if not event.tenant:
+                raise ValueError("event has no tenant")
+            row = codec.prediction_row(event.tenant, event.prediction, event.generation)
+        except ValueError as err:
+            log.error("dropping malformed record %r on %s: %s", event.prediction.name, message.subject, err)
+            metrics.RECORDS.labels("malformed").inc()
+            continue
+        # A batch's record carries its request's trace context; a lone one's message does.
+        headers = {"traceparent": event.traceparent} if event.traceparent else message.headers
+        decoded.append(Decoded(message, row, headers))
+    return decoded
 
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -206,35 +233,57 @@ class Ingestor:
             await consumer.close()
 
     async def handle(self, messages: list[Msg]) -> None:
-        """Writes one fetched batch, then acks it (or naks it when the write failed)."""
-        decoded = []
+        """Writes one fetched batch, then settles each message: acked once every record it holds
+        is stored (or can never be), naked when a write of one of them failed and may pass."""
+        decoded: list[Decoded] = []
         for message in messages:
-            item = decode(message)
-            if item is None:
-                metrics.RECORDS.labels("malformed").inc()
+            items = decode(message)
+            if items:
+                decoded.extend(items)
+            else:
+                await message.term()
+        if not decoded:
+            return
+        outcome = await self._write(decoded)
+        if outcome is not _Outcome.REFUSED:
+            await self._settle(decoded, retry=outcome is _Outcome.RETRY)
+            return
+        # One record Postgres refuses (a NUL character in a string, say) would hold back its
+        # whole batch on every redelivery: write them one by one and drop only the refused.
+        retry: set[int] = set()
+        refused: set[int] = set()
+        for item in decoded:
+            single = await self._write([item])
+            if single is _Outcome.REFUSED:
+                log.error("dropping record %s: Postgres refuses its content", item.row.id)
+                metrics.RECORDS.labels("refused").inc()
+                refused.add(id(item))
+            elif single is _Outcome.RETRY:
+                retry.add(id(item.message))
+        for message, items in _by_message(decoded):
+            if id(message) in retry:
+                await message.nak(delay=self._retry_delay_s)
+            elif all(id(item) in refused for item in items):
                 await message.term()
             else:
-                decoded.append(item)
-        if decoded and not await self._write(decoded):
-            # One record Postgres refuses (a NUL character in a string, say) would hold back its
-            # whole batch on every redelivery: write them one by one and drop only the refused.
-            for item in decoded:
-                if not await self._write([item]):
-                    log.error("dropping record %s: Postgres refuses its content", item.row.id)
-                    metrics.RECORDS.labels("refused").inc()
-                    await item.message.term()
+                await message.ack()
 
-    async def _write(self, group: list[Decoded]) -> bool:
-        """Writes ``group`` and acks it, or naks it when the failure may pass.
+    async def _settle(self, group: list[Decoded], retry: bool) -> None:
+        """Acks (or naks, to have them redelivered) the messages of ``group``, each once."""
+        messages = [message for message, _ in _by_message(group)]
+        if retry:
+            await asyncio.gather(*(m.nak(delay=self._retry_delay_s) for m in messages))
+            return
+        for message in messages:  # an ack is a buffered publish: awaiting each in turn beats a task per ack
+            await message.ack()
 
-        Returns:
-            Whether Postgres accepted the content; when it refused, nothing was acked or naked.
-        """
+    async def _write(self, group: list[Decoded]) -> _Outcome:
+        """Writes ``group`` in one transaction; acks and naks are left to the caller."""
         started = time.time_ns()
         try:
             written = await self._writer(self._pool, [d.row for d in group])
         except _REFUSED:
-            return False
+            return _Outcome.REFUSED
         except _TRANSIENT as err:
             if isinstance(err, UNREACHABLE):
                 self._outage.failed(err)  # once per outage: every batch fails alike until it ends
@@ -243,8 +292,7 @@ class Ingestor:
                     "cannot write %d records, redelivering in %.0fs: %r", len(group), self._retry_delay_s, err
                 )
             metrics.RECORDS.labels("retried").inc(len(group))
-            await asyncio.gather(*(d.message.nak(delay=self._retry_delay_s) for d in group))
-            return True
+            return _Outcome.RETRY
         self._outage.succeeded()
         committed = time.time_ns()
         metrics.BATCH_SIZE.observe(len(group))
@@ -253,12 +301,22 @@ class Ingestor:
         now = datetime.now(UTC)
         for item in group:
             # Each record's span joins the trace of the request that produced it.
-            span = tracer.start_span(
-                "store.ingest", context=parent_context(item.message.headers), start_time=started
-            )
+            span = tracer.start_span("store.ingest", context=parent_context(item.headers), start_time=started)
             span.set_attribute("ferry.prediction_id", str(item.row.id))
             span.end(end_time=committed)
             metrics.LAG.observe(max(0.0, (now - item.row.create_time).total_seconds()))
-        for item in group:  # an ack is a buffered publish: awaiting each in turn beats a task per ack
-            await item.message.ack()
-        return True
+        return _Outcome.STORED
+
+
+class _Outcome(enum.Enum):
+    STORED = "stored"
+    REFUSED = "refused"  # Postgres refuses the content: retrying cannot help
+    RETRY = "retry"  # the write may succeed later: redeliver
+
+
+def _by_message(group: list[Decoded]) -> list[tuple[Msg, list[Decoded]]]:
+    """The group's records by the message that brought them, in order (a batch brings many)."""
+    messages: dict[int, tuple[Msg, list[Decoded]]] = {}  # by id(): a Msg is a dataclass, unhashable
+    for item in group:
+        messages.setdefault(id(item.message), (item.message, []))[1].append(item)
+    return list(messages.values())

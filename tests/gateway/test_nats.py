@@ -1,4 +1,5 @@
-"""What the gateway writes to a real JetStream: job items (deduplicated) and cancellations."""
+"""What the gateway writes to a real JetStream: job items (deduplicated), cancellations and
+batches of prediction records."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import grpc
 import nats
 import pytest
 from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from devstack.infra import free_port, start_nats
 from ferry.events.v1 import events_pb2
@@ -23,6 +26,7 @@ from services.gateway.cancellation import CANCELLED, mark_cancelled
 from services.gateway.downstream import publishing
 from services.gateway.job_manager import publish_job_items
 from services.gateway.publisher import Publisher
+from services.gateway.record_batches import RecordBatcher
 
 
 async def test_job_items_are_published_once_even_when_published_again(nats_url: str) -> None:
@@ -133,10 +137,88 @@ async def test_publisher_gives_up_after_its_budget_and_nothing_is_stored_later(
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     server.start()
     # Once reconnected, nothing buffered from the failed call may be flushed into the stream.
+    assert await messages_once_back(js) == 0
+
+
+async def messages_once_back(js: JetStreamContext) -> int:
+    """The events stream's message count, once the restarted server answers (within 10 s)."""
     for _ in range(100):
         try:
-            info = await js.stream_info(messaging.EVENTS_STREAM)
-            break
+            return (await js.stream_info(messaging.EVENTS_STREAM)).state.messages
         except Exception:
             await asyncio.sleep(0.1)
-    assert info.state.messages == 0
+    raise AssertionError("nats-server did not come back within 10 s")
+
+
+async def stored_batches(js: JetStreamContext) -> list[events_pb2.PredictionsRecorded]:
+    """Every record batch in the (test's own) events stream, in order."""
+    info = await js.stream_info(messaging.EVENTS_STREAM)
+    batches = []
+    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
+        message = await js.get_msg(messaging.EVENTS_STREAM, sequence)
+        assert message.subject == messaging.PREDICTION_BATCHES_SUBJECT
+        batches.append(events_pb2.PredictionsRecorded.FromString(message.data or b""))
+    return batches
+
+
+def named(index: int) -> events_pb2.PredictionRecorded:
+    record = events_pb2.PredictionRecorded(tenant="acme")
+    record.prediction.name = f"predictions/{index}"
+    return record
+
+
+async def test_records_answered_together_go_out_in_few_batches_each_once(
+    private_nats: tuple[PrivateNats, JetStreamContext],
+) -> None:
+    _, js = private_nats
+    batcher = RecordBatcher(Publisher(js, budget_s=5.0), max_records=8, max_bytes=1 << 20)
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())  # a real SDK, as the services install
+    tracer = trace.get_tracer("gateway-tests")
+
+    async def request(index: int) -> None:
+        with tracer.start_as_current_span("predict"):
+            await batcher.record(named(index))
+
+    await asyncio.gather(*(request(i) for i in range(30)))  # each returns once its batch is stored
+    batches = await stored_batches(js)
+    records = [r.prediction.name for b in batches for r in b.records]
+    assert sorted(records) == sorted(f"predictions/{i}" for i in range(30))  # every one, once
+    assert 4 <= len(batches) < 30  # batched, and none over max_records
+    assert all(len(b.records) <= 8 for b in batches)
+    # Each record carries its own request's trace context, for store's span.
+    assert len({r.traceparent for b in batches for r in b.records}) == 30
+
+
+async def test_a_batch_rides_out_a_nats_restart_and_is_stored_once(
+    private_nats: tuple[PrivateNats, JetStreamContext],
+) -> None:
+    server, js = private_nats
+    server.stop()
+    batcher = RecordBatcher(Publisher(js, budget_s=20.0), max_records=256, max_bytes=1 << 20)
+    waiting = [asyncio.create_task(batcher.record(named(i))) for i in range(5)]
+    await asyncio.sleep(1.0)  # publishes fail at once meanwhile; the publisher keeps trying
+    assert not any(task.done() for task in waiting)
+    server.start()
+    await asyncio.gather(*waiting)
+    records = [r.prediction.name for b in await stored_batches(js) for r in b.records]
+    assert sorted(records) == sorted(f"predictions/{i}" for i in range(5))
+
+
+async def test_records_not_acknowledged_in_the_budget_are_unavailable_and_never_stored_later(
+    private_nats: tuple[PrivateNats, JetStreamContext],
+) -> None:
+    server, js = private_nats
+    server.stop()
+    batcher = RecordBatcher(Publisher(js, budget_s=1.0), max_records=256, max_bytes=1 << 20)
+
+    async def request(index: int) -> grpc.StatusCode:
+        with pytest.raises(FerryError) as caught:
+            async with publishing("the prediction could not be recorded"):
+                await batcher.record(named(index))
+        return caught.value.code
+
+    assert await asyncio.gather(*(request(i) for i in range(3))) == [grpc.StatusCode.UNAVAILABLE] * 3
+    await batcher.close()
+    server.start()
+    assert await messages_once_back(js) == 0

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import grpc
-import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ferry.jobs.v1 import job_pb2
@@ -191,19 +188,6 @@ async def test_a_record_postgres_refuses_is_dropped_and_its_batch_lands(
     )
     assert refused == refused_before + 1  # terminated once, not naked round and round
     assert await pool.fetchval("SELECT count(*) FROM predictions WHERE id = $1", record_id(poison)) == 0
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Spans finished during the test (a real SDK provider, as the services install)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # the provider outlives the test; stop collecting into this exporter
 
 
 async def test_the_ingest_span_joins_the_publishers_trace(

@@ -1,21 +1,30 @@
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictionRecorded(_message.Message):
-    __slots__ = ("tenant", "prediction", "generation")
+    __slots__ = ("tenant", "prediction", "generation", "traceparent")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     prediction: _prediction_pb2.Prediction
     generation: int
-    def __init__(self, tenant: _Optional[str] = ..., prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, tenant: _Optional[str] = ..., prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ..., generation: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
+class PredictionsRecorded(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[PredictionRecorded]
+    def __init__(self, records: _Optional[_Iterable[_Union[PredictionRecorded, _Mapping]]] = ...) -> None: ...
 
 class JobItem(_message.Message):
     __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation", "priority", "input_ref")

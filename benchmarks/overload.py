@@ -34,6 +34,8 @@ import argparse
 import asyncio
 import http.client
 import io
+import json
+import multiprocessing
 import os
 import re
 import secrets
@@ -41,6 +43,10 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
@@ -84,10 +90,10 @@ class Bench:
         self._request = model_service_pb2.PredictRequest(model=MODEL, image=types_pb2.Image(content=image))
         self.first_error: str | None = None
 
-    async def predict(self) -> tuple[str, float]:
+    async def predict(self, timeout_s: float = 60) -> tuple[str, float]:
         started = time.perf_counter()
         try:
-            await self._stub.Predict(self._request, metadata=self._metadata, timeout=60)
+            await self._stub.Predict(self._request, metadata=self._metadata, timeout=timeout_s)
             outcome = "OK"
         except grpc.aio.AioRpcError as err:
             outcome = err.code().name
@@ -114,17 +120,17 @@ class Bench:
         await asyncio.gather(*(client() for _ in range(clients)))
         return done / (time.perf_counter() - started)
 
-    async def open_loop(self, rate: float, seconds: float) -> list[tuple[str, float]]:
+    async def open_loop(self, rate: float, seconds: float, timeout_s: float = 60) -> list[tuple[str, float]]:
         """Sends at ``rate`` per second for ``seconds``, whatever the answers; returns every outcome."""
         calls = []
         started = time.monotonic()
         for n in range(int(rate * seconds)):
             await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-            calls.append(asyncio.ensure_future(self.predict()))
+            calls.append(asyncio.ensure_future(self.predict(timeout_s)))
         return list(await asyncio.gather(*calls))
 
-    async def overbound(self, clients: int, seconds: float) -> tuple[float, list[float]]:
-        """``clients`` closed-loop clients for ``seconds``: predictions/s done, and each 429's latency."""
+    async def closed_loop(self, clients: int, seconds: float) -> tuple[int, list[float]]:
+        """``clients`` closed-loop clients for ``seconds``: predictions done, and each 429's latency."""
         done, refused = 0, []
         deadline = time.monotonic() + seconds
 
@@ -136,16 +142,116 @@ class Bench:
                 if outcome == "RESOURCE_EXHAUSTED":
                     refused.append(took)
 
-        started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-        return done / (time.perf_counter() - started), refused
+        return done, refused
+
+    async def probe(self, start_s: float, seconds: float, pause_s: float) -> list[tuple[str, float]]:
+        """After ``start_s``, a call every ``pause_s`` for ``seconds`` (not waiting for answers: one
+        that gets in waits behind the admitted ones), each given up after 2 s: every outcome."""
+        await asyncio.sleep(start_s)
+        return await self.open_loop(1 / pause_s, seconds, timeout_s=2)
+
+
+@dataclass
+class Attack:
+    """What one attacking process saw: predictions done, each 429's latency, its own CPU seconds."""
+
+    done: int
+    refused: list[float]
+    cpu_s: float
+
+
+def attack(target: str, key: str, image: bytes, clients: int, seconds: float, niceness: int) -> Attack:
+    """Runs in a process of its own: ``clients`` closed-loop clients at ``niceness``."""
+    os.nice(niceness)
+    started = time.process_time()
+
+    async def main() -> tuple[int, list[float]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await Bench(channel, key, image).closed_loop(clients, seconds)
+
+    done, refused = asyncio.run(main())
+    return Attack(done, refused, time.process_time() - started)
+
+
+@dataclass
+class Overbound:
+    """The over-bound phase: attackers' goodput and 429s, the probe's calls, Envoy's own 429 times."""
+
+    goodput: float
+    refused: list[float]
+    attackers_cpu_s: float
+    probe: list[tuple[str, float]]
+
+
+async def overbound(
+    bench: Bench,
+    target: str,
+    key: str,
+    image: bytes,
+    clients: int,
+    seconds: float,
+    processes: int,
+    niceness: int,
+) -> Overbound:
+    """``clients`` closed-loop attackers in ``processes`` processes at ``niceness``, which send
+    again as soon as they are answered, for ``seconds``; meanwhile (after they are under way) a
+    probe here, at this process's priority, sends a call every 20 ms."""
+    loop = asyncio.get_running_loop()
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
+        # Start the processes (imports: seconds) before the clock runs.
+        await asyncio.gather(*(loop.run_in_executor(pool, os.getpid) for _ in range(processes)))
+        share = [clients // processes + (n < clients % processes) for n in range(processes)]
+        started = time.perf_counter()
+        attacks = [
+            loop.run_in_executor(pool, attack, target, key, image, n, seconds, niceness) for n in share
+        ]
+        probe = await bench.probe(min(3.0, seconds / 4), seconds / 2, 0.02)
+        results = await asyncio.gather(*attacks)
+        elapsed = time.perf_counter() - started
+    return Overbound(
+        goodput=sum(a.done for a in results) / elapsed,
+        refused=[s for a in results for s in a.refused],
+        attackers_cpu_s=sum(a.cpu_s for a in results),
+        probe=probe,
+    )
+
+
+def envoy_refusals_ms(log: Path, since: float, until: float) -> list[float]:
+    """Envoy's own time (``duration_ms`` of its access log) for the 429s it logged between two
+    wall-clock times: from the request's first byte to the answer's last, the client left out."""
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"grpc_status":"ResourceExhausted"' not in line and '"code":429' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+            stamp = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        except (ValueError, KeyError):
+            continue
+        if since <= stamp <= until:
+            times.append(float(entry["duration_ms"]))
+    return times
+
+
+@dataclass(frozen=True)
+class Attackers:
+    """How the over-bound phase's clients run."""
+
+    clients: int
+    processes: int
+    niceness: int
 
 
 async def run(
-    target: str, seconds: float, clients: int, factor: float, overbound_clients: int, pids: dict[str, int]
+    endpoints: Endpoints, seconds: float, clients: int, factor: float, attackers: Attackers
 ) -> None:
+    target = endpoints.grpc_target
+    pids = {name: endpoints.pids[name] for name in ("gateway", "envoy")}
+    key, image = await unthrottled_key(target, ["predict"]), cat_jpeg()
     async with grpc.aio.insecure_channel(target) as channel:
-        bench = Bench(channel, await unthrottled_key(target, ["predict"]), cat_jpeg())
+        bench = Bench(channel, key, image)
         outcome, _ = await bench.predict()  # warm: connections, the model, the catalog
         if outcome != "OK":
             raise SystemExit(f"a prediction failed: {bench.first_error}")
@@ -159,9 +265,12 @@ async def run(
         await asyncio.sleep(2)  # let the queues drain
         outcomes = await bench.open_loop(factor * rate, seconds)
         await asyncio.sleep(2)
-        before = cpu_seconds(pids)
-        goodput, refusals = await bench.overbound(overbound_clients, seconds)
+        before, since = cpu_seconds(pids), time.time()
+        over = await overbound(
+            bench, target, key, image, attackers.clients, seconds, attackers.processes, attackers.niceness
+        )
         spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
+        at_edge = envoy_refusals_ms(Path(endpoints.logs_dir) / "envoy.log", since, time.time())
     admitted = [s for outcome, s in outcomes if outcome == "OK"]
     refused = [s for outcome, s in outcomes if outcome == "RESOURCE_EXHAUSTED"]
     p99_admitted = percentile(admitted, 99)
@@ -179,18 +288,48 @@ async def run(
             f"  p99 {ms(percentile(refused, 99))}"
             f"  max {ms(max(refused))} (goal: within 10 ms)"
         )
-    print(f"over the in-flight bound, {overbound_clients} closed-loop clients for {seconds:g} s:")
-    print(
-        f"  goodput {goodput:.1f} predictions/s = {goodput / rate:.2f}x the sustainable rate (goal >= 0.9x);"
-        f" {len(refusals)} refused with 429: p50 {ms(percentile(refusals, 50))}"
-        f"  p99 {ms(percentile(refusals, 99))} (goal: p50 <= 5 ms)"
-    )
-    calls = max(1, len(refusals) + round(goodput * seconds))
-    print(
-        "  CPU per call (admitted and refused), robust to the machine's load: "
-        + ", ".join(f"{name} {1000 * used / calls:.2f} ms" for name, used in spent.items())
-    )
+    print_overbound(over, attackers, seconds, rate, spent, at_edge)
     print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
+
+
+def print_overbound(
+    over: Overbound,
+    attackers: Attackers,
+    seconds: float,
+    rate: float,
+    spent: dict[str, float],
+    at_edge: list[float],
+) -> None:
+    print(
+        f"over the in-flight bound, {attackers.clients} closed-loop clients in {attackers.processes}"
+        f" processes at nice {attackers.niceness} for {seconds:g} s:"
+    )
+    print(
+        f"  goodput {over.goodput:.1f} predictions/s = {over.goodput / rate:.2f}x the sustainable rate"
+        " (goal >= 0.9x)"
+    )
+    probed = [took for outcome, took in over.probe if outcome == "RESOURCE_EXHAUSTED"]
+    print(
+        f"  an over-bound call (the probe: 50/s, nice 0, a process of its own): {len(probed)} of"
+        f" {len(over.probe)} refused with 429, p50 {ms(percentile(probed, 50))}"
+        f"  p99 {ms(percentile(probed, 99))} (goal: p50 <= 5 ms)"
+    )
+    if at_edge:
+        print(
+            f"  Envoy's own time for its {len(at_edge)} 429s (access log, client left out):"
+            f" p50 {percentile(at_edge, 50):.0f} ms  p99 {percentile(at_edge, 99):.0f} ms"
+        )
+    print(
+        f"  the attackers' own {len(over.refused)} 429s: p50 {ms(percentile(over.refused, 50))}"
+        f"  p99 {ms(percentile(over.refused, 99))} (a closed loop that resends at once waits"
+        " about clients over the bound / refusals a second, whatever the server's speed)"
+    )
+    calls = max(1, len(over.refused) + len(over.probe) + round(over.goodput * seconds))
+    spent = {**spent, "attackers (would be other machines)": over.attackers_cpu_s}
+    print(
+        f"  CPU per call ({calls / seconds:.0f} calls/s, admitted and refused; robust to the load): "
+        + ", ".join(f"{name} {1000 * used / calls:.3f} ms" for name, used in spent.items())
+    )
 
 
 def _lookups(metrics_url: str) -> float:
@@ -262,6 +401,16 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=3.0, help="overload rate, times the sustainable one")
     parser.add_argument("--overbound-clients", type=int, default=400, help="clients over the bound")
     parser.add_argument(
+        "--attacker-processes", type=int, default=2, help="processes the clients over the bound run in"
+    )
+    parser.add_argument(
+        "--attacker-nice",
+        type=int,
+        default=19,
+        help="their niceness: on one machine their own CPU then comes after the stack's, as it would"
+        " on machines of their own (0: they compete with the stack as equals)",
+    )
+    parser.add_argument(
         "--flood-sources", type=int, default=15, help="source addresses of the wrong-key flood"
     )
     parser.add_argument(
@@ -273,10 +422,9 @@ def main() -> None:
     # The stack's processes inherit this environment.
     os.environ["FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE"] = args.tolerance
     print(f"FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE={args.tolerance}")
+    attackers = Attackers(args.overbound_clients, args.attacker_processes, args.attacker_nice)
     with local_stack("ferry-bench-overload-") as endpoints:
-        pids = {name: endpoints.pids[name] for name in ("gateway", "envoy")}
-        overbound = args.overbound_clients
-        asyncio.run(run(endpoints.grpc_target, args.seconds, args.clients, args.factor, overbound, pids))
+        asyncio.run(run(endpoints, args.seconds, args.clients, args.factor, attackers))
         valid_keys = [asyncio.run(unthrottled_key(endpoints.grpc_target, ["read"])) for _ in range(5)]
         wrong_key_flood(endpoints, valid_keys, args.flood_sources, max(args.seconds, len(valid_keys) + 1.0))
 

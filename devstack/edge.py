@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from devstack import body_depth, body_fields
@@ -183,6 +184,9 @@ class LocalReply:
     envoy_status: int
     reason: str
     message: str = "%LOCAL_REPLY_BODY%"
+    retry_after_s: int = 0
+    """When set: a RetryInfo of that delay beside the ErrorInfo, and a ``retry-after`` header, as
+    the gateway's own refusals carry (services/common/interceptors.py)."""
 
     @property
     def code(self) -> grpc.StatusCode:
@@ -255,28 +259,44 @@ def _error_info(reason: str, metadata: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _status_details(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> str:
-    """``grpc-status-details-bin``: the google.rpc.Status gRPC clients decode into ErrorInfo."""
+def _packed(message: Message) -> any_pb2.Any:
     detail = any_pb2.Any()
-    detail.Pack(
-        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata), deterministic=True
-    )
-    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    detail.Pack(message, deterministic=True)
+    return detail
+
+
+def _status_details(reply: LocalReply, metadata: dict[str, str]) -> str:
+    """``grpc-status-details-bin``: the google.rpc.Status gRPC clients decode into ErrorInfo (and
+    RetryInfo), in the order the gateway's errors list them (services/common/errors.py)."""
+    details = [
+        _packed(error_details_pb2.ErrorInfo(reason=reply.reason, domain=ERROR_DOMAIN, metadata=metadata))
+    ]
+    if reply.retry_after_s:
+        delay = duration_pb2.Duration(seconds=reply.retry_after_s)
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+    status = status_pb2.Status(code=reply.code.value[0], message=reply.message, details=details)
     return base64.b64encode(status.SerializeToString(deterministic=True)).decode().rstrip("=")
+
+
+def _retry_after(reply: LocalReply) -> list[tuple[str, str]]:
+    return [("retry-after", str(reply.retry_after_s))] if reply.retry_after_s else []
+
+
+def _header_options(headers: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in headers
+    ]
 
 
 def _grpc_mapper(reply: LocalReply, metadata: dict[str, str], *where: dict[str, Any]) -> dict[str, Any]:
     """A native gRPC caller's answer: the reason's code, the message, and (when fixed) its ErrorInfo."""
-    headers = [("grpc-status", str(reply.code.value[0]))]
+    headers = [("grpc-status", str(reply.code.value[0])), *_retry_after(reply)]
     if "%" not in reply.message:  # a fixed message: its Status can be written once, here
-        details = _status_details(reply.code, reply.message, reply.reason, metadata)
-        headers.append(("grpc-status-details-bin", details))
+        headers.append(("grpc-status-details-bin", _status_details(reply, metadata)))
     return {
         "filter": _and(*_GRPC_REQUEST, _status_is(reply.envoy_status), *where),
-        "headers_to_add": [
-            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
-            for key, value in headers
-        ],
+        "headers_to_add": _header_options(headers),
         "body_format_override": {"text_format_source": {"inline_string": reply.message}},
     }
 
@@ -284,15 +304,18 @@ def _grpc_mapper(reply: LocalReply, metadata: dict[str, str], *where: dict[str, 
 def _rest_mapper(reply: LocalReply, metadata: dict[str, str], *where: dict[str, Any]) -> dict[str, Any]:
     """A REST caller's answer: the gateway's JSON error body and HTTP status for the reason."""
     status = _status_is(reply.envoy_status)
-    body = {
-        "code": reply.code.value[0],
-        "message": reply.message,
-        "details": [_error_info(reply.reason, metadata)],
-    }
+    details = [_error_info(reply.reason, metadata)]
+    if reply.retry_after_s:  # as the transcoder prints the gateway's RetryInfo
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": f"{reply.retry_after_s}s"}
+        )
+    body = {"code": reply.code.value[0], "message": reply.message, "details": details}
     mapper: dict[str, Any] = {
         "filter": _and(status, *where) if where else status,
         "body_format_override": {"json_format": body},
     }
+    if reply.retry_after_s:
+        mapper["headers_to_add"] = _header_options(_retry_after(reply))
     if reply.http_status != reply.envoy_status:
         mapper["status_code"] = reply.http_status
     return mapper
@@ -302,9 +325,24 @@ def _both(reply: LocalReply, metadata: dict[str, str], *where: dict[str, Any]) -
     return [_grpc_mapper(reply, metadata, *where), _rest_mapper(reply, metadata, *where)]
 
 
+#: Envoy's own 503 when a gateway cluster's circuit breaker is full (response flag UO, "upstream
+#: overflow"; devstack/envoy.py sizes it from the gateways' in-flight bound).
+_OVERFLOW = {"response_flag_filter": {"flags": ["UO"]}}
+
+
+#: Envoy's answer to a call over the gateways' bound: the gateway's own OVERLOADED. No figures in
+#: it: the Helm chart sizes the bound at install time, after this text is encoded for gRPC callers.
+OVERLOADED = LocalReply(
+    503,
+    "OVERLOADED",
+    "the gateways are at their limit of calls in flight (FERRY_GATEWAY_MAX_INFLIGHT each); retry shortly",
+    retry_after_s=1,
+)
+
+
 def local_reply_config(ready_path: str) -> dict[str, Any]:
     """The connection manager's ``local_reply_config``: every mapper, most specific first."""
-    mappers = []
+    mappers = _both(OVERLOADED, {"source": "envoy"}, _OVERFLOW)
     for limit in (*ROUTE_LIMITS, DEFAULT_LIMIT):
         where = (_path_is(limit.matches),) if limit.matches else ()
         metadata = {"max_bytes": str(limit.max_bytes), "source": "envoy"}

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from devstack import body_fields, console, edge, oip_rest_edge
 from services.common import limits
+from services.gateway.settings import GatewaySettings
 from tools.openapi import OPENAPI_FILE, OPENAPI_PATH
 from tools.protogen import DESCRIPTOR_SET, PUBLIC_SERVICES
 
@@ -43,6 +44,10 @@ class EnvoyOptions:
     more_gateway_ports: tuple[int, ...] = ()
     """Ports of further gateway processes on ``gateway_host`` (``FERRY_GATEWAYS``): endpoints of the
     same cluster, balanced over those that pass health checks."""
+    gateway_max_inflight: int = GatewaySettings.model_fields["max_inflight"].default
+    """Each gateway's bound on unary calls in flight (``FERRY_GATEWAY_MAX_INFLIGHT``): Envoy lets
+    that many per gateway through and refuses the next itself (429 OVERLOADED), so an overloaded
+    gateway's CPU goes to the calls it admitted, not to reading and refusing the rest."""
     descriptor_path: str = str(DESCRIPTOR_SET)
     openapi_path: str = str(OPENAPI_FILE)
     """The OpenAPI description Envoy serves at /openapi.json (tools/openapi.py writes it)."""
@@ -64,12 +69,25 @@ CONTAINER_CONSOLE_DIR = "/etc/ferry-console"
 LIVE_PATH = "/healthz"
 READY_PATH = "/readyz"
 
+#: The clusters of the gateways: unary calls (bounded like the gateways' in-flight count), streams.
+GATEWAY_CLUSTER = "gateway"
+STREAMS_CLUSTER = "gateway_streams"
+#: Streams (watches, results, uploads) in flight to all gateways: Envoy's default circuit breaker.
+STREAMS_MAX_REQUESTS = 1024
+
 #: Resends of a request that reached no gateway; with the back-off they cover about 5 s of restart.
 RETRIES = 8
 
 
-def _http2_cluster(name: str, host: str, port: int, more_ports: tuple[int, ...] = ()) -> str:
-    """A cluster of HTTP/2 (gRPC) upstreams on ``host`` (``port`` and ``more_ports``), as YAML list item text."""
+def _http2_cluster(
+    name: str, host: str, port: int, more_ports: tuple[int, ...] = (), max_requests: int = 0
+) -> str:
+    """A cluster of HTTP/2 (gRPC) upstreams on ``host`` (``port`` and ``more_ports``), as YAML list item text.
+
+    ``max_requests``: the most requests in flight to the whole cluster (its circuit breaker); one
+    more is answered by Envoy itself, 503 with response flag UO (devstack/edge.py maps it to 429
+    OVERLOADED). 0: Envoy's defaults (1,024).
+    """
     endpoints = "".join(
         f"""
               - endpoint:
@@ -80,7 +98,7 @@ def _http2_cluster(name: str, host: str, port: int, more_ports: tuple[int, ...] 
     return f"""
     - name: {name}
       type: STRICT_DNS
-      connect_timeout: 2s
+      connect_timeout: 2s{_circuit_breaker(max_requests)}
       typed_extension_protocol_options:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -93,6 +111,19 @@ def _http2_cluster(name: str, host: str, port: int, more_ports: tuple[int, ...] 
               - endpoint:
                   address:
                     socket_address: {{address: {host}, port_value: {port}}}{endpoints}"""
+
+
+def _circuit_breaker(max_requests: int) -> str:
+    if not max_requests:
+        return ""
+    # Pending requests (waiting for a connection to a gateway that is starting) count apart; they
+    # get the same bound so a restart queues no more than the gateways would hold.
+    return f"""
+      circuit_breakers:
+        thresholds:
+          - priority: DEFAULT
+            max_requests: {max_requests}
+            max_pending_requests: {max_requests}"""
 
 
 def _otlp_host_port(endpoint: str) -> tuple[str, int]:
@@ -148,12 +179,18 @@ def _model_load_routes() -> str:
     )
 
 
-def _route(match: str, timeout_s: int, grpc_timeout_max_s: int, limit: edge.BodyLimit | None = None) -> str:
-    """One route to the gateway cluster, as YAML list item text; ``limit``: its own body limit."""
+def _route(
+    match: str,
+    timeout_s: int,
+    grpc_timeout_max_s: int,
+    limit: edge.BodyLimit | None = None,
+    cluster: str = GATEWAY_CLUSTER,
+) -> str:
+    """One route to a gateway cluster, as YAML list item text; ``limit``: its own body limit."""
     return f"""
                         - match: {match}
                           route:
-                            cluster: gateway
+                            cluster: {cluster}
                             timeout: {timeout_s}s
                             # A gRPC client's own deadline (grpc-timeout) wins when shorter.
                             max_stream_duration:
@@ -196,9 +233,11 @@ def _health_filter(path: str, needs: str = "") -> str:
 
 def _routes(opts: EnvoyOptions) -> str:
     streams = "".join(
-        _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0)
+        _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0, cluster=STREAMS_CLUSTER)
         for kind, value in STREAMING_ROUTES
-    ) + "".join(_route(json.dumps(match), 0, 0, edge.STREAMED) for match in edge.STREAMED.matches)
+    ) + "".join(
+        _route(json.dumps(match), 0, 0, edge.STREAMED, STREAMS_CLUSTER) for match in edge.STREAMED.matches
+    )
     limited = "".join(
         _route(json.dumps(match), opts.upstream_timeout_s, opts.upstream_timeout_s, limit)
         for limit in edge.ROUTE_LIMITS
@@ -208,18 +247,50 @@ def _routes(opts: EnvoyOptions) -> str:
     return streams + limited + _model_load_routes() + catch_all
 
 
+def _max_requests(opts: EnvoyOptions) -> int:
+    """Unary calls Envoy lets through to all gateways at once: each gateway's in-flight bound."""
+    return (1 + len(opts.more_gateway_ports)) * opts.gateway_max_inflight
+
+
+def _gateway_clusters(opts: EnvoyOptions) -> str:
+    """The gateways as two clusters, as YAML list items text: ``gateway`` for unary calls, bounded
+    by the gateways' in-flight bound (Envoy refuses the excess itself, before any gateway reads
+    it), and ``gateway_streams`` for streams (watches, results, uploads, reflection), which the
+    gateways do not count and which must not take the unary calls' room."""
+    gateways = 1 + len(opts.more_gateway_ports)
+    # Several gateways: never route to one that fails its health checks. Envoy's default (panic
+    # below 50 % healthy: route to all) would send calls to stopped gateways when 2 of 3 are out.
+    no_panic = (
+        "\n      common_lb_config:\n        healthy_panic_threshold: {value: 0}" if gateways > 1 else ""
+    )
+    # Envoy sends traffic only to gateway replicas that answer gRPC health SERVING. Checked as
+    # often while no request has been routed yet (Envoy's default then is 60 s), so /readyz turns
+    # 200 within seconds of the first gateway becoming SERVING.
+    health = """
+      health_checks:
+        - timeout: 1s
+          interval: 2s
+          no_traffic_interval: 2s
+          unhealthy_threshold: 2
+          healthy_threshold: 1
+          grpc_health_check: {}"""
+    clusters = (
+        (GATEWAY_CLUSTER, _max_requests(opts)),
+        (STREAMS_CLUSTER, STREAMS_MAX_REQUESTS),
+    )
+    return "".join(
+        _http2_cluster(name, opts.gateway_host, opts.gateway_port, opts.more_gateway_ports, bound)
+        + no_panic
+        + health
+        for name, bound in clusters
+    )
+
+
 def render(opts: EnvoyOptions) -> str:
     """Returns the Envoy bootstrap config as YAML."""
     services = "".join(f"\n                        - {name}" for name in PUBLIC_SERVICES)
     tracing, otlp_cluster = _tracing(opts)
     method = f"%REQ({edge.ORIGINAL_METHOD_HEADER.upper()}?:METHOD)%"
-    # Several gateways: never route to one that fails its health checks. Envoy's default (panic
-    # below 50 % healthy: route to all) would send calls to stopped gateways when 2 of 3 are out.
-    no_panic = (
-        "\n      common_lb_config:\n        healthy_panic_threshold: {value: 0}"
-        if opts.more_gateway_ports
-        else ""
-    )
     return f"""\
 # Generated by `python -m devstack.envoy`; edit devstack/envoy.py, not this file.
 admin:
@@ -316,17 +387,7 @@ static_resources:
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-{_http2_cluster("gateway", opts.gateway_host, opts.gateway_port, opts.more_gateway_ports).lstrip(chr(10))}{no_panic}
-      # Envoy sends traffic only to gateway replicas that answer gRPC health SERVING.
-      health_checks:
-        - timeout: 1s
-          interval: 2s
-          # Checked as often while no request has been routed yet (Envoy's default then is
-          # 60 s), so /readyz turns 200 within seconds of the first gateway becoming SERVING.
-          no_traffic_interval: 2s
-          unhealthy_threshold: 2
-          healthy_threshold: 1
-          grpc_health_check: {{}}{otlp_cluster}
+{_gateway_clusters(opts).lstrip(chr(10))}{otlp_cluster}
 """
 
 
@@ -335,6 +396,8 @@ _GATEWAY_STANDIN = "gateway.standin.invalid"
 _OTLP_STANDIN = "otlp.standin.invalid"
 _OTLP_STANDIN_PORT = 65417
 _GATEWAY_STANDIN_PORT = 65051
+#: A stand-in in-flight bound (a value no other line has) replaced by the chart's own sizing.
+_INFLIGHT_STANDIN = 65432
 
 
 def container_options(
@@ -365,7 +428,11 @@ def chart_configs() -> dict[str, str]:
         ("envoy-traced.yaml", f"http://{_OTLP_STANDIN}:{_OTLP_STANDIN_PORT}"),
     ):
         options = container_options(admin_host="127.0.0.1", gateway_host=_GATEWAY_STANDIN, otlp_endpoint=otlp)
-        text = render(dataclasses.replace(options, gateway_port=_GATEWAY_STANDIN_PORT))
+        text = render(
+            dataclasses.replace(
+                options, gateway_port=_GATEWAY_STANDIN_PORT, gateway_max_inflight=_INFLIGHT_STANDIN
+            )
+        )
         text = text.replace(_GATEWAY_STANDIN, gateway)
         # The public listener's TLS, when envoy.tls.secretName names a certificate (templates/_helpers.tpl).
         chains = "      filter_chains:\n        - filters:"
@@ -383,6 +450,9 @@ def chart_configs() -> dict[str, str]:
             f"max_heap_size_bytes: {ENVOY_HEAP_BYTES}",
             'max_heap_size_bytes: {{ include "ferry.envoyHeapBytes" . }}',
         )
+        # Envoy's bound on unary calls follows the gateways' (templates/_helpers.tpl).
+        assert text.count(str(_INFLIGHT_STANDIN)) == 2, "the circuit breaker moved: update chart_configs"
+        text = text.replace(str(_INFLIGHT_STANDIN), '{{ include "ferry.envoyMaxRequests" . }}')
         text = text.replace(_OTLP_STANDIN, '{{ include "ferry.otlpHost" . }}')
         text = text.replace(str(_OTLP_STANDIN_PORT), '{{ include "ferry.otlpPort" . }}')
         configs[name] = text.replace(

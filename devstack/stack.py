@@ -37,6 +37,7 @@ from devstack.settings import StackSettings
 from devstack.supervisor import Program, Supervisor
 from devstack.traces import TRACES_FILE, TraceReceiver
 from services.common.probe import is_serving
+from services.gateway.settings import GatewaySettings
 
 #: Service name -> (default gRPC port, default metrics port). Matches each service's settings.
 SERVICE_PORTS: dict[str, tuple[int, int]] = {
@@ -282,6 +283,8 @@ class LocalStack:
             gateway_host=s.host,
             gateway_port=gateway_ports[0],
             more_gateway_ports=gateway_ports[1:],
+            # The gateways read the same environment: Envoy's bound follows theirs.
+            gateway_max_inflight=GatewaySettings().max_inflight,
             otlp_endpoint=otlp,
         )
         config.write_text(render(opts))

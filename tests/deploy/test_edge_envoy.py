@@ -11,17 +11,23 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from devstack.envoy import EnvoyOptions, render
 from devstack.infra import free_port
+from services.common.errors import ERROR_DOMAIN
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 PREDICT = "/v1/models/m:predict"
@@ -36,19 +42,18 @@ def stalled_gateway() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory, stalled_gateway: int) -> Iterator[str]:
-    folder = tmp_path_factory.mktemp("edge")
-    port, admin = free_port(), free_port()
+@contextmanager
+def running_envoy(folder: Path, options: EnvoyOptions) -> Iterator[str]:
+    """Envoy with the rendered config of ``options``, until the block ends; yields its URL."""
     config = folder / "envoy.yaml"
-    config.write_text(render(EnvoyOptions(listen_port=port, admin_port=admin, gateway_port=stalled_gateway)))
+    config.write_text(render(options))
     log = (folder / "envoy.log").open("wb")
     process = subprocess.Popen(
         [ENVOY, "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{options.listen_port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -56,16 +61,27 @@ def edge(tmp_path_factory: pytest.TempPathFactory, stalled_gateway: int) -> Iter
             break
         except OSError:
             time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(30)
-    log.close()
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
 
 
-def post(url: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(url + path, data=body, method="POST")
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory, stalled_gateway: int) -> Iterator[str]:
+    options = EnvoyOptions(listen_port=free_port(), admin_port=free_port(), gateway_port=stalled_gateway)
+    with running_envoy(tmp_path_factory.mktemp("edge"), options) as url:
+        yield url
+
+
+def post(
+    url: str, path: str, body: bytes, deadline: str = "300m", method: str = "POST"
+) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url + path, data=body or None, method=method)
     request.add_header("content-type", "application/json")
-    request.add_header("grpc-timeout", "300m")  # Envoy gives up on the stalled gateway after 0.3 s
+    request.add_header("grpc-timeout", deadline)  # Envoy gives up on the stalled gateway then
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -136,3 +152,93 @@ def test_unready_edge_says_why(edge: str) -> None:
         urllib.request.urlopen(f"{edge}/readyz", timeout=10)
     answer = json.loads(caught.value.read())
     assert caught.value.code == 503 and "no gateway is ready" in answer["message"]
+
+
+BOUND = 2
+"""The gateway's in-flight bound the overload tests render Envoy with: two calls fill it."""
+
+
+@pytest.fixture(scope="module")
+def bounded_edge(tmp_path_factory: pytest.TempPathFactory, stalled_gateway: int) -> Iterator[tuple[str, str]]:
+    """Envoy sized for one gateway whose in-flight bound is BOUND; yields its URL and admin URL."""
+    admin = free_port()
+    options = EnvoyOptions(
+        listen_port=free_port(), admin_port=admin, gateway_port=stalled_gateway, gateway_max_inflight=BOUND
+    )
+    with running_envoy(tmp_path_factory.mktemp("bounded-edge"), options) as url:
+        yield url, f"http://127.0.0.1:{admin}"
+
+
+def _active_calls(admin: str) -> int:
+    """Unary calls Envoy has in flight to the gateway cluster (its own counter)."""
+    with urllib.request.urlopen(f"{admin}/stats?filter=^cluster\\.gateway\\.upstream_rq_active$") as answer:
+        return int(answer.read().decode().rsplit(":", 1)[1])
+
+
+@contextmanager
+def bound_full(url: str, admin: str) -> Iterator[None]:
+    """BOUND calls the stalled gateway holds (for 20 s at most) while the block runs."""
+    holders = [
+        threading.Thread(target=post, args=(url, "/v1/jobs/x:cancel", b"{}", "20S"), daemon=True)
+        for _ in range(BOUND)
+    ]
+    for holder in holders:
+        holder.start()
+    deadline = time.monotonic() + 10
+    while _active_calls(admin) < BOUND:
+        assert time.monotonic() < deadline, "the holding calls never reached the gateway cluster"
+        time.sleep(0.05)
+    yield
+
+
+def test_a_rest_call_over_the_bound_is_429_overloaded_from_the_edge(bounded_edge: tuple[str, str]) -> None:
+    url, admin = bounded_edge
+    with bound_full(url, admin):
+        request = urllib.request.Request(url + PREDICT, data=b"{}", method="POST")
+        request.add_header("content-type", "application/json")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        answer = json.loads(refused.value.read())
+        # A stream does not count against the unary calls' bound: it reaches the (stalled) gateway.
+        assert reason(post(url, "/v1/jobs/x:watch", b"", method="GET")) == (504, "EDGE_DEADLINE_EXCEEDED")
+    assert (refused.value.code, answer["code"]) == (429, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]), answer
+    assert refused.value.headers["retry-after"] == "1"
+    info, retry = answer["details"]
+    assert (info["reason"], info["domain"], info["metadata"]["source"]) == (
+        "OVERLOADED",
+        ERROR_DOMAIN,
+        "envoy",
+    )
+    assert retry == {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "1s"}
+    assert "limit of calls in flight (FERRY_GATEWAY_MAX_INFLIGHT each)" in answer["message"]
+
+
+def test_a_grpc_call_over_the_bound_is_resource_exhausted_overloaded_from_the_edge(
+    bounded_edge: tuple[str, str],
+) -> None:
+    url, admin = bounded_edge
+    with bound_full(url, admin), grpc.insecure_channel(url.removeprefix("http://")) as channel:
+        predict = channel.unary_unary("/ferry.models.v1.ModelService/Predict")
+        with pytest.raises(grpc.RpcError) as refused:
+            predict(b"", timeout=10)
+    call = refused.value
+    assert isinstance(call, grpc.Call)
+    assert call.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(call)
+    assert status is not None and "FERRY_GATEWAY_MAX_INFLIGHT" in status.message
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info) and status.details[1].Unpack(retry)
+    assert (info.reason, info.domain, info.metadata["source"]) == ("OVERLOADED", ERROR_DOMAIN, "envoy")
+    assert retry.retry_delay.seconds == 1
+    assert ("retry-after", "1") in (call.trailing_metadata() or ())
+
+
+def test_calls_pass_again_once_the_bound_has_room(bounded_edge: tuple[str, str]) -> None:
+    url, admin = bounded_edge
+    with bound_full(url, admin):
+        pass
+    deadline = time.monotonic() + 30
+    while _active_calls(admin):  # the holders' own deadline ends them
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert reason(post(url, PREDICT, b"{}")) == (504, "EDGE_DEADLINE_EXCEEDED")

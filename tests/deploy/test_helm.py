@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -389,7 +390,11 @@ def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
 ) -> None:
     config = find(manifests, "ConfigMap", "ferry-envoy")
     text = config["data"]["envoy.yaml"]
-    expected = render_envoy(container_options(admin_host="127.0.0.1", gateway_host="ferry-gateway"))
+    gateway = yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]
+    options = container_options(admin_host="127.0.0.1", gateway_host="ferry-gateway")
+    # Envoy's bound on unary calls: each gateway's, for as many gateways as the HPA may run.
+    bound = gateway["maxInflight"] * gateway["hpa"]["maxReplicas"]
+    expected = render_envoy(dataclasses.replace(options, gateway_max_inflight=bound))
     # The same config (the chart's has a TLS hook in the listener's filter chain, empty here).
     assert yaml.safe_load(text) == yaml.safe_load(expected)
     assert set(chart_configs()) == {"envoy.yaml", "envoy-traced.yaml"}

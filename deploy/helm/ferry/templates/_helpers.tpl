@@ -131,6 +131,8 @@ affinity:
   value: {{ $root.Values.nats.streamReplicas | quote }}
 - name: FERRY_GATEWAY_SHUTDOWN_DELAY_S
   value: {{ $root.Values.shutdownDelaySeconds | quote }}
+- name: FERRY_GATEWAY_MAX_INFLIGHT
+  value: {{ $v.maxInflight | quote }}
 {{- else if eq .component "inference" -}}
 - name: FERRY_INFERENCE_MODELS
   value: {{ $v.models | quote }}
@@ -211,4 +213,11 @@ transport_socket:
 {{/* The heap Envoy's overload manager watches, in bytes (envoy.maxHeapMiB, below its memory limit). */}}
 {{- define "ferry.envoyHeapBytes" -}}
 {{- mul (int .Values.envoy.maxHeapMiB) 1048576 -}}
+{{- end -}}
+
+{{/* Unary calls one Envoy lets through to all gateways at once (gateway.maxInflight per gateway, for
+as many gateways as there can be): devstack/envoy.py's circuit breaker on the gateway cluster. */}}
+{{- define "ferry.envoyMaxRequests" -}}
+{{- $g := .Values.gateway -}}
+{{- mul (int $g.maxInflight) (int (ternary $g.hpa.maxReplicas $g.replicas $g.hpa.enabled)) -}}
 {{- end -}}

@@ -110,7 +110,7 @@ class BatchPredictor:
 
         # Images by URL are fetched here, once; one that cannot be is that input's own error.
         refused: dict[int, FerryError] = dict(
-            await fetcher.inline_each(request.inputs, fetcher.fetcher_for(s))
+            await fetcher.inline_each(request.inputs, self._predictor.fetcher)
         )
         accepted: dict[int, types_pb2.Input] = {}
         for i, item in enumerate(request.inputs):

@@ -85,11 +85,15 @@ class Decoded(NamedTuple):
 async def write_batch(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
     """Writes rows and their jobs' progress in one transaction; returns how many were written."""
     try:
-        async with pool.acquire() as connection, connection.transaction():
-            written = await predictions.upsert_many(connection, rows)
-            progress = job_progress(written)
-            if progress:
-                await jobs.count_finished_items(connection, progress)
+        async with pool.acquire() as connection:
+            if len(rows) <= predictions.SMALL_BATCH and all(row.job_id is None for row in rows):
+                # One statement, its own transaction, and no job to count: one round trip.
+                return len(await predictions.upsert_many(connection, rows))
+            async with connection.transaction():
+                written = await predictions.upsert_many(connection, rows)
+                progress = job_progress(written)
+                if progress:
+                    await jobs.count_finished_items(connection, progress)
     except asyncpg.InternalClientError as err:
         # A connection lost in the middle of COPY stays in asyncpg's COPY state, so the commit or
         # rollback after it fails with this rather than a connection error: it is an outage.

@@ -13,12 +13,14 @@ import struct
 import uuid
 
 import asyncpg
+import pytest
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.store import codec
 from services.store.ingest import write_batch
+from services.store.repositories import predictions
 
 
 def _float32(value: float) -> float:
@@ -41,7 +43,12 @@ def _bits(prediction: prediction_pb2.Prediction) -> tuple[bytes, bytes]:
     return b"".join(c.SerializeToString() for c in prediction.classes), prediction.timing.SerializeToString()
 
 
-async def test_classes_and_timing_read_back_as_the_json_rows_answered(pool: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("chunk", [None, predictions.SMALL_BATCH], ids=["copy", "one-statement"])
+async def test_classes_and_timing_read_back_as_the_json_rows_answered(
+    pool: asyncpg.Pool, chunk: int | None
+) -> None:
+    # Both write paths: COPY through the staging table, and small batches' INSERT … VALUES.
+    tenant = f"codec-{chunk}"
     scores = _scores()
     made = []
     for first in range(0, len(scores), 5):
@@ -62,8 +69,11 @@ async def test_classes_and_timing_read_back_as_the_json_rows_answered(pool: asyn
             ),
         )
         made.append(prediction)
-    await write_batch(pool, [codec.prediction_row("codec", p) for p in made])
-    rows = await pool.fetch("SELECT * FROM predictions WHERE tenant = 'codec'")
+    rows_to_write = [codec.prediction_row(tenant, p) for p in made]
+    step = chunk or len(rows_to_write)
+    for first in range(0, len(rows_to_write), step):
+        await write_batch(pool, rows_to_write[first : first + step])
+    rows = await pool.fetch("SELECT * FROM predictions WHERE tenant = $1", tenant)
     read = {p.name: _bits(p) for p in map(codec.prediction_from_row, rows)}
     # What the API answered when a row held MessageToDict's JSON and was parsed back with ParseDict.
     before = {p.name: _bits(ParseDict(MessageToDict(p), prediction_pb2.Prediction())) for p in made}

@@ -331,10 +331,15 @@ def service_fields(
     """
     nats = {"NATS_URL": nats_url, "NATS_STREAM_REPLICAS": str(stream_replicas)}
     return {
-        "gateway": {"INFERENCE_TARGET": targets["inference"], "STORE_TARGET": targets["store"], **nats},
+        "gateway": {
+            "INFERENCE_TARGET": targets["inference"],
+            "STORE_TARGET": targets["store"],
+            "JOBS_TARGET": targets["jobs"],  # every runner: the job queue is served by each
+            **nats,
+        },
         "inference": dict(nats),  # where the models loaded at runtime are kept
         "store": {"DATABASE_URL": database_url, "DEV_API_KEY": api_key, **nats},
-        "jobs": {"INFERENCE_TARGET": targets["inference"], **nats},
+        "jobs": {"INFERENCE_TARGET": targets["inference"], "STORE_TARGET": targets["store"], **nats},
     }
 
 

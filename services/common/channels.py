@@ -28,14 +28,17 @@ MAX_RECONNECT_BACKOFF_MS = 2_000
 
 Options = list[tuple[str, int | str]]
 
-_BALANCED_SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        # Client-side health checking: each replica's Health.Watch("") stream tells the balancer
-        # whether it serves; NOT_SERVING (loading, draining) takes it out of the rotation.
-        "healthCheckConfig": {"serviceName": ""},
-    }
-)
+
+def _balanced_service_config(health_service: str) -> str:
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            # Client-side health checking: each replica's Health.Watch stream tells the balancer
+            # whether it serves; NOT_SERVING (loading, draining) takes it out of the rotation.
+            "healthCheckConfig": {"serviceName": health_service},
+        }
+    )
+
 
 _SCHEMES = frozenset({"dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock"})
 
@@ -126,7 +129,7 @@ def server_options(
     ]
 
 
-def channel_options(max_message_bytes: int, balanced: bool = False) -> Options:
+def channel_options(max_message_bytes: int, balanced: bool = False, health_service: str = "") -> Options:
     """Options of every channel to another Ferry service.
 
     Args:
@@ -134,8 +137,13 @@ def channel_options(max_message_bytes: int, balanced: bool = False) -> Options:
         balanced: the target lists several replicas: add client-side health checking, so calls go
             only to replicas that serve. (Single targets keep the plain behaviour, where a caller
             waiting for a loading service sees its NOT_SERVING answer.)
+        health_service: the health name the balancer watches: "" (the whole service) unless the
+            calls need less than the service's background work (jobs' queue API, which needs no
+            inference: see ``Readiness.set_dependency``).
     """
-    balancing: Options = [("grpc.service_config", _BALANCED_SERVICE_CONFIG)] if balanced else []
+    balancing: Options = (
+        [("grpc.service_config", _balanced_service_config(health_service))] if balanced else []
+    )
     return [
         *balancing,
         *_message_limits(max_message_bytes),
@@ -152,16 +160,19 @@ def channel_options(max_message_bytes: int, balanced: bool = False) -> Options:
     ]
 
 
-def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
+def open_channel(target: str, max_message_bytes: int, health_service: str = "") -> grpc.aio.Channel:
     """Opens an insecure channel to another Ferry service on the internal network.
 
     Args:
         target: ``host:port``, several replicas comma-separated, or a gRPC target (``grpc_target``).
         max_message_bytes: the largest message sent or received.
+        health_service: see ``channel_options``.
     """
     target = grpc_target(target)
     return grpc.aio.insecure_channel(
         target,
-        options=channel_options(max_message_bytes, balanced=is_balanced(target)),
+        options=channel_options(
+            max_message_bytes, balanced=is_balanced(target), health_service=health_service
+        ),
         interceptors=[TracingClientInterceptor()],
     )

@@ -1,10 +1,11 @@
 """Notebook jobs' shared vocabulary: the registry of runnable notebooks and how a job names one.
 
-Gateway and the jobs runner both read the registry (``FERRY_NOTEBOOKS``, the same variable for
-both): gateway to refuse an unknown name and count the notebook's code cells (a notebook job's
-items), the runner to find the file it executes. A notebook job travels as one ``JobItem`` whose
-model is ``notebook:<name>`` and whose input payload holds the parameters, on a subject of its
-own, so no model lane ever takes it. See docs/jobs.md, "Run-notebook jobs".
+The jobs service reads the registry (``FERRY_NOTEBOOKS``): its job queue to refuse an unknown
+name and count the notebook's code cells (a notebook job's items), its runner to find the file it
+executes. A notebook job travels as one ``JobItem`` whose
+``notebook_run`` names the notebook and holds the parameters, on a subject of its own, so no
+model lane ever takes it; the job is recorded under the model ``notebook:<name>``, which is what
+users see. See docs/jobs.md, "Run-notebook jobs".
 """
 
 from __future__ import annotations
@@ -32,19 +33,19 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 
 class NotebookSettings(BaseSettings):
-    """The notebooks jobs may run, by name (mixed into the gateway's and the runner's settings)."""
+    """The notebooks jobs may run, by name (mixed into the jobs service's settings)."""
 
     notebooks: dict[str, str] = Field(
         default_factory=lambda: {"report": "notebooks/report.ipynb"},
         validation_alias=AliasChoices("notebooks", "FERRY_NOTEBOOKS"),
     )
     """Name -> .ipynb path (JSON, e.g. ``{"report": "notebooks/report.ipynb"}``); relative paths are
-    from the repository root. Read from FERRY_NOTEBOOKS by gateway and runner alike."""
+    from the repository root. Read from FERRY_NOTEBOOKS by the jobs service."""
 
     notebook_subject: str = Field(
         default=NOTEBOOK_SUBJECT, validation_alias=AliasChoices("notebook_subject", "FERRY_NOTEBOOK_SUBJECT")
     )
-    """Work subject gateway queues notebook jobs on and runners take them from (FERRY_NOTEBOOK_SUBJECT;
+    """Work subject the job queue puts notebook jobs on and runners take them from (FERRY_NOTEBOOK_SUBJECT;
     tests give each runner its own). An empty one turns a runner's notebook worker off."""
 
     def notebook_path(self, name: str) -> Path:

@@ -49,7 +49,9 @@ class Readiness:
         self._started = False
         self._stopping = False
         self._missing: dict[str, str] = {}
-        self._published: bool | None = None
+        # Dependencies only the service's background work needs (see set_dependency).
+        self._background: set[str] = set()
+        self._published: tuple[bool, bool] | None = None
 
     @classmethod
     def started(cls, service: str) -> Readiness:
@@ -60,18 +62,20 @@ class Readiness:
 
     @property
     def serving(self) -> bool:
-        """What health reports: started, not stopping, and every dependency up."""
-        return self.accepting and not self._stopping
+        """What overall health ("") reports: started, not stopping, and every dependency up."""
+        return self.accepting and not self._stopping and not self._missing
 
     @property
     def accepting(self) -> bool:
-        """Whether calls are answered: started and every dependency up.
+        """Whether calls are answered: started and every dependency the calls need up.
 
         A stopping service still answers the calls that reach it until its server stops
         accepting them: health already says NOT_SERVING so that callers move away, and turning
         away calls already on their way would fail them for nothing during a rolling restart.
+        A dependency only background work needs (``set_dependency(..., background=True)``)
+        does not stop calls.
         """
-        return self._started and not self._missing
+        return self._started and not (self._missing.keys() - self._background)
 
     def reason(self) -> str:
         """Why the service is not serving, in words a caller can act on ("" when it is)."""
@@ -109,8 +113,17 @@ class Readiness:
         self._stopping = True
         await self._publish()
 
-    async def set_dependency(self, name: str, problem: str) -> None:
-        """Records whether dependency ``name`` is up ("" means up, anything else is what is wrong)."""
+    async def set_dependency(self, name: str, problem: str, *, background: bool = False) -> None:
+        """Records whether dependency ``name`` is up ("" means up, anything else is what is wrong).
+
+        Args:
+            background: only the service's background work needs it (the jobs runner's
+                inference): while it is down, overall health ("") says NOT_SERVING and
+                ``serving`` is false, so that work pauses, but the gRPC services' own health
+                stays SERVING and calls are still answered (the job queue's API needs no inference).
+        """
+        if background:
+            self._background.add(name)
         before = self._missing.get(name)
         if problem:
             self._missing[name] = problem
@@ -123,21 +136,30 @@ class Readiness:
 
     async def _publish(self) -> None:
         serving = self.serving
-        if serving == self._published:
+        calls = self.accepting and not self._stopping
+        if (serving, calls) == self._published:
             return
-        self._published = serving
+        self._published = (serving, calls)
         for name in self._names:
-            await self._health.set(name, _SERVING if serving else _NOT_SERVING)
+            up = serving if name == "" else calls
+            await self._health.set(name, _SERVING if up else _NOT_SERVING)
         log.info("health: %s", "SERVING" if serving else f"NOT_SERVING ({self.reason()})")
 
 
 async def watch_dependency(
-    stack: AsyncExitStack, readiness: Readiness, name: str, probe: Probe, every_s: float = 1.0
+    stack: AsyncExitStack,
+    readiness: Readiness,
+    name: str,
+    probe: Probe,
+    every_s: float = 1.0,
+    *,
+    background: bool = False,
 ) -> None:
     """Probes dependency ``name`` now, then every ``every_s`` seconds for the service's life.
 
     The first probe runs before this returns, so a service that starts without its dependency
-    reports NOT_SERVING from the start rather than a moment later.
+    reports NOT_SERVING from the start rather than a moment later. ``background``: see
+    ``Readiness.set_dependency``.
     """
 
     async def probe_once() -> None:
@@ -145,7 +167,7 @@ async def watch_dependency(
             problem = await probe()
         except Exception as err:  # a probe that breaks says the dependency is not usable
             problem = f"probe failed: {err!r}"
-        await readiness.set_dependency(name, problem)
+        await readiness.set_dependency(name, problem, background=background)
 
     async def loop() -> None:
         while True:

@@ -15,9 +15,9 @@ import grpc
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common import scopes
+from services.common.downstream import Backend
 from services.common.errors import FerryError, Unauthenticated
 from services.common.logs import bind
-from services.gateway.downstream import Backend
 from services.gateway.identity import Caller
 
 log = logging.getLogger(__name__)

@@ -1,64 +1,137 @@
-"""Creating, cancelling and retrying jobs: record the job in store, queue its items on JetStream."""
+"""Creating, cancelling and retrying jobs: the gateway's side, validation and identity.
+
+The gateway checks the request, resolves the tenant and the job's id, checks the model and reads
+the inputs (URLs fetched, a manifest resolved to claim checks); the jobs service's job queue
+(``ferry.jobqueue.v1.JobQueueService``) then records the job and queues its items. Nothing here
+publishes work: subjects, msg ids and generations are the queue's.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import uuid
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import grpc
 from nats.aio.client import Client as NatsClient
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
-from nats.js.errors import NotFoundError
-from nats.js.kv import KeyValue
 
 from ferry.events.v1 import events_pb2
+from ferry.jobqueue.v1 import job_queue_service_pb2 as queue_pb2
+from ferry.jobqueue.v1 import job_queue_service_pb2_grpc
 from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.models.v1 import model_pb2
-from ferry.predictions.v1 import prediction_pb2
-from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from ferry.store.v1 import store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
-from services.common import messaging
-from services.common.errors import AlreadyExists, InvalidArgument, status_to_proto
-from services.common.ids import item_record_id, job_id_for_request
+from services.common.downstream import Backend
+from services.common.errors import InvalidArgument
+from services.common.ids import job_id_for_request
+from services.common.job_states import FINISHED
 from services.common.result_stores import result_store
-from services.common.tracing import current_trace_id, inject_headers
+from services.common.tracing import current_trace_id
 from services.gateway import fetcher, manifests, notebook_jobs, validation
-from services.gateway.cancellation import mark_cancelled
 from services.gateway.catalog import ModelCatalog
-from services.gateway.downstream import Backend, publishing
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.job_items import list_job_items
 from services.gateway.job_results import JobResults
 from services.gateway.manifests import JobInput
-from services.gateway.publisher import Publisher
 from services.gateway.records import Records
 from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import Uploads
-
-log = logging.getLogger(__name__)
 
 # A job created without a priority runs, and is recorded, at normal priority.
 _NORMAL = types_pb2.PRIORITY_NORMAL
 # Room left in a NATS message for the JobItem's other fields and the headers (msg id, traceparent).
 _ITEM_HEADROOM_BYTES = 4096
-#: States a job does not leave by itself (only RetryJob reopens a finished one).
-FINISHED = frozenset(
-    {
-        job_pb2.JOB_STATE_SUCCEEDED,
-        job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
-        job_pb2.JOB_STATE_FAILED,
-        job_pb2.JOB_STATE_CANCELLED,
-    }
-)
+# Room left in one SubmitJob call for its other fields (tenant, job) beside the items.
+_SUBMIT_HEADROOM_BYTES = 64 * 1024
+
+
+class JobQueueClient:
+    """The jobs service's JobQueueService, every call with the jobs backend's deadline and errors.
+
+    Args:
+        stub: the JobQueueService stub (a channel balanced over every jobs replica).
+        backend: deadline, retries and error mapping of the calls.
+        max_message_bytes: the largest call sent: a job's items go in as many SubmitJob calls as
+            they need (URL images fetched here can make a job larger than the request that named it).
+    """
+
+    def __init__(
+        self,
+        stub: job_queue_service_pb2_grpc.JobQueueServiceStub,
+        backend: Backend,
+        max_message_bytes: int,
+    ) -> None:
+        self._stub = stub
+        self._backend = backend
+        self._budget = max(1, max_message_bytes - _SUBMIT_HEADROOM_BYTES)
+
+    async def submit(self, tenant: str, job: job_pb2.Job, inputs: Sequence[JobInput]) -> job_pb2.Job:
+        """Records ``job`` and queues its items, in parts of at most the message budget each.
+
+        Each part records (or finds) the same job and queues its own items under their msg ids,
+        so a retry of the whole, or of a part, queues nothing twice.
+        """
+        recorded = job
+        for first, items in _parts(inputs, self._budget):
+            answer: queue_pb2.SubmitJobResponse = await self._backend.call(
+                self._stub.SubmitJob,
+                queue_pb2.SubmitJobRequest(tenant=tenant, job=job, first_item_index=first, items=items),
+            )
+            recorded = answer.job
+            if recorded.state in FINISHED:
+                break  # nothing left to queue
+        return recorded
+
+    async def submit_notebook(
+        self, tenant: str, job: job_pb2.Job, run: events_pb2.NotebookRun
+    ) -> job_pb2.Job:
+        """Records and queues a notebook job (the queue counts its cells)."""
+        answer: queue_pb2.SubmitNotebookJobResponse = await self._backend.call(
+            self._stub.SubmitNotebookJob,
+            queue_pb2.SubmitNotebookJobRequest(tenant=tenant, job=job, notebook_run=run),
+        )
+        return answer.job
+
+    async def cancel(self, tenant: str, name: str) -> job_pb2.Job:
+        """Cancels the job ``name`` of ``tenant``; a finished one keeps its final state."""
+        answer: queue_pb2.CancelJobResponse = await self._backend.call(
+            self._stub.CancelJob, queue_pb2.CancelJobRequest(tenant=tenant, name=name)
+        )
+        return answer.job
+
+    async def retry(self, tenant: str, name: str) -> job_service_pb2.RetryJobResponse:
+        """Queues the failed items of the finished job ``name`` of ``tenant`` again."""
+        answer: queue_pb2.RetryJobResponse = await self._backend.call(
+            self._stub.RetryJob, queue_pb2.RetryJobRequest(tenant=tenant, name=name)
+        )
+        return job_service_pb2.RetryJobResponse(job=answer.job, items_retried=answer.items_retried)
+
+
+def _parts(inputs: Sequence[JobInput], budget: int) -> list[tuple[int, list[queue_pb2.ItemInput]]]:
+    """Splits ``inputs`` into runs of consecutive items of at most ``budget`` bytes each (an item
+    larger than that alone makes a part), as (index of the first, items)."""
+    parts: list[tuple[int, list[queue_pb2.ItemInput]]] = []
+    items: list[queue_pb2.ItemInput] = []
+    first = size = 0
+    for index, found in enumerate(inputs):
+        item = (
+            queue_pb2.ItemInput(input_ref=found)
+            if isinstance(found, events_pb2.ObjectRef)
+            else queue_pb2.ItemInput(input=found)
+        )
+        item_size = item.ByteSize() + 8  # the field's tag and length
+        if items and size + item_size > budget:
+            parts.append((first, items))
+            items, first, size = [], index, 0
+        items.append(item)
+        size += item_size
+    if items:
+        parts.append((first, items))
+    return parts
 
 
 class JobManager:
-    """Runs ``JobService.CreateJob`` and ``CancelJob`` for a tenant."""
+    """Runs ``JobService.CreateJob``, ``CancelJob`` and ``RetryJob`` for a tenant: checks them,
+    then hands them to the job queue (``JobQueueClient``)."""
 
     def __init__(
         self,
@@ -68,17 +141,13 @@ class JobManager:
         catalog: ModelCatalog,
         nc: NatsClient,
         js: JetStreamContext,
-        publisher: Publisher,
-        cancelled: KeyValue,
+        queue: JobQueueClient,
     ) -> None:
         self._settings = settings
-        self._store = store
-        self._backend = backend
         self._catalog = catalog
         self._nc = nc
         self._js = js
-        self._publisher = publisher
-        self._cancelled = cancelled
+        self._queue = queue
         self._records = Records(store, backend)
         self._result_files = result_store(settings.results_url, js)
         self.results = JobResults(self._records, self._result_files)
@@ -94,26 +163,19 @@ class JobManager:
     async def create(
         self, tenant: str, request: job_service_pb2.CreateJobRequest, edge: Edge | None = None
     ) -> job_pb2.Job:
-        """Validates, records and queues a job; a repeated ``request_id`` returns the same job.
+        """Validates a job and has the job queue record and queue it; a repeated ``request_id``
+        returns the same job.
 
         Without a ``request_id``, ``edge`` (see ``idempotency``) makes the edge's own resend of
         this request return the same job too.
 
         Raises:
             FerryError: the request is invalid, the model unknown, the request_id used for a
-                different job, or store or JetStream unavailable.
+                different job, or store, jobs or JetStream unavailable.
         """
         if request.notebook:  # a notebook instead of a model and inputs: see notebook_jobs.py
-            return await notebook_jobs.create(
-                self._settings,
-                self._backend,
-                self._store,
-                self._publisher,
-                tenant,
-                request,
-                edge,
-                _check_same_request,
-            )
+            job, run = notebook_jobs.checked(tenant, request, edge)
+            return await self._queue.submit_notebook(tenant, job, run)
         if request.parameters.fields:
             raise InvalidArgument(
                 "parameters are a notebook's; name the notebook too (notebook), or leave parameters empty",
@@ -136,38 +198,13 @@ class JobManager:
         wanted = job_pb2.Job(
             name=f"jobs/{job_id}",
             model=validation.model_name(model),
-            state=job_pb2.JOB_STATE_QUEUED,
             items_total=len(inputs),
             top_k=top_k,
             request_id=request_id,
             trace_id=current_trace_id(),
             priority=priority,
         )
-        answer: store_service_pb2.CreateJobResponse = await self._backend.call(
-            self._store.CreateJob, store_service_pb2.CreateJobRequest(tenant=tenant, job=wanted)
-        )
-        job = answer.job
-        if not answer.created:
-            _check_same_request(job, wanted)
-            if job.state in FINISHED:
-                return job  # nothing left to queue
-        # Also when the job already existed: a retry after a crash mid-publish completes the
-        # queueing, and JetStream drops the items that did arrive (same Nats-Msg-Id).
-        what = f"job jobs/{job_id} was recorded but not all of its inputs could be queued; " + (
-            "retry with the same request_id to finish queueing them"
-            if request_id
-            else "send the job again with a request_id so that a retry completes it"
-        )
-        async with publishing(what):
-            await publish_job_items(
-                self._publisher,
-                events_pb2.JobItem(
-                    tenant=tenant, job_id=str(job_id), model=model, top_k=top_k, priority=priority
-                ),
-                inputs,
-                max_inflight=s.max_publish_inflight,
-            )
-        return job
+        return await self._queue.submit(tenant, wanted, inputs)
 
     async def _inputs(self, tenant: str, request: job_service_pb2.CreateJobRequest) -> Sequence[JobInput]:
         """The job's checked inputs: inline ones (URLs fetched into bytes), or the manifest's
@@ -194,19 +231,10 @@ class JobManager:
         return await notebook_jobs.executed_notebook(self._records, self._result_files, tenant, name)
 
     async def cancel(self, tenant: str, name: str) -> job_pb2.Job:
-        """Cancels the job ``jobs/{id}`` of ``tenant`` and tells the runners to skip its items.
-
-        Returns the job; a job that had already finished keeps its final state.
-        """
+        """Cancels the job ``jobs/{id}`` of ``tenant`` (the job queue tells the runners to skip its
+        items). Returns the job; a job that had already finished keeps its final state."""
         job_id = validation.resource_id(name, "jobs")
-        answer: store_service_pb2.CancelJobResponse = await self._backend.call(
-            self._store.CancelJob, store_service_pb2.CancelJobRequest(tenant=tenant, id=str(job_id))
-        )
-        if answer.job.state == job_pb2.JOB_STATE_CANCELLED:
-            what = f"job jobs/{job_id} is cancelled but runners may still run its remaining items; retry"
-            async with publishing(what):
-                await mark_cancelled(self._cancelled, job_id, self._settings.publish_timeout_s)
-        return answer.job
+        return await self._queue.cancel(tenant, f"jobs/{job_id}")
 
     async def list_items(
         self, tenant: str, request: job_service_pb2.ListJobItemsRequest
@@ -215,183 +243,14 @@ class JobManager:
         return await list_job_items(self._records, self._js, tenant, request)
 
     async def retry(self, tenant: str, name: str) -> job_service_pb2.RetryJobResponse:
-        """Queues the failed items of the finished job ``jobs/{id}`` of ``tenant`` again.
-
-        Store marks the failed items pending under a new generation (or returns the ones still
-        pending from an earlier call); each is re-queued from its dead letter with a msg id of that
-        generation, so repeating the call queues nothing twice. An item whose dead letter expired
-        gets a FAILED record of the new generation, which settles it.
+        """Queues the failed items of the finished job ``jobs/{id}`` of ``tenant`` again (the job
+        queue re-queues them from their dead letters; see ``services.jobs.submission``).
 
         Raises:
             FerryError: unknown job, a job that is cancelled or still running, or an outage.
         """
         job_id = validation.resource_id(name, "jobs")
-        answer: store_service_pb2.RetryJobResponse = await self._backend.call(
-            self._store.RetryJob, store_service_pb2.RetryJobRequest(tenant=tenant, id=str(job_id))
-        )
-        what = f"job jobs/{job_id} was marked for retry but not all of its items could be queued; retry"
-        async with publishing(what):
-            await _bounded_gather(
-                [
-                    self._requeue(tenant, answer.job, job_id, i, answer.generation)
-                    for i in answer.item_indexes
-                ],
-                self._settings.max_publish_inflight,
-            )
-        return job_service_pb2.RetryJobResponse(job=answer.job, items_retried=len(answer.item_indexes))
-
-    async def _requeue(
-        self, tenant: str, job: job_pb2.Job, job_id: uuid.UUID, index: int, generation: int
-    ) -> None:
-        try:
-            dead = await self._js.get_last_msg(
-                messaging.DEAD_STREAM, messaging.dead_letter_subject(str(job_id), index)
-            )
-        except NotFoundError:
-            await self._settle_expired(tenant, job, job_id, index, generation)
-            return
-        item = events_pb2.JobItem.FromString(dead.data or b"")
-        item.generation = generation
-        msg_id = messaging.with_generation(f"{job_id}:{index}", generation)
-        await self._publisher.publish(items_subject(item.priority), item, msg_id)
-
-    async def _settle_expired(
-        self, tenant: str, job: job_pb2.Job, job_id: uuid.UUID, index: int, generation: int
-    ) -> None:
-        log.warning(
-            "job %s item %d has no dead letter left to retry; recording it failed again", job_id, index
-        )
-        record_id = item_record_id(job_id, index)
-        prediction = prediction_pb2.Prediction(
-            name=f"predictions/{record_id}",
-            model=job.model,
-            job=job.name,
-            item_index=index,
-            state=prediction_pb2.PREDICTION_STATE_FAILED,
-            error=status_to_proto(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"item {index} cannot run again: its input is kept for {messaging.DEAD_LETTER_DAYS} days "
-                "after it failed, and that time has passed; submit it in a new job",
-                "INPUT_EXPIRED",
-            ),
-            trace_id=current_trace_id(),
-        )
-        prediction.create_time.GetCurrentTime()
-        event = events_pb2.PredictionRecorded(tenant=tenant, prediction=prediction, generation=generation)
-        msg_id = messaging.with_generation(str(record_id), generation)
-        await self._publisher.publish(messaging.PREDICTIONS_SUBJECT, event, msg_id)
-
-
-async def _bounded_gather(coros: Sequence[Coroutine[Any, Any, None]], limit: int) -> None:
-    """Runs ``coros`` at most ``limit`` at a time; the first failure cancels the rest and is raised."""
-    slots = asyncio.Semaphore(limit)
-
-    async def one(coro: Coroutine[Any, Any, None]) -> None:
-        async with slots:
-            await coro
-
-    tasks = [asyncio.create_task(one(c)) for c in coros]
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-async def publish_job_items(
-    publisher: Publisher,
-    template: events_pb2.JobItem,
-    inputs: Sequence[JobInput],
-    max_inflight: int,
-) -> None:
-    """Publishes one JobItem per input to the work stream and waits for every ack.
-
-    Each message's ``Nats-Msg-Id`` is ``"{job_id}:{index}"``, so publishing a job's items again
-    (a client's retry) stores none of them twice inside JetStream's duplicate window.
-
-    The items go out pipelined first (``_publish_pipelined``: no task and no request per item,
-    about 3x the rate of awaiting each publish); any item that pass did not get acknowledged is
-    then published again, one ``publisher.publish`` (with retries) each, under the same msg id.
-
-    Args:
-        publisher: publishes with retries.
-        template: the fields every item shares (tenant, job_id, model, top_k, priority); the
-            priority picks the subject, ``ferry.jobs.items.<priority>``.
-        inputs: the job's inputs, in order: Inputs, or claim checks of images (``input_ref``).
-        max_inflight: most publishes awaiting their ack at once.
-
-    Raises:
-        nats.errors.Error, TimeoutError: a publish failed; the others are cancelled.
-    """
-    subject = items_subject(template.priority)
-
-    def item_of(index: int) -> events_pb2.JobItem:
-        # Built when sent: the item (a copy of the image) exists only while it is in flight.
-        item = events_pb2.JobItem()
-        item.CopyFrom(template)
-        item.item_index = index
-        found = inputs[index]
-        if isinstance(found, events_pb2.ObjectRef):
-            item.input_ref.CopyFrom(found)  # a claim check: the runner reads the bytes
-        else:
-            item.input.CopyFrom(found)
-        return item
-
-    async def publish_one(index: int) -> None:
-        await publisher.publish(subject, item_of(index), f"{template.job_id}:{index}")
-
-    unacked = await _publish_pipelined(
-        publisher.js, subject, template.job_id, len(inputs), item_of, max_inflight, publisher.budget_s
-    )
-    if unacked:
-        log.info(
-            "job %s: %d items not acknowledged at once; publishing them again", template.job_id, len(unacked)
-        )
-    await _bounded_gather([publish_one(index) for index in unacked], max_inflight)
-
-
-async def _publish_pipelined(
-    js: JetStreamContext,
-    subject: str,
-    job_id: str,
-    count: int,
-    item_of: Callable[[int], events_pb2.JobItem],
-    window: int,
-    timeout_s: float,
-) -> list[int]:
-    """Sends items ``0..count-1`` with JetStream's async publish, at most ``window`` unacknowledged
-    at once, and waits up to ``timeout_s`` for the acks; returns the indexes not acknowledged.
-
-    Nothing here retries or raises on a NATS failure: whatever was not acknowledged is the
-    caller's to publish again (the msg ids make a copy that did land a duplicate, dropped).
-    """
-    headers = inject_headers({})  # the CreateJob's traceparent: the same for every item
-    room = asyncio.Semaphore(window)
-    sent: list[tuple[int, asyncio.Future[PubAck]]] = []
-    try:
-        for index in range(count):
-            await room.acquire()
-            payload = item_of(index).SerializeToString()
-            try:
-                future = await js.publish_async(
-                    subject, payload, headers={**headers, "Nats-Msg-Id": f"{job_id}:{index}"}
-                )
-            except BaseException:
-                room.release()
-                raise
-            future.add_done_callback(lambda _: room.release())
-            sent.append((index, future))
-    except (NatsError, TimeoutError) as err:
-        log.warning("job %s: pipelined publishing stopped after %d items: %r", job_id, len(sent), err)
-    if sent:
-        await asyncio.wait([future for _, future in sent], timeout=timeout_s)
-    acked = set()
-    for index, future in sent:
-        if not future.done():
-            future.cancel()
-        elif not future.cancelled() and future.exception() is None:
-            acked.add(index)
-    return [index for index in range(count) if index not in acked]
+        return await self._queue.retry(tenant, f"jobs/{job_id}")
 
 
 def refuse_inputs_none_taken(model: model_pb2.Model, inputs: Sequence[JobInput]) -> None:
@@ -416,26 +275,3 @@ def refuse_inputs_none_taken(model: model_pb2.Model, inputs: Sequence[JobInput])
         reason="UNSUPPORTED_INPUT",
         metadata={"field": "model", "model": model.name, "input_kinds": ",".join(sorted(takes))},
     )
-
-
-def items_subject(priority: int) -> str:
-    """The work subject of items of ``priority`` (a ferry.types.v1.Priority), as runners split them."""
-    return messaging.job_items_subject(messaging.priority_token(priority))
-
-
-def _check_same_request(existing: job_pb2.Job, wanted: job_pb2.Job) -> None:
-    """Refuses a request_id reused for a different job (another model, input count, top_k or priority)."""
-    if (existing.model, existing.items_total, existing.top_k, existing.priority or _NORMAL) != (
-        wanted.model,
-        wanted.items_total,
-        wanted.top_k,
-        wanted.priority,
-    ):
-        priority = types_pb2.Priority.Name(existing.priority or _NORMAL)
-        raise AlreadyExists(
-            f"request_id {wanted.request_id!r} was already used for {existing.name} "
-            f"({existing.model}, {existing.items_total} inputs, top_k {existing.top_k}, {priority}); "
-            "use a new request_id for a different job",
-            reason="REQUEST_ID_REUSED",
-            metadata={"job": existing.name},
-        )

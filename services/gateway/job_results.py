@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from services.common.errors import FailedPrecondition
+from services.common.job_states import FINISHED
 from services.common.result_stores import ResultStore
 from services.gateway.records import Records
 
@@ -29,15 +30,6 @@ log = logging.getLogger(__name__)
 
 # Records read from store per page while a file is built.
 _PAGE = 1000
-
-_FINISHED = frozenset(
-    {
-        job_pb2.JOB_STATE_SUCCEEDED,
-        job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
-        job_pb2.JOB_STATE_FAILED,
-        job_pb2.JOB_STATE_CANCELLED,
-    }
-)
 
 
 def result_line(result: job_service_pb2.GetJobResultsResponse) -> bytes:
@@ -103,7 +95,7 @@ class JobResults:
                 (FAILED_PRECONDITION), or store or NATS unavailable.
         """
         job = await self._records.get_job(tenant, name)
-        if job.state not in _FINISHED:
+        if job.state not in FINISHED:
             raise FailedPrecondition(
                 f"{job.name} has not finished yet ({job_pb2.JobState.Name(job.state)}); its result file is"
                 " written when it ends: watch it (GET /v1/{name}:watch) and ask again",

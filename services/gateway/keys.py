@@ -13,10 +13,10 @@ import secrets
 from ferry.admin.v1 import key_service_pb2 as admin
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common import scopes
+from services.common.downstream import Backend
 from services.common.errors import InvalidArgument
 from services.common.ids import parse_name
 from services.gateway.auth import Authenticator, key_digest
-from services.gateway.downstream import Backend
 
 KEY_PREFIX = "fy_"
 """Every key starts so: secret scanners and people can tell a Ferry key at a glance."""

@@ -14,12 +14,12 @@ from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.answers import copy_answer
+from services.common.downstream import Backend, publishing
 from services.common.errors import FerryError, error_from_status
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
 from services.gateway import fetcher, validation
 from services.gateway.catalog import ModelCatalog
-from services.gateway.downstream import Backend, publishing
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.record_batches import RecordBatcher
 from services.gateway.settings import GatewaySettings

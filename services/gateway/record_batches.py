@@ -23,8 +23,8 @@ import uuid
 
 from ferry.events.v1 import events_pb2
 from services.common import messaging
+from services.common.publisher import Publisher
 from services.common.tracing import inject_headers
-from services.gateway.publisher import Publisher
 
 _TRACEPARENT = "traceparent"
 

@@ -11,6 +11,7 @@ import grpc
 
 from ferry.admin.v1 import key_service_pb2, key_service_pb2_grpc
 from ferry.inference.v1 import inference_service_pb2_grpc
+from ferry.jobqueue.v1 import job_queue_service_pb2, job_queue_service_pb2_grpc
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from ferry.oip.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
@@ -19,20 +20,19 @@ from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
 from services.common.channels import open_channel
-from services.common.messaging import open_cancelled_bucket
+from services.common.downstream import Backend
+from services.common.publisher import Publisher
 from services.common.readiness import Readiness
 from services.gateway.auth import Authenticator
 from services.gateway.catalog import ModelCatalog
 from services.gateway.components import Components, ComponentsSlot
-from services.gateway.downstream import Backend
 from services.gateway.interceptors import AdmissionInterceptor
-from services.gateway.job_manager import JobManager
+from services.gateway.job_manager import JobManager, JobQueueClient
 from services.gateway.keys import KeyAdmin
 from services.gateway.model_admin import ModelAdmin
 from services.gateway.open_inference import OpenInference
 from services.gateway.peers import LiveGateways
 from services.gateway.predictor import Predictor
-from services.gateway.publisher import Publisher
 from services.gateway.readiness import wait_serving
 from services.gateway.record_batches import RecordBatcher
 from services.gateway.records import Records
@@ -46,6 +46,9 @@ from services.gateway.servicers.predictions import PredictionServicer
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+#: The jobs service's job queue: the health name its replicas are balanced by.
+JOB_QUEUE_SERVICE = job_queue_service_pb2.DESCRIPTOR.services_by_name["JobQueueService"].full_name
 
 SERVICE_NAMES = (
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
@@ -92,16 +95,22 @@ class GatewayService:
         oip_repository.add_to_server(self._slot, server)  # after the protocol's own methods
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
-        """Connects to inference, store and NATS; returns once inference and store are SERVING."""
+        """Connects to inference, store, jobs and NATS; returns once inference and store are SERVING.
+
+        Jobs is not waited for: only job writes need it, and they answer UNAVAILABLE until it serves.
+        """
         s = self.settings
         inference_channel = open_channel(s.inference_target, s.max_message_bytes)
         stack.push_async_callback(inference_channel.close)
         store_channel = open_channel(s.store_target, s.max_message_bytes)
         stack.push_async_callback(store_channel.close)
+        # The queue's own health, not the jobs service's overall one: jobs can be submitted while
+        # the runners wait for inference.
+        jobs_channel = open_channel(s.jobs_target, s.max_message_bytes, health_service=JOB_QUEUE_SERVICE)
+        stack.push_async_callback(jobs_channel.close)
 
         nc, js = await messaging.connect(s.nats_url, "ferry-gateway", stack)
         await messaging.ensure_streams(js, s.nats_stream_replicas)
-        cancelled = await open_cancelled_bucket(js, s.nats_stream_replicas)
         log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
         gateways = LiveGateways(nc)
         await gateways.start(stack)
@@ -123,13 +132,18 @@ class GatewayService:
         )
         stack.push_async_callback(records.close)  # before the drain: closed first, drained after
         predictor = Predictor(s, inference, inference_backend, catalog, records)
+        queue = JobQueueClient(
+            job_queue_service_pb2_grpc.JobQueueServiceStub(jobs_channel),
+            Backend("jobs", jobs_channel, s.jobs_timeout_s, own_unavailable=True),
+            s.max_message_bytes,
+        )
         auth = Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s)
         self._slot.fill(
             Components(
                 auth=auth,
                 catalog=catalog,
                 predictor=predictor,
-                jobs=JobManager(s, store, store_backend, catalog, nc, js, publisher, cancelled),
+                jobs=JobManager(s, store, store_backend, catalog, nc, js, queue),
                 records=Records(store, store_backend),
                 open_inference=OpenInference(s, catalog, predictor),
                 keys=KeyAdmin(store, store_backend, auth),

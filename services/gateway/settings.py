@@ -9,11 +9,10 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common import limits
 from services.common.channels import Targets
-from services.common.notebooks import NotebookSettings
 from services.common.settings import NatsSettings, ServiceSettings
 
 
-class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
+class GatewaySettings(ServiceSettings, NatsSettings):
     """Everything the gateway can be told; defaults run against the local stack."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_GATEWAY_", extra="ignore")
@@ -28,6 +27,10 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     that serve (``services.common.channels``). ``ferry up`` sets it from FERRY_INFERENCE_INSTANCES."""
     store_target: str = "127.0.0.1:50053"
     """host:port of the store service."""
+    jobs_target: Targets = "127.0.0.1:50054"
+    """host:port of the jobs service, whose job queue records and queues every job
+    (``ferry.jobqueue.v1.JobQueueService``); several replicas comma-separated (IP addresses only)
+    are balanced round robin over those whose queue serves. ``ferry up`` sets it from FERRY_RUNNERS."""
     inference_timeout_s: float = Field(default=30.0, gt=0)
     """Deadline of one call to inference, retries included: a Predict waits in inference's batching
     queue, and for a restarting inference to come back."""
@@ -37,9 +40,12 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     store_timeout_s: float = Field(default=5.0, gt=0)
     """Deadline of one call to store, retries included (API key lookups, job and prediction reads
     and writes)."""
+    jobs_timeout_s: float = Field(default=30.0, gt=0)
+    """Deadline of one call to the job queue (a part of a CreateJob's items, CancelJob, RetryJob),
+    retries included; the queue itself spends up to FERRY_JOBS_SUBMIT_PUBLISH_TIMEOUT_S on a publish."""
     publish_timeout_s: float = Field(default=10.0, gt=0)
-    """How long one publish keeps trying to get JetStream's acknowledgement (retrying across a NATS
-    restart) before the call answers UNAVAILABLE."""
+    """How long one publish (a batch of prediction records) keeps trying to get JetStream's
+    acknowledgement (retrying across a NATS restart) before the call answers UNAVAILABLE."""
     record_batch_max_records: int = Field(default=256, ge=1)
     """Most prediction records in one JetStream message (docs/architecture.md, *Records*); a batch
     is also kept under three quarters of NATS's max_payload."""
@@ -47,8 +53,6 @@ class GatewaySettings(ServiceSettings, NatsSettings, NotebookSettings):
     """Record batches awaiting JetStream's acknowledgement at once before new records wait to go
     in the next batch; 1 is group commit: under load, each batch holds what arrived during the
     previous one's round trip."""
-    max_publish_inflight: int = Field(default=128, ge=1)
-    """Most job items one CreateJob publishes at once (their acks are all awaited)."""
     max_image_bytes: int = Field(default=limits.DEFAULT_IMAGE_BYTES, gt=0)
     """Largest encoded image accepted, in bytes. Job items are also bounded by NATS's max_payload."""
     max_job_items: int = Field(default=limits.MAX_JOB_ITEMS, ge=1)

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 from ferry.jobs.v1 import job_pb2, job_service_pb2
-from services.gateway.job_manager import FINISHED
+from services.common.job_states import FINISHED
 from services.gateway.records import Records
 
 

@@ -1,7 +1,8 @@
-"""Which jobs were cancelled: the gateway marks them in a JetStream KV bucket, the runner asks it."""
+"""Which jobs were cancelled: the job queue marks them in a JetStream KV bucket, runners ask it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -62,3 +63,12 @@ class CancelledJobs:
             if len(self._live_until) >= _MAX_CACHED:
                 self._live_until.clear()
         self._live_until[job_id] = now + self._ttl_s
+
+
+#: The value a cancelled job's key holds.
+CANCELLED = b"1"
+
+
+async def mark_cancelled(bucket: KeyValue, job_id: uuid.UUID, timeout_s: float) -> None:
+    """Records ``job_id`` as cancelled (key: the job's uuid, value b"1"), within ``timeout_s``."""
+    await asyncio.wait_for(bucket.put(str(job_id), CANCELLED), timeout_s)

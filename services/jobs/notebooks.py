@@ -1,6 +1,7 @@
-"""The notebook worker: runs notebook jobs (``notebook:<name>`` items) one at a time with papermill.
+"""The notebook worker: runs notebook jobs (items with a ``notebook_run``) one at a time with papermill.
 
-A notebook job is one work message on its own subject (``notebook_subject``), so it never waits
+A notebook job is one work message on its own subject (``notebook_subject``), queued by the job
+queue (``submission.JobQueue.submit_notebook``), so it never waits
 behind, or holds up, model items. Its items are the notebook's code cells: each cell that
 finishes is recorded SUCCEEDED as it finishes (the job's progress), and when a cell fails, that
 cell and every one after it are recorded FAILED with the cell's error (NOTEBOOK_CELL_FAILED),
@@ -28,7 +29,13 @@ from ferry.events.v1 import events_pb2
 from ferry.inference.v1 import inference_service_pb2
 from services.common import messaging
 from services.common.errors import FerryError, NotFound
-from services.common.notebooks import MODEL_PREFIX, code_cell_count, executed_notebook_name, parameters_of
+from services.common.notebooks import (
+    MODEL_PREFIX,
+    code_cell_count,
+    executed_notebook_name,
+    model_of,
+    parameters_of,
+)
 from services.common.readiness import Readiness
 from services.common.result_stores import ResultStore
 from services.jobs.cancellation import CancelledJobs
@@ -121,7 +128,8 @@ class NotebookRunner:
         if await self._cancelled.is_cancelled(job_id):
             await msg.ack()
             return
-        name = item.model.removeprefix(MODEL_PREFIX)
+        run = notebook_run_of(item)
+        name = run.notebook
         try:
             path = self._s.notebook_path(name)
             cells = code_cell_count(path)
@@ -131,7 +139,7 @@ class NotebookRunner:
             return
         self._heartbeat.track(msg)
         try:
-            await self._run(item, job_id, name, path, cells)
+            await self._run(item, job_id, run, path, cells)
         except BaseException:
             # Cancelled (shutting down) or broken: another runner runs the notebook again.
             self._heartbeat.untrack(msg)
@@ -142,11 +150,25 @@ class NotebookRunner:
         await msg.ack()
 
     async def _run(
-        self, item: events_pb2.JobItem, job_id: uuid.UUID, name: str, path: Path, cells: int
+        self,
+        work: events_pb2.JobItem,
+        job_id: uuid.UUID,
+        notebook: events_pb2.NotebookRun,
+        path: Path,
+        cells: int,
     ) -> None:
         """Executes the notebook, stores it, then records the cells not yet recorded."""
         loop = asyncio.get_running_loop()
-        parameters = parameters_of(item.input.payload)
+        name = notebook.notebook
+        parameters = parameters_of(notebook.parameters)
+        # The cells' records name the notebook as their model, as the job does ("models/notebook:report").
+        item = events_pb2.JobItem(
+            tenant=work.tenant,
+            job_id=work.job_id,
+            model=model_of(name),
+            generation=work.generation,
+            priority=work.priority,
+        )
         log.info("job %s: running notebook %s (%d code cells)", job_id, name, cells)
 
         def cell_done(cell: int) -> None:  # papermill's thread: record progress on the loop
@@ -175,3 +197,17 @@ class NotebookRunner:
         one.CopyFrom(item)
         one.item_index = cell
         await publish_record(self._js, one, job_id, outcome, self._s.publish_timeout_s)
+
+
+def notebook_run_of(item: events_pb2.JobItem) -> events_pb2.NotebookRun:
+    """The notebook and parameters a notebook job's work message names.
+
+    Messages queued before notebook runs became their own item kind named the notebook in
+    ``model`` (``notebook:<name>``) and carried the parameters as the input's payload: they still
+    run after an upgrade.
+    """
+    if item.HasField("notebook_run"):
+        return item.notebook_run
+    return events_pb2.NotebookRun(
+        notebook=item.model.removeprefix(MODEL_PREFIX), parameters=item.input.payload
+    )

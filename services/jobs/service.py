@@ -1,4 +1,10 @@
-"""The jobs service: no API of its own, only a runner in the background (health and reflection)."""
+"""The jobs service: the job queue's owner (``JobQueueService``, for the gateway) and the runners.
+
+Its API records jobs in store and queues their items (``submission.py``); its runners take the
+items from the work stream and run them. Overall health ("") follows what the runners need (NATS
+and inference); the API's own health name follows only what the API needs (NATS), so jobs can
+still be submitted, cancelled and retried while inference restarts.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from ferry.inference.v1 import inference_service_pb2_grpc
+from ferry.jobqueue.v1 import job_queue_service_pb2, job_queue_service_pb2_grpc
+from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging
 from services.common.channels import channel_options, open_channel
+from services.common.downstream import Backend
 from services.common.messaging import open_cancelled_bucket
+from services.common.publisher import Publisher
 from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.result_stores import result_store
 from services.common.tasks import spawn
@@ -26,9 +36,14 @@ from services.jobs.notebooks import NotebookRunner
 from services.jobs.predictor import Predictor
 from services.jobs.queue_metrics import watch_queues
 from services.jobs.runner import Runner
+from services.jobs.servicer import JobQueueServicer
 from services.jobs.settings import JobsSettings
+from services.jobs.submission import JobQueue
 
 log = logging.getLogger(__name__)
+
+#: The job queue's gRPC service; its health name is what the gateway's balancer watches.
+QUEUE_SERVICE = job_queue_service_pb2.DESCRIPTOR.services_by_name["JobQueueService"].full_name
 
 # How often the runner looks at its dependencies, and how long one health check may take.
 _PROBE_EVERY_S = 1.0
@@ -68,23 +83,26 @@ def nats_probe(nc: NatsClient) -> Probe:
 
 
 class JobsService:
-    """Runs job items from the work stream.
+    """Owns the job queue (its API) and runs job items from the work stream.
 
-    SERVING once NATS is connected and the consumer exists, and while inference and NATS are up;
-    while it is not, the runner fetches no new items.
+    SERVING ("") once NATS is connected and the consumers exist, and while inference and NATS
+    are up; while it is not, the runners fetch no new items. The JobQueueService health name (and
+    its calls) need NATS only.
     """
 
     name = "jobs"
 
     def __init__(self, settings: JobsSettings) -> None:
         self.settings = settings
+        self._queue = JobQueueServicer()
 
     def service_names(self) -> Sequence[str]:
-        """None: the runner serves only health ("") and reflection."""
-        return ()
+        """The job queue's internal API."""
+        return (QUEUE_SERVICE,)
 
     def register(self, server: grpc.aio.Server) -> None:
-        """Nothing to register; the runner takes its work from NATS, not from callers."""
+        """Adds the job queue's servicer (it answers once ``start`` gave it its connections)."""
+        job_queue_service_pb2_grpc.add_JobQueueServiceServicer_to_server(self._queue, server)
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
         """Connects to NATS and inference, watches both, creates the consumer and starts the runner.
@@ -95,7 +113,8 @@ class JobsService:
         s = self.settings
         nc, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
         await messaging.ensure_streams(js, s.nats_stream_replicas)
-        cancelled = CancelledJobs(await open_cancelled_bucket(js, s.nats_stream_replicas), s.cancel_cache_s)
+        bucket = await open_cancelled_bucket(js, s.nats_stream_replicas)
+        cancelled = CancelledJobs(bucket, s.cancel_cache_s)
         channel = open_channel(s.inference_target, s.max_message_bytes)
         stack.push_async_callback(channel.close)
         # Probes go on a channel of their own, without the tracing interceptor: a check every
@@ -104,7 +123,21 @@ class JobsService:
         probe_channel = grpc.aio.insecure_channel(s.inference_target, options=channel_options(1024 * 1024))
         stack.push_async_callback(probe_channel.close)
         await watch_dependency(stack, readiness, "nats", nats_probe(nc), _PROBE_EVERY_S)
-        await watch_dependency(stack, readiness, "inference", inference_probe(probe_channel), _PROBE_EVERY_S)
+        await watch_dependency(
+            stack, readiness, "inference", inference_probe(probe_channel), _PROBE_EVERY_S, background=True
+        )
+        store_channel = open_channel(s.store_target, s.max_message_bytes)
+        stack.push_async_callback(store_channel.close)
+        self._queue.attach(
+            JobQueue(
+                s,
+                store_service_pb2_grpc.StoreServiceStub(store_channel),
+                Backend("store", store_channel, s.store_timeout_s),
+                js,
+                Publisher(js, s.submit_publish_timeout_s),
+                bucket,
+            )
+        )
         predictor = Predictor(inference_service_pb2_grpc.InferenceServiceStub(channel), s.inference_timeout_s)
         await retire_catch_all_consumer(js, s)
         room = Room(s.max_inflight, s.fetch_batch)

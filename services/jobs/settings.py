@@ -23,13 +23,21 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
     model_config = SettingsConfigDict(env_prefix="FERRY_JOBS_", extra="ignore")
 
     grpc_port: int = 50054
-    """Port of the gRPC server (health and reflection only: the runner has no API of its own)."""
+    """Port of the gRPC server: the job queue's internal API (``ferry.jobqueue.v1.JobQueueService``,
+    called by the gateway), health and reflection."""
     metrics_port: int = 9104
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
     inference_target: Targets = "127.0.0.1:50052"
     """host:port of the inference service; several replicas comma-separated
     (``127.0.0.1:50052,127.0.0.1:50062``, IP addresses only) are balanced round robin over those
     that serve (``services.common.channels``). ``ferry up`` sets it from FERRY_INFERENCE_INSTANCES."""
+    store_target: Targets = "127.0.0.1:50053"
+    """host:port of the store service (jobs are recorded there before their items are queued);
+    several replicas comma-separated are balanced round robin. ``ferry up`` sets it."""
+    store_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline of one call to store (CreateJob, CancelJob, RetryJob), retries included."""
+    max_publish_inflight: int = Field(default=128, ge=1)
+    """Most job items one SubmitJob (or RetryJob) publishes at once (their acks are all awaited)."""
     consumer_name: str = "jobs-runner"
     """Durable JetStream consumer; every runner process with the same name shares the work."""
     subject_filter: str = f"{JOB_ITEMS_SUBJECT_PREFIX}.>"
@@ -59,6 +67,10 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
     for inference to be ready within it, so it also covers a restart of inference."""
     publish_timeout_s: float = Field(default=5.0, gt=0)
     """How long to wait for JetStream to store a record before the item is retried."""
+    submit_publish_timeout_s: float = Field(default=10.0, gt=0)
+    """How long one publish of a submitted job's item (or a cancellation mark) keeps trying to get
+    JetStream's acknowledgement, across a NATS restart, before SubmitJob (CancelJob, RetryJob)
+    answers UNAVAILABLE; a retry with the same request_id completes it."""
     ack_wait_s: float = Field(default=10.0, ge=1.0)
     """Seconds an unacknowledged item stays with a runner that stopped answering for it before
     JetStream hands it to another runner. A live runner reports progress on its items every third

@@ -29,6 +29,7 @@ from devstack.envoy import render as render_envoy
 from services.common.messaging import WORK_STREAM
 from services.gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
+from services.jobs.service import QUEUE_SERVICE
 from services.jobs.settings import JobsSettings
 from services.store.settings import StoreSettings
 
@@ -237,7 +238,10 @@ def test_services_are_probed_with_grpc_health_and_inference_gets_time_to_load(
     for component in SERVICES:
         c = container(manifests, component)
         port = SETTINGS[component]().grpc_port if component != "store" else StoreSettings().grpc_port
-        assert c["readinessProbe"]["grpc"] == {"port": port}
+        # jobs: the job queue's health (NATS only), not the runners' (inference too): the gateway
+        # must reach the queue while inference restarts (services/common/readiness.py).
+        queue = {"service": QUEUE_SERVICE} if component == "jobs" else {}
+        assert c["readinessProbe"]["grpc"] == {"port": port, **queue}
         assert c["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
     startup = container(manifests, "inference")["startupProbe"]
     assert startup["grpc"] == {"port": 50052}
@@ -335,8 +339,9 @@ def test_network_policies_let_in_only_what_each_part_needs(manifests: list[dict[
 
     assert components(*_callers(_policy(manifests, "gateway"), 50051)) == {"envoy"}
     assert components(*_callers(_policy(manifests, "inference"), 50052)) == {"gateway", "jobs"}
-    assert components(*_callers(_policy(manifests, "store"), 50053)) == {"gateway"}
-    assert _callers(_policy(manifests, "jobs"), 50054) == []
+    # jobs records jobs in store; the gateway calls the job queue jobs serves.
+    assert components(*_callers(_policy(manifests, "store"), 50053)) == {"gateway", "jobs"}
+    assert components(*_callers(_policy(manifests, "jobs"), 50054)) == {"gateway"}
     # Only store reaches Postgres; only the services reach NATS (Envoy and inference do not).
     ports = {c: _egress_ports(_policy(manifests, c)) for c in (*SERVICES, "envoy")}
     assert [c for c, p in ports.items() if 5432 in p] == ["store"]

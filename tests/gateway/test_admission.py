@@ -25,6 +25,7 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common.channels import open_channel
+from services.common.downstream import Backend
 from services.common.errors import FerryError, NotFound, ResourceExhausted
 from services.common.interceptors import ServerInterceptor
 from services.common.readiness import Readiness
@@ -32,7 +33,6 @@ from services.gateway import identity
 from services.gateway.admission import AdaptiveLimit, RateLimits, inference_seconds
 from services.gateway.auth import Authenticator
 from services.gateway.components import ComponentsSlot
-from services.gateway.downstream import Backend
 from services.gateway.identity import RouteClass, route
 from services.gateway.interceptors import AdmissionInterceptor
 from services.gateway.service import SERVICE_NAMES

@@ -10,9 +10,9 @@ import pytest
 
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common.channels import open_channel
+from services.common.downstream import Backend
 from services.common.errors import FerryError, NotFound
 from services.gateway.auth import INVALID_KEY, MISSING_KEY, Authenticator, api_key_from_metadata
-from services.gateway.downstream import Backend
 from tests.gateway.servers import serving
 
 GOOD_KEY = "ferry-test-key-1234"

@@ -11,10 +11,10 @@ import pytest
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
 from services.common.channels import open_channel
+from services.common.downstream import Backend
 from services.common.errors import FerryError
 from services.gateway import catalog
 from services.gateway.catalog import ModelCatalog
-from services.gateway.downstream import Backend
 from tests.gateway.servers import serving
 
 

@@ -11,8 +11,8 @@ import pytest
 from devstack.infra import free_port
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common.channels import open_channel
+from services.common.downstream import Backend, error_from_rpc, publishing
 from services.common.errors import FerryError, InvalidArgument, NotFound, Unavailable
-from services.gateway.downstream import Backend, error_from_rpc, publishing
 from tests.gateway.servers import serving
 
 

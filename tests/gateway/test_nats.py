@@ -1,5 +1,5 @@
-"""What the gateway writes to a real JetStream: job items (deduplicated), cancellations and
-batches of prediction records."""
+"""What is written to a real JetStream: job items (deduplicated) and cancellations (both by the jobs
+service's job queue), and batches of prediction records (the gateway's)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from devstack.infra import free_port, start_nats
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
+from services.common.downstream import publishing
 from services.common.errors import FerryError
 from services.common.messaging import open_cancelled_bucket
-from services.gateway.cancellation import CANCELLED, mark_cancelled
-from services.gateway.downstream import publishing
-from services.gateway.job_manager import publish_job_items
-from services.gateway.publisher import Publisher
+from services.common.publisher import Publisher
 from services.gateway.record_batches import RecordBatcher
+from services.jobs.cancellation import CANCELLED, mark_cancelled
+from services.jobs.submission import publish_job_items
 
 
 async def test_job_items_are_published_once_even_when_published_again(nats_url: str) -> None:

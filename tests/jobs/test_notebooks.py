@@ -1,8 +1,9 @@
-"""Run-notebook jobs on real NATS and Postgres: gateway's CreateJob path records and queues the job,
-the runner's notebook worker executes notebooks/report.ipynb with papermill, store's ingest counts
-the cells, and the executed notebook comes back from the result store (GetJobNotebook's path).
+"""Run-notebook jobs on real NATS and Postgres: gateway's checks, then the job queue records and
+queues the job as a NotebookRun, the runner's notebook worker executes notebooks/report.ipynb with
+papermill, store's ingest counts the cells, and the executed notebook comes back from the result
+store (GetJobNotebook's path).
 
-Only Envoy and the gRPC servicer layer are left out (a handler that calls ``JobManager.notebook``).
+Only Envoy and the gRPC servicer layers are left out (tests/e2e/test_notebook_jobs.py has them).
 """
 
 from __future__ import annotations
@@ -19,22 +20,25 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 from nats.js import JetStreamContext
 
+from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from ferry.types.v1 import types_pb2
 from services.common import messaging
+from services.common.downstream import Backend
 from services.common.errors import FerryError
+from services.common.job_states import FINISHED
+from services.common.notebooks import parameters_of
+from services.common.publisher import Publisher
 from services.common.readiness import Readiness
 from services.common.result_stores import NatsResults
 from services.common.tasks import spawn
 from services.gateway import notebook_jobs
-from services.gateway.downstream import Backend
-from services.gateway.job_manager import FINISHED, _check_same_request
-from services.gateway.publisher import Publisher
 from services.gateway.records import Records
-from services.gateway.settings import GatewaySettings
 from services.jobs.cancellation import CancelledJobs
-from services.jobs.notebooks import NotebookRunner
+from services.jobs.notebooks import NotebookRunner, notebook_run_of
 from services.jobs.settings import JobsSettings
+from services.jobs.submission import JobQueue
 from services.store.servicer import StoreServicer
 from tests.store.conftest import database_url, js, pool, running_ingestor, serving  # noqa: F401
 from tests.store.records import eventually
@@ -43,23 +47,19 @@ TENANT = f"notebooks-{uuid.uuid4().hex[:6]}"
 
 
 class Stack:
-    """Gateway's side (settings, store backend, publisher) and a running notebook worker."""
+    """The job queue (store backend, publisher) and a running notebook worker."""
 
-    def __init__(
-        self, gateway: GatewaySettings, backend: Backend, store: Any, jetstream: JetStreamContext
-    ) -> None:
-        self.gateway = gateway
+    def __init__(self, queue: JobQueue, backend: Backend, store: Any, jetstream: JetStreamContext) -> None:
+        self.queue = queue
         self.backend = backend
         self.store = store
         self.js = jetstream
 
-    async def create(self, **parameters: Any) -> job_pb2.Job:
-        request = job_service_pb2.CreateJobRequest(notebook="report")
+    async def create(self, notebook: str = "report", **parameters: Any) -> job_pb2.Job:
+        request = job_service_pb2.CreateJobRequest(notebook=notebook)
         request.parameters.update(parameters)
-        publisher = Publisher(self.js, 5.0)
-        return await notebook_jobs.create(
-            self.gateway, self.backend, self.store, publisher, TENANT, request, None, _check_same_request
-        )
+        job, run = notebook_jobs.checked(TENANT, request, None)  # the gateway's side
+        return await self.queue.submit_notebook(TENANT, job, run)
 
     async def finished(self, job: job_pb2.Job) -> job_pb2.Job:
         records = Records(self.store, self.backend)
@@ -89,17 +89,18 @@ async def stack(js: JetStreamContext, pool: asyncpg.Pool) -> AsyncIterator[Stack
             serving(lambda s: store_service_pb2_grpc.add_StoreServiceServicer_to_server(servicer, s))
         )
         await exits.enter_async_context(running_ingestor(js, pool))
-        cancelled = CancelledJobs(await messaging.open_cancelled_bucket(js), 0.0)
+        bucket = await messaging.open_cancelled_bucket(js)
+        cancelled = CancelledJobs(bucket, 0.0)
         runner = NotebookRunner(js, cancelled, NatsResults(js), runner_settings, Readiness.started("jobs"))
         await runner.subscribe()
         spawn(exits, runner.run(), "notebook-runner")
         exits.push_async_callback(
             js.delete_consumer, messaging.WORK_STREAM, runner_settings.notebook_consumer
         )
-        gateway = GatewaySettings(notebook_subject=subject)
-        yield Stack(
-            gateway, Backend("store", channel, 10.0), store_service_pb2_grpc.StoreServiceStub(channel), js
-        )
+        backend = Backend("store", channel, 10.0)
+        store = store_service_pb2_grpc.StoreServiceStub(channel)
+        queue = JobQueue(runner_settings, store, backend, js, Publisher(js, 5.0), bucket)
+        yield Stack(queue, backend, store, js)
 
 
 def outputs_text(document: dict[str, Any]) -> str:
@@ -143,18 +144,8 @@ async def test_a_failing_cell_fails_the_job_with_the_cells_error(stack: Stack) -
 
 
 async def test_an_unknown_notebook_is_refused_and_a_model_job_has_no_notebook(stack: Stack) -> None:
-    request = job_service_pb2.CreateJobRequest(notebook="nope")
     with pytest.raises(FerryError) as refused:
-        await notebook_jobs.create(
-            stack.gateway,
-            stack.backend,
-            stack.store,
-            Publisher(stack.js, 5.0),
-            TENANT,
-            request,
-            None,
-            _check_same_request,
-        )
+        await stack.create("nope")
     assert refused.value.reason == "NOTEBOOK_NOT_FOUND"
     answer = await stack.store.CreateJob(
         store_service_pb2.CreateJobRequest(
@@ -167,3 +158,35 @@ async def test_an_unknown_notebook_is_refused_and_a_model_job_has_no_notebook(st
     with pytest.raises(FerryError) as wrong:
         await stack.executed(answer.job)
     assert wrong.value.reason == "NOT_A_NOTEBOOK_JOB"
+
+
+async def test_a_notebook_job_is_queued_as_a_notebook_run_not_as_a_model(stack: Stack) -> None:
+    # A queue whose notebook subject no worker reads, so the work message stays to be looked at.
+    subject = messaging.job_items_subject(f"nbidle{uuid.uuid4().hex[:10]}")
+    settings = JobsSettings(notebook_subject=subject, metrics_port=0)
+    bucket = await messaging.open_cancelled_bucket(stack.js)
+    queue = JobQueue(settings, stack.store, stack.backend, stack.js, Publisher(stack.js, 5.0), bucket)
+    request = job_service_pb2.CreateJobRequest(notebook="report", request_id=uuid.uuid4().hex)
+    request.parameters.update({"count": 2, "text": "kind"})
+    job, run = notebook_jobs.checked(TENANT, request, None)
+
+    first = await queue.submit_notebook(TENANT, job, run)
+    again = await queue.submit_notebook(TENANT, job, run)  # a retry: the same job, queued once
+
+    assert first.name == again.name == job.name
+    assert (first.model, first.items_total) == ("models/notebook:report", 4)  # what users see
+    stored = await stack.js.get_last_msg(messaging.WORK_STREAM, subject)
+    item = events_pb2.JobItem.FromString(stored.data or b"")
+    assert (item.notebook_run.notebook, item.model, item.HasField("input")) == ("report", "", False)
+    assert parameters_of(item.notebook_run.parameters) == {"count": 2, "text": "kind"}
+    assert (stored.headers or {})["Nats-Msg-Id"] == f"{job.name.removeprefix('jobs/')}:notebook"
+    info = await stack.js.stream_info(messaging.WORK_STREAM, subjects_filter=subject)
+    assert info.state.subjects == {subject: 1}
+    await stack.js.purge_stream(messaging.WORK_STREAM, subject=subject)
+
+
+def test_a_work_message_queued_before_notebook_runs_still_names_its_notebook() -> None:
+    old = events_pb2.JobItem(model="notebook:report", input=types_pb2.Input(payload={"count": 1}))
+    assert notebook_run_of(old) == events_pb2.NotebookRun(notebook="report", parameters={"count": 1})
+    new = events_pb2.JobItem(notebook_run=events_pb2.NotebookRun(notebook="report"))
+    assert notebook_run_of(new).notebook == "report"

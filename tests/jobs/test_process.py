@@ -21,6 +21,7 @@ from services.common.failpoints import ENV as FAILPOINTS_ENV
 from services.common.failpoints import EXIT_CODE as FAILPOINT_EXIT_CODE
 from services.common.ids import item_record_id
 from services.jobs.runner import AFTER_RECORD_PUBLISH
+from services.jobs.service import QUEUE_SERVICE
 from tests.jobs.conftest import WAIT_S, Harness
 from tests.jobs.doubles import FailureInjectingInference
 from tests.jobs.test_delivery import by_name
@@ -48,12 +49,12 @@ def start_runner_process(
     return ManagedProcess.start("jobs", argv, logs, {**base, **env}), f"127.0.0.1:{grpc_port}"
 
 
-async def health_of(target: str) -> int | None:
-    """The runner's overall health status, or None while it does not answer."""
+async def health_of(target: str, service: str = "") -> int | None:
+    """The runner's overall health status (or ``service``'s), or None while it does not answer."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
-            answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
         except grpc.aio.AioRpcError:
             return None
     return int(answer.status)
@@ -97,9 +98,12 @@ async def test_health_follows_inference(
         await wait_health(target, process, NOT_SERVING)  # started without its dependency
         await inference.start()
         await wait_health(target, process, SERVING)
+        assert await health_of(target, QUEUE_SERVICE) == SERVING
         await inference.stop()
         await wait_health(target, process, NOT_SERVING)
         assert "waiting for a dependency (inference: " in process.log_tail()
+        # The runners pause, but the job queue needs no inference: the gateway can still submit.
+        assert await health_of(target, QUEUE_SERVICE) == SERVING
         await inference.start()
         await wait_health(target, process, SERVING)
     finally:

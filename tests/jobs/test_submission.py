@@ -1,4 +1,4 @@
-"""CreateJob's publishing of job items (gateway's publish_job_items) on a real JetStream.
+"""CreateJob's publishing of job items (the job queue's publish_job_items) on a real JetStream.
 
 Items go out pipelined, and whatever that pass did not get acknowledged is published again one
 by one; either way each item is stored once, on its priority's subject.
@@ -15,9 +15,9 @@ from nats.js import JetStreamContext
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
-from services.gateway import job_manager
-from services.gateway.job_manager import publish_job_items
-from services.gateway.publisher import Publisher
+from services.common.publisher import Publisher
+from services.jobs import submission
+from services.jobs.submission import publish_job_items
 
 
 async def stored_items(js: JetStreamContext, after_seq: int) -> dict[str, tuple[str, events_pb2.JobItem]]:
@@ -61,14 +61,14 @@ async def test_items_the_pipelined_pass_left_unacknowledged_are_published_again(
         template = events_pb2.JobItem(tenant="acme", job_id=job_id, model="m", top_k=1, priority=3)
         inputs = [types_pb2.Input(image=types_pb2.Image(content=b"x"))] * 50
         before = (await js.stream_info(messaging.WORK_STREAM)).state.last_seq
-        pipelined = job_manager._publish_pipelined
+        pipelined = submission._publish_pipelined
 
         async def acks_lost(*args: object, **kwargs: object) -> list[int]:
             # The items were sent and stored, but (as after a lost connection) no ack was seen.
             await pipelined(*args, **kwargs)  # type: ignore[arg-type]
             return list(range(50))
 
-        monkeypatch.setattr(job_manager, "_publish_pipelined", acks_lost)
+        monkeypatch.setattr(submission, "_publish_pipelined", acks_lost)
         await publish_job_items(Publisher(js, 5.0), template, inputs, max_inflight=8)
 
         found = await stored_items(js, before)  # published twice, stored once (msg ids)

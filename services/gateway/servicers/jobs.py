@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ferry.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+from services.common.job_states import FINISHED
 from services.gateway import identity
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
-from services.gateway.job_manager import FINISHED
 from services.gateway.watch import watch_job
 
 Context = grpc.aio.ServicerContext[object, object]

@@ -125,6 +125,8 @@ affinity:
   value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
 - name: FERRY_GATEWAY_STORE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
+- name: FERRY_GATEWAY_JOBS_TARGET
+  value: {{ include "ferry.target" (dict "root" $root "component" "jobs") | quote }}
 - name: FERRY_GATEWAY_NATS_URL
   value: {{ $root.Values.nats.url | quote }}
 - name: FERRY_GATEWAY_NATS_STREAM_REPLICAS
@@ -155,6 +157,8 @@ affinity:
   value: {{ $root.Values.shutdownDelaySeconds | quote }}
 - name: FERRY_JOBS_INFERENCE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
+- name: FERRY_JOBS_STORE_TARGET
+  value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
 {{- else if eq .component "store" -}}
 - name: FERRY_STORE_NATS_URL
   value: {{ $root.Values.nats.url | quote }}

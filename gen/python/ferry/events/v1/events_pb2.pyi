@@ -1,5 +1,6 @@
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -27,7 +28,7 @@ class PredictionsRecorded(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[PredictionRecorded, _Mapping]]] = ...) -> None: ...
 
 class JobItem(_message.Message):
-    __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation", "priority", "input_ref")
+    __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation", "priority", "input_ref", "notebook_run")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +38,7 @@ class JobItem(_message.Message):
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     INPUT_REF_FIELD_NUMBER: _ClassVar[int]
+    NOTEBOOK_RUN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     job_id: str
     item_index: int
@@ -46,7 +48,16 @@ class JobItem(_message.Message):
     generation: int
     priority: _types_pb2.Priority
     input_ref: ObjectRef
-    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., input_ref: _Optional[_Union[ObjectRef, _Mapping]] = ...) -> None: ...
+    notebook_run: NotebookRun
+    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., input_ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., notebook_run: _Optional[_Union[NotebookRun, _Mapping]] = ...) -> None: ...
+
+class NotebookRun(_message.Message):
+    __slots__ = ("notebook", "parameters")
+    NOTEBOOK_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    notebook: str
+    parameters: _struct_pb2.Struct
+    def __init__(self, notebook: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ObjectRef(_message.Message):
     __slots__ = ("bucket", "name", "size_bytes")

@@ -1,4 +1,7 @@
-"""Calls to inference, store and JetStream, and the one place their failures become FerryErrors.
+"""Calls to inference, store, jobs and JetStream, and the one place their failures become FerryErrors.
+
+Used by the gateway (to inference, store and the jobs service's queue) and by the jobs service
+(to store).
 
 Every outgoing gRPC call goes through ``Backend.call`` so that it always has a deadline and its
 errors are mapped the same way: a downstream's own answer about the request (NOT_FOUND,
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 
 _DETAILS_KEY = "grpc-status-details-bin"
+#: The reason a service's readiness gate answers while it starts or waits for a dependency.
+NOT_READY = "NOT_READY"
 #: Advice sent with every UNAVAILABLE: the outages the gateway sees last seconds (a restart).
 RETRY_AFTER = duration_pb2.Duration(seconds=2)
 _FIRST_RETRY_S = 0.05
@@ -71,7 +76,7 @@ def error_from_rpc(
     """Maps a failed call to ``service`` to the error the gateway's caller gets.
 
     Args:
-        service: the downstream's name for messages, "inference" or "store".
+        service: the downstream's name for messages, "inference", "store" or "jobs".
         code: the call's status code.
         details: the call's status message.
         trailing_metadata: the call's trailers (a rich google.rpc.Status travels there).
@@ -127,15 +132,23 @@ class Backend:
     """One downstream gRPC service: every call gets the same deadline, retries and error mapping.
 
     Args:
-        name: the downstream's name for messages, "inference" or "store".
+        name: the downstream's name for messages, "inference", "store" or "jobs".
         channel: the channel the calls go over (asked whether it is connected after a timeout).
         timeout_s: the deadline of one call, retries included.
+        own_unavailable: pass on an UNAVAILABLE that carries the downstream's own ErrorInfo
+            (jobs' "recorded but not all items queued; retry with the same request_id") instead
+            of retrying it: the downstream already spent its retry budget on the cause, and its
+            message says what the caller must do. An UNAVAILABLE without one, or NOT_READY (a
+            replica that is down, starting or stopping), is retried as for any backend.
     """
 
-    def __init__(self, name: str, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(
+        self, name: str, channel: grpc.aio.Channel, timeout_s: float, *, own_unavailable: bool = False
+    ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self._channel = channel
+        self._own_unavailable = own_unavailable
 
     async def call(self, method: Callable[..., Awaitable[Response]], request: Any) -> Response:
         """Calls ``method(request)`` until it answers, within this backend's deadline.
@@ -151,6 +164,12 @@ class Backend:
                 return await method(request, timeout=deadline - time.monotonic(), wait_for_ready=True)
             except grpc.aio.AioRpcError as err:
                 code = err.code()
+                if code == grpc.StatusCode.UNAVAILABLE and self._own_unavailable:
+                    rich = _rich_status(err.trailing_metadata())
+                    if rich is not None and rich.code == code.value[0]:
+                        own = error_from_status(rich)
+                        if own.reason != NOT_READY:  # a replica starting: retried like a down one
+                            raise own from None
                 if code in _RETRIED and time.monotonic() + delay < deadline:
                     log.debug("%s unavailable (%s); retrying in %.2fs", self.name, err.details(), delay)
                     await asyncio.sleep(delay)

@@ -27,6 +27,10 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
     called by the gateway), health and reflection."""
     metrics_port: int = 9104
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    max_connection_age_s: float = Field(default=30.0, ge=0)
+    """Seconds after which a client of the job queue (the gateway) is asked to reconnect, resolving
+    the jobs name again, so a runner an autoscaler (KEDA) adds gets submissions within this (plus
+    10 % jitter). The queue's calls are unary and short, so none outlives the grace."""
     inference_target: Targets = "127.0.0.1:50052"
     """host:port of the inference service; several replicas comma-separated
     (``127.0.0.1:50052,127.0.0.1:50062``, IP addresses only) are balanced round robin over those

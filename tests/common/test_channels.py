@@ -114,3 +114,29 @@ async def test_calls_spread_over_serving_replicas_and_skip_the_others() -> None:
         before = health_b.checks
         await checks(channel, 20)
         assert health_b.checks == before + 20
+
+
+async def test_a_channel_can_balance_by_one_services_health_instead_of_the_whole_servers() -> None:
+    # The gateway reaches the jobs service's queue while its runners wait for inference: each
+    # replica's overall health ("") says NOT_SERVING, its JobQueueService health SERVING.
+    queue = "ferry.jobqueue.v1.JobQueueService"
+    async with AsyncExitStack() as stack:
+        (a, health_a, _) = await stack.enter_async_context(replica())
+        (b, health_b, _) = await stack.enter_async_context(replica())
+        for servicer in (health_a, health_b):
+            await servicer.set("", NOT_SERVING)
+            await servicer.set(queue, SERVING)
+        await health_b.set(queue, NOT_SERVING)  # this one's queue is down: skipped
+        channel = open_channel(f"{a},{b}", 1024 * 1024, health_service=queue)
+        stack.push_async_callback(channel.close)
+
+        await checks(channel, 20)
+        assert (health_a.checks, health_b.checks) == (20, 0)
+
+        by_overall = open_channel(f"{a},{b}", 1024 * 1024)  # "": no replica serves
+        stack.push_async_callback(by_overall.close)
+        with pytest.raises(grpc.aio.AioRpcError) as waited:
+            await health_pb2_grpc.HealthStub(by_overall).Check(  # type: ignore[attr-defined]
+                health_pb2.HealthCheckRequest(service=""), timeout=1, wait_for_ready=True
+            )
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -23,3 +23,4 @@ def copy_answer(prediction: prediction_pb2.Prediction, result: inference_service
     prediction.tensors.extend(result.tensors)
     prediction.members.extend(result.members)
     prediction.timing.CopyFrom(result.timing)
+    prediction.model_version = result.model_version

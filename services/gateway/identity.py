@@ -112,6 +112,7 @@ _METHODS = {
     "/ferry.openinference.v1.OpenInferenceRestService/InferModel": _PREDICT,
     "/ferry.models.v1.ModelService/LoadModel": _MODEL_ADMIN,
     "/ferry.models.v1.ModelService/UnloadModel": _MODEL_ADMIN,
+    "/ferry.models.v1.ModelService/SetDefaultVersion": _ADMIN,
     "/inference.GRPCInferenceService/RepositoryIndex": _ADMIN,
     "/inference.GRPCInferenceService/RepositoryModelLoad": _MODEL_ADMIN,
     "/inference.GRPCInferenceService/RepositoryModelUnload": _MODEL_ADMIN,

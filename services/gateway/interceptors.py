@@ -34,8 +34,16 @@ from services.gateway.settings import GatewaySettings
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = Iterable[tuple[str, str | bytes]]
 
-#: Open to anyone: load balancers' probes and grpcurl's listing carry no key.
-_OPEN_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+#: Open to anyone: load balancers' probes and grpcurl's listing carry no key. The Open Inference
+#: Protocol's server health (gRPC ServerLive/ServerReady, REST /v2/health/live|ready) is such a
+#: probe too, and Triton and KServe answer it without credentials; it says nothing about models.
+_OPEN_PREFIXES = (
+    "/grpc.health.",
+    "/grpc.reflection.",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/ferry.openinference.v1.OpenInferenceRestService/GetServerHealth",
+)
 
 
 def source_address(metadata: Metadata | None, context: Context) -> str:

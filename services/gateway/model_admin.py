@@ -36,38 +36,60 @@ class ModelAdmin:
         self._backend = backend
         self._catalog = catalog
 
-    async def load(self, name: str, field: str = "name") -> model_pb2.Model:
-        """Loads model ``name`` (``models/x`` or ``x``); returns it READY.
+    async def load(self, name: str, field: str = "name", version: str = "") -> model_pb2.Model:
+        """Loads model ``name`` (``models/x`` or ``x``) at ``version`` (empty: its default); returns it READY.
 
         Raises:
-            FerryError: INVALID_MODEL_NAME, MODEL_NOT_FOUND (not configured), MODEL_LOAD_FAILED (why).
+            FerryError: INVALID_MODEL_NAME, MODEL_NOT_FOUND (not configured), MODEL_VERSION_NOT_FOUND,
+                MODEL_LOAD_FAILED (why).
         """
-        model = validation.model_id(name, field=field)
+        model, version = validation.model_id(name, field=field), validation.model_version(version)
+        request = inference_service_pb2.LoadModelRequest(model=model, version=version)
         try:
             answer: inference_service_pb2.LoadModelResponse = await self._backend.call(
-                self._inference.LoadModel, inference_service_pb2.LoadModelRequest(model=model)
+                self._inference.LoadModel, request
             )
         finally:
             self._catalog.invalidate()  # loaded, or FAILED with the reason: either way, new
         return answer.model
 
-    async def unload(self, name: str, field: str = "name") -> model_pb2.Model:
-        """Unloads model ``name``; returns it UNLOADED.
+    async def unload(self, name: str, field: str = "name", version: str = "") -> model_pb2.Model:
+        """Unloads model ``name`` at ``version`` (empty: every version); returns it. Ensembles and
+        notebooks that call it stay loaded and answer MODEL_NOT_LOADED naming it.
 
         Raises:
-            FerryError: INVALID_MODEL_NAME, MODEL_NOT_FOUND, MODEL_IN_USE (an ensemble calls it).
+            FerryError: INVALID_MODEL_NAME, MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND.
         """
-        model = validation.model_id(name, field=field)
+        model, version = validation.model_id(name, field=field), validation.model_version(version)
+        request = inference_service_pb2.UnloadModelRequest(model=model, version=version)
         try:
             answer: inference_service_pb2.UnloadModelResponse = await self._backend.call(
-                self._inference.UnloadModel, inference_service_pb2.UnloadModelRequest(model=model)
+                self._inference.UnloadModel, request
             )
         finally:
             self._catalog.invalidate()
         return answer.model
 
-    async def index(self, ready_only: bool = False) -> list[model_pb2.Model]:
-        """Every configured model with its state and reason (only the ready ones if asked)."""
+    async def set_default(self, name: str, version: str) -> model_pb2.Model:
+        """Makes loaded ``version`` of ``name`` the one calls naming no version get; returns the model.
+
+        Raises:
+            FerryError: INVALID_MODEL_NAME, INVALID_MODEL_VERSION, MODEL_NOT_FOUND,
+                MODEL_VERSION_NOT_FOUND, MODEL_NOT_LOADED (load that version first).
+        """
+        request = inference_service_pb2.SetDefaultVersionRequest(
+            model=validation.model_id(name, field="name"),
+            version=validation.model_version(version, required=True),
+        )
+        try:
+            answer: inference_service_pb2.SetDefaultVersionResponse = await self._backend.call(
+                self._inference.SetDefaultVersion, request
+            )
+        finally:
+            self._catalog.invalidate()
+        return answer.model
+
+    async def index(self) -> list[model_pb2.Model]:
+        """Every configured model with its versions, states and reasons, fresh from inference."""
         self._catalog.invalidate()
-        models = await self._catalog.served()
-        return [m for m in models if m.ready or not ready_only]
+        return await self._catalog.served()

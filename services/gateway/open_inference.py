@@ -198,21 +198,24 @@ class OpenInference:
         return any(model.ready for model in models)
 
     async def model_ready(self, name: str, version: str) -> bool:
-        """Whether ``name`` (version 1) is served and ready.
+        """Whether ``name`` (at ``version``; empty: its default) is served and ready.
 
         Raises:
             FerryError: NOT_FOUND for an unknown model or version.
         """
-        self._check_version(name, version)
-        return bool((await self._catalog.get(validation.model_id(name, field="name"))).ready)
+        model = await self._catalog.get(validation.model_id(name, field="name"))
+        if not version:
+            return bool(model.ready)
+        return _version_of(model, version).state == model_pb2.MODEL_STATE_READY
 
     async def model_metadata(self, name: str, version: str) -> oip.ModelMetadataResponse:
-        """The model's inputs and outputs as the protocol describes tensors."""
-        self._check_version(name, version)
+        """The model's inputs and outputs as the protocol describes tensors, and its versions."""
         model = await self._catalog.get(validation.model_id(name, field="name"))
+        if version:
+            _version_of(model, version)
         return oip.ModelMetadataResponse(
             name=model.name.removeprefix(validation.MODEL_PREFIX),
-            versions=[MODEL_VERSION],
+            versions=[v.version for v in model.versions] or [model.version or MODEL_VERSION],
             platform="pytorch",
             inputs=metadata_inputs(model),
             outputs=metadata_outputs(model),
@@ -232,13 +235,13 @@ class OpenInference:
         """
         started = time.perf_counter()
         s = self._settings
-        self._check_version(request.model_name, request.model_version)
         model = validation.model_id(request.model_name, field="model_name")
+        version = validation.model_version(request.model_version, field="model_version")
         parameters = dict(request.parameters)
         top_k = validation.top_k(_parameter_int(parameters, "top_k") or 0, s.default_top_k, s.max_top_k)
         timeout_us = _parameter_int(parameters, "timeout")
         inputs = inputs_of(request, s.max_image_bytes, candidate_labels_of(parameters))
-        call = self._predictor.run_inputs(model, inputs.items, top_k, priority_of(parameters))
+        call = self._predictor.run_inputs(model, inputs.items, top_k, priority_of(parameters), version)
         try:
             results = await (asyncio.wait_for(call, timeout_us / 1e6) if timeout_us else call)
         except TimeoutError:
@@ -259,7 +262,7 @@ class OpenInference:
         await asyncio.gather(*(self._predictor.record(tenant, p) for p in predictions))
         return oip.ModelInferResponse(
             model_name=model,
-            model_version=MODEL_VERSION,
+            model_version=results[0].model_version if results else version,
             id=request.id,
             outputs=tensors,
             raw_output_contents=raw,
@@ -274,11 +277,21 @@ class OpenInference:
         prediction.timing.total_ms = (time.perf_counter() - started) * 1000.0
         return prediction
 
-    @staticmethod
-    def _check_version(name: str, version: str) -> None:
-        if version not in ("", MODEL_VERSION):
-            raise NotFound(
-                f"model {name!r} has no version {version!r}; Ferry serves version {MODEL_VERSION!r}",
-                reason="MODEL_VERSION_NOT_FOUND",
-                metadata={"model": name, "version": version},
-            )
+
+def _version_of(model: model_pb2.Model, version: str) -> model_pb2.ModelVersion:
+    """``model``'s entry for ``version``.
+
+    Raises:
+        NotFound: MODEL_VERSION_NOT_FOUND, naming the model's versions.
+    """
+    versions = list(model.versions) or [model_pb2.ModelVersion(version=model.version, state=model.state)]
+    found = next((v for v in versions if v.version == version), None)
+    if found is None:
+        name = model.name.removeprefix(validation.MODEL_PREFIX)
+        raise NotFound(
+            f"model {name!r} has no version {version!r}; its versions: "
+            f"{', '.join(v.version for v in versions)}",
+            reason="MODEL_VERSION_NOT_FOUND",
+            metadata={"model": name, "version": version},
+        )
+    return found

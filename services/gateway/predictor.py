@@ -75,7 +75,8 @@ class Predictor:
             await fetcher.inline_images([(request.image, "image")], self.fetcher)
         item = validation.predict_input(request, s.max_image_bytes)
 
-        result = (await self.run_inputs(model, [item], top_k, request.priority))[0]
+        version = validation.model_version(request.version)
+        result = (await self.run_inputs(model, [item], top_k, request.priority, version))[0]
         if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
             raise error_from_status(result.error)
 
@@ -112,23 +113,29 @@ class Predictor:
         return await self.run_inputs(model, inputs, top_k, priority)
 
     async def run_inputs(
-        self, model: str, inputs: Sequence[types_pb2.Input], top_k: int, priority: types_pb2.Priority
+        self,
+        model: str,
+        inputs: Sequence[types_pb2.Input],
+        top_k: int,
+        priority: types_pb2.Priority,
+        version: str = "",
     ) -> list[inference_service_pb2.PredictResult]:
-        """Runs ``model`` on ``inputs`` (images, texts, payloads, tensors) in one inference call.
+        """Runs ``model`` (at ``version``; empty: its default) on ``inputs`` (images, texts, payloads,
+        tensors) in one inference call; each result names the version that answered.
 
         Raises:
             FerryError: the model is not served (NOT_FOUND naming the served ones), or an outage.
         """
         # The priority passes through as sent: inference validates it and orders its queues by it.
         request = inference_service_pb2.PredictRequest(
-            model=model, inputs=inputs, top_k=top_k, priority=priority
+            model=model, inputs=inputs, top_k=top_k, priority=priority, version=version
         )
         try:
             answer: inference_service_pb2.PredictResponse = await self._backend.call(
                 self._inference.Predict, request
             )
         except FerryError as err:
-            if err.code == grpc.StatusCode.NOT_FOUND:
+            if err.code == grpc.StatusCode.NOT_FOUND and err.reason == "MODEL_NOT_FOUND":
                 raise await self._catalog.not_found(model) from None
             raise
         if len(answer.results) != len(inputs):

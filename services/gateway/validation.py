@@ -51,6 +51,26 @@ def model_id(name: str, field: str = "model") -> str:
     return raw
 
 
+_MODEL_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def model_version(version: str, field: str = "version", required: bool = False) -> str:
+    """Checks a model version as a request gave it (``""``: the model's default, unless ``required``).
+
+    Raises:
+        InvalidArgument: INVALID_MODEL_VERSION, naming the field.
+    """
+    if (not version and not required) or _MODEL_VERSION.fullmatch(version):
+        return version
+    shown = repr(version) if version else "empty"
+    raise InvalidArgument(
+        f"{field} is {shown}; expected a version of the model such as '2' (1 to 64 letters, digits, "
+        "'.', '_', '-'); GET /v1/models/{model} lists its versions",
+        reason="INVALID_MODEL_VERSION",
+        metadata={"field": field},
+    )
+
+
 def model_name(model: str) -> str:
     """The resource name ``"models/{id}"`` of a model id."""
     return f"{MODEL_PREFIX}{model}"

@@ -268,11 +268,13 @@ class Unserved(Served):
     def unavailable(self) -> FerryError:
         """The error a call to this model gets."""
         if self.state == UNLOADED:
+            version = self.config.version
             return FailedPrecondition(
-                f"model {self.name!r} is not loaded (an admin unloaded it); load it with "
-                f"`ferry models load {self.name}` or POST /v1/models/{self.name}:load",
+                f"model {self.name!r} version {version!r} is not loaded; load it with "
+                f"`ferry models load {self.name}:{version}` or POST /v1/models/{self.name}:load "
+                f'{{"version": "{version}"}}',
                 "MODEL_NOT_LOADED",
-                {"model": self.name},
+                {"model": self.name, "version": version},
             )
         if self.state == FAILED:
             return Unavailable(

@@ -23,13 +23,13 @@ from services.common.readiness import Readiness
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
 from services.inference.ensemble import ServedEnsemble
-from services.inference.model_states import DesiredStates, open_bucket
+from services.inference.model_states import Desired, DesiredStates, open_bucket
 from services.inference.models import hub, registry
-from services.inference.models.config import ModelConfig, load_models_file, resolve_config
+from services.inference.models.config import ModelConfig, load_models_file, resolve_config, version_tables
 from services.inference.models.contract import Answer, Item
 from services.inference.repository import ModelRepository
 from services.inference.runner import ModelRunner, resolve_device
-from services.inference.served import FAILED, LOADING, Served, ServedModel, Unserved
+from services.inference.served import FAILED, Served, ServedModel, Unserved
 from services.inference.servicer import InferenceServicer
 from services.inference.settings import InferenceSettings
 from services.inference.tuning import tune_batch_size
@@ -43,10 +43,11 @@ SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceServi
 
 
 def model_configs(settings: InferenceSettings) -> list[ModelConfig]:
-    """The settings of every model to load: the configured ones, their ensembles' members and the
-    models they require.
+    """The settings of every version of every model to serve: the configured ones, their ensembles'
+    members and the models they require.
 
-    Those come first, in order, so that ensembles and the models calling them load after them.
+    Each model's default version comes first, members and required models before the models that
+    call them, so that ensembles load after their members; the other versions follow.
 
     Raises:
         ModelsFileError: The models file is unreadable or has an unknown field.
@@ -56,10 +57,11 @@ def model_configs(settings: InferenceSettings) -> list[ModelConfig]:
     installed = registry.available()
     service_wide = settings.model_dump()
     explicit = frozenset(settings.model_fields_set)
-    configs: dict[str, ModelConfig] = {}
+    defaults: dict[str, ModelConfig] = {}
+    others: list[ModelConfig] = []
 
     def add(name: str, wanted_by: str = "") -> None:
-        if name in configs:
+        if name in defaults:
             return
         if name not in tables and name not in installed:
             known = sorted(set(tables) | set(installed))
@@ -68,14 +70,25 @@ def model_configs(settings: InferenceSettings) -> list[ModelConfig]:
                 f"unknown model {name!r}{where}; available: {', '.join(known)} (entry points of group "
                 f"{registry.GROUP!r} and tables of {settings.models_file})"
             )
-        config = resolve_config(name, tables.get(name, {}), service_wide, explicit)
-        for member in (*config.members, *config.requires):
+        first, *rest = (
+            resolve_config(name, table, service_wide, explicit)
+            for table in version_tables(name, tables.get(name, {})).values()
+        )
+        for member in (*first.members, *first.requires):
             add(member, name)
-        configs[name] = config
+        defaults[name] = first
+        others.extend(rest)
 
-    for name in settings.models:
+    for name, _ in map(split_version, settings.models):
         add(name)
-    return list(configs.values())
+    return [*defaults.values(), *others]
+
+
+def split_version(entry: str) -> tuple[str, str]:
+    """``"name:version"`` (an entry of FERRY_INFERENCE_MODELS, a CLI argument) as its two parts;
+    a bare name has version ``""`` (the default)."""
+    name, _, version = entry.partition(":")
+    return name.strip(), version.strip()
 
 
 class InferenceService:
@@ -90,10 +103,11 @@ class InferenceService:
     def __init__(self, settings: InferenceSettings) -> None:
         self._settings = settings
         self._configs = model_configs(settings)  # fail before binding a port
-        self.models: dict[str, Served] = {c.name: Unserved(c, LOADING) for c in self._configs}
-        """Every configured model by name: LOADING until start() has loaded it, then served or FAILED."""
+        self.models: dict[str, Served] = {}
+        """Every configured model's default version by name: LOADING until start() has loaded it,
+        then served, FAILED or UNLOADED (filled in by the repository)."""
         self.repository = ModelRepository(self._configs, self.models)
-        """Loads and unloads them at runtime, each model on a stack of its own."""
+        """Loads and unloads them and their versions at runtime, each on a stack of its own."""
 
     def service_names(self) -> Sequence[str]:
         """The gRPC service this process serves."""
@@ -102,7 +116,7 @@ class InferenceService:
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the InferenceService servicer to ``server``."""
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.models, self.repository), server
+            InferenceServicer(self.repository), server
         )
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
@@ -129,15 +143,26 @@ class InferenceService:
             return self._ensemble(config) if config.is_ensemble else await self._load(config, decoder, own)
 
         states = await self._desired_states(stack)
-        self.repository.attach(build, states.record if states else None)
+        self.repository.attach(build, states)
         stack.push_async_callback(self.repository.close)
-        desired = await states.read() if states else {}
-        for config in self._configs:
+        desired = await states.read() if states else Desired()
+        for name, version in desired.defaults.items():  # an admin moved them before this process started
+            self.repository.prefer(name, version)
+        named = {split_version(entry) for entry in settings.models}
+        # Ensembles and notebooks last: they check their members' labels when those serve.
+        for config in sorted(self._configs, key=lambda c: bool(c.members or c.requires)):
+            is_default = config.version == self.repository.default_version(config.name)
+            kept = desired.loaded.get((config.name, config.version))
             with contextlib.suppress(FailedPrecondition):  # failed: listed FAILED with the reason
-                if desired.get(config.name, True):
-                    await self.repository.load(config.name)
-                else:  # an admin unloaded it before this process started
-                    await self.repository.unload(config.name)
+                if kept or (kept is None and (is_default or (config.name, config.version) in named)):
+                    await self.repository.load(config.name, config.version)
+                elif kept is False:  # an admin unloaded it before this process started
+                    await self.repository.unload(config.name, config.version)
+                else:  # another version, not asked for yet
+                    load = f"{config.name}:{config.version}"
+                    await self.repository.unload(
+                        config.name, config.version, why=f"not loaded: `ferry models load {load}`"
+                    )
         if states:
             await states.follow(stack)
         unserved = [m for m in self.models.values() if isinstance(m, Unserved)]
@@ -162,11 +187,7 @@ class InferenceService:
         return DesiredStates(bucket, self.repository)
 
     def _ensemble(self, config: ModelConfig) -> ServedEnsemble:
-        members = [self.models[m] for m in config.members]
-        failed = [m.name for m in members if not isinstance(m, ServedModel)]
-        if failed:
-            raise RuntimeError(f"its member(s) {', '.join(failed)} did not load")
-        ensemble = ServedEnsemble(config, [m for m in members if isinstance(m, ServedModel)])
+        ensemble = ServedEnsemble(config, self.models)
         log.info("serving ensemble %s of %s", config.name, ", ".join(config.members))
         return ensemble
 

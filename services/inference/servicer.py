@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from ferry.models.v1 import model_pb2
 from services.common import limits
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument
 from services.inference.calls import Call
 from services.inference.models.contract import Options
 from services.inference.protos import call_inputs, predict_result
 from services.inference.repository import ModelRepository
 from services.inference.scheduling import priority_from_proto
-from services.inference.served import Served, Unserved
+from services.inference.served import Served
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     """Answers ListModels and Predict from the models loaded at start."""
 
-    def __init__(self, models: Mapping[str, Served], repository: ModelRepository | None = None) -> None:
-        # The mapping is filled in by the service's start() and the repository; handlers only read it.
-        self._models = models
+    def __init__(self, repository: ModelRepository) -> None:
+        # The repository's entries are filled in by the service's start(); handlers only read them.
         self._repository = repository
 
     async def LoadModel(
@@ -33,8 +32,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.LoadModelResponse:
         """Loads a configured model off the serving path (see ``repository``)."""
-        served = await self._repository_or_fail().load(request.model, record=True)
-        return inference_service_pb2.LoadModelResponse(model=served.describe())
+        repository = self._repository
+        served = await repository.load(request.model, request.version, record=True)
+        return inference_service_pb2.LoadModelResponse(model=self._describe(served, request.version))
 
     async def UnloadModel(
         self,
@@ -42,13 +42,27 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.UnloadModelResponse:
         """Stops serving a model and gives its memory back (see ``repository``)."""
-        unloaded = await self._repository_or_fail().unload(request.model, record=True)
-        return inference_service_pb2.UnloadModelResponse(model=unloaded.describe())
+        unloaded = await self._repository.unload(request.model, request.version, record=True)
+        return inference_service_pb2.UnloadModelResponse(model=self._describe(unloaded, ""))
 
-    def _repository_or_fail(self) -> ModelRepository:
-        if self._repository is None:
-            raise RuntimeError("this servicer was built without a model repository")
-        return self._repository
+    async def SetDefaultVersion(
+        self,
+        request: inference_service_pb2.SetDefaultVersionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> inference_service_pb2.SetDefaultVersionResponse:
+        """Makes a loaded version the one calls naming no version go to (see ``repository``)."""
+        served = await self._repository.set_default(request.model, request.version, record=True)
+        return inference_service_pb2.SetDefaultVersionResponse(model=self._describe(served, ""))
+
+    def _describe(self, served: Served, version: str) -> model_pb2.Model:
+        """The model with its versions; described by ``version`` when one was named."""
+        model = self._repository.describe(served.name)
+        if version:  # the version the caller acted on, with the list of every version
+            named = served.describe()
+            named.versions.extend(model.versions)
+            named.default_version = model.default_version
+            return named
+        return model
 
     async def ListModels(
         self,
@@ -57,7 +71,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     ) -> inference_service_pb2.ListModelsResponse:
         """Returns the configured models (loading, ready or failed), sorted by name."""
         return inference_service_pb2.ListModelsResponse(
-            models=[self._models[name].describe() for name in sorted(self._models)]
+            models=[self._repository.describe(name) for name in self._repository.names()]
         )
 
     async def Predict(
@@ -70,9 +84,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         A full model queue fails the whole call at once with RESOURCE_EXHAUSTED (QUEUE_FULL); a
         model still loading, or that failed to load, fails it with UNAVAILABLE.
         """
-        model = self._model(request.model)
-        if isinstance(model, Unserved):
-            raise model.unavailable()
+        model = self._model(request.model, request.version)
         count = len(request.inputs)
         if not 1 <= count <= limits.MAX_INPUTS_PER_REQUEST:
             raise InvalidArgument(
@@ -93,18 +105,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         call = Call(call_inputs(request.inputs), Options(top_k=request.top_k), priority, deadline)
-        return inference_service_pb2.PredictResponse(
-            results=[predict_result(outcome) for outcome in await model.predict(call)]
-        )
+        results = [predict_result(outcome) for outcome in await model.predict(call)]
+        for result in results:
+            result.model_version = model.config.version
+        return inference_service_pb2.PredictResponse(results=results)
 
-    def _model(self, name: str) -> Served:
-        # Accept the resource name too ("models/x"), as ListModels hands it out.
-        served = self._models.get(name.removeprefix("models/"))
-        if served is None:
-            available = ", ".join(sorted(self._models))
-            raise NotFound(
-                f"model {name!r} is not served here; available: {available}",
-                "MODEL_NOT_FOUND",
-                {"model": name},
-            )
-        return served
+    def _model(self, name: str, version: str) -> Served:
+        """The entry this call goes to, taken once: a default moved meanwhile changes later calls only.
+
+        Raises:
+            FerryError: an unknown model or version, or one that is not serving.
+        """
+        return self._repository.served(name, version)  # accepts the resource name too ("models/x")

@@ -54,6 +54,7 @@ class PredictionRow(NamedTuple):
     generation: int
     source: int
     outputs: str | None
+    model_version: str | None
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -151,6 +152,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         generation=generation,
         source=prediction.source or (_JOB_ITEM if job_id else _SYNC),
         outputs=outputs_json(prediction),
+        model_version=prediction.model_version or None,
     )
 
 
@@ -201,6 +203,7 @@ def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
         trace_id=row["trace_id"],
         create_time=_timestamp(row["create_time"]),
         source=row["source"],
+        model_version=row.get("model_version") or "",
     )
     if row["job_id"] is not None:
         prediction.job = f"jobs/{row['job_id']}"

@@ -342,10 +342,11 @@ def test_network_policies_let_in_only_what_each_part_needs(manifests: list[dict[
     # jobs records jobs in store; the gateway calls the job queue jobs serves.
     assert components(*_callers(_policy(manifests, "store"), 50053)) == {"gateway", "jobs"}
     assert components(*_callers(_policy(manifests, "jobs"), 50054)) == {"gateway"}
-    # Only store reaches Postgres; only the services reach NATS (Envoy and inference do not).
+    # Only store reaches Postgres; only the services reach NATS (Envoy does not; inference keeps
+    # the models loaded at runtime there, KV ferry_models).
     ports = {c: _egress_ports(_policy(manifests, c)) for c in (*SERVICES, "envoy")}
     assert [c for c, p in ports.items() if 5432 in p] == ["store"]
-    assert sorted(c for c, p in ports.items() if 4222 in p) == ["gateway", "jobs", "store"]
+    assert sorted(c for c, p in ports.items() if 4222 in p) == ["gateway", "inference", "jobs", "store"]
 
 
 def test_dependencies_in_the_namespace_can_be_guarded_too() -> None:
@@ -357,6 +358,7 @@ def test_dependencies_in_the_namespace_can_be_guarded_too() -> None:
     clients = nats["ingress"][0]["from"]
     assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in clients) == [
         "gateway",
+        "inference",
         "jobs",
         "store",
     ]

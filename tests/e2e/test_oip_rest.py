@@ -91,7 +91,7 @@ def test_tritonclient_http_classifies_a_real_photo_through_envoy(
     assert "data" in outputs["LABELS"] and "binary_data_size" in outputs["SCORES"]["parameters"]
     assert seen["json_labels"][0][0] in {"tiger cat", "Egyptian cat", "tabby"}
     assert seen["tensor_classes"][0][0] == ESPRESSO  # FP32 pixels sent as JSON numbers
-    assert seen["live_without_key"] is False and "API key" in seen["unauthenticated"]
+    assert seen["live_without_key"] is True and "API key" in seen["unauthenticated"]
     assert "resnet-9000" in seen["unknown_model"]
     assert seen["unknown_version_ready"] is False
     assert "PIXELS" in seen["bad_input"]
@@ -177,6 +177,10 @@ def test_binary_request_without_tritonclient(stack: dict[str, Any], cat_jpeg: by
 def test_health_and_metadata_in_the_protocols_json(stack: dict[str, Any]) -> None:
     assert _json(stack, "GET", "/v2/health/live") == (200, {"live": True})
     assert _json(stack, "GET", "/v2/health/ready") == (200, {"ready": True})
+    # Probes carry no key: server health answers without one (as Triton's and KServe's do).
+    assert _json(stack, "GET", "/v2/health/ready", authorization="") == (200, {"ready": True})
+    status, versions = _json(stack, "GET", "/v2/models/mobilenet-v2")
+    assert status == 200 and versions["versions"] == ["1", "2"], versions
     assert _json(stack, "GET", f"/v2/models/{MODEL}/ready") == (200, {"name": MODEL, "ready": True})
     status, server = _json(stack, "GET", "/v2")
     assert status == 200 and server["name"] == "ferry"

@@ -51,6 +51,7 @@ def test_tritonclient_classifies_real_photos_through_envoy(
     seen = json.loads(done.stdout)
     assert (seen["live"], seen["ready"], seen["model_ready"]) == (True, True, True)
     assert seen["unauthenticated"] == "StatusCode.UNAUTHENTICATED"
+    assert seen["live_without_key"] is True and seen["ready_without_key"] is True  # probes carry no key
     assert seen["metadata"]["inputs"] == [
         {"name": "IMAGE", "datatype": "BYTES", "shape": ["-1"]},
         {"name": "TENSOR", "datatype": "FP32", "shape": ["-1", "3", "-1", "-1"]},

@@ -31,8 +31,9 @@ def main() -> None:
         parameters={"top_k": 3},
         request_id="triton-e2e",
     )
+    live_without_key = client.is_server_live()  # health is open to probes, like Triton's
     try:
-        client.is_server_live()  # no key: refused like any other call
+        client.get_server_metadata()  # no key: refused like any other call
         unauthenticated = ""
     except InferenceServerException as err:
         unauthenticated = str(err.status())
@@ -48,6 +49,8 @@ def main() -> None:
                 "scores": result.as_numpy("SCORES").tolist(),
                 "id": result.get_response().id,
                 "unauthenticated": unauthenticated,
+                "live_without_key": live_without_key,
+                "ready_without_key": client.is_server_ready(),
             }
         )
     )

@@ -279,9 +279,16 @@ def test_the_prediction_bound_shrinks_when_latency_grows_and_grows_back_when_it_
     assert limit.limit == shrunk and limit.count == 0
 
 
-#: Besides key management, what needs admin: loading and unloading models (Ferry's API and the
-#: OIP repository extension over REST).
-_MODEL_ADMIN = {"LoadModel", "UnloadModel", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
+#: Besides key management, what needs admin: loading and unloading models and moving a default
+#: version (Ferry's API and the OIP repository extension over REST).
+_MODEL_ADMIN = {
+    "LoadModel",
+    "UnloadModel",
+    "SetDefaultVersion",
+    "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
+}
 
 
 def test_every_public_method_has_a_scope_and_only_key_and_model_management_need_admin() -> None:

@@ -26,16 +26,18 @@ def models_file(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_shipped_file_declares_every_shipped_model() -> None:
-    configs = {
-        c.name: c for c in model_configs(InferenceSettings(models=["imagenet-ensemble", "minilm", "agree"]))
-    }
+    everything = model_configs(InferenceSettings(models=["imagenet-ensemble", "minilm", "agree"]))
+    configs = {c.name: c for c in everything if c.version == "1"}
     # Members load before their ensemble.
     assert list(configs) == ["efficientnet-lite0", "mobilenet-v2", "imagenet-ensemble", "minilm", "agree"]
     assert configs["imagenet-ensemble"].members == ("efficientnet-lite0", "mobilenet-v2")
     assert configs["minilm"].max_batch_size == 32
     assert Path(configs["agree"].notebook).is_file()
+    # Other versions follow the defaults: the model's table with the version's fields over it.
+    [two] = [c for c in everything if c.version != "1"]
+    assert (two.name, two.version, two.options, two.instances) == ("mobilenet-v2", "2", {"resize": 224}, 2)
     # A notebook's required models load with it, before it.
-    alone = [c.name for c in model_configs(InferenceSettings(models=["agree"]))]
+    alone = [c.name for c in model_configs(InferenceSettings(models=["agree"])) if c.version == "1"]
     assert alone == ["efficientnet-lite0", "mobilenet-v2", "agree"]
 
 

@@ -34,12 +34,14 @@ def _repository(broken: set[str], closed: list[str]) -> tuple[ModelRepository, d
         ModelConfig(name="a"),
         ModelConfig(name="b"),
         ModelConfig(name="pair", members=("a", "b")),
+        ModelConfig(name="a", version="2"),
     ]
-    models: dict[str, Served] = {c.name: Unserved(c, LOADING) for c in configs}
+    models: dict[str, Served] = {}
     repository = ModelRepository(configs, models, drain_s=0.1)
+    assert all(isinstance(m, Unserved) and m.state == LOADING for m in models.values())
 
     async def build(config: ModelConfig, stack: AsyncExitStack) -> Served:
-        stack.callback(closed.append, config.name)
+        stack.callback(closed.append, f"{config.name}:{config.version}")
         if config.name in broken:
             raise RuntimeError("weights are broken")
         return _Up(config)
@@ -58,26 +60,57 @@ async def test_a_failed_load_says_why_and_leaves_the_others_serving() -> None:
     assert isinstance(models["a"], _Up)
     b = models["b"]
     assert isinstance(b, Unserved) and b.state == FAILED and b.message == "weights are broken"
-    assert closed == ["b"]  # what the failed load had started is stopped
+    assert closed == ["b:1"]  # what the failed load had started is stopped
 
 
-async def test_unload_refuses_new_calls_and_closes_the_models_stack_then_load_brings_it_back() -> None:
+async def test_unloading_a_member_leaves_its_ensemble_loaded_and_unavailable_naming_it() -> None:
     closed: list[str] = []
     repository, models = _repository(set(), closed)
     for name in ("a", "b", "pair"):
         await repository.load(name)
-    with pytest.raises(FailedPrecondition) as caught:
-        await repository.unload("a")
-    assert caught.value.reason == "MODEL_IN_USE" and "pair" in caught.value.message
-    await repository.unload("pair")
     unloaded = await repository.unload("a")
     assert isinstance(unloaded, Unserved) and unloaded.state == UNLOADED and models["a"] is unloaded
-    error = unloaded.unavailable()
-    assert error.reason == "MODEL_NOT_LOADED" and "ferry models load a" in error.message
-    assert closed == ["pair", "a"] and isinstance(models["b"], _Up)
+    assert closed == ["a:1"] and isinstance(models["b"], _Up) and isinstance(models["pair"], _Up)
+    with pytest.raises(FailedPrecondition) as caught:
+        repository.served("a")
+    assert caught.value.reason == "MODEL_NOT_LOADED" and "ferry models load a:1" in caught.value.message
+    # The ensemble stays loaded; its calls and its state name the member that is missing.
+    with pytest.raises(FailedPrecondition) as caught:
+        repository.served("pair")
+    assert caught.value.reason == "MODEL_NOT_LOADED" and "'pair' calls 'a'" in caught.value.message
+    pair = repository.describe("pair")
+    assert pair.state == model_pb2.MODEL_STATE_UNAVAILABLE and not pair.ready and "a" in pair.state_message
     again = await repository.load("a")
-    assert isinstance(again, _Up) and models["a"] is again
+    assert isinstance(again, _Up) and models["a"] is again and repository.served("pair") is models["pair"]
+    assert repository.describe("pair").state == model_pb2.MODEL_STATE_READY
     assert await repository.load("a") is again  # loading a served model changes nothing
+
+
+async def test_versions_load_side_by_side_and_the_default_moves_only_to_a_serving_version() -> None:
+    closed: list[str] = []
+    repository, models = _repository(set(), closed)
+    one = await repository.load("a")
+    assert repository.describe("a").default_version == "1"
+    assert [(v.version, v.state) for v in repository.describe("a").versions] == [
+        ("1", model_pb2.MODEL_STATE_READY),
+        ("2", model_pb2.MODEL_STATE_LOADING),
+    ]
+    with pytest.raises(FailedPrecondition) as caught:
+        await repository.set_default("a", "2")  # not loaded: calls would fail
+    assert caught.value.reason == "MODEL_NOT_LOADED" and "ferry models load a:2" in caught.value.message
+    two = await repository.load("a", "2")
+    assert repository.served("a") is one and repository.served("a", "2") is two
+    assert await repository.set_default("a", "2") is two
+    assert models["a"] is two and repository.served("a") is two and repository.served("a", "1") is one
+    with pytest.raises(NotFound) as missing:
+        repository.served("a", "3")
+    assert missing.value.reason == "MODEL_VERSION_NOT_FOUND" and "1, 2" in missing.value.message
+    await repository.unload("a", "1")  # the other version keeps serving as the default
+    assert repository.served("a") is two and closed == ["a:1"]
+    await repository.unload("a")  # every version
+    assert closed == ["a:1", "a:2"]
+    # A replica converging to another's choice loads the version first.
+    assert isinstance(await repository.set_default("a", "1", load=True), _Up) and repository.served("a")
 
 
 async def test_unknown_models_are_not_found_naming_the_configured_ones() -> None:

@@ -74,7 +74,7 @@ def _print(message: Message) -> None:
 
 
 def _print_models(models: Sequence[model_pb2.Model], whole: bool) -> None:
-    """One line per model (name, state, version, what it takes, device), or each whole as JSON;
+    """One line per model (name, state, versions, what it takes, device), or each whole as JSON;
     a model that is not ready says why on its line."""
     if whole:
         for model in models:
@@ -85,11 +85,24 @@ def _print_models(models: Sequence[model_pb2.Model], whole: bool) -> None:
         state = model_pb2.ModelState.Name(m.state).removeprefix("MODEL_STATE_")
         why = "" if m.state == model_pb2.MODEL_STATE_READY else m.state_message
         takes = ",".join(m.input_kinds)
-        rows.append((m.name.removeprefix("models/"), state, m.version, takes, m.device, why))
+        rows.append((m.name.removeprefix("models/"), state, _versions(m), takes, m.device, why))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
         print(f"{line}  {row[5]}".rstrip())
+
+
+def _versions(model: model_pb2.Model) -> str:
+    """The model's versions, its default marked ``*`` and those not ready with their state:
+    ``1*,2(unloaded)``."""
+    if not model.versions:
+        return model.version
+    shown = []
+    for v in model.versions:
+        mark = "*" if v.version == model.default_version else ""
+        state = model_pb2.ModelState.Name(v.state).removeprefix("MODEL_STATE_").lower()
+        shown.append(f"{v.version}{mark}" + ("" if v.state == model_pb2.MODEL_STATE_READY else f"({state})"))
+    return ",".join(shown)
 
 
 def _whole_numbers(value: Any) -> Any:
@@ -148,8 +161,16 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
     models = sub.add_parser(
         "models", help="list the models (with their states), or load or unload one (admin)"
     )
-    models.add_argument("action", nargs="?", choices=("list", "load", "unload"), default="list")
-    models.add_argument("model", nargs="?", help="the model to load or unload, e.g. mobilenet-v2")
+    models.add_argument("action", nargs="?", choices=("list", "load", "unload", "default"), default="list")
+    models.add_argument(
+        "model",
+        nargs="?",
+        help="the model to load or unload, NAME or NAME:VERSION (e.g. mobilenet-v2:2; unload without a "
+        "version unloads every version); for default, NAME",
+    )
+    models.add_argument(
+        "version", nargs="?", help="for default: the loaded version that answers calls naming none"
+    )
     models.add_argument("--json", action="store_true", help="print each model whole, as JSON")
     predict = sub.add_parser(
         "predict", help="predict one input: an image file, a --text (minilm) or a --json object"
@@ -159,6 +180,9 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
     predict.add_argument("--model", default="", help="default: efficientnet-lite0, minilm for --text")
     predict.add_argument("--top-k", type=_at_least_one, default=5)
     predict.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
+    predict.add_argument(
+        "--model-version", default="", help="a version of the model (default: its default version)"
+    )
     get = sub.add_parser("get", help="read a prediction or job by name (predictions/ID, jobs/ID)")
     get.add_argument("name")
     listing = sub.add_parser("predictions", help="list or export predictions, newest first, with filters")
@@ -319,8 +343,15 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
     if args.command == "models" and args.action != "list":
         if not args.model:
             sys.exit(f"ferry models {args.action} needs a model name, e.g. mobilenet-v2")
-        change = ferry.load_model if args.action == "load" else ferry.unload_model
-        _print_models([change(args.model)], args.json)
+        name, _, version = args.model.partition(":")
+        if args.action == "default":
+            version = args.version or version
+            if not version:
+                sys.exit("ferry models default needs a version, e.g. ferry models default mobilenet-v2 2")
+            _print_models([ferry.set_default_version(name, version)], args.json)
+        else:
+            change = ferry.load_model if args.action == "load" else ferry.unload_model
+            _print_models([change(name, version)], args.json)
     elif args.command == "models":
         _print_models(ferry.list_models(), args.json)
     elif args.command == "predict" and args.text:
@@ -331,7 +362,8 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
         [payload] = args.json
         print(json.dumps(_whole_numbers(ferry.predict_json(payload, args.model, args.request_id)), indent=2))
     elif args.command == "predict":
-        _print(ferry.predict(args.image, args.model or IMAGE_MODEL, args.top_k, args.request_id))
+        image_model = args.model or IMAGE_MODEL
+        _print(ferry.predict(args.image, image_model, args.top_k, args.request_id, args.model_version))
     elif args.command == "get":
         is_job = args.name.startswith("jobs/")
         _print(ferry.get_job(args.name) if is_job else ferry.get_prediction(args.name))

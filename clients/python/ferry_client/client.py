@@ -185,19 +185,29 @@ class FerryClient:
         )
         return list(answer.models)
 
-    def load_model(self, model: str) -> model_pb2.Model:
-        """Loads a configured model (admin scope); returns it READY, or raises with the reason it failed."""
+    def load_model(self, model: str, version: str = "") -> model_pb2.Model:
+        """Loads a configured model at ``version`` (empty: its default) (admin scope); returns it
+        READY, or raises with the reason it failed."""
+        request = model_service_pb2.LoadModelRequest(name=_model_name(model), version=version)
         answer: model_service_pb2.LoadModelResponse = self._call(
-            self.models.LoadModel, model_service_pb2.LoadModelRequest(name=_model_name(model)), LOAD_TIMEOUT_S
+            self.models.LoadModel, request, LOAD_TIMEOUT_S
         )
         return answer.model
 
-    def unload_model(self, model: str) -> model_pb2.Model:
-        """Unloads a model (admin scope), giving its memory back; returns it UNLOADED."""
+    def unload_model(self, model: str, version: str = "") -> model_pb2.Model:
+        """Unloads a model at ``version`` (empty: every version) (admin scope), giving its memory
+        back; returns the model. Ensembles calling it answer MODEL_NOT_LOADED until it is loaded."""
+        request = model_service_pb2.UnloadModelRequest(name=_model_name(model), version=version)
         answer: model_service_pb2.UnloadModelResponse = self._call(
-            self.models.UnloadModel,
-            model_service_pb2.UnloadModelRequest(name=_model_name(model)),
-            LOAD_TIMEOUT_S,
+            self.models.UnloadModel, request, LOAD_TIMEOUT_S
+        )
+        return answer.model
+
+    def set_default_version(self, model: str, version: str) -> model_pb2.Model:
+        """Makes loaded ``version`` of ``model`` answer calls that name no version (admin scope)."""
+        request = model_service_pb2.SetDefaultVersionRequest(name=_model_name(model), version=version)
+        answer: model_service_pb2.SetDefaultVersionResponse = self._call(
+            self.models.SetDefaultVersion, request
         )
         return answer.model
 
@@ -207,13 +217,15 @@ class FerryClient:
         model: str = "efficientnet-lite0",
         top_k: int = 5,
         request_id: str = "",
+        version: str = "",
     ) -> prediction_pb2.Prediction:
         """Classifies one image (bytes or a file path) and returns the recorded prediction.
 
         A ``request_id`` makes the call safe to retry: the same id yields the same prediction.
+        ``version`` picks a version of the model (empty: its default); ``model_version`` says which answered.
         """
         request = model_service_pb2.PredictRequest(
-            model=_model_name(model), image=_image(image), top_k=top_k, request_id=request_id
+            model=_model_name(model), image=_image(image), top_k=top_k, request_id=request_id, version=version
         )
         answer: model_service_pb2.PredictResponse = self._call(self.models.Predict, request)
         return answer.prediction

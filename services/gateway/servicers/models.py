@@ -72,12 +72,25 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     async def LoadModel(
         self, request: model_service_pb2.LoadModelRequest, context: Context
     ) -> model_service_pb2.LoadModelResponse:
-        return model_service_pb2.LoadModelResponse(model=await self._slot.get().models.load(request.name))
+        models = self._slot.get().models
+        loaded = await models.load(request.name, version=request.version)
+        return model_service_pb2.LoadModelResponse(model=loaded)
 
     async def UnloadModel(
         self, request: model_service_pb2.UnloadModelRequest, context: Context
     ) -> model_service_pb2.UnloadModelResponse:
-        return model_service_pb2.UnloadModelResponse(model=await self._slot.get().models.unload(request.name))
+        models = self._slot.get().models
+        return model_service_pb2.UnloadModelResponse(
+            model=await models.unload(request.name, version=request.version)
+        )
+
+    async def SetDefaultVersion(
+        self, request: model_service_pb2.SetDefaultVersionRequest, context: Context
+    ) -> model_service_pb2.SetDefaultVersionResponse:
+        models = self._slot.get().models
+        return model_service_pb2.SetDefaultVersionResponse(
+            model=await models.set_default(request.name, request.version)
+        )
 
     async def GetModelStats(
         self, request: model_service_pb2.GetModelStatsRequest, context: Context

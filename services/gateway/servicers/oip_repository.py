@@ -17,7 +17,7 @@ import grpc
 from ferry.models.v1 import model_pb2
 from ferry.oip.v2 import model_repository_pb2 as repo
 from services.gateway.components import ComponentsSlot
-from services.gateway.model_admin import INDEX_STATES
+from services.gateway.model_admin import INDEX_STATES, ModelAdmin
 from services.gateway.open_inference import MODEL_VERSION
 from services.gateway.validation import MODEL_PREFIX
 
@@ -25,15 +25,27 @@ SERVICE = "inference.GRPCInferenceService"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def index_entry(model: model_pb2.Model) -> repo.RepositoryIndexResponse.ModelIndex:
-    """A model as the repository index lists it: Triton's state words, Ferry's reason."""
-    reason = model.state_message or ("unloaded" if model.state == model_pb2.MODEL_STATE_UNLOADED else "")
-    return repo.RepositoryIndexResponse.ModelIndex(
-        name=model.name.removeprefix(MODEL_PREFIX),
-        version=model.version or MODEL_VERSION,
-        state=INDEX_STATES.get(model.state, "UNAVAILABLE"),
-        reason=reason,
-    )
+def index_entries(model: model_pb2.Model) -> list[repo.RepositoryIndexResponse.ModelIndex]:
+    """A model as the repository index lists it, one entry per version: Triton's state words,
+    Ferry's reason."""
+    versions = list(model.versions) or [
+        model_pb2.ModelVersion(version=model.version, state=model.state, state_message=model.state_message)
+    ]
+    return [
+        repo.RepositoryIndexResponse.ModelIndex(
+            name=model.name.removeprefix(MODEL_PREFIX),
+            version=v.version or MODEL_VERSION,
+            state=INDEX_STATES.get(v.state, "UNAVAILABLE"),
+            reason=v.state_message or ("unloaded" if v.state == model_pb2.MODEL_STATE_UNLOADED else ""),
+        )
+        for v in versions
+    ]
+
+
+async def index(models: ModelAdmin, ready_only: bool) -> list[repo.RepositoryIndexResponse.ModelIndex]:
+    """Every model's versions as index entries; only the READY ones if asked."""
+    entries = [e for m in await models.index() for e in index_entries(m)]
+    return [e for e in entries if e.state == "READY" or not ready_only]
 
 
 class OipRepository:
@@ -45,8 +57,7 @@ class OipRepository:
     async def index(
         self, request: repo.RepositoryIndexRequest, context: Context
     ) -> repo.RepositoryIndexResponse:
-        models = await self._slot.get().models.index(ready_only=request.ready)
-        return repo.RepositoryIndexResponse(models=[index_entry(m) for m in models])
+        return repo.RepositoryIndexResponse(models=await index(self._slot.get().models, request.ready))
 
     async def load(
         self, request: repo.RepositoryModelLoadRequest, context: Context

@@ -19,7 +19,7 @@ from services.gateway import identity, oip_rest
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
 from services.gateway.open_inference import SERVER_NAME, SERVER_VERSION
-from services.gateway.servicers.oip_repository import index_entry
+from services.gateway.servicers.oip_repository import index
 
 Context = grpc.aio.ServicerContext[object, object]
 #: The protocol's extensions this binding speaks (Triton's names).
@@ -106,13 +106,10 @@ class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
     ) -> rest.RepositoryIndexResponse:
         document = oip_rest.optional_object(request.body.data)
         ready = document.get("ready", False) is True
-        models = await self._slot.get().models.index(ready_only=ready)
-        entries = []
-        for model in models:
-            entry = index_entry(model)
-            entries.append(
-                {"name": entry.name, "version": entry.version, "state": entry.state, "reason": entry.reason}
-            )
+        entries = [
+            {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+            for e in await index(self._slot.get().models, ready)
+        ]
         return rest.RepositoryIndexResponse(body=_json(entries))
 
     async def RepositoryModelLoad(

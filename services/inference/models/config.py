@@ -12,6 +12,12 @@ first:
 4. the service-wide default.
 
 A field the schema does not know fails the start, naming the model and the field.
+
+Versions: a table's ``version`` (default ``"1"``) is the model's first version and its default;
+``[models.<id>.versions.<v>]`` tables declare more versions of the same model, each the model's
+table with the version table's fields over it (``options`` merged key by key), so a version
+states only what differs: other weights, another graph, other preprocessing. Calls name a
+version or get the default; an admin moves the default at runtime (``repository``).
 """
 
 from __future__ import annotations
@@ -112,6 +118,27 @@ def load_models_file(path: Path) -> dict[str, dict[str, Any]]:
             table["notebook"] = str((path.parent / table["notebook"]).resolve())
         tables[name] = table
     return tables
+
+
+def version_tables(name: str, table: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tables of each version of model ``name``, its default (the table's own ``version``) first.
+
+    Raises:
+        ModelsFileError: ``versions`` is not a table of tables, or repeats the default version.
+    """
+    base = {k: v for k, v in table.items() if k != "versions"}
+    default = str(base.get("version", "1"))
+    found = {default: base}
+    versions = table.get("versions", {})
+    if not isinstance(versions, dict) or not all(isinstance(v, dict) for v in versions.values()):
+        raise ModelsFileError(f"model {name!r}: versions must be [models.{name}.versions.<version>] tables")
+    for version, overrides in versions.items():
+        if version in found:
+            raise ModelsFileError(f"model {name!r}: version {version!r} is the table's own version already")
+        merged = {**base, **overrides, "version": version}
+        merged["options"] = {**base.get("options", {}), **overrides.get("options", {})}
+        found[version] = merged
+    return found
 
 
 def resolve_config(

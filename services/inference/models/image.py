@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,13 @@ class ImageClassifier(Model):
     ) -> None:
         super().__init__(config)
         self._build_module = build_module
-        self.transform = transform
+        # A version may resize or crop otherwise (options in its table): same weights, other answers.
+        options = config.options
+        self.transform = replace(
+            transform,
+            resize=int(options.get("resize", transform.resize)),
+            crop=int(options.get("crop", transform.crop)),
+        )
         self.labels = tuple(labels)
         self.display_name = display_name
         self.description = description

@@ -23,6 +23,7 @@ _COLUMN_TYPES = {
     "total_ms": "double precision", "batch_size": "integer", "error": "bytea",
     "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
     "create_time": "timestamptz", "generation": "integer", "source": "smallint", "outputs": "jsonb",
+    "model_version": "text",
 }  # fmt: skip
 if tuple(_COLUMN_TYPES) != PredictionRow._fields:
     raise RuntimeError("predictions' column list and codec.PredictionRow disagree")
@@ -32,7 +33,7 @@ _COLUMNS = ", ".join(_COLUMN_TYPES)
 _RERUN_COLUMNS = (
     "state", "class_labels", "class_scores", "class_indices", "decode_ms", "queue_ms", "inference_ms",
     "total_ms", "batch_size", "error", "error_code", "error_message", "error_reason", "trace_id",
-    "create_time", "outputs",
+    "create_time", "outputs", "model_version",
 )  # fmt: skip
 
 # A batch is first copied (binary COPY, one round trip, no statement text per row) into a temporary

@@ -148,6 +148,12 @@ affinity:
   value: {{ $v.torchThreads | quote }}
 - name: FERRY_INFERENCE_SHUTDOWN_DELAY_S
   value: {{ $root.Values.shutdownDelaySeconds | quote }}
+{{- /* Models loaded, unloaded or given another default version at runtime are kept in NATS KV
+  (ferry_models): every replica converges to them and a restarted pod starts with them. */}}
+- name: FERRY_INFERENCE_NATS_URL
+  value: {{ $root.Values.nats.url | quote }}
+- name: FERRY_INFERENCE_NATS_STREAM_REPLICAS
+  value: {{ $root.Values.nats.streamReplicas | quote }}
 {{- else if eq .component "jobs" -}}
 - name: FERRY_JOBS_NATS_URL
   value: {{ $root.Values.nats.url | quote }}

@@ -28,31 +28,35 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*ferry/inference/v1/inference_service.proto\x12\x12\x66\x65rry.inference.v1\x1a\x1b\x66\x65rry/models/v1/model.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"!\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\":\n\x11LoadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"<\n\x13UnloadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ferry.models.v1.Model\"\x81\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12*\n\x08priority\x18\x04 \x01(\x0e\x32\x18.ferry.types.v1.Priority\"E\n\x0fPredictResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.ferry.inference.v1.PredictResult\"\x9b\x02\n\rPredictResult\x12+\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1a.ferry.types.v1.ClassScore\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12&\n\x06timing\x18\x03 \x01(\x0b\x32\x16.ferry.types.v1.Timing\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x07tensors\x18\x06 \x03(\x0b\x32\x16.ferry.types.v1.Tensor\x12-\n\x07members\x18\x07 \x03(\x0b\x32\x1c.ferry.types.v1.MemberTiming2\xfd\x02\n\x10InferenceService\x12[\n\nListModels\x12%.ferry.inference.v1.ListModelsRequest\x1a&.ferry.inference.v1.ListModelsResponse\x12R\n\x07Predict\x12\".ferry.inference.v1.PredictRequest\x1a#.ferry.inference.v1.PredictResponse\x12X\n\tLoadModel\x12$.ferry.inference.v1.LoadModelRequest\x1a%.ferry.inference.v1.LoadModelResponse\x12^\n\x0bUnloadModel\x12&.ferry.inference.v1.UnloadModelRequest\x1a\'.ferry.inference.v1.UnloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*ferry/inference/v1/inference_service.proto\x12\x12\x66\x65rry.inference.v1\x1a\x1b\x66\x65rry/models/v1/model.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\":\n\x18SetDefaultVersionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"B\n\x19SetDefaultVersionResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x11LoadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"<\n\x13UnloadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ferry.models.v1.Model\"\x92\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.Input\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12*\n\x08priority\x18\x04 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\x0f\n\x07version\x18\x05 \x01(\t\"E\n\x0fPredictResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.ferry.inference.v1.PredictResult\"\xb2\x02\n\rPredictResult\x12+\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x1a.ferry.types.v1.ClassScore\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\x12&\n\x06timing\x18\x03 \x01(\x0b\x32\x16.ferry.types.v1.Timing\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\'\n\x06output\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x07tensors\x18\x06 \x03(\x0b\x32\x16.ferry.types.v1.Tensor\x12-\n\x07members\x18\x07 \x03(\x0b\x32\x1c.ferry.types.v1.MemberTiming\x12\x15\n\rmodel_version\x18\x08 \x01(\t2\xef\x03\n\x10InferenceService\x12[\n\nListModels\x12%.ferry.inference.v1.ListModelsRequest\x1a&.ferry.inference.v1.ListModelsResponse\x12R\n\x07Predict\x12\".ferry.inference.v1.PredictRequest\x1a#.ferry.inference.v1.PredictResponse\x12X\n\tLoadModel\x12$.ferry.inference.v1.LoadModelRequest\x1a%.ferry.inference.v1.LoadModelResponse\x12^\n\x0bUnloadModel\x12&.ferry.inference.v1.UnloadModelRequest\x1a\'.ferry.inference.v1.UnloadModelResponse\x12p\n\x11SetDefaultVersion\x12,.ferry.inference.v1.SetDefaultVersionRequest\x1a-.ferry.inference.v1.SetDefaultVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ferry.inference.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOADMODELREQUEST']._serialized_start=178
-  _globals['_LOADMODELREQUEST']._serialized_end=211
-  _globals['_LOADMODELRESPONSE']._serialized_start=213
-  _globals['_LOADMODELRESPONSE']._serialized_end=271
-  _globals['_UNLOADMODELREQUEST']._serialized_start=273
-  _globals['_UNLOADMODELREQUEST']._serialized_end=308
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=310
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=370
-  _globals['_LISTMODELSREQUEST']._serialized_start=372
-  _globals['_LISTMODELSREQUEST']._serialized_end=391
-  _globals['_LISTMODELSRESPONSE']._serialized_start=393
-  _globals['_LISTMODELSRESPONSE']._serialized_end=453
-  _globals['_PREDICTREQUEST']._serialized_start=456
-  _globals['_PREDICTREQUEST']._serialized_end=585
-  _globals['_PREDICTRESPONSE']._serialized_start=587
-  _globals['_PREDICTRESPONSE']._serialized_end=656
-  _globals['_PREDICTRESULT']._serialized_start=659
-  _globals['_PREDICTRESULT']._serialized_end=942
-  _globals['_INFERENCESERVICE']._serialized_start=945
-  _globals['_INFERENCESERVICE']._serialized_end=1326
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_start=178
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_end=236
+  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_start=238
+  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_end=304
+  _globals['_LOADMODELREQUEST']._serialized_start=306
+  _globals['_LOADMODELREQUEST']._serialized_end=356
+  _globals['_LOADMODELRESPONSE']._serialized_start=358
+  _globals['_LOADMODELRESPONSE']._serialized_end=416
+  _globals['_UNLOADMODELREQUEST']._serialized_start=418
+  _globals['_UNLOADMODELREQUEST']._serialized_end=470
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=472
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=532
+  _globals['_LISTMODELSREQUEST']._serialized_start=534
+  _globals['_LISTMODELSREQUEST']._serialized_end=553
+  _globals['_LISTMODELSRESPONSE']._serialized_start=555
+  _globals['_LISTMODELSRESPONSE']._serialized_end=615
+  _globals['_PREDICTREQUEST']._serialized_start=618
+  _globals['_PREDICTREQUEST']._serialized_end=764
+  _globals['_PREDICTRESPONSE']._serialized_start=766
+  _globals['_PREDICTRESPONSE']._serialized_end=835
+  _globals['_PREDICTRESULT']._serialized_start=838
+  _globals['_PREDICTRESULT']._serialized_end=1144
+  _globals['_INFERENCESERVICE']._serialized_start=1147
+  _globals['_INFERENCESERVICE']._serialized_end=1642
 # @@protoc_insertion_point(module_scope)

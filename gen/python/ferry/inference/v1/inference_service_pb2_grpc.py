@@ -55,6 +55,11 @@ class InferenceServiceStub:
                 request_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
+        self.SetDefaultVersion = channel.unary_unary(
+                '/ferry.inference.v1.InferenceService/SetDefaultVersion',
+                request_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.SetDefaultVersionRequest.SerializeToString,
+                response_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.SetDefaultVersionResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -89,6 +94,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDefaultVersion(self, request, context):
+        """SetDefaultVersion makes a loaded version the one that answers calls naming no version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelRequest.FromString,
                     response_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'SetDefaultVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultVersion,
+                    request_deserializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.SetDefaultVersionRequest.FromString,
+                    response_serializer=ferry_dot_inference_dot_v1_dot_inference__service__pb2.SetDefaultVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class InferenceService:
             '/ferry.inference.v1.InferenceService/UnloadModel',
             ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelRequest.SerializeToString,
             ferry_dot_inference_dot_v1_dot_inference__service__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.inference.v1.InferenceService/SetDefaultVersion',
+            ferry_dot_inference_dot_v1_dot_inference__service__pb2.SetDefaultVersionRequest.SerializeToString,
+            ferry_dot_inference_dot_v1_dot_inference__service__pb2.SetDefaultVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ferry/models/v1/model_service.proto\x12\x0f\x66\x65rry.models.v1\x1a\x1b\x66\x65rry/models/v1/model.proto\x1a!ferry/models/v1/model_stats.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ferry.models.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"\x90\x02\n\x0ePredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.ferry.types.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\"\n\x04text\x18\x06 \x01(\x0b\x32\x14.ferry.types.v1.Text\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06tensor\x18\x08 \x01(\x0b\x32\x16.ferry.types.v1.Tensor\"G\n\x0fPredictResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xa6\x01\n\x13\x42\x61tchPredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.InputB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\"M\n\x14\x42\x61tchPredictResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\":\n\x14GetModelStatsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06window\x18\x02 \x01(\t\"C\n\x15GetModelStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.ferry.models.v1.ModelStats\"&\n\x10LoadModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\":\n\x11LoadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"(\n\x12UnloadModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x13UnloadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model2\xe8\x06\n\x0cModelService\x12i\n\nListModels\x12\".ferry.models.v1.ListModelsRequest\x1a#.ferry.models.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12l\n\x08GetModel\x12 .ferry.models.v1.GetModelRequest\x1a!.ferry.models.v1.GetModelResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=models/*}\x12u\n\x07Predict\x12\x1f.ferry.models.v1.PredictRequest\x1a .ferry.models.v1.PredictResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{model=models/*}:predict:\x01*\x12\x89\x01\n\x0c\x42\x61tchPredict\x12$.ferry.models.v1.BatchPredictRequest\x1a%.ferry.models.v1.BatchPredictResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{model=models/*}:batchPredict:\x01*\x12w\n\tLoadModel\x12!.ferry.models.v1.LoadModelRequest\x1a\".ferry.models.v1.LoadModelResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=models/*}:load:\x01*\x12\x7f\n\x0bUnloadModel\x12#.ferry.models.v1.UnloadModelRequest\x1a$.ferry.models.v1.UnloadModelResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=models/*}:unload:\x01*\x12\x81\x01\n\rGetModelStats\x12%.ferry.models.v1.GetModelStatsRequest\x1a&.ferry.models.v1.GetModelStatsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=models/*}/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ferry/models/v1/model_service.proto\x12\x0f\x66\x65rry.models.v1\x1a\x1b\x66\x65rry/models/v1/model.proto\x1a!ferry/models/v1/model_stats.proto\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ferry.models.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x0fGetModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"\xa1\x02\n\x0ePredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.ferry.types.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\"\n\x04text\x18\x06 \x01(\x0b\x32\x14.ferry.types.v1.Text\x12(\n\x07payload\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06tensor\x18\x08 \x01(\x0b\x32\x16.ferry.types.v1.Tensor\x12\x0f\n\x07version\x18\t \x01(\t\"G\n\x0fPredictResponse\x12\x34\n\nprediction\x18\x01 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\"\xb7\x01\n\x13\x42\x61tchPredictRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12+\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.ferry.types.v1.InputB\x04\xe2\x41\x01\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\x0f\n\x07version\x18\x06 \x01(\t\"M\n\x14\x42\x61tchPredictResponse\x12\x35\n\x0bpredictions\x18\x01 \x03(\x0b\x32 .ferry.predictions.v1.Prediction\":\n\x14GetModelStatsRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06window\x18\x02 \x01(\t\"C\n\x15GetModelStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.ferry.models.v1.ModelStats\"7\n\x10LoadModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x11LoadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"9\n\x12UnloadModelRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07version\x18\x02 \x01(\t\"E\n\x18SetDefaultVersionRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x19SetDefaultVersionResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model\"<\n\x13UnloadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.ferry.models.v1.Model2\x87\x08\n\x0cModelService\x12i\n\nListModels\x12\".ferry.models.v1.ListModelsRequest\x1a#.ferry.models.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12l\n\x08GetModel\x12 .ferry.models.v1.GetModelRequest\x1a!.ferry.models.v1.GetModelResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=models/*}\x12u\n\x07Predict\x12\x1f.ferry.models.v1.PredictRequest\x1a .ferry.models.v1.PredictResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{model=models/*}:predict:\x01*\x12\x89\x01\n\x0c\x42\x61tchPredict\x12$.ferry.models.v1.BatchPredictRequest\x1a%.ferry.models.v1.BatchPredictResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{model=models/*}:batchPredict:\x01*\x12w\n\tLoadModel\x12!.ferry.models.v1.LoadModelRequest\x1a\".ferry.models.v1.LoadModelResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=models/*}:load:\x01*\x12\x7f\n\x0bUnloadModel\x12#.ferry.models.v1.UnloadModelRequest\x1a$.ferry.models.v1.UnloadModelResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/{name=models/*}:unload:\x01*\x12\x9c\x01\n\x11SetDefaultVersion\x12).ferry.models.v1.SetDefaultVersionRequest\x1a*.ferry.models.v1.SetDefaultVersionResponse\"0\x82\xd3\xe4\x93\x02*\"%/v1/{name=models/*}:setDefaultVersion:\x01*\x12\x81\x01\n\rGetModelStats\x12%.ferry.models.v1.GetModelStatsRequest\x1a&.ferry.models.v1.GetModelStatsResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=models/*}/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,6 +52,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADMODELREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_UNLOADMODELREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_UNLOADMODELREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SETDEFAULTVERSIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_SETDEFAULTVERSIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_SETDEFAULTVERSIONREQUEST'].fields_by_name['version']._loaded_options = None
+  _globals['_SETDEFAULTVERSIONREQUEST'].fields_by_name['version']._serialized_options = b'\342A\001\002'
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._loaded_options = None
@@ -64,6 +68,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVICE'].methods_by_name['LoadModel']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/{name=models/*}:load:\001*'
   _globals['_MODELSERVICE'].methods_by_name['UnloadModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['UnloadModel']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/{name=models/*}:unload:\001*'
+  _globals['_MODELSERVICE'].methods_by_name['SetDefaultVersion']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['SetDefaultVersion']._serialized_options = b'\202\323\344\223\002*\"%/v1/{name=models/*}:setDefaultVersion:\001*'
   _globals['_MODELSERVICE'].methods_by_name['GetModelStats']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModelStats']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/{name=models/*}/stats'
   _globals['_LISTMODELSREQUEST']._serialized_start=280
@@ -75,25 +81,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELRESPONSE']._serialized_start=466
   _globals['_GETMODELRESPONSE']._serialized_end=523
   _globals['_PREDICTREQUEST']._serialized_start=526
-  _globals['_PREDICTREQUEST']._serialized_end=798
-  _globals['_PREDICTRESPONSE']._serialized_start=800
-  _globals['_PREDICTRESPONSE']._serialized_end=871
-  _globals['_BATCHPREDICTREQUEST']._serialized_start=874
-  _globals['_BATCHPREDICTREQUEST']._serialized_end=1040
-  _globals['_BATCHPREDICTRESPONSE']._serialized_start=1042
-  _globals['_BATCHPREDICTRESPONSE']._serialized_end=1119
-  _globals['_GETMODELSTATSREQUEST']._serialized_start=1121
-  _globals['_GETMODELSTATSREQUEST']._serialized_end=1179
-  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1181
-  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1248
-  _globals['_LOADMODELREQUEST']._serialized_start=1250
-  _globals['_LOADMODELREQUEST']._serialized_end=1288
-  _globals['_LOADMODELRESPONSE']._serialized_start=1290
-  _globals['_LOADMODELRESPONSE']._serialized_end=1348
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1350
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1390
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1392
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1452
-  _globals['_MODELSERVICE']._serialized_start=1455
-  _globals['_MODELSERVICE']._serialized_end=2327
+  _globals['_PREDICTREQUEST']._serialized_end=815
+  _globals['_PREDICTRESPONSE']._serialized_start=817
+  _globals['_PREDICTRESPONSE']._serialized_end=888
+  _globals['_BATCHPREDICTREQUEST']._serialized_start=891
+  _globals['_BATCHPREDICTREQUEST']._serialized_end=1074
+  _globals['_BATCHPREDICTRESPONSE']._serialized_start=1076
+  _globals['_BATCHPREDICTRESPONSE']._serialized_end=1153
+  _globals['_GETMODELSTATSREQUEST']._serialized_start=1155
+  _globals['_GETMODELSTATSREQUEST']._serialized_end=1213
+  _globals['_GETMODELSTATSRESPONSE']._serialized_start=1215
+  _globals['_GETMODELSTATSRESPONSE']._serialized_end=1282
+  _globals['_LOADMODELREQUEST']._serialized_start=1284
+  _globals['_LOADMODELREQUEST']._serialized_end=1339
+  _globals['_LOADMODELRESPONSE']._serialized_start=1341
+  _globals['_LOADMODELRESPONSE']._serialized_end=1399
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1401
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1458
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_start=1460
+  _globals['_SETDEFAULTVERSIONREQUEST']._serialized_end=1529
+  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_start=1531
+  _globals['_SETDEFAULTVERSIONRESPONSE']._serialized_end=1597
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1599
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1659
+  _globals['_MODELSERVICE']._serialized_start=1662
+  _globals['_MODELSERVICE']._serialized_end=2693
 # @@protoc_insertion_point(module_scope)

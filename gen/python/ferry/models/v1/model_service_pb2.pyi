@@ -42,7 +42,7 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "image", "top_k", "request_id", "priority", "text", "payload", "tensor")
+    __slots__ = ("model", "image", "top_k", "request_id", "priority", "text", "payload", "tensor", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class PredictRequest(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: _types_pb2.Image
     top_k: int
@@ -59,7 +60,8 @@ class PredictRequest(_message.Message):
     text: _types_pb2.Text
     payload: _struct_pb2.Struct
     tensor: _types_pb2.Tensor
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., text: _Optional[_Union[_types_pb2.Text, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensor: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    version: str
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[_types_pb2.Image, _Mapping]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., text: _Optional[_Union[_types_pb2.Text, _Mapping]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensor: _Optional[_Union[_types_pb2.Tensor, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("prediction",)
@@ -68,18 +70,20 @@ class PredictResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[_prediction_pb2.Prediction, _Mapping]] = ...) -> None: ...
 
 class BatchPredictRequest(_message.Message):
-    __slots__ = ("model", "inputs", "top_k", "request_id", "priority")
+    __slots__ = ("model", "inputs", "top_k", "request_id", "priority", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Input]
     top_k: int
     request_id: str
     priority: _types_pb2.Priority
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
+    version: str
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class BatchPredictResponse(_message.Message):
     __slots__ = ("predictions",)
@@ -102,10 +106,12 @@ class GetModelStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Union[_model_stats_pb2.ModelStats, _Mapping]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model",)
@@ -114,10 +120,26 @@ class LoadModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "version")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class SetDefaultVersionRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class SetDefaultVersionResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: _model_pb2.Model
+    def __init__(self, model: _Optional[_Union[_model_pb2.Model, _Mapping]] = ...) -> None: ...
 
 class UnloadModelResponse(_message.Message):
     __slots__ = ("model",)

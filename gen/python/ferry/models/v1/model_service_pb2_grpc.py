@@ -65,6 +65,11 @@ class ModelServiceStub:
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
+        self.SetDefaultVersion = channel.unary_unary(
+                '/ferry.models.v1.ModelService/SetDefaultVersion',
+                request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.SetDefaultVersionRequest.SerializeToString,
+                response_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.SetDefaultVersionResponse.FromString,
+                _registered_method=True)
         self.GetModelStats = channel.unary_unary(
                 '/ferry.models.v1.ModelService/GetModelStats',
                 request_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.GetModelStatsRequest.SerializeToString,
@@ -118,6 +123,13 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDefaultVersion(self, request, context):
+        """SetDefaultVersion makes a loaded version of a model the one that answers calls naming no version, on every inference replica (admin scope); calls in flight finish on the version they started on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelStats(self, request, context):
         """GetModelStats summarizes the caller's predictions of one model over a recent window.
         """
@@ -157,6 +169,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelRequest.FromString,
                     response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'SetDefaultVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultVersion,
+                    request_deserializer=ferry_dot_models_dot_v1_dot_model__service__pb2.SetDefaultVersionRequest.FromString,
+                    response_serializer=ferry_dot_models_dot_v1_dot_model__service__pb2.SetDefaultVersionResponse.SerializeToString,
             ),
             'GetModelStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelStats,
@@ -327,6 +344,33 @@ class ModelService:
             '/ferry.models.v1.ModelService/UnloadModel',
             ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelRequest.SerializeToString,
             ferry_dot_models_dot_v1_dot_model__service__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.models.v1.ModelService/SetDefaultVersion',
+            ferry_dot_models_dot_v1_dot_model__service__pb2.SetDefaultVersionRequest.SerializeToString,
+            ferry_dot_models_dot_v1_dot_model__service__pb2.SetDefaultVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

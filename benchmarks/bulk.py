@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -28,12 +29,16 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
+from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import data as skimage_data
 
+from benchmarks.cpu import cpu_seconds
 from devstack.infra import free_port
 from devstack.settings import StackSettings
 from devstack.stack import LocalStack
@@ -69,58 +74,95 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
+def probe(target: str, key: str, stop: EventType, answers: Connection) -> None:
+    """Another tenant's GetModel in a loop, 20 ms apart, until ``stop``; sends back (ended at,
+    latency ms) pairs. Runs in a process of its own: in the benchmark's process it would share the
+    GIL with the uploading client, and its latency would be partly the client's."""
+    times = []
+    request = model_service_pb2.GetModelRequest(name=f"models/{MODEL}")
+    with FerryClient(target, key, timeout_s=30) as prober:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                prober.models.GetModel(request, metadata=prober._metadata, timeout=30)
+            except Exception:  # an error is a data point too: a refused call's time counts
+                pass
+            times.append((time.time(), (time.perf_counter() - started) * 1000))
+            time.sleep(0.02)
+    answers.send(times)
+
+
 class Watch:
     """Samples the processes' RSS and times another tenant's GetModel while a case runs."""
 
-    def __init__(self, pids: dict[str, int], prober: FerryClient) -> None:
+    def __init__(self, pids: dict[str, int], target: str, key: str) -> None:
         self._pids = {name: pids[name] for name in WATCHED if name in pids}
-        self._prober = prober
+        self._target, self._key = target, key
         self.peaks: dict[str, int] = {}
         self.before: dict[str, int] = {}
         self.latencies_ms: list[float] = []
+        self.ended_at: list[float] = []
+        """When each of ``latencies_ms`` ended (time.time()): a case's phases are told apart by it."""
+        self.marks: list[tuple[str, float]] = []
         self._stop = threading.Event()
 
     def __enter__(self) -> Watch:
         self.before = {name: rss_bytes(pid) for name, pid in self._pids.items()}
         self.peaks = dict(self.before)
-        self._threads = [threading.Thread(target=self._sample), threading.Thread(target=self._probe)]
-        for thread in self._threads:
-            thread.start()
+        spawn = multiprocessing.get_context("spawn")
+        self._probe_stop = spawn.Event()
+        self._answers, sending = spawn.Pipe(duplex=False)
+        self._prober = spawn.Process(target=probe, args=(self._target, self._key, self._probe_stop, sending))
+        self._prober.start()
+        self._sampler = threading.Thread(target=self._sample)
+        self._sampler.start()
+        time.sleep(2)  # the probe's imports and first call, before the case starts
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        self._probe_stop.set()
+        times = self._answers.recv()
+        self._prober.join()
+        self._sampler.join()
+        self.ended_at = [at for at, _ in times]
+        self.latencies_ms = [ms for _, ms in times]
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             for name, pid in self._pids.items():
                 self.peaks[name] = max(self.peaks[name], rss_bytes(pid))
 
-    def _probe(self) -> None:
-        request = model_service_pb2.GetModelRequest(name=f"models/{MODEL}")
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            try:
-                self._prober.models.GetModel(request, metadata=self._prober._metadata, timeout=30)
-            except Exception:  # an error is a data point too: a refused call's time counts
-                pass
-            self.latencies_ms.append((time.perf_counter() - started) * 1000)
-            time.sleep(0.02)
+    def mark(self, phase: str) -> None:
+        """Ends the phase named ``phase`` now (the report gives each phase's p50/p99 too)."""
+        self.marks.append((phase, time.time()))
 
     def report(self, name: str, outcome: str) -> str:
-        lat = sorted(self.latencies_ms) or [0.0]
-        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
         mib = 2**20
         memory = ", ".join(
             f"{proc} {self.before[proc] / mib:.0f}->{self.peaks[proc] / mib:.0f} MB" for proc in self._pids
         )
-        return (
-            f"{name}: {outcome}\n  peak RSS: {memory}\n"
-            f"  other tenant's GetModel ({len(lat)} calls): p50 {statistics.median(lat):.1f} ms, "
-            f"p99 {p99:.1f} ms, max {lat[-1]:.1f} ms"
-        )
+        lines = [
+            f"{name}: {outcome}",
+            f"  peak RSS: {memory}",
+            f"  other tenant's GetModel {_spread(self.latencies_ms)}",
+        ]
+        start = self.marks[0][1] - 1e9 if self.marks else 0.0
+        for phase, end in self.marks:
+            during = [
+                ms for ms, at in zip(self.latencies_ms, self.ended_at, strict=True) if start < at <= end
+            ]
+            lines.append(f"    during {phase}: {_spread(during)}")
+            start = end
+        return "\n".join(lines)
+
+
+def _spread(latencies_ms: list[float]) -> str:
+    """Count, p50, p99 and max of some calls' latencies."""
+    lat = sorted(latencies_ms) or [0.0]
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    median = statistics.median(lat)
+    return f"({len(latencies_ms)} calls): p50 {median:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms"
 
 
 def camera_photos(count: int, megapixels: float, folder: Path) -> Path:
@@ -178,19 +220,26 @@ def timed(action: Callable[[], str]) -> str:
     return f"{outcome} ({time.perf_counter() - started:.1f} s)"
 
 
-def photo_job(ferry: FerryClient, path: Path) -> str:
+def photo_job(ferry: FerryClient, path: Path, watch: Watch, cpu: Callable[[], dict[str, float]]) -> str:
+    before, own = cpu(), time.process_time()
     started = time.perf_counter()
     upload = ferry.upload(path)
     uploaded = time.perf_counter() - started
+    watch.mark("the upload")
+    spent = {name: used - before[name] for name, used in cpu().items()}
+    spent["client (this benchmark)"] = time.process_time() - own
     job = ferry.create_job([], MODEL, top_k=1, manifest=upload.name)
     created = time.perf_counter() - started - uploaded
     for update in ferry.watch_job(job.name, timeout_s=3600):
         job = update.job
         if job.state in _FINISHED:
             break
+    watch.mark("CreateJob and the job's run")
+    megabytes = path.stat().st_size / 1e6
     return (
-        f"{path.stat().st_size / 1e6:.0f} MB zip uploaded in {uploaded:.1f} s, CreateJob answered in "
-        f"{created * 1000:.0f} ms, job {job_pb2.JobState.Name(job.state)} "
+        f"{megabytes:.0f} MB zip uploaded in {uploaded:.1f} s (CPU per MB uploaded: "
+        + ", ".join(f"{name} {1000 * used / megabytes:.1f} ms" for name, used in spent.items())
+        + f"), CreateJob answered in {created * 1000:.0f} ms, job {job_pb2.JobState.Name(job.state)} "
         f"({job.items_succeeded}/{job.items_total} succeeded)"
     )
 
@@ -218,22 +267,23 @@ def main() -> None:
         stack = LocalStack(settings)
         try:
             endpoints = stack.start()
+            edge = {name: endpoints.pids[name] for name in ("envoy", "gateway", "nats")}
+            cpu = partial(cpu_seconds, edge)
             with FerryClient(endpoints.grpc_target, "bench", timeout_s=600) as ferry:
                 other = ferry.create_key("other-tenant", scopes=("read",)).api_key
                 ferry.predict(skimage_photo())  # warm: connections, the model's first batch
-                with FerryClient(endpoints.grpc_target, other, timeout_s=30) as prober:
-                    with Watch(endpoints.pids, prober) as quiet:
-                        time.sleep(5)
-                    print(quiet.report("quiet baseline (5 s)", "nothing else running"), flush=True)
-                    for name in cases:
-                        path = made[name]
-                        with Watch(endpoints.pids, prober) as watch:
-                            if name == "photos":
-                                outcome = timed(lambda p=path: photo_job(ferry, p))
-                            else:
-                                outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
-                        size_mb = path.stat().st_size / 1e6
-                        print(watch.report(f"{name} ({size_mb:.1f} MB)", outcome), flush=True)
+                with Watch(endpoints.pids, endpoints.grpc_target, other) as quiet:
+                    time.sleep(5)
+                print(quiet.report("quiet baseline (5 s)", "nothing else running"), flush=True)
+                for name in cases:
+                    path = made[name]
+                    with Watch(endpoints.pids, endpoints.grpc_target, other) as watch:
+                        if name == "photos":
+                            outcome = timed(lambda p=path, w=watch: photo_job(ferry, p, w, cpu))
+                        else:
+                            outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
+                    size_mb = path.stat().st_size / 1e6
+                    print(watch.report(f"{name} ({size_mb:.1f} MB)", outcome), flush=True)
         finally:
             stack.stop()
     print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")

@@ -96,7 +96,8 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     be asked: predictions keep flowing through a database outage. 0 turns this off."""
     catalog_ttl_s: float = Field(default=2.0, ge=0)
     """How long the list of served models is reused without asking inference (a model name not in
-    it, or inference's NOT_FOUND, refreshes it early). 0: ask every time."""
+    it, or inference's NOT_FOUND, refreshes it early); past it the call that notices refreshes it
+    in the background and answers from the list on hand (catalog.STALE_S). 0: ask every time."""
     rate_limit_per_s: float = Field(default=100.0, ge=0)
     """Requests a second one API key may make unless its record sets its own limit; 0: no limit."""
     rate_limit_burst: int = Field(default=0, ge=0)

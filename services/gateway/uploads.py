@@ -33,7 +33,7 @@ from typing import IO
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta
+from nats.js.api import ObjectMeta, ObjectMetaOptions
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 BUCKET = "ferry_uploads"
 #: How long an upload is kept: long enough to submit (and resubmit) the jobs that name it.
 KEEP_DAYS = 7
+#: Chunks of a stored upload's objects (a zip's files, a manifest): 1 MiB (nats-py's default is
+#: 128 KiB). Each chunk is one JetStream publish and acknowledgement, hashed on the event loop;
+#: eight times fewer of them cut the gateway's CPU per uploaded MB (docs/benchmarks.md).
+#: Far under NATS's max_payload (8 MiB in every deployment: devstack/infra.py, compose, chart).
+OBJECT_CHUNK_BYTES = 1024 * 1024
 #: The index object's description: tells an index from an upload stored whole by older gateways.
 _INDEX = "ferry-upload-index/2"
 
@@ -193,7 +198,7 @@ class Uploads:
                     try:
                         with archive.open(info) as unpacking:
                             # A BufferedIOBase: nats reads it chunk by chunk in a worker thread.
-                            await bucket.put(name, unpacking)  # type: ignore[arg-type]
+                            await bucket.put(name, unpacking, _chunked(name))  # type: ignore[arg-type]
                     except upload_checks.ZIP_ERRORS as err:
                         raise upload_checks.broken_entry(entry.name, err) from None
                 await self._put_index(bucket, index)
@@ -209,7 +214,7 @@ class Uploads:
         bucket = await self.store()
         try:
             with path.open("rb") as spooled:
-                await bucket.put(index.manifest_object, spooled)
+                await bucket.put(index.manifest_object, spooled, _chunked(index.manifest_object))
             await self._put_index(bucket, index)
         except BaseException:
             await self._forget(tenant, index, 0)
@@ -277,6 +282,10 @@ class Uploads:
         bucket = await self.store()
         await bucket.get(index.manifest_object, writeinto=into)  # type: ignore[arg-type]
         await asyncio.to_thread(into.flush)
+
+
+def _chunked(name: str) -> ObjectMeta:
+    return ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=OBJECT_CHUNK_BYTES))
 
 
 def object_name(tenant: str, upload_id: uuid.UUID) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,32 +21,41 @@ from tests.gateway.servers import serving
 
 
 class Inference(inference_service_pb2_grpc.InferenceServiceServicer):
-    """ListModels over ``names``; counts calls."""
+    """ListModels over ``names``; counts calls; answers only once ``busy`` (when set) is set."""
 
     def __init__(self) -> None:
         self.names = ["models/a"]
         self.calls = 0
+        self.busy: asyncio.Event | None = None
 
     async def ListModels(
         self, request: inference_service_pb2.ListModelsRequest, context: Any
     ) -> inference_service_pb2.ListModelsResponse:
         self.calls += 1
+        if self.busy is not None:
+            await self.busy.wait()
         return inference_service_pb2.ListModelsResponse(models=[model_pb2.Model(name=n) for n in self.names])
+
+
+@contextlib.asynccontextmanager
+async def catalog_of(inference: Inference, ttl_s: float) -> AsyncIterator[ModelCatalog]:
+    """A catalog of ``inference`` served on a free port."""
+    async with serving(
+        lambda s: inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(inference, s)
+    ) as target:
+        channel = open_channel(target, 1024 * 1024)
+        yield ModelCatalog(
+            inference_service_pb2_grpc.InferenceServiceStub(channel),
+            Backend("inference", channel, 5.0),
+            ttl_s,
+        )
 
 
 async def test_the_list_is_reused_and_refreshed_when_a_model_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inference = Inference()
-    async with serving(
-        lambda s: inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(inference, s)
-    ) as target:
-        channel = open_channel(target, 1024 * 1024)
-        models = ModelCatalog(
-            inference_service_pb2_grpc.InferenceServiceStub(channel),
-            Backend("inference", channel, 5.0),
-            ttl_s=3600,
-        )
+    async with catalog_of(inference, ttl_s=3600) as models:
         answers = await asyncio.gather(*(models.served() for _ in range(20)))
         assert {tuple(m.name for m in a) for a in answers} == {("models/a",)}
         assert (await models.get("a")).name == "models/a"
@@ -62,4 +73,22 @@ async def test_the_list_is_reused_and_refreshed_when_a_model_is_missing(
         inference.names = ["models/b"]  # inference says a is gone: the list is refreshed
         error = await models.not_found("a")
         assert "'models/a'" not in error.message.split("available models:")[1]
-        await channel.close()
+
+
+async def test_a_list_past_its_ttl_is_answered_while_refreshed_behind_the_call() -> None:
+    inference = Inference()
+    async with catalog_of(inference, ttl_s=0.05) as models:
+        assert [m.name for m in await models.served()] == ["models/a"]
+        inference.names = ["models/a", "models/b"]
+        inference.busy = asyncio.Event()
+        await asyncio.sleep(0.1)
+        # Past its ttl: answered at once from the list on hand, inference asked once behind it.
+        answers = await asyncio.wait_for(asyncio.gather(*(models.served() for _ in range(5))), 1)
+        assert {tuple(m.name for m in a) for a in answers} == {("models/a",)}
+        inference.busy.set()
+        for _ in range(100):
+            if len(await models.served()) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert [m.name for m in await models.served()] == ["models/a", "models/b"]
+        assert inference.calls == 2

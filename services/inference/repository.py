@@ -182,7 +182,8 @@ class ModelRepository:
 
     async def load(self, name: str, version: str = "", record: bool = False) -> Served:
         """Loads ``name`` at ``version`` (empty: the default) unless it serves already; returns it
-        serving. ``record``: an admin asked, so the desired state is kept once the load succeeded.
+        serving. ``record``: an admin asked, so the desired state is kept once the load succeeded,
+        and the models it calls (an ensemble's members, a notebook's required models) load first.
 
         Raises:
             NotFound: not a configured model or version.
@@ -190,6 +191,10 @@ class ModelRepository:
         """
         config = self.config(name, version)
         key = (config.name, config.version)
+        if record:  # an admin asked for an ensemble or a notebook: the models it calls come with it
+            for needed in self._needs(config):
+                if not self._ready(needed):
+                    await self.load(needed, record=True)
         async with self._locks[key]:
             current = self._versions[config.name][config.version]
             if not isinstance(current, Unserved):

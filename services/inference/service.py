@@ -42,9 +42,10 @@ NATS_START_TIMEOUT_S = 10.0
 SERVICE_NAME = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-def model_configs(settings: InferenceSettings) -> list[ModelConfig]:
+def model_configs(settings: InferenceSettings, every_table: bool = False) -> list[ModelConfig]:
     """The settings of every version of every model to serve: the configured ones, their ensembles'
-    members and the models they require.
+    members and the models they require; with ``every_table``, also every other model of the models
+    file (known, so that an admin can load it at runtime).
 
     Each model's default version comes first, members and required models before the models that
     call them, so that ensembles load after their members; the other versions follow.
@@ -81,6 +82,8 @@ def model_configs(settings: InferenceSettings) -> list[ModelConfig]:
 
     for name, _ in map(split_version, settings.models):
         add(name)
+    for name in tables if every_table else ():
+        add(name)
     return [*defaults.values(), *others]
 
 
@@ -102,7 +105,10 @@ class InferenceService:
 
     def __init__(self, settings: InferenceSettings) -> None:
         self._settings = settings
-        self._configs = model_configs(settings)  # fail before binding a port
+        self._configs = model_configs(settings, every_table=True)  # fail before binding a port
+        self._starting = {c.name for c in model_configs(settings)}
+        """What loads at start: FERRY_INFERENCE_MODELS and the models they need; the models file's
+        other tables are known, UNLOADED, and an admin may load them."""
         self.models: dict[str, Served] = {}
         """Every configured model's default version by name: LOADING until start() has loaded it,
         then served, FAILED or UNLOADED (filled in by the repository)."""
@@ -154,12 +160,16 @@ class InferenceService:
             is_default = config.version == self.repository.default_version(config.name)
             kept = desired.loaded.get((config.name, config.version))
             with contextlib.suppress(FailedPrecondition):  # failed: listed FAILED with the reason
-                if kept or (kept is None and (is_default or (config.name, config.version) in named)):
+                starts = (is_default and config.name in self._starting) or (
+                    config.name,
+                    config.version,
+                ) in named
+                if kept or (kept is None and starts):
                     await self.repository.load(config.name, config.version)
                 elif kept is False:  # an admin unloaded it before this process started
                     await self.repository.unload(config.name, config.version)
-                else:  # another version, not asked for yet
-                    load = f"{config.name}:{config.version}"
+                else:  # another version or model of the file, not asked for yet
+                    load = f"{config.name}:{config.version}" if not is_default else config.name
                     await self.repository.unload(
                         config.name, config.version, why=f"not loaded: `ferry models load {load}`"
                     )

@@ -39,6 +39,9 @@ def test_the_shipped_file_declares_every_shipped_model() -> None:
     # A notebook's required models load with it, before it.
     alone = [c.name for c in model_configs(InferenceSettings(models=["agree"])) if c.version == "1"]
     assert alone == ["efficientnet-lite0", "mobilenet-v2", "agree"]
+    # The file's other tables are known too (UNLOADED at start; an admin may load them).
+    known = [c.name for c in model_configs(InferenceSettings(models=["agree"]), every_table=True)]
+    assert known[:3] == alone and {"minilm", "imagenet-ensemble"} <= set(known)
 
 
 def test_an_unknown_field_fails_the_start_naming_it(tmp_path: Path) -> None:

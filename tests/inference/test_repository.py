@@ -9,10 +9,12 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import pytest
+from grpc_health.v1 import health
 
 from devstack.infra import free_port
 from ferry.models.v1 import model_pb2
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.readiness import Readiness
 from services.inference.calls import Answered, Request
 from services.inference.models.config import ModelConfig
 from services.inference.repository import ModelRepository
@@ -126,3 +128,26 @@ async def test_inference_does_not_wait_on_an_unreachable_nats_for_the_kept_state
     settings = InferenceSettings(nats_url=f"nats://127.0.0.1:{free_port()}")
     async with AsyncExitStack() as stack:
         assert await InferenceService(settings)._desired_states(stack) is None
+
+
+async def test_an_admin_loading_an_ensemble_loads_the_members_it_calls_first() -> None:
+    closed: list[str] = []
+    repository, models = _repository(set(), closed)
+    assert all(isinstance(models[n], Unserved) for n in ("a", "b", "pair"))
+    await repository.load("pair", record=True)
+    assert all(isinstance(models[n], _Up) for n in ("a", "b", "pair"))
+    assert repository.describe("pair").state == model_pb2.MODEL_STATE_READY
+
+
+async def test_a_model_of_the_file_that_was_not_configured_is_listed_unloaded_and_loads_at_runtime() -> None:
+    settings = InferenceSettings(models=["minilm"], max_batch_size=2, warmup_batches=0, metrics_port=0)
+    service = InferenceService(settings)
+    async with AsyncExitStack() as stack:
+        await service.start(stack, Readiness("inference", health.aio.HealthServicer()))
+        lite0 = service.repository.describe("efficientnet-lite0")
+        assert lite0.state == UNLOADED and "ferry models load efficientnet-lite0" in lite0.state_message
+        with pytest.raises(FailedPrecondition) as caught:
+            service.repository.served("efficientnet-lite0")
+        assert caught.value.reason == "MODEL_NOT_LOADED"
+        await service.repository.load("efficientnet-lite0", record=True)
+        assert service.repository.describe("efficientnet-lite0").state == model_pb2.MODEL_STATE_READY

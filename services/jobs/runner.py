@@ -317,8 +317,19 @@ class Runner:
         one whose input cannot be read is failed (recorded, so its job ends) and acked."""
         try:
             item, job_id = decode_item(msg.data)
+            if item.HasField("notebook_run"):
+                # The notebook worker's kind of item, on its own subject; on a model lane only
+                # through a FERRY_NOTEBOOK_SUBJECT that names a lane's: fail it so its job ends.
+                raise MalformedItem(
+                    f"is a run of notebook {item.notebook_run.notebook!r}, which a model lane does not"
+                    f" run (it came on {msg.subject}; FERRY_NOTEBOOK_SUBJECT must be a subject of its own)",
+                    item,
+                    job_id,
+                )
         except MalformedItem as err:
-            log.warning("job %s item %d cannot be decoded: %s", err.job_id, err.item.item_index, err)
+            log.warning(
+                "job %s item %d cannot be run: its work message %s", err.job_id, err.item.item_index, err
+            )
             error = status_to_proto(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"item {err.item.item_index} cannot be run: its work message {err}",

@@ -108,3 +108,18 @@ async def test_a_claim_check_runs_on_the_stored_bytes_and_fails_input_expired_on
     assert "item 1" in records[name_of(job, 1)].error.message
     dead = events_pb2.JobItem.FromString((await harness.dead_letter(job, 1)).data or b"")
     assert dead.input_ref == gone and not dead.HasField("input")  # the reference, no bytes
+
+
+async def test_a_notebook_run_on_a_model_lane_fails_with_a_reason_not_as_a_model(harness: Harness) -> None:
+    job = uuid.uuid4()
+    run = events_pb2.NotebookRun(notebook="report")
+    await harness.publish_raw(
+        events_pb2.JobItem(tenant="acme", job_id=str(job), item_index=0, notebook_run=run).SerializeToString()
+    )
+    await harness.start_runner()
+    await harness.wait_drained(await harness.work_stream_last_seq())
+
+    [record] = await harness.records(job)
+    assert record.state == FAILED
+    assert error_reason(record) == "JOB_ITEM_MALFORMED"
+    assert "run of notebook 'report'" in record.error.message

@@ -124,7 +124,7 @@ def _parts(inputs: Sequence[JobInput], budget: int) -> list[tuple[int, list[queu
             items, first, size = [], index, 0
         items.append(item)
         size += item_size
-    if items:
+    if items or not parts:  # no inputs at all: one empty part, which the queue refuses (EMPTY_JOB)
         parts.append((first, items))
     return parts
 

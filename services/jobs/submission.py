@@ -32,6 +32,7 @@ from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.downstream import Backend, publishing
 from services.common.errors import AlreadyExists, InvalidArgument, status_to_proto
+from services.common.failpoints import failpoint
 from services.common.ids import item_record_id
 from services.common.job_states import FINISHED
 from services.common.notebooks import code_cell_count, model_of
@@ -87,6 +88,8 @@ class JobQueue:
         job = await self._record(tenant, wanted)
         if job.state in FINISHED:
             return job  # nothing left to queue
+        # The crash this design must survive: recorded, nothing queued (tests/faults case 9).
+        failpoint("jobs.submit_after_record")
         # Also when the job already existed: a retry after a crash mid-publish completes the
         # queueing, and JetStream drops the items that did arrive (same Nats-Msg-Id).
         what = f"job {job.name} was recorded but not all of its inputs could be queued; " + (

@@ -99,3 +99,24 @@ def test_only_the_job_queue_publishes_job_items() -> None:
     )
     # messaging defines the subject; the queue publishes on it; jobs' settings name its consumers.
     assert writers == ["services/jobs/submission.py"], writers
+
+
+def test_a_large_job_goes_to_the_queue_in_parts_under_the_message_budget() -> None:
+    from ferry.events.v1 import events_pb2
+    from ferry.types.v1 import types_pb2
+    from services.gateway.job_manager import _parts
+
+    image = types_pb2.Input(image=types_pb2.Image(content=b"x" * 1000))
+    ref = events_pb2.ObjectRef(bucket="ferry_uploads", name="t/u/a.jpg", size_bytes=5)
+    inputs = [image, ref, image, image, ref, image]
+    parts = _parts(inputs, 2100)
+
+    assert len(parts) > 1
+    firsts = [first for first, _ in parts]  # consecutive runs, in order, covering every input
+    assert firsts == [sum(len(items) for _, items in parts[:i]) for i in range(len(parts))]
+    sent = [item for _, items in parts for item in items]
+    kinds = [i.WhichOneof("kind") for i in sent]
+    assert kinds == ["input", "input_ref", "input", "input", "input_ref", "input"]
+    assert all(sum(i.ByteSize() + 8 for i in items) <= 2100 for _, items in parts)
+    assert _parts([image], 10) == [(0, [parts[0][1][0]])]  # one item over the budget still goes alone
+    assert _parts([], 2100) == [(0, [])]  # the queue refuses an empty job

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class StoreServiceStub:
-    """StoreService is the only reader and writer of Postgres; it is internal and reached only by gateway.
+    """StoreService is the only reader and writer of Postgres; it is internal and reached only by gateway and jobs (the job queue records, cancels and retries jobs).
     """
 
     def __init__(self, channel):
@@ -98,7 +98,7 @@ class StoreServiceStub:
 
 
 class StoreServiceServicer:
-    """StoreService is the only reader and writer of Postgres; it is internal and reached only by gateway.
+    """StoreService is the only reader and writer of Postgres; it is internal and reached only by gateway and jobs (the job queue records, cancels and retries jobs).
     """
 
     def GetPrediction(self, request, context):
@@ -172,7 +172,7 @@ class StoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryJob(self, request, context):
-        """RetryJob marks a finished job's failed items as pending again and returns them, so the gateway can re-queue them.
+        """RetryJob marks a finished job's failed items as pending again and returns them, so the job queue (jobs service) can re-queue them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,7 +257,7 @@ def add_StoreServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class StoreService:
-    """StoreService is the only reader and writer of Postgres; it is internal and reached only by gateway.
+    """StoreService is the only reader and writer of Postgres; it is internal and reached only by gateway and jobs (the job queue records, cancels and retries jobs).
     """
 
     @staticmethod

@@ -144,6 +144,19 @@ def test_5_two_runners_and_two_stores_each_item_and_record_once(
     assert all(n > 0 for n in runs.values()), f"both runners took items: {runs}"
     assert sum(runs.values()) == total, f"each item run once, by one runner: {runs}"
     assert all(n > 0 for n in inserts.values()), f"both stores ingested records: {inserts}"
+
+    # Every runner also serves the job queue: the gateways' CreateJobs go round robin to both.
+    def submitted(name: str) -> float:
+        port = metrics_port(scaled_stack, name)
+        return counter(port, "ferry_grpc_requests_total", "JobQueueService/SubmitJob", code="OK")
+
+    submits_before = {n: submitted(n) for n in runners}
+    small = [scaled_stack.create_job(photos, 1) for _ in range(8)]
+    submits = {n: submitted(n) - submits_before[n] for n in runners}
+    figures.notes["submits_per_runner"] = submits
+    assert sum(submits.values()) == len(small) and all(n > 0 for n in submits.values()), submits
+    for name in small:
+        assert_job_complete(scaled_stack, name, 1, Figures("5", "small jobs"))
     scaling_report.add(figures)
 
 

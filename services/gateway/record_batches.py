@@ -21,12 +21,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from prometheus_client import Histogram
+
 from ferry.events.v1 import events_pb2
 from services.common import messaging
 from services.common.publisher import Publisher
 from services.common.tracing import inject_headers
 
 _TRACEPARENT = "traceparent"
+
+BATCH_RECORDS = Histogram(
+    "ferry_gateway_record_batch_records",
+    "Prediction records per JetStream message (one publish and one acknowledgement).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 
 class RecordBatcher:
@@ -111,6 +119,7 @@ class RecordBatcher:
     async def _publish(
         self, records: list[events_pb2.PredictionRecorded], stored: asyncio.Future[None]
     ) -> None:
+        BATCH_RECORDS.observe(len(records))
         try:
             batch = events_pb2.PredictionsRecorded(records=records)
             await self._publisher.publish(

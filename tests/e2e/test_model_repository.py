@@ -122,6 +122,13 @@ def test_two_versions_answer_side_by_side_and_the_default_moves_under_load_with_
         "/v1/models/mobilenet-v2:predict", {"image": {"content": b64(coffee_jpeg)}, "version": "7"}
     )
     assert status == 404 and body["details"][0]["reason"] == "MODEL_VERSION_NOT_FOUND", body
+    # The Open Inference Protocol routes by version too (REST; gRPC ModelInfer's model_version alike).
+    image = {"name": "IMAGE", "shape": [1], "datatype": "BYTES", "parameters": {"content_type": "base64"}}
+    infer = {"inputs": [{**image, "data": [b64(coffee_jpeg)]}], "parameters": {"top_k": 1}}
+    status, body = rest.post("/v2/models/mobilenet-v2/versions/2/infer", infer)
+    assert status == 200 and body["model_version"] == "2", body
+    scores = {o["name"]: o["data"] for o in body["outputs"]}["SCORES"]
+    assert abs(scores[0] - answers["2"]["score"]) < 1e-4, (scores, answers)
 
     # Four clients call without a version, back to back, while the default moves from 1 to 2.
     outcomes: list[tuple[float, float, bool, str, str]] = []  # started, ended, ok, version, record

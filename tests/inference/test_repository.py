@@ -6,18 +6,24 @@ The builder here returns a minimal served model: what is pinned is the repositor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
+import nats
 import pytest
 from grpc_health.v1 import health
+from nats.js import JetStreamContext
 
 from devstack.infra import free_port
 from ferry.models.v1 import model_pb2
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.readiness import Readiness
 from services.inference.calls import Answered, Request
+from services.inference.model_states import BUCKET, DesiredStates, open_bucket
 from services.inference.models.config import ModelConfig
-from services.inference.repository import ModelRepository
+from services.inference.repository import ModelRepository, Recorder
 from services.inference.served import FAILED, LOADING, UNLOADED, Place, Served, Unserved
 from services.inference.service import InferenceService
 from services.inference.settings import InferenceSettings
@@ -31,7 +37,9 @@ class _Up(Served):
         raise AssertionError("not called here")
 
 
-def _repository(broken: set[str], closed: list[str]) -> tuple[ModelRepository, dict[str, Served]]:
+def _repository(
+    broken: set[str], closed: list[str], kept: Callable[[ModelRepository], Recorder] | None = None
+) -> tuple[ModelRepository, dict[str, Served]]:
     configs = [
         ModelConfig(name="a"),
         ModelConfig(name="b"),
@@ -48,7 +56,7 @@ def _repository(broken: set[str], closed: list[str]) -> tuple[ModelRepository, d
             raise RuntimeError("weights are broken")
         return _Up(config)
 
-    repository.attach(build)
+    repository.attach(build, kept(repository) if kept else None)
     return repository, models
 
 
@@ -151,3 +159,47 @@ async def test_a_model_of_the_file_that_was_not_configured_is_listed_unloaded_an
         assert caught.value.reason == "MODEL_NOT_LOADED"
         await service.repository.load("efficientnet-lite0", record=True)
         assert service.repository.describe("efficientnet-lite0").state == model_pb2.MODEL_STATE_READY
+
+
+async def _replica(js: JetStreamContext, stack: AsyncExitStack) -> ModelRepository:
+    """A replica's repository, keeping and following the bucket as the service does."""
+    bucket = await open_bucket(js)
+    states: list[DesiredStates] = []
+
+    def keep(repository: ModelRepository) -> Recorder:
+        states.append(DesiredStates(bucket, repository))
+        return states[0]
+
+    repository, _ = _repository(set(), [], keep)
+    await repository.load("a")
+    await states[0].follow(stack)
+    return repository
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not check():  # noqa: ASYNC110 - the watcher applies changes in its own task
+            await asyncio.sleep(0.05)
+
+
+async def test_replicas_converge_to_an_admins_version_load_default_and_unload(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        client = await nats.connect(nats_url)
+        stack.push_async_callback(client.close)
+        js = client.jetstream()
+        with contextlib.suppress(Exception):
+            await js.delete_key_value(BUCKET)
+        first = await _replica(js, stack)
+        second = await _replica(js, stack)
+        # An admin's calls reach one replica; the other follows through the bucket.
+        await first.load("a", "2", record=True)
+        await first.set_default("a", "2", record=True)
+        await _until(lambda: second.default_version("a") == "2")
+        assert isinstance(second.served("a"), _Up) and second.served("a").config.version == "2"
+        await first.unload("a", record=True)
+        await _until(lambda: not second.describe("a").ready)
+        assert [v.state for v in second.describe("a").versions] == [UNLOADED, UNLOADED]
+        # A replica that starts later reads what to load and which default.
+        desired = await DesiredStates(await open_bucket(js), first).read()
+        assert desired.defaults == {"a": "2"}
+        assert desired.loaded == {("a", "1"): False, ("a", "2"): False}

@@ -9,7 +9,13 @@ issue #17's cases one after another, each while a second tenant calls ``GetModel
   created from it, and run to its end;
 * **bomb**: a zip of 60 files of 8 MiB of zeros (about 0.5 MB packed), uploaded;
 * **jsonl-200mib**: a 200 MiB JSONL manifest of 16 million short lines, uploaded;
-* **one-line-100mb**: a 100 MB manifest of one line, uploaded.
+* **one-line-100mb**: a 100 MB manifest of one line, uploaded;
+* **manifest-10k**: a job from a 10,000-line JSONL manifest whose lines name a zip upload's photo
+  (uploaded before the case starts): CreateJob's answer time, and the other tenant's GetModel
+  while the jobs service expands it (the case ends when the job leaves EXPANDING; the job is then
+  cancelled: its items' inference is the photos case's subject);
+* **manifest-100mb**: the same with 10,000 inline images of about 10 KB each (100 MB): every one
+  is stored as an object by the expansion.
 
 For each case it prints the answer (and how long it took), the peak RSS of gateway, NATS, jobs
 runner and inference (sampled every 50 ms from /proc, children included), and the other
@@ -20,6 +26,7 @@ asserts; figures depend on the machine and its load (printed at the end).
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import multiprocessing
 import os
@@ -211,6 +218,49 @@ def one_line(folder: Path) -> Path:
     return path
 
 
+def image_manifest(folder: Path, name: str, zip_name: str, lines: int) -> Path:
+    """A JSONL manifest of ``lines`` lines naming the one photo of the upload ``zip_name``."""
+    path = folder / name
+    path.write_text(f'{{"image": "{zip_name}/photo.jpg"}}\n' * lines)
+    return path
+
+
+def content_manifest(folder: Path, name: str, lines: int, line_bytes: int) -> Path:
+    """A JSONL manifest of ``lines`` inline images (``{"content": <base64>}``) of about
+    ``line_bytes`` each: a small noisy JPEG grown until its base64 fills the line."""
+    random = np.random.default_rng(17)
+    for side in range(64, 1024, 8):
+        pixels = random.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=60)
+        if len(buffer.getvalue()) * 4 // 3 >= line_bytes - 20:
+            break
+    line = '{"content": "' + base64.b64encode(buffer.getvalue()).decode() + '"}\n'
+    path = folder / name
+    path.write_text(line * lines)
+    return path
+
+
+def manifest_job(ferry: FerryClient, upload: str) -> str:
+    """Creates a job from ``upload``, waits until it is no longer EXPANDING, then cancels it."""
+    started = time.perf_counter()
+    job = ferry.create_job([], MODEL, top_k=1, manifest=upload)
+    answered = time.perf_counter() - started
+    first_state = job_pb2.JobState.Name(job.state)
+    while job.state == job_pb2.JOB_STATE_EXPANDING:
+        time.sleep(0.05)
+        job = ferry.get_job(job.name)
+    expanded = time.perf_counter() - started
+    state = job_pb2.JobState.Name(job.state)
+    if job.state not in _FINISHED:
+        ferry.cancel_job(job.name)  # the items' inference is the photos case's subject, not this one's
+        state += ", then cancelled"
+    return (
+        f"CreateJob answered {first_state} in {answered * 1000:.0f} ms; "
+        f"expanded in {expanded:.1f} s into {job.items_total} items ({state})"
+    )
+
+
 def timed(action: Callable[[], str]) -> str:
     started = time.perf_counter()
     try:
@@ -248,7 +298,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", type=int, default=200, help="photos in the bulk zip")
     parser.add_argument("--megapixels", type=float, default=6.0, help="size of each photo")
-    parser.add_argument("--cases", default="photos,bomb,jsonl-200mib,one-line-100mb")
+    parser.add_argument(
+        "--cases", default="photos,bomb,jsonl-200mib,one-line-100mb,manifest-10k,manifest-100mb"
+    )
     args = parser.parse_args()
     cases = args.cases.split(",")
 
@@ -259,8 +311,9 @@ def main() -> None:
             "bomb": lambda: bomb(folder),
             "jsonl-200mib": lambda: big_jsonl(folder),
             "one-line-100mb": lambda: one_line(folder),
+            "manifest-100mb": lambda: content_manifest(folder, "100mb.jsonl", 10_000, 10_000),
         }
-        made = {name: files[name]() for name in cases}
+        made = {name: files[name]() for name in cases if name in files}
         settings = StackSettings(
             state_dir=folder / "stack", http_port=free_port(), free_ports=True, dev_api_key="bench"
         )
@@ -276,14 +329,24 @@ def main() -> None:
                     time.sleep(5)
                 print(quiet.report("quiet baseline (5 s)", "nothing else running"), flush=True)
                 for name in cases:
+                    if name == "manifest-10k":  # its lines name a zip upload's photo
+                        zipped = folder / "one-photo.zip"
+                        with zipfile.ZipFile(zipped, "w") as archive:
+                            archive.writestr("photo.jpg", skimage_photo())
+                        made[name] = image_manifest(folder, "10k.jsonl", ferry.upload(zipped).name, 10_000)
                     path = made[name]
+                    if name.startswith("manifest-"):
+                        upload = ferry.upload(path).name  # before the watch: the expansion is measured
                     with Watch(endpoints.pids, endpoints.grpc_target, other) as watch:
                         if name == "photos":
                             outcome = timed(lambda p=path, w=watch: photo_job(ferry, p, w, cpu))
+                        elif name.startswith("manifest-"):
+                            outcome = timed(lambda u=upload: manifest_job(ferry, u))
                         else:
                             outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
                     size_mb = path.stat().st_size / 1e6
                     print(watch.report(f"{name} ({size_mb:.1f} MB)", outcome), flush=True)
+                    print(f"  load average: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         finally:
             stack.stop()
     print(f"\nload average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")

@@ -15,6 +15,8 @@ const jobId = (job) => shortName(job.name);
 const done = (job) => job.items_succeeded + job.items_failed;
 
 function progress(job) {
+  // EXPANDING: the jobs service is still reading the manifest, so the item count is not known yet.
+  if (job.state === "JOB_STATE_EXPANDING") return h("span", {class: "progress"}, `reading the manifest… ${done(job)} done`);
   return h("span", {class: "progress"},
     h("progress", {max: job.items_total || 1, value: done(job), "aria-label": `${done(job)} of ${job.items_total} items done`}),
     ` ${done(job)} / ${job.items_total}`, job.items_failed ? h("span", {class: "failed"}, ` (${job.items_failed} failed)`) : null);

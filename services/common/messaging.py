@@ -6,6 +6,9 @@ Streams (created idempotently by whichever service starts first):
 * ``FERRY_EVENTS`` (kept 7 days): prediction records on ``ferry.records.predictions`` (one a
   message) and ``ferry.records.prediction_batches`` (many a message), and job events on
   ``ferry.jobs.events.<kind>``; store ingests them into Postgres.
+* ``FERRY_EXPANSIONS`` (work-queue retention): requests to read a job's manifest into items, on
+  ``ferry.jobs.expand``; the jobs service's expanders take them, and report on
+  ``ferry.jobs.events.expansion``.
 * ``FERRY_DEAD`` (kept 7 days, the newest per subject): job items that ended FAILED, on
   ``ferry.jobs.dead.<job_id>.<item_index>``, with their input, so RetryJob can run them again.
 
@@ -51,6 +54,12 @@ PREDICTIONS_SUBJECT = "ferry.records.predictions"
 PREDICTION_BATCHES_SUBJECT = "ferry.records.prediction_batches"
 JOB_EVENTS_SUBJECT_PREFIX = "ferry.jobs.events"
 JOB_ITEMS_SUBJECT_PREFIX = "ferry.jobs.items"
+#: Stream and subject of manifest expansion requests (``JobExpansion``): a work queue that the
+#: jobs service's expanders share; the message id ``expand:{job_id}`` makes a resend one request.
+EXPANSIONS_STREAM = "FERRY_EXPANSIONS"
+EXPANSIONS_SUBJECT = "ferry.jobs.expand"
+#: Where an expansion tells store how it goes (``JobExpansionEvent``), in the events stream.
+EXPANSION_EVENTS_SUBJECT = "ferry.jobs.events.expansion"
 CANCELLED_JOBS_BUCKET = "ferry_cancelled_jobs"
 DEFAULT_PRIORITY = priorities.DEFAULT.name
 
@@ -71,6 +80,13 @@ STREAMS = (
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=7 * _DAY_S,
+        duplicate_window=600.0,
+    ),
+    StreamConfig(
+        name=EXPANSIONS_STREAM,
+        subjects=[EXPANSIONS_SUBJECT],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
         duplicate_window=600.0,
     ),
     StreamConfig(

@@ -51,3 +51,16 @@ class NatsSettings(BaseSettings):
     nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     """Copies JetStream keeps of each of Ferry's streams and buckets: 1 on a single NATS node, 3 on
     a cluster of 3 or more, so losing one node loses no queued item or unstored record."""
+
+
+class ImageFetchSettings(BaseSettings):
+    """Mixin for services that fetch images by URL (the gateway for requests, the jobs service for
+    manifest lines): the same policy under each service's prefix."""
+
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0)
+    """Deadline of fetching one image given by URL (``image.uri``), redirects included."""
+    image_fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    """Redirects followed when fetching an image by URL; each one's address is checked again."""
+    image_fetch_allow_networks: list[str] = Field(default_factory=list)
+    """Networks (CIDRs, e.g. ``["10.20.0.0/16"]``) image URLs may reach although they are not
+    public; by default loopback, private, link-local (cloud metadata) and reserved ones are refused."""

@@ -20,11 +20,11 @@ import grpc
 from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
+from services.common import fetcher, validation
 from services.common.answers import copy_answer
 from services.common.errors import FerryError, InvalidArgument
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
-from services.gateway import fetcher, validation
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.predictor import Predictor

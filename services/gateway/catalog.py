@@ -21,7 +21,7 @@ from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
 from services.common.downstream import Backend
 from services.common.errors import NotFound
-from services.gateway.validation import model_name
+from services.common.validation import model_name
 
 MIN_REFRESH_S = 0.5
 """Least time between two refreshes caused by an unknown model name."""

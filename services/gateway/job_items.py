@@ -14,8 +14,7 @@ from nats.js.errors import NotFoundError
 
 from ferry.jobs.v1 import job_service_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
-from services.common import messaging
-from services.gateway import validation
+from services.common import messaging, validation
 from services.gateway.records import Records
 
 # Dead-letter lookups of one page at a time: bounded, so a page of 1,000 failures stays polite.

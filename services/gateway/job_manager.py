@@ -1,9 +1,12 @@
 """Creating, cancelling and retrying jobs: the gateway's side, validation and identity.
 
 The gateway checks the request, resolves the tenant and the job's id, checks the model and reads
-the inputs (URLs fetched, a manifest resolved to claim checks); the jobs service's job queue
-(``ferry.jobqueue.v1.JobQueueService``) then records the job and queues its items. Nothing here
-publishes work: subjects, msg ids and generations are the queue's.
+the inputs (URLs fetched); the jobs service's job queue (``ferry.jobqueue.v1.JobQueueService``)
+then records the job and queues its items. A job by manifest is only checked for what is cheap
+(the upload exists, is the tenant's, and makes no more items than a job takes): the queue records
+it EXPANDING and the jobs service reads the manifest into items in the background
+(``services/jobs/expander.py``). Nothing here publishes work: subjects, msg ids and generations
+are the queue's.
 """
 
 from __future__ import annotations
@@ -20,21 +23,24 @@ from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.models.v1 import model_pb2
 from ferry.store.v1 import store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
+from services.common import fetcher, validation
 from services.common.downstream import Backend
 from services.common.errors import InvalidArgument
 from services.common.ids import job_id_for_request
 from services.common.job_states import FINISHED
 from services.common.result_stores import result_store
 from services.common.tracing import current_trace_id
-from services.gateway import fetcher, manifests, notebook_jobs, validation
+from services.gateway import notebook_jobs
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.job_items import list_job_items
 from services.gateway.job_results import JobResults
-from services.gateway.manifests import JobInput
 from services.gateway.records import Records
 from services.gateway.settings import GatewaySettings
-from services.gateway.uploads import Uploads
+from services.gateway.uploads import ZIP, Uploads
+
+#: One job item's input: an Input carried in the work message, or a claim check of an image.
+JobInput = types_pb2.Input | events_pb2.ObjectRef
 
 # A job created without a priority runs, and is recorded, at normal priority.
 _NORMAL = types_pb2.PRIORITY_NORMAL
@@ -80,6 +86,16 @@ class JobQueueClient:
             if recorded.state in FINISHED:
                 break  # nothing left to queue
         return recorded
+
+    async def submit_manifest(
+        self, tenant: str, job: job_pb2.Job, expansion: events_pb2.JobExpansion
+    ) -> job_pb2.Job:
+        """Records a job by manifest EXPANDING and queues its expansion; answers at once."""
+        answer: queue_pb2.SubmitManifestJobResponse = await self._backend.call(
+            self._stub.SubmitManifestJob,
+            queue_pb2.SubmitManifestJobRequest(tenant=tenant, job=job, expansion=expansion),
+        )
+        return answer.job
 
     async def submit_notebook(
         self, tenant: str, job: job_pb2.Job, run: events_pb2.NotebookRun
@@ -189,42 +205,61 @@ class JobManager:
         priority = types_pb2.Priority.Name(
             validation.enum_value(request.priority, types_pb2.Priority, "priority") or _NORMAL
         )
+        if request.manifest and request.inputs:
+            raise InvalidArgument(
+                "send either inputs or manifest, not both",
+                reason="INVALID_MANIFEST",
+                metadata={"field": "manifest"},
+            )
         # The model first: an unknown one is refused before anything is fetched or stored.
         served = await self._catalog.get(model)
-        inputs = await self._inputs(tenant, request)
-        refuse_inputs_none_taken(served, inputs)
-
         job_id = job_id_for_request(tenant, request_id) if request_id else new_id("job", tenant, edge)
         wanted = job_pb2.Job(
             name=f"jobs/{job_id}",
             model=validation.model_name(model),
-            items_total=len(inputs),
             top_k=top_k,
             request_id=request_id,
             trace_id=current_trace_id(),
             priority=priority,
         )
+        if request.manifest:
+            return await self._create_expanding(tenant, request.manifest, served, wanted)
+        inputs = await self._inputs(request)
+        refuse_inputs_none_taken(served, inputs)
+        wanted.items_total = len(inputs)
         return await self._queue.submit(tenant, wanted, inputs)
 
-    async def _inputs(self, tenant: str, request: job_service_pb2.CreateJobRequest) -> Sequence[JobInput]:
-        """The job's checked inputs: inline ones (URLs fetched into bytes), or the manifest's
-        (images as claim checks; texts, payloads and tensors as Inputs)."""
+    async def _inputs(self, request: job_service_pb2.CreateJobRequest) -> Sequence[types_pb2.Input]:
+        """The job's checked inline inputs (images by URL fetched into bytes, once)."""
         s = self._settings
-        get = fetcher.fetcher_for(s, self.max_item_bytes())
-        if request.manifest:
-            if request.inputs:
-                raise InvalidArgument(
-                    "send either inputs or manifest, not both",
-                    reason="INVALID_MANIFEST",
-                    metadata={"field": "manifest"},
-                )
-            return await manifests.expand(
-                self.uploads, tenant, request.manifest, get, s.max_job_items, self.max_item_bytes()
-            )
-        if len(request.inputs) <= s.max_job_items:  # images by URL are fetched here, once
+        if len(request.inputs) <= s.max_job_items:
+            get = fetcher.fetcher_for(s, self.max_item_bytes())
             await fetcher.inline_images(fetcher.input_images(request.inputs), get)
         validation.job_inputs(request.inputs, s.max_job_items, self.max_item_bytes())
         return request.inputs
+
+    async def _create_expanding(
+        self, tenant: str, manifest: str, served: model_pb2.Model, wanted: job_pb2.Job
+    ) -> job_pb2.Job:
+        """Has the job queue record a job by manifest EXPANDING and expand it; answers at once.
+
+        Only what is cheap is checked here (the upload exists, is the tenant's, and makes no more
+        items than a job takes); a line that is not a valid item fails the job while it expands
+        (FAILED, its error naming the line: see services/jobs/expander.py).
+        """
+        s = self._settings
+        index = await self.uploads.index(tenant, manifest)
+        count = len(index.entries) if index.kind == ZIP else index.lines
+        validation.manifest_items(count, s.max_job_items, manifest)
+        expansion = events_pb2.JobExpansion(
+            manifest=manifest,
+            input_kinds=served.input_kinds,
+            max_items=s.max_job_items,
+            max_item_bytes=self.max_item_bytes(),
+            max_image_bytes=s.max_image_bytes,
+            upload_quota_bytes=s.upload_quota_bytes,
+        )
+        return await self._queue.submit_manifest(tenant, wanted, expansion)
 
     async def notebook(self, tenant: str, name: str) -> job_service_pb2.GetJobNotebookResponse:
         """The executed notebook of the finished notebook job ``name`` (GetJobNotebook)."""
@@ -253,25 +288,11 @@ class JobManager:
         return await self._queue.retry(tenant, f"jobs/{job_id}")
 
 
-def refuse_inputs_none_taken(model: model_pb2.Model, inputs: Sequence[JobInput]) -> None:
-    """Refuses a job none of whose inputs ``model`` takes (texts for an image model): every item
-    would only fail. A job with some it takes runs, and the others fail one by one.
+def refuse_inputs_none_taken(model: model_pb2.Model, inputs: Sequence[types_pb2.Input]) -> None:
+    """Refuses a job none of whose inputs ``model`` takes (``validation.some_input_taken``).
 
     Raises:
         InvalidArgument: UNSUPPORTED_INPUT, naming what the model takes and what the job holds.
     """
-    takes = set(model.input_kinds)
-    if not takes:  # not serving yet: inference judges each item when it runs
-        return
-    kinds = {
-        "image" if isinstance(i, events_pb2.ObjectRef) else i.WhichOneof("kind") or "empty" for i in inputs
-    }
-    if kinds & takes:
-        return
-    raise InvalidArgument(
-        f"{model.name} takes {' or '.join(sorted(takes))} inputs and none of this job's {len(inputs)} "
-        f"inputs is one (they are {', '.join(sorted(kinds))}); name a model that takes them "
-        "(GET /v1/models lists each model's input_kinds)",
-        reason="UNSUPPORTED_INPUT",
-        metadata={"field": "model", "model": model.name, "input_kinds": ",".join(sorted(takes))},
-    )
+    kinds = {i.WhichOneof("kind") or "empty" for i in inputs}
+    validation.some_input_taken(model.name, model.input_kinds, kinds, len(inputs))

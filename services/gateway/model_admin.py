@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
+from services.common import validation
 from services.common.downstream import Backend
-from services.gateway import validation
 from services.gateway.catalog import ModelCatalog
 
 #: Triton's words for a model's state in the repository index, by Ferry's state.

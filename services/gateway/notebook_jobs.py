@@ -13,12 +13,12 @@ from google.api import httpbody_pb2
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.types.v1 import types_pb2
+from services.common import validation
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.ids import job_id_for_request
 from services.common.notebooks import MODEL_PREFIX, executed_notebook_name
 from services.common.result_stores import ResultStore
 from services.common.tracing import current_trace_id
-from services.gateway import validation
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.records import Records
 

@@ -32,9 +32,8 @@ from google.protobuf import json_format, struct_pb2
 from ferry.inference.v1 import inference_service_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
-from services.common import limits, nesting
+from services.common import limits, nesting, validation
 from services.common.errors import InvalidArgument
-from services.gateway import validation
 
 IMAGE_INPUT = "IMAGE"
 TEXT_INPUT = "TEXT"

@@ -24,10 +24,9 @@ from ferry.models.v1 import model_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
-from services.common import nesting, priorities
+from services.common import nesting, priorities, validation
 from services.common.answers import copy_answer
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, error_from_status
-from services.gateway import validation
 from services.gateway.batch_predictor import item_record_id, new_prediction
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge

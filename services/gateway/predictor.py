@@ -13,12 +13,12 @@ from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_service_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
+from services.common import fetcher, validation
 from services.common.answers import copy_answer
 from services.common.downstream import Backend, publishing
 from services.common.errors import FerryError, error_from_status
 from services.common.ids import prediction_id_for_request
 from services.common.tracing import current_trace_id
-from services.gateway import fetcher, validation
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.record_batches import RecordBatcher
@@ -42,7 +42,7 @@ class Predictor:
         self._catalog = catalog
         self._records = records
         # Built once: a fetcher parses its allow-list of networks (~40-80 µs), too much per call.
-        self.fetcher = fetcher.fetcher_for(settings)
+        self.fetcher = fetcher.fetcher_for(settings, settings.max_image_bytes)
 
     async def predict(
         self,

@@ -9,9 +9,9 @@ from ferry.models.v1 import model_service_pb2
 from ferry.models.v1.model_stats_pb2 import ModelStats
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+from services.common import validation
 from services.common.downstream import Backend
-from services.gateway import validation
-from services.gateway.validation import resource_id
+from services.common.validation import resource_id
 
 
 def store_list_request(

@@ -9,10 +9,10 @@ from pydantic_settings import SettingsConfigDict
 
 from services.common import limits
 from services.common.channels import Targets
-from services.common.settings import NatsSettings, ServiceSettings
+from services.common.settings import ImageFetchSettings, NatsSettings, ServiceSettings
 
 
-class GatewaySettings(ServiceSettings, NatsSettings):
+class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     """Everything the gateway can be told; defaults run against the local stack."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_GATEWAY_", extra="ignore")
@@ -74,13 +74,6 @@ class GatewaySettings(ServiceSettings, NatsSettings):
     """Folder of the spool files uploads are written to while they arrive and are checked (a zip's
     directory is at its end); empty: the system's temporary folder. Needs room for the uploads in
     flight at once, each at most max_upload_bytes."""
-    image_fetch_timeout_s: float = Field(default=10.0, gt=0)
-    """Deadline of fetching one image given by URL (``image.uri``), redirects included."""
-    image_fetch_max_redirects: int = Field(default=3, ge=0, le=10)
-    """Redirects followed when fetching an image by URL; each one's address is checked again."""
-    image_fetch_allow_networks: list[str] = Field(default_factory=list)
-    """Networks (CIDRs, e.g. ``["10.20.0.0/16"]``) image URLs may reach although they are not
-    public; by default loopback, private, link-local (cloud metadata) and reserved ones are refused."""
     max_batch_predict_inputs: int = Field(default=limits.DEFAULT_BATCH_PREDICT_INPUTS, ge=1)
     """Most inputs in one BatchPredict call (inference takes at most 256 per request); more go in
     several calls, or in a job."""

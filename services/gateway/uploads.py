@@ -27,7 +27,6 @@ import logging
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -37,71 +36,38 @@ from nats.js.api import ObjectMeta, ObjectMetaOptions
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_service_pb2
-from services.common import limits
-from services.common.errors import InvalidArgument, NotFound
-from services.common.ids import parse_name
-from services.common.result_stores import object_store
-from services.gateway import upload_checks
+from services.common import limits, upload_checks
+from services.common.errors import InvalidArgument
+from services.common.upload_checks import UploadLimits
+from services.common.upload_quota import exceeded
+from services.common.upload_store import (
+    BUCKET,
+    INDEX_DESCRIPTION,
+    JSONL,
+    KEEP_DAYS,
+    ZIP,
+    Index,
+    UploadStore,
+    object_name,
+)
 from services.gateway.settings import GatewaySettings
-from services.gateway.upload_checks import JSONL, ZIP, Entry, UploadLimits
-from services.gateway.upload_quota import UploadQuota, exceeded
 
 log = logging.getLogger(__name__)
 
-BUCKET = "ferry_uploads"
-#: How long an upload is kept: long enough to submit (and resubmit) the jobs that name it.
-KEEP_DAYS = 7
 #: Chunks of a stored upload's objects (a zip's files, a manifest): 1 MiB (nats-py's default is
 #: 128 KiB). Each chunk is one JetStream publish and acknowledgement, hashed on the event loop;
 #: eight times fewer of them cut the gateway's CPU per uploaded MB (docs/benchmarks.md).
 #: Far under NATS's max_payload (8 MiB in every deployment: devstack/infra.py, compose, chart).
 OBJECT_CHUNK_BYTES = 1024 * 1024
-#: The index object's description: tells an index from an upload stored whole by older gateways.
-_INDEX = "ferry-upload-index/2"
-
 __all__ = ["BUCKET", "JSONL", "KEEP_DAYS", "ZIP", "Index", "Uploads"]
 
 
-@dataclass(frozen=True)
-class Index:
-    """What an upload holds: its kind, the size sent, and a zip's files (name, unpacked size)."""
-
-    upload_id: uuid.UUID
-    tenant: str
-    kind: str
-    size_bytes: int
-    entries: list[Entry]
-    """A zip's files in name order; a manifest has none (its lines are read from its object)."""
-    lines: int = 0
-
-    def entry_ref(self, position: int) -> events_pb2.ObjectRef:
-        """The claim check of the zip's ``position``-th file."""
-        return events_pb2.ObjectRef(
-            bucket=BUCKET,
-            name=f"{object_name(self.tenant, self.upload_id)}/{position}",
-            size_bytes=self.entries[position].size,
-        )
-
-    def position_of(self, entry: str) -> int | None:
-        """The position of the file named ``entry`` (None if the zip has none)."""
-        for position, found in enumerate(self.entries):
-            if found.name == entry:
-                return position
-        return None
-
-    @property
-    def manifest_object(self) -> str:
-        """The object holding a JSONL manifest's bytes."""
-        return f"{object_name(self.tenant, self.upload_id)}/manifest"
-
-
-class Uploads:
-    """The tenants' uploads in the Object Store bucket ``ferry_uploads`` (created on first use)."""
+class Uploads(UploadStore):
+    """Writes the tenants' uploads (and reads them, as every UploadStore does)."""
 
     def __init__(self, js: JetStreamContext, settings: GatewaySettings) -> None:
-        self._js = js
+        super().__init__(js, settings.upload_quota_bytes, settings.nats_stream_replicas)
         self._s = settings
         self.max_image_bytes = settings.max_image_bytes
         """The largest image stored for a job: the image limit, not NATS's message size (an
@@ -112,17 +78,6 @@ class Uploads:
             max_ratio=settings.upload_max_compression_ratio,
             max_entry_bytes=settings.max_image_bytes,
         )
-        keep_s = KEEP_DAYS * 24 * 3600.0
-        self._quota = UploadQuota(js, settings.upload_quota_bytes, keep_s, settings.nats_stream_replicas)
-        self._bucket: ObjectStore | None = None
-
-    async def store(self) -> ObjectStore:
-        """The bucket (created on first use)."""
-        if self._bucket is None:
-            self._bucket = await object_store(
-                self._js, BUCKET, "Ferry: JSONL manifests and zips' images that jobs name", KEEP_DAYS
-            )
-        return self._bucket
 
     async def create(
         self, tenant: str, pieces: AsyncIterator[job_service_pb2.CreateUploadRequest]
@@ -229,7 +184,9 @@ class Uploads:
             "entries": [[entry.name, entry.size] for entry in index.entries],
         }
         name = object_name(index.tenant, index.upload_id)
-        await bucket.put(name, json.dumps(body).encode(), ObjectMeta(name=name, description=_INDEX))
+        await bucket.put(
+            name, json.dumps(body).encode(), ObjectMeta(name=name, description=INDEX_DESCRIPTION)
+        )
 
     async def _forget(self, tenant: str, index: Index, entries: int) -> None:
         """Deletes what a refused or failed upload stored and refunds its quota (best effort:
@@ -244,50 +201,6 @@ class Uploads:
                     await bucket.delete(name)
             await self._quota.refund(tenant, str(index.upload_id))
 
-    async def charge(self, index: Index, suffix: str, size: int) -> None:
-        """Charges ``size`` bytes stored for the upload (a fetched image) to its tenant's quota.
-
-        Raises:
-            ResourceExhausted: UPLOAD_QUOTA_EXCEEDED.
-        """
-        await self._quota.charge(index.tenant, f"{index.upload_id}/{suffix}", size)
-
-    async def index(self, tenant: str, name: str) -> Index:
-        """The index of the upload ``uploads/{id}`` of ``tenant``.
-
-        Raises:
-            InvalidArgument: not an upload name. NotFound: UPLOAD_NOT_FOUND (none of this tenant's,
-                kept past its KEEP_DAYS, or stored whole by a gateway from before indexes).
-        """
-        upload_id = parse_name(name, "uploads")
-        bucket = await self.store()
-        try:
-            info = await bucket.get_info(object_name(tenant, upload_id))
-            if info.description != _INDEX:
-                raise NotFoundError
-            found = await bucket.get(object_name(tenant, upload_id))
-        except (ObjectNotFoundError, NotFoundError):
-            raise NotFound(
-                f"upload {name} does not exist (uploads are kept {KEEP_DAYS} days); "
-                "upload the file again with POST /v1/uploads (ferry upload FILE)",
-                reason="UPLOAD_NOT_FOUND",
-                metadata={"upload": name},
-            ) from None
-        body = json.loads(found.data or b"{}")
-        entries = [Entry(entry_name, size) for entry_name, size in body["entries"]]
-        return Index(upload_id, tenant, body["kind"], body["size_bytes"], entries, body["lines"])
-
-    async def read_manifest(self, index: Index, into: IO[bytes]) -> None:
-        """Copies a JSONL upload's bytes into the file ``into`` (not into memory)."""
-        bucket = await self.store()
-        await bucket.get(index.manifest_object, writeinto=into)  # type: ignore[arg-type]
-        await asyncio.to_thread(into.flush)
-
 
 def _chunked(name: str) -> ObjectMeta:
     return ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=OBJECT_CHUNK_BYTES))
-
-
-def object_name(tenant: str, upload_id: uuid.UUID) -> str:
-    """The name of an upload's index object."""
-    return f"{tenant}/{upload_id}"

@@ -45,7 +45,9 @@ async def watch_job(
             elapsed, finished_since = now - first[0], done - first[1]
             pace = finished_since / elapsed if elapsed > 0 and finished_since > 0 else 0.0
             left = job.items_total - done
-            eta = left / pace if pace > 0 and job.state not in FINISHED else 0.0
+            # EXPANDING: items_total is not known yet (0 until the manifest is read), so no ETA.
+            unknown = job.state in FINISHED or job.state == job_pb2.JOB_STATE_EXPANDING
+            eta = left / pace if pace > 0 and not unknown else 0.0
             yield job_service_pb2.WatchJobResponse(job=job, items_per_second=pace, eta_seconds=eta)
         if job.state in FINISHED or now - began >= max_s:
             return

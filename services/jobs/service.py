@@ -30,7 +30,9 @@ from services.common.publisher import Publisher
 from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.result_stores import result_store
 from services.common.tasks import spawn
+from services.common.upload_store import UploadStore
 from services.jobs.cancellation import CancelledJobs
+from services.jobs.expander import Expander
 from services.jobs.lanes import Room
 from services.jobs.notebooks import NotebookRunner
 from services.jobs.predictor import Predictor
@@ -146,6 +148,9 @@ class JobsService:
             runner = Runner(js, predictor, cancelled, lane, readiness, room, priority)
             await runner.subscribe()
             spawn(stack, runner.run(), f"jobs-runner-{priority}")
+        expander = Expander(js, cancelled, UploadStore(js, 0, s.nats_stream_replicas), s, readiness)
+        await expander.subscribe()
+        spawn(stack, expander.run(), "jobs-expander")
         if s.notebook_subject:
             notebooks = NotebookRunner(js, cancelled, result_store(s.results_url, js), s, readiness)
             await notebooks.subscribe()

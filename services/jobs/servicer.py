@@ -46,6 +46,28 @@ class JobQueueServicer(job_queue_service_pb2_grpc.JobQueueServiceServicer):
         recorded = await self.queue.submit(tenant, job, request.first_item_index, inputs)
         return pb.SubmitJobResponse(job=recorded)
 
+    async def SubmitManifestJob(
+        self, request: pb.SubmitManifestJobRequest, context: Context
+    ) -> pb.SubmitManifestJobResponse:
+        tenant = _tenant(request.tenant)
+        _job_id(request.job.name)
+        _priority(request.job.priority)
+        _model(request.job.model)
+        if not request.expansion.manifest.startswith("uploads/"):
+            raise InvalidArgument(
+                f"expansion.manifest is {request.expansion.manifest!r}; expected 'uploads/<id>'",
+                reason="INVALID_MANIFEST",
+                metadata={"field": "expansion.manifest"},
+            )
+        if request.expansion.max_items < 1:
+            raise InvalidArgument(
+                f"expansion.max_items is {request.expansion.max_items}; expected 1 or more",
+                reason="INVALID_INPUT_COUNT",
+                metadata={"field": "expansion.max_items"},
+            )
+        job = await self.queue.submit_manifest(tenant, request.job, request.expansion)
+        return pb.SubmitManifestJobResponse(job=job)
+
     async def SubmitNotebookJob(
         self, request: pb.SubmitNotebookJobRequest, context: Context
     ) -> pb.SubmitNotebookJobResponse:
@@ -98,18 +120,22 @@ def _priority(value: int) -> None:
         )
 
 
+def _model(name: str) -> None:
+    model = name.removeprefix("models/")
+    if not model or ":" in model:
+        # "notebook:<name>" is not a model: notebook jobs go through SubmitNotebookJob.
+        raise InvalidArgument(
+            f"job.model is {name!r}; expected 'models/<model>' (notebooks: SubmitNotebookJob)",
+            reason="INVALID_MODEL_NAME",
+            metadata={"field": "job.model"},
+        )
+
+
 def _job(job: job_pb2.Job) -> job_pb2.Job:
     """Checks the model job to record: a name, a model, a size, a top_k and a known priority."""
     _job_id(job.name)
     _priority(job.priority)
-    model = job.model.removeprefix("models/")
-    if not model or ":" in model:
-        # "notebook:<name>" is not a model: notebook jobs go through SubmitNotebookJob.
-        raise InvalidArgument(
-            f"job.model is {job.model!r}; expected 'models/<model>' (notebooks: SubmitNotebookJob)",
-            reason="INVALID_MODEL_NAME",
-            metadata={"field": "job.model"},
-        )
+    _model(job.model)
     if job.items_total < 1:
         raise InvalidArgument(
             f"a job needs at least one item; job.items_total is {job.items_total}", reason="EMPTY_JOB"

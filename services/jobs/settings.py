@@ -11,13 +11,13 @@ from services.common import limits, priorities
 from services.common.channels import Targets
 from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX, PRIORITIES
 from services.common.notebooks import NotebookSettings
-from services.common.settings import NatsSettings, ServiceSettings
+from services.common.settings import ImageFetchSettings, NatsSettings, ServiceSettings
 
 #: The lane of a runner on a single subject (no split by priority): it takes whatever arrives.
 DEFAULT_LANE = "normal"
 
 
-class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
+class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings, ImageFetchSettings):
     """Everything the jobs runner can be told; defaults run against the local stack."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_JOBS_", extra="ignore")
@@ -90,6 +90,22 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings):
     results_url: str = ""
     """Where executed notebooks are kept: empty for the NATS Object Store bucket of result files,
     ``s3://bucket[/prefix]`` for S3; set it as the gateway's FERRY_GATEWAY_RESULTS_URL."""
+
+    expander_consumer: str = "jobs-expander"
+    """Durable consumer of manifest expansion requests, shared by every jobs process."""
+    max_expansions: int = Field(default=4, ge=1, le=64)
+    """Manifests this process expands at once (each reads its manifest a chunk at a time)."""
+    expansions_per_tenant: int = Field(default=1, ge=1, le=64)
+    """Of those, most for one tenant: another tenant's manifest never waits behind a tenant's many."""
+    expansion_chunk: int = Field(default=256, ge=1, le=4096)
+    """Manifest lines read (and items published) before an expansion yields to the others and
+    checks whether its job was cancelled."""
+    expansion_ack_wait_s: float = Field(default=30.0, ge=1.0)
+    """Seconds an expansion whose process stopped answering for it stays claimed before another
+    process starts it again; a live one reports progress every third of this."""
+    expansion_progress_s: float = Field(default=5.0, gt=0)
+    """How often an expansion tells store how far it got (store fails an EXPANDING job that made
+    no progress for its job_stall_timeout_s)."""
 
     def lanes(self) -> list[tuple[str, str, str]]:
         """(priority, consumer name, subject filter) of each consumer this runner fetches from."""

@@ -110,6 +110,37 @@ class JobQueue:
             )
         return job
 
+    async def submit_manifest(
+        self, tenant: str, wanted: job_pb2.Job, expansion: events_pb2.JobExpansion
+    ) -> job_pb2.Job:
+        """Records ``wanted`` EXPANDING (or finds it) and queues the expansion of its manifest
+        (``expander.py`` reads it into items); returns at once.
+
+        Raises:
+            FerryError: the name was recorded for a different request (REQUEST_ID_REUSED), or
+                store or JetStream unavailable (a retry with the same request completes it).
+        """
+        job = await self._record(tenant, wanted, job_pb2.JOB_STATE_EXPANDING)
+        if job.state != job_pb2.JOB_STATE_EXPANDING:
+            return job  # expanded already
+        request = events_pb2.JobExpansion()
+        request.CopyFrom(expansion)
+        request.tenant = tenant
+        request.job_id = wanted.name.removeprefix("jobs/")
+        request.model = wanted.model.removeprefix("models/")
+        request.top_k = wanted.top_k
+        request.priority = wanted.priority or _NORMAL
+        # Also when the job already existed: a crash between recording it and queueing its
+        # expansion is completed by the retry (a request queued twice is one: its msg id).
+        what = f"job {job.name} was recorded but its expansion could not be queued; " + (
+            "retry with the same request_id to queue it"
+            if wanted.request_id
+            else "send the job again with a request_id so that a retry completes it"
+        )
+        async with publishing(what):
+            await self._publisher.publish(messaging.EXPANSIONS_SUBJECT, request, f"expand:{request.job_id}")
+        return job
+
     async def submit_notebook(
         self, tenant: str, wanted: job_pb2.Job, run: events_pb2.NotebookRun
     ) -> job_pb2.Job:
@@ -146,11 +177,14 @@ class JobQueue:
             await self._publisher.publish(self._settings.notebook_subject, item, f"{job_id}:notebook")
         return job
 
-    async def _record(self, tenant: str, wanted: job_pb2.Job) -> job_pb2.Job:
-        """Records ``wanted`` in store, or returns the job already recorded under its name."""
+    async def _record(
+        self, tenant: str, wanted: job_pb2.Job, state: int = job_pb2.JOB_STATE_QUEUED
+    ) -> job_pb2.Job:
+        """Records ``wanted`` in store (in ``state``: QUEUED, or EXPANDING for a job by manifest),
+        or returns the job already recorded under its name."""
         job = job_pb2.Job()
         job.CopyFrom(wanted)
-        job.state = job_pb2.JOB_STATE_QUEUED
+        job.state = state  # type: ignore[assignment]  # a JobState number
         job.priority = job.priority or _NORMAL
         job.trace_id = job.trace_id or current_trace_id()
         answer: store_service_pb2.CreateJobResponse = await self._backend.call(
@@ -367,10 +401,19 @@ def items_subject(priority: int) -> str:
 
 
 def check_same_request(existing: job_pb2.Job, wanted: job_pb2.Job) -> None:
-    """Refuses a request_id reused for a different job (another model, input count, top_k or priority)."""
-    if (existing.model, existing.items_total, existing.top_k, existing.priority or _NORMAL) != (
+    """Refuses a request_id reused for a different job (another model, input count, top_k or priority).
+
+    A job by manifest (``wanted`` EXPANDING) has no input count until it is expanded: not compared.
+    """
+    by_manifest = wanted.state == job_pb2.JOB_STATE_EXPANDING
+    if (
+        existing.model,
+        by_manifest or existing.items_total,
+        existing.top_k,
+        existing.priority or _NORMAL,
+    ) != (
         wanted.model,
-        wanted.items_total,
+        by_manifest or wanted.items_total,
         wanted.top_k,
         wanted.priority or _NORMAL,
     ):

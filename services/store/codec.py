@@ -265,7 +265,9 @@ def _job_error(row: asyncpg.Record) -> status_pb2.Status:
     """
     name = f"jobs/{row['id']}"
     reason = row["last_error_reason"] or "UNKNOWN"
-    if reason == STALLED:  # the job as a whole stopped, whatever its items did
+    # The job as a whole stopped, whatever its items did: stalled, or failed while its manifest
+    # was expanded (no item was queued: the error names the manifest's line and its reason).
+    if reason == STALLED or row["items_total"] == 0:
         stalled = FerryError(row["last_error_message"] or reason, reason)
         stalled.code = code_from_number(row["last_error_code"] or grpc.StatusCode.UNKNOWN.value[0])
         return stalled.to_status()

@@ -17,6 +17,7 @@ from services.common.messaging import connect, ensure_streams
 from services.common.readiness import Probe, Readiness, watch_dependency
 from services.common.tasks import spawn
 from services.store.ingest import Ingestor, tune_gc
+from services.store.job_events import JobEvents
 from services.store.migrate import migrate
 from services.store.outage import quiet_pool_floor_retries
 from services.store.repositories import api_keys
@@ -110,6 +111,8 @@ class StoreService:
         tune_gc()
         for n in range(s.ingest_concurrency):
             spawn(stack, ingestor.run(await ingestor.subscribe()), f"store-ingest-{n}")
+        job_events = JobEvents(js, pool, s.job_events_consumer)
+        spawn(stack, job_events.run(await job_events.subscribe()), "store-job-events")
         if s.retention_days:
             retention = run_retention(pool, s.retention_days, s.retention_batch_size, s.retention_interval_s)
             spawn(stack, retention, "store-retention")

@@ -31,6 +31,8 @@ class StoreSettings(ServiceSettings, NatsSettings):
     """The tenant the development key belongs to."""
     consumer_name: str = "store-ingest"
     """Durable JetStream consumer that ingests record events; replicas share it."""
+    job_events_consumer: str = "store-job-events"
+    """Durable JetStream consumer of job events (how manifest expansions go); replicas share it."""
     ingest_batch_size: int = Field(default=1_000, ge=1, le=10_000)
     """Most events written in one transaction (a fetch returns at once with what is there, so a
     large batch costs a lone record no wait; under load it saves a transaction per 1,000 rows)."""

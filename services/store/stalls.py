@@ -6,6 +6,10 @@ lost to a misconfigured stream, or every runner is down for hours. Without this 
 QUEUED or RUNNING for good and a client waiting on it would wait forever. Store owns the jobs'
 state, so it sweeps: every ``interval_s`` one UPDATE fails the jobs whose ``update_time`` (moved
 by every counted item) is older than the timeout, with reason JOB_STALLED naming the setting.
+
+An EXPANDING job is swept the same way: its expansion reports every chunk of lines it reads
+(``job_events.py`` moves ``update_time``), so a long expansion that progresses is never failed,
+and one whose jobs service is gone (or whose request was lost) ends after the same timeout.
 """
 
 from __future__ import annotations
@@ -31,19 +35,31 @@ def stalled_message(idle_s: float) -> str:
     )
 
 
+def stalled_expansion_message(idle_s: float) -> str:
+    """Job.error's message of a job failed as stalled while its manifest was being expanded."""
+    return (
+        f"this job's manifest was not read any further for {idle_s:g} s "
+        "(FERRY_STORE_JOB_STALL_TIMEOUT_S): no jobs service expanded it, so it was failed rather "
+        "than left EXPANDING; items already queued are recorded but do not reopen it; submit the job again"
+    )
+
+
 async def fail_stalled(pool: asyncpg.Pool, idle_s: float) -> int:
     """Fails the jobs stalled for ``idle_s`` seconds now; returns how many."""
     code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     async with pool.acquire() as connection, connection.transaction():
-        failed = await jobs.fail_stalled(connection, idle_s, code, stalled_message(idle_s))
+        failed = await jobs.fail_stalled(
+            connection, idle_s, code, stalled_message(idle_s), stalled_expansion_message(idle_s)
+        )
     for row in failed:
         log.warning(
-            "job %s of tenant %r made no progress for %g s (%d/%d items finished): failed as stalled",
+            "job %s of tenant %r made no progress for %g s (%s): failed as stalled",
             row["id"],
             row["tenant"],
             idle_s,
-            row["items_succeeded"] + row["items_failed"],
-            row["items_total"],
+            "still expanding"
+            if row["expanding"]
+            else f"{row['items_succeeded'] + row['items_failed']}/{row['items_total']} items finished",
         )
     return len(failed)
 

@@ -389,3 +389,37 @@ def test_uploads_and_jobs_made_from_them_never_get_a_5xx(
     job = json.dumps({"model": "efficientnet-lite0", "manifest": answer["upload"]["name"]}).encode()
     status, created = send(stack["http_url"], hostile_key, "/v1/jobs", job)
     assert status < 500, (body[:300], status, str(created)[:500])
+    if status == 200:  # its lines are read while it is EXPANDING: it leaves that state, never by a 5xx
+        expanded = left_expanding(stack["http_url"], hostile_key, created["job"]["name"])
+        assert expanded["state"] != "JOB_STATE_EXPANDING", (body[:300], expanded)
+        if expanded["state"] == "JOB_STATE_FAILED" and not expanded["items_total"]:  # a bad manifest
+            error = expanded["error"]
+            assert error["code"] not in _SERVER_ERROR_NUMBERS and "line" in error["message"], (
+                body[:300],
+                error,
+            )
+            assert error_reason(error), (body[:300], error)
+
+
+# google.rpc codes of server errors (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS): never a bad manifest's.
+_SERVER_ERROR_NUMBERS = {2, 13, 14, 15}
+
+
+def left_expanding(base_url: str, key: str, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The job ``name`` once it is no longer EXPANDING (or as it is after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        request = urllib.request.Request(f"{base_url}/v1/{name}", headers={"authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            job: dict[str, Any] = json.loads(answer.read())["job"]
+        if job["state"] != "JOB_STATE_EXPANDING" or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
+def error_reason(error: dict[str, Any]) -> str:
+    """The ErrorInfo reason among a REST error's details ('' if none)."""
+    for detail in error.get("details", []):
+        if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
+            return str(detail.get("reason", ""))
+    return ""

@@ -46,7 +46,14 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     failpoints.mkdir()
     running = RunningStack(
         root / "state",
-        {"FERRY_DEV_API_KEY": API_KEY, "FERRY_FAILPOINTS_DIR": str(failpoints)},
+        {
+            "FERRY_DEV_API_KEY": API_KEY,
+            "FERRY_FAILPOINTS_DIR": str(failpoints),
+            # A manifest expansion cut short comes back within seconds; small chunks make a
+            # crash after the first one land mid-expansion (test_expansion.py).
+            "FERRY_JOBS_EXPANSION_ACK_WAIT_S": "5",
+            "FERRY_JOBS_EXPANSION_CHUNK": "50",
+        },
     )
     endpoints = running.start()
     stack = FaultStack(endpoints, running.state_dir, running.env, API_KEY, failpoints)

@@ -17,9 +17,9 @@ from typing import ClassVar
 import pytest
 
 from ferry.types.v1 import types_pb2
+from services.common.addresses import embedded_ipv4, forbidden
 from services.common.errors import InvalidArgument
-from services.gateway.addresses import embedded_ipv4, forbidden
-from services.gateway.fetcher import Fetcher, FetchPolicy, inline_each, inline_images
+from services.common.fetcher import Fetcher, FetchPolicy, inline_each, inline_images
 
 IMAGE = b"\xff\xd8\xff\xe0" + b"jpeg" * 1000
 LIMIT = 64 * 1024

@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
-from services.common import limits, nesting
+from services.common import limits, nesting, validation
 from services.common.errors import FerryError, InvalidArgument
+from services.common.fetcher import parse_url
 from services.common.interceptors import Undecodable, guarded
-from services.gateway import manifests, validation
-from services.gateway.fetcher import parse_url
 from services.gateway.oip_tensors import JSON_INPUT, TENSOR_INPUT, inputs_of
 from services.gateway.open_inference import candidate_labels_of, priority_of
+from services.jobs import manifests
 from tests import hostile
 from tests.gateway.servers import serving
 

@@ -6,8 +6,8 @@ import pytest
 
 from ferry.models.v1 import model_service_pb2 as pb
 from ferry.types.v1 import types_pb2
+from services.common import validation
 from services.common.errors import InvalidArgument
-from services.gateway import validation
 
 
 def test_each_kind_of_input_passes_through() -> None:

@@ -9,8 +9,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
+from services.common import validation
 from services.common.errors import FerryError
-from services.gateway import validation
 from services.gateway.records import store_list_request
 
 

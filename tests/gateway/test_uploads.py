@@ -1,4 +1,5 @@
-"""Uploads in a real JetStream Object Store: the size bound, tenant scoping, and manifest expansion."""
+"""Uploads in a real JetStream Object Store: the size bound, tenant scoping, and manifest expansion
+(the jobs service's ``manifests.chunks``, on uploads the gateway stored)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,36 @@ from nats.js import JetStreamContext
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_service_pb2
 from ferry.types.v1 import types_pb2
-from services.common import messaging
+from services.common import messaging, upload_checks
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
-from services.gateway import manifests, upload_checks
-from services.gateway.fetcher import Fetcher, FetchPolicy
+from services.common.fetcher import Fetcher, FetchPolicy
+from services.common.upload_checks import UploadLimits
 from services.gateway.settings import GatewaySettings
-from services.gateway.upload_checks import UploadLimits
 from services.gateway.uploads import Uploads
+from services.jobs import manifests
 from services.jobs.claims import ClaimChecks
+from services.jobs.manifests import JobInput
 
 FETCHER = Fetcher(FetchPolicy(max_bytes=1000))
+
+
+async def expand(
+    uploads: Uploads, tenant: str, name: str, fetcher: Fetcher, max_items: int, max_item_bytes: int
+) -> list[JobInput]:
+    """Every input of a job naming the upload ``name`` (the expander publishes them chunk by chunk)."""
+    request = events_pb2.JobExpansion(
+        tenant=tenant,
+        manifest=name,
+        max_items=max_items,
+        max_item_bytes=max_item_bytes,
+        max_image_bytes=uploads.max_image_bytes,
+        upload_quota_bytes=1_000_000,
+    )
+
+    async def progress(line: int) -> None:
+        pass
+
+    return [i async for chunk in manifests.chunks(uploads, request, fetcher, 2, progress) for i in chunk]
 
 
 async def pieces(*chunks: bytes) -> AsyncIterator[job_service_pb2.CreateUploadRequest]:
@@ -83,18 +104,18 @@ async def test_a_manifest_expands_to_its_images_in_line_order(nats_url: str) -> 
         assert photos.entries == 2
         lines = [{"image": f"{photos.name}/b.jpg"}, {"content": "Q0M="}, {"image": f"{photos.name}/a.jpg"}]
         manifest = await uploads.create("acme", pieces("\n\n".join(json.dumps(x) for x in lines).encode()))
-        inputs = await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+        inputs = await expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
         assert all(isinstance(i, events_pb2.ObjectRef) for i in inputs)  # claim checks, not bytes
         assert [await image_of(js, i) for i in inputs] == [b"BB", b"CC", b"AA"]  # type: ignore[arg-type]
-        by_zip = await manifests.expand(uploads, "acme", photos.name, FETCHER, 10, 1000)
+        by_zip = await expand(uploads, "acme", photos.name, FETCHER, 10, 1000)
         assert [await image_of(js, i) for i in by_zip] == [b"AA", b"BB"]  # type: ignore[arg-type]
 
         with pytest.raises(InvalidArgument) as too_many:
-            await manifests.expand(uploads, "acme", manifest.name, FETCHER, 2, 1000)
+            await expand(uploads, "acme", manifest.name, FETCHER, 2, 1000)
         assert too_many.value.reason == "TOO_MANY_INPUTS"
         with pytest.raises(InvalidArgument) as too_large:
             tiny_images = uploads_of(js, max_image_bytes=1)  # the same bucket, a 1-byte image limit
-            await manifests.expand(tiny_images, "acme", manifest.name, FETCHER, 10, 1000)
+            await expand(tiny_images, "acme", manifest.name, FETCHER, 10, 1000)
         assert too_large.value.reason == "IMAGE_TOO_LARGE" and "line 3" in too_large.value.message
 
 
@@ -110,7 +131,7 @@ async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> Non
             {"content": "Q0M="},
         ]
         manifest = await uploads.create("acme", pieces("\n".join(json.dumps(x) for x in lines).encode()))
-        inputs = await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+        inputs = await expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
         texts = [i for i in inputs if isinstance(i, types_pb2.Input)]
         assert [i.WhichOneof("kind") for i in texts] == ["text", "text", "payload", "tensor"]
         assert isinstance(inputs[4], events_pb2.ObjectRef) and await image_of(js, inputs[4]) == b"CC"
@@ -147,7 +168,7 @@ async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number
         good = json.dumps({"text": "fine"})
         manifest = await uploads.create("acme", pieces("\n".join([good, "", line, good]).encode()))
         with pytest.raises(InvalidArgument) as refused:
-            await manifests.expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+            await expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
         assert refused.value.reason == reason
         assert f"{manifest.name} line 3: " in refused.value.message and words in refused.value.message
         assert refused.value.metadata["field"] == "manifest"  # the request's field

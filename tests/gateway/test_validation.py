@@ -8,9 +8,8 @@ import grpc
 import pytest
 
 from ferry.types.v1 import types_pb2
-from services.common import limits
+from services.common import limits, validation
 from services.common.errors import FerryError
-from services.gateway import validation
 
 MiB = 1024 * 1024
 

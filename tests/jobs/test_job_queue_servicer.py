@@ -161,3 +161,37 @@ async def test_cancel_and_retry_need_a_tenant_and_a_job_name(
             await call(request, timeout=10)  # type: ignore[operator]
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert reason_of(refused.value) == reason
+
+
+EXPANSION = events_pb2.JobExpansion(manifest=f"uploads/{uuid.uuid4()}", max_items=10_000)
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (pb.SubmitManifestJobRequest(job=job(), expansion=EXPANSION), "MISSING_TENANT"),
+        (
+            pb.SubmitManifestJobRequest(tenant="t", job=job(name="x"), expansion=EXPANSION),
+            "INVALID_RESOURCE_NAME",
+        ),
+        (
+            pb.SubmitManifestJobRequest(tenant="t", job=job(model=""), expansion=EXPANSION),
+            "INVALID_MODEL_NAME",
+        ),
+        (pb.SubmitManifestJobRequest(tenant="t", job=job(priority=9), expansion=EXPANSION), "INVALID_ENUM"),
+        (pb.SubmitManifestJobRequest(tenant="t", job=job()), "INVALID_MANIFEST"),
+        (
+            pb.SubmitManifestJobRequest(
+                tenant="t", job=job(), expansion=events_pb2.JobExpansion(manifest=EXPANSION.manifest)
+            ),
+            "INVALID_INPUT_COUNT",
+        ),
+    ],
+)
+async def test_bad_manifest_submissions_are_refused(
+    stub: job_queue_service_pb2_grpc.JobQueueServiceStub, request_: pb.SubmitManifestJobRequest, reason: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.SubmitManifestJob(request_, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(refused.value) == reason

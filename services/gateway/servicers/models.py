@@ -7,8 +7,8 @@ import time
 import grpc
 
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
-from services.common import paging
-from services.gateway import identity, validation
+from services.common import paging, validation
+from services.gateway import identity
 from services.gateway.batch_predictor import BatchPredictor
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge

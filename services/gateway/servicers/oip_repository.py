@@ -16,10 +16,10 @@ import grpc
 
 from ferry.models.v1 import model_pb2
 from ferry.oip.v2 import model_repository_pb2 as repo
+from services.common.validation import MODEL_PREFIX
 from services.gateway.components import ComponentsSlot
 from services.gateway.model_admin import INDEX_STATES, ModelAdmin
 from services.gateway.open_inference import MODEL_VERSION
-from services.gateway.validation import MODEL_PREFIX
 
 SERVICE = "inference.GRPCInferenceService"
 Context = grpc.aio.ServicerContext[Any, Any]

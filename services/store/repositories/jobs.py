@@ -17,6 +17,7 @@ _SUCCEEDED = job_pb2.JOB_STATE_SUCCEEDED
 _FAILED = job_pb2.JOB_STATE_FAILED
 _CANCELLED = job_pb2.JOB_STATE_CANCELLED
 _PARTIALLY_SUCCEEDED = job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED
+_EXPANDING = job_pb2.JOB_STATE_EXPANDING
 # A notebook job whose cell failed fails whole: the cells before it are not partial results.
 _FAILS_WHOLE = "NOTEBOOK_CELL_FAILED"
 #: The reason of a job failed for making no progress (``fail_stalled``).
@@ -32,7 +33,8 @@ async def create(
     tenant: str,
     job: job_pb2.Job,
 ) -> tuple[asyncpg.Record, bool]:
-    """Inserts a queued job unless its id exists; returns (the row, whether it was inserted)."""
+    """Inserts a queued job (or an expanding one, when ``job.state`` says so: its items are not
+    known yet) unless its id exists; returns (the row, whether it was inserted)."""
     row = await connection.fetchrow(
         "INSERT INTO jobs (id, tenant, request_id, model, state, items_total, top_k, trace_id, priority)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING *",
@@ -40,7 +42,7 @@ async def create(
         tenant,
         job.request_id,
         job.model.removeprefix("models/"),
-        _QUEUED,
+        _EXPANDING if job.state == _EXPANDING else _QUEUED,
         job.items_total,
         job.top_k,
         job.trace_id,
@@ -60,15 +62,20 @@ async def get(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyncpg
 
 
 async def cancel(connection: Connection, tenant: str, job_id: uuid.UUID) -> asyncpg.Record | None:
-    """Moves an unfinished job to CANCELLED; returns the job (unchanged if it had finished)."""
+    """Moves an unfinished job to CANCELLED; returns the job (unchanged if it had finished).
+
+    An EXPANDING job is cancelled too: its expansion stops at its next chunk (the jobs service
+    asks the cancelled-jobs bucket), and the items already queued are skipped.
+    """
     row = await connection.fetchrow(
         "UPDATE jobs SET state = $3, update_time = now()"
-        " WHERE id = $1 AND tenant = $2 AND state IN ($4, $5) RETURNING *",
+        " WHERE id = $1 AND tenant = $2 AND state IN ($4, $5, $6) RETURNING *",
         job_id,
         tenant,
         _CANCELLED,
         _QUEUED,
         _RUNNING,
+        _EXPANDING,
     )
     return row if row is not None else await get(connection, tenant, job_id)
 
@@ -89,13 +96,27 @@ class Progress:
     """That item's error message."""
 
 
+def _state_by_counts(succeeded: str, failed: str) -> str:
+    """SQL: the state of an unfinished job whose counters are ``succeeded`` and ``failed`` (SQL
+    expressions): RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none
+    succeeded, or a notebook cell failed) or PARTIALLY_SUCCEEDED. QUEUED is the caller's case."""
+    return f"""CASE
+                WHEN {succeeded} + {failed} < items_total THEN {_RUNNING}
+                WHEN {failed} = 0 THEN {_SUCCEEDED}
+                WHEN {succeeded} = 0 THEN {_FAILED}
+                WHEN last_error_reason = '{_FAILS_WHOLE}' THEN {_FAILED}
+                ELSE {_PARTIALLY_SUCCEEDED}
+            END"""
+
+
 async def count_finished_items(connection: Connection, progress: Sequence[Progress]) -> None:
     """Adds newly recorded items to their jobs' counters and moves each job's state.
 
     A record only moves a job of its own tenant. CANCELLED stays CANCELLED; any other job is
     RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none succeeded, or a
     notebook cell failed: NOTEBOOK_CELL_FAILED) or PARTIALLY_SUCCEEDED. A job finished before is
-    judged again: RetryJob moves counts back.
+    judged again: RetryJob moves counts back. An EXPANDING job only counts: its items_total is not
+    known until its expansion ends (``finish_expansion`` judges it then).
 
     Args:
         connection: where to write (inside the transaction that wrote the items).
@@ -107,7 +128,7 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
             items_succeeded = items_succeeded + d.ok,
             items_failed = items_failed + d.bad,
             state = CASE
-                WHEN state = {_CANCELLED} OR {_IS_STALLED} THEN state
+                WHEN state IN ({_CANCELLED}, {_EXPANDING}) OR {_IS_STALLED} THEN state
                 WHEN items_succeeded + d.ok + items_failed + d.bad < items_total THEN {_RUNNING}
                 WHEN items_failed + d.bad = 0 THEN {_SUCCEEDED}
                 WHEN items_succeeded + d.ok = 0 THEN {_FAILED}
@@ -135,24 +156,84 @@ async def count_finished_items(connection: Connection, progress: Sequence[Progre
     )
 
 
-async def fail_stalled(
-    connection: Connection, idle_s: float, code: int, message: str
-) -> list[asyncpg.Record]:
-    """Fails every queued or running job none of whose items finished for ``idle_s`` seconds.
+async def finish_expansion(
+    connection: Connection, tenant: str, job_id: uuid.UUID, items_total: int
+) -> asyncpg.Record | None:
+    """Sets an EXPANDING job's items_total and moves it on: QUEUED if none of its items was
+    counted yet, else as its counts say (items may finish before the last chunk is read).
 
-    "Finished" is what moves ``update_time``: a job's creation, an item counted, a retry. Returns
-    the failed jobs (id, tenant, counters), for the log.
+    Returns the job, or None when it was not EXPANDING (cancelled meanwhile, failed as stalled,
+    or this is a redelivered event): nothing changes then.
+    """
+    return await connection.fetchrow(
+        f"""
+        UPDATE jobs SET items_total = $3, update_time = now(), state = CASE
+                WHEN items_succeeded + items_failed = 0 AND $3 > 0 THEN {_QUEUED}
+                ELSE {_state_by_counts("items_succeeded", "items_failed")}
+            END
+        WHERE id = $1 AND tenant = $2 AND state = {_EXPANDING}
+        RETURNING *
+        """,
+        job_id,
+        tenant,
+        items_total,
+    )
+
+
+async def fail_expansion(
+    connection: Connection, tenant: str, job_id: uuid.UUID, code: int, reason: str, message: str
+) -> asyncpg.Record | None:
+    """Fails an EXPANDING job with an error (a bad manifest line); None if it was not EXPANDING."""
+    return await connection.fetchrow(
+        f"""
+        UPDATE jobs SET state = {_FAILED}, last_error_code = $3, last_error_reason = $4,
+            last_error_message = $5, update_time = now()
+        WHERE id = $1 AND tenant = $2 AND state = {_EXPANDING}
+        RETURNING *
+        """,
+        job_id,
+        tenant,
+        code,
+        reason,
+        message,
+    )
+
+
+async def touch_expansion(connection: Connection, tenant: str, job_id: uuid.UUID) -> None:
+    """Records that an EXPANDING job's expansion is alive (its stall clock starts again)."""
+    await connection.execute(
+        f"UPDATE jobs SET update_time = now() WHERE id = $1 AND tenant = $2 AND state = {_EXPANDING}",
+        job_id,
+        tenant,
+    )
+
+
+async def fail_stalled(
+    connection: Connection, idle_s: float, code: int, message: str, expanding_message: str
+) -> list[asyncpg.Record]:
+    """Fails every queued, running or expanding job that made no progress for ``idle_s`` seconds.
+
+    Progress is what moves ``update_time``: a job's creation, an item counted, a retry, an
+    expansion's report that it read more lines. An expanding job gets ``expanding_message``.
+    Returns the failed jobs (id, tenant, counters, whether it was expanding), for the log.
     """
     return await connection.fetch(
         f"""
+        WITH stalled AS (
+            SELECT id, state = {_EXPANDING} AS expanding FROM jobs
+            WHERE state IN ({_QUEUED}, {_RUNNING}, {_EXPANDING})
+                AND update_time < now() - make_interval(secs => $1)
+            FOR UPDATE
+        )
         UPDATE jobs SET state = {_FAILED}, last_error_code = $2, last_error_reason = '{STALLED}',
-            last_error_message = $3, update_time = now()
-        WHERE state IN ({_QUEUED}, {_RUNNING}) AND update_time < now() - make_interval(secs => $1)
-        RETURNING id, tenant, items_total, items_succeeded, items_failed
+            last_error_message = CASE WHEN stalled.expanding THEN $4 ELSE $3 END, update_time = now()
+        FROM stalled WHERE jobs.id = stalled.id
+        RETURNING jobs.id, tenant, items_total, items_succeeded, items_failed, stalled.expanding
         """,
         idle_s,
         code,
         message,
+        expanding_message,
     )
 
 

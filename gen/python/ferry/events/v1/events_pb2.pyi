@@ -1,6 +1,7 @@
 from ferry.predictions.v1 import prediction_pb2 as _prediction_pb2
 from ferry.types.v1 import types_pb2 as _types_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -84,3 +85,43 @@ class JobItemHeader(_message.Message):
     generation: int
     priority: _types_pb2.Priority
     def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
+
+class JobExpansion(_message.Message):
+    __slots__ = ("tenant", "job_id", "model", "top_k", "priority", "manifest", "input_kinds", "max_items", "max_item_bytes", "max_image_bytes", "upload_quota_bytes")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    INPUT_KINDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    job_id: str
+    model: str
+    top_k: int
+    priority: _types_pb2.Priority
+    manifest: str
+    input_kinds: _containers.RepeatedScalarFieldContainer[str]
+    max_items: int
+    max_item_bytes: int
+    max_image_bytes: int
+    upload_quota_bytes: int
+    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., model: _Optional[str] = ..., top_k: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., manifest: _Optional[str] = ..., input_kinds: _Optional[_Iterable[str]] = ..., max_items: _Optional[int] = ..., max_item_bytes: _Optional[int] = ..., max_image_bytes: _Optional[int] = ..., upload_quota_bytes: _Optional[int] = ...) -> None: ...
+
+class JobExpansionEvent(_message.Message):
+    __slots__ = ("tenant", "job_id", "lines_read", "items_total", "error")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_READ_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    job_id: str
+    lines_read: int
+    items_total: int
+    error: _status_pb2.Status
+    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., lines_read: _Optional[int] = ..., items_total: _Optional[int] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

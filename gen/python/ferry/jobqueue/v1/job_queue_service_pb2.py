@@ -27,7 +27,7 @@ from ferry.jobs.v1 import job_pb2 as ferry_dot_jobs_dot_v1_dot_job__pb2
 from ferry.types.v1 import types_pb2 as ferry_dot_types_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)ferry/jobqueue/v1/job_queue_service.proto\x12\x11\x66\x65rry.jobqueue.v1\x1a\x1c\x66\x65rry/events/v1/events.proto\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\"l\n\tItemInput\x12&\n\x05input\x18\x01 \x01(\x0b\x32\x15.ferry.types.v1.InputH\x00\x12/\n\tinput_ref\x18\x02 \x01(\x0b\x32\x1a.ferry.events.v1.ObjectRefH\x00\x42\x06\n\x04kind\"\x8a\x01\n\x10SubmitJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x18\n\x10\x66irst_item_index\x18\x03 \x01(\x05\x12+\n\x05items\x18\x04 \x03(\x0b\x32\x1c.ferry.jobqueue.v1.ItemInput\"4\n\x11SubmitJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"\x7f\n\x18SubmitNotebookJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x32\n\x0cnotebook_run\x18\x03 \x01(\x0b\x32\x1c.ferry.events.v1.NotebookRun\"<\n\x19SubmitNotebookJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"0\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"/\n\x0fRetryJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"J\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x15\n\ritems_retried\x18\x02 \x01(\x05\x32\x86\x03\n\x0fJobQueueService\x12V\n\tSubmitJob\x12#.ferry.jobqueue.v1.SubmitJobRequest\x1a$.ferry.jobqueue.v1.SubmitJobResponse\x12n\n\x11SubmitNotebookJob\x12+.ferry.jobqueue.v1.SubmitNotebookJobRequest\x1a,.ferry.jobqueue.v1.SubmitNotebookJobResponse\x12V\n\tCancelJob\x12#.ferry.jobqueue.v1.CancelJobRequest\x1a$.ferry.jobqueue.v1.CancelJobResponse\x12S\n\x08RetryJob\x12\".ferry.jobqueue.v1.RetryJobRequest\x1a#.ferry.jobqueue.v1.RetryJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)ferry/jobqueue/v1/job_queue_service.proto\x12\x11\x66\x65rry.jobqueue.v1\x1a\x1c\x66\x65rry/events/v1/events.proto\x1a\x17\x66\x65rry/jobs/v1/job.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\"l\n\tItemInput\x12&\n\x05input\x18\x01 \x01(\x0b\x32\x15.ferry.types.v1.InputH\x00\x12/\n\tinput_ref\x18\x02 \x01(\x0b\x32\x1a.ferry.events.v1.ObjectRefH\x00\x42\x06\n\x04kind\"\x8a\x01\n\x10SubmitJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x18\n\x10\x66irst_item_index\x18\x03 \x01(\x05\x12+\n\x05items\x18\x04 \x03(\x0b\x32\x1c.ferry.jobqueue.v1.ItemInput\"4\n\x11SubmitJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"}\n\x18SubmitManifestJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x30\n\texpansion\x18\x03 \x01(\x0b\x32\x1d.ferry.events.v1.JobExpansion\"<\n\x19SubmitManifestJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"\x7f\n\x18SubmitNotebookJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x03job\x18\x02 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x32\n\x0cnotebook_run\x18\x03 \x01(\x0b\x32\x1c.ferry.events.v1.NotebookRun\"<\n\x19SubmitNotebookJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"0\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\"/\n\x0fRetryJobRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"J\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.ferry.jobs.v1.Job\x12\x15\n\ritems_retried\x18\x02 \x01(\x05\x32\xf6\x03\n\x0fJobQueueService\x12V\n\tSubmitJob\x12#.ferry.jobqueue.v1.SubmitJobRequest\x1a$.ferry.jobqueue.v1.SubmitJobResponse\x12n\n\x11SubmitManifestJob\x12+.ferry.jobqueue.v1.SubmitManifestJobRequest\x1a,.ferry.jobqueue.v1.SubmitManifestJobResponse\x12n\n\x11SubmitNotebookJob\x12+.ferry.jobqueue.v1.SubmitNotebookJobRequest\x1a,.ferry.jobqueue.v1.SubmitNotebookJobResponse\x12V\n\tCancelJob\x12#.ferry.jobqueue.v1.CancelJobRequest\x1a$.ferry.jobqueue.v1.CancelJobResponse\x12S\n\x08RetryJob\x12\".ferry.jobqueue.v1.RetryJobRequest\x1a#.ferry.jobqueue.v1.RetryJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,18 +40,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST']._serialized_end=396
   _globals['_SUBMITJOBRESPONSE']._serialized_start=398
   _globals['_SUBMITJOBRESPONSE']._serialized_end=450
-  _globals['_SUBMITNOTEBOOKJOBREQUEST']._serialized_start=452
-  _globals['_SUBMITNOTEBOOKJOBREQUEST']._serialized_end=579
-  _globals['_SUBMITNOTEBOOKJOBRESPONSE']._serialized_start=581
-  _globals['_SUBMITNOTEBOOKJOBRESPONSE']._serialized_end=641
-  _globals['_CANCELJOBREQUEST']._serialized_start=643
-  _globals['_CANCELJOBREQUEST']._serialized_end=691
-  _globals['_CANCELJOBRESPONSE']._serialized_start=693
-  _globals['_CANCELJOBRESPONSE']._serialized_end=745
-  _globals['_RETRYJOBREQUEST']._serialized_start=747
-  _globals['_RETRYJOBREQUEST']._serialized_end=794
-  _globals['_RETRYJOBRESPONSE']._serialized_start=796
-  _globals['_RETRYJOBRESPONSE']._serialized_end=870
-  _globals['_JOBQUEUESERVICE']._serialized_start=873
-  _globals['_JOBQUEUESERVICE']._serialized_end=1263
+  _globals['_SUBMITMANIFESTJOBREQUEST']._serialized_start=452
+  _globals['_SUBMITMANIFESTJOBREQUEST']._serialized_end=577
+  _globals['_SUBMITMANIFESTJOBRESPONSE']._serialized_start=579
+  _globals['_SUBMITMANIFESTJOBRESPONSE']._serialized_end=639
+  _globals['_SUBMITNOTEBOOKJOBREQUEST']._serialized_start=641
+  _globals['_SUBMITNOTEBOOKJOBREQUEST']._serialized_end=768
+  _globals['_SUBMITNOTEBOOKJOBRESPONSE']._serialized_start=770
+  _globals['_SUBMITNOTEBOOKJOBRESPONSE']._serialized_end=830
+  _globals['_CANCELJOBREQUEST']._serialized_start=832
+  _globals['_CANCELJOBREQUEST']._serialized_end=880
+  _globals['_CANCELJOBRESPONSE']._serialized_start=882
+  _globals['_CANCELJOBRESPONSE']._serialized_end=934
+  _globals['_RETRYJOBREQUEST']._serialized_start=936
+  _globals['_RETRYJOBREQUEST']._serialized_end=983
+  _globals['_RETRYJOBRESPONSE']._serialized_start=985
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1059
+  _globals['_JOBQUEUESERVICE']._serialized_start=1062
+  _globals['_JOBQUEUESERVICE']._serialized_end=1564
 # @@protoc_insertion_point(module_scope)

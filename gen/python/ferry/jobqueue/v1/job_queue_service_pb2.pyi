@@ -35,6 +35,22 @@ class SubmitJobResponse(_message.Message):
     job: _job_pb2.Job
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
+class SubmitManifestJobRequest(_message.Message):
+    __slots__ = ("tenant", "job", "expansion")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    EXPANSION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    job: _job_pb2.Job
+    expansion: _events_pb2.JobExpansion
+    def __init__(self, tenant: _Optional[str] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., expansion: _Optional[_Union[_events_pb2.JobExpansion, _Mapping]] = ...) -> None: ...
+
+class SubmitManifestJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
 class SubmitNotebookJobRequest(_message.Message):
     __slots__ = ("tenant", "job", "notebook_run")
     TENANT_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class JobQueueServiceStub:
                 request_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitManifestJob = channel.unary_unary(
+                '/ferry.jobqueue.v1.JobQueueService/SubmitManifestJob',
+                request_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitManifestJobRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitManifestJobResponse.FromString,
+                _registered_method=True)
         self.SubmitNotebookJob = channel.unary_unary(
                 '/ferry.jobqueue.v1.JobQueueService/SubmitNotebookJob',
                 request_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitNotebookJobRequest.SerializeToString,
@@ -63,6 +68,13 @@ class JobQueueServiceServicer:
 
     def SubmitJob(self, request, context):
         """SubmitJob records a model job (or finds it, by its name) and queues the given items; repeating the call, or a part of it, queues nothing twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitManifestJob(self, request, context):
+        """SubmitManifestJob records a job by manifest in JOB_STATE_EXPANDING (or finds it, by its name) and queues the expansion of its manifest, which the jobs service reads into items in the background; repeating the call queues one expansion.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +108,11 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitJobRequest.FromString,
                     response_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SubmitManifestJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitManifestJob,
+                    request_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitManifestJobRequest.FromString,
+                    response_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitManifestJobResponse.SerializeToString,
             ),
             'SubmitNotebookJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitNotebookJob,
@@ -141,6 +158,33 @@ class JobQueueService:
             '/ferry.jobqueue.v1.JobQueueService/SubmitJob',
             ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitJobRequest.SerializeToString,
             ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitManifestJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.jobqueue.v1.JobQueueService/SubmitManifestJob',
+            ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitManifestJobRequest.SerializeToString,
+            ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.SubmitManifestJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

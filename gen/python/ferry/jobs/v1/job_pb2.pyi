@@ -22,6 +22,7 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
     JOB_STATE_PARTIALLY_SUCCEEDED: _ClassVar[JobState]
+    JOB_STATE_EXPANDING: _ClassVar[JobState]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -29,6 +30,7 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 JOB_STATE_PARTIALLY_SUCCEEDED: JobState
+JOB_STATE_EXPANDING: JobState
 
 class Job(_message.Message):
     __slots__ = ("name", "model", "state", "items_total", "items_succeeded", "items_failed", "top_k", "request_id", "trace_id", "error", "create_time", "update_time", "retry_count", "priority")

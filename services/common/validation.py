@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import timedelta
 
 from google.protobuf import struct_pb2
@@ -379,3 +379,37 @@ def enum_value(value: int, enum: EnumTypeWrapper, field: str) -> int:
             f"{field} is {value}; expected one of {known}", reason="INVALID_ENUM", metadata={"field": field}
         )
     return value
+
+
+def manifest_items(count: int, max_items: int, name: str) -> None:
+    """Refuses an upload that makes more items than a job takes (its own limit, upload_max_entries,
+    may be above a job's, max_job_items).
+
+    Raises:
+        InvalidArgument: TOO_MANY_INPUTS.
+    """
+    if count > max_items:
+        raise InvalidArgument(
+            f"{name} makes {count} items and a job takes at most {max_items}; split it into several uploads",
+            reason="TOO_MANY_INPUTS",
+            metadata={"field": "manifest", "inputs": str(count), "max_inputs": str(max_items)},
+        )
+
+
+def some_input_taken(model: str, takes: Collection[str], kinds: Collection[str], count: int) -> None:
+    """Refuses a job none of whose ``count`` inputs (of ``kinds``) ``model`` takes (texts for an
+    image model): every item would only fail. A job with some it takes runs, and the others fail
+    one by one; a model that does not say what it takes (not serving yet) is left to inference.
+
+    Raises:
+        InvalidArgument: UNSUPPORTED_INPUT, naming what the model takes and what the job holds.
+    """
+    if not takes or set(kinds) & set(takes):
+        return
+    raise InvalidArgument(
+        f"{model} takes {' or '.join(sorted(takes))} inputs and none of this job's {count} "
+        f"inputs is one (they are {', '.join(sorted(kinds))}); name a model that takes them "
+        "(GET /v1/models lists each model's input_kinds)",
+        reason="UNSUPPORTED_INPUT",
+        metadata={"field": "model", "model": model, "input_kinds": ",".join(sorted(takes))},
+    )

@@ -32,15 +32,15 @@ from urllib.parse import quote, urljoin, urlsplit
 import h11
 
 from ferry.types.v1 import types_pb2
+from services.common.addresses import Network, ascii_host, forbidden
 from services.common.errors import InvalidArgument
-from services.gateway.addresses import Network, ascii_host, forbidden
-from services.gateway.settings import GatewaySettings
+from services.common.settings import ImageFetchSettings
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 #: Images of one request (a job's inputs) fetched at the same time.
 MAX_CONCURRENT_FETCHES = 8
 _CHUNK = 64 * 1024
-_USER_AGENT = "ferry-gateway (image fetch)"
+_USER_AGENT = "ferry (image fetch)"
 #: What a request target keeps as is: RFC 3986's reserved characters and '%' (already encoded).
 _TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
@@ -297,10 +297,10 @@ def input_images(
     ]
 
 
-def fetcher_for(settings: GatewaySettings, max_bytes: int | None = None) -> Fetcher:
-    """The gateway's fetcher: its settings' deadline, redirects and allow-list; the image size limit."""
+def fetcher_for(settings: ImageFetchSettings, max_bytes: int) -> Fetcher:
+    """A fetcher with the settings' deadline, redirects and allow-list, of images up to ``max_bytes``."""
     policy = FetchPolicy(
-        max_bytes=max_bytes if max_bytes is not None else settings.max_image_bytes,
+        max_bytes=max_bytes,
         timeout_s=settings.image_fetch_timeout_s,
         max_redirects=settings.image_fetch_max_redirects,
         allowed_networks=FetchPolicy.parse_networks(settings.image_fetch_allow_networks),

@@ -71,21 +71,23 @@ class UploadQuota:
         uploads, _ = await self._ledger(tenant)
         return max(0, self._quota - int(sum(size for size, _ in uploads.values())))
 
-    async def charge(self, tenant: str, upload_id: str, size: int) -> None:
-        """Adds the upload ``upload_id`` of ``size`` bytes to the tenant's ledger.
+    async def charge(self, tenant: str, upload_id: str, size: int, quota_bytes: int | None = None) -> None:
+        """Adds the upload ``upload_id`` of ``size`` bytes to the tenant's ledger (against
+        ``quota_bytes`` when given: the gateway's quota, told to the jobs service per job).
 
         Raises:
             ResourceExhausted: UPLOAD_QUOTA_EXCEEDED, the upload does not fit the quota.
         """
+        quota = self._quota if quota_bytes is None else quota_bytes
         for _ in range(_ROUNDS):
             uploads, revision = await self._ledger(tenant)
             used = int(sum(s for s, _ in uploads.values()))
-            if used + size > self._quota:
-                raise exceeded(self._quota, used, size)
+            if used + size > quota:
+                raise exceeded(quota, used, size)
             uploads[upload_id] = [size, time.time() + self._keep_s]
             if await self._write(tenant, uploads, revision):
                 return
-        raise exceeded(self._quota, used, size)
+        raise exceeded(quota, used, size)
 
     async def refund(self, tenant: str, upload_id: str) -> None:
         """Takes ``upload_id`` off the ledger (its bytes were not stored after all)."""

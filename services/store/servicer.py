@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 from asyncpg.pool import PoolConnectionProxy
 
+from ferry.jobs.v1 import job_pb2
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common import paging
@@ -173,7 +174,10 @@ class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer)
     async def CreateJob(self, request: pb.CreateJobRequest, context: Context) -> pb.CreateJobResponse:
         tenant = _tenant(request.tenant)
         job_id = codec.parse_id(request.job.name.removeprefix("jobs/"), "job")
-        if request.job.items_total < 1:
+        # A job by manifest is recorded EXPANDING before its items are counted (the jobs service
+        # tells store its total when the manifest is read).
+        expanding = request.job.state == job_pb2.JOB_STATE_EXPANDING
+        if request.job.items_total < (0 if expanding else 1):
             raise InvalidArgument(
                 f"a job needs at least one item; items_total is {request.job.items_total}",
                 reason="EMPTY_JOB",

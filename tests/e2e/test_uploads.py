@@ -229,9 +229,11 @@ def test_a_zip_of_real_photos_becomes_a_job_at_once_carried_by_reference(
     status, created = create_by_manifest(rest, answer["upload"]["name"])
     assert status == 200, created
     job = created["job"]
-    assert job["items_total"] == 60
+    assert (job["state"], job["items_total"]) == ("JOB_STATE_EXPANDING", 0)  # the zip's index is read later
     done = wait_finished(rest, job["name"])
-    assert (done["state"], done["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 60), done
+    assert (done["state"], done["items_succeeded"], done["items_total"]) == ("JOB_STATE_SUCCEEDED", 60, 60), (
+        done
+    )
     status, page = rest.get(f"/v1/{job['name']}/items?page_size=8")
     assert status == 200, page
     labels = [item["prediction"]["classes"][0]["label"] for item in page["items"]]

@@ -96,12 +96,13 @@ class Progress:
     """That item's error message."""
 
 
-def _state_by_counts(succeeded: str, failed: str) -> str:
-    """SQL: the state of an unfinished job whose counters are ``succeeded`` and ``failed`` (SQL
-    expressions): RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none
-    succeeded, or a notebook cell failed) or PARTIALLY_SUCCEEDED. QUEUED is the caller's case."""
+def _state_by_counts(succeeded: str, failed: str, total: str) -> str:
+    """SQL: the state of an unfinished job whose counters are ``succeeded``, ``failed`` and
+    ``total`` (SQL expressions; in an UPDATE's SET a column is its value before the update):
+    RUNNING until every item is counted, then SUCCEEDED (none failed), FAILED (none succeeded, or a
+    notebook cell failed) or PARTIALLY_SUCCEEDED. QUEUED is the caller's case."""
     return f"""CASE
-                WHEN {succeeded} + {failed} < items_total THEN {_RUNNING}
+                WHEN {succeeded} + {failed} < {total} THEN {_RUNNING}
                 WHEN {failed} = 0 THEN {_SUCCEEDED}
                 WHEN {succeeded} = 0 THEN {_FAILED}
                 WHEN last_error_reason = '{_FAILS_WHOLE}' THEN {_FAILED}
@@ -169,7 +170,7 @@ async def finish_expansion(
         f"""
         UPDATE jobs SET items_total = $3, update_time = now(), state = CASE
                 WHEN items_succeeded + items_failed = 0 AND $3 > 0 THEN {_QUEUED}
-                ELSE {_state_by_counts("items_succeeded", "items_failed")}
+                ELSE {_state_by_counts("items_succeeded", "items_failed", "$3")}
             END
         WHERE id = $1 AND tenant = $2 AND state = {_EXPANDING}
         RETURNING *

@@ -32,7 +32,6 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
@@ -45,14 +44,14 @@ from services.common import messaging
 from services.common.errors import FerryError
 from services.common.failpoints import failpoint
 from services.common.fetcher import fetcher_for
+from services.common.publisher import Publisher
 from services.common.readiness import Readiness
-from services.common.tracing import inject_headers
 from services.common.upload_store import UploadStore
 from services.jobs import manifests
 from services.jobs.cancellation import CancelledJobs
 from services.jobs.heartbeat import Heartbeat
-from services.jobs.manifests import JobInput
 from services.jobs.settings import JobsSettings
+from services.jobs.submission import publish_job_items
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ class Expander:
         self._cancelled = cancelled
         self._uploads = uploads
         self._s = settings
+        self._publisher = Publisher(js, settings.submit_publish_timeout_s)
         self._heartbeat = Heartbeat(settings.expansion_ack_wait_s)
         self._running: Counter[str] = Counter()  # expansions under way, by tenant
         self._tasks: set[asyncio.Task[None]] = set()
@@ -211,48 +211,25 @@ class Expander:
                 await self._report(alive, f"read:{done}")
             await asyncio.sleep(0)  # another expansion's turn
 
+        template = events_pb2.JobItem(
+            tenant=request.tenant,
+            job_id=request.job_id,
+            model=request.model,
+            top_k=request.top_k,
+            priority=request.priority,
+        )
         published = 0
         chunk = self._s.expansion_chunk
         async for inputs in manifests.chunks(self._uploads, request, fetcher, chunk, progress):
-            await self._publish(request, published, inputs)
+            # The job queue's publishing, msg ids "{job_id}:{index}": a redelivered expansion
+            # publishes the same items again and JetStream keeps one of each.
+            await publish_job_items(
+                self._publisher, template, inputs, self._s.max_publish_inflight, published
+            )
             published += len(inputs)
             failpoint("jobs.expansion_after_chunk")  # a crash mid-expansion (tests/faults)
             await progress(published)
         return published
-
-    async def _publish(
-        self, request: events_pb2.JobExpansion, first: int, inputs: Sequence[JobInput]
-    ) -> None:
-        """Publishes items ``first ..`` of the job and waits until JetStream stored every one.
-
-        Raises:
-            nats.errors.Error, TimeoutError: one was not stored (the request comes back; the
-                ones that were are dropped as duplicates then).
-        """
-        subject = messaging.job_items_subject(messaging.priority_token(request.priority))
-        headers = inject_headers({})
-        acks = []
-        for offset, found in enumerate(inputs):
-            item = events_pb2.JobItem(
-                tenant=request.tenant,
-                job_id=request.job_id,
-                item_index=first + offset,
-                model=request.model,
-                top_k=request.top_k,
-                priority=request.priority,
-            )
-            if isinstance(found, events_pb2.ObjectRef):
-                item.input_ref.CopyFrom(found)
-            else:
-                item.input.CopyFrom(found)
-            msg_id = f"{request.job_id}:{first + offset}"
-            acks.append(
-                await self._js.publish_async(
-                    subject, item.SerializeToString(), headers={**headers, "Nats-Msg-Id": msg_id}
-                )
-            )
-        async with asyncio.timeout(self._s.publish_timeout_s):
-            await asyncio.gather(*acks)
 
     async def _report(self, event: events_pb2.JobExpansionEvent, what: str) -> None:
         await messaging.publish(

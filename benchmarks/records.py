@@ -64,7 +64,7 @@ def _ingest_process(nats_url: str, database_url: str, consumer: str, small_write
             ingestor = Ingestor(js, pool, consumer, s.ingest_batch_size, s.ingest_max_wait_s, 1.0)
             as_store_runs(tracing=True)
             for n in range(s.ingest_concurrency):
-                spawn(stack, ingestor.run(await ingestor.subscribe()), f"{consumer}-{n}")
+                spawn(stack, ingestor.run(await ingestor.subscribe(), n > 0), f"{consumer}-{n}")
             await asyncio.Event().wait()
 
     asyncio.run(main())

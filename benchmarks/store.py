@@ -158,7 +158,7 @@ def _ingest_process(
             ingestor = Ingestor(js, pool, consumer, batch, 0.05, retry_delay_s=1.0)
             as_store_runs(tracing)
             for n in range(concurrency):
-                spawn(stack, ingestor.run(await ingestor.subscribe()), f"{consumer}-{n}")
+                spawn(stack, ingestor.run(await ingestor.subscribe(), n > 0), f"{consumer}-{n}")
             await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -295,7 +295,7 @@ class Bench:
         ingestor = Ingestor(self.js, pool, consumer, batch, max_wait_s, retry_delay_s=1.0, writer=writer)
         async with AsyncExitStack() as stack:
             for n in range(self.concurrency):  # as store does: ingest_concurrency subscriptions
-                spawn(stack, ingestor.run(await ingestor.subscribe()), f"{consumer}-{n}")
+                spawn(stack, ingestor.run(await ingestor.subscribe(), n > 0), f"{consumer}-{n}")
             yield
         await self.js.delete_consumer(EVENTS_STREAM, consumer)
 

@@ -200,6 +200,7 @@ class Ingestor:
         self._max_wait_s = max_wait_s
         self._retry_delay_s = retry_delay_s
         self._outage = OutageLog(log, "redelivering record batches", "record batches redelivered")
+        self._backlog = asyncio.Event()  # set while fetches come back full: more loops help
 
     async def subscribe(self) -> PullConsumer:
         """A pull subscription on the durable consumer (created or updated); replicas share it."""
@@ -218,11 +219,27 @@ class Ingestor:
         await consumer.subscribe()
         return consumer
 
-    async def run(self, consumer: PullConsumer) -> None:
-        """Ingests until cancelled; a failed fetch or batch is logged and retried, never fatal."""
+    async def run(self, consumer: PullConsumer, on_backlog_only: bool = False) -> None:
+        """Ingests until cancelled; a failed fetch or batch is logged and retried, never fatal.
+
+        Args:
+            consumer: this loop's pull subscription.
+            on_backlog_only: pull only while the stream has a backlog (the last fetch of any loop
+                came back full). store's second and later loops run so: they overlap decoding
+                with writing when records pour in, and while records trickle they do not pull at
+                all, since every loop's pull cycle (a no-wait ask and a waiting pull, ten times a
+                second) costs store and nats-server CPU whether or not records come
+                (docs/benchmarks.md, *The record path in batches*).
+        """
         try:
             while True:
+                if on_backlog_only:
+                    await self._backlog.wait()
                 messages = await consumer.next_batch(self._batch, self._max_wait_s)
+                if len(messages) >= self._batch:
+                    self._backlog.set()
+                else:
+                    self._backlog.clear()
                 if not messages:
                     continue
                 try:

@@ -110,7 +110,7 @@ class StoreService:
         )
         tune_gc()
         for n in range(s.ingest_concurrency):
-            spawn(stack, ingestor.run(await ingestor.subscribe()), f"store-ingest-{n}")
+            spawn(stack, ingestor.run(await ingestor.subscribe(), n > 0), f"store-ingest-{n}")
         job_events = JobEvents(js, pool, s.job_events_consumer)
         spawn(stack, job_events.run(await job_events.subscribe()), "store-job-events")
         if s.retention_days:

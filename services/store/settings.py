@@ -38,7 +38,8 @@ class StoreSettings(ServiceSettings, NatsSettings):
     large batch costs a lone record no wait; under load it saves a transaction per 1,000 rows)."""
     ingest_concurrency: int = Field(default=2, ge=1, le=16)
     """Batches in flight at once (pull subscriptions on the shared consumer): one is decoded while
-    another is written, so Python and Postgres work side by side."""
+    another is written, so Python and Postgres work side by side. The second and later pull only
+    while fetches come back full (a backlog): while records trickle, one loop pulls."""
     ingest_max_wait_s: float = Field(default=0.1, gt=0)
     """How long one fetch waits to fill a batch; also the most a lone record waits to be written.
 

@@ -29,7 +29,16 @@ from services.common.tracing import inject_headers
 from services.store import codec, metrics
 from services.store.ingest import Ingestor, write_batch
 from tests.store.conftest import running_ingestor
-from tests.store.records import create_job, drained, event, eventually, prediction, record_id, rows_of
+from tests.store.records import (
+    create_job,
+    drained,
+    event,
+    eventually,
+    prediction,
+    publish,
+    record_id,
+    rows_of,
+)
 
 TENANT = f"batches-{uuid.uuid4().hex[:6]}"
 Stub = store_service_pb2_grpc.StoreServiceStub
@@ -197,3 +206,35 @@ async def short_wait(js: JetStreamContext, config: ConsumerConfig) -> PullConsum
     consumer = PullConsumer(js, messaging.EVENTS_STREAM, config, "record events")
     await consumer.subscribe()
     return consumer
+
+
+async def test_a_second_loop_pulls_only_while_there_is_a_backlog(
+    js: JetStreamContext, pool: asyncpg.Pool
+) -> None:
+    writers: list[str] = []  # which loop wrote each batch
+
+    async def noted(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
+        writers.append(asyncio.current_task().get_name())  # type: ignore[union-attr]
+        return await write_batch(pool, rows)
+
+    name = f"store-test-loops-{uuid.uuid4().hex[:8]}"
+    ingestor = Ingestor(js, pool, name, batch=8, max_wait_s=0.05, retry_delay_s=0.1, writer=noted)
+    poured = [prediction() for _ in range(200)]
+    async with AsyncExitStack() as stack:
+        spawn(stack, ingestor.run(await ingestor.subscribe()), "first")
+        spawn(stack, ingestor.run(await ingestor.subscribe(), on_backlog_only=True), "second")
+        await asyncio.sleep(0.3)  # the stream's earlier records, if any, are in
+        await asyncio.gather(*(publish(js, TENANT, p, p.name) for p in poured))
+        for p in poured[-5:]:
+            assert await rows_of(pool, p) == 1
+        assert "second" in writers  # it helped with the backlog
+        await asyncio.sleep(0.3)
+        writers.clear()
+        trickled = [prediction() for _ in range(5)]
+        for p in trickled:  # one at a time, each written before the next comes
+            await publish(js, TENANT, p, p.name)
+            assert await rows_of(pool, p) == 1
+        assert set(writers) == {"first"}  # no backlog: the second loop did not pull
+    for p in poured:
+        assert await rows_of(pool, p) == 1
+    await js.delete_consumer(messaging.EVENTS_STREAM, name)

@@ -15,6 +15,7 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common.ids import uuid7
 from services.common.messaging import EVENTS_STREAM, PREDICTIONS_SUBJECT
+from services.store.ingest import RECORDS_FILTER
 from tests.e2e.rest import Rest
 
 pytestmark = pytest.mark.e2e
@@ -34,13 +35,19 @@ async def publish_twice(nats_url: str, event: events_pb2.PredictionRecorded, rec
 
 
 async def store_has_acked(nats_url: str, sequence: int, timeout_s: float = 30) -> bool:
-    """Waits until every consumer of the events stream has acknowledged ``sequence``."""
+    """Waits until every consumer of the records (store's ingest) has acknowledged ``sequence``.
+
+    Consumers of the stream's other subjects (store's job events) never see it, so their ack
+    floor need not reach it.
+    """
     connection = await nats.connect(nats_url)
     try:
         js = connection.jetstream()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            consumers = await js.consumers_info(EVENTS_STREAM)
+            consumers = [
+                c for c in await js.consumers_info(EVENTS_STREAM) if c.config.filter_subject == RECORDS_FILTER
+            ]
             if consumers and all(c.ack_floor.stream_seq >= sequence for c in consumers):
                 return True
             await asyncio.sleep(0.2)

@@ -24,7 +24,7 @@ from services.store.repositories import api_keys
 from services.store.retention import run_retention
 from services.store.servicer import StoreServicer
 from services.store.settings import StoreSettings
-from services.store.stalls import run_stall_sweeper
+from services.store.stalls import WorkQueue, run_stall_sweeper
 
 log = logging.getLogger(__name__)
 
@@ -117,5 +117,6 @@ class StoreService:
             retention = run_retention(pool, s.retention_days, s.retention_batch_size, s.retention_interval_s)
             spawn(stack, retention, "store-retention")
         if s.job_stall_timeout_s:
-            sweeper = run_stall_sweeper(pool, s.job_stall_timeout_s, s.job_stall_check_interval_s)
+            queue = WorkQueue(js)
+            sweeper = run_stall_sweeper(pool, queue, s.job_stall_timeout_s, s.job_stall_check_interval_s)
             spawn(stack, sweeper, "store-stalled-jobs")

@@ -62,7 +62,8 @@ class StoreSettings(ServiceSettings, NatsSettings):
     retention_batch_size: int = Field(default=5_000, ge=1)
     """Most rows one retention DELETE removes; each batch is its own short transaction."""
     job_stall_timeout_s: float = Field(default=3600.0, ge=0)
-    """A queued or running job none of whose items finished for this long is failed (JOB_STALLED),
-    never left waiting for good; 0 never fails one. Longer than a backlog may keep a job waiting."""
+    """A queued or running job none of whose items finished for this long, and whose items are in no
+    queue (the work stream is empty), is failed (JOB_STALLED), never left waiting for good; an
+    expanding job that read no line for this long too. 0 never fails one."""
     job_stall_check_interval_s: float = Field(default=60.0, gt=0)
     """How often stalled jobs are looked for."""

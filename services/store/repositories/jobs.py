@@ -210,19 +210,26 @@ async def touch_expansion(connection: Connection, tenant: str, job_id: uuid.UUID
 
 
 async def fail_stalled(
-    connection: Connection, idle_s: float, code: int, message: str, expanding_message: str
+    connection: Connection,
+    idle_s: float,
+    code: int,
+    message: str,
+    expanding_message: str,
+    queue_idle: bool = True,
 ) -> list[asyncpg.Record]:
     """Fails every queued, running or expanding job that made no progress for ``idle_s`` seconds.
 
     Progress is what moves ``update_time``: a job's creation, an item counted, a retry, an
     expansion's report that it read more lines. An expanding job gets ``expanding_message``.
-    Returns the failed jobs (id, tenant, counters, whether it was expanding), for the log.
+    Without ``queue_idle`` only expanding jobs are judged: queued and running ones may be waiting
+    their turn behind other work. Returns the failed jobs (id, tenant, counters, whether it was
+    expanding), for the log.
     """
     return await connection.fetch(
         f"""
         WITH stalled AS (
             SELECT id, state = {_EXPANDING} AS expanding FROM jobs
-            WHERE state IN ({_QUEUED}, {_RUNNING}, {_EXPANDING})
+            WHERE (state = {_EXPANDING} OR ($5 AND state IN ({_QUEUED}, {_RUNNING})))
                 AND update_time < now() - make_interval(secs => $1)
             FOR UPDATE
         )
@@ -235,6 +242,7 @@ async def fail_stalled(
         code,
         message,
         expanding_message,
+        queue_idle,
     )
 
 

@@ -241,23 +241,55 @@ def content_manifest(folder: Path, name: str, lines: int, line_bytes: int) -> Pa
     return path
 
 
-def manifest_job(ferry: FerryClient, upload: str) -> str:
-    """Creates a job from ``upload``, waits until it is no longer EXPANDING, then cancels it."""
+def until_expanded(ferry: FerryClient, job: job_pb2.Job) -> job_pb2.Job:
+    """The job once it is no longer EXPANDING (by name: the benchmark also runs against a
+    checkout from before jobs expanded, which has no such state)."""
+    while job_pb2.JobState.Name(job.state) == "JOB_STATE_EXPANDING":
+        time.sleep(0.05)
+        job = ferry.get_job(job.name)
+    return job
+
+
+def small_job(ferry: FerryClient, upload: str, delay_s: float, said: list[str]) -> None:
+    """Another tenant's small manifest job, ``delay_s`` after the big one was sent: how long its
+    CreateJob took and how long until it left EXPANDING (fairness between tenants)."""
+    time.sleep(delay_s)
+    started = time.perf_counter()
+    job = ferry.create_job([], MODEL, top_k=1, manifest=upload)
+    answered = time.perf_counter() - started
+    job = until_expanded(ferry, job)
+    said.append(
+        f"another tenant's {job.items_total}-line manifest: CreateJob {answered * 1000:.0f} ms, "
+        f"expanded {time.perf_counter() - started:.1f} s after it was sent"
+    )
+    if job.state not in _FINISHED:
+        ferry.cancel_job(job.name)
+
+
+def manifest_job(ferry: FerryClient, upload: str, small: tuple[FerryClient, str] | None = None) -> str:
+    """Creates a job from ``upload``, waits until it is no longer EXPANDING, then cancels it;
+    ``small`` (a client of another tenant, its upload) sends a small manifest job a second later."""
+    said: list[str] = []
+    other = None
+    if small is not None:
+        other = threading.Thread(target=small_job, args=(*small, 1.0, said))
+        other.start()
     started = time.perf_counter()
     job = ferry.create_job([], MODEL, top_k=1, manifest=upload)
     answered = time.perf_counter() - started
     first_state = job_pb2.JobState.Name(job.state)
-    while job.state == job_pb2.JOB_STATE_EXPANDING:
-        time.sleep(0.05)
-        job = ferry.get_job(job.name)
+    job = until_expanded(ferry, job)
     expanded = time.perf_counter() - started
     state = job_pb2.JobState.Name(job.state)
     if job.state not in _FINISHED:
         ferry.cancel_job(job.name)  # the items' inference is the photos case's subject, not this one's
         state += ", then cancelled"
+    if other is not None:
+        other.join()
     return (
         f"CreateJob answered {first_state} in {answered * 1000:.0f} ms; "
         f"expanded in {expanded:.1f} s into {job.items_total} items ({state})"
+        + "".join(f"; {line}" for line in said)
     )
 
 
@@ -324,10 +356,16 @@ def main() -> None:
             cpu = partial(cpu_seconds, edge)
             with FerryClient(endpoints.grpc_target, "bench", timeout_s=600) as ferry:
                 other = ferry.create_key("other-tenant", scopes=("read",)).api_key
+                small_key = ferry.create_key("small-tenant", scopes=("jobs", "read")).api_key
                 ferry.predict(skimage_photo())  # warm: connections, the model's first batch
                 with Watch(endpoints.pids, endpoints.grpc_target, other) as quiet:
                     time.sleep(5)
                 print(quiet.report("quiet baseline (5 s)", "nothing else running"), flush=True)
+                small_client = FerryClient(endpoints.grpc_target, small_key, timeout_s=600)
+                small_manifest = folder / "small.jsonl"
+                small_line = '{"content": "' + base64.b64encode(skimage_photo()).decode() + '"}\n'
+                small_manifest.write_text(small_line * 10)
+                small_upload = small_client.upload(small_manifest).name
                 for name in cases:
                     if name == "manifest-10k":  # its lines name a zip upload's photo
                         zipped = folder / "one-photo.zip"
@@ -341,7 +379,9 @@ def main() -> None:
                         if name == "photos":
                             outcome = timed(lambda p=path, w=watch: photo_job(ferry, p, w, cpu))
                         elif name.startswith("manifest-"):
-                            outcome = timed(lambda u=upload: manifest_job(ferry, u))
+                            outcome = timed(
+                                lambda u=upload: manifest_job(ferry, u, (small_client, small_upload))
+                            )
                         else:
                             outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
                     size_mb = path.stat().st_size / 1e6

@@ -101,7 +101,8 @@ def test_egress_presets_open_each_documented_flow_and_nothing_by_default(tmp_pat
     assert done.returncode == 0, done.stdout + done.stderr
     gateway_ports = {p["port"] for rule in egress_extra(docs, "gateway") for p in rule["ports"]}
     assert gateway_ports == {80, 443}
-    assert [p["port"] for rule in egress_extra(docs, "jobs") for p in rule["ports"]] == [443]
+    # jobs: a manifest's image URLs (80, 443) and S3 (443)
+    assert [p["port"] for rule in egress_extra(docs, "jobs") for p in rule["ports"]] == [80, 443, 443]
     assert egress_extra(docs, "inference") == [] and egress_extra(docs, "store") == []
 
 

@@ -172,21 +172,30 @@ def _spread(latencies_ms: list[float]) -> str:
     return f"({len(latencies_ms)} calls): p50 {median:.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms"
 
 
+def camera_jpeg(source: np.ndarray, megapixels: float, random: np.random.Generator) -> bytes:
+    """``source`` upscaled to a 3:2 photo of ``megapixels`` with sensor-like noise, as a phone's
+    JPEG (quality 85, about 1 MB per 6 MP: the noise is what makes its entropy decoding cost)."""
+    width = int((megapixels * 1e6 * 3 / 2) ** 0.5)
+    size = (width, width * 2 // 3)
+    base = np.asarray(Image.fromarray(source).convert("RGB").resize(size, Image.BICUBIC), dtype=np.int16)
+    noisy = (base + random.integers(-10, 11, base.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def phone_photo(megapixels: float) -> bytes:
+    """One camera-sized JPEG of the cat (``camera_jpeg``), the same bytes on every call."""
+    return camera_jpeg(skimage_data.chelsea(), megapixels, np.random.default_rng(17))
+
+
 def camera_photos(count: int, megapixels: float, folder: Path) -> Path:
     """A zip of ``count`` camera-sized JPEGs (about 1 MB per 6 MP, like a phone's): skimage's
     four photos upscaled with sensor-like noise, each encoded once and stored ``count / 4``
     times under different names (a zip packs each file on its own, so repeats save nothing)."""
-    width = int((megapixels * 1e6 * 3 / 2) ** 0.5)
-    size = (width, width * 2 // 3)
     sources = [skimage_data.chelsea(), skimage_data.coffee(), skimage_data.astronaut(), skimage_data.rocket()]
     random = np.random.default_rng(17)
-    encoded = []
-    for source in sources:
-        base = np.asarray(Image.fromarray(source).convert("RGB").resize(size, Image.BICUBIC), dtype=np.int16)
-        noisy = (base + random.integers(-10, 11, base.shape, dtype=np.int16)).clip(0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(noisy).save(buffer, format="JPEG", quality=85)
-        encoded.append(buffer.getvalue())
+    encoded = [camera_jpeg(source, megapixels, random) for source in sources]
     path = folder / "photos.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for i in range(count):

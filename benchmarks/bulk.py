@@ -17,10 +17,14 @@ issue #17's cases one after another, each while a second tenant calls ``GetModel
 * **manifest-100mb**: the same with 10,000 inline images of about 10 KB each (100 MB): every one
   is stored as an object by the expansion.
 
-For each case it prints the answer (and how long it took), the peak RSS of gateway, NATS, jobs
-runner and inference (sampled every 50 ms from /proc, children included), and the other
-tenant's GetModel p50/p99/max, against a quiet baseline measured first. Not a test: nothing here
-asserts; figures depend on the machine and its load (printed at the end).
+For each case it prints the answer (and how long it took), the peak RSS of gateway, the upload
+lane (``gateway-uploads``, FERRY_UPLOAD_GATEWAYS), NATS, jobs runner and inference (sampled every
+50 ms from /proc, children included), and the other tenant's GetModel p50/p99/max, against a
+quiet baseline measured first; for the photos, also per phase (the upload; CreateJob and the
+job's run) and the CPU per uploaded MB of Envoy, the gateways, NATS and the uploading client.
+The other tenant calls from a process of its own (in this one it would share the uploading
+client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison.
+Not a test: nothing here asserts; figures depend on the machine and its load (printed at the end).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from ferry_client import FerryClient
 from ferry_client.client import FerryError
 
 MODEL = "efficientnet-lite0"
-WATCHED = ("gateway", "nats", "jobs", "inference")
+WATCHED = ("gateway", "gateway-uploads", "nats", "jobs", "inference")
 _FINISHED = {
     job_pb2.JOB_STATE_SUCCEEDED,
     job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
@@ -361,7 +365,11 @@ def main() -> None:
         stack = LocalStack(settings)
         try:
             endpoints = stack.start()
-            edge = {name: endpoints.pids[name] for name in ("envoy", "gateway", "nats")}
+            edge = {
+                name: endpoints.pids[name]
+                for name in ("envoy", "gateway", "gateway-uploads", "nats")
+                if name in endpoints.pids
+            }
             cpu = partial(cpu_seconds, edge)
             with FerryClient(endpoints.grpc_target, "bench", timeout_s=600) as ferry:
                 other = ferry.create_key("other-tenant", scopes=("read",)).api_key

@@ -114,16 +114,8 @@ def buffer_filter() -> str:
 #: would wait for an end the client only sends after the answers. Envoy's flow control bounds them.
 #: Uploads (CreateUpload, client-streamed) too: the gateway counts their bytes as they arrive and
 #: refuses one past max_upload_bytes (UPLOAD_TOO_LARGE); buffering would hold 256 MiB here.
-STREAMED = BodyLimit(
-    "streamed",
-    0,
-    "",
-    (
-        {"prefix": "/grpc.reflection."},
-        {"path": "/ferry.jobs.v1.JobService/CreateUpload"},
-        {"path": "/v1/uploads"},
-    ),
-)
+UPLOADS: tuple[Match, ...] = ({"path": "/ferry.jobs.v1.JobService/CreateUpload"}, {"path": "/v1/uploads"})
+STREAMED = BodyLimit("streamed", 0, "", ({"prefix": "/grpc.reflection."}, *UPLOADS))
 
 
 def route_buffer_config(limit: BodyLimit) -> str:

@@ -44,6 +44,9 @@ class EnvoyOptions:
     more_gateway_ports: tuple[int, ...] = ()
     """Ports of further gateway processes on ``gateway_host`` (``FERRY_GATEWAYS``): endpoints of the
     same cluster, balanced over those that pass health checks."""
+    upload_gateway_ports: tuple[int, ...] = ()
+    """Ports of gateway processes on ``gateway_host`` that take the uploads (CreateUpload), and
+    only those (devstack's upload lane, ``FERRY_UPLOAD_GATEWAYS``); none: the gateways take them."""
     gateway_max_inflight: int = GatewaySettings.model_fields["max_inflight"].default
     """Each gateway's bound on unary calls in flight (``FERRY_GATEWAY_MAX_INFLIGHT``): Envoy lets
     that many per gateway through and refuses the next itself (429 OVERLOADED), so an overloaded
@@ -72,6 +75,7 @@ READY_PATH = "/readyz"
 #: The clusters of the gateways: unary calls (bounded like the gateways' in-flight count), streams.
 GATEWAY_CLUSTER = "gateway"
 STREAMS_CLUSTER = "gateway_streams"
+UPLOADS_CLUSTER = "gateway_uploads"
 #: Streams (watches, results, uploads) in flight to all gateways: Envoy's default circuit breaker.
 STREAMS_MAX_REQUESTS = 1024
 
@@ -231,12 +235,17 @@ def _health_filter(path: str, needs: str = "") -> str:
                           string_match: {{exact: "{path}"}}{needs}"""
 
 
+def _streamed_cluster(opts: EnvoyOptions, match: edge.Match) -> str:
+    return UPLOADS_CLUSTER if opts.upload_gateway_ports and match in edge.UPLOADS else STREAMS_CLUSTER
+
+
 def _routes(opts: EnvoyOptions) -> str:
     streams = "".join(
         _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0, cluster=STREAMS_CLUSTER)
         for kind, value in STREAMING_ROUTES
     ) + "".join(
-        _route(json.dumps(match), 0, 0, edge.STREAMED, STREAMS_CLUSTER) for match in edge.STREAMED.matches
+        _route(json.dumps(match), 0, 0, edge.STREAMED, _streamed_cluster(opts, match))
+        for match in edge.STREAMED.matches
     )
     limited = "".join(
         _route(json.dumps(match), opts.upstream_timeout_s, opts.upstream_timeout_s, limit)
@@ -278,12 +287,17 @@ def _gateway_clusters(opts: EnvoyOptions) -> str:
         (GATEWAY_CLUSTER, _max_requests(opts)),
         (STREAMS_CLUSTER, STREAMS_MAX_REQUESTS),
     )
-    return "".join(
+    text = "".join(
         _http2_cluster(name, opts.gateway_host, opts.gateway_port, opts.more_gateway_ports, bound)
         + no_panic
         + health
         for name, bound in clusters
     )
+    if opts.upload_gateway_ports:  # the upload lane: a gateway of its own for uploads
+        first, *more = opts.upload_gateway_ports
+        lane = _http2_cluster(UPLOADS_CLUSTER, opts.gateway_host, first, tuple(more), STREAMS_MAX_REQUESTS)
+        text += lane + (no_panic if more else "") + health
+    return text
 
 
 def render(opts: EnvoyOptions) -> str:

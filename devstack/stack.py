@@ -51,6 +51,9 @@ ENDPOINTS_FILE = "endpoints.json"
 #: SHUTDOWN_DELAY_S of a service running as several processes: Envoy's health checks (2 s apart,
 #: 2 failures: devstack/envoy.py) take up to 4 s to take a leaving gateway out.
 REPLICA_SHUTDOWN_DELAY_S = 5.0
+#: The upload lane's niceness (``upload_gateways``): its CPU comes after every other process's.
+UPLOAD_NICENESS = 10
+UPLOAD_LANE = "gateway-uploads"
 PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""
@@ -166,14 +169,19 @@ class LocalStack:
         counts = {"gateway": s.gateways, "store": s.stores, "jobs": s.runners}
         processes = {name: process_names(name, counts.get(name, 1)) for name in SERVICE_PORTS}
         processes["inference"] = list(replicas)
+        lane = process_names(UPLOAD_LANE, s.upload_gateways) if s.upload_gateways else []
+        processes["gateway"] += lane
         ports: dict[str, tuple[int, int]] = {}
         for service, (grpc_default, metrics_default) in SERVICE_PORTS.items():
             for i, name in enumerate(processes[service]):
                 first = (self._port(grpc_default), self._port(metrics_default))
                 ports[name] = first if i == 0 else (free_port(s.host), free_port(s.host))
-        targets = {name: f"{s.host}:{grpc}" for name, (grpc, _) in ports.items()}
-        for service, names in processes.items():
-            targets[service] = ",".join(targets[name] for name in names)
+        own = {name: f"{s.host}:{grpc}" for name, (grpc, _) in ports.items()}
+        # Each service's processes, comma-separated (what its callers balance over); a process's
+        # own target is kept apart: "gateway" is also the first gateway's name.
+        targets = own | {
+            service: ",".join(own[name] for name in names) for service, names in processes.items()
+        }
         extra = service_fields(targets, nats_url, s.stream_replicas, postgres.uri, api_key)
         for service in START_ORDER:
             for name in processes[service]:
@@ -185,19 +193,23 @@ class LocalStack:
                     "OTLP_ENDPOINT": otlp,
                     **extra[service],
                 }
-                if len(processes[service]) > 1:
+                if name not in lane and len(set(processes[service]) - set(lane)) > 1:
                     # Stopped alone, a replica must leave its balancers before refusing calls.
                     fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
+                if name in lane:  # it serves uploads only: not a share of each key's rate limit
+                    fields["SHARES_RATE_LIMITS"] = "false"
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
                 env |= replicas[name].env if name in replicas else {}
                 if service == "inference":
                     env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
+                if name in lane:  # the kernel gives the other processes the CPU first
+                    argv = ["nice", "-n", str(UPLOAD_NICENESS), *argv]
                 program = Program(
                     name,
                     partial(ManagedProcess.start, name, argv, self.logs_dir, env),
-                    partial(is_serving, targets[name], timeout_s=1.0),
+                    partial(is_serving, own[name], timeout_s=1.0),
                     self.logs_dir / f"{name}.log",
                     surge=True,
                     ready_line=READY_LINE,
@@ -209,8 +221,9 @@ class LocalStack:
 
         admin_port = self._port(s.envoy_admin_port)
         admin_url = f"http://{s.host}:{admin_port}"
-        gateway_ports = tuple(ports[name][0] for name in processes["gateway"])
-        supervisor.start(self._envoy(gateway_ports, admin_port, admin_url, otlp))
+        gateway_ports = tuple(ports[name][0] for name in processes["gateway"] if name not in lane)
+        upload_ports = tuple(ports[name][0] for name in lane)
+        supervisor.start(self._envoy(gateway_ports, upload_ports, admin_port, admin_url, otlp))
         supervisor.wait_serving("envoy", s.start_timeout_s)
 
         endpoints = Endpoints(
@@ -270,7 +283,12 @@ class LocalStack:
         return url
 
     def _envoy(
-        self, gateway_ports: tuple[int, ...], admin_port: int, admin_url: str, otlp: str
+        self,
+        gateway_ports: tuple[int, ...],
+        upload_ports: tuple[int, ...],
+        admin_port: int,
+        admin_url: str,
+        otlp: str,
     ) -> Program[ManagedProcess]:
         s = self.settings
         config = self.state_dir / "envoy" / "envoy.yaml"
@@ -283,6 +301,7 @@ class LocalStack:
             gateway_host=s.host,
             gateway_port=gateway_ports[0],
             more_gateway_ports=gateway_ports[1:],
+            upload_gateway_ports=upload_ports,
             # The gateways read the same environment: Envoy's bound follows theirs.
             gateway_max_inflight=GatewaySettings().max_inflight,
             otlp_endpoint=otlp,

@@ -42,11 +42,17 @@ class LiveGateways:
     Args:
         nc: the gateway's NATS connection.
         clock: monotonic seconds (tests pass their own).
+        announce: whether this gateway is one of the shares (it beats); a gateway that takes only
+            uploads (the local stack's upload lane) listens without being counted, or it would
+            halve every other gateway's share of each key's rate.
     """
 
-    def __init__(self, nc: NatsClient, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, nc: NatsClient, clock: Callable[[], float] = time.monotonic, announce: bool = True
+    ) -> None:
         self._nc = nc
         self._clock = clock
+        self._announce = announce
         self.id = uuid.uuid4().hex
         self._heard: dict[str, float] = {}
         self._count = 1
@@ -59,7 +65,8 @@ class LiveGateways:
         for peer, seen in list(self._heard.items()):
             if now - seen > STALE_S:
                 del self._heard[peer]
-        self._count = 1 + sum(1 for peer in self._heard if peer != self.id)
+        others = sum(1 for peer in self._heard if peer != self.id)
+        self._count = max(1, others + self._announce)
         return self._count
 
     async def _hear(self, msg: Msg) -> None:
@@ -87,7 +94,9 @@ class LiveGateways:
         async def leave() -> None:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-            await self._say(_GOODBYE)
+            if self._announce:
+                await self._say(_GOODBYE)
 
         stack.push_async_callback(leave)
-        spawn(stack, self._beat(), "gateway heartbeat")
+        if self._announce:
+            spawn(stack, self._beat(), "gateway heartbeat")

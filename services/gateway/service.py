@@ -112,7 +112,7 @@ class GatewayService:
         nc, js = await messaging.connect(s.nats_url, "ferry-gateway", stack)
         await messaging.ensure_streams(js, s.nats_stream_replicas)
         log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
-        gateways = LiveGateways(nc)
+        gateways = LiveGateways(nc, announce=s.shares_rate_limits)
         await gateways.start(stack)
         self._admission.limits.gateways = gateways.count
 

@@ -9,7 +9,7 @@ Memory: the gateway never holds an upload whole. The pieces are written to a spo
 arrive, at most ``upload_buffer_bytes`` held at a time, and refused once past
 ``max_upload_bytes`` or the tenant's quota room. A zip's directory is at its end, so only the
 whole spooled file can be judged (``upload_checks``); then each of its files is copied into the
-Object Store as its own object, inflated in a worker thread 128 KiB at a time, its CRC checked
+Object Store as its own object, inflated in a worker thread 1 MiB at a time, its CRC checked
 at its end. A job item made from a zip file carries a reference to that object (a claim check,
 ``ferry.events.v1.ObjectRef``), never its bytes: the runner reads it when it runs the item.
 

@@ -8,6 +8,7 @@ import json
 import yaml
 
 from devstack import body_fields, edge
+from devstack.envoy import EnvoyOptions, render
 from services.common import limits
 from services.common.settings import ServiceSettings
 from services.gateway.settings import GatewaySettings
@@ -44,3 +45,24 @@ def test_long_strings_fold_into_yaml_that_reads_back_the_same() -> None:
     text = "\n".join(edge.folded(f"        {line}") for line in json.dumps(value, indent=2).splitlines())
     assert all(len(part) <= edge.MAX_LINE for part in text.splitlines())
     assert yaml.safe_load(text) == value
+
+
+def _clusters_by_path(config: str) -> dict[str, str]:
+    """Each route's exact path (gRPC methods, /v1/uploads) and the cluster it goes to."""
+    routes = yaml.safe_load(config)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"]
+    return {
+        r["match"]["path"]: r["route"]["cluster"] for r in routes if "path" in r["match"] and "route" in r
+    }
+
+
+def test_unary_calls_streams_and_uploads_go_to_their_own_clusters() -> None:
+    lane = _clusters_by_path(render(EnvoyOptions(upload_gateway_ports=(50099,))))
+    assert lane["/ferry.models.v1.ModelService/Predict"] == "gateway"  # bounded by the in-flight bound
+    assert lane["/ferry.jobs.v1.JobService/WatchJob"] == "gateway_streams"
+    assert lane["/ferry.jobs.v1.JobService/CreateUpload"] == lane["/v1/uploads"] == "gateway_uploads"
+    # Without an upload lane (compose, Helm), uploads are streams of the gateways.
+    plain = _clusters_by_path(render(EnvoyOptions()))
+    assert plain["/ferry.jobs.v1.JobService/CreateUpload"] == plain["/v1/uploads"] == "gateway_streams"
+    assert "gateway_uploads" not in render(EnvoyOptions())

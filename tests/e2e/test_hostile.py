@@ -60,7 +60,7 @@ PUBLIC_SERVICES = (
     "inference.GRPCInferenceService",
     "ferry.admin.v1.KeyService",  # the fuzz key lacks the admin scope: what is tested is the parse
 )
-_LOGGED = ("gateway", "inference", "jobs", "store")
+_LOGGED = ("gateway", "gateway-uploads", "inference", "jobs", "store")
 
 
 def reason(body: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
+from devstack.stack import UPLOAD_NICENESS
 from tests.e2e.conftest import API_KEY
 from tests.e2e.rest import Rest, b64
 from tests.e2e.test_jobs import FINISHED, job_rows, wait_finished
@@ -256,3 +257,32 @@ def test_a_zip_bomb_is_refused_by_its_directory(
     status, refused = upload_over_rest(stack, body, "application/zip")
     assert status == 400, refused
     assert reason in json.dumps(refused["details"]) and "upload_max_compression_ratio" in refused["message"]
+
+
+def _uploads_logged(log: Path, since: int) -> list[dict[str, Any]]:
+    """The CreateUpload access lines ``log`` got past byte ``since``."""
+    with log.open("rb") as lines:
+        lines.seek(since)
+        entries = [json.loads(line) for line in lines.read().splitlines() if line.startswith(b"{")]
+    return [
+        e
+        for e in entries
+        if e.get("logger") == "ferry.access" and e.get("method", "").endswith("CreateUpload")
+    ]
+
+
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_uploads_go_to_the_upload_lane_a_niced_gateway_of_their_own(stack: dict[str, Any]) -> None:
+    logs = Path(stack["logs_dir"])
+    lane, gateway = logs / "gateway-uploads.log", logs / "gateway.log"
+    since = {log: log.stat().st_size for log in (lane, gateway)}
+    status, answer = upload_over_rest(stack, b'{"text": "a line"}\n', "application/x-ndjson")
+    assert status == 200, answer
+    time.sleep(0.5)  # the access line is written as the answer leaves
+    assert [e["code"] for e in _uploads_logged(lane, since[lane])] == ["OK"]
+    assert _uploads_logged(gateway, since[gateway]) == []  # the other tenants' gateway never read it
+    lane_nice, gateway_nice = (_niceness(stack["pids"][name]) for name in ("gateway-uploads", "gateway"))
+    assert lane_nice == min(19, gateway_nice + UPLOAD_NICENESS)  # the stack may run niced itself

@@ -49,6 +49,19 @@ async def test_gateways_count_each_other_and_a_leaver_at_once(nats_url: str) -> 
                 await asyncio.sleep(0.02)
 
 
+async def test_an_upload_lane_hears_the_gateways_and_is_not_one_of_the_shares(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        gateways = []
+        for announce in (True, True, False):  # two serving gateways, and the upload lane
+            nc, _ = await messaging.connect(nats_url, "gateway", stack)
+            gateway = LiveGateways(nc, announce=announce)
+            await gateway.start(stack)
+            gateways.append(gateway)
+        await wait_count(gateways, 2)
+        await asyncio.sleep(2 * HEARTBEAT_S)  # beats keep coming: the count stays
+        assert [g.count() for g in gateways] == [2, 2, 2]
+
+
 def test_each_gateway_admits_its_share_of_a_keys_rate() -> None:
     now = [0.0]
     limits = RateLimits(0, 0, 10, clock=lambda: now[0])

@@ -365,7 +365,7 @@ def main() -> None:
         stack = LocalStack(settings)
         try:
             endpoints = stack.start()
-            edge = {
+            edge: dict[str, int] = {
                 name: endpoints.pids[name]
                 for name in ("envoy", "gateway", "gateway-uploads", "nats")
                 if name in endpoints.pids

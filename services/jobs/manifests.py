@@ -37,7 +37,7 @@ import binascii
 import hashlib
 import json
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import IO, Any
 
 from google.protobuf import json_format
@@ -54,6 +54,8 @@ from services.common.upload_store import BUCKET, ZIP, Index, UploadStore
 JobInput = types_pb2.Input | events_pb2.ObjectRef
 #: Lines longer than this are parsed in a worker thread, off the event loop.
 _LONG_LINE = 64 * 1024
+#: Inline images stored at once while a manifest is checked (each is two NATS round trips).
+_CONCURRENT_STORES = 8
 #: Called with the number of the last line read, after each chunk of the check pass.
 Progress = Callable[[int], Awaitable[None]]
 
@@ -120,25 +122,31 @@ class Manifest:
         """
         kinds: set[str] = set()
         pending: dict[str, str] = {}  # URLs of this chunk not fetched yet, with their line
+        storing = _Stores(_CONCURRENT_STORES)
         number = 0
-        for read, (number, line) in enumerate(self._lines(), 1):
-            where = f"{self._name} line {number}"
-            kind, value = await _parse(line, where)
-            if kind == "content":
-                data = self._checked_image(_base64(value, where), where)
-                await self._store(f"line-{number}", data)
-            elif kind == "image" and value.startswith(("http://", "https://")):
-                if value not in self._urls:
-                    pending.setdefault(value, where)
-            elif kind == "image":
-                await self._image_ref(value, where)
-            else:
-                _other_input(value, self._max_item_bytes, where)
-            kinds.add("image" if kind == "content" else kind)
-            if read % chunk == 0:
-                await self._fetch(pending)
-                pending = {}
-                await progress(number)
+        try:
+            for read, (number, line) in enumerate(self._lines(), 1):
+                where = f"{self._name} line {number}"
+                kind, value = await _parse(line, where)
+                if kind == "content":
+                    data = self._checked_image(_base64(value, where), where)
+                    await storing.start(self._store(f"line-{number}", data))
+                elif kind == "image" and value.startswith(("http://", "https://")):
+                    if value not in self._urls:
+                        pending.setdefault(value, where)
+                elif kind == "image":
+                    await self._image_ref(value, where)
+                else:
+                    _other_input(value, self._max_item_bytes, where)
+                kinds.add("image" if kind == "content" else kind)
+                if read % chunk == 0:
+                    await storing.wait()
+                    await self._fetch(pending)
+                    pending = {}
+                    await progress(number)
+            await storing.wait()
+        finally:
+            storing.cancel()  # a bad line ends the check: what was being stored is not needed
         await self._fetch(pending)
         await progress(number)
         return kinds
@@ -236,6 +244,44 @@ class Manifest:
                 self._urls[url] = ref
 
         await asyncio.gather(*(one(url, where) for url, where in urls.items()))
+
+
+class _Stores:
+    """Inline images being stored, at most ``limit`` at a time (each holds its image's bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    async def start(self, storing: Coroutine[Any, Any, object]) -> None:
+        """Starts ``storing`` once a slot is free."""
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            storing.close()  # never started: not a coroutine left unawaited
+            raise
+
+        async def one() -> object:
+            try:
+                return await storing
+            finally:
+                self._slots.release()
+
+        self._tasks.add(asyncio.create_task(one()))
+
+    async def wait(self) -> None:
+        """Waits for every store started; raises the first failure."""
+        tasks, self._tasks = self._tasks, set()
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = set()
 
 
 async def _parse(line: str, where: str) -> tuple[str, Any]:

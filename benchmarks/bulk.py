@@ -85,13 +85,17 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def probe(target: str, key: str, stop: EventType, answers: Connection) -> None:
-    """Another tenant's GetModel in a loop, 20 ms apart, until ``stop``; sends back (ended at,
-    latency ms) pairs. Runs in a process of its own: in the benchmark's process it would share the
-    GIL with the uploading client, and its latency would be partly the client's."""
+def probe(target: str, key: str, ready: EventType, stop: EventType, answers: Connection) -> None:
+    """Another tenant's GetModel in a loop, 20 ms apart, from ``ready`` (set once its connection is
+    warm: a few calls made and not counted) until ``stop``; sends back (ended at, latency ms) pairs.
+    Runs in a process of its own: in the benchmark's process it would share the GIL with the
+    uploading client, and its latency would be partly the client's."""
     times = []
     request = model_service_pb2.GetModelRequest(name=f"models/{MODEL}")
     with FerryClient(target, key, timeout_s=30) as prober:
+        for _ in range(5):
+            prober.models.GetModel(request, metadata=prober._metadata, timeout=30)
+        ready.set()
         while not stop.is_set():
             started = time.perf_counter()
             try:
@@ -121,13 +125,15 @@ class Watch:
         self.before = {name: rss_bytes(pid) for name, pid in self._pids.items()}
         self.peaks = dict(self.before)
         spawn = multiprocessing.get_context("spawn")
-        self._probe_stop = spawn.Event()
+        self._probe_stop, ready = spawn.Event(), spawn.Event()
         self._answers, sending = spawn.Pipe(duplex=False)
-        self._prober = spawn.Process(target=probe, args=(self._target, self._key, self._probe_stop, sending))
+        args = (self._target, self._key, ready, self._probe_stop, sending)
+        self._prober = spawn.Process(target=probe, args=args)
         self._prober.start()
+        if not ready.wait(120):  # its imports and first calls, before the case starts
+            raise RuntimeError("the other tenant's probe did not start within 120 s")
         self._sampler = threading.Thread(target=self._sample)
         self._sampler.start()
-        time.sleep(2)  # the probe's imports and first call, before the case starts
         return self
 
     def __exit__(self, *_: object) -> None:

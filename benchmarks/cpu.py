@@ -5,7 +5,9 @@
 * decode + preprocess of the 451x300 cat photo and of a 6-megapixel phone photo in this process
   (CPU ms per image, as the service's decode threads do it; the JPEG decode alone and the old
   float pipeline beside each), and the forward pass at batch 1 and 4 (CPU ms per image on
-  one torch thread: the work, without OpenMP's spin);
+  one torch thread: the work, without OpenMP's spin; then on every torch thread, the difference
+  being what OpenMP's idle threads burn: ``FERRY_INFERENCE_OPENMP_SPIN_COUNT=0 python -m
+  benchmarks.cpu`` compares another spin, for this process and the stack alike);
 * a whole local stack (``ferry up`` on free ports in a temporary folder) under gRPC Predict
   through Envoy at ``--clients`` closed-loop clients for ``--seconds``: the CPU each process
   spent (``/proc/<pid>/stat``, children included: Postgres's backends) divided by the requests.
@@ -196,6 +198,16 @@ def main() -> None:
         f"floors in this process: decode + preprocess {decode_ms:.2f} ms CPU per image; forward "
         + ", ".join(f"batch {size} {ms:.2f}" for size, ms in forward.items())
         + " ms CPU per image",
+        flush=True,
+    )
+    # The same passes on every torch thread, as a batch that runs alone in the service does: the
+    # difference is what OpenMP's idle threads burn spinning (FERRY_INFERENCE_OPENMP_SPIN_COUNT).
+    teamed = {size: process_cpu_ms(lambda size=size: runner.run([item] * size), 30) / size for size in (1, 4)}
+    print(
+        f"forward on {threads} torch threads (GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}): "
+        + ", ".join(f"batch {size} {ms:.2f} ({ms - forward[size]:+.2f})" for size, ms in teamed.items())
+        + " ms CPU per image (spin and hand-offs over one thread)",
         flush=True,
     )
 

@@ -13,8 +13,10 @@ from collections.abc import MutableMapping
 WAIT_POLICY = "OMP_WAIT_POLICY"
 SPIN_COUNT = "GOMP_SPINCOUNT"
 VARIABLES = (WAIT_POLICY, SPIN_COUNT)
-#: Rounds an idle OpenMP thread spins (about 0.1 ms here): FERRY_INFERENCE_OPENMP_SPIN_COUNT's default.
-DEFAULT_SPIN_COUNT = 10_000
+#: Rounds an idle OpenMP thread spins: FERRY_INFERENCE_OPENMP_SPIN_COUNT's default. None: beside the
+#: decode threads and the stack a spinning thread holds the core its partner needs (a two-thread
+#: pass burned 57 ms CPU per image at 10,000 rounds against 33 at 0; docs/benchmarks.md).
+DEFAULT_SPIN_COUNT = 0
 
 
 def apply(spin_count: int, environ: MutableMapping[str, str] = os.environ) -> None:

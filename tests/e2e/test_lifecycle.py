@@ -39,6 +39,7 @@ def test_ctrl_c_stops_everything_and_restart_keeps_state(tmp_path: Path, coffee_
             "inference",
             "jobs",
             "gateway",
+            "gateway-uploads",  # the upload lane (FERRY_UPLOAD_GATEWAYS=1)
             "envoy",
         ]
         assert {name: p.pid for name, p in status.processes.items()} == endpoints["pids"]

@@ -78,7 +78,9 @@ def test_ferry_metrics_prints_each_service_and_up_writes_a_scrape_config(
     assert "store: records:" in shown.stdout
 
     config = Path(traced.endpoints["prometheus_config"]).read_text()
-    for service, ports in traced.endpoints["services"].items():
+    for process, ports in traced.endpoints["services"].items():
+        # A service's processes (gateway and its upload lane, gateway-uploads) are one job's targets.
+        service = process.split("-")[0]
         assert f"job_name: ferry-{service}" in config
         assert f':{ports["metrics_port"]}"' in config
 

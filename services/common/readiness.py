@@ -4,6 +4,12 @@ A service is ready once its ``start`` returned and while every dependency it dec
 gRPC health reports exactly that (SERVING / NOT_SERVING), and the server interceptor answers
 every other RPC with UNAVAILABLE (REST 503) plus retry advice meanwhile, so a caller never sees
 a half-started service's accidental answer (a NOT_FOUND for a model still loading, say).
+
+A service whose calls can be answered part by part while it starts (inference: a model that has
+loaded serves while the next ones load) opens its calls early (``open_calls``): its gRPC services'
+own health names say SERVING and calls reach it, while overall health ("") still says
+NOT_SERVING until ``start`` returned, so that balancers, probes and ``ferry up`` keep waiting for
+the whole.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class Readiness:
         self._health = health_servicer
         self._names = list(names)
         self._started = False
+        self._open_early = False
         self._stopping = False
         self._missing: dict[str, str] = {}
         # Dependencies only the service's background work needs (see set_dependency).
@@ -63,7 +70,7 @@ class Readiness:
     @property
     def serving(self) -> bool:
         """What overall health ("") reports: started, not stopping, and every dependency up."""
-        return self.accepting and not self._stopping and not self._missing
+        return self._started and self.accepting and not self._stopping and not self._missing
 
     @property
     def accepting(self) -> bool:
@@ -75,7 +82,7 @@ class Readiness:
         A dependency only background work needs (``set_dependency(..., background=True)``)
         does not stop calls.
         """
-        return self._started and not (self._missing.keys() - self._background)
+        return (self._started or self._open_early) and not (self._missing.keys() - self._background)
 
     def reason(self) -> str:
         """Why the service is not serving, in words a caller can act on ("" when it is)."""
@@ -106,6 +113,13 @@ class Readiness:
     async def mark_started(self) -> None:
         """Called once ``start`` returned."""
         self._started = True
+        await self._publish()
+
+    async def open_calls(self) -> None:
+        """Called by a ``start`` still under way whose calls can already be answered (each says
+        for itself what is not ready yet): they reach the service, and its gRPC services' health
+        names say SERVING; overall health ("") waits for ``mark_started``."""
+        self._open_early = True
         await self._publish()
 
     async def mark_stopping(self) -> None:
@@ -143,7 +157,10 @@ class Readiness:
         for name in self._names:
             up = serving if name == "" else calls
             await self._health.set(name, _SERVING if up else _NOT_SERVING)
-        log.info("health: %s", "SERVING" if serving else f"NOT_SERVING ({self.reason()})")
+        if calls and not serving and not self._started:
+            log.info("health: NOT_SERVING (%s), answering calls meanwhile", self.reason())
+        else:
+            log.info("health: %s", "SERVING" if serving else f"NOT_SERVING ({self.reason()})")
 
 
 async def watch_dependency(

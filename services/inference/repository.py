@@ -92,6 +92,9 @@ class ModelRepository:
         self._locks = {(c.name, c.version): asyncio.Lock() for c in configs}
         self._build: Builder | None = None
         self._record = Recorder()
+        self.started = False
+        """Whether the service's start has loaded (or unloaded) every model it starts with: until
+        then an admin's load, unload or default move would race with it, and is turned away."""
 
     def attach(self, build: Builder, record: Recorder | None = None) -> None:
         """Sets how models are built (the service's loader, once its shared parts have started) and,

@@ -157,6 +157,11 @@ class InferenceService:
         named = {split_version(entry) for entry in settings.models}
         # Ensembles and notebooks last: they check their members' labels when those serve.
         for config in sorted(self._configs, key=lambda c: bool(c.members or c.requires)):
+            if not readiness.accepting and any(isinstance(m, ServedModel) for m in self.models.values()):
+                # A restart under load: the first model serves while the next ones load (tens of
+                # seconds on a CPU), so a lone replica's callers wait seconds, not the whole start.
+                # Overall health ("") stays NOT_SERVING until every model below has loaded.
+                await readiness.open_calls()
             is_default = config.version == self.repository.default_version(config.name)
             kept = desired.loaded.get((config.name, config.version))
             with contextlib.suppress(FailedPrecondition):  # failed: listed FAILED with the reason
@@ -173,6 +178,7 @@ class InferenceService:
                     await self.repository.unload(
                         config.name, config.version, why=f"not loaded: `ferry models load {load}`"
                     )
+        self.repository.started = True
         if states:
             await states.follow(stack)
         unserved = [m for m in self.models.values() if isinstance(m, Unserved)]

@@ -10,7 +10,8 @@ import grpc
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
 from services.common import limits
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
+from services.common.readiness import RETRY_AFTER_S
 from services.inference.calls import Call
 from services.inference.models.contract import Options
 from services.inference.protos import call_inputs, predict_result
@@ -32,7 +33,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.LoadModelResponse:
         """Loads a configured model off the serving path (see ``repository``)."""
-        repository = self._repository
+        repository = self._started()
         served = await repository.load(request.model, request.version, record=True)
         return inference_service_pb2.LoadModelResponse(model=self._describe(served, request.version))
 
@@ -42,7 +43,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.UnloadModelResponse:
         """Stops serving a model and gives its memory back (see ``repository``)."""
-        unloaded = await self._repository.unload(request.model, request.version, record=True)
+        unloaded = await self._started().unload(request.model, request.version, record=True)
         return inference_service_pb2.UnloadModelResponse(model=self._describe(unloaded, ""))
 
     async def SetDefaultVersion(
@@ -51,8 +52,23 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inference_service_pb2.SetDefaultVersionResponse:
         """Makes a loaded version the one calls naming no version go to (see ``repository``)."""
-        served = await self._repository.set_default(request.model, request.version, record=True)
+        served = await self._started().set_default(request.model, request.version, record=True)
         return inference_service_pb2.SetDefaultVersionResponse(model=self._describe(served, ""))
+
+    def _started(self) -> ModelRepository:
+        """The repository, once the service's start has set up every model it starts with.
+
+        Raises:
+            Unavailable: NOT_READY while the start still loads them (calls are answered early:
+                ``InferenceService.start``); the gateway retries it within its deadline.
+        """
+        if not self._repository.started:
+            raise Unavailable(
+                f"inference is still loading the models it starts with; retry in {RETRY_AFTER_S:g} s",
+                "NOT_READY",
+                {"service": "inference", "retry_after_s": f"{RETRY_AFTER_S:g}"},
+            )
+        return self._repository
 
     def _describe(self, served: Served, version: str) -> model_pb2.Model:
         """The model with its versions; described by ``version`` when one was named."""

@@ -173,6 +173,8 @@ class Answer:
     request_id: str
     status: int
     prediction_id: uuid.UUID | None
+    seconds: float = 0.0
+    """How long the client waited for the answer."""
 
 
 class SteadyLoad:
@@ -210,12 +212,16 @@ class SteadyLoad:
     def _client(self) -> None:
         while not self._stop.is_set():
             request_id = str(uuid.uuid4())
+            sent = time.monotonic()
             status, body = self._rest.post(
                 "/v1/models/efficientnet-lite0:predict", {**self._body, "request_id": request_id}
             )
             name = body.get("prediction", {}).get("name", "") if status == 200 else ""
             answer = Answer(
-                request_id, status, uuid.UUID(name.removeprefix("predictions/")) if name else None
+                request_id,
+                status,
+                uuid.UUID(name.removeprefix("predictions/")) if name else None,
+                time.monotonic() - sent,
             )
             with self._lock:
                 self.answers.append(answer)
@@ -251,6 +257,8 @@ class Figures:
         self.requests_ok = codes[200]
         self.requests_retryable = sum(n for code, n in codes.items() if code in RETRYABLE)
         self.requests_failed = self.requests - self.requests_ok - self.requests_retryable
+        # A call held through the fault: what the restart cost a client that kept calling.
+        self.notes["longest_call_s"] = round(max((a.seconds for a in load.answers), default=0.0), 1)
 
 
 class Report:

@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from PIL import Image
 from skimage import data as skimage_data
 
 from devstack.infra import free_port
-from ferry.inference.v1 import inference_service_pb2_grpc
+from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from ferry.types.v1 import types_pb2
 from services.common.interceptors import ServerInterceptor
 from services.common.readiness import Readiness
 from services.common.runtime import run_service
@@ -57,6 +60,10 @@ def coffee_jpeg() -> bytes:
     return encode(skimage_data.coffee())
 
 
+#: The health name of inference's own gRPC service (SERVING once calls are answered).
+SERVICE = "ferry.inference.v1.InferenceService"
+
+
 @dataclass
 class RunningInference:
     """A running inference service and what was seen while it started."""
@@ -64,27 +71,55 @@ class RunningInference:
     service: InferenceService
     channel: grpc.aio.Channel
     stub: inference_service_pb2_grpc.InferenceServiceStub
-    health_seen: list[int] = field(default_factory=list)
-    """Health statuses polled from bind until SERVING, in order."""
+    health_seen: list[tuple[int, int]] = field(default_factory=list)
+    """Health statuses polled from bind until the whole was SERVING, in order: (overall "", the
+    InferenceService's own name)."""
+    early_classes: list[int] = field(default_factory=list)
+    """The cat photo's top classes, asked of efficientnet-lite0 while the whole was NOT_SERVING."""
+    early_load: str = ""
+    """The status code (and reason) a LoadModel got while the whole was NOT_SERVING."""
 
 
-async def _wait_serving(channel: grpc.aio.Channel, seen: list[int], task: asyncio.Task[None]) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    service = "ferry.inference.v1.InferenceService"
+async def _early_calls(running: RunningInference, cat_jpeg: bytes) -> None:
+    """What a caller gets from a service still loading models: the first one answers, admin waits."""
+    photo = types_pb2.Input(image=types_pb2.Image(content=cat_jpeg))
+    answer = await running.stub.Predict(
+        inference_service_pb2.PredictRequest(model="efficientnet-lite0", inputs=[photo], top_k=1), timeout=30
+    )
+    running.early_classes = [c.index for r in answer.results for c in r.classes]
+    try:
+        await running.stub.LoadModel(inference_service_pb2.LoadModelRequest(model="minilm"), timeout=30)
+        running.early_load = "OK"
+    except grpc.aio.AioRpcError as err:
+        status, info = rpc_status.from_call(err), error_details_pb2.ErrorInfo()  # type: ignore[arg-type]
+        reason = info.reason if status and status.details and status.details[0].Unpack(info) else ""
+        running.early_load = f"{err.code().name} {reason}"
+
+
+async def _wait_serving(running: RunningInference, task: asyncio.Task[None], cat_jpeg: bytes) -> None:
+    health = health_pb2_grpc.HealthStub(running.channel)
+    serving = health_pb2.HealthCheckResponse.SERVING
     while not task.done():
         with contextlib.suppress(grpc.aio.AioRpcError):  # not bound yet
-            answer = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-            if not seen or seen[-1] != answer.status:
-                seen.append(answer.status)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+            statuses = tuple(
+                [
+                    (await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)).status
+                    for name in ("", SERVICE)
+                ]
+            )
+            if not running.health_seen or running.health_seen[-1] != statuses:
+                running.health_seen.append(statuses)  # type: ignore[arg-type]
+            if statuses[0] == serving:
                 return
+            if statuses[1] == serving and not running.early_load:
+                await _early_calls(running, cat_jpeg)
         await asyncio.sleep(0.05)
     task.result()  # the service died during start: show why
     raise AssertionError("inference service stopped before it was SERVING")
 
 
 @pytest.fixture(scope="session")
-async def inference() -> AsyncIterator[RunningInference]:
+async def inference(cat_jpeg: bytes) -> AsyncIterator[RunningInference]:
     """Runs the inference service exactly as ``python -m services.inference`` does, on a free port."""
     port = free_port()
     settings = InferenceSettings(
@@ -101,7 +136,7 @@ async def inference() -> AsyncIterator[RunningInference]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     running = RunningInference(service, channel, inference_service_pb2_grpc.InferenceServiceStub(channel))
     try:
-        await asyncio.wait_for(_wait_serving(channel, running.health_seen, task), timeout=300)
+        await asyncio.wait_for(_wait_serving(running, task, cat_jpeg), timeout=300)
         yield running
     finally:
         await channel.close()

@@ -85,6 +85,10 @@ UPLOAD_BUFFER_BYTES = 4 * MIB
 its spool file: the memory an upload costs, whatever its size."""
 MANIFEST_MAX_LINE_BYTES = 16 * MIB
 """Longest JSONL manifest line: an image of the 12 MiB image limit as base64, and its key."""
+INPUT_NAME_CHARS = 1024
+"""Longest name of a job's input (a zip file's name, a manifest line's "id" or image URL) kept in
+its record: longer file names and URLs are shown shortened around an ellipsis, a longer "id" is
+refused (an id is matched back exactly, so it is never changed)."""
 
 
 def describe(size: int) -> str:

@@ -44,7 +44,9 @@ def result_of(prediction: prediction_pb2.Prediction) -> job_service_pb2.GetJobRe
     """The result line of one item's record: its classes, embedding, JSON output or tensors."""
     result = job_service_pb2.GetJobResultsResponse(
         index=prediction.item_index,
-        input=f"inputs[{prediction.item_index}]",
+        # An upload's item is named by its file or line; one listed in CreateJob (or recorded
+        # before names were kept) by its place in the request.
+        input=prediction.input_name or f"inputs[{prediction.item_index}]",
         state=prediction.state,
         classes=prediction.classes,
         prediction=prediction.name,

@@ -220,11 +220,11 @@ class Expander:
         )
         published = 0
         chunk = self._s.expansion_chunk
-        async for inputs in manifests.chunks(self._uploads, request, fetcher, chunk, progress):
+        async for inputs, names in manifests.chunks(self._uploads, request, fetcher, chunk, progress):
             # The job queue's publishing, msg ids "{job_id}:{index}": a redelivered expansion
             # publishes the same items again and JetStream keeps one of each.
             await publish_job_items(
-                self._publisher, template, inputs, self._s.max_publish_inflight, published
+                self._publisher, template, inputs, self._s.max_publish_inflight, published, names
             )
             published += len(inputs)
             failpoint("jobs.expansion_after_chunk")  # a crash mid-expansion (tests/faults)

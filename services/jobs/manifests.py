@@ -11,6 +11,10 @@ non-blank line, each a JSON object of one of these forms::
     {"payload": {...}}                  a JSON object, for a JSON model (for example "agree")
     {"tensor": {"datatype": "FP32", "shape": [2], "fp32_contents": [1, 2]}}   a ferry.types.v1.Tensor
 
+Any line may also hold ``"id"``, the user's own name for the item, which its record and result
+line show (``Prediction.input_name``); without one an item is named by the zip file's name, the
+image the line names, or the line's number (``services.common.input_names``).
+
 Texts, payloads and tensors are checked like a Predict's input (``validation.input_item``);
 whether the model takes that kind is inference's to say, per item, as for every job input.
 
@@ -38,14 +42,14 @@ import hashlib
 import json
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from google.protobuf import json_format
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
-from services.common import nesting, validation
+from services.common import input_names, nesting, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.common.fetcher import MAX_CONCURRENT_FETCHES, Fetcher
 from services.common.upload_store import BUCKET, ZIP, Index, UploadStore
@@ -60,9 +64,16 @@ _CONCURRENT_STORES = 8
 Progress = Callable[[int], Awaitable[None]]
 
 
+class Chunk(NamedTuple):
+    """Consecutive items of a job: their inputs, and the names their results show (``input_names``)."""
+
+    inputs: list[JobInput]
+    names: list[str]
+
+
 async def chunks(
     uploads: UploadStore, request: events_pb2.JobExpansion, fetcher: Fetcher, chunk: int, progress: Progress
-) -> AsyncIterator[list[JobInput]]:
+) -> AsyncIterator[Chunk]:
     """The inputs of the job ``request`` expands, checked first, then ``chunk`` at a time in order.
 
     Raises (before the first chunk):
@@ -76,7 +87,11 @@ async def chunks(
         validation.manifest_items(count, request.max_items, request.manifest)
         validation.some_input_taken(request.model, request.input_kinds, {"image"}, count)
         for start in range(0, count, chunk):
-            yield [index.entry_ref(p) for p in range(start, min(start + chunk, count))]
+            positions = range(start, min(start + chunk, count))
+            yield Chunk(
+                [index.entry_ref(p) for p in positions],
+                [input_names.shown(index.entries[p].name) for p in positions],
+            )
         return
     validation.manifest_items(index.lines, request.max_items, request.manifest)
     with tempfile.TemporaryFile(prefix="ferry-manifest-") as spooled:
@@ -127,7 +142,7 @@ class Manifest:
         try:
             for read, (number, line) in enumerate(self._lines(), 1):
                 where = f"{self._name} line {number}"
-                kind, value = await _parse(line, where)
+                kind, value, _ = await _parse(line, where)
                 if kind == "content":
                     data = self._checked_image(_base64(value, where), where)
                     await storing.start(self._store(f"line-{number}", data))
@@ -151,27 +166,28 @@ class Manifest:
         await progress(number)
         return kinds
 
-    async def inputs(self, chunk: int) -> AsyncIterator[list[JobInput]]:
+    async def inputs(self, chunk: int) -> AsyncIterator[Chunk]:
         """The checked manifest's inputs in order, ``chunk`` at a time (call ``check`` first)."""
-        batch: list[JobInput] = []
+        batch = Chunk([], [])
         for number, line in self._lines():
             where = f"{self._name} line {number}"
-            kind, value = await _parse(line, where)
+            kind, value, given = await _parse(line, where)
+            batch.names.append(given or _name_of(kind, value, number))
             if kind == "content":
                 size = len(_base64(value, where))
-                batch.append(
+                batch.inputs.append(
                     events_pb2.ObjectRef(bucket=BUCKET, name=self._object(f"line-{number}"), size_bytes=size)
                 )
             elif kind == "image" and value.startswith(("http://", "https://")):
-                batch.append(self._urls[value])
+                batch.inputs.append(self._urls[value])
             elif kind == "image":
-                batch.append(await self._image_ref(value, where))
+                batch.inputs.append(await self._image_ref(value, where))
             else:
-                batch.append(_other_input(value, self._max_item_bytes, where))
-            if len(batch) == chunk:
+                batch.inputs.append(_other_input(value, self._max_item_bytes, where))
+            if len(batch.inputs) == chunk:
                 yield batch
-                batch = []
-        if batch:
+                batch = Chunk([], [])
+        if batch.inputs:
             yield batch
 
     def _lines(self) -> Iterator[tuple[int, str]]:
@@ -284,30 +300,39 @@ class _Stores:
         self._tasks = set()
 
 
-async def _parse(line: str, where: str) -> tuple[str, Any]:
+def _name_of(kind: str, value: Any, number: int) -> str:
+    """The name of a line's item that has no ``"id"``: the image it names, else its number."""
+    if kind != "image":
+        return input_names.of_line(number)
+    if value.startswith(("http://", "https://")):
+        return input_names.of_url(value)
+    return input_names.shown(value)
+
+
+async def _parse(line: str, where: str) -> tuple[str, Any, str]:
     """``_parse_line``, in a worker thread for a long line (off the event loop)."""
     if len(line) > _LONG_LINE:
         return await asyncio.to_thread(_parse_line, line, where)
     return _parse_line(line, where)
 
 
-#: A line's keys, by the kind of item it makes.
+#: A line's keys, by the kind of item it makes (each may also hold an "id").
 _LINE_KEYS = {
-    "image": {"image"},
-    "content": {"content"},
-    "text": {"text", "candidate_labels"},
-    "payload": {"payload"},
-    "tensor": {"tensor"},
+    "image": {"image", "id"},
+    "content": {"content", "id"},
+    "text": {"text", "candidate_labels", "id"},
+    "payload": {"payload", "id"},
+    "tensor": {"tensor", "id"},
 }
 _LINE_FORMS = (
     '{"image": "..."}, {"content": "<base64>"}, {"text": "...", "candidate_labels": [...]} '
-    '(labels optional), {"payload": {...}} or {"tensor": {...}}'
+    '(labels optional), {"payload": {...}} or {"tensor": {...}}, each with an optional "id"'
 )
 
 
-def _parse_line(line: str, where: str) -> tuple[str, Any]:
-    """A line's kind (its main key) and the line: the string value of ``image`` or ``content``,
-    else the whole object (a text's labels ride along with it)."""
+def _parse_line(line: str, where: str) -> tuple[str, Any, str]:
+    """A line's kind (its main key), the line (the string value of ``image`` or ``content``, else
+    the whole object: a text's labels ride along with it) and its ``"id"`` ("" when it has none)."""
     try:
         item: Any = nesting.loads(line)
     except nesting.TooDeep as err:  # however deep: Python's recursion limit is not a 500
@@ -324,12 +349,15 @@ def _parse_line(line: str, where: str) -> tuple[str, Any]:
     if len(kinds) != 1 or not item.keys() <= _LINE_KEYS[kinds[0]]:
         raise _bad(where, f"expected one object of one of these forms: {_LINE_FORMS}")
     kind = kinds[0]
+    given = item.pop("id", None)
+    if given is not None and (problem := input_names.id_problem(given)) is not None:
+        raise _bad(where, problem)
     if kind in ("image", "content"):
         value = item[kind]
         if not isinstance(value, str) or not value:
             raise _bad(where, f'"{kind}" must be a non-empty string')
-        return kind, value
-    return kind, item
+        return kind, value, given or ""
+    return kind, item, given or ""
 
 
 def _other_input(line: dict[str, Any], max_bytes: int, where: str) -> types_pb2.Input:

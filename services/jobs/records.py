@@ -40,6 +40,7 @@ def prediction_record(
         job=f"jobs/{job_id}",
         item_index=item.item_index,
         trace_id=current_trace_id(),
+        input_name=item.input_name,  # which photo or line: the job's results name it
     )
     if outcome.error is None and outcome.result is not None:
         prediction.state = prediction_pb2.PREDICTION_STATE_SUCCEEDED

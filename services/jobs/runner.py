@@ -82,6 +82,7 @@ def decode_item(data: bytes) -> tuple[events_pb2.JobItem, uuid.UUID]:
                 model=header.model,
                 generation=header.generation,
                 priority=header.priority,
+                input_name=header.input_name,
             )
             job_id = _job_id(item)
         except (DecodeError, ValueError):

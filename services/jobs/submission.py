@@ -297,6 +297,7 @@ async def publish_job_items(
     inputs: Sequence[JobInput],
     max_inflight: int,
     first_index: int = 0,
+    names: Sequence[str] = (),
 ) -> None:
     """Publishes one JobItem per input to the work stream and waits for every ack.
 
@@ -314,6 +315,8 @@ async def publish_job_items(
         inputs: the job's inputs, in order: Inputs, or claim checks of images (``input_ref``).
         max_inflight: most publishes awaiting their ack at once.
         first_index: the index in the job of ``inputs[0]`` (a job submitted in several parts).
+        names: the inputs' names (``JobItem.input_name``) for items of an upload, in the same
+            order; empty for inputs listed in CreateJob.
 
     Raises:
         nats.errors.Error, TimeoutError: a publish failed; the others are cancelled.
@@ -330,6 +333,8 @@ async def publish_job_items(
             item.input_ref.CopyFrom(found)  # a claim check: the runner reads the bytes
         else:
             item.input.CopyFrom(found)
+        if names:
+            item.input_name = names[index - first_index]
         return item
 
     async def publish_one(index: int) -> None:

@@ -55,6 +55,7 @@ class PredictionRow(NamedTuple):
     source: int
     outputs: str | None
     model_version: str | None
+    input_name: str | None
 
 
 def _timestamp(value: datetime) -> Timestamp:
@@ -153,6 +154,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         source=prediction.source or (_JOB_ITEM if job_id else _SYNC),
         outputs=outputs_json(prediction),
         model_version=prediction.model_version or None,
+        input_name=prediction.input_name or None,
     )
 
 
@@ -204,6 +206,7 @@ def prediction_from_row(row: asyncpg.Record) -> prediction_pb2.Prediction:
         create_time=_timestamp(row["create_time"]),
         source=row["source"],
         model_version=row.get("model_version") or "",
+        input_name=row.get("input_name") or "",
     )
     if row["job_id"] is not None:
         prediction.job = f"jobs/{row['job_id']}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import unicodedata
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -18,7 +19,7 @@ from nats.js import JetStreamContext
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_service_pb2
 from ferry.types.v1 import types_pb2
-from services.common import messaging, upload_checks
+from services.common import input_names, limits, messaging, upload_checks
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.fetcher import Fetcher, FetchPolicy
 from services.common.upload_checks import UploadLimits
@@ -35,6 +36,13 @@ async def expand(
     uploads: Uploads, tenant: str, name: str, fetcher: Fetcher, max_items: int, max_item_bytes: int
 ) -> list[JobInput]:
     """Every input of a job naming the upload ``name`` (the expander publishes them chunk by chunk)."""
+    return (await expanded(uploads, tenant, name, fetcher, max_items, max_item_bytes)).inputs
+
+
+async def expanded(
+    uploads: Uploads, tenant: str, name: str, fetcher: Fetcher, max_items: int, max_item_bytes: int
+) -> manifests.Chunk:
+    """Every input of a job naming the upload ``name``, with the names its results show."""
     request = events_pb2.JobExpansion(
         tenant=tenant,
         manifest=name,
@@ -47,7 +55,12 @@ async def expand(
     async def progress(line: int) -> None:
         pass
 
-    return [i async for chunk in manifests.chunks(uploads, request, fetcher, 2, progress) for i in chunk]
+    every = manifests.Chunk([], [])
+    async for chunk in manifests.chunks(uploads, request, fetcher, 2, progress):
+        assert len(chunk.inputs) == len(chunk.names)
+        every.inputs.extend(chunk.inputs)
+        every.names.extend(chunk.names)
+    return every
 
 
 async def pieces(*chunks: bytes) -> AsyncIterator[job_service_pb2.CreateUploadRequest]:
@@ -142,6 +155,44 @@ async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> Non
         assert list(inputs[3].tensor.shape) == [2] and list(inputs[3].tensor.fp32_contents) == [0.5, 1.5]
 
 
+async def test_items_are_named_by_their_zip_file_or_what_their_manifest_line_gave(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js)
+        decomposed = unicodedata.normalize("NFD", "holiday/2024/café.jpg")
+        hostile = "\x1b]0;owned\x07photo\u202egpj.exe"
+        long_name = "deep/" * 300 + "IMG_0001.jpg"
+        files = {"holiday/2024/IMG_0001.jpg": b"A", decomposed: b"B", hostile: b"C", long_name: b"D"}
+        photos = await uploads.create("acme", pieces(zipped(files)))
+        by_zip = await expanded(uploads, "acme", photos.name, FETCHER, 10, 1000)
+        # In the zip's name order, as its items are: "\x1b" sorts first, then "deep/", "holiday/".
+        assert [await image_of(js, i) for i in by_zip.inputs] == [b"C", b"D", b"A", b"B"]  # type: ignore[arg-type]
+        hostile_shown, long_shown, *names = by_zip.names
+        assert hostile_shown == "\\x1b]0;owned\\x07photo\\u202egpj.exe"  # no terminal title, no reversed text
+        assert len(long_shown) == limits.INPUT_NAME_CHARS and long_shown.endswith("/IMG_0001.jpg")
+        assert long_shown.startswith("deep/deep/") and input_names.ELLIPSIS in long_shown
+        assert names == ["holiday/2024/IMG_0001.jpg", "holiday/2024/café.jpg"]  # composed (NFC), as typed
+
+        lines = [
+            {"image": f"{photos.name}/holiday/2024/IMG_0001.jpg"},
+            {"content": "Q0M=", "id": "scan-17"},
+            {"text": "a cat on a sofa"},
+            {"text": "stock prices fell", "candidate_labels": ["finance"], "id": "Kunde 4711"},
+            {"payload": {"x": 1}},
+        ]
+        manifest = await uploads.create("acme", pieces("\n\n".join(json.dumps(x) for x in lines).encode()))
+        by_lines = await expanded(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+        assert by_lines.names == [
+            f"{photos.name}/holiday/2024/IMG_0001.jpg",  # the image the line names
+            "scan-17",  # the line's own id
+            "line 5",  # its line number (blank lines count: it is the file's line 5)
+            "Kunde 4711",
+            "line 9",
+        ]
+        assert isinstance(by_lines.inputs[3], types_pb2.Input)
+        assert list(by_lines.inputs[3].text.candidate_labels) == ["finance"]  # "id" is not an input field
+
+
 @pytest.mark.parametrize(
     ("line", "reason", "words"),
     [
@@ -157,6 +208,11 @@ async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> Non
         ('{"text": "   "}', "MISSING_TEXT", "text.content is empty"),
         ('{"text": "x", "candidate_labels": [' + ", ".join(['"l"'] * 65) + "]}", "TOO_MANY_LABELS", "64"),
         ('{"payload": {"blob": "' + "x" * 2000 + '"}}', "INPUT_TOO_LARGE", "limit is 1000 bytes"),
+        ('{"text": "x", "id": ""}', "INVALID_MANIFEST", '"id" must be a non-empty string'),
+        ('{"text": "x", "id": 17}', "INVALID_MANIFEST", '"id" must be a non-empty string'),
+        ('{"text": "x", "id": "a\\u0000b"}', "INVALID_MANIFEST", "U+0000"),
+        ('{"text": "x", "id": "' + "i" * 1025 + '"}', "INVALID_MANIFEST", "at most 1024"),
+        ('{"id": "only a name"}', "INVALID_MANIFEST", "one of these forms"),
     ],
 )
 async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number(

@@ -52,7 +52,7 @@ async def test_an_item_whose_input_cannot_be_decoded_fails_with_a_reason_and_no_
     harness: Harness,
 ) -> None:
     job = uuid.uuid4()
-    await harness.publish_raw(item_bytes(job, 0, nested_input(200)))
+    await harness.publish_raw(item_bytes(job, 0, nested_input(200), input_name="holiday/broken.json"))
     await harness.publish_item(job, 1, b"a fine one beside it")
     await harness.start_runner()
     info = await harness.wait_drained(await harness.work_stream_last_seq())
@@ -61,6 +61,7 @@ async def test_an_item_whose_input_cannot_be_decoded_fails_with_a_reason_and_no_
     assert records[name_of(job, 0)].state == FAILED
     assert error_reason(records[name_of(job, 0)]) == "JOB_ITEM_MALFORMED"
     assert "item 0" in records[name_of(job, 0)].error.message
+    assert records[name_of(job, 0)].input_name == "holiday/broken.json"  # read by the header
     assert records[name_of(job, 1)].state == SUCCEEDED
     assert info.num_redelivered == 0
     with pytest.raises(NotFoundError):  # nothing RetryJob could run again
@@ -95,19 +96,22 @@ async def test_a_claim_check_runs_on_the_stored_bytes_and_fails_input_expired_on
     job = uuid.uuid4()
     kept = events_pb2.ObjectRef(bucket="ferry_uploads", name="acme/upload/0", size_bytes=18)
     gone = events_pb2.ObjectRef(bucket="ferry_uploads", name="acme/upload/1", size_bytes=18)
-    await harness.publish_raw(item_bytes(job, 0, input_ref=kept))
-    await harness.publish_raw(item_bytes(job, 1, input_ref=gone))
+    await harness.publish_raw(item_bytes(job, 0, input_ref=kept, input_name="photos/cat.jpg"))
+    await harness.publish_raw(item_bytes(job, 1, input_ref=gone, input_name="photos/gone.jpg"))
     await harness.start_runner()
     await harness.wait_drained(await harness.work_stream_last_seq())
 
     records = by_name(await harness.records(job))
     assert records[name_of(job, 0)].state == SUCCEEDED
     assert inference.seen(b"stored image bytes") == 1  # the runner read the object's bytes
+    # Each record names its photo, failed or not; the dead letter keeps it for RetryJob's re-run.
+    assert [records[name_of(job, i)].input_name for i in (0, 1)] == ["photos/cat.jpg", "photos/gone.jpg"]
     assert records[name_of(job, 1)].state == FAILED
     assert error_reason(records[name_of(job, 1)]) == "INPUT_EXPIRED"
     assert "item 1" in records[name_of(job, 1)].error.message
     dead = events_pb2.JobItem.FromString((await harness.dead_letter(job, 1)).data or b"")
     assert dead.input_ref == gone and not dead.HasField("input")  # the reference, no bytes
+    assert dead.input_name == "photos/gone.jpg"
 
 
 async def test_a_notebook_run_on_a_model_lane_fails_with_a_reason_not_as_a_model(harness: Harness) -> None:

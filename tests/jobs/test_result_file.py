@@ -144,6 +144,18 @@ async def test_the_file_has_a_line_per_record_and_is_written_once_per_round(
     assert stored == b"".join(first)  # the stored file is the lines served, byte for byte
 
 
+async def test_a_line_names_its_upload_file_or_line_and_an_unnamed_record_its_place(
+    js: JetStreamContext,
+) -> None:
+    job, predictions = a_job()
+    predictions[0].input_name = "holiday/2024/IMG_0001.jpg"  # a zip's file
+    predictions[2].input_name = "\\x1b[31mred.jpg"  # as the expander escaped it
+    results = JobResults(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
+    inputs = [json.loads(line)["input"] for line in await lines(results, job.name)]
+    # Item 1 has no name: listed in CreateJob, or recorded before names were kept.
+    assert inputs == ["holiday/2024/IMG_0001.jpg", "inputs[1]", "\\x1b[31mred.jpg"]
+
+
 async def test_s3_files_are_objects_under_the_urls_prefix(js: JetStreamContext, s3_endpoint: str) -> None:
     boto3.client("s3").create_bucket(Bucket="ferry-prefixed")
     job, predictions = a_job()

@@ -98,5 +98,22 @@ def test_outputs_other_than_classes_survive_the_row() -> None:
     back = codec.prediction_from_row(row._asdict())  # type: ignore[arg-type]
     for field in ("embedding", "output", "tensors", "members"):
         assert getattr(back, field) == getattr(prediction, field), field
+
+
+def test_an_input_name_survives_the_row_and_an_old_row_has_none() -> None:
+    prediction = prediction_pb2.Prediction(
+        name="predictions/0190a5c8-7c3e-7000-8000-000000000001",
+        model="models/efficientnet-lite0",
+        job="jobs/0190a5c8-7c3e-7000-8000-000000000002",
+        item_index=3,
+        input_name="holiday/2024/café.jpg",
+    )
+    row = codec.prediction_row("t", prediction)
+    assert row.input_name == "holiday/2024/café.jpg"
+    assert codec.prediction_from_row(row._asdict()).input_name == "holiday/2024/café.jpg"  # type: ignore[arg-type]
+    inline = codec.prediction_row("t", prediction_pb2.Prediction(name=prediction.name, job=prediction.job))
+    assert inline.input_name is None  # NULL, as rows from before migration 0011
+    old = {k: v for k, v in inline._asdict().items() if k != "input_name"}  # a row read before it
+    assert codec.prediction_from_row(old).input_name == ""  # type: ignore[arg-type]
     classifier = codec.prediction_row("t", prediction_pb2.Prediction(name=prediction.name, model="models/x"))
     assert classifier.outputs is None

@@ -70,6 +70,23 @@ async def test_a_published_record_becomes_a_row(js: JetStreamContext, pool: asyn
     assert row["class_labels"] == ["espresso"]
 
 
+async def test_a_job_items_input_name_is_a_column_read_back_with_the_record(
+    js: JetStreamContext, pool: asyncpg.Pool, store: Stub
+) -> None:
+    job = await new_job(store, 2)
+    named, inline = prediction(job, 0), prediction(job, 1)
+    named.input_name = "holiday/2024/IMG_0001.jpg"
+    for made in (named, inline):
+        await publish(js, TENANT, made, made.name)
+    await settled(store, js, pool, job)
+    rows = await pool.fetch(
+        "SELECT item_index, input_name FROM predictions WHERE job_id = $1 ORDER BY 1", job
+    )
+    assert [(r["item_index"], r["input_name"]) for r in rows] == [(0, "holiday/2024/IMG_0001.jpg"), (1, None)]
+    found = await store.GetPrediction(pb.GetPredictionRequest(tenant=TENANT, id=str(record_id(named))))
+    assert found.prediction.input_name == "holiday/2024/IMG_0001.jpg"
+
+
 async def test_a_record_published_twice_makes_one_row(js: JetStreamContext, pool: asyncpg.Pool) -> None:
     made = prediction()
     # Different message ids: JetStream's dedup cannot help, as for a redelivery after its window.

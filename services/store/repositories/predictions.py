@@ -23,7 +23,7 @@ _COLUMN_TYPES = {
     "total_ms": "double precision", "batch_size": "integer", "error": "bytea",
     "error_code": "integer", "error_message": "text", "error_reason": "text", "trace_id": "text",
     "create_time": "timestamptz", "generation": "integer", "source": "smallint", "outputs": "jsonb",
-    "model_version": "text",
+    "model_version": "text", "input_name": "text",
 }  # fmt: skip
 if tuple(_COLUMN_TYPES) != PredictionRow._fields:
     raise RuntimeError("predictions' column list and codec.PredictionRow disagree")
@@ -64,7 +64,7 @@ _UPSERT = (
 # A small batch (what a fetch brings when records trickle in: a few gateway batches) goes in one
 # INSERT … VALUES statement instead: one round trip, where the staging table costs four (create,
 # COPY, move, and the transaction around them) and most of store's and Postgres's CPU per record
-# at a few hundred predictions a second. Up to this many rows (23 parameters each).
+# at a few hundred predictions a second. Up to this many rows (a parameter per column each).
 SMALL_BATCH = 32
 _ON_CONFLICT = _UPSERT[_UPSERT.index(" ON CONFLICT") :]
 

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65rry/events/v1/events.proto\x12\x0f\x66\x65rry.events.v1\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\x83\x01\n\x12PredictionRecorded\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x34\n\nprediction\x18\x02 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x12\n\ngeneration\x18\x03 \x01(\x05\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"K\n\x13PredictionsRecorded\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32#.ferry.events.v1.PredictionRecorded\"\xa4\x02\n\x07JobItem\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nitem_index\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x05input\x18\x05 \x01(\x0b\x32\x15.ferry.types.v1.Input\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x12\n\ngeneration\x18\x07 \x01(\x05\x12*\n\x08priority\x18\x08 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12-\n\tinput_ref\x18\t \x01(\x0b\x32\x1a.ferry.events.v1.ObjectRef\x12\x32\n\x0cnotebook_run\x18\n \x01(\x0b\x32\x1c.ferry.events.v1.NotebookRun\"L\n\x0bNotebookRun\x12\x10\n\x08notebook\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\tObjectRef\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\x92\x01\n\rJobItemHeader\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nitem_index\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x05\x12*\n\x08priority\x18\x08 \x01(\x0e\x32\x18.ferry.types.v1.Priority\"\xff\x01\n\x0cJobExpansion\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\x10\n\x08manifest\x18\x06 \x01(\t\x12\x13\n\x0binput_kinds\x18\x07 \x03(\t\x12\x11\n\tmax_items\x18\x08 \x01(\x05\x12\x16\n\x0emax_item_bytes\x18\t \x01(\x03\x12\x17\n\x0fmax_image_bytes\x18\n \x01(\x03\x12\x1a\n\x12upload_quota_bytes\x18\x0b \x01(\x03\"\x90\x01\n\x11JobExpansionEvent\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x14\n\nlines_read\x18\x03 \x01(\x05H\x00\x12\x15\n\x0bitems_total\x18\x04 \x01(\x05H\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcomeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65rry/events/v1/events.proto\x12\x0f\x66\x65rry.events.v1\x1a%ferry/predictions/v1/prediction.proto\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17google/rpc/status.proto\"\x83\x01\n\x12PredictionRecorded\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x34\n\nprediction\x18\x02 \x01(\x0b\x32 .ferry.predictions.v1.Prediction\x12\x12\n\ngeneration\x18\x03 \x01(\x05\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"K\n\x13PredictionsRecorded\x12\x34\n\x07records\x18\x01 \x03(\x0b\x32#.ferry.events.v1.PredictionRecorded\"\xb8\x02\n\x07JobItem\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nitem_index\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x05input\x18\x05 \x01(\x0b\x32\x15.ferry.types.v1.Input\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\x12\n\ngeneration\x18\x07 \x01(\x05\x12*\n\x08priority\x18\x08 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12-\n\tinput_ref\x18\t \x01(\x0b\x32\x1a.ferry.events.v1.ObjectRef\x12\x32\n\x0cnotebook_run\x18\n \x01(\x0b\x32\x1c.ferry.events.v1.NotebookRun\x12\x12\n\ninput_name\x18\x0b \x01(\t\"L\n\x0bNotebookRun\x12\x10\n\x08notebook\x18\x01 \x01(\t\x12+\n\nparameters\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"=\n\tObjectRef\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\xa6\x01\n\rJobItemHeader\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x12\n\nitem_index\x18\x03 \x01(\x05\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x07 \x01(\x05\x12*\n\x08priority\x18\x08 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\x12\n\ninput_name\x18\x0b \x01(\t\"\xff\x01\n\x0cJobExpansion\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12*\n\x08priority\x18\x05 \x01(\x0e\x32\x18.ferry.types.v1.Priority\x12\x10\n\x08manifest\x18\x06 \x01(\t\x12\x13\n\x0binput_kinds\x18\x07 \x03(\t\x12\x11\n\tmax_items\x18\x08 \x01(\x05\x12\x16\n\x0emax_item_bytes\x18\t \x01(\x03\x12\x17\n\x0fmax_image_bytes\x18\n \x01(\x03\x12\x1a\n\x12upload_quota_bytes\x18\x0b \x01(\x03\"\x90\x01\n\x11JobExpansionEvent\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x14\n\nlines_read\x18\x03 \x01(\x05H\x00\x12\x15\n\x0bitems_total\x18\x04 \x01(\x05H\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcomeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTIONSRECORDED']._serialized_start=305
   _globals['_PREDICTIONSRECORDED']._serialized_end=380
   _globals['_JOBITEM']._serialized_start=383
-  _globals['_JOBITEM']._serialized_end=675
-  _globals['_NOTEBOOKRUN']._serialized_start=677
-  _globals['_NOTEBOOKRUN']._serialized_end=753
-  _globals['_OBJECTREF']._serialized_start=755
-  _globals['_OBJECTREF']._serialized_end=816
-  _globals['_JOBITEMHEADER']._serialized_start=819
-  _globals['_JOBITEMHEADER']._serialized_end=965
-  _globals['_JOBEXPANSION']._serialized_start=968
-  _globals['_JOBEXPANSION']._serialized_end=1223
-  _globals['_JOBEXPANSIONEVENT']._serialized_start=1226
-  _globals['_JOBEXPANSIONEVENT']._serialized_end=1370
+  _globals['_JOBITEM']._serialized_end=695
+  _globals['_NOTEBOOKRUN']._serialized_start=697
+  _globals['_NOTEBOOKRUN']._serialized_end=773
+  _globals['_OBJECTREF']._serialized_start=775
+  _globals['_OBJECTREF']._serialized_end=836
+  _globals['_JOBITEMHEADER']._serialized_start=839
+  _globals['_JOBITEMHEADER']._serialized_end=1005
+  _globals['_JOBEXPANSION']._serialized_start=1008
+  _globals['_JOBEXPANSION']._serialized_end=1263
+  _globals['_JOBEXPANSIONEVENT']._serialized_start=1266
+  _globals['_JOBEXPANSIONEVENT']._serialized_end=1410
 # @@protoc_insertion_point(module_scope)

@@ -29,7 +29,7 @@ class PredictionsRecorded(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[PredictionRecorded, _Mapping]]] = ...) -> None: ...
 
 class JobItem(_message.Message):
-    __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation", "priority", "input_ref", "notebook_run")
+    __slots__ = ("tenant", "job_id", "item_index", "model", "input", "top_k", "generation", "priority", "input_ref", "notebook_run", "input_name")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class JobItem(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     INPUT_REF_FIELD_NUMBER: _ClassVar[int]
     NOTEBOOK_RUN_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     job_id: str
     item_index: int
@@ -50,7 +51,8 @@ class JobItem(_message.Message):
     priority: _types_pb2.Priority
     input_ref: ObjectRef
     notebook_run: NotebookRun
-    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., input_ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., notebook_run: _Optional[_Union[NotebookRun, _Mapping]] = ...) -> None: ...
+    input_name: str
+    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., input_ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., notebook_run: _Optional[_Union[NotebookRun, _Mapping]] = ..., input_name: _Optional[str] = ...) -> None: ...
 
 class NotebookRun(_message.Message):
     __slots__ = ("notebook", "parameters")
@@ -71,20 +73,22 @@ class ObjectRef(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class JobItemHeader(_message.Message):
-    __slots__ = ("tenant", "job_id", "item_index", "model", "generation", "priority")
+    __slots__ = ("tenant", "job_id", "item_index", "model", "generation", "priority", "input_name")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_INDEX_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     job_id: str
     item_index: int
     model: str
     generation: int
     priority: _types_pb2.Priority
-    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ...) -> None: ...
+    input_name: str
+    def __init__(self, tenant: _Optional[str] = ..., job_id: _Optional[str] = ..., item_index: _Optional[int] = ..., model: _Optional[str] = ..., generation: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., input_name: _Optional[str] = ...) -> None: ...
 
 class JobExpansion(_message.Message):
     __slots__ = ("tenant", "job_id", "model", "top_k", "priority", "manifest", "input_kinds", "max_items", "max_item_bytes", "max_image_bytes", "upload_quota_bytes")

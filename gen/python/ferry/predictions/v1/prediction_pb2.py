@@ -30,7 +30,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ferry/predictions/v1/prediction.proto\x12\x14\x66\x65rry.predictions.v1\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb4\x05\n\nPrediction\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\r\n\x05model\x18\x02 \x01(\t\x12:\n\x05state\x18\x03 \x01(\x0e\x32%.ferry.predictions.v1.PredictionStateB\x04\xe2\x41\x01\x03\x12\x31\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1a.ferry.types.v1.ClassScoreB\x04\xe2\x41\x01\x03\x12,\n\x06timing\x18\x05 \x01(\x0b\x32\x16.ferry.types.v1.TimingB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x0b\n\x03job\x18\x07 \x01(\t\x12\x12\n\nitem_index\x18\x08 \x01(\x05\x12\x16\n\x08trace_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x06source\x18\x0b \x01(\x0e\x32&.ferry.predictions.v1.PredictionSource\x12\x17\n\tembedding\x18\x0c \x03(\x02\x42\x04\xe2\x41\x01\x03\x12-\n\x06output\x18\r \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12-\n\x07tensors\x18\x0e \x03(\x0b\x32\x16.ferry.types.v1.TensorB\x04\xe2\x41\x01\x03\x12\x33\n\x07members\x18\x0f \x03(\x0b\x32\x1c.ferry.types.v1.MemberTimingB\x04\xe2\x41\x01\x03\x12\x1b\n\rmodel_version\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03:L\xea\x41I\n\x14\x66\x65rry.dev/Prediction\x12\x18predictions/{prediction}*\x0bpredictions2\nprediction*p\n\x0fPredictionState\x12 \n\x1cPREDICTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPREDICTION_STATE_SUCCEEDED\x10\x01\x12\x1b\n\x17PREDICTION_STATE_FAILED\x10\x02*\x8c\x01\n\x10PredictionSource\x12!\n\x1dPREDICTION_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PREDICTION_SOURCE_SYNC\x10\x01\x12\x1e\n\x1aPREDICTION_SOURCE_JOB_ITEM\x10\x02\x12\x19\n\x15PREDICTION_SOURCE_OIP\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%ferry/predictions/v1/prediction.proto\x12\x14\x66\x65rry.predictions.v1\x1a\x1a\x66\x65rry/types/v1/types.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xce\x05\n\nPrediction\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\r\n\x05model\x18\x02 \x01(\t\x12:\n\x05state\x18\x03 \x01(\x0e\x32%.ferry.predictions.v1.PredictionStateB\x04\xe2\x41\x01\x03\x12\x31\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1a.ferry.types.v1.ClassScoreB\x04\xe2\x41\x01\x03\x12,\n\x06timing\x18\x05 \x01(\x0b\x32\x16.ferry.types.v1.TimingB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x0b\n\x03job\x18\x07 \x01(\t\x12\x12\n\nitem_index\x18\x08 \x01(\x05\x12\x16\n\x08trace_id\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x06source\x18\x0b \x01(\x0e\x32&.ferry.predictions.v1.PredictionSource\x12\x17\n\tembedding\x18\x0c \x03(\x02\x42\x04\xe2\x41\x01\x03\x12-\n\x06output\x18\r \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12-\n\x07tensors\x18\x0e \x03(\x0b\x32\x16.ferry.types.v1.TensorB\x04\xe2\x41\x01\x03\x12\x33\n\x07members\x18\x0f \x03(\x0b\x32\x1c.ferry.types.v1.MemberTimingB\x04\xe2\x41\x01\x03\x12\x1b\n\rmodel_version\x18\x10 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ninput_name\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03:L\xea\x41I\n\x14\x66\x65rry.dev/Prediction\x12\x18predictions/{prediction}*\x0bpredictions2\nprediction*p\n\x0fPredictionState\x12 \n\x1cPREDICTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aPREDICTION_STATE_SUCCEEDED\x10\x01\x12\x1b\n\x17PREDICTION_STATE_FAILED\x10\x02*\x8c\x01\n\x10PredictionSource\x12!\n\x1dPREDICTION_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PREDICTION_SOURCE_SYNC\x10\x01\x12\x1e\n\x1aPREDICTION_SOURCE_JOB_ITEM\x10\x02\x12\x19\n\x15PREDICTION_SOURCE_OIP\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,12 +61,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTION'].fields_by_name['members']._serialized_options = b'\342A\001\003'
   _globals['_PREDICTION'].fields_by_name['model_version']._loaded_options = None
   _globals['_PREDICTION'].fields_by_name['model_version']._serialized_options = b'\342A\001\003'
+  _globals['_PREDICTION'].fields_by_name['input_name']._loaded_options = None
+  _globals['_PREDICTION'].fields_by_name['input_name']._serialized_options = b'\342A\001\003'
   _globals['_PREDICTION']._loaded_options = None
   _globals['_PREDICTION']._serialized_options = b'\352AI\n\024ferry.dev/Prediction\022\030predictions/{prediction}*\013predictions2\nprediction'
-  _globals['_PREDICTIONSTATE']._serialized_start=934
-  _globals['_PREDICTIONSTATE']._serialized_end=1046
-  _globals['_PREDICTIONSOURCE']._serialized_start=1049
-  _globals['_PREDICTIONSOURCE']._serialized_end=1189
+  _globals['_PREDICTIONSTATE']._serialized_start=960
+  _globals['_PREDICTIONSTATE']._serialized_end=1072
+  _globals['_PREDICTIONSOURCE']._serialized_start=1075
+  _globals['_PREDICTIONSOURCE']._serialized_end=1215
   _globals['_PREDICTION']._serialized_start=240
-  _globals['_PREDICTION']._serialized_end=932
+  _globals['_PREDICTION']._serialized_end=958
 # @@protoc_insertion_point(module_scope)

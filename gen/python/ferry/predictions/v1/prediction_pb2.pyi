@@ -36,7 +36,7 @@ PREDICTION_SOURCE_JOB_ITEM: PredictionSource
 PREDICTION_SOURCE_OIP: PredictionSource
 
 class Prediction(_message.Message):
-    __slots__ = ("name", "model", "state", "classes", "timing", "error", "job", "item_index", "trace_id", "create_time", "source", "embedding", "output", "tensors", "members", "model_version")
+    __slots__ = ("name", "model", "state", "classes", "timing", "error", "job", "item_index", "trace_id", "create_time", "source", "embedding", "output", "tensors", "members", "model_version", "input_name")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class Prediction(_message.Message):
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: PredictionState
@@ -69,4 +70,5 @@ class Prediction(_message.Message):
     tensors: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
     members: _containers.RepeatedCompositeFieldContainer[_types_pb2.MemberTiming]
     model_version: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., job: _Optional[str] = ..., item_index: _Optional[int] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[PredictionSource, str]] = ..., embedding: _Optional[_Iterable[float]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[_types_pb2.MemberTiming, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    input_name: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[PredictionState, str]] = ..., classes: _Optional[_Iterable[_Union[_types_pb2.ClassScore, _Mapping]]] = ..., timing: _Optional[_Union[_types_pb2.Timing, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., job: _Optional[str] = ..., item_index: _Optional[int] = ..., trace_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[PredictionSource, str]] = ..., embedding: _Optional[_Iterable[float]] = ..., output: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., tensors: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., members: _Optional[_Iterable[_Union[_types_pb2.MemberTiming, _Mapping]]] = ..., model_version: _Optional[str] = ..., input_name: _Optional[str] = ...) -> None: ...

@@ -14,7 +14,8 @@ Streams (created idempotently by whichever service starts first):
 
 Every publish carries a ``Nats-Msg-Id`` so a retried publish is dropped by JetStream, and the
 W3C ``traceparent`` so consumers continue the publisher's trace. Consumers (the jobs runner,
-store's ingest) pull through one helper, ``PullConsumer``.
+store's ingest) pull through one helper, ``PullConsumer``; those whose messages are each a long
+piece of work (the expander, the notebook runner) run through its ``take_each`` loop.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
+from typing import Any
 
 import nats
 import nats.errors
@@ -348,6 +350,53 @@ class PullConsumer:
         while not readiness.serving:  # noqa: ASYNC110  (no event to wait on: see READY_POLL_S)
             await asyncio.sleep(READY_POLL_S)
         log.info("ready again: fetching %s", self._what)
+
+    async def take_each(
+        self,
+        take: Callable[[Msg], Coroutine[Any, Any, None]],
+        fetch_timeout_s: float,
+        at_once: int = 1,
+        beside: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        """Hands each message to ``take``, in a task of its own, at most ``at_once`` at a time, until
+        cancelled: the loop of a consumer whose messages are each a long piece of work (a manifest
+        to expand, a notebook to run).
+
+        Nothing is fetched while there is no room or the service is not serving
+        (``until_ready``). ``take`` settles its message (ack, nak, term); one that fails
+        unexpectedly is logged and the loop goes on. ``beside`` runs as long as the loop does (the
+        in-progress heartbeat of the messages being taken). On cancel, listening stops first
+        (``close``), then the takes under way are cancelled, and each naks its message: nak'ed
+        while a pull request of ours was still open, it could be redelivered into it unseen.
+        """
+        room = asyncio.Semaphore(at_once)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            room.release()
+            if not task.cancelled() and task.exception() is not None:
+                log.error("taking one of %s failed unexpectedly", self._what, exc_info=task.exception())
+
+        ticker = asyncio.create_task(beside(), name=f"{self.name}-beside") if beside else None
+        try:
+            while True:
+                await room.acquire()
+                await self.until_ready()
+                taken = await self.next_batch(1, fetch_timeout_s)
+                if not taken:
+                    room.release()
+                    continue
+                task = asyncio.create_task(take(taken[0]), name=f"{self.name}-take")
+                tasks.add(task)
+                task.add_done_callback(finished)
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            await self.close()
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, *([ticker] if ticker else []), return_exceptions=True)
 
     async def next_batch(self, batch: int, timeout_s: float) -> list[Msg]:
         """The next messages, at most ``batch``; [] when none came within ``timeout_s``.

@@ -83,8 +83,6 @@ class Expander:
         self._publisher = Publisher(js, settings.submit_publish_timeout_s)
         self._heartbeat = Heartbeat(settings.expansion_ack_wait_s)
         self._running: Counter[str] = Counter()  # expansions under way, by tenant
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._room = asyncio.Semaphore(settings.max_expansions)
         config = ConsumerConfig(
             durable_name=settings.expander_consumer,
             description="Ferry jobs service: manifests of EXPANDING jobs -> job items",
@@ -103,51 +101,32 @@ class Expander:
 
     async def run(self) -> None:
         """Takes requests while there is room until cancelled; expansions cut short are handed back."""
-        heartbeat = asyncio.create_task(self._heartbeat.run(), name="jobs-expander-heartbeat")
-        try:
-            while True:
-                await self._room.acquire()
-                await self._consumer.until_ready()
-                taken = await self._consumer.next_batch(1, self._s.fetch_timeout_s)
-                if not taken:
-                    self._room.release()
-                    continue
-                task = asyncio.create_task(self._take(taken[0]), name="jobs-expansion")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        finally:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            heartbeat.cancel()
-            await self._consumer.close()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+        await self._consumer.take_each(
+            self._take, self._s.fetch_timeout_s, self._s.max_expansions, self._heartbeat.run
+        )
 
     async def _take(self, msg: Msg) -> None:
         try:
-            try:
-                request = events_pb2.JobExpansion.FromString(msg.data)
-                uuid.UUID(request.job_id)
-                if not request.tenant:
-                    raise ValueError("no tenant")
-            except (DecodeError, ValueError) as err:
-                log.warning("terminating malformed expansion request: %s", err)
-                with contextlib.suppress(NatsError):
-                    await msg.term()
-                return
-            if self._running[request.tenant] >= self._s.expansions_per_tenant:
-                with contextlib.suppress(NatsError):
-                    await msg.nak(delay=_BUSY_TENANT_DELAY_S)
-                return
-            self._running[request.tenant] += 1
-            try:
-                await self._expand_and_settle(msg, request)
-            finally:
-                self._running[request.tenant] -= 1
-                if not self._running[request.tenant]:
-                    del self._running[request.tenant]
+            request = events_pb2.JobExpansion.FromString(msg.data)
+            uuid.UUID(request.job_id)
+            if not request.tenant:
+                raise ValueError("no tenant")
+        except (DecodeError, ValueError) as err:
+            log.warning("terminating malformed expansion request: %s", err)
+            with contextlib.suppress(NatsError):
+                await msg.term()
+            return
+        if self._running[request.tenant] >= self._s.expansions_per_tenant:
+            with contextlib.suppress(NatsError):
+                await msg.nak(delay=_BUSY_TENANT_DELAY_S)
+            return
+        self._running[request.tenant] += 1
+        try:
+            await self._expand_and_settle(msg, request)
         finally:
-            self._room.release()
+            self._running[request.tenant] -= 1
+            if not self._running[request.tenant]:
+                del self._running[request.tenant]
 
     async def _expand_and_settle(self, msg: Msg, request: events_pb2.JobExpansion) -> None:
         """Expands one request and acks it once store has been told the outcome."""

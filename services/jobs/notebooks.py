@@ -106,16 +106,7 @@ class NotebookRunner:
 
     async def run(self) -> None:
         """Runs notebook jobs one at a time until cancelled; one cut short is handed back."""
-        heartbeat = asyncio.create_task(self._heartbeat.run(), name="jobs-notebook-heartbeat")
-        try:
-            while True:
-                await self._consumer.until_ready()
-                for msg in await self._consumer.next_batch(1, self._s.fetch_timeout_s):
-                    await self._take(msg)
-        finally:
-            heartbeat.cancel()
-            await self._consumer.close()
-            await asyncio.gather(heartbeat, return_exceptions=True)
+        await self._consumer.take_each(self._take, self._s.fetch_timeout_s, beside=self._heartbeat.run)
 
     async def _take(self, msg: Msg) -> None:
         try:

@@ -148,11 +148,13 @@ async function showFailures(section, id, token) {
   const {items, next_page_token: next} = await get(`/v1/jobs/${id}/items`,
     {state: "PREDICTION_STATE_FAILED", page_size: 50, page_token: token});
   fill(section, h("h2", {}, "Failed items"),
-    items.length ? table(["Item", "Reason", "Message", "Dead letter", "Prediction"], items, (item) => {
+    items.length ? table(["Item", "Input", "Reason", "Message", "Dead letter", "Prediction"], items, (item) => {
       const error = item.prediction.error || {};
       const reason = ((error.details || []).find((d) => String(d["@type"]).endsWith("ErrorInfo")) || {}).reason || "";
       return h("tr", {class: "failed-item"},
         h("td", {class: "num"}, item.index),
+        // Which photo or manifest line (a zip's file name; escaped by the jobs service, shown as text).
+        h("td", {class: "input-name"}, item.prediction.input_name || `inputs[${item.index}]`),
         h("td", {}, h("span", {class: "reason"}, reason)),
         h("td", {}, h("details", {}, h("summary", {}, "why"), h("p", {class: "message"}, error.message))),
         h("td", {}, item.dead_lettered ? `yes: ${item.dead_letter_reason}` : "no"),

@@ -112,6 +112,7 @@ export async function showPrediction(main, id, _params, signal) {
       ["Model", h("a", {href: `#/models/${shortName(p.model)}`}, shortName(p.model))],
       ["State", enumText(p.state, "PREDICTION_STATE_")], ["Source", enumText(p.source, "PREDICTION_SOURCE_")],
       ["Job", p.job ? h("a", {href: `#/jobs/${shortName(p.job)}`}, `${shortName(p.job)} item ${p.item_index}`) : "—"],
+      ["Input", p.input_name || "—"],
       ["Created", fmtTime(p.create_time)],
     ].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
     predictionView(p),

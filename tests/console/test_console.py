@@ -99,6 +99,7 @@ def test_submit_a_job_from_a_zip_and_watch_it_finish(browser: Browser, photos: d
     )
     row = browser.element("#job-failures tr.failed-item")
     assert row.find_element("css selector", ".reason").text == "INVALID_IMAGE"
+    assert row.find_element("css selector", ".input-name").text == "zz-notes.jpg"  # which file failed
     row.find_element("css selector", "summary").click()
     assert "not a decodable image" in row.find_element("css selector", ".message").text
     assert "yes: INVALID_IMAGE" in row.text  # dead-lettered, with its reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
@@ -18,8 +19,10 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from devstack.stack import UPLOAD_NICENESS
+from services.common import input_names, limits
 from tests.e2e.conftest import API_KEY
 from tests.e2e.rest import Rest, b64
+from tests.e2e.test_job_features import results_over_rest
 from tests.e2e.test_jobs import FINISHED, job_rows, wait_finished
 from tests.e2e.test_keys import ferry_cli
 
@@ -156,6 +159,9 @@ def test_a_manifest_mixing_inline_content_and_zip_files_runs(
         ('{"content": "***"}', "INVALID_MANIFEST", 3),
         ('{"image": "http://127.0.0.1:4222/x.jpg"}', "IMAGE_URI_FORBIDDEN", 3),
         ("{photo_zip}/photos/missing.jpg", "UPLOAD_NOT_FOUND", 5),
+        # A line's own "id" names its item exactly as given, so one that cannot is refused.
+        ('{"content": "Q0M=", "id": "a\\u001b[2Jb"}', "INVALID_MANIFEST", 3),
+        ('{"content": "Q0M=", "id": "' + "i" * 1025 + '"}', "INVALID_MANIFEST", 3),
     ],
 )
 def test_a_bad_manifest_line_fails_the_job_with_its_line_number(
@@ -286,3 +292,115 @@ def test_uploads_go_to_the_upload_lane_a_niced_gateway_of_their_own(stack: dict[
     assert _uploads_logged(gateway, since[gateway]) == []  # the other tenants' gateway never read it
     lane_nice, gateway_nice = (_niceness(stack["pids"][name]) for name in ("gateway-uploads", "gateway"))
     assert lane_nice == min(19, gateway_nice + UPLOAD_NICENESS)  # the stack may run niced itself
+
+
+#: A real photo's file name made hostile: a terminal's clear-screen, 1,400 characters of folders,
+#: and a right-to-left override that would show "cat\u202egpj.exe" as "catexe.jpg" (an
+#: executable dressed as a photo).
+HOSTILE_NAME = "\x1b[2J" + "x/" * 700 + "cat\u202egpj.exe"
+
+
+@pytest.fixture(scope="module")
+def named_zip(stack: dict[str, Any], photos: dict[str, bytes]) -> dict[str, Any]:
+    """Real photos in nested folders, one folder named on a Mac (NFD), one file named by an attacker."""
+    files = {
+        "2024/holiday/beach/cat.jpg": photos["cat.jpg"],
+        "2024/work/coffee.jpg": photos["coffee.jpg"],
+        unicodedata.normalize("NFD", "Café/astronaut.jpg"): photos["astronaut.jpg"],
+        HOSTILE_NAME: photos["cat.jpg"],
+    }
+    status, body = upload_over_rest(stack, zip_of(files), "application/zip")
+    assert status == 200, body
+    assert body["upload"]["entries"] == 4
+    upload: dict[str, Any] = body["upload"]
+    return upload
+
+
+def top_label_of(rest: Rest, photo: bytes) -> str:
+    """What a synchronous Predict answers for ``photo``: what its job item must answer too."""
+    status, body = rest.post(
+        "/v1/models/efficientnet-lite0:predict", {"image": {"content": b64(photo)}, "top_k": 1}
+    )
+    assert status == 200, body
+    label: str = body["prediction"]["classes"][0]["label"]
+    return label
+
+
+def results_and_items(rest: Rest, stack: dict[str, Any], job: str) -> list[tuple[str, str, str]]:
+    """Each item's (result line's input, ListJobItems' input_name, top label), checking that the
+    REST result file, ``ferry results`` and ListJobItems say the same."""
+    status, lines = results_over_rest(stack, job)
+    assert status == 200, lines
+    results = [json.loads(line) for line in lines]
+    printed = ferry_cli(stack, "results", job)  # one JSON object per line: the stored file
+    printed = printed if isinstance(printed, list) else [printed]
+    assert [r["input"] for r in printed] == [r["input"] for r in results]
+    status, page = rest.get(f"/v1/{job}/items")
+    assert status == 200, page
+    names = [item["prediction"].get("input_name", "") for item in page["items"]]
+    assert [r["index"] for r in results] == list(range(len(results)))
+    return [
+        (r["input"], name, r["classes"][0]["label"] if r["classes"] else "")
+        for r, name in zip(results, names, strict=True)
+    ]
+
+
+def test_a_zip_jobs_results_name_each_photo_by_its_file_in_the_zip(
+    rest: Rest, stack: dict[str, Any], named_zip: dict[str, Any], photos: dict[str, bytes]
+) -> None:
+    created = ferry(stack, "job", "--manifest", named_zip["name"], "--wait")
+    assert (created["state"], created["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 4), created
+    items = results_and_items(rest, stack, created["name"])
+    inputs = [i for i, _, _ in items]
+    assert [name for _, name, _ in items] == inputs  # ListJobItems' records say what the file says
+    # Items in the zip's name order ("\x1b" sorts first), each named by its file.
+    hostile, *ordinary = inputs
+    assert ordinary == ["2024/holiday/beach/cat.jpg", "2024/work/coffee.jpg", "Café/astronaut.jpg"]  # NFC
+    # The attacker's name: escaped (no clear-screen, no reversed text) and cut to the limit,
+    # keeping its start and its file name.
+    assert hostile.startswith("\\x1b[2Jx/x/") and hostile.endswith("/cat\\u202egpj.exe")
+    assert len(hostile) == limits.INPUT_NAME_CHARS and input_names.ELLIPSIS in hostile
+    assert all(c.isprintable() for c in hostile)
+    # Each name is the photo's: its item answered what Predict answers for that photo.
+    labels = {i: label for i, _, label in items}
+    assert labels["2024/holiday/beach/cat.jpg"] == labels[hostile] == top_label_of(rest, photos["cat.jpg"])
+    assert labels["2024/work/coffee.jpg"] == top_label_of(rest, photos["coffee.jpg"])
+    assert labels["Café/astronaut.jpg"] == top_label_of(rest, photos["astronaut.jpg"])
+
+
+def test_a_manifest_jobs_results_name_each_line_by_what_it_gave(
+    rest: Rest, stack: dict[str, Any], named_zip: dict[str, Any], photos: dict[str, bytes]
+) -> None:
+    lines = [
+        json.dumps({"image": f"{named_zip['name']}/2024/work/coffee.jpg"}),
+        "",
+        json.dumps({"content": b64(photos["cat.jpg"]), "id": "kitchen-cam/17"}),
+        json.dumps({"content": b64(photos["astronaut.jpg"])}),
+    ]
+    status, answer = upload_over_rest(stack, "\n".join(lines).encode(), "application/x-ndjson")
+    assert status == 200, answer
+    status, created = create_by_manifest(rest, answer["upload"]["name"])
+    assert status == 200, created
+    done = wait_finished(rest, created["job"]["name"])
+    assert (done["state"], done["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 3), done
+    items = results_and_items(rest, stack, done["name"])
+    assert [(i, name) for i, name, _ in items] == [
+        (f"{named_zip['name']}/2024/work/coffee.jpg",) * 2,  # the zip file the line names
+        ("kitchen-cam/17",) * 2,  # the line's own id
+        ("line 4",) * 2,  # neither: its line number in the manifest (the blank line 2 counts)
+    ]
+    assert [label for _, _, label in items] == [
+        top_label_of(rest, photos[p]) for p in ("coffee.jpg", "cat.jpg", "astronaut.jpg")
+    ]
+
+
+def test_an_inline_jobs_results_still_name_inputs_by_their_place(rest: Rest, stack: dict[str, Any]) -> None:
+    """Inputs listed in CreateJob have no name of their own: "inputs[i]", as before names were kept."""
+    status, created = rest.post(
+        "/v1/jobs",
+        {"model": "minilm", "inputs": [{"text": {"content": "a cat"}}, {"text": {"content": "tea"}}]},
+    )
+    assert status == 200, created
+    wait_finished(rest, created["job"]["name"])
+    items = results_and_items(rest, stack, created["job"]["name"])
+    assert [(i, name) for i, name, _ in items] == [("inputs[0]", ""), ("inputs[1]", "")]

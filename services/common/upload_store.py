@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import IO
@@ -57,11 +58,20 @@ class Index:
         )
 
     def position_of(self, entry: str) -> int | None:
-        """The position of the file named ``entry`` (None if the zip has none)."""
+        """The position of the file named ``entry`` (None if the zip has none, or several).
+
+        A name matches exactly, or else as the same text in Unicode NFC: a zip made on macOS
+        spells ``é`` decomposed, and job results show names composed (``input_names``), so a
+        manifest line may name the file either way.
+        """
         for position, found in enumerate(self.entries):
             if found.name == entry:
                 return position
-        return None
+        wanted = unicodedata.normalize("NFC", entry)
+        same = [
+            p for p, found in enumerate(self.entries) if unicodedata.normalize("NFC", found.name) == wanted
+        ]
+        return same[0] if len(same) == 1 else None
 
     @property
     def manifest_object(self) -> str:

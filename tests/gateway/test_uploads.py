@@ -179,6 +179,7 @@ async def test_items_are_named_by_their_zip_file_or_what_their_manifest_line_gav
             {"text": "a cat on a sofa"},
             {"text": "stock prices fell", "candidate_labels": ["finance"], "id": "Kunde 4711"},
             {"payload": {"x": 1}},
+            {"image": f"{photos.name}/holiday/2024/café.jpg"},  # NFC, as the results show the NFD file
         ]
         manifest = await uploads.create("acme", pieces("\n\n".join(json.dumps(x) for x in lines).encode()))
         by_lines = await expanded(uploads, "acme", manifest.name, FETCHER, 10, 1000)
@@ -188,7 +189,9 @@ async def test_items_are_named_by_their_zip_file_or_what_their_manifest_line_gav
             "line 5",  # its line number (blank lines count: it is the file's line 5)
             "Kunde 4711",
             "line 9",
+            f"{photos.name}/holiday/2024/café.jpg",
         ]
+        assert await image_of(js, by_lines.inputs[5]) == b"B"  # type: ignore[arg-type]
         assert isinstance(by_lines.inputs[3], types_pb2.Input)
         assert list(by_lines.inputs[3].text.candidate_labels) == ["finance"]  # "id" is not an input field
 

@@ -44,6 +44,10 @@ Response = TypeVar("Response")
 _DETAILS_KEY = "grpc-status-details-bin"
 #: The reason a service's readiness gate answers while it starts or waits for a dependency.
 NOT_READY = "NOT_READY"
+#: The reasons of an UNAVAILABLE that will pass by waiting or on another replica: one starting
+#: (NOT_READY) or stopping (SHUTTING_DOWN), a model loading (inference answers a model's calls once
+#: it serves, while its next models load).
+_WAITED_REASONS = frozenset({NOT_READY, "SHUTTING_DOWN", "MODEL_LOADING"})
 #: Advice sent with every UNAVAILABLE: the outages the gateway sees last seconds (a restart).
 RETRY_AFTER = duration_pb2.Duration(seconds=2)
 _FIRST_RETRY_S = 0.05
@@ -136,10 +140,11 @@ class Backend:
         channel: the channel the calls go over (asked whether it is connected after a timeout).
         timeout_s: the deadline of one call, retries included.
         own_unavailable: pass on an UNAVAILABLE that carries the downstream's own ErrorInfo
-            (jobs' "recorded but not all items queued; retry with the same request_id") instead
-            of retrying it: the downstream already spent its retry budget on the cause, and its
-            message says what the caller must do. An UNAVAILABLE without one, or NOT_READY (a
-            replica that is down, starting or stopping), is retried as for any backend.
+            (jobs' "recorded but not all items queued; retry with the same request_id",
+            inference's MODEL_FAILED: a model that failed to load) instead of retrying it until
+            the deadline: waiting would not change it, and its message says what the caller
+            must do. An UNAVAILABLE without one, or one that passes by waiting (NOT_READY,
+            SHUTTING_DOWN, MODEL_LOADING: ``_WAITED_REASONS``), is retried as for any backend.
     """
 
     def __init__(
@@ -168,7 +173,7 @@ class Backend:
                     rich = _rich_status(err.trailing_metadata())
                     if rich is not None and rich.code == code.value[0]:
                         own = error_from_status(rich)
-                        if own.reason != NOT_READY:  # a replica starting: retried like a down one
+                        if own.reason not in _WAITED_REASONS:  # those are retried like a down replica
                             raise own from None
                 if code in _RETRIED and time.monotonic() + delay < deadline:
                     log.debug("%s unavailable (%s); retrying in %.2fs", self.name, err.details(), delay)

@@ -123,7 +123,9 @@ class GatewayService:
 
         inference = inference_service_pb2_grpc.InferenceServiceStub(inference_channel)
         store = store_service_pb2_grpc.StoreServiceStub(store_channel)
-        inference_backend = Backend("inference", inference_channel, s.inference_timeout_s)
+        inference_backend = Backend(
+            "inference", inference_channel, s.inference_timeout_s, own_unavailable=True
+        )
         store_backend = Backend("store", store_channel, s.store_timeout_s)
         catalog = ModelCatalog(inference, inference_backend, s.catalog_ttl_s)
         publisher = Publisher(js, s.publish_timeout_s)
@@ -148,7 +150,9 @@ class GatewayService:
                 open_inference=OpenInference(s, catalog, predictor),
                 keys=KeyAdmin(store, store_backend, auth),
                 models=ModelAdmin(
-                    inference, Backend("inference", inference_channel, s.model_load_timeout_s), catalog
+                    inference,
+                    Backend("inference", inference_channel, s.model_load_timeout_s, own_unavailable=True),
+                    catalog,
                 ),
                 settings=s,
             )

@@ -122,6 +122,47 @@ async def test_backend_retries_a_replica_that_is_stopping_then_starting() -> Non
     assert replica.calls == 4
 
 
+class Loading(inference_service_pb2_grpc.InferenceServiceServicer):
+    """Inference whose model loads for two calls, then serves; and whose other model failed to load."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Predict(self, request: Any, context: Any) -> inference_service_pb2.PredictResponse:
+        self.calls += 1
+        if request.model == "broken":
+            raise Unavailable("model 'broken' failed to load: no weights", "MODEL_FAILED")
+        if self.calls <= 2:
+            raise Unavailable(
+                f"model {request.model!r} is still loading; retry in a few seconds", "MODEL_LOADING"
+            )
+        return inference_service_pb2.PredictResponse(results=[inference_service_pb2.PredictResult()])
+
+
+async def test_backend_waits_for_a_loading_model_not_for_a_failed_one() -> None:
+    replica = Loading()
+
+    def register(server: grpc.aio.Server) -> None:
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(replica, server)
+
+    async with serving(register) as target:
+        channel = open_channel(target, 1024 * 1024)
+        backend = Backend("inference", channel, timeout_s=10.0, own_unavailable=True)
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        answer = await backend.call(stub.Predict, inference_service_pb2.PredictRequest(model="cat"))
+        assert (len(answer.results), replica.calls) == (1, 3)
+        with pytest.raises(FerryError) as failed:
+            await backend.call(stub.Predict, inference_service_pb2.PredictRequest(model="broken"))
+        await channel.close()
+    # Asked once (4 calls in all), with inference's own reason and message: no retrying until the deadline.
+    assert (failed.value.code, failed.value.reason, replica.calls) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "MODEL_FAILED",
+        4,
+    )
+    assert "no weights" in failed.value.message
+
+
 async def test_backend_waits_for_a_server_that_comes_up_within_the_deadline() -> None:
     replica = Restarting(refusals=0)
     port = free_port()

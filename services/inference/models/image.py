@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,6 +29,8 @@ from services.inference.models.contract import (
     TensorInfo,
 )
 from services.inference.preprocessing import ImageTransform
+
+log = logging.getLogger(__name__)
 
 
 def top_classes(probabilities: npt.NDArray[np.float32], labels: Sequence[str], k: int) -> list[ClassScore]:
@@ -137,6 +142,14 @@ class ImageClassifier(Model):
         return self.transform.normalize(torch.stack([self.example()] * 2).to(device))
 
 
+# TorchScript keeps every module type it traces, with its methods' graphs, in one process-wide
+# compilation unit that nothing empties, and ``freeze`` clones the frozen module (its weights folded
+# into the graph as constants) into the same unit: every load of a traced model stayed in memory
+# after its unload, about 50 MiB a load of mobilenet-v2 (docs/inference.md). One trace at a time:
+# emptying the unit after one trace must not delete the types of another trace under way.
+_TRACING = threading.Lock()
+
+
 def trace(module: nn.Module, example: torch.Tensor) -> nn.Module:
     """``module`` traced and frozen: one TorchScript call per forward pass, batch norms folded.
 
@@ -144,13 +157,48 @@ def trace(module: nn.Module, example: torch.Tensor) -> nn.Module:
     busy server (gRPC, decode threads) every take can wait up to the switch interval, which
     doubled efficientnet-lite0's forward pass. A traced graph runs in C++ and holds the GIL only
     on entry and exit. The batch dimension stays free: convolutions trace shape-generically, and
-    the service's warm-up and the tests run other batch sizes through it.
+    the service's warm-up and the tests run other batch sizes through it. The traced module is
+    moved to a compilation unit of its own before it is frozen, so an unload gives all of it back.
     """
     with warnings.catch_warnings():
         # torch 2.x marks TorchScript deprecated in favour of torch.compile, which needs a C++
         # toolchain at run time and compiles per shape; TorchScript still ships and works.
         warnings.simplefilter("ignore", FutureWarning)
-        with torch.inference_mode():
-            traced = torch.jit.trace(module, example)  # type: ignore[no-untyped-call]
-        frozen: nn.Module = torch.jit.freeze(traced.eval())
+        with _TRACING:
+            # Something else keeps TorchScript there (a model of another package, say): emptying
+            # the unit would pull its methods from under it, so this trace's types stay behind.
+            shared = bool(torch.jit._state._python_cu.get_functions())  # type: ignore[func-returns-value]
+            with torch.inference_mode():
+                traced = torch.jit.trace(module, example)  # type: ignore[no-untyped-call]
+            own = _reloaded(traced, example.device)
+            del traced
+            if shared:
+                log.warning("TorchScript's shared unit is in use: this trace stays in memory after unload")
+            else:
+                _forget_traces()
+        frozen: nn.Module = torch.jit.freeze(own.eval())
         return frozen
+
+
+def _reloaded(module: torch.jit.ScriptModule, device: torch.device) -> torch.jit.ScriptModule:
+    """``module`` saved and loaded again: ``torch.jit.load`` gives it a compilation unit of its own,
+    freed with it."""
+    archive = io.BytesIO()
+    torch.jit.save(module, archive)
+    archive.seek(0)
+    loaded: torch.jit.ScriptModule = torch.jit.load(archive, map_location=device)  # type: ignore[no-untyped-call]
+    return loaded
+
+
+def _forget_traces() -> None:
+    """Empties the process-wide compilation unit the traces were made in, as torch's own test suite
+    does between tests (``torch.testing._internal.jit_utils.clear_class_registry``).
+
+    Called only when the unit held nothing before this trace: every TorchScript module the
+    inference process makes is made by ``trace`` and moved out first (torchvision and transformers
+    put nothing there). A model of another package that compiles TorchScript in a thread of its
+    own at the very moment this one traces is not guarded against.
+    """
+    torch._C._jit_clear_class_registry()
+    torch.jit._recursive.concrete_type_store = torch.jit._recursive.ConcreteTypeStore()
+    torch.jit._state._clear_class_state()

@@ -26,21 +26,18 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import asyncpg
 from nats.js import JetStreamContext
 
 from benchmarks.cpu import load_average, own_cpu_seconds
-from benchmarks.store import Bench, as_store_runs, committed, cpu_by_process, event
-from devstack.infra import Postgres, free_port, start_nats
+from benchmarks.store import Bench, as_store_runs, committed, cpu_by_process, event, own_servers
 from ferry.events.v1 import events_pb2
-from services.common.messaging import EVENTS_STREAM, PREDICTIONS_SUBJECT, connect, ensure_streams
+from services.common.messaging import EVENTS_STREAM, PREDICTIONS_SUBJECT, connect
 from services.common.publisher import Publisher
 from services.common.tasks import spawn
 from services.gateway.record_batches import RecordBatcher
@@ -128,28 +125,16 @@ async def measure(
 
 
 async def run(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="ferry-bench-records-") as tmp:
-        root = Path(tmp)
-        nats_port = free_port()
-        nats = start_nats(nats_port, root / "nats", root / "logs")
-        postgres = Postgres(root / "pg")
-        try:
-            async with AsyncExitStack() as stack:
-                nats_url = f"nats://127.0.0.1:{nats_port}"
-                _, js = await connect(nats_url, "bench-gateway", stack)
-                await ensure_streams(js)
-                as_store_runs(tracing=True)  # this process's spans are real SDK spans too
-                bench = Bench(js, postgres.uri, nats_url, concurrency=2)
-                pids = {"nats": nats.pid, "postgres": postgres.pid}
-                print(f"{'rate':>6} {'way':<40}{'rec/msg':>8}" + "".join(
-                    f"{name:>10}" for name in ("gateway", "nats", "store", "postgres", "total")
-                ) + "   (CPU µs per record)", flush=True)  # fmt: skip
-                for rate in args.rate:
-                    for way in WAYS:
-                        print(await measure(bench, pids, way, rate, args.seconds, args.burst), flush=True)
-        finally:
-            postgres.stop()
-            nats.stop()
+    async with own_servers("ferry-bench-records-", "bench-gateway") as servers:
+        as_store_runs(tracing=True)  # this process's spans are real SDK spans too
+        bench = Bench(servers.js, servers.postgres.uri, servers.nats_url, concurrency=2)
+        pids = {"nats": servers.nats_pid, "postgres": servers.postgres.pid}
+        print(f"{'rate':>6} {'way':<40}{'rec/msg':>8}" + "".join(
+            f"{name:>10}" for name in ("gateway", "nats", "store", "postgres", "total")
+        ) + "   (CPU µs per record)", flush=True)  # fmt: skip
+        for rate in args.rate:
+            for way in WAYS:
+                print(await measure(bench, pids, way, rate, args.seconds, args.burst), flush=True)
 
 
 def main() -> None:

@@ -373,8 +373,21 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1]
 
 
-async def run(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="ferry-bench-store-") as tmp:
+@dataclass
+class Servers:
+    """A nats-server (Ferry's streams created) and a Postgres of a benchmark's own."""
+
+    js: JetStreamContext
+    nats_url: str
+    nats_pid: int
+    postgres: Postgres
+
+
+@asynccontextmanager
+async def own_servers(prefix: str, client_name: str) -> AsyncIterator[Servers]:
+    """Starts a nats-server and a Postgres in a temporary folder named ``prefix``..., connects to
+    NATS as ``client_name``, and stops both (their data gone) when the block ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         root = Path(tmp)
         nats_port = free_port()
         nats = start_nats(nats_port, root / "nats", root / "logs")
@@ -382,20 +395,31 @@ async def run(args: argparse.Namespace) -> None:
         try:
             async with AsyncExitStack() as stack:
                 nats_url = f"nats://127.0.0.1:{nats_port}"
-                _, js = await connect(nats_url, "bench-store", stack)
+                _, js = await connect(nats_url, client_name, stack)
                 await ensure_streams(js)
-                pids = {"store": os.getpid(), "nats": nats.pid, "postgres": postgres.pid}
-                bench = Bench(
-                    js, postgres.uri, nats_url, args.concurrency, pids, not args.no_tracing, args.per_message
-                )
-                as_store_runs(bench.tracing)
-                copy = await bench.throughput("COPY + INSERT … SELECT", args.rows, args.batch, write_batch)
-                rows = await bench.throughput("row at a time", args.baseline_rows, args.batch, one_by_one)
-                scaled = [await bench.replicas(args.rows, args.batch, n) for n in args.processes]
-                lags = await bench.lag(args.rate, args.seconds)
+                yield Servers(js, nats_url, nats.pid, postgres)
         finally:
             postgres.stop()
             nats.stop()
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with own_servers("ferry-bench-store-", "bench-store") as servers:
+        pids = {"store": os.getpid(), "nats": servers.nats_pid, "postgres": servers.postgres.pid}
+        bench = Bench(
+            servers.js,
+            servers.postgres.uri,
+            servers.nats_url,
+            args.concurrency,
+            pids,
+            not args.no_tracing,
+            args.per_message,
+        )
+        as_store_runs(bench.tracing)
+        copy = await bench.throughput("COPY + INSERT … SELECT", args.rows, args.batch, write_batch)
+        rows = await bench.throughput("row at a time", args.baseline_rows, args.batch, one_by_one)
+        scaled = [await bench.replicas(args.rows, args.batch, n) for n in args.processes]
+        lags = await bench.lag(args.rate, args.seconds)
     print(
         f"\nstore ingest, JetStream → committed rows ({os.cpu_count()} CPUs, batch {args.batch},"
         f" {args.concurrency} in flight, tracing {'off' if args.no_tracing else 'on'},"

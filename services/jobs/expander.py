@@ -130,41 +130,35 @@ class Expander:
 
     async def _expand_and_settle(self, msg: Msg, request: events_pb2.JobExpansion) -> None:
         """Expands one request and acks it once store has been told the outcome."""
-        self._heartbeat.track(msg)
-        try:
-            event = events_pb2.JobExpansionEvent(tenant=request.tenant, job_id=request.job_id)
+        # Cut short (shutting down) or broken: handed back, another expander starts it again.
+        async with self._heartbeat.claimed(msg):
             try:
-                event.items_total = await self.expand(request)
-                log.info(
-                    "job %s: %d items queued from %s", request.job_id, event.items_total, request.manifest
+                event = events_pb2.JobExpansionEvent(tenant=request.tenant, job_id=request.job_id)
+                try:
+                    event.items_total = await self.expand(request)
+                    log.info(
+                        "job %s: %d items queued from %s", request.job_id, event.items_total, request.manifest
+                    )
+                except Cancelled:
+                    log.info("job %s was cancelled while it expanded; stopped", request.job_id)
+                    self._heartbeat.untrack(msg)
+                    await msg.ack()
+                    return
+                except FerryError as err:
+                    log.info("job %s: manifest refused: %s", request.job_id, err.message)
+                    event.error.CopyFrom(err.to_status())
+                await self._report(event, "done")
+            except (NatsError, TimeoutError) as err:
+                log.warning(
+                    "job %s: expansion interrupted (%r); it starts again in %.0fs",
+                    request.job_id,
+                    err,
+                    _RETRY_DELAY_S,
                 )
-            except Cancelled:
-                log.info("job %s was cancelled while it expanded; stopped", request.job_id)
                 self._heartbeat.untrack(msg)
-                await msg.ack()
+                with contextlib.suppress(NatsError):
+                    await msg.nak(delay=_RETRY_DELAY_S)
                 return
-            except FerryError as err:
-                log.info("job %s: manifest refused: %s", request.job_id, err.message)
-                event.error.CopyFrom(err.to_status())
-            await self._report(event, "done")
-        except (NatsError, TimeoutError) as err:
-            log.warning(
-                "job %s: expansion interrupted (%r); it starts again in %.0fs",
-                request.job_id,
-                err,
-                _RETRY_DELAY_S,
-            )
-            self._heartbeat.untrack(msg)
-            with contextlib.suppress(NatsError):
-                await msg.nak(delay=_RETRY_DELAY_S)
-            return
-        except BaseException:
-            # Cancelled (shutting down) or broken: another expander starts it again.
-            self._heartbeat.untrack(msg)
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
-        self._heartbeat.untrack(msg)
         await msg.ack()
 
     async def expand(self, request: events_pb2.JobExpansion) -> int:

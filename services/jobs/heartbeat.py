@@ -10,7 +10,9 @@ items of the process, rather than a task per item.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -41,6 +43,24 @@ class Heartbeat:
         reset the nak's delay to a whole ``ack_wait``.
         """
         self._working.pop(id(msg), None)
+
+    @contextlib.asynccontextmanager
+    async def claimed(self, msg: Msg) -> AsyncIterator[None]:
+        """Reports progress on ``msg`` while the block runs; its owner settles it after the block
+        (or settles it inside, after ``untrack``, and leaves the block).
+
+        A block that raises (cancelled at shutdown, or broken) hands the message back at once
+        (nak), so another process starts it again without waiting out ``ack_wait``.
+        """
+        self.track(msg)
+        try:
+            yield
+        except BaseException:
+            self.untrack(msg)
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        self.untrack(msg)
 
     async def run(self) -> None:
         """Reports progress on every tracked message every ``ack_wait / 3`` until cancelled."""

@@ -128,16 +128,9 @@ class NotebookRunner:
             log.error("job %s: %s; trying again in %.0fs", job_id, err.message, _MISSING_NOTEBOOK_RETRY_S)
             await msg.nak(delay=_MISSING_NOTEBOOK_RETRY_S)
             return
-        self._heartbeat.track(msg)
-        try:
+        # Cut short (shutting down) or broken: handed back, another runner runs the notebook again.
+        async with self._heartbeat.claimed(msg):
             await self._run(item, job_id, run, path, cells)
-        except BaseException:
-            # Cancelled (shutting down) or broken: another runner runs the notebook again.
-            self._heartbeat.untrack(msg)
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            raise
-        self._heartbeat.untrack(msg)
         await msg.ack()
 
     async def _run(

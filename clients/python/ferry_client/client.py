@@ -178,6 +178,14 @@ class FerryClient:
         except grpc.RpcError as err:
             raise _error(err) from None
 
+    def _stream(self, method: Any, request: Any, timeout_s: float) -> Iterator[Any]:
+        """The answers of a server-streaming call, a broken stream raised as a FerryError."""
+        stream = method(request, metadata=self._metadata, timeout=timeout_s)
+        try:
+            yield from stream
+        except grpc.RpcError as err:
+            raise _error(err) from None
+
     def list_models(self) -> list[model_pb2.Model]:
         """Returns the served models."""
         answer: model_service_pb2.ListModelsResponse = self._call(
@@ -407,13 +415,7 @@ class FerryClient:
         Raises:
             FerryError: the job does not exist, or the stream broke off.
         """
-        stream = self.jobs.WatchJob(
-            job_service_pb2.WatchJobRequest(name=name), metadata=self._metadata, timeout=timeout_s
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as err:
-            raise _error(err) from None
+        yield from self._stream(self.jobs.WatchJob, job_service_pb2.WatchJobRequest(name=name), timeout_s)
 
     def job_results(
         self, name: str, timeout_s: float = 600.0
@@ -423,13 +425,8 @@ class FerryClient:
         Raises:
             FerryError: the job does not exist or has not finished, or the stream broke off.
         """
-        stream = self.jobs.GetJobResults(
-            job_service_pb2.GetJobResultsRequest(name=name), metadata=self._metadata, timeout=timeout_s
-        )
-        try:
-            yield from stream
-        except grpc.RpcError as err:
-            raise _error(err) from None
+        request = job_service_pb2.GetJobResultsRequest(name=name)
+        yield from self._stream(self.jobs.GetJobResults, request, timeout_s)
 
     def save_job_results(self, name: str, out: IO[str]) -> int:
         """Writes a finished job's result file to ``out`` as JSONL, the file's own lines; returns

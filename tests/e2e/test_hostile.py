@@ -371,6 +371,12 @@ _manifest_lines = st.one_of(
     st.builds(lambda uri: json.dumps({"image": uri}), hostile.urls),
     st.builds(lambda value: json.dumps({"payload": value}), hostile.nested()),
     st.builds(lambda value: json.dumps({"text": value}), st.text(max_size=20)),
+    # A line's own name for its item: any text (controls, bidi, surrogates), too long, not text.
+    st.builds(
+        lambda value, given: json.dumps({"text": value, "id": given}),
+        st.text(max_size=20),
+        st.one_of(st.text(max_size=30), st.integers(), st.none(), st.just("i" * 1025)),
+    ),
 )
 _manifests = st.lists(_manifest_lines, min_size=0, max_size=5).map(lambda lines: "\n".join(lines).encode())
 

@@ -206,18 +206,22 @@ async def publish(
     return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=sent)
 
 
-async def open_cancelled_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """Opens the cancelled-jobs KV bucket, creating it with ``replicas`` copies when this service is
-    the first to need it."""
+async def open_key_value(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1) -> KeyValue:
+    """Opens KV ``bucket``, creating it with ``replicas`` copies when this process is the first to
+    need it (another that created it meanwhile wins: its bucket is used)."""
     try:
-        return await js.key_value(CANCELLED_JOBS_BUCKET)
+        return await js.key_value(bucket)
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(bucket=CANCELLED_JOBS_BUCKET, replicas=replicas)
+        return await js.create_key_value(bucket=bucket, replicas=replicas, history=history)
     except BadRequestError:
-        # Another service created it in the meantime: use theirs.
-        return await js.key_value(CANCELLED_JOBS_BUCKET)
+        return await js.key_value(bucket)
+
+
+async def open_cancelled_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Opens the cancelled-jobs KV bucket (see ``open_key_value``)."""
+    return await open_key_value(js, CANCELLED_JOBS_BUCKET, replicas)
 
 
 # --- Pull consumers -------------------------------------------------------------------------------

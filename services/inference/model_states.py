@@ -26,9 +26,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError, BucketNotFoundError, NoKeysError
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
+from services.common import messaging
 from services.common.errors import FerryError
 from services.common.tasks import spawn
 from services.inference.repository import ModelRepository, Recorder
@@ -43,14 +44,7 @@ DEFAULT = b"default="
 
 async def open_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """Opens the bucket, creating it with ``replicas`` copies when this is the first replica to need it."""
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=BUCKET, replicas=replicas, history=1)
-    except BadRequestError:  # another replica created it meanwhile
-        return await js.key_value(BUCKET)
+    return await messaging.open_key_value(js, BUCKET, replicas)
 
 
 @dataclass

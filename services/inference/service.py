@@ -20,6 +20,8 @@ from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common import messaging
 from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
+from services.inference.batch_sizes import BUCKET as BATCH_SIZES_BUCKET
+from services.inference.batch_sizes import KeptBatchSizes, measurement_key
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
 from services.inference.ensemble import ServedEnsemble
@@ -114,6 +116,8 @@ class InferenceService:
         then served, FAILED or UNLOADED (filled in by the repository)."""
         self.repository = ModelRepository(self._configs, self.models)
         """Loads and unloads them and their versions at runtime, each on a stack of its own."""
+        self._kept_batch_sizes: KeptBatchSizes | None = None
+        """Batch sizes measured by earlier starts (NATS KV), when FERRY_INFERENCE_NATS_URL is set."""
 
     def service_names(self) -> Sequence[str]:
         """The gRPC service this process serves."""
@@ -148,7 +152,7 @@ class InferenceService:
         async def build(config: ModelConfig, own: AsyncExitStack) -> Served:
             return self._ensemble(config) if config.is_ensemble else await self._load(config, decoder, own)
 
-        states = await self._desired_states(stack)
+        states = await self._kept_in_nats(stack)
         self.repository.attach(build, states)
         stack.push_async_callback(self.repository.close)
         desired = await states.read() if states else Desired()
@@ -189,18 +193,25 @@ class InferenceService:
             )
             raise RuntimeError(f"no model could be loaded ({reasons})")
 
-    async def _desired_states(self, stack: AsyncExitStack) -> DesiredStates | None:
-        """The loaded set kept in NATS (``model_states``), when FERRY_INFERENCE_NATS_URL is set."""
-        if not self._settings.nats_url:
+    async def _kept_in_nats(self, stack: AsyncExitStack) -> DesiredStates | None:
+        """Opens what inference keeps in NATS when FERRY_INFERENCE_NATS_URL is set: the loaded set
+        (``model_states``, returned) and measured batch sizes (``batch_sizes``)."""
+        settings = self._settings
+        if not settings.nats_url:
             return None
-        try:  # bounded: serving must not wait on NATS (an outage then costs only the kept state)
+        try:  # bounded: serving must not wait on NATS (an outage then costs only what is kept there)
             async with asyncio.timeout(NATS_START_TIMEOUT_S):
-                _, js = await messaging.connect(self._settings.nats_url, "ferry-inference", stack)
-                bucket = await open_bucket(js, self._settings.nats_stream_replicas)
+                _, js = await messaging.connect(settings.nats_url, "ferry-inference", stack)
+                states = DesiredStates(await open_bucket(js, settings.nats_stream_replicas), self.repository)
+                if settings.keep_batch_sizes:
+                    self._kept_batch_sizes = await KeptBatchSizes.open(js, settings.nats_stream_replicas)
         except Exception as err:
-            log.warning("serving FERRY_INFERENCE_MODELS without the kept load/unload state: NATS: %r", err)
+            log.warning(
+                "serving FERRY_INFERENCE_MODELS without the kept load/unload state and batch sizes: NATS: %r",
+                err,
+            )
             return None
-        return DesiredStates(bucket, self.repository)
+        return states
 
     def _ensemble(self, config: ModelConfig) -> ServedEnsemble:
         ensemble = ServedEnsemble(config, self.models)
@@ -222,16 +233,7 @@ class InferenceService:
         if not model.batchable:
             batch_size = 1
         elif batch_size is None:
-            # Warm first: the first passes of a fresh model pay one-off set-up costs.
-            await asyncio.to_thread(runner.warm_up, warmup, 1)
-            batch_size = await asyncio.to_thread(
-                tune_batch_size,
-                config.name,
-                runner.time_batch,
-                settings.batch_size_search_max,
-                settings.batch_latency_budget_ms / 1000,
-            )
-            source = "measured"
+            batch_size, source = await self._measured_batch_size(config, runner, device, warmup), "measured"
         await asyncio.to_thread(runner.warm_up, warmup, batch_size)
         threads = torch.get_num_threads()
         batcher: DynamicBatcher[Item, Answer] = DynamicBatcher(
@@ -262,6 +264,35 @@ class InferenceService:
             settings.decode_threads,
         )
         return ServedModel(runner, batcher, decoder, settings.max_image_pixels, source)
+
+    async def _measured_batch_size(
+        self, config: ModelConfig, runner: ModelRunner, device: torch.device, warmup: int
+    ) -> int:
+        """The batch size timing chooses on this device: kept from an earlier start on the same kind
+        of device (``batch_sizes``), else measured now (and kept)."""
+        settings = self._settings
+        budget_s = settings.batch_latency_budget_ms / 1000
+        kept_sizes = self._kept_batch_sizes
+        key = measurement_key(config, device, settings.batch_size_search_max, budget_s)
+        kept = await kept_sizes.get(key) if kept_sizes else None
+        if kept is not None:
+            log.info(
+                "%s: batch size %d as measured by an earlier start on this kind of device (kept in NATS "
+                "KV %s, key %s; FERRY_INFERENCE_KEEP_BATCH_SIZES=false measures at every start)",
+                config.name,
+                kept,
+                BATCH_SIZES_BUCKET,
+                key,
+            )
+            return kept
+        # Warm first: the first passes of a fresh model pay one-off set-up costs.
+        await asyncio.to_thread(runner.warm_up, warmup, 1)
+        size = await asyncio.to_thread(
+            tune_batch_size, config.name, runner.time_batch, settings.batch_size_search_max, budget_s
+        )
+        if kept_sizes:
+            await kept_sizes.put(key, size)
+        return size
 
 
 def intra_op_share(threads: int) -> Callable[[int], None]:

@@ -52,6 +52,11 @@ class InferenceSettings(ServiceSettings):
     """Largest batch size tried at warm-up when ``max_batch_size`` is unset."""
     batch_latency_budget_ms: float = Field(default=250.0, gt=0)
     """Longest forward pass a chosen batch size may take (at warm-up, on this device)."""
+    keep_batch_sizes: bool = True
+    """Keep each measured batch size in NATS KV (``ferry_batch_sizes``, with FERRY_INFERENCE_NATS_URL),
+    keyed by the model's settings, the device and what it is (CPU or GPU model), torch's threads and
+    version: a later start on the same kind of device uses it instead of timing again (3-4 s per
+    image model on a 2-core CPU). False: measure at every start."""
     max_batch_delay_ms: float = Field(default=0.0, ge=0)
     """How long a busy model waits for its next batch to fill; an idle model never waits. 0 (the
     default) runs whatever queued while the previous batch ran, which suits CPUs; a few ms can

@@ -135,7 +135,7 @@ async def test_inference_does_not_wait_on_an_unreachable_nats_for_the_kept_state
     # Serving must not depend on NATS: past the bounded wait, the configured models load as before.
     settings = InferenceSettings(nats_url=f"nats://127.0.0.1:{free_port()}")
     async with AsyncExitStack() as stack:
-        assert await InferenceService(settings)._desired_states(stack) is None
+        assert await InferenceService(settings)._kept_in_nats(stack) is None
 
 
 async def test_an_admin_loading_an_ensemble_loads_the_members_it_calls_first() -> None:

@@ -161,14 +161,45 @@ class Attack:
     cpu_s: float
 
 
-def attack(target: str, key: str, image: bytes, clients: int, seconds: float, niceness: int) -> Attack:
-    """Runs in a process of its own: ``clients`` closed-loop clients at ``niceness``."""
+def lower_priority(niceness: int, own_session: bool) -> None:
+    """This process at ``niceness``; with ``own_session``, also against other sessions' processes.
+
+    With the kernel's autogroups (``/proc/sys/kernel/sched_autogroup_enabled``) each session's
+    processes share one scheduling group, and groups share the CPU equally whatever their
+    processes' nice: the stack's processes each lead a session (devstack/infra.py), so a nice 19
+    process in the benchmark's session still takes its group's share (measured: a nice 19 spin got
+    22 % of a core beside another session's spin, 3 % in a session of its own at autogroup nice 19).
+    A session of its own whose group is at ``niceness`` makes the priority hold.
+    """
+    if niceness and own_session:
+        try:
+            os.setsid()
+            Path("/proc/self/autogroup").write_text(str(niceness))
+        except OSError:
+            pass  # no autogroups (or already a session leader): plain nice holds
     os.nice(niceness)
+
+
+def attack(target: str, key: str, image: bytes, shape: Attackers, clients: int, seconds: float) -> Attack:
+    """Runs in a process of its own: ``clients`` closed-loop clients at ``shape.niceness``, spread
+    over ``shape.connections`` HTTP/2 connections (each its own gRPC channel)."""
+    lower_priority(shape.niceness, shape.own_session)
+    connections = shape.connections or clients
     started = time.process_time()
 
     async def main() -> tuple[int, list[float]]:
-        async with grpc.aio.insecure_channel(target) as channel:
-            return await Bench(channel, key, image).closed_loop(clients, seconds)
+        # A local subchannel pool: channels to one target would otherwise share one connection.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+        try:
+            benches = [Bench(channel, key, image) for channel in channels]
+            shares = [clients // connections + (n < clients % connections) for n in range(connections)]
+            results = await asyncio.gather(
+                *(bench.closed_loop(share, seconds) for bench, share in zip(benches, shares, strict=True))
+            )
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+        return sum(done for done, _ in results), [took for _, refused in results for took in refused]
 
     done, refused = asyncio.run(main())
     return Attack(done, refused, time.process_time() - started)
@@ -189,23 +220,23 @@ async def overbound(
     target: str,
     key: str,
     image: bytes,
-    clients: int,
+    attackers: Attackers,
     seconds: float,
-    processes: int,
-    niceness: int,
 ) -> Overbound:
-    """``clients`` closed-loop attackers in ``processes`` processes at ``niceness``, which send
-    again as soon as they are answered, for ``seconds``; meanwhile (after they are under way) a
-    probe here, at this process's priority, sends a call every 20 ms."""
+    """``attackers.clients`` closed-loop attackers, which send again as soon as they are answered,
+    for ``seconds``; meanwhile (after they are under way) a probe here, at this process's priority,
+    sends a call every 20 ms."""
+    processes = attackers.processes
     loop = asyncio.get_running_loop()
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
         # Start the processes (imports: seconds) before the clock runs.
         await asyncio.gather(*(loop.run_in_executor(pool, os.getpid) for _ in range(processes)))
+        clients = attackers.clients
         share = [clients // processes + (n < clients % processes) for n in range(processes)]
         started = time.perf_counter()
         attacks = [
-            loop.run_in_executor(pool, attack, target, key, image, n, seconds, niceness) for n in share
+            loop.run_in_executor(pool, attack, target, key, image, attackers, n, seconds) for n in share
         ]
         probe = await bench.probe(min(3.0, seconds / 4), seconds / 2, 0.02)
         results = await asyncio.gather(*attacks)
@@ -242,11 +273,21 @@ class Attackers:
     clients: int
     processes: int
     niceness: int
+    connections: int
+    """HTTP/2 connections per process (0: one per client; 1: a process's clients multiplexed on one)."""
+    own_session: bool = False
+    """Each process in a session (autogroup) of its own at ``niceness`` (see ``lower_priority``)."""
 
 
 async def run(
-    endpoints: Endpoints, seconds: float, clients: int, factor: float, attackers: Attackers
+    endpoints: Endpoints,
+    seconds: float,
+    clients: int,
+    factor: float,
+    attackers: list[Attackers],
+    open_loop: bool = True,
 ) -> None:
+    """The phases in order; the over-bound one once per shape of ``attackers``."""
     target = endpoints.grpc_target
     pids = {name: endpoints.pids[name] for name in ("gateway", "envoy")}
     key, image = await unthrottled_key(target, ["predict"]), cat_jpeg()
@@ -263,14 +304,25 @@ async def run(
         rate = await bench.sustainable(clients, seconds / 2)
         print(f"sustainable, {clients} clients in a closed loop: {rate:.1f} predictions/s")
         await asyncio.sleep(2)  # let the queues drain
-        outcomes = await bench.open_loop(factor * rate, seconds)
-        await asyncio.sleep(2)
-        before, since = cpu_seconds(pids), time.time()
-        over = await overbound(
-            bench, target, key, image, attackers.clients, seconds, attackers.processes, attackers.niceness
-        )
-        spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
-        at_edge = envoy_refusals_ms(Path(endpoints.logs_dir) / "envoy.log", since, time.time())
+        if open_loop:
+            print_open_loop(
+                await bench.open_loop(factor * rate, seconds), factor, rate, seconds, p99_unloaded
+            )
+            await asyncio.sleep(2)
+        for shape in attackers:
+            before, since, load = cpu_seconds(pids), time.time(), os.getloadavg()[0]
+            over = await overbound(bench, target, key, image, shape, seconds)
+            spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
+            at_edge = envoy_refusals_ms(Path(endpoints.logs_dir) / "envoy.log", since, time.time())
+            print_overbound(over, shape, seconds, rate, spent, at_edge)
+            print(f"  load (1 min) {load:.2f} -> {os.getloadavg()[0]:.2f}")
+            await asyncio.sleep(2)  # the admitted calls drain
+    print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
+
+
+def print_open_loop(
+    outcomes: list[tuple[str, float]], factor: float, rate: float, seconds: float, p99_unloaded: float
+) -> None:
     admitted = [s for outcome, s in outcomes if outcome == "OK"]
     refused = [s for outcome, s in outcomes if outcome == "RESOURCE_EXHAUSTED"]
     p99_admitted = percentile(admitted, 99)
@@ -288,8 +340,6 @@ async def run(
             f"  p99 {ms(percentile(refused, 99))}"
             f"  max {ms(max(refused))} (goal: within 10 ms)"
         )
-    print_overbound(over, attackers, seconds, rate, spent, at_edge)
-    print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
 
 
 def print_overbound(
@@ -300,9 +350,17 @@ def print_overbound(
     spent: dict[str, float],
     at_edge: list[float],
 ) -> None:
+    connections = (
+        f"{attackers.connections} HTTP/2 connection(s) each"
+        if attackers.connections
+        else "a connection per client"
+    )
     print(
         f"over the in-flight bound, {attackers.clients} closed-loop clients in {attackers.processes}"
-        f" processes at nice {attackers.niceness} for {seconds:g} s:"
+        f" processes at nice {attackers.niceness}"
+        f" ({'sessions of their own' if attackers.own_session else 'in the benchmark session'}),"
+        f" {connections},"
+        f" for {seconds:g} s:"
     )
     print(
         f"  goodput {over.goodput:.1f} predictions/s = {over.goodput / rate:.2f}x the sustainable rate"
@@ -407,8 +465,30 @@ def main() -> None:
         "--attacker-nice",
         type=int,
         default=19,
-        help="their niceness: on one machine their own CPU then comes after the stack's, as it would"
-        " on machines of their own (0: they compete with the stack as equals)",
+        help="their niceness, in a session (autogroup) of their own: on one machine their own CPU then"
+        " comes after the stack's, as it would on machines of their own (0: they compete with the"
+        " stack as equals)",
+    )
+    parser.add_argument(
+        "--attacker-connections",
+        default="0,1",
+        help="HTTP/2 connections per attacking process, comma-separated: the over-bound phase runs"
+        " once per value. 0: one per client, as clients on hosts of their own have; 1: each process"
+        " multiplexes its clients on one connection, as one gRPC channel does (Envoy lets 100 calls"
+        " at once through a connection, devstack/envoy.py: the rest wait in the client)",
+    )
+    parser.add_argument(
+        "--attackers-own-session",
+        action="store_true",
+        help="each attacking process in a session (autogroup) of its own at --attacker-nice, where"
+        " the nice holds against the stack's processes (each of which leads a session): the attack"
+        " then gets only the CPU the stack leaves, a far weaker attack than other machines would"
+        " send; by default they share the benchmark's session, where their nice does not hold",
+    )
+    parser.add_argument(
+        "--only-overbound",
+        action="store_true",
+        help="skip the open loop at --factor and the wrong-key flood (the sustainable rate stays)",
     )
     parser.add_argument(
         "--flood-sources", type=int, default=15, help="source addresses of the wrong-key flood"
@@ -422,9 +502,22 @@ def main() -> None:
     # The stack's processes inherit this environment.
     os.environ["FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE"] = args.tolerance
     print(f"FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE={args.tolerance}")
-    attackers = Attackers(args.overbound_clients, args.attacker_processes, args.attacker_nice)
+    attackers = [
+        Attackers(
+            args.overbound_clients,
+            args.attacker_processes,
+            args.attacker_nice,
+            int(connections),
+            args.attackers_own_session,
+        )
+        for connections in args.attacker_connections.split(",")
+    ]
     with local_stack("ferry-bench-overload-") as endpoints:
-        asyncio.run(run(endpoints, args.seconds, args.clients, args.factor, attackers))
+        asyncio.run(
+            run(endpoints, args.seconds, args.clients, args.factor, attackers, not args.only_overbound)
+        )
+        if args.only_overbound:
+            return
         valid_keys = [asyncio.run(unthrottled_key(endpoints.grpc_target, ["read"])) for _ in range(5)]
         wrong_key_flood(endpoints, valid_keys, args.flood_sources, max(args.seconds, len(valid_keys) + 1.0))
 

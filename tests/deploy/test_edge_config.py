@@ -8,7 +8,13 @@ import json
 import yaml
 
 from devstack import body_fields, edge
-from devstack.envoy import EnvoyOptions, render
+from devstack.envoy import (
+    CONNECTION_WINDOW_BYTES,
+    MAX_CONCURRENT_STREAMS,
+    STREAM_WINDOW_BYTES,
+    EnvoyOptions,
+    render,
+)
 from services.common import limits
 from services.common.settings import ServiceSettings
 from services.gateway.settings import GatewaySettings
@@ -66,3 +72,17 @@ def test_unary_calls_streams_and_uploads_go_to_their_own_clusters() -> None:
     plain = _clusters_by_path(render(EnvoyOptions()))
     assert plain["/ferry.jobs.v1.JobService/CreateUpload"] == plain["/v1/uploads"] == "gateway_streams"
     assert "gateway_uploads" not in render(EnvoyOptions())
+
+
+def test_client_connections_are_bounded_as_at_an_edge() -> None:
+    """Every rendering (local stack, compose, Helm) bounds what one client connection may hold."""
+    config = yaml.safe_load(render(EnvoyOptions()))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["http2_protocol_options"] == {
+        "max_concurrent_streams": MAX_CONCURRENT_STREAMS,
+        "initial_stream_window_size": STREAM_WINDOW_BYTES,
+        "initial_connection_window_size": CONNECTION_WINDOW_BYTES,
+    }
+    # Envoy's own bounds: a window is 64 KiB to 2 GiB; an upload sends a stream's window per round trip.
+    assert 65535 <= STREAM_WINDOW_BYTES <= CONNECTION_WINDOW_BYTES < 2**31
+    assert MAX_CONCURRENT_STREAMS < GatewaySettings().max_inflight  # one connection cannot fill the bound

@@ -25,7 +25,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from devstack.envoy import EnvoyOptions, render
+from devstack.envoy import MAX_CONCURRENT_STREAMS, EnvoyOptions, render
 from devstack.infra import free_port
 from services.common.errors import ERROR_DOMAIN
 
@@ -242,3 +242,39 @@ def test_calls_pass_again_once_the_bound_has_room(bounded_edge: tuple[str, str])
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert reason(post(url, PREDICT, b"{}")) == (504, "EDGE_DEADLINE_EXCEEDED")
+
+
+def _downstream_active(admin: str) -> int:
+    """Client calls Envoy has in flight on its public listener (its own counter)."""
+    with urllib.request.urlopen(f"{admin}/stats?filter=^http\\.public\\.downstream_rq_active$") as answer:
+        return int(answer.read().decode().rsplit(":", 1)[1])
+
+
+def test_one_connection_carries_at_most_max_concurrent_streams_calls(bounded_edge: tuple[str, str]) -> None:
+    """A client multiplexing more calls than that on one HTTP/2 connection has the rest wait in its
+    own stack, not in Envoy, where a worker would read and answer them all before other clients."""
+    url, admin = bounded_edge
+    extra = 20
+    with grpc.insecure_channel(url.removeprefix("http://")) as channel:
+        watch = channel.unary_stream("/ferry.jobs.v1.JobService/WatchJob")  # a stream: not bounded at 2
+        calls = [watch(b"", timeout=30) for _ in range(MAX_CONCURRENT_STREAMS + extra)]
+        deadline = time.monotonic() + 10
+        while _downstream_active(admin) < MAX_CONCURRENT_STREAMS:
+            assert time.monotonic() < deadline, "the calls never reached Envoy"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the extra calls would have arrived by now
+        assert _downstream_active(admin) == MAX_CONCURRENT_STREAMS
+        # A second connection has its own streams.
+        with grpc.insecure_channel(
+            url.removeprefix("http://"), options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as other:
+            more = [
+                other.unary_stream("/ferry.jobs.v1.JobService/WatchJob")(b"", timeout=30)
+                for _ in range(extra)
+            ]
+            deadline = time.monotonic() + 10
+            while _downstream_active(admin) < MAX_CONCURRENT_STREAMS + extra:
+                assert time.monotonic() < deadline, "a second connection's calls waited for the first's"
+                time.sleep(0.05)
+            for call in (*calls, *more):
+                call.cancel()

@@ -24,10 +24,9 @@ from services.common import fetcher, validation
 from services.common.answers import copy_answer
 from services.common.errors import FerryError, InvalidArgument
 from services.common.ids import prediction_id_for_request
-from services.common.tracing import current_trace_id
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
-from services.gateway.predictor import Predictor
+from services.gateway.predictor import Predictor, new_prediction
 from services.gateway.settings import GatewaySettings
 
 _OK = grpc.StatusCode.OK.value[0]
@@ -57,21 +56,6 @@ def item_record_id(kind: str, tenant: str, request_id: str, edge: Edge | None, i
     if request_id:
         return prediction_id_for_request(tenant, f"{kind}:{request_id}:{index}")
     return new_id(kind, tenant, edge, str(index))
-
-
-def new_prediction(
-    record_id: uuid.UUID, model: str, source: prediction_pb2.PredictionSource
-) -> prediction_pb2.Prediction:
-    """A SUCCEEDED prediction of ``model`` made now, in this trace, without its answer yet."""
-    prediction = prediction_pb2.Prediction(
-        name=f"predictions/{record_id}",
-        model=validation.model_name(model),
-        state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
-        trace_id=current_trace_id(),
-        source=source,
-    )
-    prediction.create_time.GetCurrentTime()
-    return prediction
 
 
 class BatchPredictor:

@@ -27,7 +27,7 @@ from ferry.types.v1 import types_pb2
 from services.common import nesting, priorities, validation
 from services.common.answers import copy_answer
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, error_from_status
-from services.gateway.batch_predictor import item_record_id, new_prediction
+from services.gateway.batch_predictor import item_record_id
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge
 from services.gateway.oip_tensors import (
@@ -41,7 +41,7 @@ from services.gateway.oip_tensors import (
     inputs_of,
     output_tensors,
 )
-from services.gateway.predictor import Predictor
+from services.gateway.predictor import Predictor, new_prediction
 from services.gateway.settings import GatewaySettings
 
 SERVER_NAME = "ferry"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from ferry.events.v1 import events_pb2
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -23,6 +23,21 @@ from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.record_batches import RecordBatcher
 from services.gateway.settings import GatewaySettings
+
+
+def new_prediction(
+    record_id: uuid.UUID, model: str, source: prediction_pb2.PredictionSource
+) -> prediction_pb2.Prediction:
+    """A SUCCEEDED prediction of ``model`` made now, in this trace, without its answer yet."""
+    prediction = prediction_pb2.Prediction(
+        name=f"predictions/{record_id}",
+        model=validation.model_name(model),
+        state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+        trace_id=current_trace_id(),
+        source=source,
+    )
+    prediction.create_time.GetCurrentTime()
+    return prediction
 
 
 class Predictor:
@@ -85,16 +100,8 @@ class Predictor:
             if request_id
             else new_id("prediction", tenant, edge)
         )
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        prediction = prediction_pb2.Prediction(
-            name=f"predictions/{prediction_id}",
-            model=validation.model_name(model),
-            state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
-            trace_id=current_trace_id(),
-            create_time=now,
-            source=prediction_pb2.PREDICTION_SOURCE_SYNC,  # as the record says when read back
-        )
+        # SYNC: as the record says when read back.
+        prediction = new_prediction(prediction_id, model, prediction_pb2.PREDICTION_SOURCE_SYNC)
         copy_answer(prediction, result)
         # Measured up to here so the returned and the recorded prediction agree.
         prediction.timing.total_ms = (time.perf_counter() - started) * 1000.0

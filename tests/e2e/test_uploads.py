@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import time
 import unicodedata
 import urllib.error
@@ -32,13 +33,15 @@ pytestmark = pytest.mark.e2e
 MANIFEST_ITEMS = 2000
 
 
-def upload_over_rest(stack: dict[str, Any], body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+def upload_over_rest(
+    stack: dict[str, Any], body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     """POST /v1/uploads with the raw bytes, as ``curl --data-binary @file`` sends them."""
     request = urllib.request.Request(
         stack["http_url"] + "/v1/uploads",
         data=body,
         method="POST",
-        headers={"content-type": content_type, "authorization": f"Bearer {API_KEY}"},
+        headers={"content-type": content_type, "authorization": f"Bearer {API_KEY}", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:
@@ -265,15 +268,18 @@ def test_a_zip_bomb_is_refused_by_its_directory(
     assert reason in json.dumps(refused["details"]) and "upload_max_compression_ratio" in refused["message"]
 
 
-def _uploads_logged(log: Path, since: int) -> list[dict[str, Any]]:
-    """The CreateUpload access lines ``log`` got past byte ``since``."""
+def _uploads_logged(log: Path, since: int, trace_id: str) -> list[dict[str, Any]]:
+    """The CreateUpload access lines of trace ``trace_id`` that ``log`` got past byte ``since`` (an
+    earlier test's upload may be logged late, as it ends)."""
     with log.open("rb") as lines:
         lines.seek(since)
         entries = [json.loads(line) for line in lines.read().splitlines() if line.startswith(b"{")]
     return [
         e
         for e in entries
-        if e.get("logger") == "ferry.access" and e.get("method", "").endswith("CreateUpload")
+        if e.get("logger") == "ferry.access"
+        and e.get("method", "").endswith("CreateUpload")
+        and e.get("trace_id") == trace_id
     ]
 
 
@@ -285,11 +291,14 @@ def test_uploads_go_to_the_upload_lane_a_niced_gateway_of_their_own(stack: dict[
     logs = Path(stack["logs_dir"])
     lane, gateway = logs / "gateway-uploads.log", logs / "gateway.log"
     since = {log: log.stat().st_size for log in (lane, gateway)}
-    status, answer = upload_over_rest(stack, b'{"text": "a line"}\n', "application/x-ndjson")
+    trace_id = secrets.token_hex(16)
+    traceparent = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    status, answer = upload_over_rest(stack, b'{"text": "a line"}\n', "application/x-ndjson", traceparent)
     assert status == 200, answer
     time.sleep(0.5)  # the access line is written as the answer leaves
-    assert [e["code"] for e in _uploads_logged(lane, since[lane])] == ["OK"]
-    assert _uploads_logged(gateway, since[gateway]) == []  # the other tenants' gateway never read it
+    assert [e["code"] for e in _uploads_logged(lane, since[lane], trace_id)] == ["OK"]
+    # The other tenants' gateway never read it.
+    assert _uploads_logged(gateway, since[gateway], trace_id) == []
     lane_nice, gateway_nice = (_niceness(stack["pids"][name]) for name in ("gateway-uploads", "gateway"))
     assert lane_nice == min(19, gateway_nice + UPLOAD_NICENESS)  # the stack may run niced itself
 

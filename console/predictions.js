@@ -126,7 +126,7 @@ function csvCell(value) {
   return /[",\n\r]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
-const CSV_COLUMNS = ["name", "model", "state", "label", "score", "source", "job", "item_index", "create_time", "total_ms", "error_reason", "trace_id"];
+const CSV_COLUMNS = ["name", "model", "state", "label", "score", "source", "job", "item_index", "input_name", "create_time", "total_ms", "error_reason", "trace_id"];
 
 function csvRow(p) {
   const top = (p.classes || [])[0] || {};

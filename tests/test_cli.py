@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -9,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from ferry.models.v1 import model_pb2
+from ferry.predictions.v1 import prediction_pb2
 from ferry_client import local
 from ferry_client.cli import _print_models, _whole_numbers, main
+from ferry_client.export import write
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +155,20 @@ def test_a_json_models_whole_numbers_print_as_integers() -> None:
         "scores": [0.5, 2],
         "big": 1e300,
     }
+
+
+def test_csv_export_names_each_input_and_defuses_what_a_spreadsheet_would_run() -> None:
+    hostile = prediction_pb2.Prediction(
+        name="predictions/1", job="jobs/j", item_index=3, input_name='=HYPERLINK("http://x")/cat.jpg'
+    )
+    hostile.error.code = 3
+    hostile.error.message = "@SUM(1) is not an image"
+    plain = prediction_pb2.Prediction(
+        name="predictions/2", job="jobs/j", item_index=4, input_name="2024/cat.jpg"
+    )
+    out = io.StringIO()
+    assert write([hostile, plain], "csv", out) == 2
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [row["input_name"] for row in rows] == ['\'=HYPERLINK("http://x")/cat.jpg', "2024/cat.jpg"]
+    assert rows[0]["error_message"] == "'@SUM(1) is not an image"
+    assert [row["item_index"] for row in rows] == ["3", "4"]

@@ -24,9 +24,18 @@ STATES = {
 
 #: One CSV row per prediction: its identity, the top class, where the time went, and any error.
 CSV_COLUMNS = (
-    "name", "create_time", "model", "state", "source", "job", "item_index", "top_label", "top_score",
-    "total_ms", "inference_ms", "batch_size", "error_code", "error_message", "trace_id",
+    "name", "create_time", "model", "state", "source", "job", "item_index", "input_name", "top_label",
+    "top_score", "total_ms", "inference_ms", "batch_size", "error_code", "error_message", "trace_id",
 )  # fmt: skip
+
+#: What a spreadsheet reads as a formula when a cell starts with it (OWASP: CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(text: str) -> str:
+    """A cell of text that came from a user (a zip's file name, a manifest's id, an error quoting
+    input): one that would start a formula gets a leading ``'``, so a spreadsheet shows it instead."""
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
 
 
 def filters(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,13 +62,14 @@ def csv_row(prediction: prediction_pb2.Prediction) -> dict[str, Any]:
         "source": prediction_pb2.PredictionSource.Name(prediction.source),
         "job": prediction.job,
         "item_index": prediction.item_index if prediction.job else "",
-        "top_label": top.label if top else "",
+        "input_name": text_cell(prediction.input_name),
+        "top_label": text_cell(top.label) if top else "",
         "top_score": f"{top.score:.6g}" if top else "",
         "total_ms": f"{prediction.timing.total_ms:.3f}",
         "inference_ms": f"{prediction.timing.inference_ms:.3f}",
         "batch_size": prediction.timing.batch_size,
         "error_code": prediction.error.code if prediction.HasField("error") else "",
-        "error_message": prediction.error.message,
+        "error_message": text_cell(prediction.error.message),
         "trace_id": prediction.trace_id,
     }
 

@@ -10,7 +10,10 @@
   benchmarks.cpu`` compares another spin, for this process and the stack alike);
 * a whole local stack (``ferry up`` on free ports in a temporary folder) under gRPC Predict
   through Envoy at ``--clients`` closed-loop clients for ``--seconds``: the CPU each process
-  spent (``/proc/<pid>/stat``, children included: Postgres's backends) divided by the requests.
+  spent (``/proc/<pid>/stat``, children included: Postgres's backends) divided by the requests;
+  with ``--profile DIR``, py-spy (not one of Ferry's dependencies: ``pip install py-spy``) samples
+  the gateway and store meanwhile and writes their stacks to ``DIR/<process>.txt`` (collapsed:
+  one stack a line, then its count, what flame graph tools read).
 
 Then it prints edge and records (gateway, Envoy, store, NATS, jobs), what is outside decode and
 forward (every process's total minus the two floors), and the load average, since other
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -141,6 +145,33 @@ def pil_reference(content: bytes) -> object:
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
+PROFILED = ("gateway", "store")
+"""The Python processes of edge and records that ``--profile`` samples."""
+
+
+def start_profiles(pids: Mapping[str, int], folder: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    """Starts py-spy on each of ``PROFILED`` for ``seconds`` (200 samples a second, without pausing them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(
+            [
+                *("py-spy", "record", "--nonblocking", "--threads", "--rate", "200", "--format", "raw"),
+                *(
+                    "--duration",
+                    str(round(seconds)),
+                    "--pid",
+                    str(pid),
+                    "--output",
+                    str(folder / f"{name}.txt"),
+                ),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if name in PROFILED
+    ]
+
+
 def load_average() -> str:
     return Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").exists() else "?"
 
@@ -162,6 +193,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the loaded stretch")
     parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
+    parser.add_argument(
+        "--profile", type=Path, help="sample the gateway and store with py-spy under load, into this folder"
+    )
     args = parser.parse_args()
     image = cat_jpeg()
     print(f"{MODEL}, one 451x300 JPEG per request, {args.clients} clients, {args.seconds:.0f} s")
@@ -222,8 +256,11 @@ def main() -> None:
         idle_after, idle_s = cpu_seconds(pids), time.perf_counter() - idle_started
         before = cpu_seconds(pids)
         started = time.perf_counter()
+        profiles = start_profiles(pids, args.profile, args.seconds) if args.profile else []
         requests = closed_loop(lambda: ferry.predict(image), args.clients, args.seconds)
         elapsed = time.perf_counter() - started
+        for profile in profiles:
+            profile.wait()
         after = cpu_seconds(pids)
         print(f"\n/proc/loadavg at the end of the loaded stretch: {load_average()}")
     spent = {name: (after[name] - before[name]) * 1000 / requests for name in pids}

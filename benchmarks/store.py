@@ -136,10 +136,11 @@ def _publisher_process(nats_url: str, count: int, rate: float, per_message: int)
 
 
 def as_store_runs(tracing: bool) -> None:
-    """Sets this process up as store's runtime does: a tracer provider (no exporter), ingest's GC.
+    """Sets this process up as store's runtime does: its tracer provider (no exporter, so spans are
+    made but not recorded), ingest's GC.
 
-    Without the provider each record's span is OpenTelemetry's no-op, which costs store far less
-    than the real one (``--no-tracing`` measures that).
+    Without the provider each record's span is OpenTelemetry's no-op (no trace ids at all), which
+    costs store less (``--no-tracing`` measures that).
     """
     if tracing:
         setup_tracing("ferry-store", "")

@@ -8,6 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from devstack.infra import Postgres, free_port, start_nats
 
@@ -35,3 +40,25 @@ def postgres_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = Postgres(root)
     yield server.uri
     server.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Installs a tracer provider that records every span, before any test or service runs.
+
+    A service exports nothing in a test, so its own provider would record nothing; the global
+    provider can be set only once, and ``setup_tracing`` keeps one a process already has. So every
+    span of every in-process service is recorded, whatever test ran first, and a test reads the
+    finished ones with the ``spans`` fixture.
+    """
+    trace.set_tracer_provider(TracerProvider(sampler=ALWAYS_ON))
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Spans finished during the test (the session's provider, installed by ``pytest_configure``)."""
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()  # the provider outlives the test; stop collecting into this exporter

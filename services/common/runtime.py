@@ -73,7 +73,7 @@ def _shedding(own: Sequence[grpc.aio.ServerInterceptor]) -> Shed | None:
 async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     """Runs ``service`` until SIGTERM or SIGINT, then shuts it down gracefully."""
     setup_logging(service.name, settings.log_level)
-    provider = setup_tracing(f"ferry-{service.name}", settings.otlp_endpoint)
+    shutdown_tracing = setup_tracing(f"ferry-{service.name}", settings.otlp_endpoint)
     start_metrics_server(settings.grpc_host, settings.metrics_port)
 
     health_servicer = health.aio.HealthServicer()
@@ -105,7 +105,7 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     async with AsyncExitStack() as stack:
-        stack.callback(provider.shutdown)  # flushes buffered spans last
+        stack.callback(shutdown_tracing)  # flushes buffered spans last
         starting = asyncio.create_task(service.start(stack, readiness))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

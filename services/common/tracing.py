@@ -1,28 +1,53 @@
-"""OpenTelemetry setup and W3C trace-context propagation over gRPC metadata and NATS headers."""
+"""OpenTelemetry setup and W3C trace-context propagation over gRPC metadata and NATS headers.
+
+Spans are recorded only when something exports them. Without an OTLP endpoint the provider
+samples nothing: each span is OpenTelemetry's non-recording span, which still gets a trace id and
+a span id (so ``traceparent`` still travels in gRPC metadata and NATS headers, answers and records
+still carry ``trace_id``, and log lines still carry trace and span ids) but no attributes, events,
+timings or processors: 42.6 µs of CPU a recorded span against 13-17 µs not sampled.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 
-def setup_tracing(service_name: str, otlp_endpoint: str) -> TracerProvider:
-    """Installs the global tracer provider; spans go over OTLP/gRPC when an endpoint is set."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    if otlp_endpoint:
-        # Imported lazily: the exporter pulls in its own gRPC stack, unneeded when tracing is local.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+def tracer_provider(service_name: str, otlp_endpoint: str) -> TracerProvider:
+    """A provider that exports over OTLP/gRPC when an endpoint is set, else records nothing.
 
-        provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
-        )
-    trace.set_tracer_provider(provider)
+    With an endpoint, the sampler is the SDK's default (``OTEL_TRACES_SAMPLER``, else parent-based
+    always-on): a call joins its caller's decision, so every service of a trace exports together.
+    """
+    resource = Resource.create({"service.name": service_name})
+    if not otlp_endpoint:
+        return TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+    # Imported lazily: the exporter pulls in its own gRPC stack, unneeded when nothing exports.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
     return provider
+
+
+def setup_tracing(service_name: str, otlp_endpoint: str) -> Callable[[], None]:
+    """Installs the process's tracer provider (``tracer_provider``); returns what flushes it at exit.
+
+    A process that already has an SDK provider keeps it, and its owner shuts it down: the test
+    session installs one that records every span before any service starts in-process (the global
+    provider can be set only once), as would a program that embeds a service with its own tracing.
+    """
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return lambda: None
+    provider = tracer_provider(service_name, otlp_endpoint)
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
 
 
 def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.common.errors import NotFound
@@ -114,7 +113,6 @@ async def _serve(service: str) -> tuple[grpc.aio.Server, int]:
 
 
 async def test_the_gateway_logs_one_access_line_per_call(captured: io.StringIO) -> None:
-    trace.set_tracer_provider(TracerProvider())
     server, port = await _serve("gateway")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

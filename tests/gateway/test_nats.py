@@ -14,7 +14,6 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 from devstack.infra import free_port, start_nats
 from ferry.events.v1 import events_pb2
@@ -172,8 +171,6 @@ async def test_records_answered_together_go_out_in_few_batches_each_once(
 ) -> None:
     _, js = private_nats
     batcher = RecordBatcher(Publisher(js, budget_s=5.0), max_records=8, max_bytes=1 << 20)
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())  # a real SDK, as the services install
     tracer = trace.get_tracer("gateway-tests")
 
     async def request(index: int) -> None:

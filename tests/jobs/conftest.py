@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -14,8 +14,6 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, RawStreamMsg
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
@@ -27,14 +25,6 @@ from services.jobs.settings import JobsSettings
 from tests.jobs.doubles import FailureInjectingInference
 
 WAIT_S = 30.0
-
-
-@pytest.fixture(scope="session", autouse=True)
-def tracer_provider() -> Iterator[None]:
-    """A real tracer provider, so spans (and so record trace ids) exist."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-    yield
 
 
 class Harness:

@@ -7,18 +7,13 @@ its own durable consumer, so these tests never see or disturb another module's r
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import asyncpg
 import grpc
-import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devstack.infra import free_port
 from ferry.store.v1 import store_service_pb2_grpc
@@ -121,16 +116,3 @@ async def serving(
         channel = open_channel(f"127.0.0.1:{port}", 4 * 1024 * 1024)
         stack.push_async_callback(channel.close)
         yield channel
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Spans finished during the test (a real SDK provider, as the services install)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # the provider outlives the test; stop collecting into this exporter

@@ -126,7 +126,7 @@ async def measure(
 
 async def run(args: argparse.Namespace) -> None:
     async with own_servers("ferry-bench-records-", "bench-gateway") as servers:
-        as_store_runs(tracing=True)  # this process's spans are real SDK spans too
+        as_store_runs(tracing=True)  # tracing as store runs it: spans made (trace ids), not recorded
         bench = Bench(servers.js, servers.postgres.uri, servers.nats_url, concurrency=2)
         pids = {"nats": servers.nats_pid, "postgres": servers.postgres.pid}
         print(f"{'rate':>6} {'way':<40}{'rec/msg':>8}" + "".join(

@@ -18,7 +18,9 @@ Then two attacks on the front door (issue 17), in the same run:
    gateway's FERRY_GATEWAY_MAX_INFLIGHT (256), each sending again as soon as it is answered
    (ignoring the advised retry delay, as a hostile or naive client does): the 429 OVERLOADED
    answers' p50 (the goal: <= 5 ms) and the goodput against the sustainable rate (the goal:
-   within 10 %);
+   within 10 %); once per shape of ``--attacker-connections``: a connection per client (as
+   clients on hosts of their own), then each attacking process's clients on one connection
+   (one gRPC channel, which Envoy lets carry 100 calls at once);
 5. a wrong-key flood over REST from ``--flood-sources`` (15) loopback source addresses
    (127.0.0.2, ...; Envoy puts the real peer in x-forwarded-for), while never-used valid keys
    call from another address once a second: how many valid calls were refused (the goal: none),
@@ -89,6 +91,8 @@ class Bench:
         self._metadata = (("authorization", f"Bearer {key}"),)
         self._request = model_service_pb2.PredictRequest(model=MODEL, image=types_pb2.Image(content=image))
         self.first_error: str | None = None
+        self.outcomes: Counter[str] = Counter()
+        """Each outcome's count; a 429 that is not the in-flight bound's is told apart by its text."""
 
     async def predict(self, timeout_s: float = 60) -> tuple[str, float]:
         started = time.perf_counter()
@@ -99,6 +103,12 @@ class Bench:
             outcome = err.code().name
             if outcome != "RESOURCE_EXHAUSTED" and self.first_error is None:
                 self.first_error = f"{outcome}: {err.details()}"
+            if outcome == "RESOURCE_EXHAUSTED" and "in flight" not in (err.details() or ""):
+                self.outcomes[f"RESOURCE_EXHAUSTED: {(err.details() or '')[:60]}"] += 1
+            else:
+                self.outcomes[outcome] += 1
+            return outcome, time.perf_counter() - started
+        self.outcomes[outcome] += 1
         return outcome, time.perf_counter() - started
 
     async def unloaded(self, requests: int) -> list[float]:
@@ -159,6 +169,7 @@ class Attack:
     done: int
     refused: list[float]
     cpu_s: float
+    outcomes: dict[str, int]
 
 
 def lower_priority(niceness: int, own_session: bool) -> None:
@@ -199,10 +210,35 @@ def attack(target: str, key: str, image: bytes, shape: Attackers, clients: int, 
             )
         finally:
             await asyncio.gather(*(channel.close() for channel in channels))
+        for bench in benches:
+            outcomes.update(bench.outcomes)
         return sum(done for done, _ in results), [took for _, refused in results for took in refused]
 
+    outcomes: Counter[str] = Counter()
     done, refused = asyncio.run(main())
-    return Attack(done, refused, time.process_time() - started)
+    return Attack(done, refused, time.process_time() - started, dict(outcomes))
+
+
+#: The probe's autogroup nice with ``--probe-priority``: ahead of every other session's processes.
+PROBE_AUTOGROUP_NICE = -10
+
+
+def priority_probe(
+    target: str, key: str, image: bytes, start_s: float, seconds: float
+) -> list[tuple[str, float]]:
+    """The probe in a process of its own, in a session whose autogroup is ahead of every other
+    (needs CAP_SYS_NICE): as a client on a machine of its own, it never waits for a core, so its
+    latency is the stack's. Its connection is opened (one call) before the timed calls."""
+    os.setsid()
+    Path("/proc/self/autogroup").write_text(str(PROBE_AUTOGROUP_NICE))
+
+    async def main() -> list[tuple[str, float]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            bench = Bench(channel, key, image)
+            await bench.predict(timeout_s=2)
+            return await bench.probe(start_s, seconds, 0.02)
+
+    return asyncio.run(main())
 
 
 @dataclass
@@ -212,6 +248,7 @@ class Overbound:
     goodput: float
     refused: list[float]
     attackers_cpu_s: float
+    outcomes: dict[str, int]
     probe: list[tuple[str, float]]
 
 
@@ -222,29 +259,41 @@ async def overbound(
     image: bytes,
     attackers: Attackers,
     seconds: float,
+    probe_priority: bool = False,
 ) -> Overbound:
     """``attackers.clients`` closed-loop attackers, which send again as soon as they are answered,
-    for ``seconds``; meanwhile (after they are under way) a probe here, at this process's priority,
-    sends a call every 20 ms."""
+    for ``seconds``; meanwhile (after they are under way) a probe sends a call every 20 ms: here,
+    at this process's priority, or with ``probe_priority`` ahead of every process (``priority_probe``)."""
     processes = attackers.processes
     loop = asyncio.get_running_loop()
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=spawn) as pool:
+    with (
+        ProcessPoolExecutor(processes, mp_context=spawn) as pool,
+        ProcessPoolExecutor(1, mp_context=spawn) as prober,
+    ):
         # Start the processes (imports: seconds) before the clock runs.
-        await asyncio.gather(*(loop.run_in_executor(pool, os.getpid) for _ in range(processes)))
+        await asyncio.gather(
+            *(loop.run_in_executor(pool, os.getpid) for _ in range(processes)),
+            loop.run_in_executor(prober, os.getpid),
+        )
         clients = attackers.clients
         share = [clients // processes + (n < clients % processes) for n in range(processes)]
         started = time.perf_counter()
         attacks = [
             loop.run_in_executor(pool, attack, target, key, image, attackers, n, seconds) for n in share
         ]
-        probe = await bench.probe(min(3.0, seconds / 4), seconds / 2, 0.02)
+        if probe_priority:
+            args = (target, key, image, min(3.0, seconds / 4), seconds / 2)
+            probe = await loop.run_in_executor(prober, priority_probe, *args)
+        else:
+            probe = await bench.probe(min(3.0, seconds / 4), seconds / 2, 0.02)
         results = await asyncio.gather(*attacks)
         elapsed = time.perf_counter() - started
     return Overbound(
         goodput=sum(a.done for a in results) / elapsed,
         refused=[s for a in results for s in a.refused],
         attackers_cpu_s=sum(a.cpu_s for a in results),
+        outcomes=dict(sum((Counter(a.outcomes) for a in results), Counter())),
         probe=probe,
     )
 
@@ -286,6 +335,7 @@ async def run(
     factor: float,
     attackers: list[Attackers],
     open_loop: bool = True,
+    probe_priority: bool = False,
 ) -> None:
     """The phases in order; the over-bound one once per shape of ``attackers``."""
     target = endpoints.grpc_target
@@ -311,10 +361,10 @@ async def run(
             await asyncio.sleep(2)
         for shape in attackers:
             before, since, load = cpu_seconds(pids), time.time(), os.getloadavg()[0]
-            over = await overbound(bench, target, key, image, shape, seconds)
+            over = await overbound(bench, target, key, image, shape, seconds, probe_priority)
             spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
             at_edge = envoy_refusals_ms(Path(endpoints.logs_dir) / "envoy.log", since, time.time())
-            print_overbound(over, shape, seconds, rate, spent, at_edge)
+            print_overbound(over, shape, seconds, rate, spent, at_edge, probe_priority)
             print(f"  load (1 min) {load:.2f} -> {os.getloadavg()[0]:.2f}")
             await asyncio.sleep(2)  # the admitted calls drain
     print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
@@ -349,6 +399,7 @@ def print_overbound(
     rate: float,
     spent: dict[str, float],
     at_edge: list[float],
+    probe_priority: bool = False,
 ) -> None:
     connections = (
         f"{attackers.connections} HTTP/2 connection(s) each"
@@ -367,8 +418,13 @@ def print_overbound(
         " (goal >= 0.9x)"
     )
     probed = [took for outcome, took in over.probe if outcome == "RESOURCE_EXHAUSTED"]
+    where = (
+        f"a session of its own at autogroup nice {PROBE_AUTOGROUP_NICE}"
+        if probe_priority
+        else "nice 0, in the benchmark's process"
+    )
     print(
-        f"  an over-bound call (the probe: 50/s, nice 0, a process of its own): {len(probed)} of"
+        f"  an over-bound call (the probe: 50/s, {where}): {len(probed)} of"
         f" {len(over.probe)} refused with 429, p50 {ms(percentile(probed, 50))}"
         f"  p99 {ms(percentile(probed, 99))} (goal: p50 <= 5 ms)"
     )
@@ -377,6 +433,7 @@ def print_overbound(
             f"  Envoy's own time for its {len(at_edge)} 429s (access log, client left out):"
             f" p50 {percentile(at_edge, 50):.0f} ms  p99 {percentile(at_edge, 99):.0f} ms"
         )
+    print(f"  the attackers' outcomes: {over.outcomes}")
     print(
         f"  the attackers' own {len(over.refused)} 429s: p50 {ms(percentile(over.refused, 50))}"
         f"  p99 {ms(percentile(over.refused, 99))} (a closed loop that resends at once waits"
@@ -486,6 +543,21 @@ def main() -> None:
         " send; by default they share the benchmark's session, where their nice does not hold",
     )
     parser.add_argument(
+        "--probe-priority",
+        action="store_true",
+        help="the over-bound phase's probe in a process whose autogroup is ahead of every other"
+        " (needs CAP_SYS_NICE): as a client on a machine of its own, it never waits for a core, so"
+        " its 429 latency is the stack's alone",
+    )
+    parser.add_argument(
+        "--envoy-autogroup-nice",
+        type=int,
+        default=None,
+        help="Envoy's session (autogroup) at this nice, against the stack's other processes (each"
+        " an equal group by default; below 0 needs CAP_SYS_NICE): what Envoy's priority trades"
+        " between fast refusals and goodput",
+    )
+    parser.add_argument(
         "--only-overbound",
         action="store_true",
         help="skip the open loop at --factor and the wrong-key flood (the sustainable rate stays)",
@@ -513,8 +585,19 @@ def main() -> None:
         for connections in args.attacker_connections.split(",")
     ]
     with local_stack("ferry-bench-overload-") as endpoints:
+        if args.envoy_autogroup_nice is not None:  # Envoy leads a session of its own (devstack/infra.py)
+            Path(f"/proc/{endpoints.pids['envoy']}/autogroup").write_text(str(args.envoy_autogroup_nice))
+            print(f"Envoy's session at autogroup nice {args.envoy_autogroup_nice}")
         asyncio.run(
-            run(endpoints, args.seconds, args.clients, args.factor, attackers, not args.only_overbound)
+            run(
+                endpoints,
+                args.seconds,
+                args.clients,
+                args.factor,
+                attackers,
+                not args.only_overbound,
+                args.probe_priority,
+            )
         )
         if args.only_overbound:
             return

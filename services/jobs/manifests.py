@@ -277,13 +277,11 @@ class _Stores:
             storing.close()  # never started: not a coroutine left unawaited
             raise
 
-        async def one() -> object:
-            try:
-                return await storing
-            finally:
-                self._slots.release()
-
-        self._tasks.add(asyncio.create_task(one()))
+        # The task runs ``storing`` itself (not a wrapper awaiting it): one cancelled before its
+        # first step closes the coroutine, where a wrapper's would be left never awaited.
+        task = asyncio.create_task(storing)
+        task.add_done_callback(lambda _: self._slots.release())
+        self._tasks.add(task)
 
     async def wait(self) -> None:
         """Waits for every store started; raises the first failure."""

@@ -20,7 +20,7 @@ import time
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
 from services.common.downstream import Backend
-from services.common.errors import NotFound
+from services.common.errors import NotFound, Unavailable
 from services.common.validation import model_name
 
 MIN_REFRESH_S = 0.5
@@ -107,6 +107,24 @@ class ModelCatalog:
             f"model {model_name(model)!r} is not served; available models: {served}",
             reason="MODEL_NOT_FOUND",
             metadata={"model": model_name(model)},
+        )
+
+
+def refuse_failed(model: model_pb2.Model) -> None:
+    """Refuses work for a model that failed to load, with inference's reason, as Predict does.
+
+    A job's items would otherwise be queued and each retried for the jobs' retry budget (5
+    minutes) before failing with the same reason.
+
+    Raises:
+        Unavailable: MODEL_FAILED (503), the message saying why it failed.
+    """
+    if model.state == model_pb2.MODEL_STATE_FAILED:
+        raise Unavailable(
+            f"model {model.name.removeprefix('models/')!r} failed to load: {model.state_message}; "
+            "fix it and load it again (`ferry models load NAME`)",
+            reason="MODEL_FAILED",
+            metadata={"model": model.name.removeprefix("models/")},
         )
 
 

@@ -31,7 +31,7 @@ from services.common.job_states import FINISHED
 from services.common.result_stores import result_store
 from services.common.tracing import current_trace_id
 from services.gateway import notebook_jobs
-from services.gateway.catalog import ModelCatalog
+from services.gateway.catalog import ModelCatalog, refuse_failed
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.job_items import list_job_items
 from services.gateway.job_results import JobResults
@@ -213,6 +213,7 @@ class JobManager:
             )
         # The model first: an unknown one is refused before anything is fetched or stored.
         served = await self._catalog.get(model)
+        refuse_failed(served)
         job_id = job_id_for_request(tenant, request_id) if request_id else new_id("job", tenant, edge)
         wanted = job_pb2.Job(
             name=f"jobs/{job_id}",

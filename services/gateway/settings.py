@@ -128,6 +128,9 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     """How often a WatchJob stream reads its job's progress from store."""
     watch_max_s: float = Field(default=3600.0, gt=0)
     """Longest one WatchJob stream lasts; a client still interested watches again."""
+    watch_keepalive_s: float = Field(default=60.0, gt=0)
+    """A WatchJob stream answers its job again after this long without a change, so no proxy
+    cuts it as idle (Envoy's stream_idle_timeout is 5 minutes) while an item is retried."""
     results_url: str = ""
     """Where jobs' result files are kept: empty for NATS JetStream Object Store (bucket
     ferry_job_results), or ``s3://<bucket>[/<prefix>]`` for an S3-compatible store (the ``s3``

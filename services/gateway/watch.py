@@ -21,12 +21,14 @@ def _progress(job: job_pb2.Job) -> tuple[int, int, int, int]:
 
 
 async def watch_job(
-    records: Records, tenant: str, name: str, poll_s: float, max_s: float
+    records: Records, tenant: str, name: str, poll_s: float, max_s: float, keepalive_s: float
 ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
     """Yields the job ``name`` of ``tenant`` now, then on every change, until it finishes.
 
     The pace is measured from the items that finished while watching; a watch ends after
-    ``max_s`` even when the job has not (a client watches again).
+    ``max_s`` even when the job has not (a client watches again). A job that does not change for
+    ``keepalive_s`` is yielded again: proxies cut a stream idle for long (Envoy's
+    stream_idle_timeout, 5 minutes), and an item retried for minutes changes nothing.
 
     Raises:
         FerryError: an unknown job (NOT_FOUND), a bad name, or store unavailable.
@@ -34,14 +36,15 @@ async def watch_job(
     began = time.monotonic()
     first: tuple[float, int] | None = None
     last: tuple[int, int, int, int] | None = None
+    answered = began
     while True:
         job = await records.get_job(tenant, name)
         now = time.monotonic()
         done = job.items_succeeded + job.items_failed
         if first is None:
             first = (now, done)
-        if _progress(job) != last:
-            last = _progress(job)
+        if _progress(job) != last or now - answered >= keepalive_s:
+            last, answered = _progress(job), now
             elapsed, finished_since = now - first[0], done - first[1]
             pace = finished_since / elapsed if elapsed > 0 and finished_since > 0 else 0.0
             left = job.items_total - done

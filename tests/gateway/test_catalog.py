@@ -92,3 +92,19 @@ async def test_a_list_past_its_ttl_is_answered_while_refreshed_behind_the_call()
             await asyncio.sleep(0.02)
         assert [m.name for m in await models.served()] == ["models/a", "models/b"]
         assert inference.calls == 2
+
+
+def test_work_for_a_model_that_failed_to_load_is_refused_with_its_reason() -> None:
+    # CreateJob on a model whose notebook does not exist used to queue the job, retry its items
+    # for 5 minutes, then fail them: it is refused at once, as Predict is (503 MODEL_FAILED).
+    failed = model_pb2.Model(
+        name="models/broken",
+        state=model_pb2.MODEL_STATE_FAILED,
+        state_message="notebook /x.ipynb cannot be read: [Errno 2] No such file or directory",
+    )
+    with pytest.raises(FerryError) as refused:
+        catalog.refuse_failed(failed)
+    assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "MODEL_FAILED")
+    assert "model 'broken' failed to load: notebook /x.ipynb cannot be read" in str(refused.value)
+    for state in (model_pb2.MODEL_STATE_READY, model_pb2.MODEL_STATE_LOADING):
+        catalog.refuse_failed(model_pb2.Model(name="models/a", state=state))  # not refused

@@ -57,7 +57,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         c = self._slot.get()
         tenant = identity.tenant()
         s = c.settings
-        async for update in watch_job(c.records, tenant, request.name, s.watch_poll_s, s.watch_max_s):
+        async for update in watch_job(
+            c.records, tenant, request.name, s.watch_poll_s, s.watch_max_s, s.watch_keepalive_s
+        ):
             if update.job.state in FINISHED:
                 await c.jobs.results.write_quietly(tenant, update.job)
             yield update

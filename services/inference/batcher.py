@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2
 from services.common.errors import DeadlineExceeded, FerryError, ResourceExhausted, Unavailable
 from services.common.tasks import spawn
 from services.inference import metrics
+from services.inference.models.contract import InvalidInput
 from services.inference.scheduling import AgingQueue, Priority
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,8 @@ class DynamicBatcher(Generic[In, Out]):
                 log.info(
                     "batch of %d for %s refused: %s [%s]", len(batch), self.name, err.message, err.reason
                 )
+            elif isinstance(err, InvalidInput):  # the model refused an input (a notebook's predict)
+                log.info("batch of %d for %s refused: %s [%s]", len(batch), self.name, err, err.reason)
             else:
                 log.exception("batch of %d for %s failed", len(batch), self.name)
             for p in batch:

@@ -11,7 +11,7 @@ import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.inference.batcher import DynamicBatcher
-from services.inference.models.contract import IMAGE, Answer, Item, ModelInput, Options
+from services.inference.models.contract import IMAGE, Answer, InvalidInput, Item, ModelInput, Options
 from services.inference.runner import ModelRunner
 from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
 
@@ -160,3 +160,20 @@ async def test_a_batch_refused_for_its_input_is_an_info_line_without_traceback(
     [record] = [r for r in caplog.records if r.name == "services.inference.batcher"]
     assert record.levelno == logging.INFO and record.exc_info is None
     assert "refused: input 0 is not a decodable image [INVALID_IMAGE]" in record.getMessage()
+
+
+async def test_an_input_the_model_itself_refuses_is_an_info_line_without_traceback(
+    stack: AsyncExitStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A notebook model's predict refusing a payload raises InvalidInput from forward (the
+    # caller's fault, INVALID_ARGUMENT); it used to be logged as ERROR with a traceback.
+    def run(items: Sequence[int]) -> list[int]:
+        raise InvalidInput("the notebook's predict refused the payload: ValueError('needs \"image\"')")
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("notebook", run, max_batch_size=1)
+    await batcher.start(stack)
+    with caplog.at_level(logging.INFO, logger="services.inference.batcher"), pytest.raises(InvalidInput):
+        await batcher.submit(1)
+    [record] = [r for r in caplog.records if r.name == "services.inference.batcher"]
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "refused: the notebook's predict refused the payload" in record.getMessage()

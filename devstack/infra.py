@@ -5,6 +5,7 @@ Used by ``ferry up`` and by the test suite, so tests run against exactly what us
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -95,6 +96,21 @@ def wait_for_port(host: str, port: int, timeout_s: float, process: ManagedProces
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout_s:.0f}s")
 
 
+def lower_priority(pid: int, niceness: int) -> None:
+    """Lowers ``pid``'s CPU priority by ``niceness`` against every other process, not only those of
+    its session (as ``nice -n`` would).
+
+    Each child leads a session of its own (``start_new_session``), and with the kernel's autogroups
+    on (Linux's default on desktops and many servers) a session is one scheduling group whose
+    processes' nice values only rank them among themselves: a process at nice 10 still got its
+    group's full share beside the other processes' groups. The group's own nice is what ranks it
+    against them (``/proc/<pid>/autogroup``; raising it needs no privilege). Both are set, so it
+    holds with autogroups on or off."""
+    os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + niceness))
+    with contextlib.suppress(OSError):  # no autogroups here: the process's nice is what counts
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+
+
 @dataclass
 class ManagedProcess:
     """A child process whose output goes to a log file."""
@@ -108,9 +124,15 @@ class ManagedProcess:
 
     @classmethod
     def start(
-        cls, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None
+        cls,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        niceness: int = 0,
     ) -> ManagedProcess:
-        """Starts ``argv`` with its output appended to ``log_dir/<name>.log``."""
+        """Starts ``argv`` with its output appended to ``log_dir/<name>.log``; ``niceness`` > 0: its
+        CPU comes after the other processes' (``lower_priority``)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
         log_file = log_path.open("ab")
@@ -123,6 +145,8 @@ class ManagedProcess:
             env={**os.environ, **(env or {})},
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
         )
+        if niceness > 0:
+            lower_priority(popen.pid, niceness)
         return cls(name, popen, log_path, log_file, log_offset)
 
     @property

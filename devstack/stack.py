@@ -204,11 +204,11 @@ class LocalStack:
                     env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
-                if name in lane:  # the kernel gives the other processes the CPU first
-                    argv = ["nice", "-n", str(UPLOAD_NICENESS), *argv]
+                # The lane's CPU comes after every other process's.
+                niceness = UPLOAD_NICENESS if name in lane else 0
                 program = Program(
                     name,
-                    partial(ManagedProcess.start, name, argv, self.logs_dir, env),
+                    partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness),
                     partial(is_serving, own[name], timeout_s=1.0),
                     self.logs_dir / f"{name}.log",
                     surge=True,

@@ -301,6 +301,11 @@ def test_uploads_go_to_the_upload_lane_a_niced_gateway_of_their_own(stack: dict[
     assert _uploads_logged(gateway, since[gateway], trace_id) == []
     lane_nice, gateway_nice = (_niceness(stack["pids"][name]) for name in ("gateway-uploads", "gateway"))
     assert lane_nice == min(19, gateway_nice + UPLOAD_NICENESS)  # the stack may run niced itself
+    # Each process leads a session of its own: with autogroups on, the group's nice is what ranks
+    # the lane behind the other processes (its own nice only ranks it within its group).
+    autogroup = Path(f"/proc/{stack['pids']['gateway-uploads']}/autogroup")
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-1] == str(UPLOAD_NICENESS), autogroup.read_text()
 
 
 #: A real photo's file name made hostile: a terminal's clear-screen, 1,400 characters of folders,

@@ -83,6 +83,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+#: Connections the open loop's arrivals are spread over (see ``arrivals_at``).
+OPEN_LOOP_CONNECTIONS = 16
+
+
+async def arrivals_at(
+    benches: list[Bench], rate: float, seconds: float, timeout_s: float = 60
+) -> list[tuple[str, float]]:
+    """Sends at ``rate`` per second for ``seconds``, whatever the answers, taking ``benches`` (each its
+    own connection) in turn, as users arrive on connections of their own: one HTTP/2 connection
+    carries at most 100 calls at once (Envoy's edge limit) and would queue the rest in this client
+    instead of reaching the bounds under test. Returns every outcome."""
+    calls = []
+    started = time.monotonic()
+    for n in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+        calls.append(asyncio.ensure_future(benches[n % len(benches)].predict(timeout_s)))
+    return list(await asyncio.gather(*calls))
+
+
 class Bench:
     """Predictions through Envoy, each recorded as (outcome, seconds)."""
 
@@ -130,15 +149,6 @@ class Bench:
         await asyncio.gather(*(client() for _ in range(clients)))
         return done / (time.perf_counter() - started)
 
-    async def open_loop(self, rate: float, seconds: float, timeout_s: float = 60) -> list[tuple[str, float]]:
-        """Sends at ``rate`` per second for ``seconds``, whatever the answers; returns every outcome."""
-        calls = []
-        started = time.monotonic()
-        for n in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
-            calls.append(asyncio.ensure_future(self.predict(timeout_s)))
-        return list(await asyncio.gather(*calls))
-
     async def closed_loop(self, clients: int, seconds: float) -> tuple[int, list[float]]:
         """``clients`` closed-loop clients for ``seconds``: predictions done, and each 429's latency."""
         done, refused = 0, []
@@ -159,7 +169,7 @@ class Bench:
         """After ``start_s``, a call every ``pause_s`` for ``seconds`` (not waiting for answers: one
         that gets in waits behind the admitted ones), each given up after 2 s: every outcome."""
         await asyncio.sleep(start_s)
-        return await self.open_loop(1 / pause_s, seconds, timeout_s=2)
+        return await arrivals_at([self], 1 / pause_s, seconds, timeout_s=2)
 
 
 @dataclass
@@ -355,9 +365,15 @@ async def run(
         print(f"sustainable, {clients} clients in a closed loop: {rate:.1f} predictions/s")
         await asyncio.sleep(2)  # let the queues drain
         if open_loop:
-            print_open_loop(
-                await bench.open_loop(factor * rate, seconds), factor, rate, seconds, p99_unloaded
-            )
+            options = [("grpc.use_local_subchannel_pool", 1)]  # a connection each
+            channels = [
+                grpc.aio.insecure_channel(target, options=options) for _ in range(OPEN_LOOP_CONNECTIONS)
+            ]
+            try:
+                arrivals = await arrivals_at([Bench(c, key, image) for c in channels], factor * rate, seconds)
+            finally:
+                await asyncio.gather(*(c.close() for c in channels))
+            print_open_loop(arrivals, factor, rate, seconds, p99_unloaded)
             await asyncio.sleep(2)
         for shape in attackers:
             before, since, load = cpu_seconds(pids), time.time(), os.getloadavg()[0]
@@ -376,7 +392,10 @@ def print_open_loop(
     admitted = [s for outcome, s in outcomes if outcome == "OK"]
     refused = [s for outcome, s in outcomes if outcome == "RESOURCE_EXHAUSTED"]
     p99_admitted = percentile(admitted, 99)
-    print(f"overload, open loop at {factor:g}x = {factor * rate:.1f}/s for {seconds:g} s:")
+    print(
+        f"overload, open loop at {factor:g}x = {factor * rate:.1f}/s for {seconds:g} s "
+        f"(over {OPEN_LOOP_CONNECTIONS} connections):"
+    )
     print(f"  outcomes: {dict(Counter(outcome for outcome, _ in outcomes))}")
     if admitted:
         print(

@@ -34,10 +34,20 @@ TRANSIENT_CODES = frozenset(
     }
 )
 
+#: Reasons that make a code of ``TRANSIENT_CODES`` final: inference's MODEL_FAILED (UNAVAILABLE) says
+#: the model failed to load, and stays so until an admin fixes it and loads it again, which waiting
+#: does not do. Retried for the whole budget, the item's job would run on for minutes only to end
+#: the same way; failed at once it ends now, and RetryJob re-queues its items after the fix. (A
+#: model's NOT_FOUND is final by its code.) The reasons of a restart or a load in progress
+#: (NOT_READY, MODEL_LOADING, SHUTTING_DOWN) and an UNAVAILABLE without a reason keep the backoff.
+PERMANENT_REASONS = frozenset({"MODEL_FAILED"})
+
 
 def is_transient(status: status_pb2.Status) -> bool:
     """Whether a failure with ``status`` may go away on its own."""
-    return code_from_number(status.code) in TRANSIENT_CODES
+    if code_from_number(status.code) not in TRANSIENT_CODES:
+        return False
+    return error_from_status(status).reason not in PERMANENT_REASONS
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ from devstack.infra import ManagedProcess, free_port
 
 
 @asynccontextmanager
-async def real_inference_process(logs: Path, models: str = "") -> AsyncIterator[str]:
-    """Runs inference on CPU with real weights (``models``, comma-separated, or its default ones)
-    until the block ends; yields its gRPC target."""
+async def real_inference_process(
+    logs: Path, models: str = "", models_file: Path | None = None
+) -> AsyncIterator[str]:
+    """Runs inference on CPU with real weights (``models``, comma-separated, or its default ones,
+    from ``models_file`` or the shipped models.toml) until the block ends; yields its gRPC target."""
     port = free_port()
     env = {
         "FERRY_INFERENCE_GRPC_PORT": str(port),
@@ -24,6 +26,8 @@ async def real_inference_process(logs: Path, models: str = "") -> AsyncIterator[
     }
     if models:
         env["FERRY_INFERENCE_MODELS"] = models
+    if models_file is not None:
+        env["FERRY_INFERENCE_MODELS_FILE"] = str(models_file)
     process = ManagedProcess.start("inference", [".venv/bin/python", "-m", "services.inference"], logs, env)
     try:
         await asyncio.to_thread(wait_grpc_serving, f"127.0.0.1:{port}", process, 300)

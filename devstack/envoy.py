@@ -45,8 +45,12 @@ class EnvoyOptions:
     """Ports of further gateway processes on ``gateway_host`` (``FERRY_GATEWAYS``): endpoints of the
     same cluster, balanced over those that pass health checks."""
     upload_gateway_ports: tuple[int, ...] = ()
-    """Ports of gateway processes on ``gateway_host`` that take the uploads (CreateUpload), and
-    only those (devstack's upload lane, ``FERRY_UPLOAD_GATEWAYS``); none: the gateways take them."""
+    """Ports of the gateway processes that take the uploads (CreateUpload), and only those: the
+    upload lane (``FERRY_UPLOAD_GATEWAYS``, compose's and the chart's ``gateway-uploads``); none:
+    the gateways take them."""
+    upload_gateway_host: str = ""
+    """Where the upload lane's gateways are (empty: ``gateway_host``): in containers a service of
+    its own, whose name resolves to each of its replicas."""
     gateway_max_inflight: int = GatewaySettings.model_fields["max_inflight"].default
     """Each gateway's bound on unary calls in flight (``FERRY_GATEWAY_MAX_INFLIGHT``): Envoy lets
     that many per gateway through and refuses the next itself (429 OVERLOADED), so an overloaded
@@ -76,6 +80,8 @@ READY_PATH = "/readyz"
 GATEWAY_CLUSTER = "gateway"
 STREAMS_CLUSTER = "gateway_streams"
 UPLOADS_CLUSTER = "gateway_uploads"
+#: The upload lane's processes (``ferry up``), compose service and chart component.
+UPLOAD_LANE = "gateway-uploads"
 #: Streams (watches, results, uploads) in flight to all gateways: Envoy's default circuit breaker.
 STREAMS_MAX_REQUESTS = 1024
 
@@ -273,21 +279,13 @@ def _max_requests(opts: EnvoyOptions) -> int:
     return (1 + len(opts.more_gateway_ports)) * opts.gateway_max_inflight
 
 
-def _gateway_clusters(opts: EnvoyOptions) -> str:
-    """The gateways as two clusters, as YAML list items text: ``gateway`` for unary calls, bounded
-    by the gateways' in-flight bound (Envoy refuses the excess itself, before any gateway reads
-    it), and ``gateway_streams`` for streams (watches, results, uploads, reflection), which the
-    gateways do not count and which must not take the unary calls' room."""
-    gateways = 1 + len(opts.more_gateway_ports)
-    # Several gateways: never route to one that fails its health checks. Envoy's default (panic
-    # below 50 % healthy: route to all) would send calls to stopped gateways when 2 of 3 are out.
-    no_panic = (
-        "\n      common_lb_config:\n        healthy_panic_threshold: {value: 0}" if gateways > 1 else ""
-    )
-    # Envoy sends traffic only to gateway replicas that answer gRPC health SERVING. Checked as
-    # often while no request has been routed yet (Envoy's default then is 60 s), so /readyz turns
-    # 200 within seconds of the first gateway becoming SERVING.
-    health = """
+#: Several gateways: never route to one that fails its health checks. Envoy's default (panic below
+#: 50 % healthy: route to all) would send calls to stopped gateways when 2 of 3 are out.
+_NO_PANIC = "\n      common_lb_config:\n        healthy_panic_threshold: {value: 0}"
+#: Envoy sends traffic only to gateway replicas that answer gRPC health SERVING. Checked as often
+#: while no request has been routed yet (Envoy's default then is 60 s), so /readyz turns 200 within
+#: seconds of the first gateway becoming SERVING.
+_GATEWAY_HEALTH = """
       health_checks:
         - timeout: 1s
           interval: 2s
@@ -295,6 +293,15 @@ def _gateway_clusters(opts: EnvoyOptions) -> str:
           unhealthy_threshold: 2
           healthy_threshold: 1
           grpc_health_check: {}"""
+
+
+def _gateway_clusters(opts: EnvoyOptions) -> str:
+    """The gateways as two clusters, as YAML list items text: ``gateway`` for unary calls, bounded
+    by the gateways' in-flight bound (Envoy refuses the excess itself, before any gateway reads
+    it), and ``gateway_streams`` for streams (watches, results, reflection; uploads when there is
+    no upload lane), which the gateways do not count and which must not take the unary calls' room;
+    then the upload lane's cluster, when there is one."""
+    no_panic = _NO_PANIC if opts.more_gateway_ports else ""
     clusters = (
         (GATEWAY_CLUSTER, _max_requests(opts)),
         (STREAMS_CLUSTER, STREAMS_MAX_REQUESTS),
@@ -302,14 +309,20 @@ def _gateway_clusters(opts: EnvoyOptions) -> str:
     text = "".join(
         _http2_cluster(name, opts.gateway_host, opts.gateway_port, opts.more_gateway_ports, bound)
         + no_panic
-        + health
+        + _GATEWAY_HEALTH
         for name, bound in clusters
     )
-    if opts.upload_gateway_ports:  # the upload lane: a gateway of its own for uploads
-        first, *more = opts.upload_gateway_ports
-        lane = _http2_cluster(UPLOADS_CLUSTER, opts.gateway_host, first, tuple(more), STREAMS_MAX_REQUESTS)
-        text += lane + (no_panic if more else "") + health
-    return text
+    return text + _uploads_cluster(opts)
+
+
+def _uploads_cluster(opts: EnvoyOptions) -> str:
+    """The upload lane's gateways as a cluster of their own, as YAML list item text; none without a lane."""
+    if not opts.upload_gateway_ports:
+        return ""
+    first, *more = opts.upload_gateway_ports
+    host = opts.upload_gateway_host or opts.gateway_host
+    lane = _http2_cluster(UPLOADS_CLUSTER, host, first, tuple(more), STREAMS_MAX_REQUESTS)
+    return lane + (_NO_PANIC if more else "") + _GATEWAY_HEALTH
 
 
 def render(opts: EnvoyOptions) -> str:
@@ -428,16 +441,41 @@ _OTLP_STANDIN_PORT = 65417
 _GATEWAY_STANDIN_PORT = 65051
 #: A stand-in in-flight bound (a value no other line has) replaced by the chart's own sizing.
 _INFLIGHT_STANDIN = 65432
+_UPLOADS_STANDIN = "uploads.standin.invalid"
+#: The chart's switch of the upload lane (values.yaml ``gatewayUploads.enabled``).
+_LANE_ON = ".Values.gatewayUploads.enabled"
+
+
+def _upload_lane_switch(text: str, lane_cluster: str) -> str:
+    """The chart's config has the upload lane only where ``gatewayUploads.enabled``: its cluster
+    inside a Helm ``if``, and the upload routes' cluster chosen by the same value."""
+    assert text.count(lane_cluster) == 1, "the upload lane's cluster moved: update chart_configs"
+    text = text.replace(lane_cluster, f"{{{{- if {_LANE_ON} }}}}{lane_cluster}{{{{- end }}}}")
+    routed = f"cluster: {UPLOADS_CLUSTER}\n"
+    assert text.count(routed) == len(edge.UPLOADS), "the upload routes moved: update chart_configs"
+    chosen = f'{{{{ ternary "{UPLOADS_CLUSTER}" "{STREAMS_CLUSTER}" {_LANE_ON} }}}}'
+    return text.replace(routed, f"cluster: {chosen}\n")
 
 
 def container_options(
-    admin_host: str = "0.0.0.0", gateway_host: str = "gateway", otlp_endpoint: str = ""
+    admin_host: str = "0.0.0.0",
+    gateway_host: str = "gateway",
+    otlp_endpoint: str = "",
+    upload_gateway_host: str = UPLOAD_LANE,
 ) -> EnvoyOptions:
-    """Options of the containerised Envoy: public on 8080, descriptor set at /etc/envoy/ferry.pb."""
+    """Options of the containerised Envoy: public on 8080, descriptor set at /etc/envoy/ferry.pb.
+
+    ``upload_gateway_host``: the upload lane's service, its gateways on the gateway's port (the
+    same program with the same settings); empty: no lane, uploads go to the gateways.
+    """
+    gateway_port = EnvoyOptions.gateway_port
     return EnvoyOptions(
         listen_host="0.0.0.0",
         admin_host=admin_host,
         gateway_host=gateway_host,
+        gateway_port=gateway_port,
+        upload_gateway_host=upload_gateway_host,
+        upload_gateway_ports=(gateway_port,) if upload_gateway_host else (),
         descriptor_path="/etc/envoy/ferry.pb",
         openapi_path="/etc/envoy/openapi.json",
         console_dir=CONTAINER_CONSOLE_DIR,
@@ -457,12 +495,19 @@ def chart_configs() -> dict[str, str]:
         ("envoy.yaml", ""),
         ("envoy-traced.yaml", f"http://{_OTLP_STANDIN}:{_OTLP_STANDIN_PORT}"),
     ):
-        options = container_options(admin_host="127.0.0.1", gateway_host=_GATEWAY_STANDIN, otlp_endpoint=otlp)
-        text = render(
-            dataclasses.replace(
-                options, gateway_port=_GATEWAY_STANDIN_PORT, gateway_max_inflight=_INFLIGHT_STANDIN
-            )
+        options = dataclasses.replace(
+            container_options(
+                admin_host="127.0.0.1",
+                gateway_host=_GATEWAY_STANDIN,
+                otlp_endpoint=otlp,
+                upload_gateway_host=_UPLOADS_STANDIN,
+            ),
+            gateway_port=_GATEWAY_STANDIN_PORT,
+            upload_gateway_ports=(_GATEWAY_STANDIN_PORT,),
+            gateway_max_inflight=_INFLIGHT_STANDIN,
         )
+        text = _upload_lane_switch(render(options), _uploads_cluster(options))
+        text = text.replace(_UPLOADS_STANDIN, f'{{{{ include "ferry.fullname" . }}}}-{UPLOAD_LANE}')
         text = text.replace(_GATEWAY_STANDIN, gateway)
         # The public listener's TLS, when envoy.tls.secretName names a certificate (templates/_helpers.tpl).
         chains = "      filter_chains:\n        - filters:"

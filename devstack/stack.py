@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 from devstack import models
-from devstack.envoy import EnvoyOptions, render
+from devstack.envoy import UPLOAD_LANE, EnvoyOptions, render
 from devstack.health import envoy_ready
 from devstack.infra import (
     ManagedProcess,
@@ -53,7 +53,6 @@ ENDPOINTS_FILE = "endpoints.json"
 REPLICA_SHUTDOWN_DELAY_S = 5.0
 #: The upload lane's niceness (``upload_gateways``): its CPU comes after every other process's.
 UPLOAD_NICENESS = 10
-UPLOAD_LANE = "gateway-uploads"
 PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""

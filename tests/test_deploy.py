@@ -30,7 +30,16 @@ def test_compose_file_is_valid() -> None:
 def test_compose_runs_every_service_and_publishes_only_envoy() -> None:
     done = run(str(BIN / "docker-compose"), "-f", "docker-compose.yml", "config", "--services")
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == {"nats", "postgres", "store", "inference", "jobs", "gateway", "envoy"}
+    assert set(done.stdout.split()) == {
+        "nats",
+        "postgres",
+        "store",
+        "inference",
+        "jobs",
+        "gateway",
+        "gateway-uploads",  # the upload lane (tests/deploy/test_upload_lane.py)
+        "envoy",
+    }
     rendered = run(str(BIN / "docker-compose"), "-f", "docker-compose.yml", "config", "--format", "json")
 
     services = json.loads(rendered.stdout)["services"]

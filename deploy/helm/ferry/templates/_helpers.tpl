@@ -59,10 +59,32 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- (split ":" (urlParse .Values.otlp.endpoint).host)._1 | default "4317" -}}
 {{- end -}}
 
-{{/* Env every Ferry service reads: (dict "root" $ "component" "gateway"). */}}
+{{/* The Ferry service components, space-separated: each service, and the upload lane when on. */}}
+{{- define "ferry.components" -}}
+gateway{{ if .Values.gatewayUploads.enabled }} gateway-uploads{{ end }} inference jobs store
+{{- end -}}
+
+{{/* The service (services/<name>, FERRY_<NAME>_ settings) a component runs: the upload lane is a gateway. */}}
+{{- define "ferry.program" -}}
+{{- ternary "gateway" . (eq . "gateway-uploads") -}}
+{{- end -}}
+
+{{/* A component's values, set into .out: (dict "root" $ "component" "gateway-uploads" "out" dict).
+The upload lane takes the gateway's ports, maxInflight and env (its own env on top). */}}
+{{- define "ferry.componentValues" -}}
+{{- $values := .root.Values -}}
+{{- if eq .component "gateway-uploads" -}}
+{{- $_ := mergeOverwrite .out (deepCopy $values.gatewayUploads) (pick $values.gateway "grpcPort" "metricsPort" "maxInflight") -}}
+{{- $_ := set .out "env" (merge (deepCopy ($values.gatewayUploads.env | default dict)) ($values.gateway.env | default dict)) -}}
+{{- else -}}
+{{- $_ := mergeOverwrite .out (deepCopy (index $values .component)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Env every Ferry service reads: (dict "root" $ "component" "gateway" "values" <its values>). */}}
 {{- define "ferry.commonEnv" -}}
-{{- $p := printf "FERRY_%s_" (upper .component) -}}
-{{- $svc := index .root.Values .component -}}
+{{- $p := printf "FERRY_%s_" (upper (include "ferry.program" .component)) -}}
+{{- $svc := .values -}}
 - name: {{ $p }}GRPC_HOST
   value: "0.0.0.0"
 - name: {{ $p }}GRPC_PORT
@@ -116,11 +138,11 @@ affinity:
     sizeLimit: {{ .Values.tmpSizeLimit }}
 {{- end -}}
 
-{{/* Env of one service beyond the common fields: (dict "root" $ "component" "gateway"). */}}
+{{/* Env of one service beyond the common fields: (dict "root" $ "component" "gateway" "values" <its values>). */}}
 {{- define "ferry.serviceEnv" -}}
 {{- $root := .root -}}
-{{- $v := index $root.Values .component -}}
-{{- if eq .component "gateway" -}}
+{{- $v := .values -}}
+{{- if eq (include "ferry.program" .component) "gateway" -}}
 - name: FERRY_GATEWAY_INFERENCE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
 - name: FERRY_GATEWAY_STORE_TARGET
@@ -135,6 +157,12 @@ affinity:
   value: {{ $root.Values.shutdownDelaySeconds | quote }}
 - name: FERRY_GATEWAY_MAX_INFLIGHT
   value: {{ $v.maxInflight | quote }}
+{{- if eq .component "gateway-uploads" }}
+{{- /* The upload lane serves uploads only: counted among the gateways that split each key's
+  rate limit, it would halve every serving gateway's share (services/gateway/peers.py). */}}
+- name: FERRY_GATEWAY_SHARES_RATE_LIMITS
+  value: "false"
+{{- end }}
 {{- else if eq .component "inference" -}}
 - name: FERRY_INFERENCE_MODELS
   value: {{ $v.models | quote }}
@@ -230,4 +258,17 @@ as many gateways as there can be): devstack/envoy.py's circuit breaker on the ga
 {{- define "ferry.envoyMaxRequests" -}}
 {{- $g := .Values.gateway -}}
 {{- mul (int $g.maxInflight) (int (ternary $g.hpa.maxReplicas $g.replicas $g.hpa.enabled)) -}}
+{{- end -}}
+
+{{/* Envoy's worker threads: envoy.concurrency, or else its CPU limit rounded up (at least 1); empty
+without either (Envoy's default: one per node core). */}}
+{{- define "ferry.envoyConcurrency" -}}
+{{- $cpu := toString (dig "limits" "cpu" "" .Values.envoy.resources) -}}
+{{- if gt (int .Values.envoy.concurrency) 0 -}}
+{{- int .Values.envoy.concurrency -}}
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (div (add (int (trimSuffix "m" $cpu)) 999) 1000) -}}
+{{- else if $cpu -}}
+{{- max 1 (int (ceil (float64 $cpu))) -}}
+{{- end -}}
 {{- end -}}

@@ -197,6 +197,8 @@ def test_values_schema_refuses_what_would_break_in_the_cluster() -> None:
         {"inference": {"pdb": {"minAvailable": 1, "maxUnavailable": 1}}},
         {"networkPolicy": {"allow": {"imageUrl": True}}},
         {"gateway": {"grpcPort": "50051"}},
+        {"gatewayUploads": {"enabled": "yes"}},
+        {"envoy": {"concurrency": -1}},
     ):
         with pytest.raises(helm_python.HelmError):
             plain(**wrong)

@@ -369,6 +369,9 @@ static_resources:
                   max_concurrent_streams: {MAX_CONCURRENT_STREAMS}
                   initial_stream_window_size: {STREAM_WINDOW_BYTES}
                   initial_connection_window_size: {CONNECTION_WINDOW_BYTES}
+                # Past it: 431 HEADERS_TOO_LARGE here, rather than a service's metadata limit
+                # mapped to 429 (services/common/limits.py).
+                max_request_headers_kb: {limits.REQUEST_HEADERS_BYTES // 1024}
                 generate_request_id: true
                 # Envoy is the edge: it sets the x-request-id that writes without a request_id
                 # derive their ids from (services/gateway/idempotency.py).

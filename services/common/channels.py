@@ -19,6 +19,7 @@ from typing import Annotated
 import grpc
 from pydantic import AfterValidator
 
+from services.common import limits
 from services.common.interceptors import TracingClientInterceptor
 
 KEEPALIVE_TIME_MS = 20_000
@@ -120,6 +121,7 @@ def server_options(
     return [
         *age,
         *_message_limits(max_message_bytes),
+        ("grpc.max_metadata_size", limits.SERVICE_METADATA_BYTES),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
         ("grpc.http2.max_ping_strikes", 0),

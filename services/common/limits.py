@@ -30,6 +30,16 @@ DEFAULT_REQUEST_BYTES = 1 * MIB
 MAX_MESSAGE_BYTES = max(PREDICT_REQUEST_BYTES, UPLOAD_REQUEST_BYTES, DEFAULT_REQUEST_BYTES)
 """Every gRPC server's and channel's message limit: the largest body the edge lets through."""
 
+REQUEST_HEADERS_BYTES = 8 * 1024
+"""A request's headers, its path among them, at the edge (Envoy's ``max_request_headers_kb``):
+past it the answer is 431 ``HEADERS_TOO_LARGE``. gRPC's own default metadata limit is the same
+8 KiB, and a call Envoy forwarded over it was refused by a service with RESOURCE_EXHAUSTED, which
+the edge maps to 429: "slow down" for a request that can never pass (a 10,000-character job name)."""
+
+SERVICE_METADATA_BYTES = 2 * REQUEST_HEADERS_BYTES
+"""Metadata every Ferry gRPC server takes (``grpc.max_metadata_size``): what the edge lets through
+plus the headers Envoy and the services add on the way (x-forwarded-for, x-request-id, traceparent)."""
+
 # Nesting.
 
 MAX_JSON_DEPTH = 32

@@ -80,13 +80,40 @@ def loads(text: str | bytes, limit: int = limits.MAX_JSON_DEPTH) -> Any:
 
     Raises:
         TooDeep: nested deeper than ``limit`` (however deep: Python's own recursion limit included).
-        ValueError: not JSON (``json.JSONDecodeError``), or an integer too long to convert.
+        ValueError: not JSON (``json.JSONDecodeError``), an integer too long to convert, or a
+            string holding a lone surrogate (``"\\ud800"``), which no protobuf string can carry.
     """
     try:
         value = json.loads(text)
     except RecursionError:
         raise TooDeep(limit) from None
-    return check_json(value, limit)
+    check_json(value, limit)
+    # JSON may spell a lone UTF-16 surrogate ("\\udc00"); json.loads keeps it, and protobuf (every
+    # string field, every Struct) then raises on it far from here. Only escapes can make one.
+    if (isinstance(text, str) and "\\u" in text) or (isinstance(text, bytes) and b"\\u" in text):
+        _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    """Raises ValueError for a lone surrogate in any string (key or value) of a parsed JSON value."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"a string holds a lone UTF-16 surrogate ({node[err.start]!r}) at character "
+                    f"{err.start}; JSON strings must be valid Unicode: escape a character outside the "
+                    "Basic Multilingual Plane as a surrogate pair, or send it as UTF-8"
+                ) from None
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def too_deep(where: str, limit: int = limits.MAX_JSON_DEPTH) -> InvalidArgument:

@@ -147,6 +147,13 @@ class Expander:
                 except FerryError as err:
                     log.info("job %s: manifest refused: %s", request.job_id, err.message)
                     event.error.CopyFrom(err.to_status())
+                except (NatsError, TimeoutError):
+                    raise  # NATS is away: expanding again later resumes (below)
+                except Exception:
+                    # A fault of ours on this manifest. Handed back, it would fail again at once, for
+                    # ever, with the job left EXPANDING: the job fails instead, and ends.
+                    log.exception("job %s: expanding %s failed", request.job_id, request.manifest)
+                    event.error.CopyFrom(_expansion_fault(request).to_status())
                 await self._report(event, "done")
             except (NatsError, TimeoutError) as err:
                 log.warning(
@@ -216,3 +223,14 @@ class Expander:
     async def _stop_if_cancelled(self, request: events_pb2.JobExpansion) -> None:
         if await self._cancelled.is_cancelled(uuid.UUID(request.job_id)):
             raise Cancelled
+
+
+def _expansion_fault(request: events_pb2.JobExpansion) -> FerryError:
+    """The error a job fails with when expanding its manifest hit a fault of Ferry's, not the manifest's."""
+    return FerryError(
+        f"Ferry failed while reading the manifest {request.manifest} (a fault of ours, logged with "
+        f"job {request.job_id}); the job was not run. Submitting the manifest again may work; if it "
+        "fails the same way, report the job id",
+        reason="BACKEND_ERROR",
+        metadata={"backend": "jobs"},
+    )

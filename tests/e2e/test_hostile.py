@@ -188,6 +188,19 @@ def test_malformed_and_ipv4_carrying_image_hosts_are_400(
     assert status == 400 and reason(body) == expected, body
 
 
+@pytest.mark.parametrize(
+    ("length", "status", "expected"),
+    [(7_000, 400, "INVALID_RESOURCE_NAME"), (10_000, 400, "HEADERS_TOO_LARGE")],
+)
+def test_a_long_path_is_refused_as_what_it_is_never_429(
+    rest: Rest, logs: Logs, length: int, status: int, expected: str
+) -> None:
+    # A 10,000-character job name went past the edge and over gRPC's metadata limit in the gateway:
+    # RESOURCE_EXHAUSTED, which the edge maps to 429 ("slow down") for a request that can never pass.
+    answered, body = rest.get("/v1/jobs/" + "x" * length)
+    assert (answered, reason(body)) == (status, expected), body
+
+
 def test_batch_predict_to_an_unknown_model_is_404_and_records_nothing(
     rest: Rest, logs: Logs, cat_jpeg: bytes
 ) -> None:
@@ -405,6 +418,32 @@ def test_uploads_and_jobs_made_from_them_never_get_a_5xx(
             assert error["code"] not in _SERVER_ERROR_NUMBERS and reason, (body[:300], error)
             if reason in {"INVALID_MANIFEST", "NESTING_TOO_DEEP"}:  # a line's fault: it is named
                 assert " line " in error["message"], (body[:300], error)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"text": "\\udc00"}',
+        b'{"text": "fine", "id": "\\ud800"}',
+        b'{"text": "fine", "candidate_labels": ["\\udbff"]}',
+        b'{"payload": {"k\\ud800": 1}}',
+    ],
+)
+def test_a_manifest_line_holding_a_lone_surrogate_fails_its_job_naming_the_line(
+    stack: dict[str, Any], hostile_key: str, logs: Logs, line: bytes
+) -> None:
+    # JSON can spell a lone UTF-16 surrogate that no protobuf string can carry: such a line once made
+    # the expander raise, again and again, with the job left EXPANDING for good.
+    manifest = b'{"text": "a first, good line"}\n' + line + b"\n"
+    status, answer = send(stack["http_url"], hostile_key, "/v1/uploads", manifest, "application/x-ndjson")
+    assert status == 200, answer
+    job = json.dumps({"model": "minilm", "manifest": answer["upload"]["name"]}).encode()
+    status, created = send(stack["http_url"], hostile_key, "/v1/jobs", job)
+    assert status == 200, created
+    expanded = left_expanding(stack["http_url"], hostile_key, created["job"]["name"])
+    assert expanded["state"] == "JOB_STATE_FAILED" and expanded["items_total"] == 0, expanded
+    assert error_reason(expanded["error"]) == "INVALID_MANIFEST", expanded["error"]
+    assert " line 2" in expanded["error"]["message"] and "surrogate" in expanded["error"]["message"]
 
 
 # google.rpc codes of server errors (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS): never a bad manifest's.

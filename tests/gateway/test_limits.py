@@ -77,3 +77,17 @@ def test_a_struct_nested_past_the_limit_is_refused_naming_the_limit() -> None:
         nesting.check_struct(deeper, "payload")
     assert raised.value.reason == "NESTING_TOO_DEEP"
     assert raised.value.metadata["max_depth"] == str(limits.MAX_JSON_DEPTH)
+
+
+@pytest.mark.parametrize(
+    "text", ['{"text": "\\udc00"}', '{"a\\ud800": 1}', '[{"id": "x\\udbff"}]', b'{"text": "\\ud800"}']
+)
+def test_json_holding_a_lone_surrogate_is_refused_as_not_unicode(text: str | bytes) -> None:
+    # json.loads keeps "\udc00" as a Python str that no protobuf string or Struct can take: it
+    # used to raise UnicodeEncodeError deep in the jobs service's manifest expansion.
+    with pytest.raises(ValueError, match="lone UTF-16 surrogate"):
+        nesting.loads(text)
+
+
+def test_json_escapes_of_valid_unicode_pass() -> None:
+    assert nesting.loads('{"text": "\\ud83d\\ude00 caf\\u00e9"}') == {"text": "\U0001f600 café"}

@@ -43,6 +43,10 @@ class StackSettings(BaseSettings):
     inference_instances: int = Field(default=1, ge=1, le=64, validation_alias="FERRY_INFERENCE_INSTANCES")
     """Inference processes when no device list is given (on CPU: each gets cores / instances torch
     threads unless FERRY_INFERENCE_TORCH_THREADS says otherwise)."""
+    inference_niceness: int = Field(default=0, ge=0, le=19, validation_alias="FERRY_INFERENCE_NICENESS")
+    """How far behind the other processes inference's CPU comes (``devstack.infra.lower_priority``:
+    its session's autogroup nice and its own): on a machine where the model shares cores with the
+    front door, Envoy and the gateways then run first. 0: an equal share."""
     nats_nodes: int = Field(default=1, ge=1, le=7)
     """nats-server processes: 1, or a cluster of 3 (or more) on loopback, each node its own client
     and route port, with every stream replicated ``min(3, nodes)`` ways (docs/scaling.md)."""

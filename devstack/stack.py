@@ -203,8 +203,9 @@ class LocalStack:
                     env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
-                # The lane's CPU comes after every other process's.
+                # The lane's CPU comes after every other process's; inference's as the setting says.
                 niceness = UPLOAD_NICENESS if name in lane else 0
+                niceness = s.inference_niceness if service == "inference" else niceness
                 program = Program(
                     name,
                     partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness),

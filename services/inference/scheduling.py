@@ -1,10 +1,11 @@
 """Priority queues with aging, shared by the decode queue and every model's batching queue.
 
 The rule, in one line: an item's *key* is the time it arrived plus a handicap that grows with
-lower priority (HIGH 0, NORMAL ``aging_s``, LOW ``2 * aging_s``), and the smallest key runs
-first. So a HIGH item overtakes a LOW one only if it arrived less than ``2 * aging_s`` after it:
-once a LOW item has waited that long, nothing that arrives later goes before it, and under any
-constant load of higher priorities it waits at most ``2 * aging_s`` more than in FIFO order.
+lower priority (HIGH 0, NORMAL ``aging_s``, LOW ``2 * aging_s``; a batch job's items one step
+more than a waiting caller's of the same priority), and the smallest key runs first. So a HIGH
+item overtakes a LOW one only if it arrived less than ``2 * aging_s`` after it: once a LOW item
+has waited that long, nothing that arrives later goes before it, and under any constant load of
+higher priorities it waits at most ``2 * aging_s`` more than in FIFO order.
 Its effective priority improves linearly with the time it waits, yet the key never changes, so a
 plain heap keeps the order.
 """
@@ -30,16 +31,20 @@ class Priority(enum.IntEnum):
     HIGH = 0
     NORMAL = 1
     LOW = 2
+    BACKGROUND = 3
+    """A low-priority batch job's items: behind every call a caller waits on."""
 
 
-def priority_from_proto(value: int) -> Priority:
-    """Maps ``ferry.types.v1.Priority`` to a Priority (unspecified is NORMAL).
+def priority_from_proto(value: int, job_item: bool = False) -> Priority:
+    """Maps ``ferry.types.v1.Priority`` to a Priority (unspecified is NORMAL); a batch job's items
+    (``job_item``) one step lower, so a caller waiting at the same priority goes first while a
+    bulk job fills the queues, and aging still bounds how long the items wait.
 
     Raises:
         InvalidArgument: For a number the enum does not define.
     """
     try:
-        return Priority(priorities.of_proto(value).handicap)
+        return Priority(priorities.of_proto(value).handicap + job_item)
     except KeyError:
         raise InvalidArgument(
             f"priority is {value}; use PRIORITY_HIGH, PRIORITY_NORMAL or PRIORITY_LOW "

@@ -116,7 +116,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 "INVALID_TOP_K",
                 {"top_k": str(request.top_k)},
             )
-        priority = priority_from_proto(request.priority)
+        priority = priority_from_proto(request.priority, request.job_item)
         # Inputs still queued when the caller's deadline passes are dropped, never computed.
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining

@@ -82,7 +82,8 @@ class Predictor:
         All calls made for the group (there can be several, see below) share one deadline of
         ``timeout_s``. Calls wait for inference to be ready within it (``wait_for_ready``): a
         call made while inference restarts or the channel reconnects waits for it instead of
-        failing at once and spending a retry. ``priority`` is the job's, passed to inference.
+        failing at once and spending a retry. ``priority`` is the job's, passed to inference with
+        ``job_item`` set (its queues put a waiting caller of the same priority first).
         """
         deadline = time.monotonic() + self._timeout_s
         return await self._call(_Call(model, top_k, priority, deadline), list(inputs))
@@ -101,7 +102,7 @@ class Predictor:
             message = f"inference did not answer within {self._timeout_s:.1f}s"
             return _failed(len(inputs), grpc.StatusCode.DEADLINE_EXCEEDED, message, "INFERENCE_TIMEOUT")
         request = inference_service_pb2.PredictRequest(
-            model=model, inputs=inputs, top_k=top_k, priority=call.priority
+            model=model, inputs=inputs, top_k=top_k, priority=call.priority, job_item=True
         )
         try:
             response = await self._stub.Predict(request, timeout=remaining, wait_for_ready=True)

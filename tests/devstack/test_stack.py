@@ -23,6 +23,8 @@ from tests.e2e.stack import FERRY, RunningStack
 pytestmark = pytest.mark.e2e
 
 API_KEY = "ferry-test-key-devstack"
+#: FERRY_INFERENCE_NICENESS of this module's stack: not the upload lane's 10, so neither passes for the other.
+INFERENCE_NICENESS = 7
 PREDICT = "/v1/models/efficientnet-lite0:predict"
 
 
@@ -30,7 +32,8 @@ PREDICT = "/v1/models/efficientnet-lite0:predict"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """One ``ferry up`` shared by this module's tests (a stack costs 10-20 s of CPU to start)."""
     running = RunningStack(
-        Path(tmp_path_factory.mktemp("supervised")) / "state", {"FERRY_DEV_API_KEY": API_KEY}
+        Path(tmp_path_factory.mktemp("supervised")) / "state",
+        {"FERRY_DEV_API_KEY": API_KEY, "FERRY_INFERENCE_NICENESS": str(INFERENCE_NICENESS)},
     )
     running.start()
     yield running
@@ -64,9 +67,27 @@ def _ferry(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([FERRY, *args], env=stack.env, capture_output=True, text=True, timeout=240)
 
 
+def _autogroup_nice(pid: int) -> int | None:
+    """The nice of ``pid``'s session's scheduling group (``/autogroup-N nice K``); None without
+    autogroups, where the process's own nice ranks it."""
+    path = Path(f"/proc/{pid}/autogroup")
+    return int(path.read_text().split()[-1]) if path.exists() else None
+
+
+def _own_nice(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
 def test_killed_inference_is_restarted_and_serves_again(stack: RunningStack, cat: dict[str, Any]) -> None:
     before = _process(stack, "inference")
     assert before.pid is not None
+    gateway = _process(stack, "gateway").pid
+    assert gateway is not None
+    # FERRY_INFERENCE_NICENESS: the model's CPU comes after the front door's, in its session's
+    # group (what ranks it against other sessions) and in its own nice (without autogroups).
+    groups = _autogroup_nice(before.pid), _autogroup_nice(gateway)
+    assert groups in ((INFERENCE_NICENESS, 0), (None, None))
+    assert _own_nice(before.pid) == min(19, _own_nice(gateway) + INFERENCE_NICENESS)
     os.kill(before.pid, signal.SIGKILL)
 
     after = _eventually(
@@ -74,6 +95,10 @@ def test_killed_inference_is_restarted_and_serves_again(stack: RunningStack, cat
     )
     assert (after.state, after.restarts, after.last_exit_code) == ("running", before.restarts + 1, -9)
     assert "inference exited (code -9); restarting in 0.5 s" in stack.log()
+    # The supervisor's replacement runs as far behind as the one it replaced.
+    assert after.pid is not None
+    assert _autogroup_nice(after.pid) == groups[0]
+    assert _own_nice(after.pid) == min(19, _own_nice(gateway) + INFERENCE_NICENESS)
 
     shown = _ferry(stack, "status")
     assert shown.returncode == 0, shown.stderr

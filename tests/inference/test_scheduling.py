@@ -15,10 +15,11 @@ from contextlib import AsyncExitStack
 import pytest
 from google.rpc import error_details_pb2
 
+from ferry.types.v1 import types_pb2
 from services.common.errors import DeadlineExceeded, ResourceExhausted
 from services.inference.batcher import Batched, DynamicBatcher
 from services.inference.decoding import DecodeQueue
-from services.inference.scheduling import AgingQueue, Priority
+from services.inference.scheduling import AgingQueue, Priority, priority_from_proto
 
 BLOCK = "block"
 
@@ -125,6 +126,28 @@ async def test_high_priority_runs_before_low_queued_earlier(stack: AsyncExitStac
     model.release()
     await asyncio.wait_for(asyncio.gather(blocking, *low, normal, *high), 30)
     assert model.order == ["high0", "high1", "normal", "low0", "low1", "low2"]
+
+
+async def test_a_caller_waiting_goes_before_job_items_of_its_priority_queued_earlier(
+    stack: AsyncExitStack,
+) -> None:
+    model = GatedModel()
+    batcher: DynamicBatcher[str, str] = DynamicBatcher("jobs", model.run, max_batch_size=1)
+    await batcher.start(stack)
+    blocking = await busy(batcher, model)
+    normal, low = types_pb2.PRIORITY_NORMAL, types_pb2.PRIORITY_LOW
+    queued = [
+        ("normal job item", priority_from_proto(normal, job_item=True)),
+        ("low job item", priority_from_proto(low, job_item=True)),
+        ("low call", priority_from_proto(low)),
+        ("normal call", priority_from_proto(normal)),
+    ]
+    futures = [asyncio.ensure_future(batcher.submit(item, priority)) for item, priority in queued]
+    await asyncio.sleep(0)
+    model.release()
+    await asyncio.wait_for(asyncio.gather(blocking, *futures), 30)
+    # A normal job's items rank with low calls (arrival order among them); a low job's come last.
+    assert model.order == ["normal call", "normal job item", "low call", "low job item"]
 
 
 async def test_low_priority_ages_past_a_constant_stream_of_high(stack: AsyncExitStack) -> None:

@@ -32,6 +32,8 @@ class Call:
     contents: list[bytes]
     top_k: int
     trace_id: int
+    job_item: bool = False
+    """Whether the call said its inputs are a batch job's items (inference queues them a step lower)."""
 
 
 @dataclass
@@ -92,7 +94,7 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
         parent = extract_context(context.invocation_metadata())
         trace_id = trace.get_current_span(parent).get_span_context().trace_id
         contents = [i.image.content for i in request.inputs]
-        self.calls.append(Call(request.model, contents, request.top_k, trace_id))
+        self.calls.append(Call(request.model, contents, request.top_k, trace_id, request.job_item))
         self.called.set()
         if self.hold is not None:
             await self.hold.wait()

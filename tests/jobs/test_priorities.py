@@ -41,6 +41,8 @@ async def test_a_high_job_finishes_before_an_earlier_low_job_which_still_finishe
     assert last_high < last_low
     # Not starved: low items ran while high ones were still waiting.
     assert f"jobs/{low}" in order[:last_high]
+    # Inside inference, a caller waiting at the same priority goes before these items.
+    assert inference.calls and all(call.job_item for call in inference.calls)
 
 
 async def test_runners_replace_the_old_consumer_for_all_priorities(harness: Harness) -> None:

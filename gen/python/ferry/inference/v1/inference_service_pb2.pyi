@@ -63,18 +63,20 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[_model_pb2.Model, _Mapping]]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "inputs", "top_k", "priority", "version")
+    __slots__ = ("model", "inputs", "top_k", "priority", "version", "job_item")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    JOB_ITEM_FIELD_NUMBER: _ClassVar[int]
     model: str
     inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Input]
     top_k: int
     priority: _types_pb2.Priority
     version: str
-    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., version: _Optional[str] = ...) -> None: ...
+    job_item: bool
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Input, _Mapping]]] = ..., top_k: _Optional[int] = ..., priority: _Optional[_Union[_types_pb2.Priority, str]] = ..., version: _Optional[str] = ..., job_item: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("results",)

@@ -10,24 +10,43 @@ A list past ``ttl_s`` is refreshed behind the call that notices, which answers f
 hand (for up to ``STALE_S`` more): a call waiting on that refresh waited on inference, and a busy
 inference (a bulk job decoding camera photos) then made one cheap call in every ``ttl_s`` slow:
 the other tenants' p99.
+
+While inference cannot be reached (a crash: its process is gone until the supervisor or Kubernetes
+restarts it), the list on hand would say READY for models that cannot answer. So the catalog follows
+inference's gRPC health stream (``follow``): the moment the stream breaks, every model the list holds
+is answered as UNAVAILABLE (not ready, the state message saying why), at once and without waiting on
+inference; once inference answers again the list is fetched afresh (LOADING, then READY).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from contextlib import AsyncExitStack
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
 from services.common.downstream import Backend
 from services.common.errors import NotFound, Unavailable
+from services.common.tasks import spawn
 from services.common.validation import model_name
+
+log = logging.getLogger(__name__)
 
 MIN_REFRESH_S = 0.5
 """Least time between two refreshes caused by an unknown model name."""
 STALE_S = 30.0
 """How long past ``ttl_s`` the list is still answered while a refresh is under way (an inference
 that does not answer for longer makes callers wait for it, and see its error)."""
+REWATCH_S = 0.5
+"""Wait between two attempts to reopen inference's health stream while it cannot be reached."""
+REACH_TIMEOUT_S = 2.0
+"""How long a health check may take, after inference's health stream broke, before inference is
+listed unreachable (a crash refuses the connection at once; a lost network answers nothing)."""
 
 
 class ModelCatalog:
@@ -42,9 +61,17 @@ class ModelCatalog:
         self._models: list[model_pb2.Model] = []
         self._fetched = -float("inf")  # monotonic time of the last answer
         self._refresh: asyncio.Future[list[model_pb2.Model]] | None = None
+        self._unreachable = ""
+        """Why inference cannot be reached, while its health stream is broken; "" while it can."""
+        self._outages = 0
+        """Outages seen so far: a refresh asked before the latest one does not end it."""
+        self._refresh_outages = 0
 
     async def served(self) -> list[model_pb2.Model]:
-        """Returns the served models, sorted by name."""
+        """Returns the served models, sorted by name (each UNAVAILABLE while inference is unreachable)."""
+        if self._unreachable and self._models:
+            self._refreshing()  # ends the outage once inference answers it
+            return [_unreachable(m, self._unreachable) for m in self._models]
         age = time.monotonic() - self._fetched
         if age < self._ttl_s:
             return self._models
@@ -60,6 +87,7 @@ class ModelCatalog:
     def _refreshing(self) -> asyncio.Future[list[model_pb2.Model]]:
         """The request to inference on its way, started if there is none."""
         if self._refresh is None:
+            self._refresh_outages = self._outages
             self._refresh = asyncio.ensure_future(self._ask())
             self._refresh.add_done_callback(self._refreshed)
         return self._refresh
@@ -69,6 +97,40 @@ class ModelCatalog:
         if not done.cancelled() and done.exception() is None:
             self._models = done.result()
             self._fetched = time.monotonic()
+            if self._refresh_outages == self._outages:
+                self._unreachable = ""  # inference answered after the outage began: the list is true
+
+    async def follow(self, health: health_pb2_grpc.HealthStub) -> None:
+        """Follows inference's overall health for the gateway's life (a background task).
+
+        Any answer on the stream (a change of status, or the first on a reopened stream) refetches
+        the list in the background. A stream also ends when inference ages its connection
+        (``max_connection_age_s``) or a replacement takes over the port; so inference is marked
+        unreachable only when a fresh call cannot reach it either, and an answer alone does not end
+        an outage: the list fetched after it does.
+        """
+        request = health_pb2.HealthCheckRequest(service="")
+        while True:
+            try:
+                async for answer in health.Watch(request):  # type: ignore[attr-defined]  # stubs omit it
+                    log.debug("inference health: %s", answer.status)
+                    self._refreshing()
+                why = "its health stream ended"
+            except grpc.aio.AioRpcError as err:
+                why = f"{err.code().name}: {err.details()}"
+            try:
+                # Not wait_for_ready: a refused connection (a crash) must fail this now, not later.
+                await health.Check(request, timeout=REACH_TIMEOUT_S)  # type: ignore[attr-defined]
+            except grpc.aio.AioRpcError:
+                self.lost(why)
+                await asyncio.sleep(REWATCH_S)
+
+    def lost(self, why: str) -> None:
+        """Marks inference unreachable: models are listed UNAVAILABLE until a refresh succeeds."""
+        if not self._unreachable:
+            log.warning("inference is unreachable (%s): models are listed UNAVAILABLE until it answers", why)
+            self._outages += 1
+        self._unreachable = why
 
     async def _ask(self) -> list[model_pb2.Model]:
         answer: inference_service_pb2.ListModelsResponse = await self._backend.call(
@@ -110,6 +172,16 @@ class ModelCatalog:
         )
 
 
+def followed_catalog(
+    stack: AsyncExitStack, channel: grpc.aio.Channel, backend: Backend, ttl_s: float
+) -> ModelCatalog:
+    """The gateway's catalog of inference's models, following inference's health until ``stack``
+    closes, so that a crash of inference shows in the list at once (``ModelCatalog.follow``)."""
+    catalog = ModelCatalog(inference_service_pb2_grpc.InferenceServiceStub(channel), backend, ttl_s)
+    spawn(stack, catalog.follow(health_pb2_grpc.HealthStub(channel)), "follow-inference")
+    return catalog
+
+
 def refuse_failed(model: model_pb2.Model) -> None:
     """Refuses work for a model that failed to load, with inference's reason, as Predict does.
 
@@ -126,6 +198,32 @@ def refuse_failed(model: model_pb2.Model) -> None:
             reason="MODEL_FAILED",
             metadata={"model": model.name.removeprefix("models/")},
         )
+
+
+def _unreachable(model: model_pb2.Model, why: str) -> model_pb2.Model:
+    """``model`` as a caller sees it while inference cannot be reached: not ready, and why."""
+    message = (
+        f"inference is not answering ({why}); calls wait for it to come back (a restart after a "
+        "crash takes seconds)"
+    )
+    shown = model_pb2.Model()
+    shown.CopyFrom(model)
+    if model.state in _SERVING_STATES:
+        shown.ready = False
+        shown.state = model_pb2.MODEL_STATE_UNAVAILABLE
+        shown.state_message = message
+    for version in shown.versions:
+        if version.state in _SERVING_STATES:
+            version.state = model_pb2.MODEL_STATE_UNAVAILABLE
+            version.state_message = message
+    return shown
+
+
+#: States that say a model serves or soon will: untrue while inference is unreachable. (FAILED and
+#: UNLOADED stay as they are: they need an admin whether or not inference runs.)
+_SERVING_STATES = frozenset(
+    {model_pb2.MODEL_STATE_READY, model_pb2.MODEL_STATE_LOADING, model_pb2.MODEL_STATE_UNAVAILABLE}
+)
 
 
 def _find(models: list[model_pb2.Model], model: str) -> model_pb2.Model | None:

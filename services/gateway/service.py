@@ -24,7 +24,7 @@ from services.common.downstream import Backend
 from services.common.publisher import Publisher
 from services.common.readiness import Readiness
 from services.gateway.auth import Authenticator
-from services.gateway.catalog import ModelCatalog
+from services.gateway.catalog import followed_catalog
 from services.gateway.components import Components, ComponentsSlot
 from services.gateway.interceptors import AdmissionInterceptor
 from services.gateway.job_manager import JobManager, JobQueueClient
@@ -127,7 +127,7 @@ class GatewayService:
             "inference", inference_channel, s.inference_timeout_s, own_unavailable=True
         )
         store_backend = Backend("store", store_channel, s.store_timeout_s)
-        catalog = ModelCatalog(inference, inference_backend, s.catalog_ttl_s)
+        catalog = followed_catalog(stack, inference_channel, inference_backend, s.catalog_ttl_s)
         publisher = Publisher(js, s.publish_timeout_s)
         records = RecordBatcher(
             publisher, s.record_batch_max_records, nc.max_payload * 3 // 4, s.record_batches_in_flight

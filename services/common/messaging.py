@@ -66,6 +66,11 @@ CANCELLED_JOBS_BUCKET = "ferry_cancelled_jobs"
 DEFAULT_PRIORITY = priorities.DEFAULT.name
 
 _DAY_S = 24 * 3600.0
+#: How long each stream remembers a message id (``Nats-Msg-Id``) by default: a publish repeated
+#: within it (a client's retry, a redelivered expansion, a runner's republished record) is stored
+#: once. Past it a repeat is stored again; what runs or is recorded from it is idempotent by its
+#: id all the same (store keeps one row per record id; docs/jobs.md).
+DUPLICATE_WINDOW_S = 600.0
 DEAD_LETTER_DAYS = 7
 
 STREAMS = (
@@ -74,7 +79,7 @@ STREAMS = (
         subjects=[f"{JOB_ITEMS_SUBJECT_PREFIX}.>"],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        duplicate_window=600.0,
+        duplicate_window=DUPLICATE_WINDOW_S,
     ),
     StreamConfig(
         name=EVENTS_STREAM,
@@ -82,14 +87,14 @@ STREAMS = (
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=7 * _DAY_S,
-        duplicate_window=600.0,
+        duplicate_window=DUPLICATE_WINDOW_S,
     ),
     StreamConfig(
         name=EXPANSIONS_STREAM,
         subjects=[EXPANSIONS_SUBJECT],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
-        duplicate_window=600.0,
+        duplicate_window=DUPLICATE_WINDOW_S,
     ),
     StreamConfig(
         name=DEAD_STREAM,
@@ -98,7 +103,7 @@ STREAMS = (
         storage=StorageType.FILE,
         max_age=DEAD_LETTER_DAYS * _DAY_S,
         max_msgs_per_subject=1,
-        duplicate_window=600.0,
+        duplicate_window=DUPLICATE_WINDOW_S,
     ),
 )
 
@@ -167,16 +172,20 @@ async def connect(url: str, client_name: str, stack: AsyncExitStack) -> tuple[Na
     return nc, nc.jetstream()
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_streams(
+    js: JetStreamContext, replicas: int = 1, duplicate_window_s: float = DUPLICATE_WINDOW_S
+) -> None:
     """Creates Ferry's streams, or updates them when their config changed.
 
     Args:
         js: JetStream.
         replicas: copies of each stream the cluster keeps (``nats_stream_replicas``); more than
             the cluster has nodes is refused by NATS.
+        duplicate_window_s: how long each stream remembers message ids
+            (``nats_duplicate_window_s``).
     """
     for stream in STREAMS:
-        config = dataclasses.replace(stream, num_replicas=replicas)
+        config = dataclasses.replace(stream, num_replicas=replicas, duplicate_window=duplicate_window_s)
         try:
             await js.add_stream(config)
         except BadRequestError:

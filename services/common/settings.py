@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common import limits
+from services.common.messaging import DUPLICATE_WINDOW_S
 
 
 class ServiceSettings(BaseSettings):
@@ -51,6 +52,10 @@ class NatsSettings(BaseSettings):
     nats_stream_replicas: int = Field(default=1, ge=1, le=5)
     """Copies JetStream keeps of each of Ferry's streams and buckets: 1 on a single NATS node, 3 on
     a cluster of 3 or more, so losing one node loses no queued item or unstored record."""
+    nats_duplicate_window_s: float = Field(default=DUPLICATE_WINDOW_S, gt=0, le=7 * 24 * 3600)
+    """How long each of Ferry's streams remembers a message id, so that a publish repeated within
+    it is stored once (a repeat after it is stored again, and still recorded once: store keeps one
+    row per record id). Give every service the same value: each sets the streams' config on start."""
 
 
 class ImageFetchSettings(BaseSettings):

@@ -110,7 +110,7 @@ class GatewayService:
         stack.push_async_callback(jobs_channel.close)
 
         nc, js = await messaging.connect(s.nats_url, "ferry-gateway", stack)
-        await messaging.ensure_streams(js, s.nats_stream_replicas)
+        await messaging.ensure_streams(js, s.nats_stream_replicas, s.nats_duplicate_window_s)
         log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
         gateways = LiveGateways(nc, announce=s.shares_rate_limits)
         await gateways.start(stack)

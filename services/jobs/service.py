@@ -114,7 +114,7 @@ class JobsService:
         """
         s = self.settings
         nc, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
-        await messaging.ensure_streams(js, s.nats_stream_replicas)
+        await messaging.ensure_streams(js, s.nats_stream_replicas, s.nats_duplicate_window_s)
         bucket = await open_cancelled_bucket(js, s.nats_stream_replicas)
         cancelled = CancelledJobs(bucket, s.cancel_cache_s)
         channel = open_channel(s.inference_target, s.max_message_bytes)

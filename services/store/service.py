@@ -104,7 +104,7 @@ class StoreService:
         await watch_dependency(stack, readiness, "postgres", postgres_probe(pool))
 
         _, js = await connect(s.nats_url, "ferry-store", stack)
-        await ensure_streams(js, s.nats_stream_replicas)
+        await ensure_streams(js, s.nats_stream_replicas, s.nats_duplicate_window_s)
         ingestor = Ingestor(
             js, pool, s.consumer_name, s.ingest_batch_size, s.ingest_max_wait_s, s.ingest_retry_delay_s
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,13 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
 @pytest.fixture(scope="session")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     """A whole local stack under ``ferry up``'s supervision, with armable failpoints."""
-    root = Path(tmp_path_factory.mktemp("faultstack"))
+    with running_fault_stack(Path(tmp_path_factory.mktemp("faultstack"))) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def running_fault_stack(root: Path, env: dict[str, str] | None = None) -> Iterator[FaultStack]:
+    """Runs a fault stack in ``root`` with ``env`` added to its environment, until the block ends."""
     failpoints = root / "failpoints"
     failpoints.mkdir()
     running = RunningStack(
@@ -53,6 +60,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
             # crash after the first one land mid-expansion (test_expansion.py).
             "FERRY_JOBS_EXPANSION_ACK_WAIT_S": "5",
             "FERRY_JOBS_EXPANSION_CHUNK": "50",
+            **(env or {}),
         },
     )
     endpoints = running.start()

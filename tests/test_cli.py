@@ -172,3 +172,21 @@ def test_csv_export_names_each_input_and_defuses_what_a_spreadsheet_would_run() 
     assert [row["input_name"] for row in rows] == ['\'=HYPERLINK("http://x")/cat.jpg', "2024/cat.jpg"]
     assert rows[0]["error_message"] == "'@SUM(1) is not an image"
     assert [row["item_index"] for row in rows] == ["3", "4"]
+
+
+def test_json_lines_keep_non_ascii_names_as_utf8_unless_the_output_cannot_encode_them(
+    tmp_path: Path,
+) -> None:
+    record = prediction_pb2.Prediction(name="predictions/x", input_name="Café/été 🌞.jpg")
+    in_memory = io.StringIO()
+    write([record], "jsonl", in_memory)
+    assert json.loads(in_memory.getvalue())["input_name"] == "Café/été 🌞.jpg"
+    assert '"Café/été 🌞.jpg"' in in_memory.getvalue()
+    with (tmp_path / "utf8.jsonl").open("w", encoding="utf-8") as utf8:
+        write([record], "jsonl", utf8)
+    assert "Café/été 🌞.jpg" in (tmp_path / "utf8.jsonl").read_text(encoding="utf-8")
+    # A Latin-1 terminal cannot print the emoji: the line stays escaped, valid JSON, not an error.
+    with (tmp_path / "latin1.jsonl").open("w", encoding="latin-1") as latin1:
+        write([record], "jsonl", latin1)
+    text = (tmp_path / "latin1.jsonl").read_text(encoding="latin-1")
+    assert "\\u00e9" in text and json.loads(text)["input_name"] == "Café/été 🌞.jpg"

@@ -48,11 +48,18 @@ def reasons(body: dict[str, Any]) -> list[str]:
     return [d.get("reason", "") for d in body.get("details", [])]
 
 
+def ferry_cli_text(stack: dict[str, Any], *args: str) -> str:
+    """Runs the `ferry` command with the dev (admin) key; returns what it printed, as UTF-8."""
+    env = {**os.environ, "FERRY_API_KEY": API_KEY, "FERRY_TARGET": stack["grpc_target"]}
+    done = subprocess.run(
+        [FERRY, *args], env=env, capture_output=True, encoding="utf-8", timeout=60, check=True
+    )
+    return done.stdout
+
+
 def ferry_cli(stack: dict[str, Any], *args: str) -> dict[str, Any] | list[dict[str, Any]]:
     """Runs the `ferry` command with the dev (admin) key; returns its JSON output."""
-    env = {**os.environ, "FERRY_API_KEY": API_KEY, "FERRY_TARGET": stack["grpc_target"]}
-    done = subprocess.run([FERRY, *args], env=env, capture_output=True, text=True, timeout=60, check=True)
-    decoder, text, found = json.JSONDecoder(), done.stdout.strip(), []
+    decoder, text, found = json.JSONDecoder(), ferry_cli_text(stack, *args).strip(), []
     while text:  # `keys list` prints one JSON object per key
         value, end = decoder.raw_decode(text)
         found.append(value)

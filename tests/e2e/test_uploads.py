@@ -25,7 +25,7 @@ from tests.e2e.conftest import API_KEY
 from tests.e2e.rest import Rest, b64
 from tests.e2e.test_job_features import results_over_rest
 from tests.e2e.test_jobs import FINISHED, job_rows, wait_finished
-from tests.e2e.test_keys import ferry_cli
+from tests.e2e.test_keys import ferry_cli, ferry_cli_text
 
 pytestmark = pytest.mark.e2e
 
@@ -370,6 +370,10 @@ def test_a_zip_jobs_results_name_each_photo_by_its_file_in_the_zip(
     # Items in the zip's name order ("\x1b" sorts first), each named by its file.
     hostile, *ordinary = inputs
     assert ordinary == ["2024/holiday/beach/cat.jpg", "2024/work/coffee.jpg", "Café/astronaut.jpg"]  # NFC
+    # `ferry results` prints the names as UTF-8, as REST does, not \u-escaped; escapes stay escaped.
+    printed = ferry_cli_text(stack, "results", created["name"])
+    assert '"input":"Café/astronaut.jpg"' in printed and "\\u00e9" not in printed, printed
+    assert "/cat\\\\u202egpj.exe" in printed and "\u202e" not in printed and "\x1b" not in printed
     # The attacker's name: escaped (no clear-screen, no reversed text) and cut to the limit,
     # keeping its start and its file name.
     assert hostile.startswith("\\x1b[2Jx/x/") and hostile.endswith("/cat\\u202egpj.exe")

@@ -35,6 +35,15 @@ _TERMINAL_JOB_STATES = {
 }
 
 
+def needs_ascii(out: IO[str]) -> bool:
+    """Whether JSON written to ``out`` must escape non-ASCII text (``\\u00e9``): only when ``out``
+    encodes less than UTF-8 (a Latin-1 terminal), where it could not be written otherwise. Names
+    such as a photo's ``Café/plage.jpg`` are then printed as they are everywhere else; control,
+    bidi and invisible characters in them were already escaped by the server (input_names.py)."""
+    encoding = getattr(out, "encoding", None) or "utf-8"  # an in-memory text stream has none
+    return encoding.lower().replace("-", "").replace("_", "") != "utf8"
+
+
 class FerryError(Exception):
     """A call failed; ``code`` is the gRPC status code and the message says why.
 
@@ -436,7 +445,7 @@ class FerryClient:
             fields = json_format.MessageToDict(
                 result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
-            out.write(json.dumps(fields, separators=(",", ":")) + "\n")
+            out.write(json.dumps(fields, separators=(",", ":"), ensure_ascii=needs_ascii(out)) + "\n")
             count += 1
         return count
 

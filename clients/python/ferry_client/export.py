@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from google.protobuf.json_format import MessageToDict
 
 from ferry.predictions.v1 import prediction_pb2
+from ferry_client.client import needs_ascii
 
 SOURCES = {
     "sync": prediction_pb2.PREDICTION_SOURCE_SYNC,
@@ -84,6 +85,7 @@ def write(records: Iterable[prediction_pb2.Prediction], form: str, out: TextIO) 
         if writer is not None:
             writer.writerow(csv_row(prediction))
         else:
-            out.write(json.dumps(MessageToDict(prediction, preserving_proto_field_name=True)) + "\n")
+            fields = MessageToDict(prediction, preserving_proto_field_name=True)
+            out.write(json.dumps(fields, ensure_ascii=needs_ascii(out)) + "\n")
         count += 1
     return count

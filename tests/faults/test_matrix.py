@@ -62,9 +62,20 @@ def test_1_inference_killed_mid_job_every_item_succeeds(
     total = 40
     job = fault_stack.create_job(photos, total)
     fault_stack.wait_done_items(job, 5)
-    figures.recovery_s = fault_stack.hurt("inference", signal.SIGKILL)
+    pid, _ = fault_stack.signal("inference", signal.SIGKILL)
+    # A user listing models meanwhile is told the truth, not READY from the gateway's cache.
+    eventually(lambda: _model_state(fault_stack) == (False, "MODEL_STATE_UNAVAILABLE"), "not ready listed", 5)
+    figures.recovery_s = fault_stack.wait_replaced("inference", pid)
     assert_job_complete(fault_stack, job, total, figures)
+    eventually(lambda: _model_state(fault_stack) == (True, "MODEL_STATE_READY"), "READY listed again", 30)
     report.add(figures)
+
+
+def _model_state(stack: FaultStack) -> tuple[bool, str]:
+    """Whether GET /v1/models/efficientnet-lite0 says it is ready, and its state."""
+    status, body = stack.rest.get("/v1/models/efficientnet-lite0")
+    assert status == 200, body
+    return bool(body["model"].get("ready")), str(body["model"]["state"])
 
 
 def test_2_inference_restarted_under_load_fails_no_request(

@@ -90,6 +90,9 @@ UPLOAD_MAX_COMPRESSION_RATIO = 100
 file of 8 MiB of zeros packs about 1000:1 (a zip bomb's ratio)."""
 UPLOAD_TENANT_QUOTA_BYTES = 4096 * MIB
 """Most upload bytes (zip files unpacked, manifests as sent) a tenant may keep stored at once."""
+UPLOAD_TENANT_MAX_UPLOADS = 2_000
+"""Uploads one tenant keeps at once (each for 7 days): the quota's ledger holds an entry per
+upload and every upload reads and rewrites it, so it stays small (about 160 KB)."""
 UPLOAD_BUFFER_BYTES = 4 * MIB
 """Most bytes of one upload in flight that the gateway holds in memory before writing them to
 its spool file: the memory an upload costs, whatever its size."""

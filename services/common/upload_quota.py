@@ -5,13 +5,23 @@ the gateway keeps a ledger per tenant in the JetStream KV bucket ``ferry_upload_
 uploads it stored, their sizes and when they expire (the bucket keeps uploads ``KEEP_DAYS``).
 Every gateway replica reads and writes the same ledger with compare-and-set on its revision, so
 the quota holds across replicas; an entry past its expiry no longer counts.
+
+The ledger has one entry per upload, whatever the upload makes stored later: the images a JSONL
+manifest names by URL, fetched and stored when its job expands, are added to the manifest's own
+entry (``add``). An entry per image made every charge read and rewrite a ledger that grew with
+each one: 27 ms of CPU per charge at 10,000 entries, so a 10,000-URL manifest spent minutes on
+its quota alone, and concurrent charges lost their compare-and-set rounds. For the same reason a
+tenant keeps at most ``limits.UPLOAD_TENANT_MAX_UPLOADS`` uploads at once; charges of one tenant
+in one process take turns (no rounds lost to each other).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+from collections import defaultdict
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -40,6 +50,7 @@ class UploadQuota:
         self._keep_s = keep_s
         self._replicas = replicas
         self._kv: KeyValue | None = None
+        self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -71,30 +82,43 @@ class UploadQuota:
         uploads, _ = await self._ledger(tenant)
         return max(0, self._quota - int(sum(size for size, _ in uploads.values())))
 
-    async def charge(self, tenant: str, upload_id: str, size: int, quota_bytes: int | None = None) -> None:
-        """Adds the upload ``upload_id`` of ``size`` bytes to the tenant's ledger (against
+    async def charge(
+        self, tenant: str, upload_id: str, size: int, quota_bytes: int | None = None, add: bool = False
+    ) -> None:
+        """Charges the upload ``upload_id`` ``size`` bytes on the tenant's ledger (against
         ``quota_bytes`` when given: the gateway's quota, told to the jobs service per job).
 
+        Args:
+            add: add ``size`` to what the upload was charged already (images its manifest names,
+                stored as its job expands), instead of charging a new upload.
+
         Raises:
-            ResourceExhausted: UPLOAD_QUOTA_EXCEEDED, the upload does not fit the quota.
+            ResourceExhausted: UPLOAD_QUOTA_EXCEEDED, the bytes do not fit the quota, or a new
+                upload is one more than the tenant may keep.
         """
         quota = self._quota if quota_bytes is None else quota_bytes
-        for _ in range(_ROUNDS):
-            uploads, revision = await self._ledger(tenant)
-            used = int(sum(s for s, _ in uploads.values()))
-            if used + size > quota:
-                raise exceeded(quota, used, size)
-            uploads[upload_id] = [size, time.time() + self._keep_s]
-            if await self._write(tenant, uploads, revision):
-                return
-        raise exceeded(quota, used, size)
+        async with self._turns[tenant]:
+            for _ in range(_ROUNDS):
+                uploads, revision = await self._ledger(tenant)
+                used = int(sum(s for s, _ in uploads.values()))
+                if used + size > quota:
+                    raise exceeded(quota, used, size)
+                charged = uploads.get(upload_id)
+                if charged is None and len(uploads) >= limits.UPLOAD_TENANT_MAX_UPLOADS:
+                    raise too_many(len(uploads))
+                before = charged[0] if add and charged is not None else 0
+                uploads[upload_id] = [before + size, time.time() + self._keep_s]
+                if await self._write(tenant, uploads, revision):
+                    return
+            raise exceeded(quota, used, size)
 
     async def refund(self, tenant: str, upload_id: str) -> None:
         """Takes ``upload_id`` off the ledger (its bytes were not stored after all)."""
-        for _ in range(_ROUNDS):
-            uploads, revision = await self._ledger(tenant)
-            if uploads.pop(upload_id, None) is None or await self._write(tenant, uploads, revision):
-                return
+        async with self._turns[tenant]:
+            for _ in range(_ROUNDS):
+                uploads, revision = await self._ledger(tenant)
+                if uploads.pop(upload_id, None) is None or await self._write(tenant, uploads, revision):
+                    return
 
     async def _write(self, tenant: str, uploads: dict[str, list[float]], revision: int | None) -> bool:
         kv = await self._bucket()
@@ -117,4 +141,15 @@ def exceeded(quota: int, used: int, size: int) -> ResourceExhausted:
         "7 days after they were made",
         reason="UPLOAD_QUOTA_EXCEEDED",
         metadata={"limit": "upload_quota_bytes", "quota_bytes": str(quota), "used_bytes": str(used)},
+    )
+
+
+def too_many(kept: int) -> ResourceExhausted:
+    """UPLOAD_QUOTA_EXCEEDED: the tenant keeps ``kept`` uploads, the most it may."""
+    return ResourceExhausted(
+        f"the tenant keeps {kept} uploads, the most it may at once "
+        f"({limits.UPLOAD_TENANT_MAX_UPLOADS}); uploads expire 7 days after they were made: "
+        "put more files in one zip or more lines in one manifest",
+        reason="UPLOAD_QUOTA_EXCEEDED",
+        metadata={"limit": "upload_tenant_max_uploads", "uploads": str(kept)},
     )

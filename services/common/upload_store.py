@@ -107,14 +107,14 @@ class UploadStore:
             )
         return self._bucket
 
-    async def charge(self, index: Index, suffix: str, size: int, quota_bytes: int | None = None) -> None:
-        """Charges ``size`` bytes stored for the upload (a fetched image) to its tenant's quota
-        (``quota_bytes`` when given, else this store's).
+    async def charge(self, index: Index, size: int, quota_bytes: int | None = None) -> None:
+        """Adds ``size`` bytes stored for the upload (a fetched image) to its tenant's quota
+        (``quota_bytes`` when given, else this store's), on the upload's own entry.
 
         Raises:
             ResourceExhausted: UPLOAD_QUOTA_EXCEEDED.
         """
-        await self._quota.charge(index.tenant, f"{index.upload_id}/{suffix}", size, quota_bytes)
+        await self._quota.charge(index.tenant, str(index.upload_id), size, quota_bytes, add=True)
 
     async def index(self, tenant: str, name: str) -> Index:
         """The index of the upload ``uploads/{id}`` of ``tenant``.

@@ -255,7 +255,7 @@ class Manifest:
                     ref = events_pb2.ObjectRef(bucket=BUCKET, name=self._object(suffix), size_bytes=info.size)
                 except (ObjectNotFoundError, NotFoundError):
                     data = await self._fetcher.fetch(url, where)
-                    await self._uploads.charge(self._index, suffix, len(data), self._quota_bytes)
+                    await self._uploads.charge(self._index, len(data), self._quota_bytes)
                     ref = await self._store(suffix, data)
                 self._urls[url] = ref
 

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import unicodedata
+import uuid
 import zipfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -23,6 +25,7 @@ from services.common import input_names, limits, messaging, upload_checks
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.fetcher import Fetcher, FetchPolicy
 from services.common.upload_checks import UploadLimits
+from services.common.upload_quota import UploadQuota
 from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import Uploads
 from services.jobs import manifests
@@ -334,6 +337,48 @@ async def test_a_tenant_past_its_quota_is_refused_429_and_others_are_not(nats_ur
         with pytest.raises(ResourceExhausted):  # refused while it streams, past the room left
             await uploads.create("quota-a", pieces(b'{"text": "x"}\n' * 20, b'{"text": "x"}\n' * 30))
         assert (await uploads.create("quota-b", pieces(zipped({"c.jpg": b"c" * 600})))).entries == 1
+
+
+async def test_what_a_manifest_stores_later_is_added_to_its_upload_one_ledger_entry_for_all(
+    nats_url: str,
+) -> None:
+    # The images a manifest names by URL, stored as its job expands, used to be an entry each: every
+    # charge re-read and rewrote a ledger that grew with each (27 ms of CPU per charge at 10,000), and
+    # concurrent charges lost their compare-and-set rounds. Now they add to the manifest's own entry.
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, upload_quota_bytes=100_000)
+        tenant = f"ledger-{uuid.uuid4().hex[:8]}"
+        made = await uploads.create(tenant, pieces(b'{"image": "https://example.com/a.jpg"}\n' * 3))
+        index = await uploads.index(tenant, made.name)
+        await asyncio.gather(*(uploads.charge(index, 1_000) for _ in range(64)))  # fetches at once
+        quota = UploadQuota(js, 100_000, 3600.0)
+        ledger, _ = await quota._ledger(tenant)
+        assert list(ledger) == [str(index.upload_id)]
+        assert ledger[str(index.upload_id)][0] == made.size_bytes + 64_000
+        assert await quota.room(tenant) == 100_000 - made.size_bytes - 64_000
+        with pytest.raises(ResourceExhausted) as refused:  # past the quota, as before
+            await uploads.charge(index, 40_000)
+        assert refused.value.metadata["limit"] == "upload_quota_bytes"
+
+
+async def test_a_tenant_keeping_the_most_uploads_is_refused_another_429(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "UPLOAD_TENANT_MAX_UPLOADS", 3)
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js)
+        tenant = f"many-{uuid.uuid4().hex[:8]}"
+        kept = [await uploads.create(tenant, pieces(b'{"text": "x"}\n')) for _ in range(3)]
+        with pytest.raises(ResourceExhausted) as refused:
+            await uploads.create(tenant, pieces(b'{"text": "x"}\n'))
+        assert refused.value.reason == "UPLOAD_QUOTA_EXCEEDED"
+        assert refused.value.metadata == {"limit": "upload_tenant_max_uploads", "uploads": "3"}
+        assert "put more files in one zip" in refused.value.message
+        index = await uploads.index(tenant, kept[0].name)
+        await uploads.charge(index, 10)  # what a kept manifest stores later is no new upload
+        assert (await uploads.create(f"other-{tenant}", pieces(b'{"text": "x"}\n'))).size_bytes
 
 
 async def test_a_refused_zip_leaves_nothing_stored_and_its_quota_refunded(nats_url: str) -> None:

@@ -96,6 +96,9 @@ upload and every upload reads and rewrites it, so it stays small (about 160 KB).
 UPLOAD_BUFFER_BYTES = 4 * MIB
 """Most bytes of one upload in flight that the gateway holds in memory before writing them to
 its spool file: the memory an upload costs, whatever its size."""
+UPLOAD_SPOOL_BYTES = 768 * MIB
+"""Spool disk the uploads in flight in one gateway may hold together (FERRY_GATEWAY_UPLOAD_SPOOL_BYTES):
+three uploads of UPLOAD_FILE_BYTES, under the chart's 1 GiB ``/tmp``."""
 MANIFEST_MAX_LINE_BYTES = 16 * MIB
 """Longest JSONL manifest line: an image of the 12 MiB image limit as base64, and its key."""
 INPUT_NAME_CHARS = 1024

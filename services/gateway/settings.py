@@ -72,8 +72,12 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     """Bytes of one upload held in memory before they are written to the spool file."""
     upload_spool_dir: str = ""
     """Folder of the spool files uploads are written to while they arrive and are checked (a zip's
-    directory is at its end); empty: the system's temporary folder. Needs room for the uploads in
-    flight at once, each at most max_upload_bytes."""
+    directory is at its end); empty: the system's temporary folder. Needs room for
+    ``upload_spool_bytes``."""
+    upload_spool_bytes: int = Field(default=limits.UPLOAD_SPOOL_BYTES, gt=0)
+    """Bytes the uploads in flight in one gateway process may hold in ``upload_spool_dir``, all
+    together; an upload that would pass it is refused 429 OVERLOADED with a wait. Keep it under
+    the folder's room (the chart's ``tmpSizeLimit``)."""
     max_batch_predict_inputs: int = Field(default=limits.DEFAULT_BATCH_PREDICT_INPUTS, ge=1)
     """Most inputs in one BatchPredict call (inference takes at most 256 per request); more go in
     several calls, or in a job."""
@@ -170,6 +174,16 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
                 "upload_buffer_bytes": (limits.UPLOAD_BUFFER_BYTES, "an upload's memory in the gateway"),
             },
         )
+        return self
+
+    @model_validator(mode="after")
+    def _spool_takes_an_upload(self) -> Self:
+        if self.upload_spool_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"upload_spool_bytes ({self.upload_spool_bytes}) is less than max_upload_bytes "
+                f"({self.max_upload_bytes}): no upload of the largest size would ever be taken; raise "
+                "FERRY_GATEWAY_UPLOAD_SPOOL_BYTES or lower FERRY_GATEWAY_MAX_UPLOAD_BYTES"
+            )
         return self
 
     @model_validator(mode="after")

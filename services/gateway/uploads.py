@@ -52,6 +52,7 @@ from services.common.upload_store import (
     object_name,
 )
 from services.gateway.settings import GatewaySettings
+from services.gateway.spool import Held, SpoolBudget
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Uploads(UploadStore):
     def __init__(self, js: JetStreamContext, settings: GatewaySettings) -> None:
         super().__init__(js, settings.upload_quota_bytes, settings.nats_stream_replicas)
         self._s = settings
+        self._spool = SpoolBudget(settings.upload_spool_bytes)
         self.max_image_bytes = settings.max_image_bytes
         """The largest image stored for a job: the image limit, not NATS's message size (an
         item carries its image's reference, not its bytes)."""
@@ -91,8 +93,11 @@ class Uploads(UploadStore):
         """
         room = await self._quota.room(tenant)
         spool_dir = self._s.upload_spool_dir or None
-        with tempfile.NamedTemporaryFile(prefix="ferry-upload-", dir=spool_dir) as spool:
-            size, head = await self._receive(pieces, spool, room)
+        with (
+            self._spool.hold() as spooled,
+            tempfile.NamedTemporaryFile(prefix="ferry-upload-", dir=spool_dir) as spool,
+        ):
+            size, head = await self._receive(pieces, spool, spooled, room)
             upload_id = uuid.uuid4()
             path = Path(spool.name)
             if upload_checks.kind_of(head) == ZIP:
@@ -105,10 +110,15 @@ class Uploads(UploadStore):
         )
 
     async def _receive(
-        self, pieces: AsyncIterator[job_service_pb2.CreateUploadRequest], spool: IO[bytes], room: int
+        self,
+        pieces: AsyncIterator[job_service_pb2.CreateUploadRequest],
+        spool: IO[bytes],
+        spooled: Held,
+        room: int,
     ) -> tuple[int, bytes]:
-        """Writes the pieces to ``spool``, at most ``upload_buffer_bytes`` held at a time; returns
-        the size and the first bytes (what the upload is)."""
+        """Writes the pieces to ``spool``, at most ``upload_buffer_bytes`` held at a time, each
+        write's bytes taken from the spool's budget first; returns the size and the first bytes
+        (what the upload is)."""
         buffered = bytearray()
         size = 0
         head = b""
@@ -128,8 +138,10 @@ class Uploads(UploadStore):
                 head += data[:4]
             buffered += data
             if len(buffered) >= self._s.upload_buffer_bytes:
+                spooled.take(len(buffered))
                 await asyncio.to_thread(spool.write, buffered)
                 buffered = bytearray()
+        spooled.take(len(buffered))
         await asyncio.to_thread(spool.write, buffered)
         await asyncio.to_thread(spool.flush)
         if not size:

@@ -381,6 +381,41 @@ async def test_a_tenant_keeping_the_most_uploads_is_refused_another_429(
         assert (await uploads.create(f"other-{tenant}", pieces(b'{"text": "x"}\n'))).size_bytes
 
 
+async def test_uploads_in_flight_together_are_bounded_by_the_spool_and_a_refused_one_may_retry(
+    nats_url: str,
+) -> None:
+    # Four parallel 256 MiB uploads filled the chart's 1 GiB /tmp and got the pod evicted.
+    line = b'{"text": "' + b"x" * 100 + b'"}\n'
+    body = line * (150_000 // len(line))  # 1,327 lines
+    first_written, finish_first = asyncio.Event(), asyncio.Event()
+
+    async def held_open() -> AsyncIterator[job_service_pb2.CreateUploadRequest]:
+        yield job_service_pb2.CreateUploadRequest(body=httpbody_pb2.HttpBody(data=body))
+        first_written.set()  # past the 64 KiB buffer: written to the spool, its bytes taken
+        await finish_first.wait()
+
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, max_bytes=200_000, upload_spool_bytes=250_000, upload_buffer_bytes=65_536)
+        tenant = f"spool-{uuid.uuid4().hex[:8]}"
+        first = asyncio.create_task(uploads.create(tenant, held_open()))
+        await asyncio.wait_for(first_written.wait(), 10)
+        await asyncio.sleep(0.1)  # its write went through
+        with pytest.raises(ResourceExhausted) as refused:
+            await uploads.create(tenant, pieces(body))
+        assert refused.value.reason == "OVERLOADED"
+        assert refused.value.metadata == {"limit": "upload_spool_bytes", "spool_bytes": "250000"}
+        assert refused.value.retry_after is not None and refused.value.retry_after.seconds > 0
+        finish_first.set()
+        assert (await first).size_bytes == len(body)
+        assert (await uploads.create(tenant, pieces(body))).size_bytes == len(body)  # room again
+
+
+def test_a_spool_smaller_than_the_largest_upload_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="FERRY_GATEWAY_UPLOAD_SPOOL_BYTES"):
+        GatewaySettings(max_upload_bytes=2_000_000, upload_spool_bytes=1_000_000)
+
+
 async def test_a_refused_zip_leaves_nothing_stored_and_its_quota_refunded(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)

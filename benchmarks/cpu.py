@@ -12,8 +12,14 @@
   through Envoy at ``--clients`` closed-loop clients for ``--seconds``: the CPU each process
   spent (``/proc/<pid>/stat``, children included: Postgres's backends) divided by the requests;
   with ``--profile DIR``, py-spy (not one of Ferry's dependencies: ``pip install py-spy``) samples
-  the gateway and store meanwhile and writes their stacks to ``DIR/<process>.txt`` (collapsed:
-  one stack a line, then its count, what flame graph tools read).
+  the gateway, store and inference meanwhile and writes their stacks to ``DIR/<process>.txt``
+  (collapsed: one stack a line, then its count, what flame graph tools read).
+
+Inference's own CPU is split by thread (``/proc/<pid>/task``; Python's thread names from ``py-spy
+dump`` when py-spy is installed): batch threads, OpenMP's workers, decode threads, the event loop
+(gRPC aio), gRPC's C threads. Its floor is taken the way the server ran: each request's forward
+at the one-thread CPU per image of the batch size it ran in (``timing.batch_size`` of its answer;
+every size measured with the stack idle and again after the load), plus the decode.
 
 Then it prints edge and records (gateway, Envoy, store, NATS, jobs), what is outside decode and
 forward (every process's total minus the two floors), and the load average, since other
@@ -33,10 +39,15 @@ import os
 import subprocess
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only where a benchmark needs it
+    from services.inference.models.contract import Item
+    from services.inference.runner import ModelRunner
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -80,14 +91,45 @@ EDGE_AND_RECORDS = ("gateway", "envoy", "store", "nats", "jobs")
 """Ferry's own layers around the model (issue 18's target: <= 1 ms of CPU per request together)."""
 
 
-def thread_cpu_ms(call: Callable[[], object], repeats: int) -> float:
-    """Median CPU ms of this thread per ``call`` (the decode threads' cost of one image)."""
+def median_ms(
+    call: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Median ms of ``call`` by ``clock`` (wall time unless told)."""
     spent = []
     for _ in range(repeats):
-        started = time.thread_time()
+        started = clock()
         call()
-        spent.append((time.thread_time() - started) * 1000)
+        spent.append((clock() - started) * 1000)
     return sorted(spent)[len(spent) // 2]
+
+
+def thread_cpu_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median CPU ms of this thread per ``call`` (the decode threads' cost of one image)."""
+    return median_ms(call, repeats, time.thread_time)
+
+
+def interleaved_cpu_ms(
+    runner: ModelRunner, item: Item, sizes: Sequence[int], rounds: int
+) -> dict[int, float]:
+    """Median thread CPU ms per image of a forward pass at each of ``sizes``, the sizes taken in
+    turn in every round, so that a burst of other load falls on all of them alike."""
+    spent: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(rounds):
+        for size in sizes:
+            spent[size].append(thread_cpu_ms(partial(runner.run, [item] * size), 1) / size)
+    return {size: sorted(ms)[len(ms) // 2] for size, ms in spent.items()}
+
+
+def one_thread_forward(runner: ModelRunner, item: Item, largest: int) -> dict[int, float]:
+    """CPU ms per image of a forward pass at every batch size from 1 to ``largest``, one torch thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return interleaved_cpu_ms(runner, item, range(1, largest + 1), rounds=5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def process_cpu_ms(call: Callable[[], object], repeats: int) -> float:
@@ -145,8 +187,8 @@ def pil_reference(content: bytes) -> object:
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
-PROFILED = ("gateway", "store")
-"""The Python processes of edge and records that ``--profile`` samples."""
+PROFILED = ("gateway", "store", "inference")
+"""The Python processes that ``--profile`` samples: edge and records, and inference."""
 
 
 def start_profiles(pids: Mapping[str, int], folder: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
@@ -172,6 +214,67 @@ def start_profiles(pids: Mapping[str, int], folder: Path, seconds: float) -> lis
     ]
 
 
+def threads_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """(name the kernel knows, CPU seconds so far) of each thread of ``pid``."""
+    found: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        found[int(task.name)] = (
+            raw[raw.index("(") + 1 : raw.rindex(")")],
+            (int(fields[11]) + int(fields[12])) / _TICKS,
+        )
+    return found
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """Python's name of each of ``pid``'s Python threads by thread id (``py-spy dump``; empty without
+    py-spy): threads Python does not know (OpenMP's workers, gRPC's C threads) are not listed."""
+    try:
+        dump = subprocess.run(
+            ["py-spy", "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    names = {}
+    for line in dump.splitlines():
+        # Thread 12345 (idle): "MainThread"  (some versions print the id in hex)
+        if line.startswith("Thread ") and '"' in line:
+            tid = line.split()[1]
+            names[int(tid, 16) if tid.startswith("0x") else int(tid)] = line.split('"')[1]
+    return names
+
+
+def thread_role(python_name: str | None, kernel_name: str) -> str:
+    """What an inference thread does, from its Python name (when Python knows it) or the kernel's."""
+    if python_name is None:
+        # libgomp's workers inherit the name of the thread that made their team (``python``);
+        # gRPC's core names its own threads.
+        return "OpenMP workers" if kernel_name.startswith("python") else f"C threads ({kernel_name})"
+    if python_name.startswith("batch-"):
+        return "batch threads (forward passes, normalise, top-k)"
+    if python_name.startswith("decode"):
+        return "decode threads (decode + preprocess)"
+    if python_name == "MainThread":
+        return "event loop (gRPC aio, admission, batcher, answers)"
+    return f"Python thread {python_name.split(' ')[0]}"
+
+
+def cpu_by_role(
+    before: Mapping[int, tuple[str, float]], after: Mapping[int, tuple[str, float]], names: Mapping[int, str]
+) -> dict[str, float]:
+    """CPU seconds spent between ``before`` and ``after`` by each role of thread (``thread_role``)."""
+    spent: dict[str, float] = defaultdict(float)
+    for tid, (kernel_name, seconds) in after.items():
+        # Without Python's names (no py-spy) every Python thread is ``python`` to the kernel too.
+        role = thread_role(names.get(tid), kernel_name) if names else f"threads named {kernel_name}"
+        spent[role] += seconds - before.get(tid, (kernel_name, 0.0))[1]
+    return dict(spent)
+
+
 def load_average() -> str:
     return Path("/proc/loadavg").read_text().strip() if Path("/proc/loadavg").exists() else "?"
 
@@ -194,7 +297,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the loaded stretch")
     parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
     parser.add_argument(
-        "--profile", type=Path, help="sample the gateway and store with py-spy under load, into this folder"
+        "--profile",
+        type=Path,
+        help="sample the gateway, store and inference with py-spy under load, into this folder",
     )
     args = parser.parse_args()
     image = cat_jpeg()
@@ -254,23 +359,57 @@ def main() -> None:
         idle_before, idle_started = cpu_seconds(pids), time.perf_counter()
         time.sleep(IDLE_S)
         idle_after, idle_s = cpu_seconds(pids), time.perf_counter() - idle_started
+        # The forward at every batch size the server may form, one thread, with the stack idle;
+        # again after the load: the floor is their mean, at the sizes the requests ran in.
+        largest = next(m.max_batch_size for m in ferry.list_models() if m.name.endswith(MODEL))
+        at_size_before = one_thread_forward(runner, item, largest)
+        names = python_thread_names(pids["inference"])
+        threads_before = threads_cpu(pids["inference"])
         before = cpu_seconds(pids)
         started = time.perf_counter()
         profiles = start_profiles(pids, args.profile, args.seconds) if args.profile else []
-        requests = closed_loop(lambda: ferry.predict(image), args.clients, args.seconds)
+        served: list[int] = []  # the batch size each request ran in (list.append is atomic)
+        requests = closed_loop(
+            lambda: served.append(ferry.predict(image).timing.batch_size), args.clients, args.seconds
+        )
         elapsed = time.perf_counter() - started
         for profile in profiles:
             profile.wait()
         after = cpu_seconds(pids)
+        threads_after = threads_cpu(pids["inference"])
+        # Again: a batch instance's thread starts only when two batches first run at once.
+        names |= python_thread_names(pids["inference"])
+        by_role = cpu_by_role(threads_before, threads_after, names)
         print(f"\n/proc/loadavg at the end of the loaded stretch: {load_average()}")
     spent = {name: (after[name] - before[name]) * 1000 / requests for name in pids}
     idle = {name: (idle_after[name] - idle_before[name]) * 1000 / idle_s for name in pids}
     net = {name: spent[name] - idle[name] * elapsed / requests for name in pids}
     print(f"{requests} requests in {elapsed:.1f} s: {requests / elapsed:.1f} req/s\n")
+    print(
+        f"inference's CPU by thread (ms per request; Python's names from py-spy "
+        f"{'dump' if names else 'not available: pip install py-spy'}):"
+    )
+    for role, seconds in sorted(by_role.items(), key=lambda kv: -kv[1]):
+        if seconds > 0:
+            print(f"  {role:<56} {seconds * 1000 / requests:>8.2f}")
+    # The floor the way the server ran: each request's image at the one-thread CPU per image of
+    # the batch size it actually ran in (two batches side by side each get one of two threads).
+    sizes = Counter(served)
+    at_size_after = one_thread_forward(runner, item, largest)
+    at_size = {size: (at_size_before[size] + at_size_after[size]) / 2 for size in at_size_before}
+    served_forward = sum(at_size[size] * count for size, count in sizes.items()) / len(served)
+    print(
+        "batch sizes the requests ran in: "
+        + ", ".join(f"{size}: {count}" for size, count in sorted(sizes.items()))
+        + "; one-thread forward at each size, stack idle / after the load (ms CPU per image): "
+        + ", ".join(f"{size} {at_size_before[size]:.2f}/{at_size_after[size]:.2f}" for size in at_size)
+        + f"; at the sizes served {served_forward:.2f} per request (at batch 1 or 4, the better, "
+        f"before the stack: {min(forward.values()):.2f})\n"
+    )
     print(f"{'process':<24} {'CPU ms/request':>14} {'idle CPU ms/s':>14} {'net of idle':>12}")
     for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"{name:<24} {ms:>14.2f} {idle[name]:>14.2f} {net[name]:>12.2f}")
-    floor = decode_ms + min(forward.values())
+    floor = decode_ms + served_forward
     for label, figures in (("", spent), (" (net of idle)", net)):
         total = sum(figures.values())
         edge = sum(ms for name, ms in figures.items() if name.split("-")[0] in EDGE_AND_RECORDS)
@@ -279,7 +418,8 @@ def main() -> None:
         print(f"edge and records{label} ({', '.join(EDGE_AND_RECORDS)}): {edge:.2f} ms (target <= 1)")
         print(
             f"inference{label} {inference:.2f} ms against its floor {floor:.2f} (decode {decode_ms:.2f} + "
-            f"forward {min(forward.values()):.2f}): {inference - floor:+.2f} ms (target <= 1)"
+            f"forward {served_forward:.2f} at the batch sizes served): {inference - floor:+.2f} ms "
+            "(target <= 1)"
         )
         print(f"outside decode and forward, all processes{label}: {total - floor:.2f} ms (target <= 2)")
     print(f"machine after: {machine()}")

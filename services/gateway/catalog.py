@@ -21,6 +21,7 @@ inference; once inference answers again the list is fetched afresh (LOADING, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -103,27 +104,44 @@ class ModelCatalog:
     async def follow(self, health: health_pb2_grpc.HealthStub) -> None:
         """Follows inference's overall health for the gateway's life (a background task).
 
-        Any answer on the stream (a change of status, or the first on a reopened stream) refetches
-        the list in the background. A stream also ends when inference ages its connection
-        (``max_connection_age_s``) or a replacement takes over the port; so inference is marked
-        unreachable only when a fresh call cannot reach it either, and an answer alone does not end
-        an outage: the list fetched after it does.
+        While inference serves, its health stream is kept open and any answer on it refetches the
+        list in the background. Once the stream ends (inference stopping or not yet serving, its
+        connection aged by ``max_connection_age_s``, a crash), inference is asked with plain checks
+        until it serves again: only when a check cannot reach it is it marked unreachable, and an
+        answer alone does not end that outage: the list fetched after it does.
         """
         request = health_pb2.HealthCheckRequest(service="")
         while True:
-            try:
-                async for answer in health.Watch(request):  # type: ignore[attr-defined]  # stubs omit it
-                    log.debug("inference health: %s", answer.status)
-                    self._refreshing()
-                why = "its health stream ended"
-            except grpc.aio.AioRpcError as err:
-                why = f"{err.code().name}: {err.details()}"
+            await self._watch_while_serving(health, request)
             try:
                 # Not wait_for_ready: a refused connection (a crash) must fail this now, not later.
-                await health.Check(request, timeout=REACH_TIMEOUT_S)  # type: ignore[attr-defined]
-            except grpc.aio.AioRpcError:
-                self.lost(why)
+                answer = await health.Check(request, timeout=REACH_TIMEOUT_S)  # type: ignore[attr-defined]
+            except grpc.aio.AioRpcError as err:
+                self.lost(f"{err.code().name}: {err.details()}")
                 await asyncio.sleep(REWATCH_S)
+                continue
+            if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                self._refreshing()  # starting or stopping: its models' states change meanwhile
+                await asyncio.sleep(REWATCH_S)
+
+    async def _watch_while_serving(
+        self, health: health_pb2_grpc.HealthStub, request: health_pb2.HealthCheckRequest
+    ) -> None:
+        """Follows the health stream until it ends or says anything but SERVING.
+
+        It is let go as soon as inference is not serving: a stopping inference drains its open
+        calls before it exits (up to its grace, 10 s), so a stream held open here would delay every
+        restart by that much.
+        """
+        call = health.Watch(request)  # type: ignore[attr-defined]  # the stubs omit it
+        try:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for answer in call:
+                    self._refreshing()
+                    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                        return
+        finally:
+            call.cancel()  # leaving the loop alone would keep the stream open on the server
 
     def lost(self, why: str) -> None:
         """Marks inference unreachable: models are listed UNAVAILABLE until a refresh succeeds."""

@@ -26,16 +26,18 @@ READY = model_pb2.MODEL_STATE_READY
 UNAVAILABLE = model_pb2.MODEL_STATE_UNAVAILABLE
 
 
-def _start_inference(port: int, logs: Path) -> ManagedProcess:
+def _start_inference(port: int, logs: Path, aged_every_s: float = 0.0) -> ManagedProcess:
     env = {
         "FERRY_INFERENCE_GRPC_PORT": str(port),
         "FERRY_INFERENCE_METRICS_PORT": "0",
         "FERRY_INFERENCE_DEVICE": "cpu",
         "FERRY_INFERENCE_WARMUP_BATCHES": "1",
         "FERRY_INFERENCE_MODELS": "efficientnet-lite0",
-        # Connections aged every second: a health stream it cuts is no outage.
-        "FERRY_INFERENCE_MAX_CONNECTION_AGE_S": "1",
+        # A health stream cut by an aged connection is no outage (0: connections are never aged).
+        "FERRY_INFERENCE_MAX_CONNECTION_AGE_S": str(aged_every_s),
         "FERRY_INFERENCE_MAX_CONNECTION_AGE_GRACE_S": "0.5",
+        # A stop drains open calls for up to this long: the catalog's stream must not be one of them.
+        "FERRY_INFERENCE_SHUTDOWN_GRACE_S": "120",
     }
     process = ManagedProcess.start("inference", [".venv/bin/python", "-m", "services.inference"], logs, env)
     wait_grpc_serving(f"127.0.0.1:{port}", process, 300)
@@ -59,7 +61,7 @@ async def test_a_crashed_inference_is_listed_unavailable_at_once_and_ready_once_
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    process = await asyncio.to_thread(_start_inference, port, tmp_path / "first")
+    process = await asyncio.to_thread(_start_inference, port, tmp_path / "first", 1.0)
     async with AsyncExitStack() as stack:
         channel = open_channel(f"127.0.0.1:{port}", 1024 * 1024)
         stack.push_async_callback(channel.close)
@@ -94,4 +96,10 @@ async def test_a_crashed_inference_is_listed_unavailable_at_once_and_ready_once_
             print(f"listed READY {took:.2f}s after the new inference served")
             assert model.ready and not model.state_message, model
         finally:
-            await asyncio.to_thread(restarted.stop)
+            # SIGTERM: inference drains its calls for up to its 120 s grace. The catalog lets its
+            # health stream go when inference says NOT_SERVING, so the drain has nothing to wait for
+            # and the process exits cleanly long before (stop() kills it after 60 s: code -9).
+            code = await asyncio.to_thread(restarted.stop, 60.0)
+        assert code == 0, f"inference exited {code}: a health stream held its graceful stop"
+        model, _ = await _until(catalog, lambda m: m.state != READY, 5)
+        assert model.state == UNAVAILABLE and not model.ready, model

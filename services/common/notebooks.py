@@ -11,6 +11,8 @@ users see. See docs/jobs.md, "Run-notebook jobs".
 from __future__ import annotations
 
 import json
+import keyword
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,16 @@ def code_cell_count(path: Path) -> int:
 def model_of(name: str) -> str:
     """The model id a notebook job is recorded under."""
     return f"{MODEL_PREFIX}{name}"
+
+
+def bad_parameter_names(names: Iterable[str]) -> list[str]:
+    """The names among ``names`` that are not Python variable names (identifiers, not keywords).
+
+    papermill writes each parameter into the notebook as ``name = value``, the value escaped but the
+    name as it is: a name such as ``"x = 1\nimport os; os.system(...)\ny"`` would run as code in
+    the jobs runner, and ``class`` or ``a b`` would only fail the job's first cell later.
+    """
+    return [name for name in names if not name.isidentifier() or keyword.iskeyword(name)]
 
 
 def executed_notebook_name(job_id: str) -> str:

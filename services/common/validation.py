@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.models.v1 import model_service_pb2
 from ferry.types.v1 import types_pb2
-from services.common import limits, nesting
+from services.common import limits, nesting, notebooks
 from services.common.errors import InvalidArgument
 from services.common.ids import parse_name
 
@@ -230,11 +230,22 @@ def _serialized_size(message: Message, where: str, max_bytes: int) -> None:
 
 
 def notebook_parameters(parameters: struct_pb2.Struct) -> struct_pb2.Struct:
-    """Checks a notebook job's parameters: at most MAX_PARAMETERS_BYTES, nested at most MAX_JSON_DEPTH.
+    """Checks a notebook job's parameters: at most MAX_PARAMETERS_BYTES, nested at most MAX_JSON_DEPTH,
+    each named as a Python variable (papermill assigns them in the notebook's code).
 
     Raises:
-        InvalidArgument: INPUT_TOO_LARGE or NESTING_TOO_DEEP, naming ``parameters``.
+        InvalidArgument: INPUT_TOO_LARGE or NESTING_TOO_DEEP, naming ``parameters``;
+            INVALID_NOTEBOOK_JOB naming the first parameter that is no Python variable name.
     """
+    bad = notebooks.bad_parameter_names(parameters.fields)
+    if bad:
+        raise InvalidArgument(
+            f"parameter name {bad[0][:100]!r} is not a Python variable name (letters, digits and _,"
+            " not starting with a digit, not a keyword such as class); papermill assigns each"
+            " parameter in the notebook as name = value: use the names of its parameters cell",
+            reason="INVALID_NOTEBOOK_JOB",
+            metadata={"field": "parameters", "parameter": bad[0][:100]},
+        )
     _serialized_size(parameters, "parameters", limits.MAX_PARAMETERS_BYTES)
     nesting.check_struct(parameters, "parameters")
     return parameters

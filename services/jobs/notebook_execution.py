@@ -18,6 +18,8 @@ import papermill
 from papermill.engines import NBClientEngine, papermill_engines
 from papermill.exceptions import PapermillExecutionError
 
+from services.common.notebooks import bad_parameter_names
+
 #: The papermill engine that reports cells (registered on import).
 ENGINE = "ferry"
 _INJECTED = "injected-parameters"
@@ -103,6 +105,10 @@ def execute(
         The executed notebook, how far it got and, when a cell failed (raised, timed out or
         killed its kernel), which cell and why. Never raises for a failing cell.
     """
+    bad = bad_parameter_names(parameters)
+    if bad:  # refused at CreateJob; checked again here, where a name would run as code
+        problem = f"{bad[0][:100]!r} is not a Python variable name"
+        return Execution(b"", 0, CellFailure(0, "InvalidParameterName", problem))
     started: list[int] = []
     done: list[int] = []
 

@@ -221,6 +221,15 @@ def test_batch_predict_to_an_unknown_model_is_404_and_records_nothing(
     assert status == 200 and not listed.get("predictions"), listed
 
 
+@pytest.mark.parametrize("name", ["x = 1\nimport os\ny", "class", "a b", ""])
+def test_a_notebook_parameter_named_as_code_is_400_not_run(rest: Rest, logs: Logs, name: str) -> None:
+    # papermill writes parameters into the notebook as `name = value`: such a name once ran as code
+    # in the jobs runner (or, as a keyword, failed the job's first cell with a SyntaxError).
+    status, body = rest.post("/v1/jobs", {"notebook": "report", "parameters": {"count": 1, name: 1}})
+    assert status == 400 and reason(body) == "INVALID_NOTEBOOK_JOB", body
+    assert body["details"][0]["metadata"]["field"] == "parameters", body
+
+
 # Property-based: REST bodies on every call that takes one.
 
 _BODY_PATHS = [
@@ -235,14 +244,14 @@ _BODY_PATHS = [
     "/v2/models/minilm/infer",
 ]
 
-_images = st.fixed_dictionaries({}, optional={"content": st.text(max_size=12), "uri": hostile.urls})
+_images = st.fixed_dictionaries({}, optional={"content": hostile.texts(max_size=12), "uri": hostile.urls})
 _inputs = st.one_of(
     st.fixed_dictionaries({"image": _images}),
     st.fixed_dictionaries(
         {
             "text": st.fixed_dictionaries(
-                {"content": st.text(max_size=40)},
-                optional={"candidate_labels": st.lists(st.text(max_size=10), max_size=3)},
+                {"content": hostile.texts(max_size=40)},
+                optional={"candidate_labels": st.lists(hostile.texts(max_size=10), max_size=3)},
             )
         }
     ),
@@ -266,7 +275,10 @@ _oip_bodies = st.fixed_dictionaries(
             max_size=3,
         )
     },
-    optional={"parameters": st.one_of(hostile.json_values, hostile.nested()), "id": st.text(max_size=10)},
+    optional={
+        "parameters": st.one_of(hostile.json_values, hostile.nested()),
+        "id": hostile.texts(max_size=10),
+    },
 )
 
 _request_bodies = st.one_of(
@@ -274,14 +286,14 @@ _request_bodies = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "model": st.text(max_size=20),
+            "model": hostile.texts(max_size=20),
             "image": _images,
             "payload": st.one_of(hostile.nested(), hostile.json_values),
             "inputs": st.lists(_inputs, max_size=3),
             "top_k": st.integers(-(2**40), 2**40),
-            "priority": st.one_of(st.integers(-5, 10), st.text(max_size=8)),
-            "request_id": st.text(max_size=200),
-            "notebook": st.text(max_size=10),
+            "priority": st.one_of(st.integers(-5, 10), hostile.texts(max_size=8)),
+            "request_id": hostile.texts(max_size=200),
+            "notebook": hostile.texts(max_size=10),
             "parameters": st.one_of(hostile.nested(), hostile.json_values),
         },
     ).map(lambda d: json.dumps(d).encode()),
@@ -383,12 +395,12 @@ _manifest_lines = st.one_of(
     hostile.json_texts,
     st.builds(lambda uri: json.dumps({"image": uri}), hostile.urls),
     st.builds(lambda value: json.dumps({"payload": value}), hostile.nested()),
-    st.builds(lambda value: json.dumps({"text": value}), st.text(max_size=20)),
+    st.builds(lambda value: json.dumps({"text": value}), hostile.texts(max_size=20)),
     # A line's own name for its item: any text (controls, bidi, surrogates), too long, not text.
     st.builds(
         lambda value, given: json.dumps({"text": value, "id": given}),
-        st.text(max_size=20),
-        st.one_of(st.text(max_size=30), st.integers(), st.none(), st.just("i" * 1025)),
+        hostile.texts(max_size=20),
+        st.one_of(hostile.texts(max_size=30), st.integers(), st.none(), st.just("i" * 1025)),
     ),
 )
 _manifests = st.lists(_manifest_lines, min_size=0, max_size=5).map(lambda lines: "\n".join(lines).encode())

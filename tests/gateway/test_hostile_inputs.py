@@ -8,11 +8,13 @@ tests/e2e/test_hostile.py sends the same kinds of input through Envoy to the run
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
@@ -46,7 +48,9 @@ def only_invalid_argument(call: Any, *args: Any) -> Any:
 @BOUNDED
 @given(
     st.lists(
-        st.one_of(hostile.json_texts.map(str.encode), st.binary(max_size=64)),
+        st.one_of(
+            hostile.json_texts.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=64)
+        ),
         min_size=1,
         max_size=4,
     )
@@ -176,3 +180,16 @@ def test_manifest_lines_are_items_or_invalid_manifest(line: str) -> None:
     answer = only_invalid_argument(manifests._parse_line, line, "line 1")
     if isinstance(answer, FerryError):
         assert answer.reason in ("INVALID_MANIFEST", "NESTING_TOO_DEEP")
+
+
+@BOUNDED
+@given(st.dictionaries(hostile.texts(max_size=12), hostile.json_scalars, max_size=3))
+def test_notebook_parameters_are_python_names_or_invalid_argument(parameters: dict[str, Any]) -> None:
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(parameters)
+    except (ValueError, TypeError):  # no Struct holds it (a huge integer): no request can carry it
+        return
+    answer = only_invalid_argument(validation.notebook_parameters, struct)
+    if not isinstance(answer, FerryError):  # papermill writes each as `name = value`: names only
+        assert all(name.isidentifier() and not keyword.iskeyword(name) for name in parameters), parameters

@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,7 @@ from services.common.tasks import spawn
 from services.gateway import notebook_jobs
 from services.gateway.records import Records
 from services.jobs.cancellation import CancelledJobs
+from services.jobs.notebook_execution import execute
 from services.jobs.notebooks import NotebookRunner, notebook_run_of
 from services.jobs.settings import JobsSettings
 from services.jobs.submission import JobQueue
@@ -190,3 +192,22 @@ def test_a_work_message_queued_before_notebook_runs_still_names_its_notebook() -
     assert notebook_run_of(old) == events_pb2.NotebookRun(notebook="report", parameters={"count": 1})
     new = events_pb2.JobItem(notebook_run=events_pb2.NotebookRun(notebook="report"))
     assert notebook_run_of(new).notebook == "report"
+
+
+#: Parameter names papermill would write into the notebook as code: an injection, keywords, not names.
+_NOT_PYTHON_NAMES = ['x = 1\nopen("{marker}", "w").write("ran")\ny', "class", "None", "a b", "1a", "", "a\0"]
+
+
+@pytest.mark.parametrize("name", _NOT_PYTHON_NAMES)
+def test_a_parameter_name_not_a_python_name_is_refused_and_never_runs(name: str, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    name = name.replace("{marker}", str(marker))
+    request = job_service_pb2.CreateJobRequest(notebook="report")
+    request.parameters.update({"count": 1, name: 1})
+    with pytest.raises(FerryError) as refused:
+        notebook_jobs.checked(TENANT, request, None)  # the gateway's side
+    assert (refused.value.reason, refused.value.metadata["field"]) == ("INVALID_NOTEBOOK_JOB", "parameters")
+    # The runner's side, for a work message that got past it: the notebook never starts.
+    run = execute(JobsSettings(metrics_port=0).notebook_path("report"), {name: 1}, 30.0, lambda cell: None)
+    assert run.failure is not None and run.failure.ename == "InvalidParameterName", run
+    assert (run.cells_done, marker.exists()) == (0, False)

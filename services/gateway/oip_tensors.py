@@ -118,6 +118,8 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
     raw = bool(request.raw_input_contents)
     if raw and len(request.raw_input_contents) != 1:
         raise _bad_input(name, "raw_input_contents must hold one entry per input")
+    if raw and tensor.contents.ListFields():  # which one is meant? Triton refuses it too
+        raise _bad_input(name, f"input {name!r} has both contents and raw_input_contents; send one of them")
     if name == TENSOR_INPUT:
         items = _tensor_items(tensor, request.raw_input_contents[0] if raw else None, max_bytes)
         return Inputs(items, raw)

@@ -239,6 +239,12 @@ class OpenInference:
         parameters = dict(request.parameters)
         top_k = validation.top_k(_parameter_int(parameters, "top_k") or 0, s.default_top_k, s.max_top_k)
         timeout_us = _parameter_int(parameters, "timeout")
+        if timeout_us is not None and timeout_us < 0:  # not a deadline that passed: a bad request
+            raise InvalidArgument(
+                f"parameter 'timeout' is {timeout_us}; send microseconds, 0 or more (0: no timeout)",
+                reason="INVALID_OIP_PARAMETER",
+                metadata={"parameter": "timeout"},
+            )
         inputs = inputs_of(request, s.max_image_bytes, candidate_labels_of(parameters))
         call = self._predictor.run_inputs(model, inputs.items, top_k, priority_of(parameters), version)
         try:

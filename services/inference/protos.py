@@ -24,7 +24,8 @@ def model_input(item: types_pb2.Input) -> ModelInput:
     """The contract's view of one request input.
 
     Raises:
-        InvalidInput: No input kind set, or a tensor whose datatype, shape and contents disagree.
+        InvalidInput: No input kind set, a tensor whose datatype, shape and contents disagree,
+            or one holding NaN or infinity.
     """
     kind = item.WhichOneof("kind")
     if kind == IMAGE:
@@ -34,7 +35,10 @@ def model_input(item: types_pb2.Input) -> ModelInput:
     if kind == PAYLOAD:
         return ModelInput(PAYLOAD, payload=struct_to_dict(item.payload))
     if kind == TENSOR:
-        return ModelInput(TENSOR, tensor=tensor_array(item.tensor))
+        array = tensor_array(item.tensor)
+        if not np.isfinite(array).all():  # a model only spreads them: NaN scores, invalid JSON
+            raise InvalidInput("its tensor holds NaN or infinity; send finite FP32 values")
+        return ModelInput(TENSOR, tensor=array)
     raise InvalidInput("it is empty; set one of image, text, payload or tensor")
 
 

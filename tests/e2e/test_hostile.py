@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 
 from ferry.admin.v1 import key_service_pb2  # noqa: F401  # registers the services' descriptors
 from ferry.jobs.v1 import job_service_pb2  # noqa: F401
-from ferry.oip.v2 import grpc_predict_v2_pb2  # noqa: F401
+from ferry.oip.v2 import grpc_predict_v2_pb2
 from ferry.predictions.v1 import prediction_service_pb2  # noqa: F401
 from services.common import limits
 from tests import hostile
@@ -228,6 +229,52 @@ def test_a_notebook_parameter_named_as_code_is_400_not_run(rest: Rest, logs: Log
     status, body = rest.post("/v1/jobs", {"notebook": "report", "parameters": {"count": 1, name: 1}})
     assert status == 400 and reason(body) == "INVALID_NOTEBOOK_JOB", body
     assert body["details"][0]["metadata"]["field"] == "parameters", body
+
+
+def test_an_oip_tensor_of_nan_is_400_not_nan_scores(stack: dict[str, Any], rest: Rest, logs: Logs) -> None:
+    # Binary data can carry NaN where JSON cannot: it once ran, and the answer's scores were the
+    # token NaN, which is not JSON (JSON.parse and Go's decoder refuse the whole body).
+    raw = struct.pack("<f", float("nan")) * (3 * 224 * 224)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "TENSOR",
+                    "datatype": "FP32",
+                    "shape": [1, 3, 224, 224],
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    request = urllib.request.Request(
+        stack["http_url"] + "/v2/models/efficientnet-lite0/infer",
+        data=header + raw,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+            "authorization": f"Bearer {rest.api_key}",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400
+    assert "NaN or infinity" in refused.value.read().decode()
+
+
+def test_a_negative_oip_timeout_is_invalid_argument_not_deadline_exceeded(
+    stack: dict[str, Any], rest: Rest, logs: Logs
+) -> None:
+    request = grpc_predict_v2_pb2.ModelInferRequest(model_name="minilm")
+    text = request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+    text.contents.bytes_contents.append(b"a negative deadline is a bad request")
+    request.parameters["timeout"].int64_param = -5
+    with grpc.insecure_channel(stack["grpc_target"]) as channel, pytest.raises(grpc.RpcError) as caught:
+        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+            request.SerializeToString(), metadata=(("authorization", f"Bearer {rest.api_key}"),), timeout=30
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert grpc_reason(caught.value) == "INVALID_OIP_PARAMETER"
 
 
 # Property-based: REST bodies on every call that takes one.

@@ -117,6 +117,24 @@ def test_an_fp32_tensor_that_does_not_fit_its_shape_is_invalid(
     assert says in caught.value.message
 
 
+@pytest.mark.parametrize("name", ["TEXT", "TENSOR"])
+def test_contents_and_raw_contents_together_are_invalid(name: str) -> None:
+    # Both once passed, one of them silently ignored: which did the client mean?
+    datatype = "FP32" if name == "TENSOR" else "BYTES"
+    request = oip.ModelInferRequest(
+        raw_input_contents=[encode_bytes_tensor([b"raw"]) if name == "TEXT" else b"\0" * 4]
+    )
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=[1] if name == "TEXT" else [1, 1])
+    if name == "TEXT":
+        tensor.contents.bytes_contents.append(b"typed")
+    else:
+        tensor.contents.fp32_contents.append(1.0)
+    with pytest.raises(FerryError) as caught:
+        inputs_of(request, max_bytes=1024)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "both contents and raw_input_contents" in caught.value.message
+
+
 def test_an_input_of_the_wrong_datatype_is_told_which_input_to_use() -> None:
     tensor = oip.ModelInferRequest.InferInputTensor(name="IMAGE", datatype="FP32", shape=[1, 3])
     with pytest.raises(FerryError) as caught:

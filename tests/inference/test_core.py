@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
+from ferry.types.v1 import types_pb2
+from services.inference import protos
 from services.inference.calls import Answered, Call, Refused, Request
 from services.inference.models.contract import IMAGE, TEXT, InvalidInput, ModelInput, Options
 from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
@@ -51,3 +55,17 @@ async def test_an_ensemble_refuses_a_text_input(inference: RunningInference) -> 
     ensemble = inference.service.models["imagenet-ensemble"]
     with pytest.raises(InvalidInput, match="takes an image"):
         await ensemble.answer(Request(ModelInput(TEXT, text="a cat")))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_tensor_holding_nan_or_infinity_is_invalid_input(value: float) -> None:
+    # A model only spreads them: NaN scores that no JSON parser reads (OIP REST answered `NaN`).
+    contents = [0.0] * 11 + [value]
+    for tensor in (
+        types_pb2.Tensor(datatype="FP32", shape=[3, 2, 2], fp32_contents=contents),
+        types_pb2.Tensor(datatype="FP32", shape=[3, 2, 2], raw_contents=struct.pack("<12f", *contents)),
+    ):
+        with pytest.raises(InvalidInput, match="NaN or infinity"):
+            protos.model_input(types_pb2.Input(tensor=tensor))
+    finite = types_pb2.Tensor(datatype="FP32", shape=[3, 2, 2], fp32_contents=[0.5] * 12)
+    assert protos.model_input(types_pb2.Input(tensor=finite)).tensor is not None

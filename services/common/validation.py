@@ -280,8 +280,15 @@ def request_id(value: str) -> str:
     """Checks a client's idempotency key (empty means none).
 
     Raises:
-        InvalidArgument: the key is longer than limits.MAX_REQUEST_ID_CHARS.
+        InvalidArgument: the key is longer than limits.MAX_REQUEST_ID_CHARS, or holds a NUL
+            character (a job keeps its request_id, and Postgres text cannot hold one).
     """
+    if "\x00" in value:
+        raise InvalidArgument(
+            "request_id holds a NUL character (U+0000); send printable text (a UUID is a good request_id)",
+            reason="INVALID_REQUEST_ID",
+            metadata={"field": "request_id"},
+        )
     if len(value) > limits.MAX_REQUEST_ID_CHARS:
         raise InvalidArgument(
             f"request_id is {len(value)} characters; the limit is {limits.MAX_REQUEST_ID_CHARS} "

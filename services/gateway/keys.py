@@ -99,9 +99,10 @@ class KeyAdmin:
         """Makes a key; the answer is the only place it is ever shown."""
         _limits(request.rate_per_s, request.burst)
         name = request.display_name or "key"
-        if len(name) > MAX_DISPLAY_NAME_CHARS:
+        if len(name) > MAX_DISPLAY_NAME_CHARS or "\x00" in name:  # Postgres text holds no NUL
             raise InvalidArgument(
-                f"display_name has {len(name)} characters; at most {MAX_DISPLAY_NAME_CHARS} are allowed",
+                f"display_name has {len(name)} characters; at most {MAX_DISPLAY_NAME_CHARS} are allowed,"
+                " and no NUL character (U+0000)",
                 reason="INVALID_DISPLAY_NAME",
                 metadata={"field": "display_name"},
             )

@@ -194,7 +194,8 @@ class Manifest:
         """The spooled manifest's non-blank lines with their numbers, one at a time."""
         self._spooled.seek(0)
         for number, raw in enumerate(self._spooled, 1):
-            line = raw.decode("utf-8")
+            # Windows editors save UTF-8 with a byte order mark: not JSON, but not the user's fault.
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             if line.strip():
                 yield number, line
 

@@ -6,7 +6,7 @@ import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import asyncpg
 import grpc
@@ -73,8 +73,32 @@ def _uuid_of(name: str, collection: str) -> uuid.UUID:
     return _FastUUID(name.removeprefix(f"{collection}/"))
 
 
+#: What stands for a NUL character (U+0000) in stored text: Postgres text and jsonb cannot hold
+#: one, and refusing the row would lose a record a caller was answered for (and leave its job
+#: unfinished). A candidate label, a manifest line's id or a JSON model's output can carry one.
+NUL_STANDIN = "\ufffd"
+
+
+def _nul_free(text: str) -> str:
+    return text.replace("\x00", NUL_STANDIN) if "\x00" in text else text
+
+
+def _nul_free_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _nul_free(value)
+    if isinstance(value, list):
+        return [_nul_free_value(v) for v in value]
+    if isinstance(value, dict):
+        return {_nul_free(k): _nul_free_value(v) for k, v in value.items()}
+    return value
+
+
 def _json(message: Message) -> str:
-    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    value = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    text = json.dumps(value)
+    # jsonb refuses the escape \u0000; rare, so only then is the value walked (the escape can
+    # also be the tail of an escaped backslash, "\\u0000": the walk is right for both).
+    return json.dumps(_nul_free_value(value)) if "\\u0000" in text else text
 
 
 # A row keeps every field of ClassScore and Timing as a column of its own; a new field in either
@@ -124,7 +148,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
     scores: list[float] = []
     indices: list[int] = []
     for c in prediction.classes:  # one pass: iterating a repeated field costs more than reading it
-        labels.append(c.label)
+        labels.append(_nul_free(c.label))
         scores.append(c.score)
         indices.append(c.index)
     timing = prediction.timing
@@ -146,7 +170,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         batch_size=timing.batch_size or None,
         error=prediction.error.SerializeToString() if failed else None,
         error_code=prediction.error.code if failed else None,
-        error_message=prediction.error.message if failed else None,
+        error_message=_nul_free(prediction.error.message) if failed else None,
         error_reason=error_from_status(prediction.error).reason if failed else None,
         trace_id=prediction.trace_id,
         create_time=created,
@@ -154,7 +178,7 @@ def prediction_row(tenant: str, prediction: prediction_pb2.Prediction, generatio
         source=prediction.source or (_JOB_ITEM if job_id else _SYNC),
         outputs=outputs_json(prediction),
         model_version=prediction.model_version or None,
-        input_name=prediction.input_name or None,
+        input_name=_nul_free(prediction.input_name) or None,
     )
 
 

@@ -277,6 +277,30 @@ def test_a_negative_oip_timeout_is_invalid_argument_not_deadline_exceeded(
     assert grpc_reason(caught.value) == "INVALID_OIP_PARAMETER"
 
 
+def test_a_nul_in_a_candidate_label_is_stored_and_its_job_ends(rest: Rest, logs: Logs) -> None:
+    # Postgres text holds no NUL: the item's record was dropped and the job stayed QUEUED for good.
+    text = {"content": "a cat on a sofa", "candidate_labels": ["\u0000cat", "tax"]}
+    status, created = rest.post("/v1/jobs", {"model": "minilm", "inputs": [{"text": text}]})
+    assert status == 200, created
+    status, job = rest.poll(f"/v1/{created['job']['name']}", lambda s, b: b["job"]["state"] not in _RUNNING)
+    assert job["job"]["state"] == "JOB_STATE_SUCCEEDED", job
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", {"model": "minilm", "inputs": [{"text": {"content": "x"}}], "request_id": "a\u0000b"}),
+        ("/v1/keys", {"tenant": "nul", "scopes": ["read"], "display_name": "a\u0000b"}),
+    ],
+)
+def test_a_nul_in_text_that_is_kept_is_400_not_500(rest: Rest, logs: Logs, path: str, body: Any) -> None:
+    status, answer = rest.post(path, body)
+    assert status == 400 and reason(answer) in {"INVALID_REQUEST_ID", "INVALID_DISPLAY_NAME"}, answer
+
+
+_RUNNING = {"JOB_STATE_EXPANDING", "JOB_STATE_QUEUED", "JOB_STATE_RUNNING"}
+
+
 # Property-based: REST bodies on every call that takes one.
 
 _BODY_PATHS = [
@@ -494,19 +518,33 @@ def test_a_manifest_line_holding_a_lone_surrogate_fails_its_job_naming_the_line(
     # JSON can spell a lone UTF-16 surrogate that no protobuf string can carry: such a line once made
     # the expander raise, again and again, with the job left EXPANDING for good.
     manifest = b'{"text": "a first, good line"}\n' + line + b"\n"
-    status, answer = send(stack["http_url"], hostile_key, "/v1/uploads", manifest, "application/x-ndjson")
-    assert status == 200, answer
-    job = json.dumps({"model": "minilm", "manifest": answer["upload"]["name"]}).encode()
-    status, created = send(stack["http_url"], hostile_key, "/v1/jobs", job)
-    assert status == 200, created
-    expanded = left_expanding(stack["http_url"], hostile_key, created["job"]["name"])
+    expanded = minilm_job_of(stack["http_url"], hostile_key, manifest)
     assert expanded["state"] == "JOB_STATE_FAILED" and expanded["items_total"] == 0, expanded
     assert error_reason(expanded["error"]) == "INVALID_MANIFEST", expanded["error"]
     assert " line 2" in expanded["error"]["message"] and "surrogate" in expanded["error"]["message"]
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_runs(
+    stack: dict[str, Any], hostile_key: str, logs: Logs
+) -> None:
+    # Notepad's "UTF-8 with BOM": line 1 was "not JSON (Unexpected UTF-8 BOM ...)" and the job failed.
+    manifest = '\ufeff{"text": "a first line"}\r\n{"text": "a second"}\r\n'.encode()
+    expanded = minilm_job_of(stack["http_url"], hostile_key, manifest)
+    assert expanded["items_total"] == 2 and "error" not in expanded, expanded
+
+
 # google.rpc codes of server errors (UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS): never a bad manifest's.
 _SERVER_ERROR_NUMBERS = {2, 13, 14, 15}
+
+
+def minilm_job_of(base_url: str, key: str, manifest: bytes) -> dict[str, Any]:
+    """Uploads ``manifest``, makes a minilm job of it, and returns the job once it left EXPANDING."""
+    status, answer = send(base_url, key, "/v1/uploads", manifest, "application/x-ndjson")
+    assert status == 200, answer
+    job = json.dumps({"model": "minilm", "manifest": answer["upload"]["name"]}).encode()
+    status, created = send(base_url, key, "/v1/jobs", job)
+    assert status == 200, created
+    return left_expanding(base_url, key, created["job"]["name"])
 
 
 def left_expanding(base_url: str, key: str, name: str, timeout_s: float = 60.0) -> dict[str, Any]:

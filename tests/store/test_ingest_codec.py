@@ -79,3 +79,32 @@ async def test_classes_and_timing_read_back_as_the_json_rows_answered(
     before = {p.name: _bits(ParseDict(MessageToDict(p), prediction_pb2.Prediction())) for p in made}
     assert len(read) == len(made)
     assert read == before
+
+
+async def test_a_record_whose_caller_text_holds_nul_is_stored_not_dropped(pool: asyncpg.Pool) -> None:
+    # A candidate label "\0x" once made Postgres refuse the record: the caller's prediction was
+    # answered but never stored, and a job item's record dropped so that its job never ended.
+    # Backslash-u0000 spelled out in a string (an escaped backslash) must come back unchanged.
+    failed = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}",
+        model="models/m",
+        state=prediction_pb2.PREDICTION_STATE_FAILED,
+        input_name="photo\x00.jpg",
+        error={"code": 3, "message": "item 0: label \x00 refused"},
+    )
+    labelled = prediction_pb2.Prediction(
+        name=f"predictions/{uuid.uuid4()}",
+        model="models/m",
+        state=prediction_pb2.PREDICTION_STATE_SUCCEEDED,
+        classes=[types_pb2.ClassScore(label="\x00x", score=0.5, index=0)],
+    )
+    labelled.output.update({"k\x00": ["v\x00", "\\u0000"]})
+    for chunk in ([failed], [labelled]):  # one at a time: a refused one would fail its batch
+        await write_batch(pool, [codec.prediction_row("nul", p) for p in chunk])
+    rows = await pool.fetch("SELECT * FROM predictions WHERE tenant = 'nul' ORDER BY state")
+    read = {p.name: p for p in map(codec.prediction_from_row, rows)}
+    standin = codec.NUL_STANDIN
+    assert read[failed.name].input_name == f"photo{standin}.jpg"
+    assert read[failed.name].error.message == failed.error.message  # kept whole in the status bytes
+    assert [c.label for c in read[labelled.name].classes] == [f"{standin}x"]
+    assert dict(read[labelled.name].output) == {f"k{standin}": [f"v{standin}", "\\u0000"]}

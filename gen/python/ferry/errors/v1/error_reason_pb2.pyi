@@ -47,6 +47,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOO_MANY_INPUTS: _ClassVar[ErrorReason]
     EMPTY_JOB: _ClassVar[ErrorReason]
     REQUEST_ID_TOO_LONG: _ClassVar[ErrorReason]
+    INVALID_REQUEST_ID: _ClassVar[ErrorReason]
     INVALID_RESOURCE_NAME: _ClassVar[ErrorReason]
     INVALID_PAGE_SIZE: _ClassVar[ErrorReason]
     INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
@@ -156,6 +157,7 @@ NO_INPUTS: ErrorReason
 TOO_MANY_INPUTS: ErrorReason
 EMPTY_JOB: ErrorReason
 REQUEST_ID_TOO_LONG: ErrorReason
+INVALID_REQUEST_ID: ErrorReason
 INVALID_RESOURCE_NAME: ErrorReason
 INVALID_PAGE_SIZE: ErrorReason
 INVALID_PAGE_TOKEN: ErrorReason

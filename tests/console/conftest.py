@@ -35,7 +35,7 @@ def _jpeg(pixels: Any) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if why := missing():
         pytest.skip(why)
@@ -48,12 +48,12 @@ def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api(console_stack: dict[str, Any]) -> Rest:
     return Rest(console_stack["http_url"], API_KEY)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser_session(
     console_stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Browser]:
@@ -64,7 +64,7 @@ def browser_session(
 
 @pytest.fixture
 def browser(browser_session: Browser) -> Iterator[Browser]:
-    """The session's browser, signed out at the start of the test; no console errors by its end."""
+    """The package's browser, signed out at the start of the test; no console errors by its end."""
     browser_session.open("signin")
     browser_session.run("sessionStorage.clear()")
     browser_session.errors()
@@ -82,7 +82,7 @@ def sign_in(browser: Browser, key: str = API_KEY) -> None:
     browser.element("#nav a[href='#/models']")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """scikit-image's photos as files a user picks: the cat, and a zip of cats and coffees and one
     file that is not an image (one failed item)."""

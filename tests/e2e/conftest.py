@@ -1,4 +1,4 @@
-"""The whole stack, started once per test session with ``ferry up``, as a user starts it."""
+"""The whole stack, started once for the e2e tests with ``ferry up``, as a user starts it."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ def coffee_jpeg() -> bytes:
     return _jpeg(skimage_data.coffee())
 
 
-#: The models the session's stack loads: the ensemble brings mobilenet-v2 along.
+#: The models the package's stack loads: the ensemble brings mobilenet-v2 along.
 E2E_MODELS = "efficientnet-lite0,imagenet-ensemble,minilm,agree"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def otlp_collector() -> Iterator[OtlpCollector]:
     collector = OtlpCollector(free_port())
     collector.start()
@@ -49,7 +49,7 @@ def otlp_collector() -> Iterator[OtlpCollector]:
     collector.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, otlp_collector: OtlpCollector
 ) -> Iterator[dict[str, Any]]:
@@ -69,7 +69,7 @@ def stack(
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def rest(stack: dict[str, Any]) -> Rest:
     """REST/JSON through Envoy with the dev API key."""
     return Rest(stack["http_url"], API_KEY)

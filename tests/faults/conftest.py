@@ -39,7 +39,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
         print(f"\n\nFault matrix (figures also in {path}):\n{collected.table()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     """A whole local stack under ``ferry up``'s supervision, with armable failpoints."""
     with running_fault_stack(Path(tmp_path_factory.mktemp("faultstack"))) as stack:

@@ -48,7 +48,7 @@ def scaling_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]
         print(f"\n\nScale-out matrix (figures also in {path}):\n{collected.table()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scaled_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     """A whole ``ferry up`` stack of several processes per part, under the supervisor."""
     root = Path(tmp_path_factory.mktemp("scaledstack"))

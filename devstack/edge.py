@@ -25,7 +25,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from devstack import body_depth, body_fields
+from devstack import body_depth, body_fields, header_limits
 from services.common import limits
 from services.common.errors import ERROR_DOMAIN, reasons
 
@@ -365,6 +365,10 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
     deep = LocalReply(400, body_depth.REASON, body_depth.message())
     depth = {body_depth.METADATA_KEY: str(limits.MAX_JSON_DEPTH), "source": "envoy"}
     mappers.append(_rest_mapper(deep, depth, body_depth.recorded(body_fields.METADATA_NAMESPACE)))
+    # The header filter's 431, naming the limit (devstack/header_limits.py).
+    for which, message, metadata in header_limits.replies():
+        refusal = LocalReply(431, header_limits.REASON, message)
+        mappers += _both(refusal, metadata, header_limits.recorded(which))
     for reply in LOCAL_REPLIES:
         mappers += _both(reply, details)
     return {"mappers": mappers}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from devstack import body_fields, console, edge, oip_rest_edge
+from devstack import body_fields, console, edge, header_limits, oip_rest_edge
 from services.common import limits
 from services.gateway.settings import GatewaySettings
 from tools.openapi import OPENAPI_FILE, OPENAPI_PATH
@@ -369,9 +369,12 @@ static_resources:
                   max_concurrent_streams: {MAX_CONCURRENT_STREAMS}
                   initial_stream_window_size: {STREAM_WINDOW_BYTES}
                   initial_connection_window_size: {CONNECTION_WINDOW_BYTES}
-                # Past it: 431 HEADERS_TOO_LARGE here, rather than a service's metadata limit
-                # mapped to 429 (services/common/limits.py).
-                max_request_headers_kb: {limits.REQUEST_HEADERS_BYTES // 1024}
+                # The codecs' bounds, well above Ferry's limits: past these a gRPC call's stream is
+                # reset with no status, so the limits themselves are a filter's, which answers
+                # HEADERS_TOO_LARGE naming them (devstack/header_limits.py; services/common/limits.py).
+                max_request_headers_kb: {limits.EDGE_CODEC_HEADERS_BYTES // 1024}
+                common_http_protocol_options:
+                  max_headers_count: {limits.EDGE_CODEC_HEADERS_COUNT}
                 generate_request_id: true
                 # Envoy is the edge: it sets the x-request-id that writes without a request_id
                 # derive their ids from (services/gateway/idempotency.py).
@@ -408,7 +411,7 @@ static_resources:
                     - name: ferry
                       domains: ["*"]
                       routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{edge.method_not_allowed_routes()}{_routes(opts)}
-                http_filters:{edge.original_method_filter()}{oip_rest_edge.lua_filter()}
+                http_filters:{header_limits.lua_filter()}{edge.original_method_filter()}{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its

@@ -36,6 +36,22 @@ past it the answer is 431 ``HEADERS_TOO_LARGE``. gRPC's own default metadata lim
 8 KiB, and a call Envoy forwarded over it was refused by a service with RESOURCE_EXHAUSTED, which
 the edge maps to 429: "slow down" for a request that can never pass (a 10,000-character job name)."""
 
+REQUEST_HEADERS_COUNT = 100
+"""Most headers (gRPC metadata entries) a request may carry at the edge, those the protocol and the
+client library add (``:path``, ``content-type``, ``user-agent`` ...) counting: past it the answer is
+400 / INVALID_ARGUMENT ``HEADERS_TOO_LARGE`` naming it (devstack/header_limits.py). Envoy's own
+default bound is the same 100, but over HTTP/2 its codec resets the stream (a native gRPC caller
+saw INTERNAL, "RST_STREAM error code 2") instead of answering."""
+
+EDGE_CODEC_HEADERS_COUNT = 10 * REQUEST_HEADERS_COUNT
+"""Envoy's codec bound on a request's header count (``max_headers_count``), above
+REQUEST_HEADERS_COUNT so that a filter sees the request and answers with a status; past this one
+the stream is reset. Bounded because Envoy holds every entry while it reads them (about a hundred
+bytes each, on each of a connection's 100 streams)."""
+EDGE_CODEC_HEADERS_BYTES = 8 * REQUEST_HEADERS_BYTES
+"""Envoy's codec bound on a request's header bytes (``max_request_headers_kb``), above
+REQUEST_HEADERS_BYTES for the same reason."""
+
 SERVICE_METADATA_BYTES = 2 * REQUEST_HEADERS_BYTES
 """Metadata every Ferry gRPC server takes (``grpc.max_metadata_size``): what the edge lets through
 plus the headers Envoy and the services add on the way (x-forwarded-for, x-request-id, traceparent)."""

@@ -154,6 +154,60 @@ def test_unready_edge_says_why(edge: str) -> None:
     assert caught.value.code == 503 and "no gateway is ready" in answer["message"]
 
 
+def _grpc_refusal(edge: str, metadata: list[tuple[str, str]]) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """A native gRPC call's code, message and ErrorInfo (reason and metadata) with ``metadata``."""
+    with grpc.insecure_channel(edge.removeprefix("http://")) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary("/ferry.models.v1.ModelService/ListModels")(b"", timeout=5, metadata=metadata)
+    call = refused.value
+    assert isinstance(call, grpc.Call)
+    status = rpc_status.from_call(call)
+    info = error_details_pb2.ErrorInfo()
+    if status is None or not status.details or not status.details[0].Unpack(info):
+        return call.code(), call.details() or "", {}
+    return call.code(), status.message, {"reason": info.reason, "domain": info.domain, **info.metadata}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "limit"),
+    [
+        # 150 small entries: Envoy's HTTP/2 codec reset the stream at 100 (INTERNAL, "RST_STREAM").
+        ([(f"x-k{i}", "v") for i in range(150)], {"max_count": "100"}),
+        ([(f"x-k{i}", "v") for i in range(900)], {"max_count": "100"}),
+        # One 9,000-byte value: past the 8 KiB of headers, reset the same way.
+        ([("x-big", "v" * 9_000)], {"max_bytes": "8192"}),
+    ],
+    ids=["150-entries", "900-entries", "9000-bytes"],
+)
+def test_a_grpc_call_with_too_many_or_too_large_metadata_gets_a_status_naming_the_limit(
+    edge: str, metadata: list[tuple[str, str]], limit: dict[str, str]
+) -> None:
+    code, message, info = _grpc_refusal(edge, metadata)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, message)
+    assert info == {"reason": "HEADERS_TOO_LARGE", "domain": ERROR_DOMAIN, "source": "envoy", **limit}
+    assert "services/common/limits.py REQUEST_HEADERS_" in message
+
+
+def test_a_grpc_call_with_metadata_under_the_limits_passes_the_edge(edge: str) -> None:
+    code, message, _ = _grpc_refusal(edge, [(f"x-k{i}", "v" * 60) for i in range(80)])
+    assert code is grpc.StatusCode.DEADLINE_EXCEEDED, (code, message)  # the stalled gateway's
+
+
+@pytest.mark.parametrize(("count", "size", "limit"), [(150, 1, "max_count"), (1, 9_000, "max_bytes")])
+def test_a_rest_call_with_too_many_or_too_large_headers_is_400_naming_the_limit(
+    edge: str, count: int, size: int, limit: str
+) -> None:
+    request = urllib.request.Request(f"{edge}/v1/models")
+    for i in range(count):
+        request.add_header(f"x-k{i}", "v" * size)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    answer = json.loads(refused.value.read())
+    assert refused.value.code == 400 and answer["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert answer["details"][0]["reason"] == "HEADERS_TOO_LARGE" and limit in answer["details"][0]["metadata"]
+    assert "services/common/limits.py REQUEST_HEADERS_" in answer["message"]
+
+
 BOUND = 2
 """The gateway's in-flight bound the overload tests render Envoy with: two calls fill it."""
 

@@ -43,7 +43,7 @@ import grpc
 import torch
 from google.rpc import error_details_pb2, status_pb2
 
-from benchmarks import raw
+from benchmarks import hops, raw
 from benchmarks.cpu import cpu_seconds, own_cpu_seconds, per_request_ms
 from benchmarks.e2e import MODEL, Result, cat_jpeg, measure, rest_call
 from devstack.infra import free_port
@@ -255,29 +255,47 @@ def overhead(image: bytes, requests: int) -> None:
 
     The same request, one client, enters the stack one hop further out each row: inference's own
     port, the gateway's (auth, admission, the inference hop, the awaited record), Envoy's gRPC
-    (passed through), Envoy's REST (JSON transcoded). Each row's p50 minus the one before is that
-    layer's cost.
+    (passed through), Envoy's REST (JSON transcoded). The rows are measured round-robin, one
+    request each per round (``benchmarks.hops``), so each hop's cost is a paired difference.
     """
-    base = raw_batch1(image, requests)
+    runner = raw.load(MODEL)
+    runner.warm_up(batches=2, batch_size=1)
+
+    def in_process() -> hops.Stages:
+        started = time.perf_counter()
+        item = raw.item(runner, image)
+        decoded = time.perf_counter()
+        runner.run([item])
+        done = time.perf_counter()
+        return {"decode": (decoded - started) * 1000, "forward": (done - decoded) * 1000}
+
     with ferry_stack() as endpoints:
         inference = inference_call(f"127.0.0.1:{endpoints.services['inference']['grpc_port']}", image)
-        rows = [measure("Ferry inference gRPC (no edge)", inference, requests, 1)]
         gateway = f"127.0.0.1:{endpoints.services['gateway']['grpc_port']}"
-        hops = (("Ferry gateway gRPC", gateway), ("Ferry gRPC via Envoy", endpoints.grpc_target))
-        for name, target in hops:
-            with FerryClient(target, API_KEY, timeout_s=60) as ferry:
-                rows.append(measure(name, lambda ferry=ferry: ferry.predict(image), requests, 1))
-        rest = rest_call(endpoints.http_url, API_KEY, image)
-        rows.append(measure("Ferry REST via Envoy, 1 client", rest, requests, 1))
-    table("P1 overhead", [base, *rows])
-    print("\nwhere the time goes (p50, each row minus the one before):")
-    for before, after in zip([base, *rows], rows, strict=False):
-        print(f"  {after.name:<40} {after.p50_ms - before.p50_ms:+6.1f} ms")
-    extra = rows[-1].p50_ms - base.p50_ms
-    verdict("P1 p50 overhead ms", extra, "<= 3 ms, stretch 1.5 ms", extra <= 3.0)
+        with (
+            FerryClient(gateway, API_KEY, timeout_s=60) as direct,
+            FerryClient(endpoints.grpc_target, API_KEY, timeout_s=60) as edge,
+        ):
+            rows = [
+                hops.Row("raw model in-process, batch 1", in_process),
+                hops.Row(
+                    "Ferry inference gRPC (no edge)",
+                    lambda: hops.answer_stages(inference().results[0].timing),
+                ),
+                hops.Row("Ferry gateway gRPC", lambda: hops.answer_stages(direct.predict(image).timing)),
+                hops.Row("Ferry gRPC via Envoy", lambda: hops.answer_stages(edge.predict(image).timing)),
+                hops.Row(
+                    "Ferry REST via Envoy, 1 client",
+                    hops.rest_predict(endpoints.http_url, API_KEY, image, MODEL),
+                ),
+            ]
+            print(f"P1: {requests} rounds of one request per row, interleaved", flush=True)
+            hops.interleave(rows, requests)
+    extra = hops.report(rows)
+    verdict("P1 p50 overhead ms (REST via Envoy - raw)", extra, "<= 3 ms, stretch 1.5 ms", extra <= 3.0)
 
 
-def inference_call(target: str, image: bytes) -> Callable[[], object]:
+def inference_call(target: str, image: bytes) -> Callable[[], inference_service_pb2.PredictResponse]:
     """One Predict of one image on an inference service's port (no Envoy, gateway or record)."""
     channel = grpc.insecure_channel(target)
     stub = inference_service_pb2_grpc.InferenceServiceStub(channel)

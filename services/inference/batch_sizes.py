@@ -6,9 +6,10 @@ also picks a different size now and then when other work disturbs the timing. So
 once is kept in the bucket ``ferry_batch_sizes`` under a key that names everything the measurement
 depends on: the model's whole settings (version, graph, options, instances, ...), the device and
 what it is (the CPU's model name and core count, or the GPU's name), torch's thread count and
-version, and the search's bounds. A replica on the same kind of machine reuses it; any change
-measures again. ``FERRY_INFERENCE_KEEP_BATCH_SIZES=false`` measures at every start, and deleting a
-key (``nats kv del ferry_batch_sizes <key>``, or the bucket) forgets a measurement.
+version, the search's bounds and how sizes are timed and chosen (``tuning.METHOD``). A replica on
+the same kind of machine reuses it; any change measures again.
+``FERRY_INFERENCE_KEEP_BATCH_SIZES=false`` measures at every start, and deleting a key
+(``nats kv del ferry_batch_sizes <key>``, or the bucket) forgets a measurement.
 
 Off unless ``FERRY_INFERENCE_NATS_URL`` is set, like the kept load/unload state (``model_states``).
 """
@@ -29,6 +30,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.common import messaging
+from services.inference import tuning
 from services.inference.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ def measurement_key(config: ModelConfig, device: torch.device, largest: int, bud
         "torch": torch.__version__,
         "largest": largest,
         "budget_s": budget_s,
+        "method": tuning.METHOD,
     }
     digest = hashlib.sha256(json.dumps(depends, sort_keys=True).encode()).hexdigest()[:20]
     return f"{_key_part(config.name)}.{_key_part(config.version)}.{digest}"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
@@ -43,21 +46,38 @@ class ModelRunner:
             )
         return [self.model.postprocess(raw, item.options) for item, raw in zip(items, raws, strict=True)]
 
-    def time_batch(self, batch_size: int, repeats: int) -> float:
-        """Fastest of ``repeats`` timed passes of ``batch_size`` example items.
+    @contextmanager
+    def side_by_side(self, instances: int, threads: int) -> Iterator[Callable[[int], float]]:
+        """A timer of ``instances`` passes run at once, each in a thread of its own with ``threads``
+        intra-op threads: called with a batch size, it returns the seconds from the first pass's
+        start to the last one's end.
 
-        The fastest, not the mean: other processes only ever add time, so the minimum is the
-        steadiest estimate of what the pass itself costs on a shared machine.
+        That is how a model with ``instances`` batch threads runs under load (each running batch
+        takes an equal share of the cores: ``service.intra_op_share``), so it is the shape a batch
+        size must do well in: on 2 cores one two-thread pass gains from a larger batch (its OpenMP
+        partner waits less per image) while two one-thread passes side by side do not
+        (docs/inference.md, *Batch size*). The threads live as long as the block: a new thread's
+        first pass would build its OpenMP team inside the timing.
         """
-        batch = [Item(self.model.example())] * batch_size
-        times: list[float] = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            self.run(batch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            times.append(time.perf_counter() - started)
-        return min(times)
+        with ThreadPoolExecutor(instances, thread_name_prefix="time-batch") as pool:
+
+            def time_passes(batch_size: int) -> float:
+                batch = [Item(self.model.example())] * batch_size
+                start = threading.Barrier(instances)
+
+                def one_pass() -> tuple[float, float]:
+                    torch.set_num_threads(threads)
+                    start.wait()
+                    started = time.perf_counter()
+                    self.run(batch)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    return started, time.perf_counter()
+
+                spans = [p.result() for p in [pool.submit(one_pass) for _ in range(instances)]]
+                return max(end for _, end in spans) - min(begin for begin, _ in spans)
+
+            yield time_passes
 
     def warm_up(self, batches: int, batch_size: int) -> None:
         """Runs ``batches`` example batches (full size, then single items) so first requests are not slow."""

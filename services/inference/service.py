@@ -288,11 +288,19 @@ class InferenceService:
         # Warm first: the first passes of a fresh model pay one-off set-up costs.
         await asyncio.to_thread(runner.warm_up, warmup, 1)
         size = await asyncio.to_thread(
-            tune_batch_size, config.name, runner.time_batch, settings.batch_size_search_max, budget_s
+            time_and_choose, config, runner, settings.batch_size_search_max, budget_s
         )
         if kept_sizes:
             await kept_sizes.put(key, size)
         return size
+
+
+def time_and_choose(config: ModelConfig, runner: ModelRunner, largest: int, budget_s: float) -> int:
+    """``config``'s batch size, timed as it serves under load: its instances' passes side by side,
+    each with the share of torch's threads ``intra_op_share`` gives it when all of them run."""
+    share = max(1, torch.get_num_threads() // config.instances)
+    with runner.side_by_side(config.instances, share) as time_batch:
+        return tune_batch_size(config.name, time_batch, largest, budget_s, passes=config.instances)
 
 
 def intra_op_share(threads: int) -> Callable[[int], None]:

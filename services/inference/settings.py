@@ -46,12 +46,14 @@ class InferenceSettings(ServiceSettings):
     """Torch device: ``cpu``, ``cuda``, ``cuda:1``, or ``auto`` (CUDA when available, else CPU)."""
     max_batch_size: int | None = Field(default=None, ge=1, le=1024)
     """Largest batch per forward pass. Unset: chosen per model at warm-up by timing batch sizes
-    1, 2, 4, ... up to ``batch_size_search_max`` on this device and keeping the best throughput
-    whose forward pass fits ``batch_latency_budget_ms``. Set: used as is, nothing is timed."""
+    1, 2, 4, ... up to ``batch_size_search_max`` on this device as the model serves under load
+    (its instances' passes side by side, each on its share of the threads) and keeping the
+    smallest size within 5 % of the best throughput whose round of passes fits
+    ``batch_latency_budget_ms``. Set: used as is, nothing is timed."""
     batch_size_search_max: int = Field(default=16, ge=1, le=1024)
     """Largest batch size tried at warm-up when ``max_batch_size`` is unset."""
     batch_latency_budget_ms: float = Field(default=250.0, gt=0)
-    """Longest forward pass a chosen batch size may take (at warm-up, on this device)."""
+    """Longest round of side-by-side passes a chosen batch size may take (at warm-up, on this device)."""
     keep_batch_sizes: bool = True
     """Keep each measured batch size in NATS KV (``ferry_batch_sizes``, with FERRY_INFERENCE_NATS_URL),
     keyed by the model's settings, the device and what it is (CPU or GPU model), torch's threads and

@@ -89,6 +89,8 @@ class DynamicBatcher(Generic[In, Out]):
         instances: Batches that may run at once, each in its own thread (a model's ``instances``).
         share_threads: Called in a batch's thread just before ``run``, with how many batches run
             at that moment (this one included): the model splits its intra-op threads by it.
+        initializer: Run once in each batch thread as it starts (``background.lower_this_thread``
+            for a batch jobs' batcher).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class DynamicBatcher(Generic[In, Out]):
         clock: Callable[[], float] = time.monotonic,
         instances: int = 1,
         share_threads: Callable[[int], None] | None = None,
+        initializer: Callable[[], object] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or instances < 1:
             raise ValueError("max_batch_size, max_queue and instances must be at least 1")
@@ -117,7 +120,7 @@ class DynamicBatcher(Generic[In, Out]):
         # all of torch's intra-op threads; with more, those running share them (``share_threads``).
         self._instances = instances
         self._share_threads = share_threads
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix=f"batch-{name}")
+        self._executor = ThreadPoolExecutor(instances, f"batch-{name}", initializer=initializer)
         self._closed = False
         self._running: dict[int, list[_Pending[In, Out]]] = {}
         self._last_batch_s = 0.0

@@ -27,6 +27,9 @@ class Call:
     priority: Priority = Priority.NORMAL
     deadline: float | None = None
     """When the caller stops waiting (``time.monotonic()``); inputs still queued then are dropped."""
+    background: bool = False
+    """A batch job's call (``PredictRequest.job_item``): no one waits on it interactively, so its
+    work may run on the lowest-priority threads (``services.inference.background``)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Request:
     options: Options = field(default_factory=Options)
     priority: Priority = Priority.NORMAL
     deadline: float | None = None
+    background: bool = False
 
 
 @dataclass(frozen=True)

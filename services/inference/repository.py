@@ -322,7 +322,7 @@ class ModelRepository:
         """Waits (at most ``drain_s``) for the calls already queued to be answered."""
         deadline = time.monotonic() + self._drain_s
         # Polled: the batcher signals no event when its queue empties, and unloading is rare.
-        while served.batcher.queued and time.monotonic() < deadline:  # noqa: ASYNC110
+        while served.queued and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:

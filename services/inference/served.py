@@ -124,7 +124,9 @@ class Served(abc.ABC):
             options = call.options
             if item.candidate_labels:
                 options = Options(options.top_k, item.candidate_labels)
-            answered = await self.answer(Request(item, options, call.priority, call.deadline), place)
+            answered = await self.answer(
+                Request(item, options, call.priority, call.deadline, call.background), place
+            )
         except (InvalidImage, InvalidInput) as err:
             place.release()
             metrics.ITEMS.labels(self.name, "invalid_input").inc()
@@ -149,6 +151,9 @@ class ServedModel(Served):
         decoder: The decode queue shared by every model.
         max_image_pixels: Most pixels an input image may declare.
         batch_size_source: ``measured`` or ``configured``.
+        background: Where batch jobs' inputs (``Request.background``) decode and run instead: a
+            batcher of their own and the decode queue they share, on threads at the lowest CPU
+            priority (``services.inference.background``). None: on ``batcher`` and ``decoder``.
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class ServedModel(Served):
         decoder: DecodeQueue,
         max_image_pixels: int,
         batch_size_source: str = "configured",
+        background: tuple[DynamicBatcher[Item, Answer], DecodeQueue] | None = None,
     ) -> None:
         super().__init__(runner.model.config)
         self.model = runner.model
@@ -167,6 +173,7 @@ class ServedModel(Served):
         self._max_image_pixels = max_image_pixels
         self._batch_size_source = batch_size_source
         self._decoding = 0  # inputs admitted for this model and not yet in its batching queue
+        self._background = background or (batcher, decoder)
 
     def describe(self) -> model_pb2.Model:
         """Metadata: task, inputs and outputs, labels, device, batch settings, state."""
@@ -190,6 +197,12 @@ class ServedModel(Served):
             instances=self.config.instances,
             batch_size_source=self._batch_size_source,
         )
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting in this model's batching queues (its batch jobs' one included)."""
+        background = self._background[0]
+        return self.batcher.queued + (background.queued if background is not self.batcher else 0)
 
     @property
     def waiting(self) -> int:
@@ -217,15 +230,24 @@ class ServedModel(Served):
             self.admit(1)
             place = Place(self)
         try:
-            features = await self._decoder.run(
-                functools.partial(self._preprocess, request.item), request.priority, request.deadline
+            # A batch job's input decodes and runs on its own lowest-priority threads, so that it
+            # never holds a core a caller's input (or the front door) wakes up for, and a caller's
+            # input never waits behind its batch: a thread made idle cannot be made normal again.
+            batcher, decoder = self._background if request.background else (self.batcher, self._decoder)
+            features = await decoder.run(
+                functools.partial(self._preprocess, request.item),
+                request.priority,
+                request.deadline,
             )
         finally:
             place.release()
         decoded = time.perf_counter()
         try:
-            batched = await self.batcher.submit(
-                Item(features, request.options), request.priority, request.deadline, admitted=True
+            batched = await batcher.submit(
+                Item(features, request.options),
+                request.priority,
+                request.deadline,
+                admitted=True,
             )
         except DeadlineExceeded:
             metrics.ITEMS.labels(self.name, "expired").inc()

@@ -20,6 +20,7 @@ from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common import messaging
 from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
+from services.inference import background
 from services.inference.batch_sizes import BUCKET as BATCH_SIZES_BUCKET
 from services.inference.batch_sizes import KeptBatchSizes, measurement_key
 from services.inference.batcher import DynamicBatcher
@@ -118,6 +119,8 @@ class InferenceService:
         """Loads and unloads them and their versions at runtime, each on a stack of its own."""
         self._kept_batch_sizes: KeptBatchSizes | None = None
         """Batch sizes measured by earlier starts (NATS KV), when FERRY_INFERENCE_NATS_URL is set."""
+        self._job_decoder: DecodeQueue | None = None
+        """Where batch jobs' inputs decode: threads at the lowest CPU priority (``idle_job_items``)."""
 
     def service_names(self) -> Sequence[str]:
         """The gRPC service this process serves."""
@@ -146,6 +149,13 @@ class InferenceService:
             initializer=lambda: torch.set_num_threads(1),
         )
         await decoder.start(stack)
+        if settings.idle_job_items:  # batch jobs' inputs decode on threads of their own, idle
+            self._job_decoder = DecodeQueue(
+                settings.decode_threads,
+                settings.priority_aging_ms / 1000,
+                initializer=background.idle_initializer(lambda: torch.set_num_threads(1)),
+            )
+            await self._job_decoder.start(stack)
         hub.attach(asyncio.get_running_loop(), self.models)
         stack.callback(hub.detach)
 
@@ -236,19 +246,28 @@ class InferenceService:
             batch_size, source = await self._measured_batch_size(config, runner, device, warmup), "measured"
         await asyncio.to_thread(runner.warm_up, warmup, batch_size)
         threads = torch.get_num_threads()
-        batcher: DynamicBatcher[Item, Answer] = DynamicBatcher(
-            config.name,
-            runner.run,
-            batch_size,
-            max_delay_s=(config.max_batch_delay_ms or 0.0) / 1000,
-            max_queue=config.max_queue or settings.max_queue,
-            aging_s=settings.priority_aging_ms / 1000,
-            instances=config.instances,
-            # Every model sets its count in its own batch threads, instances or not: a thread that
-            # first runs torch later starts from the count last set anywhere in the process.
-            share_threads=intra_op_share(threads),
-        )
+
+        def new_batcher(initializer: Callable[[], object] | None = None) -> DynamicBatcher[Item, Answer]:
+            return DynamicBatcher(
+                config.name,
+                runner.run,
+                batch_size,
+                max_delay_s=(config.max_batch_delay_ms or 0.0) / 1000,
+                max_queue=config.max_queue or settings.max_queue,
+                aging_s=settings.priority_aging_ms / 1000,
+                instances=config.instances,
+                # Every model sets its count in its own batch threads, instances or not: a thread
+                # that first runs torch later starts from the count last set anywhere in the process.
+                share_threads=intra_op_share(threads),
+                initializer=initializer,
+            )
+
+        batcher = new_batcher()
         await batcher.start(stack)
+        jobs: tuple[DynamicBatcher[Item, Answer], DecodeQueue] | None = None
+        if self._job_decoder is not None:  # batch jobs' inputs: a batcher of their own, idle
+            jobs = (new_batcher(background.lower_this_thread), self._job_decoder)
+            await jobs[0].start(stack)
         log.info(
             "serving %s v%s on %s (batch size %d %s, queue bound %d, instances %d, torch threads %d "
             "shared by the batches running, "
@@ -263,7 +282,7 @@ class InferenceService:
             torch.get_num_threads(),
             settings.decode_threads,
         )
-        return ServedModel(runner, batcher, decoder, settings.max_image_pixels, source)
+        return ServedModel(runner, batcher, decoder, settings.max_image_pixels, source, jobs)
 
     async def _measured_batch_size(
         self, config: ModelConfig, runner: ModelRunner, device: torch.device, warmup: int

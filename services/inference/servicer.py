@@ -120,7 +120,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         # Inputs still queued when the caller's deadline passes are dropped, never computed.
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        call = Call(call_inputs(request.inputs), Options(top_k=request.top_k), priority, deadline)
+        options = Options(top_k=request.top_k)
+        call = Call(call_inputs(request.inputs), options, priority, deadline, request.job_item)
         results = [predict_result(outcome) for outcome in await model.predict(call)]
         for result in results:
             result.model_version = model.config.version

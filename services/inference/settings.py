@@ -85,6 +85,12 @@ class InferenceSettings(ServiceSettings):
     6 ms measured once). An explicit ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` in the environment wins."""
     decode_threads: int = Field(default=2, ge=1)
     """Threads that decode and preprocess images, off the event loop."""
+    idle_job_items: bool = True
+    """Batch jobs' items (``PredictRequest.job_item``) decode, and batches made only of them run,
+    on threads of their own at the lowest CPU priority (Linux ``SCHED_IDLE``; their OpenMP teams
+    too): whatever else wakes on their core (Envoy, a gateway, a caller's input) runs at once
+    instead of waiting for their time slice. Their share of the CPU against other processes stays
+    the same. False: every input runs on the same threads (docs/inference.md, *Batch jobs' CPU*)."""
     warmup_batches: int = Field(default=2, ge=0)
     """Dummy full batches each model runs before the service reports SERVING."""
     graph: Graph = DEFAULT_GRAPH

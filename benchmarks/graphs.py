@@ -12,7 +12,9 @@ prints, in one process:
   cores; inductor's kernels keep the thread count they were compiled with, and their other
   threads count too); batch 4 on one thread alone and beside a busy Python thread (wall ms: a
   graph that returns to Python between operations takes the GIL back each time, which in a
-  server, with gRPC and decode threads, waits for the other threads, as the eager module does);
+  server, with gRPC and decode threads, waits for the other threads, as the eager module does),
+  and how much of its pace alone that busy thread kept meanwhile (a graph that holds the GIL for its
+  whole pass stops it: in a server, the event loop and the decode threads would wait that long);
   and images/s at batch 4 on every torch thread (wall time: a batch that runs alone).
 
 ``compile`` is inductor with dynamic shapes off (one compile per batch size), ``compile-dynamic``
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -85,19 +88,34 @@ def build_graph(
     return aoti(module, example, folder)
 
 
-def beside_busy_python(call: Callable[[], object], repeats: int) -> float:
-    """Median wall ms of ``call`` while another thread runs pure Python (holds the GIL when it can)."""
+def python_pace(seconds: float = 0.5) -> float:
+    """Iterations per second of a pure-Python loop in this thread: the GIL's free time, read by the caller."""
+    count = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        count += 1
+    return count / seconds
+
+
+def beside_busy_python(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall ms of ``call`` while another thread runs pure Python (holds the GIL when it can),
+    and that thread's pace meanwhile, in iterations per second.
+
+    The pace is the server's side of it: a graph that holds the GIL for its whole pass (AOTInductor's
+    Python binding does) leaves the event loop and the decode threads of a serving process nothing
+    for that long, while one that releases it lets them run on the other core.
+    """
     stop = threading.Event()
+    paces: list[float] = []
 
     def busy() -> None:
-        count = 0
         while not stop.is_set():
-            count += 1
+            paces.append(python_pace(0.05))
 
     thread = threading.Thread(target=busy)
     thread.start()
     try:
-        return median_ms(call, repeats)
+        return median_ms(call, repeats), statistics.median(paces) if paces else 0.0
     finally:
         stop.set()
         thread.join()
@@ -111,7 +129,8 @@ def measure(
     torch.set_num_threads(1)
     cpu = {size: process_cpu_ms(partial(graph, batches[size]), repeats // size * 2) / size for size in (1, 4)}
     alone_ms = median_ms(partial(graph, batches[4]), max(5, repeats // 8))
-    busy_ms = beside_busy_python(partial(graph, batches[4]), max(5, repeats // 8))
+    busy_ms, pace = beside_busy_python(partial(graph, batches[4]), max(5, repeats // 8))
+    alone_pace = python_pace()
     torch.set_num_threads(threads)
     started = time.perf_counter()
     for _ in range(repeats // 4):
@@ -119,7 +138,8 @@ def measure(
     rate = 4 * (repeats // 4) / (time.perf_counter() - started)
     return (
         f"one thread: batch 1 {cpu[1]:6.2f}, batch 4 {cpu[4]:6.2f} ms CPU per image; batch 4 alone "
-        f"{alone_ms:6.1f}, beside busy Python {busy_ms:6.1f} ms wall | {threads} threads: batch 4 "
+        f"{alone_ms:6.1f}, beside busy Python {busy_ms:6.1f} ms wall, which kept {pace / alone_pace:4.0%} of "
+        f"its pace alone | {threads} threads: batch 4 "
         f"{rate:6.1f} img/s"
     )
 

@@ -95,10 +95,15 @@ class InferenceSettings(ServiceSettings):
     """Dummy full batches each model runs before the service reports SERVING."""
     graph: Graph = DEFAULT_GRAPH
     """How forward passes run, for models that support a graph (the image classifiers):
-    ``torchscript`` traces and freezes the module at load; ``eager`` runs it layer by layer. An
+    ``torchscript`` traces and freezes the module at load; ``aoti`` compiles it ahead of time with
+    AOTInductor (24-45 % less CPU per image; the first start builds it, see ``graph_dir``);
+    ``eager`` runs it layer by layer. An
     eager module takes Python's GIL back between layers, and each time it can wait up to the
     interpreter's switch interval (5 ms) for the gRPC and decode threads: on this 2-core machine
     that doubled efficientnet-lite0's forward pass inside the service (docs/benchmarks.md)."""
+    graph_dir: str = str(Path.home() / ".cache" / "ferry" / "graphs")
+    """Where ``aoti`` graphs are kept, one library per model, weights, torch and CPU: built once
+    (minutes), loaded in milliseconds by every later start. Replicas may share it."""
 
     @field_validator("models", mode="before")
     @classmethod

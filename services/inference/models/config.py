@@ -34,10 +34,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 DEFAULT_MODELS_FILE = Path(__file__).resolve().parent.parent / "models.toml"
 
 #: Fields that fall back to the service-wide setting of the same name when a model leaves them out.
-INHERITED = ("device", "max_batch_size", "max_batch_delay_ms", "max_queue", "warmup_batches", "graph")
+INHERITED = (
+    "device",
+    "max_batch_size",
+    "max_batch_delay_ms",
+    "max_queue",
+    "warmup_batches",
+    "graph",
+    "graph_dir",
+)
 
 #: How a model's forward pass runs (``graph``): see ``ModelConfig.graph``.
-Graph = Literal["torchscript", "eager"]
+Graph = Literal["torchscript", "aoti", "eager"]
 DEFAULT_GRAPH: Graph = "torchscript"
 
 
@@ -64,8 +72,12 @@ class ModelConfig(BaseModel):
     graph: Graph = DEFAULT_GRAPH
     """``torchscript``: models that support it (the image classifiers) trace and freeze their
     module at load, so a forward pass is one call that releases Python's GIL for its whole length;
-    ``eager``: the module runs layer by layer from Python. Left out of the file:
-    FERRY_INFERENCE_GRAPH."""
+    ``aoti``: exported and compiled ahead of time by AOTInductor into a library kept under
+    ``graph_dir`` (the first load builds it: g++ and minutes of CPU; on a GPU, or when it cannot be
+    built, the model serves its TorchScript graph and says why in the log); ``eager``: the module
+    runs layer by layer from Python. Left out of the file: FERRY_INFERENCE_GRAPH."""
+    graph_dir: str | None = None
+    """Where ``aoti`` libraries are kept; unset: FERRY_INFERENCE_GRAPH_DIR."""
     members: tuple[str, ...] = ()
     """Non-empty: an ensemble of these models (mean of their class probabilities)."""
     requires: tuple[str, ...] = ()

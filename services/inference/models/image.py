@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from services.inference.models import aoti
 from services.inference.models.config import ModelConfig
 from services.inference.models.contract import (
     IMAGE,
@@ -88,7 +91,34 @@ class ImageClassifier(Model):
         module.requires_grad_(False)
         if self.config.graph == "torchscript":
             module = trace(module, self.example_batch(device))
+        elif self.config.graph == "aoti":
+            module = self._compiled(module, device)
         self.module, self.device = module, device
+
+    def _compiled(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """``module`` as its kept AOTInductor library (built first if absent), or traced when it
+        cannot be: a model that serves a slower graph beats one that does not serve."""
+        example = self.example_batch(device)
+        if device.type != "cpu":
+            log.warning("model %s: graph aoti runs on the CPU only; it serves TorchScript", self.name)
+            return trace(module, example)
+        key = aoti.library_key(self.name, module, example, {"entry_point": self.config.entry_point})
+        started = time.monotonic()
+        try:
+            library, built = aoti.kept_library(module, example, Path(self.config.graph_dir or ".") / key)
+            graph = aoti.AotiGraph(library, self.config.instances)
+        except (aoti.GraphBuildError, OSError, RuntimeError) as err:
+            log.warning(
+                "model %s: its AOTInductor graph could not be built or loaded (%s); it serves its "
+                "TorchScript graph",
+                self.name,
+                err,
+            )
+            return trace(module, example)
+        how = "built" if built else "loaded the kept"
+        took = time.monotonic() - started
+        log.info("model %s: %s AOTInductor graph %s in %.1f s", self.name, how, library, took)
+        return graph
 
     def preprocess(self, item: ModelInput) -> torch.Tensor | npt.NDArray[np.float32]:
         """An image's uint8 pixels, resized and cropped (decoded on the model's device: nvJPEG on

@@ -14,7 +14,8 @@
   Targets: throughput >= 1.2x and p99 <= 0.7x vs MLServer; throughput >= 1.3x vs FastAPI.
 * ``service``: the inference service alone over gRPC (no Envoy, gateway or records) vs the raw model.
 * ``graph``: the inference service alone at N clients with the image model traced (``torchscript``,
-  the default) and eager, in turn: what tracing is worth once gRPC and decoding share the GIL.
+  the default), compiled by AOTInductor (``aoti``) and eager, in turn: what each graph is worth once
+  gRPC and decoding share the process.
 
 Every row uses the same load client (``benchmarks.e2e.measure``: N threads, closed loop, one
 451x300 JPEG per request, a fixed number of requests), and every server runs alone in its turn on
@@ -446,10 +447,14 @@ def service(image: bytes, requests: int, clients: int) -> None:
 
 
 def graph(image: bytes, requests: int, clients: int) -> None:
-    """The inference service alone at ``clients``: traced graph vs eager module, in turn."""
-    traced = service_rows(image, requests, (clients,), {"GRAPH": "torchscript"}, ", torchscript")
-    eager = service_rows(image, requests, (clients,), {"GRAPH": "eager"}, ", eager")
-    table("traced graph vs eager module (ratio: vs eager)", [*traced, *eager], eager[0])
+    """The inference service alone at ``clients``: traced graph, AOTInductor library and eager
+    module, in turn (aoti's first start builds its library, minutes; later starts load it)."""
+    rows = [
+        row
+        for name in ("torchscript", "aoti", "eager")
+        for row in service_rows(image, requests, (clients,), {"GRAPH": name}, f", {name}")
+    ]
+    table("traced graph and AOTInductor vs eager module (ratio: vs eager)", rows, rows[-1])
 
 
 def main() -> None:

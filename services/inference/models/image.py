@@ -106,7 +106,9 @@ class ImageClassifier(Model):
         started = time.monotonic()
         try:
             library, built = aoti.kept_library(module, example, Path(self.config.graph_dir or ".") / key)
-            graph = aoti.AotiGraph(library, self.config.instances)
+            # One more than the instances: batch jobs' batcher (IDLE_JOB_ITEMS) runs its passes
+            # beside them, and a caller's batch must not wait for a model held by a job's.
+            graph = aoti.AotiGraph(library, self.config.instances + 1)
         except (aoti.GraphBuildError, OSError, RuntimeError) as err:
             log.warning(
                 "model %s: its AOTInductor graph could not be built or loaded (%s); it serves its "

@@ -162,19 +162,23 @@ def channel_options(max_message_bytes: int, balanced: bool = False, health_servi
     ]
 
 
-def open_channel(target: str, max_message_bytes: int, health_service: str = "") -> grpc.aio.Channel:
+def open_channel(
+    target: str, max_message_bytes: int, health_service: str = "", health_checked: bool = True
+) -> grpc.aio.Channel:
     """Opens an insecure channel to another Ferry service on the internal network.
 
     Args:
         target: ``host:port``, several replicas comma-separated, or a gRPC target (``grpc_target``).
         max_message_bytes: the largest message sent or received.
         health_service: see ``channel_options``.
+        health_checked: several replicas' calls go only to those that serve (False: to any
+            replica, round robin, for calls that must reach one that is loading).
     """
     target = grpc_target(target)
     return grpc.aio.insecure_channel(
         target,
         options=channel_options(
-            max_message_bytes, balanced=is_balanced(target), health_service=health_service
+            max_message_bytes, balanced=is_balanced(target) and health_checked, health_service=health_service
         ),
         interceptors=[TracingClientInterceptor()],
     )

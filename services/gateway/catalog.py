@@ -16,6 +16,14 @@ restarts it), the list on hand would say READY for models that cannot answer. So
 inference's gRPC health stream (``follow``): the moment the stream breaks, every model the list holds
 is answered as UNAVAILABLE (not ready, the state message saying why), at once and without waiting on
 inference; once inference answers again the list is fetched afresh (LOADING, then READY).
+
+With several inference replicas, the gateway's channel sends calls only to replicas that serve
+(client-side health checking). While none does (every replica loading, after a restart of them
+all), that channel reaches none: its health check failed at once, so loading replicas were listed
+UNAVAILABLE as if crashed, and a list fetched over it waited for its whole deadline. So the catalog
+has a second channel to the same replicas without health checking (``reach``): health checks go
+over it (a replica answering NOT_SERVING is reachable), and so does the list while the balanced
+channel has no serving replica (LOADING, as one replica shows).
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.models.v1 import model_pb2
+from services.common import limits
+from services.common.channels import grpc_target, is_balanced, open_channel
 from services.common.downstream import Backend
 from services.common.errors import NotFound, Unavailable
 from services.common.tasks import spawn
@@ -54,10 +65,15 @@ class ModelCatalog:
     """Lists and finds models; a copy of inference's list at most ``ttl_s`` old (0: no cache)."""
 
     def __init__(
-        self, inference: inference_service_pb2_grpc.InferenceServiceStub, backend: Backend, ttl_s: float = 2.0
+        self,
+        inference: inference_service_pb2_grpc.InferenceServiceStub,
+        backend: Backend,
+        ttl_s: float = 2.0,
+        reach: Reach | None = None,
     ) -> None:
         self._inference = inference
         self._backend = backend
+        self._reach = reach
         self._ttl_s = ttl_s
         self._models: list[model_pb2.Model] = []
         self._fetched = -float("inf")  # monotonic time of the last answer
@@ -151,8 +167,11 @@ class ModelCatalog:
         self._unreachable = why
 
     async def _ask(self) -> list[model_pb2.Model]:
-        answer: inference_service_pb2.ListModelsResponse = await self._backend.call(
-            self._inference.ListModels, inference_service_pb2.ListModelsRequest()
+        stub, backend = self._inference, self._backend
+        if self._reach is not None and not self._reach.any_serving():
+            stub, backend = self._reach.inference, self._reach.backend
+        answer: inference_service_pb2.ListModelsResponse = await backend.call(
+            stub.ListModels, inference_service_pb2.ListModelsRequest()
         )
         return sorted(answer.models, key=lambda m: m.name)
 
@@ -190,13 +209,45 @@ class ModelCatalog:
         )
 
 
+@dataclass(frozen=True)
+class Reach:
+    """Every inference replica, serving or not, beside the balanced channel that reaches only
+    serving ones (see the module docstring)."""
+
+    balanced: grpc.aio.Channel
+    channel: grpc.aio.Channel
+    inference: inference_service_pb2_grpc.InferenceServiceStub
+    backend: Backend
+
+    def any_serving(self) -> bool:
+        """Whether the balanced channel has a replica that serves (it is READY only then)."""
+        return self.balanced.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
+
+
 def followed_catalog(
-    stack: AsyncExitStack, channel: grpc.aio.Channel, backend: Backend, ttl_s: float
+    stack: AsyncExitStack,
+    channel: grpc.aio.Channel,
+    backend: Backend,
+    ttl_s: float,
+    target: str = "",
+    max_message_bytes: int = limits.MAX_MESSAGE_BYTES,
 ) -> ModelCatalog:
     """The gateway's catalog of inference's models, following inference's health until ``stack``
-    closes, so that a crash of inference shows in the list at once (``ModelCatalog.follow``)."""
-    catalog = ModelCatalog(inference_service_pb2_grpc.InferenceServiceStub(channel), backend, ttl_s)
-    spawn(stack, catalog.follow(health_pb2_grpc.HealthStub(channel)), "follow-inference")
+    closes, so that a crash of inference shows in the list at once (``ModelCatalog.follow``).
+
+    ``target``: inference's replicas, as ``channel`` was opened to; several get the ``Reach``
+    channel the catalog needs while none of them serves."""
+    reach = None
+    health = health_pb2_grpc.HealthStub(channel)
+    if target and is_balanced(grpc_target(target)):
+        unchecked = open_channel(target, max_message_bytes, health_checked=False)
+        stack.push_async_callback(unchecked.close)
+        unchecked_backend = Backend(backend.name, unchecked, backend.timeout_s, own_unavailable=True)
+        stub = inference_service_pb2_grpc.InferenceServiceStub(unchecked)
+        reach = Reach(channel, unchecked, stub, unchecked_backend)
+        health = health_pb2_grpc.HealthStub(unchecked)
+    catalog = ModelCatalog(inference_service_pb2_grpc.InferenceServiceStub(channel), backend, ttl_s, reach)
+    spawn(stack, catalog.follow(health), "follow-inference")
     return catalog
 
 

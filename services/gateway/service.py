@@ -127,7 +127,14 @@ class GatewayService:
             "inference", inference_channel, s.inference_timeout_s, own_unavailable=True
         )
         store_backend = Backend("store", store_channel, s.store_timeout_s)
-        catalog = followed_catalog(stack, inference_channel, inference_backend, s.catalog_ttl_s)
+        catalog = followed_catalog(
+            stack,
+            inference_channel,
+            inference_backend,
+            s.catalog_ttl_s,
+            s.inference_target,
+            s.max_message_bytes,
+        )
         publisher = Publisher(js, s.publish_timeout_s)
         records = RecordBatcher(
             publisher, s.record_batch_max_records, nc.max_payload * 3 // 4, s.record_batches_in_flight

@@ -311,10 +311,24 @@ def grpc_rows(
 ) -> list[Result]:
     """Ferry gRPC Predict through Envoy at each number of clients."""
     with FerryClient(endpoints.grpc_target, API_KEY, timeout_s=120) as ferry:
+        print(f"  served{label or ''}: {served_shape(ferry)}", flush=True)
         return [
-            loaded(f"Ferry gRPC via Envoy, {n} clients{label}", lambda: ferry.predict(image), requests, n)
+            loaded(
+                f"Ferry gRPC via Envoy, {n} clients{label}",
+                lambda: ferry.predict(image),
+                requests,
+                n,
+                endpoints.pids,
+            )
             for n in clients
         ]
+
+
+def served_shape(ferry: FerryClient) -> str:
+    """How the stack serves the benchmark's model: its batch size (and where it came from), instances."""
+    model = next(m for m in ferry.list_models() if m.name.rsplit("/", 1)[-1] == MODEL)
+    batch = f"batch size {model.max_batch_size} ({model.batch_size_source})"
+    return f"{MODEL} {batch}, {model.instances} instances"
 
 
 def throughput(image: bytes, requests: int) -> None:

@@ -239,13 +239,16 @@ class InferenceService:
             warmup = (
                 0  # nothing to warm up with (a notebook's predict is never called with a made-up payload)
             )
+        # Read on the loop's thread: torch's count is per thread, and a worker thread starts from
+        # whatever count was last set anywhere (a batch of another model sets its share).
+        threads = torch.get_num_threads()
         batch_size, source = config.max_batch_size, "configured"
         if not model.batchable:
             batch_size = 1
         elif batch_size is None:
-            batch_size, source = await self._measured_batch_size(config, runner, device, warmup), "measured"
+            measured = await self._measured_batch_size(config, runner, device, warmup, threads)
+            batch_size, source = measured, "measured"
         await asyncio.to_thread(runner.warm_up, warmup, batch_size)
-        threads = torch.get_num_threads()
 
         def new_batcher(initializer: Callable[[], object] | None = None) -> DynamicBatcher[Item, Answer]:
             return DynamicBatcher(
@@ -285,7 +288,7 @@ class InferenceService:
         return ServedModel(runner, batcher, decoder, settings.max_image_pixels, source, jobs)
 
     async def _measured_batch_size(
-        self, config: ModelConfig, runner: ModelRunner, device: torch.device, warmup: int
+        self, config: ModelConfig, runner: ModelRunner, device: torch.device, warmup: int, threads: int
     ) -> int:
         """The batch size timing chooses on this device: kept from an earlier start on the same kind
         of device (``batch_sizes``), else measured now (and kept)."""
@@ -307,17 +310,19 @@ class InferenceService:
         # Warm first: the first passes of a fresh model pay one-off set-up costs.
         await asyncio.to_thread(runner.warm_up, warmup, 1)
         size = await asyncio.to_thread(
-            time_and_choose, config, runner, settings.batch_size_search_max, budget_s
+            time_and_choose, config, runner, threads, settings.batch_size_search_max, budget_s
         )
         if kept_sizes:
             await kept_sizes.put(key, size)
         return size
 
 
-def time_and_choose(config: ModelConfig, runner: ModelRunner, largest: int, budget_s: float) -> int:
+def time_and_choose(
+    config: ModelConfig, runner: ModelRunner, threads: int, largest: int, budget_s: float
+) -> int:
     """``config``'s batch size, timed as it serves under load: its instances' passes side by side,
-    each with the share of torch's threads ``intra_op_share`` gives it when all of them run."""
-    share = max(1, torch.get_num_threads() // config.instances)
+    each with the share of ``threads`` that ``intra_op_share`` gives it when all of them run."""
+    share = max(1, threads // config.instances)
     with runner.side_by_side(config.instances, share) as time_batch:
         return tune_batch_size(config.name, time_batch, largest, budget_s, passes=config.instances)
 

@@ -137,5 +137,7 @@ def test_the_service_times_its_instances_on_their_share_of_the_threads() -> None
             shapes.append((instances, threads))
             yield lambda size: TWO_ONE_THREAD_PASSES[size]
 
-    chosen = time_and_choose(ModelConfig(name="m", instances=2), Shapes(), largest=8, budget_s=0.25)
-    assert (chosen, shapes) == (1, [(2, max(1, torch.get_num_threads() // 2))])
+    chosen = time_and_choose(ModelConfig(name="m", instances=2), Shapes(), 4, largest=8, budget_s=0.25)
+    assert (chosen, shapes) == (1, [(2, 2)])
+    time_and_choose(ModelConfig(name="m", instances=3), Shapes(), 2, largest=8, budget_s=0.25)
+    assert shapes[-1] == (3, 1)  # never less than one thread

@@ -39,6 +39,7 @@ export async function showModel(main, id) {
     ["Inputs", tensors(m.inputs)], ["Outputs", tensors(m.outputs)], ["Labels", m.labels_count],
     ["Batch size", `${m.max_batch_size} (${m.batch_size_source || "configured"})`],
     ["Batch delay", fmtMs(m.max_batch_delay_ms)], ["Instances", m.instances], ["Queue bound", m.max_queue],
+    ["Graph", m.graph || "—"],
     ["Members", (m.members || []).join(", ") || "—"],
   ];
   fill(main,

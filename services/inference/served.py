@@ -196,6 +196,7 @@ class ServedModel(Served):
             max_queue=self.batcher.max_queue,
             instances=self.config.instances,
             batch_size_source=self._batch_size_source,
+            graph=model.graph,
         )
 
     @property

@@ -51,7 +51,7 @@ def test_model_metadata_over_rest(rest: Rest) -> None:
     )
     assert model["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": ["1"]}]
     assert model["device"] and model["max_batch_size"] >= 1 and model["max_queue"] >= 1
-    assert model["batch_size_source"] in ("measured", "configured")
+    assert model["batch_size_source"] in ("measured", "configured") and model["graph"] == "torchscript"
     status, body = rest.get("/v1/models/imagenet-ensemble")
     assert status == 200 and body["model"]["members"] == ["models/efficientnet-lite0", "models/mobilenet-v2"]
 

@@ -74,13 +74,15 @@ def compiled(graph_dir: Path) -> ImageClassifier:
     """The classifier with its library built into ``graph_dir`` (the module's one compile)."""
     model = classifier("aoti", graph_dir)
     assert isinstance(model.module, aoti.AotiGraph), "the library was not built: see the log"
+    assert model.graph == "aoti"
     return model
 
 
 def test_the_compiled_graph_answers_as_the_traced_one_at_every_batch_size(compiled: ImageClassifier) -> None:
     traced = classifier("torchscript", Path("unused"))
     assert isinstance(traced.module, torch.jit.ScriptModule)
-    items = [Item(traced.preprocess(ModelInput(kind="image", image=photo(i))), Options(top_k=3)) for i in range(5)]
+    photos = [ModelInput(kind="image", image=photo(i)) for i in range(5)]
+    items = [Item(traced.preprocess(given), Options(top_k=3)) for given in photos]
     for size in (1, 3, 5):
         want, got = traced.forward(items[:size]), compiled.forward(items[:size])
         for expected, answer in zip(want, got, strict=True):
@@ -135,7 +137,7 @@ def test_a_model_whose_library_cannot_be_made_serves_torchscript(
     not_a_folder.write_text("a file where the folder should be")
     with caplog.at_level(logging.WARNING, logger="services.inference.models.image"):
         model = classifier("aoti", not_a_folder)
-    assert isinstance(model.module, torch.jit.ScriptModule)
+    assert isinstance(model.module, torch.jit.ScriptModule) and model.graph == "torchscript"
     assert "could not be built or loaded" in caplog.text and "serves its TorchScript graph" in caplog.text
     (answer,) = model.forward([Item(model.preprocess(ModelInput(kind="image", image=photo(0))), Options())])
     assert answer.shape == (len(LABELS),)

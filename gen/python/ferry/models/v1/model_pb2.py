@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65rry/models/v1/model.proto\x12\x0f\x66\x65rry.models.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\"\xf8\x04\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x14\n\x0clabels_count\x18\x05 \x01(\x05\x12\x13\n\x05ready\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x30\n\x05state\x18\x08 \x01(\x0e\x32\x1b.ferry.models.v1.ModelStateB\x04\xe2\x41\x01\x03\x12\x1b\n\rstate_message\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07version\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12/\n\x06inputs\x18\x0c \x03(\x0b\x32\x1f.ferry.models.v1.TensorMetadata\x12\x30\n\x07outputs\x18\r \x03(\x0b\x32\x1f.ferry.models.v1.TensorMetadata\x12\x1a\n\x12max_batch_delay_ms\x18\x0e \x01(\x01\x12\x11\n\tmax_queue\x18\x0f \x01(\x05\x12\x11\n\tinstances\x18\x10 \x01(\x05\x12\x19\n\x11\x62\x61tch_size_source\x18\x11 \x01(\t\x12\x0f\n\x07members\x18\x12 \x03(\t\x12\x13\n\x0binput_kinds\x18\x13 \x03(\t\x12\x35\n\x08versions\x18\x14 \x03(\x0b\x32\x1d.ferry.models.v1.ModelVersionB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x64\x65\x66\x61ult_version\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03:3\xea\x41\x30\n\x0f\x66\x65rry.dev/Model\x12\x0emodels/{model}*\x06models2\x05model\"b\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.ferry.models.v1.ModelState\x12\x15\n\rstate_message\x18\x03 \x01(\t\"?\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03*\xa8\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x04\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65rry/models/v1/model.proto\x12\x0f\x66\x65rry.models.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\"\x8d\x05\n\x05Model\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x14\n\x0clabels_count\x18\x05 \x01(\x05\x12\x13\n\x05ready\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x30\n\x05state\x18\x08 \x01(\x0e\x32\x1b.ferry.models.v1.ModelStateB\x04\xe2\x41\x01\x03\x12\x1b\n\rstate_message\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x0f\n\x07version\x18\n \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12/\n\x06inputs\x18\x0c \x03(\x0b\x32\x1f.ferry.models.v1.TensorMetadata\x12\x30\n\x07outputs\x18\r \x03(\x0b\x32\x1f.ferry.models.v1.TensorMetadata\x12\x1a\n\x12max_batch_delay_ms\x18\x0e \x01(\x01\x12\x11\n\tmax_queue\x18\x0f \x01(\x05\x12\x11\n\tinstances\x18\x10 \x01(\x05\x12\x19\n\x11\x62\x61tch_size_source\x18\x11 \x01(\t\x12\x0f\n\x07members\x18\x12 \x03(\t\x12\x13\n\x0binput_kinds\x18\x13 \x03(\t\x12\x35\n\x08versions\x18\x14 \x03(\x0b\x32\x1d.ferry.models.v1.ModelVersionB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x64\x65\x66\x61ult_version\x18\x15 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05graph\x18\x16 \x01(\tB\x04\xe2\x41\x01\x03:3\xea\x41\x30\n\x0f\x66\x65rry.dev/Model\x12\x0emodels/{model}*\x06models2\x05model\"b\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.ferry.models.v1.ModelState\x12\x15\n\rstate_message\x18\x03 \x01(\t\"?\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03*\xa8\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x04\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,14 +45,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODEL'].fields_by_name['versions']._serialized_options = b'\342A\001\003'
   _globals['_MODEL'].fields_by_name['default_version']._loaded_options = None
   _globals['_MODEL'].fields_by_name['default_version']._serialized_options = b'\342A\001\003'
+  _globals['_MODEL'].fields_by_name['graph']._loaded_options = None
+  _globals['_MODEL'].fields_by_name['graph']._serialized_options = b'\342A\001\003'
   _globals['_MODEL']._loaded_options = None
   _globals['_MODEL']._serialized_options = b'\352A0\n\017ferry.dev/Model\022\016models/{model}*\006models2\005model'
-  _globals['_MODELSTATE']._serialized_start=909
-  _globals['_MODELSTATE']._serialized_end=1077
+  _globals['_MODELSTATE']._serialized_start=930
+  _globals['_MODELSTATE']._serialized_end=1098
   _globals['_MODEL']._serialized_start=109
-  _globals['_MODEL']._serialized_end=741
-  _globals['_MODELVERSION']._serialized_start=743
-  _globals['_MODELVERSION']._serialized_end=841
-  _globals['_TENSORMETADATA']._serialized_start=843
-  _globals['_TENSORMETADATA']._serialized_end=906
+  _globals['_MODEL']._serialized_end=762
+  _globals['_MODELVERSION']._serialized_start=764
+  _globals['_MODELVERSION']._serialized_end=862
+  _globals['_TENSORMETADATA']._serialized_start=864
+  _globals['_TENSORMETADATA']._serialized_end=927
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ MODEL_STATE_UNLOADED: ModelState
 MODEL_STATE_UNAVAILABLE: ModelState
 
 class Model(_message.Message):
-    __slots__ = ("name", "display_name", "description", "task", "labels_count", "ready", "max_batch_size", "state", "state_message", "version", "device", "inputs", "outputs", "max_batch_delay_ms", "max_queue", "instances", "batch_size_source", "members", "input_kinds", "versions", "default_version")
+    __slots__ = ("name", "display_name", "description", "task", "labels_count", "ready", "max_batch_size", "state", "state_message", "version", "device", "inputs", "outputs", "max_batch_delay_ms", "max_queue", "instances", "batch_size_source", "members", "input_kinds", "versions", "default_version", "graph")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Model(_message.Message):
     INPUT_KINDS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     description: str
@@ -68,7 +69,8 @@ class Model(_message.Message):
     input_kinds: _containers.RepeatedScalarFieldContainer[str]
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     default_version: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels_count: _Optional[int] = ..., ready: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_message: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., instances: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., input_kinds: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., default_version: _Optional[str] = ...) -> None: ...
+    graph: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., task: _Optional[str] = ..., labels_count: _Optional[int] = ..., ready: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., state: _Optional[_Union[ModelState, str]] = ..., state_message: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., max_batch_delay_ms: _Optional[float] = ..., max_queue: _Optional[int] = ..., instances: _Optional[int] = ..., batch_size_source: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., input_kinds: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., default_version: _Optional[str] = ..., graph: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "state", "state_message")

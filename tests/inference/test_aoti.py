@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -151,3 +154,20 @@ def test_the_library_key_changes_with_the_weights() -> None:
         next(module.parameters())[0, 0, 0, 0] += 1
     assert aoti.library_key("small", module, example, {}) != key
     assert aoti.library_key("small", small_classifier(), torch.rand(2, 3, 16, 16), {}) != key
+
+
+def test_prebuild_fails_naming_a_model_that_fell_back(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "graphs"
+    not_a_folder.write_text("a file where the folder should be")
+    env = {
+        **os.environ,
+        "FERRY_INFERENCE_GRAPH": "aoti",
+        "FERRY_INFERENCE_GRAPH_DIR": str(not_a_folder),
+        "FERRY_INFERENCE_MODELS": "efficientnet-lite0,minilm",
+    }
+    command = [sys.executable, "-m", "services.inference.prebuild"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "efficientnet-lite0:1: torchscript" in done.stdout
+    assert "minilm:1: no AOTInductor graph for this kind of model" in done.stdout
+    assert "served without an AOTInductor library: efficientnet-lite0:1" in done.stderr

@@ -131,6 +131,8 @@ def test_models_print_as_a_table_with_why_a_model_does_not_serve(capsys: pytest.
         state=model_pb2.MODEL_STATE_READY,
         version="1",
         input_kinds=["image"],
+        device="cpu",
+        graph="aoti",
     )
     unloaded = model_pb2.Model(
         name="models/minilm",
@@ -141,8 +143,8 @@ def test_models_print_as_a_table_with_why_a_model_does_not_serve(capsys: pytest.
     )
     _print_models([ready, unloaded], whole=False)
     header, first, second = capsys.readouterr().out.splitlines()
-    assert header.split() == ["MODEL", "STATE", "VERSION", "TAKES", "DEVICE"]
-    assert first.split() == ["efficientnet-lite0", "READY", "1", "image"]
+    assert header.split() == ["MODEL", "STATE", "VERSION", "TAKES", "DEVICE", "GRAPH"]
+    assert first.split() == ["efficientnet-lite0", "READY", "1", "image", "cpu", "aoti"]
     assert second.split()[:4] == ["minilm", "UNLOADED", "1", "text"]
     assert second.endswith("unloaded by an admin")
     _print_models([ready], whole=True)

@@ -74,22 +74,22 @@ def _print(message: Message) -> None:
 
 
 def _print_models(models: Sequence[model_pb2.Model], whole: bool) -> None:
-    """One line per model (name, state, versions, what it takes, device), or each whole as JSON;
+    """One line per model (name, state, versions, what it takes, device, graph), or each whole as JSON;
     a model that is not ready says why on its line."""
     if whole:
         for model in models:
             _print(model)
         return
-    rows = [("MODEL", "STATE", "VERSION", "TAKES", "DEVICE", "")]
+    rows = [("MODEL", "STATE", "VERSION", "TAKES", "DEVICE", "GRAPH", "")]
     for m in models:
         state = model_pb2.ModelState.Name(m.state).removeprefix("MODEL_STATE_")
         why = "" if m.state == model_pb2.MODEL_STATE_READY else m.state_message
         takes = ",".join(m.input_kinds)
-        rows.append((m.name.removeprefix("models/"), state, _versions(m), takes, m.device, why))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        rows.append((m.name.removeprefix("models/"), state, _versions(m), takes, m.device, m.graph, why))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     for row in rows:
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        print(f"{line}  {row[5]}".rstrip())
+        print(f"{line}  {row[6]}".rstrip())
 
 
 def _versions(model: model_pb2.Model) -> str:

@@ -128,6 +128,11 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
         if raw
         else list(tensor.contents.bytes_contents)
     )
+    if any(d < 0 for d in tensor.shape):  # [-1, -1] multiplies to 1 and passed for one element
+        raise _bad_input(
+            name,
+            f"input {name!r} has shape {list(tensor.shape)}; its dimensions are counts: none is negative",
+        )
     expected = math.prod(tensor.shape) if tensor.shape else len(elements)
     if expected != len(elements):
         raise _bad_input(name, f"input {name!r} has shape {list(tensor.shape)} but {len(elements)} elements")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import numpy as np
 import pytest
@@ -133,6 +135,22 @@ def test_contents_and_raw_contents_together_are_invalid(name: str) -> None:
         inputs_of(request, max_bytes=1024)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "both contents and raw_input_contents" in caught.value.message
+
+
+@pytest.mark.parametrize("shape", [[-1, -1], [-1, -2, -1, 1, 1, 1, 1, -1, -2, -1, -1, 1]])
+def test_a_bytes_input_with_negative_dimensions_is_invalid(shape: list[int]) -> None:
+    # Their product is the element count (1, 4): once accepted and run, as Triton refuses.
+    count = math.prod(shape)
+    tensor = oip.ModelInferRequest.InferInputTensor(
+        name="TEXT",
+        datatype="BYTES",
+        shape=shape,
+        contents=oip.InferTensorContents(bytes_contents=[b"a"] * count),
+    )
+    with pytest.raises(FerryError) as caught:
+        inputs_of(oip.ModelInferRequest(inputs=[tensor]), max_bytes=1024)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "none is negative" in caught.value.message
 
 
 def test_an_input_of_the_wrong_datatype_is_told_which_input_to_use() -> None:

@@ -369,6 +369,9 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
     for which, message, metadata in header_limits.replies():
         refusal = LocalReply(431, header_limits.REASON, message)
         mappers += _both(refusal, metadata, header_limits.recorded(which))
+    # REST only: gRPC requests are never refused for it.
+    encoding = LocalReply(415, header_limits.ENCODING_REASON, header_limits.ENCODING_MESSAGE)
+    mappers.append(_rest_mapper(encoding, {"source": "envoy"}, header_limits.recorded("encoding")))
     for reply in LOCAL_REPLIES:
         mappers += _both(reply, details)
     return {"mappers": mappers}

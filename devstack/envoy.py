@@ -375,6 +375,11 @@ static_resources:
                 max_request_headers_kb: {limits.EDGE_CODEC_HEADERS_BYTES // 1024}
                 common_http_protocol_options:
                   max_headers_count: {limits.EDGE_CODEC_HEADERS_COUNT}
+                # HTTP/1.0 clients (ApacheBench, old load balancers' probes) got 426 Upgrade
+                # Required, a plain-text body; Envoy answers them as 1.1 clients, closing after.
+                http_protocol_options:
+                  accept_http_10: true
+                  default_host_for_http_10: ferry
                 generate_request_id: true
                 # Envoy is the edge: it sets the x-request-id that writes without a request_id
                 # derive their ids from (services/gateway/idempotency.py).

@@ -12,6 +12,11 @@ and values, as Envoy counts them), recording which limit in dynamic metadata; th
 config answers gRPC callers INVALID_ARGUMENT and REST callers 400, reason ``HEADERS_TOO_LARGE``,
 naming the limit. Only a request past the codecs' own bounds is still reset: hundreds of times
 what any client sends by mistake.
+
+The same filter refuses a REST body sent compressed (``Content-Encoding`` other than identity):
+the transcoder read the gzip bytes as JSON and answered "Encountered non UTF-8 code points"
+followed by the compressed bytes. It is 415 ``UNSUPPORTED_CONTENT_ENCODING`` naming the encoding
+now. (gRPC compresses messages with ``grpc-encoding``, which is left alone.)
 """
 
 from __future__ import annotations
@@ -28,21 +33,25 @@ METADATA_KEY = "limit"
 # No "{{" anywhere: the Helm chart reads the config as a template.
 LUA_SOURCE = f"""
 function envoy_on_request(handle)
-  local count, bytes = 0, 0
+  local count, bytes, encoded, grpc = 0, 0, false, false
   for key, value in pairs(handle:headers()) do
     count = count + 1
     bytes = bytes + #key + #value
+    if key == "content-encoding" and string.lower(value) ~= "identity" then encoded = true end
+    if key == "content-type" and string.find(value, "application/grpc", 1, true) == 1 then grpc = true end
   end
-  local limit
+  local limit, status = nil, "431"
   if count > {limits.REQUEST_HEADERS_COUNT} then
     limit = "count"
   elseif bytes > {limits.REQUEST_HEADERS_BYTES} then
     limit = "bytes"
+  elseif encoded and not grpc then
+    limit, status = "encoding", "415"
   else
     return
   end
   handle:streamInfo():dynamicMetadata():set("{METADATA_NAMESPACE}", "{METADATA_KEY}", limit)
-  handle:respond({{[":status"] = "431"}}, limit)
+  handle:respond({{[":status"] = status}}, limit)
 end
 """
 
@@ -55,6 +64,13 @@ BYTES_MESSAGE = (
     f"the request's headers (gRPC metadata) hold more than {limits.REQUEST_HEADERS_BYTES} bytes of names and "
     "values, the limit (services/common/limits.py REQUEST_HEADERS_BYTES); send less, and large values "
     "in the request's body"
+)
+
+
+ENCODING_REASON = "UNSUPPORTED_CONTENT_ENCODING"
+ENCODING_MESSAGE = (
+    "the request body is compressed (Content-Encoding); Ferry reads JSON bodies uncompressed: "
+    "send it without Content-Encoding"
 )
 
 

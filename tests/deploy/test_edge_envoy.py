@@ -7,6 +7,7 @@ without the whole stack (tests/e2e/test_edge.py has it).
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import subprocess
@@ -206,6 +207,45 @@ def test_a_rest_call_with_too_many_or_too_large_headers_is_400_naming_the_limit(
     assert refused.value.code == 400 and answer["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert answer["details"][0]["reason"] == "HEADERS_TOO_LARGE" and limit in answer["details"][0]["metadata"]
     assert "services/common/limits.py REQUEST_HEADERS_" in answer["message"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_rest_body_is_415_naming_the_header(edge: str, encoding: str) -> None:
+    # It used to reach the transcoder: 400 "Encountered non UTF-8 code points" and the gzip bytes.
+    body = gzip.compress(b'{"text": {"content": "hello"}}')
+    request = urllib.request.Request(edge + "/v1/models/m:predict", data=body, method="POST")
+    request.add_header("content-type", "application/json")
+    request.add_header("content-encoding", encoding)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    answer = json.loads(refused.value.read())
+    assert refused.value.code == 415 and answer["details"][0]["reason"] == "UNSUPPORTED_CONTENT_ENCODING"
+    assert "send it without Content-Encoding" in answer["message"]
+
+
+def test_identity_encoding_and_grpc_compression_pass_the_edge(edge: str) -> None:
+    request = urllib.request.Request(edge + PREDICT, data=b"{}", method="POST")
+    request.add_header("content-type", "application/json")
+    request.add_header("content-encoding", "identity")
+    request.add_header("grpc-timeout", "300m")
+    with pytest.raises(urllib.error.HTTPError) as passed:
+        urllib.request.urlopen(request, timeout=10)
+    assert passed.value.code == 504  # the stalled gateway's: it passed the edge
+    with grpc.insecure_channel(edge.removeprefix("http://"), compression=grpc.Compression.Gzip) as channel:
+        with pytest.raises(grpc.RpcError) as waited:
+            channel.unary_unary("/ferry.models.v1.ModelService/ListModels")(b"", timeout=1)
+    assert waited.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+
+
+def test_an_http_1_0_request_is_answered_not_426(edge: str) -> None:
+    # ApacheBench and some load balancers' probes speak HTTP/1.0: Envoy answered 426 Upgrade Required.
+    port = int(edge.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
 BOUND = 2

@@ -24,6 +24,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNKNOWN_PATH: _ClassVar[ErrorReason]
     METHOD_NOT_ALLOWED: _ClassVar[ErrorReason]
     HEADERS_TOO_LARGE: _ClassVar[ErrorReason]
+    UNSUPPORTED_CONTENT_ENCODING: _ClassVar[ErrorReason]
     EDGE_DEADLINE_EXCEEDED: _ClassVar[ErrorReason]
     EDGE_INTERNAL_ERROR: _ClassVar[ErrorReason]
     INVALID_MODEL_NAME: _ClassVar[ErrorReason]
@@ -134,6 +135,7 @@ NESTING_TOO_DEEP: ErrorReason
 UNKNOWN_PATH: ErrorReason
 METHOD_NOT_ALLOWED: ErrorReason
 HEADERS_TOO_LARGE: ErrorReason
+UNSUPPORTED_CONTENT_ENCODING: ErrorReason
 EDGE_DEADLINE_EXCEEDED: ErrorReason
 EDGE_INTERNAL_ERROR: ErrorReason
 INVALID_MODEL_NAME: ErrorReason

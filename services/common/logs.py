@@ -102,6 +102,28 @@ def setup_logging(service: str, level: str, fmt: str | None = None) -> None:
             logging.Formatter(f"%(asctime)s %(levelname)s ferry-{service} %(name)s: %(message)s")
         )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    grpc_log = logging.getLogger(GRPC_CYTHON_LOGGER)
+    if not any(isinstance(f, UndecodableMetadataFilter) for f in grpc_log.filters):
+        grpc_log.addFilter(UndecodableMetadataFilter())
+
+
+#: The logger grpcio's Cython layer writes to.
+GRPC_CYTHON_LOGGER = "grpc._cython.cygrpc"
+
+
+class UndecodableMetadataFilter(logging.Filter):
+    """grpcio logs ``Invalid encoding on b'...'`` at ERROR, with a traceback, for every metadata
+    value of a call that is not UTF-8 (``authorization: Bearer fy_\\xe9``), each time the call's
+    metadata is read (three times per call in the gateway), and then reads the value as Latin-1.
+    The call is answered as it should be (an unknown key: 401), so nothing is wrong in Ferry: any
+    client could fill the logs with tracebacks. Those records become DEBUG, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Invalid encoding on"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def log_uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:

@@ -10,6 +10,7 @@ does not (bytes that are not JSON, nesting, encodings, transition addresses).
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import struct
@@ -565,3 +566,23 @@ def error_reason(error: dict[str, Any]) -> str:
         if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
             return str(detail.get("reason", ""))
     return ""
+
+
+@pytest.mark.parametrize("header", ["authorization", "x-trace-note"])
+def test_a_header_value_that_is_not_utf8_is_answered_without_a_traceback(
+    stack: dict[str, Any], logs: Logs, header: str
+) -> None:
+    # grpcio logged "Invalid encoding on b'Bearer fy_\xe9...'" at ERROR with a traceback, three
+    # times per call, for any such header value: any client could fill the logs with them.
+    host, port = stack["http_url"].removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    value = b"Bearer fy_\xe9\xe9\xe9" if header == "authorization" else b"caf\xe9"
+    connection.putrequest("GET", "/v1/models")
+    connection.putheader(header, value)
+    if header != "authorization":
+        connection.putheader("authorization", f"Bearer {stack['dev_api_key']}")
+    connection.endheaders()
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    assert answer.status == (401 if header == "authorization" else 200)

@@ -5,7 +5,8 @@
 * ``overhead`` (P1): single-request REST latency through Envoy minus the same model and
   preprocessing in-process (p50; target <= 3 ms, stretch 1.5 ms).
 * ``throughput`` (P2): Ferry gRPC through Envoy at 16 and 64 concurrent clients / the raw model's
-  best batched in-process throughput (forward passes at batch 1, 2, 4 and 8; target >= 0.9).
+  best batched in-process throughput (forward passes at batch 1, 2, 4 and 8, traced and eager,
+  in this process; target >= 0.85, issue 18).
 * ``batching`` (P3): the same at 64 clients with dynamic batching on (the service's chosen batch
   size) and off (``FERRY_INFERENCE_MAX_BATCH_SIZE=1``), two stacks in turn (target >= 1.3x on a CPU).
 * ``peers`` (P4, ``make bench-peers``): at 16 clients, Ferry's Open Inference Protocol over gRPC
@@ -38,6 +39,7 @@ import time
 import urllib.error
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -56,8 +58,11 @@ from ferry.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from ferry.types.v1 import types_pb2
 from ferry_client import FerryClient, FerryError
 from services.common.probe import is_serving
+from services.inference.models.config import Graph
 
 START_DEADLINE_S = 180
+GRAPHS: tuple[Graph, ...] = ("torchscript", "eager")
+"""The graphs the raw model's best is taken over (issue 18: whichever is faster)."""
 API_KEY = "bench"
 
 
@@ -199,20 +204,24 @@ def raw_batch1(image: bytes, requests: int) -> Result:
     )
 
 
-def raw_best(image: bytes, requests: int, sizes: tuple[int, ...] = (1, 2, 4, 8)) -> Result:
-    """The raw model's best throughput over batch sizes: the ceiling a batching server aims for.
+def raw_best(
+    image: bytes, requests: int, sizes: tuple[int, ...] = (1, 2, 4, 8), graphs: tuple[Graph, ...] = GRAPHS
+) -> Result:
+    """The raw model's best throughput over batch sizes and graphs: the ceiling a batching server
+    aims for (issue 18: the traced graph or the eager module, whichever is faster).
 
     Forward passes only (the image is preprocessed once), sequential, in this process.
     """
-    runner = raw.load(MODEL)
-    item = raw.item(runner, image)
     results: list[Result] = []
-    for size in sizes:
-        runner.warm_up(batches=2, batch_size=size)
-        batch = [item] * size
-        timed = measure("", lambda batch=batch: runner.run(batch), max(3, requests // size), clients=1)
-        name = f"raw forward only, best batch ({size})"
-        results.append(Result(name, timed.images_per_s * size, timed.p50_ms, timed.p99_ms))
+    for graph in graphs:
+        runner = raw.load(MODEL, graph)
+        item = raw.item(runner, image)
+        for size in sizes:
+            runner.warm_up(batches=2, batch_size=size)
+            run = partial(runner.run, [item] * size)
+            timed = measure("", run, max(3, requests // size), clients=1)
+            name = f"raw forward only, best batch ({size}, {graph})"
+            results.append(Result(name, timed.images_per_s * size, timed.p50_ms, timed.p99_ms))
     return max(results, key=lambda r: r.images_per_s)
 
 
@@ -339,7 +348,7 @@ def throughput(image: bytes, requests: int) -> None:
     table("P2 throughput (ratio: vs the raw model's best batch)", [best, *rows], best)
     for row in rows:
         ratio = row.images_per_s / best.images_per_s
-        verdict(f"P2 {row.name} / raw best", ratio, ">= 0.9", ratio >= 0.9)
+        verdict(f"P2 {row.name} / raw best", ratio, ">= 0.85", ratio >= 0.85)
 
 
 def batching(image: bytes, requests: int) -> None:

@@ -6,7 +6,7 @@ with no server around them: the floor of latency and the ceiling of throughput o
 
 from __future__ import annotations
 
-from services.inference.models.config import ModelConfig
+from services.inference.models.config import DEFAULT_GRAPH, Graph, ModelConfig
 from services.inference.models.contract import Item, ModelInput, Options
 from services.inference.models.registry import build
 from services.inference.runner import ModelRunner, resolve_device
@@ -14,9 +14,10 @@ from services.inference.runner import ModelRunner, resolve_device
 TOP_K = 5
 
 
-def load(model: str) -> ModelRunner:
-    """Builds ``model`` from its entry point and loads it on the service's default device."""
-    return ModelRunner(build(ModelConfig(name=model)), resolve_device("auto"))
+def load(model: str, graph: Graph = DEFAULT_GRAPH) -> ModelRunner:
+    """Builds ``model`` from its entry point (its forward pass run as ``graph``) and loads it on the
+    service's default device."""
+    return ModelRunner(build(ModelConfig(name=model, graph=graph)), resolve_device("auto"))
 
 
 def item(runner: ModelRunner, image: bytes) -> Item:

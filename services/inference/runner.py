@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from services.inference.models.contract import Answer, Item, Model
+from services.inference.tuning import Round
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ class ModelRunner:
         return [self.model.postprocess(raw, item.options) for item, raw in zip(items, raws, strict=True)]
 
     @contextmanager
-    def side_by_side(self, instances: int, threads: int) -> Iterator[Callable[[int], float]]:
+    def side_by_side(self, instances: int, threads: int) -> Iterator[Callable[[int], Round]]:
         """A timer of ``instances`` passes run at once, each in a thread of its own with ``threads``
         intra-op threads: called with a batch size, it returns the seconds from the first pass's
-        start to the last one's end.
+        start to the last one's end, and the CPU seconds this process spent meanwhile.
 
         That is how a model with ``instances`` batch threads runs under load (each running batch
         takes an equal share of the cores: ``service.intra_op_share``), so it is the shape a batch
@@ -61,9 +62,10 @@ class ModelRunner:
         """
         with ThreadPoolExecutor(instances, thread_name_prefix="time-batch") as pool:
 
-            def time_passes(batch_size: int) -> float:
+            def time_passes(batch_size: int) -> Round:
                 batch = [Item(self.model.example())] * batch_size
                 start = threading.Barrier(instances)
+                cpu_started = time.process_time()  # every thread's, OpenMP's workers included
 
                 def one_pass() -> tuple[float, float]:
                     torch.set_num_threads(threads)
@@ -75,7 +77,8 @@ class ModelRunner:
                     return started, time.perf_counter()
 
                 spans = [p.result() for p in [pool.submit(one_pass) for _ in range(instances)]]
-                return max(end for _, end in spans) - min(begin for begin, _ in spans)
+                wall_s = max(end for _, end in spans) - min(begin for begin, _ in spans)
+                return Round(wall_s, time.process_time() - cpu_started)
 
             yield time_passes
 

@@ -321,10 +321,12 @@ def time_and_choose(
     config: ModelConfig, runner: ModelRunner, threads: int, largest: int, budget_s: float
 ) -> int:
     """``config``'s batch size, timed as it serves under load: its instances' passes side by side,
-    each with the share of ``threads`` that ``intra_op_share`` gives it when all of them run."""
+    each with the share of ``threads`` that ``intra_op_share`` gives it when all of them run; on a
+    CPU ranked by the CPU time they cost (``tuning``)."""
     share = max(1, threads // config.instances)
+    by_cpu = runner.device.type == "cpu"
     with runner.side_by_side(config.instances, share) as time_batch:
-        return tune_batch_size(config.name, time_batch, largest, budget_s, passes=config.instances)
+        return tune_batch_size(config.name, time_batch, largest, budget_s, config.instances, by_cpu)
 
 
 def intra_op_share(threads: int) -> Callable[[int], None]:

@@ -65,6 +65,14 @@ def test_help_says_where_calls_go(capsys: pytest.CaptureFixture[str]) -> None:
         (["upload", "missing.zip"], "argument file: missing.zip: no such file"),
         (["predict", "--text", "x", "--top-k", "0"], "argument --top-k: 0 is not at least 1"),
         (["predict", "--text", "x", "--top-k", "many"], "argument --top-k: 'many' is not a whole number"),
+        (
+            ["predict", "--text", "x", "--top-k", "99999999999999999999"],
+            "argument --top-k: 99999999999999999999 is more than 2147483647",
+        ),
+        (
+            ["predictions", "--page-size", "2147483648"],
+            "argument --page-size: 2147483648 is more than 2147483647",
+        ),
         (["predictions", "--min-score", "1.5"], "argument --min-score: 1.5 is not between 0 and 1"),
         (["job", "--notebook", "report", "--param", "count"], "--param 'count' is not KEY=VALUE"),
         (["models"], "no API key: pass --api-key or set FERRY_API_KEY"),

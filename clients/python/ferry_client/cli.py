@@ -44,8 +44,11 @@ def _existing_file(text: str) -> Path:
     return path
 
 
-def _number(convert: Callable[[str], Any], low: float, high: float | None = None) -> Callable[[str], Any]:
-    """An argparse type: ``convert`` (int or float) of the text, refused outside [low, high]."""
+def _number(
+    convert: Callable[[str], Any], low: float, high: float | None = None, most: int | None = None
+) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` (int or float) of the text, refused outside [low, high], or
+    past ``most``, what the request's field can carry at all."""
     what = "a whole number" if convert is int else "a number"
     allowed = f"at least {low}" if high is None else f"between {low} and {high}"
 
@@ -56,12 +59,18 @@ def _number(convert: Callable[[str], Any], low: float, high: float | None = None
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{text} is not {allowed}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text} is more than {most}, the most a request can carry")
         return value
 
     return parse
 
 
-_at_least_one = _number(int, 1)
+#: The largest protobuf int32 (top_k, page_size): past it the request cannot be built at all
+#: (`--top-k 99999999999999999999` ended in a ValueError traceback); below it the server's own
+#: limit answers, naming it.
+INT32_MAX = 2**31 - 1
+_at_least_one = _number(int, 1, most=INT32_MAX)
 _fraction = _number(float, 0, 1)
 
 

@@ -229,6 +229,10 @@ def _route(
                           # without a request_id derive from; a resend keeps both.
                           request_headers_to_add:
                             - header: {{key: x-ferry-edge-ms, value: "%START_TIME(%s%3f)%"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                            # gRPC servers reset a call without it, which came back UNAVAILABLE
+                            # (retry!) to a gRPC client that left it out (curl over HTTP/1.1).
+                            - header: {{key: te, value: trailers}}
                               append_action: OVERWRITE_IF_EXISTS_OR_ADD""" + (
         edge.route_buffer_config(limit) if limit else ""
     )

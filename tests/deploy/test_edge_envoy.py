@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import HealthServicer
 from grpc_status import rpc_status
 
 from devstack.envoy import MAX_CONCURRENT_STREAMS, EnvoyOptions, render
@@ -246,6 +249,54 @@ def test_an_http_1_0_request_is_answered_not_426(edge: str) -> None:
         while chunk := connection.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+@pytest.fixture(scope="module")
+def answering_gateway() -> Iterator[int]:
+    """A gRPC server as the gateway, SERVING, whose ListModels answers an empty message."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    health = HealthServicer()
+    health.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("ferry.models.v1.ModelService", {"ListModels": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port
+    server.stop(None)
+
+
+def test_a_grpc_call_without_te_trailers_is_answered_not_unavailable(
+    tmp_path: Path, answering_gateway: int
+) -> None:
+    """A gRPC server resets a call that lacks ``te: trailers`` (curl over HTTP/1.1 leaves it out):
+    Envoy retried it and answered UNAVAILABLE, "upstream connect error ... remote reset", which a
+    client retries for ever. The edge adds the header to every call it forwards."""
+    options = EnvoyOptions(listen_port=free_port(), admin_port=free_port(), gateway_port=answering_gateway)
+    with running_envoy(tmp_path, options) as url:
+        deadline = time.monotonic() + 30
+        while True:  # until Envoy's health checks find the gateway
+            try:
+                urllib.request.urlopen(f"{url}/readyz", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the gateway never became healthy to Envoy"
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", options.listen_port), timeout=10) as connection:
+            connection.sendall(
+                b"POST /ferry.models.v1.ModelService/ListModels HTTP/1.1\r\nHost: a\r\n"
+                b"content-type: application/grpc\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0"
+            )
+            answer = b""
+            while not answer.endswith(b"\r\n0\r\n\r\n") and b"grpc-status" not in answer:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and b"grpc-status" not in answer, answer[:300]
+    assert b"\r\n5\r\n\0\0\0\0\0\r\n" in answer, answer[:300]  # the gateway's message
 
 
 BOUND = 2

@@ -54,14 +54,21 @@ class Batched(Generic[Out]):
     """Time from submit until its batch started running."""
     inference_ms: float
     """Time the batch's run function took."""
+    prepare_ms: float = 0.0
+    """Time the item's ``prepare`` took in the batch's thread (``submit_prepared``), else 0."""
 
 
 @dataclass
 class _Pending(Generic[In, Out]):
-    item: In
+    item: In | None
     future: asyncio.Future[Batched[Out]]
     enqueued: float
     deadline: float | None
+    prepare: Callable[[], In] | None = None
+    """Makes ``item`` in the batch's thread, just before the run (``submit_prepared``)."""
+    prepared_s: float = 0.0
+    failure: BaseException | None = None
+    """What ``prepare`` raised: this item fails alone, the rest of its batch still runs."""
 
 
 def deadline_passed(name: str, where: str) -> DeadlineExceeded:
@@ -134,6 +141,11 @@ class DynamicBatcher(Generic[In, Out]):
             spawn(stack, self._work(worker), name=f"batcher-{self.name}-{worker}")
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running: an item submitted now runs at once, alone."""
+        return not self._queue and not self._running
+
+    @property
     def queued(self) -> int:
         """Items waiting to run whose callers still wait for them."""
         self._drop_dead()
@@ -184,17 +196,36 @@ class DynamicBatcher(Generic[In, Out]):
             ResourceExhausted: When the queue is full (unless ``admitted``).
             DeadlineExceeded: When the deadline passed before the item ran.
         """
+        if not admitted:
+            self.check_room(1)
+        return await self._queued(item, None, priority, deadline)
+
+    async def submit_prepared(
+        self, prepare: Callable[[], In], priority: Priority = Priority.NORMAL, deadline: float | None = None
+    ) -> Batched[Out]:
+        """As ``submit`` for an admitted item that ``prepare`` makes in the batch's thread.
+
+        For an idle model (``idle``): a lone request's preprocessing and forward pass then take
+        one thread hand-off instead of two (a decode thread's, then the batch's). What
+        ``prepare`` raises fails this item only; its time is ``Batched.prepare_ms``.
+
+        Raises:
+            As ``submit``; and whatever ``prepare`` raised.
+        """
+        return await self._queued(None, prepare, priority, deadline)
+
+    async def _queued(
+        self, item: In | None, prepare: Callable[[], In] | None, priority: Priority, deadline: float | None
+    ) -> Batched[Out]:
         if self._closed:
             raise Unavailable(
                 f"model {self.name!r} is shutting down; retry on another replica", "SHUTTING_DOWN"
             )
-        if not admitted:
-            self.check_room(1)
         now = self._clock()
         if deadline is not None and deadline <= now:
             raise deadline_passed(self.name, "before reaching the queue")
         future: asyncio.Future[Batched[Out]] = asyncio.get_running_loop().create_future()
-        self._queue.push(_Pending(item, future, now, deadline), priority)
+        self._queue.push(_Pending(item, future, now, deadline, prepare), priority)
         self._arrived.set()
         return await future
 
@@ -255,8 +286,12 @@ class DynamicBatcher(Generic[In, Out]):
         started = self._clock()
         self._running[worker] = batch
         try:
-            items = [p.item for p in batch]
-            outputs = await loop.run_in_executor(self._executor, self._run_sharing, len(self._running), items)
+            outputs = await loop.run_in_executor(self._executor, self._run_sharing, len(self._running), batch)
+            prepared_s = sum(p.prepared_s for p in batch)
+            for p in batch:  # a prepare that raised fails that item alone
+                if p.failure is not None and not p.future.done():
+                    p.future.set_exception(p.failure)
+            batch = [p for p in batch if p.failure is None]
             if len(outputs) != len(batch):
                 raise RuntimeError(
                     f"model {self.name!r} returned {len(outputs)} outputs for a batch of {len(batch)}"
@@ -278,26 +313,45 @@ class DynamicBatcher(Generic[In, Out]):
         # Not in a `finally`: when shutdown cancels this task mid-batch, _running must still
         # hold the batch so that _fail_queued answers its callers instead of leaving them hanging.
         self._running.pop(worker, None)
-        self._resolve(batch, outputs, started, self._clock())
+        self._resolve(batch, outputs, started, self._clock(), prepared_s)
 
-    def _run_sharing(self, running: int, items: Sequence[In]) -> Sequence[Out]:
-        """``run`` in the batch's thread, after the model took its share of threads."""
+    def _run_sharing(self, running: int, batch: Sequence[_Pending[In, Out]]) -> Sequence[Out]:
+        """``run`` in the batch's thread, after the model took its share of threads and the
+        items with a ``prepare`` were made (one that raised is left out, its ``failure`` set)."""
         if self._share_threads is not None:
             self._share_threads(running)
-        return self._run(items)
+        items: list[In] = []
+        for p in batch:
+            if p.prepare is not None:
+                started = time.perf_counter()
+                try:
+                    p.item = p.prepare()
+                except Exception as err:
+                    p.failure = err
+                    continue
+                finally:
+                    p.prepared_s = time.perf_counter() - started
+            items.append(p.item)  # type: ignore[arg-type]  # set by now
+        return self._run(items) if items else []
 
     def _resolve(
-        self, batch: list[_Pending[In, Out]], outputs: Sequence[Out], started: float, finished: float
+        self,
+        batch: list[_Pending[In, Out]],
+        outputs: Sequence[Out],
+        started: float,
+        finished: float,
+        prepared_s: float = 0.0,
     ) -> None:
         size = len(batch)
         self._last_batch_s = finished - started
-        inference_ms = (finished - started) * 1000
+        # The items' prepare ran in the same thread before the forward pass: not the model's time.
+        inference_ms = (finished - started - prepared_s) * 1000
         metrics.BATCH_SIZE.labels(self.name).observe(size)
         for p, output in zip(batch, outputs, strict=True):
             queue_s = started - p.enqueued
             metrics.QUEUE_WAIT.labels(self.name).observe(queue_s)
             if not p.future.done():
-                p.future.set_result(Batched(output, size, queue_s * 1000, inference_ms))
+                p.future.set_result(Batched(output, size, queue_s * 1000, inference_ms, p.prepared_s * 1000))
 
     def _retry_after(self, waiting: int) -> duration_pb2.Duration:
         """About how long the queue takes to drain: batches ahead times the last batch's time."""

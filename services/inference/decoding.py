@@ -55,6 +55,12 @@ class DecodeQueue:
         self._ready = asyncio.Semaphore(0)
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=initializer)
         self._closed = False
+        self._decoding = 0  # work items in a thread right now
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being decoded."""
+        return not self._queue and not self._decoding
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Starts the workers; closing ``stack`` stops them and fails the work still queued."""
@@ -96,6 +102,7 @@ class DecodeQueue:
                     )
                 )
                 continue
+            self._decoding += 1
             try:
                 result = await loop.run_in_executor(self._executor, work.call)
             except asyncio.CancelledError:  # shutdown: answer the caller, then stop
@@ -110,6 +117,8 @@ class DecodeQueue:
             else:
                 if not work.future.done():
                     work.future.set_result(result)
+            finally:
+                self._decoding -= 1
 
     def _fail_queued(self) -> None:
         self._closed = True

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.inference.batcher import DynamicBatcher
+from services.inference.batcher import Batched, DynamicBatcher
 from services.inference.models.contract import IMAGE, Answer, InvalidInput, Item, ModelInput, Options
 from services.inference.runner import ModelRunner
 from tests.inference.conftest import CAT_CLASSES, ESPRESSO, RunningInference
@@ -175,3 +176,37 @@ async def test_an_input_refused_by_the_batch_is_an_info_line_without_traceback(
     [record] = [r for r in caplog.records if r.name == "services.inference.batcher"]
     assert record.levelno == logging.INFO and record.exc_info is None
     assert logged in record.getMessage()
+
+
+async def test_a_prepared_item_is_made_in_the_batch_thread_and_fails_alone(stack: AsyncExitStack) -> None:
+    threads: dict[str, str] = {}
+
+    def run(items: Sequence[int]) -> list[int]:
+        threads["run"] = threading.current_thread().name
+        return [item * 10 for item in items]
+
+    def prepare() -> int:
+        threads["prepare"] = threading.current_thread().name
+        return 1
+
+    def broken() -> int:
+        raise ValueError("not an image")
+
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("prepared", run, max_batch_size=3)
+    await batcher.start(stack)
+    assert batcher.idle
+    # Queued in one loop tick: one batch of three, one of whose items cannot be made.
+    made, failed, plain = await asyncio.gather(
+        batcher.submit_prepared(prepare),
+        batcher.submit_prepared(broken),
+        batcher.submit(2),
+        return_exceptions=True,
+    )
+    assert isinstance(made, Batched) and isinstance(plain, Batched)
+    assert (made.output, plain.output) == (10, 20)
+    assert made.batch_size == plain.batch_size == 2  # the item that failed did not run
+    assert made.prepare_ms > 0 and plain.prepare_ms == 0
+    assert isinstance(failed, ValueError)
+    # Made in the thread the batch ran in: one hand-off, not a decode thread's and then the batch's.
+    assert threads["prepare"] == threads["run"] and threads["run"].startswith("batch-prepared")
+    assert batcher.idle

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
+import threading
 
 import pytest
 
@@ -69,3 +71,39 @@ def test_a_tensor_holding_nan_or_infinity_is_invalid_input(value: float) -> None
             protos.model_input(types_pb2.Input(tensor=tensor))
     finite = types_pb2.Tensor(datatype="FP32", shape=[3, 2, 2], fp32_contents=[0.5] * 12)
     assert protos.model_input(types_pb2.Input(tensor=finite)).tensor is not None
+
+
+async def test_a_lone_request_on_an_idle_model_is_decoded_in_the_batch_thread(
+    inference: RunningInference, cat_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = inference.service.models["efficientnet-lite0"]
+    preprocess = model.model.preprocess
+    threads: list[str] = []
+
+    def recorded(item: ModelInput) -> object:
+        threads.append(threading.current_thread().name)
+        return preprocess(item)
+
+    monkeypatch.setattr(model.model, "preprocess", recorded)
+    request = Request(ModelInput(IMAGE, image=cat_jpeg), Options(top_k=1))
+    alone = await model.answer(request)
+    # One hand-off: decoded in the thread of the batch that ran it, not in a decode thread first.
+    assert len(threads) == 1 and threads[0].startswith("batch-efficientnet-lite0")
+    assert alone.answer.classes[0].index in CAT_CLASSES
+    assert alone.timing.decode_ms > 0 and alone.timing.inference_ms > 0
+    # Broken bytes on that path are still the input's own refusal, and every place is given back.
+    [broken] = await model.predict(Call([ModelInput(IMAGE, image=b"not an image")], Options(top_k=1)))
+    assert isinstance(broken, Refused) and broken.reason == "INVALID_IMAGE"
+    assert model.waiting == 0 and model.batcher.queued == 0
+
+    # With the decode queue busy, a request takes the usual path: a decode thread, then the batch.
+    threads.clear()
+    release = threading.Event()
+    busy = asyncio.ensure_future(model._decoder.run(lambda: release.wait(10)))
+    await asyncio.sleep(0.05)
+    answered = asyncio.ensure_future(model.answer(request))
+    await asyncio.sleep(0.05)
+    release.set()
+    await busy
+    assert (await answered).answer.classes[0].index in CAT_CLASSES
+    assert len(threads) == 1 and threads[0].startswith("decode")

@@ -3,7 +3,8 @@
 ``python -m benchmarks.inference <benchmark>``:
 
 * ``overhead`` (P1): single-request REST latency through Envoy minus the same model and
-  preprocessing in-process (p50; target <= 3 ms, stretch 1.5 ms).
+  preprocessing in-process (p50; target <= 3 ms, stretch 1.5 ms); its rows are interleaved per
+  request and each hop is a paired difference (``benchmarks.hops``).
 * ``throughput`` (P2): Ferry gRPC through Envoy at 16 and 64 concurrent clients / the raw model's
   best batched in-process throughput (forward passes at batch 1, 2, 4 and 8, traced and eager,
   in this process; target >= 0.85, issue 18).
@@ -18,7 +19,7 @@
   the default), compiled by AOTInductor (``aoti``) and eager, in turn: what each graph is worth once
   gRPC and decoding share the process.
 
-Every row uses the same load client (``benchmarks.e2e.measure``: N threads, closed loop, one
+Every other row uses the same load client (``benchmarks.e2e.measure``: N threads, closed loop, one
 451x300 JPEG per request, a fixed number of requests), and every server runs alone in its turn on
 the same machine: a whole local stack (``ferry up`` on free ports in a temporary folder) for Ferry.
 Ferry's rows include what Ferry does and the peers do not: API-key checks, Envoy, and recording

@@ -288,6 +288,7 @@ def main() -> None:
     from benchmarks.e2e import MODEL, cat_jpeg
     from benchmarks.inference import API_KEY, ferry_stack, machine
     from ferry_client import FerryClient
+    from services.inference.models.config import DEFAULT_GRAPH
     from services.inference.models.contract import ModelInput
     from services.inference.preprocessing import decode_image
 
@@ -306,7 +307,10 @@ def main() -> None:
     print(f"{MODEL}, one 451x300 JPEG per request, {args.clients} clients, {args.seconds:.0f} s")
     print(f"machine before: {machine()}; /proc/loadavg {load_average()}", flush=True)
 
-    runner = raw.load(MODEL)
+    # The floor is the graph the stack serves (FERRY_INFERENCE_GRAPH reaches its inference too).
+    graph = os.environ.get("FERRY_INFERENCE_GRAPH", DEFAULT_GRAPH)
+    print(f"graph: {graph}", flush=True)
+    runner = raw.load(MODEL, graph)  # type: ignore[arg-type]  # the service's settings check it
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the service's decode threads
     # The cat is what the stack below is sent; a phone's photo is what bulk jobs bring (drafted).

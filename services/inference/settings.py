@@ -11,7 +11,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from services.common import limits
 from services.common.settings import ServiceSettings
 from services.inference import openmp
-from services.inference.models.config import DEFAULT_GRAPH, DEFAULT_MODELS_FILE, Graph
+from services.inference.models.config import DEFAULT_GRAPH, DEFAULT_GRAPH_DIR, DEFAULT_MODELS_FILE, Graph
 
 
 class InferenceSettings(ServiceSettings):
@@ -101,7 +101,7 @@ class InferenceSettings(ServiceSettings):
     eager module takes Python's GIL back between layers, and each time it can wait up to the
     interpreter's switch interval (5 ms) for the gRPC and decode threads: on this 2-core machine
     that doubled efficientnet-lite0's forward pass inside the service (docs/benchmarks.md)."""
-    graph_dir: str = str(Path.home() / ".cache" / "ferry" / "graphs")
+    graph_dir: str = DEFAULT_GRAPH_DIR
     """Where ``aoti`` graphs are kept, one library per model, weights, torch and CPU: built once
     (minutes), loaded in milliseconds by every later start. Replicas may share it."""
 

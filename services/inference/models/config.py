@@ -47,6 +47,8 @@ INHERITED = (
 #: How a model's forward pass runs (``graph``): see ``ModelConfig.graph``.
 Graph = Literal["torchscript", "aoti", "eager"]
 DEFAULT_GRAPH: Graph = "torchscript"
+#: Where ``aoti`` libraries are kept when neither the model nor the service says.
+DEFAULT_GRAPH_DIR = str(Path.home() / ".cache" / "ferry" / "graphs")
 
 
 class ModelConfig(BaseModel):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from services.inference.models import aoti
-from services.inference.models.config import ModelConfig
+from services.inference.models.config import DEFAULT_GRAPH_DIR, ModelConfig
 from services.inference.models.contract import (
     IMAGE,
     TENSOR,
@@ -110,9 +110,10 @@ class ImageClassifier(Model):
             log.warning("model %s: graph aoti runs on the CPU only; it serves TorchScript", self.name)
             return trace(module, example)
         key = aoti.library_key(self.name, module, example, {"entry_point": self.config.entry_point})
+        folder = Path(self.config.graph_dir or DEFAULT_GRAPH_DIR)
         started = time.monotonic()
         try:
-            library, built = aoti.kept_library(module, example, Path(self.config.graph_dir or ".") / key)
+            library, built = aoti.kept_library(module, example, folder / key)
             # One more than the instances: batch jobs' batcher (IDLE_JOB_ITEMS) runs its passes
             # beside them, and a caller's batch must not wait for a model held by a job's.
             graph = aoti.AotiGraph(library, self.config.instances + 1)

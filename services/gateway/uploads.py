@@ -187,15 +187,13 @@ class Uploads(UploadStore):
             for position, (entry, info) in enumerate(files):
                 if len(running) >= PUT_CONCURRENCY:
                     done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()
+                    _raise_first_failure(done)
                 started[0] = position + 1
                 name = index.entry_ref(position).name
                 running.add(asyncio.create_task(_put_file(bucket, archive, name, entry, info)))
             while running:
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
+                _raise_first_failure(done)
         finally:
             for task in running:
                 task.cancel()
@@ -239,6 +237,16 @@ class Uploads(UploadStore):
                 with contextlib.suppress(ObjectNotFoundError, NotFoundError):
                     await bucket.delete(name)
             await self._quota.refund(tenant, str(index.upload_id))
+
+
+def _raise_first_failure(done: set[asyncio.Task[None]]) -> None:
+    """Raises the first failure among ``done``, having read every one's: a failure never read is
+    logged by asyncio as "Task exception was never retrieved", with its traceback, when the task
+    is collected (two broken files of one zip finished together)."""
+    failures = [task.exception() for task in done]
+    for failure in failures:
+        if failure is not None:
+            raise failure
 
 
 async def _put_file(

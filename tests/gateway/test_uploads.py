@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import unicodedata
@@ -470,6 +471,32 @@ async def test_a_zips_files_are_stored_several_at_once_each_read_back_whole(
     assert [chunks[str(p)] for p in range(len(sizes))] == [
         OBJECT_CHUNK_BYTES if size > OBJECT_CHUNK_BYTES else max(size, 1) for size in sizes
     ]
+
+
+async def test_a_zip_whose_files_fail_together_is_refused_and_every_failure_is_read(
+    nats_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Files stored at once can fail together: one failure was raised, the others were left for
+    # asyncio to log as "Task exception was never retrieved", with a traceback (the e2e fuzz
+    # found it with a zip of corrupt deflate data). Every put fails here, at once.
+    async def failing(self: ObjectStore, name: str, data: Any, meta: ObjectMeta | None = None) -> Any:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for {name}")
+
+    rng = Random(3)  # incompressible: zeros would pass the compression-ratio bound
+    files = {f"{i:02d}.jpg": rng.randbytes(OBJECT_CHUNK_BYTES + 1) for i in range(PUT_CONCURRENCY + 2)}
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, max_bytes=16 * 1024 * 1024, max_image_bytes=2 * 1024 * 1024)
+        await uploads.store()
+        monkeypatch.setattr(ObjectStore, "put", failing)
+        with pytest.raises(InvalidArgument) as refused:
+            await uploads.create("acme", pieces(deflated_zip(files)))
+        message = refused.value.message
+        del refused  # its traceback holds the tasks: asyncio logs an unread failure as they go
+        gc.collect()
+        await asyncio.sleep(0.1)
+    assert "cannot be read" in message
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()], caplog.text
 
 
 @pytest.mark.parametrize("line_limit", [5, 6, 7, 16, 1 << 24])

@@ -231,13 +231,13 @@ class ServedModel(Served):
         if place is None:
             self.admit(1)
             place = Place(self)
-        if self._decoder.idle and self.batcher.idle:
-            return await self._answer_alone(request, place, started)
+        # A batch job's input decodes and runs on its own lowest-priority threads, so that it
+        # never holds a core a caller's input (or the front door) wakes up for, and a caller's
+        # input never waits behind its batch: a thread made idle cannot be made normal again.
+        batcher, decoder = self._background if request.background else (self.batcher, self._decoder)
+        if decoder.idle and batcher.idle:
+            return await self._answer_alone(request, place, started, batcher)
         try:
-            # A batch job's input decodes and runs on its own lowest-priority threads, so that it
-            # never holds a core a caller's input (or the front door) wakes up for, and a caller's
-            # input never waits behind its batch: a thread made idle cannot be made normal again.
-            batcher, decoder = self._background if request.background else (self.batcher, self._decoder)
             features = await decoder.run(
                 functools.partial(self._preprocess, request.item),
                 request.priority,
@@ -267,18 +267,21 @@ class ServedModel(Served):
             ),
         )
 
-    async def _answer_alone(self, request: Request, place: Place, started: float) -> Answered:
+    async def _answer_alone(
+        self, request: Request, place: Place, started: float, batcher: DynamicBatcher[Item, Answer]
+    ) -> Answered:
         """Preprocesses and runs ``request`` in one batch thread: a lone request on an idle model.
 
         Through the decode queue it would cross threads twice (a decode thread, back to the
         event loop, the batch's thread, back): at one client about 0.2 ms of hand-offs for
         nothing, since no other input is there to batch with or to decode meanwhile. Inputs
-        that arrive while it runs take the usual path.
+        that arrive while it runs take the usual path. ``batcher`` is the request's own (a batch
+        job's input stays on its lowest-priority threads).
         """
         place.release()  # in the batching queue from here: its bound counts it there
         item, options = request.item, request.options
         try:
-            batched = await self.batcher.submit_prepared(
+            batched = await batcher.submit_prepared(
                 lambda: Item(self._preprocess(item), options), request.priority, request.deadline
             )
         except DeadlineExceeded:

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -352,8 +353,36 @@ def throughput(image: bytes, requests: int) -> None:
         verdict(f"P2 {row.name} / raw best", ratio, ">= 0.85", ratio >= 0.85)
 
 
+def per_image_cpu(image: bytes, sizes: tuple[int, ...] = (1, 2, 4, 8), rounds: int = 4) -> dict[int, float]:
+    """CPU ms per image of one forward pass on one thread (how each instance runs under load), by
+    batch size: the median of ``rounds`` interleaved passes, timed by the thread's CPU clock, which
+    other processes hardly change."""
+    runner = raw.load(MODEL)
+    item = raw.item(runner, image)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for size in sizes:
+            runner.warm_up(batches=1, batch_size=size)
+        spent: dict[int, list[float]] = {size: [] for size in sizes}
+        for _ in range(rounds):
+            for size in sizes:
+                started = time.thread_time()
+                runner.run([item] * size)
+                spent[size].append((time.thread_time() - started) * 1000 / size)
+    finally:
+        torch.set_num_threads(threads)
+    return {size: statistics.median(figures) for size, figures in spent.items()}
+
+
 def batching(image: bytes, requests: int) -> None:
-    """P3: 64 clients with dynamic batching on, then off (batch size 1)."""
+    """P3: 64 clients with dynamic batching on, then off (batch size 1); first, what a larger batch
+    saves per image on this device, the most batching can gain where the cores are the limit."""
+    cpu = per_image_cpu(image)
+    print("CPU per image of one forward pass on one thread, by batch size (median of 4): ", end="")
+    print(", ".join(f"{size}: {ms:.1f} ms" for size, ms in cpu.items()))
+    ceiling = cpu[1] / min(cpu.values())
+    print(f"batching's ceiling where the cores are the limit (batch 1 / cheapest): {ceiling:.2f}x")
     with ferry_stack() as endpoints:
         [on] = grpc_rows(endpoints, image, requests, (64,), ", batching on")
     with ferry_stack({"FERRY_INFERENCE_MAX_BATCH_SIZE": "1"}) as endpoints:

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from ferry.errors.v1 import error_reason_pb2
+from services.common import limits
 
 ERROR_DOMAIN = "ferry.dev"
 
@@ -95,10 +96,13 @@ class FerryError(Exception):
         metadata: dict[str, str] | None = None,
         retry_after: duration_pb2.Duration | None = None,
     ) -> None:
+        message = shortened(message, limits.MAX_ERROR_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
         self.reason = reason
-        self.metadata = metadata or {}
+        self.metadata = {
+            key: shortened(value, limits.MAX_ERROR_METADATA_CHARS) for key, value in (metadata or {}).items()
+        }
         self.retry_after = retry_after
 
     @property
@@ -119,6 +123,19 @@ class FerryError(Exception):
         if self.retry_after is not None:
             details.append(_packed(error_details_pb2.RetryInfo(retry_delay=self.retry_after)))
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+
+
+def shortened(text: str, max_bytes: int) -> str:
+    """``text`` if its UTF-8 is at most ``max_bytes``, else its start and how much was left out
+    (``limits.MAX_ERROR_MESSAGE_BYTES`` says why)."""
+    if len(text.encode("utf-8", "replace")) <= max_bytes:
+        return text
+    keep = max(max_bytes - 40, 0)
+    while True:
+        cut = f"{text[:keep]}… ({len(text) - keep} more characters)"
+        if len(cut.encode("utf-8", "replace")) <= max_bytes or keep == 0:
+            return cut
+        keep = keep * 3 // 4
 
 
 def _packed(message: Message) -> any_pb2.Any:

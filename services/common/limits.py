@@ -56,6 +56,18 @@ SERVICE_METADATA_BYTES = 2 * REQUEST_HEADERS_BYTES
 """Metadata every Ferry gRPC server takes (``grpc.max_metadata_size``): what the edge lets through
 plus the headers Envoy and the services add on the way (x-forwarded-for, x-request-id, traceparent)."""
 
+# Errors.
+
+MAX_ERROR_MESSAGE_BYTES = 1024
+"""Longest error message, in UTF-8 bytes; a longer one is cut, saying how much was left out. A
+message may quote the caller (``unknown outputs [...]`` listed 100,000 names: 1 MB) and travels
+three times in a gRPC status's trailers (``grpc-message`` percent-encoded, and twice in
+``grpc-status-details-bin``): gRPC clients refuse trailers over 16 KiB (RESOURCE_EXHAUSTED, as if
+to retry), and Envoy reset the gateway's answer past its own header limit (UNAVAILABLE, after
+three tries)."""
+MAX_ERROR_METADATA_CHARS = 256
+"""Longest value of an error's ErrorInfo metadata (a field name the caller sent, say)."""
+
 # Nesting.
 
 MAX_JSON_DEPTH = 32

@@ -230,7 +230,12 @@ function envoy_on_request(handle)
   if not root then return end
   local body = handle:body()
   if not body or body:length() == 0 then return end
-  local bytes = body:getBytes(0, body:length())DEPTH_CHECK
+  local bytes = body:getBytes(0, body:length())
+  if not find(bytes, "^%s*{") then
+    handle:streamInfo():dynamicMetadata():set("NAMESPACE", "not_json", "1")
+    handle:respond({[":status"] = "400"}, "not a JSON object")
+    return
+  endDEPTH_CHECK
   local ok, finished, field, message = pcall(value, bytes, 1, root, "", 0)
   if not ok or finished or not field then return end
   field = field:gsub("[^%w_%.%-]", "?")
@@ -247,6 +252,29 @@ end
 def lua_source(descriptor_set: Path = DESCRIPTOR_SET) -> str:
     """The Lua filter's whole script."""
     return lua_tables(descriptor_set) + "\n" + LUA_WALKER + body_depth.LUA_FUNCTION
+
+
+#: The 400's message for a body that is not a JSON object (a JPEG posted as it is: its bytes were
+#: read as JSON nested past the depth limit, "flatten the payload").
+NOT_JSON_MESSAGE = (
+    'the request body is not a JSON object; REST calls take JSON such as {"image": {"content": '
+    '"<the image file, base64>"}} (`ferry predict FILE` sends that), and a zip of images or a JSONL '
+    "manifest goes to POST /v1/uploads"
+)
+
+
+def not_json() -> dict[str, object]:
+    """A local reply filter: the Lua filter refused a body that is not a JSON object."""
+    return {
+        "metadata_filter": {
+            "matcher": {
+                "filter": METADATA_NAMESPACE,
+                "path": [{"key": "not_json"}],
+                "value": {"present_match": True},
+            },
+            "match_if_key_not_found": False,
+        }
+    }
 
 
 def unknown_field_message() -> str:

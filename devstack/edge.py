@@ -362,6 +362,8 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
         }
     }
     mappers.append(_rest_mapper(unknown, field, recorded))
+    shapeless = LocalReply(400, "MALFORMED_REQUEST", body_fields.NOT_JSON_MESSAGE)
+    mappers.append(_rest_mapper(shapeless, {"source": "envoy"}, body_fields.not_json()))
     deep = LocalReply(400, body_depth.REASON, body_depth.message())
     depth = {body_depth.METADATA_KEY: str(limits.MAX_JSON_DEPTH), "source": "envoy"}
     mappers.append(_rest_mapper(deep, depth, body_depth.recorded(body_fields.METADATA_NAMESPACE)))

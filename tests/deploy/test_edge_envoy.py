@@ -299,6 +299,19 @@ def test_a_grpc_call_without_te_trailers_is_answered_not_unavailable(
     assert b"\r\n5\r\n\0\0\0\0\0\r\n" in answer, answer[:300]  # the gateway's message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"[{" * 40 + bytes(range(256)), b"[1, 2]", b'"x"', b" \n null"],
+    ids=["jpeg", "array", "string", "null"],
+)
+def test_a_body_that_is_not_a_json_object_is_400_saying_so(edge: str, body: bytes) -> None:
+    # A JPEG posted as it is was answered NESTING_TOO_DEEP, "flatten the payload": its bytes
+    # held more "[" and "{" than 32 levels.
+    status, answer = post(edge, PREDICT, body)
+    assert (status, answer["details"][0]["reason"]) == (400, "MALFORMED_REQUEST"), answer
+    assert answer["message"].startswith("the request body is not a JSON object"), answer
+
+
 BOUND = 2
 """The gateway's in-flight bound the overload tests render Envoy with: two calls fill it."""
 

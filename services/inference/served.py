@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -27,7 +29,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.inference import metrics
-from services.inference.batcher import DynamicBatcher
+from services.inference.batcher import Batched, DynamicBatcher
 from services.inference.calls import Answered, Call, Outcome, Refused, Request, Timing
 from services.inference.decoding import DecodeQueue
 from services.inference.models.config import ModelConfig
@@ -246,26 +248,14 @@ class ServedModel(Served):
         finally:
             place.release()
         decoded = time.perf_counter()
-        try:
+        with self._counting_expired():
             batched = await batcher.submit(
                 Item(features, request.options),
                 request.priority,
                 request.deadline,
                 admitted=True,
             )
-        except DeadlineExceeded:
-            metrics.ITEMS.labels(self.name, "expired").inc()
-            raise
-        return Answered(
-            batched.output,
-            Timing(
-                decode_ms=(decoded - started) * 1000,
-                queue_ms=batched.queue_ms,
-                inference_ms=batched.inference_ms,
-                batch_size=batched.batch_size,
-                total_ms=(time.perf_counter() - started) * 1000,
-            ),
-        )
+        return self._answered(batched, (decoded - started) * 1000, started)
 
     async def _answer_alone(
         self, request: Request, place: Place, started: float, batcher: DynamicBatcher[Item, Answer]
@@ -280,17 +270,27 @@ class ServedModel(Served):
         """
         place.release()  # in the batching queue from here: its bound counts it there
         item, options = request.item, request.options
-        try:
+        with self._counting_expired():
             batched = await batcher.submit_prepared(
                 lambda: Item(self._preprocess(item), options), request.priority, request.deadline
             )
+        return self._answered(batched, batched.prepare_ms, started)
+
+    @contextlib.contextmanager
+    def _counting_expired(self) -> Iterator[None]:
+        """Counts an input whose deadline passed while it waited for its batch."""
+        try:
+            yield
         except DeadlineExceeded:
             metrics.ITEMS.labels(self.name, "expired").inc()
             raise
+
+    @staticmethod
+    def _answered(batched: Batched[Answer], decode_ms: float, started: float) -> Answered:
         return Answered(
             batched.output,
             Timing(
-                decode_ms=batched.prepare_ms,
+                decode_ms=decode_ms,
                 queue_ms=batched.queue_ms,
                 inference_ms=batched.inference_ms,
                 batch_size=batched.batch_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -83,7 +84,12 @@ def test_every_direct_dependency_is_locked_at_a_version_it_admits(pyproject: Pat
 
 def test_the_installed_environment_is_the_lock() -> None:
     locked = read_lock(LOCK)
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # Read from the environment's own folders, not sys.path: importing setuptools (torch's C++
+    # builder does, for AOTInductor) puts setuptools/_vendor on sys.path, whose vendored packaging
+    # and platformdirs would read as installed.
+    folders = sorted({sysconfig.get_paths()[key] for key in ("purelib", "platlib")})
+    found = metadata.distributions(path=folders)
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in found}
     differ = [
         f"{name}: locked {version}, installed {installed.get(name, 'nothing')}"
         for name, version in sorted(locked.items())

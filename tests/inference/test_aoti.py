@@ -174,3 +174,11 @@ def test_prebuild_fails_naming_a_model_that_fell_back(tmp_path: Path) -> None:
     assert "efficientnet-lite0:1: torchscript" in done.stdout
     assert "minilm:1: no AOTInductor graph for this kind of model" in done.stdout
     assert "served without an AOTInductor library: efficientnet-lite0:1" in done.stderr
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")  # no error in __del__
+def test_a_library_that_does_not_load_is_refused_cleanly(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"not a shared library")
+    with pytest.raises(OSError):
+        aoti.AotiGraph(broken)

@@ -184,7 +184,8 @@ class AotiGraph(nn.Module):
             self._handle = None
 
     def __del__(self) -> None:
-        self.close()
+        if "_handle" in self.__dict__:  # absent when __init__ failed (a library that does not load)
+            self.close()
 
 
 def _check(code: int, what: str) -> None:

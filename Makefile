@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferry-installed
+# Free space the first install needs (the environment is 7.2 GiB once installed).
+NEED_GIB ?= 8
 # Peer clients a Ferry user already has, in their own environment: tritonclient pins protobuf
 # below Ferry's, as it would in a Triton user's own virtualenv. The suite runs it against Ferry.
 PEER_VENV ?= .venv-peer
@@ -25,6 +27,10 @@ PROJECTS := -e ./clients/python -e '.[dev,stack]'
 .PHONY: lock install deploy-tools up test faults protos lint bench bench-inference bench-peers bench-store bench-outages bench-overload bench-gateway bench-jobs clean-state
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
+	# Say so up front when the disk cannot take the environment (7.2 GiB, 5.5 of it torch's build),
+	# rather than as pip's "No space left on device" halfway through.
+	@$(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+	  sys.exit(0 if free >= $(NEED_GIB) else f"make: installing Ferry needs about $(NEED_GIB) GiB free on this disk (torch alone is 5.5 GiB); {free:.1f} GiB are free. Free some space and run it again.")'
 	$(PYTHON) -m venv $(VENV)
 	# An install from before the client owned the `ferry` script would delete it on its way out.
 	$(PY) -m pip uninstall --quiet --yes ferry ferry-client 2>/dev/null || true

@@ -45,6 +45,20 @@ class UploadLimits:
     max_line_bytes: int = limits.MANIFEST_MAX_LINE_BYTES
 
 
+#: Folders and files an operating system writes into the zips it makes, beside the user's own:
+#: macOS's Finder (``__MACOSX/`` with an ``._<name>`` resource fork per file, ``.DS_Store``) and
+#: Windows' Explorer (``Thumbs.db``, ``desktop.ini``). They are not images, so as items they would
+#: only fail, and ``.DS_Store`` packs so well that it would pass for a zip bomb.
+_OS_FOLDERS = frozenset({"__macosx"})
+_OS_FILES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini"})
+
+
+def os_metadata(name: str) -> bool:
+    """Whether the zip file ``name`` is an operating system's bookkeeping, not the user's file."""
+    *folders, base = name.replace("\\", "/").lower().split("/")
+    return base in _OS_FILES or base.startswith("._") or any(f in _OS_FOLDERS for f in folders)
+
+
 @dataclass(frozen=True)
 class Entry:
     """A zip file that becomes a job item: its name in the zip and its unpacked size."""
@@ -78,17 +92,28 @@ def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
         yield archive
 
 
-def zip_entries(archive: zipfile.ZipFile, bounds: UploadLimits) -> list[tuple[Entry, zipfile.ZipInfo]]:
-    """A zip's files (not folders) in name order, checked against ``bounds`` by its directory.
+@dataclass(frozen=True)
+class ZipFiles:
+    """A zip's files that become items, and how many it held that are an OS's bookkeeping."""
+
+    files: list[tuple[Entry, zipfile.ZipInfo]]
+    skipped: int
+
+
+def zip_entries(archive: zipfile.ZipFile, bounds: UploadLimits) -> ZipFiles:
+    """A zip's files (not folders, not ``os_metadata``) in name order, checked against ``bounds``
+    by its directory.
 
     Raises:
         InvalidArgument: INVALID_UPLOAD (no files, an encrypted file, two files of one name, a
             file over the image limit), UPLOAD_TOO_MANY_ENTRIES, UPLOAD_UNPACKED_TOO_LARGE
             (the total, or one file's packing ratio).
     """
-    infos = sorted((i for i in archive.infolist() if not i.is_dir()), key=lambda i: i.filename)
+    every = [i for i in archive.infolist() if not i.is_dir()]
+    infos = sorted((i for i in every if not os_metadata(i.filename)), key=lambda i: i.filename)
     if not infos:
-        raise invalid("the zip holds no files; put the images in it")
+        extra = " but an operating system's bookkeeping (__MACOSX/, .DS_Store, ...)" if every else ""
+        raise invalid(f"the zip holds no files{extra}; put the images in it")
     if len(infos) > bounds.max_entries:
         raise invalid(
             f"the zip holds {len(infos)} files and an upload may hold at most {bounds.max_entries} "
@@ -131,7 +156,7 @@ def zip_entries(archive: zipfile.ZipFile, bounds: UploadLimits) -> list[tuple[En
                 limit="upload_max_unpacked_bytes",
                 max_bytes=str(bounds.max_unpacked_bytes),
             )
-    return [(Entry(info.filename, info.file_size), info) for info in infos]
+    return ZipFiles([(Entry(i.filename, i.file_size), i) for i in infos], len(every) - len(infos))
 
 
 def broken_entry(name: str, err: BaseException) -> InvalidArgument:

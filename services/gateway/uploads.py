@@ -104,13 +104,18 @@ class Uploads(UploadStore):
             size, head = await self._receive(pieces, spool, spooled, room)
             upload_id = uuid.uuid4()
             path = Path(spool.name)
+            skipped = 0
             if upload_checks.kind_of(head) == ZIP:
-                index = await self._store_zip(tenant, upload_id, path, size)
+                index, skipped = await self._store_zip(tenant, upload_id, path, size)
             else:
                 index = await self._store_manifest(tenant, upload_id, path, size)
         count = len(index.entries) if index.kind == ZIP else index.lines
         return job_service_pb2.Upload(
-            name=f"uploads/{upload_id}", kind=index.kind, size_bytes=size, entries=count
+            name=f"uploads/{upload_id}",
+            kind=index.kind,
+            size_bytes=size,
+            entries=count,
+            skipped_entries=skipped,
         )
 
     async def _receive(
@@ -154,9 +159,11 @@ class Uploads(UploadStore):
             )
         return size, head
 
-    async def _store_zip(self, tenant: str, upload_id: uuid.UUID, path: Path, size: int) -> Index:
+    async def _store_zip(self, tenant: str, upload_id: uuid.UUID, path: Path, size: int) -> tuple[Index, int]:
+        """The stored zip's index, and how many of its files were an OS's bookkeeping (not stored)."""
         with upload_checks.open_zip(path) as archive:
-            files = await asyncio.to_thread(upload_checks.zip_entries, archive, self._bounds)
+            found = await asyncio.to_thread(upload_checks.zip_entries, archive, self._bounds)
+            files = found.files
             index = Index(upload_id, tenant, ZIP, size, [entry for entry, _ in files])
             unpacked = sum(entry.size for entry in index.entries)
             await self._quota.charge(tenant, str(upload_id), unpacked)
@@ -168,7 +175,7 @@ class Uploads(UploadStore):
             except BaseException:
                 await self._forget(tenant, index, started[0])
                 raise
-        return index
+        return index, found.skipped
 
     async def _put_files(
         self,

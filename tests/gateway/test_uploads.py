@@ -328,6 +328,60 @@ async def test_a_bad_or_oversized_upload_is_refused_with_a_reason_naming_the_lim
         assert words in refused.value.message, refused.value.message
 
 
+def finder_zip(files: dict[str, bytes]) -> bytes:
+    """A zip as macOS's Finder makes it: each file's resource fork under __MACOSX/, a .DS_Store
+    (mostly zeros: it packs ~100x), deflated; plus a Thumbs.db from a Windows folder."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            folder, _, base = name.rpartition("/")
+            archive.writestr(name, content)
+            archive.writestr(f"__MACOSX/{folder}/._{base}", b"\x00\x05\x16\x07" + bytes(200))
+        archive.writestr("photos/.DS_Store", b"Bud1" + bytes(6140))
+        archive.writestr("photos/Thumbs.db", bytes(4096))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "bookkeeping"),
+    [
+        ("photos/IMG_0001.jpg", False),
+        (".hidden/IMG_0001.jpg", False),
+        ("photos/.IMG_0001.jpg", False),
+        ("__macosx_notes/IMG_0001.jpg", False),
+        ("__MACOSX/photos/._IMG_0001.jpg", True),
+        ("photos/__MACOSX/IMG_0001.jpg", True),
+        ("photos/._IMG_0001.jpg", True),
+        ("photos/.DS_Store", True),
+        ("Thumbs.db", True),
+        ("photos\\desktop.ini", True),
+    ],
+)
+def test_an_operating_systems_bookkeeping_in_a_zip_is_told_from_the_users_files(
+    name: str, bookkeeping: bool
+) -> None:
+    assert upload_checks.os_metadata(name) is bookkeeping
+
+
+async def test_a_zip_made_by_finder_makes_items_of_its_images_only(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        # The ratio bound a .DS_Store would fail as a bomb, were it read as an image.
+        uploads = uploads_of(js, upload_max_compression_ratio=20)
+        made = finder_zip({"photos/IMG_0001.jpg": b"A", "photos/IMG_0002.jpg": b"B"})
+        upload = await uploads.create("acme", pieces(made))
+        assert (upload.entries, upload.skipped_entries) == (2, 4)
+        items = await expanded(uploads, "acme", upload.name, FETCHER, 10, 1000)
+        assert items.names == ["photos/IMG_0001.jpg", "photos/IMG_0002.jpg"]
+        assert [await image_of(js, i) for i in items.inputs] == [b"A", b"B"]  # type: ignore[arg-type]
+
+        only_bookkeeping = finder_zip({})
+        with pytest.raises(InvalidArgument) as refused:
+            await uploads.create("acme", pieces(only_bookkeeping))
+        assert refused.value.reason == "INVALID_UPLOAD"
+        assert "no files but an operating system's bookkeeping" in refused.value.message
+
+
 async def test_a_tenant_past_its_quota_is_refused_429_and_others_are_not(nats_url: str) -> None:
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)

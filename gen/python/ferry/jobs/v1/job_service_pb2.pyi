@@ -183,16 +183,18 @@ class CreateUploadResponse(_message.Message):
     def __init__(self, upload: _Optional[_Union[Upload, _Mapping]] = ...) -> None: ...
 
 class Upload(_message.Message):
-    __slots__ = ("name", "kind", "size_bytes", "entries")
+    __slots__ = ("name", "kind", "size_bytes", "entries", "skipped_entries")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     size_bytes: int
     entries: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., size_bytes: _Optional[int] = ..., entries: _Optional[int] = ...) -> None: ...
+    skipped_entries: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., size_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., skipped_entries: _Optional[int] = ...) -> None: ...
 
 class GetJobNotebookRequest(_message.Message):
     __slots__ = ("name",)

@@ -100,6 +100,11 @@ MAX_LABEL_CHARS = 256
 """Longest label (a candidate label, or a label a query filters on)."""
 MAX_REQUEST_ID_CHARS = 128
 """Longest request_id (idempotency key)."""
+REQUEST_ID_TTL_S = 24 * 3600
+"""How long a request_id remembers the request it came with by default (FERRY_GATEWAY_REQUEST_ID_TTL_S):
+reused with other inputs within it, it is refused REQUEST_ID_REUSED."""
+MAX_REQUEST_ID_TTL_S = 30 * 24 * 3600
+"""Longest a request_id may be remembered: every call with one keeps an entry that long."""
 MAX_PARAMETERS_BYTES = 256 * 1024
 """Largest notebook job's parameters, serialized: they travel in one NATS message (1 MiB at most)."""
 MAX_TENSOR_ELEMENTS = 16_000_000

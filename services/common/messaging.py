@@ -215,17 +215,27 @@ async def publish(
     return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=sent)
 
 
-async def open_key_value(js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1) -> KeyValue:
+async def open_key_value(
+    js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1, ttl_s: float | None = None
+) -> KeyValue:
     """Opens KV ``bucket``, creating it with ``replicas`` copies when this process is the first to
-    need it (another that created it meanwhile wins: its bucket is used)."""
+    need it (another that created it meanwhile wins: its bucket is used).
+
+    With ``ttl_s`` its entries expire after that many seconds; a bucket made with another TTL is
+    updated to it (as ``ensure_streams`` does for the streams: the last service started sets it).
+    """
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=bucket, replicas=replicas, history=history)
-    except BadRequestError:
-        return await js.key_value(bucket)
+        try:
+            return await js.create_key_value(bucket=bucket, replicas=replicas, history=history, ttl=ttl_s)
+        except BadRequestError:
+            kv = await js.key_value(bucket)
+    if ttl_s is not None:
+        stream = (await js.stream_info(f"KV_{bucket}")).config
+        if stream.max_age != ttl_s:
+            await js.update_stream(dataclasses.replace(stream, max_age=ttl_s))
+    return kv
 
 
 async def open_cancelled_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:

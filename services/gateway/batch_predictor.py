@@ -27,6 +27,7 @@ from services.common.ids import prediction_id_for_request
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.predictor import Predictor, new_prediction
+from services.gateway.request_ids import Part, digest
 from services.gateway.settings import GatewaySettings
 
 _OK = grpc.StatusCode.OK.value[0]
@@ -105,11 +106,21 @@ class BatchPredictor:
                 accepted[i] = self._checked(item, i)
             except FerryError as err:
                 refused[i] = err
-        results = (
-            await self._predictor.run_inputs(model, list(accepted.values()), top_k, request.priority, version)
-            if accepted
-            else []
-        )
+        # Every input as sent (fetched), refused ones too: a retry must send the same ones.
+        parts: list[Part] = [model, version, top_k, *request.inputs]
+        claim = self._predictor.request_ids.claim("batch", tenant, request_id, digest("batch", parts))
+        try:  # the claim runs beside inference; it must hold before anything is recorded
+            results = (
+                await self._predictor.run_inputs(
+                    model, list(accepted.values()), top_k, request.priority, version
+                )
+                if accepted
+                else []
+            )
+            await claim.held()
+        except BaseException as err:
+            await claim.settle(err)
+            raise
         by_index = dict(zip(accepted, results, strict=True))
         # Inference numbers the inputs it was sent; after refusals those are not the caller's.
         position = {i: n for n, i in enumerate(accepted)}

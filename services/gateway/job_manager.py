@@ -11,7 +11,7 @@ are the queue's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -36,6 +36,7 @@ from services.gateway.idempotency import Edge, new_id
 from services.gateway.job_items import list_job_items
 from services.gateway.job_results import JobResults
 from services.gateway.records import Records
+from services.gateway.request_ids import Part, RequestIds, digest
 from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import ZIP, Uploads
 
@@ -158,8 +159,10 @@ class JobManager:
         nc: NatsClient,
         js: JetStreamContext,
         queue: JobQueueClient,
+        request_ids: RequestIds,
     ) -> None:
         self._settings = settings
+        self._request_ids = request_ids
         self._catalog = catalog
         self._nc = nc
         self._js = js
@@ -191,7 +194,10 @@ class JobManager:
         """
         if request.notebook:  # a notebook instead of a model and inputs: see notebook_jobs.py
             job, run = notebook_jobs.checked(tenant, request, edge)
-            return await self._queue.submit_notebook(tenant, job, run)
+            parts = ("notebook", run.notebook, job.priority, run.parameters)
+            return await self._claimed(
+                tenant, job.request_id, parts, lambda: self._queue.submit_notebook(tenant, job, run)
+            )
         if request.parameters.fields:
             raise InvalidArgument(
                 "parameters are a notebook's; name the notebook too (notebook), or leave parameters empty",
@@ -224,11 +230,43 @@ class JobManager:
             priority=priority,
         )
         if request.manifest:
-            return await self._create_expanding(tenant, request.manifest, served, wanted)
+            manifest = request.manifest
+            return await self._claimed(
+                tenant,
+                request_id,
+                (model, top_k, priority, "manifest", manifest),
+                lambda: self._create_expanding(tenant, manifest, served, wanted),
+            )
         inputs = await self._inputs(request)
         refuse_inputs_none_taken(served, inputs)
         wanted.items_total = len(inputs)
-        return await self._queue.submit(tenant, wanted, inputs)
+        return await self._claimed(
+            tenant,
+            request_id,
+            (model, top_k, priority, "inputs", *inputs),  # their contents: images by URL fetched
+            lambda: self._queue.submit(tenant, wanted, inputs),
+        )
+
+    async def _claimed(
+        self,
+        tenant: str,
+        request_id: str,
+        parts: Sequence[Part],
+        submit: Callable[[], Awaitable[job_pb2.Job]],
+    ) -> job_pb2.Job:
+        """Runs ``submit`` once ``request_id`` (if any) is claimed for a request of ``parts``.
+
+        Raises:
+            FerryError: REQUEST_ID_REUSED (the request_id came with another job's request: nothing
+                is submitted), or what ``submit`` raised.
+        """
+        claim = self._request_ids.claim("job", tenant, request_id, digest("job", parts))
+        try:
+            await claim.held()
+            return await submit()
+        except BaseException as err:
+            await claim.settle(err)
+            raise
 
     async def _inputs(self, request: job_service_pb2.CreateJobRequest) -> Sequence[types_pb2.Input]:
         """The job's checked inline inputs (images by URL fetched into bytes, once)."""

@@ -42,6 +42,7 @@ from services.gateway.oip_tensors import (
     output_tensors,
 )
 from services.gateway.predictor import Predictor, new_prediction
+from services.gateway.request_ids import digest
 from services.gateway.settings import GatewaySettings
 
 SERVER_NAME = "ferry"
@@ -246,19 +247,30 @@ class OpenInference:
                 metadata={"parameter": "timeout"},
             )
         inputs = inputs_of(request, s.max_image_bytes, candidate_labels_of(parameters))
-        call = self._predictor.run_inputs(model, inputs.items, top_k, priority_of(parameters), version)
-        try:
-            results = await (asyncio.wait_for(call, timeout_us / 1e6) if timeout_us else call)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"the request's timeout of {timeout_us} µs passed before inference answered",
-                reason="OIP_TIMEOUT",
-            ) from None
-        for i, result in enumerate(results):
-            if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
-                error = error_from_status(result.error)
-                error.message = f"{request.inputs[0].name}[{i}]: {error.message}"
-                raise error
+        priority = priority_of(parameters)
+        # The request's ``id`` names its records as a request_id does, so it is claimed as one;
+        # priority, timeout and the outputs picked are left out: they do not change the answers.
+        claim = self._predictor.request_ids.claim(
+            "oip", tenant, request.id, digest("oip", (model, version, top_k, *inputs.items))
+        )
+        call = self._predictor.run_inputs(model, inputs.items, top_k, priority, version)
+        try:  # the claim runs beside inference; it must hold before anything is recorded
+            try:
+                results = await (asyncio.wait_for(call, timeout_us / 1e6) if timeout_us else call)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request's timeout of {timeout_us} µs passed before inference answered",
+                    reason="OIP_TIMEOUT",
+                ) from None
+            for i, result in enumerate(results):
+                if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
+                    error = error_from_status(result.error)
+                    error.message = f"{request.inputs[0].name}[{i}]: {error.message}"
+                    raise error
+            await claim.held()
+        except BaseException as err:
+            await claim.settle(err)
+            raise
         tensors, raw = output_tensors(results, [o.name for o in request.outputs], inputs.raw)
         predictions = [
             self._prediction(item_record_id("oip", tenant, request.id, edge, i), model, result, started)

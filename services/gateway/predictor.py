@@ -22,6 +22,7 @@ from services.common.tracing import current_trace_id
 from services.gateway.catalog import ModelCatalog
 from services.gateway.idempotency import Edge, new_id
 from services.gateway.record_batches import RecordBatcher
+from services.gateway.request_ids import RequestIds, digest
 from services.gateway.settings import GatewaySettings
 
 
@@ -50,8 +51,11 @@ class Predictor:
         backend: Backend,
         catalog: ModelCatalog,
         records: RecordBatcher,
+        request_ids: RequestIds,
     ) -> None:
         self._settings = settings
+        self.request_ids = request_ids
+        """Where a request_id remembers its request (BatchPredict and ModelInfer use it too)."""
         self._inference = inference
         self._backend = backend
         self._catalog = catalog
@@ -91,9 +95,18 @@ class Predictor:
         item = validation.predict_input(request, s.max_image_bytes)
 
         version = validation.model_version(request.version)
-        result = (await self.run_inputs(model, [item], top_k, request.priority, version))[0]
-        if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
-            raise error_from_status(result.error)
+        # The priority is left out: it orders the work, it does not change the answer.
+        claim = self.request_ids.claim(
+            "predict", tenant, request_id, digest("predict", (model, version, top_k, item))
+        )
+        try:  # the claim runs beside inference; it must hold before anything is recorded
+            result = (await self.run_inputs(model, [item], top_k, request.priority, version))[0]
+            if result.HasField("error") and result.error.code != grpc.StatusCode.OK.value[0]:
+                raise error_from_status(result.error)
+            await claim.held()
+        except BaseException as err:
+            await claim.settle(err)
+            raise
 
         prediction_id = (
             prediction_id_for_request(tenant, request_id)

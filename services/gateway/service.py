@@ -36,6 +36,7 @@ from services.gateway.predictor import Predictor
 from services.gateway.readiness import wait_serving
 from services.gateway.record_batches import RecordBatcher
 from services.gateway.records import Records
+from services.gateway.request_ids import RequestIds
 from services.gateway.servicers import oip_repository
 from services.gateway.servicers.jobs import JobServicer
 from services.gateway.servicers.keys import KeyServicer
@@ -140,7 +141,9 @@ class GatewayService:
             publisher, s.record_batch_max_records, nc.max_payload * 3 // 4, s.record_batches_in_flight
         )
         stack.push_async_callback(records.close)  # before the drain: closed first, drained after
-        predictor = Predictor(s, inference, inference_backend, catalog, records)
+        # Shared by every replica: a request_id claimed on one is seen by all (request_ids.py).
+        request_ids = await RequestIds.open(js, s.request_id_ttl_s, s.nats_stream_replicas)
+        predictor = Predictor(s, inference, inference_backend, catalog, records, request_ids)
         queue = JobQueueClient(
             job_queue_service_pb2_grpc.JobQueueServiceStub(jobs_channel),
             Backend("jobs", jobs_channel, s.jobs_timeout_s, own_unavailable=True),
@@ -152,7 +155,7 @@ class GatewayService:
                 auth=auth,
                 catalog=catalog,
                 predictor=predictor,
-                jobs=JobManager(s, store, store_backend, catalog, nc, js, queue),
+                jobs=JobManager(s, store, store_backend, catalog, nc, js, queue, request_ids),
                 records=Records(store, store_backend),
                 open_inference=OpenInference(s, catalog, predictor),
                 keys=KeyAdmin(store, store_backend, auth),

@@ -53,6 +53,11 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     """Record batches awaiting JetStream's acknowledgement at once before new records wait to go
     in the next batch; 1 is group commit: under load, each batch holds what arrived during the
     previous one's round trip."""
+    request_id_ttl_s: float = Field(default=limits.REQUEST_ID_TTL_S, ge=60, le=limits.MAX_REQUEST_ID_TTL_S)
+    """How long a ``request_id`` remembers a digest of the request it came with (in the shared
+    ``ferry_request_ids`` KV bucket): within it, the same id with other inputs is refused 409
+    REQUEST_ID_REUSED; after it, such a reuse is no longer detected (docs/api.md, *Retries*).
+    The last gateway started sets the bucket's TTL: give every replica the same value."""
     max_image_bytes: int = Field(default=limits.DEFAULT_IMAGE_BYTES, gt=0)
     """Largest encoded image accepted, in bytes. Job items are also bounded by NATS's max_payload."""
     max_job_items: int = Field(default=limits.MAX_JOB_ITEMS, ge=1)

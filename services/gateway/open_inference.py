@@ -251,7 +251,7 @@ class OpenInference:
         # The request's ``id`` names its records as a request_id does, so it is claimed as one;
         # priority, timeout and the outputs picked are left out: they do not change the answers.
         claim = self._predictor.request_ids.claim(
-            "oip", tenant, request.id, digest("oip", (model, version, top_k, *inputs.items))
+            "oip", tenant, request.id, digest("oip", (model, version, top_k, *inputs.items)), field="id"
         )
         call = self._predictor.run_inputs(model, inputs.items, top_k, priority, version)
         try:  # the claim runs beside inference; it must hold before anything is recorded

@@ -126,23 +126,25 @@ class RequestIds:
         """Opens (or creates) the bucket, its entries expiring after ``ttl_s``."""
         return cls(await open_key_value(js, REQUEST_IDS_BUCKET, replicas, ttl_s=ttl_s))
 
-    def claim(self, kind: str, tenant: str, request_id: str, request_digest: bytes) -> Claim:
+    def claim(
+        self, kind: str, tenant: str, request_id: str, request_digest: bytes, field: str = "request_id"
+    ) -> Claim:
         """Starts claiming ``request_id`` of ``tenant`` for a ``kind`` of call ("predict", "job",
         ...) whose request digests to ``request_digest``; await ``Claim.held`` before recording.
 
         It runs while the caller goes on (a Predict's inference), so a claim adds little latency.
-        Without a ``request_id`` nothing is claimed.
+        Without a ``request_id`` nothing is claimed. ``field`` names it in a refusal (ModelInfer: "id").
         """
         if not request_id:
             return Claim()
         named = hashlib.sha256(f"{tenant}\x00{request_id}".encode()).hexdigest()[:40]
         key = f"{kind}.{named}"
-        task = asyncio.ensure_future(self._claim(key, request_digest, request_id))
+        task = asyncio.ensure_future(self._claim(key, request_digest, f"{field} {request_id!r}", field))
         # A claim whose caller failed before awaiting it must not log "exception never retrieved".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return Claim(self._bucket, key, task)
 
-    async def _claim(self, key: str, value: bytes, request_id: str) -> int:
+    async def _claim(self, key: str, value: bytes, named: str, field: str) -> int:
         """Claims ``key`` for ``value``: its revision when this call created it, 0 for a retry.
 
         Raises:
@@ -161,14 +163,13 @@ class RequestIds:
                 if entry.value == value:
                     return 0
                 raise AlreadyExists(
-                    f"request_id {request_id!r} was already used with other inputs; a retry must "
-                    "send the same request, so use a new request_id for new inputs",
+                    f"{named} was already used with other inputs; a retry must send the same "
+                    f"request, so use a new {field} for new inputs",
                     reason="REQUEST_ID_REUSED",
-                    metadata={"field": "request_id"},
+                    metadata={"field": field},
                 )
         raise AlreadyExists(
-            f"request_id {request_id!r} is being used by other requests at this moment; "
-            "use a new request_id for new inputs",
+            f"{named} is being used by other requests at this moment; use a new {field} for new inputs",
             reason="REQUEST_ID_REUSED",
-            metadata={"field": "request_id"},
+            metadata={"field": field},
         )

@@ -9,7 +9,9 @@ import nats.errors
 import nats.js.errors
 
 from services.common import messaging
+from services.common.errors import FerryError
 from services.common.settings import NatsSettings
+from services.gateway.request_ids import REQUEST_IDS_BUCKET, RequestIds, digest
 from tests.scaling.cluster import LocalNatsCluster
 
 JETSTREAM_UP_S = 30.0
@@ -69,3 +71,41 @@ async def test_queued_items_survive_the_leader_killed(nats_cluster: LocalNatsClu
         # A publish retried across the failover is still deduplicated by the new leader.
         ack = await js.publish(subject, b"item 7", headers={"Nats-Msg-Id": "item-7"})
         assert ack.duplicate
+
+
+async def test_request_ids_claimed_through_different_nodes_are_one_memory(
+    nats_cluster: LocalNatsCluster,
+) -> None:
+    """Two gateways, each connected to another node of the cluster, race to claim the same
+    request_ids with other inputs: one wins each, the other is refused (the bucket has 3 copies)."""
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_cluster.url, "test", stack)
+        await ensure_when_up(js, 3)
+        gateways = []
+        for node in (0, 1):
+            nc, node_js = await messaging.connect(
+                f"nats://127.0.0.1:{nats_cluster.ports[node]}", f"gw{node}", stack
+            )
+            assert nc.connected_url is not None and nc.connected_url.port == nats_cluster.ports[node]
+            gateways.append(await RequestIds.open(node_js, 3600.0, replicas=3))
+        info = await js.stream_info(f"KV_{REQUEST_IDS_BUCKET}")
+        assert info.config.num_replicas == 3
+
+        async def outcome(ids: RequestIds, request_id: str, inputs: str) -> str:
+            try:
+                await ids.claim("predict", "acme", request_id, digest("predict", [inputs])).held()
+            except FerryError as err:
+                return err.reason
+            return "held"
+
+        for n in range(20):
+            got = await asyncio.gather(
+                outcome(gateways[0], f"across-{n}", "cat"), outcome(gateways[1], f"across-{n}", "coffee")
+            )
+            assert sorted(got) == ["REQUEST_ID_REUSED", "held"], got
+            # Each gateway's retry of its own request: held only where it won.
+            again = [
+                await outcome(g, f"across-{n}", inputs)
+                for g, inputs in zip(gateways, ("cat", "coffee"), strict=True)
+            ]
+            assert again == got

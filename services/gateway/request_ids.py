@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Iterable
 
 import grpc
@@ -37,13 +38,18 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.common.downstream import publishing
-from services.common.errors import AlreadyExists, FerryError
+from services.common.downstream import RETRY_AFTER
+from services.common.errors import AlreadyExists, FerryError, Unavailable
 from services.common.messaging import open_key_value
 
 log = logging.getLogger(__name__)
 
 REQUEST_IDS_BUCKET = "ferry_request_ids"
+
+# As ``services.common.publisher``: a claim rides out a NATS restart as a record's publish does.
+_ATTEMPT_TIMEOUT_S = 2.0
+_FIRST_RETRY_S = 0.05
+_MAX_RETRY_S = 0.5
 
 #: Errors after which nothing was recorded, and the same request would fail the same way: the
 #: claim is given back. Any other (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL) keeps it.
@@ -118,13 +124,17 @@ class Claim:
 class RequestIds:
     """Claims request_ids in the shared bucket (see the module's docstring)."""
 
-    def __init__(self, bucket: KeyValue) -> None:
+    def __init__(self, bucket: KeyValue, budget_s: float) -> None:
         self._bucket = bucket
+        self._budget_s = budget_s
 
     @classmethod
-    async def open(cls, js: JetStreamContext, ttl_s: float, replicas: int = 1) -> RequestIds:
-        """Opens (or creates) the bucket, its entries expiring after ``ttl_s``."""
-        return cls(await open_key_value(js, REQUEST_IDS_BUCKET, replicas, ttl_s=ttl_s))
+    async def open(
+        cls, js: JetStreamContext, ttl_s: float, replicas: int = 1, budget_s: float = 10.0
+    ) -> RequestIds:
+        """Opens (or creates) the bucket, its entries expiring after ``ttl_s``; a claim keeps
+        trying for ``budget_s`` (the gateway's publish_timeout_s) while NATS does not answer."""
+        return cls(await open_key_value(js, REQUEST_IDS_BUCKET, replicas, ttl_s=ttl_s), budget_s)
 
     def claim(
         self, kind: str, tenant: str, request_id: str, request_digest: bytes, field: str = "request_id"
@@ -147,27 +157,56 @@ class RequestIds:
     async def _claim(self, key: str, value: bytes, named: str, field: str) -> int:
         """Claims ``key`` for ``value``: its revision when this call created it, 0 for a retry.
 
+        A create whose answer was lost may have been stored: the next attempt then finds the key
+        with this digest and goes on as a retry (0), so it is never given back; harmless.
+
         Raises:
-            FerryError: REQUEST_ID_REUSED, or UNAVAILABLE.
+            FerryError: REQUEST_ID_REUSED, or UNAVAILABLE once the budget is spent.
         """
-        async with publishing("the request_id could not be checked"):
-            for _ in range(3):  # a key given back between our create and get: claim it again
-                try:
-                    return await self._bucket.create(key, value)
-                except KeyWrongLastSequenceError:
-                    pass
-                try:
-                    entry = await self._bucket.get(key)
-                except KeyNotFoundError:
-                    continue
-                if entry.value == value:
-                    return 0
-                raise AlreadyExists(
-                    f"{named} was already used with other inputs; a retry must send the same "
-                    f"request, so use a new {field} for new inputs",
-                    reason="REQUEST_ID_REUSED",
-                    metadata={"field": field},
-                )
+        deadline = time.monotonic() + self._budget_s
+        delay = _FIRST_RETRY_S
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(min(_ATTEMPT_TIMEOUT_S, max(remaining, 0.01))):
+                    return await self._attempt(key, value, named, field)
+            except (NatsError, TimeoutError) as err:
+                if time.monotonic() + delay >= deadline:
+                    log.warning("request_id key %s could not be claimed: %r", key, err)
+                    raise Unavailable(
+                        "the request_id could not be checked: the message bus did not answer; "
+                        "retry in a few seconds",
+                        reason="EVENTS_UNAVAILABLE",
+                        retry_after=RETRY_AFTER,
+                    ) from None
+                log.debug("claim of %s failed (%r); retrying in %.2fs", key, err, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _MAX_RETRY_S)
+
+    async def _attempt(self, key: str, value: bytes, named: str, field: str) -> int:
+        """One try of ``_claim``.
+
+        Raises:
+            FerryError: REQUEST_ID_REUSED.
+            nats.errors.Error, TimeoutError: NATS did not answer.
+        """
+        for _ in range(3):  # a key given back between our create and get: claim it again
+            try:
+                return await self._bucket.create(key, value)
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self._bucket.get(key)
+            except KeyNotFoundError:
+                continue
+            if entry.value == value:
+                return 0
+            raise AlreadyExists(
+                f"{named} was already used with other inputs; a retry must send the same "
+                f"request, so use a new {field} for new inputs",
+                reason="REQUEST_ID_REUSED",
+                metadata={"field": field},
+            )
         raise AlreadyExists(
             f"{named} is being used by other requests at this moment; use a new {field} for new inputs",
             reason="REQUEST_ID_REUSED",

@@ -142,7 +142,9 @@ class GatewayService:
         )
         stack.push_async_callback(records.close)  # before the drain: closed first, drained after
         # Shared by every replica: a request_id claimed on one is seen by all (request_ids.py).
-        request_ids = await RequestIds.open(js, s.request_id_ttl_s, s.nats_stream_replicas)
+        request_ids = await RequestIds.open(
+            js, s.request_id_ttl_s, s.nats_stream_replicas, s.publish_timeout_s
+        )
         predictor = Predictor(s, inference, inference_backend, catalog, records, request_ids)
         queue = JobQueueClient(
             job_queue_service_pb2_grpc.JobQueueServiceStub(jobs_channel),

@@ -6,11 +6,13 @@ import asyncio
 from contextlib import AsyncExitStack
 
 import pytest
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
 from services.common import messaging
 from services.common.errors import AlreadyExists, FerryError, InvalidArgument, Unavailable
 from services.gateway.request_ids import REQUEST_IDS_BUCKET, RequestIds, digest
+from tests.gateway.test_nats import PrivateNats, private_nats  # noqa: F401  (a fixture)
 
 DAY = 24 * 3600.0
 
@@ -119,3 +121,27 @@ def test_digests_tell_apart_parts_that_only_shift_bytes() -> None:
     assert digest("predict", ["ab", "c"]) != digest("predict", ["a", "bc"])
     assert digest("predict", ["m", 5]) == digest("predict", ["m", 5])
     assert digest("predict", ["m"]) != digest("job", ["m"])
+
+
+async def test_a_claim_rides_out_a_nats_restart_and_gives_up_after_its_budget(
+    private_nats: tuple[PrivateNats, JetStreamContext],  # noqa: F811  (the imported fixture)
+) -> None:
+    """As a record's publish does: a NATS restart within the budget is waited for, not refused."""
+    server, js = private_nats
+    ids = await RequestIds.open(js, DAY, budget_s=20.0)
+    server.stop()
+    claim = ids.claim("predict", "acme", "across-a-restart", digest("predict", ["cat"]))
+    await asyncio.sleep(1.0)  # attempts fail at once meanwhile; the claim keeps trying
+    assert claim.task is not None and not claim.task.done()
+    server.start()
+    await claim.held()
+    assert (
+        await outcome(ids, "acme", "across-a-restart", digest("predict", ["coffee"])) == "REQUEST_ID_REUSED"
+    )
+
+    server.stop()
+    with pytest.raises(Unavailable) as caught:
+        await RequestIds(ids._bucket, budget_s=1.0).claim("predict", "acme", "x", b"d").held()
+    assert caught.value.reason == "EVENTS_UNAVAILABLE"
+    server.start()
+    await ids.claim("predict", "acme", "y", b"d").held()  # back (the fixture drains a live connection)

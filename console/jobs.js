@@ -81,7 +81,8 @@ async function submitForm() {
       fill(status, h("p", {class: "muted"}, `Uploading ${chosen.name} (${chosen.size} bytes)…`));
       const zip = /\.zip$/i.test(chosen.name);
       const {upload} = await call("POST", "/v1/uploads", {body: chosen, contentType: zip ? "application/zip" : "application/x-ndjson"});
-      fill(status, h("p", {class: "muted"}, `Uploaded ${upload.name} (${upload.entries} entries); creating the job…`));
+      const skipped = upload.skipped_entries ? `, ${upload.skipped_entries} system files such as __MACOSX/ left out` : "";
+      fill(status, h("p", {class: "muted"}, `Uploaded ${upload.name} (${upload.entries} entries${skipped}); creating the job…`));
       const {job} = await post("/v1/jobs", {model: model.value, manifest: upload.name, priority: priority.value, top_k: Number(topK.value) || 0});
       location.hash = `#/jobs/${jobId(job)}`;
     } catch (error) {

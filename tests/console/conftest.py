@@ -84,8 +84,8 @@ def sign_in(browser: Browser, key: str = API_KEY) -> None:
 
 @pytest.fixture(scope="package")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """scikit-image's photos as files a user picks: the cat, and a zip of cats and coffees and one
-    file that is not an image (one failed item)."""
+    """scikit-image's photos as files a user picks: the cat, and a zip of cats and coffees, one
+    file that is not an image (one failed item) and a Mac's bookkeeping files (no items)."""
     root = Path(tmp_path_factory.mktemp("photos"))
     cat = _jpeg(skimage_data.chelsea())
     (root / "chelsea.jpg").write_bytes(cat)
@@ -95,4 +95,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for i in range(ZIP_PHOTOS):
             archive.writestr(f"{i:02d}-{'chelsea' if i % 2 else 'coffee'}.jpg", cat if i % 2 else coffee)
         archive.writestr("zz-notes.jpg", b"these bytes are not a picture")
+        # As macOS's Finder zips a folder: no items of these (else each would be a failed one).
+        archive.writestr("__MACOSX/._00-coffee.jpg", b"\x00\x05\x16\x07" + bytes(80))
+        archive.writestr(".DS_Store", b"Bud1" + bytes(2044))
     return {"cat": root / "chelsea.jpg", "zip": root / "photos.zip"}

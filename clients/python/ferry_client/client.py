@@ -238,7 +238,9 @@ class FerryClient:
     ) -> prediction_pb2.Prediction:
         """Classifies one image (bytes or a file path) and returns the recorded prediction.
 
-        A ``request_id`` makes the call safe to retry: the same id yields the same prediction.
+        A ``request_id`` makes the call safe to retry: the same id with the same image yields the
+        same prediction; with another image it raises ``FerryError`` ALREADY_EXISTS
+        ``REQUEST_ID_REUSED`` (use a new id for new inputs).
         ``version`` picks a version of the model (empty: its default); ``model_version`` says which answered.
         """
         request = model_service_pb2.PredictRequest(
@@ -359,6 +361,8 @@ class FerryClient:
         under a backlog, without starving lower ones. ``manifest`` (``uploads/ID``, from
         ``upload``) gives the items by reference instead of ``images`` (pass none then).
         ``images`` may also hold other inputs, built with ``text_input`` or ``payload_input``.
+        A ``request_id`` makes it safe to retry (the same job); sent again with other inputs it
+        raises ``FerryError`` ALREADY_EXISTS ``REQUEST_ID_REUSED``.
         """
         request = job_service_pb2.CreateJobRequest(
             model=_model_name(model),

@@ -73,7 +73,7 @@ function tryIt(model) {
   const form = h("form", {class: "card", id: "try-form"}, h("h2", {}, "Try it"));
   let read;
   if (kind === "image") {
-    const picker = h("input", {id: "try-image", type: "file", accept: "image/*", required: true});
+    const picker = h("input", {id: "try-image", type: "file", accept: "image/*,.heic,.heif,.avif", required: true});
     const preview = h("img", {class: "preview", alt: "", hidden: true});
     const drop = h("div", {class: "drop", id: "try-drop"}, "Drop an image here, or pick one: ", picker, preview);
     const show = (file) => {
@@ -89,7 +89,7 @@ function tryIt(model) {
       drop.classList.remove("over");
       if (e.dataTransfer.files.length) { picker.files = e.dataTransfer.files; show(picker.files[0]); }
     });
-    form.append(field("Image", drop, "JPEG, PNG, WebP, BMP or GIF"));
+    form.append(field("Image", drop, "JPEG, PNG, WebP, AVIF, HEIC, BMP or GIF"));
     read = async () => ({image: {content: await base64Of(picker.files[0])}});
   } else if (kind === "text") {
     const text = h("textarea", {id: "try-text", rows: 3, required: true});

@@ -14,14 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import pi_heif
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode, functional
 
-#: PIL format names accepted as input, as the contract (ferry.types.v1.Image) lists them.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP or GIF"
+#: PIL format names accepted as input, as the contract (ferry.types.v1.Image) lists them. HEIF is
+#: what phones save photos as (an iPhone's HEIC); pi-heif decodes it (libheif and libde265, no
+#: encoder), AVIF is Pillow's own.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "HEIF", "BMP", "GIF")
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, AVIF, HEIC/HEIF, BMP or GIF"
+pi_heif.register_heif_opener()
 CPU = torch.device("cpu")
 
 

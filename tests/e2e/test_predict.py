@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ from tests.e2e.rest import Rest, b64
 pytestmark = pytest.mark.e2e
 
 PREDICT = "/v1/models/efficientnet-lite0:predict"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def predict(rest: Rest, image: bytes, top_k: int = 5) -> dict[str, Any]:
@@ -39,6 +41,14 @@ def test_cat_photo_top_label_is_a_cat(rest: Rest, cat_jpeg: bytes) -> None:
     timing = prediction["timing"]
     assert timing["inference_ms"] > 0 and timing["total_ms"] >= timing["inference_ms"]
     assert timing["batch_size"] >= 1
+
+
+def test_a_phones_heic_photo_is_read_upright_and_answered_as_its_jpeg(rest: Rest, cat_jpeg: bytes) -> None:
+    # An iPhone's HEIC, stored sideways with its EXIF orientation (tests/fixtures/README.md).
+    heic = (FIXTURES / "chelsea-sideways.heic").read_bytes()
+    from_heic, from_jpeg = predict(rest, heic, top_k=3), predict(rest, cat_jpeg, top_k=3)
+    assert from_heic["classes"][0]["index"] in CAT_CLASSES, from_heic["classes"]
+    assert [c["index"] for c in from_heic["classes"]] == [c["index"] for c in from_jpeg["classes"]]
 
 
 def test_coffee_photo_is_espresso(rest: Rest, coffee_jpeg: bytes) -> None:

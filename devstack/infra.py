@@ -162,10 +162,16 @@ class ManagedProcess:
         """The exit code once the child has exited (negative: killed by that signal), else None."""
         return self.popen.poll()
 
-    def stop(self, timeout_s: float = 15.0) -> int:
-        """Sends SIGTERM, waits, then SIGKILLs; returns the exit code. Safe to call again."""
+    def stop(self, callers_gone: bool = False, timeout_s: float = 15.0) -> int:
+        """Sends SIGTERM, waits, then SIGKILLs; returns the exit code. Safe to call again.
+
+        Args:
+            callers_gone: send SIGINT instead: whatever calls this process has stopped already, so a
+                Ferry service skips its shutdown delay (``ServiceSettings.shutdown_delay_s``).
+            timeout_s: how long to wait before the SIGKILL.
+        """
         if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(signal.SIGINT if callers_gone else signal.SIGTERM)
             try:
                 self.popen.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -323,8 +329,9 @@ class Postgres:
         """Always None: the postmaster is not our child, so its exit status is not ours to read."""
         return None
 
-    def stop(self) -> None:
-        """Stops the server (pg_ctl waits for it); its data stays for the next start.
+    def stop(self, callers_gone: bool = False) -> None:
+        """Stops the server (pg_ctl waits for it); its data stays for the next start. Postgres has
+        no shutdown delay, so ``callers_gone`` changes nothing.
 
         Also releases pgserver's handle on a server that died, so that a new ``Postgres`` on the same
         data directory starts a fresh postmaster instead of reusing the dead one's record.

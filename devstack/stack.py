@@ -4,7 +4,8 @@ Order: Postgres and NATS, then the four services (started together, each waited 
 health), then Envoy. While it runs, a process that exits is started again (``devstack.supervisor``),
 so one crash costs a few seconds of that part, never the stack. Ctrl-C (or SIGTERM) stops them in
 reverse so in-flight work drains: Envoy first, store last, so records published during shutdown
-still reach Postgres.
+still reach Postgres. A service's processes stop together, and skip their shutdown delay: whatever
+calls them has stopped before them.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ class LocalStack:
                     self.logs_dir / f"{name}.log",
                     surge=True,
                     ready_line=READY_LINE,
+                    group=service,
                 )
                 supervisor.start(program)
         for service in START_ORDER:
@@ -273,6 +275,7 @@ class LocalStack:
                     partial(ManagedProcess.start, name, argv, self.logs_dir),
                     partial(port_open, s.host, port),
                     self.logs_dir / f"{name}.log",
+                    group="nats",
                 )
             )
         for name in names:

@@ -15,12 +15,13 @@ takes as long as a service's start, and crashes elsewhere must not wait for it).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -52,8 +53,12 @@ class Handle(Protocol):
 
     def exit_code(self) -> int | None: ...
 
-    def stop(self) -> object:
-        """Stops it gracefully (SIGTERM, then SIGKILL); also releases an exited one's resources."""
+    def stop(self, callers_gone: bool = False) -> object:
+        """Stops it gracefully (SIGTERM, then SIGKILL); also releases an exited one's resources.
+
+        ``callers_gone``: whatever calls it has stopped already (the whole stack stops), so it need
+        not wait for balancers to move away before it drains (a service gets SIGINT).
+        """
         ...
 
 
@@ -77,6 +82,9 @@ class Program(Generic[H]):
     ready_line: str = ""
     """Text the process logs once ready. Tells a surge replacement's readiness from the old
     process's, since both answer the probe on the same port."""
+    group: str = ""
+    """Programs started one after another with the same group (a service's replicas) stop together
+    when the whole stack stops; empty: the program stops alone."""
 
 
 @dataclass
@@ -141,12 +149,23 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _stop(handle: Handle) -> None:
+def _stop(handle: Handle, callers_gone: bool = False) -> None:
     """Stops ``handle``; a failure to stop one process must not stop the supervisor."""
     try:
-        handle.stop()
+        handle.stop(callers_gone)
     except Exception as err:
         print(f"could not stop pid {handle.pid} cleanly: {err!r}", file=sys.stderr, flush=True)
+
+
+def _stop_together(handles: list[Handle]) -> None:
+    """Stops ``handles`` at once (their callers are gone) and returns once all have exited."""
+    threads = [threading.Thread(target=_stop, args=(handle, True)) for handle in handles[1:]]
+    for thread in threads:
+        thread.start()
+    if handles:
+        _stop(handles[0], callers_gone=True)
+    for thread in threads:
+        thread.join()
 
 
 class Supervisor:
@@ -471,16 +490,32 @@ class Supervisor:
                 control.write_result(self.state_dir, nonce, result)
 
     def stop(self) -> None:
-        """Stops every process in reverse start order, and removes status.json."""
+        """Stops every process in reverse start order, and removes status.json.
+
+        Each process's callers were started after it, so they have stopped by the time it stops:
+        no process waits for balancers to move away, and a group's processes stop together.
+        """
         self._closing.set()
         for thread in self._threads:
             thread.join(timeout=60)
         self._threads.clear()
-        for unit in reversed(list(self._units.values())):
+        for units in _groups(reversed(list(self._units.values()))):
+            handles: list[Handle] = []
             with self._lock:
-                handles = [h for h in (unit.replacement, unit.handle) if h is not None]
-                unit.state, unit.replacement = "stopped", None
-            for handle in handles:
-                _stop(handle)
+                for unit in units:
+                    handles += [h for h in (unit.replacement, unit.handle) if h is not None]
+                    unit.state, unit.replacement = "stopped", None
+            _stop_together(handles)
         with self._write_lock:
             status_path(self.state_dir).unlink(missing_ok=True)
+
+
+def _groups(units: Iterable[_Unit]) -> Iterator[list[_Unit]]:
+    """``units`` in their order, neighbours of one ``Program.group`` together."""
+    for _, together in itertools.groupby(units, key=_group_of):
+        yield list(together)
+
+
+def _group_of(unit: _Unit) -> tuple[str, str]:
+    group = unit.program.group
+    return (group, "") if group else ("", unit.program.name)

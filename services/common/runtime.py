@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from typing import Protocol, cast
 
 import grpc
@@ -71,7 +71,8 @@ def _shedding(own: Sequence[grpc.aio.ServerInterceptor]) -> Shed | None:
 
 
 async def run_service(service: FerryService, settings: ServiceSettings) -> None:
-    """Runs ``service`` until SIGTERM or SIGINT, then shuts it down gracefully."""
+    """Runs ``service`` until SIGTERM or SIGINT, then shuts it down gracefully (SIGINT without the
+    shutdown delay: see ``ServiceSettings.shutdown_delay_s``)."""
     setup_logging(service.name, settings.log_level)
     shutdown_tracing = setup_tracing(f"ferry-{service.name}", settings.otlp_endpoint)
     start_metrics_server(settings.grpc_host, settings.metrics_port)
@@ -100,9 +101,19 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     log.info("listening on %s (NOT_SERVING until ready)", address)
 
     stop = asyncio.Event()
+    # SIGTERM: this process leaves while its callers stay (a rolling restart, a pod removed), so it
+    # waits SHUTDOWN_DELAY_S for balancers to move away. SIGINT: its callers have stopped already
+    # (``ferry up`` stopping the whole stack in reverse order, or Ctrl-C on one process), so no
+    # balancer can still send here and it drains at once.
+    callers_gone = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def stop_at_once() -> None:
+        callers_gone.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, stop_at_once)
 
     async with AsyncExitStack() as stack:
         stack.callback(shutdown_tracing)  # flushes buffered spans last
@@ -119,11 +130,12 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
         else:
             starting.cancel()
         await readiness.mark_stopping()
-        if settings.shutdown_delay_s and starting.done():
+        if settings.shutdown_delay_s and starting.done() and not callers_gone.is_set():
             # Health says NOT_SERVING now, but calls still get answers until balancers have moved
             # away: refusing them at once would fail calls routed here before they noticed.
             log.info("leaving: NOT_SERVING, still answering for %.1fs", settings.shutdown_delay_s)
-            await asyncio.sleep(settings.shutdown_delay_s)
+            with suppress(TimeoutError):  # a SIGINT meanwhile ends the wait
+                await asyncio.wait_for(callers_gone.wait(), settings.shutdown_delay_s)
         log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_s)

@@ -30,7 +30,9 @@ class ServiceSettings(BaseSettings):
     """Seconds between reporting NOT_SERVING on SIGTERM and refusing new calls, while calls are
     still answered: the time balancers (Envoy's health checks, other replicas' clients, Kubernetes
     endpoints) take to stop sending here. 0 suits one process restarted by surge (its successor
-    already listens); several replicas behind a balancer need it (``ferry up`` sets 5 s then)."""
+    already listens); several replicas behind a balancer need it (``ferry up`` sets 5 s then).
+    SIGINT skips it (calls under way still drain): it means the callers have stopped already, as
+    when ``ferry up`` stops the whole stack, Envoy and gateways first."""
     max_message_bytes: int = limits.MAX_MESSAGE_BYTES
     """Largest gRPC message sent or received; images travel inside messages. The default is the
     largest body Envoy lets through (services/common/limits.py), so gRPC's own size refusal

@@ -194,3 +194,43 @@ def test_stop_holds_a_process_down_until_start(running: Running, tmp_path: Path)
     back = _eventually(lambda: running.process("svc") if running.process("svc").state == "running" else None)
     assert back.pid not in (None, first.pid)
     assert act(tmp_path, "start", ["svc"]) == 1  # not stopped
+
+
+def test_stopping_the_stack_stops_a_groups_processes_together_without_their_shutdown_delay(
+    running: Running, tmp_path: Path
+) -> None:
+    """Replicas of a service whose callers stopped before them (``ferry up`` stops in reverse start
+    order): they need not leave balancers, and none waits for another to exit."""
+    logs, barrier = tmp_path / "logs", tmp_path / "barrier"
+    barrier.mkdir()
+    names = ["svc-0", "svc-1"]
+    for name in names:
+        port = free_port()
+        env = {
+            **CHILD_ENV,
+            "FERRY_GRPC_PORT": str(port),
+            "FERRY_METRICS_PORT": "0",
+            "FERRY_SHUTDOWN_DELAY_S": "30",  # as a replica under `ferry up` has (5 s there)
+        }
+        argv = [sys.executable, "-m", "tests.devstack.children", "service", str(barrier), str(len(names))]
+        program = Program(
+            name,
+            partial(ManagedProcess.start, name, argv, logs, env),
+            partial(is_serving, f"127.0.0.1:{port}", timeout_s=1.0),
+            logs / f"{name}.log",
+            group="svc",
+        )
+        running.supervisor.start(program)
+    for name in names:
+        running.supervisor.wait_serving(name, 60)
+    running.thread.start()
+
+    running.stopping.set()
+    running.thread.join(timeout=30)
+    running.supervisor.stop()
+
+    for name in names:
+        log = (logs / f"{name}.log").read_text()
+        assert "others stopping too" in log, log  # each was told before the other had exited
+        assert "leaving: NOT_SERVING" not in log, log
+        assert "shutting down: draining" in log, log

@@ -374,6 +374,11 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
     # REST only: gRPC requests are never refused for it.
     encoding = LocalReply(415, header_limits.ENCODING_REASON, header_limits.ENCODING_MESSAGE)
     mappers.append(_rest_mapper(encoding, {"source": "envoy"}, header_limits.recorded("encoding")))
+    # Envoy's refusal of a CONNECT (connect_route), 403 without a body: 405 naming the methods.
+    connect = LocalReply(403, "METHOD_NOT_ALLOWED", CONNECT_MESSAGE)
+    method = {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}}
+    connect_mapper = _rest_mapper(connect, {"method": "CONNECT", "source": "envoy"}, method)
+    mappers.append(connect_mapper | {"headers_to_add": _header_options([("allow", connect_allow())])})
     for reply in LOCAL_REPLIES:
         mappers += _both(reply, details)
     return {"mappers": mappers}
@@ -463,3 +468,29 @@ def method_not_allowed_routes() -> str:
                               append_action: OVERWRITE_IF_EXISTS_OR_ADD
                           typed_per_filter_config:{skipped_filters()}""")
     return "".join(routes)
+
+
+#: A CONNECT asks for a tunnel, and Ferry's port is no proxy. It has no :path, so no other route
+#: matched it, and the buffer and Lua filters waited for the end of a body that a tunnel never
+#: sends: the request was held, unanswered, until Envoy's timeouts. On its own route Envoy refuses
+#: it before any filter runs (403, details ``upgrade_failed``: the route allows no CONNECT), and the
+#: local reply config makes that 405 METHOD_NOT_ALLOWED (``connect_refusal``).
+CONNECT_MESSAGE = "CONNECT is not served: Ferry's public port answers REST and gRPC calls, and is no proxy"
+
+
+def connect_allow() -> str:
+    """The ``allow`` header of a refused CONNECT: every method Ferry's REST paths take."""
+    return ", ".join(sorted({method for methods in rest_methods().values() for method in methods}))
+
+
+def connect_route() -> str:
+    """The route of CONNECT requests, as route YAML text: 405 without the filters that read bodies."""
+    return f"""
+                        - match: {{connect_matcher: {{}}}}
+                          direct_response:
+                            status: 405
+                            body: {{inline_string: "{CONNECT_MESSAGE}"}}
+                          response_headers_to_add:
+                            - header: {{key: allow, value: "{connect_allow()}"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                          typed_per_filter_config:{skipped_filters()}"""

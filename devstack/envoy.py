@@ -419,7 +419,7 @@ static_resources:
                   virtual_hosts:
                     - name: ferry
                       domains: ["*"]
-                      routes:{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{edge.method_not_allowed_routes()}{_routes(opts)}
+                      routes:{edge.connect_route()}{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{edge.method_not_allowed_routes()}{_routes(opts)}
                 http_filters:{header_limits.lua_filter()}{edge.original_method_filter()}{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING

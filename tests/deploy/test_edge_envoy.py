@@ -251,6 +251,34 @@ def test_an_http_1_0_request_is_answered_not_426(edge: str) -> None:
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
+def _raw_answer(edge: str, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    """Sends ``request`` as it is over a new connection; the status line, headers and body."""
+    port = int(edge.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += connection.recv(4096)  # a held request times out here (socket.timeout)
+        head, body = answer.split(b"\r\n\r\n", 1)
+        status, *lines = head.decode().split("\r\n")
+        headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines)}
+        while len(body) < int(headers.get("content-length", 0)):
+            body += connection.recv(4096)
+    return status.encode(), headers, body
+
+
+@pytest.mark.parametrize("target", [b"example.com:443", b"127.0.0.1:50051"])
+def test_a_connect_request_is_405_at_once_not_held(edge: str, target: bytes) -> None:
+    # A CONNECT (a proxy's tunnel) has no path: no route matched it, and the buffer and Lua filters
+    # waited for the end of a body that never comes, holding the connection until Envoy's timeouts.
+    status, headers, body = _raw_answer(edge, b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))
+    assert status.startswith(b"HTTP/1.1 405"), (status, body)
+    assert headers["allow"] == "GET, HEAD, POST"
+    error = json.loads(body)
+    assert error["details"][0]["reason"] == "METHOD_NOT_ALLOWED", error
+    assert "CONNECT is not served" in error["message"], error
+
+
 @pytest.fixture(scope="module")
 def answering_gateway() -> Iterator[int]:
     """A gRPC server as the gateway, SERVING, whose ListModels answers an empty message."""

@@ -12,8 +12,6 @@ Native gRPC bodies are protobuf: the gateway checks those (services/common/nesti
 
 from __future__ import annotations
 
-from typing import Any
-
 from services.common import limits
 
 REASON = "NESTING_TOO_DEEP"
@@ -65,17 +63,3 @@ def message() -> str:
         f"the JSON body nests objects and arrays deeper than {limits.MAX_JSON_DEPTH} levels, the limit "
         "(services/common/limits.py MAX_JSON_DEPTH); flatten the payload or parameters"
     )
-
-
-def recorded(namespace: str) -> dict[str, Any]:
-    """A local reply filter: the Lua filter refused the body for its depth."""
-    return {
-        "metadata_filter": {
-            "matcher": {
-                "filter": namespace,
-                "path": [{"key": METADATA_KEY}],
-                "value": {"present_match": True},
-            },
-            "match_if_key_not_found": False,
-        }
-    }

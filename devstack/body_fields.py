@@ -263,20 +263,6 @@ NOT_JSON_MESSAGE = (
 )
 
 
-def not_json() -> dict[str, object]:
-    """A local reply filter: the Lua filter refused a body that is not a JSON object."""
-    return {
-        "metadata_filter": {
-            "matcher": {
-                "filter": METADATA_NAMESPACE,
-                "path": [{"key": "not_json"}],
-                "value": {"present_match": True},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
-
-
 def unknown_field_message() -> str:
     """The 400's message, with the field, its message and the known fields the filter recorded."""
     ns = METADATA_NAMESPACE

@@ -82,20 +82,11 @@ def routes(served_dir: str, folder: Path = CONSOLE_DIR) -> str:
     """The console's routes as route YAML text: ``/console`` redirects to ``/console/`` (index.html),
     and each file of ``folder`` is answered from ``served_dir`` (where Envoy finds the folder); a
     method other than GET or HEAD is 405, as on the API's paths."""
-    text = f"""
-                        - match:
-                            safe_regex: {{regex: "^{CONSOLE_PATH.rstrip("/")}(/.*)?$"}}
-                            headers:
-                              - name: ":method"
-                                string_match: {{safe_regex: {{regex: "^(GET|HEAD)$"}}}}
-                                invert_match: true
-                          direct_response:
-                            status: 405
-                            body: {{inline_string: "the console's files take GET, HEAD"}}
-                          response_headers_to_add:
-                            - header: {{key: allow, value: "GET, HEAD"}}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
-                          typed_per_filter_config:{edge.skipped_filters()}
+    methods = ("GET", "HEAD")
+    allow = ", ".join(methods)
+    other = edge.other_methods(f"^{CONSOLE_PATH.rstrip('/')}(/.*)?$", methods)
+    text = edge.not_allowed_route(other, allow, f"the console's files take {allow}")
+    text += f"""
                         - match: {{path: "{CONSOLE_PATH.rstrip("/")}"}}
                           redirect: {{path_redirect: "{CONSOLE_PATH}"}}
                           typed_per_filter_config:{edge.skipped_filters()}"""

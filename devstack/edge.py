@@ -242,6 +242,18 @@ def _and(*filters: dict[str, Any]) -> dict[str, Any]:
     return {"and_filter": {"filters": list(filters)}}
 
 
+def _lua_refused(namespace: str, key: str, value: str = "") -> dict[str, Any]:
+    """A filter on a Lua filter's refusal: it left ``key`` in ``namespace``'s dynamic metadata
+    (set to ``value``, when given) before it answered."""
+    matched = {"string_match": {"exact": value}} if value else {"present_match": True}
+    return {
+        "metadata_filter": {
+            "matcher": {"filter": namespace, "path": [{"key": key}], "value": matched},
+            "match_if_key_not_found": False,
+        }
+    }
+
+
 def _error_info(reason: str, metadata: dict[str, str]) -> dict[str, Any]:
     return {
         "@type": "type.googleapis.com/google.rpc.ErrorInfo",
@@ -350,30 +362,22 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
     # The Lua filter's 400 for an unknown body field (devstack/body_fields.py): it left the field
     # in dynamic metadata. REST only: gRPC bodies are protobuf, where unknown fields are allowed.
     unknown = LocalReply(400, body_fields.UNKNOWN_FIELD, body_fields.unknown_field_message())
-    field = {"field": f"%DYNAMIC_METADATA({body_fields.METADATA_NAMESPACE}:field)%", "source": "envoy"}
-    recorded = {
-        "metadata_filter": {
-            "matcher": {
-                "filter": body_fields.METADATA_NAMESPACE,
-                "path": [{"key": "field"}],
-                "value": {"present_match": True},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
-    mappers.append(_rest_mapper(unknown, field, recorded))
+    body = body_fields.METADATA_NAMESPACE
+    field = {"field": f"%DYNAMIC_METADATA({body}:field)%", "source": "envoy"}
+    mappers.append(_rest_mapper(unknown, field, _lua_refused(body, "field")))
     shapeless = LocalReply(400, "MALFORMED_REQUEST", body_fields.NOT_JSON_MESSAGE)
-    mappers.append(_rest_mapper(shapeless, {"source": "envoy"}, body_fields.not_json()))
+    mappers.append(_rest_mapper(shapeless, {"source": "envoy"}, _lua_refused(body, "not_json")))
     deep = LocalReply(400, body_depth.REASON, body_depth.message())
     depth = {body_depth.METADATA_KEY: str(limits.MAX_JSON_DEPTH), "source": "envoy"}
-    mappers.append(_rest_mapper(deep, depth, body_depth.recorded(body_fields.METADATA_NAMESPACE)))
+    mappers.append(_rest_mapper(deep, depth, _lua_refused(body, body_depth.METADATA_KEY)))
     # The header filter's 431, naming the limit (devstack/header_limits.py).
+    headers = (header_limits.METADATA_NAMESPACE, header_limits.METADATA_KEY)
     for which, message, metadata in header_limits.replies():
         refusal = LocalReply(431, header_limits.REASON, message)
-        mappers += _both(refusal, metadata, header_limits.recorded(which))
+        mappers += _both(refusal, metadata, _lua_refused(*headers, which))
     # REST only: gRPC requests are never refused for it.
     encoding = LocalReply(415, header_limits.ENCODING_REASON, header_limits.ENCODING_MESSAGE)
-    mappers.append(_rest_mapper(encoding, {"source": "envoy"}, header_limits.recorded("encoding")))
+    mappers.append(_rest_mapper(encoding, {"source": "envoy"}, _lua_refused(*headers, "encoding")))
     # Envoy's refusal of a CONNECT (connect_route), 403 without a body: 405 naming the methods.
     connect = LocalReply(403, "METHOD_NOT_ALLOWED", CONNECT_MESSAGE)
     method = {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}}
@@ -447,27 +451,42 @@ def path_regex(template: str) -> str:
     return "^" + re.sub(r"\\\{[^}]*\\\}", "[^/:]+", re.escape(template)) + "$"
 
 
+def not_allowed_route(match: str, allow: str, message: str) -> str:
+    """A route answering 405 METHOD_NOT_ALLOWED with ``allow`` and ``message``, skipping the
+    filters (no method serves it), as route YAML text; ``match``: the text after ``match:``."""
+    return f"""
+                        - match:{match}
+                          direct_response:
+                            status: 405
+                            body: {{inline_string: "{message}"}}
+                          response_headers_to_add:
+                            - header: {{key: allow, value: "{allow}"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
+                          typed_per_filter_config:{skipped_filters()}"""
+
+
+def other_methods(regex: str, methods: tuple[str, ...]) -> str:
+    """A route match of a path matching the RE2 ``regex`` asked with a method not in ``methods``,
+    as the YAML text after ``match:``."""
+    return f"""
+                            safe_regex: {{regex: {json.dumps(regex)}}}
+                            headers:
+                              - name: ":method"
+                                string_match: {{safe_regex: {{regex: "^({"|".join(methods)})$"}}}}
+                                invert_match: true"""
+
+
 def method_not_allowed_routes() -> str:
     """Routes answering 405 METHOD_NOT_ALLOWED (with ``allow``) for a known REST path asked with
     another method, as route YAML text; the transcoder would call it an unknown path (404)."""
-    routes = []
-    for template, methods in sorted(rest_methods().items()):
-        taken = "|".join(methods)
-        routes.append(f"""
-                        - match:
-                            safe_regex: {{regex: {json.dumps(path_regex(template))}}}
-                            headers:
-                              - name: ":method"
-                                string_match: {{safe_regex: {{regex: "^({taken})$"}}}}
-                                invert_match: true
-                          direct_response:
-                            status: 405
-                            body: {{inline_string: "{template} takes {", ".join(methods)}"}}
-                          response_headers_to_add:
-                            - header: {{key: allow, value: "{", ".join(methods)}"}}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
-                          typed_per_filter_config:{skipped_filters()}""")
-    return "".join(routes)
+    return "".join(
+        not_allowed_route(
+            other_methods(path_regex(template), methods),
+            ", ".join(methods),
+            f"{template} takes {', '.join(methods)}",
+        )
+        for template, methods in sorted(rest_methods().items())
+    )
 
 
 #: A CONNECT asks for a tunnel, and Ferry's port is no proxy. It has no :path, so no other route
@@ -485,12 +504,4 @@ def connect_allow() -> str:
 
 def connect_route() -> str:
     """The route of CONNECT requests, as route YAML text: 405 without the filters that read bodies."""
-    return f"""
-                        - match: {{connect_matcher: {{}}}}
-                          direct_response:
-                            status: 405
-                            body: {{inline_string: "{CONNECT_MESSAGE}"}}
-                          response_headers_to_add:
-                            - header: {{key: allow, value: "{connect_allow()}"}}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD
-                          typed_per_filter_config:{skipped_filters()}"""
+    return not_allowed_route(" {connect_matcher: {}}", connect_allow(), CONNECT_MESSAGE)

@@ -21,8 +21,6 @@ now. (gRPC compresses messages with ``grpc-encoding``, which is left alone.)
 
 from __future__ import annotations
 
-from typing import Any
-
 from services.common import limits
 
 REASON = "HEADERS_TOO_LARGE"
@@ -80,20 +78,6 @@ def replies() -> list[tuple[str, str, dict[str, str]]]:
         ("count", COUNT_MESSAGE, {"max_count": str(limits.REQUEST_HEADERS_COUNT), "source": "envoy"}),
         ("bytes", BYTES_MESSAGE, {"max_bytes": str(limits.REQUEST_HEADERS_BYTES), "source": "envoy"}),
     ]
-
-
-def recorded(limit: str) -> dict[str, Any]:
-    """A local reply filter: the Lua filter refused the request for ``limit``."""
-    return {
-        "metadata_filter": {
-            "matcher": {
-                "filter": METADATA_NAMESPACE,
-                "path": [{"key": METADATA_KEY}],
-                "value": {"string_match": {"exact": limit}},
-            },
-            "match_if_key_not_found": False,
-        }
-    }
 
 
 def lua_filter() -> str:

@@ -106,8 +106,8 @@ def image_content(image: types_pb2.Image | None, max_bytes: int, where: str = "i
     """
     if image is None or not image.content:
         raise InvalidArgument(
-            f"{where} is missing or empty; send the encoded image file (JPEG, PNG, WebP, AVIF, HEIC, BMP or GIF) "
-            f"in {where}.content (base64 in JSON)",
+            f"{where} is missing or empty; send the encoded image file "
+            f"(JPEG, PNG, WebP, AVIF, HEIC, BMP or GIF) in {where}.content (base64 in JSON)",
             reason="MISSING_IMAGE",
             metadata={"field": where},
         )

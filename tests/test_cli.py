@@ -6,13 +6,14 @@ import csv
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from ferry.models.v1 import model_pb2
 from ferry.predictions.v1 import prediction_pb2
-from ferry_client import local
+from ferry_client import bundles, local
 from ferry_client.cli import _print_models, _whole_numbers, main
 from ferry_client.export import write
 
@@ -200,3 +201,29 @@ def test_json_lines_keep_non_ascii_names_as_utf8_unless_the_output_cannot_encode
         write([record], "jsonl", latin1)
     text = (tmp_path / "latin1.jsonl").read_text(encoding="latin-1")
     assert "\\u00e9" in text and json.loads(text)["input_name"] == "Café/été 🌞.jpg"
+
+
+def test_a_jobs_files_are_named_in_its_zip_by_their_path_below_their_shared_folder(tmp_path: Path) -> None:
+    for name in ("export/day1/IMG_1.jpg", "export/day2/IMG_1.jpg", "export/IMG_2.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    given = [tmp_path / "export/day1/IMG_1.jpg", tmp_path / "export/day2/IMG_1.jpg"]
+    given += [tmp_path / "export/day1/../IMG_2.jpg", tmp_path / "export/day1/IMG_1.jpg"]  # a repeat
+    names = [name for _, name in bundles.zip_names(given)]
+    assert names == ["day1/IMG_1.jpg", "day2/IMG_1.jpg", "IMG_2.jpg"]
+    bundles.write_zip(given, tmp_path / "job.zip")
+    with zipfile.ZipFile(tmp_path / "job.zip") as archive:
+        assert archive.namelist() == names
+        assert archive.read("day2/IMG_1.jpg") == b"export/day2/IMG_1.jpg"
+
+
+def test_a_job_too_large_inline_with_a_request_id_says_to_upload_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.jpg"
+    with big.open("wb") as f:
+        f.truncate(bundles.INLINE_JOB_BYTES + 1)
+    with pytest.raises(SystemExit) as exited:
+        main(["job", str(big), "--request-id", "nightly"])
+    assert exited.value.code == 2
+    assert "`ferry upload photos.zip`" in capsys.readouterr().err

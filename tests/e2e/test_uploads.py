@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
+import subprocess
 import time
 import unicodedata
 import urllib.error
@@ -20,9 +22,11 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from devstack.stack import UPLOAD_NICENESS
+from ferry_client import bundles
 from services.common import input_names, limits
 from tests.e2e.conftest import API_KEY
 from tests.e2e.rest import Rest, b64
+from tests.e2e.stack import FERRY
 from tests.e2e.test_job_features import results_over_rest
 from tests.e2e.test_jobs import FINISHED, job_rows, wait_finished
 from tests.e2e.test_keys import ferry_cli, ferry_cli_text
@@ -422,3 +426,34 @@ def test_an_inline_jobs_results_still_name_inputs_by_their_place(rest: Rest, sta
     wait_finished(rest, created["job"]["name"])
     items = results_and_items(rest, stack, created["job"]["name"])
     assert [(i, name) for i, name, _ in items] == [("inputs[0]", ""), ("inputs[1]", "")]
+
+
+def test_a_job_of_photos_too_large_for_one_request_goes_as_one_upload_via_the_cli(
+    rest: Rest, stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # More image bytes than a CreateJob request carries (32 MiB at the edge): `ferry job` zips
+    # them into one upload, and the results name each photo by its path below the shared folder.
+    photos = {}
+    for i, content in enumerate(camera_photos(9, (4032, 3024)).values()):  # 12 megapixels each
+        path = tmp_path / f"day{i % 2 + 1}" / f"IMG_{i:04d}.jpg"  # as a phone's export leaves them
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        photos[f"day{i % 2 + 1}/IMG_{i:04d}.jpg"] = content
+    files = [tmp_path / name for name in photos]
+    assert sum(len(content) for content in photos.values()) > bundles.INLINE_JOB_BYTES
+    env = {**os.environ, "FERRY_API_KEY": API_KEY, "FERRY_TARGET": stack["grpc_target"]}
+    done = subprocess.run(
+        [FERRY, "job", *map(str, files), "--wait"],
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "9 files were more than one request carries: uploaded as uploads/" in done.stderr, done.stderr
+    job = json.loads(done.stdout)
+    assert (job["state"], job["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 9), job
+    items = results_and_items(rest, stack, job["name"])
+    assert [name for _, name, _ in items] == sorted(photos)  # the zip's name order
+    for _, name, label in items:  # each name is its photo's: the label Predict gives that photo
+        assert label == top_label_of(rest, photos[name]), name

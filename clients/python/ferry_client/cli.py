@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
 from ferry.models.v1 import model_pb2
-from ferry_client import export, keys, local
+from ferry_client import bundles, export, keys, local
 from ferry_client.client import FerryClient, FerryError, payload_input, text_input
 from ferry_client.progress import watch
 
@@ -72,6 +72,12 @@ def _number(
 INT32_MAX = 2**31 - 1
 _at_least_one = _number(int, 1, most=INT32_MAX)
 _fraction = _number(float, 0, 1)
+
+
+def _bundled(args: argparse.Namespace) -> bool:
+    """Whether a job's image files go as one zip upload: only image files, too large inline."""
+    only_files = not (args.text or args.json or args.manifest or args.request_id)
+    return bool(args.images) and only_files and bundles.too_large_inline(args.images)
 
 
 def _print(message: Message) -> None:
@@ -222,7 +228,9 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
     upload = sub.add_parser("upload", help="upload a JSONL manifest or a zip of images for a job to name")
     upload.add_argument("file", type=_existing_file)
     job = sub.add_parser(
-        "job", help="submit a batch job of image files, --text or --json items (or an upload: --manifest)"
+        "job",
+        help="submit a batch job of image files (over 24 MiB in all: uploaded as one zip), --text or "
+        "--json items (or an upload: --manifest)",
     )
     job.add_argument("images", type=_existing_file, nargs="*")
     _input_arguments(job, many=True)
@@ -304,6 +312,16 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("--label ranks the labels of a --text; give one")
     if args.command == "job":
         args.parameters = _params(parser, args.param)
+        if (
+            args.images
+            and (args.request_id or args.text or args.json)
+            and bundles.too_large_inline(args.images)
+        ):
+            parser.error(
+                f"the image files are more than a request carries ({bundles.INLINE_JOB_BYTES // 2**20} MiB) "
+                "and with --request-id, --text or --json they must be: zip them, `ferry upload photos.zip`, "
+                "then `ferry job --manifest uploads/ID` (a retry then names the same upload)"
+            )
 
 
 def _server_command(argv: list[str]) -> str:
@@ -389,6 +407,16 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
         _print(ferry.upload(args.file))
     elif args.command == "job" and args.notebook:
         created = ferry.create_notebook_job(args.notebook, args.parameters, args.request_id)
+        _print(watch(ferry, created.name) if args.wait else created)
+    elif args.command == "job" and _bundled(args):
+        created, upload = ferry.create_job_of_files(
+            args.images, args.model or IMAGE_MODEL, args.top_k, args.priority
+        )
+        print(
+            f"{len(args.images)} files were more than one request carries: uploaded as {upload.name} "
+            f"({upload.size_bytes} bytes), the job names it",
+            file=sys.stderr,
+        )
         _print(watch(ferry, created.name) if args.wait else created)
     elif args.command == "job":
         items = [*args.images, *(text_input(t, args.label) for t in args.text)]

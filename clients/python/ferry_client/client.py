@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc, model_stats_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2, prediction_service_pb2_grpc
 from ferry.types.v1 import types_pb2
+from ferry_client import bundles
 
 #: Pieces an upload is streamed in: well under gRPC's message limit, few enough messages.
 UPLOAD_CHUNK_BYTES = 1024 * 1024
@@ -387,6 +389,26 @@ class FerryClient:
 
         answer: job_service_pb2.CreateUploadResponse = self._call(self.jobs.CreateUpload, pieces())
         return answer.upload
+
+    def create_job_of_files(
+        self,
+        files: Sequence[Path | str],
+        model: str = "efficientnet-lite0",
+        top_k: int = 5,
+        priority: str = "normal",
+    ) -> tuple[job_pb2.Job, job_service_pb2.Upload]:
+        """Submits a job of image files of any total size (up to the upload limit, 256 MiB): they
+        are zipped into a temporary file, uploaded, and the job names the upload; its results name
+        each item by its file's path below the files' shared folder. Returns the job and the upload.
+
+        No ``request_id``: each call uploads anew, and a retry would name another upload. For a
+        job you may need to retry, ``upload`` once and retry ``create_job(manifest=...)``.
+        """
+        with tempfile.TemporaryDirectory(prefix="ferry-job-") as folder:
+            bundle = Path(folder) / "images.zip"
+            bundles.write_zip([Path(f) for f in files], bundle)
+            upload = self.upload(bundle)
+        return self.create_job([], model, top_k, "", priority, upload.name), upload
 
     def create_notebook_job(
         self, notebook: str, parameters: dict[str, Any] | None = None, request_id: str = ""

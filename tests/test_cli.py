@@ -217,6 +217,20 @@ def test_a_jobs_files_are_named_in_its_zip_by_their_path_below_their_shared_fold
         assert archive.read("day2/IMG_1.jpg") == b"export/day2/IMG_1.jpg"
 
 
+def test_a_folder_is_every_file_below_it_and_always_goes_as_an_upload(tmp_path: Path) -> None:
+    for name in ("export/b/IMG_2.jpg", "export/a/IMG_1.jpg", "export/.DS_Store", "cat.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    given = [tmp_path / "export", tmp_path / "cat.jpg"]
+    assert bundles.goes_as_upload(given) and not bundles.goes_as_upload([tmp_path / "cat.jpg"])
+    # The server leaves .DS_Store out of the zip's items (services/common/upload_checks.py).
+    names = [name for _, name in bundles.zip_names(given)]
+    assert names == ["export/.DS_Store", "export/a/IMG_1.jpg", "export/b/IMG_2.jpg", "cat.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no files in"):
+        bundles.zip_names([tmp_path / "empty"])
+
+
 def test_a_job_too_large_inline_with_a_request_id_says_to_upload_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

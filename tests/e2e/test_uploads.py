@@ -450,7 +450,7 @@ def test_a_job_of_photos_too_large_for_one_request_goes_as_one_upload_via_the_cl
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "9 files were more than one request carries: uploaded as uploads/" in done.stderr, done.stderr
+    assert "uploaded 9 files as one zip, uploads/" in done.stderr, done.stderr
     job = json.loads(done.stdout)
     assert (job["state"], job["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 9), job
     items = results_and_items(rest, stack, job["name"])

@@ -44,6 +44,13 @@ def _existing_file(text: str) -> Path:
     return path
 
 
+def _existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return path
+
+
 def _number(
     convert: Callable[[str], Any], low: float, high: float | None = None, most: int | None = None
 ) -> Callable[[str], Any]:
@@ -75,9 +82,9 @@ _fraction = _number(float, 0, 1)
 
 
 def _bundled(args: argparse.Namespace) -> bool:
-    """Whether a job's image files go as one zip upload: only image files, too large inline."""
+    """Whether a job's image files go as one zip upload: only image files, a folder or too large inline."""
     only_files = not (args.text or args.json or args.manifest or args.request_id)
-    return bool(args.images) and only_files and bundles.too_large_inline(args.images)
+    return bool(args.images) and only_files and bundles.goes_as_upload(args.images)
 
 
 def _print(message: Message) -> None:
@@ -232,7 +239,7 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
         help="submit a batch job of image files (over 24 MiB in all: uploaded as one zip), --text or "
         "--json items (or an upload: --manifest)",
     )
-    job.add_argument("images", type=_existing_file, nargs="*")
+    job.add_argument("images", type=_existing_path, nargs="*", help="image files or folders of them")
     _input_arguments(job, many=True)
     job.add_argument(
         "--manifest", default="", help="uploads/ID (from `ferry upload`): its entries are the items"
@@ -315,12 +322,12 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if (
             args.images
             and (args.request_id or args.text or args.json)
-            and bundles.too_large_inline(args.images)
+            and bundles.goes_as_upload(args.images)
         ):
             parser.error(
-                f"the image files are more than a request carries ({bundles.INLINE_JOB_BYTES // 2**20} MiB) "
-                "and with --request-id, --text or --json they must be: zip them, `ferry upload photos.zip`, "
-                "then `ferry job --manifest uploads/ID` (a retry then names the same upload)"
+                f"a folder, or image files over {bundles.INLINE_JOB_BYTES // 2**20} MiB in all, go as one "
+                "zip upload, and with --request-id, --text or --json they cannot: zip them, `ferry upload "
+                "photos.zip`, then `ferry job --manifest uploads/ID` (a retry then names the same upload)"
             )
 
 
@@ -412,9 +419,10 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
         created, upload = ferry.create_job_of_files(
             args.images, args.model or IMAGE_MODEL, args.top_k, args.priority
         )
+        skipped = f", {upload.skipped_entries} system files left out" if upload.skipped_entries else ""
         print(
-            f"{len(args.images)} files were more than one request carries: uploaded as {upload.name} "
-            f"({upload.size_bytes} bytes), the job names it",
+            f"uploaded {upload.entries} files as one zip, {upload.name} "
+            f"({upload.size_bytes} bytes{skipped}); the job names it",
             file=sys.stderr,
         )
         _print(watch(ferry, created.name) if args.wait else created)

@@ -397,9 +397,10 @@ class FerryClient:
         top_k: int = 5,
         priority: str = "normal",
     ) -> tuple[job_pb2.Job, job_service_pb2.Upload]:
-        """Submits a job of image files of any total size (up to the upload limit, 256 MiB): they
-        are zipped into a temporary file, uploaded, and the job names the upload; its results name
-        each item by its file's path below the files' shared folder. Returns the job and the upload.
+        """Submits a job of image files, or folders of them, of any total size (up to the upload
+        limit, 256 MiB): they are zipped into a temporary file, uploaded, and the job names the
+        upload; its results name each item by its file's path below the files' shared folder (an
+        OS's bookkeeping files, such as .DS_Store, make no items). Returns the job and the upload.
 
         No ``request_id``: each call uploads anew, and a retry would name another upload. For a
         job you may need to retry, ``upload`` once and retry ``create_job(manifest=...)``.

@@ -60,7 +60,7 @@ def check_image_pixels(content: bytes, max_pixels: int) -> None:
         too_large = width * height > max_pixels
     except Image.DecompressionBombError:  # beyond PIL's own hard limit, so far beyond ours
         size, too_large = f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels", True
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, RuntimeError):  # RuntimeError: libheif's refusals
         return
     if too_large:
         raise ImageTooLarge(
@@ -101,6 +101,8 @@ def decode_image(content: bytes, min_side: int = 0) -> Image.Image:
         raise InvalidImage("the bytes are not a file of a supported image format") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InvalidImage(str(err) or type(err).__name__) from err
+    except RuntimeError as err:  # libheif (HEIC) refusing a corrupt file or one past its limits
+        raise InvalidImage(f"the image cannot be decoded: {err}") from err
 
 
 def _draft_size(size: tuple[int, int], min_side: int) -> tuple[int, int]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
+from random import Random
 
 import numpy as np
 import pytest
@@ -116,7 +118,7 @@ def test_every_accepted_format_decodes(image_format: str) -> None:
 
 def test_a_phones_heic_photo_decodes_upright() -> None:
     # Stored turned a quarter, with EXIF orientation 6, as a phone held sideways saves it.
-    content = (Path(__file__).parents[1] / "fixtures" / "chelsea-sideways.heic").read_bytes()
+    content = HEIC.read_bytes()
     decoded = decode_image(content)
     upright = skimage_data.chelsea()
     assert decoded.size == (upright.shape[1], upright.shape[0])
@@ -149,6 +151,35 @@ def test_large_jpeg_is_drafted_but_never_below_the_asked_side() -> None:
 def test_bad_bytes_raise_invalid_image(content: bytes) -> None:
     with pytest.raises(InvalidImage):
         TRANSFORM.decode(content)
+
+
+HEIC = Path(__file__).parents[1] / "fixtures" / "chelsea-sideways.heic"
+
+
+def with_extent(heic: bytes, width: int, height: int) -> bytes:
+    """``heic`` with its image's declared size (the ``ispe`` box) changed."""
+    at = heic.index(b"ispe") + 8  # past the box's type, its version and flags
+    return heic[:at] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + heic[at + 8 :]
+
+
+@pytest.mark.parametrize(("width", "height"), [(70_000, 70_000), (3_000_000_000, 10_000), (0, 451)])
+def test_a_heic_declaring_an_impossible_size_is_an_invalid_image(width: int, height: int) -> None:
+    # libheif refuses these with a RuntimeError, which escaped as an internal error.
+    content = with_extent(HEIC.read_bytes(), width, height)
+    check_image_pixels(content, max_pixels=50_000_000)
+    with pytest.raises(InvalidImage):
+        TRANSFORM.decode(content)
+
+
+def test_a_damaged_heic_is_decoded_or_invalid_never_an_error() -> None:
+    heic, random = HEIC.read_bytes(), Random(17)
+    for _ in range(150):
+        damaged = bytearray(heic)
+        for _ in range(random.randint(1, 20)):
+            damaged[random.randrange(len(damaged))] = random.randrange(256)
+        with contextlib.suppress(InvalidImage):
+            check_image_pixels(bytes(damaged), max_pixels=50_000_000)
+            TRANSFORM.decode(bytes(damaged))
 
 
 def test_unaccepted_format_is_invalid() -> None:

@@ -1,8 +1,9 @@
 """The scale-out matrix's fixtures: a loopback NATS cluster, and a whole stack of several processes each.
 
 The scaled stack is what ``FERRY_NATS_NODES=3 FERRY_GATEWAYS=3 FERRY_RUNNERS=2 FERRY_STORES=2
-FERRY_INFERENCE_INSTANCES=3 ferry up`` runs: one Postgres, a 3-node NATS cluster with every stream
-replicated 3 ways, and two or three of every service (the third gateway stopped until case 4).
+FERRY_INFERENCE_INSTANCES=3 FERRY_INFERENCE_MODELS=efficientnet-lite0 ferry up`` runs: one Postgres, a
+3-node NATS cluster with every stream replicated 3 ways, and two or three of every service (the third
+gateway stopped until case 4).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ SCALE = {
     "FERRY_RUNNERS": "2",
     "FERRY_STORES": "2",
     "FERRY_INFERENCE_INSTANCES": "3",
+    # The one model the matrix calls: each replica loading all five (and timing batch sizes for
+    # the image models) took 20-25 s more of the stack's start (71-74 s -> 47-51 s at load 9-11).
+    "FERRY_INFERENCE_MODELS": "efficientnet-lite0",
 }
 
 

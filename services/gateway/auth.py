@@ -23,7 +23,12 @@ from services.gateway.identity import Caller
 log = logging.getLogger(__name__)
 
 MISSING_KEY = "missing API key: send the header 'authorization: Bearer <key>'"
-INVALID_KEY = "invalid API key"
+# Says what to do without telling a guesser anything: the key is never repeated, and the same
+# words answer a mistyped, a revoked and another stack's key.
+INVALID_KEY = (
+    "invalid API key: no active key matches it (mistyped, revoked, or another server's); use the key "
+    "`ferry up` printed (its state folder's dev-api-key) or one from `ferry keys create`"
+)
 # An unknown key is remembered briefly only, so a key created a moment ago works almost at once.
 NEGATIVE_TTL_S = 5.0
 # Bounds the cache's memory against a flood of made-up keys.

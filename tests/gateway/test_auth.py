@@ -89,6 +89,9 @@ async def test_key_resolves_to_tenant_by_digest_and_is_cached() -> None:
                 await auth.tenant(Call("not-a-real-key"))  # type: ignore[arg-type]
             assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED
             assert caught.value.message == INVALID_KEY
+            # Actionable: says why it may fail and where a working key comes from, never the key.
+            assert "revoked" in INVALID_KEY and "ferry keys create" in INVALID_KEY
+            assert "not-a-real-key" not in caught.value.message
         await channel.close()
     # One lookup per key (answers are cached, unknown ones too), and only digests reach store.
     assert keys.asked == [

@@ -190,12 +190,19 @@ class LocalReply:
         return reasons()[self.reason].http_status
 
 
+#: Where a caller finds the REST calls, with their paths, fields and JSON types.
+_WHERE = "(every call's path, fields and JSON types: GET /openapi.json, docs/api.md)"
+
 #: Envoy's own answers, by the status Envoy chose, in the gateway's terms.
 LOCAL_REPLIES = (
-    # JSON the transcoder cannot parse, a value of the wrong type, an unknown query parameter.
-    LocalReply(400, "MALFORMED_REQUEST"),
+    # JSON the transcoder cannot parse, a value of the wrong type, an unknown query parameter:
+    # the transcoder's words alone ("Unexpected end of string. Expected , or }") did not say what
+    # was wrong with the request nor where its fields are described.
+    LocalReply(
+        400, "MALFORMED_REQUEST", f"the request is not one this call takes: %LOCAL_REPLY_BODY% {_WHERE}"
+    ),
     # A path no method serves (the transcoder's reject_unknown_method), or no route at all.
-    LocalReply(404, "UNKNOWN_PATH"),
+    LocalReply(404, "UNKNOWN_PATH", f"%LOCAL_REPLY_BODY% No REST call has this path {_WHERE}"),
     # A known REST path with another method (method_not_allowed_routes).
     LocalReply(405, "METHOD_NOT_ALLOWED"),
     # The client's own deadline (grpc-timeout) or the route's timeout ran out at the edge.

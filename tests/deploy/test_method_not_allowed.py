@@ -51,6 +51,38 @@ def test_an_unknown_path_stays_404(edge: str) -> None:
     assert status == 404 and body["details"][0]["reason"] == "UNKNOWN_PATH", body
 
 
+@pytest.mark.parametrize("path", ["/v1/nothing-here", "/v1/models/:predict", "/v1/predict"])
+def test_an_unknown_path_says_where_the_calls_are_listed(edge: str, path: str) -> None:
+    """A new user's wrong path (a missing model name, a guessed route) is told where the calls are,
+    beside the transcoder's own words naming the path (was: "Could not resolve … to a method." alone)."""
+    status, body, _ = _call(edge + path, "POST")
+    assert status == 404 and body["details"][0]["reason"] == "UNKNOWN_PATH", body
+    assert path in body["message"] and "GET /openapi.json" in body["message"], body
+
+
+@pytest.mark.parametrize(
+    ("url", "data", "words"),
+    [
+        ("/v1/models/efficientnet-lite0:predict", b'{"image": ', "Unexpected end of string"),
+        ("/v1/models/efficientnet-lite0:predict", b'{"top_k": "three"}', "top_k"),
+        ("/v1/predictions?pagesize=10", None, "pagesize"),
+    ],
+)
+def test_a_request_the_transcoder_cannot_read_says_what_and_where_the_fields_are(
+    edge: str, url: str, data: bytes | None, words: str
+) -> None:
+    """Broken JSON, a value of the wrong type, an unknown query parameter: 400 saying the request is
+    not one the call takes, the transcoder's words, and where the calls' fields are described."""
+    request = urllib.request.Request(edge + url, data=data, headers={"authorization": "Bearer k"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    body = json.loads(caught.value.read())
+    assert caught.value.code == 400 and body["details"][0]["reason"] == "MALFORMED_REQUEST", body
+    message = body["message"]
+    assert message.startswith("the request is not one this call takes: "), body
+    assert words in message and "GET /openapi.json" in message, body
+
+
 def test_templates_match_names_not_verbs_or_deeper_paths() -> None:
     import re
 

@@ -33,7 +33,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """One ``ferry up`` shared by this module's tests (a stack costs 10-20 s of CPU to start)."""
     running = RunningStack(
         Path(tmp_path_factory.mktemp("supervised")) / "state",
-        {"FERRY_DEV_API_KEY": API_KEY, "FERRY_INFERENCE_NICENESS": str(INFERENCE_NICENESS)},
+        {
+            "FERRY_DEV_API_KEY": API_KEY,
+            "FERRY_INFERENCE_NICENESS": str(INFERENCE_NICENESS),
+            # The one model these tests call: the start and the killed inference's restart load it alone.
+            "FERRY_INFERENCE_MODELS": "efficientnet-lite0",
+        },
     )
     running.start()
     yield running

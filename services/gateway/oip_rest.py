@@ -64,6 +64,25 @@ def _bad_body(message: str) -> InvalidArgument:
     return InvalidArgument(message, reason="INVALID_OIP_REST_BODY")
 
 
+#: The protocol's fields of a request, an input and an output (KServe's v2 REST schema, which
+#: tritonclient.http and KServe's clients send). A misspelt one ("paramters", "dta") used to be
+#: ignored: the answer came back without what it asked for (top_k), or with a puzzling error.
+_REQUEST_FIELDS = ("id", "parameters", "inputs", "outputs")
+_INPUT_FIELDS = ("name", "shape", "datatype", "parameters", "data")
+_OUTPUT_FIELDS = ("name", "parameters")
+
+
+def _known_fields(value: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    """Refuses a field the protocol does not have, naming it and the ones there are."""
+    for key in value:
+        if key not in fields:
+            raise InvalidArgument(
+                f"unknown field {key!r} in {where}; its fields are: {', '.join(fields)}",
+                reason="INVALID_OIP_REST_BODY",
+                metadata={"field": key[:64]},
+            )
+
+
 @dataclass
 class RestInfer:
     """One REST inference request: its gRPC form, and which outputs it wants in binary."""
@@ -184,6 +203,7 @@ def _input(
     if not isinstance(value, dict):
         raise _bad_body(f"inputs[{index}] is not an object with name, shape, datatype and data")
     where = f"inputs[{index}]"
+    _known_fields(value, _INPUT_FIELDS, where)
     name, shape, datatype = value.get("name"), value.get("shape"), value.get("datatype")
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise _bad_body(f"{where} needs a name and a datatype (strings)")
@@ -222,6 +242,7 @@ def infer_request(body: bytes, header_length: str | None, model_name: str, model
 
 def _infer_request(document: dict[str, Any], binary: bytes, model_name: str, model_version: str) -> RestInfer:
     request = oip.ModelInferRequest(model_name=model_name, model_version=model_version)
+    _known_fields(document, _REQUEST_FIELDS, "the request")
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise _bad_body("id must be a string")
@@ -257,6 +278,7 @@ def _read_outputs(outputs: Any, rest: RestInfer) -> None:
     for index, value in enumerate(outputs):
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             raise _bad_body(f"outputs[{index}] needs a name (a string)")
+        _known_fields(value, _OUTPUT_FIELDS, f"outputs[{index}]")
         name = value["name"]
         parameters = _parameters(value.get("parameters"), f"outputs[{index}]")
         unsupported = [p for p in _UNSUPPORTED_OUTPUT_PARAMETERS if p in parameters]

@@ -12,6 +12,8 @@ from services.common.errors import InvalidArgument
 from services.gateway import oip_rest
 from services.gateway.oip_tensors import encode_bytes_tensor
 
+_IMAGE: dict[str, object] = {"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["x"]}
+
 
 def _binary_body(document: dict[str, object], *tensors: bytes) -> tuple[bytes, str]:
     header = json.dumps(document).encode()
@@ -100,6 +102,42 @@ def test_bad_bodies_say_what_is_wrong(body: bytes, length: str | None, words: st
     with pytest.raises(InvalidArgument) as caught:
         oip_rest.infer_request(body, length, "m", "")
     assert words in caught.value.message and caught.value.reason == "INVALID_OIP_REST_BODY"
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "where"),
+    [
+        ({"inputs": [_IMAGE], "paramters": {"top_k": 1}}, "paramters", "the request"),
+        ({"inputs": [{**_IMAGE, "dta": ["x"]}]}, "dta", "inputs[0]"),
+        (
+            {"inputs": [_IMAGE], "outputs": [{"name": "LABELS", "binary_data": True}]},
+            "binary_data",
+            "outputs[0]",
+        ),
+    ],
+)
+def test_a_misspelt_field_is_refused_naming_it_and_the_fields_there_are(
+    document: dict[str, object], field: str, where: str
+) -> None:
+    """A typo was ignored: "paramters": {"top_k": 1} answered five classes, "dta" said "neither
+    data nor parameters.binary_data_size", a misplaced binary_data answered JSON."""
+    with pytest.raises(InvalidArgument) as caught:
+        oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+    message = caught.value.message
+    assert f"unknown field {field!r} in {where}" in message and "parameters" in message, message
+    assert caught.value.reason == "INVALID_OIP_REST_BODY" and caught.value.metadata["field"] == field
+
+
+def test_the_protocols_own_fields_are_all_taken() -> None:
+    """What tritonclient.http and KServe's clients send: id, parameters, inputs, outputs."""
+    document = {
+        "id": "r1",
+        "parameters": {"top_k": 3},
+        "inputs": [{**_IMAGE, "parameters": {"content_type": "base64"}, "data": ["eA=="]}],
+        "outputs": [{"name": "LABELS", "parameters": {"binary_data": False}}],
+    }
+    rest = oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+    assert rest.request.id == "r1" and rest.request.inputs[0].contents.bytes_contents == [b"x"]
 
 
 def test_unclaimed_binary_data_and_mixed_inputs_are_refused() -> None:

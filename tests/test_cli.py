@@ -241,3 +241,33 @@ def test_a_job_too_large_inline_with_a_request_id_says_to_upload_first(
         main(["job", str(big), "--request-id", "nightly"])
     assert exited.value.code == 2
     assert "`ferry upload photos.zip`" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_gets_no_broken_pipe_error(tmp_path: Path) -> None:
+    """`ferry predictions --format csv | head -1`: the reader closes the pipe after one line. The
+    command said "ferry: error: Broken pipe:" and exited 2; now it stops quietly, as `cat` would
+    (128 + SIGPIPE). A real pipe and interpreter; the command's output is made up (no server)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from ferry_client import cli\n"
+        "def call(ferry, args):\n"
+        "    for n in range(200_000):\n"
+        "        print(f'predictions/{n},tiger cat,0.38')\n"
+        "    return 0\n"
+        "cli._call = call\n"
+        "sys.exit(cli.main(['predictions', '--format', 'csv']))\n"
+    )
+    env = {**os.environ, "FERRY_API_KEY": "k", "FERRY_TARGET": "127.0.0.1:9"}
+    ferry = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+    )
+    assert ferry.stdout is not None and ferry.stderr is not None
+    assert ferry.stdout.readline().startswith(b"predictions/0,")
+    ferry.stdout.close()  # what `head -1` does once it has its line
+    stderr = ferry.stderr.read().decode()
+    assert ferry.wait(timeout=60) == 128 + signal.SIGPIPE, stderr
+    assert stderr == "", stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -366,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         if err.code == grpc.StatusCode.UNAVAILABLE and args.target == local.DEFAULT_TARGET:
             print(_NO_STACK_HINT, file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader stopped (`ferry predictions --format csv | head`): what it read is all it
+        # wanted, so no "error: Broken pipe"; the exit status is a SIGPIPE death's, as `cat`'s is.
+        # Output still buffered would fail again at exit: it goes nowhere instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as err:  # a file to read or write: the user's to fix
         parser.exit(2, f"ferry: error: {err.strerror or err}: {err.filename or ''}\n")
     except KeyboardInterrupt:

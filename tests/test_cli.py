@@ -271,3 +271,27 @@ def test_a_reader_that_stops_early_gets_no_broken_pipe_error(tmp_path: Path) -> 
     stderr = ferry.stderr.read().decode()
     assert ferry.wait(timeout=60) == 128 + signal.SIGPIPE, stderr
     assert stderr == "", stderr
+
+
+def test_saved_result_lines_keep_the_files_field_order_item_0_included() -> None:
+    """`ferry results` wrote item 0 as {"input": …, "index": 0} (a field at its default went last),
+    unlike the file's own lines and docs/jobs.md's {"index":0,"input":"inputs[0]",…}."""
+    from ferry.jobs.v1 import job_service_pb2
+    from ferry.predictions.v1 import prediction_pb2 as predictions
+    from ferry_client.client import FerryClient
+
+    lines = [
+        job_service_pb2.GetJobResultsResponse(
+            index=index, input=f"inputs[{index}]", state=predictions.PREDICTION_STATE_SUCCEEDED
+        )
+        for index in (0, 1)
+    ]
+    with FerryClient("127.0.0.1:9", "k") as ferry:
+        ferry.job_results = lambda name, timeout_s=600.0: iter(lines)  # type: ignore[method-assign]
+        out = io.StringIO()
+        assert ferry.save_job_results("jobs/x", out) == 2
+    first, second = out.getvalue().splitlines()
+    assert first.startswith(
+        '{"index":0,"input":"inputs[0]","state":"PREDICTION_STATE_SUCCEEDED","classes":[]'
+    )
+    assert second.startswith('{"index":1,"input":"inputs[1]",')

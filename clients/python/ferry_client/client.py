@@ -472,7 +472,10 @@ class FerryClient:
             fields = json_format.MessageToDict(
                 result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
-            out.write(json.dumps(fields, separators=(",", ":"), ensure_ascii=needs_ascii(out)) + "\n")
+            # In the message's field order, as the file's own lines are (GET …/results): MessageToDict
+            # puts fields at their default last, so item 0's line began {"input": …, and ended "index":0.
+            ordered = {f.name: fields[f.name] for f in result.DESCRIPTOR.fields if f.name in fields}
+            out.write(json.dumps(ordered, separators=(",", ":"), ensure_ascii=needs_ascii(out)) + "\n")
             count += 1
         return count
 

@@ -21,7 +21,11 @@ For each case it prints the answer (and how long it took), the peak RSS of gatew
 lane (``gateway-uploads``, FERRY_UPLOAD_GATEWAYS), NATS, jobs runner and inference (sampled every
 50 ms from /proc, children included), and the other tenant's GetModel p50/p99/max, against a
 quiet baseline measured first; for the photos, also per phase (the upload; CreateJob and the
-job's run) and the CPU per uploaded MB of Envoy, the gateways, NATS and the uploading client.
+job's run) and the CPU per uploaded MB of Envoy, the gateways, NATS and the uploading client, and
+while the job runs each process's cores used and its threads' run-queue wait per second (how long
+they were runnable without a core: the other tenant's calls wait so in Envoy and the gateway),
+inference's ``SCHED_IDLE`` share apart, and what the machine's other processes (this benchmark's
+client and probe among them) used meanwhile.
 The other tenant calls from a process of its own (in this one it would share the uploading
 client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison.
 Not a test: nothing here asserts; figures depend on the machine and its load (printed at the end).
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import multiprocessing
 import os
@@ -172,6 +177,52 @@ class Watch:
             lines.append(f"    during {phase}: {_spread(during)}")
             start = end
         return "\n".join(lines)
+
+
+def scheduled(pids: dict[str, int]) -> dict[str, tuple[float, float, float]]:
+    """(CPU seconds, of which at ``SCHED_IDLE``, seconds its threads waited runnable for a core) so
+    far of each named process, summed over its threads (``/proc/<pid>/task/*/schedstat``; Postgres
+    is its backends' parent: only its own threads count); ``machine``: all cores' busy seconds
+    (``/proc/stat``). Linux; elsewhere every figure is 0."""
+    found: dict[str, tuple[float, float, float]] = {}
+    for name, pid in pids.items():
+        ran = idle = waited = 0.0
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+                policy = (task / "stat").read_text().rsplit(")", 1)[1].split()[38]
+            except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+                continue
+            ran += int(run_ns) / 1e9
+            waited += int(wait_ns) / 1e9
+            idle += int(run_ns) / 1e9 if policy == str(os.SCHED_IDLE) else 0.0
+        found[name] = (ran, idle, waited)
+    with contextlib.suppress(OSError):
+        busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        # user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+        ticks = sum(int(x) for x in busy[:8]) - int(busy[3]) - int(busy[4])
+        found["machine"] = (ticks / os.sysconf("SC_CLK_TCK"), 0.0, 0.0)
+    return found
+
+
+def cores_used(
+    before: dict[str, tuple[float, float, float]], after: dict[str, tuple[float, float, float]], wall_s: float
+) -> str:
+    """Each process's cores used and run-queue wait per second between two ``scheduled`` samples,
+    most CPU first, and what the rest of the machine (other processes) used meanwhile (this benchmark and its
+    probe among them)."""
+    spent = {
+        name: tuple((a - b) / wall_s for a, b in zip(after[name], before[name], strict=True))
+        for name in after
+        if name in before
+    }
+    machine = spent.pop("machine", (0.0, 0.0, 0.0))[0]
+    parts = [
+        f"{name} {ran:.2f}" + (f" ({idle:.2f} SCHED_IDLE)" if idle else "") + f"/{waited:.2f}"
+        for name, (ran, idle, waited) in sorted(spent.items(), key=lambda kv: -kv[1][0])
+    ]
+    others = machine - sum(ran for ran, _, _ in spent.values())
+    return ", ".join(parts) + f"; the machine {machine:.2f} of {os.cpu_count()}, other processes {others:.2f}"
 
 
 def _spread(latencies_ms: list[float]) -> str:
@@ -321,7 +372,9 @@ def timed(action: Callable[[], str]) -> str:
     return f"{outcome} ({time.perf_counter() - started:.1f} s)"
 
 
-def photo_job(ferry: FerryClient, path: Path, watch: Watch, cpu: Callable[[], dict[str, float]]) -> str:
+def photo_job(
+    ferry: FerryClient, path: Path, watch: Watch, cpu: Callable[[], dict[str, float]], pids: dict[str, int]
+) -> str:
     before, own = cpu(), time.process_time()
     started = time.perf_counter()
     upload = ferry.upload(path)
@@ -329,6 +382,7 @@ def photo_job(ferry: FerryClient, path: Path, watch: Watch, cpu: Callable[[], di
     watch.mark("the upload")
     spent = {name: used - before[name] for name, used in cpu().items()}
     spent["client (this benchmark)"] = time.process_time() - own
+    sched_before, job_started = scheduled(pids), time.perf_counter()
     job = ferry.create_job([], MODEL, top_k=1, manifest=upload.name)
     created = time.perf_counter() - started - uploaded
     for update in ferry.watch_job(job.name, timeout_s=3600):
@@ -336,12 +390,15 @@ def photo_job(ferry: FerryClient, path: Path, watch: Watch, cpu: Callable[[], di
         if job.state in _FINISHED:
             break
     watch.mark("CreateJob and the job's run")
+    job_s = time.perf_counter() - job_started
+    usage = cores_used(sched_before, scheduled(pids), job_s)
     megabytes = path.stat().st_size / 1e6
     return (
         f"{megabytes:.0f} MB zip uploaded in {uploaded:.1f} s (CPU per MB uploaded: "
         + ", ".join(f"{name} {1000 * used / megabytes:.1f} ms" for name, used in spent.items())
         + f"), CreateJob answered in {created * 1000:.0f} ms, job {job_pb2.JobState.Name(job.state)} "
-        f"({job.items_succeeded}/{job.items_total} succeeded)"
+        f"({job.items_succeeded}/{job.items_total} succeeded) in {job_s:.1f} s; meanwhile cores used / "
+        f"threads' run-queue wait per second: {usage}"
     )
 
 
@@ -400,7 +457,9 @@ def main() -> None:
                         upload = ferry.upload(path).name  # before the watch: the expansion is measured
                     with Watch(endpoints.pids, endpoints.grpc_target, other) as watch:
                         if name == "photos":
-                            outcome = timed(lambda p=path, w=watch: photo_job(ferry, p, w, cpu))
+                            outcome = timed(
+                                lambda p=path, w=watch: photo_job(ferry, p, w, cpu, endpoints.pids)
+                            )
                         elif name.startswith("manifest-"):
                             outcome = timed(
                                 lambda u=upload: manifest_job(ferry, u, (small_client, small_upload))

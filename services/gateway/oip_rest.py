@@ -32,7 +32,7 @@ import numpy as np
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from services.common import nesting
 from services.common.errors import InvalidArgument
-from services.gateway.oip_tensors import decode_bytes_tensor, encode_bytes_tensor
+from services.gateway.oip_tensors import IMAGE_INPUT, decode_bytes_tensor, encode_bytes_tensor
 
 HEADER_LENGTH = "inference-header-content-length"
 JSON_TYPE = "application/json"
@@ -187,6 +187,12 @@ def _typed_contents(tensor: oip.ModelInferRequest.InferInputTensor, data: Any, b
             except binascii.Error:
                 raise _bad_body(f"{where} says content_type base64 but an element is not base64") from None
         else:
+            if tensor.name == IMAGE_INPUT and any(_base64_image(e) for e in elements[:1]):
+                raise _bad_body(
+                    f"{where} holds a base64-encoded image but does not say so: add "
+                    '"parameters": {"content_type": "base64"} to the input (without it a JSON string '
+                    "is taken as the bytes themselves), or send the file as binary data"
+                )
             tensor.contents.bytes_contents.extend(e.encode() for e in elements)
         return
     if tensor.datatype not in _NUMBERS:
@@ -194,6 +200,21 @@ def _typed_contents(tensor: oip.ModelInferRequest.InferInputTensor, data: Any, b
     if not all(isinstance(e, (int, float)) for e in elements):
         raise _bad_body(f"{where} is {tensor.datatype}: its data must be numbers")
     getattr(tensor.contents, _NUMBERS[tensor.datatype][1]).extend(elements)
+
+
+#: How the image formats Ferry decodes begin (ISO BMFF's HEIC/AVIF: "ftyp" after the box size).
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+
+
+def _base64_image(text: str) -> bool:
+    """Whether a JSON string is the base64 of an image file: the caller forgot content_type base64
+    (an image's own bytes are never a JSON string: they are not UTF-8)."""
+    try:
+        head = base64.b64decode(text[:32], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    webp = head.startswith(b"RIFF") and head[8:12] == b"WEBP"
+    return head.startswith(_IMAGE_MAGIC) or webp or head[4:8] == b"ftyp"
 
 
 def _input(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -233,3 +234,22 @@ def test_hostile_values_are_400_not_500(body: bytes, reason: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         oip_rest.infer_request(body, None, "m", "")
     assert caught.value.reason == reason
+
+
+def test_a_base64_image_without_its_content_type_says_to_add_it() -> None:
+    """README's /v2 curl without "content_type": "base64" answered "not a decodable image … (base64
+    in JSON)": the advice of the other API. A real photo, base64, no content_type: 400 naming it."""
+    from pathlib import Path
+
+    heic = (Path(__file__).parent.parent / "fixtures" / "chelsea-sideways.heic").read_bytes()
+    jpeg = bytes.fromhex("ffd8ffe000104a464946000101") + b"\x00" * 40
+    for photo in (jpeg, heic):
+        document = {"inputs": [{**_IMAGE, "data": [base64.b64encode(photo).decode()]}]}
+        with pytest.raises(InvalidArgument) as caught:
+            oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+        assert '"content_type": "base64"' in caught.value.message, caught.value.message
+    # Text that merely is valid base64 (a TEXT input, or an IMAGE of words) goes on as before.
+    for name in ("TEXT", "IMAGE"):
+        document = {"inputs": [{**_IMAGE, "name": name, "data": ["abcd", "a cat"]}]}
+        rest = oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+        assert rest.request.inputs[0].contents.bytes_contents == [b"abcd", b"a cat"]

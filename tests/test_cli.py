@@ -77,6 +77,7 @@ def test_help_says_where_calls_go(capsys: pytest.CaptureFixture[str]) -> None:
         (["predictions", "--min-score", "1.5"], "argument --min-score: 1.5 is not between 0 and 1"),
         (["job", "--notebook", "report", "--param", "count"], "--param 'count' is not KEY=VALUE"),
         (["models"], "no API key: pass --api-key or set FERRY_API_KEY"),
+        (["job", "--wait"], "job takes inputs: image files or folders, --text, --json, --manifest"),
         (["predict", "--json", "[1]", "--model", "agree"], "argument --json: give a JSON object"),
     ],
 )

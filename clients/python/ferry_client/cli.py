@@ -319,6 +319,12 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if args.command in ("predict", "job") and args.label and not args.text:
         parser.error("--label ranks the labels of a --text; give one")
     if args.command == "job":
+        if not (args.images or args.text or args.json or args.manifest or args.notebook):
+            # Was the server's answer to an empty job, in its JSON terms ("send inputs: [{image: …}]").
+            parser.error(
+                "job takes inputs: image files or folders, --text, --json, --manifest uploads/ID "
+                "(from `ferry upload`) or --notebook NAME"
+            )
         args.parameters = _params(parser, args.param)
         if (
             args.images

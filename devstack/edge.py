@@ -58,7 +58,11 @@ PREDICT_LIMIT = BodyLimit(
 UPLOAD_LIMIT = BodyLimit(
     "upload",
     limits.UPLOAD_REQUEST_BYTES,
-    "split the inputs into several jobs (or BatchPredict calls)",
+    # A job of many photos fits an upload (256 MiB by default) that the job then names; saying
+    # "split the inputs" alone left a new user cutting a photo folder into 32 MiB pieces.
+    "split the inputs into several jobs or BatchPredict calls; or, for a job of many images, zip them, "
+    "POST the zip to /v1/uploads (`ferry upload photos.zip`) and create the job with "
+    '"manifest": "uploads/ID"',
     (
         {"path": "/ferry.jobs.v1.JobService/CreateJob"},
         {"path": "/v1/jobs"},

@@ -151,6 +151,15 @@ def test_bodies_over_the_route_limit_are_413_naming_it(edge: str) -> None:
     assert "1 MiB (1048576 bytes)" in answer["message"]
 
 
+def test_a_job_over_its_limit_is_413_pointing_at_uploads(edge: str) -> None:
+    """A 45 MB CreateJob of three photos (a new user's first big job): 413 naming the limit and the
+    way a job of many images goes instead, a zip upload the job names."""
+    status, answer = post(edge, "/v1/jobs", b'{"model": "m", "pad": "' + b"x" * (33 * 1024 * 1024) + b'"}')
+    assert (status, answer["details"][0]["reason"]) == (413, "REQUEST_TOO_LARGE")
+    assert "32 MiB (33554432 bytes)" in answer["message"], answer
+    assert "POST the zip to /v1/uploads" in answer["message"] and '"manifest"' in answer["message"], answer
+
+
 def test_unready_edge_says_why(edge: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(f"{edge}/readyz", timeout=10)

@@ -72,6 +72,9 @@ def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]
             "FERRY_DEV_API_KEY": API_KEY,
             "FERRY_INFERENCE_INSTANCES": "2",
             "FERRY_INFERENCE_MAX_BATCH_SIZE": "4",
+            # The one model these tests call: each replica's start, and the killed one's restart
+            # under load, load it alone.
+            "FERRY_INFERENCE_MODELS": "efficientnet-lite0",
             # Load shedding by latency (429 with retry advice, services/gateway/admission.py) is
             # tested on its own; here every refusal would blur what the replicas cost.
             "FERRY_GATEWAY_PREDICT_LATENCY_TOLERANCE": "0",

@@ -21,7 +21,12 @@ API_KEY = "ferry-trace-key-0123456789"
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """A stack started with ``ferry up --trace`` (no collector of the user's configured)."""
-    env = {"FERRY_DEV_API_KEY": API_KEY, "FERRY_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    env = {
+        "FERRY_DEV_API_KEY": API_KEY,
+        "FERRY_OTLP_ENDPOINT": "",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        "FERRY_INFERENCE_MODELS": "efficientnet-lite0",  # the one model these tests call
+    }
     running = RunningStack(Path(tmp_path_factory.mktemp("traced")) / "state", env, ["--trace"])
     running.start()
     yield running

@@ -78,6 +78,8 @@ def test_help_says_where_calls_go(capsys: pytest.CaptureFixture[str]) -> None:
         (["job", "--notebook", "report", "--param", "count"], "--param 'count' is not KEY=VALUE"),
         (["models"], "no API key: pass --api-key or set FERRY_API_KEY"),
         (["job", "--wait"], "job takes inputs: image files or folders, --text, --json, --manifest"),
+        (["predictions", "--since", "yesterday"], "argument --since: 'yesterday' is not an RFC 3339 time"),
+        (["predictions", "--until", "2026-12-06"], "e.g. 2026-11-25T00:00:00Z"),
         (["predict", "--json", "[1]", "--model", "agree"], "argument --json: give a JSON object"),
     ],
 )

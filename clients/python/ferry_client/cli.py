@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from ferry.models.v1 import model_pb2
 from ferry_client import bundles, export, keys, local
@@ -72,6 +73,21 @@ def _number(
         return value
 
     return parse
+
+
+def _rfc3339(text: str) -> str:
+    """A time as the API takes it; anything else is a usage error naming the form (``--since
+    yesterday`` ended in protobuf's ValueError traceback). Empty: no bound (argparse passes the
+    default through here too)."""
+    if not text:
+        return text
+    try:
+        Timestamp().FromJsonString(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time; give a date, a time and a zone, e.g. 2026-11-25T00:00:00Z"
+        ) from None
+    return text
 
 
 #: The largest protobuf int32 (top_k, page_size): past it the request cannot be built at all
@@ -216,9 +232,12 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
         "--min-score", type=_fraction, default=0.0, help="only top classes scored at least this (0-1)"
     )
     listing.add_argument(
-        "--since", default="", help="made at or after this time (RFC 3339, e.g. 2026-11-25T00:00:00Z)"
+        "--since",
+        type=_rfc3339,
+        default="",
+        help="made at or after this time (RFC 3339, e.g. 2026-11-25T00:00:00Z)",
     )
-    listing.add_argument("--until", default="", help="made before this time (RFC 3339)")
+    listing.add_argument("--until", type=_rfc3339, default="", help="made before this time (RFC 3339)")
     listing.add_argument("--source", choices=sorted(export.SOURCES), help="which API made them")
     listing.add_argument("--state", choices=sorted(export.STATES), help="succeeded or failed")
     listing.add_argument(

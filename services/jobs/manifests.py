@@ -353,6 +353,14 @@ def _parse_line(line: str, where: str) -> tuple[str, Any, str]:
         raise _bad(where, problem)
     if kind in ("image", "content"):
         value = item[kind]
+        if kind == "image" and isinstance(value, dict):
+            # CreateJob's and Predict's shape, {"image": {"content": …}}: a new user's first guess.
+            raise _bad(
+                where,
+                '"image" is an object, as in a CreateJob input; a manifest line gives an image by its '
+                'bytes, {"content": "<base64>"}, or by name, {"image": "uploads/<id>/<file>"} or '
+                '{"image": "https://…"}',
+            )
         if not isinstance(value, str) or not value:
             raise _bad(where, f'"{kind}" must be a non-empty string')
         return kind, value, given or ""
@@ -364,6 +372,12 @@ def _other_input(line: dict[str, Any], max_bytes: int, where: str) -> types_pb2.
     item = types_pb2.Input()
     if "text" in line:
         labels = line.get("candidate_labels", [])
+        if isinstance(line["text"], dict):  # CreateJob's shape, {"text": {"content": …}}
+            raise _bad(
+                where,
+                '"text" is an object, as in a CreateJob input; a manifest line gives the text itself: '
+                '{"text": "…"}, with "candidate_labels" beside it',
+            )
         if not isinstance(line["text"], str):
             raise _bad(where, '"text" must be a string')
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):

@@ -223,6 +223,9 @@ async def test_items_are_named_by_their_zip_file_or_what_their_manifest_line_gav
         ('{"text": "x", "id": "a\\u0000b"}', "INVALID_MANIFEST", "U+0000"),
         ('{"text": "x", "id": "' + "i" * 1025 + '"}', "INVALID_MANIFEST", "at most 1024"),
         ('{"id": "only a name"}', "INVALID_MANIFEST", "one of these forms"),
+        # CreateJob's input shape in a manifest: said '"image" must be a non-empty string'.
+        ('{"image": {"content": "eA=="}}', "INVALID_MANIFEST", 'by its bytes, {"content": "<base64>"}'),
+        ('{"text": {"content": "a cat"}}', "INVALID_MANIFEST", 'gives the text itself: {"text": "…"}'),
     ],
 )
 async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number(

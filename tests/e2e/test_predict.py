@@ -26,6 +26,26 @@ def predict(rest: Rest, image: bytes, top_k: int = 5) -> dict[str, Any]:
     return body["prediction"]
 
 
+def record_count(database_url: str, record_id: uuid.UUID) -> int:
+    """How many rows Postgres holds for the prediction ``record_id``, once it has any (0 after 10 s)."""
+
+    async def count() -> int:
+        connection = await asyncpg.connect(database_url)
+        try:
+            for _ in range(100):  # records land a moment after the answer
+                n = int(
+                    await connection.fetchval("SELECT count(*) FROM predictions WHERE id = $1", record_id)
+                )
+                if n:
+                    return n
+                await asyncio.sleep(0.1)
+            return 0
+        finally:
+            await connection.close()
+
+    return asyncio.run(count())
+
+
 def test_cat_photo_top_label_is_a_cat(rest: Rest, cat_jpeg: bytes) -> None:
     prediction = predict(rest, cat_jpeg)
     classes = prediction["classes"]
@@ -100,22 +120,7 @@ def test_request_id_makes_predict_idempotent(rest: Rest, stack: dict[str, Any], 
     assert first["name"] == second["name"]
     assert first["classes"][0]["index"] == second["classes"][0]["index"]
     prediction_id = uuid.UUID(first["name"].removeprefix("predictions/"))
-
-    async def count() -> int:
-        connection = await asyncpg.connect(stack["database_url"])
-        try:
-            for _ in range(100):  # records land a moment after the answer
-                n = int(
-                    await connection.fetchval("SELECT count(*) FROM predictions WHERE id = $1", prediction_id)
-                )
-                if n:
-                    return n
-                await asyncio.sleep(0.1)
-            return 0
-        finally:
-            await connection.close()
-
-    assert asyncio.run(count()) == 1
+    assert record_count(stack["database_url"], prediction_id) == 1
 
 
 def test_ids_without_request_id_sort_by_time(rest: Rest, cat_jpeg: bytes) -> None:

@@ -3,13 +3,11 @@ sent again with the same request, it is a retry (issue #17). Through Envoy, on t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import uuid
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 
@@ -19,6 +17,7 @@ from tests.e2e.conftest import API_KEY
 from tests.e2e.expectations import CAT_CLASSES, ESPRESSO
 from tests.e2e.rest import Rest, b64
 from tests.e2e.test_jobs import create_job, job_rows, wait_finished
+from tests.e2e.test_predict import record_count
 from tests.e2e.test_uploads import upload_over_rest
 
 pytestmark = pytest.mark.e2e
@@ -30,24 +29,6 @@ MODEL = "efficientnet-lite0"
 def refused_as_reused(status: int, body: dict[str, Any]) -> bool:
     """A 409 naming REQUEST_ID_REUSED and telling to use a new request_id."""
     return status == 409 and "REQUEST_ID_REUSED" in json.dumps(body) and "new request_id" in str(body)
-
-
-def record_count(database_url: str, record_id: uuid.UUID) -> int:
-    async def count() -> int:
-        connection = await asyncpg.connect(database_url)
-        try:
-            for _ in range(100):  # records land a moment after the answer
-                n = int(
-                    await connection.fetchval("SELECT count(*) FROM predictions WHERE id = $1", record_id)
-                )
-                if n:
-                    return n
-                await asyncio.sleep(0.1)
-            return 0
-        finally:
-            await connection.close()
-
-    return asyncio.run(count())
 
 
 def test_predict_with_other_inputs_under_a_used_request_id_is_refused_and_the_record_kept(

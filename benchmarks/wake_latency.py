@@ -1,0 +1,106 @@
+"""How late a mostly idle process wakes beside CPU hogs, by the hogs' policy and scheduling group.
+
+``python -m benchmarks.wake_latency [--seconds 8] [--rounds 1]`` runs a *waker* (a process that
+sleeps 20 ms at a time and measures how late each sleep ends: what Envoy and the gateway go
+through when a call arrives) beside two spinning processes, one row per arrangement:
+
+* no spinners;
+* spinners at ``SCHED_OTHER`` in a session of their own (a service of the stack: ``ferry up``
+  starts each process as a session, hence an autogroup of its own; a container is a cgroup);
+* spinners at ``SCHED_IDLE`` in a session of their own (inference's job threads, session 5);
+* the same with that session's autogroup at nice 19 (``FERRY_INFERENCE_NICENESS``'s mechanism);
+* spinners at ``SCHED_IDLE`` in the waker's own session.
+
+Each row prints the lateness p50 / p90 / p99 / max and the 1-minute load average. Session 6 used
+it to show that ``SCHED_IDLE`` ranks threads only inside their own scheduling group
+(docs/benchmarks.md). Linux only (``SCHED_IDLE``, ``/proc/self/autogroup``); not a test: nothing
+asserts, and on a shared machine other sessions' load moves every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SLEEP_S = 0.02
+ARRANGEMENTS: list[tuple[str, tuple[str, str] | None, bool]] = [
+    ("no spinners", None, False),
+    ("SCHED_OTHER, own session", ("other", "0"), False),
+    ("SCHED_IDLE, own session", ("idle", "0"), False),
+    ("SCHED_IDLE, own session at autogroup nice 19", ("idle", "19"), False),
+    ("SCHED_IDLE, the waker's session", ("idle", "0"), True),
+]
+
+
+def spin(policy: str, autogroup_nice: str) -> None:
+    """Two busy processes (this one and a fork) at ``policy``, until killed."""
+    if autogroup_nice != "0":
+        Path("/proc/self/autogroup").write_text(autogroup_nice)
+    os.fork()  # both run the loop below: two cores' worth of demand
+    if policy == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    while True:
+        pass
+
+
+def wake(seconds: float) -> None:
+    """Sleeps ``SLEEP_S`` at a time for ``seconds`` and prints how late the sleeps ended."""
+    late = []
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        time.sleep(SLEEP_S)
+        late.append((time.perf_counter() - started - SLEEP_S) * 1000)
+    late.sort()
+
+    def at(q: float) -> float:
+        return late[min(len(late) - 1, int(len(late) * q))]
+
+    print(f"p50 {at(0.5):.2f} / p90 {at(0.9):.2f} / p99 {at(0.99):.2f} / max {late[-1]:.2f} ms", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long the waker runs per row")
+    parser.add_argument("--rounds", type=int, default=1, help="times every row is run, in turn")
+    parser.add_argument("--spin", nargs=2, help=argparse.SUPPRESS)  # internal: policy, autogroup nice
+    parser.add_argument("--wake", action="store_true", help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args()
+    if args.spin:
+        spin(*args.spin)
+    if args.wake:
+        wake(args.seconds)
+        return
+    me = [sys.executable, "-m", "benchmarks.wake_latency", "--seconds", str(args.seconds)]
+    for _ in range(args.rounds):
+        for label, spinners, same_session in ARRANGEMENTS:
+            hog = None
+            if spinners is not None:
+                # A process group of their own either way, so that both spinners are killed together;
+                # a session of their own (an autogroup) unless they share the waker's.
+                hog = subprocess.Popen(
+                    [*me, "--spin", *spinners],
+                    start_new_session=not same_session,
+                    process_group=0 if same_session else None,
+                )
+                time.sleep(0.5)
+            load = Path("/proc/loadavg").read_text().split()[0]
+            print(f"{label:<46} load {load}: ", end="", flush=True)
+            try:
+                subprocess.run([*me, "--wake"], start_new_session=not same_session, check=True)
+            finally:
+                if hog is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(hog.pid, 9)
+                    hog.wait()
+
+
+if __name__ == "__main__":
+    main()

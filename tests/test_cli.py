@@ -15,6 +15,7 @@ from ferry.models.v1 import model_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry_client import bundles, local
 from ferry_client.cli import _print_models, _whole_numbers, main
+from ferry_client.client import FerryClient
 from ferry_client.export import write
 
 
@@ -281,7 +282,6 @@ def test_saved_result_lines_keep_the_files_field_order_item_0_included() -> None
     unlike the file's own lines and docs/jobs.md's {"index":0,"input":"inputs[0]",…}."""
     from ferry.jobs.v1 import job_service_pb2
     from ferry.predictions.v1 import prediction_pb2 as predictions
-    from ferry_client.client import FerryClient
 
     lines = [
         job_service_pb2.GetJobResultsResponse(
@@ -298,3 +298,9 @@ def test_saved_result_lines_keep_the_files_field_order_item_0_included() -> None
         '{"index":0,"input":"inputs[0]","state":"PREDICTION_STATE_SUCCEEDED","classes":[]'
     )
     assert second.startswith('{"index":1,"input":"inputs[1]",')
+
+
+@pytest.mark.parametrize("api_key", [None, "", "  "])
+def test_a_client_without_a_key_says_so_before_any_call(api_key: str) -> None:
+    with pytest.raises(ValueError, match="pass the key"):
+        FerryClient("127.0.0.1:9", api_key)

@@ -163,6 +163,12 @@ class FerryClient:
     """
 
     def __init__(self, target: str, api_key: str, timeout_s: float = 30.0) -> None:
+        if not isinstance(api_key, str) or not api_key.strip():
+            # Else every call would send "Bearer None" (or "Bearer ") and read as a wrong key.
+            raise ValueError(
+                f"api_key is {api_key!r}: pass the key, e.g. os.environ['FERRY_API_KEY'] "
+                "(`ferry up` prints the local stack's; `ferry keys create` makes others)"
+            )
         self._channel = grpc.insecure_channel(
             target, options=[("grpc.max_send_message_length", 32 * 1024 * 1024)]
         )

@@ -24,6 +24,10 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A connection lost in the middle of a protocol exchange (a COPY, or the reset as the pool takes
+    # it back) is left in that state, so the next use fails with this, not a connection error: seen
+    # as "cannot switch to state 15; another operation (2) is in progress" when Postgres stopped.
+    asyncpg.InternalClientError,
     OSError,  # refused, reset, no route, no socket file; ConnectionError is one of these
     TimeoutError,
 )

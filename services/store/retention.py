@@ -19,13 +19,8 @@ from services.store.repositories import Connection
 
 log = logging.getLogger(__name__)
 
-# Postgres away (a connection dropped mid-batch surfaces as InternalClientError), or a batch it
-# refused: either way the next round tries again.
-ROUND_FAILED: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InternalClientError,
-    *UNREACHABLE,
-)
+# Postgres away, or a batch it refused: either way the next round tries again.
+ROUND_FAILED: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *UNREACHABLE)
 
 _DELETE_BATCH = (
     "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions WHERE create_time < $1 LIMIT $2)"

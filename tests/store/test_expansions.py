@@ -5,16 +5,19 @@ stalled only when the expansion stops reporting progress."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import asyncpg
 import grpc
+import pytest
 
 from ferry.events.v1 import events_pb2
 from ferry.jobs.v1 import job_pb2
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
 from services.common.errors import InvalidArgument, error_from_status
-from services.store import codec
+from services.common.messaging import EXPANSION_EVENTS_SUBJECT
+from services.store import codec, job_events
 from services.store.ingest import write_batch
 from services.store.job_events import apply
 from services.store.stalls import fail_stalled
@@ -110,3 +113,40 @@ async def test_only_an_expansion_that_stopped_reporting_is_failed_as_stalled(
     assert job.state == job_pb2.JOB_STATE_FAILED
     error = error_from_status(job.error)
     assert error.reason == "JOB_STALLED" and "manifest was not read any further" in error.message
+
+
+class _LostMidExchange:
+    """A pool whose connection Postgres dropped mid-exchange, as asyncpg then reports it."""
+
+    def acquire(self) -> Any:
+        raise asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+
+
+class _Delivery:
+    """A JetStream delivery of one event: what was done with it."""
+
+    subject = EXPANSION_EVENTS_SUBJECT
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.done = data, []
+
+    async def ack(self) -> None:
+        self.done.append("ack")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.done.append("nak")
+
+    async def term(self) -> None:
+        self.done.append("term")
+
+
+async def test_an_event_met_by_a_connection_lost_mid_exchange_comes_back_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In CI's Postgres outage this error ended store's job-events task (a traceback, and expansions
+    # no longer applied until a restart); it is an outage like any other: nak, redelivered.
+    monkeypatch.setattr(job_events, "_RETRY_DELAY_S", 0.0)
+    events = job_events.JobEvents(None, _LostMidExchange(), "job-events")  # type: ignore[arg-type]
+    delivery = _Delivery(expanded(uuid.uuid4(), 3).SerializeToString())
+    await events.handle(delivery)  # type: ignore[arg-type]
+    assert delivery.done == ["nak"]

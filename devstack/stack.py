@@ -95,6 +95,10 @@ class LocalStack:
         self.supervisor = Supervisor(self.state_dir, settings.start_timeout_s)
         self.receiver: TraceReceiver | None = None
         self.models, self.models_origin = models.served_models()
+        # Ports handed out so far, the public one first: it is not bound until Envoy starts, so the
+        # OS may offer it again, and a metrics server (SO_REUSEPORT, as Envoy's listener) would
+        # then quietly share it and answer some of its requests (seen once in CI).
+        self._taken = {settings.http_port}
 
     def _otlp_endpoint(self) -> str:
         """The user's collector, else (``--trace``) a receiver of our own, else none."""
@@ -103,12 +107,19 @@ class LocalStack:
             if s.trace:
                 print(f"--trace: spans go to FERRY_OTLP_ENDPOINT={s.otlp_endpoint}, not to `ferry trace`")
             return s.otlp_endpoint
-        self.receiver = TraceReceiver(free_port(s.host), s.host, self.state_dir / TRACES_FILE)
+        self.receiver = TraceReceiver(self._free_port(), s.host, self.state_dir / TRACES_FILE)
         self.receiver.start()
         return self.receiver.endpoint
 
     def _port(self, default: int) -> int:
-        return free_port(self.settings.host) if self.settings.free_ports else default
+        return self._free_port() if self.settings.free_ports else default
+
+    def _free_port(self) -> int:
+        """A port free a moment ago that this stack has not handed out already."""
+        while (port := free_port(self.settings.host)) in self._taken:
+            pass
+        self._taken.add(port)
+        return port
 
     def _dev_api_key(self) -> str:
         if self.settings.dev_api_key:
@@ -175,7 +186,7 @@ class LocalStack:
         for service, (grpc_default, metrics_default) in SERVICE_PORTS.items():
             for i, name in enumerate(processes[service]):
                 first = (self._port(grpc_default), self._port(metrics_default))
-                ports[name] = first if i == 0 else (free_port(s.host), free_port(s.host))
+                ports[name] = first if i == 0 else (self._free_port(), self._free_port())
         own = {name: f"{s.host}:{grpc}" for name, (grpc, _) in ports.items()}
         # Each service's processes, comma-separated (what its callers balance over); a process's
         # own target is kept apart: "gateway" is also the first gateway's name.
@@ -264,9 +275,9 @@ class LocalStack:
         cluster = None
         names = ["nats"]
         if s.nats_nodes > 1:
-            cluster = NatsCluster("ferry", tuple(free_port(s.host) for _ in range(s.nats_nodes)))
+            cluster = NatsCluster("ferry", tuple(self._free_port() for _ in range(s.nats_nodes)))
             names = [f"nats-{node}" for node in range(s.nats_nodes)]
-        ports = [self._port(s.nats_port)] + [free_port(s.host) for _ in names[1:]]
+        ports = [self._port(s.nats_port)] + [self._free_port() for _ in names[1:]]
         for node, (name, port) in enumerate(zip(names, ports, strict=True)):
             argv = nats_command(port, self.state_dir / name, s.host, cluster, node)
             supervisor.start(

@@ -7,6 +7,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
+import devstack.stack
+from devstack.settings import StackSettings
+from devstack.stack import LocalStack
 from tests.e2e.stack import FERRY
 
 
@@ -26,3 +31,14 @@ def test_ferry_up_refuses_a_public_port_in_use(tmp_path: Path) -> None:
     assert f"ports already in use on 127.0.0.1: http {port}" in done.stderr
     assert "another `ferry up`" in done.stderr
     assert not (tmp_path / "state" / "endpoints.json").exists()
+
+
+def test_free_ports_skip_the_public_port_and_every_port_handed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The public port is bound only when Envoy starts, so the OS may offer it again meanwhile; a
+    # metrics server given it would share it (SO_REUSEPORT) and answer some of Envoy's requests.
+    stack = LocalStack(StackSettings(state_dir=tmp_path, free_ports=True, http_port=18123))
+    offered = iter([18123, 20001, 20001, 18123, 20002])  # what the OS offers, one bind at a time
+    monkeypatch.setattr(devstack.stack, "free_port", lambda host: next(offered))
+    assert [stack._port(50051), stack._port(9101)] == [20001, 20002]

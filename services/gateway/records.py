@@ -91,6 +91,14 @@ class Records:
         stats.end_time.CopyFrom(query.end_time)
         return stats
 
+    async def has_records(self, tenant: str, model: str) -> bool:
+        """Whether ``tenant`` has any recorded prediction of ``model`` (id), however old."""
+        query = store_service_pb2.ListPredictionsRequest(tenant=tenant, model=model, page_size=1)
+        answer: store_service_pb2.ListPredictionsResponse = await self._backend.call(
+            self._store.ListPredictions, query
+        )
+        return len(answer.predictions) > 0
+
     async def get_job(self, tenant: str, name: str) -> job_pb2.Job:
         """Returns the job ``jobs/{id}`` of ``tenant``."""
         request = store_service_pb2.GetJobRequest(tenant=tenant, id=str(resource_id(name, "jobs")))

@@ -90,6 +90,20 @@ def test_model_stats_through_rest(rest: Rest, cat_jpeg: bytes, coffee_jpeg: byte
     assert status == 400 and "window" in body["message"], body
 
 
+def test_stats_of_a_model_never_served_is_404_naming_the_served_ones(
+    rest: Rest, stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A mistyped model answered 200 with zeros, which reads as "nobody used it lately".
+    status, body = rest.get("/v1/models/resnet/stats?window=1h")
+    assert status == 404 and body["details"][0]["reason"] == "MODEL_NOT_FOUND", body
+    assert "'models/efficientnet-lite0'" in body["message"], body
+    assert ferry(["--target", stack["grpc_target"], "--api-key", API_KEY, "stats", "resnet"]) == 1
+    assert "available models" in capsys.readouterr().err
+    # A served model without records in the window is zeros: that is the truth about it.
+    status, body = rest.get("/v1/models/mobilenet-v2/stats?window=1s")
+    assert status == 200 and body["stats"]["model"] == "models/mobilenet-v2", body
+
+
 def test_cli_stats_and_export(
     rest: Rest, stack: dict[str, Any], coffee_jpeg: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,10 +8,13 @@ import grpc
 
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from services.common import paging, validation
+from services.common.errors import NotFound, Unavailable
 from services.gateway import identity
 from services.gateway.batch_predictor import BatchPredictor
+from services.gateway.catalog import ModelCatalog
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
+from services.gateway.records import Records
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -97,4 +100,24 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     ) -> model_service_pb2.GetModelStatsResponse:
         c = self._slot.get()
         tenant = identity.tenant()
-        return model_service_pb2.GetModelStatsResponse(stats=await c.records.model_stats(tenant, request))
+        stats = await c.records.model_stats(tenant, request)
+        if stats.request_count == 0:
+            await known_model(c.catalog, c.records, tenant, validation.model_id(request.name, field="name"))
+        return model_service_pb2.GetModelStatsResponse(stats=stats)
+
+
+async def known_model(catalog: ModelCatalog, records: Records, tenant: str, model: str) -> None:
+    """Refuses stats of a model that is neither served nor in the caller's records: zeros there
+    read as "nobody used it lately" when the name was mistyped (`ferry stats resnet`). A model
+    served now (zeros are the truth) or one retired with records left (still readable) passes.
+
+    Raises:
+        NotFound: MODEL_NOT_FOUND naming the served models, as GetModel's.
+    """
+    try:
+        await catalog.get(model)
+    except NotFound as missing:
+        if not await records.has_records(tenant, model):
+            raise missing from None
+    except Unavailable:
+        pass  # inference is down: stats come from store, which cannot tell; answer them

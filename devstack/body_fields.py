@@ -8,6 +8,12 @@ walks each REST body's object keys against the request message's fields, both pr
 names, taken from the same descriptor set the transcoder reads. It answers 400 INVALID_ARGUMENT
 (reason UNKNOWN_FIELD) naming the field; the local reply config (devstack/edge.py) gives it the
 gateway's error shape. Malformed JSON is left to the transcoder, which reports it itself.
+
+The same walk checks enum values given as names (``"priority": "urgent"``), in bodies and in GET
+query parameters: the transcoder's own refusal ("invalid value "urgent" for type
+type.googleapis.com/ferry.types.v1.Priority") did not say which values there are. It answers 400
+INVALID_ENUM naming them, as the gateway does for an unknown enum number
+(services/common/validation.py), which still judges numbers given as JSON numbers.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from devstack import body_depth
 from tools.protogen import DESCRIPTOR_SET
 
 UNKNOWN_FIELD = "UNKNOWN_FIELD"
+INVALID_ENUM = "INVALID_ENUM"
 #: Dynamic metadata the Lua filter leaves for the local reply's message: the field and its message.
 METADATA_NAMESPACE = "ferry.edge"
 
 _MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+_ENUM = descriptor_pb2.FieldDescriptorProto.TYPE_ENUM
 _BODY_METHODS = ("post", "put", "patch")
 
 
@@ -61,12 +69,55 @@ def _messages(files: descriptor_pb2.FileDescriptorSet) -> dict[str, descriptor_p
     return found
 
 
+def enums(descriptor_set: Path = DESCRIPTOR_SET) -> dict[str, dict[str, int]]:
+    """Every enum's values (name: number) by its full name (``.ferry.types.v1.Priority``)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    found: dict[str, dict[str, int]] = {}
+
+    def walk(prefix: str, message: descriptor_pb2.DescriptorProto) -> None:
+        name = f"{prefix}.{message.name}"
+        for enum in message.enum_type:
+            found[f"{name}.{enum.name}"] = {value.name: value.number for value in enum.value}
+        for nested in message.nested_type:
+            walk(name, nested)
+
+    for file in files.file:
+        package = f".{file.package}" if file.package else ""
+        for enum in file.enum_type:
+            found[f"{package}.{enum.name}"] = {value.name: value.number for value in enum.value}
+        for message in file.message_type:
+            walk(package, message)
+    return found
+
+
+def query_enums(descriptor_set: Path = DESCRIPTOR_SET) -> list[tuple[str, dict[str, str]]]:
+    """The GET routes (Lua path pattern) whose request has enum fields, which the transcoder
+    reads from query parameters: each with those fields' enum by proto and JSON name."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    messages = _messages(files)
+    routes = []
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                if rule.WhichOneof("pattern") != "get":
+                    continue
+                fields = {}
+                for field in messages[method.input_type].field:
+                    if field.type == _ENUM:
+                        fields[field.name] = fields[field.json_name] = field.type_name
+                if fields:
+                    routes.append((_lua_path_pattern(rule.get), fields))
+    return routes
+
+
 def schema(
     descriptor_set: Path = DESCRIPTOR_SET,
 ) -> tuple[list[tuple[str, str, str]], dict[str, dict[str, str]]]:
     """The body routes (HTTP method, Lua path pattern, request message) and, for every message a
     body can reach, its fields by proto and JSON name: a message's name when Ferry's (checked
-    inside), else ``""`` (a scalar, a map, or a well-known type with its own JSON form)."""
+    inside), an enum's name (its value names checked), else ``""`` (a scalar, a map, or a
+    well-known type with its own JSON form)."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     messages = _messages(files)
     routes = []
@@ -90,7 +141,7 @@ def schema(
             checked = (
                 nested is not None and field.type_name.startswith(".ferry.") and not nested.options.map_entry
             )
-            kind = field.type_name if checked else ""
+            kind = field.type_name if checked or field.type == _ENUM else ""
             fields[name][field.name] = fields[name][field.json_name] = kind
             if checked:
                 pending.append(field.type_name)
@@ -125,6 +176,24 @@ def lua_tables(descriptor_set: Path = DESCRIPTOR_SET) -> str:
     for message, known in sorted(fields.items()):
         names = [f"{_lua_string(k)}," for k in known if k == k.lower()]
         lines += [f"  [{_lua_string(message)}] = {{", *_lua_lines(names), "  },"]
+    lines += ["}", "-- Each enum's value names (a set), and those an error lists (not the unspecified one)."]
+    lines.append("local ENUMS, ENUM_NAMES = {}, {}")
+    queries = query_enums(descriptor_set)
+    used = {kind for known in fields.values() for kind in known.values()}
+    used |= {enum for _, by_field in queries for enum in by_field.values()}
+    for enum, numbers in sorted(enums(descriptor_set).items()):
+        if enum in used:
+            # Numbers as text too: the transcoder takes a known one ("2") in a query or a string.
+            accepted = [*numbers, *(str(number) for number in numbers.values())]
+            entries = [f"[{_lua_string(n)}] = true," for n in accepted]
+            lines += [f"ENUMS[{_lua_string(enum)}] = {{", *_lua_lines(entries), "}"]
+            listed = ", ".join(name for name, number in numbers.items() if number != 0)
+            lines.append(f"ENUM_NAMES[{_lua_string(enum)}] = {_lua_string(listed)}")
+    lines.append("-- GET routes whose query parameters name enum values: {path pattern, {param = enum}}.")
+    lines.append("local QUERY_ENUMS = {")
+    for pattern, by_field in queries:
+        params = " ".join(f"[{_lua_string(k)}] = {_lua_string(v)}," for k, v in by_field.items())
+        lines.append(f"  {{{_lua_string(pattern)}, {{{params}}}}},")
     lines.append("}")
     return "\n".join(lines)
 
@@ -180,9 +249,9 @@ local function object(s, i, message, path, depth)
     end
     i = skip(s, after)
     if byte(s, i) ~= 58 then return nil end
-    local field, where
-    i, field, where = value(s, i + 1, kind, path .. key .. ".", depth + 1)
-    if not i then return nil, field, where end
+    local field, where, bad
+    i, field, where, bad = value(s, i + 1, kind, path .. key .. ".", depth + 1)
+    if not i then return nil, field, where, bad end
     i = skip(s, i)
     local c = byte(s, i)
     if c == 125 then return i + 1 end
@@ -201,9 +270,9 @@ value = function(s, i, kind, path, depth)
     i = skip(s, i + 1)
     if byte(s, i) == 93 then return i + 1 end
     while true do
-      local field, where
-      i, field, where = value(s, i, kind, path, depth + 1)
-      if not i then return nil, field, where end
+      local field, where, bad
+      i, field, where, bad = value(s, i, kind, path, depth + 1)
+      if not i then return nil, field, where, bad end
       i = skip(s, i)
       c = byte(s, i)
       if c == 93 then return i + 1 end
@@ -211,17 +280,58 @@ value = function(s, i, kind, path, depth)
       i = i + 1
     end
   end
-  if c == 34 then return string_end(s, i) end
+  if c == 34 then
+    local after = string_end(s, i)
+    local allowed = after and ENUMS[kind]
+    if allowed then
+      local text = sub(s, i + 1, after - 2)
+      if not allowed[text] and not find(text, "\\", 1, true) then
+        return nil, sub(path, 1, -2), kind, text
+      end
+    end
+    return after
+  end
   return find(s, "[,%]}%s]", i) or (#s + 1)
+end
+
+-- A 400 INVALID_ENUM naming the field, the value given (shortened) and the enum's values.
+local function refuse_enum(handle, field, enum, text)
+  local metadata = handle:streamInfo():dynamicMetadata()
+  metadata:set("NAMESPACE", "enum_field", (field:gsub("[^%w_%.%-]", "?")))
+  metadata:set("NAMESPACE", "enum_value", sub((text:gsub("[%c\\\"]", "?")), 1, 64))
+  metadata:set("NAMESPACE", "enum_known", ENUM_NAMES[enum])
+  handle:respond({[":status"] = "400"}, "invalid enum value")
+end
+
+-- GET query parameters of enum fields (?state=FAILD): a value's name or number.
+local function check_query(handle, path, query)
+  for _, route in ipairs(QUERY_ENUMS) do
+    if find(path, route[1]) then
+      for key, text in string.gmatch(query, "([^&=]+)=([^&]*)") do
+        local enum = route[2][key]
+        if enum and text ~= "" then
+          text = text:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+          if not ENUMS[enum][text] then
+            return refuse_enum(handle, key, enum, text)
+          end
+        end
+      end
+      return
+    end
+  end
 end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
   local method = headers:get(":method")
   local content_type = headers:get("content-type") or ""
-  if method == "GET" or find(content_type, "application/grpc", 1, true) == 1 then return end
+  if find(content_type, "application/grpc", 1, true) == 1 then return end
   local path = headers:get(":path") or ""
   local query = find(path, "?", 1, true)
+  if method == "GET" then
+    if query then check_query(handle, sub(path, 1, query - 1), sub(path, query + 1)) end
+    return
+  end
   if query then path = sub(path, 1, query - 1) end
   local root
   for _, route in ipairs(ROUTES) do
@@ -236,8 +346,9 @@ function envoy_on_request(handle)
     handle:respond({[":status"] = "400"}, "not a JSON object")
     return
   endDEPTH_CHECK
-  local ok, finished, field, message = pcall(value, bytes, 1, root, "", 0)
+  local ok, finished, field, message, bad = pcall(value, bytes, 1, root, "", 0)
   if not ok or finished or not field then return end
+  if bad then return refuse_enum(handle, field, message, bad) end
   field = field:gsub("[^%w_%.%-]", "?")
   local metadata = handle:streamInfo():dynamicMetadata()
   metadata:set("NAMESPACE", "field", field)
@@ -269,6 +380,15 @@ def unknown_field_message() -> str:
     return (
         f'unknown field "%DYNAMIC_METADATA({ns}:field)%" in %DYNAMIC_METADATA({ns}:message)%; '
         f"its fields are: %DYNAMIC_METADATA({ns}:known)%"
+    )
+
+
+def invalid_enum_message() -> str:
+    """The 400's message for an enum value no enum has, with what the filter recorded."""
+    ns = METADATA_NAMESPACE
+    return (
+        f'%DYNAMIC_METADATA({ns}:enum_field)% is "%DYNAMIC_METADATA({ns}:enum_value)%"; '
+        f"expected one of %DYNAMIC_METADATA({ns}:enum_known)%"
     )
 
 

@@ -376,6 +376,10 @@ def local_reply_config(ready_path: str) -> dict[str, Any]:
     body = body_fields.METADATA_NAMESPACE
     field = {"field": f"%DYNAMIC_METADATA({body}:field)%", "source": "envoy"}
     mappers.append(_rest_mapper(unknown, field, _lua_refused(body, "field")))
+    # Its 400 for an enum value by a name the enum lacks, in a body or a GET query parameter.
+    enum = LocalReply(400, body_fields.INVALID_ENUM, body_fields.invalid_enum_message())
+    named = {"field": f"%DYNAMIC_METADATA({body}:enum_field)%", "source": "envoy"}
+    mappers.append(_rest_mapper(enum, named, _lua_refused(body, "enum_field")))
     shapeless = LocalReply(400, "MALFORMED_REQUEST", body_fields.NOT_JSON_MESSAGE)
     mappers.append(_rest_mapper(shapeless, {"source": "envoy"}, _lua_refused(body, "not_json")))
     deep = LocalReply(400, body_depth.REASON, body_depth.message())

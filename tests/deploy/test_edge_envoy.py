@@ -133,6 +133,46 @@ def test_known_fields_and_free_form_values_pass(edge: str, body: bytes) -> None:
     assert reason(post(edge, PREDICT, body)) == (504, "EDGE_DEADLINE_EXCEEDED")
 
 
+PRIORITIES = "PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW"
+STATES = "PREDICTION_STATE_SUCCEEDED, PREDICTION_STATE_FAILED"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "value", "known"),
+    [
+        (PREDICT, b'{"priority": "urgent"}', "priority", "urgent", PRIORITIES),
+        (PREDICT, b'{"priority": "high"}', "priority", "high", PRIORITIES),
+        ("/v1/jobs", b'{"model": "m", "inputs": [], "priority": "7"}', "priority", "7", PRIORITIES),
+        ("/v1/predictions?page_size=5&source=web", b"", "source", "web", "PREDICTION_SOURCE_SYNC, "),
+        ("/v1/predictions?state=FAILED", b"", "state", "FAILED", STATES),
+        ("/v1/jobs/abc/items?state=FAIL%45D", b"", "state", "FAILED", STATES),
+    ],
+)
+def test_an_enum_value_no_enum_has_is_400_naming_the_valid_ones(
+    edge: str, path: str, body: bytes, field: str, value: str, known: str
+) -> None:
+    """The transcoder's own words ('invalid value "urgent" for type type.googleapis.com/
+    ferry.types.v1.Priority') did not say which values there are."""
+    status, answer = post(edge, path, body, method="POST" if body else "GET")
+    assert (status, answer["details"][0]["reason"]) == (400, "INVALID_ENUM"), answer
+    assert answer["details"][0]["metadata"]["field"] == field, answer
+    assert f'{field} is "{value}"; expected one of {known}' in answer["message"], answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (PREDICT, b'{"priority": "PRIORITY_HIGH"}'),
+        (PREDICT, b'{"priority": 1}'),  # numbers: the gateway judges them (INVALID_PRIORITY)
+        ("/v1/jobs", b'{"model": "m", "inputs": [], "priority": "PRIORITY_LOW"}'),
+        ("/v1/predictions?source=PREDICTION_SOURCE_JOB_ITEM&state=2", b""),
+        ("/v1/jobs/abc/items?state=PREDICTION_STATE_FAILED", b""),
+    ],
+)
+def test_enum_values_by_name_or_number_pass(edge: str, path: str, body: bytes) -> None:
+    assert reason(post(edge, path, body, method="POST" if body else "GET")) == (504, "EDGE_DEADLINE_EXCEEDED")
+
+
 def test_a_timeout_at_the_edge_is_504_in_the_gateway_shape(edge: str) -> None:
     status, answer = post(edge, "/v1/jobs/x:cancel", b"{}")
     assert (status, answer["code"], answer["details"][0]["reason"]) == (504, 4, "EDGE_DEADLINE_EXCEEDED"), (

@@ -310,6 +310,25 @@ def _job_error(row: asyncpg.Record) -> status_pb2.Status:
     return error.to_status()
 
 
+def keyset_position(position: dict[str, Any]) -> tuple[datetime, uuid.UUID] | None:
+    """The (create_time, id) a newest-first listing continues after, from its decoded page token
+    (None: the first page). A token is the caller's to send back, so anything edited in it (an id
+    that is no UUID or not a string) is the caller's error, never store's.
+
+    Raises:
+        InvalidArgument: INVALID_PAGE_TOKEN, saying to pass the previous page's token unchanged.
+    """
+    if not position:
+        return None
+    try:
+        return datetime.fromisoformat(position["t"]), uuid.UUID(position["id"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise InvalidArgument(
+            "page_token is not valid; pass the next_page_token of the previous page unchanged",
+            reason="INVALID_PAGE_TOKEN",
+        ) from None
+
+
 def parse_id(value: str, what: str) -> uuid.UUID:
     """Parses a resource id sent by the gateway.
 

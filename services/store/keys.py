@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -60,19 +60,6 @@ def api_key_from_row(row: asyncpg.Record) -> pb.ApiKey:
     )
 
 
-def _keyset(token: str) -> Any:
-    position = paging.decode_page_token(token)
-    if not position:
-        return None
-    try:
-        return datetime.fromisoformat(position["t"]), codec.parse_id(position["id"], "key")
-    except (KeyError, TypeError, ValueError):
-        raise InvalidArgument(
-            "page_token is not valid; pass the next_page_token of the previous page unchanged",
-            reason="INVALID_PAGE_TOKEN",
-        ) from None
-
-
 class ApiKeyHandlers:
     """LookupApiKey, CreateApiKey, ListApiKeys and RevokeApiKey over ``_connection``."""
 
@@ -123,7 +110,7 @@ class ApiKeyHandlers:
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Context) -> pb.ListApiKeysResponse:
         limit = paging.page_size(request.page_size, default=DEFAULT_PAGE_SIZE)
-        after = _keyset(request.page_token)
+        after = codec.keyset_position(paging.decode_page_token(request.page_token))
         async with self._connection() as connection:
             rows = await api_keys.newest(
                 connection, request.tenant, request.include_revoked, limit + 1, after

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, TypeVar
 
 import asyncpg
@@ -28,18 +28,6 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
-
-
-def _keyset(position: dict[str, Any]) -> tuple[datetime, Any] | None:
-    if not position:
-        return None
-    try:
-        return datetime.fromisoformat(position["t"]), codec.parse_id(position["id"], "page")
-    except (KeyError, TypeError, ValueError):
-        raise InvalidArgument(
-            "page_token is not valid; pass the next_page_token of the previous page unchanged",
-            reason="INVALID_PAGE_TOKEN",
-        ) from None
 
 
 def _tenant(tenant: str) -> str:
@@ -147,7 +135,7 @@ class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer)
             more = len(rows) > limit
             token = paging.encode_page_token({"i": rows[limit - 1]["item_index"]}) if more else ""
         else:
-            keyset = _keyset(position)
+            keyset = codec.keyset_position(position)
             async with self._connection() as connection:
                 rows = await queries.list_newest(connection, where, limit + 1, keyset)
             token = _next_token(rows, limit)
@@ -201,7 +189,7 @@ class StoreServicer(ApiKeyHandlers, store_service_pb2_grpc.StoreServiceServicer)
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         tenant = _tenant(request.tenant)
         limit = paging.page_size(request.page_size)
-        after = _keyset(paging.decode_page_token(request.page_token))
+        after = codec.keyset_position(paging.decode_page_token(request.page_token))
         async with self._connection() as connection:
             rows = await newest_first(connection, "jobs", tenant, limit + 1, after)
         return pb.ListJobsResponse(

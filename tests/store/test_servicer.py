@@ -15,6 +15,7 @@ from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2 as pb
 from ferry.store.v1 import store_service_pb2_grpc
+from services.common import paging
 from services.store import codec
 from services.store.ingest import write_batch
 from services.store.repositories import api_keys
@@ -65,6 +66,31 @@ async def test_unknown_ids_are_not_found_and_say_which(store: Stub) -> None:
 async def test_bad_requests_are_invalid_arguments(store: Stub, call: Callable[[Stub], Any]) -> None:
     error = await error_of(call(store))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        {"t": "2026-12-06T20:58:17+00:00", "id": "nope"},
+        {"t": "2026-12-06T20:58:17+00:00", "id": 7},
+        {"t": 5, "id": "01a24d26-7bbe-70a1-87c1-754e0cf8df51"},
+        {"id": "01a24d26-7bbe-70a1-87c1-754e0cf8df51"},
+    ],
+)
+async def test_a_tampered_page_token_is_invalid_page_token_saying_what_to_pass(
+    store: Stub, position: dict[str, Any]
+) -> None:
+    """A token edited by hand (a decodable one with a bad id) said "page id 'nope' is not a UUID",
+    reason INVALID_RESOURCE_NAME: a name the caller never sent."""
+    token = paging.encode_page_token(position)
+    for call in [
+        store.ListPredictions(pb.ListPredictionsRequest(tenant="t", page_token=token)),
+        store.ListJobs(pb.ListJobsRequest(tenant="t", page_token=token)),
+        store.ListApiKeys(pb.ListApiKeysRequest(tenant="t", page_token=token)),
+    ]:
+        error = await error_of(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "pass the next_page_token of the previous page unchanged" in (error.details() or "")
 
 
 async def test_another_tenant_sees_nothing(store: Stub, pool: asyncpg.Pool) -> None:

@@ -94,6 +94,31 @@ def test_a_user_error_is_one_line_and_exit_code_2(
     assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["predict", "empty.jpg"], "argument image: empty.jpg: an empty file (0 bytes)"),
+        (["job", "cat.jpg", "empty.jpg"], "argument images: empty.jpg: an empty file (0 bytes)"),
+        (["upload", "empty.zip"], "argument file: empty.zip: an empty file (0 bytes)"),
+    ],
+)
+def test_an_empty_file_is_named_before_any_call(
+    argv: list[str],
+    says: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cat.jpg").write_bytes(b"\xff\xd8 not empty")
+    (tmp_path / "empty.jpg").touch()
+    (tmp_path / "empty.zip").touch()
+    with pytest.raises(SystemExit) as done:
+        main(["--target", "127.0.0.1:9", "--api-key", "k", *argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and says in err, err
+
+
 def test_a_file_that_cannot_be_written_is_one_line_and_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

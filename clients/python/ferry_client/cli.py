@@ -43,13 +43,21 @@ def _existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text}: {'a folder' if path.is_dir() else 'no such file'}")
-    return path
+    return _not_empty(path, text)
 
 
 def _existing_path(text: str) -> Path:
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return _not_empty(path, text) if path.is_file() else path
+
+
+def _not_empty(path: Path, text: str) -> Path:
+    # An empty file (a failed download, `: > x.jpg`) came back from the server as "inputs[0].image
+    # is missing or empty; send … in inputs[0].image.content (base64 in JSON)": not the file's name.
+    if path.stat().st_size == 0:
+        raise argparse.ArgumentTypeError(f"{text}: an empty file (0 bytes)")
     return path
 
 

@@ -217,7 +217,7 @@ def manifest_lines(path: Path, bounds: UploadLimits) -> int:
     lines += not blank
     _check_lines(lines, bounds)
     if not lines:
-        raise invalid("the upload is empty; send a JSONL manifest (one item per line) or a zip of images")
+        raise invalid("the manifest has only blank lines (one item per line)")
     return lines
 
 

@@ -154,9 +154,7 @@ class Uploads(UploadStore):
         await asyncio.to_thread(spool.write, buffered)
         await asyncio.to_thread(spool.flush)
         if not size:
-            raise upload_checks.invalid(
-                "the upload is empty; send a JSONL manifest (one item per line) or a zip of images"
-            )
+            raise upload_checks.invalid("the upload is empty (0 bytes)")
         return size, head
 
     async def _store_zip(self, tenant: str, upload_id: uuid.UUID, path: Path, size: int) -> tuple[Index, int]:

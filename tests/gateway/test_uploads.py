@@ -311,8 +311,9 @@ def encrypted_flag(data: bytes) -> bytes:
         (zipped({"big.jpg": b"b" * 1001}), "IMAGE_TOO_LARGE", "big.jpg"),
         (b"PK\x03\x04broken", "INVALID_UPLOAD", "not a readable one"),
         (zipped({"d/": b""}), "INVALID_UPLOAD", "no files"),
-        (b"", "INVALID_UPLOAD", "empty"),
-        (b"\n \n", "INVALID_UPLOAD", "empty"),
+        # Said once what an upload takes (the message said it twice).
+        (b"", "INVALID_UPLOAD", "the upload is empty (0 bytes); POST /v1/uploads takes"),
+        (b"\n \n", "INVALID_UPLOAD", "only blank lines (one item per line); POST /v1/uploads takes"),
         (b'{"text": "a"}\n\xff\xfe', "INVALID_UPLOAD", "byte 14"),
         (b'{"text": "a"}\n' * 6, "UPLOAD_TOO_MANY_ENTRIES", "upload_max_entries"),
     ],

@@ -104,10 +104,14 @@ def priority_of(parameters: dict[str, oip.InferParameter]) -> types_pb2.Priority
         and value.string_param.lower() in priorities.NAMES
     ):
         return priorities.of_name(value.string_param).proto
-    number = _parameter_int(parameters, "priority")
+    try:
+        number = _parameter_int(parameters, "priority")
+    except InvalidArgument:
+        number = None  # a word that is no priority ("urgent"): the answer below names them
     if number is None or number < 0:
         raise InvalidArgument(
-            "parameter 'priority' is high, normal or low (or 1, 2, 3)", "INVALID_OIP_PARAMETER"
+            "parameter 'priority' is high, normal or low (or Triton's numbers: 1 highest, 2, 3)",
+            "INVALID_OIP_PARAMETER",
         )
     return _TRITON_PRIORITIES.get(number, types_pb2.PRIORITY_LOW)
 

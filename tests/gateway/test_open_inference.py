@@ -51,10 +51,20 @@ def test_priority_accepts_names_and_tritons_numbers(value: oip.InferParameter, e
     assert priority_of({"priority": value}) == expected
 
 
-def test_an_unknown_priority_is_invalid() -> None:
+@pytest.mark.parametrize(
+    "value",
+    [
+        oip.InferParameter(string_param="urgent"),
+        oip.InferParameter(bool_param=True),
+        oip.InferParameter(int64_param=-1),
+    ],
+)
+def test_an_unknown_priority_is_invalid_naming_the_valid_ones(value: oip.InferParameter) -> None:
+    # "urgent" was answered "parameter 'priority' must be an integer", naming no name it takes.
     with pytest.raises(FerryError) as caught:
-        priority_of({"priority": oip.InferParameter(string_param="urgent")})
+        priority_of({"priority": value})
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "high, normal or low" in caught.value.message, caught.value.message
 
 
 def test_shape_must_match_the_elements() -> None:

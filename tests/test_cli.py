@@ -13,9 +13,10 @@ import pytest
 
 from ferry.models.v1 import model_pb2
 from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
 from ferry_client import bundles, local
 from ferry_client.cli import _print_models, _whole_numbers, main
-from ferry_client.client import FerryClient
+from ferry_client.client import FerryClient, _priority
 from ferry_client.export import write
 
 
@@ -329,3 +330,19 @@ def test_saved_result_lines_keep_the_files_field_order_item_0_included() -> None
 def test_a_client_without_a_key_says_so_before_any_call(api_key: str) -> None:
     with pytest.raises(ValueError, match="pass the key"):
         FerryClient("127.0.0.1:9", api_key)
+
+
+@pytest.mark.parametrize("priority", ["urgent", "", "PRIORITY_UNSPECIFIED"])
+def test_a_client_job_of_an_unknown_priority_names_the_valid_ones(priority: str) -> None:
+    with FerryClient("127.0.0.1:9", "k") as client, pytest.raises(ValueError) as refused:
+        client.create_job([b"x"], priority=priority)
+    assert f"priority is {priority!r}; expected one of high, normal, low" in str(refused.value)
+
+
+def test_a_client_job_takes_priorities_in_any_case() -> None:
+    named = [_priority(p) for p in ("high", "LOW", "PRIORITY_NORMAL")]
+    assert [types_pb2.Priority.Value(name) for name in named] == [
+        types_pb2.PRIORITY_HIGH,
+        types_pb2.PRIORITY_LOW,
+        types_pb2.PRIORITY_NORMAL,
+    ]

@@ -153,6 +153,16 @@ def _model_name(model: str) -> str:
     return model if model.startswith("models/") else f"models/{model}"
 
 
+def _priority(priority: str) -> str:
+    """``high``, ``normal`` or ``low`` (any case, or the enum's own name) as the wire enum's name."""
+    names = [name.removeprefix("PRIORITY_").lower() for name in types_pb2.Priority.keys()[1:]]
+    word = priority.upper().removeprefix("PRIORITY_").lower()
+    if word not in names:
+        # protobuf's own error named "PRIORITY_URGENT", which the caller never wrote, and no valid one.
+        raise ValueError(f"priority is {priority!r}; expected one of {', '.join(names)}")
+    return f"PRIORITY_{word.upper()}"
+
+
 class FerryClient:
     """Calls Ferry with an API key. Use as a context manager or call ``close()``.
 
@@ -377,7 +387,7 @@ class FerryClient:
             inputs=[_input(i) for i in images],
             top_k=top_k,
             request_id=request_id,
-            priority=f"PRIORITY_{priority.upper()}",
+            priority=_priority(priority),
             manifest=manifest,
         )
         answer: job_service_pb2.CreateJobResponse = self._call(self.jobs.CreateJob, request)

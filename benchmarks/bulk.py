@@ -27,7 +27,10 @@ they were runnable without a core: the other tenant's calls wait so in Envoy and
 inference's ``SCHED_IDLE`` share apart, and what the machine's other processes (this benchmark's
 client and probe among them) used meanwhile.
 The other tenant calls from a process of its own (in this one it would share the uploading
-client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison.
+client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison;
+``--job-lane 0`` (or ``FERRY_INFERENCE_JOB_LANE=0``) without the job lane (``inference-jobs``: the
+inference process only the jobs runner calls, at autogroup nice 19), so alternated runs compare
+the other tenant's p99 during the job with and without it.
 Not a test: nothing here asserts; figures depend on the machine and its load (printed at the end).
 """
 
@@ -64,7 +67,7 @@ from ferry_client import FerryClient
 from ferry_client.client import FerryError
 
 MODEL = "efficientnet-lite0"
-WATCHED = ("gateway", "gateway-uploads", "nats", "jobs", "inference")
+WATCHED = ("gateway", "gateway-uploads", "nats", "jobs", "inference", "inference-jobs")
 _FINISHED = {
     job_pb2.JOB_STATE_SUCCEEDED,
     job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
@@ -409,8 +412,16 @@ def main() -> None:
     parser.add_argument(
         "--cases", default="photos,bomb,jsonl-200mib,one-line-100mb,manifest-10k,manifest-100mb"
     )
+    parser.add_argument(
+        "--job-lane",
+        type=int,
+        default=None,
+        help="job-lane inference processes (FERRY_INFERENCE_JOB_LANE; default: the stack's setting)",
+    )
     args = parser.parse_args()
     cases = args.cases.split(",")
+    if args.job_lane is not None:  # the stack reads its settings from the environment
+        os.environ["FERRY_INFERENCE_JOB_LANE"] = str(args.job_lane)
 
     with tempfile.TemporaryDirectory(prefix="ferry-bench-bulk-") as state:
         folder = Path(state)
@@ -428,6 +439,8 @@ def main() -> None:
         stack = LocalStack(settings)
         try:
             endpoints = stack.start()
+            lane = ", ".join(name for name in endpoints.pids if name.startswith("inference-jobs"))
+            print(f"job lane: {lane or 'off'} (FERRY_INFERENCE_JOB_LANE={settings.inference_job_lane})")
             edge: dict[str, int] = {
                 name: endpoints.pids[name]
                 for name in ("envoy", "gateway", "gateway-uploads", "nats")

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SERVICE = "inference"
+#: The job lane's processes (``FERRY_INFERENCE_JOB_LANE``): inference that only the jobs runner calls.
+JOB_LANE = "inference-jobs"
 _THREADS_VARIABLE = "FERRY_INFERENCE_TORCH_THREADS"
 
 

@@ -47,6 +47,14 @@ class StackSettings(BaseSettings):
     """How far behind the other processes inference's CPU comes (``devstack.infra.lower_priority``:
     its session's autogroup nice and its own): on a machine where the model shares cores with the
     front door, Envoy and the gateways then run first. 0: an equal share."""
+    inference_job_lane: int = Field(default=1, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
+    """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own
+    scheduling group at nice ``JOB_LANE_NICENESS`` (19; ``devstack.infra.lower_priority``), while
+    callers' Predicts stay on the normal inference processes at normal priority: a bulk job's
+    model compute then runs only on CPU the other tenants' calls leave (Envoy, the gateways and
+    the normal inference come first across groups, which ``SCHED_IDLE`` inside one process does
+    not give). Each costs a model process's memory (+1.2-1.5 GB RSS on CPU with the default
+    models). 0: the jobs runner calls the normal inference processes."""
     nats_nodes: int = Field(default=1, ge=1, le=7)
     """nats-server processes: 1, or a cluster of 3 (or more) on loopback, each node its own client
     and route port, with every stream replicated ``min(3, nodes)`` ways (docs/scaling.md)."""

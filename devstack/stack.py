@@ -33,7 +33,7 @@ from devstack.infra import (
     prepare_streams,
     venv_binary,
 )
-from devstack.replicas import inference_replicas
+from devstack.replicas import JOB_LANE, inference_replicas
 from devstack.settings import StackSettings
 from devstack.supervisor import Program, Supervisor
 from devstack.traces import TRACES_FILE, TraceReceiver
@@ -54,6 +54,11 @@ ENDPOINTS_FILE = "endpoints.json"
 REPLICA_SHUTDOWN_DELAY_S = 5.0
 #: The upload lane's niceness (``upload_gateways``): its CPU comes after every other process's.
 UPLOAD_NICENESS = 10
+#: The job lane's niceness (``inference_job_lane``), as its session's autogroup nice: the kernel
+#: weighs a group at nice 19 about 1/70 of one at 0, so the job's compute gets what the other
+#: processes leave (``python -m benchmarks.wake_latency``: a waker's p99 lateness beside spinners
+#: at autogroup nice 19 was a fraction of that beside SCHED_IDLE ones; docs/benchmarks.md).
+JOB_LANE_NICENESS = 19
 PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""
@@ -182,6 +187,10 @@ class LocalStack:
         processes["inference"] = list(replicas)
         lane = process_names(UPLOAD_LANE, s.upload_gateways) if s.upload_gateways else []
         processes["gateway"] += lane
+        # The job lane: inference processes only the jobs runner calls (its own target below).
+        job_lane = process_names(JOB_LANE, s.inference_job_lane) if s.inference_job_lane else []
+        processes["inference"] += job_lane
+        lanes = set(lane) | set(job_lane)
         ports: dict[str, tuple[int, int]] = {}
         for service, (grpc_default, metrics_default) in SERVICE_PORTS.items():
             for i, name in enumerate(processes[service]):
@@ -191,8 +200,10 @@ class LocalStack:
         # Each service's processes, comma-separated (what its callers balance over); a process's
         # own target is kept apart: "gateway" is also the first gateway's name.
         targets = own | {
-            service: ",".join(own[name] for name in names) for service, names in processes.items()
+            service: ",".join(own[name] for name in names if name not in job_lane)
+            for service, names in processes.items()
         }
+        targets[JOB_LANE] = ",".join(own[name] for name in job_lane) or targets["inference"]
         extra = service_fields(targets, nats_url, s.stream_replicas, postgres.uri, api_key)
         for service in START_ORDER:
             for name in processes[service]:
@@ -204,20 +215,23 @@ class LocalStack:
                     "OTLP_ENDPOINT": otlp,
                     **extra[service],
                 }
-                if name not in lane and len(set(processes[service]) - set(lane)) > 1:
+                if name not in lanes and len(set(processes[service]) - lanes) > 1:
                     # Stopped alone, a replica must leave its balancers before refusing calls.
                     fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
                 if name in lane:  # it serves uploads only: not a share of each key's rate limit
                     fields["SHARES_RATE_LIMITS"] = "false"
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
                 env |= replicas[name].env if name in replicas else {}
+                # A lane process runs on the first replica's device (and its torch threads).
+                env |= next(iter(replicas.values())).env if name in job_lane else {}
                 if service == "inference":
                     env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
-                # The lane's CPU comes after every other process's; inference's as the setting says.
+                # The lanes' CPU comes after every other process's; inference's as the setting says.
                 niceness = UPLOAD_NICENESS if name in lane else 0
                 niceness = s.inference_niceness if service == "inference" else niceness
+                niceness = JOB_LANE_NICENESS if name in job_lane else niceness
                 program = Program(
                     name,
                     partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness),
@@ -356,7 +370,8 @@ def service_fields(
     keys (tests/devstack checks every key against the service's settings class).
 
     Args:
-        targets: each service's gRPC target, its processes comma-separated.
+        targets: each service's gRPC target, its processes comma-separated; ``JOB_LANE``: the job
+            lane's processes (absent or inference's when it has none).
         nats_url: NATS, a cluster's nodes comma-separated.
         stream_replicas: copies of each stream.
         database_url: Postgres.
@@ -372,7 +387,13 @@ def service_fields(
         },
         "inference": dict(nats),  # where the models loaded at runtime are kept
         "store": {"DATABASE_URL": database_url, "DEV_API_KEY": api_key, **nats},
-        "jobs": {"INFERENCE_TARGET": targets["inference"], "STORE_TARGET": targets["store"], **nats},
+        # The runner calls the job lane when there is one (``targets[JOB_LANE]`` is inference's
+        # otherwise), so a job's model compute never shares the callers' inference processes.
+        "jobs": {
+            "INFERENCE_TARGET": targets.get(JOB_LANE, targets["inference"]),
+            "STORE_TARGET": targets["store"],
+            **nats,
+        },
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devstack.envoy import UPLOAD_LANE
+from devstack.replicas import JOB_LANE
 from tests.deploy.settings_env import SETTINGS, default_of, unknown_names
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +38,9 @@ def services() -> dict[str, dict[str, object]]:
     return dict(json.loads(done.stdout)["services"])
 
 
-#: The service each of Ferry's compose services runs (its settings): the upload lane is a gateway.
-PROGRAMS = {**{name: name for name in SETTINGS}, UPLOAD_LANE: "gateway"}
+#: The service each of Ferry's compose services runs (its settings): the upload lane is a gateway,
+#: the job lane an inference.
+PROGRAMS = {**{name: name for name in SETTINGS}, UPLOAD_LANE: "gateway", JOB_LANE: "inference"}
 
 
 def ferry_services(services: dict[str, dict[str, object]]) -> dict[str, tuple[str, dict[str, object]]]:

@@ -27,6 +27,9 @@ class RunningStack:
         self.http_port = free_port()
         self.env = {
             **os.environ,
+            # Test stacks start without the job lane (a second model process: memory and start
+            # time); the tests of the lane turn it on (tests/e2e/test_job_lane.py).
+            "FERRY_INFERENCE_JOB_LANE": "0",
             **env,
             "FERRY_STATE_DIR": str(state_dir),
             "FERRY_HTTP_PORT": str(self.http_port),

@@ -59,14 +59,24 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- (split ":" (urlParse .Values.otlp.endpoint).host)._1 | default "4317" -}}
 {{- end -}}
 
-{{/* The Ferry service components, space-separated: each service, and the upload lane when on. */}}
+{{/* The Ferry service components, space-separated: each service, and the upload and job lanes when on. */}}
 {{- define "ferry.components" -}}
-gateway{{ if .Values.gatewayUploads.enabled }} gateway-uploads{{ end }} inference jobs store
+gateway{{ if .Values.gatewayUploads.enabled }} gateway-uploads{{ end }} inference{{ if .Values.inferenceJobs.enabled }} inference-jobs{{ end }} jobs store
 {{- end -}}
 
-{{/* The service (services/<name>, FERRY_<NAME>_ settings) a component runs: the upload lane is a gateway. */}}
+{{/* The service (services/<name>, FERRY_<NAME>_ settings) a component runs: the upload lane is a
+gateway, the job lane an inference. */}}
 {{- define "ferry.program" -}}
-{{- ternary "gateway" . (eq . "gateway-uploads") -}}
+{{- if eq . "gateway-uploads" }}gateway{{ else if eq . "inference-jobs" }}inference{{ else }}{{ . }}{{ end -}}
+{{- end -}}
+
+{{/* The jobs runner's inference: the job lane when on, else the inference pods callers use. */}}
+{{- define "ferry.jobsInferenceTarget" -}}
+{{- if .Values.inferenceJobs.enabled -}}
+{{- printf "dns:///%s-inference-jobs:%v" (include "ferry.fullname" .) .Values.inference.grpcPort -}}
+{{- else -}}
+{{- include "ferry.target" (dict "root" . "component" "inference") -}}
+{{- end -}}
 {{- end -}}
 
 {{/* A component's values, set into .out: (dict "root" $ "component" "gateway-uploads" "out" dict).
@@ -76,6 +86,10 @@ The upload lane takes the gateway's ports, maxInflight and env (its own env on t
 {{- if eq .component "gateway-uploads" -}}
 {{- $_ := mergeOverwrite .out (deepCopy $values.gatewayUploads) (pick $values.gateway "grpcPort" "metricsPort" "maxInflight") -}}
 {{- $_ := set .out "env" (merge (deepCopy ($values.gatewayUploads.env | default dict)) ($values.gateway.env | default dict)) -}}
+{{- else if eq .component "inference-jobs" -}}
+{{- /* The job lane is the inference program with inference's values; its own (inferenceJobs) on top. */}}
+{{- $_ := mergeOverwrite .out (deepCopy $values.inference) (deepCopy $values.inferenceJobs) -}}
+{{- $_ := set .out "env" (merge (deepCopy ($values.inferenceJobs.env | default dict)) ($values.inference.env | default dict)) -}}
 {{- else -}}
 {{- $_ := mergeOverwrite .out (deepCopy (index $values .component)) -}}
 {{- end -}}
@@ -163,7 +177,7 @@ affinity:
 - name: FERRY_GATEWAY_SHARES_RATE_LIMITS
   value: "false"
 {{- end }}
-{{- else if eq .component "inference" -}}
+{{- else if eq (include "ferry.program" .component) "inference" -}}
 - name: FERRY_INFERENCE_MODELS
   value: {{ $v.models | quote }}
 - name: FERRY_INFERENCE_DEVICE
@@ -190,7 +204,7 @@ affinity:
 - name: FERRY_JOBS_SHUTDOWN_DELAY_S
   value: {{ $root.Values.shutdownDelaySeconds | quote }}
 - name: FERRY_JOBS_INFERENCE_TARGET
-  value: {{ include "ferry.target" (dict "root" $root "component" "inference") | quote }}
+  value: {{ include "ferry.jobsInferenceTarget" $root | quote }}
 - name: FERRY_JOBS_STORE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
 {{- else if eq .component "store" -}}

@@ -60,6 +60,14 @@ class Undecodable:
         """The INVALID_ARGUMENT to answer: NESTING_TOO_DEEP past protobuf's depth, else MALFORMED_REQUEST."""
         if "MaxDepth" in self.error:
             return nesting.too_deep("the request")
+        if "UTF-8" in self.error:
+            # REST callers reach this through a query parameter or JSON string the transcoder
+            # copied as bytes (?page_token=%ff): "not a valid protobuf message" told them nothing.
+            return InvalidArgument(
+                f"a text field of the request is not valid UTF-8 ({self.error}); send text as UTF-8"
+                " (in a URL, percent-encode its UTF-8 bytes), and page tokens as they were given",
+                reason="MALFORMED_REQUEST",
+            )
         return InvalidArgument(
             f"the request is not a valid protobuf message ({self.error}); send the message the method takes",
             reason="MALFORMED_REQUEST",

@@ -137,6 +137,17 @@ def test_undecodable_protobuf_is_refused_not_raised(data: bytes) -> None:
         assert parsed.refusal().code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_a_text_field_of_bad_utf8_is_refused_saying_so() -> None:
+    # What ?page_token=%00%ff over REST becomes: a string field with bytes that are not UTF-8.
+    field = model_service_pb2.PredictRequest.DESCRIPTOR.fields_by_name["request_id"].number
+    parse = guarded(model_service_pb2.PredictRequest.FromString)
+    assert parse is not None
+    parsed = parse(bytes([field << 3 | 2, 2]) + b"\x00\xff")
+    assert isinstance(parsed, Undecodable)
+    refusal = parsed.refusal()
+    assert refusal.reason == "MALFORMED_REQUEST" and "is not valid UTF-8" in refusal.message, refusal.message
+
+
 class _Echo(model_service_pb2_grpc.ModelServiceServicer):
     async def Predict(self, request: Any, context: Any) -> model_service_pb2.PredictResponse:
         return model_service_pb2.PredictResponse()

@@ -93,13 +93,16 @@ def top_k(value: int, default: int, maximum: int) -> int:
     return value
 
 
-def image_content(image: types_pb2.Image | None, max_bytes: int, where: str = "image") -> bytes:
+def image_content(
+    image: types_pb2.Image | None, max_bytes: int, where: str = "image", send_as: str = ""
+) -> bytes:
     """Returns the encoded image bytes, checked to be present and at most ``max_bytes`` long.
 
     Args:
         image: the image, or None when the request had none.
         max_bytes: the largest accepted image.
         where: what the image is called in the error, for example ``"inputs[3].image"``.
+        send_as: where the caller puts an image in its protocol; default ``{where}.content``.
 
     Raises:
         InvalidArgument: no image, an empty one, or one over the limit.
@@ -107,7 +110,7 @@ def image_content(image: types_pb2.Image | None, max_bytes: int, where: str = "i
     if image is None or not image.content:
         raise InvalidArgument(
             f"{where} is missing or empty; send the encoded image file "
-            f"(JPEG, PNG, WebP, AVIF, HEIC, BMP or GIF) in {where}.content (base64 in JSON)",
+            f"(JPEG, PNG, WebP, AVIF, HEIC, BMP or GIF) {send_as or f'in {where}.content (base64 in JSON)'}",
             reason="MISSING_IMAGE",
             metadata={"field": where},
         )

@@ -150,9 +150,17 @@ def _check_count(name: str, count: int) -> None:
         raise _bad_input(name, f"input {name!r} has {count} items; send 1 to {limits.MAX_INPUTS_PER_REQUEST}")
 
 
+#: Where an OIP caller puts an image file, for MISSING_IMAGE's message.
+_SEND_IMAGE = (
+    "as each element of the BYTES input 'IMAGE' (over REST JSON, base64 with "
+    '"parameters": {"content_type": "base64"})'
+)
+
+
 def _image(content: bytes, max_bytes: int, where: str) -> types_pb2.Input:
     image = types_pb2.Image(content=content)
-    validation.image_content(image, max_bytes, where=where)
+    # Not "in IMAGE[0].content (base64 in JSON)": an OIP input has no content field.
+    validation.image_content(image, max_bytes, where=where, send_as=_SEND_IMAGE)
     return types_pb2.Input(image=image)
 
 

@@ -170,6 +170,19 @@ def test_an_input_of_the_wrong_datatype_is_told_which_input_to_use() -> None:
     assert "send FP32 items as input 'TENSOR'" in caught.value.message
 
 
+def test_an_empty_image_says_where_an_oip_caller_puts_one() -> None:
+    # It said "send … in IMAGE[0].content (base64 in JSON)": Ferry's REST shape, not the protocol's.
+    empty = oip.ModelInferRequest.InferInputTensor(
+        name="IMAGE", datatype="BYTES", shape=[1], contents=oip.InferTensorContents(bytes_contents=[b""])
+    )
+    with pytest.raises(FerryError) as caught:
+        inputs_of(oip.ModelInferRequest(inputs=[empty]), 1024)
+    assert caught.value.reason == "MISSING_IMAGE"
+    assert "IMAGE[0] is missing or empty" in caught.value.message
+    assert "as each element of the BYTES input 'IMAGE'" in caught.value.message
+    assert ".content" not in caught.value.message
+
+
 def test_texts_and_json_objects_become_their_inputs() -> None:
     texts = oip.ModelInferRequest.InferInputTensor(
         name="TEXT",

@@ -72,6 +72,33 @@ def kind_of(head: bytes) -> str:
     return ZIP if head.startswith(b"PK") else JSONL
 
 
+_ONE_IMAGE = (
+    "zip the images into one file first (zip photos.zip *.jpg; `ferry job FILES…` does it), or predict"
+    " one image with POST /v1/models/MODEL:predict"
+)
+#: What a mistaken upload is, by its first bytes (a manifest starts with "{" or blank space), and
+#: what to send instead: "neither a zip nor UTF-8 JSONL text (byte 137)" said neither.
+_MISTAKES = (
+    (b"--", "a multipart form (curl -F); send the file itself as the body: curl --data-binary @FILE"),
+    (b"\xff\xd8\xff", f"one JPEG image; {_ONE_IMAGE}"),
+    (b"\x89PNG", f"one PNG image; {_ONE_IMAGE}"),
+    (b"GIF8", f"one GIF image; {_ONE_IMAGE}"),
+    (b"RIFF", f"one RIFF file (a WebP image?); {_ONE_IMAGE}"),
+    (b"\x1f\x8b", "a gzip file; send a zip instead (zip photos.zip *.jpg)"),
+)
+
+
+def refuse_known_mistakes(head: bytes) -> None:
+    """Refuses an upload whose first bytes show it is a usual mistake, saying what to send.
+
+    Raises:
+        InvalidArgument: INVALID_UPLOAD naming what the upload is.
+    """
+    for start, what in _MISTAKES:
+        if head.startswith(start):
+            raise invalid(f"the upload is {what}")
+
+
 def invalid(why: str, reason: str = "INVALID_UPLOAD", **metadata: str) -> InvalidArgument:
     """An upload refused: ``why`` and what POST /v1/uploads takes."""
     return InvalidArgument(

@@ -108,6 +108,7 @@ class Uploads(UploadStore):
             if upload_checks.kind_of(head) == ZIP:
                 index, skipped = await self._store_zip(tenant, upload_id, path, size)
             else:
+                upload_checks.refuse_known_mistakes(head)
                 index = await self._store_manifest(tenant, upload_id, path, size)
         count = len(index.entries) if index.kind == ZIP else index.lines
         return job_service_pb2.Upload(

@@ -315,6 +315,10 @@ def encrypted_flag(data: bytes) -> bytes:
         (b"", "INVALID_UPLOAD", "the upload is empty (0 bytes); POST /v1/uploads takes"),
         (b"\n \n", "INVALID_UPLOAD", "only blank lines (one item per line); POST /v1/uploads takes"),
         (b'{"text": "a"}\n\xff\xfe', "INVALID_UPLOAD", "byte 14"),
+        # Usual mistakes, named: curl -F, one photo, a .tar.gz (was "neither a zip nor … (byte N)").
+        (b"--------abc\r\nContent-Disposition: form-data", "INVALID_UPLOAD", "multipart form (curl -F)"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF\xff\xff", "INVALID_UPLOAD", "one JPEG image; zip the images"),
+        (b"\x1f\x8b\x08\x00\xff\xff", "INVALID_UPLOAD", "a gzip file; send a zip instead"),
         (b'{"text": "a"}\n' * 6, "UPLOAD_TOO_MANY_ENTRIES", "upload_max_entries"),
     ],
 )

@@ -7,10 +7,13 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.rpc import status_pb2
 
+from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.models.v1 import model_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
@@ -346,3 +349,48 @@ def test_a_client_job_takes_priorities_in_any_case() -> None:
         types_pb2.PRIORITY_LOW,
         types_pb2.PRIORITY_NORMAL,
     ]
+
+
+class _FinishedJobs:
+    """Stands in for FerryClient: every job it creates ends in ``state`` at the first update."""
+
+    state = job_pb2.JOB_STATE_FAILED
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def __enter__(self) -> _FinishedJobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def create_job(self, *args: object) -> job_pb2.Job:
+        return job_pb2.Job(name="jobs/0193a1b2-0000-7000-8000-000000000000", state=job_pb2.JOB_STATE_QUEUED)
+
+    def watch_job(self, name: str) -> Iterator[job_service_pb2.WatchJobResponse]:
+        error = status_pb2.Status(code=10, message="1 of 1 items failed")
+        yield job_service_pb2.WatchJobResponse(job=job_pb2.Job(name=name, state=self.state, error=error))
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [(job_pb2.JOB_STATE_FAILED, 1), (job_pb2.JOB_STATE_CANCELLED, 1), (job_pb2.JOB_STATE_SUCCEEDED, 0)],
+)
+def test_a_waited_job_exits_0_only_when_it_succeeded(
+    state: int,
+    code: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `ferry job … --wait` exited 0 for a FAILED job, so `ferry job … --wait && next` went on.
+    monkeypatch.setattr(_FinishedJobs, "state", state)
+    monkeypatch.setattr("ferry_client.cli.FerryClient", _FinishedJobs)
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(b"\xff\xd8 a photo")
+    for argv in (["job", str(image), "--wait"], ["watch", "jobs/0193a1b2-0000-7000-8000-000000000000"]):
+        assert main(["--target", "127.0.0.1:9", "--api-key", "k", *argv]) == code
+        out, err = capsys.readouterr()
+        assert json.loads(out)["state"] == job_pb2.JobState.Name(state)
+        assert ("ended " + job_pb2.JobState.Name(state) in err) == bool(code), err

@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ferry.jobs.v1 import job_pb2
 from ferry.models.v1 import model_pb2
 from ferry_client import bundles, export, keys, local
 from ferry_client.client import FerryClient, FerryError, payload_input, text_input
@@ -412,6 +413,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _printed(message: Message) -> int:
+    _print(message)
+    return 0
+
+
+def _waited(ferry: FerryClient, name: str) -> int:
+    """Shows a job's progress until it ends and prints it; exit status 0 only if it succeeded, so
+    that `ferry job … --wait && next-step` stops at a failed or cancelled job (it went on)."""
+    job = watch(ferry, name)
+    _print(job)
+    if job.state == job_pb2.JOB_STATE_SUCCEEDED:
+        return 0
+    why = f": {job.error.message}" if job.error.message else ""
+    print(f"ferry: {name} ended {job_pb2.JobState.Name(job.state)}{why}", file=sys.stderr)
+    return 1
+
+
 def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
     """Runs one of the client's own commands; a FerryError goes up to ``main``."""
     if args.command == "models" and args.action != "list":
@@ -454,7 +472,7 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
         _print(ferry.upload(args.file))
     elif args.command == "job" and args.notebook:
         created = ferry.create_notebook_job(args.notebook, args.parameters, args.request_id)
-        _print(watch(ferry, created.name) if args.wait else created)
+        return _waited(ferry, created.name) if args.wait else _printed(created)
     elif args.command == "job" and _bundled(args):
         created, upload = ferry.create_job_of_files(
             args.images, args.model or IMAGE_MODEL, args.top_k, args.priority
@@ -465,7 +483,7 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
             f"({upload.size_bytes} bytes{skipped}); the job names it",
             file=sys.stderr,
         )
-        _print(watch(ferry, created.name) if args.wait else created)
+        return _waited(ferry, created.name) if args.wait else _printed(created)
     elif args.command == "job":
         items = [*args.images, *(text_input(t, args.label) for t in args.text)]
         items += [payload_input(p) for p in args.json]
@@ -473,9 +491,9 @@ def _call(ferry: FerryClient, args: argparse.Namespace) -> int:
         created = ferry.create_job(
             items, job_model, args.top_k, args.request_id, args.priority, args.manifest
         )
-        _print(watch(ferry, created.name) if args.wait else created)
+        return _waited(ferry, created.name) if args.wait else _printed(created)
     elif args.command == "watch":
-        _print(watch(ferry, args.name))
+        return _waited(ferry, args.name)
     elif args.command == "cancel":
         _print(ferry.cancel_job(args.name))
     elif args.command == "results":

@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.rpc import status_pb2
 
@@ -19,7 +20,7 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from ferry_client import bundles, local
 from ferry_client.cli import _print_models, _whole_numbers, main
-from ferry_client.client import FerryClient, _priority
+from ferry_client.client import FerryClient, FerryError, _priority
 from ferry_client.export import write
 
 
@@ -394,3 +395,17 @@ def test_a_waited_job_exits_0_only_when_it_succeeded(
         out, err = capsys.readouterr()
         assert json.loads(out)["state"] == job_pb2.JobState.Name(state)
         assert ("ended " + job_pb2.JobState.Name(state) in err) == bool(code), err
+
+
+def test_watching_an_unknown_job_draws_no_bar_before_the_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Unknown(_FinishedJobs):
+        def watch_job(self, name: str) -> Iterator[job_service_pb2.WatchJobResponse]:
+            raise FerryError(grpc.StatusCode.NOT_FOUND, f"job {name} not found", reason="JOB_NOT_FOUND")
+            yield  # a generator, as the client's
+
+    monkeypatch.setattr("ferry_client.cli.FerryClient", Unknown)
+    name = "jobs/0193a1b2-0000-7000-8000-000000000000"
+    assert main(["--target", "127.0.0.1:9", "--api-key", "k", "watch", name]) == 1
+    assert capsys.readouterr().err == f"error: NOT_FOUND: job {name} not found [JOB_NOT_FOUND]\n"

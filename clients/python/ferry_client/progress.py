@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 from tqdm import tqdm
@@ -13,8 +14,13 @@ from ferry_client.client import FerryClient
 def watch(ferry: FerryClient, name: str) -> job_pb2.Job:
     """Shows ``name``'s progress on stderr until it finishes; returns the finished job."""
     job = job_pb2.Job()
+    updates = ferry.watch_job(name)
+    # The bar starts at the first answer: an unknown job drew an empty "0item" bar before its error.
+    first = next(updates, None)
+    if first is None:
+        return job
     with tqdm(desc=name.removeprefix("jobs/")[:8], unit="item", file=sys.stderr, dynamic_ncols=True) as bar:
-        for update in ferry.watch_job(name):
+        for update in itertools.chain([first], updates):
             job = update.job
             bar.total = job.items_total
             bar.n = job.items_succeeded + job.items_failed

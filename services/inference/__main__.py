@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Coroutine
+from typing import Any
 
+from services.common import boot
 from services.common.runtime import run_service
 from services.inference import openmp
 from services.inference.settings import InferenceSettings
@@ -16,7 +18,11 @@ async def main(settings: InferenceSettings) -> None:
     await run_service(InferenceService(settings), settings)
 
 
+def _start() -> Coroutine[Any, Any, None]:
+    settings = InferenceSettings()
+    openmp.apply(settings.openmp_spin_count)  # before torch loads
+    return main(settings)
+
+
 if __name__ == "__main__":
-    service_settings = InferenceSettings()
-    openmp.apply(service_settings.openmp_spin_count)  # before torch loads
-    asyncio.run(main(service_settings))
+    boot.run(_start, InferenceSettings)

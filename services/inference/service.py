@@ -18,6 +18,7 @@ import torch
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from services.common import messaging
+from services.common.boot import ConfigurationError
 from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
 from services.inference import background
@@ -70,7 +71,7 @@ def model_configs(settings: InferenceSettings, every_table: bool = False) -> lis
         if name not in tables and name not in installed:
             known = sorted(set(tables) | set(installed))
             where = f" (needed by {wanted_by!r})" if wanted_by else " in FERRY_INFERENCE_MODELS"
-            raise ValueError(
+            raise ConfigurationError(
                 f"unknown model {name!r}{where}; available: {', '.join(known)} (entry points of group "
                 f"{registry.GROUP!r} and tables of {settings.models_file})"
             )

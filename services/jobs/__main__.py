@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from services.common import boot
 from services.common.runtime import run_service
 from services.jobs.service import JobsService
 from services.jobs.settings import JobsSettings
@@ -16,4 +15,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    boot.run(main, JobsSettings)

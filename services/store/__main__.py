@@ -6,6 +6,7 @@ import sys
 
 import asyncpg
 
+from services.common import boot
 from services.common.runtime import run_service
 from services.store.migrate import migrate
 from services.store.service import StoreService
@@ -36,4 +37,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["migrate"]:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         sys.exit(asyncio.run(migrate_only()))
-    asyncio.run(main())
+    boot.run(main, StoreSettings)

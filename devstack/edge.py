@@ -122,20 +122,28 @@ UPLOADS: tuple[Match, ...] = ({"path": "/ferry.jobs.v1.JobService/CreateUpload"}
 STREAMED = BodyLimit("streamed", 0, "", ({"prefix": "/grpc.reflection."}, *UPLOADS))
 
 
-def route_buffer_config(limit: BodyLimit) -> str:
-    """A route's typed_per_filter_config setting the buffer filter's limit (none for STREAMED), as
-    route YAML text."""
-    if limit.max_bytes == 0:
-        return """
-                          typed_per_filter_config:
-                            envoy.filters.http.buffer:
-                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
-                              disabled: true"""
-    return f"""
-                          typed_per_filter_config:
+def route_filter_config(limit: BodyLimit | None, skipped: tuple[str, ...] = ()) -> str:
+    """A route's typed_per_filter_config, as route YAML text: the buffer filter's limit (off for
+    STREAMED; none: the filter's default), and the filters named in ``skipped`` turned off."""
+    entries = "".join(_disabled(name) for name in skipped)
+    if limit is not None and limit.max_bytes == 0:
+        entries = _disabled("envoy.filters.http.buffer") + entries
+    elif limit is not None:
+        entries = (
+            f"""
                             envoy.filters.http.buffer:
                               "@type": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute
                               buffer: {{max_request_bytes: {limit.max_bytes}}}"""
+            + entries
+        )
+    return "\n                          typed_per_filter_config:" + entries if entries else ""
+
+
+def _disabled(name: str) -> str:
+    return f"""
+                            {name}:
+                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                              disabled: true"""
 
 
 MAX_DIRECT_RESPONSE_BYTES = 1024 * 1024
@@ -150,13 +158,7 @@ _SKIPPED_BY_FILES = (
 
 def skipped_filters() -> str:
     """A static file route's typed_per_filter_config entries turning off _SKIPPED_BY_FILES."""
-    return "".join(
-        f"""
-                            {name}:
-                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
-                              disabled: true"""
-        for name in _SKIPPED_BY_FILES
-    )
+    return "".join(_disabled(name) for name in _SKIPPED_BY_FILES)
 
 
 def openapi_route(path: str, filename: str) -> str:

@@ -196,13 +196,40 @@ MODEL_LOAD_TIMEOUT_S = 600
 def _model_load_routes() -> str:
     """Routes of model loads (admin): a longer timeout than other calls."""
     return "".join(
-        _route(json.dumps({kind: value}), MODEL_LOAD_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S)
-        for kind, value in MODEL_LOAD_ROUTES
+        _route({kind: value}, MODEL_LOAD_TIMEOUT_S, MODEL_LOAD_TIMEOUT_S) for kind, value in MODEL_LOAD_ROUTES
     )
 
 
+#: Filters that concern only some requests, turned off on the routes of the others so that a call
+#: does not pay for them (a Lua filter runs a coroutine of its script per request, and the /v2
+#: one a second per answer; docs/benchmarks.md, session 7). Each such filter's script returns at
+#: once for the requests of the routes it is off on: the refusals they make stand.
+#: Body depth and fields (devstack/body_fields.py): REST bodies, whose paths begin /v.
+REST_BODY_LUA = "envoy.filters.http.lua"
+#: The Open Inference Protocol's REST error shape (devstack/oip_rest_edge.py): /v2 paths, and the
+#: gRPC paths the transcoder turns them into (its route is looked up again after it rewrites a path).
+OIP_REST_LUA = "ferry.oip_rest.errors"
+OIP_REST_PATHS = ("/v2", "/ferry.openinference.")
+#: /healthz and /readyz: only the catch-all route matches them.
+HEALTH_FILTER = "envoy.filters.http.health_check"
+CATCH_ALL: edge.Match = {"prefix": "/"}
+
+
+def _skipped(match: edge.Match) -> tuple[str, ...]:
+    """The filters a route's requests never concern (see REST_BODY_LUA and the others)."""
+    if match == CATCH_ALL:
+        return ()
+    path = match.get("path") or match.get("prefix") or match["safe_regex"]["regex"]
+    skipped: tuple[str, ...] = (HEALTH_FILTER,)
+    if not path.startswith(OIP_REST_PATHS):
+        skipped += (OIP_REST_LUA,)
+    if not path.startswith("/v"):
+        skipped += (REST_BODY_LUA,)
+    return skipped
+
+
 def _route(
-    match: str,
+    match: edge.Match,
     timeout_s: int,
     grpc_timeout_max_s: int,
     limit: edge.BodyLimit | None = None,
@@ -210,7 +237,7 @@ def _route(
 ) -> str:
     """One route to a gateway cluster, as YAML list item text; ``limit``: its own body limit."""
     return f"""
-                        - match: {match}
+                        - match: {json.dumps(match)}
                           route:
                             cluster: {cluster}
                             timeout: {timeout_s}s
@@ -233,8 +260,8 @@ def _route(
                             # gRPC servers reset a call without it, which came back UNAVAILABLE
                             # (retry!) to a gRPC client that left it out (curl over HTTP/1.1).
                             - header: {{key: te, value: trailers}}
-                              append_action: OVERWRITE_IF_EXISTS_OR_ADD""" + (
-        edge.route_buffer_config(limit) if limit else ""
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD""" + edge.route_filter_config(
+        limit, _skipped(match)
     )
 
 
@@ -263,18 +290,17 @@ def _streamed_cluster(opts: EnvoyOptions, match: edge.Match) -> str:
 
 def _routes(opts: EnvoyOptions) -> str:
     streams = "".join(
-        _route(json.dumps({kind: value}), timeout_s=0, grpc_timeout_max_s=0, cluster=STREAMS_CLUSTER)
+        _route({kind: value}, timeout_s=0, grpc_timeout_max_s=0, cluster=STREAMS_CLUSTER)
         for kind, value in STREAMING_ROUTES
     ) + "".join(
-        _route(json.dumps(match), 0, 0, edge.STREAMED, _streamed_cluster(opts, match))
-        for match in edge.STREAMED.matches
+        _route(match, 0, 0, edge.STREAMED, _streamed_cluster(opts, match)) for match in edge.STREAMED.matches
     )
     limited = "".join(
-        _route(json.dumps(match), opts.upstream_timeout_s, opts.upstream_timeout_s, limit)
+        _route(match, opts.upstream_timeout_s, opts.upstream_timeout_s, limit)
         for limit in edge.ROUTE_LIMITS
         for match in limit.matches
     )
-    catch_all = _route('{prefix: "/"}', opts.upstream_timeout_s, opts.upstream_timeout_s)
+    catch_all = _route(CATCH_ALL, opts.upstream_timeout_s, opts.upstream_timeout_s)
     return streams + limited + _model_load_routes() + catch_all
 
 

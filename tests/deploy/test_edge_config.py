@@ -87,3 +87,40 @@ def test_client_connections_are_bounded_as_at_an_edge() -> None:
     # Envoy's own bounds: a window is 64 KiB to 2 GiB; an upload sends a stream's window per round trip.
     assert 65535 <= STREAM_WINDOW_BYTES <= CONNECTION_WINDOW_BYTES < 2**31
     assert MAX_CONCURRENT_STREAMS < GatewaySettings().max_inflight  # one connection cannot fill the bound
+
+
+def _disabled_by_match(config: dict) -> dict[str, set[str]]:  # type: ignore[type-arg]
+    """Each gateway route's match (as JSON) and the filters it turns off."""
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return {
+        json.dumps(route["match"], sort_keys=True): {
+            name
+            for name, setting in route.get("typed_per_filter_config", {}).items()
+            if setting.get("disabled")
+        }
+        for route in manager["route_config"]["virtual_hosts"][0]["routes"]
+        if "route" in route
+    }
+
+
+def test_filters_for_some_calls_are_off_on_the_routes_of_the_others() -> None:
+    """A native gRPC call runs no REST body check, no /v2 error rewrite and no /healthz filter (each
+    Lua filter is a coroutine per request: docs/benchmarks.md, session 7); the calls they concern
+    still pass through them, and the header limits apply to every call."""
+    config = yaml.safe_load(render(EnvoyOptions()))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    names = {item["name"] for item in manager["http_filters"]}
+    disabled = _disabled_by_match(config)
+
+    def off(match: dict) -> set[str]:  # type: ignore[type-arg]
+        return disabled[json.dumps(match, sort_keys=True)]
+
+    rest_lua, oip_lua = "envoy.filters.http.lua", "ferry.oip_rest.errors"
+    health = "envoy.filters.http.health_check"
+    assert {rest_lua, oip_lua, health} <= names  # the names still name filters of the chain
+    assert off({"path": "/ferry.models.v1.ModelService/Predict"}) == {rest_lua, oip_lua, health}
+    assert off({"path": "/inference.GRPCInferenceService/ModelInfer"}) == {rest_lua, oip_lua, health}
+    assert off({"safe_regex": {"regex": "/v1/models/[^/]+:predict"}}) == {oip_lua, health}
+    assert off({"safe_regex": {"regex": "/v2/models/[^/]+(/versions/[^/]+)?/infer"}}) == {health}
+    assert off({"prefix": "/"}) == set()  # /healthz, /v2 calls once transcoded, and the rest
+    assert all("ferry.header_limits" not in filters for filters in disabled.values())

@@ -49,12 +49,20 @@ class StackSettings(BaseSettings):
     front door, Envoy and the gateways then run first. 0: an equal share."""
     inference_job_lane: int = Field(default=1, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
     """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own
-    scheduling group at nice ``JOB_LANE_NICENESS`` (19; ``devstack.infra.lower_priority``), while
+    scheduling group at nice ``inference_job_lane_niceness`` (``devstack.infra.lower_priority``), while
     callers' Predicts stay on the normal inference processes at normal priority: a bulk job's
     model compute then runs only on CPU the other tenants' calls leave (Envoy, the gateways and
     the normal inference come first across groups, which ``SCHED_IDLE`` inside one process does
     not give). Each costs a model process's memory (+1.2-1.5 GB RSS on CPU with the default
     models). 0: the jobs runner calls the normal inference processes."""
+    inference_job_lane_niceness: int = Field(
+        default=19, ge=1, le=19, validation_alias="FERRY_INFERENCE_JOB_LANE_NICENESS"
+    )
+    """The job lane's autogroup nice (and its own nice). At 19 the kernel weighs its group about
+    15/1024 of a group at nice 0, so a waking Envoy or gateway barely waits for it
+    (``python -m benchmarks.wake_latency``); the price is that a job crawls while other
+    processes keep the cores busy. A lower value (10: weight 110/1024) gives the job a larger
+    share under such load, and the other tenants' calls less."""
     nats_nodes: int = Field(default=1, ge=1, le=7)
     """nats-server processes: 1, or a cluster of 3 (or more) on loopback, each node its own client
     and route port, with every stream replicated ``min(3, nodes)`` ways (docs/scaling.md)."""

@@ -54,11 +54,6 @@ ENDPOINTS_FILE = "endpoints.json"
 REPLICA_SHUTDOWN_DELAY_S = 5.0
 #: The upload lane's niceness (``upload_gateways``): its CPU comes after every other process's.
 UPLOAD_NICENESS = 10
-#: The job lane's niceness (``inference_job_lane``), as its session's autogroup nice: the kernel
-#: weighs a group at nice 19 about 1/70 of one at 0, so the job's compute gets what the other
-#: processes leave (``python -m benchmarks.wake_latency``: a waker's p99 lateness beside spinners
-#: at autogroup nice 19 was a fraction of that beside SCHED_IDLE ones; docs/benchmarks.md).
-JOB_LANE_NICENESS = 19
 PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""
@@ -231,7 +226,7 @@ class LocalStack:
                 # The lanes' CPU comes after every other process's; inference's as the setting says.
                 niceness = UPLOAD_NICENESS if name in lane else 0
                 niceness = s.inference_niceness if service == "inference" else niceness
-                niceness = JOB_LANE_NICENESS if name in job_lane else niceness
+                niceness = s.inference_job_lane_niceness if name in job_lane else niceness
                 program = Program(
                     name,
                     partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness),

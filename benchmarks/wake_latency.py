@@ -8,7 +8,8 @@ through when a call arrives) beside two spinning processes, one row per arrangem
 * spinners at ``SCHED_OTHER`` in a session of their own (a service of the stack: ``ferry up``
   starts each process as a session, hence an autogroup of its own; a container is a cgroup);
 * spinners at ``SCHED_IDLE`` in a session of their own (inference's job threads, session 5);
-* the same with that session's autogroup at nice 19 (``FERRY_INFERENCE_NICENESS``'s mechanism);
+* the same with that session's autogroup at nice 10, and at nice 19 (``FERRY_INFERENCE_NICENESS``'s
+  mechanism; the job lane's, ``FERRY_INFERENCE_JOB_LANE_NICENESS``, 19 by default);
 * spinners at ``SCHED_IDLE`` in the waker's own session.
 
 Each row prints the lateness p50 / p90 / p99 / max and the 1-minute load average. Session 6 used
@@ -32,6 +33,7 @@ ARRANGEMENTS: list[tuple[str, tuple[str, str] | None, bool]] = [
     ("no spinners", None, False),
     ("SCHED_OTHER, own session", ("other", "0"), False),
     ("SCHED_IDLE, own session", ("idle", "0"), False),
+    ("SCHED_IDLE, own session at autogroup nice 10", ("idle", "10"), False),
     ("SCHED_IDLE, own session at autogroup nice 19", ("idle", "19"), False),
     ("SCHED_IDLE, the waker's session", ("idle", "0"), True),
 ]

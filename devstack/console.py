@@ -79,15 +79,25 @@ def _file_route(path: str, filename: str, content_type: str) -> str:
 
 
 def routes(served_dir: str, folder: Path = CONSOLE_DIR) -> str:
-    """The console's routes as route YAML text: ``/console`` redirects to ``/console/`` (index.html),
-    and each file of ``folder`` is answered from ``served_dir`` (where Envoy finds the folder); a
-    method other than GET or HEAD is 405, as on the API's paths."""
+    """The console's routes as route YAML text: ``/console`` and a GET of ``/`` redirect to
+    ``/console/`` (index.html), and each file of ``folder`` is answered from ``served_dir`` (where
+    Envoy finds the folder); a method other than GET or HEAD is 405, as on the API's paths."""
     methods = ("GET", "HEAD")
     allow = ", ".join(methods)
     other = edge.other_methods(f"^{CONSOLE_PATH.rstrip('/')}(/.*)?$", methods)
     text = edge.not_allowed_route(other, allow, f"the console's files take {allow}")
     text += f"""
                         - match: {{path: "{CONSOLE_PATH.rstrip("/")}"}}
+                          redirect: {{path_redirect: "{CONSOLE_PATH}"}}
+                          typed_per_filter_config:{edge.skipped_filters()}"""
+    # A browser pointed at the public port (the first thing a new user tries) got the JSON 404
+    # "Could not resolve / to a method": the console is what a person there wants.
+    text += f"""
+                        - match:
+                            path: "/"
+                            headers:
+                              - name: ":method"
+                                string_match: {{safe_regex: {{regex: "^(GET|HEAD)$"}}}}
                           redirect: {{path_redirect: "{CONSOLE_PATH}"}}
                           typed_per_filter_config:{edge.skipped_filters()}"""
     for name in console_files(folder):

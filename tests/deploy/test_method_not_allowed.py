@@ -4,6 +4,7 @@ stays 404 UNKNOWN_PATH. Paths and methods come from deploy/openapi/ferry.json (d
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -98,3 +99,19 @@ def test_the_console_still_answers_get_and_head(edge: str) -> None:
         request = urllib.request.Request(edge + "/console/", method=method)
         with urllib.request.urlopen(request, timeout=30) as answer:
             assert answer.status == 200 and answer.headers["content-type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_browser_at_the_public_port_is_sent_to_the_console(edge: str, method: str) -> None:
+    """`GET /` answered the JSON 404 "Could not resolve / to a method" to a person's browser."""
+    connection = http.client.HTTPConnection(edge.removeprefix("http://"), timeout=30)
+    connection.request(method, "/")
+    answer = connection.getresponse()
+    answer.read()
+    connection.close()
+    assert answer.status == 301 and answer.headers["location"].endswith("/console/"), answer.headers
+
+
+def test_other_methods_at_the_root_stay_an_unknown_path(edge: str) -> None:
+    status, body, _ = _call(edge + "/", "POST")
+    assert status == 404 and body["details"][0]["reason"] == "UNKNOWN_PATH", body

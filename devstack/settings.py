@@ -53,7 +53,7 @@ class StackSettings(BaseSettings):
     callers' Predicts stay on the normal inference processes at normal priority: a bulk job's
     model compute then runs only on CPU the other tenants' calls leave (Envoy, the gateways and
     the normal inference come first across groups, which ``SCHED_IDLE`` inside one process does
-    not give). Each costs a model process's memory (+1.2-1.5 GB RSS on CPU with the default
+    not give). Each costs a model process's memory (1.1-1.4 GB RSS on CPU with the default
     models). 0: the jobs runner calls the normal inference processes."""
     inference_job_lane_niceness: int = Field(
         default=19, ge=1, le=19, validation_alias="FERRY_INFERENCE_JOB_LANE_NICENESS"

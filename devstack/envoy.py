@@ -228,6 +228,19 @@ def _skipped(match: edge.Match) -> tuple[str, ...]:
     return skipped
 
 
+def _stream_bound(timeout_s: int) -> str:
+    """A unary route's bound on a call without grpc-timeout (every REST call, a gRPC call with no
+    deadline), as route YAML text: with ``grpc_timeout_header_max`` set, Envoy applies the route's
+    ``timeout`` to no gRPC upstream call (transcoded REST included), and such a call to a hung
+    gateway was held until the client gave up. Counted from the call's start, its body included;
+    Envoy answers 408 (EDGE_DEADLINE_EXCEEDED, devstack/edge.py) or DEADLINE_EXCEEDED. None for
+    streams (timeout 0)."""
+    if not timeout_s:
+        return ""
+    return f"""
+                              max_stream_duration: {timeout_s}s"""
+
+
 def _route(
     match: edge.Match,
     timeout_s: int,
@@ -242,7 +255,7 @@ def _route(
                             cluster: {cluster}
                             timeout: {timeout_s}s
                             # A gRPC client's own deadline (grpc-timeout) wins when shorter.
-                            max_stream_duration:
+                            max_stream_duration:{_stream_bound(timeout_s)}
                               grpc_timeout_header_max: {grpc_timeout_max_s}s
                             # A request a gateway reset, cancelled or never got (one restarting:
                             # gRPC cancels calls that arrive as its server stops) is sent again.

@@ -513,3 +513,60 @@ def test_one_connection_carries_at_most_max_concurrent_streams_calls(bounded_edg
                 time.sleep(0.05)
             for call in (*calls, *more):
                 call.cancel()
+
+
+@pytest.fixture(scope="module")
+def holding_gateway() -> Iterator[int]:
+    """A gRPC server as the gateway, SERVING, whose GetModel never answers: a hung call."""
+    released = threading.Event()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    health = HealthServicer()
+    health.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: released.wait(60) and b"")
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("ferry.models.v1.ModelService", {"GetModel": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port
+    released.set()
+    server.stop(None)
+
+
+def test_a_hung_call_without_a_deadline_ends_at_the_route_timeout(
+    tmp_path: Path, holding_gateway: int
+) -> None:
+    """A REST call (no grpc-timeout) and a gRPC call without a deadline, to a gateway that holds
+    them: Envoy ends both at the route's timeout (here 1 s). They were held until the client gave
+    up: with grpc_timeout_header_max set, Envoy applied the route's timeout to no gRPC upstream call."""
+    options = EnvoyOptions(
+        listen_port=free_port(), admin_port=free_port(), gateway_port=holding_gateway, upstream_timeout_s=1
+    )
+    with running_envoy(tmp_path, options) as url:
+        deadline = time.monotonic() + 30
+        while True:  # until Envoy's health checks find the gateway
+            try:
+                urllib.request.urlopen(f"{url}/readyz", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the gateway never became healthy to Envoy"
+                time.sleep(0.2)
+        started = time.monotonic()
+        try:
+            urllib.request.urlopen(f"{url}/v1/models/m", timeout=20)
+            raise AssertionError("a hung call was answered 200")
+        except urllib.error.HTTPError as err:
+            answer = json.loads(err.read())
+        assert answer["details"][0]["reason"] == "EDGE_DEADLINE_EXCEEDED", answer
+        assert time.monotonic() - started < 15
+        with grpc.insecure_channel(f"127.0.0.1:{options.listen_port}") as channel:
+            call = channel.unary_unary("/ferry.models.v1.ModelService/GetModel")
+            future = call.future(b"")
+            try:
+                future.result(timeout=20)
+            except grpc.FutureTimeoutError:
+                future.cancel()
+                raise AssertionError("a gRPC call without a deadline was held 20 s") from None
+            except grpc.RpcError as err:
+                assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED, err

@@ -189,6 +189,9 @@ MODEL_LOAD_ROUTES = (
     ("safe_regex", {"regex": "/v1/models/[^/]+:load"}),
     ("path", "/inference.GRPCInferenceService/RepositoryModelLoad"),
     ("safe_regex", {"regex": "/v2/repository/models/[^/]+/load"}),
+    # The same REST call once the transcoder has rewritten its path: the route is looked up again
+    # then, and the catch-all's 60 s would end a slow load.
+    ("path", "/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelLoad"),
 )
 MODEL_LOAD_TIMEOUT_S = 600
 

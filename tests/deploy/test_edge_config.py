@@ -124,3 +124,21 @@ def test_filters_for_some_calls_are_off_on_the_routes_of_the_others() -> None:
     assert off({"safe_regex": {"regex": "/v2/models/[^/]+(/versions/[^/]+)?/infer"}}) == {health}
     assert off({"prefix": "/"}) == set()  # /healthz, /v2 calls once transcoded, and the rest
     assert all("ferry.header_limits" not in filters for filters in disabled.values())
+
+
+def test_model_loads_get_their_long_timeout_after_the_transcoder_too() -> None:
+    """A REST model load is routed again on the gRPC path the transcoder rewrites it to: that
+    route, not the catch-all's 60 s, bounds the load."""
+    manager = yaml.safe_load(render(EnvoyOptions()))["static_resources"]["listeners"][0]["filter_chains"][0][
+        "filters"
+    ][0]["typed_config"]
+    timeouts = {
+        route["match"].get("path"): route["route"]["timeout"]
+        for route in manager["route_config"]["virtual_hosts"][0]["routes"]
+        if "route" in route
+    }
+    for path in (
+        "/ferry.models.v1.ModelService/LoadModel",
+        "/ferry.openinference.v1.OpenInferenceRestService/RepositoryModelLoad",
+    ):
+        assert timeouts[path] == "600s", path

@@ -96,6 +96,9 @@ STREAMS_MAX_REQUESTS = 1024
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW_BYTES = 1024 * 1024
 CONNECTION_WINDOW_BYTES = 2 * 1024 * 1024
+#: Seconds a client has to send a request's headers, from its first byte: one that starts a request
+#: and stalls (slowloris) held the connection until the 5-minute stream idle timeout.
+REQUEST_HEADERS_TIMEOUT_S = 10
 
 #: Resends of a request that reached no gateway; with the back-off they cover about 5 s of restart.
 RETRIES = 8
@@ -426,6 +429,9 @@ static_resources:
                 http_protocol_options:
                   accept_http_10: true
                   default_host_for_http_10: ferry
+                # A request's headers must arrive within this of its first byte (Envoy's edge
+                # practice): a client that stalls mid-headers loses the connection, not holds it.
+                request_headers_timeout: {REQUEST_HEADERS_TIMEOUT_S}s
                 generate_request_id: true
                 # Envoy is the edge: it sets the x-request-id that writes without a request_id
                 # derive their ids from (services/gateway/idempotency.py).

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import HealthServicer
 from grpc_status import rpc_status
 
-from devstack.envoy import MAX_CONCURRENT_STREAMS, EnvoyOptions, render
+from devstack.envoy import MAX_CONCURRENT_STREAMS, REQUEST_HEADERS_TIMEOUT_S, EnvoyOptions, render
 from devstack.infra import free_port
 from services.common.errors import ERROR_DOMAIN
 
@@ -326,6 +326,22 @@ def test_a_connect_request_is_405_at_once_not_held(edge: str, target: bytes) -> 
     error = json.loads(body)
     assert error["details"][0]["reason"] == "METHOD_NOT_ALLOWED", error
     assert "CONNECT is not served" in error["message"], error
+
+
+def test_a_request_whose_headers_never_end_is_dropped_not_held(edge: str) -> None:
+    # A client that sends the start of a request and then nothing (slowloris) held a connection and
+    # its buffers until Envoy's 5-minute stream idle timeout; the headers now have REQUEST_HEADERS_TIMEOUT_S.
+    port = int(edge.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_HEADERS_TIMEOUT_S + 20) as connection:
+        started = time.monotonic()
+        connection.sendall(b"GET /v1/models HTTP/1.1\r\nHost: ferry\r\nx-slow: ")
+        answer = b""
+        while chunk := connection.recv(4096):  # until Envoy closes the connection
+            answer += chunk
+        held_s = time.monotonic() - started
+    assert held_s < REQUEST_HEADERS_TIMEOUT_S + 15, held_s
+    # Envoy's 408 in the gateway's terms (devstack/edge.py: EDGE_DEADLINE_EXCEEDED), saying why.
+    assert b"EDGE_DEADLINE_EXCEEDED" in answer and b"request header timeout" in answer, answer
 
 
 @pytest.fixture(scope="module")

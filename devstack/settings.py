@@ -47,14 +47,15 @@ class StackSettings(BaseSettings):
     """How far behind the other processes inference's CPU comes (``devstack.infra.lower_priority``:
     its session's autogroup nice and its own): on a machine where the model shares cores with the
     front door, Envoy and the gateways then run first. 0: an equal share."""
-    inference_job_lane: int = Field(default=1, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
+    inference_job_lane: int = Field(default=0, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
     """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own
     scheduling group at nice ``inference_job_lane_niceness`` (``devstack.infra.lower_priority``), while
     callers' Predicts stay on the normal inference processes at normal priority: a bulk job's
     model compute then runs only on CPU the other tenants' calls leave (Envoy, the gateways and
     the normal inference come first across groups, which ``SCHED_IDLE`` inside one process does
     not give). Each costs a model process's memory (1.1-1.4 GB RSS on CPU with the default
-    models). 0: the jobs runner calls the normal inference processes."""
+    models). 0 (the default: on a quiet machine it did not lower the other tenant's p99 in two
+    pairs, docs/benchmarks.md session 7): the jobs runner calls the normal inference processes."""
     inference_job_lane_niceness: int = Field(
         default=19, ge=1, le=19, validation_alias="FERRY_INFERENCE_JOB_LANE_NICENESS"
     )

@@ -38,7 +38,6 @@ def test_compose_runs_every_service_and_publishes_only_envoy() -> None:
         "jobs",
         "gateway",
         "gateway-uploads",  # the upload lane (tests/deploy/test_upload_lane.py)
-        "inference-jobs",  # the job lane (tests/deploy/test_job_lane.py)
         "envoy",
     }
     rendered = run(str(BIN / "docker-compose"), "-f", "docker-compose.yml", "config", "--format", "json")
@@ -64,10 +63,7 @@ def test_gpu_override_reserves_one_gpu_for_inference_from_the_cuda_image() -> No
     assert inference["build"]["dockerfile"] == "Dockerfile.cuda"
     [device] = inference["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["count"] == 1 and device["capabilities"] == ["gpu"]
-    # The job lane runs on the GPU too (the same model, another copy of its weights).
-    assert services["inference-jobs"]["deploy"] == inference["deploy"]
-    assert services["inference-jobs"]["image"] == inference["image"]
-    assert [name for name, spec in services.items() if "deploy" in spec] == ["inference", "inference-jobs"]
+    assert [name for name, spec in services.items() if "deploy" in spec] == ["inference"]
 
 
 def test_observability_profile_wires_prometheus_and_grafana_to_the_repositorys_files() -> None:

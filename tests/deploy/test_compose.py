@@ -22,7 +22,8 @@ COMPOSE = str(Path(sys.executable).parent / "docker-compose")
 def rendered(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     return subprocess.run(
-        [COMPOSE, "-f", "docker-compose.yml", "config", "--format", "json"],
+        # Every profile of Ferry's own services: the job lane's too (off by default).
+        [COMPOSE, "-f", "docker-compose.yml", "--profile", "job-lane", "config", "--format", "json"],
         cwd=ROOT,
         capture_output=True,
         text=True,

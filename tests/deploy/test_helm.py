@@ -26,7 +26,6 @@ import yaml
 from devstack.console import console_files as console_names
 from devstack.envoy import CHART_FILES, CONTAINER_CONSOLE_DIR, UPLOAD_LANE, chart_configs, container_options
 from devstack.envoy import render as render_envoy
-from devstack.replicas import JOB_LANE
 from services.common.messaging import WORK_STREAM
 from services.gateway.settings import GatewaySettings
 from services.inference.settings import InferenceSettings
@@ -53,9 +52,9 @@ SETTINGS = {
     "store": StoreSettings,
 }
 SERVICES = tuple(SETTINGS)
-#: Every Deployment of the default values: the services, the upload lane (the gateway program), the
-#: job lane (the inference program) and Envoy.
-DEPLOYED = (*SERVICES, UPLOAD_LANE, JOB_LANE, "envoy")
+#: Every Deployment of the default values: the services, the upload lane (the gateway program) and
+#: Envoy (the job lane is off by default: tests/deploy/test_job_lane.py).
+DEPLOYED = (*SERVICES, UPLOAD_LANE, "envoy")
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -345,9 +344,7 @@ def test_network_policies_let_in_only_what_each_part_needs(manifests: list[dict[
     gateways = {"gateway", UPLOAD_LANE}
     for gateway in gateways:
         assert components(*_callers(_policy(manifests, gateway), 50051)) == {"envoy"}
-    # The jobs runner calls the job lane, and only it does; the gateways call inference.
-    assert components(*_callers(_policy(manifests, "inference"), 50052)) == gateways
-    assert components(*_callers(_policy(manifests, JOB_LANE), 50052)) == {"jobs"}
+    assert components(*_callers(_policy(manifests, "inference"), 50052)) == gateways | {"jobs"}
     # jobs records jobs in store; the gateway calls the job queue jobs serves.
     assert components(*_callers(_policy(manifests, "store"), 50053)) == gateways | {"jobs"}
     assert components(*_callers(_policy(manifests, "jobs"), 50054)) == gateways
@@ -359,7 +356,7 @@ def test_network_policies_let_in_only_what_each_part_needs(manifests: list[dict[
     # the models loaded at runtime there, KV ferry_models).
     ports = {c: _egress_ports(_policy(manifests, c)) for c in DEPLOYED}
     assert [c for c, p in ports.items() if 5432 in p] == ["store"]
-    assert sorted(c for c, p in ports.items() if 4222 in p) == sorted([*SERVICES, UPLOAD_LANE, JOB_LANE])
+    assert sorted(c for c, p in ports.items() if 4222 in p) == sorted([*SERVICES, UPLOAD_LANE])
 
 
 def test_dependencies_in_the_namespace_can_be_guarded_too() -> None:
@@ -370,7 +367,7 @@ def test_dependencies_in_the_namespace_can_be_guarded_too() -> None:
     nats = find(docs, "NetworkPolicy", "ferry-nats-clients")["spec"]
     clients = nats["ingress"][0]["from"]
     assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in clients) == sorted(
-        [*SERVICES, UPLOAD_LANE, JOB_LANE]
+        [*SERVICES, UPLOAD_LANE]
     )
 
 

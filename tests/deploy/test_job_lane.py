@@ -23,10 +23,10 @@ from tests.deploy.test_upload_lane import cpu_millicores
 LANE_NAME = f"ferry-{JOB_LANE}"
 
 
-def compose_services(**env: str) -> dict[str, Any]:
+def compose_services(*args: str, **env: str) -> dict[str, Any]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     done = subprocess.run(
-        [COMPOSE, "-f", "docker-compose.yml", "config", "--format", "json"],
+        [COMPOSE, "-f", "docker-compose.yml", *args, "config", "--format", "json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,7 +38,8 @@ def compose_services(**env: str) -> dict[str, Any]:
 
 
 def test_compose_runs_the_lane_as_inference_at_a_low_cpu_weight_called_by_the_runner_alone() -> None:
-    services = compose_services()
+    on = {"FERRY_JOBS_INFERENCE_TARGET": f"{JOB_LANE}:50052"}
+    services = compose_services("--profile", "job-lane", **on)
     lane, inference = services[JOB_LANE], services["inference"]
     # The same program, settings (models, NATS for the models loaded at runtime) and healthcheck.
     assert lane["command"] == inference["command"] == ["python", "-m", "services.inference"]
@@ -46,18 +47,25 @@ def test_compose_runs_the_lane_as_inference_at_a_low_cpu_weight_called_by_the_ru
     # Its CPU comes after every other container's (Docker's default weight is 1024): nice 19's weight.
     assert "cpu_shares" not in inference and lane["cpu_shares"] == 15
     assert services["jobs"]["environment"]["FERRY_JOBS_INFERENCE_TARGET"] == f"{JOB_LANE}:50052"
-    assert JOB_LANE in services["jobs"]["depends_on"]
     # The gateways call the callers' inference, never the lane.
     for gateway in ("gateway", "gateway-uploads"):
         assert services[gateway]["environment"]["FERRY_GATEWAY_INFERENCE_TARGET"] == "inference:50052"
     assert not lane.get("ports"), "only Envoy publishes a port"
-    # Off: the runner back on inference.
-    off = compose_services(FERRY_JOBS_INFERENCE_TARGET="inference:50052")
+    # Off by default, as `ferry up`'s: no lane, the runner on inference.
+    off = compose_services()
+    assert JOB_LANE not in off
     assert off["jobs"]["environment"]["FERRY_JOBS_INFERENCE_TARGET"] == "inference:50052"
+    # The GPU override puts the lane on the GPU too (another copy of the weights there).
+    gpu = compose_services("-f", "docker-compose.gpu.yml", "--profile", "job-lane")
+    assert (
+        gpu[JOB_LANE]["deploy"] == gpu["inference"]["deploy"]
+        and gpu[JOB_LANE]["image"] == gpu["inference"]["image"]
+    )
 
 
 def chart(**extra: Any) -> list[dict[str, Any]]:
-    return render(merged({"secrets": SECRETS["secrets"]}, extra))
+    """The chart with the job lane on (off by default, as ``ferry up``'s), and ``extra`` values."""
+    return render(merged({"secrets": SECRETS["secrets"], "inferenceJobs": {"enabled": True}}, extra))
 
 
 def test_chart_runs_the_lane_as_inference_with_a_small_cpu_request_for_the_runner_alone() -> None:

@@ -573,8 +573,11 @@ def test_a_hung_call_without_a_deadline_ends_at_the_route_timeout(
             urllib.request.urlopen(f"{url}/v1/models/m", timeout=20)
             raise AssertionError("a hung call was answered 200")
         except urllib.error.HTTPError as err:
-            answer = json.loads(err.read())
-        assert answer["details"][0]["reason"] == "EDGE_DEADLINE_EXCEEDED", answer
+            status, answer = err.code, json.loads(err.read())
+        # Envoy's own answer (EDGE_DEADLINE_EXCEEDED) or, under load, the upstream's: Envoy passes
+        # the route's bound on as grpc-timeout, and the gRPC server may end the call a moment first.
+        reasons = [detail["reason"] for detail in answer["details"]]
+        assert (status, answer["code"]) == (504, 4) and reasons in (["EDGE_DEADLINE_EXCEEDED"], []), answer
         assert time.monotonic() - started < 15
         with grpc.insecure_channel(f"127.0.0.1:{options.listen_port}") as channel:
             call = channel.unary_unary("/ferry.models.v1.ModelService/GetModel")

@@ -579,6 +579,16 @@ def test_a_hung_call_without_a_deadline_ends_at_the_route_timeout(
         reasons = [detail["reason"] for detail in answer["details"]]
         assert (status, answer["code"]) == (504, 4) and reasons in (["EDGE_DEADLINE_EXCEEDED"], []), answer
         assert time.monotonic() - started < 15
+        # A REST body that stops short of its Content-Length (a slowloris that needs no trickle)
+        # ends at the same bound: it used to hold the stream until the 5-minute idle timeout.
+        started = time.monotonic()
+        status, _, body = _raw_answer(
+            url,
+            b"POST /v1/models/m:predict HTTP/1.1\r\nHost: ferry\r\ncontent-type: application/json\r\n"
+            b'content-length: 100\r\n\r\n{"inputs"',
+        )
+        assert status.startswith(b"HTTP/1.1 504") and b"EDGE_DEADLINE_EXCEEDED" in body, (status, body)
+        assert time.monotonic() - started < 15
         with grpc.insecure_channel(f"127.0.0.1:{options.listen_port}") as channel:
             call = channel.unary_unary("/ferry.models.v1.ModelService/GetModel")
             future = call.future(b"")

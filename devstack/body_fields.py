@@ -19,9 +19,10 @@ INVALID_ENUM naming them, as the gateway does for an unknown enum number
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
-from google.api import annotations_pb2
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from devstack import body_depth
@@ -90,24 +91,31 @@ def enums(descriptor_set: Path = DESCRIPTOR_SET) -> dict[str, dict[str, int]]:
     return found
 
 
+def _http_methods(
+    files: descriptor_pb2.FileDescriptorSet,
+) -> Iterator[tuple[descriptor_pb2.MethodDescriptorProto, http_pb2.HttpRule]]:
+    """Every method of every service in ``files``, with its ``google.api.http`` rule."""
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                yield method, method.options.Extensions[annotations_pb2.http]
+
+
 def query_enums(descriptor_set: Path = DESCRIPTOR_SET) -> list[tuple[str, dict[str, str]]]:
     """The GET routes (Lua path pattern) whose request has enum fields, which the transcoder
     reads from query parameters: each with those fields' enum by proto and JSON name."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     messages = _messages(files)
     routes = []
-    for file in files.file:
-        for service in file.service:
-            for method in service.method:
-                rule = method.options.Extensions[annotations_pb2.http]
-                if rule.WhichOneof("pattern") != "get":
-                    continue
-                fields = {}
-                for field in messages[method.input_type].field:
-                    if field.type == _ENUM:
-                        fields[field.name] = fields[field.json_name] = field.type_name
-                if fields:
-                    routes.append((_lua_path_pattern(rule.get), fields))
+    for method, rule in _http_methods(files):
+        if rule.WhichOneof("pattern") != "get":
+            continue
+        fields = {}
+        for field in messages[method.input_type].field:
+            if field.type == _ENUM:
+                fields[field.name] = fields[field.json_name] = field.type_name
+        if fields:
+            routes.append((_lua_path_pattern(rule.get), fields))
     return routes
 
 
@@ -121,13 +129,10 @@ def schema(
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
     messages = _messages(files)
     routes = []
-    for file in files.file:
-        for service in file.service:
-            for method in service.method:
-                rule = method.options.Extensions[annotations_pb2.http]
-                verb = rule.WhichOneof("pattern")
-                if verb in _BODY_METHODS and rule.body == "*":
-                    routes.append((verb.upper(), _lua_path_pattern(getattr(rule, verb)), method.input_type))
+    for method, rule in _http_methods(files):
+        verb = rule.WhichOneof("pattern")
+        if verb in _BODY_METHODS and rule.body == "*":
+            routes.append((verb.upper(), _lua_path_pattern(getattr(rule, verb)), method.input_type))
     fields: dict[str, dict[str, str]] = {}
     pending = [root for _, _, root in routes]
     while pending:

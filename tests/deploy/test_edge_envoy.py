@@ -300,6 +300,18 @@ def test_an_http_1_0_request_is_answered_not_426(edge: str) -> None:
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
+def _wait_until_ready(url: str) -> None:
+    """Waits until Envoy's health checks find the gateway (its /readyz answers 200)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/readyz", timeout=2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the gateway never became healthy to Envoy"
+            time.sleep(0.2)
+
+
 def _raw_answer(edge: str, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
     """Sends ``request`` as it is over a new connection; the status line, headers and body."""
     port = int(edge.rsplit(":", 1)[1])
@@ -369,14 +381,7 @@ def test_a_grpc_call_without_te_trailers_is_answered_not_unavailable(
     client retries for ever. The edge adds the header to every call it forwards."""
     options = EnvoyOptions(listen_port=free_port(), admin_port=free_port(), gateway_port=answering_gateway)
     with running_envoy(tmp_path, options) as url:
-        deadline = time.monotonic() + 30
-        while True:  # until Envoy's health checks find the gateway
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the gateway never became healthy to Envoy"
-                time.sleep(0.2)
+        _wait_until_ready(url)
         with socket.create_connection(("127.0.0.1", options.listen_port), timeout=10) as connection:
             connection.sendall(
                 b"POST /ferry.models.v1.ModelService/ListModels HTTP/1.1\r\nHost: a\r\n"
@@ -560,14 +565,7 @@ def test_a_hung_call_without_a_deadline_ends_at_the_route_timeout(
         listen_port=free_port(), admin_port=free_port(), gateway_port=holding_gateway, upstream_timeout_s=1
     )
     with running_envoy(tmp_path, options) as url:
-        deadline = time.monotonic() + 30
-        while True:  # until Envoy's health checks find the gateway
-            try:
-                urllib.request.urlopen(f"{url}/readyz", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the gateway never became healthy to Envoy"
-                time.sleep(0.2)
+        _wait_until_ready(url)
         started = time.monotonic()
         try:
             urllib.request.urlopen(f"{url}/v1/models/m", timeout=20)

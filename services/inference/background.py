@@ -13,6 +13,10 @@ an unprivileged process (a container without CAP_SYS_NICE, RLIMIT_NICE 0) may mo
 ``SCHED_IDLE`` but never back (sched(7)), so no thread switches per batch; and in queues of their
 own, a caller's input never waits behind a job's batch that only runs when the cores are free.
 An OpenMP team that such a thread starts (torch's intra-op threads) inherits its policy.
+
+``SCHED_IDLE`` ranks a thread only inside its own scheduling group (the process's autogroup or
+container): so each such thread also joins the machine's ``cpu.idle`` cgroup where one can be
+written (``services.common.cpu_idle``, ``job_cpu_idle``), which ranks it below every other group.
 """
 
 from __future__ import annotations
@@ -20,23 +24,36 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
+
+from services.common import cpu_idle
+from services.common.cpu_idle import CpuIdle
 
 log = logging.getLogger(__name__)
 
 
-def lower_this_thread() -> None:
-    """Moves the calling thread to ``SCHED_IDLE`` (on Linux; elsewhere it logs and does nothing)."""
+def lower_this_thread(group: CpuIdle = "auto") -> None:
+    """Moves the calling thread to ``SCHED_IDLE`` (on Linux; elsewhere it logs and does nothing)
+    and, unless ``group`` is ``off``, into the ``cpu.idle`` cgroup (``cpu_idle.join_this_thread``)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError) as err:  # not Linux, or a kernel that refuses it
         log.warning("job items' threads run at the normal CPU priority: %s", err)
+    cpu_idle.join_this_thread(group)
 
 
-def idle_initializer(then: Callable[[], object] | None = None) -> Callable[[], None]:
+def lowering(group: CpuIdle) -> Callable[[], None]:
+    """``lower_this_thread`` with ``group`` bound: a batcher's per-thread initializer."""
+    return partial(lower_this_thread, group)
+
+
+def idle_initializer(
+    then: Callable[[], object] | None = None, group: CpuIdle = "auto"
+) -> Callable[[], None]:
     """A thread pool initializer that lowers its thread (``lower_this_thread``), then runs ``then``."""
 
     def initialize() -> None:
-        lower_this_thread()
+        lower_this_thread(group)
         if then is not None:
             then()
 

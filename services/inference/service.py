@@ -154,7 +154,9 @@ class InferenceService:
             self._job_decoder = DecodeQueue(
                 settings.decode_threads,
                 settings.priority_aging_ms / 1000,
-                initializer=background.idle_initializer(lambda: torch.set_num_threads(1)),
+                initializer=background.idle_initializer(
+                    lambda: torch.set_num_threads(1), settings.job_cpu_idle
+                ),
             )
             await self._job_decoder.start(stack)
         hub.attach(asyncio.get_running_loop(), self.models)
@@ -270,7 +272,8 @@ class InferenceService:
         await batcher.start(stack)
         jobs: tuple[DynamicBatcher[Item, Answer], DecodeQueue] | None = None
         if self._job_decoder is not None:  # batch jobs' inputs: a batcher of their own, idle
-            jobs = (new_batcher(background.lower_this_thread), self._job_decoder)
+            lower = background.lowering(self._settings.job_cpu_idle)
+            jobs = (new_batcher(lower), self._job_decoder)
             await jobs[0].start(stack)
         log.info(
             "serving %s v%s on %s (batch size %d %s, queue bound %d, instances %d, torch threads %d "

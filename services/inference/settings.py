@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common import limits
+from services.common.cpu_idle import CpuIdle
 from services.common.settings import ServiceSettings
 from services.inference import openmp
 from services.inference.models.config import DEFAULT_GRAPH, DEFAULT_GRAPH_DIR, DEFAULT_MODELS_FILE, Graph
@@ -91,6 +92,12 @@ class InferenceSettings(ServiceSettings):
     too): whatever else wakes on their core (Envoy, a gateway, a caller's input) runs at once
     instead of waiting for their time slice. Their share of the CPU against other processes stays
     the same. False: every input runs on the same threads (docs/inference.md, *Batch jobs' CPU*)."""
+    job_cpu_idle: CpuIdle = "auto"
+    """Whether those threads also join the machine's ``cpu.idle`` cgroup (``ferry-jobs`` under the
+    cgroup v1 cpu controller, or a threaded child of this process's cgroup v2): ``SCHED_IDLE``
+    ranks them only inside this process's group, the idle cgroup below every other group, so a
+    waking Envoy or gateway preempts them at once. ``auto``: where the cgroup can be written (root,
+    a writable ``/sys/fs/cgroup``), else one log line and ``SCHED_IDLE`` only; ``off``: never."""
     warmup_batches: int = Field(default=2, ge=0)
     """Dummy full batches each model runs before the service reports SERVING."""
     graph: Graph = DEFAULT_GRAPH

@@ -47,9 +47,7 @@ def lowering(group: CpuIdle) -> Callable[[], None]:
     return partial(lower_this_thread, group)
 
 
-def idle_initializer(
-    then: Callable[[], object] | None = None, group: CpuIdle = "auto"
-) -> Callable[[], None]:
+def idle_initializer(then: Callable[[], object] | None = None, group: CpuIdle = "auto") -> Callable[[], None]:
     """A thread pool initializer that lowers its thread (``lower_this_thread``), then runs ``then``."""
 
     def initialize() -> None:

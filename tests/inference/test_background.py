@@ -18,6 +18,7 @@ import torch
 
 from ferry.inference.v1 import inference_service_pb2
 from ferry.types.v1 import types_pb2
+from services.common import cpu_idle
 from services.inference import background
 from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
@@ -29,6 +30,11 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDL
 
 IDLE = getattr(os, "SCHED_IDLE", -1)
 OTHER = getattr(os, "SCHED_OTHER", -1)
+#: Where job threads' CPU group is: the machine's cpu.idle cgroup where one can be written (root,
+#: cgroup v1's cpu controller: this machine and CI), else this process's own group.
+WRITABLE = os.geteuid() == 0 and (cpu_idle.V1_ROOT / "cpu.idle").exists()
+JOB_GROUP = f"/{cpu_idle.GROUP}" if WRITABLE else cpu_idle.current_group()
+CALLER_GROUP = cpu_idle.current_group()
 
 
 @pytest.fixture
@@ -64,6 +70,8 @@ async def test_a_job_batchers_batches_run_idle_and_its_openmp_team_too(stack: As
     assert (await jobs.submit(1)).output == IDLE
     assert len(made) >= 2, made  # the batch thread and at least one OpenMP worker
     assert {tid: os.sched_getscheduler(tid) for tid in made} == dict.fromkeys(made, IDLE)
+    # The team is the batch thread's children: they start in its cpu.idle cgroup too.
+    assert {tid: cpu_idle.current_group(tid) for tid in made} == dict.fromkeys(made, JOB_GROUP)
     assert (await callers.submit(2)).output == OTHER
     assert os.sched_getscheduler(0) == OTHER  # nothing lowered the loop's own thread
 
@@ -74,11 +82,26 @@ async def test_a_job_decode_queue_decodes_idle(stack: AsyncExitStack) -> None:
     )
     await decoder.start(stack)
 
-    assert await decoder.run(lambda: (os.sched_getscheduler(0), torch.get_num_threads())) == (IDLE, 1)
+    seen = await decoder.run(
+        lambda: (os.sched_getscheduler(0), torch.get_num_threads(), cpu_idle.current_group())
+    )
+
+    assert seen == (IDLE, 1, JOB_GROUP)
+
+
+async def test_job_cpu_idle_off_keeps_sched_idle_only(stack: AsyncExitStack) -> None:
+    decoder = DecodeQueue(threads=1, initializer=background.idle_initializer(group="off"))
+    await decoder.start(stack)
+
+    assert await decoder.run(lambda: (os.sched_getscheduler(0), cpu_idle.current_group())) == (
+        IDLE,
+        CALLER_GROUP,
+    )
 
 
 def test_job_items_run_idle_by_default() -> None:
     assert InferenceSettings().idle_job_items is True
+    assert InferenceSettings().job_cpu_idle == "auto"
 
 
 async def test_a_job_items_predict_decodes_and_runs_idle_and_a_callers_does_not(
@@ -88,15 +111,15 @@ async def test_a_job_items_predict_decodes_and_runs_idle_and_a_callers_does_not(
     served = inference.service.models["efficientnet-lite0"]
     assert isinstance(served, ServedModel)
     model: Any = served.model
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, str]] = []
     preprocess, forward = model.preprocess, model.forward
 
     def watched_preprocess(item: Any) -> Any:
-        seen.append(("decode", os.sched_getscheduler(0)))
+        seen.append(("decode", os.sched_getscheduler(0), cpu_idle.current_group()))
         return preprocess(item)
 
     def watched_forward(items: Any) -> Any:
-        seen.append(("forward", os.sched_getscheduler(0)))
+        seen.append(("forward", os.sched_getscheduler(0), cpu_idle.current_group()))
         return forward(items)
 
     monkeypatch.setattr(model, "preprocess", watched_preprocess)
@@ -110,12 +133,12 @@ async def test_a_job_items_predict_decodes_and_runs_idle_and_a_callers_does_not(
         await inference.stub.Predict(request, timeout=30)
 
     assert seen == [
-        ("decode", IDLE),
-        ("forward", IDLE),
-        ("decode", OTHER),
-        ("forward", OTHER),
-        ("decode", IDLE),
-        ("forward", IDLE),
+        ("decode", IDLE, JOB_GROUP),
+        ("forward", IDLE, JOB_GROUP),
+        ("decode", OTHER, CALLER_GROUP),
+        ("forward", OTHER, CALLER_GROUP),
+        ("decode", IDLE, JOB_GROUP),
+        ("forward", IDLE, JOB_GROUP),
     ]
 
 

@@ -10,7 +10,9 @@ through when a call arrives) beside two spinning processes, one row per arrangem
 * spinners at ``SCHED_IDLE`` in a session of their own (inference's job threads, session 5);
 * the same with that session's autogroup at nice 10, and at nice 19 (``FERRY_INFERENCE_NICENESS``'s
   mechanism; the job lane's, ``FERRY_INFERENCE_JOB_LANE_NICENESS``, 19 by default);
-* spinners at ``SCHED_IDLE`` in the waker's own session.
+* spinners at ``SCHED_IDLE`` in the waker's own session;
+* spinners at ``SCHED_IDLE`` in the machine's ``cpu.idle`` cgroup (``services.common.cpu_idle``,
+  inference's job threads since session 8; needs root and a writable cgroup, else the row says so).
 
 Each row prints the lateness p50 / p90 / p99 / max and the 1-minute load average. Session 6 used
 it to show that ``SCHED_IDLE`` ranks threads only inside their own scheduling group
@@ -28,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from services.common import cpu_idle
+
 SLEEP_S = 0.02
 ARRANGEMENTS: list[tuple[str, tuple[str, str] | None, bool]] = [
     ("no spinners", None, False),
@@ -36,6 +40,7 @@ ARRANGEMENTS: list[tuple[str, tuple[str, str] | None, bool]] = [
     ("SCHED_IDLE, own session at autogroup nice 10", ("idle", "10"), False),
     ("SCHED_IDLE, own session at autogroup nice 19", ("idle", "19"), False),
     ("SCHED_IDLE, the waker's session", ("idle", "0"), True),
+    ("SCHED_IDLE, in the cpu.idle cgroup", ("idle-cgroup", "0"), False),
 ]
 
 
@@ -43,8 +48,10 @@ def spin(policy: str, autogroup_nice: str) -> None:
     """Two busy processes (this one and a fork) at ``policy``, until killed."""
     if autogroup_nice != "0":
         Path("/proc/self/autogroup").write_text(autogroup_nice)
-    os.fork()  # both run the loop below: two cores' worth of demand
-    if policy == "idle":
+    if policy == "idle-cgroup" and not cpu_idle.join_process(os.getpid()):
+        print("(no writable cpu.idle cgroup here: plain SCHED_IDLE) ", end="", flush=True)
+    os.fork()  # both run the loop below: two cores' worth of demand (the fork stays in the group)
+    if policy.startswith("idle"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     while True:
         pass

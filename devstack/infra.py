@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from services.common import cpu_idle
+from services.common.cpu_idle import CpuIdle
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Returns a TCP port that was free a moment ago (the OS picks it)."""
@@ -130,9 +133,12 @@ class ManagedProcess:
         log_dir: Path,
         env: dict[str, str] | None = None,
         niceness: int = 0,
+        idle_group: CpuIdle = "off",
     ) -> ManagedProcess:
         """Starts ``argv`` with its output appended to ``log_dir/<name>.log``; ``niceness`` > 0: its
-        CPU comes after the other processes' (``lower_priority``)."""
+        CPU comes after the other processes' (``lower_priority``); ``idle_group`` ``auto``: the
+        whole process runs in the machine's ``cpu.idle`` cgroup where it can
+        (``services.common.cpu_idle``: below every other group, where a nice only weighs less)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
         log_file = log_path.open("ab")
@@ -147,6 +153,7 @@ class ManagedProcess:
         )
         if niceness > 0:
             lower_priority(popen.pid, niceness)
+        cpu_idle.join_process(popen.pid, idle_group)  # before it starts a thread: all start there
         return cls(name, popen, log_path, log_file, log_offset)
 
     @property

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.cpu_idle import CpuIdle
+
 
 class StackSettings(BaseSettings):
     """Where the local stack keeps its state and which ports it uses (``FERRY_<FIELD>``)."""
@@ -64,6 +66,16 @@ class StackSettings(BaseSettings):
     (``python -m benchmarks.wake_latency``); the price is that a job crawls while other
     processes keep the cores busy. A lower value (10: weight 110/1024) gives the job a larger
     share under such load, and the other tenants' calls less."""
+    inference_job_lane_cpu_idle: CpuIdle = Field(
+        default="auto", validation_alias="FERRY_INFERENCE_JOB_LANE_CPU_IDLE"
+    )
+    """Whether the job lane's processes run in the machine's ``cpu.idle`` cgroup
+    (``services.common.cpu_idle``) instead of at their autogroup nice: an idle group is preempted
+    at once by any other waking thread, where a group at nice 19 only weighs less. ``auto``: where
+    the cgroup can be written (root), else one log line and the nice alone; ``off``: never."""
+    jobs_runner_cpu_idle: CpuIdle = Field(default="off", validation_alias="FERRY_JOBS_RUNNER_CPU_IDLE")
+    """Whether the jobs runner's process runs in the machine's ``cpu.idle`` cgroup (``auto``, where
+    it can be written) or at the normal priority (``off``)."""
     nats_nodes: int = Field(default=1, ge=1, le=7)
     """nats-server processes: 1, or a cluster of 3 (or more) on loopback, each node its own client
     and route port, with every stream replicated ``min(3, nodes)`` ways (docs/scaling.md)."""

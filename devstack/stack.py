@@ -227,9 +227,11 @@ class LocalStack:
                 niceness = UPLOAD_NICENESS if name in lane else 0
                 niceness = s.inference_niceness if service == "inference" else niceness
                 niceness = s.inference_job_lane_niceness if name in job_lane else niceness
+                idle = s.inference_job_lane_cpu_idle if name in job_lane else "off"
+                idle = s.jobs_runner_cpu_idle if service == "jobs" else idle
                 program = Program(
                     name,
-                    partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness),
+                    partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness, idle),
                     partial(is_serving, own[name], timeout_s=1.0),
                     self.logs_dir / f"{name}.log",
                     surge=True,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import pi_heif
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode, functional
 
@@ -27,6 +28,15 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "HEIF", "BMP", "GIF")
 ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, AVIF, HEIC/HEIF, BMP or GIF"
 pi_heif.register_heif_opener()
 CPU = torch.device("cpu")
+#: torchvision's CPU JPEG decoder (libjpeg-turbo): (data, mode, apply_exif_orientation) -> uint8 CHW.
+_decode_jpeg_cpu: Callable[[torch.Tensor, int, bool], torch.Tensor] = torch.ops.image.decode_jpeg
+# Once, at import: ``warnings.catch_warnings`` around each call is not thread-safe (it swaps the
+# process's filter list while other decode threads run), and the notice says nothing per image.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision",
+    category=DeprecationWarning,
+)
 
 
 class InvalidImage(ValueError):
@@ -120,13 +130,13 @@ def _drafts(size: tuple[int, int], min_side: int) -> bool:
 def decode_pixels(content: bytes, min_side: int = 0, device: torch.device = CPU) -> torch.Tensor:
     """Decodes an encoded image into an RGB uint8 tensor (3, height, width) on ``device``.
 
-    On a GPU, a JPEG that ``decode_image`` would not draft is decoded there by nvJPEG
-    (``decode_jpeg_on``); everything else is decoded by PIL (libjpeg-turbo for JPEG) on the CPU.
+    A JPEG that ``decode_image`` would not draft is decoded by torchvision (``decode_jpeg_on``:
+    libjpeg-turbo on the CPU, nvJPEG on a GPU); everything else is decoded by PIL on the CPU.
 
     Raises:
         InvalidImage: When the bytes are empty, not one of ACCEPTED_FORMATS, or corrupt.
     """
-    if device.type != "cpu" and (decoded := decode_jpeg_on(content, min_side, device)) is not None:
+    if (decoded := decode_jpeg_on(content, min_side, device)) is not None:
         return decoded
     return pil_pixels(decode_image(content, min_side)).to(device, non_blocking=True)
 
@@ -141,29 +151,33 @@ def pil_pixels(image: Image.Image) -> torch.Tensor:
 
 
 def decode_jpeg_on(content: bytes, min_side: int, device: torch.device) -> torch.Tensor | None:
-    """A JPEG decoded by torchvision on ``device`` (nvJPEG on a GPU), or None to use PIL instead.
+    """A JPEG decoded by torchvision on ``device``, or None to use PIL instead.
 
-    None for anything else than a JPEG PIL would not draft (the header is read by PIL, so a bomb
-    or a format outside ACCEPTED_FORMATS is refused the same way), and for a JPEG torchvision
-    cannot decode cleanly: PIL then decodes it or says why not, in its own words.
+    On the CPU this is the same libjpeg-turbo as PIL's, pixel for pixel, for less: it writes RGB
+    straight into the tensor, where PIL decodes into its 4-byte RGBX buffer and ``np.asarray``
+    then packs a copy (docs/benchmarks.md, *Decode + preprocess, session 8*). On a GPU it is
+    nvJPEG. None for anything else than a JPEG PIL would not draft (the header is read by PIL, so
+    a bomb or a format outside ACCEPTED_FORMATS is refused the same way), for a JPEG torchvision
+    cannot decode (a truncated file: PIL then decodes it or says why not, in its own words), and
+    on a GPU for a JPEG whose EXIF turns it (nvJPEG does not apply the orientation).
     ``torchvision.io``'s decoders are deprecated since torchvision 0.29 (superseded by
-    TorchCodec, which Ferry does not depend on); on the CPU PIL is as fast, so only a device
-    uses them.
+    TorchCodec, which Ferry does not depend on); PIL stays the fallback for every image.
     """
     header = _header(content) if content else None
     if header is None or header.format != "JPEG" or _drafts(header.size, min_side):
         return None
+    on_cpu = device.type == "cpu"
+    if not on_cpu and header.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # libjpeg's warnings (a truncated file, corrupt data) would yield a partial picture.
-            warnings.simplefilter("error", UserWarning)
-            data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
-            decoded: torch.Tensor = decode_jpeg(
-                data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
-            )
-            return decoded
-    except (RuntimeError, UserWarning):
+        data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
+        if on_cpu:
+            # The operator ``decode_jpeg`` calls on the CPU, without the wrapper's per-call usage
+            # logging and deprecation warning: a tenth of a millisecond per image measured.
+            return _decode_jpeg_cpu(data, ImageReadMode.RGB.value, True)
+        decoded: torch.Tensor = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return decoded
+    except RuntimeError:
         return None
 
 
@@ -214,12 +228,13 @@ class ImageTransform:
             size = (max(1, int(self.resize * height / width)), self.resize)
         else:
             size = (self.resize, max(1, int(self.resize * width / height)))
-        resized: torch.Tensor = functional.resize(
-            image, list(size), InterpolationMode.BICUBIC, antialias=True
-        )
         # Same rounding as torchvision's CenterCrop, so results match its transforms.
         top = round((size[0] - self.crop) / 2.0)
         left = round((size[1] - self.crop) / 2.0)
+        if image.device.type == "cpu":
+            resized = _resized_up_to(image, size, (top + self.crop, left + self.crop))
+        else:  # torchvision casts to float where the device has no uint8 kernel
+            resized = functional.resize(image, list(size), InterpolationMode.BICUBIC, antialias=True)
         cropped = resized[:, top : top + self.crop, left : left + self.crop]
         # Height, width, channels: a batch of these stacked is channels_last NCHW without a copy.
         return cropped.permute(1, 2, 0).contiguous()
@@ -261,3 +276,38 @@ def _affine(
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device)
     shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device)
     return scale.expand(side, side, 3).contiguous(), shift.expand(side, side, 3).contiguous()
+
+
+def _resized_up_to(image: torch.Tensor, size: tuple[int, int], until: tuple[int, int]) -> torch.Tensor:
+    """Rows ``[0, until[0])`` and columns ``[0, until[1])`` of ``image`` resized to ``size``.
+
+    Pixel for pixel what torchvision's antialiased bicubic resize to ``size`` gives there, without
+    computing what the crop throws away past its bottom and right edges (a fifth of the cat's
+    resize): each output pixel reads only the input within the filter's support of its centre,
+    so the input is cut just past the last one read, and the scale is passed as the whole
+    picture's, which the kernel would otherwise take from the cut input's size.
+    """
+    channels, height, width = image.shape
+    rows = _read_up_to(height, size[0], until[0])
+    columns = _read_up_to(width, size[1], until[1])
+    # (1, C, H, W) that torch sees as channels_last (batch stride = numel): its vectorised uint8
+    # kernel wants that layout, and both decoders give it (height, width, channels in memory).
+    if image.stride() != (1, width * channels, channels):
+        image = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    batch = image.as_strided((1, channels, height, width), (image.numel(), 1, width * channels, channels))
+    resized: torch.Tensor = torch.ops.aten._upsample_bicubic2d_aa(
+        batch[:, :, :rows, :columns], list(until), False, size[0] / height, size[1] / width
+    )
+    return resized[0]
+
+
+def _read_up_to(length: int, resized: int, until: int) -> int:
+    """How much of an input side of ``length`` the first ``until`` of ``resized`` outputs read.
+
+    torch's antialiased bicubic reads, for output i, the inputs within ``support`` of the centre
+    (i + 0.5) * scale, with support 2 * scale when shrinking and 2 when enlarging; one more on
+    each side covers its rounding.
+    """
+    scale = length / resized
+    support = 2.0 * max(scale, 1.0)
+    return min(length, int(until * scale + support) + 2)

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from skimage import data as skimage_data
 from torchvision import transforms
+from torchvision.transforms.v2 import InterpolationMode, functional
 
+from services.inference import preprocessing
 from services.inference.preprocessing import (
     ImageTooLarge,
     ImageTransform,
@@ -100,6 +102,78 @@ def test_the_device_decoder_leaves_what_it_cannot_decode_to_pil(content: bytes) 
 def test_a_big_jpeg_is_left_to_pil_drafting() -> None:
     big = encode(np.tile(skimage_data.chelsea(), (4, 4, 1)))  # 1804 x 1200: a 1/2 draft keeps 600
     assert decode_jpeg_on(big, 512, torch.device("cpu")) is None
+
+
+def pil_and_full_resize(content: bytes, transform: ImageTransform = TRANSFORM) -> torch.Tensor:
+    """The pixels as session 7 made them: PIL's decode, the whole picture resized, then cropped."""
+    image = torch.from_numpy(np.array(decode_image(content, 2 * transform.resize))).permute(2, 0, 1)
+    height, width = image.shape[-2:]
+    side = transform.resize
+    size = (int(side * height / width), side) if width <= height else (side, int(side * width / height))
+    resized = functional.resize(image, list(size), InterpolationMode.BICUBIC, antialias=True)
+    top, left = round((size[0] - transform.crop) / 2.0), round((size[1] - transform.crop) / 2.0)
+    return resized[:, top : top + transform.crop, left : left + transform.crop].permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("photo", ["coffee", "chelsea", "astronaut", "rocket", "phone"])
+def test_pixels_are_those_of_pil_and_the_whole_resize_exactly(photo: str) -> None:
+    # torchvision's decoder and the resize cut at the crop change the cost, not one pixel.
+    if photo == "phone":  # 3000 x 2000: drafted by PIL to 1/2, not torchvision's to decode
+        from benchmarks.bulk import phone_photo
+
+        content = phone_photo(6.0)
+    else:
+        content = encode(getattr(skimage_data, photo)())
+    assert torch.equal(TRANSFORM.pixels(content), pil_and_full_resize(content))
+
+
+def test_a_jpeg_is_decoded_by_torchvision_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pil(content: bytes, min_side: int = 0) -> Image.Image:
+        raise AssertionError("PIL decoded a JPEG that torchvision decodes for less")
+
+    monkeypatch.setattr(preprocessing, "decode_image", no_pil)
+    assert TRANSFORM.pixels(encode(skimage_data.chelsea())).shape == (224, 224, 3)
+
+
+def rotated_jpeg(orientation: int) -> bytes:
+    """Chelsea (451 x 300) stored sideways, with the EXIF orientation that turns it upright."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(skimage_data.chelsea()).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_jpeg_turned_by_its_exif_is_upright_as_pil_turns_it(orientation: int) -> None:
+    content = rotated_jpeg(orientation)
+    assert torch.equal(TRANSFORM.pixels(content), pil_and_full_resize(content))
+
+
+def test_a_turned_jpeg_is_left_to_pil_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # nvJPEG does not apply EXIF orientation: such a photo would reach the model sideways.
+    def no_device(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("a turned JPEG was sent to nvJPEG")
+
+    monkeypatch.setattr(preprocessing, "decode_jpeg", no_device)
+    assert decode_jpeg_on(rotated_jpeg(6), 512, torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_resize_cut_at_the_crop_is_the_whole_resize_cropped(seed: int) -> None:
+    rng = Random(seed)
+    side = rng.choice([160, 232, 256, 299])
+    transform = ImageTransform(resize=side, crop=rng.randint(max(1, side - 80), side))
+    height, width = rng.randint(1, 900), rng.randint(1, 900)
+    noise = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=noise)
+    size = (int(side * height / width), side) if width <= height else (side, int(side * width / height))
+    size = (max(1, size[0]), max(1, size[1]))
+    whole = functional.resize(image, list(size), InterpolationMode.BICUBIC, antialias=True)
+    top, left = round((size[0] - transform.crop) / 2.0), round((size[1] - transform.crop) / 2.0)
+    expected = whole[:, top : top + transform.crop, left : left + transform.crop].permute(1, 2, 0)
+    assert torch.equal(transform.resized(image), expected)
+    assert torch.equal(transform.resized(image.permute(1, 2, 0).contiguous().permute(2, 0, 1)), expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU here: nvJPEG not exercised")

@@ -452,13 +452,13 @@ _HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 
 
 def rest_methods(openapi_file: Path = OPENAPI_FILE) -> dict[str, tuple[str, ...]]:
-    """Each public /v1 REST path template and the methods it takes (HEAD wherever GET is)."""
+    """Each public REST path template (/v1, and the Open Inference Protocol's /v2, whose 405 the
+    /v2 error filter words in the protocol's shape) and the methods it takes (HEAD wherever GET is)."""
     paths = json.loads(openapi_file.read_text())["paths"]
     methods = {}
     for path, operations in paths.items():
-        if path.startswith("/v1/"):  # /v2 (the Open Inference Protocol) answers in its own shape
-            taken = [m.upper() for m in _HTTP_METHODS if m in operations]
-            methods[path] = (*taken, "HEAD") if "GET" in taken else tuple(taken)
+        taken = [m.upper() for m in _HTTP_METHODS if m in operations]
+        methods[path] = (*taken, "HEAD") if "GET" in taken else tuple(taken)
     return methods
 
 

@@ -47,6 +47,24 @@ def test_a_wrong_method_on_a_known_path_is_405_naming_the_methods(
     assert body["details"][0]["reason"] == "METHOD_NOT_ALLOWED", body
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v2/models/efficientnet-lite0/infer", "POST"),
+        ("POST", "/v2/models/efficientnet-lite0", "GET, HEAD"),
+        ("DELETE", "/v2/health/ready", "GET, HEAD"),
+    ],
+)
+def test_a_wrong_method_on_an_open_inference_path_is_405_in_the_protocols_shape(
+    edge: str, method: str, path: str, allow: str
+) -> None:
+    """/v2 answered 404 "Could not resolve … to a method" to a GET of a model's infer path; its
+    clients read ``{"error": ...}``, so the 405 says which methods the path takes in that shape."""
+    status, body, allowed = _call(edge + path, method)
+    assert status == 405 and allowed == allow, (status, allowed, body)
+    assert list(body) == ["error"] and allow in body["error"], body
+
+
 def test_an_unknown_path_stays_404(edge: str) -> None:
     status, body, _ = _call(edge + "/v1/nothing-here", "GET")
     assert status == 404 and body["details"][0]["reason"] == "UNKNOWN_PATH", body
@@ -91,7 +109,7 @@ def test_templates_match_names_not_verbs_or_deeper_paths() -> None:
     assert not re.fullmatch(path_regex("/v1/jobs/{name}").strip("^$"), "/v1/jobs/abc:cancel")
     assert not re.fullmatch(path_regex("/v1/jobs/{name}").strip("^$"), "/v1/jobs/abc/results")
     assert rest_methods()["/v1/models/{model}:predict"] == ("POST",)
-    assert not [p for p in rest_methods() if p.startswith("/v2")]
+    assert rest_methods()["/v2/models/{model_name}/infer"] == ("POST",)
 
 
 def test_the_console_still_answers_get_and_head(edge: str) -> None:

@@ -206,6 +206,16 @@ def _model_load_routes() -> str:
     )
 
 
+#: gRPC-Web (a browser's gRPC: ``application/grpc-web`` and ``-text``, trailers in the body) turned
+#: into gRPC for every filter after it and the gateway, and its answers back; before it, a gRPC-Web
+#: call was no route's and got a plain-text 404. Right after the header limits, so that the body
+#: checks, the in-flight bound and the local replies treat it as the gRPC call it carries.
+GRPC_WEB_FILTER = """
+                  - name: envoy.filters.http.grpc_web
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"""
+
+
 #: Filters that concern only some requests, turned off on the routes of the others so that a call
 #: does not pay for them (a Lua filter runs a coroutine of its script per request, and the /v2
 #: one a second per answer; docs/benchmarks.md, session 7). Each such filter's script returns at
@@ -468,7 +478,7 @@ static_resources:
                     - name: ferry
                       domains: ["*"]
                       routes:{edge.connect_route()}{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{edge.method_not_allowed_routes()}{_routes(opts)}
-                http_filters:{header_limits.lua_filter()}{edge.original_method_filter()}{oip_rest_edge.lua_filter()}
+                http_filters:{header_limits.lua_filter()}{edge.original_method_filter()}{GRPC_WEB_FILTER}{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its

@@ -7,8 +7,11 @@ without the whole stack (tests/e2e/test_edge.py has it).
 
 from __future__ import annotations
 
+import base64
 import gzip
+import http.client
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
@@ -395,6 +398,47 @@ def test_a_grpc_call_without_te_trailers_is_answered_not_unavailable(
                 answer += chunk
     assert answer.startswith(b"HTTP/1.1 200") and b"grpc-status" not in answer, answer[:300]
     assert b"\r\n5\r\n\0\0\0\0\0\r\n" in answer, answer[:300]  # the gateway's message
+
+
+def _decode_frames(text: bytes) -> bytes:
+    """gRPC-Web text: each frame base64-encoded on its own, padding and all, then concatenated."""
+    return b"".join(base64.b64decode(chunk) for chunk in re.findall(rb"[^=]+=*", text))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encode", "decode"),
+    [
+        ("application/grpc-web+proto", lambda body: body, lambda body: body),
+        ("application/grpc-web-text", base64.b64encode, _decode_frames),
+    ],
+    ids=["binary", "text"],
+)
+def test_a_grpc_web_call_is_served_with_its_status_in_the_body(
+    tmp_path: Path,
+    answering_gateway: int,
+    content_type: str,
+    encode: Callable[[bytes], bytes],
+    decode: Callable[[bytes], bytes],
+) -> None:
+    """A browser's gRPC-Web call (what grpc-web and Connect clients send) was a plain-text 404: no
+    route took its content type. The edge turns it into gRPC and the answer back: the message
+    frame, then a trailer frame (flag 0x80) carrying grpc-status."""
+    options = EnvoyOptions(listen_port=free_port(), admin_port=free_port(), gateway_port=answering_gateway)
+    with running_envoy(tmp_path, options) as url:
+        _wait_until_ready(url)
+        connection = http.client.HTTPConnection(f"127.0.0.1:{options.listen_port}", timeout=10)
+        connection.request(
+            "POST",
+            "/ferry.models.v1.ModelService/ListModels",
+            body=encode(b"\0\0\0\0\0"),
+            headers={"content-type": content_type, "accept": content_type, "x-grpc-web": "1"},
+        )
+        answer = connection.getresponse()
+        body = decode(answer.read())
+        connection.close()
+    assert answer.status == 200 and answer.headers["content-type"].startswith(content_type), answer.headers
+    assert body.startswith(b"\0\0\0\0\0\x80"), body  # the empty ListModelsResponse, then the trailers
+    assert b"grpc-status:0" in body, body
 
 
 @pytest.mark.parametrize(

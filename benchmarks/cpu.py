@@ -263,14 +263,26 @@ def thread_role(python_name: str | None, kernel_name: str) -> str:
     return f"Python thread {python_name.split(' ')[0]}"
 
 
+def kernel_role(kernel_name: str) -> str:
+    """What an inference thread does, from the kernel's name alone (no py-spy): the decode and batch
+    threads name themselves (``services.common.threads``), and OpenMP's workers inherit the name of
+    the batch thread whose team they are."""
+    if kernel_name.startswith("batch-"):
+        return "batch threads and their OpenMP workers (forward passes)"
+    if kernel_name.startswith("decode"):
+        return "decode threads (decode + preprocess)"
+    if kernel_name.startswith("python"):
+        return "event loop and other Python threads (gRPC aio, admission, batcher, answers)"
+    return f"C threads ({kernel_name})"
+
+
 def cpu_by_role(
     before: Mapping[int, tuple[str, float]], after: Mapping[int, tuple[str, float]], names: Mapping[int, str]
 ) -> dict[str, float]:
     """CPU seconds spent between ``before`` and ``after`` by each role of thread (``thread_role``)."""
     spent: dict[str, float] = defaultdict(float)
     for tid, (kernel_name, seconds) in after.items():
-        # Without Python's names (no py-spy) every Python thread is ``python`` to the kernel too.
-        role = thread_role(names.get(tid), kernel_name) if names else f"threads named {kernel_name}"
+        role = thread_role(names.get(tid), kernel_name) if names else kernel_role(kernel_name)
         spent[role] += seconds - before.get(tid, (kernel_name, 0.0))[1]
     return dict(spent)
 

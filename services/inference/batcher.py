@@ -30,6 +30,7 @@ from google.protobuf import duration_pb2
 
 from services.common.errors import DeadlineExceeded, FerryError, ResourceExhausted, Unavailable
 from services.common.tasks import spawn
+from services.common.threads import named
 from services.inference import metrics
 from services.inference.models.contract import InvalidInput
 from services.inference.scheduling import AgingQueue, Priority
@@ -127,7 +128,7 @@ class DynamicBatcher(Generic[In, Out]):
         # all of torch's intra-op threads; with more, those running share them (``share_threads``).
         self._instances = instances
         self._share_threads = share_threads
-        self._executor = ThreadPoolExecutor(instances, f"batch-{name}", initializer=initializer)
+        self._executor = ThreadPoolExecutor(instances, f"batch-{name}", initializer=named(initializer))
         self._closed = False
         self._running: dict[int, list[_Pending[In, Out]]] = {}
         self._last_batch_s = 0.0

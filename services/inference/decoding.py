@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.tasks import spawn
+from services.common.threads import named
 from services.inference.scheduling import AgingQueue, Priority
 
 T = TypeVar("T")
@@ -53,7 +54,9 @@ class DecodeQueue:
         self._clock = clock
         self._queue: AgingQueue[_Work] = AgingQueue(aging_s, clock)
         self._ready = asyncio.Semaphore(0)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=initializer)
+        self._executor = ThreadPoolExecutor(
+            threads, thread_name_prefix="decode", initializer=named(initializer)
+        )
         self._closed = False
         self._decoding = 0  # work items in a thread right now
 

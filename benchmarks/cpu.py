@@ -301,7 +301,7 @@ def main() -> None:
     from benchmarks.inference import API_KEY, ferry_stack, machine
     from ferry_client import FerryClient
     from services.inference.models.contract import ModelInput
-    from services.inference.preprocessing import decode_image
+    from services.inference.preprocessing import decode_pixels
     from services.inference.service import model_configs
     from services.inference.settings import InferenceSettings
 
@@ -337,7 +337,7 @@ def main() -> None:
     for name, (content, repeats) in photos.items():
         model_input = ModelInput(kind="image", image=content)
         pixels_ms = pixels_cost[name] = thread_cpu_ms(partial(runner.model.preprocess, model_input), repeats)
-        jpeg_ms = thread_cpu_ms(partial(decode_image, content, min_side=512), repeats)
+        jpeg_ms = thread_cpu_ms(partial(decode_pixels, content, min_side=512), repeats)
         reference_ms = thread_cpu_ms(partial(pil_reference, content), repeats)
         print(
             f"decode + preprocess, {name}: {pixels_ms:.2f} ms CPU per image (uint8 pixels; normalised "

@@ -253,7 +253,10 @@ def thread_role(python_name: str | None, kernel_name: str) -> str:
     if python_name is None:
         # libgomp's workers inherit the name of the thread that made their team (``python``);
         # gRPC's core names its own threads.
-        return "OpenMP workers" if kernel_name.startswith("python") else f"C threads ({kernel_name})"
+        # Since session 8 they inherit the batch thread's own kernel name (``batch-<model>``).
+        if kernel_name.startswith(("python", "batch-")):
+            return "OpenMP workers"
+        return f"C threads ({kernel_name})"
     if python_name.startswith("batch-"):
         return "batch threads (forward passes, normalise, top-k)"
     if python_name.startswith("decode"):

@@ -28,8 +28,19 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "HEIF", "BMP", "GIF")
 ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, AVIF, HEIC/HEIF, BMP or GIF"
 pi_heif.register_heif_opener()
 CPU = torch.device("cpu")
-#: torchvision's CPU JPEG decoder (libjpeg-turbo): (data, mode, apply_exif_orientation) -> uint8 CHW.
-_decode_jpeg_cpu: Callable[[torch.Tensor, int, bool], torch.Tensor] = torch.ops.image.decode_jpeg
+
+
+def _torchvision_jpeg_decoder() -> Callable[[torch.Tensor, int, bool], torch.Tensor] | None:
+    """torchvision's CPU JPEG decoder (libjpeg-turbo): (data, mode, apply_exif_orientation) -> uint8
+    CHW; None where torchvision was built without its image library (PIL then decodes every JPEG)."""
+    try:
+        decoder: Callable[[torch.Tensor, int, bool], torch.Tensor] = torch.ops.image.decode_jpeg
+    except (AttributeError, RuntimeError):
+        return None
+    return decoder
+
+
+_decode_jpeg_cpu = _torchvision_jpeg_decoder()
 # Once, at import: ``warnings.catch_warnings`` around each call is not thread-safe (it swaps the
 # process's filter list while other decode threads run), and the notice says nothing per image.
 warnings.filterwarnings(
@@ -167,11 +178,13 @@ def decode_jpeg_on(content: bytes, min_side: int, device: torch.device) -> torch
     if header is None or header.format != "JPEG" or _drafts(header.size, min_side):
         return None
     on_cpu = device.type == "cpu"
+    if on_cpu and _decode_jpeg_cpu is None:
+        return None
     if not on_cpu and header.getexif().get(ExifTags.Base.Orientation, 1) != 1:
         return None
     try:
         data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
-        if on_cpu:
+        if _decode_jpeg_cpu is not None and on_cpu:
             # The operator ``decode_jpeg`` calls on the CPU, without the wrapper's per-call usage
             # logging and deprecation warning: a tenth of a millisecond per image measured.
             return _decode_jpeg_cpu(data, ImageReadMode.RGB.value, True)

@@ -135,6 +135,16 @@ def test_a_jpeg_is_decoded_by_torchvision_on_the_cpu(monkeypatch: pytest.MonkeyP
     assert TRANSFORM.pixels(encode(skimage_data.chelsea())).shape == (224, 224, 3)
 
 
+def test_without_torchvisions_decoder_pil_decodes_the_same_pixels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    content = encode(skimage_data.chelsea())
+    expected = TRANSFORM.pixels(content)
+    monkeypatch.setattr(preprocessing, "_decode_jpeg_cpu", None)
+    assert decode_jpeg_on(content, 512, torch.device("cpu")) is None
+    assert torch.equal(TRANSFORM.pixels(content), expected)
+
+
 def rotated_jpeg(orientation: int) -> bytes:
     """Chelsea (451 x 300) stored sideways, with the EXIF orientation that turns it upright."""
     exif = Image.Exif()

@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+import urllib.error
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack, ExitStack
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import grpc
 
+from benchmarks import hops
 from benchmarks.cpu import EDGE_AND_RECORDS, IDLE_S, cpu_seconds, load_average
 from benchmarks.edge_refusals import envoy
 from benchmarks.envoy_cost import PREDICT, variant_text
@@ -206,6 +208,40 @@ def _clients_in_process(
         return pool.apply(clients, (target, body, rate, args.clients, args.burst, args.seconds))
 
 
+def one_at_a_time(ports: dict[str, int], body: bytes, image: bytes, rounds: int) -> None:
+    """P1's floor: one call at a time, round-robin over the hops of the bare path, each row one
+    hop further out (``benchmarks.hops``); with no model work, REST via Envoy is P1's floor."""
+
+    def grpc_row(name: str, port: int) -> hops.Row:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = grpc.insecure_channel(
+            f"127.0.0.1:{port}"
+        ).unary_unary(PREDICT)
+
+        def once() -> hops.Stages:
+            call(body, timeout=10)
+            return {}
+
+        return hops.Row(name, once)
+
+    rows = [
+        hops.Row("in-process (no work)", dict),
+        grpc_row("inference's port (answers at once)", ports["inference"]),
+        grpc_row("gateway's port (pass-through, records)", ports["gateway"]),
+        grpc_row("Envoy gRPC (bare)", ports["envoy"]),
+        hops.Row(
+            "Envoy REST (bare)",
+            hops.rest_predict(
+                f"http://127.0.0.1:{ports['envoy']}", "k", image, MODEL.removeprefix("models/")
+            ),
+        ),
+    ]
+    try:
+        hops.interleave(rows, rounds)
+    except urllib.error.HTTPError as err:  # not picklable: say what it was here
+        raise SystemExit(f"{err.url}: {err.code} {err.read()[:300]!r}") from None
+    print(f"\nP1's floor (REST via Envoy - in-process, p50): {hops.report(rows):.2f} ms", flush=True)
+
+
 DESIGNS = {
     "gateway": "Envoy → pass-through gateway → inference; the gateway records (Ferry's design)",
     "direct": "Envoy → inference, which records its own answers (no gateway on the path)",
@@ -217,7 +253,9 @@ async def run(args: argparse.Namespace) -> None:
     body = model_service_pb2.PredictRequest(
         model=MODEL, image=types_pb2.Image(content=image)
     ).SerializeToString()
-    answer = model_service_pb2.PredictResponse(prediction=event().prediction).SerializeToString()
+    prediction = event().prediction
+    prediction.ClearField("timing")  # the stub does no model work: no decode or forward to subtract
+    answer = model_service_pb2.PredictResponse(prediction=prediction).SerializeToString()
     async with own_servers("ferry-bench-floor-", "bench-floor") as servers:
         bench = Bench(servers.js, servers.postgres.uri, servers.nats_url, concurrency=2)
         model_port, gateway_port, direct_port = free_port(), free_port(), free_port()
@@ -260,6 +298,10 @@ async def run(args: argparse.Namespace) -> None:
                         failed = f" ({per['failed']:.0f} failed)" if per["failed"] else ""
                         print(f"{design:>8}{label:>12}{per['req/s']:>8.0f}{cells}{floor:>10.3f}"
                               f"{floor - per['idle']:>8.3f}{failed}", flush=True)  # fmt: skip
+                if args.rounds:
+                    ports = {"inference": model_port, "gateway": gateway_port, "envoy": edges["gateway"][0]}
+                    with multiprocessing.get_context("spawn").Pool(1) as pool:
+                        await asyncio.to_thread(pool.apply, one_at_a_time, (ports, body, image, args.rounds))
         finally:
             for process in processes.values():
                 process.kill()
@@ -277,6 +319,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="calls in flight in the closed loop")
     parser.add_argument(
         "--burst", type=int, default=4, help="calls sent (and answered) together at a paced rate"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=300, help="one-at-a-time rounds for P1's floor (0: none)"
     )
     args = parser.parse_args()
     print(f"edge and records' floor, {os.cpu_count()} CPUs; /proc/loadavg {load_average()}", flush=True)

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from devstack.infra import Postgres, free_port, start_nats
+from tests import background
 
 # Keep CPU tests predictable on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -62,3 +63,12 @@ def spans() -> Iterator[InMemorySpanExporter]:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
     exporter.shutdown()  # the provider outlives the test; stop collecting into this exporter
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Starts the slow checks of the checkout that selected tests assert on, at idle priority."""
+    background.start([item.nodeid for item in session.items])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    background.stop()

@@ -85,7 +85,11 @@ deploy-tools:
 up: install
 	$(VENV)/bin/ferry up
 
-test: install deploy-tools
+# The install's parts side by side (-j3): Ferry's environment (pip, then the AOTInductor build, the
+# longest), the peer clients' virtualenv and apt-get's tools share no file; --output-sync keeps
+# each part's output in one piece.
+test:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target install deploy-tools
 	$(PY) -m pytest
 
 # The fault matrix alone (it is part of `make test` too), printing its table of figures.

@@ -89,11 +89,22 @@ class Logs:
         return found
 
 
-@pytest.fixture
-def logs(stack: dict[str, Any]) -> Iterator[Logs]:
+@pytest.fixture(scope="module")
+def module_logs(stack: dict[str, Any]) -> Iterator[Logs]:
+    """The logs of the module's whole run (every test here takes ``logs``), checked once at its end."""
     window = Logs(Path(stack["logs_dir"]))
     yield window
     time.sleep(0.5)  # lines written as the last answers left
+    assert not window.tracebacks(), "\n".join(window.tracebacks()[:5])
+
+
+@pytest.fixture
+def logs(stack: dict[str, Any], module_logs: Logs) -> Iterator[Logs]:
+    window = Logs(Path(stack["logs_dir"]))
+    yield window
+    # No wait here (it was 0.5 s after each of 54 tests): a traceback logged during the test fails
+    # it; one logged as its last answers left, after this check, fails the next test's window or
+    # module_logs, which waits once for such lines and covers every test of the module.
     assert not window.tracebacks(), "\n".join(window.tracebacks()[:5])
 
 

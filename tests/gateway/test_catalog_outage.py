@@ -33,6 +33,8 @@ def _start_inference(port: int, logs: Path, aged_every_s: float = 0.0) -> Manage
         "FERRY_INFERENCE_DEVICE": "cpu",
         "FERRY_INFERENCE_WARMUP_BATCHES": "1",
         "FERRY_INFERENCE_MODELS": "efficientnet-lite0",
+        # Sizes 1 and 2 timed at each of its two starts, not 1 to 16 (tests/inference/test_tuning's).
+        "FERRY_INFERENCE_BATCH_SIZE_SEARCH_MAX": "2",
         # A health stream cut by an aged connection is no outage (0: connections are never aged).
         "FERRY_INFERENCE_MAX_CONNECTION_AGE_S": str(aged_every_s),
         "FERRY_INFERENCE_MAX_CONNECTION_AGE_GRACE_S": "0.5",

@@ -23,6 +23,9 @@ async def real_inference_process(
         "FERRY_INFERENCE_METRICS_PORT": "0",
         "FERRY_INFERENCE_DEVICE": "cpu",
         "FERRY_INFERENCE_WARMUP_BATCHES": "1",
+        # Batch sizes 1 and 2 timed at start, not 1 to 16 (timing 1 to 16 chose 1 or 2 here; 11 s less
+        # per start at load 8): these tests are about jobs, tests/inference/test_tuning about that.
+        "FERRY_INFERENCE_BATCH_SIZE_SEARCH_MAX": "2",
     }
     if models:
         env["FERRY_INFERENCE_MODELS"] = models

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -41,6 +42,8 @@ class _Started:
             argv, cwd=ROOT, stdout=self.output, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
         lower_priority(self.popen.pid, 19)
+        # Reaped as soon as it exits, not left a zombie until its test comes (minutes later).
+        threading.Thread(target=self.popen.wait, name=f"reap-{self.popen.pid}", daemon=True).start()
 
     def result(self) -> subprocess.CompletedProcess[str]:
         if self.popen.poll() is None:

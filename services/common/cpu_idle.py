@@ -166,14 +166,9 @@ def join_process(pid: int, mode: CpuIdle = "auto", root: Path = V1_ROOT) -> bool
 
 def current_group(tid: int | None = None) -> str:
     """The cpu controller's cgroup of thread ``tid`` of this process (default: the caller), e.g.
-    ``/ferry-jobs``; for checks and tests."""
+    ``/ferry-jobs`` (v1's ``cpu`` line, else the v2 line); for checks and tests."""
     tid = threading.get_native_id() if tid is None else tid
-    for line in Path(f"/proc/{os.getpid()}/task/{tid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            return path
-    return next(
-        line.split(":", 2)[2]
-        for line in Path(f"/proc/{os.getpid()}/task/{tid}/cgroup").read_text().splitlines()
-        if line.startswith("0::")
-    )
+    lines = Path(f"/proc/{os.getpid()}/task/{tid}/cgroup").read_text().splitlines()
+    entries = [line.split(":", 2) for line in lines]
+    v1 = [path for _, controllers, path in entries if "cpu" in controllers.split(",")]
+    return v1[0] if v1 else next(path for _, controllers, path in entries if controllers == "")

@@ -45,6 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             "FERRY_DEV_API_KEY": API_KEY,
             "FERRY_INFERENCE_JOB_LANE": "1",
             "FERRY_INFERENCE_JOB_LANE_NICENESS": str(JOB_LANE_NICENESS),
+            "FERRY_INFERENCE_JOB_LANE_CPU_IDLE": "auto",  # off by default: its mechanism is tested here
             "FERRY_INFERENCE_MODELS": MODEL,
         },
     )

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
@@ -74,6 +74,29 @@ _FINISHED = {
     job_pb2.JOB_STATE_FAILED,
     job_pb2.JOB_STATE_CANCELLED,
 }
+
+
+def spin() -> None:
+    """A busy loop in a session (autogroup) of its own: a stand-in for other work (a flood of
+    interactive calls) that keeps a core busy at normal priority."""
+    os.setsid()
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def spinners(count: int) -> Iterator[None]:
+    """``count`` busy loops while the block runs (``--spinners``)."""
+    spawn = multiprocessing.get_context("spawn")
+    started = [spawn.Process(target=spin, daemon=True) for _ in range(count)]
+    for process in started:
+        process.start()
+    try:
+        yield
+    finally:
+        for process in started:
+            process.kill()
+            process.join()
 
 
 def rss_bytes(pid: int) -> int:
@@ -418,10 +441,35 @@ def main() -> None:
         default=None,
         help="job-lane inference processes (FERRY_INFERENCE_JOB_LANE; default: the stack's setting)",
     )
+    parser.add_argument(
+        "--uploads-cpu-idle",
+        choices=("auto", "off"),
+        default=None,
+        help="the upload lane in the cpu.idle cgroup (FERRY_GATEWAY_UPLOADS_CPU_IDLE; default: the stack's)",
+    )
+    parser.add_argument(
+        "--runner-cpu-idle",
+        choices=("auto", "off"),
+        default=None,
+        help="the jobs runner in the cpu.idle cgroup (FERRY_JOBS_RUNNER_CPU_IDLE; default: the stack's)",
+    )
+    parser.add_argument(
+        "--spinners",
+        type=int,
+        default=0,
+        help="busy loops at normal priority during each case (how a job or upload in the cpu.idle "
+        "group crawls while other work keeps the cores busy)",
+    )
     args = parser.parse_args()
     cases = args.cases.split(",")
-    if args.job_lane is not None:  # the stack reads its settings from the environment
-        os.environ["FERRY_INFERENCE_JOB_LANE"] = str(args.job_lane)
+    # The stack reads its settings from the environment.
+    for variable, value in (
+        ("FERRY_INFERENCE_JOB_LANE", args.job_lane),
+        ("FERRY_GATEWAY_UPLOADS_CPU_IDLE", args.uploads_cpu_idle),
+        ("FERRY_JOBS_RUNNER_CPU_IDLE", args.runner_cpu_idle),
+    ):
+        if value is not None:
+            os.environ[variable] = str(value)
 
     with tempfile.TemporaryDirectory(prefix="ferry-bench-bulk-") as state:
         folder = Path(state)
@@ -441,6 +489,10 @@ def main() -> None:
             endpoints = stack.start()
             lane = ", ".join(name for name in endpoints.pids if name.startswith("inference-jobs"))
             print(f"job lane: {lane or 'off'} (FERRY_INFERENCE_JOB_LANE={settings.inference_job_lane})")
+            print(
+                f"cpu.idle: upload lane {settings.gateway_uploads_cpu_idle}, "
+                f"jobs runner {settings.jobs_runner_cpu_idle}"
+            )
             edge: dict[str, int] = {
                 name: endpoints.pids[name]
                 for name in ("envoy", "gateway", "gateway-uploads", "nats")
@@ -468,7 +520,11 @@ def main() -> None:
                     path = made[name]
                     if name.startswith("manifest-"):
                         upload = ferry.upload(path).name  # before the watch: the expansion is measured
-                    with Watch(endpoints.pids, endpoints.grpc_target, other) as watch:
+                    with (
+                        spinners(args.spinners),
+                        Watch(endpoints.pids, endpoints.grpc_target, other) as watch,
+                    ):
+                        sched_before, case_started = scheduled(endpoints.pids), time.perf_counter()
                         if name == "photos":
                             outcome = timed(
                                 lambda p=path, w=watch: photo_job(ferry, p, w, cpu, endpoints.pids)
@@ -479,8 +535,12 @@ def main() -> None:
                             )
                         else:
                             outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
+                        case_s = time.perf_counter() - case_started
+                        usage = cores_used(sched_before, scheduled(endpoints.pids), case_s)
                     size_mb = path.stat().st_size / 1e6
                     print(watch.report(f"{name} ({size_mb:.1f} MB)", outcome), flush=True)
+                    # Which processes the case kept busy (the other tenant's probe is an "other process").
+                    print(f"  over the case's {case_s:.1f} s, cores used / run-queue wait per s: {usage}")
                     print(f"  load average: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         finally:
             stack.stop()

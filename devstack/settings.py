@@ -89,6 +89,14 @@ class StackSettings(BaseSettings):
     lower CPU priority (nice ``UPLOAD_NICENESS``): a bulk upload's zip checks and Object Store
     writes then neither share the other tenants' gateway event loop nor take their CPU first.
     0: uploads go to the gateways."""
+    gateway_uploads_cpu_idle: CpuIdle = Field(
+        default="off", validation_alias="FERRY_GATEWAY_UPLOADS_CPU_IDLE"
+    )
+    """Whether the upload lane's processes run in the machine's ``cpu.idle`` cgroup
+    (``services.common.cpu_idle``) instead of at nice ``UPLOAD_NICENESS``: a big upload's checks
+    (a 200 MiB manifest's line count, a zip's entries) then give way at once to any other waking
+    thread, at the price of crawling while other processes keep every core busy. ``auto``: where
+    the cgroup can be written (root), else one log line and the nice alone; ``off``: never."""
     runners: int = Field(default=1, ge=1, le=16)
     """Jobs runner processes; they share one durable consumer, so each item goes to one of them."""
     stores: int = Field(default=1, ge=1, le=16)

@@ -228,6 +228,7 @@ class LocalStack:
                 niceness = s.inference_niceness if service == "inference" else niceness
                 niceness = s.inference_job_lane_niceness if name in job_lane else niceness
                 idle = s.inference_job_lane_cpu_idle if name in job_lane else "off"
+                idle = s.gateway_uploads_cpu_idle if name in lane else idle
                 idle = s.jobs_runner_cpu_idle if service == "jobs" else idle
                 program = Program(
                     name,

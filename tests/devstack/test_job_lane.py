@@ -2,7 +2,8 @@
 in a scheduling group of their own at nice 19 (``FERRY_INFERENCE_JOB_LANE_NICENESS``), while
 callers' Predicts stay on the normal inference process at normal priority. A real ``ferry up``;
 which process ran what is read from each one's ``ferry_inference_items_total`` on its own metrics
-port."""
+port. The same stack runs the upload lane in the ``cpu.idle`` cgroup
+(``FERRY_GATEWAY_UPLOADS_CPU_IDLE``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from skimage import data as skimage_data
 
 from devstack.replicas import JOB_LANE
+from devstack.stack import UPLOAD_NICENESS
 from devstack.status import read_status
 from services.common import cpu_idle
 from tests.e2e.rest import Rest, b64
@@ -34,6 +36,9 @@ RUNTIME_MODEL = "mobilenet-v2"
 #: FERRY_INFERENCE_JOB_LANE_NICENESS of this module's stack: not the default 19 nor the upload
 #: lane's 10, so the setting is what the test sees.
 JOB_LANE_NICENESS = 17
+#: Where the upload lane's threads are with FERRY_GATEWAY_UPLOADS_CPU_IDLE=auto: the idle group where
+#: this machine lets it be written (root, cgroup v1's cpu controller, as here), else where it was.
+WRITABLE = os.geteuid() == 0 and (cpu_idle.V1_ROOT / "cpu.idle").exists()
 FINISHED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
 
@@ -47,6 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             "FERRY_INFERENCE_JOB_LANE_NICENESS": str(JOB_LANE_NICENESS),
             "FERRY_INFERENCE_JOB_LANE_CPU_IDLE": "auto",  # off by default: its mechanism is tested here
             "FERRY_INFERENCE_MODELS": MODEL,
+            # This module's stack also checks where the upload lane runs (one stack start fewer).
+            "FERRY_GATEWAY_UPLOADS_CPU_IDLE": "auto",
         },
     )
     running.start()
@@ -90,6 +97,16 @@ def _run_job(rest: Rest, model: str, images: list[bytes]) -> dict[str, Any]:
     assert status == 200, done
     job: dict[str, Any] = done["job"]
     return job
+
+
+def _cpu_cgroups(pid: int) -> set[str]:
+    """The cpu controller's cgroup of each of ``pid``'s threads (v1), or their v2 cgroups."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        lines = [line.split(":", 2) for line in (task / "cgroup").read_text().splitlines()]
+        v1 = [path for _, controllers, path in lines if "cpu" in controllers.split(",")]
+        found.add(v1[0] if v1 else next(path for number, _, path in lines if number == "0"))
+    return found
 
 
 def _autogroup_nice(pid: int) -> int | None:
@@ -149,3 +166,17 @@ def test_a_model_loaded_at_runtime_reaches_the_lane_and_its_job_runs_there(
     assert (job["state"], job["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 3), job
     assert _items(stack, JOB_LANE, RUNTIME_MODEL) == 3
     assert _items(stack, "inference", RUNTIME_MODEL) == 0
+
+
+def test_the_upload_lane_runs_whole_in_the_idle_group_and_the_gateway_does_not(stack: RunningStack) -> None:
+    status = read_status(stack.state_dir)
+    assert status is not None
+    uploads, gateway = (status.processes[n] for n in ("gateway-uploads", "gateway"))
+    assert uploads.pid is not None and gateway.pid is not None
+    outside = _cpu_cgroups(gateway.pid)
+    assert len(outside) == 1 and outside != {f"/{cpu_idle.GROUP}"}
+    # Every thread, gRPC's and the event loop's alike: the process moved before it started one.
+    assert _cpu_cgroups(uploads.pid) == ({f"/{cpu_idle.GROUP}"} if WRITABLE else outside)
+    # Its nice stays as it was: what ranks it where the group cannot be written.
+    gateway_nice = os.getpriority(os.PRIO_PROCESS, gateway.pid)
+    assert os.getpriority(os.PRIO_PROCESS, uploads.pid) == min(19, gateway_nice + UPLOAD_NICENESS)

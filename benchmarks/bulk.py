@@ -30,7 +30,12 @@ The other tenant calls from a process of its own (in this one it would share the
 client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison;
 ``--job-lane 0`` (or ``FERRY_INFERENCE_JOB_LANE=0``) without the job lane (``inference-jobs``: the
 inference process only the jobs runner calls, at autogroup nice 19), so alternated runs compare
-the other tenant's p99 during the job with and without it.
+the other tenant's p99 during the job with and without it. Every case also prints each process's
+cores used and run-queue wait per second over its run. ``--uploads-cpu-idle auto|off`` and
+``--runner-cpu-idle auto|off`` run the upload lane and the jobs runner in the ``cpu.idle`` cgroup or
+not (FERRY_GATEWAY_UPLOADS_CPU_IDLE, FERRY_JOBS_RUNNER_CPU_IDLE); ``--spinners N`` keeps N busy
+loops at normal priority running through each case (what an upload or expansion in that group
+costs its own tenant while other work keeps the cores busy).
 Not a test: nothing here asserts; figures depend on the machine and its load (printed at the end).
 """
 

@@ -7,6 +7,7 @@ issue #17's cases one after another, each while a second tenant calls ``GetModel
 * **photos**: a zip of ``--photos`` (200) camera-sized JPEGs (``--megapixels`` 6; skimage's photos
   upscaled with sensor-like noise so they do not pack smaller than real ones) uploaded, a job
   created from it, and run to its end;
+* **photos-upload**: the photos' zip uploaded, no job made from it;
 * **bomb**: a zip of 60 files of 8 MiB of zeros (about 0.5 MB packed), uploaded;
 * **jsonl-200mib**: a 200 MiB JSONL manifest of 16 million short lines, uploaded;
 * **one-line-100mb**: a 100 MB manifest of one line, uploaded;
@@ -480,12 +481,19 @@ def main() -> None:
         folder = Path(state)
         files = {
             "photos": lambda: camera_photos(args.photos, args.megapixels, folder),
+            # The same zip, uploaded only (no job): what the upload lane's priority costs its tenant.
+            "photos-upload": lambda: (
+                made.get("photos") or camera_photos(args.photos, args.megapixels, folder)
+            ),
             "bomb": lambda: bomb(folder),
             "jsonl-200mib": lambda: big_jsonl(folder),
             "one-line-100mb": lambda: one_line(folder),
             "manifest-100mb": lambda: content_manifest(folder, "100mb.jsonl", 10_000, 10_000),
         }
-        made = {name: files[name]() for name in cases if name in files}
+        made: dict[str, Path] = {}
+        for name in cases:
+            if name in files:
+                made[name] = files[name]()
         settings = StackSettings(
             state_dir=folder / "stack", http_port=free_port(), free_ports=True, dev_api_key="bench"
         )

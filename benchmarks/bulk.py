@@ -547,7 +547,10 @@ def main() -> None:
                                 lambda u=upload: manifest_job(ferry, u, (small_client, small_upload))
                             )
                         else:
-                            outcome = timed(lambda p=path: f"accepted {ferry.upload(p)}")
+                            # One line: the Upload message's text form has one per field.
+                            outcome = timed(
+                                lambda p=path: f"accepted {' '.join(str(ferry.upload(p)).split())}"
+                            )
                         case_s = time.perf_counter() - case_started
                         usage = cores_used(sched_before, scheduled(endpoints.pids), case_s)
                     size_mb = path.stat().st_size / 1e6

@@ -19,12 +19,16 @@ ADMIN_KEY = "bench-admin"
 
 
 @contextmanager
-def local_stack(prefix: str) -> Iterator[Endpoints]:
-    """A local stack on free ports in a temporary folder, stopped on exit."""
+def local_stack(prefix: str, gateways: int = 1) -> Iterator[Endpoints]:
+    """A local stack (``gateways`` gateway processes) on free ports in a temporary folder, stopped on exit."""
     with tempfile.TemporaryDirectory(prefix=prefix) as state:
         stack = LocalStack(
             StackSettings(
-                state_dir=Path(state), http_port=free_port(), free_ports=True, dev_api_key=ADMIN_KEY
+                state_dir=Path(state),
+                http_port=free_port(),
+                free_ports=True,
+                dev_api_key=ADMIN_KEY,
+                gateways=gateways,
             )
         )
         try:

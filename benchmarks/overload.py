@@ -24,8 +24,11 @@ Then two attacks on the front door (issue 17), in the same run:
 5. a wrong-key flood over REST from ``--flood-sources`` (15) loopback source addresses
    (127.0.0.2, ...; Envoy puts the real peer in x-forwarded-for), while never-used valid keys
    call from another address once a second: how many valid calls were refused (the goal: none),
-   and the key lookups that reached store a second (read from store's own request counter; the
-   documented cap is ten times FERRY_GATEWAY_AUTH_FAILURE_RATE_PER_S, 50/s).
+   and the failed key lookups that reached store (store's own request counter, code NOT_FOUND,
+   every store process) against the documented cap for the whole deployment, however many
+   gateways (``--gateways``): ten times FERRY_GATEWAY_AUTH_FAILURE_RATE_PER_S sustained (50/s),
+   with a burst of twice that (100), so at most 50 x T + 100 in T seconds
+   (``services.gateway.admission.lookup_cap``).
 
 Not a test: nothing here asserts a time. Others may share this machine: the load is printed.
 """
@@ -53,6 +56,7 @@ from urllib.parse import urlsplit
 
 import grpc
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from skimage import data as skimage_data
 
 from benchmarks.cpu import cpu_seconds
@@ -60,6 +64,8 @@ from benchmarks.local import local_stack, unthrottled_key
 from devstack.stack import Endpoints
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
 from ferry.types.v1 import types_pb2
+from services.gateway.admission import lookup_cap
+from services.gateway.settings import GatewaySettings
 
 MODEL = "models/efficientnet-lite0"
 
@@ -349,7 +355,7 @@ async def run(
 ) -> None:
     """The phases in order; the over-bound one once per shape of ``attackers``."""
     target = endpoints.grpc_target
-    pids = {name: endpoints.pids[name] for name in ("gateway", "envoy")}
+    pids = {name: endpoints.pids[name] for name in [*processes(endpoints, "gateway"), "envoy"]}
     key, image = await unthrottled_key(target, ["predict"]), cat_jpeg()
     async with grpc.aio.insecure_channel(target) as channel:
         bench = Bench(channel, key, image)
@@ -466,12 +472,27 @@ def print_overbound(
     )
 
 
-def _lookups(metrics_url: str) -> float:
-    """Key lookups store has answered (every code), from its request counter."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as answer:
-        text = answer.read().decode()
-    pattern = r"ferry_grpc_requests_total\{[^}]*LookupApiKey[^}]*\} ([0-9.e+]+)"
-    return sum(float(v) for v in re.findall(pattern, text))
+def processes(endpoints: Endpoints, service: str) -> list[str]:
+    """The names of ``service``'s processes: ``store``, or ``store-0``, ``store-1``, ..."""
+    return [name for name in endpoints.services if re.fullmatch(rf"{service}(-[0-9]+)?", name)]
+
+
+def failed_lookups(metrics_urls: list[str]) -> float:
+    """Key lookups every store process answered NOT_FOUND (a key it does not know), from their
+    request counters: what a wrong-key flood costs store (valid keys' lookups are not counted)."""
+    total = 0.0
+    for url in metrics_urls:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            total += sum(
+                sample.value
+                for sample in family.samples
+                if sample.name == "ferry_grpc_requests_total"
+                and sample.labels.get("method", "").endswith("/LookupApiKey")
+                and sample.labels.get("code") == "NOT_FOUND"
+            )
+    return total
 
 
 def _get(connection: http.client.HTTPConnection, key: str) -> int:
@@ -482,10 +503,18 @@ def _get(connection: http.client.HTTPConnection, key: str) -> int:
 
 
 def wrong_key_flood(endpoints: Endpoints, valid_keys: list[str], sources: int, seconds: float) -> None:
-    """Made-up keys from ``sources`` addresses (two threads each) while valid keys call once a second."""
+    """Made-up keys from ``sources`` addresses (two threads each) while valid keys call once a second.
+
+    Prints the failed lookups that reached store over the whole flood against the cap for that
+    window (``lookup_cap``: its rate times the window, plus its burst), and their rate over the
+    flood's second half, once the saved-up burst is spent, against the cap's rate.
+    """
     url = urlsplit(endpoints.http_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
-    store_metrics = f"http://127.0.0.1:{endpoints.services['store']['metrics_port']}/metrics"
+    stores = [
+        f"http://127.0.0.1:{endpoints.services[name]['metrics_port']}/metrics"
+        for name in processes(endpoints, "store")
+    ]
     deadline = time.monotonic() + seconds
     flood: Counter[int] = Counter()
     lock = threading.Lock()
@@ -498,7 +527,7 @@ def wrong_key_flood(endpoints: Endpoints, valid_keys: list[str], sources: int, s
         with lock:
             flood.update(seen)
 
-    before = _lookups(store_metrics)
+    before = failed_lookups(stores)
     started = time.monotonic()
     threads = [
         threading.Thread(target=attacker, args=(f"127.0.0.{2 + n}",), daemon=True)
@@ -508,20 +537,38 @@ def wrong_key_flood(endpoints: Endpoints, valid_keys: list[str], sources: int, s
     for thread in threads:
         thread.start()
     valid: Counter[int] = Counter()
+    half: tuple[float, float] | None = None
     for key in valid_keys:  # one never-used valid key a second, from an address of its own
         time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
         connection = http.client.HTTPConnection(host, port, timeout=30, source_address=("127.0.0.200", 0))
         valid[_get(connection, key)] += 1
+    if deadline - time.monotonic() > seconds / 2:  # the second half's start (valid keys done before)
+        time.sleep(deadline - time.monotonic() - seconds / 2)
+    if deadline - time.monotonic() > 1:
+        half = (time.monotonic(), failed_lookups(stores))
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - started
-    lookups = _lookups(store_metrics) - before
+    ended = time.monotonic()
+    failed = failed_lookups(stores)
+    elapsed = ended - started
     rate = sum(flood.values()) / elapsed
-    print(f"wrong-key flood from {sources} addresses for {elapsed:.0f} s: {dict(flood)} ({rate:.0f}/s)")
+    cap_rate, cap_burst = lookup_cap(GatewaySettings().auth_failure_rate_per_s)
     print(
-        f"  never-used valid keys from another address: {dict(valid)} (goal: all 200);"
-        f" key lookups reaching store: {lookups / elapsed:.1f}/s (documented cap 50/s)"
+        f"wrong-key flood from {sources} addresses for {elapsed:.1f} s through"
+        f" {len(processes(endpoints, 'gateway'))} gateway(s): {dict(flood)} ({rate:.0f}/s)"
     )
+    print(f"  never-used valid keys from another address: {dict(valid)} (goal: all 200)")
+    print(
+        f"  failed key lookups reaching store: {failed - before:.0f} in {elapsed:.1f} s"
+        f" = {(failed - before) / elapsed:.1f}/s; the cap for the window:"
+        f" {cap_rate:g}/s x {elapsed:.1f} s + burst {cap_burst:g} = {cap_rate * elapsed + cap_burst:.0f}"
+    )
+    if half:
+        steady = (failed - half[1]) / (ended - half[0])
+        print(
+            f"  over the second half ({ended - half[0]:.1f} s, the burst spent):"
+            f" {steady:.1f}/s against the cap's rate of {cap_rate:g}/s"
+        )
 
 
 def main() -> None:
@@ -582,7 +629,18 @@ def main() -> None:
         help="skip the open loop at --factor and the wrong-key flood (the sustainable rate stays)",
     )
     parser.add_argument(
+        "--only-flood",
+        action="store_true",
+        help="only the wrong-key flood (for --seconds, at least 6 s): no predictions",
+    )
+    parser.add_argument(
         "--flood-sources", type=int, default=15, help="source addresses of the wrong-key flood"
+    )
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="gateway processes of the stack (FERRY_GATEWAYS): the caps hold for all of them together",
     )
     parser.add_argument(
         "--tolerance",
@@ -603,25 +661,28 @@ def main() -> None:
         )
         for connections in args.attacker_connections.split(",")
     ]
-    with local_stack("ferry-bench-overload-") as endpoints:
+    with local_stack("ferry-bench-overload-", args.gateways) as endpoints:
         if args.envoy_autogroup_nice is not None:  # Envoy leads a session of its own (devstack/infra.py)
             Path(f"/proc/{endpoints.pids['envoy']}/autogroup").write_text(str(args.envoy_autogroup_nice))
             print(f"Envoy's session at autogroup nice {args.envoy_autogroup_nice}")
-        asyncio.run(
-            run(
-                endpoints,
-                args.seconds,
-                args.clients,
-                args.factor,
-                attackers,
-                not args.only_overbound,
-                args.probe_priority,
+        if not args.only_flood:
+            asyncio.run(
+                run(
+                    endpoints,
+                    args.seconds,
+                    args.clients,
+                    args.factor,
+                    attackers,
+                    not args.only_overbound,
+                    args.probe_priority,
+                )
             )
-        )
         if args.only_overbound:
             return
         valid_keys = [asyncio.run(unthrottled_key(endpoints.grpc_target, ["read"])) for _ in range(5)]
+        print(f"load (1 min) before the flood: {os.getloadavg()[0]:.2f}")
         wrong_key_flood(endpoints, valid_keys, args.flood_sources, max(args.seconds, len(valid_keys) + 1.0))
+        print(f"load (1 min) after the flood: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ class TokenBucket:
 
     def _refill(self, now: float) -> None:
         if now > self._stamp:  # a ``now`` read before the bucket was made adds nothing
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._tokens += (now - self._stamp) * self.rate
             self._stamp = now
+        self._tokens = min(self.burst, self._tokens)  # also when the burst was just lowered
 
     def take(self, now: float) -> float:
         """Takes a token; returns 0 when there was one, else the seconds until there will be."""
@@ -96,6 +97,21 @@ SUSPECT_S = 60.0
 #: The share of the global lookup budget kept for sources that sent no wrong key lately, so a
 #: wrong-key flood from many addresses cannot lock out a valid key nobody has used yet.
 CLEAN_SHARE = 0.2
+#: The global lookup budget (all sources, every gateway together) as a multiple of one source's.
+GLOBAL_FACTOR = 10.0
+#: Each lookup bucket saves up this many seconds of its rate: its burst.
+BURST_S = 2.0
+
+
+def lookup_cap(failure_rate_per_s: float) -> tuple[float, float]:
+    """The cap on lookups of unknown keys reaching store from the whole deployment: (rate, burst).
+
+    In any T seconds at most ``rate * T + burst`` such lookups reach store, however many gateways
+    and source addresses there are: the suspects' and the clean sources' buckets together refill at
+    ``rate`` and save up ``burst``, and every gateway holds 1/n of each.
+    """
+    rate = GLOBAL_FACTOR * failure_rate_per_s
+    return rate, BURST_S * rate
 
 
 class LookupTicket:
@@ -113,19 +129,22 @@ class RateLimits:
 
     Lookups of unknown keys (made-up ones, and valid ones not seen lately) are what a wrong-key
     flood costs store, so each takes a token *before* it is made, from its source address's bucket
-    (``failure_rate_per_s``) and from a global one (ten times that: the documented cap on failed
-    lookups reaching store); a lookup that finds a valid key gives its tokens back. Counting after
-    the lookup instead let every concurrent lookup pass the check (96 failed lookups/s reached
-    store against a cap of 50). The global budget is split: sources that sent a wrong key in the
-    last ``SUSPECT_S`` draw on 80 %, the others on the remaining ``CLEAN_SHARE``, so a flood
-    from many addresses spends its own share and a valid key from elsewhere still gets looked up.
+    (``failure_rate_per_s``, burst ``BURST_S`` seconds of it) and from a global one (``lookup_cap``:
+    the documented cap on failed lookups reaching store); a lookup that finds a valid key gives its
+    tokens back. Counting after the lookup instead let every concurrent lookup pass the check (96
+    failed lookups/s reached store against a cap of 50). The global budget is split: sources that
+    sent a wrong key in the last ``SUSPECT_S`` draw on 80 %, the others on the remaining
+    ``CLEAN_SHARE``, so a flood from many addresses spends its own share and a valid key from
+    elsewhere still gets looked up. Like a key's limit, every bucket here is the deployment's: this
+    gateway refills it at 1/n of its rate (and saves 1/n of its burst), n being ``gateways()``, so
+    three gateways do not let three times the cap reach store.
 
     Args:
         default_rate_per_s: the limit of a key without its own; 0 means no limit.
         default_burst: the burst of a key without its own; 0 means twice its rate.
-        failure_rate_per_s: lookups of unknown keys a second allowed per source address (and ten
-            times that from all sources together); beyond it such calls are refused without
-            asking store, so made-up keys cannot flood the database.
+        failure_rate_per_s: lookups of unknown keys a second allowed per source address (and
+            ``GLOBAL_FACTOR`` times that from all sources together), across every gateway; beyond
+            it such calls are refused without asking store, so made-up keys cannot flood the database.
     """
 
     def __init__(
@@ -143,10 +162,7 @@ class RateLimits:
         self._failures = Buckets(max_buckets, clock)
         self._suspects: OrderedDict[str, float] = OrderedDict()  # source -> last failure
         self._max_suspects = max_buckets
-        rate = 10 * failure_rate_per_s
-        now = clock()
-        self._clean = TokenBucket(CLEAN_SHARE * rate, 2 * CLEAN_SHARE * rate, now)
-        self._suspect = TokenBucket((1 - CLEAN_SHARE) * rate, 2 * (1 - CLEAN_SHARE) * rate, now)
+        self._pools = Buckets(2, clock)  # the global budget's two shares: "clean" and "suspect"
         self.gateways: Callable[[], int] = lambda: 1
         """How many gateways share each key's limit (services/gateway/peers.py); this one takes 1/n."""
 
@@ -191,8 +207,13 @@ class RateLimits:
         if self._failure_rate <= 0:
             return None
         now = self._failures.now()
-        pool = self._suspect if self._suspected(source, now) else self._clean
-        buckets = (self._failures.get(source, self._failure_rate, 2 * self._failure_rate), pool)
+        rate = self._failure_rate / self.gateways()  # this gateway's share of every bucket
+        total, burst = lookup_cap(rate)
+        share, pool = (1 - CLEAN_SHARE, "suspect") if self._suspected(source, now) else (CLEAN_SHARE, "clean")
+        buckets = (
+            self._failures.get(source, rate, BURST_S * rate),
+            self._pools.get(pool, share * total, share * burst),
+        )
         wait = max(bucket.wait(now) for bucket in buckets)
         if wait:
             raise ResourceExhausted(
@@ -210,12 +231,27 @@ class RateLimits:
         for bucket in ticket.buckets if ticket else ():
             bucket.give()
 
-    def failed(self, ticket: LookupTicket | None) -> None:
-        """The lookup found no valid key: its tokens stay spent, and its source becomes suspect."""
+    def failed(self, ticket: LookupTicket | None) -> bool:
+        """The lookup found no valid key: its tokens stay spent, and its source becomes suspect.
+
+        Returns whether the other gateways should hear of it (``suspect``): the source was not
+        suspect here, or was marked more than half of ``SUSPECT_S`` ago (their marks age too).
+        """
         if ticket is None:
-            return
-        self._suspects[ticket.source] = self._failures.now()
-        self._suspects.move_to_end(ticket.source)
+            return False
+        last = self._suspects.get(ticket.source)
+        self.suspect(ticket.source)
+        return last is None or self._failures.now() - last > SUSPECT_S / 2
+
+    def suspect(self, source: str) -> None:
+        """Counts ``source`` as suspect from now: a key it sent failed here, or at another gateway.
+
+        Every gateway has to know: each draws its clean sources' lookups from its 1/n of the clean
+        share, and a flooding address that one gateway had not yet caught would drain it there,
+        refused but never marked, while a valid key from elsewhere waited behind it.
+        """
+        self._suspects[source] = self._failures.now()
+        self._suspects.move_to_end(source)
         if len(self._suspects) > self._max_suspects:
             self._suspects.popitem(last=False)
 

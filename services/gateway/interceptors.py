@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -73,6 +73,8 @@ class AdmissionInterceptor(WrappingInterceptor):
         self.limits = RateLimits(
             settings.rate_limit_per_s, settings.rate_limit_burst, settings.auth_failure_rate_per_s
         )
+        self.tell_suspect: Callable[[str], Awaitable[None]] = _alone
+        """Names a source whose key was wrong to the other gateways (services/gateway/peers.py)."""
         self._deadlines = {
             RouteClass.PREDICT: settings.default_predict_deadline_s,
             RouteClass.JOBS: settings.default_jobs_deadline_s,
@@ -166,12 +168,17 @@ class AdmissionInterceptor(WrappingInterceptor):
             try:
                 caller = await auth.resolve(digest)
             except Unauthenticated:
-                self.limits.failed(ticket)
+                if self.limits.failed(ticket) and ticket:
+                    await self.tell_suspect(ticket.source)
                 raise
             self.limits.found(ticket)
         check_scope(caller, method, needed)
         self.limits.admit(caller)
         return caller
+
+
+async def _alone(source: str) -> None:
+    """No other gateway to tell (until the service wires NATS in)."""
 
 
 async def _within(budget_s: float, kind: RouteClass, call: Awaitable[Any]) -> Any:

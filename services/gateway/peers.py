@@ -8,6 +8,10 @@ added by an autoscaler or stopped by a rollout within about a second.
 
 While NATS is unreachable nothing is heard, and the last count is kept rather than letting each
 gateway fall back to the whole rate (which would multiply the limit during an outage).
+
+The same goes for the budget of lookups of unknown keys (services/gateway/admission.py), whose
+split between suspect and clean source addresses needs every gateway to know the suspects: a
+gateway names each new one on another subject, and the others mark it too.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ HEARTBEAT_S = 1.0
 STALE_S = 3.5
 """A gateway not heard from for this long is gone (three heartbeats missed, and a bit)."""
 _GOODBYE = b"bye"
+SUSPECTS = "ferry.gateways.suspects"
+"""Core NATS subject on which a gateway names a source address whose key lookup just failed there
+(at most one message per such lookup: the lookups themselves are capped)."""
 
 
 class LiveGateways:
@@ -45,14 +52,20 @@ class LiveGateways:
         announce: whether this gateway is one of the shares (it beats); a gateway that takes only
             uploads (the local stack's upload lane) listens without being counted, or it would
             halve every other gateway's share of each key's rate.
+        on_suspect: called with each source address another gateway names (``tell_suspect``).
     """
 
     def __init__(
-        self, nc: NatsClient, clock: Callable[[], float] = time.monotonic, announce: bool = True
+        self,
+        nc: NatsClient,
+        clock: Callable[[], float] = time.monotonic,
+        announce: bool = True,
+        on_suspect: Callable[[str], None] = lambda source: None,
     ) -> None:
         self._nc = nc
         self._clock = clock
         self._announce = announce
+        self._on_suspect = on_suspect
         self.id = uuid.uuid4().hex
         self._heard: dict[str, float] = {}
         self._count = 1
@@ -78,9 +91,17 @@ class LiveGateways:
         else:
             self._heard[peer] = self._clock()
 
-    async def _say(self, what: bytes) -> None:
+    async def _hear_suspect(self, msg: Msg) -> None:
+        if msg.reply != self.id:
+            self._on_suspect(msg.data.decode(errors="replace"))
+
+    async def tell_suspect(self, source: str) -> None:
+        """Names ``source`` to the other gateways: a key it sent was just found wrong here."""
+        await self._say(source.encode(), SUSPECTS)
+
+    async def _say(self, what: bytes, subject: str = SUBJECT) -> None:
         with contextlib.suppress(nats.errors.Error):
-            await self._nc.publish(SUBJECT, what, reply=self.id)
+            await self._nc.publish(subject, what, reply=self.id)
 
     async def _beat(self) -> None:
         while True:
@@ -89,11 +110,15 @@ class LiveGateways:
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Listens to the others and beats until ``stack`` closes, then says goodbye."""
-        sub = await self._nc.subscribe(SUBJECT, cb=self._hear)
+        subs = [
+            await self._nc.subscribe(SUBJECT, cb=self._hear),
+            await self._nc.subscribe(SUSPECTS, cb=self._hear_suspect),
+        ]
 
         async def leave() -> None:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            for sub in subs:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
             if self._announce:
                 await self._say(_GOODBYE)
 

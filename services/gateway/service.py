@@ -113,9 +113,11 @@ class GatewayService:
         nc, js = await messaging.connect(s.nats_url, "ferry-gateway", stack)
         await messaging.ensure_streams(js, s.nats_stream_replicas, s.nats_duplicate_window_s)
         log.info("connected to NATS at %s (max payload %d bytes)", s.nats_url, nc.max_payload)
-        gateways = LiveGateways(nc, announce=s.shares_rate_limits)
+        limits = self._admission.limits
+        gateways = LiveGateways(nc, announce=s.shares_rate_limits, on_suspect=limits.suspect)
         await gateways.start(stack)
-        self._admission.limits.gateways = gateways.count
+        limits.gateways = gateways.count
+        self._admission.tell_suspect = gateways.tell_suspect
 
         await asyncio.gather(
             wait_serving(inference_channel, "inference", s.inference_target, s.startup_timeout_s),

@@ -105,8 +105,11 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     rate_limit_burst: int = Field(default=0, ge=0)
     """Requests a key may make at once above its rate unless its record says; 0: twice the rate."""
     auth_failure_rate_per_s: float = Field(default=5.0, ge=0)
-    """Requests with a missing or invalid key allowed a second per source address (ten times that
-    from all sources together); beyond it they get 429 without a lookup in store. 0: no bound."""
+    """Lookups in store of keys the gateway does not know allowed a second per source address, with
+    bursts of twice that; from all sources together ten times that (bursts of twice that too):
+    the documented cap on failed lookups reaching store, at most ``10 * rate * T + 20 * rate`` in
+    any T seconds (``admission.lookup_cap``). Both hold for all gateways together (each takes 1/n).
+    Beyond them such calls get 429 without a lookup. 0: no bound."""
     shares_rate_limits: bool = True
     """Whether this gateway counts among those that split each key's rate limit (it says so on
     NATS once a second: services/gateway/peers.py). The upload lane's gateways (``ferry up``,

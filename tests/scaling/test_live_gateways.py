@@ -12,7 +12,7 @@ import pytest
 from devstack.infra import ManagedProcess, free_port, start_nats
 from services.common import messaging
 from services.common.errors import ResourceExhausted
-from services.gateway.admission import RateLimits
+from services.gateway.admission import RateLimits, lookup_cap
 from services.gateway.identity import Caller
 from services.gateway.peers import HEARTBEAT_S, LiveGateways
 
@@ -77,3 +77,58 @@ def test_each_gateway_admits_its_share_of_a_keys_rate() -> None:
             pass
     # Burst 10 / 2 gateways = 5 saved up, then 5/s for 10 s.
     assert 50 <= admitted <= 55
+
+
+def test_three_gateways_keep_one_lookup_cap_and_never_throttle_a_valid_key_from_elsewhere() -> None:
+    # A wrong-key flood from 15 addresses spread round robin over 3 gateways (as Envoy does) for
+    # 10 s, each failure named to the other gateways (as they do over NATS, below), while a
+    # never-used valid key calls from an address of its own every 100 ms: what reaches store from
+    # all three stays within the one documented cap (50/s, burst 100), not three times it, and no
+    # valid key is refused.
+    now = [0.0]
+    gateways = [RateLimits(100, 0, 5.0, clock=lambda: now[0]) for _ in range(3)]
+    for limits in gateways:
+        limits.gateways = lambda: 3
+    rate, burst = lookup_cap(5.0)
+    looked_up, valid_refused, calls = 0, 0, 0
+    for tick in range(1000):  # 10 s in steps of 10 ms, 30 made-up keys a step (3,000/s)
+        now[0] = tick / 100
+        for n in range(30):
+            calls += 1
+            limits = gateways[calls % 3]
+            try:
+                ticket = limits.reserve_lookup(f"10.3.0.{n % 15}")
+            except ResourceExhausted:
+                continue
+            looked_up += 1
+            if limits.failed(ticket) and ticket:
+                for peer in gateways:
+                    peer.suspect(ticket.source)
+        if tick % 10 == 5:
+            calls += 1
+            limits = gateways[calls % 3]
+            try:
+                limits.found(limits.reserve_lookup(f"192.0.2.{tick // 10}"))
+            except ResourceExhausted:
+                valid_refused += 1
+    assert (rate, burst) == (50.0, 100.0)
+    assert looked_up <= rate * 10 + burst
+    # The flood spends the suspects' share (80 %) in steady state: the cap is not stricter than said.
+    assert looked_up >= 0.8 * rate * 10
+    assert valid_refused == 0
+
+
+async def test_a_source_one_gateway_caught_is_suspect_at_the_others(nats_url: str) -> None:
+    async with AsyncExitStack() as stack:
+        heard: list[list[str]] = [[], [], []]
+        gateways = []
+        for n in range(3):
+            nc, _ = await messaging.connect(nats_url, "gateway", stack)
+            gateway = LiveGateways(nc, on_suspect=heard[n].append)
+            await gateway.start(stack)
+            gateways.append(gateway)
+        await gateways[0].tell_suspect("10.4.0.1")
+        async with asyncio.timeout(5):
+            while heard[1:] != [["10.4.0.1"], ["10.4.0.1"]]:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert heard[0] == []  # its own message is not news to it

@@ -268,22 +268,15 @@ def prepare_streams(url: str, replicas: int, timeout_s: float) -> None:
     import asyncio
     from contextlib import AsyncExitStack
 
-    import nats.errors
-    import nats.js.errors
-
     from services.common import messaging
 
     async def create() -> None:
         async with AsyncExitStack() as stack:
             _, js = await messaging.connect(url, "ferry-up", stack)
+            # Each waits for JetStream's election itself (messaging.until_jetstream_answers).
             async with asyncio.timeout(timeout_s):
-                while True:
-                    try:
-                        await messaging.ensure_streams(js, replicas)
-                        await messaging.open_cancelled_bucket(js, replicas)
-                        return
-                    except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
-                        await asyncio.sleep(0.5)
+                await messaging.ensure_streams(js, replicas)
+                await messaging.open_cancelled_bucket(js, replicas)
 
     asyncio.run(create())
 

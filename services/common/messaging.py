@@ -25,9 +25,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -72,6 +72,21 @@ _DAY_S = 24 * 3600.0
 #: id all the same (store keeps one row per record id; docs/jobs.md).
 DUPLICATE_WINDOW_S = 600.0
 DEAD_LETTER_DAYS = 7
+#: How long a service's start waits for JetStream to take its stream and bucket requests. A
+#: cluster answers none until its nodes have elected a meta leader, and a replicated bucket none
+#: until its own leader is elected: seconds, more on a loaded machine or while a node restarts.
+#: A request that times out once (5 s, nats-py's default) is no reason to exit.
+JETSTREAM_START_BUDGET_S = 120.0
+_START_RETRY_MAX_PAUSE_S = 2.0
+#: What JetStream answers while it cannot serve yet: no reply in time, no responder (JetStream
+#: not up on the node), or 503 (no meta leader, a stream's leader not elected).
+_NOT_YET = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+T = TypeVar("T")
 
 STREAMS = (
     StreamConfig(
@@ -184,12 +199,44 @@ async def ensure_streams(
         duplicate_window_s: how long each stream remembers message ids
             (``nats_duplicate_window_s``).
     """
-    for stream in STREAMS:
-        config = dataclasses.replace(stream, num_replicas=replicas, duplicate_window=duplicate_window_s)
+
+    async def create_or_update() -> None:
+        for stream in STREAMS:
+            config = dataclasses.replace(stream, num_replicas=replicas, duplicate_window=duplicate_window_s)
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                await js.update_stream(config)
+
+    await until_jetstream_answers(create_or_update, "creating Ferry's streams")
+
+
+async def until_jetstream_answers(
+    request: Callable[[], Awaitable[T]], what: str, budget_s: float = JETSTREAM_START_BUDGET_S
+) -> T:
+    """Runs ``request`` (idempotent) again while JetStream cannot serve yet, for up to ``budget_s``.
+
+    Raises:
+        nats.errors.TimeoutError, NoRespondersError, ServiceUnavailableError: JetStream still
+            could not serve after ``budget_s``; any other error at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    pause = 0.25
+    while True:
         try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+            return await request()
+        except _NOT_YET as err:
+            if loop.time() + pause >= deadline:
+                raise
+            log.warning(
+                "JetStream could not serve %s yet (%s); trying again for up to %.0f s more",
+                what,
+                type(err).__name__,
+                deadline - loop.time(),
+            )
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _START_RETRY_MAX_PAUSE_S)
 
 
 async def publish(
@@ -224,18 +271,22 @@ async def open_key_value(
     With ``ttl_s`` its entries expire after that many seconds; a bucket made with another TTL is
     updated to it (as ``ensure_streams`` does for the streams: the last service started sets it).
     """
-    try:
-        kv = await js.key_value(bucket)
-    except BucketNotFoundError:
+
+    async def open_or_create() -> KeyValue:
         try:
-            return await js.create_key_value(bucket=bucket, replicas=replicas, history=history, ttl=ttl_s)
-        except BadRequestError:
             kv = await js.key_value(bucket)
-    if ttl_s is not None:
-        stream = (await js.stream_info(f"KV_{bucket}")).config
-        if stream.max_age != ttl_s:
-            await js.update_stream(dataclasses.replace(stream, max_age=ttl_s))
-    return kv
+        except BucketNotFoundError:
+            try:
+                return await js.create_key_value(bucket=bucket, replicas=replicas, history=history, ttl=ttl_s)
+            except BadRequestError:
+                kv = await js.key_value(bucket)
+        if ttl_s is not None:
+            stream = (await js.stream_info(f"KV_{bucket}")).config
+            if stream.max_age != ttl_s:
+                await js.update_stream(dataclasses.replace(stream, max_age=ttl_s))
+        return kv
+
+    return await until_jetstream_answers(open_or_create, f"the bucket {bucket}")
 
 
 async def open_cancelled_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:

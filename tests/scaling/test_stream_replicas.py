@@ -17,26 +17,17 @@ from tests.scaling.cluster import LocalNatsCluster
 JETSTREAM_UP_S = 30.0
 
 
-async def ensure_when_up(js: messaging.JetStreamContext, replicas: int) -> None:
-    """ensure_streams once the cluster has elected its JetStream meta leader (a few seconds)."""
-    async with asyncio.timeout(JETSTREAM_UP_S):
-        while True:
-            try:
-                await messaging.ensure_streams(js, replicas)
-                return
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
-                await asyncio.sleep(0.5)
-
-
 def test_replicas_setting_defaults_to_one_node() -> None:
     assert NatsSettings().nats_stream_replicas == 1
     assert NatsSettings(nats_stream_replicas=3).nats_stream_replicas == 3
 
 
 async def test_every_stream_and_bucket_has_three_copies(nats_cluster: LocalNatsCluster) -> None:
+    """Asked right after the nodes start, before JetStream has a meta leader: a service's start
+    waits for it (until_jetstream_answers) rather than exiting on the first timeout."""
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_cluster.url, "test", stack)
-        await ensure_when_up(js, 3)
+        await messaging.ensure_streams(js, 3)
         bucket = await messaging.open_cancelled_bucket(js, 3)
         for config in messaging.STREAMS:
             info = await js.stream_info(str(config.name))
@@ -50,7 +41,7 @@ async def test_queued_items_survive_the_leader_killed(nats_cluster: LocalNatsClu
     """Items acknowledged by the stream are all there after its leader dies without warning."""
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_cluster.url, "test", stack)
-        await ensure_when_up(js, 3)
+        await messaging.ensure_streams(js, 3)
         subject = messaging.job_items_subject()
         for i in range(200):
             await js.publish(subject, f"item {i}".encode(), headers={"Nats-Msg-Id": f"item-{i}"})
@@ -80,7 +71,7 @@ async def test_request_ids_claimed_through_different_nodes_are_one_memory(
     request_ids with other inputs: one wins each, the other is refused (the bucket has 3 copies)."""
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_cluster.url, "test", stack)
-        await ensure_when_up(js, 3)
+        await messaging.ensure_streams(js, 3)
         gateways = []
         for node in (0, 1):
             nc, node_js = await messaging.connect(
@@ -109,3 +100,29 @@ async def test_request_ids_claimed_through_different_nodes_are_one_memory(
                 for g, inputs in zip(gateways, ("cat", "coffee"), strict=True)
             ]
             assert again == got
+
+
+async def test_buckets_opened_at_once_by_every_service_on_a_new_cluster(
+    nats_cluster: LocalNatsCluster,
+) -> None:
+    """What the scaled stack's start does: several processes, each on its own node, open the same
+    3-copy buckets at once on a cluster that has just started (CI's fresh clone once saw a gateway
+    exit on the first 5 s timeout of ``js.key_value`` there)."""
+    async with AsyncExitStack() as stack:
+        contexts = [
+            (await messaging.connect(f"nats://127.0.0.1:{port}", f"service-{node}", stack))[1]
+            for node, port in enumerate(nats_cluster.ports)
+        ]
+        buckets = await asyncio.gather(
+            *(
+                messaging.open_key_value(js, "ferry_start_race", replicas=3, ttl_s=60.0)
+                for js in contexts
+                for _ in range(2)
+            )
+        )
+        await buckets[0].put("written-through-node-0", b"1")
+        # Every opener got the same bucket: what one wrote the others read.
+        for bucket in buckets[1:]:
+            assert (await bucket.get("written-through-node-0")).value == b"1"
+        info = await contexts[2].stream_info("KV_ferry_start_race")
+        assert info.config.num_replicas == 3 and info.config.max_age == 60.0

@@ -384,13 +384,17 @@ class PullConsumer:
         """The durable consumer's config, as ``subscribe`` creates or updates it."""
         return self._config
 
-    async def subscribe(self) -> None:
+    async def subscribe(self, budget_s: float = JETSTREAM_START_BUDGET_S) -> None:
         """Creates the durable consumer, or updates it to this config, and starts listening.
 
         On an existing consumer the create is an update (nats-server 2.15 updates a durable whose
-        config differs in updatable fields), so changed limits take effect on start.
+        config differs in updatable fields), so changed limits take effect on start. A consumer of
+        a replicated stream answers once its own leader is elected: the create is tried again for
+        up to ``budget_s`` (``until_jetstream_answers``).
         """
-        await self._js.add_consumer(self._stream, self._config)
+        await until_jetstream_answers(
+            lambda: self._js.add_consumer(self._stream, self._config), f"the consumer {self.name}", budget_s
+        )
         if self._sub is None:
             self._inbox = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._arrive)
@@ -489,7 +493,7 @@ class PullConsumer:
             log.warning("pulling %s failed, retrying in %gs: %r", self._what, FETCH_ERROR_PAUSE_S, err)
             await asyncio.sleep(FETCH_ERROR_PAUSE_S)
             with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await self.subscribe()
+                await self.subscribe(budget_s=0)  # once: the loop comes back here anyway
             return []
 
     async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:

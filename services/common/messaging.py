@@ -373,6 +373,9 @@ class PullConsumer:
         self._done: asyncio.Future[None] | None = None
         self._failure: Msg | None = None
         self._arrived: list[Msg] = []
+        # Set while messages wait in _arrived: a pull request's messages keep coming after its
+        # fetch returned (its deadline passed first), and only the next fetch hands them out.
+        self._buffered = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -399,6 +402,12 @@ class PullConsumer:
             self._inbox = self._nc.new_inbox()
             self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._arrive)
 
+    async def wait_buffered(self) -> None:
+        """Returns once a message waits here for the next fetch: one that a pull request of ours
+        brought after its fetch had returned. A loop that stops fetching for a while must still
+        take those (each one's ack wait runs), so it waits on this too."""
+        await self._buffered.wait()
+
     async def close(self) -> None:
         """Stops listening, then naks what was delivered but never handed out, so it comes back now.
 
@@ -411,6 +420,7 @@ class PullConsumer:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         left, self._arrived = self._arrived, []
+        self._buffered.clear()
         for msg in left:
             with contextlib.suppress(Exception):
                 await msg.nak()
@@ -517,6 +527,8 @@ class PullConsumer:
         if not self._arrived:
             await self._pull(batch, deadline, wait=True)
         taken, self._arrived = self._arrived[:batch], self._arrived[batch:]
+        if not self._arrived:
+            self._buffered.clear()
         return taken
 
     async def _pull(self, count: int, deadline: float, wait: bool) -> None:
@@ -554,6 +566,7 @@ class PullConsumer:
         done = self._done
         if not _is_status(msg):
             self._arrived.append(msg)
+            self._buffered.set()
             if done is not None and len(self._arrived) >= self._want and not done.done():
                 done.set_result(None)
             return

@@ -44,3 +44,14 @@ def spawn(
 
     stack.push_async_callback(stop)
     return task
+
+
+async def first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Returns when the first of ``waits`` ends; the others are cancelled (and awaited)."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -121,6 +121,15 @@ UPLOAD_MAX_UNPACKED_BYTES = 1024 * MIB
 UPLOAD_MAX_COMPRESSION_RATIO = 100
 """Largest unpacked-to-packed size ratio of one zip file: photos pack about 1:1, text ~5:1; a
 file of 8 MiB of zeros packs about 1000:1 (a zip bomb's ratio)."""
+UPLOAD_ZIP_RECORDS_PER_ENTRY = 4
+"""Records a zip's directory may list per file it may hold (``upload_max_entries``): folders and an
+operating system's bookkeeping are records too (Finder adds ``__MACOSX/._<name>`` beside each file,
+and a record per folder), and they are counted before Python's zipfile reads the directory, which
+builds an object for every record (a 212 MB zip listing 4 million empty records took the upload
+lane to 2.1 GB and past its 60 s deadline)."""
+UPLOAD_MAX_ZIP_DIRECTORY_BYTES = 16 * MIB
+"""Largest directory of a zip upload (its records, their names included), which zipfile reads whole,
+about three times over, before any of it can be checked: 40,000 records of 400 bytes."""
 UPLOAD_TENANT_QUOTA_BYTES = 4096 * MIB
 """Most upload bytes (zip files unpacked, manifests as sent) a tenant may keep stored at once."""
 UPLOAD_TENANT_MAX_UPLOADS = 2_000

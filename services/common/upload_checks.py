@@ -12,13 +12,14 @@ count and its longest line, never a whole line in memory.
 from __future__ import annotations
 
 import codecs
+import lzma
 import re
+import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from services.common import limits
 from services.common.errors import InvalidArgument
@@ -29,8 +30,17 @@ JSONL = "jsonl"
 _BLOCK_BYTES = 1024 * 1024
 #: A line of only whitespace (what ``bytes.strip`` removes), its newline included.
 _BLANK_LINE = re.compile(rb"^[ \t\r\x0b\x0c]*\n", re.MULTILINE)
-#: What inflating or reading a broken zip file raises (a bad CRC is a BadZipFile).
-ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError)
+#: What inflating or reading a broken zip file raises (a bad CRC is a BadZipFile; corrupt LZMA data an
+#: LZMAError; corrupt bzip2 data a bare OSError, see ``broken``).
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -108,15 +118,110 @@ def invalid(why: str, reason: str = "INVALID_UPLOAD", **metadata: str) -> Invali
     )
 
 
-@contextmanager
-def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
-    """The spooled zip, or INVALID_UPLOAD when its directory cannot be read."""
+def open_zip(path: Path, bounds: UploadLimits) -> zipfile.ZipFile:
+    """The spooled zip, its directory's size and records counted first (``directory_records``);
+    blocking: run it in a worker thread (zipfile reads the whole directory as it opens).
+
+    Raises:
+        InvalidArgument: INVALID_UPLOAD when its directory cannot be read, UPLOAD_TOO_MANY_ENTRIES
+            when it lists too many records, or too many bytes of them.
+    """
     try:
-        archive = zipfile.ZipFile(path)
-    except (*ZIP_ERRORS, OSError) as err:
+        with path.open("rb") as spooled:
+            directory_records(spooled, bounds)
+        return zipfile.ZipFile(path)
+    except (*ZIP_ERRORS, OSError, struct.error) as err:
         raise invalid(f"the upload starts like a zip but is not a readable one ({err})") from None
-    with archive:
-        yield archive
+
+
+#: The zip records zipfile finds a directory by (APPNOTE.TXT 4.3.12-4.3.16), as zipfile reads them.
+_END = struct.Struct("<4s4H2LH")
+_END64_LOCATOR = struct.Struct("<4sLQL")
+_END64 = struct.Struct("<4sQ2H2L4Q")
+_RECORD = struct.Struct("<4s4B4HL2L5H2L")
+#: Where a directory record's name, extra field and comment lengths are (each two bytes).
+_RECORD_LENGTHS = struct.Struct("<3H")
+_RECORD_LENGTHS_AT = 28
+
+
+def directory_records(spooled: BinaryIO, bounds: UploadLimits) -> int:
+    """How many records the zip's directory lists, counted before zipfile reads it.
+
+    zipfile reads a directory whole and builds an object per record before anything of it can be
+    checked: the bytes the directory may take and the records it may list are bounded here,
+    where it is found exactly as zipfile finds it (the end record without a comment, else the
+    last one in the file's last 64 KiB, then its zip64 record). A directory that cannot be found
+    or walked is zipfile's to refuse.
+
+    Raises:
+        InvalidArgument: UPLOAD_TOO_MANY_ENTRIES, past ``UPLOAD_ZIP_RECORDS_PER_ENTRY`` records per
+            file the upload may hold, or past ``UPLOAD_MAX_ZIP_DIRECTORY_BYTES``.
+    """
+    found = _directory(spooled)
+    if found is None:
+        return 0
+    start, size = found
+    most = bounds.max_entries * limits.UPLOAD_ZIP_RECORDS_PER_ENTRY
+    if size > limits.UPLOAD_MAX_ZIP_DIRECTORY_BYTES:
+        raise _too_many_records(
+            f"the zip's directory is {size} bytes, more than the "
+            f"{limits.describe(limits.UPLOAD_MAX_ZIP_DIRECTORY_BYTES)} an upload's may be",
+            bounds,
+        )
+    spooled.seek(start)
+    directory = spooled.read(size)
+    records = at = 0
+    while at + _RECORD.size <= len(directory) and directory[at : at + 4] == b"PK\x01\x02":
+        records += 1
+        if records > most:
+            raise _too_many_records(
+                f"the zip's directory lists more than {most} records (files, folders and an operating "
+                "system's bookkeeping)",
+                bounds,
+            )
+        at += _RECORD.size + sum(_RECORD_LENGTHS.unpack_from(directory, at + _RECORD_LENGTHS_AT))
+    return records
+
+
+def _directory(spooled: BinaryIO) -> tuple[int, int] | None:
+    """Where the zip's directory starts and its size, as zipfile's ``_EndRecData`` finds them."""
+    file_size = spooled.seek(0, 2)
+    if file_size < _END.size:
+        return None
+    spooled.seek(file_size - _END.size)
+    last = spooled.read(_END.size)
+    if last[:4] == b"PK\x05\x06" and last[-2:] == b"\0\0":
+        end_at = file_size - _END.size
+    else:
+        tail_at = max(file_size - (1 << 16) - _END.size, 0)
+        spooled.seek(tail_at)
+        tail = spooled.read()
+        found = tail.rfind(b"PK\x05\x06")
+        if found < 0 or found + _END.size > len(tail):
+            return None
+        end_at = tail_at + found
+        spooled.seek(end_at)
+        last = spooled.read(_END.size)
+    size = _END.unpack(last)[5]
+    start = end_at - size
+    if end_at >= _END64_LOCATOR.size + _END64.size:
+        spooled.seek(end_at - _END64_LOCATOR.size - _END64.size)
+        end64 = spooled.read(_END64.size)
+        locator = spooled.read(_END64_LOCATOR.size)
+        if locator[:4] == b"PK\x06\x07" and end64[:4] == b"PK\x06\x06":
+            size = _END64.unpack(end64)[8]
+            start = end_at - _END64_LOCATOR.size - _END64.size - size
+    return max(start, 0), size
+
+
+def _too_many_records(what: str, bounds: UploadLimits) -> InvalidArgument:
+    return invalid(
+        f"{what}; an upload may hold at most {bounds.max_entries} files "
+        "(upload_max_entries): split it into several uploads",
+        reason="UPLOAD_TOO_MANY_ENTRIES",
+        limit="upload_max_entries",
+        max_entries=str(bounds.max_entries),
+    )
 
 
 @dataclass(frozen=True)
@@ -184,6 +289,14 @@ def zip_entries(archive: zipfile.ZipFile, bounds: UploadLimits) -> ZipFiles:
                 max_bytes=str(bounds.max_unpacked_bytes),
             )
     return ZipFiles([(Entry(i.filename, i.file_size), i) for i in infos], len(every) - len(infos))
+
+
+def broken(info: zipfile.ZipInfo, err: BaseException) -> bool:
+    """Whether ``err``, raised while ``info`` was read, says the file is broken (not the disk):
+    bz2's decompressor reports corrupt data as an OSError ("Invalid data stream"), which was a 500."""
+    return isinstance(err, ZIP_ERRORS) or (
+        type(err) is OSError and info.compress_type == zipfile.ZIP_BZIP2 and not err.errno
+    )
 
 
 def broken_entry(name: str, err: BaseException) -> InvalidArgument:

@@ -160,7 +160,9 @@ class Uploads(UploadStore):
 
     async def _store_zip(self, tenant: str, upload_id: uuid.UUID, path: Path, size: int) -> tuple[Index, int]:
         """The stored zip's index, and how many of its files were an OS's bookkeeping (not stored)."""
-        with upload_checks.open_zip(path) as archive:
+        # Off the event loop: zipfile reads the zip's whole directory as it opens.
+        archive = await asyncio.to_thread(upload_checks.open_zip, path, self._bounds)
+        with archive:
             found = await asyncio.to_thread(upload_checks.zip_entries, archive, self._bounds)
             files = found.files
             index = Index(upload_id, tenant, ZIP, size, [entry for entry, _ in files])
@@ -271,7 +273,9 @@ async def _put_file(
         with archive.open(info) as unpacking:
             # A BufferedIOBase: nats reads it chunk by chunk in a worker thread.
             await bucket.put(name, unpacking, _chunked(name))  # type: ignore[arg-type]
-    except upload_checks.ZIP_ERRORS as err:
+    except (*upload_checks.ZIP_ERRORS, OSError) as err:
+        if not upload_checks.broken(info, err):
+            raise  # the spool disk failed: a fault of ours
         raise upload_checks.broken_entry(entry.name, err) from None
 
 

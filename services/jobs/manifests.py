@@ -387,11 +387,14 @@ def _other_input(line: dict[str, Any], max_bytes: int, where: str) -> types_pb2.
     elif "payload" in line:
         if not isinstance(line["payload"], dict):
             raise _bad(where, '"payload" must be a JSON object')
-        item.payload.update(line["payload"])
+        try:
+            item.payload.update(line["payload"])
+        except OverflowError as err:  # a number past a double (10**400): JSON has no bound, a Struct has
+            raise _bad(where, f'"payload" holds a number past what a double holds ({err})') from None
     else:
         try:
             json_format.ParseDict(line["tensor"], item.tensor)
-        except (json_format.ParseError, TypeError, ValueError) as err:
+        except (json_format.ParseError, TypeError, ValueError, OverflowError) as err:
             raise _bad(where, f'"tensor" is not a ferry.types.v1.Tensor ({err})') from None
     try:
         return validation.input_item(item, max_bytes)

@@ -7,9 +7,11 @@ import asyncio
 import gc
 import io
 import json
+import struct
 import unicodedata
 import uuid
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -214,6 +216,9 @@ async def test_items_are_named_by_their_zip_file_or_what_their_manifest_line_gav
         ('{"payload": ' + "[" * 100_000 + "]" * 100_000 + "}", "NESTING_TOO_DEEP", "deeper than 32 levels"),
         ('{"payload": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}", "NESTING_TOO_DEEP", "deeper than 32 levels"),
         ('{"payload": {"n": ' + "9" * 5000 + "}}", "INVALID_MANIFEST", "not JSON that Ferry can read"),
+        # A number past a double: was an OverflowError, the job failed BACKEND_ERROR with a traceback.
+        ('{"payload": {"n": 1' + "0" * 400 + "}}", "INVALID_MANIFEST", "past what a double holds"),
+        ('{"tensor": {"shape": [1], "fp32_contents": [1' + "0" * 400 + "]}}", "INVALID_MANIFEST", "Tensor"),
         ('{"tensor": {"shape": "two"}}', "INVALID_MANIFEST", "ferry.types.v1.Tensor"),
         ('{"text": "   "}', "MISSING_TEXT", "text.content is empty"),
         ('{"text": "x", "candidate_labels": [' + ", ".join(['"l"'] * 65) + "]}", "TOO_MANY_LABELS", "64"),
@@ -243,6 +248,30 @@ async def test_a_bad_text_payload_or_tensor_line_is_refused_with_its_line_number
         assert refused.value.metadata["field"] == "manifest"  # the request's field
 
 
+def listing(records: int, name_bytes: int = 1, zip64: bool = False) -> bytes:
+    """A zip of one file whose directory lists ``records`` records of it, each under its own name
+    (an attacker's zip: 212 MB of such records listed 4 million, and zipfile built an object of each)."""
+    data = b"x"
+    crc = zlib.crc32(data)
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, crc, 1, 1, 1, 0) + b"a" + data
+    head = struct.Struct("<4s6H3L5H2L")
+    directory = b"".join(
+        head.pack(b"PK\x01\x02", 20, 20, 0, 0, 0, 0, crc, 1, 1, name_bytes, 0, 0, 0, 0, 0, 0)
+        + f"{i:0{name_bytes}d}".encode()[-name_bytes:]
+        for i in range(records)
+    )
+    counted = 0xFFFF if zip64 else min(records, 0xFFFF)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, counted, counted, len(directory), len(local), 0)
+    if not zip64:
+        return local + directory + end
+    end64_at = len(local) + len(directory)
+    end64 = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, records, records, len(directory), len(local)
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end64_at, 1)
+    return local + directory + end64 + locator + end
+
+
 def with_bytes_changed(data: bytes, find: bytes, replace: bytes) -> bytes:
     assert data.count(find) >= 1
     return data.replace(find, replace)
@@ -256,17 +285,18 @@ def stored_zip(name: str, content: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def deflated_zip(files: dict[str, bytes]) -> bytes:
+def deflated_zip(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
         for name, content in files.items():
             archive.writestr(name, content)
     return buffer.getvalue()
 
 
-def packed_data_overwritten(data: bytes) -> bytes:
-    """The zip's first file's packed bytes (after its 30-byte header and name) made garbage."""
-    start = 30 + int.from_bytes(data[26:28], "little")
+def packed_data_overwritten(data: bytes, skip: int = 0) -> bytes:
+    """The zip's first file's packed bytes (after its 30-byte header and name, and ``skip`` more)
+    made garbage."""
+    start = 30 + int.from_bytes(data[26:28], "little") + skip
     return data[:start] + b"\xff" * 8 + data[start + 8 :]
 
 
@@ -296,6 +326,18 @@ def encrypted_flag(data: bytes) -> bytes:
             "INVALID_UPLOAD",
             "cannot be read",
         ),
+        # Corrupt bzip2 and LZMA data (zipfile reads both): an OSError and an LZMAError, once a 500.
+        (
+            packed_data_overwritten(deflated_zip({"a.jpg": bytes(range(256)) * 3}, zipfile.ZIP_BZIP2)),
+            "INVALID_UPLOAD",
+            "'a.jpg' in the zip cannot be read: Invalid data stream",
+        ),
+        (
+            # Past zipfile's 9-byte LZMA header: the stream itself.
+            packed_data_overwritten(deflated_zip({"a.jpg": bytes(range(256)) * 3}, zipfile.ZIP_LZMA), 12),
+            "INVALID_UPLOAD",
+            "'a.jpg' in the zip cannot be read: Corrupt input data",
+        ),
         (encrypted_flag(zipped({"a.jpg": b"A" * 10})), "INVALID_UPLOAD", "encrypted"),
         (zipped({f"{i}.jpg": b"x" for i in range(6)}), "UPLOAD_TOO_MANY_ENTRIES", "upload_max_entries"),
         (
@@ -310,6 +352,11 @@ def encrypted_flag(data: bytes) -> bytes:
         ),
         (zipped({"big.jpg": b"b" * 1001}), "IMAGE_TOO_LARGE", "big.jpg"),
         (b"PK\x03\x04broken", "INVALID_UPLOAD", "not a readable one"),
+        # A directory listing more records than files and their folders and bookkeeping need, or
+        # more bytes of them, is refused before zipfile reads it (it built an object per record).
+        (listing(21), "UPLOAD_TOO_MANY_ENTRIES", "lists more than 20 records"),
+        (listing(21, zip64=True), "UPLOAD_TOO_MANY_ENTRIES", "lists more than 20 records"),
+        (zipped({"a.jpg": b"a", **{f"d{i}/": b"" for i in range(20)}}), "UPLOAD_TOO_MANY_ENTRIES", "records"),
         (zipped({"d/": b""}), "INVALID_UPLOAD", "no files"),
         # Said once what an upload takes (the message said it twice).
         (b"", "INVALID_UPLOAD", "the upload is empty (0 bytes); POST /v1/uploads takes"),
@@ -334,6 +381,16 @@ async def test_a_bad_or_oversized_upload_is_refused_with_a_reason_naming_the_lim
             await uploads.create("acme", pieces(data[:7], data[7:]))
         assert refused.value.reason == reason, refused.value.message
         assert words in refused.value.message, refused.value.message
+
+
+def test_a_zip_directory_past_its_byte_bound_is_refused_before_zipfile_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "names.zip"
+    path.write_bytes(listing(280, name_bytes=60_000))  # 280 names of 60,000 bytes: a 16.8 MB directory
+    bounds = UploadLimits(limits.UPLOAD_MAX_ENTRIES, 1 << 30, 100, 1 << 20)
+    with pytest.raises(InvalidArgument) as refused:
+        upload_checks.open_zip(path, bounds)
+    assert refused.value.reason == "UPLOAD_TOO_MANY_ENTRIES"
+    assert "directory is 16812880 bytes, more than the 16 MiB" in refused.value.message
 
 
 def finder_zip(files: dict[str, bytes]) -> bytes:

@@ -163,7 +163,7 @@ def directory_records(spooled: BinaryIO, bounds: UploadLimits) -> int:
     start, size = found
     most = bounds.max_entries * limits.UPLOAD_ZIP_RECORDS_PER_ENTRY
     if size > limits.UPLOAD_MAX_ZIP_DIRECTORY_BYTES:
-        raise _too_many_records(
+        raise _too_many_files(
             f"the zip's directory is {size} bytes, more than the "
             f"{limits.describe(limits.UPLOAD_MAX_ZIP_DIRECTORY_BYTES)} an upload's may be",
             bounds,
@@ -174,7 +174,7 @@ def directory_records(spooled: BinaryIO, bounds: UploadLimits) -> int:
     while at + _RECORD.size <= len(directory) and directory[at : at + 4] == b"PK\x01\x02":
         records += 1
         if records > most:
-            raise _too_many_records(
+            raise _too_many_files(
                 f"the zip's directory lists more than {most} records (files, folders and an operating "
                 "system's bookkeeping)",
                 bounds,
@@ -214,13 +214,15 @@ def _directory(spooled: BinaryIO) -> tuple[int, int] | None:
     return max(start, 0), size
 
 
-def _too_many_records(what: str, bounds: UploadLimits) -> InvalidArgument:
+def _too_many_files(what: str, bounds: UploadLimits, **metadata: str) -> InvalidArgument:
+    """UPLOAD_TOO_MANY_ENTRIES for a zip: ``what`` it holds, and the limit."""
     return invalid(
-        f"{what}; an upload may hold at most {bounds.max_entries} files "
-        "(upload_max_entries): split it into several uploads",
+        f"{what} and an upload may hold at most {bounds.max_entries} files (upload_max_entries); "
+        "split it into several uploads",
         reason="UPLOAD_TOO_MANY_ENTRIES",
         limit="upload_max_entries",
         max_entries=str(bounds.max_entries),
+        **metadata,
     )
 
 
@@ -247,14 +249,7 @@ def zip_entries(archive: zipfile.ZipFile, bounds: UploadLimits) -> ZipFiles:
         extra = " but an operating system's bookkeeping (__MACOSX/, .DS_Store, ...)" if every else ""
         raise invalid(f"the zip holds no files{extra}; put the images in it")
     if len(infos) > bounds.max_entries:
-        raise invalid(
-            f"the zip holds {len(infos)} files and an upload may hold at most {bounds.max_entries} "
-            "(upload_max_entries); split it into several uploads",
-            reason="UPLOAD_TOO_MANY_ENTRIES",
-            entries=str(len(infos)),
-            limit="upload_max_entries",
-            max_entries=str(bounds.max_entries),
-        )
+        raise _too_many_files(f"the zip holds {len(infos)} files", bounds, entries=str(len(infos)))
     total = 0
     for before, info in zip([None, *infos], infos, strict=False):
         name = info.filename

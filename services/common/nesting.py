@@ -10,6 +10,8 @@ edge, payloads, notebook parameters, manifest lines, OIP JSON inputs) is held to
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -46,21 +48,35 @@ def json_depth(value: Any, limit: int = limits.MAX_JSON_DEPTH) -> int:
     return deepest
 
 
-def struct_depth(value: struct_pb2.Struct | struct_pb2.ListValue, limit: int = limits.MAX_JSON_DEPTH) -> int:
-    """As ``json_depth``, for a protobuf Struct or ListValue (a Struct alone is 1)."""
-    deepest, stack = 0, [(value, 1)]
+Container = struct_pb2.Struct | struct_pb2.ListValue
+
+
+def _values(node: Container) -> Iterable[struct_pb2.Value]:
+    return node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
+
+
+def _containers(value: Container) -> Iterator[tuple[Container, int]]:
+    """Every Struct and ListValue in ``value`` with its depth (``value`` itself is 1), without
+    recursion; stop iterating to stop the walk."""
+    stack: list[tuple[Container, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        items = node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
-        for item in items:
+        yield node, depth
+        for item in _values(node):
             kind = item.WhichOneof("kind")
             if kind == "struct_value":
                 stack.append((item.struct_value, depth + 1))
             elif kind == "list_value":
                 stack.append((item.list_value, depth + 1))
+
+
+def struct_depth(value: Container, limit: int = limits.MAX_JSON_DEPTH) -> int:
+    """As ``json_depth``, for a protobuf Struct or ListValue (a Struct alone is 1)."""
+    deepest = 0
+    for _, depth in _containers(value):
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
     return deepest
 
 
@@ -126,10 +142,29 @@ def too_deep(where: str, limit: int = limits.MAX_JSON_DEPTH) -> InvalidArgument:
 
 
 def check_struct(value: struct_pb2.Struct | None, where: str, limit: int = limits.MAX_JSON_DEPTH) -> None:
-    """Refuses a Struct (a payload, notebook parameters) nested past ``limit``.
+    """Refuses a Struct (a payload, notebook parameters) nested past ``limit``, or holding a number
+    JSON cannot spell (NaN, infinity: protobuf carries them, and every JSON encoder of it raises).
 
     Raises:
-        InvalidArgument: NESTING_TOO_DEEP.
+        InvalidArgument: NESTING_TOO_DEEP, or INVALID_INPUT for NaN or infinity.
     """
-    if value is not None and struct_depth(value, limit) > limit:
+    if value is None:
+        return
+    if struct_depth(value, limit) > limit:
         raise too_deep(where, limit)
+    if not _finite(value):
+        raise InvalidArgument(
+            f"{where} holds NaN or infinity, which JSON cannot carry; send finite numbers",
+            reason="INVALID_INPUT",
+            metadata={"field": where},
+        )
+
+
+def _finite(value: struct_pb2.Struct) -> bool:
+    """Whether every number in ``value`` is finite (after the depth check: this walks all of it)."""
+    return all(
+        math.isfinite(item.number_value)
+        for node, _ in _containers(value)
+        for item in _values(node)
+        if item.WhichOneof("kind") == "number_value"
+    )

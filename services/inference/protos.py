@@ -25,7 +25,7 @@ def model_input(item: types_pb2.Input) -> ModelInput:
 
     Raises:
         InvalidInput: No input kind set, a tensor whose datatype, shape and contents disagree,
-            or one holding NaN or infinity.
+            or a tensor or payload holding NaN or infinity.
     """
     kind = item.WhichOneof("kind")
     if kind == IMAGE:
@@ -33,7 +33,10 @@ def model_input(item: types_pb2.Input) -> ModelInput:
     if kind == TEXT:
         return ModelInput(TEXT, text=item.text.content, candidate_labels=tuple(item.text.candidate_labels))
     if kind == PAYLOAD:
-        return ModelInput(PAYLOAD, payload=struct_to_dict(item.payload))
+        try:
+            return ModelInput(PAYLOAD, payload=struct_to_dict(item.payload))
+        except ValueError:  # NaN or infinity, which JSON cannot spell: it was a 500
+            raise InvalidInput("its payload holds NaN or infinity; send finite numbers") from None
     if kind == TENSOR:
         array = tensor_array(item.tensor)
         if not np.isfinite(array).all():  # a model only spreads them: NaN scores, invalid JSON

@@ -218,6 +218,7 @@ async def test_items_are_named_by_their_zip_file_or_what_their_manifest_line_gav
         ('{"payload": {"n": ' + "9" * 5000 + "}}", "INVALID_MANIFEST", "not JSON that Ferry can read"),
         # A number past a double: was an OverflowError, the job failed BACKEND_ERROR with a traceback.
         ('{"payload": {"n": 1' + "0" * 400 + "}}", "INVALID_MANIFEST", "past what a double holds"),
+        ('{"payload": {"n": [1, 1e999]}}', "INVALID_INPUT", "NaN or infinity"),  # was retried 5 min, a 500
         ('{"tensor": {"shape": [1], "fp32_contents": [1' + "0" * 400 + "]}}", "INVALID_MANIFEST", "Tensor"),
         ('{"tensor": {"shape": "two"}}', "INVALID_MANIFEST", "ferry.types.v1.Tensor"),
         ('{"text": "   "}', "MISSING_TEXT", "text.content is empty"),

@@ -73,6 +73,16 @@ def test_a_tensor_holding_nan_or_infinity_is_invalid_input(value: float) -> None
     assert protos.model_input(types_pb2.Input(tensor=finite)).tensor is not None
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_payload_holding_nan_or_infinity_is_invalid_input(value: float) -> None:
+    # JSON cannot spell them, so turning the payload into the model's JSON object raised ValueError:
+    # a native gRPC Predict was a 500, and a job item was retried for 5 minutes, then failed.
+    item = types_pb2.Input()
+    item.payload.update({"scores": [0.5, {"deep": value}]})
+    with pytest.raises(InvalidInput, match="NaN or infinity"):
+        protos.model_input(item)
+
+
 async def test_a_lone_request_on_an_idle_model_is_decoded_in_the_batch_thread(
     inference: RunningInference, cat_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

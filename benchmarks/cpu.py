@@ -72,6 +72,33 @@ def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
     return {name: used.get(pid, 0.0) + sum(used[c] for c in parents[pid]) for name, pid in pids.items()}
 
 
+def sched_seconds(pid: int | str = "self") -> tuple[float, float]:
+    """(seconds on a CPU, seconds ready but waiting for one) of a process's live threads so far,
+    from the scheduler's own accounting (``/proc/<pid>/task/*/schedstat``); (0, 0) once it is gone.
+
+    The wait is the time its threads were runnable and on a run queue: what CPU contention costs it.
+    """
+    on_cpu = waiting = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0, 0.0
+    for task in tasks:
+        try:
+            ran, waited, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        on_cpu, waiting = on_cpu + int(ran), waiting + int(waited)
+    return on_cpu / 1e9, waiting / 1e9
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine spent so far, every core (``/proc/stat``: neither
+    idle nor iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICKS
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process alone (its threads; not its children)."""
     times = os.times()

@@ -30,6 +30,12 @@ Then two attacks on the front door (issue 17), in the same run:
    with a burst of twice that (100), so at most 50 x T + 100 in T seconds
    (``services.gateway.admission.lookup_cap``).
 
+For each over-bound phase it prints where the machine's CPU went (each process's cores busy,
+and how many of its threads waited for a core on average: the scheduler's own accounting, which
+tells work from waiting), and predictions per second of inference's CPU against the same in the
+sustainable phase just before. ``--envoy-autogroup-nice -10,0 --rounds 2`` alternates Envoy's
+priority in one stack (A B A B), the sustainable rate measured again before each phase.
+
 Not a test: nothing here asserts a time. Others may share this machine: the load is printed.
 """
 
@@ -39,6 +45,7 @@ import argparse
 import asyncio
 import http.client
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -49,7 +56,7 @@ import time
 import urllib.request
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -59,7 +66,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from skimage import data as skimage_data
 
-from benchmarks.cpu import cpu_seconds
+from benchmarks.cpu import cpu_seconds, machine_busy_seconds, sched_seconds
 from benchmarks.local import local_stack, unthrottled_key
 from devstack.stack import Endpoints
 from ferry.models.v1 import model_service_pb2, model_service_pb2_grpc
@@ -180,12 +187,14 @@ class Bench:
 
 @dataclass
 class Attack:
-    """What one attacking process saw: predictions done, each 429's latency, its own CPU seconds."""
+    """What one attacking process saw: predictions done, each 429's latency, its own CPU seconds
+    and the seconds its threads waited for a core (``sched_seconds``)."""
 
     done: int
     refused: list[float]
     cpu_s: float
     outcomes: dict[str, int]
+    wait_s: float = 0.0
 
 
 def lower_priority(niceness: int, own_session: bool) -> None:
@@ -212,7 +221,7 @@ def attack(target: str, key: str, image: bytes, shape: Attackers, clients: int, 
     over ``shape.connections`` HTTP/2 connections (each its own gRPC channel)."""
     lower_priority(shape.niceness, shape.own_session)
     connections = shape.connections or clients
-    started = time.process_time()
+    started, waited = time.process_time(), sched_seconds()[1]
 
     async def main() -> tuple[int, list[float]]:
         # A local subchannel pool: channels to one target would otherwise share one connection.
@@ -232,7 +241,12 @@ def attack(target: str, key: str, image: bytes, shape: Attackers, clients: int, 
 
     outcomes: Counter[str] = Counter()
     done, refused = asyncio.run(main())
-    return Attack(done, refused, time.process_time() - started, dict(outcomes))
+    return Attack(done, refused, time.process_time() - started, dict(outcomes), sched_seconds()[1] - waited)
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """The nice of the session (autogroup) ``pid`` leads: below 0 needs CAP_SYS_NICE."""
+    Path(f"/proc/{pid}/autogroup").write_text(str(nice))
 
 
 #: The probe's autogroup nice with ``--probe-priority``: ahead of every other session's processes.
@@ -266,6 +280,12 @@ class Overbound:
     attackers_cpu_s: float
     outcomes: dict[str, int]
     probe: list[tuple[str, float]]
+    attackers_wait_s: float = 0.0
+    elapsed_s: float = 0.0
+    sched: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Each watched process's (CPU, wait for a core) seconds over ``elapsed_s`` (``sched_seconds``)."""
+    busy_s: float = 0.0
+    """CPU seconds the whole machine spent over ``elapsed_s``."""
 
 
 async def overbound(
@@ -276,6 +296,7 @@ async def overbound(
     attackers: Attackers,
     seconds: float,
     probe_priority: bool = False,
+    watched: dict[str, int] | None = None,
 ) -> Overbound:
     """``attackers.clients`` closed-loop attackers, which send again as soon as they are answered,
     for ``seconds``; meanwhile (after they are under way) a probe sends a call every 20 ms: here,
@@ -294,6 +315,8 @@ async def overbound(
         )
         clients = attackers.clients
         share = [clients // processes + (n < clients % processes) for n in range(processes)]
+        watched = watched or {}
+        sched, busy = {name: sched_seconds(pid) for name, pid in watched.items()}, machine_busy_seconds()
         started = time.perf_counter()
         attacks = [
             loop.run_in_executor(pool, attack, target, key, image, attackers, n, seconds) for n in share
@@ -305,12 +328,18 @@ async def overbound(
             probe = await bench.probe(min(3.0, seconds / 4), seconds / 2, 0.02)
         results = await asyncio.gather(*attacks)
         elapsed = time.perf_counter() - started
+        busy = machine_busy_seconds() - busy
+        sched = {name: since_then(sched_seconds(pid), sched[name]) for name, pid in watched.items()}
     return Overbound(
         goodput=sum(a.done for a in results) / elapsed,
         refused=[s for a in results for s in a.refused],
         attackers_cpu_s=sum(a.cpu_s for a in results),
         outcomes=dict(sum((Counter(a.outcomes) for a in results), Counter())),
         probe=probe,
+        attackers_wait_s=sum(a.wait_s for a in results),
+        elapsed_s=elapsed,
+        sched=sched,
+        busy_s=busy,
     )
 
 
@@ -352,8 +381,11 @@ async def run(
     attackers: list[Attackers],
     open_loop: bool = True,
     probe_priority: bool = False,
+    envoy_nices: list[int] | None = None,
+    rounds: int = 1,
 ) -> None:
-    """The phases in order; the over-bound one once per shape of ``attackers``."""
+    """The phases in order; the over-bound one ``rounds`` times, each time once per Envoy autogroup
+    nice of ``envoy_nices`` (None: left as started) and, inside that, per shape of ``attackers``."""
     target = endpoints.grpc_target
     pids = {name: endpoints.pids[name] for name in [*processes(endpoints, "gateway"), "envoy"]}
     key, image = await unthrottled_key(target, ["predict"]), cat_jpeg()
@@ -381,12 +413,36 @@ async def run(
                 await asyncio.gather(*(c.close() for c in channels))
             print_open_loop(arrivals, factor, rate, seconds, p99_unloaded)
             await asyncio.sleep(2)
-        for shape in attackers:
+        watched = {**pids, "inference": endpoints.pids["inference"], "the benchmark (probe)": os.getpid()}
+        nices: list[int | None] = [*envoy_nices] if envoy_nices else [None]
+        per_core = 0.0  # predictions per second of inference's CPU, in the last sustainable phase
+        for round_, nice, shape in itertools.product(range(rounds), nices, attackers):
+            if nice is not None:  # Envoy leads a session of its own (devstack/infra.py)
+                set_autogroup_nice(endpoints.pids["envoy"], nice)
+                print(f"round {round_ + 1}: Envoy's session at autogroup nice {nice}")
+            if rounds > 1 or len(nices) > 1:  # the same minutes' sustainable rate: others' load moves it
+                inference_before = sched_seconds(endpoints.pids["inference"])[0]
+                started = time.perf_counter()
+                rate = await bench.sustainable(clients, seconds / 2)
+                busy = (sched_seconds(endpoints.pids["inference"])[0] - inference_before) / (
+                    time.perf_counter() - started
+                )
+                per_core = rate / busy if busy else 0.0
+                print(f"  sustainable just before: {rate:.1f} predictions/s (inference {busy:.2f} cores)")
+                await asyncio.sleep(2)
             before, since, load = cpu_seconds(pids), time.time(), os.getloadavg()[0]
-            over = await overbound(bench, target, key, image, shape, seconds, probe_priority)
+            over = await overbound(bench, target, key, image, shape, seconds, probe_priority, watched)
             spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
             at_edge = envoy_refusals_ms(Path(endpoints.logs_dir) / "envoy.log", since, time.time())
             print_overbound(over, shape, seconds, rate, spent, at_edge, probe_priority)
+            print_cores(over)
+            if per_core and (inference := over.sched["inference"][0]):
+                done = over.goodput * over.elapsed_s
+                print(
+                    f"  predictions per second of inference's CPU: {done / inference:.1f}, unloaded"
+                    f" {per_core:.1f} ({done / inference / per_core:.2f}x): what goodput lost beyond"
+                    " that is inference's share of the cores"
+                )
             print(f"  load (1 min) {load:.2f} -> {os.getloadavg()[0]:.2f}")
             await asyncio.sleep(2)  # the admitted calls drain
     print(f"load (1 min) after: {os.getloadavg()[0]:.2f}")
@@ -469,6 +525,24 @@ def print_overbound(
     print(
         f"  CPU per call ({calls / seconds:.0f} calls/s, admitted and refused; robust to the load): "
         + ", ".join(f"{name} {1000 * used / calls:.3f} ms" for name, used in spent.items())
+    )
+
+
+def since_then(now: tuple[float, float], then: tuple[float, float]) -> tuple[float, float]:
+    """(CPU, wait) seconds between two ``sched_seconds`` readings."""
+    return now[0] - then[0], now[1] - then[1]
+
+
+def print_cores(over: Overbound) -> None:
+    """Where the machine's CPU went during the over-bound phase, and who waited for a core."""
+    elapsed, busy = over.elapsed_s or 1.0, over.busy_s
+    rows = {**over.sched, "attackers": (over.attackers_cpu_s, over.attackers_wait_s)}
+    rest = busy - sum(cpu for cpu, _ in rows.values())
+    each = ", ".join(f"{name} {cpu / elapsed:.2f} / {w / elapsed:.2f}" for name, (cpu, w) in rows.items())
+    print(
+        f"  cores busy / threads waiting for a core, on average over {elapsed:.1f} s"
+        f" (scheduler's accounting; {os.cpu_count()} cores, all of them {busy / elapsed:.2f} busy): "
+        f"{each}, everything else on the machine {rest / elapsed:.2f}"
     )
 
 
@@ -617,11 +691,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--envoy-autogroup-nice",
-        type=int,
-        default=None,
+        default="",
         help="Envoy's session (autogroup) at this nice, against the stack's other processes (each"
         " an equal group by default; below 0 needs CAP_SYS_NICE): what Envoy's priority trades"
-        " between fast refusals and goodput",
+        " between fast refusals and goodput. Comma-separated: the over-bound phase runs at each in"
+        " turn (for example 0,-10), --rounds times, alternated in one stack",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times the over-bound phase's shapes run, alternated"
     )
     parser.add_argument(
         "--only-overbound",
@@ -662,9 +739,8 @@ def main() -> None:
         for connections in args.attacker_connections.split(",")
     ]
     with local_stack("ferry-bench-overload-", args.gateways) as endpoints:
-        if args.envoy_autogroup_nice is not None:  # Envoy leads a session of its own (devstack/infra.py)
-            Path(f"/proc/{endpoints.pids['envoy']}/autogroup").write_text(str(args.envoy_autogroup_nice))
-            print(f"Envoy's session at autogroup nice {args.envoy_autogroup_nice}")
+        group = Path(f"/proc/{endpoints.pids['envoy']}/autogroup")
+        print(f"Envoy's session as started: {group.read_text().strip() if group.exists() else '-'}")
         if not args.only_flood:
             asyncio.run(
                 run(
@@ -675,6 +751,8 @@ def main() -> None:
                     attackers,
                     not args.only_overbound,
                     args.probe_priority,
+                    [int(n) for n in args.envoy_autogroup_nice.split(",") if n.strip()],
+                    args.rounds,
                 )
             )
         if args.only_overbound:

@@ -114,6 +114,19 @@ def lower_priority(pid: int, niceness: int) -> None:
         Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
 
 
+def raise_priority(pid: int, niceness: int) -> bool:
+    """Puts ``pid``'s CPU ahead of other processes' by ``niceness``: its session's autogroup nice
+    and its own at ``-niceness`` (see ``lower_priority``). Needs CAP_SYS_NICE (root); returns
+    whether it held (False: the process keeps nice 0, and the caller says so)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, -niceness)
+    except PermissionError:
+        return False
+    with contextlib.suppress(OSError):  # no autogroups here: the process's nice is what counts
+        Path(f"/proc/{pid}/autogroup").write_text(str(-niceness))
+    return True
+
+
 @dataclass
 class ManagedProcess:
     """A child process whose output goes to a log file."""
@@ -136,7 +149,8 @@ class ManagedProcess:
         idle_group: CpuIdle = "off",
     ) -> ManagedProcess:
         """Starts ``argv`` with its output appended to ``log_dir/<name>.log``; ``niceness`` > 0: its
-        CPU comes after the other processes' (``lower_priority``); ``idle_group`` ``auto``: the
+        CPU comes after the other processes' (``lower_priority``), < 0: before them where this
+        process may say so (``raise_priority``; a warning where it may not); ``idle_group`` ``auto``: the
         whole process runs in the machine's ``cpu.idle`` cgroup where it can
         (``services.common.cpu_idle``: below every other group, where a nice only weighs less)."""
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +167,8 @@ class ManagedProcess:
         )
         if niceness > 0:
             lower_priority(popen.pid, niceness)
+        elif niceness < 0 and not raise_priority(popen.pid, -niceness):
+            print(f"{name}: at nice 0, not {niceness}: a higher priority needs CAP_SYS_NICE", file=sys.stderr)
         cpu_idle.join_process(popen.pid, idle_group)  # before it starts a thread: all start there
         return cls(name, popen, log_path, log_file, log_offset)
 

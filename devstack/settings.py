@@ -49,6 +49,14 @@ class StackSettings(BaseSettings):
     """How far behind the other processes inference's CPU comes (``devstack.infra.lower_priority``:
     its session's autogroup nice and its own): on a machine where the model shares cores with the
     front door, Envoy and the gateways then run first. 0: an equal share."""
+    envoy_niceness: int = Field(default=-10, ge=-20, le=19, validation_alias="FERRY_ENVOY_NICENESS")
+    """Envoy's CPU priority against the stack's other processes (its session's autogroup nice and
+    its own, ``devstack.infra.raise_priority``). Below 0 (the default, -10: about 9 times the
+    kernel's weight of a process at 0) Envoy's work comes first when the cores are busy: it is
+    little (routing, and each over-bound call's 429, which Envoy answers itself), and at an equal
+    share an over-bound call's 429 waited 39-82 ms for Envoy to get a core behind the model's
+    threads, 2-3 ms at -10 (docs/benchmarks.md, session 9). Below 0 needs CAP_SYS_NICE (root);
+    without it Envoy runs at 0, with a warning. 0: an equal share."""
     inference_job_lane: int = Field(default=0, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
     """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own
     scheduling group at nice ``inference_job_lane_niceness`` (``devstack.infra.lower_priority``), while

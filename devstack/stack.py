@@ -343,7 +343,7 @@ class LocalStack:
         ]
         return Program(
             "envoy",
-            partial(ManagedProcess.start, "envoy", argv, self.logs_dir),
+            partial(ManagedProcess.start, "envoy", argv, self.logs_dir, niceness=s.envoy_niceness),
             partial(envoy_ready, admin_url),
             self.logs_dir / "envoy.log",
         )

@@ -234,3 +234,17 @@ def test_stopping_the_stack_stops_a_groups_processes_together_without_their_shut
         assert "others stopping too" in log, log  # each was told before the other had exited
         assert "leaving: NOT_SERVING" not in log, log
         assert "shutting down: draining" in log, log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a higher priority needs CAP_SYS_NICE")
+def test_a_negative_niceness_puts_the_process_ahead_of_other_sessions(tmp_path: Path) -> None:
+    # FERRY_ENVOY_NICENESS: Envoy's session group weighs more than the others', so an over-bound
+    # call's 429 does not wait for a core behind the model's threads.
+    process = ManagedProcess.start("edge", ["sleep", "30"], tmp_path, niceness=-10)
+    try:
+        autogroup = Path(f"/proc/{process.pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == "-10"
+        assert os.getpriority(os.PRIO_PROCESS, process.pid) == -10
+    finally:
+        process.stop()

@@ -54,8 +54,8 @@ class StackSettings(BaseSettings):
     its own, ``devstack.infra.raise_priority``). Below 0 (the default, -10: about 9 times the
     kernel's weight of a process at 0) Envoy's work comes first when the cores are busy: it is
     little (routing, and each over-bound call's 429, which Envoy answers itself), and at an equal
-    share an over-bound call's 429 waited 39-82 ms for Envoy to get a core behind the model's
-    threads, 2-3 ms at -10 (docs/benchmarks.md, session 9). Below 0 needs CAP_SYS_NICE (root);
+    share an over-bound call's 429 spent nearly all its time waiting for Envoy to get a core behind
+    the model's threads (docs/benchmarks.md, session 9). Below 0 needs CAP_SYS_NICE (root);
     without it Envoy runs at 0, with a warning. 0: an equal share."""
     inference_job_lane: int = Field(default=0, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
     """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own

@@ -30,6 +30,12 @@ def settings_message(err: ValidationError, settings: type[BaseSettings]) -> str:
     prefix = str(settings.model_config.get("env_prefix") or "")
     wrong = []
     for error in err.errors():
+        if not error["loc"]:
+            # A check across settings (a bound from services/common/limits.py) has no field of its
+            # own: its message names the variable already, and its input is every setting given,
+            # which printed as "FERRY_GATEWAY_={'max_top_k': '5000'}: Value error, ...".
+            wrong.append(str(error.get("ctx", {}).get("error") or error["msg"]))
+            continue
         name = prefix + "_".join(str(part) for part in error["loc"]).upper()
         wrong.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return "; ".join(wrong)

@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
             "FERRY_JOBS_CANCEL_CACHE_S='-1': Input should be",
         ),
         (
+            # A bound checked across settings (limits.py) names its variable, not "FERRY_GATEWAY_={...}".
+            "services.gateway",
+            {"FERRY_GATEWAY_MAX_TOP_K": "5000"},
+            "ferry-gateway: configuration error: FERRY_GATEWAY_MAX_TOP_K is 5000; it may be at most",
+        ),
+        (
             "services.inference",
             {"FERRY_INFERENCE_MODELS": "resnet"},
             "ferry-inference: configuration error: unknown model 'resnet' in FERRY_INFERENCE_MODELS",

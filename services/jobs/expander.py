@@ -62,7 +62,15 @@ _RETRY_DELAY_S = 5.0
 
 
 class Cancelled(Exception):
-    """The job was cancelled while it expanded: stop, queue nothing more."""
+    """The job was cancelled while it expanded: stop, queue nothing more.
+
+    Attributes:
+        published: items queued before the cancel was seen (they may still run and be counted).
+    """
+
+    def __init__(self, published: int) -> None:
+        super().__init__(published)
+        self.published = published
 
 
 class Expander:
@@ -139,11 +147,11 @@ class Expander:
                     log.info(
                         "job %s: %d items queued from %s", request.job_id, event.items_total, request.manifest
                     )
-                except Cancelled:
+                except Cancelled as cancelled:
+                    # The items already queued may run before their runner sees the cancel: store
+                    # keeps the job CANCELLED and takes this total, so its counts read "n of total".
                     log.info("job %s was cancelled while it expanded; stopped", request.job_id)
-                    self._heartbeat.untrack(msg)
-                    await msg.ack()
-                    return
+                    event.items_total = cancelled.published
                 except FerryError as err:
                     log.info("job %s: manifest refused: %s", request.job_id, err.message)
                     event.error.CopyFrom(err.to_status())
@@ -180,9 +188,12 @@ class Expander:
         fetcher = fetcher_for(self._s, int(request.max_image_bytes))
         reported = time.monotonic()
 
+        published = 0
+
         async def progress(done: int) -> None:
             nonlocal reported
-            await self._stop_if_cancelled(request)
+            if await self._cancelled.is_cancelled(uuid.UUID(request.job_id)):
+                raise Cancelled(published)
             if time.monotonic() - reported >= self._s.expansion_progress_s:
                 reported = time.monotonic()
                 alive = events_pb2.JobExpansionEvent(
@@ -198,7 +209,6 @@ class Expander:
             top_k=request.top_k,
             priority=request.priority,
         )
-        published = 0
         chunk = self._s.expansion_chunk
         async for inputs, names in manifests.chunks(self._uploads, request, fetcher, chunk, progress):
             # The job queue's publishing, msg ids "{job_id}:{index}": a redelivered expansion
@@ -219,10 +229,6 @@ class Expander:
             f"{event.job_id}:expansion:{what}",
             self._s.publish_timeout_s,
         )
-
-    async def _stop_if_cancelled(self, request: events_pb2.JobExpansion) -> None:
-        if await self._cancelled.is_cancelled(uuid.UUID(request.job_id)):
-            raise Cancelled
 
 
 def _expansion_fault(request: events_pb2.JobExpansion) -> FerryError:

@@ -3,7 +3,8 @@
 The jobs service expands a manifest away from the API (``services/jobs/expander.py``) and reports
 on ``ferry.jobs.events.expansion``: lines read so far (the job's stall clock starts again), the
 items_total once every item is queued (the job leaves EXPANDING), or the error that failed it.
-Each applies only to a job still EXPANDING, so a redelivered or late event changes nothing; an
+Each applies only to a job still EXPANDING (or, for the total, one cancelled while it expanded),
+so a redelivered or late event changes nothing; an
 event is acked after its transaction commits, naked while Postgres is unreachable.
 """
 

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from ferry.events.v1 import events_pb2
 from services.common import messaging
 from services.common.errors import error_from_status
-from services.jobs.expander import Expander
+from services.jobs.expander import Cancelled, Expander
 from tests.jobs.conftest import WAIT_S, Harness
 
 
@@ -56,5 +56,37 @@ async def test_a_fault_while_expanding_fails_the_job_with_a_reason_and_is_not_re
         await asyncio.sleep(1.0)  # handed back, it would have been taken again by now, many times
         assert attempts == [job_id]
         assert events.empty()
+    finally:
+        await listener.close()
+
+
+async def test_an_expansion_cancelled_midway_reports_the_items_it_had_queued(
+    harness: Harness, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items queued before the cancel was seen may still run and be counted: store gets their total
+    (it used to hear nothing, and a cancelled job read "30 succeeded of 0")."""
+    job_id = str(uuid.uuid4())
+
+    async def cancelled_after_a_chunk(self: Expander, request: events_pb2.JobExpansion) -> int:
+        raise Cancelled(256)
+
+    monkeypatch.setattr(Expander, "expand", cancelled_after_a_chunk)
+    events: asyncio.Queue[events_pb2.JobExpansionEvent] = asyncio.Queue()
+
+    async def heard(msg: Msg) -> None:
+        event = events_pb2.JobExpansionEvent.FromString(msg.data)
+        if event.job_id == job_id:
+            await events.put(event)
+
+    listener = await nats.connect(nats_url)
+    await listener.subscribe(messaging.EXPANSION_EVENTS_SUBJECT, cb=heard)
+    try:
+        await harness.start_runner()
+        request = events_pb2.JobExpansion(
+            tenant="tenant-a", job_id=job_id, model="efficientnet-lite0", manifest="uploads/x"
+        )
+        await harness.js.publish(messaging.EXPANSIONS_SUBJECT, request.SerializeToString())
+        event = await asyncio.wait_for(events.get(), WAIT_S)
+        assert (event.WhichOneof("outcome"), event.items_total) == ("items_total", 256), event
     finally:
         await listener.close()

@@ -92,8 +92,13 @@ async def test_a_cancelled_expansion_stays_cancelled(store: Stub, pool: asyncpg.
     job_id = await create_expanding(store)
     answer = await store.CancelJob(pb.CancelJobRequest(tenant=TENANT, id=str(job_id)))
     assert answer.job.state == job_pb2.JOB_STATE_CANCELLED
+    await record(pool, job_id, 0, 1)  # queued before the cancel was seen: they still ran
     await apply(pool, expanded(job_id, 5))
-    assert (await get_job(store, job_id)).state == job_pb2.JOB_STATE_CANCELLED
+    job = await get_job(store, job_id)
+    # It keeps the total of what was queued: "2 of 5, cancelled", not "2 of 0".
+    assert (job.state, job.items_total, job.items_succeeded) == (job_pb2.JOB_STATE_CANCELLED, 5, 2)
+    await apply(pool, expanded(job_id, 99))  # a redelivered or late event changes nothing
+    assert (await get_job(store, job_id)).items_total == 5
 
 
 async def test_only_an_expansion_that_stopped_reporting_is_failed_as_stalled(

@@ -163,16 +163,22 @@ async def finish_expansion(
     """Sets an EXPANDING job's items_total and moves it on: QUEUED if none of its items was
     counted yet, else as its counts say (items may finish before the last chunk is read).
 
-    Returns the job, or None when it was not EXPANDING (cancelled meanwhile, failed as stalled,
-    or this is a redelivered event): nothing changes then.
+    A job cancelled while it expanded stays CANCELLED but gets the total of the items queued
+    before the expansion saw the cancel: those already at a runner still run and are counted, and
+    without it the job read "30 succeeded of 0".
+
+    Returns the job, or None when it was neither (failed as stalled, or this is a redelivered
+    event): nothing changes then.
     """
     return await connection.fetchrow(
         f"""
         UPDATE jobs SET items_total = $3, update_time = now(), state = CASE
+                WHEN state = {_CANCELLED} THEN state
                 WHEN items_succeeded + items_failed = 0 AND $3 > 0 THEN {_QUEUED}
                 ELSE {_state_by_counts("items_succeeded", "items_failed", "$3")}
             END
-        WHERE id = $1 AND tenant = $2 AND state = {_EXPANDING}
+        WHERE id = $1 AND tenant = $2
+            AND (state = {_EXPANDING} OR (state = {_CANCELLED} AND items_total = 0))
         RETURNING *
         """,
         job_id,

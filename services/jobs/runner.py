@@ -35,7 +35,7 @@ from services.common.failpoints import failpoint
 from services.common.readiness import Readiness
 from services.common.tracing import extract_context
 from services.jobs.cancellation import CancelledJobs
-from services.jobs.claims import ClaimChecks, ClaimError
+from services.jobs.claims import ClaimChecks, ClaimError, InputBudget
 from services.jobs.heartbeat import Heartbeat
 from services.jobs.lanes import Room
 from services.jobs.metrics import BATCH_SIZE, ITEM_LATENCY, ITEM_SECONDS, ITEMS
@@ -189,6 +189,7 @@ class Runner:
         self._backoff = Backoff(settings.backoff_base_s, settings.backoff_max_s, settings.retry_budget_s)
         self._heartbeat = Heartbeat(settings.ack_wait_s)
         self._claims = ClaimChecks(js, settings.publish_timeout_s)
+        self._input_budget = InputBudget(settings.max_input_bytes)
         self._consumer: messaging.PullConsumer | None = None
         self._inflight = 0
         self._settled = 0
@@ -366,19 +367,25 @@ class Runner:
         return WorkItem(msg, item, job_id, span, parent_trace_id, self._lane.name)
 
     async def _run_group(self, group: list[WorkItem]) -> None:
-        read = await asyncio.gather(*(self._read_input(w) for w in group))
-        runs = [w for w, found in zip(group, read, strict=True) if found is not None]
-        inputs = [found for found in read if found is not None]
-        del read
-        if not runs:
-            return
-        first = runs[0]
-        # The call is made in the first item's span; the group shares its trace (see _process).
-        with trace.use_span(first.span, end_on_exit=False):
-            outcomes = await self._predictor.predict(
-                first.item.model, first.item.top_k, inputs, first.item.priority
-            )
-        del inputs  # the images: held only while inference runs them
+        """Runs a group in parts whose images fit the input budget, each part one Predict call."""
+        parts = self._input_budget.parts(group, _referenced_bytes)
+        await asyncio.gather(*(self._run_part(part, size) for part, size in parts))
+
+    async def _run_part(self, group: list[WorkItem], referenced: int) -> None:
+        async with self._input_budget.held(referenced):  # the images: held only while inference runs them
+            read = await asyncio.gather(*(self._read_input(w) for w in group))
+            runs = [w for w, found in zip(group, read, strict=True) if found is not None]
+            inputs = [found for found in read if found is not None]
+            del read
+            if not runs:
+                return
+            first = runs[0]
+            # The call is made in the first item's span; the group shares its trace (see _process).
+            with trace.use_span(first.span, end_on_exit=False):
+                outcomes = await self._predictor.predict(
+                    first.item.model, first.item.top_k, inputs, first.item.priority
+                )
+            del inputs
         settles = [
             self._settle(w, own_index(o, w.item.item_index)) for w, o in zip(runs, outcomes, strict=True)
         ]
@@ -452,3 +459,8 @@ class Runner:
             # The message comes back after ack_wait and lands on the same record id.
             log.warning("could not settle job %s item %d: %r", w.job_id, w.item.item_index, err)
         w.close(outcome)
+
+
+def _referenced_bytes(w: WorkItem) -> int:
+    """The size of the image ``w``'s claim check names (0 for an input carried in the message)."""
+    return w.item.input_ref.size_bytes if w.item.HasField("input_ref") else 0

@@ -58,6 +58,13 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings, ImageFetchSe
     """How long one pull waits for items when the stream is empty."""
     max_inflight: int = Field(default=32, ge=1)
     """Most items this process runs at once (across fetches)."""
+    max_input_bytes: int = Field(default=32 * limits.MIB, ge=1)
+    """Most bytes of items' images read from the Object Store (claim checks: a zip's photos, a
+    manifest's images) this process holds at once; items whose images would pass it wait, and a
+    fetched group is sent to inference in parts that fit it. ``max_inflight`` bounds the items, not
+    their size: 32 images of up to 10 MiB, held about three times over while they are read and
+    sent, are far past the chart's 512 Mi for the runner. The default holds a fetch of 8 phone
+    photos, or 3 images of the 10 MiB limit."""
     retry_budget_s: float = Field(default=300.0, ge=0)
     """How long an item keeps being retried after transient failures (inference down, NATS
     unreachable) before it becomes a FAILED record: the backoff it may wait in all. It outlasts

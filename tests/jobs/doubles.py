@@ -59,6 +59,10 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
     delay_s: float = 0.0
     calls: list[Call] = field(default_factory=list)
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight_bytes: int = 0
+    """Bytes of the inputs of the calls being answered now."""
+    peak_inflight_bytes: int = 0
+    """Most input bytes of calls answered at once."""
     server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -96,10 +100,16 @@ class FailureInjectingInference(inference_service_pb2_grpc.InferenceServiceServi
         contents = [i.image.content for i in request.inputs]
         self.calls.append(Call(request.model, contents, request.top_k, trace_id, request.job_item))
         self.called.set()
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        size = sum(len(c) for c in contents)
+        self.inflight_bytes += size
+        self.peak_inflight_bytes = max(self.peak_inflight_bytes, self.inflight_bytes)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.inflight_bytes -= size
         code = self.fail_next.pop(0) if self.fail_next else self.fail_always
         if code is not None:
             await context.abort(code, f"injected {code.name}")

@@ -302,7 +302,7 @@ def _job_error(row: asyncpg.Record) -> status_pb2.Status:
     last = f"{reason}: {row['last_error_message']}" if row["last_error_message"] else reason
     error = FerryError(
         f"{failed} of {total} items failed (the last with {last}); list them with"
-        f" GET /v1/predictions?job={name} and run them again with POST /v1/{name}:retry",
+        f" GET /v1/{name}/items?state=PREDICTION_STATE_FAILED and run them again with POST /v1/{name}:retry",
         "ITEMS_FAILED",
         {"items_failed": str(failed), "items_total": str(total), "last_reason": reason},
     )

@@ -135,7 +135,8 @@ async def test_a_finished_jobs_state_and_error_tell_the_truth(
     error = error_from_status(partly.error)
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ITEMS_FAILED")
     assert error.message.startswith("1 of 3 items failed")
-    assert f"GET /v1/predictions?job=jobs/{mixed}" in error.message
+    # The failures alone, with their dead letters: not every record of a job of thousands.
+    assert f"GET /v1/jobs/{mixed}/items?state=PREDICTION_STATE_FAILED" in error.message
     assert f"POST /v1/jobs/{mixed}:retry" in error.message
     assert error_info(partly.error).metadata == {
         "items_failed": "1",

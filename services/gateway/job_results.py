@@ -100,7 +100,8 @@ class JobResults:
         if job.state not in FINISHED:
             raise FailedPrecondition(
                 f"{job.name} has not finished yet ({job_pb2.JobState.Name(job.state)}); its result file is"
-                " written when it ends: watch it (GET /v1/{name}:watch) and ask again",
+                f" written when it ends: watch it (GET /v1/{job.name}:watch, `ferry watch {job.name}`)"
+                " and ask again",
                 reason="JOB_NOT_FINISHED",
                 metadata={"name": job.name},
             )

@@ -79,7 +79,7 @@ async def executed_notebook(
     except KeyError:
         raise FailedPrecondition(
             f"{job.name} has not finished its notebook yet ({job_pb2.JobState.Name(job.state)}); "
-            "watch it (GET /v1/{name}:watch) and ask again",
+            f"watch it (GET /v1/{job.name}:watch, `ferry watch {job.name}`) and ask again",
             reason="JOB_NOT_FINISHED",
             metadata={"name": job.name},
         ) from None

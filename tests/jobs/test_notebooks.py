@@ -162,6 +162,16 @@ async def test_an_unknown_notebook_is_refused_and_a_model_job_has_no_notebook(st
     assert wrong.value.reason == "NOT_A_NOTEBOOK_JOB"
 
 
+async def test_a_notebook_not_run_yet_is_refused_naming_how_to_watch_its_job(stack: Stack) -> None:
+    job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", model="models/notebook:report", items_total=1, top_k=5)
+    answer = await stack.store.CreateJob(store_service_pb2.CreateJobRequest(tenant=TENANT, job=job))
+    with pytest.raises(FerryError) as early:
+        await stack.executed(answer.job)
+    assert early.value.reason == "JOB_NOT_FINISHED"
+    # The job's own name, not the placeholder "GET /v1/{name}:watch" it said.
+    assert f"GET /v1/{job.name}:watch" in early.value.message, early.value.message
+
+
 async def test_a_notebook_job_is_queued_as_a_notebook_run_not_as_a_model(stack: Stack) -> None:
     # A queue whose notebook subject no worker reads, so the work message stays to be looked at.
     subject = messaging.job_items_subject(f"nbidle{uuid.uuid4().hex[:10]}")

@@ -173,8 +173,10 @@ def test_a_results_url_of_another_kind_is_refused(js: JetStreamContext) -> None:
 async def test_a_running_job_has_no_result_file_yet(js: JetStreamContext) -> None:
     job, predictions = a_job(state=job_pb2.JOB_STATE_RUNNING)
     results = JobResults(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition) as refused:
         await lines(results, job.name)
+    # What to do, with the job's own name (it said "GET /v1/{name}:watch", the placeholder itself).
+    assert f"GET /v1/{job.name}:watch" in refused.value.message, refused.value.message
 
 
 async def test_lines_carry_embeddings_json_outputs_and_tensors(js: JetStreamContext) -> None:

@@ -29,8 +29,9 @@ the manifest from the Object Store to a spool file and reads it here one line at
 2. ``inputs``: the lines again, as job inputs in chunks for the expander to publish (images as
    claim checks, never bytes: the runner reads them when it runs the item).
 
-Memory: one line (at most the upload's line limit), one chunk of inputs, and the references of
-the manifest's distinct URLs (at most a job's item limit).
+Memory: one line (at most the upload's line limit), one chunk of inputs, the references of
+the manifest's distinct URLs (at most a job's item limit), and the indexes of the zips its lines
+name lately (``KeptIndexes``, at most ``KEPT_INDEX_ENTRIES`` files together).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import binascii
 import hashlib
 import json
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import IO, Any, NamedTuple
 
@@ -49,7 +51,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
-from services.common import input_names, nesting, validation
+from services.common import input_names, limits, nesting, validation
 from services.common.errors import InvalidArgument, NotFound
 from services.common.fetcher import MAX_CONCURRENT_FETCHES, Fetcher
 from services.common.upload_store import BUCKET, ZIP, Index, UploadStore
@@ -122,7 +124,7 @@ class Manifest:
         self._max_image_bytes = expansion.max_image_bytes
         self._quota_bytes = expansion.upload_quota_bytes
         self._name = expansion.manifest
-        self._indexes: dict[str, Index] = {}
+        self._indexes = KeptIndexes(KEPT_INDEX_ENTRIES)
         self._urls: dict[str, events_pb2.ObjectRef] = {}
 
     async def check(self, chunk: int, progress: Progress) -> set[str]:
@@ -210,14 +212,15 @@ class Manifest:
         if not entry:
             raise _bad(where, f"{value!r} names no file; write uploads/<id>/<file in the zip>")
         name = f"uploads/{upload}"
-        if name not in self._indexes:
+        found = self._indexes.get(name)
+        if found is None:
             try:
-                self._indexes[name] = await self._uploads.index(self._index.tenant, name)
+                found = await self._uploads.index(self._index.tenant, name)
             except NotFound as err:
                 raise NotFound(
                     f"{where}: {err.message}", reason="UPLOAD_NOT_FOUND", metadata={"upload": name}
                 ) from None
-        found = self._indexes[name]
+            self._indexes.keep(name, found)
         if found.kind != ZIP:
             raise _bad(where, f"{name} is a manifest, not a zip; name a file of a zip upload")
         position = found.position_of(entry)
@@ -261,6 +264,43 @@ class Manifest:
                 self._urls[url] = ref
 
         await asyncio.gather(*(one(url, where) for url, where in urls.items()))
+
+
+#: Files of the zip indexes one manifest keeps read: a line may name a file of any of the tenant's
+#: 2,000 uploads, and an index of 10,000 files takes about 4 MB once read (kept all, the 100
+#: uploads of a manifest naming one file of each would take 400 MB of the expander's memory).
+KEPT_INDEX_ENTRIES = 2 * limits.UPLOAD_MAX_ENTRIES
+
+
+class KeptIndexes:
+    """The upload indexes a manifest's lines named lately, least recently named forgotten first
+    once they hold more than ``most_entries`` files together (the last one read is always kept).
+    A manifest naming its uploads in turn reads each index again: slower, never larger."""
+
+    def __init__(self, most_entries: int) -> None:
+        self._most = most_entries
+        self._kept: OrderedDict[str, Index] = OrderedDict()
+        self.entries = 0
+        """Files of the kept indexes, together."""
+
+    def get(self, name: str) -> Index | None:
+        """The index of upload ``name`` if it is kept (then it is the last one named)."""
+        found = self._kept.get(name)
+        if found is not None:
+            self._kept.move_to_end(name)
+        return found
+
+    def keep(self, name: str, index: Index) -> None:
+        """Keeps ``index`` as the last one named, forgetting the oldest past the bound."""
+        self._kept[name] = index
+        self.entries += _files(index)
+        while self.entries > self._most and len(self._kept) > 1:
+            _, forgotten = self._kept.popitem(last=False)
+            self.entries -= _files(forgotten)
+
+
+def _files(index: Index) -> int:
+    return max(len(index.entries), 1)
 
 
 class _Stores:

@@ -33,7 +33,7 @@ from services.common.fetcher import Fetcher, FetchPolicy
 from services.common.upload_checks import UploadLimits
 from services.common.upload_quota import UploadQuota
 from services.gateway.settings import GatewaySettings
-from services.gateway.uploads import OBJECT_CHUNK_BYTES, PUT_CONCURRENCY, Uploads
+from services.gateway.uploads import OBJECT_CHUNK_BYTES, PUT_CONCURRENCY, Index, Uploads
 from services.jobs import manifests
 from services.jobs.claims import ClaimChecks
 from services.jobs.manifests import JobInput
@@ -139,6 +139,42 @@ async def test_a_manifest_expands_to_its_images_in_line_order(nats_url: str) -> 
             tiny_images = uploads_of(js, max_image_bytes=1)  # the same bucket, a 1-byte image limit
             await expand(tiny_images, "acme", manifest.name, FETCHER, 10, 1000)
         assert too_large.value.reason == "IMAGE_TOO_LARGE" and "line 3" in too_large.value.message
+
+
+def test_a_manifest_keeps_the_indexes_it_read_up_to_a_bound_of_files() -> None:
+    # Kept all, a manifest naming one file of each of its tenant's uploads (2,000 at most, of up
+    # to 10,000 files each, about 4 MB an index once read) held them all in the expander.
+    def index(files: int) -> Index:
+        return Index(
+            uuid.uuid4(), "acme", "zip", 1, [upload_checks.Entry(f"{i}.jpg", 1) for i in range(files)]
+        )
+
+    kept = manifests.KeptIndexes(5)
+    kept.keep("uploads/a", index(2))
+    kept.keep("uploads/b", index(2))
+    assert kept.get("uploads/a") is not None  # named lately: "b" is now the oldest
+    kept.keep("uploads/c", index(2))
+    assert kept.entries == 4 and kept.get("uploads/b") is None and kept.get("uploads/a") is not None
+    kept.keep("uploads/big", index(9))  # alone past the bound: kept, as the last one read
+    assert kept.entries == 9 and kept.get("uploads/big") is not None and kept.get("uploads/c") is None
+
+
+async def test_a_manifest_naming_more_uploads_than_it_keeps_expands_right(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifests, "KEPT_INDEX_ENTRIES", 3)  # one upload of 2 files at a time
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js)
+        zips = [
+            await uploads.create("acme", pieces(zipped({"a.jpg": b"A%d" % i, "b.jpg": b"B%d" % i})))
+            for i in range(3)
+        ]
+        lines = [{"image": f"{zips[i % 3].name}/{'ab'[i % 2]}.jpg"} for i in range(7)]
+        manifest = await uploads.create("acme", pieces("\n".join(json.dumps(x) for x in lines).encode()))
+        inputs = await expand(uploads, "acme", manifest.name, FETCHER, 10, 1000)
+        images = [await image_of(js, i) for i in inputs]  # type: ignore[arg-type]
+        assert images == [b"A0", b"B1", b"A2", b"B0", b"A1", b"B2", b"A0"]
 
 
 async def test_a_manifest_takes_texts_payloads_and_tensors(nats_url: str) -> None:

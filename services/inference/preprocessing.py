@@ -90,6 +90,19 @@ def check_image_pixels(content: bytes, max_pixels: int) -> None:
         )
 
 
+#: PIL's modes of 16-bit greyscale (a PNG from a scanner, a microscope, a raw converter).
+_SIXTEEN_BIT_GREY = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. PIL's own ``convert`` clips 16-bit greyscale to 255: a 16-bit PNG
+    of a cat became a white picture, classified without an error ("nematode")."""
+    if image.mode in _SIXTEEN_BIT_GREY:
+        levels = np.asarray(image).astype(np.uint32) >> 8  # 0..65535 to 0..255
+        image = Image.fromarray(levels.clip(0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def decode_image(content: bytes, min_side: int = 0) -> Image.Image:
     """Decodes an encoded image into an RGB picture, upright as its EXIF orientation says.
 
@@ -116,7 +129,7 @@ def decode_image(content: bytes, min_side: int = 0) -> Image.Image:
             # as much as a tenth of its decode.
             ImageOps.exif_transpose(opened, in_place=True)
             # convert: the first frame of a GIF, alpha dropped, palettes and greyscale expanded.
-            return opened if opened.mode == "RGB" else opened.convert("RGB")
+            return opened if opened.mode == "RGB" else _rgb(opened)
     except UnidentifiedImageError:
         # PIL's own message names an internal BytesIO object, which helps no caller.
         raise InvalidImage("the bytes are not a file of a supported image format") from None

@@ -291,3 +291,14 @@ def test_images_within_the_budget_and_non_images_pass_the_header_check(cat_jpeg:
     check_image_pixels(b"not an image", max_pixels=1)  # decode_image gives its own error
     with pytest.raises(ImageTooLarge, match="451x300"):
         check_image_pixels(cat_jpeg, max_pixels=451 * 300 - 1)
+
+
+def test_a_16_bit_greyscale_png_decodes_to_its_picture_not_white() -> None:
+    # PIL's convert("RGB") clips 16-bit greyscale to 255: such a PNG of a cat was a white square,
+    # and its Predict answered "nematode" without an error.
+    grey = np.asarray(Image.fromarray(skimage_data.chelsea()).convert("L"))
+    buffer = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint16) * 257).save(buffer, format="PNG")  # 0..255 to 0..65535
+    decoded = np.asarray(preprocessing.decode_image(buffer.getvalue()))
+    assert decoded.shape == (*grey.shape, 3)
+    assert np.abs(decoded.astype(int) - grey[..., None].astype(int)).max() <= 1

@@ -282,14 +282,19 @@ class JobManager:
     ) -> job_pb2.Job:
         """Has the job queue record a job by manifest EXPANDING and expand it; answers at once.
 
-        Only what is cheap is checked here (the upload exists, is the tenant's, and makes no more
-        items than a job takes); a line that is not a valid item fails the job while it expands
-        (FAILED, its error naming the line: see services/jobs/expander.py).
+        Only what is cheap is checked here (the upload exists, is the tenant's, makes no more
+        items than a job takes, and a zip's images go to a model that takes images); a line that
+        is not a valid item fails the job while it expands (FAILED, its error naming the line:
+        see services/jobs/expander.py).
         """
         s = self._settings
         index = await self.uploads.index(tenant, manifest)
         count = len(index.entries) if index.kind == ZIP else index.lines
         validation.manifest_items(count, s.max_job_items, manifest)
+        if index.kind == ZIP:
+            # Its index says every item is an image: for a text model (`ferry job --manifest
+            # uploads/<zip> --model minilm`) the job was accepted, then failed as it expanded.
+            validation.some_input_taken(served.name, served.input_kinds, {"image"}, count)
         expansion = events_pb2.JobExpansion(
             manifest=manifest,
             input_kinds=served.input_kinds,

@@ -196,6 +196,20 @@ def test_uploads_are_the_tenants_own_and_must_exist(rest: Rest, stack: dict[str,
     assert status == 400 and "INVALID_UPLOAD" in json.dumps(refused), refused
 
 
+def test_a_zip_for_a_model_that_takes_no_images_is_refused_at_create(
+    rest: Rest, photo_zip: dict[str, Any]
+) -> None:
+    """Its index says every item is an image: 400 at once, no job (it was accepted, then FAILED)."""
+    status, before = rest.get("/v1/jobs?page_size=1000")
+    assert status == 200, before
+    status, refused = rest.post("/v1/jobs", {"model": "minilm", "manifest": photo_zip["name"]})
+    assert status == 400, refused
+    assert "takes text inputs and none of this job's 3 inputs is one (they are image)" in refused["message"]
+    assert "UNSUPPORTED_INPUT" in json.dumps(refused["details"]), refused
+    status, after = rest.get("/v1/jobs?page_size=1000")
+    assert status == 200 and len(after.get("jobs", [])) == len(before.get("jobs", [])), after
+
+
 def test_an_upload_larger_than_a_grpc_message_streams_through_envoy(stack: dict[str, Any]) -> None:
     """40 MiB over REST: more than gRPC's 32 MiB message limit, so Envoy must have sent it in pieces."""
     random = np.random.default_rng(17)

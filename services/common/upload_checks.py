@@ -82,6 +82,7 @@ def kind_of(head: bytes) -> str:
     return ZIP if head.startswith(b"PK") else JSONL
 
 
+_A_ZIP = "send a zip instead (zip -r photos.zip photos/)"
 _ONE_IMAGE = (
     "zip the images into one file first (zip photos.zip *.jpg; `ferry job FILES…` does it), or predict"
     " one image with POST /v1/models/MODEL:predict"
@@ -94,8 +95,20 @@ _MISTAKES = (
     (b"\x89PNG", f"one PNG image; {_ONE_IMAGE}"),
     (b"GIF8", f"one GIF image; {_ONE_IMAGE}"),
     (b"RIFF", f"one RIFF file (a WebP image?); {_ONE_IMAGE}"),
-    (b"\x1f\x8b", "a gzip file; send a zip instead (zip photos.zip *.jpg)"),
+    (b"\x1f\x8b", f"a gzip file; {_A_ZIP}"),
+    # Other archives: a tar of manifests was read as one (its header is text), "line 1: not JSON".
+    (b"7z\xbc\xaf\x27\x1c", f"a 7-Zip archive; {_A_ZIP}"),
+    (b"Rar!\x1a\x07", f"a RAR archive; {_A_ZIP}"),
+    (b"\xfd7zXZ\x00", f"an xz file; {_A_ZIP}"),
+    (b"BZh", f"a bzip2 file; {_A_ZIP}"),
+    (b"\x28\xb5\x2f\xfd", f"a zstd file; {_A_ZIP}"),
+    (b"%PDF-", f"a PDF document; {_ONE_IMAGE}"),
+    (b"MZ", f"a Windows program (a self-extracting archive?); {_A_ZIP}"),
 )
+#: Where a tar archive says it is one (POSIX ustar and GNU tar both): its first header's magic.
+_TAR_MAGIC_AT = 257
+HEAD_BYTES = 512
+"""The first bytes of an upload kept to tell what it is (a tar's magic is at byte 257)."""
 
 
 def refuse_known_mistakes(head: bytes) -> None:
@@ -107,6 +120,10 @@ def refuse_known_mistakes(head: bytes) -> None:
     for start, what in _MISTAKES:
         if head.startswith(start):
             raise invalid(f"the upload is {what}")
+    if head[_TAR_MAGIC_AT : _TAR_MAGIC_AT + 5] == b"ustar":
+        raise invalid(f"the upload is a tar archive; {_A_ZIP}")
+    if head[4:8] == b"ftyp":
+        raise invalid(f"the upload is one HEIC or AVIF image, or a video; {_ONE_IMAGE}")
 
 
 def invalid(why: str, reason: str = "INVALID_UPLOAD", **metadata: str) -> InvalidArgument:

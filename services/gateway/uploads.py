@@ -144,8 +144,8 @@ class Uploads(UploadStore):
                 )
             if size > room:
                 raise exceeded(self._s.upload_quota_bytes, self._s.upload_quota_bytes - room, size)
-            if len(head) < 4:
-                head += data[:4]
+            if len(head) < upload_checks.HEAD_BYTES:
+                head += data[: upload_checks.HEAD_BYTES - len(head)]
             buffered += data
             if len(buffered) >= self._s.upload_buffer_bytes:
                 spooled.take(len(buffered))

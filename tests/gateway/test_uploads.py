@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import struct
+import tarfile
 import unicodedata
 import uuid
 import zipfile
@@ -351,6 +352,16 @@ def quoting(files: int, kernel: bytes) -> bytes:
     return data + directory + end
 
 
+def tarred(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, content in files.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(content)
+            archive.addfile(member, io.BytesIO(content))
+    return buffer.getvalue()
+
+
 def with_bytes_changed(data: bytes, find: bytes, replace: bytes) -> bytes:
     assert data.count(find) >= 1
     return data.replace(find, replace)
@@ -451,6 +462,16 @@ def encrypted_flag(data: bytes) -> bytes:
         (b"--------abc\r\nContent-Disposition: form-data", "INVALID_UPLOAD", "multipart form (curl -F)"),
         (b"\xff\xd8\xff\xe0\x00\x10JFIF\xff\xff", "INVALID_UPLOAD", "one JPEG image; zip the images"),
         (b"\x1f\x8b\x08\x00\xff\xff", "INVALID_UPLOAD", "a gzip file; send a zip instead"),
+        # A tar of manifests was read as one ("line 1: not JSON"), other archives "(byte 2)".
+        (
+            tarred({"photos/a.jsonl": b'{"text": "a"}\n'}),
+            "INVALID_UPLOAD",
+            "a tar archive; send a zip instead",
+        ),
+        (b"7z\xbc\xaf\x27\x1c\x00\x04", "INVALID_UPLOAD", "a 7-Zip archive; send a zip"),
+        (b"%PDF-1.7\n%\xe2\xe3", "INVALID_UPLOAD", "a PDF document"),
+        (b"MZ\x90\x00" + bytes(60) + b"PK\x05\x06", "INVALID_UPLOAD", "self-extracting archive"),
+        (b"\x00\x00\x00\x18ftypheic", "INVALID_UPLOAD", "one HEIC or AVIF image"),
         (b'{"text": "a"}\n' * 6, "UPLOAD_TOO_MANY_ENTRIES", "upload_max_entries"),
     ],
 )

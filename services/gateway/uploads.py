@@ -130,11 +130,18 @@ class Uploads(UploadStore):
         write's bytes taken from the spool's budget first; returns the size and the first bytes
         (what the upload is)."""
         buffered = bytearray()
-        size = 0
+        size = count = 0
         head = b""
         async for piece in pieces:
             data = piece.body.data
             size += len(data)
+            count += 1
+            if count > limits.UPLOAD_FREE_PIECES and size < count * limits.UPLOAD_MIN_PIECE_BYTES:
+                raise upload_checks.invalid(
+                    f"the upload arrives in {count} pieces of {size // count} bytes on average; send it in "
+                    f"pieces of at least {limits.UPLOAD_MIN_PIECE_BYTES} bytes (each costs the same to take)",
+                    limit="upload_min_piece_bytes",
+                )
             if size > self._s.max_upload_bytes:
                 raise InvalidArgument(
                     f"the upload is larger than the limit of {limits.describe(self._s.max_upload_bytes)}; "

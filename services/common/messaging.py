@@ -85,6 +85,20 @@ _NOT_YET = (
     nats.errors.NoRespondersError,
     nats.js.errors.ServiceUnavailableError,
 )
+#: NATS's error code for "no suitable peers for placement": with ", peer offline" it means a
+#: replicated stream asked for while a node of a forming cluster has not joined its routes yet.
+_NO_PLACEMENT = 10005
+
+
+def _peers_offline(err: Exception) -> bool:
+    """Whether ``err`` is a cluster still forming: the stream's replicas cannot be placed while a
+    peer is offline. (Without "offline" it is for good: more replicas than the cluster has nodes.)"""
+    return (
+        isinstance(err, BadRequestError)
+        and err.err_code == _NO_PLACEMENT
+        and "offline" in (err.description or "")
+    )
+
 
 T = TypeVar("T")
 
@@ -205,7 +219,9 @@ async def ensure_streams(
             config = dataclasses.replace(stream, num_replicas=replicas, duplicate_window=duplicate_window_s)
             try:
                 await js.add_stream(config)
-            except BadRequestError:
+            except BadRequestError as err:
+                if _peers_offline(err):
+                    raise  # not "it exists": until_jetstream_answers tries again
                 await js.update_stream(config)
 
     await until_jetstream_answers(create_or_update, "creating Ferry's streams")
@@ -216,9 +232,14 @@ async def until_jetstream_answers(
 ) -> T:
     """Runs ``request`` (idempotent) again while JetStream cannot serve yet, for up to ``budget_s``.
 
+    A cluster's node whose routes are not up yet is "not yet" too: `ferry up` with
+    ``FERRY_NATS_NODES=3`` created its replicated streams a moment after the nodes started, was
+    answered "no suitable peers for placement, peer offline", and exited with a traceback.
+
     Raises:
-        nats.errors.TimeoutError, NoRespondersError, ServiceUnavailableError: JetStream still
-            could not serve after ``budget_s``; any other error at once.
+        nats.errors.TimeoutError, NoRespondersError, ServiceUnavailableError, BadRequestError (a
+            peer still offline): JetStream still could not serve after ``budget_s``; any other
+            error at once.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_s
@@ -226,7 +247,9 @@ async def until_jetstream_answers(
     while True:
         try:
             return await request()
-        except _NOT_YET as err:
+        except Exception as err:
+            if not isinstance(err, _NOT_YET) and not _peers_offline(err):
+                raise
             if loop.time() + pause >= deadline:
                 raise
             log.warning(
@@ -278,7 +301,9 @@ async def open_key_value(
         except BucketNotFoundError:
             try:
                 return await js.create_key_value(bucket=bucket, replicas=replicas, history=history, ttl=ttl_s)
-            except BadRequestError:
+            except BadRequestError as err:
+                if _peers_offline(err):
+                    raise  # not "another made it": until_jetstream_answers tries again
                 kv = await js.key_value(bucket)
         if ttl_s is not None:
             stream = (await js.stream_info(f"KV_{bucket}")).config

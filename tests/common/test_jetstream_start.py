@@ -8,7 +8,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from services.common.messaging import until_jetstream_answers
+from services.common.messaging import ensure_streams, until_jetstream_answers
 
 
 class Flaky:
@@ -55,3 +55,45 @@ async def test_any_other_error_is_raised_at_once() -> None:
     with pytest.raises(nats.js.errors.BadRequestError):
         await until_jetstream_answers(request, "the streams", budget_s=10)
     assert request.calls == 1
+
+
+def peers_offline() -> nats.js.errors.BadRequestError:
+    """What a forming cluster answers a replicated stream while a node's routes are not up yet."""
+    return nats.js.errors.BadRequestError(
+        code=400, err_code=10005, description="no suitable peers for placement, peer offline"
+    )
+
+
+async def test_a_cluster_peer_not_joined_yet_is_waited_for() -> None:
+    request = Flaky(peers_offline())
+    assert await until_jetstream_answers(request, "the streams", budget_s=10) == "ok"
+    assert request.calls == 2
+    # Without "offline" it is for good (more replicas than nodes): said at once.
+    for_good = "no suitable peers for placement"
+    request = Flaky(nats.js.errors.BadRequestError(code=400, err_code=10005, description=for_good))
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await until_jetstream_answers(request, "the streams", budget_s=10)
+
+
+class FormingCluster:
+    """JetStream of a 3-node cluster whose third node joins after the first stream request."""
+
+    def __init__(self) -> None:
+        self.added: list[str] = []
+        self.joined = False
+
+    async def add_stream(self, config: object) -> None:
+        if not self.joined:
+            self.joined = True
+            raise peers_offline()
+        self.added.append(str(getattr(config, "name", "")))
+
+    async def update_stream(self, config: object) -> None:
+        raise nats.js.errors.NotFoundError(code=404, err_code=10059, description="stream not found")
+
+
+async def test_streams_asked_for_while_a_peer_joins_are_created_once_it_has() -> None:
+    """It was taken for "the stream exists", updated, and `ferry up` died on "stream not found"."""
+    cluster = FormingCluster()
+    await ensure_streams(cluster, 3)  # type: ignore[arg-type]
+    assert cluster.added and len(cluster.added) == len(set(cluster.added)), cluster.added

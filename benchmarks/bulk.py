@@ -25,8 +25,10 @@ quiet baseline measured first; for the photos, also per phase (the upload; Creat
 job's run) and the CPU per uploaded MB of Envoy, the gateways, NATS and the uploading client, and
 while the job runs each process's cores used and its threads' run-queue wait per second (how long
 they were runnable without a core: the other tenant's calls wait so in Envoy and the gateway),
-inference's ``SCHED_IDLE`` share apart, and what the machine's other processes (this benchmark's
-client and probe among them) used meanwhile.
+inference's ``SCHED_IDLE`` share apart, the kernel's share of each process's CPU (``[n% kernel]``),
+and what the machine's other processes (this benchmark's client and probe among them) used meanwhile.
+``--sched-trace`` (root) also traces the kernel's scheduler during the job and says what the other
+tenant's calls waited for a core behind (``benchmarks.sched_waits``).
 The other tenant calls from a process of its own (in this one it would share the uploading
 client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison;
 ``--job-lane 0`` (or ``FERRY_INFERENCE_JOB_LANE=0``) without the job lane (``inference-jobs``: the
@@ -64,6 +66,8 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from benchmarks.cpu import cpu_seconds
+from benchmarks.sched_waits import SchedTrace, parse, thread_names
+from benchmarks.sched_waits import report as sched_report
 from devstack.infra import free_port
 from devstack.settings import StackSettings
 from devstack.stack import LocalStack
@@ -167,6 +171,7 @@ class Watch:
         args = (self._target, self._key, ready, self._probe_stop, sending)
         self._prober = spawn.Process(target=probe, args=args)
         self._prober.start()
+        self.prober_pid = self._prober.pid
         if not ready.wait(120):  # its imports and first calls, before the case starts
             raise RuntimeError("the other tenant's probe did not start within 120 s")
         self._sampler = threading.Thread(target=self._sample)
@@ -211,49 +216,59 @@ class Watch:
         return "\n".join(lines)
 
 
-def scheduled(pids: dict[str, int]) -> dict[str, tuple[float, float, float]]:
-    """(CPU seconds, of which at ``SCHED_IDLE``, seconds its threads waited runnable for a core) so
-    far of each named process, summed over its threads (``/proc/<pid>/task/*/schedstat``; Postgres
-    is its backends' parent: only its own threads count); ``machine``: all cores' busy seconds
-    (``/proc/stat``). Linux; elsewhere every figure is 0."""
-    found: dict[str, tuple[float, float, float]] = {}
+Usage = tuple[float, float, float, float]
+"""CPU seconds, of which at ``SCHED_IDLE``, seconds waited runnable for a core, of the CPU seconds
+those in the kernel (``scheduled``)."""
+
+
+def scheduled(pids: dict[str, int]) -> dict[str, Usage]:
+    """(CPU seconds, of which at ``SCHED_IDLE``, seconds its threads waited runnable for a core,
+    CPU seconds in the kernel) so far of each named process, summed over its threads
+    (``/proc/<pid>/task/*/schedstat``; the kernel's share from ``/proc/<pid>/stat``'s stime, in
+    clock ticks; Postgres is its backends' parent: only its own threads count); ``machine``: all
+    cores' busy seconds (``/proc/stat``). Linux; elsewhere every figure is 0."""
+    found: dict[str, Usage] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for name, pid in pids.items():
-        ran = idle = waited = 0.0
+        ran = idle = waited = kernel = 0.0
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
                 run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
-                policy = (task / "stat").read_text().rsplit(")", 1)[1].split()[38]
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                policy, system_ticks = stat[38], int(stat[12])
             except (OSError, ValueError, IndexError):  # the thread ended meanwhile
                 continue
             ran += int(run_ns) / 1e9
             waited += int(wait_ns) / 1e9
             idle += int(run_ns) / 1e9 if policy == str(os.SCHED_IDLE) else 0.0
-        found[name] = (ran, idle, waited)
+            kernel += system_ticks / tick
+        found[name] = (ran, idle, waited, kernel)
     with contextlib.suppress(OSError):
         busy = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         # user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
         ticks = sum(int(x) for x in busy[:8]) - int(busy[3]) - int(busy[4])
-        found["machine"] = (ticks / os.sysconf("SC_CLK_TCK"), 0.0, 0.0)
+        found["machine"] = (ticks / tick, 0.0, 0.0, 0.0)
     return found
 
 
-def cores_used(
-    before: dict[str, tuple[float, float, float]], after: dict[str, tuple[float, float, float]], wall_s: float
-) -> str:
-    """Each process's cores used and run-queue wait per second between two ``scheduled`` samples,
-    most CPU first, and what the rest of the machine (other processes) used meanwhile (this benchmark and its
-    probe among them)."""
+def cores_used(before: dict[str, Usage], after: dict[str, Usage], wall_s: float) -> str:
+    """Each process's cores used (the kernel's share of them in brackets) and run-queue wait per
+    second between two ``scheduled`` samples, most CPU first, and what the rest of the machine
+    (other processes) used meanwhile (this benchmark and its probe among them)."""
     spent = {
         name: tuple((a - b) / wall_s for a, b in zip(after[name], before[name], strict=True))
         for name in after
         if name in before
     }
-    machine = spent.pop("machine", (0.0, 0.0, 0.0))[0]
+    machine = spent.pop("machine", (0.0, 0.0, 0.0, 0.0))[0]
     parts = [
-        f"{name} {ran:.2f}" + (f" ({idle:.2f} SCHED_IDLE)" if idle else "") + f"/{waited:.2f}"
-        for name, (ran, idle, waited) in sorted(spent.items(), key=lambda kv: -kv[1][0])
+        f"{name} {ran:.2f}"
+        + (f" ({idle:.2f} SCHED_IDLE)" if idle else "")
+        + (f" [{min(1.0, kernel / ran):.0%} kernel]" if ran >= 0.01 else "")
+        + f"/{waited:.2f}"
+        for name, (ran, idle, waited, kernel) in sorted(spent.items(), key=lambda kv: -kv[1][0])
     ]
-    others = machine - sum(ran for ran, _, _ in spent.values())
+    others = machine - sum(used[0] for used in spent.values())
     return ", ".join(parts) + f"; the machine {machine:.2f} of {os.cpu_count()}, other processes {others:.2f}"
 
 
@@ -405,7 +420,12 @@ def timed(action: Callable[[], str]) -> str:
 
 
 def photo_job(
-    ferry: FerryClient, path: Path, watch: Watch, cpu: Callable[[], dict[str, float]], pids: dict[str, int]
+    ferry: FerryClient,
+    path: Path,
+    watch: Watch,
+    cpu: Callable[[], dict[str, float]],
+    pids: dict[str, int],
+    sched_trace: bool = False,
 ) -> str:
     before, own = cpu(), time.process_time()
     started = time.perf_counter()
@@ -414,6 +434,9 @@ def photo_job(
     watch.mark("the upload")
     spent = {name: used - before[name] for name, used in cpu().items()}
     spent["client (this benchmark)"] = time.process_time() - own
+    tracer = SchedTrace()
+    if sched_trace:
+        tracer.start()
     sched_before, job_started = scheduled(pids), time.perf_counter()
     job = ferry.create_job([], MODEL, top_k=1, manifest=upload.name)
     created = time.perf_counter() - started - uploaded
@@ -424,13 +447,22 @@ def photo_job(
     watch.mark("CreateJob and the job's run")
     job_s = time.perf_counter() - job_started
     usage = cores_used(sched_before, scheduled(pids), job_s)
+    waited = ""
+    if sched_trace:
+        # The other tenant's path: its client, Envoy and the gateways (not the upload lane).
+        front = {pid for name, pid in pids.items() if name == "envoy" or name.startswith("gateway")}
+        front = (front - {pids.get("gateway-uploads")}) | {watch.prober_pid}
+        # This benchmark's own process (its uploading client, the sampler) apart from the rest.
+        names = thread_names(pids | {"client": watch.prober_pid, "benchmark": os.getpid()})
+        tracer.stop()
+        waited = "\n" + (tracer.why_not or sched_report(parse(tracer.lines), names, front))
     megabytes = path.stat().st_size / 1e6
     return (
         f"{megabytes:.0f} MB zip uploaded in {uploaded:.1f} s (CPU per MB uploaded: "
         + ", ".join(f"{name} {1000 * used / megabytes:.1f} ms" for name, used in spent.items())
         + f"), CreateJob answered in {created * 1000:.0f} ms, job {job_pb2.JobState.Name(job.state)} "
         f"({job.items_succeeded}/{job.items_total} succeeded) in {job_s:.1f} s; meanwhile cores used / "
-        f"threads' run-queue wait per second: {usage}"
+        f"threads' run-queue wait per second: {usage}{waited}"
     )
 
 
@@ -465,6 +497,12 @@ def main() -> None:
         default=15.0,
         help="how long the other tenant's quiet baseline runs (its p99 is the yardstick of every "
         "case: at 5 s, 200 calls, it was their 2nd slowest and moved 4-60 ms between runs)",
+    )
+    parser.add_argument(
+        "--sched-trace",
+        action="store_true",
+        help="trace the kernel's scheduler during the photos job and say what the other tenant's "
+        "calls waited for a core behind (benchmarks.sched_waits; root)",
     )
     parser.add_argument(
         "--spinners",
@@ -550,7 +588,9 @@ def main() -> None:
                         sched_before, case_started = scheduled(endpoints.pids), time.perf_counter()
                         if name == "photos":
                             outcome = timed(
-                                lambda p=path, w=watch: photo_job(ferry, p, w, cpu, endpoints.pids)
+                                lambda p=path, w=watch: photo_job(
+                                    ferry, p, w, cpu, endpoints.pids, args.sched_trace
+                                )
                             )
                         elif name.startswith("manifest-"):
                             outcome = timed(

@@ -499,6 +499,12 @@ def main() -> None:
         "case: at 5 s, 200 calls, it was their 2nd slowest and moved 4-60 ms between runs)",
     )
     parser.add_argument(
+        "--job-cpus",
+        default=None,
+        help="cores the job's work keeps to: inference's job threads and the jobs service "
+        "(FERRY_INFERENCE_JOB_CPUS and FERRY_JOBS_CPUS, e.g. 'last'; default: the stack's)",
+    )
+    parser.add_argument(
         "--sched-trace",
         action="store_true",
         help="trace the kernel's scheduler during the photos job and say what the other tenant's "
@@ -518,6 +524,8 @@ def main() -> None:
         ("FERRY_INFERENCE_JOB_LANE", args.job_lane),
         ("FERRY_GATEWAY_UPLOADS_CPU_IDLE", args.uploads_cpu_idle),
         ("FERRY_JOBS_RUNNER_CPU_IDLE", args.runner_cpu_idle),
+        ("FERRY_INFERENCE_JOB_CPUS", args.job_cpus),
+        ("FERRY_JOBS_CPUS", args.job_cpus),
     ):
         if value is not None:
             os.environ[variable] = str(value)
@@ -549,7 +557,8 @@ def main() -> None:
             print(f"job lane: {lane or 'off'} (FERRY_INFERENCE_JOB_LANE={settings.inference_job_lane})")
             print(
                 f"cpu.idle: upload lane {settings.gateway_uploads_cpu_idle}, "
-                f"jobs runner {settings.jobs_runner_cpu_idle}"
+                f"jobs runner {settings.jobs_runner_cpu_idle}; the job's cores: "
+                f"{os.environ.get('FERRY_INFERENCE_JOB_CPUS') or 'any'}"
             )
             edge: dict[str, int] = {
                 name: endpoints.pids[name]

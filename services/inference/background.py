@@ -26,15 +26,17 @@ import os
 from collections.abc import Callable
 from functools import partial
 
-from services.common import cpu_idle
+from services.common import cpu_idle, cpus
 from services.common.cpu_idle import CpuIdle
 
 log = logging.getLogger(__name__)
 
 
-def lower_this_thread(group: CpuIdle = "auto") -> None:
-    """Moves the calling thread to ``SCHED_IDLE`` (on Linux; elsewhere it logs and does nothing)
-    and, unless ``group`` is ``off``, into the ``cpu.idle`` cgroup (``cpu_idle.join_this_thread``)."""
+def lower_this_thread(group: CpuIdle = "auto", cores: set[int] | None = None) -> None:
+    """Moves the calling thread to ``SCHED_IDLE`` (on Linux; elsewhere it logs and does nothing),
+    unless ``group`` is ``off`` into the ``cpu.idle`` cgroup (``cpu_idle.join_this_thread``), and
+    keeps it to ``cores`` when given (``job_cpus``: ``cpus.pin_this_thread``)."""
+    cpus.pin_this_thread(cores)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError) as err:  # not Linux, or a kernel that refuses it
@@ -42,16 +44,18 @@ def lower_this_thread(group: CpuIdle = "auto") -> None:
     cpu_idle.join_this_thread(group)
 
 
-def lowering(group: CpuIdle) -> Callable[[], None]:
-    """``lower_this_thread`` with ``group`` bound: a batcher's per-thread initializer."""
-    return partial(lower_this_thread, group)
+def lowering(group: CpuIdle, cores: set[int] | None = None) -> Callable[[], None]:
+    """``lower_this_thread`` with ``group`` and ``cores`` bound: a batcher's per-thread initializer."""
+    return partial(lower_this_thread, group, cores)
 
 
-def idle_initializer(then: Callable[[], object] | None = None, group: CpuIdle = "auto") -> Callable[[], None]:
+def idle_initializer(
+    then: Callable[[], object] | None = None, group: CpuIdle = "auto", cores: set[int] | None = None
+) -> Callable[[], None]:
     """A thread pool initializer that lowers its thread (``lower_this_thread``), then runs ``then``."""
 
     def initialize() -> None:
-        lower_this_thread(group)
+        lower_this_thread(group, cores)
         if then is not None:
             then()
 

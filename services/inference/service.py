@@ -17,7 +17,7 @@ import grpc
 import torch
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from services.common import messaging
+from services.common import cpus, messaging
 from services.common.boot import ConfigurationError
 from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
@@ -155,7 +155,7 @@ class InferenceService:
                 settings.decode_threads,
                 settings.priority_aging_ms / 1000,
                 initializer=background.idle_initializer(
-                    lambda: torch.set_num_threads(1), settings.job_cpu_idle
+                    lambda: torch.set_num_threads(1), settings.job_cpu_idle, cpus.parse(settings.job_cpus)
                 ),
             )
             await self._job_decoder.start(stack)
@@ -272,7 +272,7 @@ class InferenceService:
         await batcher.start(stack)
         jobs: tuple[DynamicBatcher[Item, Answer], DecodeQueue] | None = None
         if self._job_decoder is not None:  # batch jobs' inputs: a batcher of their own, idle
-            lower = background.lowering(self._settings.job_cpu_idle)
+            lower = background.lowering(self._settings.job_cpu_idle, cpus.parse(self._settings.job_cpus))
             jobs = (new_batcher(lower), self._job_decoder)
             await jobs[0].start(stack)
         log.info(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from services.common import limits
+from services.common import cpus, limits
 from services.common.cpu_idle import CpuIdle
 from services.common.settings import ServiceSettings
 from services.inference import openmp
@@ -98,6 +98,19 @@ class InferenceSettings(ServiceSettings):
     ranks them only inside this process's group, the idle cgroup below every other group, so a
     waking Envoy or gateway preempts them at once. ``auto``: where the cgroup can be written (root,
     a writable ``/sys/fs/cgroup``), else one log line and ``SCHED_IDLE`` only; ``off``: never."""
+    job_cpus: str = ""
+    """Cores those threads may run on (``services.common.cpus``: ``1``, ``2-3``, ``0,2``, or
+    ``last``, the highest core this process may use); empty (the default): any. Set together with
+    ``FERRY_JOBS_CPUS``, the job's work then keeps to those cores and leaves the others to Envoy,
+    the gateways and callers' Predicts, at the price of a job that uses only those cores even on an
+    idle machine (docs/inference.md, *Batch jobs' CPU*)."""
+
+    @field_validator("job_cpus")
+    @classmethod
+    def _cores_exist(cls, value: str) -> str:
+        cpus.parse(value)  # a malformed list, or one naming no core this process may use
+        return value
+
     warmup_batches: int = Field(default=2, ge=0)
     """Dummy full batches each model runs before the service reports SERVING."""
     graph: Graph = DEFAULT_GRAPH

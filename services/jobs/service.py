@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 from ferry.inference.v1 import inference_service_pb2_grpc
 from ferry.jobqueue.v1 import job_queue_service_pb2, job_queue_service_pb2_grpc
 from ferry.store.v1 import store_service_pb2_grpc
-from services.common import messaging
+from services.common import cpus, messaging
 from services.common.channels import channel_options, open_channel
 from services.common.downstream import Backend
 from services.common.messaging import open_cancelled_bucket
@@ -113,6 +113,7 @@ class JobsService:
         the probes stop, the inference channel closes, and the NATS connection drains.
         """
         s = self.settings
+        cpus.pin_process(cpus.parse(s.cpus))  # before it starts threads: they start pinned too
         nc, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
         await messaging.ensure_streams(js, s.nats_stream_replicas, s.nats_duplicate_window_s)
         bucket = await open_cancelled_bucket(js, s.nats_stream_replicas)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common import limits, priorities
+from services.common import cpus, limits, priorities
 from services.common.channels import Targets
 from services.common.messaging import JOB_ITEMS_SUBJECT_PREFIX, PRIORITIES
 from services.common.notebooks import NotebookSettings
@@ -38,6 +38,19 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings, ImageFetchSe
     store_target: Targets = "127.0.0.1:50053"
     """host:port of the store service (jobs are recorded there before their items are queued);
     several replicas comma-separated are balanced round robin. ``ferry up`` sets it."""
+    cpus: str = ""
+    """Cores this process's threads may run on (``services.common.cpus``: ``1``, ``2-3``, ``0,2``,
+    or ``last``, the highest core it may use); empty (the default): any. The runner's reading of
+    items and sending them to inference runs at the normal priority; kept to the cores of
+    inference's job threads (``FERRY_INFERENCE_JOB_CPUS``), a bulk job leaves the other cores to the
+    front door (docs/jobs.md). Job submission and expansion run on those cores too."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _cores_exist(cls, value: str) -> str:
+        cpus.parse(value)  # a malformed list, or one naming no core this process may use
+        return value
+
     store_timeout_s: float = Field(default=5.0, gt=0)
     """Deadline of one call to store (CreateJob, CancelJob, RetryJob), retries included."""
     max_publish_inflight: int = Field(default=128, ge=1)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from ferry.inference.v1 import inference_service_pb2
+from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common import cpu_idle
 from services.inference import background
@@ -24,7 +24,7 @@ from services.inference.batcher import DynamicBatcher
 from services.inference.decoding import DecodeQueue
 from services.inference.served import ServedModel
 from services.inference.settings import InferenceSettings
-from tests.inference.conftest import RunningInference
+from tests.inference.conftest import RunningInference, serve
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 
@@ -177,3 +177,41 @@ async def test_a_callers_input_does_not_wait_behind_a_job_batch_that_runs(
     finally:
         release.set()
     assert (await job).results[0].classes
+
+
+async def test_job_threads_keep_to_job_cpus_and_a_callers_do_not(
+    cat_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``job_cpus`` through a real service: a job item's decode and forward pass run on the named
+    core only (FERRY_INFERENCE_JOB_CPUS), a caller's input anywhere."""
+    allowed, last = set(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    settings = InferenceSettings(
+        models=["efficientnet-lite0"], device="cpu", max_batch_size=2, warmup_batches=0, job_cpus="last"
+    )
+    async with serve(settings) as (service, channel):
+        served = service.models["efficientnet-lite0"]
+        assert isinstance(served, ServedModel)
+        model: Any = served.model
+        seen: list[tuple[str, set[int]]] = []
+        preprocess, forward = model.preprocess, model.forward
+
+        def watched_preprocess(item: Any) -> Any:
+            seen.append(("decode", os.sched_getaffinity(0)))
+            return preprocess(item)
+
+        def watched_forward(items: Any) -> Any:
+            seen.append(("forward", os.sched_getaffinity(0)))
+            return forward(items)
+
+        monkeypatch.setattr(model, "preprocess", watched_preprocess)
+        monkeypatch.setattr(model, "forward", watched_forward)
+        stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+        photo = types_pb2.Input(image=types_pb2.Image(content=cat_jpeg))
+
+        for job_item in (True, False):
+            request = inference_service_pb2.PredictRequest(
+                model="efficientnet-lite0", inputs=[photo], top_k=1, job_item=job_item
+            )
+            await stub.Predict(request, timeout=60)
+
+    assert seen == [("decode", {last}), ("forward", {last}), ("decode", allowed), ("forward", allowed)]

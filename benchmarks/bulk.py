@@ -28,7 +28,9 @@ they were runnable without a core: the other tenant's calls wait so in Envoy and
 inference's ``SCHED_IDLE`` share apart, the kernel's share of each process's CPU (``[n% kernel]``),
 and what the machine's other processes (this benchmark's client and probe among them) used meanwhile.
 ``--sched-trace`` (root) also traces the kernel's scheduler during the job and says what the other
-tenant's calls waited for a core behind (``benchmarks.sched_waits``).
+tenant's calls waited for a core behind (``benchmarks.sched_waits``). ``--job-cpus last`` keeps the job's
+threads (inference's job threads, the jobs service) to the last core (FERRY_INFERENCE_JOB_CPUS,
+FERRY_JOBS_CPUS); ``--job-cpus ''`` to none, for alternated runs.
 The other tenant calls from a process of its own (in this one it would share the uploading
 client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison;
 ``--job-lane 0`` (or ``FERRY_INFERENCE_JOB_LANE=0``) without the job lane (``inference-jobs``: the

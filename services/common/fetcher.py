@@ -231,7 +231,7 @@ def _invalid(where: str, why: str) -> InvalidArgument:
 
 def _forbidden_host(where: str, host: str) -> InvalidArgument:
     return InvalidArgument(
-        f"{where} leads to {host}, which resolves to an address the gateway does not fetch "
+        f"{where} leads to {host}, which resolves to an address Ferry does not fetch images "
         "from (loopback, private, link-local, cloud metadata or another reserved range); "
         "give a URL on the public internet, or send the image's bytes in content",
         reason="IMAGE_URI_FORBIDDEN",

@@ -54,8 +54,9 @@ def model_id(name: str, field: str = "model") -> str:
 _MODEL_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def model_version(version: str, field: str = "version", required: bool = False) -> str:
-    """Checks a model version as a request gave it (``""``: the model's default, unless ``required``).
+def model_version(version: str, model: str, field: str = "version", required: bool = False) -> str:
+    """Checks a model version as a request gave it (``""``: the model's default, unless ``required``);
+    ``model``: the model's id, so the message can say where its versions are listed.
 
     Raises:
         InvalidArgument: INVALID_MODEL_VERSION, naming the field.
@@ -65,7 +66,7 @@ def model_version(version: str, field: str = "version", required: bool = False) 
     shown = repr(version) if version else "empty"
     raise InvalidArgument(
         f"{field} is {shown}; expected a version of the model such as '2' (1 to 64 letters, digits, "
-        "'.', '_', '-'); GET /v1/models/{model} lists its versions",
+        f"'.', '_', '-'); GET /v1/models/{model} lists its versions",
         reason="INVALID_MODEL_VERSION",
         metadata={"field": field},
     )

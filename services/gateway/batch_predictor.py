@@ -88,7 +88,7 @@ class BatchPredictor:
         model = validation.model_id(request.model)
         top_k = validation.top_k(request.top_k, s.default_top_k, s.max_top_k)
         request_id = validation.request_id(request.request_id)
-        version = validation.model_version(request.version)
+        version = validation.model_version(request.version, model)
         input_count(request.inputs, s.max_batch_predict_inputs)
         # Before any input is looked at: a call whose every input is refused would otherwise
         # record failed predictions of a model that does not exist (and answer 200).

@@ -43,7 +43,8 @@ class ModelAdmin:
             FerryError: INVALID_MODEL_NAME, MODEL_NOT_FOUND (not configured), MODEL_VERSION_NOT_FOUND,
                 MODEL_LOAD_FAILED (why).
         """
-        model, version = validation.model_id(name, field=field), validation.model_version(version)
+        model = validation.model_id(name, field=field)
+        version = validation.model_version(version, model)
         request = inference_service_pb2.LoadModelRequest(model=model, version=version)
         try:
             answer: inference_service_pb2.LoadModelResponse = await self._backend.call(
@@ -60,7 +61,8 @@ class ModelAdmin:
         Raises:
             FerryError: INVALID_MODEL_NAME, MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND.
         """
-        model, version = validation.model_id(name, field=field), validation.model_version(version)
+        model = validation.model_id(name, field=field)
+        version = validation.model_version(version, model)
         request = inference_service_pb2.UnloadModelRequest(model=model, version=version)
         try:
             answer: inference_service_pb2.UnloadModelResponse = await self._backend.call(
@@ -77,9 +79,9 @@ class ModelAdmin:
             FerryError: INVALID_MODEL_NAME, INVALID_MODEL_VERSION, MODEL_NOT_FOUND,
                 MODEL_VERSION_NOT_FOUND, MODEL_NOT_LOADED (load that version first).
         """
+        model = validation.model_id(name, field="name")
         request = inference_service_pb2.SetDefaultVersionRequest(
-            model=validation.model_id(name, field="name"),
-            version=validation.model_version(version, required=True),
+            model=model, version=validation.model_version(version, model, required=True)
         )
         try:
             answer: inference_service_pb2.SetDefaultVersionResponse = await self._backend.call(

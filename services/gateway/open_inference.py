@@ -240,7 +240,7 @@ class OpenInference:
         started = time.perf_counter()
         s = self._settings
         model = validation.model_id(request.model_name, field="model_name")
-        version = validation.model_version(request.model_version, field="model_version")
+        version = validation.model_version(request.model_version, model, field="model_version")
         parameters = dict(request.parameters)
         top_k = validation.top_k(_parameter_int(parameters, "top_k") or 0, s.default_top_k, s.max_top_k)
         timeout_us = _parameter_int(parameters, "timeout")

@@ -94,7 +94,7 @@ class Predictor:
             await fetcher.inline_images([(request.image, "image")], self.fetcher)
         item = validation.predict_input(request, s.max_image_bytes)
 
-        version = validation.model_version(request.version)
+        version = validation.model_version(request.version, model)
         # The priority is left out: it orders the work, it does not change the answer.
         claim = self.request_ids.claim(
             "predict", tenant, request_id, digest("predict", (model, version, top_k, item))

@@ -134,7 +134,7 @@ async def test_private_and_reserved_addresses_are_refused_without_an_allow_list(
 ) -> None:
     port = server.rsplit(":", 1)[1]
     error = await refused(uri.format(port=port), "IMAGE_URI_FORBIDDEN", allowed=())
-    assert "does not fetch from" in error.message
+    assert "does not fetch images from" in error.message
 
 
 @pytest.mark.parametrize(

@@ -50,3 +50,17 @@ def test_bad_inputs_are_refused_with_a_reason(request_: pb.PredictRequest, reaso
         validation.predict_input(request_, 100)
     assert caught.value.reason == reason
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize("version", ["v 2", "x" * 65, "2/../1"])
+def test_a_malformed_version_names_where_the_models_versions_are_listed(version: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        validation.model_version(version, "efficientnet-lite0")
+    assert refused.value.reason == "INVALID_MODEL_VERSION"
+    assert "GET /v1/models/efficientnet-lite0 lists its versions" in str(refused.value)
+
+
+def test_an_empty_version_is_the_default_unless_one_is_required() -> None:
+    assert validation.model_version("", "efficientnet-lite0") == ""
+    with pytest.raises(InvalidArgument, match="version is empty"):
+        validation.model_version("", "efficientnet-lite0", required=True)

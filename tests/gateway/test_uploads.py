@@ -470,6 +470,7 @@ def encrypted_flag(data: bytes) -> bytes:
         (listing(21, zip64=True), "UPLOAD_TOO_MANY_ENTRIES", "lists more than 20 records"),
         (zipped({"a.jpg": b"a", **{f"d{i}/": b"" for i in range(20)}}), "UPLOAD_TOO_MANY_ENTRIES", "records"),
         (zipped({"d/": b""}), "INVALID_UPLOAD", "no files"),
+        (b"PK\x05\x06" + bytes(18), "INVALID_UPLOAD", "no files"),  # an empty zip: its end record only
         # Said once what an upload takes (the message said it twice).
         (b"", "INVALID_UPLOAD", "the upload is empty (0 bytes); POST /v1/uploads takes"),
         (b"\n \n", "INVALID_UPLOAD", "only blank lines (one item per line); POST /v1/uploads takes"),

@@ -381,7 +381,12 @@ def _parse_line(line: str, where: str) -> tuple[str, Any, str]:
             metadata={"field": "manifest", "max_depth": str(err.limit)},
         ) from None
     except json.JSONDecodeError as err:
-        raise _bad(where, f"not JSON ({err.msg} at column {err.colno})") from None
+        # Saved with carriage returns alone (classic Mac OS) as line ends, the whole manifest is
+        # one line: JSON then ends after the first object, and "Extra data" says nothing of why.
+        ending = ""
+        if err.msg == "Extra data" and "\r" in line:
+            ending = "; its lines end with a carriage return (\\r) alone: end each with \\n"
+        raise _bad(where, f"not JSON ({err.msg} at column {err.colno}){ending}") from None
     except ValueError as err:  # an integer too long to convert, for example
         raise _bad(where, f"not JSON that Ferry can read ({err})") from None
     kinds = [k for k in _LINE_KEYS if isinstance(item, dict) and k in item]

@@ -59,31 +59,26 @@ def _say_once(reason: str) -> None:
     log.warning("batch work runs outside a cpu.idle cgroup (SCHED_IDLE only): %s", reason)
 
 
-def _v2_mount() -> Path | None:
-    """Where cgroup v2 is mounted, if it is (``/proc/self/mountinfo``)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split(" - ")
-        if len(fields) == 2 and fields[1].startswith("cgroup2 "):
-            return Path(line.split()[4])
-    return None
+def _v2_parent(mountinfo: str, own_cgroup: str) -> Path:
+    """This process's own cgroup v2 folder: where cgroup2 is mounted (``mountinfo``, the text of
+    ``/proc/self/mountinfo``) joined with its ``0::`` line (``own_cgroup``, of ``/proc/self/cgroup``).
 
-
-def _v2_group() -> IdleGroup:
-    """A threaded child of this process's own v2 cgroup, with ``cpu`` enabled over it."""
-    mount = _v2_mount()
-    if mount is None:
+    Raises:
+        OSError: no cgroup2 mount, or no ``0::`` line.
+    """
+    mounts = [line.split()[4] for line in mountinfo.splitlines() if " - cgroup2 " in line]
+    own = [line.split(":", 2)[2] for line in own_cgroup.splitlines() if line.startswith("0::")]
+    if not mounts or not own:
         raise OSError("no cgroup v1 cpu controller and no cgroup v2 mount")
-    if "cpu" not in (mount / "cgroup.controllers").read_text().split():
-        raise OSError(f"the cgroup v2 hierarchy at {mount} has no cpu controller")
-    own = Path("/proc/self/cgroup").read_text().splitlines()
-    relative = next(line.split(":", 2)[2] for line in own if line.startswith("0::"))
-    parent = mount / relative.lstrip("/")
+    return Path(mounts[0]) / own[0].lstrip("/")
+
+
+def _v2_group(parent: Path) -> IdleGroup:
+    """A threaded child of the v2 cgroup ``parent`` (this process's own), with ``cpu`` enabled over it."""
+    if "cpu" not in (parent / "cgroup.controllers").read_text().split():
+        raise OSError(f"the cgroup v2 cgroup {parent} has no cpu controller")
     group = parent / GROUP
-    group.mkdir(exist_ok=True)
+    group.mkdir(exist_ok=True)  # the kernel makes its interface files (cgroup.type, cpu.idle, ...)
     if (group / "cgroup.type").read_text().strip() != "threaded":
         (group / "cgroup.type").write_text("threaded")
     if "cpu" not in (parent / "cgroup.subtree_control").read_text().split():
@@ -95,19 +90,26 @@ def idle_group(root: Path = V1_ROOT) -> IdleGroup:
     """The ``cpu.idle`` group, created if missing and set idle (safe to call from many processes).
 
     Args:
-        root: the cgroup v1 ``cpu`` controller's root; when it has no ``cpu.idle`` file there, the
-            cgroup v2 hierarchy is tried (only for the default root: tests point it elsewhere).
+        root: the cgroup v1 ``cpu`` controller's root (it has ``cpu.idle``), or a cgroup v2 cgroup
+            (it has ``cgroup.controllers``) to make the group under. The default, where it has no
+            ``cpu.idle``: this process's own cgroup v2 cgroup. Tests point it at folders of their own.
 
     Raises:
         OSError: no group can be made or written here (the message says why).
     """
-    if (root / "cpu.idle").exists():
+    if (root / "cgroup.controllers").exists():
+        group = _v2_group(root)
+    elif (root / "cpu.idle").exists():
         group = IdleGroup(root / GROUP, "tasks", "cgroup.procs", 1)
         group.path.mkdir(exist_ok=True)  # another stack may have made it a moment ago
     elif root == V1_ROOT:
-        group = _v2_group()
+        mountinfo, own = Path("/proc/self/mountinfo").read_text(), Path("/proc/self/cgroup").read_text()
+        group = _v2_group(_v2_parent(mountinfo, own))
     else:
-        raise OSError(f"{root} has no cpu.idle (not a cgroup cpu controller on kernel >= 5.15)")
+        raise OSError(
+            f"{root} has no cpu.idle (not a cgroup cpu controller on kernel >= 5.15) and no "
+            "cgroup.controllers (not a cgroup v2 cgroup)"
+        )
     if (group.path / "cpu.idle").read_text().strip() != "1":
         (group.path / "cpu.idle").write_text("1")
     return group
@@ -125,24 +127,35 @@ def _in_group(cgroup_file: Path, group: IdleGroup) -> bool:
     return False
 
 
+def _join(kind: Literal["thread", "process"], ident: int, root: Path) -> bool:
+    """Writes thread or process ``ident`` into the idle group and checks the kernel's record.
+
+    Returns:
+        Whether it is there now; False (with one log line per reason) where it cannot be.
+    """
+    try:
+        group = idle_group(root)
+        members, record = (
+            (group.threads_file, f"/proc/self/task/{ident}/cgroup")
+            if kind == "thread"
+            else (group.procs_file, f"/proc/{ident}/cgroup")
+        )
+        (group.path / members).write_text(str(ident))
+        if not _in_group(Path(record), group):
+            raise OSError(f"{group.path} took {kind} {ident} but the kernel did not move it")
+    except OSError as err:
+        _say_once(str(err))
+        return False
+    return True
+
+
 def join_this_thread(mode: CpuIdle = "auto", root: Path = V1_ROOT) -> bool:
     """Moves the calling thread (and the threads it starts later) into the idle group.
 
     Returns:
         Whether it is there now; False (with one log line per reason) where it cannot be.
     """
-    if mode == "off":
-        return False
-    tid = threading.get_native_id()
-    try:
-        group = idle_group(root)
-        (group.path / group.threads_file).write_text(str(tid))
-        if not _in_group(Path(f"/proc/self/task/{tid}/cgroup"), group):
-            raise OSError(f"{group.path} took thread {tid} but the kernel did not move it")
-    except (OSError, StopIteration) as err:
-        _say_once(str(err))
-        return False
-    return True
+    return mode != "off" and _join("thread", threading.get_native_id(), root)
 
 
 def join_process(pid: int, mode: CpuIdle = "auto", root: Path = V1_ROOT) -> bool:
@@ -151,17 +164,7 @@ def join_process(pid: int, mode: CpuIdle = "auto", root: Path = V1_ROOT) -> bool
     Returns:
         Whether it is there now; False (with one log line per reason) where it cannot be.
     """
-    if mode == "off":
-        return False
-    try:
-        group = idle_group(root)
-        (group.path / group.procs_file).write_text(str(pid))
-        if not _in_group(Path(f"/proc/{pid}/cgroup"), group):
-            raise OSError(f"{group.path} took process {pid} but the kernel did not move it")
-    except (OSError, StopIteration) as err:
-        _say_once(str(err))
-        return False
-    return True
+    return mode != "off" and _join("process", pid, root)
 
 
 def current_group(tid: int | None = None) -> str:

@@ -122,6 +122,8 @@ class InferenceService:
         """Batch sizes measured by earlier starts (NATS KV), when FERRY_INFERENCE_NATS_URL is set."""
         self._job_decoder: DecodeQueue | None = None
         """Where batch jobs' inputs decode: threads at the lowest CPU priority (``idle_job_items``)."""
+        self._job_cores = cpus.parse(settings.job_cpus)
+        """The cores batch jobs' threads keep to (``job_cpus``); None: any."""
 
     def service_names(self) -> Sequence[str]:
         """The gRPC service this process serves."""
@@ -155,7 +157,7 @@ class InferenceService:
                 settings.decode_threads,
                 settings.priority_aging_ms / 1000,
                 initializer=background.idle_initializer(
-                    lambda: torch.set_num_threads(1), settings.job_cpu_idle, cpus.parse(settings.job_cpus)
+                    lambda: torch.set_num_threads(1), settings.job_cpu_idle, self._job_cores
                 ),
             )
             await self._job_decoder.start(stack)
@@ -272,7 +274,7 @@ class InferenceService:
         await batcher.start(stack)
         jobs: tuple[DynamicBatcher[Item, Answer], DecodeQueue] | None = None
         if self._job_decoder is not None:  # batch jobs' inputs: a batcher of their own, idle
-            lower = background.lowering(self._settings.job_cpu_idle, cpus.parse(self._settings.job_cpus))
+            lower = background.lowering(self._settings.job_cpu_idle, self._job_cores)
             jobs = (new_batcher(lower), self._job_decoder)
             await jobs[0].start(stack)
         log.info(

@@ -44,6 +44,41 @@ def test_a_malformed_spec_or_one_without_an_allowed_core_is_refused(spec: str) -
         cpus.parse(spec, allowed={0, 1, 2, 3})
 
 
+@pytest.mark.parametrize(
+    ("spec", "cores"), [("last", {7}), ("5", {5}), ("0-5", {4, 5}), ("4,6-9", {4, 6, 7})]
+)
+def test_a_container_on_cores_4_to_7_is_read_in_the_hosts_numbers(spec: str, cores: set[int]) -> None:
+    """A container's cpuset (``docker run --cpuset-cpus 4-7``, a pod with cores of its own) keeps the
+    host's core numbers: ``sched_getaffinity`` in it says {4, 5, 6, 7}, not 0-3."""
+    assert cpus.parse(spec, allowed={4, 5, 6, 7}) == cores
+    with pytest.raises(ValueError, match=r"names none of the cores this process may use \(\[4, 5, 6, 7\]\)"):
+        cpus.parse("0-3", allowed={4, 5, 6, 7})
+
+
+PINNED = """
+import os, sys
+from services.common import cpus
+os.sched_setaffinity(0, {0})  # as a container's cpuset of core 0 alone on a larger machine
+print(sorted(cpus.parse("last")))
+try:
+    cpus.parse(sys.argv[1])
+except ValueError as err:
+    print(err)
+"""
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2 or 0 not in ALLOWED, reason="needs core 0 and another")
+def test_last_is_the_highest_core_this_process_may_use_not_the_machines() -> None:
+    """Read from the kernel (``sched_getaffinity``), as in a container: a process kept to core 0."""
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-c", PINNED, str(LAST)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=root, check=True)
+
+    last, refused = done.stdout.splitlines()
+    assert last == "[0]"
+    assert refused == f"'{LAST}' names none of the cores this process may use ([0])"
+
+
 def test_the_settings_refuse_a_spec_that_names_no_core_here() -> None:
     missing = str(max(ALLOWED) + 1)
     with pytest.raises(ValueError, match="names none of the cores"):

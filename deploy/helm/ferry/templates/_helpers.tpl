@@ -152,6 +152,16 @@ affinity:
     sizeLimit: {{ .Values.tmpSizeLimit }}
 {{- end -}}
 
+{{/* A cores setting (services/common/cpus.py: `last`, `1`, `2-3`), only when set: (dict "name"
+"FERRY_JOBS_CPUS" "cores" <the value>). A number (`--set jobs.cpus=1`) is a core too, 0 included. */}}
+{{- define "ferry.cpusEnv" -}}
+{{- $cores := toString .cores -}}
+{{- if ne $cores "" }}
+- name: {{ .name }}
+  value: {{ $cores | quote }}
+{{- end }}
+{{- end -}}
+
 {{/* Env of one service beyond the common fields: (dict "root" $ "component" "gateway" "values" <its values>). */}}
 {{- define "ferry.serviceEnv" -}}
 {{- $root := .root -}}
@@ -196,6 +206,7 @@ affinity:
   value: {{ $root.Values.nats.url | quote }}
 - name: FERRY_INFERENCE_NATS_STREAM_REPLICAS
   value: {{ $root.Values.nats.streamReplicas | quote }}
+{{- include "ferry.cpusEnv" (dict "name" "FERRY_INFERENCE_JOB_CPUS" "cores" (dig "jobCpus" "" $v)) }}
 {{- else if eq .component "jobs" -}}
 - name: FERRY_JOBS_NATS_URL
   value: {{ $root.Values.nats.url | quote }}
@@ -207,6 +218,7 @@ affinity:
   value: {{ include "ferry.jobsInferenceTarget" $root | quote }}
 - name: FERRY_JOBS_STORE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
+{{- include "ferry.cpusEnv" (dict "name" "FERRY_JOBS_CPUS" "cores" (dig "cpus" "" $v)) }}
 {{- else if eq .component "store" -}}
 - name: FERRY_STORE_NATS_URL
   value: {{ $root.Values.nats.url | quote }}

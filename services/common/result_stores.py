@@ -19,6 +19,8 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from services.common import objects
+
 BUCKET = "ferry_job_results"
 #: How long the Object Store keeps a result file (an S3 bucket's lifecycle rules decide there).
 KEEP_DAYS = 30
@@ -75,10 +77,9 @@ class NatsResults:
 
     async def get(self, name: str) -> bytes:
         try:
-            found = await (await self._store()).get(name)
+            return await objects.read(self._js, BUCKET, await self._store(), name)
         except (ObjectNotFoundError, NotFoundError):
             raise KeyError(name) from None
-        return found.data or b""
 
 
 async def object_store(js: JetStreamContext, bucket: str, description: str, keep_days: int) -> ObjectStore:

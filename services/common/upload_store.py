@@ -23,6 +23,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from ferry.events.v1 import events_pb2
+from services.common import objects
 from services.common.errors import NotFound
 from services.common.ids import parse_name
 from services.common.result_stores import object_store
@@ -129,7 +130,7 @@ class UploadStore:
             info = await bucket.get_info(object_name(tenant, upload_id))
             if info.description != INDEX_DESCRIPTION:
                 raise NotFoundError
-            found = await bucket.get(object_name(tenant, upload_id))
+            found = await objects.read(self._js, BUCKET, bucket, object_name(tenant, upload_id))
         except (ObjectNotFoundError, NotFoundError):
             raise NotFound(
                 f"upload {name} does not exist (uploads are kept {KEEP_DAYS} days); "
@@ -137,7 +138,7 @@ class UploadStore:
                 reason="UPLOAD_NOT_FOUND",
                 metadata={"upload": name},
             ) from None
-        body = json.loads(found.data or b"{}")
+        body = json.loads(found or b"{}")
         entries = [Entry(entry_name, size) for entry_name, size in body["entries"]]
         return Index(upload_id, tenant, body["kind"], body["size_bytes"], entries, body["lines"])
 

@@ -24,6 +24,7 @@ from nats.js.object_store import ObjectStore
 
 from ferry.events.v1 import events_pb2
 from ferry.types.v1 import types_pb2
+from services.common import objects
 from services.common.errors import status_to_proto
 
 T = TypeVar("T")
@@ -60,7 +61,7 @@ class ClaimChecks:
             async with asyncio.timeout(self._timeout_s):
                 if ref.bucket not in self._buckets:
                     self._buckets[ref.bucket] = await self._js.object_store(ref.bucket)
-                found = await self._buckets[ref.bucket].get(ref.name)
+                found = await objects.read(self._js, ref.bucket, self._buckets[ref.bucket], ref.name)
         except (ObjectNotFoundError, NotFoundError, BucketNotFoundError):
             raise ClaimError(
                 status_to_proto(
@@ -78,7 +79,7 @@ class ClaimChecks:
                 "EVENTS_UNAVAILABLE",
             )
             raise ClaimError(status, transient=True) from None
-        return types_pb2.Input(image=types_pb2.Image(content=found.data or b""))
+        return types_pb2.Input(image=types_pb2.Image(content=found))
 
 
 class InputBudget:

@@ -70,13 +70,14 @@ from skimage import data as skimage_data
 from benchmarks.cpu import cpu_seconds
 from benchmarks.sched_waits import SchedTrace, parse, thread_names
 from benchmarks.sched_waits import report as sched_report
-from devstack.infra import free_port
+from devstack.infra import free_port, raise_priority
 from devstack.settings import StackSettings
 from devstack.stack import LocalStack
 from ferry.jobs.v1 import job_pb2
 from ferry.models.v1 import model_service_pb2
 from ferry_client import FerryClient
 from ferry_client.client import FerryError
+from services.common import time_slice
 
 MODEL = "efficientnet-lite0"
 WATCHED = ("gateway", "gateway-uploads", "nats", "jobs", "inference", "inference-jobs")
@@ -153,9 +154,12 @@ def probe(target: str, key: str, ready: EventType, stop: EventType, answers: Con
 class Watch:
     """Samples the processes' RSS and times another tenant's GetModel while a case runs."""
 
-    def __init__(self, pids: dict[str, int], target: str, key: str) -> None:
+    def __init__(
+        self, pids: dict[str, int], target: str, key: str, probe_niceness: int = 0, probe_slice_us: int = 0
+    ) -> None:
         self._pids = {name: pids[name] for name in WATCHED if name in pids}
         self._target, self._key = target, key
+        self._probe_niceness, self._probe_slice_us = probe_niceness, probe_slice_us
         self.peaks: dict[str, int] = {}
         self.before: dict[str, int] = {}
         self.latencies_ms: list[float] = []
@@ -174,6 +178,10 @@ class Watch:
         self._prober = spawn.Process(target=probe, args=args)
         self._prober.start()
         self.prober_pid = self._prober.pid
+        if self._probe_slice_us:
+            time_slice.shorten_process(self.prober_pid, self._probe_slice_us)
+        if self._probe_niceness < 0 and not raise_priority(self.prober_pid, -self._probe_niceness):
+            print(f"the other tenant's client at nice 0, not {self._probe_niceness}: needs CAP_SYS_NICE")
         if not ready.wait(120):  # its imports and first calls, before the case starts
             raise RuntimeError("the other tenant's probe did not start within 120 s")
         self._sampler = threading.Thread(target=self._sample)
@@ -507,6 +515,27 @@ def main() -> None:
         "(FERRY_INFERENCE_JOB_CPUS and FERRY_JOBS_CPUS, e.g. 'last'; default: the stack's)",
     )
     parser.add_argument(
+        "--gateway-niceness",
+        type=int,
+        default=None,
+        help="the callers' gateways' CPU priority (FERRY_GATEWAY_NICENESS, e.g. -10; default: the stack's)",
+    )
+    parser.add_argument(
+        "--probe-niceness",
+        type=int,
+        default=0,
+        help="the other tenant's client at this autogroup nice (e.g. -10, root): a client on another "
+        "machine does not wait for these cores; 0 (default): it competes for them like any process",
+    )
+    parser.add_argument(
+        "--front-door-slice-us",
+        type=int,
+        default=None,
+        help="Envoy's and the gateways' scheduler time slice (FERRY_ENVOY_TIME_SLICE_US and "
+        "FERRY_GATEWAY_TIME_SLICE_US; 0: the kernel's; default: the stack's); the other tenant's "
+        "client gets it too",
+    )
+    parser.add_argument(
         "--sched-trace",
         action="store_true",
         help="trace the kernel's scheduler during the photos job and say what the other tenant's "
@@ -528,6 +557,9 @@ def main() -> None:
         ("FERRY_JOBS_RUNNER_CPU_IDLE", args.runner_cpu_idle),
         ("FERRY_INFERENCE_JOB_CPUS", args.job_cpus),
         ("FERRY_JOBS_CPUS", args.job_cpus),
+        ("FERRY_GATEWAY_NICENESS", args.gateway_niceness),
+        ("FERRY_ENVOY_TIME_SLICE_US", args.front_door_slice_us),
+        ("FERRY_GATEWAY_TIME_SLICE_US", args.front_door_slice_us),
     ):
         if value is not None:
             os.environ[variable] = str(value)
@@ -560,7 +592,10 @@ def main() -> None:
             print(
                 f"cpu.idle: upload lane {settings.gateway_uploads_cpu_idle}, "
                 f"jobs runner {settings.jobs_runner_cpu_idle}; the job's cores: "
-                f"{os.environ.get('FERRY_INFERENCE_JOB_CPUS') or 'any'}"
+                f"{os.environ.get('FERRY_INFERENCE_JOB_CPUS') or 'any'}; nice: envoy "
+                f"{settings.envoy_niceness}, gateways {settings.gateway_niceness}, the other "
+                f"tenant's client {args.probe_niceness}; time slice of Envoy, the gateways and the "
+                f"other tenant's client: {settings.envoy_time_slice_us or 'the kernel'} us"
             )
             edge: dict[str, int] = {
                 name: endpoints.pids[name]
@@ -572,7 +607,13 @@ def main() -> None:
                 other = ferry.create_key("other-tenant", scopes=("read",)).api_key
                 small_key = ferry.create_key("small-tenant", scopes=("jobs", "read")).api_key
                 ferry.predict(skimage_photo())  # warm: connections, the model's first batch
-                with Watch(endpoints.pids, endpoints.grpc_target, other) as quiet:
+                with Watch(
+                    endpoints.pids,
+                    endpoints.grpc_target,
+                    other,
+                    args.probe_niceness,
+                    settings.envoy_time_slice_us,
+                ) as quiet:
                     time.sleep(args.quiet_seconds)
                 print(
                     quiet.report(f"quiet baseline ({args.quiet_seconds:g} s)", "nothing else running"),
@@ -594,7 +635,13 @@ def main() -> None:
                         upload = ferry.upload(path).name  # before the watch: the expansion is measured
                     with (
                         spinners(args.spinners),
-                        Watch(endpoints.pids, endpoints.grpc_target, other) as watch,
+                        Watch(
+                            endpoints.pids,
+                            endpoints.grpc_target,
+                            other,
+                            args.probe_niceness,
+                            settings.envoy_time_slice_us,
+                        ) as watch,
                     ):
                         sched_before, case_started = scheduled(endpoints.pids), time.perf_counter()
                         if name == "photos":

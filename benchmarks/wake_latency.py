@@ -14,6 +14,12 @@ through when a call arrives) beside two spinning processes, one row per arrangem
 * spinners at ``SCHED_IDLE`` in the machine's ``cpu.idle`` cgroup (``services.common.cpu_idle``,
   inference's job threads since session 8; needs root and a writable cgroup, else the row says so).
 
+``--front-door`` runs other rows instead: the spinners at ``SCHED_OTHER`` in a session of their own
+(a bulk job's normal-priority work: the jobs runner, NATS), the waker with the kernel's time slice
+or the shortest (100 us, ``services.common.time_slice``: ``FERRY_GATEWAY_TIME_SLICE_US``,
+``FERRY_ENVOY_TIME_SLICE_US``), in a session at autogroup nice 0 or -10 (``FERRY_ENVOY_NICENESS``,
+``FERRY_GATEWAY_NICENESS``; root), and it sleeps 2 ms at a time, as a front-door thread between calls.
+
 Each row prints the lateness p50 / p90 / p99 / max and the 1-minute load average. Session 6 used
 it to show that ``SCHED_IDLE`` ranks threads only inside their own scheduling group
 (docs/benchmarks.md). Linux only (``SCHED_IDLE``, ``/proc/self/autogroup``); not a test: nothing
@@ -30,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.common import cpu_idle
+from services.common import cpu_idle, time_slice
 
 SLEEP_S = 0.02
 ARRANGEMENTS: list[tuple[str, tuple[str, str] | None, bool]] = [
@@ -41,6 +47,14 @@ ARRANGEMENTS: list[tuple[str, tuple[str, str] | None, bool]] = [
     ("SCHED_IDLE, own session at autogroup nice 19", ("idle", "19"), False),
     ("SCHED_IDLE, the waker's session", ("idle", "0"), True),
     ("SCHED_IDLE, in the cpu.idle cgroup", ("idle-cgroup", "0"), False),
+]
+
+FRONT_DOOR_SLEEP_S = 0.002
+FRONT_DOOR: list[tuple[str, int, int]] = [
+    ("the kernel's slice, autogroup nice 0", 0, 0),
+    ("a 100 us slice, autogroup nice 0", 100, 0),
+    ("the kernel's slice, autogroup nice -10", 0, -10),
+    ("a 100 us slice, autogroup nice -10", 100, -10),
 ]
 
 
@@ -57,14 +71,19 @@ def spin(policy: str, autogroup_nice: str) -> None:
         pass
 
 
-def wake(seconds: float) -> None:
-    """Sleeps ``SLEEP_S`` at a time for ``seconds`` and prints how late the sleeps ended."""
+def wake(seconds: float, sleep_s: float = SLEEP_S, slice_us: int = 0, autogroup_nice: int = 0) -> None:
+    """Sleeps ``sleep_s`` at a time for ``seconds`` and prints how late the sleeps ended."""
+    if autogroup_nice:
+        os.setpriority(os.PRIO_PROCESS, 0, autogroup_nice)
+        Path("/proc/self/autogroup").write_text(str(autogroup_nice))
+    if slice_us and not time_slice.shorten(0, slice_us):
+        print("(the kernel refused the slice) ", end="", flush=True)
     late = []
     until = time.monotonic() + seconds
     while time.monotonic() < until:
         started = time.perf_counter()
-        time.sleep(SLEEP_S)
-        late.append((time.perf_counter() - started - SLEEP_S) * 1000)
+        time.sleep(sleep_s)
+        late.append((time.perf_counter() - started - sleep_s) * 1000)
     late.sort()
 
     def at(q: float) -> float:
@@ -79,15 +98,26 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="how long the waker runs per row")
     parser.add_argument("--rounds", type=int, default=1, help="times every row is run, in turn")
+    parser.add_argument(
+        "--front-door",
+        action="store_true",
+        help="the front door's rows: its time slice and autogroup nice beside SCHED_OTHER spinners",
+    )
     parser.add_argument("--spin", nargs=2, help=argparse.SUPPRESS)  # internal: policy, autogroup nice
-    parser.add_argument("--wake", action="store_true", help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--wake", nargs=2, type=int, help=argparse.SUPPRESS)  # internal: slice, nice
     args = parser.parse_args()
     if args.spin:
         spin(*args.spin)
     if args.wake:
-        wake(args.seconds)
+        slice_us, nice = args.wake
+        wake(args.seconds, FRONT_DOOR_SLEEP_S if slice_us or nice else SLEEP_S, slice_us, nice)
         return
     me = [sys.executable, "-m", "benchmarks.wake_latency", "--seconds", str(args.seconds)]
+    if args.front_door:
+        for _ in range(args.rounds):
+            for label, slice_us, nice in FRONT_DOOR:
+                front_door_row(me, label, slice_us, nice)
+        return
     for _ in range(args.rounds):
         for label, spinners, same_session in ARRANGEMENTS:
             hog = None
@@ -103,12 +133,27 @@ def main() -> None:
             load = Path("/proc/loadavg").read_text().split()[0]
             print(f"{label:<46} load {load}: ", end="", flush=True)
             try:
-                subprocess.run([*me, "--wake"], start_new_session=not same_session, check=True)
+                subprocess.run([*me, "--wake", "0", "0"], start_new_session=not same_session, check=True)
             finally:
                 if hog is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(hog.pid, 9)
                     hog.wait()
+
+
+def front_door_row(me: list[str], label: str, slice_us: int, nice: int) -> None:
+    """One ``--front-door`` row: SCHED_OTHER spinners in a session of their own, the waker in its own."""
+    hog = subprocess.Popen([*me, "--spin", "other", "0"], start_new_session=True)
+    time.sleep(0.5)
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(f"{label:<46} load {load}: ", end="", flush=True)
+    try:
+        # Its own session, hence its own autogroup, as ferry up starts Envoy and each gateway.
+        subprocess.run([*me, "--wake", str(slice_us), str(nice)], start_new_session=True, check=True)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(hog.pid, 9)
+        hog.wait()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from services.common import cpu_idle
+from services.common import cpu_idle, time_slice
 from services.common.cpu_idle import CpuIdle
 
 
@@ -147,12 +147,15 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         niceness: int = 0,
         idle_group: CpuIdle = "off",
+        slice_us: int = 0,
     ) -> ManagedProcess:
         """Starts ``argv`` with its output appended to ``log_dir/<name>.log``; ``niceness`` > 0: its
         CPU comes after the other processes' (``lower_priority``), < 0: before them where this
         process may say so (``raise_priority``; a warning where it may not); ``idle_group`` ``auto``: the
         whole process runs in the machine's ``cpu.idle`` cgroup where it can
-        (``services.common.cpu_idle``: below every other group, where a nice only weighs less)."""
+        (``services.common.cpu_idle``: below every other group, where a nice only weighs less);
+        ``slice_us``: its threads' scheduler time slice (``services.common.time_slice``; 0: the
+        kernel's), set before it starts them, so every thread inherits it."""
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
         log_file = log_path.open("ab")
@@ -170,6 +173,8 @@ class ManagedProcess:
         elif niceness < 0 and not raise_priority(popen.pid, -niceness):
             print(f"{name}: at nice 0, not {niceness}: a higher priority needs CAP_SYS_NICE", file=sys.stderr)
         cpu_idle.join_process(popen.pid, idle_group)  # before it starts a thread: all start there
+        if slice_us and not time_slice.shorten_process(popen.pid, slice_us):
+            print(f"{name}: the kernel's time slice kept: it refused {slice_us} us", file=sys.stderr)
         return cls(name, popen, log_path, log_file, log_offset)
 
     @property

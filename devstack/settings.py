@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common import time_slice
 from services.common.cpu_idle import CpuIdle
 
 
@@ -57,6 +58,22 @@ class StackSettings(BaseSettings):
     share an over-bound call's 429 spent nearly all its time waiting for Envoy to get a core behind
     the model's threads (docs/benchmarks.md, session 9). Below 0 needs CAP_SYS_NICE (root);
     without it Envoy runs at 0, with a warning. 0: an equal share."""
+    envoy_time_slice_us: int = Field(
+        default=time_slice.FRONT_DOOR_SLICE_US,
+        ge=0,
+        le=time_slice.MAX_SLICE_US,
+        validation_alias="FERRY_ENVOY_TIME_SLICE_US",
+    )
+    """The scheduler time slice of Envoy's threads (``services.common.time_slice``, Linux 6.12 and
+    later), as the gateways' ``FERRY_GATEWAY_TIME_SLICE_US``: with the kernel's own (0.7-3 ms) a
+    call that wakes Envoy while a job's process holds the core waits for that burst or the next
+    tick. 0: the kernel's own."""
+    gateway_niceness: int = Field(default=-10, ge=-20, le=19, validation_alias="FERRY_GATEWAY_NICENESS")
+    """The callers' gateways' CPU priority against the stack's other processes, as
+    ``envoy_niceness`` (the upload lane keeps its own, ``UPLOAD_NICENESS``): the default, -10, puts
+    them beside Envoy, ahead of the jobs runner's and NATS's bursts during a bulk job
+    (docs/benchmarks.md, session 10). Below 0 needs CAP_SYS_NICE (root); without it the gateways
+    run at 0, with a warning. 0: an equal share."""
     inference_job_lane: int = Field(default=0, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
     """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own
     scheduling group at nice ``inference_job_lane_niceness`` (``devstack.infra.lower_priority``), while

@@ -215,6 +215,7 @@ class LocalStack:
                     fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
                 if name in lane:  # it serves uploads only: not a share of each key's rate limit
                     fields["SHARES_RATE_LIMITS"] = "false"
+                    fields["TIME_SLICE_US"] = "0"  # its checks are throughput, not latency
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
                 env |= replicas[name].env if name in replicas else {}
                 # A lane process runs on the first replica's device (and its torch threads).
@@ -224,7 +225,8 @@ class LocalStack:
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
                 # The lanes' CPU comes after every other process's; inference's as the setting says.
-                niceness = UPLOAD_NICENESS if name in lane else 0
+                niceness = s.gateway_niceness if service == "gateway" else 0
+                niceness = UPLOAD_NICENESS if name in lane else niceness
                 niceness = s.inference_niceness if service == "inference" else niceness
                 niceness = s.inference_job_lane_niceness if name in job_lane else niceness
                 idle = s.inference_job_lane_cpu_idle if name in job_lane else "off"
@@ -343,7 +345,14 @@ class LocalStack:
         ]
         return Program(
             "envoy",
-            partial(ManagedProcess.start, "envoy", argv, self.logs_dir, niceness=s.envoy_niceness),
+            partial(
+                ManagedProcess.start,
+                "envoy",
+                argv,
+                self.logs_dir,
+                niceness=s.envoy_niceness,
+                slice_us=s.envoy_time_slice_us,
+            ),
             partial(envoy_ready, admin_url),
             self.logs_dir / "envoy.log",
         )

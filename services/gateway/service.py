@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
@@ -18,7 +19,7 @@ from ferry.oip.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from ferry.openinference.v1 import open_inference_rest_pb2, open_inference_rest_pb2_grpc
 from ferry.predictions.v1 import prediction_service_pb2, prediction_service_pb2_grpc
 from ferry.store.v1 import store_service_pb2_grpc
-from services.common import messaging
+from services.common import messaging, time_slice
 from services.common.channels import open_channel
 from services.common.downstream import Backend
 from services.common.publisher import Publisher
@@ -101,6 +102,8 @@ class GatewayService:
         Jobs is not waited for: only job writes need it, and they answer UNAVAILABLE until it serves.
         """
         s = self.settings
+        if s.time_slice_us and not time_slice.shorten_process(os.getpid(), s.time_slice_us):
+            log.warning("gateway: the kernel refused a %d us time slice: its own kept", s.time_slice_us)
         inference_channel = open_channel(s.inference_target, s.max_message_bytes)
         stack.push_async_callback(inference_channel.close)
         store_channel = open_channel(s.store_target, s.max_message_bytes)

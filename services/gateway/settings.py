@@ -7,7 +7,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common import limits
+from services.common import limits, time_slice
 from services.common.channels import Targets
 from services.common.settings import ImageFetchSettings, NatsSettings, ServiceSettings
 
@@ -21,6 +21,10 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     """Port of the gRPC server; Envoy forwards REST (transcoded) and native gRPC here."""
     metrics_port: int = 9101
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    time_slice_us: int = Field(default=time_slice.FRONT_DOOR_SLICE_US, ge=0, le=time_slice.MAX_SLICE_US)
+    """The scheduler time slice of this process's threads (``services.common.time_slice``; Linux
+    6.12 and later): a short one lets a caller's call take a core as it wakes instead of waiting
+    for a busy job's burst to end. 0: the kernel's own (0.7-3 ms); below 100 the kernel takes 100."""
     inference_target: Targets = "127.0.0.1:50052"
     """host:port of the inference service; several replicas comma-separated
     (``127.0.0.1:50052,127.0.0.1:50062``, IP addresses only) are balanced round robin over those

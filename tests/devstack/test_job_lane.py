@@ -122,14 +122,14 @@ def test_the_lane_is_its_own_process_in_a_group_as_nice_as_the_setting_says(stac
     assert inference.pid is not None and gateway.pid is not None
     # Its session's group at the setting's nice (what ranks it against Envoy's and the gateway's
     # groups), and its own nice that much higher too (what counts without autogroups); the
-    # callers' inference stays as the gateway.
+    # callers' inference stays at the stack's own.
     assert (_autogroup_nice(lane.pid), _autogroup_nice(inference.pid)) in (
         (JOB_LANE_NICENESS, 0),
         (None, None),
     )
-    gateway_nice = os.getpriority(os.PRIO_PROCESS, gateway.pid)
-    assert os.getpriority(os.PRIO_PROCESS, lane.pid) == min(19, gateway_nice + JOB_LANE_NICENESS)
-    assert os.getpriority(os.PRIO_PROCESS, inference.pid) == gateway_nice
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # the stack runs at this test's nice; the gateway at -10
+    assert os.getpriority(os.PRIO_PROCESS, lane.pid) == min(19, base + JOB_LANE_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, inference.pid) == base
     # Where a cpu.idle cgroup can be written (root, cgroup v1's cpu controller: here and in CI) the
     # whole lane process runs in it (FERRY_INFERENCE_JOB_LANE_CPU_IDLE=auto); the callers' do not.
     idle = f"cpu:/{cpu_idle.GROUP}"
@@ -177,5 +177,5 @@ def test_the_upload_lane_runs_whole_in_the_idle_group_and_the_gateway_does_not(s
     # Every thread, gRPC's and the event loop's alike: the process moved before it started one.
     assert _cpu_cgroups(uploads.pid) == ({f"/{cpu_idle.GROUP}"} if WRITABLE else outside)
     # Its nice stays as it was: what ranks it where the group cannot be written.
-    gateway_nice = os.getpriority(os.PRIO_PROCESS, gateway.pid)
-    assert os.getpriority(os.PRIO_PROCESS, uploads.pid) == min(19, gateway_nice + UPLOAD_NICENESS)
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # the stack runs at this test's nice; the gateway at -10
+    assert os.getpriority(os.PRIO_PROCESS, uploads.pid) == min(19, base + UPLOAD_NICENESS)

@@ -17,6 +17,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from devstack.status import ProcessStatus, read_status
+from services.common import time_slice
 from tests.e2e.rest import Rest, b64
 from tests.e2e.stack import FERRY, RunningStack
 
@@ -83,6 +84,11 @@ def _own_nice(pid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, pid)
 
 
+def _slices(pid: int) -> set[int | None]:
+    """The scheduler time slices (us) of ``pid``'s threads."""
+    return {time_slice.current_us(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
 def test_killed_inference_is_restarted_and_serves_again(stack: RunningStack, cat: dict[str, Any]) -> None:
     before = _process(stack, "inference")
     assert before.pid is not None
@@ -90,15 +96,27 @@ def test_killed_inference_is_restarted_and_serves_again(stack: RunningStack, cat
     assert gateway is not None
     # FERRY_INFERENCE_NICENESS: the model's CPU comes after the front door's, in its session's
     # group (what ranks it against other sessions) and in its own nice (without autogroups).
+    # FERRY_ENVOY_NICENESS and FERRY_GATEWAY_NICENESS (-10 by default, where the supervisor may
+    # raise a priority): the front door's work, an over-bound call's 429 included, comes before
+    # every other group's.
+    front = -10 if os.geteuid() == 0 else 0
     groups = _autogroup_nice(before.pid), _autogroup_nice(gateway)
-    assert groups in ((INFERENCE_NICENESS, 0), (None, None))
-    # FERRY_ENVOY_NICENESS (-10 by default, where the supervisor may raise a priority): Envoy's
-    # work, an over-bound call's 429 included, comes before every other group's.
+    assert groups in ((INFERENCE_NICENESS, front), (None, None))
     envoy = _process(stack, "envoy").pid
     assert envoy is not None
     if os.geteuid() == 0:
         assert _autogroup_nice(envoy) in (-10, None) and _own_nice(envoy) == -10
-    assert _own_nice(before.pid) == min(19, _own_nice(gateway) + INFERENCE_NICENESS)
+        assert _own_nice(gateway) == -10
+    # FERRY_ENVOY_TIME_SLICE_US and FERRY_GATEWAY_TIME_SLICE_US: every front-door thread, those
+    # started after the process did included, has the kernel's shortest slice; the model's keep
+    # the kernel's own.
+    if time_slice.current_us(0):  # Linux 6.12 or later: earlier ones report 0
+        for pid in (envoy, gateway):
+            assert _slices(pid) == {time_slice.FRONT_DOOR_SLICE_US}, pid
+        assert time_slice.FRONT_DOOR_SLICE_US not in _slices(before.pid)
+        lane = _process(stack, "gateway-uploads").pid  # uploads are throughput, not latency
+        assert lane is not None and time_slice.FRONT_DOOR_SLICE_US not in _slices(lane)
+    assert _own_nice(before.pid) == min(19, _own_nice(os.getpid()) + INFERENCE_NICENESS)
     os.kill(before.pid, signal.SIGKILL)
 
     after = _eventually(
@@ -109,7 +127,7 @@ def test_killed_inference_is_restarted_and_serves_again(stack: RunningStack, cat
     # The supervisor's replacement runs as far behind as the one it replaced.
     assert after.pid is not None
     assert _autogroup_nice(after.pid) == groups[0]
-    assert _own_nice(after.pid) == min(19, _own_nice(gateway) + INFERENCE_NICENESS)
+    assert _own_nice(after.pid) == min(19, _own_nice(os.getpid()) + INFERENCE_NICENESS)
 
     shown = _ferry(stack, "status")
     assert shown.returncode == 0, shown.stderr

@@ -532,8 +532,15 @@ def main() -> None:
         type=int,
         default=None,
         help="Envoy's and the gateways' scheduler time slice (FERRY_ENVOY_TIME_SLICE_US and "
-        "FERRY_GATEWAY_TIME_SLICE_US; 0: the kernel's; default: the stack's); the other tenant's "
-        "client gets it too",
+        "FERRY_GATEWAY_TIME_SLICE_US; 0: the kernel's; default: the stack's)",
+    )
+    parser.add_argument(
+        "--probe-slice-us",
+        type=int,
+        default=time_slice.FRONT_DOOR_SLICE_US,
+        help="the other tenant's client's scheduler time slice: in life it runs on a machine of its "
+        "own; here it shares these cores, and the shortest slice (the default, 100) keeps its own "
+        "waits for a core out of its figures as far as the kernel allows; 0: it competes as any process",
     )
     parser.add_argument(
         "--sched-trace",
@@ -594,8 +601,10 @@ def main() -> None:
                 f"jobs runner {settings.jobs_runner_cpu_idle}; the job's cores: "
                 f"{os.environ.get('FERRY_INFERENCE_JOB_CPUS') or 'any'}; nice: envoy "
                 f"{settings.envoy_niceness}, gateways {settings.gateway_niceness}, the other "
-                f"tenant's client {args.probe_niceness}; time slice of Envoy, the gateways and the "
-                f"other tenant's client: {settings.envoy_time_slice_us or 'the kernel'} us"
+                f"tenant's client {args.probe_niceness}; time slices (us; 0: the kernel's): Envoy "
+                f"{settings.envoy_time_slice_us}, the gateways "
+                f"{os.environ.get('FERRY_GATEWAY_TIME_SLICE_US', 'theirs')}, "
+                f"the other tenant's client {args.probe_slice_us}"
             )
             edge: dict[str, int] = {
                 name: endpoints.pids[name]
@@ -612,7 +621,7 @@ def main() -> None:
                     endpoints.grpc_target,
                     other,
                     args.probe_niceness,
-                    settings.envoy_time_slice_us,
+                    args.probe_slice_us,
                 ) as quiet:
                     time.sleep(args.quiet_seconds)
                 print(
@@ -640,7 +649,7 @@ def main() -> None:
                             endpoints.grpc_target,
                             other,
                             args.probe_niceness,
-                            settings.envoy_time_slice_us,
+                            args.probe_slice_us,
                         ) as watch,
                     ):
                         sched_before, case_started = scheduled(endpoints.pids), time.perf_counter()

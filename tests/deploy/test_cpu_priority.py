@@ -12,6 +12,10 @@ from typing import Any
 
 import pytest
 
+from devstack.envoy import UPLOAD_LANE
+from devstack.replicas import JOB_LANE
+from devstack.settings import StackSettings
+from devstack.stack import UPLOAD_NICENESS
 from services.inference.settings import InferenceSettings
 from services.jobs.settings import JobsSettings
 from tests.deploy.test_helm import (
@@ -106,3 +110,35 @@ def test_the_cpu_profiles_inference_never_borrows_past_its_request() -> None:
     requested, whatever the weights (its 4 CPUs weigh 8x Envoy's 500m)."""
     resources = container(render(profile_values("cpu")), "inference")["resources"]
     assert cpu_millicores(resources["limits"]["cpu"]) == cpu_millicores(resources["requests"]["cpu"])
+
+
+# --- compose: the niceness `ferry up` uses, as container weights ----------------------------------
+
+#: The kernel's weight of each nice value, -20 to 19 (kernel/sched/core.c, ``sched_prio_to_weight``);
+#: Docker's ``cpu_shares`` is the container's cgroup weight on the same scale (default 1024).
+NICE_WEIGHTS = (
+    *(88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 11916),  # -20 .. -11
+    *(9548, 7620, 6100, 4904, 3906, 3121, 2501, 1991, 1586, 1277),  # -10 .. -1
+    *(1024, 820, 655, 526, 423, 335, 272, 215, 172, 137),  # 0 .. 9
+    *(110, 87, 70, 56, 45, 36, 29, 23, 18, 15),  # 10 .. 19
+)
+
+
+def weight(niceness: int) -> int:
+    return NICE_WEIGHTS[niceness + 20]
+
+
+def test_composes_cpu_shares_are_the_weights_of_ferry_ups_niceness() -> None:
+    """Each container that `ferry up` starts at a niceness of its own runs at that niceness's
+    weight; the rest at Docker's default (1024, nice 0)."""
+    defaults = {name: field.default for name, field in StackSettings.model_fields.items()}
+    expected = {
+        "envoy": weight(defaults["envoy_niceness"]),
+        "gateway": weight(defaults["gateway_niceness"]),
+        UPLOAD_LANE: weight(UPLOAD_NICENESS),
+        JOB_LANE: weight(defaults["inference_job_lane_niceness"]),
+    }
+    services = compose_services("--profile", "job-lane")
+    for name, spec in services.items():
+        assert spec.get("cpu_shares", weight(0)) == expected.get(name, weight(0)), name
+    assert expected["envoy"] == 9548 and expected["gateway"] > weight(0)  # today's defaults: -10

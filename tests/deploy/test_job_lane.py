@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from devstack.replicas import JOB_LANE
-from devstack.settings import StackSettings
 from tests.deploy.test_compose import COMPOSE, ROOT
 from tests.deploy.test_helm import SECRETS, env_of, find, merged, render
 from tests.deploy.test_upload_lane import cpu_millicores
@@ -120,9 +119,3 @@ def test_lane_off_points_the_runner_at_inference_and_renders_no_lane() -> None:
     inference = find(docs, "NetworkPolicy", "ferry-inference")["spec"]
     [grpc] = [rule for rule in inference["ingress"] if {"protocol": "TCP", "port": 50052} in rule["ports"]]
     assert "jobs" in {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in grpc["from"]}
-
-
-def test_compose_gives_envoy_the_cpu_weight_ferry_up_gives_it() -> None:
-    # FERRY_ENVOY_NICENESS's default, as a container's weight: the kernel's table for nice -10.
-    assert StackSettings.model_fields["envoy_niceness"].default == -10
-    assert compose_services()["envoy"]["cpu_shares"] == 9548

@@ -82,8 +82,9 @@ STREAMS_CLUSTER = "gateway_streams"
 UPLOADS_CLUSTER = "gateway_uploads"
 #: The upload lane's processes (``ferry up``), compose service and chart component.
 UPLOAD_LANE = "gateway-uploads"
-#: Streams (watches, results, uploads) in flight to all gateways: Envoy's default circuit breaker.
-STREAMS_MAX_REQUESTS = 1024
+#: Streams (watches, results, uploads) in flight to all gateways: Envoy's default circuit breaker,
+#: shared by every tenant; each gateway holds a tenant to its share of limits.MAX_TENANT_STREAMS.
+STREAMS_MAX_REQUESTS = limits.EDGE_STREAMS
 
 #: HTTP/2 from clients, as Envoy's edge best practices bound it (Envoy's own defaults are a mesh's:
 #: 2^31 streams and 256 MiB windows per connection). A worker reads what a connection has sent in

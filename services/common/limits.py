@@ -109,8 +109,30 @@ MAX_PARAMETERS_BYTES = 256 * 1024
 """Largest notebook job's parameters, serialized: they travel in one NATS message (1 MiB at most)."""
 MAX_TENSOR_ELEMENTS = 16_000_000
 """Most elements of one tensor input."""
+MAX_OIP_TENSORS = 64
+"""Most inputs, outputs or parameters one Open Inference Protocol request may name (Ferry takes one
+input and answers a few outputs). Each costs the gateway's event loop before anything else can be
+checked: 200,000 outputs of one REST body took it 12 s (and asked for the same output 200,000
+times), 200,000 inputs 6 s, 200,000 parameters 2 s, while every other call waited."""
+MAX_TENSOR_DIMS = 16
+"""Most dimensions of one tensor's shape (an image batch has 4). Multiplying a shape out costs its
+size squared in big-integer digits: 10,000 dimensions of 2**62 are a product of 620,000 bits, and
+a 16 MiB body holds 800,000 of them."""
 DEFAULT_IMAGE_PIXELS = 50_000_000
 """Most pixels an image may declare by default (FERRY_INFERENCE_MAX_IMAGE_PIXELS)."""
+
+# Streams.
+
+EDGE_STREAMS = 1024
+"""Streams (WatchJob, GetJobResults, uploads) Envoy keeps open to all gateways together, shared by
+every tenant (its circuit breaker on the streams cluster): past it every caller's stream is
+answered 429 OVERLOADED by Envoy itself."""
+MAX_TENANT_STREAMS = EDGE_STREAMS // 4
+"""Most streams one tenant may be allowed at once (FERRY_GATEWAY_MAX_STREAMS_PER_TENANT): a
+quarter of the edge's, so no one tenant can hold them all."""
+DEFAULT_TENANT_STREAMS = 32
+"""Streams one tenant may hold open at once by default: a console, a few ``ferry job --wait`` and a
+CI pipeline watching its jobs, with room to spare."""
 
 # Uploads (CreateUpload) and the jobs made from them.
 

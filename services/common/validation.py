@@ -364,11 +364,13 @@ def label(value: str) -> str:
     """Checks a label filter.
 
     Raises:
-        InvalidArgument: longer than limits.MAX_LABEL_CHARS.
+        InvalidArgument: longer than limits.MAX_LABEL_CHARS, or holding a NUL character (no label
+            has one: Postgres text cannot hold it, and store failed with a 500).
     """
-    if len(value) > limits.MAX_LABEL_CHARS:
+    if len(value) > limits.MAX_LABEL_CHARS or "\x00" in value:
         raise InvalidArgument(
-            f"label is {len(value)} characters; class labels are at most {limits.MAX_LABEL_CHARS}",
+            f"label is {len(value)} characters; class labels are at most {limits.MAX_LABEL_CHARS}, "
+            "with no NUL character (U+0000)",
             reason="INVALID_LABEL",
             metadata={"field": "label"},
         )
@@ -379,8 +381,21 @@ def time_range(start: Timestamp | None, end: Timestamp | None) -> None:
     """Checks that a time range's start (if any) comes before its end (if any).
 
     Raises:
-        InvalidArgument: start_time is not before end_time.
+        InvalidArgument: a time outside years 1 to 9999 (or with nanos outside 0..999,999,999), which
+            no timestamp can be (store failed with a 500), or start_time not before end_time.
     """
+    for field, value in (("start_time", start), ("end_time", end)):
+        if value is None:
+            continue
+        try:
+            value.ToDatetime()
+        except (ValueError, OverflowError):
+            raise InvalidArgument(
+                f"{field} is {value.seconds} s and {value.nanos} ns from 1970; a time is between "
+                "0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z",
+                reason="INVALID_TIME_RANGE",
+                metadata={"field": field},
+            ) from None
     if start is not None and end is not None and start.ToNanoseconds() >= end.ToNanoseconds():
         raise InvalidArgument(
             f"start_time ({start.ToJsonString()}) must be before end_time ({end.ToJsonString()})",

@@ -1,4 +1,5 @@
-"""Admission control: per-key rate limits, throttled authentication failures, an in-flight bound.
+"""Admission control: per-key rate limits, throttled authentication failures, in-flight bounds
+(calls per gateway, streams per tenant).
 
 Each refusal is RESOURCE_EXHAUSTED (HTTP 429) at once, with a ``google.rpc.RetryInfo`` (and a
 ``retry-after`` header through Envoy) saying when a retry can succeed: a gateway that queues
@@ -291,6 +292,56 @@ class InFlight:
     def leave(self) -> None:
         """Counts a call out (after ``enter`` admitted it)."""
         self.count -= 1
+
+
+class TenantStreams:
+    """Bounds the streams (watches, result downloads, uploads) one tenant holds open at once.
+
+    Envoy keeps at most ``limits.EDGE_STREAMS`` streams open to the gateways for every tenant
+    together, and a stream is not counted in flight (a watch lasts up to an hour): without a bound
+    per tenant, one key opened them all within seconds of its rate limit, and every other tenant's
+    watch got Envoy's 429. Like a key's rate limit the bound is the deployment's: each of n
+    gateways (``gateways()``) holds a tenant to its share, ``limit / n`` rounded up.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+        self.gateways: Callable[[], int] = lambda: 1
+        """How many gateways share the bound (services/gateway/peers.py); this one holds 1/n."""
+
+    def enter(self, tenant: str) -> None:
+        """Counts a stream of ``tenant`` in.
+
+        Raises:
+            ResourceExhausted: TOO_MANY_STREAMS while the tenant holds its share (0: no bound).
+        """
+        if not self.limit:
+            return
+        held = self._open.get(tenant, 0)
+        share = math.ceil(self.limit / max(1, self.gateways()))
+        if held >= share:
+            raise ResourceExhausted(
+                f"this tenant has {held} streams open here (watches, result downloads, uploads), the "
+                f"most it may hold at once ({self.limit} across all gateways); end one and retry (a "
+                "watch ends when its job does)",
+                reason="TOO_MANY_STREAMS",
+                metadata={"limit": str(self.limit), "open": str(held)},
+                retry_after=retry_after(1.0),
+            )
+        self._open[tenant] = held + 1
+
+    def leave(self, tenant: str) -> None:
+        """Counts a stream of ``tenant`` out (after ``enter`` admitted it)."""
+        held = self._open.get(tenant, 0) - 1
+        if held > 0:
+            self._open[tenant] = held
+        else:
+            self._open.pop(tenant, None)
+
+    def held(self, tenant: str) -> int:
+        """The streams ``tenant`` holds open at this gateway."""
+        return self._open.get(tenant, 0)
 
 
 class AdaptiveLimit:

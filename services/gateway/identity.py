@@ -81,16 +81,19 @@ class Route:
 
     scopes: frozenset[str]
     kind: RouteClass
+    held: bool = False
+    """Whether a call stays open for long (a watch, a download, an upload): it counts among its
+    tenant's streams (``admission.TenantStreams``) and its key is checked again as it goes."""
 
 
-def _route(kind: RouteClass, *needed: str) -> Route:
-    return Route(frozenset(needed), kind)
+def _route(kind: RouteClass, *needed: str, held: bool = False) -> Route:
+    return Route(frozenset(needed), kind, held)
 
 
 _READ = _route(RouteClass.READ, scopes.READ)
 _JOB_READ = _route(RouteClass.READ, scopes.READ, scopes.JOBS)
 _PREDICT = _route(RouteClass.PREDICT, scopes.PREDICT)
-_JOB_STREAM = _route(RouteClass.STREAM, scopes.READ, scopes.JOBS)
+_JOB_STREAM = _route(RouteClass.STREAM, scopes.READ, scopes.JOBS, held=True)
 _OIP_READ = _route(RouteClass.READ, scopes.READ, scopes.PREDICT)
 _ADMIN = _route(RouteClass.READ, scopes.ADMIN)
 _MODEL_ADMIN = _route(RouteClass.LOAD, scopes.ADMIN)
@@ -125,6 +128,7 @@ _METHODS = {
     "/ferry.jobs.v1.JobService/WatchJob": _JOB_STREAM,
     "/ferry.jobs.v1.JobService/GetJobResults": _JOB_STREAM,
     "/ferry.jobs.v1.JobService/GetJobNotebook": _JOB_READ,
+    "/ferry.jobs.v1.JobService/CreateUpload": _route(RouteClass.JOBS, scopes.JOBS, held=True),
 }
 
 

@@ -8,7 +8,8 @@ statuses, counts and logs them), so every public method gets, before its handler
 2. the API key resolved to a ``Caller`` (``auth.Authenticator``), lookups of keys the gateway
    does not know throttled per source address;
 3. the method's scope checked (``identity.route``): PERMISSION_DENIED otherwise;
-4. the key's rate limit (``admission.RateLimits``);
+4. the key's rate limit (``admission.RateLimits``), and for streams the tenant's bound on those
+   it holds open (``admission.TenantStreams``), its key checked again before each answer;
 5. a default deadline when the client sent none.
 
 Health and reflection stay open: probes and tooling carry no key.
@@ -25,7 +26,7 @@ import grpc
 
 from services.common.errors import DeadlineExceeded, FerryError, Unauthenticated
 from services.common.interceptors import Handler, StreamHandler, WrappingInterceptor
-from services.gateway.admission import AdaptiveLimit, InFlight, RateLimits, inference_seconds
+from services.gateway.admission import AdaptiveLimit, InFlight, RateLimits, TenantStreams, inference_seconds
 from services.gateway.auth import api_key_from_metadata, key_digest
 from services.gateway.components import ComponentsSlot
 from services.gateway.identity import Caller, Route, RouteClass, check_scope, reset_caller, route, set_caller
@@ -73,6 +74,7 @@ class AdmissionInterceptor(WrappingInterceptor):
         self.limits = RateLimits(
             settings.rate_limit_per_s, settings.rate_limit_burst, settings.auth_failure_rate_per_s
         )
+        self.streams = TenantStreams(settings.max_streams_per_tenant)
         self.tell_suspect: Callable[[str], Awaitable[None]] = _alone
         """Names a source whose key was wrong to the other gateways (services/gateway/peers.py)."""
         self._deadlines = {
@@ -129,26 +131,50 @@ class AdmissionInterceptor(WrappingInterceptor):
         self, method: str, needed: Route, inner: Handler, budget: float | None, request: Any, context: Context
     ) -> Any:
         """Admits the caller, then runs the handler as them, within the default deadline if needed."""
-        token = set_caller(await self.admit(method, needed, context))
+        caller = await self.admit(method, needed, context)
+        if needed.held:
+            self.streams.enter(caller.tenant)
+        token = set_caller(caller)
         try:
             if budget is None or context.time_remaining() is not None:
                 return await inner(request, context)
             return await _within(budget, needed.kind, inner(request, context))
         finally:
             reset_caller(token)
+            if needed.held:
+                self.streams.leave(caller.tenant)
 
     def wrap_stream(self, method: str, inner: StreamHandler) -> StreamHandler:
         needed = route(method)
 
         async def admitted(request: Any, context: Context) -> AsyncIterator[Any]:
-            token = set_caller(await self.admit(method, needed, context))
+            caller = await self.admit(method, needed, context)
+            digest = key_digest(api_key_from_metadata(context.invocation_metadata()))
+            if needed.held:
+                self.streams.enter(caller.tenant)
+            token = set_caller(caller)
             try:
                 async for response in inner(request, context):
+                    if needed.held:
+                        await self._still_valid(digest)
                     yield response
             finally:
                 reset_caller(token)
+                if needed.held:
+                    self.streams.leave(caller.tenant)
 
         return admitted
+
+    async def _still_valid(self, digest: str) -> None:
+        """Checks a stream's key again before each answer: a watch lasts up to an hour, and one
+        opened with a key revoked since kept answering until it ended. The key's cache entry
+        makes this a lookup in memory; a key revoked at this gateway is refused at its next
+        answer, at another within the cache's TTL.
+
+        Raises:
+            Unauthenticated: the key no longer works (INVALID_API_KEY).
+        """
+        await self._slot.get().auth.resolve(digest)
 
     async def admit(self, method: str, needed: Route, context: Context) -> Caller:
         """The call's caller, once its key, scope and rate allow the call.

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
-from services.common import nesting
+from services.common import limits, nesting
 from services.common.errors import InvalidArgument
 from services.gateway.oip_tensors import IMAGE_INPUT, decode_bytes_tensor, encode_bytes_tensor
 
@@ -129,12 +129,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     """
     if header_length is None:
         return _json_object(body, "the request body"), b""
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    digits = header_length.strip()
+    # ASCII digits only: str.isdigit() is true of '²', which int() refuses (a 500, with a traceback).
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
         raise _bad_body(
             f"the Inference-Header-Content-Length header is {header_length!r}; it must be the length "
             f"of the JSON at the start of the body (the body has {len(body)} bytes)"
         )
-    length = int(header_length)
+    length = int(digits)
     return _json_object(body[:length], f"the body's first {length} bytes"), body[length:]
 
 
@@ -231,6 +233,7 @@ def _input(
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise _bad_body(f"{where} ({name!r}) needs a shape: a list of integers")
     parameters = _parameters(value.get("parameters"), where)
+    _few(parameters, f"{where}.parameters")
     tensor = oip.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
     size = parameters.get(BINARY_DATA_SIZE)
     if size is not None:
@@ -261,9 +264,19 @@ def infer_request(body: bytes, header_length: str | None, model_name: str, model
         raise _bad_body(f"the request holds a value its field cannot take: {err}") from None
 
 
+def _few(value: Any, field: str) -> None:
+    """Refuses more than limits.MAX_OIP_TENSORS entries in ``field`` before any is converted."""
+    if isinstance(value, (list, dict)) and len(value) > limits.MAX_OIP_TENSORS:
+        raise _bad_body(
+            f'"{field}" has {len(value)} entries; a request may have at most {limits.MAX_OIP_TENSORS}'
+        )
+
+
 def _infer_request(document: dict[str, Any], binary: bytes, model_name: str, model_version: str) -> RestInfer:
     request = oip.ModelInferRequest(model_name=model_name, model_version=model_version)
     _known_fields(document, _REQUEST_FIELDS, "the request")
+    for field_name in ("inputs", "outputs", "parameters"):
+        _few(document.get(field_name), field_name)
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise _bad_body("id must be a string")

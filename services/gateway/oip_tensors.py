@@ -108,6 +108,12 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
     if len(known) != 1 or len(names) != 1:
         raise _bad_input(",".join(names), f"the request has inputs {names}; send exactly one of {_ACCEPTED}")
     tensor, name = request.inputs[0], known[0]
+    if len(tensor.shape) > limits.MAX_TENSOR_DIMS:  # before anything multiplies them out
+        raise _bad_input(
+            name,
+            f"input {name!r} has a shape of {len(tensor.shape)} dimensions; the limit is "
+            f"{limits.MAX_TENSOR_DIMS} (an image batch has 4: [n, 3, height, width])",
+        )
     datatype = INPUTS[name][0]
     if tensor.datatype != datatype:
         other = next((n for n, (d, _) in INPUTS.items() if d == tensor.datatype), None)
@@ -280,6 +286,28 @@ def _outputs(results: Sequence[inference_service_pb2.PredictResult]) -> dict[str
             stacked = np.stack(arrays).astype(_FP32)
             found[name] = _Output("FP32", list(stacked.shape), stacked)
     return found
+
+
+def check_request_size(request: oip.ModelInferRequest) -> None:
+    """Refuses a request asking for an output twice, or naming more than limits.MAX_OIP_TENSORS
+    outputs or parameters, before any work: each output asked for is built and sent (200,000
+    asks for LABELS made an answer of 200,000 copies).
+
+    Raises:
+        InvalidArgument: INVALID_OIP_OUTPUT or INVALID_OIP_PARAMETER.
+    """
+    wanted = [o.name for o in request.outputs]
+    if len(wanted) > limits.MAX_OIP_TENSORS or len(set(wanted)) != len(wanted):
+        raise InvalidArgument(
+            f"the request asks for {len(wanted)} outputs ({len(set(wanted))} different); ask for each "
+            f"output once, at most {limits.MAX_OIP_TENSORS}",
+            reason="INVALID_OIP_OUTPUT",
+        )
+    if len(request.parameters) > limits.MAX_OIP_TENSORS:
+        raise InvalidArgument(
+            f"the request has {len(request.parameters)} parameters; at most {limits.MAX_OIP_TENSORS}",
+            reason="INVALID_OIP_PARAMETER",
+        )
 
 
 def output_tensors(

@@ -38,6 +38,7 @@ from services.gateway.oip_tensors import (
     JSON_OUTPUT,
     TENSOR_INPUT,
     TEXT_INPUT,
+    check_request_size,
     inputs_of,
     output_tensors,
 )
@@ -241,6 +242,7 @@ class OpenInference:
         s = self._settings
         model = validation.model_id(request.model_name, field="model_name")
         version = validation.model_version(request.model_version, model, field="model_version")
+        check_request_size(request)
         parameters = dict(request.parameters)
         top_k = validation.top_k(_parameter_int(parameters, "top_k") or 0, s.default_top_k, s.max_top_k)
         timeout_us = _parameter_int(parameters, "timeout")

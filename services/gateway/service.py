@@ -120,6 +120,7 @@ class GatewayService:
         gateways = LiveGateways(nc, announce=s.shares_rate_limits, on_suspect=limits.suspect)
         await gateways.start(stack)
         limits.gateways = gateways.count
+        self._admission.streams.gateways = gateways.count
         self._admission.tell_suspect = gateways.tell_suspect
 
         await asyncio.gather(

@@ -121,7 +121,13 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     them would halve every other gateway's share."""
     max_inflight: int = Field(default=256, ge=0)
     """Most unary calls one gateway works on at once; beyond it a call gets 429 OVERLOADED at once
-    instead of waiting behind the others. WatchJob streams are not counted. 0: no bound."""
+    instead of waiting behind the others. Streams are not counted (``max_streams_per_tenant``
+    bounds them). 0: no bound."""
+    max_streams_per_tenant: int = Field(default=limits.DEFAULT_TENANT_STREAMS, ge=0)
+    """Most streams (WatchJob, GetJobResults, CreateUpload) one tenant may hold open at once, all
+    gateways together (each holds 1/n, as for rate limits); one more gets 429 TOO_MANY_STREAMS.
+    Envoy keeps at most limits.EDGE_STREAMS open for every tenant together: without this bound one
+    tenant's watches took them all, and every other tenant's watch was refused. 0: no bound."""
     predict_latency_tolerance: float = Field(default=0.0, ge=0)
     """Opt-in latency protection: when set (for example 2), predictions are admitted while
     inference serves them (queue, decode, forward pass) within this many times the best time seen;
@@ -184,6 +190,10 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
                     "past it a zip file is a bomb, not images",
                 ),
                 "upload_buffer_bytes": (limits.UPLOAD_BUFFER_BYTES, "an upload's memory in the gateway"),
+                "max_streams_per_tenant": (
+                    limits.MAX_TENANT_STREAMS,
+                    f"a quarter of the {limits.EDGE_STREAMS} streams the edge keeps open for all tenants",
+                ),
             },
         )
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,10 +105,14 @@ def tensor_array(tensor: types_pb2.Tensor) -> npt.NDArray[np.float32]:
     """
     if tensor.datatype.upper() != FP32:
         raise InvalidInput(f"its tensor has datatype {tensor.datatype or 'unset'!r}; FP32 is supported")
+    if len(tensor.shape) > limits.MAX_TENSOR_DIMS:
+        raise InvalidInput(
+            f"its tensor shape has {len(tensor.shape)} dimensions; the limit is {limits.MAX_TENSOR_DIMS}"
+        )
     shape = tuple(int(d) for d in tensor.shape)
-    if not shape or any(d < 0 for d in shape):
-        raise InvalidInput(f"its tensor shape {list(shape)} must list one or more non-negative sizes")
-    count = int(np.prod(shape))
+    if not shape or any(d < 1 for d in shape):  # a 0 made an empty array of any shape: a 500
+        raise InvalidInput(f"its tensor shape {list(shape)} must list one or more positive sizes")
+    count = math.prod(shape)  # Python's integers: numpy's int64 product wraps ([2**32, 2**32] is 0)
     if count > limits.MAX_TENSOR_ELEMENTS:
         raise InvalidInput(f"its tensor has {count} elements; the limit is {limits.MAX_TENSOR_ELEMENTS}")
     if tensor.raw_contents:

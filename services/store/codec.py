@@ -321,8 +321,12 @@ def keyset_position(position: dict[str, Any]) -> tuple[datetime, uuid.UUID] | No
     if not position:
         return None
     try:
-        return datetime.fromisoformat(position["t"]), uuid.UUID(position["id"])
-    except (KeyError, TypeError, ValueError, AttributeError):
+        # In UTC: a time Postgres cannot hold ('0001-01-01T00:00:00+14:00' is in year 0) fails
+        # here, not in the query (a 500).
+        after = datetime.fromisoformat(position["t"])
+        after = (after if after.tzinfo else after.replace(tzinfo=UTC)).astimezone(UTC)
+        return after, uuid.UUID(position["id"])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         raise InvalidArgument(
             "page_token is not valid; pass the next_page_token of the previous page unchanged",
             reason="INVALID_PAGE_TOKEN",

@@ -59,7 +59,7 @@ def _prediction_filter(request: pb.ListPredictionsRequest) -> queries.Prediction
 def _item_position(position: dict[str, Any]) -> int:
     """The item index a job listing's page token continues after (-1 for the first page)."""
     after = position.get("i", -1) if position.keys() <= {"i"} else None
-    if type(after) is not int:
+    if type(after) is not int or not -1 <= after < 2**31:  # item_index is a Postgres integer
         raise InvalidArgument(
             "page_token is not valid for a job's predictions; pass the next_page_token of the"
             " previous page of the same listing unchanged",

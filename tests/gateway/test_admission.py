@@ -300,6 +300,8 @@ def test_every_public_method_has_a_scope_and_only_key_and_model_management_need_
             admin = service_name == "ferry.admin.v1.KeyService" or method.name in _MODEL_ADMIN
             assert ("admin" in found.scopes) == admin, method.full_name
             assert (found.kind is RouteClass.STREAM) == method.server_streaming, method.full_name
+            # Every stream counts among its tenant's (admission.TenantStreams), uploads included.
+            assert found.held == (method.server_streaming or method.client_streaming), method.full_name
 
 
 def test_the_prediction_bound_keeps_its_floor_and_learns_from_inferences_own_time() -> None:

@@ -253,3 +253,22 @@ def test_a_base64_image_without_its_content_type_says_to_add_it() -> None:
         document = {"inputs": [{**_IMAGE, "name": name, "data": ["abcd", "a cat"]}]}
         rest = oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
         assert rest.request.inputs[0].contents.bytes_contents == [b"abcd", b"a cat"]
+
+
+def test_a_length_header_of_non_ascii_digits_is_a_bad_body_not_a_500() -> None:
+    # '²'.isdigit() is true and int('²') raises: it was a 500 with a traceback in the gateway's log.
+    body, _ = _binary_body({"inputs": [_IMAGE]})
+    with pytest.raises(InvalidArgument) as caught:
+        oip_rest.infer_request(body, "\u00b2", "m", "")
+    assert caught.value.reason == "INVALID_OIP_REST_BODY"
+
+
+@pytest.mark.parametrize("field", ["inputs", "outputs", "parameters"])
+def test_thousands_of_inputs_outputs_or_parameters_are_refused_before_any_is_read(field: str) -> None:
+    # 200,000 of them held the gateway's event loop for 2-12 s while every other call waited.
+    many: object = {f"p{i}": i for i in range(200_000)} if field == "parameters" else [_IMAGE] * 200_000
+    document = {"inputs": [_IMAGE], field: many}
+    with pytest.raises(InvalidArgument) as caught:
+        oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+    assert caught.value.reason == "INVALID_OIP_REST_BODY"
+    assert f'"{field}" has 200000 entries' in caught.value.message

@@ -13,6 +13,7 @@ from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
 from services.common.errors import FerryError
 from services.gateway.oip_tensors import (
+    check_request_size,
     decode_bytes_tensor,
     encode_bytes_tensor,
     inputs_of,
@@ -241,3 +242,32 @@ def test_tritons_uint64_parameters_are_read_though_kserves_proto_lacks_them() ->
     priority = oip.InferParameter.FromString(bytes([5 << 3, 1]))
     assert priority.WhichOneof("parameter_choice") is None
     assert priority_of({"priority": priority}) == types_pb2.PRIORITY_HIGH
+
+
+@pytest.mark.parametrize(("name", "datatype"), [("IMAGE", "BYTES"), ("TENSOR", "FP32")])
+def test_a_shape_of_thousands_of_dimensions_is_refused_before_it_is_multiplied_out(
+    name: str, datatype: str
+) -> None:
+    # 100,000 dimensions of 2**62: multiplying them out held the gateway's event loop for 44-60 s
+    # (every other call waited), and a TENSOR's product, too long to print, ended in a 500.
+    tensor = oip.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=[2**62] * 100_000)
+    with pytest.raises(FerryError) as caught:
+        inputs_of(oip.ModelInferRequest(inputs=[tensor]), max_bytes=1024)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.reason == "INVALID_OIP_INPUT"
+    assert "100000 dimensions; the limit is 16" in caught.value.message
+
+
+def test_an_output_asked_for_twice_or_too_many_parameters_are_refused_before_any_work() -> None:
+    labels = oip.ModelInferRequest.InferRequestedOutputTensor(name="LABELS")
+    twice = oip.ModelInferRequest(outputs=[labels, labels])
+    with pytest.raises(FerryError) as caught:
+        check_request_size(twice)  # 200,000 asks for LABELS were answered with 200,000 copies
+    assert caught.value.reason == "INVALID_OIP_OUTPUT"
+    many = oip.ModelInferRequest()
+    for i in range(65):
+        many.parameters[f"p{i}"].int64_param = i
+    with pytest.raises(FerryError) as caught:
+        check_request_size(many)
+    assert caught.value.reason == "INVALID_OIP_PARAMETER"
+    check_request_size(oip.ModelInferRequest(outputs=[labels]))

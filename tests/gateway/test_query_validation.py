@@ -82,6 +82,12 @@ def test_filters_map_to_stores_request() -> None:
             {"start_time": stamp("2026-11-26T00:00:00Z"), "end_time": stamp("2026-11-25T00:00:00Z")},
             "start_time",
         ),
+        # Store could not read these: each was a 500 (native gRPC sends any Timestamp, or a NUL).
+        ({"label": "tabby\x00"}, "label"),
+        ({"start_time": Timestamp(seconds=2**62)}, "start_time"),
+        ({"end_time": Timestamp(seconds=-(2**62))}, "end_time"),
+        ({"end_time": Timestamp(seconds=0, nanos=-5)}, "end_time"),
+        ({"start_time": Timestamp(seconds=2**62), "end_time": Timestamp(seconds=0)}, "start_time"),
     ],
 )
 def test_bad_filters_are_invalid_arguments_naming_the_field(

@@ -73,6 +73,22 @@ def test_a_tensor_holding_nan_or_infinity_is_invalid_input(value: float) -> None
     assert protos.model_input(types_pb2.Input(tensor=finite)).tensor is not None
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [2**32, 2**32],  # numpy's int64 product wraps to 0: it matched no contents, and reshape raised
+        [2**62, 4],
+        [2**40, 2**40, 0],
+        [1] * 1000,
+        [2**62] * 20_000,
+    ],
+)
+def test_a_tensor_shape_too_large_to_count_is_invalid_input_not_a_500(shape: list[int]) -> None:
+    # Each was a 500 with a traceback in inference (a Predict with a tensor input, a job item).
+    with pytest.raises(InvalidInput, match="elements|dimensions|positive"):
+        protos.model_input(types_pb2.Input(tensor=types_pb2.Tensor(datatype="FP32", shape=shape)))
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_a_payload_holding_nan_or_infinity_is_invalid_input(value: float) -> None:
     # JSON cannot spell them, so turning the payload into the model's JSON object raised ValueError:

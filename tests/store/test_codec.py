@@ -9,7 +9,9 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
+from services.common.errors import FerryError
 from services.store import codec
+from services.store.servicer import _item_position
 
 CLASSES = [
     [],
@@ -117,3 +119,23 @@ def test_an_input_name_survives_the_row_and_an_old_row_has_none() -> None:
     assert codec.prediction_from_row(old).input_name == ""  # type: ignore[arg-type]
     classifier = codec.prediction_row("t", prediction_pb2.Prediction(name=prediction.name, model="models/x"))
     assert classifier.outputs is None
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        {"t": "0001-01-01T00:00:00+14:00", "id": str(uuid.UUID(int=1))},  # year 0 in UTC
+        {"t": "9999-12-31T23:59:59-14:00", "id": str(uuid.UUID(int=1))},  # year 10000 in UTC
+    ],
+)
+def test_a_page_token_at_a_time_postgres_cannot_hold_is_invalid_not_a_500(position: dict[str, str]) -> None:
+    with pytest.raises(FerryError) as caught:
+        codec.keyset_position(position)
+    assert caught.value.reason == "INVALID_PAGE_TOKEN"
+
+
+@pytest.mark.parametrize("after", [2**31, 10**30, -2])
+def test_a_job_listings_page_token_past_an_item_index_is_invalid_not_a_500(after: int) -> None:
+    with pytest.raises(FerryError) as caught:
+        _item_position({"i": after})
+    assert caught.value.reason == "INVALID_PAGE_TOKEN"

@@ -119,6 +119,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_LOAD_FAILED: _ClassVar[ErrorReason]
     MODEL_IN_USE: _ClassVar[ErrorReason]
     INVALID_MODEL_VERSION: _ClassVar[ErrorReason]
+    TOO_MANY_STREAMS: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 MISSING_API_KEY: ErrorReason
 UNSUPPORTED_AUTH_SCHEME: ErrorReason
@@ -230,6 +231,7 @@ MODEL_NOT_LOADED: ErrorReason
 MODEL_LOAD_FAILED: ErrorReason
 MODEL_IN_USE: ErrorReason
 INVALID_MODEL_VERSION: ErrorReason
+TOO_MANY_STREAMS: ErrorReason
 CODE_FIELD_NUMBER: _ClassVar[int]
 code: _descriptor.FieldDescriptor
 HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]

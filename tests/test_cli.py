@@ -105,6 +105,10 @@ def test_a_user_error_is_one_line_and_exit_code_2(
         (["predict", "empty.jpg"], "argument image: empty.jpg: an empty file (0 bytes)"),
         (["job", "cat.jpg", "empty.jpg"], "argument images: empty.jpg: an empty file (0 bytes)"),
         (["upload", "empty.zip"], "argument file: empty.zip: an empty file (0 bytes)"),
+        # Stored as a JSONL manifest (the server goes by content), whose job failed at "line 1".
+        (["upload", "page.zip"], "argument file: page.zip: not a zip file"),
+        # An empty folder ended in a ValueError traceback.
+        (["job", "photos"], "no files in photos; give image files or a folder holding some"),
     ],
 )
 def test_an_empty_file_is_named_before_any_call(
@@ -118,6 +122,8 @@ def test_an_empty_file_is_named_before_any_call(
     (tmp_path / "cat.jpg").write_bytes(b"\xff\xd8 not empty")
     (tmp_path / "empty.jpg").touch()
     (tmp_path / "empty.zip").touch()
+    (tmp_path / "page.zip").write_text("<html>Not Found</html>")
+    (tmp_path / "photos").mkdir()
     with pytest.raises(SystemExit) as done:
         main(["--target", "127.0.0.1:9", "--api-key", "k", *argv])
     err = capsys.readouterr().err

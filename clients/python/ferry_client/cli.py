@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -45,6 +46,18 @@ def _existing_file(text: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text}: {'a folder' if path.is_dir() else 'no such file'}")
     return _not_empty(path, text)
+
+
+def _upload_file(text: str) -> Path:
+    """An upload: a JSONL manifest, or a file named ``.zip`` that is a zip. The server tells them
+    apart by content, so a ``.zip`` that is not one (a failed download, an HTML error page) was
+    stored as a manifest and its job failed later at "line 1: not JSON"."""
+    path = _existing_file(text)
+    if path.suffix.lower() == ".zip" and not zipfile.is_zipfile(path):
+        raise argparse.ArgumentTypeError(
+            f"{text}: not a zip file (no zip directory at its end: damaged or cut short?)"
+        )
+    return path
 
 
 def _existing_path(text: str) -> Path:
@@ -262,7 +275,7 @@ def _parser() -> tuple[argparse.ArgumentParser, bool]:
     stats.add_argument("model", nargs="?", default="efficientnet-lite0")
     stats.add_argument("--window", default="1h", help="how far back: 15m, 1h, 24h, 7d, ...")
     upload = sub.add_parser("upload", help="upload a JSONL manifest or a zip of images for a job to name")
-    upload.add_argument("file", type=_existing_file)
+    upload.add_argument("file", type=_upload_file)
     job = sub.add_parser(
         "job",
         help="submit a batch job of image files (over 24 MiB in all: uploaded as one zip), --text or "
@@ -354,6 +367,9 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 "(from `ferry upload`) or --notebook NAME"
             )
         args.parameters = _params(parser, args.param)
+        if args.images and not bundles.files_of(args.images):  # empty folders: was a traceback
+            given = ", ".join(map(str, args.images))
+            parser.error(f"no files in {given}; give image files or a folder holding some")
         if (
             args.images
             and (args.request_id or args.text or args.json)

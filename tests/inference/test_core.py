@@ -85,7 +85,7 @@ def test_a_tensor_holding_nan_or_infinity_is_invalid_input(value: float) -> None
 )
 def test_a_tensor_shape_too_large_to_count_is_invalid_input_not_a_500(shape: list[int]) -> None:
     # Each was a 500 with a traceback in inference (a Predict with a tensor input, a job item).
-    with pytest.raises(InvalidInput, match="elements|dimensions|positive"):
+    with pytest.raises(InvalidInput, match=r"elements|dimensions|positive"):
         protos.model_input(types_pb2.Input(tensor=types_pb2.Tensor(datatype="FP32", shape=shape)))
 
 

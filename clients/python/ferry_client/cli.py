@@ -368,8 +368,8 @@ def _check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             )
         args.parameters = _params(parser, args.param)
         if args.images and not bundles.files_of(args.images):  # empty folders: was a traceback
-            given = ", ".join(map(str, args.images))
-            parser.error(f"no files in {given}; give image files or a folder holding some")
+            folders = ", ".join(map(str, args.images))
+            parser.error(f"no files in {folders}; give image files or a folder holding some")
         if (
             args.images
             and (args.request_id or args.text or args.json)

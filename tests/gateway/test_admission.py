@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -24,20 +23,12 @@ from ferry.models.v1 import model_pb2, model_service_pb2, model_service_pb2_grpc
 from ferry.predictions.v1 import prediction_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
-from services.common.channels import open_channel
-from services.common.downstream import Backend
 from services.common.errors import FerryError, NotFound, ResourceExhausted
-from services.common.interceptors import ServerInterceptor
-from services.common.readiness import Readiness
 from services.gateway import identity
 from services.gateway.admission import AdaptiveLimit, RateLimits, inference_seconds
-from services.gateway.auth import Authenticator
-from services.gateway.components import ComponentsSlot
 from services.gateway.identity import RouteClass, route
-from services.gateway.interceptors import AdmissionInterceptor
 from services.gateway.service import SERVICE_NAMES
-from services.gateway.settings import GatewaySettings
-from tests.gateway.servers import serving
+from tests.gateway.servers import admitting
 
 KEYS = {
     "key-all": store_service_pb2.LookupApiKeyResponse(
@@ -90,34 +81,17 @@ class Models(model_service_pb2_grpc.ModelServiceServicer):
 @asynccontextmanager
 async def gateway(**settings: Any) -> AsyncIterator[Running]:
     """A server with the common and the admission interceptor in front of ``Models``."""
-    keys = KeyStore()
-    async with serving(lambda s: store_service_pb2_grpc.add_StoreServiceServicer_to_server(keys, s)) as store:
-        store_channel = open_channel(store, 1024 * 1024)
-        auth = Authenticator(
-            store_service_pb2_grpc.StoreServiceStub(store_channel), Backend("store", store_channel, 5.0), 60.0
-        )
-        slot = ComponentsSlot()
-        slot.fill(SimpleNamespace(auth=auth))  # type: ignore[arg-type]  # the interceptor reads only .auth
-        models = Models()
-        admission = AdmissionInterceptor(slot, GatewaySettings(**settings))
-        server = grpc.aio.server(
-            interceptors=[
-                ServerInterceptor("gateway", Readiness.started("gateway"), shed=admission.shed),
-                admission,
-            ]
-        )
+    keys, models = KeyStore(), Models()
+
+    def register(server: grpc.aio.Server) -> None:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, server)
         health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+    async with admitting(keys, register, **settings) as (channel, _):
         try:
             yield model_service_pb2_grpc.ModelServiceStub(channel), models, keys, channel
         finally:
             models.release.set()
-            await channel.close()
-            await server.stop(None)
-            await store_channel.close()
 
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:

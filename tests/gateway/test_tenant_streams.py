@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -21,17 +20,10 @@ import pytest
 
 from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
-from services.common.channels import open_channel
-from services.common.downstream import Backend
 from services.common.errors import FerryError, NotFound
-from services.common.interceptors import ServerInterceptor
-from services.common.readiness import Readiness
 from services.gateway.admission import TenantStreams
 from services.gateway.auth import Authenticator
-from services.gateway.components import ComponentsSlot
-from services.gateway.interceptors import AdmissionInterceptor
-from services.gateway.settings import GatewaySettings
-from tests.gateway.servers import serving
+from tests.gateway.servers import admitting
 from tests.gateway.test_admission import bearer, details, refused
 
 #: key -> (tenant, scopes).
@@ -81,32 +73,10 @@ Running = tuple[job_service_pb2_grpc.JobServiceStub, Jobs, KeyStore, Authenticat
 @asynccontextmanager
 async def gateway(**settings: Any) -> AsyncIterator[Running]:
     """The common and the admission interceptor in front of ``Jobs``, keys from ``KeyStore``."""
-    keys = KeyStore()
-    async with serving(lambda s: store_service_pb2_grpc.add_StoreServiceServicer_to_server(keys, s)) as store:
-        store_channel = open_channel(store, 1024 * 1024)
-        auth = Authenticator(
-            store_service_pb2_grpc.StoreServiceStub(store_channel), Backend("store", store_channel, 5.0), 60.0
-        )
-        slot = ComponentsSlot()
-        slot.fill(SimpleNamespace(auth=auth))  # type: ignore[arg-type]  # the interceptor reads only .auth
-        jobs = Jobs()
-        admission = AdmissionInterceptor(slot, GatewaySettings(**settings))
-        server = grpc.aio.server(
-            interceptors=[
-                ServerInterceptor("gateway", Readiness.started("gateway"), shed=admission.shed),
-                admission,
-            ]
-        )
-        job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        try:
-            yield job_service_pb2_grpc.JobServiceStub(channel), jobs, keys, auth
-        finally:
-            await channel.close()
-            await server.stop(None)
-            await store_channel.close()
+    keys, jobs = KeyStore(), Jobs()
+    register = lambda s: job_service_pb2_grpc.add_JobServiceServicer_to_server(jobs, s)  # noqa: E731
+    async with admitting(keys, register, **settings) as (channel, auth):
+        yield job_service_pb2_grpc.JobServiceStub(channel), jobs, keys, auth
 
 
 async def _watch(stub: job_service_pb2_grpc.JobServiceStub, key: str) -> Any:

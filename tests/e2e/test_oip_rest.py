@@ -215,6 +215,40 @@ def test_health_and_metadata_in_the_protocols_json(stack: dict[str, Any]) -> Non
             400,
             "Inference-Header-Content-Length",
         ),
+        # Session 10. '²' (UTF-8, as a header's bytes): int() refused what isdigit() took, a 500.
+        (
+            "POST",
+            f"/v2/models/{MODEL}/infer",
+            b'{"inputs": []}',
+            {"inference-header-content-length": "\xc2\xb2"},
+            400,
+            "Inference-Header-Content-Length",
+        ),
+        # 50,000 dimensions held the gateway's event loop 12.7 s while it multiplied them out.
+        (
+            "POST",
+            f"/v2/models/{MODEL}/infer",
+            json.dumps(
+                {"inputs": [{"name": "IMAGE", "shape": [2**62] * 50_000, "datatype": "BYTES", "data": ["x"]}]}
+            ).encode(),
+            {},
+            400,
+            "50000 dimensions; the limit is 16",
+        ),
+        # 200,000 outputs: 12 s of the loop, and 200,000 copies of LABELS answered.
+        (
+            "POST",
+            f"/v2/models/{MODEL}/infer",
+            json.dumps(
+                {
+                    "inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["x"]}],
+                    "outputs": [{"name": "LABELS"}] * 200_000,
+                }
+            ).encode(),
+            {},
+            400,
+            '"outputs" has 200000 entries',
+        ),
     ],
 )
 def test_errors_are_the_protocols_shape_with_http_codes(

@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, PubAck, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.common import priorities
@@ -83,6 +83,7 @@ _START_RETRY_MAX_PAUSE_S = 2.0
 _NOT_YET = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,  # nats.py's NoRespondersError for a stream's subjects
     nats.js.errors.ServiceUnavailableError,
 )
 #: NATS's error code for "no suitable peers for placement": with ", peer offline" it means a
@@ -285,6 +286,10 @@ async def publish(
     return await js.publish(subject, message.SerializeToString(), timeout=timeout_s, headers=sent)
 
 
+#: A key no bucket holds: reading it shows the bucket answers on this node.
+READY_PROBE_KEY = "ferry-ready-probe"
+
+
 async def open_key_value(
     js: JetStreamContext, bucket: str, replicas: int = 1, history: int = 1, ttl_s: float | None = None
 ) -> KeyValue:
@@ -309,6 +314,12 @@ async def open_key_value(
             stream = (await js.stream_info(f"KV_{bucket}")).config
             if stream.max_age != ttl_s:
                 await js.update_stream(dataclasses.replace(stream, max_age=ttl_s))
+        # On a cluster that has just formed, the bucket's stream can exist before this node has
+        # heard who serves it: the first read or write through it was answered "no responders"
+        # (tests/scaling/test_stream_replicas.py). A service reports ready once this returns, so
+        # it returns only once the bucket answers a read here.
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.get(READY_PROBE_KEY)
         return kv
 
     return await until_jetstream_answers(open_or_create, f"the bucket {bucket}")

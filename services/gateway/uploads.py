@@ -27,9 +27,9 @@ import logging
 import tempfile
 import uuid
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -65,6 +65,12 @@ OBJECT_CHUNK_BYTES = 1024 * 1024
 #: A zip's files stored at once (``_put_files``): enough to overlap their JetStream round trips,
 #: few enough that the files read whole (at most OBJECT_CHUNK_BYTES each) stay a few MiB.
 PUT_CONCURRENCY = 8
+#: Files larger than this (more than one chunk) are stored one at a time, nothing else of the
+#: process's uploads stored meanwhile, so each one's chunks lie together in the stream. Stored
+#: side by side, 8 files' chunks alternated, and reading one file (the runner's claim check) made
+#: NATS load every 8 MB block of the stream that held one of its chunks: 8 times its size, held
+#: until Go's next GC (docs/benchmarks.md, session 10). Together, a file spans 2-3 blocks.
+ALONE_ABOVE_BYTES = OBJECT_CHUNK_BYTES
 __all__ = ["BUCKET", "JSONL", "KEEP_DAYS", "ZIP", "Index", "Uploads"]
 
 
@@ -75,6 +81,7 @@ class Uploads(UploadStore):
         super().__init__(js, settings.upload_quota_bytes, settings.nats_stream_replicas)
         self._s = settings
         self._spool = SpoolBudget(settings.upload_spool_bytes)
+        self._puts = _Puts()
         self.max_image_bytes = settings.max_image_bytes
         """The largest image stored for a job: the image limit, not NATS's message size (an
         item carries its image's reference, not its bytes)."""
@@ -195,17 +202,19 @@ class Uploads(UploadStore):
     ) -> None:
         """Stores the zip's files, PUT_CONCURRENCY at a time: each put is a few JetStream round
         trips and a worker thread's read, which one after another left a 10,000-file zip 11 s of
-        mostly waiting. ``started[0]`` counts the files begun, for ``_forget``. The first failure
-        cancels the rest and is raised."""
+        mostly waiting. A file of more than one chunk is stored alone (``ALONE_ABOVE_BYTES``).
+        ``started[0]`` counts the files begun, for ``_forget``. The first failure cancels the rest
+        and is raised."""
         running: set[asyncio.Task[None]] = set()
         try:
             for position, (entry, info) in enumerate(files):
-                if len(running) >= PUT_CONCURRENCY:
+                alone = info.file_size > ALONE_ABOVE_BYTES
+                while running and (alone or len(running) >= PUT_CONCURRENCY):
                     done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     _raise_first_failure(done)
                 started[0] = position + 1
-                name = index.entry_ref(position).name
-                running.add(asyncio.create_task(_put_file(bucket, archive, name, entry, info)))
+                put = _put_file(bucket, archive, index.entry_ref(position).name, entry, info)
+                running.add(asyncio.create_task(self._puts.run(put, alone)))
             while running:
                 done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 _raise_first_failure(done)
@@ -252,6 +261,45 @@ class Uploads(UploadStore):
                 with contextlib.suppress(ObjectNotFoundError, NotFoundError):
                     await bucket.delete(name)
             await self._quota.refund(tenant, str(index.upload_id))
+
+
+class _Puts:
+    """The process's Object Store puts of zips' files: small ones side by side, each larger one
+    (``ALONE_ABOVE_BYTES``) alone, so that no other upload's chunks land between its own."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Condition()
+        self._side_by_side = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    async def run(self, put: Coroutine[Any, Any, None], alone: bool) -> None:
+        """Runs ``put`` when its turn comes (a file waiting to be stored alone goes first)."""
+        try:
+            async with self._changed:
+                if alone:
+                    self._waiting_alone += 1
+                    try:
+                        await self._changed.wait_for(lambda: not self._alone and not self._side_by_side)
+                    finally:
+                        self._waiting_alone -= 1
+                        self._changed.notify_all()
+                    self._alone = True
+                else:
+                    await self._changed.wait_for(lambda: not self._alone and not self._waiting_alone)
+                    self._side_by_side += 1
+        except BaseException:
+            put.close()  # cancelled before its turn: never started
+            raise
+        try:
+            await put
+        finally:
+            async with self._changed:
+                if alone:
+                    self._alone = False
+                else:
+                    self._side_by_side -= 1
+                self._changed.notify_all()
 
 
 def _raise_first_failure(done: set[asyncio.Task[None]]) -> None:

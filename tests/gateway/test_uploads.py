@@ -33,6 +33,7 @@ from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.fetcher import Fetcher, FetchPolicy
 from services.common.upload_checks import UploadLimits
 from services.common.upload_quota import UploadQuota
+from services.common.upload_store import BUCKET
 from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import OBJECT_CHUNK_BYTES, PUT_CONCURRENCY, Index, Uploads
 from services.jobs import manifests
@@ -715,6 +716,44 @@ async def test_a_zips_files_are_stored_several_at_once_each_read_back_whole(
     ]
 
 
+async def chunk_sequences(js: JetStreamContext, bucket: ObjectStore, name: str) -> list[int]:
+    """The stream sequences of the object ``name``'s chunks, in order."""
+    info = await bucket.get_info(name)
+    stream, subject = f"OBJ_{BUCKET}", f"$O.{BUCKET}.C.{info.nuid}"
+    found: list[int] = []
+    while len(found) < (info.chunks or 0):
+        message = await js.get_msg(stream, seq=found[-1] + 1 if found else 1, subject=subject, next=True)
+        found.append(message.seq or 0)
+    return found
+
+
+async def test_a_file_of_several_chunks_lies_in_one_run_of_the_stream(nats_url: str) -> None:
+    """Stored side by side, 8 files' chunks alternated in the stream, and NATS loaded every 8 MB
+    block holding one of a file's chunks to read it: about 8 times its size, per claim check read
+    (docs/benchmarks.md, session 10). Each larger file is now stored alone, two uploads at once
+    included; small files still go side by side."""
+    rng = Random(11)
+    uploaded = [
+        {f"{u}-{i:02d}.png": rng.randbytes(OBJECT_CHUNK_BYTES * 2 + 7) for i in range(3)}
+        | {f"{u}-small-{i:02d}.png": rng.randbytes(3000) for i in range(10)}
+        for u in "ab"
+    ]
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, max_bytes=16 * 1024 * 1024, max_image_bytes=4 * 1024 * 1024)
+        stored = await asyncio.gather(*(uploads.create("acme", pieces(zipped(f))) for f in uploaded))
+        bucket = await uploads.store()
+        for upload, files in zip(stored, uploaded, strict=True):
+            index = await uploads.index("acme", upload.name)
+            for position, entry in enumerate(index.entries):
+                if len(files[entry.name]) <= OBJECT_CHUNK_BYTES:
+                    continue
+                sequences = await chunk_sequences(js, bucket, index.entry_ref(position).name)
+                assert len(sequences) == 3
+                assert sequences == list(range(sequences[0], sequences[0] + 3)), entry.name
+                assert await image_of(js, index.entry_ref(position)) == files[entry.name]
+
+
 async def test_a_zip_whose_files_fail_together_is_refused_and_every_failure_is_read(
     nats_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -725,7 +764,7 @@ async def test_a_zip_whose_files_fail_together_is_refused_and_every_failure_is_r
         raise zipfile.BadZipFile(f"Bad CRC-32 for {name}")
 
     rng = Random(3)  # incompressible: zeros would pass the compression-ratio bound
-    files = {f"{i:02d}.jpg": rng.randbytes(OBJECT_CHUNK_BYTES + 1) for i in range(PUT_CONCURRENCY + 2)}
+    files = {f"{i:02d}.jpg": rng.randbytes(OBJECT_CHUNK_BYTES - 1) for i in range(PUT_CONCURRENCY + 2)}
     async with AsyncExitStack() as stack:
         _, js = await messaging.connect(nats_url, "uploads-test", stack)
         uploads = uploads_of(js, max_bytes=16 * 1024 * 1024, max_image_bytes=2 * 1024 * 1024)

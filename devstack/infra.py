@@ -257,6 +257,11 @@ def nats_command(
     return [venv_binary("nats-server"), "-c", str(config)]
 
 
+def nats_environment(memory_limit: str) -> dict[str, str]:
+    """nats-server's environment: its Go runtime's soft memory limit (``StackSettings.nats_memory_limit``)."""
+    return {"GOMEMLIMIT": memory_limit}
+
+
 def start_nats(
     port: int,
     store_dir: Path,
@@ -264,13 +269,16 @@ def start_nats(
     host: str = "127.0.0.1",
     cluster: NatsCluster | None = None,
     node: int = 0,
+    memory_limit: str = "off",
 ) -> ManagedProcess:
     """Starts nats-server with JetStream on ``host:port``, storing streams in ``store_dir``.
 
-    With ``cluster``, it is node ``node`` of that cluster, logging to ``nats-<node>.log``.
+    With ``cluster``, it is node ``node`` of that cluster, logging to ``nats-<node>.log``;
+    ``memory_limit``: its ``GOMEMLIMIT`` (``nats_environment``).
     """
     name = "nats" if cluster is None else f"nats-{node}"
-    process = ManagedProcess.start(name, nats_command(port, store_dir, host, cluster, node), log_dir)
+    argv = nats_command(port, store_dir, host, cluster, node)
+    process = ManagedProcess.start(name, argv, log_dir, nats_environment(memory_limit))
     wait_for_port(host, port, timeout_s=20, process=process)
     return process
 

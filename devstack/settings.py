@@ -104,6 +104,13 @@ class StackSettings(BaseSettings):
     jobs_runner_cpu_idle: CpuIdle = Field(default="off", validation_alias="FERRY_JOBS_RUNNER_CPU_IDLE")
     """Whether the jobs runner's process runs in the machine's ``cpu.idle`` cgroup (``auto``, where
     it can be written) or at the normal priority (``off``)."""
+    nats_memory_limit: str = Field(default="256MiB", pattern=r"^(off|[0-9]+(B|KiB|MiB|GiB|TiB)?)$")
+    """nats-server's soft memory limit (Go's ``GOMEMLIMIT``, in its units: ``256MiB``, ``1GiB``;
+    ``off``: none). A bulk job's claim checks make NATS load the Object Store's 8 MB file blocks
+    holding their images; the blocks are garbage once read, and Go lets garbage grow as large as
+    what is live before collecting it: the limit makes it collect sooner instead. docker-compose.yml
+    sets the same; on Kubernetes set it on NATS's pods (deploy/helm/ferry/README.md). Below what
+    NATS keeps live it costs CPU (more collections), not failures (docs/reliability.md, "Abuse")."""
     nats_nodes: int = Field(default=1, ge=1, le=7)
     """nats-server processes: 1, or a cluster of 3 (or more) on loopback, each node its own client
     and route port, with every stream replicated ``min(3, nodes)`` ways (docs/scaling.md)."""

@@ -29,6 +29,7 @@ from devstack.infra import (
     Postgres,
     free_port,
     nats_command,
+    nats_environment,
     port_open,
     prepare_streams,
     venv_binary,
@@ -292,12 +293,13 @@ class LocalStack:
             cluster = NatsCluster("ferry", tuple(self._free_port() for _ in range(s.nats_nodes)))
             names = [f"nats-{node}" for node in range(s.nats_nodes)]
         ports = [self._port(s.nats_port)] + [self._free_port() for _ in names[1:]]
+        env = nats_environment(s.nats_memory_limit)
         for node, (name, port) in enumerate(zip(names, ports, strict=True)):
             argv = nats_command(port, self.state_dir / name, s.host, cluster, node)
             supervisor.start(
                 Program(
                     name,
-                    partial(ManagedProcess.start, name, argv, self.logs_dir),
+                    partial(ManagedProcess.start, name, argv, self.logs_dir, env),
                     partial(port_open, s.host, port),
                     self.logs_dir / f"{name}.log",
                     group="nats",

@@ -27,15 +27,11 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarks.bulk import rss_bytes
-from devstack.infra import free_port
-from devstack.settings import StackSettings
-from devstack.stack import LocalStack
+from benchmarks.variants import variant_stack
 from ferry.jobs.v1 import job_pb2
 from ferry_client import FerryClient
 
 MIB = 2**20
-ROOT = Path(__file__).resolve().parent.parent
-PATCHES = ROOT / "benchmarks" / "patches"
 
 
 def tiny_png() -> bytes:
@@ -73,17 +69,7 @@ def run(variant: str, zipped: list[Path], files: int, lines: int, root: Path) ->
     env: dict[str, str] = {"FERRY_JOBS_MAX_INFLIGHT": "1"}
     if variant == "raised":  # benchmarks/patches/sitecustomize.py sets it in the jobs process
         env["FERRY_BENCH_PATCH"] = "services.jobs services.jobs.manifests.KEPT_INDEX_ENTRIES=1000000000"
-        env["PYTHONPATH"] = os.pathsep.join([str(PATCHES), str(ROOT)])
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "FERRY_BENCH_PATCH", *env)}
-    os.environ.update(env)
-    settings = StackSettings(
-        state_dir=root / f"stack-{variant}-{time.monotonic_ns()}",
-        http_port=free_port(),
-        free_ports=True,
-        dev_api_key="bench",
-    )
-    stack = LocalStack(settings)
-    try:
+    with variant_stack(variant, env, root) as stack:
         endpoints = stack.start()
         jobs_pid = endpoints.pids["jobs"]
         with FerryClient(endpoints.grpc_target, "bench", timeout_s=600) as ferry:
@@ -122,13 +108,6 @@ def run(variant: str, zipped: list[Path], files: int, lines: int, root: Path) ->
             f"{before / MIB:.0f} MB before, peak {peak[0] / MIB:.0f} MB (+{(peak[0] - before) / MIB:.0f}), "
             f"{after / MIB:.0f} MB after; load {load}"
         )
-    finally:
-        stack.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def main() -> None:

@@ -41,16 +41,14 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.bulk import rss_bytes
+from benchmarks.variants import variant_stack
 from devstack import stack as devstack_stack
 from devstack.infra import free_port
-from devstack.settings import StackSettings
-from devstack.stack import LocalStack
 from ferry.jobs.v1 import job_pb2
 from ferry_client import FerryClient
 
 MODEL = "efficientnet-lite0"
 MIB = 2**20
-PATCHES = Path(__file__).resolve().parent / "patches"
 _FINISHED = {
     job_pb2.JOB_STATE_SUCCEEDED,
     job_pb2.JOB_STATE_PARTIALLY_SUCCEEDED,
@@ -194,19 +192,8 @@ def gc_summary(log: Path, offset: int) -> str:
 
 def run_variant(name: str, env: dict[str, str], zipped: Path, after_s: float, root: Path) -> str:
     """One stack with ``env``: the upload, the job and ``after_s`` more; its report."""
-    if "FERRY_BENCH_PATCH" in env:  # benchmarks/patches/sitecustomize.py applies it
-        env = {**env, "PYTHONPATH": os.pathsep.join([str(PATCHES), str(PATCHES.parent.parent)])}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     monitor_port, prof_port = free_port(), free_port()
-    settings = StackSettings(
-        state_dir=root / f"stack-{name}-{time.monotonic_ns()}",
-        http_port=free_port(),
-        free_ports=True,
-        dev_api_key="bench",
-    )
-    stack = LocalStack(settings)
-    try:
+    with variant_stack(name, env, root) as stack:
         with nats_monitoring(monitor_port, prof_port):
             endpoints = stack.start()
         watched = ("nats", "jobs", "gateway-uploads")
@@ -257,13 +244,6 @@ def run_variant(name: str, env: dict[str, str], zipped: Path, after_s: float, ro
             at = f"{sampler.profiled_mib:.0f} MB"
             lines.append(f"  NATS heap profile at its highest RSS ({at}): {saved_at}")
         return "\n".join(lines)
-    finally:
-        stack.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:

@@ -280,8 +280,9 @@ def job_inputs(inputs: Sequence[types_pb2.Input], max_items: int, max_bytes: int
         input_item(item, max_bytes, where=f"inputs[{index}]")
 
 
-def request_id(value: str) -> str:
-    """Checks a client's idempotency key (empty means none).
+def request_id(value: str, field: str = "request_id") -> str:
+    """Checks a client's idempotency key (empty means none); ``field`` names it in a refusal
+    (ModelInfer's ``id`` is one too: it names the call's records).
 
     Raises:
         InvalidArgument: the key is longer than limits.MAX_REQUEST_ID_CHARS, or holds a NUL
@@ -289,16 +290,16 @@ def request_id(value: str) -> str:
     """
     if "\x00" in value:
         raise InvalidArgument(
-            "request_id holds a NUL character (U+0000); send printable text (a UUID is a good request_id)",
+            f"{field} holds a NUL character (U+0000); send printable text (a UUID is a good {field})",
             reason="INVALID_REQUEST_ID",
-            metadata={"field": "request_id"},
+            metadata={"field": field},
         )
     if len(value) > limits.MAX_REQUEST_ID_CHARS:
         raise InvalidArgument(
-            f"request_id is {len(value)} characters; the limit is {limits.MAX_REQUEST_ID_CHARS} "
-            "(a UUID is a good request_id)",
+            f"{field} is {len(value)} characters; the limit is {limits.MAX_REQUEST_ID_CHARS} "
+            f"(a UUID is a good {field})",
             reason="REQUEST_ID_TOO_LONG",
-            metadata={"field": "request_id", "max_chars": str(limits.MAX_REQUEST_ID_CHARS)},
+            metadata={"field": field, "max_chars": str(limits.MAX_REQUEST_ID_CHARS)},
         )
     return value
 

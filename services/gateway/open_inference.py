@@ -243,6 +243,7 @@ class OpenInference:
         model = validation.model_id(request.model_name, field="model_name")
         version = validation.model_version(request.model_version, model, field="model_version")
         check_request_size(request)
+        validation.request_id(request.id, field="id")  # it is claimed and echoed as a request_id is
         parameters = dict(request.parameters)
         top_k = validation.top_k(_parameter_int(parameters, "top_k") or 0, s.default_top_k, s.max_top_k)
         timeout_us = _parameter_int(parameters, "timeout")

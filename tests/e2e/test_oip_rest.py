@@ -23,6 +23,8 @@ from tests.e2e.test_open_inference import PEER_PYTHON
 pytestmark = pytest.mark.e2e
 
 MODEL = "efficientnet-lite0"
+#: An input that would be refused later: what a request is refused for first is what it says.
+_NOT_AN_IMAGE = {"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": ["x"]}
 
 
 def _http(
@@ -234,6 +236,23 @@ def test_health_and_metadata_in_the_protocols_json(stack: dict[str, Any]) -> Non
             {},
             400,
             "50000 dimensions; the limit is 16",
+        ),
+        # Session 10: a request's id is its records' request_id: 10 KB and 1 MB ids were echoed.
+        (
+            "POST",
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"id": "x" * 10_000, "inputs": [_NOT_AN_IMAGE]}).encode(),
+            {},
+            400,
+            "id is 10000 characters; the limit is 128",
+        ),
+        (
+            "POST",
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"id": "a\x00b", "inputs": [_NOT_AN_IMAGE]}).encode(),
+            {},
+            400,
+            "id holds a NUL character",
         ),
         # 200,000 outputs: 12 s of the loop, and 200,000 copies of LABELS answered.
         (

@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.oip.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
@@ -123,6 +125,31 @@ def test_bad_requests_get_a_clear_status(stack: dict[str, Any], tensor: Any, cod
         )
     assert caught.value.code().name == code
     assert "IMAGE" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("request_id", "reason", "words"),
+    [
+        ("x" * 1_000_000, "REQUEST_ID_TOO_LONG", "id is 1000000 characters; the limit is 128"),
+        ("a\x00b", "INVALID_REQUEST_ID", "id holds a NUL character"),
+    ],
+)
+def test_a_request_id_past_predicts_limits_is_refused_not_echoed(
+    stack: dict[str, Any], cat_jpeg: bytes, request_id: str, reason: str, words: str
+) -> None:
+    image = oip.ModelInferRequest.InferInputTensor(
+        name="IMAGE", datatype="BYTES", shape=[1], contents=oip.InferTensorContents(bytes_contents=[cat_jpeg])
+    )
+    request = oip.ModelInferRequest(model_name="efficientnet-lite0", id=request_id, inputs=[image])
+    channel, stub = _stub(stack)
+    with channel, pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request, metadata=AUTH, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (caught.value.details() or "")
+    status = rpc_status.from_call(caught.value)
+    info = error_details_pb2.ErrorInfo()
+    assert status is not None and status.details[0].Unpack(info)
+    assert info.reason == reason and info.metadata["field"] == "id"
 
 
 def test_unknown_model_and_version_are_not_found(stack: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,9 +101,14 @@ class RestInfer:
         return name in self.binary_outputs or (self.all_binary and name not in self.json_outputs)
 
 
+#: JSON longer than this is parsed so that it hands the GIL on (``nesting.loads``'s ``yielding``):
+#: it is on a worker thread (``FERRY_GATEWAY_OIP_REST_OFF_LOOP_BYTES``, 256 KiB by default).
+_YIELDING_BYTES = 64 * 1024
+
+
 def _json_object(text: bytes, what: str) -> dict[str, Any]:
     try:
-        value = nesting.loads(text)
+        value = nesting.loads(text, yielding=len(text) > _YIELDING_BYTES)
     except nesting.TooDeep:
         raise nesting.too_deep(what) from None
     except ValueError as err:  # not JSON, not UTF-8, or an integer too long to convert
@@ -176,32 +182,77 @@ def _flat(data: Any) -> Iterator[Any]:
         yield data
 
 
+def _rows(data: Any) -> Iterator[list[Any]]:
+    """The innermost lists of nested row-major JSON ``data``, in order (a scalar is a row of one)."""
+    if not isinstance(data, list):
+        yield [data]
+    elif data and isinstance(data[0], list):
+        for item in data:
+            yield from _rows(item)
+    else:
+        yield data
+
+
+#: Numbers a numeric tensor's JSON data is checked and copied in at a time (``_numbers``).
+_NUMBERS_AT_ONCE = 65_536
+_NUMBER_TYPES = frozenset((int, float, bool))
+
+
+def _numbers(contents: Any, data: Any, what: str) -> None:
+    """Appends JSON ``data``'s numbers to a typed contents field, row by row and a few thousand at
+    a time: each step in C (a 15 MiB tensor has 3 million numbers), the interpreter free between
+    steps to hand the GIL to the event loop (the body is read on a worker thread).
+
+    Raises:
+        InvalidArgument: an element that is not a number.
+    """
+    rows: list[list[Any]] = []
+    count = 0
+    for row in _rows(data):
+        rows.append(row)
+        count += len(row)
+        if count >= _NUMBERS_AT_ONCE:
+            _append_numbers(contents, rows, what)
+            rows, count = [], 0
+    _append_numbers(contents, rows, what)
+
+
+def _append_numbers(contents: Any, rows: list[list[Any]], what: str) -> None:
+    values = list(itertools.chain.from_iterable(rows))
+    kinds = set(map(type, values))
+    if list in kinds:  # a row mixing numbers and lists: irregular, flattened as the protocol reads it
+        values = list(_flat(values))
+        kinds = set(map(type, values))
+    if not kinds <= _NUMBER_TYPES:
+        raise _bad_body(f"{what}: its data must be numbers")
+    contents.extend(values)
+
+
 def _typed_contents(tensor: oip.ModelInferRequest.InferInputTensor, data: Any, base64_bytes: bool) -> None:
     """Fills ``tensor.contents`` from JSON ``data`` by the tensor's datatype."""
     where = f"input {tensor.name!r}"
-    elements = list(_flat(data))
-    if tensor.datatype == "BYTES":
-        if not all(isinstance(e, str) for e in elements):
-            raise _bad_body(f"{where} is BYTES: its data must be strings")
-        if base64_bytes:
-            try:
-                tensor.contents.bytes_contents.extend(base64.b64decode(e, validate=True) for e in elements)
-            except binascii.Error:
-                raise _bad_body(f"{where} says content_type base64 but an element is not base64") from None
-        else:
-            if tensor.name == IMAGE_INPUT and any(_base64_image(e) for e in elements[:1]):
-                raise _bad_body(
-                    f"{where} holds a base64-encoded image but does not say so: add "
-                    '"parameters": {"content_type": "base64"} to the input (without it a JSON string '
-                    "is taken as the bytes themselves), or send the file as binary data"
-                )
-            tensor.contents.bytes_contents.extend(e.encode() for e in elements)
+    if tensor.datatype in _NUMBERS:
+        contents = getattr(tensor.contents, _NUMBERS[tensor.datatype][1])
+        _numbers(contents, data, f"{where} is {tensor.datatype}")
         return
-    if tensor.datatype not in _NUMBERS:
+    if tensor.datatype != "BYTES":
         raise _bad_body(f"{where} has datatype {tensor.datatype!r}; send BYTES, FP32 or another OIP datatype")
-    if not all(isinstance(e, (int, float)) for e in elements):
-        raise _bad_body(f"{where} is {tensor.datatype}: its data must be numbers")
-    getattr(tensor.contents, _NUMBERS[tensor.datatype][1]).extend(elements)
+    elements = list(_flat(data))
+    if not all(isinstance(e, str) for e in elements):
+        raise _bad_body(f"{where} is BYTES: its data must be strings")
+    if base64_bytes:
+        try:
+            tensor.contents.bytes_contents.extend(base64.b64decode(e, validate=True) for e in elements)
+        except binascii.Error:
+            raise _bad_body(f"{where} says content_type base64 but an element is not base64") from None
+        return
+    if tensor.name == IMAGE_INPUT and any(_base64_image(e) for e in elements[:1]):
+        raise _bad_body(
+            f"{where} holds a base64-encoded image but does not say so: add "
+            '"parameters": {"content_type": "base64"} to the input (without it a JSON string '
+            "is taken as the bytes themselves), or send the file as binary data"
+        )
+    tensor.contents.bytes_contents.extend(e.encode() for e in elements)
 
 
 #: How the image formats Ferry decodes begin (ISO BMFF's HEIC/AVIF: "ftyp" after the box size).

@@ -64,6 +64,10 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     The last gateway started sets the bucket's TTL: give every replica the same value."""
     max_image_bytes: int = Field(default=limits.DEFAULT_IMAGE_BYTES, gt=0)
     """Largest encoded image accepted, in bytes. Job items are also bounded by NATS's max_payload."""
+    oip_rest_off_loop_bytes: int = Field(default=256 * 1024, ge=0)
+    """An Open Inference Protocol REST body (``/v2/models/{m}/infer``) or answer larger than this
+    is read or written on a worker thread, not the event loop: a 16 MiB JSON tensor took the loop
+    1.3-2 s, during which every other caller of this gateway waited. 0: every one on a thread."""
     max_job_items: int = Field(default=limits.MAX_JOB_ITEMS, ge=1)
     """Most inputs in one job."""
     max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)

@@ -8,6 +8,10 @@ their JSON into the protocol's ``{"error": "..."}`` on /v2 paths (``devstack/oip
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
 import grpc
 from google.api import httpbody_pb2
 
@@ -22,6 +26,8 @@ from services.gateway.open_inference import SERVER_NAME, SERVER_VERSION
 from services.gateway.servicers.oip_repository import index
 
 Context = grpc.aio.ServicerContext[object, object]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 #: The protocol's extensions this binding speaks (Triton's names).
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
@@ -46,6 +52,9 @@ class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
 
     def __init__(self, slot: ComponentsSlot) -> None:
         self._slot = slot
+        # One large body read or written at a time: under the GIL a second thread converts no
+        # faster, and each holds about ten times its body in Python objects meanwhile.
+        self._large = asyncio.Semaphore(1)
 
     async def GetServerHealth(
         self, request: rest.GetServerHealthRequest, context: Context
@@ -84,22 +93,38 @@ class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
         return rest.GetModelReadyResponse(body=_json({"name": request.model_name, "ready": True}))
 
     async def InferModel(self, request: rest.InferModelRequest, context: Context) -> rest.InferModelResponse:
-        parsed = oip_rest.infer_request(
+        c = self._slot.get()
+        off_loop = c.settings.oip_rest_off_loop_bytes
+        parsed = await self._maybe_off_loop(
+            len(request.body.data) > off_loop,
+            oip_rest.infer_request,
             request.body.data,
             _header(context, oip_rest.HEADER_LENGTH),
             request.model_name,
             request.model_version,
         )
-        c = self._slot.get()
         answer: oip.ModelInferResponse = await c.open_inference.infer(
             identity.tenant(), parsed.request, Edge.of(context.invocation_metadata())
         )
-        written = oip_rest.infer_answer(answer, parsed)
+        written = await self._maybe_off_loop(
+            answer.ByteSize() > off_loop, oip_rest.infer_answer, answer, parsed
+        )
         if written.header_length is not None:
             await context.send_initial_metadata(((oip_rest.HEADER_LENGTH, str(written.header_length)),))
         return rest.InferModelResponse(
             body=httpbody_pb2.HttpBody(content_type=written.content_type, data=written.body)
         )
+
+    async def _maybe_off_loop(
+        self, large: bool, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """``work`` on a worker thread when ``large``, else here: a big JSON body's parse and
+        conversion would hold the event loop, and every other caller of this gateway, for seconds;
+        a small one is quicker done than handed to a thread."""
+        if not large:
+            return work(*args, **kwargs)
+        async with self._large:
+            return await asyncio.to_thread(work, *args, **kwargs)
 
     async def RepositoryIndex(
         self, request: rest.RepositoryIndexRequest, context: Context

@@ -14,11 +14,13 @@ through when a call arrives) beside two spinning processes, one row per arrangem
 * spinners at ``SCHED_IDLE`` in the machine's ``cpu.idle`` cgroup (``services.common.cpu_idle``,
   inference's job threads since session 8; needs root and a writable cgroup, else the row says so).
 
-``--front-door`` runs other rows instead: the spinners at ``SCHED_OTHER`` in a session of their own
-(a bulk job's normal-priority work: the jobs runner, NATS), the waker with the kernel's time slice
-or the shortest (100 us, ``services.common.time_slice``: ``FERRY_GATEWAY_TIME_SLICE_US``,
-``FERRY_ENVOY_TIME_SLICE_US``), in a session at autogroup nice 0 or -10 (``FERRY_ENVOY_NICENESS``,
-``FERRY_GATEWAY_NICENESS``; root), and it sleeps 2 ms at a time, as a front-door thread between calls.
+``--front-door`` runs other rows instead: the spinners at ``SCHED_OTHER`` in a session of their own,
+in bursts of 4 ms of CPU with 0.5 ms waits between (a bulk job's normal-priority work: the jobs
+runner, NATS; spinners that never wait leave a waking thread ahead of them anyway), the waker
+with the kernel's time slice or the shortest (100 us, ``services.common.time_slice``:
+``FERRY_GATEWAY_TIME_SLICE_US``, ``FERRY_ENVOY_TIME_SLICE_US``), in a session at autogroup nice 0
+or -10 (``FERRY_ENVOY_NICENESS``, ``FERRY_GATEWAY_NICENESS``; root), sleeping 2 ms at a time, as a
+front-door thread between calls.
 
 Each row prints the lateness p50 / p90 / p99 / max and the 1-minute load average. Session 6 used
 it to show that ``SCHED_IDLE`` ranks threads only inside their own scheduling group
@@ -67,6 +69,11 @@ def spin(policy: str, autogroup_nice: str) -> None:
     os.fork()  # both run the loop below: two cores' worth of demand (the fork stays in the group)
     if policy.startswith("idle"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    while policy == "bursts":  # a bulk job's normal-priority work: 4 ms of CPU, a 0.5 ms wait
+        until = time.perf_counter() + 0.004
+        while time.perf_counter() < until:
+            pass
+        time.sleep(0.0005)
     while True:
         pass
 
@@ -143,7 +150,7 @@ def main() -> None:
 
 def front_door_row(me: list[str], label: str, slice_us: int, nice: int) -> None:
     """One ``--front-door`` row: SCHED_OTHER spinners in a session of their own, the waker in its own."""
-    hog = subprocess.Popen([*me, "--spin", "other", "0"], start_new_session=True)
+    hog = subprocess.Popen([*me, "--spin", "bursts", "0"], start_new_session=True)
     time.sleep(0.5)
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"{label:<46} load {load}: ", end="", flush=True)

@@ -13,8 +13,10 @@ file of its own, so a job that RetryJob reopened gets a new file when it ends ag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator
 
 from google.protobuf import json_format
@@ -71,14 +73,24 @@ class JobResults:
     def __init__(self, records: Records, store: ResultStore) -> None:
         self._records = records
         self._store = store
+        self._writing: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        """A lock per file being written, held by those waiting for it: one builder per file."""
 
     async def write(self, tenant: str, job: job_pb2.Job) -> str:
-        """Builds the finished ``job``'s file from store's records (unless it exists); returns its name."""
+        """Builds the finished ``job``'s file from store's records (unless it exists); returns its name.
+
+        One call in this gateway builds a given file at a time; others wait for it and find it
+        written (each download of a new file used to build it, holding it whole).
+        """
         name = object_name(job)
-        if await self._store.exists(name):
-            return name
-        lines = [result_line(result_of(p)) async for p in self._records_of(tenant, job.name)]
-        await self._store.put(name, b"".join(lines))
+        lock = self._writing.get(name)
+        if lock is None:
+            lock = self._writing[name] = asyncio.Lock()
+        async with lock:
+            if await self._store.exists(name):
+                return name
+            lines = [result_line(result_of(p)) async for p in self._records_of(tenant, job.name)]
+            await self._store.put(name, b"".join(lines))
         log.info("wrote the result file %s/%s (%d items)", self._store.where, name, len(lines))
         return name
 

@@ -8,6 +8,7 @@ the whole path by tests/e2e/test_job_features.py); what is tested here is the fi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -202,3 +203,12 @@ async def test_lines_carry_embeddings_json_outputs_and_tensors(js: JetStreamCont
     assert list(parsed[2].tensors[0].fp32_contents) == [0.25, 0.75]
     line = json.loads((await lines(results, job.name))[1])
     assert line["output"] == {"agreed": True, "label": "espresso"}
+
+
+async def test_downloads_of_a_new_file_at_once_build_it_once(result_files: ResultStore) -> None:
+    job, predictions = a_job()
+    store = RecordsOf(job, predictions)
+    results = JobResults(store, result_files)  # type: ignore[arg-type]  # a stand-in for Records
+    read = await asyncio.gather(*(lines(results, job.name) for _ in range(4)))
+    assert all(found == read[0] for found in read) and len(read[0]) == 3
+    assert store.listings == 2  # one build: 3 records in pages of two (each download built it: 8)

@@ -225,7 +225,8 @@ class LocalStack:
                     env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
                 argv = [sys.executable, "-m", f"services.{service}"]
-                # The lanes' CPU comes after every other process's; inference's as the setting says.
+                # The callers' gateways come first, beside Envoy; the lanes' CPU after every other
+                # process's; inference's as the setting says.
                 niceness = s.gateway_niceness if service == "gateway" else 0
                 niceness = UPLOAD_NICENESS if name in lane else niceness
                 niceness = s.inference_niceness if service == "inference" else niceness

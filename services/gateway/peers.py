@@ -114,6 +114,10 @@ class LiveGateways:
             await self._nc.subscribe(SUBJECT, cb=self._hear),
             await self._nc.subscribe(SUSPECTS, cb=self._hear_suspect),
         ]
+        # Core NATS drops what is published before the server has a subscription: once this
+        # returns, a suspect another gateway names is heard (the fresh clone's CI once missed one
+        # told right after three gateways started).
+        await self._nc.flush()
 
         async def leave() -> None:
             for sub in subs:

@@ -101,9 +101,21 @@ class StackSettings(BaseSettings):
     the nice alone; the lane's job threads join the group anyway (``FERRY_INFERENCE_JOB_CPU_IDLE``),
     and a whole lane process in it starves while it loads and warms up on a busy machine (at load
     15-19 it was not serving within ``ferry up``'s 180 s, docs/benchmarks.md session 8)."""
-    jobs_runner_cpu_idle: CpuIdle = Field(default="off", validation_alias="FERRY_JOBS_RUNNER_CPU_IDLE")
-    """Whether the jobs runner's process runs in the machine's ``cpu.idle`` cgroup (``auto``, where
-    it can be written) or at the normal priority (``off``)."""
+    jobs_runner_cpu_idle: CpuIdle = Field(default="auto", validation_alias="FERRY_JOBS_RUNNER_CPU_IDLE")
+    """Whether the jobs runners' processes run in the machine's ``cpu.idle`` cgroup
+    (``services.common.cpu_idle``; ``auto``, the default, where it can be written: root) or at the
+    normal priority (``off``). In the group, a bulk job's reading of items from NATS and sending
+    them to inference gives the cores up at once to any other waking thread, as inference's job
+    threads already do: the other tenants' calls waited for a core behind the runner in half of
+    their waits of 2 ms or more (docs/benchmarks.md, session 11). The price: a job crawls while
+    other work keeps every core busy. The job queue's API runs apart (``job_queues``) at the normal
+    priority, so a submission never waits behind a runner (session 8 measured 0.9-1.35 s when it
+    shared the runner's idle process)."""
+    job_queues: int = Field(default=1, ge=0, le=4)
+    """Processes (``jobs-queue``) that serve only the job queue's API (the gateway's submissions,
+    cancellations and retries: ``FERRY_JOBS_ROLES=queue``), apart from the runners, which then
+    only run the queued work (``FERRY_JOBS_ROLES=runner``). 0: every runner serves the API too,
+    at the runners' priority."""
     nats_memory_limit: str = Field(default="256MiB", pattern=r"^(off|[0-9]+(B|KiB|MiB|GiB|TiB)?)$")
     """nats-server's soft memory limit (Go's ``GOMEMLIMIT``, in its units: ``256MiB``, ``1GiB``;
     ``off``: none). A bulk job's claim checks make NATS load the Object Store's 8 MB file blocks

@@ -40,6 +40,7 @@ from devstack.supervisor import Program, Supervisor
 from devstack.traces import TRACES_FILE, TraceReceiver
 from services.common.probe import is_serving
 from services.gateway.settings import GatewaySettings
+from services.jobs.settings import QUEUE_ROLE, RUNNER_ROLE
 
 #: Service name -> (default gRPC port, default metrics port). Matches each service's settings.
 SERVICE_PORTS: dict[str, tuple[int, int]] = {
@@ -55,6 +56,8 @@ ENDPOINTS_FILE = "endpoints.json"
 REPLICA_SHUTDOWN_DELAY_S = 5.0
 #: The upload lane's niceness (``upload_gateways``): its CPU comes after every other process's.
 UPLOAD_NICENESS = 10
+#: The job queue's API's processes (``job_queues``), apart from the jobs runners.
+JOB_QUEUE = "jobs-queue"
 PROMETHEUS_FILE = "prometheus.yml"
 READY_LINE = "started:"
 """What services.common.runtime logs once a service serves: tells a replacement apart."""
@@ -186,6 +189,10 @@ class LocalStack:
         # The job lane: inference processes only the jobs runner calls (its own target below).
         job_lane = process_names(JOB_LANE, s.inference_job_lane) if s.inference_job_lane else []
         processes["inference"] += job_lane
+        # The job queue's API apart from the runners: the gateways call these (first: on the
+        # service's ports), not the runners.
+        queues = process_names(JOB_QUEUE, s.job_queues) if s.job_queues else []
+        processes["jobs"] = queues + processes["jobs"]
         lanes = set(lane) | set(job_lane)
         ports: dict[str, tuple[int, int]] = {}
         for service, (grpc_default, metrics_default) in SERVICE_PORTS.items():
@@ -200,6 +207,8 @@ class LocalStack:
             for service, names in processes.items()
         }
         targets[JOB_LANE] = ",".join(own[name] for name in job_lane) or targets["inference"]
+        if queues:
+            targets["jobs"] = ",".join(own[name] for name in queues)
         extra = service_fields(targets, nats_url, s.stream_replicas, postgres.uri, api_key)
         for service in START_ORDER:
             for name in processes[service]:
@@ -211,7 +220,11 @@ class LocalStack:
                     "OTLP_ENDPOINT": otlp,
                     **extra[service],
                 }
-                if name not in lanes and len(set(processes[service]) - lanes) > 1:
+                if queues and service == "jobs":
+                    fields["ROLES"] = QUEUE_ROLE if name in queues else RUNNER_ROLE
+                # What the service's callers balance over (the runners have none beside the queue).
+                balanced = set(queues) if service == "jobs" and queues else set(processes[service]) - lanes
+                if name in balanced and len(balanced) > 1:
                     # Stopped alone, a replica must leave its balancers before refusing calls.
                     fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
                 if name in lane:  # it serves uploads only: not a share of each key's rate limit
@@ -233,7 +246,7 @@ class LocalStack:
                 niceness = s.inference_job_lane_niceness if name in job_lane else niceness
                 idle = s.inference_job_lane_cpu_idle if name in job_lane else "off"
                 idle = s.gateway_uploads_cpu_idle if name in lane else idle
-                idle = s.jobs_runner_cpu_idle if service == "jobs" else idle
+                idle = s.jobs_runner_cpu_idle if service == "jobs" and name not in queues else idle
                 program = Program(
                     name,
                     partial(ManagedProcess.start, name, argv, self.logs_dir, env, niceness, idle),
@@ -392,7 +405,7 @@ def service_fields(
         "gateway": {
             "INFERENCE_TARGET": targets["inference"],
             "STORE_TARGET": targets["store"],
-            "JOBS_TARGET": targets["jobs"],  # every runner: the job queue is served by each
+            "JOBS_TARGET": targets["jobs"],  # the job queue's processes (every runner without them)
             **nats,
         },
         "inference": dict(nats),  # where the models loaded at runtime are kept

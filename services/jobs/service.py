@@ -1,9 +1,10 @@
 """The jobs service: the job queue's owner (``JobQueueService``, for the gateway) and the runners.
 
 Its API records jobs in store and queues their items (``submission.py``); its runners take the
-items from the work stream and run them. Overall health ("") follows what the runners need (NATS
-and inference); the API's own health name follows only what the API needs (NATS), so jobs can
-still be submitted, cancelled and retried while inference restarts.
+items from the work stream and run them. A process does both, or one (``roles``). Overall health
+("") follows what the process's work needs (NATS, and inference for the runners); the API's own
+health name follows only what the API needs (NATS), so jobs can still be submitted, cancelled and
+retried while inference restarts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
 from ferry.inference.v1 import inference_service_pb2_grpc
 from ferry.jobqueue.v1 import job_queue_service_pb2, job_queue_service_pb2_grpc
@@ -85,11 +87,11 @@ def nats_probe(nc: NatsClient) -> Probe:
 
 
 class JobsService:
-    """Owns the job queue (its API) and runs job items from the work stream.
+    """Owns the job queue (its API) and runs job items from the work stream, as its ``roles`` say.
 
-    SERVING ("") once NATS is connected and the consumers exist, and while inference and NATS
-    are up; while it is not, the runners fetch no new items. The JobQueueService health name (and
-    its calls) need NATS only.
+    SERVING ("") once NATS is connected and the consumers exist, and while NATS (and, for the
+    runners, inference) are up; while it is not, the runners fetch no new items. The
+    JobQueueService health name (and its calls) need NATS only.
     """
 
     name = "jobs"
@@ -99,65 +101,83 @@ class JobsService:
         self._queue = JobQueueServicer()
 
     def service_names(self) -> Sequence[str]:
-        """The job queue's internal API."""
-        return (QUEUE_SERVICE,)
+        """The job queue's internal API, where this process serves it (``roles``)."""
+        return (QUEUE_SERVICE,) if self.settings.serves_queue else ()
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the job queue's servicer (it answers once ``start`` gave it its connections)."""
-        job_queue_service_pb2_grpc.add_JobQueueServiceServicer_to_server(self._queue, server)
+        if self.settings.serves_queue:
+            job_queue_service_pb2_grpc.add_JobQueueServiceServicer_to_server(self._queue, server)
 
     async def start(self, stack: AsyncExitStack, readiness: Readiness) -> None:
-        """Connects to NATS and inference, watches both, creates the consumer and starts the runner.
+        """Connects to NATS, then starts what the process's roles name: the job queue's API
+        (store), and the runners (inference, the work consumers, the expander, notebooks).
 
         Cleanups run in reverse: the runner stops first (handing back unfinished items), then
-        the probes stop, the inference channel closes, and the NATS connection drains.
+        the probes stop, the channels close, and the NATS connection drains.
         """
         s = self.settings
         cpus.pin_process(cpus.parse(s.cpus))  # before it starts threads: they start pinned too
         nc, js = await messaging.connect(s.nats_url, "ferry-jobs", stack)
         await messaging.ensure_streams(js, s.nats_stream_replicas, s.nats_duplicate_window_s)
         bucket = await open_cancelled_bucket(js, s.nats_stream_replicas)
-        cancelled = CancelledJobs(bucket, s.cancel_cache_s)
-        channel = open_channel(s.inference_target, s.max_message_bytes)
-        stack.push_async_callback(channel.close)
-        # Probes go on a channel of their own, without the tracing interceptor: a check every
-        # second would otherwise make a trace every second (inference leaves health untraced
-        # too). Same target and reconnect options, so it sees inference as the Predict calls do.
-        probe_channel = grpc.aio.insecure_channel(s.inference_target, options=channel_options(1024 * 1024))
-        stack.push_async_callback(probe_channel.close)
         await watch_dependency(stack, readiness, "nats", nats_probe(nc), _PROBE_EVERY_S)
-        await watch_dependency(
-            stack, readiness, "inference", inference_probe(probe_channel), _PROBE_EVERY_S, background=True
-        )
-        store_channel = open_channel(s.store_target, s.max_message_bytes)
-        stack.push_async_callback(store_channel.close)
-        self._queue.attach(
-            JobQueue(
-                s,
-                store_service_pb2_grpc.StoreServiceStub(store_channel),
-                Backend("store", store_channel, s.store_timeout_s),
-                js,
-                Publisher(js, s.submit_publish_timeout_s),
-                bucket,
-            )
-        )
-        predictor = Predictor(inference_service_pb2_grpc.InferenceServiceStub(channel), s.inference_timeout_s)
-        await retire_catch_all_consumer(js, s)
-        room = Room(s.max_inflight, s.fetch_batch)
-        for priority, consumer, subjects in s.lanes():
-            lane = s.model_copy(update={"consumer_name": consumer, "subject_filter": subjects})
-            runner = Runner(js, predictor, cancelled, lane, readiness, room, priority)
-            await runner.subscribe()
-            spawn(stack, runner.run(), f"jobs-runner-{priority}")
-        expander = Expander(js, cancelled, UploadStore(js, 0, s.nats_stream_replicas), s, readiness)
-        await expander.subscribe()
-        spawn(stack, expander.run(), "jobs-expander")
-        if s.notebook_subject:
-            notebooks = NotebookRunner(js, cancelled, result_store(s.results_url, js), s, readiness)
-            await notebooks.subscribe()
-            spawn(stack, notebooks.run(), "jobs-notebooks")
-        lanes = [(priority, consumer) for priority, consumer, _ in s.lanes()]
-        spawn(stack, watch_queues(js, lanes, s.queue_metrics_s), "jobs-queue-metrics")
+        if s.serves_queue:
+            self._queue.attach(_job_queue(s, stack, js, bucket))
+        if s.runs_work:
+            await _start_work(s, stack, readiness, js, CancelledJobs(bucket, s.cancel_cache_s))
+
+
+def _job_queue(s: JobsSettings, stack: AsyncExitStack, js: JetStreamContext, bucket: KeyValue) -> JobQueue:
+    """The job queue's API's backend: store, where jobs are recorded, and the work stream."""
+    store_channel = open_channel(s.store_target, s.max_message_bytes)
+    stack.push_async_callback(store_channel.close)
+    return JobQueue(
+        s,
+        store_service_pb2_grpc.StoreServiceStub(store_channel),
+        Backend("store", store_channel, s.store_timeout_s),
+        js,
+        Publisher(js, s.submit_publish_timeout_s),
+        bucket,
+    )
+
+
+async def _start_work(
+    s: JobsSettings,
+    stack: AsyncExitStack,
+    readiness: Readiness,
+    js: JetStreamContext,
+    cancelled: CancelledJobs,
+) -> None:
+    """Watches inference and starts the runners (a lane per priority), the manifest expander,
+    the notebook runner and the queue gauges."""
+    channel = open_channel(s.inference_target, s.max_message_bytes)
+    stack.push_async_callback(channel.close)
+    # Probes go on a channel of their own, without the tracing interceptor: a check every
+    # second would otherwise make a trace every second (inference leaves health untraced
+    # too). Same target and reconnect options, so it sees inference as the Predict calls do.
+    probe_channel = grpc.aio.insecure_channel(s.inference_target, options=channel_options(1024 * 1024))
+    stack.push_async_callback(probe_channel.close)
+    await watch_dependency(
+        stack, readiness, "inference", inference_probe(probe_channel), _PROBE_EVERY_S, background=True
+    )
+    predictor = Predictor(inference_service_pb2_grpc.InferenceServiceStub(channel), s.inference_timeout_s)
+    await retire_catch_all_consumer(js, s)
+    room = Room(s.max_inflight, s.fetch_batch)
+    for priority, consumer, subjects in s.lanes():
+        lane = s.model_copy(update={"consumer_name": consumer, "subject_filter": subjects})
+        runner = Runner(js, predictor, cancelled, lane, readiness, room, priority)
+        await runner.subscribe()
+        spawn(stack, runner.run(), f"jobs-runner-{priority}")
+    expander = Expander(js, cancelled, UploadStore(js, 0, s.nats_stream_replicas), s, readiness)
+    await expander.subscribe()
+    spawn(stack, expander.run(), "jobs-expander")
+    if s.notebook_subject:
+        notebooks = NotebookRunner(js, cancelled, result_store(s.results_url, js), s, readiness)
+        await notebooks.subscribe()
+        spawn(stack, notebooks.run(), "jobs-notebooks")
+    lanes = [(priority, consumer) for priority, consumer, _ in s.lanes()]
+    spawn(stack, watch_queues(js, lanes, s.queue_metrics_s), "jobs-queue-metrics")
 
 
 async def retire_catch_all_consumer(js: JetStreamContext, s: JobsSettings) -> None:

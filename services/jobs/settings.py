@@ -15,6 +15,9 @@ from services.common.settings import ImageFetchSettings, NatsSettings, ServiceSe
 
 #: The lane of a runner on a single subject (no split by priority): it takes whatever arrives.
 DEFAULT_LANE = "normal"
+#: What a jobs process can do (``roles``): serve the job queue's API, and run the queued work.
+QUEUE_ROLE, RUNNER_ROLE = "queue", "runner"
+ROLES = (QUEUE_ROLE, RUNNER_ROLE)
 
 
 class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings, ImageFetchSettings):
@@ -50,6 +53,34 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings, ImageFetchSe
     def _cores_exist(cls, value: str) -> str:
         cpus.parse(value)  # a malformed list, or one naming no core this process may use
         return value
+
+    roles: str = ",".join(ROLES)
+    """What this process does, comma-separated: ``queue``, the job queue's API
+    (``JobQueueService``: the gateway's submissions, cancellations and retries, which record the
+    job in store and queue its items); ``runner``, the queued work (running items, expanding
+    manifests, notebooks). Both (the default): one process does all. ``ferry up`` runs them apart
+    (``FERRY_JOB_QUEUES``): the runners where ``FERRY_JOBS_RUNNER_CPU_IDLE`` puts them, the API at
+    the normal priority, so that a bulk job's reading and sending of items gives the cores up to
+    other tenants' calls at once while a submission never waits behind it (docs/jobs.md)."""
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, value: str) -> str:
+        named = [role.strip() for role in value.split(",") if role.strip()]
+        unknown = sorted(set(named) - set(ROLES))
+        if unknown or not named:
+            raise ValueError(f"roles must name one or both of {', '.join(ROLES)}; got {value!r}")
+        return ",".join(role for role in ROLES if role in named)
+
+    @property
+    def serves_queue(self) -> bool:
+        """Whether this process answers the job queue's API."""
+        return QUEUE_ROLE in self.roles.split(",")
+
+    @property
+    def runs_work(self) -> bool:
+        """Whether this process runs items, expansions and notebooks."""
+        return RUNNER_ROLE in self.roles.split(",")
 
     store_timeout_s: float = Field(default=5.0, gt=0)
     """Deadline of one call to store (CreateJob, CancelJob, RetryJob), retries included."""

@@ -3,7 +3,8 @@ in a scheduling group of their own at nice 19 (``FERRY_INFERENCE_JOB_LANE_NICENE
 callers' Predicts stay on the normal inference process at normal priority. A real ``ferry up``;
 which process ran what is read from each one's ``ferry_inference_items_total`` on its own metrics
 port. The same stack runs the upload lane in the ``cpu.idle`` cgroup
-(``FERRY_GATEWAY_UPLOADS_CPU_IDLE``)."""
+(``FERRY_GATEWAY_UPLOADS_CPU_IDLE``), and the jobs runner there too (its default) apart from the
+job queue's API (``FERRY_JOB_QUEUES``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from skimage import data as skimage_data
 
 from devstack.replicas import JOB_LANE
-from devstack.stack import UPLOAD_NICENESS
+from devstack.stack import JOB_QUEUE, UPLOAD_NICENESS
 from devstack.status import read_status
 from services.common import cpu_idle
 from tests.e2e.rest import Rest, b64
@@ -179,3 +180,26 @@ def test_the_upload_lane_runs_whole_in_the_idle_group_and_the_gateway_does_not(s
     # Its nice stays as it was: what ranks it where the group cannot be written.
     base = os.getpriority(os.PRIO_PROCESS, 0)  # the stack runs at this test's nice; the gateway at -10
     assert os.getpriority(os.PRIO_PROCESS, uploads.pid) == min(19, base + UPLOAD_NICENESS)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def test_the_runner_runs_in_the_idle_group_and_the_gateway_submits_to_the_queue_apart(
+    stack: RunningStack, rest: Rest, cat: bytes
+) -> None:
+    status = read_status(stack.state_dir)
+    assert status is not None
+    runner, queue, gateway = (status.processes[n] for n in ("jobs", JOB_QUEUE, "gateway"))
+    assert runner.pid is not None and queue.pid is not None and gateway.pid is not None
+    outside = _cpu_cgroups(queue.pid)
+    assert len(outside) == 1 and outside != {f"/{cpu_idle.GROUP}"}
+    assert _cpu_cgroups(runner.pid) == ({f"/{cpu_idle.GROUP}"} if WRITABLE else outside)
+    roles = (_environ(runner.pid)["FERRY_JOBS_ROLES"], _environ(queue.pid)["FERRY_JOBS_ROLES"])
+    assert roles == ("runner", "queue")
+    queue_port = stack.endpoints["services"][JOB_QUEUE]["grpc_port"]
+    assert _environ(gateway.pid)["FERRY_GATEWAY_JOBS_TARGET"] == f"127.0.0.1:{queue_port}"
+    job = _run_job(rest, MODEL, [cat] * 2)  # submitted to the queue, run by the runner
+    assert (job["state"], job["items_succeeded"]) == ("JOB_STATE_SUCCEEDED", 2), job

@@ -62,7 +62,7 @@ PUBLIC_SERVICES = (
     "inference.GRPCInferenceService",
     "ferry.admin.v1.KeyService",  # the fuzz key lacks the admin scope: what is tested is the parse
 )
-_LOGGED = ("gateway", "gateway-uploads", "inference", "jobs", "store")
+_LOGGED = ("gateway", "gateway-uploads", "inference", "jobs-queue", "jobs", "store")
 
 
 def reason(body: dict[str, Any]) -> str:

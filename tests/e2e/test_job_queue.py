@@ -1,6 +1,7 @@
 """The jobs service owns the job queue: a job created through the public API is recorded and
-queued by it (its JobQueueService answers the gateway's SubmitJob), then run; a restart of the
-jobs service between two tries of one CreateJob loses and duplicates nothing."""
+queued by it (its JobQueueService, in ``ferry up``'s ``jobs-queue`` process, answers the gateway's
+SubmitJob), then run by the runner (``jobs``); a restart of both between two tries of one CreateJob
+loses and duplicates nothing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devstack.stack import JOB_QUEUE
 from tests.e2e.rest import Rest, b64
 from tests.e2e.stack import FERRY
 from tests.e2e.test_jobs import create_job, job_rows, wait_finished
@@ -23,9 +25,9 @@ pytestmark = pytest.mark.e2e
 
 
 def queue_calls(stack: dict[str, Any], method: str) -> float:
-    """How many JobQueueService ``method`` calls the jobs process answered OK (its /metrics)."""
+    """How many JobQueueService ``method`` calls the job queue's process answered OK (its /metrics)."""
     host = urlsplit(stack["http_url"]).hostname
-    port = stack["services"]["jobs"]["metrics_port"]
+    port = stack["services"][JOB_QUEUE]["metrics_port"]
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     pattern = (
@@ -63,7 +65,12 @@ def test_a_jobs_restart_between_two_tries_of_a_create_neither_loses_nor_duplicat
 
     env = {**os.environ, "FERRY_STATE_DIR": str(Path(stack["logs_dir"]).parent)}
     done = subprocess.run(
-        [FERRY, "restart", "jobs"], env=env, capture_output=True, text=True, timeout=300, check=False
+        [FERRY, "restart", JOB_QUEUE, "jobs"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
 

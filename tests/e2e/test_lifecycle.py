@@ -37,6 +37,7 @@ def test_ctrl_c_stops_everything_and_restart_keeps_state(tmp_path: Path, coffee_
             "nats",
             "store",
             "inference",
+            "jobs-queue",  # the job queue's API, apart from the runner (FERRY_JOB_QUEUES=1)
             "jobs",
             "gateway",
             "gateway-uploads",  # the upload lane (FERRY_UPLOAD_GATEWAYS=1)

@@ -29,6 +29,16 @@ def test_defaults_match_the_shared_brief(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not hasattr(s, "max_deliver")
 
 
+def test_roles_are_the_queue_the_runner_or_both() -> None:
+    assert (JobsSettings().serves_queue, JobsSettings().runs_work) == (True, True)
+    queue = JobsSettings(roles=" queue ")
+    assert (queue.roles, queue.serves_queue, queue.runs_work) == ("queue", True, False)
+    assert JobsSettings(roles="runner,queue").roles == "queue,runner"
+    for wrong in ("", ",", "queue,runners", "api"):
+        with pytest.raises(ValidationError, match="roles must name one or both of queue, runner"):
+            JobsSettings(roles=wrong)
+
+
 def test_settings_read_the_jobs_env_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FERRY_JOBS_RETRY_BUDGET_S", "42")
     monkeypatch.setenv("FERRY_JOBS_NATS_URL", "nats://nats:4222")

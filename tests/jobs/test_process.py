@@ -12,7 +12,9 @@ import uuid
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.js.errors import NotFoundError
 
 from devstack.health import wait_grpc_serving
 from devstack.infra import ManagedProcess, free_port
@@ -109,6 +111,58 @@ async def test_health_follows_inference(
     finally:
         code = await asyncio.to_thread(process.stop)
     assert code == 0, process.log_tail()
+
+
+async def health_code(target: str, service: str) -> grpc.StatusCode:
+    """How the process's health service answers a check of ``service``."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5.0
+            )
+        except grpc.aio.AioRpcError as err:
+            return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_a_queue_process_serves_the_api_without_inference_and_runs_no_items(
+    harness: Harness, inference: FailureInjectingInference, tmp_path: Path
+) -> None:
+    await inference.stop()
+    process, target = start_runner_process(harness, inference, tmp_path, FERRY_JOBS_ROLES="queue")
+    try:
+        # Serving with inference down: the API needs NATS (and store) only.
+        await wait_health(target, process, SERVING)
+        assert await health_of(target, QUEUE_SERVICE) == SERVING
+        await inference.start()
+        await harness.publish_item(uuid.uuid4(), 0, b"left for a runner")
+        await asyncio.sleep(2.0)
+        assert inference.seen(b"left for a runner") == 0
+        with pytest.raises(NotFoundError):  # no runner here made the work consumer
+            await harness.consumer()
+    finally:
+        code = await asyncio.to_thread(process.stop)
+    assert code == 0, process.log_tail()
+    assert "started: ferry.jobqueue.v1.JobQueueService" in process.log_tail()
+
+
+async def test_a_runner_process_runs_items_and_offers_no_job_queue(
+    harness: Harness, inference: FailureInjectingInference, tmp_path: Path
+) -> None:
+    process, target = start_runner_process(harness, inference, tmp_path, FERRY_JOBS_ROLES="runner")
+    try:
+        await asyncio.to_thread(wait_grpc_serving, target, process, 60)
+        # The gateway balances over the JobQueueService health name: a runner must not offer it.
+        assert await health_code(target, QUEUE_SERVICE) == grpc.StatusCode.NOT_FOUND
+        job = uuid.uuid4()
+        await harness.publish_item(job, 0, b"run by the runner alone")
+        await harness.wait_drained(await harness.work_stream_last_seq())
+        [record] = await harness.records(job)
+        assert record.state == prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    finally:
+        code = await asyncio.to_thread(process.stop)
+    assert code == 0, process.log_tail()
+    assert "started: (health only)" in process.log_tail()
 
 
 async def test_runner_killed_between_record_and_ack_leaves_no_duplicate_record(

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from devstack.stack import JOB_QUEUE
 from services.common.ids import prediction_id_for_request
 from tests.e2e.rest import b64
 from tests.faults.harness import FaultStack, Figures, Report, SteadyLoad, eventually
@@ -192,14 +193,14 @@ def test_8_rolling_restart_of_every_service_fails_no_request(
 def test_9_jobs_dying_between_recording_a_job_and_queueing_its_items(
     fault_stack: FaultStack, photos: list[bytes], report: Report
 ) -> None:
-    figures = Figures("9", "jobs service dies after recording a job, before queueing its items")
+    figures = Figures("9", "the job queue dies after recording a job, before queueing its items")
     total = 20
-    pid = fault_stack.pid("jobs")
+    pid = fault_stack.pid(JOB_QUEUE)  # the process that answers the gateway's SubmitJob
     fault_stack.arm("jobs.submit_after_record")
     inputs = [{"image": {"content": b64(photos[i % len(photos)])}} for i in range(total)]
     body = {"model": "efficientnet-lite0", "inputs": inputs, "request_id": f"fault-9-{time.time_ns()}"}
     started = time.monotonic()
-    # The gateway retries the queue call while the supervisor restarts jobs; a client that still
+    # The gateway retries the queue call while the supervisor restarts the queue; a client that still
     # got an answer to retry sends the same request_id again, as a client should.
     answers = []
     while True:
@@ -211,8 +212,8 @@ def test_9_jobs_dying_between_recording_a_job_and_queueing_its_items(
         time.sleep(1.0)
     assert status == 200, answer
     figures.recovery_s = time.monotonic() - started  # until the client had its job
-    fault_stack.wait_replaced("jobs", pid)
-    assert fault_stack.processes()["jobs"]["restarts"] >= 1
+    fault_stack.wait_replaced(JOB_QUEUE, pid)
+    assert fault_stack.processes()[JOB_QUEUE]["restarts"] >= 1
     figures.notes["create_answers"] = answers
     assert_job_complete(fault_stack, answer["job"]["name"], total, figures)
     report.add(figures)

@@ -1,9 +1,9 @@
 """The scale-out matrix's fixtures: a loopback NATS cluster, and a whole stack of several processes each.
 
-The scaled stack is what ``FERRY_NATS_NODES=3 FERRY_GATEWAYS=3 FERRY_RUNNERS=2 FERRY_STORES=2
-FERRY_INFERENCE_INSTANCES=3 FERRY_INFERENCE_MODELS=efficientnet-lite0 ferry up`` runs: one Postgres, a
-3-node NATS cluster with every stream replicated 3 ways, and two or three of every service (the third
-gateway stopped until case 4).
+The scaled stack is what ``FERRY_NATS_NODES=3 FERRY_GATEWAYS=3 FERRY_RUNNERS=2 FERRY_JOB_QUEUES=2
+FERRY_STORES=2 FERRY_INFERENCE_INSTANCES=3 FERRY_INFERENCE_MODELS=efficientnet-lite0 ferry up`` runs:
+one Postgres, a 3-node NATS cluster with every stream replicated 3 ways, and two or three of every
+service (the third gateway stopped until case 4).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ SCALE = {
     "FERRY_NATS_NODES": "3",
     "FERRY_GATEWAYS": "3",  # gateway-2 is held back until case 4 adds it
     "FERRY_RUNNERS": "2",
+    "FERRY_JOB_QUEUES": "2",  # the job queue's API, apart from the runners
     "FERRY_STORES": "2",
     "FERRY_INFERENCE_INSTANCES": "3",
     # The one model the matrix calls: each replica loading all five (and timing batch sizes for

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from devstack.stack import JOB_QUEUE
 from services.common import messaging
 from tests.e2e.rest import Rest
 from tests.faults.harness import FaultStack, Figures, Report, SteadyLoad, eventually
@@ -145,15 +146,19 @@ def test_5_two_runners_and_two_stores_each_item_and_record_once(
     assert sum(runs.values()) == total, f"each item run once, by one runner: {runs}"
     assert all(n > 0 for n in inserts.values()), f"both stores ingested records: {inserts}"
 
-    # Every runner also serves the job queue: the gateways' CreateJobs go round robin to both.
+    # The job queue's two processes serve the API apart from the runners: the gateways'
+    # CreateJobs go round robin to both, and none to a runner.
     def submitted(name: str) -> float:
         port = metrics_port(scaled_stack, name)
         return counter(port, "ferry_grpc_requests_total", "JobQueueService/SubmitJob", code="OK")
 
-    submits_before = {n: submitted(n) for n in runners}
+    queues = [f"{JOB_QUEUE}-0", f"{JOB_QUEUE}-1"]
+    submits_before = {n: submitted(n) for n in queues + runners}
     small = [scaled_stack.create_job(photos, 1) for _ in range(8)]
-    submits = {n: submitted(n) - submits_before[n] for n in runners}
-    figures.notes["submits_per_runner"] = submits
+    submits = {n: submitted(n) - submits_before[n] for n in queues + runners}
+    figures.notes["submits_per_queue"] = submits
+    assert all(submits[n] == 0 for n in runners), submits
+    submits = {n: submits[n] for n in queues}
     assert sum(submits.values()) == len(small) and all(n > 0 for n in submits.values()), submits
     for name in small:
         assert_job_complete(scaled_stack, name, 1, Figures("5", "small jobs"))

@@ -71,7 +71,7 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from benchmarks.cpu import cpu_seconds
-from benchmarks.sched_waits import SchedTrace, parse, thread_names
+from benchmarks.sched_waits import SchedTrace, Trace, parse, slow_calls, thread_names
 from benchmarks.sched_waits import report as sched_report
 from devstack.infra import free_port, raise_priority
 from devstack.settings import StackSettings
@@ -169,6 +169,8 @@ class Watch:
         self.ended_at: list[float] = []
         """When each of ``latencies_ms`` ended (time.time()): a case's phases are told apart by it."""
         self.marks: list[tuple[str, float]] = []
+        self.sched: tuple[Trace, dict[int, str], set[int]] | None = None
+        """The photos job's sched trace, its threads' names and the other tenant's path."""
         self._stop = threading.Event()
 
     def __enter__(self) -> Watch:
@@ -204,6 +206,18 @@ class Watch:
         while not self._stop.wait(0.05):
             for name, pid in self._pids.items():
                 self.peaks[name] = max(self.peaks[name], rss_bytes(pid))
+
+    def slowest_calls(self) -> str:
+        """What the slowest calls during the sched trace were made of (``sched_waits.slow_calls``),
+        once the watch ended; "" without a trace."""
+        if self.sched is None:
+            return ""
+        offset = time.time() - time.monotonic()  # one system-wide offset, whatever the process
+        calls = [
+            (at - offset - ms / 1000, at - offset)
+            for at, ms in zip(self.ended_at, self.latencies_ms, strict=True)
+        ]
+        return slow_calls(*self.sched, calls)
 
     def mark(self, phase: str) -> None:
         """Ends the phase named ``phase`` now (the report gives each phase's p50/p99 too)."""
@@ -495,7 +509,9 @@ def photo_job(
         # This benchmark's own process (its uploading client, the sampler) apart from the rest.
         names = thread_names(pids | {"client": watch.prober_pid, "benchmark": os.getpid()})
         tracer.stop()
-        waited = "\n" + (tracer.why_not or sched_report(parse(tracer.lines), names, front))
+        trace = parse(tracer.lines)
+        watch.sched = (trace, names, front)
+        waited = "\n" + (tracer.why_not or sched_report(trace, names, front))
     megabytes = path.stat().st_size / 1e6
     return (
         f"{megabytes:.0f} MB zip uploaded in {uploaded:.1f} s (CPU per MB uploaded: "
@@ -711,6 +727,8 @@ def main() -> None:
                         usage = cores_used(sched_before, scheduled(endpoints.pids), case_s)
                     size_mb = path.stat().st_size / 1e6
                     print(watch.report(f"{name} ({size_mb:.1f} MB)", outcome), flush=True)
+                    if slowest := watch.slowest_calls():
+                        print(slowest, flush=True)
                     # Which processes the case kept busy (the other tenant's probe is an "other process").
                     print(f"  over the case's {case_s:.1f} s, cores used / run-queue wait per s: {usage}")
                     print(f"  load average: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)

@@ -215,6 +215,44 @@ def report(trace: Trace, names: dict[int, str], path: set[int]) -> str:
     )
 
 
+def slow_calls(
+    trace: Trace, names: dict[int, str], path: set[int], calls: list[tuple[float, float]], share: float = 0.01
+) -> str:
+    """What the slowest ``share`` of the other tenant's calls were made of, as text: of each such
+    call's time (``calls``: (start, end) on the trace's clock, CLOCK_MONOTONIC), how much a thread
+    of the path waited for a core meanwhile (its waits that overlap the call, clipped to it; the
+    path's threads also serve other calls, so this bounds the call's own waits from above), and
+    what the cores it waited on ran then. The rest of a call's time its path was running, or
+    blocked on something other than a core (the interpreter lock, a lock, the network)."""
+    if not trace.events:
+        return ""
+    first, last = trace.events[0].at, trace.events[-1].at
+    inside = sorted((end - start, start, end) for start, end in calls if first <= start and end <= last)
+    if not inside:
+        return "  slowest calls: none inside the trace"
+    slowest = inside[-max(1, round(len(inside) * share)) :]
+    found = waits(trace, path)
+    occupancy = Occupancy(trace)
+    held = Counter[str]()
+    parts = []
+    for took, start, end in slowest:
+        waited = 0.0
+        for w in found:
+            ends = [since for since, _ in w.queued[1:]] + [w.at + w.seconds]
+            for (since, cpu), until in zip(w.queued or ((w.at, w.cpu),), ends, strict=True):
+                overlap = min(until, end) - max(since, start)
+                if overlap > 0:
+                    waited += overlap
+                    occupancy.add(cpu, max(since, start), min(until, end), names, held)
+        parts.append(f"{took * 1000:.1f} ms ({min(waited, took) * 1000:.1f} waiting)")
+    total = sum(held.values()) or 1e-9
+    return (
+        f"  the slowest {len(slowest)} of the other tenant's {len(inside)} calls in the trace, each "
+        f"with its path's waits for a core meanwhile: {', '.join(reversed(parts))}; those waits were "
+        f"behind: {_shares(held, total)}"
+    )
+
+
 def thread_names(pids: dict[str, int]) -> dict[int, str]:
     """Thread id -> process name for every thread of ``pids`` now, ``SCHED_IDLE`` ones apart."""
     names = {}
@@ -248,6 +286,7 @@ class SchedTrace:
             self._dir.mkdir(exist_ok=True)
             self._write("buffer_size_kb", str(self._buffer_kb))
             self._write("options/record-tgid", "1")
+            self._write("trace_clock", "mono")  # the clock time.monotonic() reads: calls line up
             for event in EVENTS:
                 self._write(f"events/{event}/enable", "1")
             self._write("tracing_on", "1")

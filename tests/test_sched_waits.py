@@ -101,3 +101,16 @@ def test_a_thread_moved_while_it_waits_is_blamed_on_each_core_in_turn() -> None:
     assert "4 ms in 1 waits" in text
     assert "the core it waited on ran: jobs 50%, nats 50%" in text
     assert "the other core(s): nats 50%, jobs 50%" in text
+
+
+def test_the_slowest_calls_count_only_the_waits_within_them() -> None:
+    trace = sched_waits.parse(TRACE)
+    # A call from 1.003 to 1.0095: half of the gateway's 4 ms wait (1.001-1.005) falls in it, and
+    # the 0.01 ms one at 1.006; a quicker call earlier is not among the slowest.
+    calls = [(1.0, 1.0008), (1.003, 1.0095)]
+
+    text = sched_waits.slow_calls(trace, NAMES, {GATEWAY}, calls, share=0.5)
+
+    assert "the slowest 1 of the other tenant's 2 calls in the trace" in text
+    assert "6.5 ms (2.0 waiting)" in text
+    assert "behind: jobs 100%" in text

@@ -237,7 +237,16 @@ def _typed_contents(tensor: oip.ModelInferRequest.InferInputTensor, data: Any, b
         return
     if tensor.datatype != "BYTES":
         raise _bad_body(f"{where} has datatype {tensor.datatype!r}; send BYTES, FP32 or another OIP datatype")
-    elements = list(_flat(data))
+    # No more than an input may have items, before any is encoded (2.7 million short strings fit
+    # in a 15 MiB body; each would be a bytes object first).
+    most = limits.MAX_INPUTS_PER_REQUEST
+    elements = list(itertools.islice(_flat(data), most + 1))
+    if len(elements) > most:
+        raise InvalidArgument(
+            f"{where} has more than {most} items; send 1 to {most}",
+            reason="INVALID_OIP_INPUT",
+            metadata={"input": tensor.name[:64]},
+        )
     if not all(isinstance(e, str) for e in elements):
         raise _bad_body(f"{where} is BYTES: its data must be strings")
     if base64_bytes:

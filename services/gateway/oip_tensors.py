@@ -53,14 +53,23 @@ _FP32 = np.dtype("<f4")
 _ACCEPTED = ", ".join(f"{name} ({datatype}: {what})" for name, (datatype, what) in INPUTS.items())
 
 
-def decode_bytes_tensor(raw: bytes, name: str = IMAGE_INPUT) -> list[bytes]:
+def decode_bytes_tensor(raw: bytes, name: str = IMAGE_INPUT, most: int | None = None) -> list[bytes]:
     """Splits a raw BYTES tensor: each element a 4-byte little-endian length, then its bytes.
 
+    Args:
+        raw: the tensor's raw contents.
+        name: the input's name, for messages.
+        most: the most elements it may hold (none: no bound), refused as soon as one more is seen:
+            16 MiB of one-byte elements is 3.3 million, each a step of this loop.
+
     Raises:
-        InvalidArgument: the buffer does not split into whole elements.
+        InvalidArgument: the buffer does not split into whole elements, or holds more than ``most``.
     """
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(raw):
+        if most is not None and len(elements) == most:
+            raise _bad_input(name, f"input {name!r} has more than {most} items; send 1 to {most}")
         if offset + 4 > len(raw):
             raise _bad_input(name, f"raw contents of {name!r} end inside an element's 4-byte length")
         (size,) = struct.unpack_from("<I", raw, offset)
@@ -129,16 +138,12 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
     if name == TENSOR_INPUT:
         items = _tensor_items(tensor, request.raw_input_contents[0] if raw else None, max_bytes)
         return Inputs(items, raw)
-    elements = (
-        decode_bytes_tensor(request.raw_input_contents[0], name)
-        if raw
-        else list(tensor.contents.bytes_contents)
-    )
     if any(d < 0 for d in tensor.shape):  # [-1, -1] multiplies to 1 and passed for one element
         raise _bad_input(
             name,
             f"input {name!r} has shape {list(tensor.shape)}; its dimensions are counts: none is negative",
         )
+    elements = _bytes_elements(request, tensor, name)
     expected = math.prod(tensor.shape) if tensor.shape else len(elements)
     if expected != len(elements):
         raise _bad_input(name, f"input {name!r} has shape {list(tensor.shape)} but {len(elements)} elements")
@@ -149,6 +154,18 @@ def inputs_of(request: oip.ModelInferRequest, max_bytes: int, candidate_labels: 
     if name == TEXT_INPUT:
         return Inputs([_text(e, candidate_labels, w) for e, w in zip(elements, where, strict=True)], raw)
     return Inputs([_payload(e, max_bytes, w) for e, w in zip(elements, where, strict=True)], raw)
+
+
+def _bytes_elements(
+    request: oip.ModelInferRequest, tensor: oip.ModelInferRequest.InferInputTensor, name: str
+) -> list[bytes]:
+    """A BYTES input's elements, their count bounded before any is copied out: a 15 MiB message of
+    millions of tiny elements was split and listed one by one on the gateway's event loop before
+    its count was checked (the typed contents' length is known without reading them)."""
+    if request.raw_input_contents:
+        return decode_bytes_tensor(request.raw_input_contents[0], name, limits.MAX_INPUTS_PER_REQUEST)
+    _check_count(name, len(tensor.contents.bytes_contents))
+    return list(tensor.contents.bytes_contents)
 
 
 def _check_count(name: str, count: int) -> None:

@@ -272,3 +272,14 @@ def test_thousands_of_inputs_outputs_or_parameters_are_refused_before_any_is_rea
         oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
     assert caught.value.reason == "INVALID_OIP_REST_BODY"
     assert f'"{field}" has 200000 entries' in caught.value.message
+
+
+def test_a_bytes_input_of_too_many_elements_is_refused_before_any_is_encoded() -> None:
+    # 2.7 million short strings fit in a 15 MiB body, each made a bytes object before the count was
+    # checked; the last element here is no string, which a full read would have been refused for.
+    data = [["ab"] * 100] * 3 + [[None]]
+    document = {"inputs": [{"name": "TEXT", "shape": [301], "datatype": "BYTES", "data": data}]}
+    with pytest.raises(InvalidArgument) as caught:
+        oip_rest.infer_request(json.dumps(document).encode(), None, "m", "")
+    assert (caught.value.reason, caught.value.metadata) == ("INVALID_OIP_INPUT", {"input": "TEXT"})
+    assert "has more than 256 items; send 1 to 256" in caught.value.message

@@ -11,6 +11,7 @@ import pytest
 from ferry.inference.v1 import inference_service_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
+from services.common import limits
 from services.common.errors import FerryError
 from services.gateway.oip_tensors import (
     check_request_size,
@@ -78,6 +79,25 @@ def test_shape_must_match_the_elements() -> None:
     with pytest.raises(FerryError) as caught:
         inputs_of(oip.ModelInferRequest(inputs=[tensor]), max_bytes=1024)
     assert "shape [3] but 2 elements" in caught.value.message
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_a_bytes_input_of_too_many_elements_is_refused_before_they_are_read(raw: bool) -> None:
+    """16 MiB of one-byte elements is 3.3 million: they were split (raw) or listed (typed) one by
+    one on the gateway's event loop before their count was checked. Raw: the elements past the
+    bound end in a truncated one, which a full read would have been refused for instead."""
+    many = [b"x"] * (limits.MAX_INPUTS_PER_REQUEST + 1)
+    tensor = oip.ModelInferRequest.InferInputTensor(name="TEXT", datatype="BYTES", shape=[1])
+    if raw:
+        request = oip.ModelInferRequest(
+            inputs=[tensor], raw_input_contents=[encode_bytes_tensor(many) + b"\x09"]
+        )
+    else:
+        tensor.contents.bytes_contents.extend(many)
+        request = oip.ModelInferRequest(inputs=[tensor])
+    with pytest.raises(FerryError) as caught:
+        inputs_of(request, max_bytes=1024)
+    assert f"items; send 1 to {limits.MAX_INPUTS_PER_REQUEST}" in caught.value.message, caught.value.message
 
 
 def test_raw_outputs_decode_to_the_classes_in_order() -> None:

@@ -51,6 +51,10 @@ class EnvoyOptions:
     upload_gateway_host: str = ""
     """Where the upload lane's gateways are (empty: ``gateway_host``): in containers a service of
     its own, whose name resolves to each of its replicas."""
+    oip_lane_bytes: int = GatewaySettings.model_fields["oip_rest_off_loop_bytes"].default
+    """Open Inference Protocol REST inference bodies of at least this many bytes go to the upload
+    lane, when there is one (``FERRY_GATEWAY_OIP_REST_OFF_LOOP_BYTES``: the size from which a
+    gateway reads such a body on a worker thread); smaller ones to the gateways."""
     gateway_max_inflight: int = GatewaySettings.model_fields["max_inflight"].default
     """Each gateway's bound on unary calls in flight (``FERRY_GATEWAY_MAX_INFLIGHT``): Envoy lets
     that many per gateway through and refuses the next itself (429 OVERLOADED), so an overloaded
@@ -80,6 +84,10 @@ READY_PATH = "/readyz"
 GATEWAY_CLUSTER = "gateway"
 STREAMS_CLUSTER = "gateway_streams"
 UPLOADS_CLUSTER = "gateway_uploads"
+#: The upload lane's gateways again, for the unary calls sent there (large OIP REST bodies): bounded
+#: like the gateways' unary calls, and apart from the uploads' streams so neither takes the
+#: other's room.
+LANE_CALLS_CLUSTER = "gateway_uploads_calls"
 #: The upload lane's processes (``ferry up``), compose service and chart component.
 UPLOAD_LANE = "gateway-uploads"
 #: Streams (watches, results, uploads) in flight to all gateways: Envoy's default circuit breaker,
@@ -267,7 +275,7 @@ def _route(
 ) -> str:
     """One route to a gateway cluster, as YAML list item text; ``limit``: its own body limit."""
     return f"""
-                        - match: {json.dumps(match)}
+                        - match:{_match_text(match)}
                           route:
                             cluster: {cluster}
                             timeout: {timeout_s}s
@@ -293,6 +301,17 @@ def _route(
                               append_action: OVERWRITE_IF_EXISTS_OR_ADD""" + edge.route_filter_config(
         limit, _skipped(match)
     )
+
+
+def _match_text(match: edge.Match) -> str:
+    """A route's match as YAML text after ``match:``: on its line, or with headers one key a line
+    and each header on its own (the chart's lines are held to 160 characters)."""
+    if "headers" not in match:
+        return f" {json.dumps(match)}"
+    pad = "\n" + " " * 28
+    keys = "".join(f"{pad}{key}: {json.dumps(value)}" for key, value in match.items() if key != "headers")
+    headers = "".join(f"{pad}  - {json.dumps(header)}" for header in match["headers"])
+    return f"{keys}{pad}headers:{headers}"
 
 
 #: /readyz: at least one healthy gateway (no hosts at all is 503 too).
@@ -331,7 +350,46 @@ def _routes(opts: EnvoyOptions) -> str:
         for match in limit.matches
     )
     catch_all = _route(CATCH_ALL, opts.upstream_timeout_s, opts.upstream_timeout_s)
-    return streams + limited + _model_load_routes() + catch_all
+    return streams + limited + _model_load_routes() + _large_oip_route(opts) + catch_all
+
+
+#: Where the transcoder sends ``POST /v2/models/{m}[/versions/{v}]/infer``: the path the route is
+#: looked up again on once it has rewritten the request (see MODEL_LOAD_ROUTES).
+OIP_REST_INFER_PATH = "/ferry.openinference.v1.OpenInferenceRestService/InferModel"
+#: The request body's length as the transcoder got it (BODY_BYTES_FILTER): the transcoder drops
+#: ``content-length`` when it rewrites the request, so the route looked up after it cannot read it.
+BODY_BYTES_HEADER = "x-ferry-body-bytes"
+#: Envoy's range_match ends before its ``end``: every int64 from its ``start``.
+_INT64_END = 2**63 - 1
+
+
+def _large_oip_route(opts: EnvoyOptions) -> str:
+    """The route of large OIP REST inference bodies to the upload lane, as route YAML text; none
+    without a lane. Such a body is JSON that a gateway's interpreter parses in one piece whatever
+    thread it is on (``json`` holds the GIL: 0.35 s for 15 MiB of short strings), so every other
+    call to that gateway waited; on the lane it waits for no one but the lane's uploads. The route
+    matches the transcoded request, the one that goes upstream (the route the REST path matched
+    chose the body limit: the predict routes', devstack/edge.py)."""
+    if not opts.upload_gateway_ports:
+        return ""
+    large = {"name": BODY_BYTES_HEADER, "range_match": {"start": opts.oip_lane_bytes, "end": _INT64_END}}
+    match = {"path": OIP_REST_INFER_PATH, "headers": [large]}
+    return _route(match, opts.upstream_timeout_s, opts.upstream_timeout_s, cluster=LANE_CALLS_CLUSTER)
+
+
+#: Writes BODY_BYTES_HEADER, after the buffer filter (which holds the whole body and gives one sent
+#: without a length, chunked, its ``content-length``) and before the transcoder. A client's own
+#: value is removed first: with no length to write, the header is left out, never the client's.
+BODY_BYTES_FILTER = f"""
+                  - name: ferry.body_bytes
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+                      mutations:
+                        request_mutations:
+                          - remove: {BODY_BYTES_HEADER}
+                          - append:
+                              header: {{key: {BODY_BYTES_HEADER}, value: "%REQ(content-length)%"}}
+                              append_action: OVERWRITE_IF_EXISTS_OR_ADD"""
 
 
 def _max_requests(opts: EnvoyOptions) -> int:
@@ -376,13 +434,17 @@ def _gateway_clusters(opts: EnvoyOptions) -> str:
 
 
 def _uploads_cluster(opts: EnvoyOptions) -> str:
-    """The upload lane's gateways as a cluster of their own, as YAML list item text; none without a lane."""
+    """The upload lane's gateways as clusters of their own (its streams, its unary calls), as YAML
+    list items text; none without a lane."""
     if not opts.upload_gateway_ports:
         return ""
     first, *more = opts.upload_gateway_ports
     host = opts.upload_gateway_host or opts.gateway_host
-    lane = _http2_cluster(UPLOADS_CLUSTER, host, first, tuple(more), STREAMS_MAX_REQUESTS)
-    return lane + (_NO_PANIC if more else "") + _GATEWAY_HEALTH
+    calls = len(opts.upload_gateway_ports) * opts.gateway_max_inflight
+    return "".join(
+        _http2_cluster(name, host, first, tuple(more), bound) + (_NO_PANIC if more else "") + _GATEWAY_HEALTH
+        for name, bound in ((UPLOADS_CLUSTER, STREAMS_MAX_REQUESTS), (LANE_CALLS_CLUSTER, calls))
+    )
 
 
 def render(opts: EnvoyOptions) -> str:
@@ -483,7 +545,7 @@ static_resources:
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its
-                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}{edge.buffer_filter()}{body_fields.lua_filter()}
+                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}{edge.buffer_filter()}{body_fields.lua_filter()}{BODY_BYTES_FILTER}
                   - name: envoy.filters.http.grpc_json_transcoder
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder
@@ -520,15 +582,20 @@ _UPLOADS_STANDIN = "uploads.standin.invalid"
 _LANE_ON = ".Values.gatewayUploads.enabled"
 
 
-def _upload_lane_switch(text: str, lane_cluster: str) -> str:
-    """The chart's config has the upload lane only where ``gatewayUploads.enabled``: its cluster
-    inside a Helm ``if``, and the upload routes' cluster chosen by the same value."""
-    assert text.count(lane_cluster) == 1, "the upload lane's cluster moved: update chart_configs"
-    text = text.replace(lane_cluster, f"{{{{- if {_LANE_ON} }}}}{lane_cluster}{{{{- end }}}}")
-    routed = f"cluster: {UPLOADS_CLUSTER}\n"
-    assert text.count(routed) == len(edge.UPLOADS), "the upload routes moved: update chart_configs"
-    chosen = f'{{{{ ternary "{UPLOADS_CLUSTER}" "{STREAMS_CLUSTER}" {_LANE_ON} }}}}'
-    return text.replace(routed, f"cluster: {chosen}\n")
+def _upload_lane_switch(text: str, lane_clusters: str) -> str:
+    """The chart's config has the upload lane only where ``gatewayUploads.enabled``: its clusters
+    inside a Helm ``if``, and the cluster of the routes to it chosen by the same value (uploads go
+    to the gateways' streams without it, large OIP REST bodies to the gateways)."""
+    assert text.count(lane_clusters) == 1, "the upload lane's clusters moved: update chart_configs"
+    text = text.replace(lane_clusters, f"{{{{- if {_LANE_ON} }}}}{lane_clusters}{{{{- end }}}}")
+    for lane, instead, count in (
+        (UPLOADS_CLUSTER, STREAMS_CLUSTER, len(edge.UPLOADS)),
+        (LANE_CALLS_CLUSTER, GATEWAY_CLUSTER, 1),
+    ):
+        routed = f"cluster: {lane}\n"
+        assert text.count(routed) == count, "the routes to the lane moved: update chart_configs"
+        text = text.replace(routed, f'cluster: {{{{ ternary "{lane}" "{instead}" {_LANE_ON} }}}}\n')
+    return text
 
 
 def container_options(
@@ -600,7 +667,8 @@ def chart_configs() -> dict[str, str]:
             'max_heap_size_bytes: {{ include "ferry.envoyHeapBytes" . }}',
         )
         # Envoy's bound on unary calls follows the gateways' (templates/_helpers.tpl).
-        assert text.count(str(_INFLIGHT_STANDIN)) == 2, "the circuit breaker moved: update chart_configs"
+        # The lane's unary calls get the same (its gateways refuse past their own in-flight bound).
+        assert text.count(str(_INFLIGHT_STANDIN)) == 4, "the circuit breakers moved: update chart_configs"
         text = text.replace(str(_INFLIGHT_STANDIN), '{{ include "ferry.envoyMaxRequests" . }}')
         text = text.replace(_OTLP_STANDIN, '{{ include "ferry.otlpHost" . }}')
         text = text.replace(str(_OTLP_STANDIN_PORT), '{{ include "ferry.otlpPort" . }}')

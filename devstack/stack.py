@@ -348,6 +348,7 @@ class LocalStack:
             upload_gateway_ports=upload_ports,
             # The gateways read the same environment: Envoy's bound follows theirs.
             gateway_max_inflight=GatewaySettings().max_inflight,
+            oip_lane_bytes=GatewaySettings().oip_rest_off_loop_bytes,
             otlp_endpoint=otlp,
         )
         config.write_text(render(opts))

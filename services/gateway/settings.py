@@ -67,7 +67,11 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     oip_rest_off_loop_bytes: int = Field(default=256 * 1024, ge=0)
     """An Open Inference Protocol REST body (``/v2/models/{m}/infer``) or answer larger than this
     is read or written on a worker thread, not the event loop: a 16 MiB JSON tensor took the loop
-    1.3-2 s, during which every other caller of this gateway waited. 0: every one on a thread."""
+    1.3-2 s, during which every other caller of this gateway waited. 0: every one on a thread.
+    A thread does not free the interpreter from a body of strings or nulls (``json`` holds the
+    GIL), so Envoy sends a body of this size or more to the upload lane's gateways, when there is
+    a lane (``ferry up`` renders Envoy's route from this value; compose's and the chart's Envoy
+    configs have the default)."""
     max_job_items: int = Field(default=limits.MAX_JOB_ITEMS, ge=1)
     """Most inputs in one job."""
     max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)

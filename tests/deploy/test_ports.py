@@ -93,7 +93,8 @@ def test_envoy_reaches_the_gateway_on_its_port() -> None:
     assert ports and {int(p) for p in ports} == {gateway}, "deploy/envoy/envoy.yaml's gateway cluster"
     # The upload lane's gateways listen where every gateway does (the same program and settings).
     lane = re.findall(r"address: gateway-uploads, port_value: (\d+)", config)
-    assert [int(p) for p in lane] == [gateway], "deploy/envoy/envoy.yaml's gateway_uploads cluster"
+    # Its clusters: the uploads' streams and the large OIP REST bodies' unary calls.
+    assert [int(p) for p in lane] == [gateway, gateway], "deploy/envoy/envoy.yaml's gateway_uploads clusters"
 
 
 def test_message_limits_agree_from_the_edge_to_the_services() -> None:

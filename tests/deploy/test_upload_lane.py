@@ -15,7 +15,15 @@ from typing import Any
 import yaml
 
 from devstack import edge
-from devstack.envoy import COMMITTED_CONFIG, STREAMS_CLUSTER, UPLOAD_LANE, UPLOADS_CLUSTER
+from devstack.envoy import (
+    BODY_BYTES_HEADER,
+    COMMITTED_CONFIG,
+    LANE_CALLS_CLUSTER,
+    OIP_REST_INFER_PATH,
+    STREAMS_CLUSTER,
+    UPLOAD_LANE,
+    UPLOADS_CLUSTER,
+)
 from services.gateway.settings import GatewaySettings
 from tests.deploy.test_compose import COMPOSE, ROOT
 from tests.deploy.test_helm import SECRETS, _environ, env_of, envoy_validates, find, merged, render
@@ -34,7 +42,7 @@ def clusters(config: str) -> dict[str, Any]:
     found["routes"] = {
         r["match"]["path"]: r["route"]["cluster"] for r in routes if "path" in r["match"] and "route" in r
     }
-    found["every route"] = [r["route"]["cluster"] for r in routes if "route" in r]
+    found["every route"] = [{**r["match"], "cluster": r["route"]["cluster"]} for r in routes if "route" in r]
     return found
 
 
@@ -51,7 +59,17 @@ def only_uploads_go_to_the_lane(found: dict[str, Any]) -> None:
     assert routes["/ferry.models.v1.ModelService/Predict"] == "gateway"
     assert routes["/ferry.jobs.v1.JobService/WatchJob"] == STREAMS_CLUSTER
     # Nothing else reaches the lane: no other route (prefix, regex, catch-all) names its cluster.
-    assert found["every route"].count(UPLOADS_CLUSTER) == len(UPLOAD_PATHS)
+    assert [r["cluster"] for r in found["every route"]].count(UPLOADS_CLUSTER) == len(UPLOAD_PATHS)
+
+
+def large_oip_bodies_go_to_the_lane(found: dict[str, Any]) -> None:
+    """Transcoded OIP REST inference calls of the gateways' off-loop size or more go to the lane's
+    unary cluster (tests/deploy/test_oip_lane_edge.py runs it), and only they."""
+    [route] = [r for r in found["every route"] if r["cluster"] == LANE_CALLS_CLUSTER]
+    assert route["path"] == OIP_REST_INFER_PATH
+    [header] = route["headers"]
+    assert header["name"] == BODY_BYTES_HEADER
+    assert header["range_match"]["start"] == GatewaySettings().oip_rest_off_loop_bytes
 
 
 def cpu_millicores(quantity: str | int | float) -> int:
@@ -91,7 +109,9 @@ def test_compose_runs_the_lane_as_a_gateway_that_serves_uploads_at_a_lower_cpu_w
 def test_composes_envoy_sends_uploads_and_only_uploads_to_the_lane() -> None:
     found = clusters(COMMITTED_CONFIG.read_text())
     only_uploads_go_to_the_lane(found)
+    large_oip_bodies_go_to_the_lane(found)
     assert address(found[UPLOADS_CLUSTER]) == (UPLOAD_LANE, GatewaySettings().grpc_port)
+    assert address(found[LANE_CALLS_CLUSTER]) == (UPLOAD_LANE, GatewaySettings().grpc_port)
     assert (
         address(found["gateway"])
         == address(found[STREAMS_CLUSTER])
@@ -146,7 +166,8 @@ def test_the_lane_gets_less_cpu_than_the_gateway_so_it_cannot_starve_it() -> Non
 def test_charts_envoy_sends_uploads_and_only_uploads_to_the_lane() -> None:
     found = clusters(find(chart(), "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"])
     only_uploads_go_to_the_lane(found)
-    assert address(found[UPLOADS_CLUSTER]) == (LANE_NAME, 50051)
+    large_oip_bodies_go_to_the_lane(found)
+    assert address(found[UPLOADS_CLUSTER]) == address(found[LANE_CALLS_CLUSTER]) == (LANE_NAME, 50051)
     assert address(found[STREAMS_CLUSTER]) == ("ferry-gateway", 50051)
     moved = clusters(
         find(chart(gateway={"grpcPort": 50151}), "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"]
@@ -177,7 +198,9 @@ def test_lane_off_sends_uploads_to_the_gateways_and_renders_no_lane(tmp_path: Pa
     assert not [d for d in docs if UPLOAD_LANE in d["metadata"]["name"]]
     assert UPLOAD_LANE not in yaml.safe_dump_all(docs)  # no policy names it either
     found = clusters(find(docs, "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"])
-    assert UPLOADS_CLUSTER not in found
+    assert UPLOADS_CLUSTER not in found and LANE_CALLS_CLUSTER not in found
     assert {found["routes"][path] for path in UPLOAD_PATHS} == {STREAMS_CLUSTER}
+    # Large OIP REST bodies: to the gateways, as every other unary call.
+    assert found["routes"][OIP_REST_INFER_PATH] == "gateway"
     done = envoy_validates(docs, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -286,9 +286,9 @@ def test_a_zip_bomb_is_refused_by_its_directory(
     assert reason in json.dumps(refused["details"]) and "upload_max_compression_ratio" in refused["message"]
 
 
-def _uploads_logged(log: Path, since: int, trace_id: str) -> list[dict[str, Any]]:
-    """The CreateUpload access lines of trace ``trace_id`` that ``log`` got past byte ``since`` (an
-    earlier test's upload may be logged late, as it ends)."""
+def access_logged(log: Path, since: int, trace_id: str, method: str = "CreateUpload") -> list[dict[str, Any]]:
+    """The access lines of ``method`` in trace ``trace_id`` that ``log`` got past byte ``since`` (an
+    earlier test's call may be logged late, as it ends)."""
     with log.open("rb") as lines:
         lines.seek(since)
         entries = [json.loads(line) for line in lines.read().splitlines() if line.startswith(b"{")]
@@ -296,7 +296,7 @@ def _uploads_logged(log: Path, since: int, trace_id: str) -> list[dict[str, Any]
         e
         for e in entries
         if e.get("logger") == "ferry.access"
-        and e.get("method", "").endswith("CreateUpload")
+        and e.get("method", "").endswith(method)
         and e.get("trace_id") == trace_id
     ]
 
@@ -314,9 +314,9 @@ def test_uploads_go_to_the_upload_lane_a_niced_gateway_of_their_own(stack: dict[
     status, answer = upload_over_rest(stack, b'{"text": "a line"}\n', "application/x-ndjson", traceparent)
     assert status == 200, answer
     time.sleep(0.5)  # the access line is written as the answer leaves
-    assert [e["code"] for e in _uploads_logged(lane, since[lane], trace_id)] == ["OK"]
+    assert [e["code"] for e in access_logged(lane, since[lane], trace_id)] == ["OK"]
     # The other tenants' gateway never read it.
-    assert _uploads_logged(gateway, since[gateway], trace_id) == []
+    assert access_logged(gateway, since[gateway], trace_id) == []
     # The stack runs at this test's nice (it may run niced itself); the callers' gateway at -10.
     assert _niceness(stack["pids"]["gateway-uploads"]) == min(19, _niceness(os.getpid()) + UPLOAD_NICENESS)
     # Each process leads a session of its own: with autogroups on, the group's nice is what ranks

@@ -11,6 +11,8 @@ read by other tools. boto3 is synchronous, so its calls run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -24,6 +26,8 @@ from services.common import objects
 BUCKET = "ferry_job_results"
 #: How long the Object Store keeps a result file (an S3 bucket's lifecycle rules decide there).
 KEEP_DAYS = 30
+#: Bytes of an S3 file read at a time by ``S3Results.chunks``.
+_S3_PIECE_BYTES = 1024 * 1024
 
 
 class ResultStore(Protocol):
@@ -42,6 +46,15 @@ class ResultStore(Protocol):
 
     async def get(self, name: str) -> bytes:
         """The file ``name``.
+
+        Raises:
+            KeyError: there is none.
+        """
+        ...
+
+    def chunks(self, name: str) -> AsyncGenerator[bytes, None]:
+        """The file ``name`` in pieces as they are read, for a reader that need not hold it whole.
+        Close the iterator when stopping early (``contextlib.aclosing``): that frees what it holds.
 
         Raises:
             KeyError: there is none.
@@ -78,6 +91,16 @@ class NatsResults:
     async def get(self, name: str) -> bytes:
         try:
             return await objects.read(self._js, BUCKET, await self._store(), name)
+        except (ObjectNotFoundError, NotFoundError):
+            raise KeyError(name) from None
+
+    async def chunks(self, name: str) -> AsyncGenerator[bytes, None]:
+        try:
+            async with contextlib.aclosing(
+                objects.chunks(self._js, BUCKET, await self._store(), name)
+            ) as read:
+                async for chunk in read:
+                    yield chunk
         except (ObjectNotFoundError, NotFoundError):
             raise KeyError(name) from None
 
@@ -125,7 +148,8 @@ class S3Results:
             ContentType="application/x-ndjson",
         )
 
-    async def get(self, name: str) -> bytes:
+    async def _body(self, name: str) -> Any:
+        """The object's streaming body (botocore's ``StreamingBody``), not read yet."""
         from botocore.exceptions import ClientError
 
         try:
@@ -136,8 +160,19 @@ class S3Results:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 raise KeyError(name) from None
             raise
-        body: bytes = await asyncio.to_thread(answer["Body"].read)
+        return answer["Body"]
+
+    async def get(self, name: str) -> bytes:
+        body: bytes = await asyncio.to_thread((await self._body(name)).read)
         return body
+
+    async def chunks(self, name: str) -> AsyncGenerator[bytes, None]:
+        body = await self._body(name)
+        try:
+            while piece := await asyncio.to_thread(body.read, _S3_PIECE_BYTES):
+                yield piece
+        finally:
+            body.close()
 
 
 def result_store(url: str, js: JetStreamContext) -> ResultStore:

@@ -14,10 +14,11 @@ file of its own, so a job that RetryJob reopened gets a new file when it ends ag
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from google.protobuf import json_format
 
@@ -62,6 +63,25 @@ def result_of(prediction: prediction_pb2.Prediction) -> job_service_pb2.GetJobRe
     return result
 
 
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a file read in ``chunks`` (without their newlines), as the chunks come.
+
+    A line longer than a chunk (a record's tensors) is kept in pieces and joined once.
+    """
+    head: list[bytes] = []  # the start of a line that goes on in the next chunk
+    async for chunk in chunks:
+        *lines, tail = chunk.split(b"\n")
+        if lines and head:
+            lines[0] = b"".join([*head, lines[0]])
+            head = []
+        for line in lines:
+            yield line
+        if tail:
+            head.append(tail)
+    if head:
+        yield b"".join(head)
+
+
 def object_name(job: job_pb2.Job) -> str:
     """The file of the job's current retry round: ``<job id>/round-<retry_count>.jsonl``."""
     return f"{job.name.removeprefix('jobs/')}/round-{job.retry_count}.jsonl"
@@ -101,8 +121,11 @@ class JobResults:
         except Exception:  # a watch must not fail over a file it only prepares
             log.warning("could not write the result file of %s; GetJobResults will", job.name, exc_info=True)
 
-    async def read(self, tenant: str, name: str) -> AsyncIterator[job_service_pb2.GetJobResultsResponse]:
-        """Yields the lines of the finished job ``name``'s file, writing it first if need be.
+    async def read(
+        self, tenant: str, name: str
+    ) -> AsyncGenerator[job_service_pb2.GetJobResultsResponse, None]:
+        """Yields the lines of the finished job ``name``'s file, writing it first if need be, as
+        its chunks are read: a download holds a chunk and a line, not the file.
 
         Raises:
             FerryError: a bad name, an unknown job (NOT_FOUND), a job still running
@@ -117,9 +140,9 @@ class JobResults:
                 reason="JOB_NOT_FINISHED",
                 metadata={"name": job.name},
             )
-        found = await self._store.get(await self.write(tenant, job))
-        for line in found.splitlines():
-            yield json_format.Parse(line, job_service_pb2.GetJobResultsResponse())
+        async with contextlib.aclosing(self._store.chunks(await self.write(tenant, job))) as chunks:
+            async for line in _lines(chunks):
+                yield json_format.Parse(line, job_service_pb2.GetJobResultsResponse())
 
     async def _records_of(self, tenant: str, job: str) -> AsyncIterator[prediction_pb2.Prediction]:
         token = ""

@@ -1,8 +1,12 @@
-"""services.common.objects.read, the jobs runner's whole-object read, on a real nats-server."""
+"""services.common.objects: the jobs runner's whole-object read and a download's chunk by chunk one,
+on a real nats-server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -10,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+import nats
 import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
@@ -76,3 +81,92 @@ async def test_chunks_that_do_not_hash_to_the_recorded_digest_are_refused(bucket
 
     with pytest.raises(DigestMismatchError):
         await bucket.read("b")
+
+
+async def consumers(bucket: Bucket) -> int:
+    """Consumers on the bucket's stream: the reads' own, while they read."""
+    return (await bucket.js.stream_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket.name))).state.consumer_count
+
+
+async def test_chunks_are_pulled_a_batch_at_a_time_and_the_consumer_goes_with_the_read(
+    bucket: Bucket,
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)  # 24 chunks of 128 KiB
+    await bucket.store.put("results.jsonl", data)
+    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl", batch_bytes=256 * 1024)
+    first = await anext(read)
+    [consumer] = await bucket.js.consumers_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket.name))
+    # NATS sent what was asked (2 chunks), not what a push consumer's window lets it (16 or more).
+    assert consumer.delivered.consumer_seq == 2 and consumer.num_pending == 22
+    rest = [chunk async for chunk in read]
+    assert b"".join([first, *rest]) == data and len(rest) == 23
+    assert await consumers(bucket) == 0
+
+
+async def test_a_read_stopped_early_deletes_its_consumer(bucket: Bucket) -> None:
+    await bucket.store.put("results.jsonl", os.urandom(2 * 1024 * 1024))
+    async with contextlib.aclosing(
+        objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl")
+    ) as read:
+        await anext(read)
+        assert await consumers(bucket) == 1
+    assert await consumers(bucket) == 0  # at once: NATS would remove it only after INACTIVE_S
+
+
+async def test_a_read_whose_consumer_is_removed_goes_on_from_the_next_chunk(bucket: Bucket) -> None:
+    data = os.urandom(2 * 1024 * 1024)
+    await bucket.store.put("results.jsonl", data)
+    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl", batch_bytes=256 * 1024)
+    taken = [await anext(read) for _ in range(3)]
+    # As NATS does when a reader paused longer than INACTIVE_S, or after a restart of NATS.
+    stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket.name)
+    [consumer] = await bucket.js.consumers_info(stream)
+    await bucket.js.delete_consumer(stream, consumer.name)
+    taken += [chunk async for chunk in read]
+    assert b"".join(taken) == data
+    assert await consumers(bucket) == 0
+
+
+async def test_an_object_deleted_while_it_is_read_is_not_found(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(objects, "FETCH_TIMEOUT_S", 0.5)
+    await bucket.store.put("results.jsonl", os.urandom(2 * 1024 * 1024))
+    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl", batch_bytes=256 * 1024)
+    await anext(read)
+    await anext(read)
+    await bucket.store.delete("results.jsonl")
+    with pytest.raises(ObjectNotFoundError):
+        async for _ in read:
+            pass
+    assert await consumers(bucket) == 0
+
+
+async def test_large_objects_read_at_once_on_one_connection_keep_it(bucket: Bucket, nats_url: str) -> None:
+    # Read through ordered push consumers, each with a flow-control window of up to 32 MiB, 8 reads
+    # of a 32 MiB object had more than nats-server holds for a connection (64 MiB) on their way:
+    # it closed the connection as a slow consumer (session 10's downloads that timed out).
+    data = os.urandom(32 * 1024 * 1024)
+    await bucket.store.put("results.jsonl", data)
+    disconnections = 0
+
+    async def disconnected() -> None:
+        nonlocal disconnections
+        disconnections += 1
+
+    nc = await nats.connect(nats_url, disconnected_cb=disconnected)
+    js = nc.jetstream()
+    store = await js.object_store(bucket.name)
+
+    async def digest() -> bytes:
+        hashed = hashlib.sha256()
+        async for chunk in objects.chunks(js, bucket.name, store, "results.jsonl"):
+            hashed.update(chunk)
+        return hashed.digest()
+
+    try:
+        digests = await asyncio.gather(*(digest() for _ in range(8)))
+        assert digests == [hashlib.sha256(data).digest()] * 8
+        assert disconnections == 0
+    finally:
+        await nc.close()

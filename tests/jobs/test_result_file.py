@@ -212,3 +212,62 @@ async def test_downloads_of_a_new_file_at_once_build_it_once(result_files: Resul
     read = await asyncio.gather(*(lines(results, job.name) for _ in range(4)))
     assert all(found == read[0] for found in read) and len(read[0]) == 3
     assert store.listings == 2  # one build: 3 records in pages of two (each download built it: 8)
+
+
+class CountedChunks:
+    """A result store that counts the chunks its readers have taken."""
+
+    def __init__(self, inner: ResultStore) -> None:
+        self.inner = inner
+        self.where = inner.where
+        self.taken = 0
+
+    async def exists(self, name: str) -> bool:
+        return await self.inner.exists(name)
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.inner.put(name, data)
+
+    async def get(self, name: str) -> bytes:
+        return await self.inner.get(name)
+
+    async def chunks(self, name: str) -> AsyncIterator[bytes]:
+        async for chunk in self.inner.chunks(name):
+            self.taken += 1
+            yield chunk
+
+
+async def test_a_download_reads_the_file_as_it_sends_it(js: JetStreamContext) -> None:
+    job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", state=job_pb2.JOB_STATE_SUCCEEDED, items_total=200)
+    ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    predictions = [  # about 10 KB a line: 2 MB, several of NATS's chunks
+        prediction_pb2.Prediction(
+            name=f"predictions/{uuid.uuid4()}", job=job.name, item_index=i, state=ok, embedding=[i / 7] * 500
+        )
+        for i in range(200)
+    ]
+    counted = CountedChunks(result_store("", js))
+    results = JobResults(RecordsOf(job, predictions), counted)  # type: ignore[arg-type]
+    await results.write("acme", job)
+    reading = results.read("acme", job.name)
+    first = await anext(reading)
+    assert first.index == 0 and counted.taken == 1  # it held the whole file before its first line
+    rest = [r async for r in reading]
+    assert [r.index for r in [first, *rest]] == list(range(200)) and counted.taken > 3
+    assert list(rest[-1].embedding) == pytest.approx([199 / 7] * 500)
+
+
+async def test_lines_longer_than_a_chunk_and_across_chunks_are_read_whole(result_files: ResultStore) -> None:
+    job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", state=job_pb2.JOB_STATE_SUCCEEDED, items_total=40)
+    ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    sizes = [100_000 if i == 7 else 1_000 + 97 * i for i in range(40)]  # line 7: about 2 MB
+    predictions = [
+        prediction_pb2.Prediction(
+            name=f"predictions/{uuid.uuid4()}", job=job.name, item_index=i, state=ok, embedding=[i / 3] * size
+        )
+        for i, size in enumerate(sizes)
+    ]
+    results = JobResults(RecordsOf(job, predictions), result_files)  # type: ignore[arg-type]
+    served = await lines(results, job.name)
+    assert b"".join(served) == await result_files.get(f"{job.name.removeprefix('jobs/')}/round-0.jsonl")
+    assert [len(json.loads(line)["embedding"]) for line in served] == sizes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -69,8 +70,10 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> AsyncIterator[job_service_pb2.GetJobResultsResponse]:
         c = self._slot.get()
         tenant = await c.auth.tenant(context)
-        async for result in c.jobs.results.read(tenant, request.name):
-            yield result
+        # Closed at once when the caller goes away mid-download: that deletes its NATS consumer.
+        async with contextlib.aclosing(c.jobs.results.read(tenant, request.name)) as results:
+            async for result in results:
+                yield result
 
     async def GetJobNotebook(
         self, request: job_service_pb2.GetJobNotebookRequest, context: Context

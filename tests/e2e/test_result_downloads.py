@@ -1,0 +1,140 @@
+"""GetJobResults of a large result file through Envoy and the gateway (issue #17): streamed whole, a
+download abandoned midway, and several at once.
+
+The large file is written straight into the Object Store over a finished job's own one-line file,
+as the gateway would have written it: a job of thousands of items would take minutes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import grpc
+import nats
+import pytest
+from google.protobuf import json_format
+from nats.js.object_store import OBJ_STREAM_TEMPLATE
+
+from ferry.jobs.v1 import job_pb2, job_service_pb2
+from ferry.predictions.v1 import prediction_pb2
+from ferry.types.v1 import types_pb2
+from ferry_client import FerryClient
+from services.common.result_stores import BUCKET, result_store
+from services.gateway.job_results import object_name, result_line, result_of
+from tests.e2e.conftest import API_KEY
+
+LINES = 3_000
+"""Lines of the large file: about 16 MB at top_k 100, 128 of NATS's chunks."""
+
+Results = list[job_service_pb2.GetJobResultsResponse]
+
+
+def lines_of(job: str) -> list[bytes]:
+    """The large file's lines: each item's 100 classes, told apart by its index."""
+    classes = [types_pb2.ClassScore(label=f"label number {k}", score=k / 1000, index=k) for k in range(100)]
+    ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
+    return [
+        result_line(
+            result_of(
+                prediction_pb2.Prediction(
+                    name=f"predictions/{i}", job=job, item_index=i, state=ok, classes=classes
+                )
+            )
+        )
+        for i in range(LINES)
+    ]
+
+
+async def stored_over(nats_url: str, job: job_pb2.Job, data: bytes) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await result_store("", nc.jetstream()).put(object_name(job), data)
+    finally:
+        await nc.close()
+
+
+async def read_consumers(nats_url: str) -> int:
+    """Consumers on the result files' stream: a download's own, while it reads."""
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(OBJ_STREAM_TEMPLATE.format(bucket=BUCKET))
+        return info.state.consumer_count
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(scope="module")
+def large_job(stack: dict[str, Any], cat_jpeg: bytes) -> tuple[str, Results]:
+    """A finished job whose result file is large; its name and its lines as messages."""
+    with FerryClient(stack["grpc_target"], API_KEY) as ferry:
+        job = ferry.wait_job(ferry.create_job([cat_jpeg]).name, timeout_s=120)
+        assert len(list(ferry.job_results(job.name))) == 1  # the gateway wrote the job's own file
+    lines = lines_of(job.name)
+    asyncio.run(stored_over(stack["nats_url"], job, b"".join(lines)))
+    return job.name, [json_format.Parse(line, job_service_pb2.GetJobResultsResponse()) for line in lines]
+
+
+def download(stack: dict[str, Any], name: str, pause_every: int = 0) -> Results:
+    """The job's results over gRPC through Envoy, pausing a millisecond every ``pause_every``."""
+    got: Results = []
+    with FerryClient(stack["grpc_target"], API_KEY) as ferry:
+        for result in ferry.job_results(name, timeout_s=300):
+            got.append(result)
+            if pause_every and len(got) % pause_every == 0:
+                time.sleep(0.001)
+    return got
+
+
+def test_a_large_result_file_streams_whole_as_stored(
+    stack: dict[str, Any], large_job: tuple[str, Results]
+) -> None:
+    name, expected = large_job
+    assert download(stack, name) == expected
+
+
+def test_a_download_abandoned_midway_leaves_no_consumer_and_the_next_one_is_whole(
+    stack: dict[str, Any], large_job: tuple[str, Results]
+) -> None:
+    name, expected = large_job
+    with FerryClient(stack["grpc_target"], API_KEY) as ferry:
+        call = ferry.jobs.GetJobResults(
+            job_service_pb2.GetJobResultsRequest(name=name),
+            metadata=(("authorization", f"Bearer {API_KEY}"),),
+            timeout=120,
+        )
+        assert [next(call).index for _ in range(20)] == list(range(20))
+        call.cancel()
+        with pytest.raises(grpc.RpcError):
+            next(call)
+    # The gateway deleted the download's consumer as the call ended: NATS would remove one left
+    # behind only after objects.INACTIVE_S (30 s), an ordered push consumer after 5 s.
+    deadline = time.monotonic() + 3
+    while (left := asyncio.run(read_consumers(stack["nats_url"]))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == 0
+    assert download(stack, name) == expected
+
+
+def test_several_slow_downloads_of_a_large_file_at_once_are_all_whole(
+    stack: dict[str, Any], large_job: tuple[str, Results]
+) -> None:
+    name, expected = large_job
+    got: list[Results | Exception] = []
+
+    def one() -> None:
+        try:
+            got.append(download(stack, name, pause_every=50))
+        except Exception as err:  # told apart below, with the others' outcomes
+            got.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r if isinstance(r, Exception) else len(r) for r in got] == [LINES] * 8
+    assert all(r == expected for r in got)
+    assert asyncio.run(read_consumers(stack["nats_url"])) == 0

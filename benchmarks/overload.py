@@ -17,10 +17,13 @@ Then two attacks on the front door (issue 17), in the same run:
 4. over the in-flight bound: ``--overbound-clients`` (400) closed-loop clients, more than the
    gateway's FERRY_GATEWAY_MAX_INFLIGHT (256), each sending again as soon as it is answered
    (ignoring the advised retry delay, as a hostile or naive client does): the 429 OVERLOADED
-   answers' p50 (the goal: <= 5 ms) and the goodput against the sustainable rate (the goal:
-   within 10 %); once per shape of ``--attacker-connections``: a connection per client (as
-   clients on hosts of their own), then each attacking process's clients on one connection
-   (one gRPC channel, which Envoy lets carry 100 calls at once);
+   answers' p50 (the goal: <= 5 ms) for a probe of 50 calls a second over ``--probe-connections``
+   (50) connections, each a client that sends once a second as the ``Retry-After`` asks, and the
+   goodput against the sustainable rate (the goal: within 10 %), with the calls Envoy held from
+   the attackers' connections (devstack/refusal_hold.py); once per shape of
+   ``--attacker-connections``: a connection per client (as clients on hosts of their own), then
+   each attacking process's clients on one connection (one gRPC channel, which Envoy lets carry
+   100 calls at once);
 5. a wrong-key flood over REST from ``--flood-sources`` (15) loopback source addresses
    (127.0.0.2, ...; Envoy puts the real peer in x-forwarded-for), while never-used valid keys
    call from another address once a second: how many valid calls were refused (the goal: none),
@@ -178,11 +181,30 @@ class Bench:
         await asyncio.gather(*(client() for _ in range(clients)))
         return done, refused
 
-    async def probe(self, start_s: float, seconds: float, pause_s: float) -> list[tuple[str, float]]:
-        """After ``start_s``, a call every ``pause_s`` for ``seconds`` (not waiting for answers: one
-        that gets in waits behind the admitted ones), each given up after 2 s: every outcome."""
-        await asyncio.sleep(start_s)
-        return await arrivals_at([self], 1 / pause_s, seconds, timeout_s=2)
+
+#: The probe's pause between calls (50 a second, over all its connections).
+PROBE_PAUSE_S = 0.02
+
+
+async def probe(
+    target: str, key: str, image: bytes, connections: int, start_s: float, seconds: float
+) -> list[tuple[str, float]]:
+    """After ``start_s``, a call every PROBE_PAUSE_S for ``seconds``, taking ``connections``
+    connections (opened first) in turn, not waiting for answers (one that gets in waits behind the
+    admitted ones), each given up after 2 s: every outcome. Over 50 connections each sends once a
+    second, as clients that wait the Retry-After (1 s) of a refusal do; over 1, one client sends
+    50 a second whatever it is told (Envoy holds such a connection's calls past its share of
+    refusals, devstack/refusal_hold.py)."""
+    started = time.monotonic()
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection each
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    try:
+        await asyncio.gather(*(channel.channel_ready() for channel in channels))
+        await asyncio.sleep(max(0.0, start_s - (time.monotonic() - started)))
+        benches = [Bench(channel, key, image) for channel in channels]
+        return await arrivals_at(benches, 1 / PROBE_PAUSE_S, seconds, timeout_s=2)
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
 @dataclass
@@ -254,21 +276,14 @@ PROBE_AUTOGROUP_NICE = -10
 
 
 def priority_probe(
-    target: str, key: str, image: bytes, start_s: float, seconds: float
+    target: str, key: str, image: bytes, connections: int, start_s: float, seconds: float
 ) -> list[tuple[str, float]]:
     """The probe in a process of its own, in a session whose autogroup is ahead of every other
     (needs CAP_SYS_NICE): as a client on a machine of its own, it never waits for a core, so its
-    latency is the stack's. Its connection is opened (one call) before the timed calls."""
+    latency is the stack's. Its connections are opened before the timed calls."""
     os.setsid()
     Path("/proc/self/autogroup").write_text(str(PROBE_AUTOGROUP_NICE))
-
-    async def main() -> list[tuple[str, float]]:
-        async with grpc.aio.insecure_channel(target) as channel:
-            bench = Bench(channel, key, image)
-            await bench.predict(timeout_s=2)
-            return await bench.probe(start_s, seconds, 0.02)
-
-    return asyncio.run(main())
+    return asyncio.run(probe(target, key, image, connections, start_s, seconds))
 
 
 @dataclass
@@ -289,7 +304,6 @@ class Overbound:
 
 
 async def overbound(
-    bench: Bench,
     target: str,
     key: str,
     image: bytes,
@@ -297,6 +311,7 @@ async def overbound(
     seconds: float,
     probe_priority: bool = False,
     watched: dict[str, int] | None = None,
+    probe_connections: int = 1,
 ) -> Overbound:
     """``attackers.clients`` closed-loop attackers, which send again as soon as they are answered,
     for ``seconds``; meanwhile (after they are under way) a probe sends a call every 20 ms: here,
@@ -321,11 +336,11 @@ async def overbound(
         attacks = [
             loop.run_in_executor(pool, attack, target, key, image, attackers, n, seconds) for n in share
         ]
+        args = (target, key, image, probe_connections, min(3.0, seconds / 4), seconds / 2)
         if probe_priority:
-            args = (target, key, image, min(3.0, seconds / 4), seconds / 2)
-            probe = await loop.run_in_executor(prober, priority_probe, *args)
+            probed = await loop.run_in_executor(prober, priority_probe, *args)
         else:
-            probe = await bench.probe(min(3.0, seconds / 4), seconds / 2, 0.02)
+            probed = await probe(*args)
         results = await asyncio.gather(*attacks)
         elapsed = time.perf_counter() - started
         busy = machine_busy_seconds() - busy
@@ -335,7 +350,7 @@ async def overbound(
         refused=[s for a in results for s in a.refused],
         attackers_cpu_s=sum(a.cpu_s for a in results),
         outcomes=dict(sum((Counter(a.outcomes) for a in results), Counter())),
-        probe=probe,
+        probe=probed,
         attackers_wait_s=sum(a.wait_s for a in results),
         elapsed_s=elapsed,
         sched=sched,
@@ -383,6 +398,7 @@ async def run(
     probe_priority: bool = False,
     envoy_nices: list[int] | None = None,
     rounds: int = 1,
+    probe_connections: int = 1,
 ) -> None:
     """The phases in order; the over-bound one ``rounds`` times, each time once per Envoy autogroup
     nice of ``envoy_nices`` (None: left as started) and, inside that, per shape of ``attackers``."""
@@ -431,10 +447,14 @@ async def run(
                 print(f"  sustainable just before: {rate:.1f} predictions/s (inference {busy:.2f} cores)")
                 await asyncio.sleep(2)
             before, since, load = cpu_seconds(pids), time.time(), os.getloadavg()[0]
-            over = await overbound(bench, target, key, image, shape, seconds, probe_priority, watched)
+            held_before = envoy_holds(endpoints.envoy_admin_url)
+            over = await overbound(
+                target, key, image, shape, seconds, probe_priority, watched, probe_connections
+            )
             spent = {name: used - before[name] for name, used in cpu_seconds(pids).items()}
             at_edge = envoy_refusals_ms(Path(endpoints.logs_dir) / "envoy.log", since, time.time())
-            print_overbound(over, shape, seconds, rate, spent, at_edge, probe_priority)
+            print_overbound(over, shape, seconds, rate, spent, at_edge, probe_priority, probe_connections)
+            print_held(endpoints.envoy_admin_url, held_before)
             print_cores(over)
             if per_core and (inference := over.sched["inference"][0]):
                 done = over.goodput * over.elapsed_s
@@ -481,6 +501,7 @@ def print_overbound(
     spent: dict[str, float],
     at_edge: list[float],
     probe_priority: bool = False,
+    probe_connections: int = 1,
 ) -> None:
     connections = (
         f"{attackers.connections} HTTP/2 connection(s) each"
@@ -504,8 +525,10 @@ def print_overbound(
         if probe_priority
         else "nice 0, in the benchmark's process"
     )
+    each = f"each sending 1 every {probe_connections * PROBE_PAUSE_S:g} s"
     print(
-        f"  an over-bound call (the probe: 50/s, {where}): {len(probed)} of"
+        f"  an over-bound call (the probe: 50/s over {probe_connections} connection(s), {each}, {where}):"
+        f" {len(probed)} of"
         f" {len(over.probe)} refused with 429, p50 {ms(percentile(probed, 50))}"
         f"  p99 {ms(percentile(probed, 99))} (goal: p50 <= 5 ms)"
     )
@@ -526,6 +549,24 @@ def print_overbound(
         f"  CPU per call ({calls / seconds:.0f} calls/s, admitted and refused; robust to the load): "
         + ", ".join(f"{name} {1000 * used / calls:.3f} ms" for name, used in spent.items())
     )
+
+
+def envoy_holds(admin_url: str) -> dict[str, float]:
+    """Envoy's fault filter counters on its public listener: the calls it held (refusal_hold)."""
+    with urllib.request.urlopen(f"{admin_url}/stats?filter=^http\\.public\\.fault\\.", timeout=10) as answer:
+        lines = answer.read().decode().splitlines()
+    return {name.rsplit(".", 1)[1]: float(value) for name, value in (line.split(": ", 1) for line in lines)}
+
+
+def print_held(admin_url: str, before: dict[str, float]) -> None:
+    """The calls Envoy held during the phase (devstack/refusal_hold.py), and those past its cap."""
+    now = envoy_holds(admin_url)
+    if not now:
+        print("  held by Envoy: none (FERRY_ENVOY_REFUSALS_PER_S=0: no hold)")
+        return
+    held = now.get("delays_injected", 0) - before.get("delays_injected", 0)
+    over = now.get("faults_overflow", 0) - before.get("faults_overflow", 0)
+    print(f"  held by Envoy (refusal_hold): {held:.0f} calls; past the cap of held calls: {over:.0f}")
 
 
 def since_then(now: tuple[float, float], then: tuple[float, float]) -> tuple[float, float]:
@@ -701,6 +742,15 @@ def main() -> None:
         "--rounds", type=int, default=1, help="times the over-bound phase's shapes run, alternated"
     )
     parser.add_argument(
+        "--probe-connections",
+        type=int,
+        default=50,
+        help="connections the over-bound phase's probe (50 calls a second) takes in turn: at 50 each"
+        " sends once a second, as clients that wait the Retry-After (1 s) of a refusal do; 1: one"
+        " client sending 50 a second whatever it is told (session 10's probe), whose calls Envoy"
+        " holds once it is refused past its share (devstack/refusal_hold.py)",
+    )
+    parser.add_argument(
         "--only-overbound",
         action="store_true",
         help="skip the open loop at --factor and the wrong-key flood (the sustainable rate stays)",
@@ -753,6 +803,7 @@ def main() -> None:
                     args.probe_priority,
                     [int(n) for n in args.envoy_autogroup_nice.split(",") if n.strip()],
                     args.rounds,
+                    args.probe_connections,
                 )
             )
         if args.only_overbound:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from devstack import body_fields, console, edge, header_limits, oip_rest_edge
+from devstack import body_fields, console, edge, header_limits, oip_rest_edge, refusal_hold
 from services.common import limits
 from services.gateway.settings import GatewaySettings
 from tools.openapi import OPENAPI_FILE, OPENAPI_PATH
@@ -70,6 +70,14 @@ class EnvoyOptions:
     heap, past 95 % it answers new requests 503 at once instead of growing until it is killed."""
     otlp_endpoint: str = ""
     """OTLP/gRPC collector (``http://host:port``); when set, Envoy exports a span for the edge hop."""
+    refusals_per_s: int = refusal_hold.REFUSALS_PER_S
+    """Refusals a second each Envoy worker answers at full speed, shared among the connections it
+    refused lately; a connection refused faster than its share has its next calls held
+    ``refusal_hold_ms`` (devstack/refusal_hold.py). 0: none is held (no filters)."""
+    refusal_hold_ms: int = refusal_hold.HOLD_MS
+    """How long a call from a connection past its share of refusals is held before Envoy looks at it."""
+    max_held: int = refusal_hold.MAX_HELD
+    """Calls held at once, at most; past it a worker closes (GOAWAY) the connection of the next."""
 
 
 #: Where containers find the console's files: a mount of its own (Kubernetes cannot mount a
@@ -447,6 +455,12 @@ def _uploads_cluster(opts: EnvoyOptions) -> str:
     )
 
 
+def _refusal_hold(opts: EnvoyOptions) -> str:
+    """The filters that hold a connection's calls past its share of refusals; after gRPC-Web's, so
+    that they see a browser's call as the gRPC call it carries, and before any that reads a body."""
+    return refusal_hold.filters(opts.refusals_per_s, opts.refusal_hold_ms, opts.max_held)
+
+
 def render(opts: EnvoyOptions) -> str:
     """Returns the Envoy bootstrap config as YAML."""
     services = "".join(f"\n                        - {name}" for name in PUBLIC_SERVICES)
@@ -541,7 +555,7 @@ static_resources:
                     - name: ferry
                       domains: ["*"]
                       routes:{edge.connect_route()}{edge.openapi_route(OPENAPI_PATH, opts.openapi_path)}{console.routes(opts.console_dir)}{edge.method_not_allowed_routes()}{_routes(opts)}
-                http_filters:{header_limits.lua_filter()}{edge.original_method_filter()}{GRPC_WEB_FILTER}{oip_rest_edge.lua_filter()}
+                http_filters:{header_limits.lua_filter()}{edge.original_method_filter()}{GRPC_WEB_FILTER}{_refusal_hold(opts)}{oip_rest_edge.lua_filter()}
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from devstack import refusal_hold
 from services.common import time_slice
 from services.common.cpu_idle import CpuIdle
 
@@ -68,6 +69,23 @@ class StackSettings(BaseSettings):
     later), as the gateways' ``FERRY_GATEWAY_TIME_SLICE_US``: with the kernel's own (0.7-3 ms) a
     call that wakes Envoy while a job's process holds the core waits for that burst or the next
     tick. 0: the kernel's own."""
+    envoy_refusals_per_s: int = Field(
+        default=refusal_hold.REFUSALS_PER_S, ge=0, le=1_000_000, validation_alias="FERRY_ENVOY_REFUSALS_PER_S"
+    )
+    """Refusals (429s) a second each Envoy worker answers at full speed, shared among the
+    connections it refused in the last 2 s (each gets at least one a second); a connection refused
+    faster than its share, as a client that resends at once instead of waiting the Retry-After,
+    has its next calls held ``envoy_refusal_hold_ms`` (``devstack.refusal_hold``). 0: none is held."""
+    envoy_refusal_hold_ms: int = Field(
+        default=refusal_hold.HOLD_MS, ge=1, le=60_000, validation_alias="FERRY_ENVOY_REFUSAL_HOLD_MS"
+    )
+    """How long Envoy holds a call from a connection past its share of refusals before it looks at
+    it (the default is the Retry-After each refusal gives: 1 s)."""
+    envoy_max_held: int = Field(
+        default=refusal_hold.MAX_HELD, ge=1, le=1_000_000, validation_alias="FERRY_ENVOY_MAX_HELD"
+    )
+    """Calls Envoy holds at once at most (each is a stream it keeps); past it a worker closes the
+    connection (GOAWAY) of the next call it would hold, so that client has to reconnect."""
     gateway_niceness: int = Field(default=-10, ge=-20, le=19, validation_alias="FERRY_GATEWAY_NICENESS")
     """The callers' gateways' CPU priority against the stack's other processes, as
     ``envoy_niceness`` (the upload lane keeps its own, ``UPLOAD_NICENESS``): the default, -10, puts

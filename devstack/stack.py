@@ -350,6 +350,9 @@ class LocalStack:
             gateway_max_inflight=GatewaySettings().max_inflight,
             oip_lane_bytes=GatewaySettings().oip_rest_off_loop_bytes,
             otlp_endpoint=otlp,
+            refusals_per_s=s.envoy_refusals_per_s,
+            refusal_hold_ms=s.envoy_refusal_hold_ms,
+            max_held=s.envoy_max_held,
         )
         config.write_text(render(opts))
         argv = [

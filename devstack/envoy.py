@@ -73,9 +73,9 @@ class EnvoyOptions:
     refusals_per_s: int = refusal_hold.REFUSALS_PER_S
     """Refusals a second each Envoy worker answers at full speed, shared among the connections it
     refused lately; a connection refused faster than its share has its next calls held
-    ``refusal_hold_ms`` (devstack/refusal_hold.py). 0: none is held (no filters)."""
+    at least ``refusal_hold_ms`` (devstack/refusal_hold.py). 0: none is held (no filters)."""
     refusal_hold_ms: int = refusal_hold.HOLD_MS
-    """How long a call from a connection past its share of refusals is held before Envoy looks at it."""
+    """The shortest hold of a call from a connection past its share of refusals."""
     max_held: int = refusal_hold.MAX_HELD
     """Calls held at once, at most; past it a worker closes (GOAWAY) the connection of the next."""
 

@@ -16,12 +16,15 @@ one worker), debited by every answer that is a refusal with a ``Retry-After`` (E
 ``OVERLOADED`` and the gateway's 429s alike). Its rate is the connection's share of
 ``refusals_per_s``, the refusals a worker answers at full speed a second, among the connections
 refused in the last ``ACTIVE_S``: ``max(MIN_RATE_PER_S, refusals_per_s / connections)``, with a
-burst of ``BURST``. A request that arrives on a connection whose bucket is empty is held
-``hold_ms`` (Envoy's fault filter, a timer: no thread waits) before anything else looks at it,
-then goes on as any call: admitted if the bound has room by then, else refused. So:
+burst of ``BURST``. A request that arrives on a connection whose bucket is empty is held (Envoy's
+fault filter, a timer: no thread waits) until the bucket has a token again, at least ``hold_ms``,
+before anything else looks at it, then goes on as any call: admitted if the bound has room by
+then, else refused. A connection that was held has ignored the ``Retry-After`` past its burst, so
+from then on it gets 1/``PENALTY`` of its share (until it goes ``ACTIVE_S`` without a refusal).
+So:
 
-- a closed-loop client's refusals come about once per ``hold_ms``, not once per round trip, and
-  so do its calls: its CPU and Envoy's go back to the calls admitted;
+- a closed-loop client's refusals come about once per ``PENALTY`` seconds, not once per round
+  trip, and so do its calls: its CPU and Envoy's go back to the calls admitted;
 - a client that waits as told (``Retry-After: 1``) is refused at most once a second a caller and
   never waits (``MIN_RATE_PER_S``), nor does one that sends rarely;
 - a connection that carries many users' calls (a frontend's channel, an open loop) gets a large
@@ -53,7 +56,13 @@ MIN_RATE_PER_S = 1.0
 #: Refusals a connection gets at full speed before its rate counts.
 BURST = 10
 #: A connection counts among those sharing ``refusals_per_s`` while it was refused this recently.
-ACTIVE_S = 2.0
+ACTIVE_S = 10.0
+#: A connection that was held (it kept sending past its share) gets this fraction of its share from
+#: then on, until it goes 10 s without a refusal: the bucket alone would let a closed loop that
+#: resends at once go on at one call a second per connection, each a refusal.
+PENALTY = 4
+#: The longest hold: until the connection's bucket has a token again, within this.
+MAX_HOLD_MS = 10_000
 #: Connections a worker tracks at most; past it, it forgets them all (they get their burst again):
 #: a bound on the Lua state's memory under a flood of new connections.
 MAX_TRACKED = 65536
@@ -72,12 +81,15 @@ local conns, tracked, active, swept = {{}}, 0, 0, 0
 -- The end of each hold this worker placed, oldest first: how many it holds now.
 local held, head, tail = {{}}, 1, 0
 local min, max = math.min, math.max
-local function rate()
-  return max({MIN_RATE_PER_S}, {refusals_per_s} / max(1, active)) / 1000
+-- A connection's share a ms; one that was held already gets 1/PENALTY of it.
+local function rate(c)
+  local share = max({MIN_RATE_PER_S}, {refusals_per_s} / max(1, active)) / 1000
+  if c.held then return share / {PENALTY} end
+  return share
 end
 local function refill(c, now)
   if now > c.stamp then
-    c.tokens = min({BURST}, c.tokens + (now - c.stamp) * rate())
+    c.tokens = min({BURST}, c.tokens + (now - c.stamp) * rate(c))
     c.stamp = now
   end
 end
@@ -113,9 +125,12 @@ function envoy_on_request(handle)
     handle:streamInfo():drainConnectionUponCompletion()
     return
   end
+  -- Until the bucket has a token again: at least hold_ms, at most MAX_HOLD_MS.
+  local wait = math.floor(max({hold_ms}, min({MAX_HOLD_MS}, (1 - c.tokens) / rate(c))))
+  c.held = true
   tail = tail + 1
-  held[tail] = now + {hold_ms}
-  headers:add("{DELAY_HEADER}", "{hold_ms}")
+  held[tail] = now + wait
+  headers:add("{DELAY_HEADER}", tostring(wait))
 end
 function envoy_on_response(handle)
   local headers = handle:headers()

@@ -73,14 +73,15 @@ class StackSettings(BaseSettings):
         default=refusal_hold.REFUSALS_PER_S, ge=0, le=1_000_000, validation_alias="FERRY_ENVOY_REFUSALS_PER_S"
     )
     """Refusals (429s) a second each Envoy worker answers at full speed, shared among the
-    connections it refused in the last 2 s (each gets at least one a second); a connection refused
+    connections it refused in the last 10 s (each gets at least one a second); a connection refused
     faster than its share, as a client that resends at once instead of waiting the Retry-After,
-    has its next calls held ``envoy_refusal_hold_ms`` (``devstack.refusal_hold``). 0: none is held."""
+    has its next call held until its share allows one (at least ``envoy_refusal_hold_ms``), and a
+    quarter of its share from then on (``devstack.refusal_hold``). 0: none is held."""
     envoy_refusal_hold_ms: int = Field(
         default=refusal_hold.HOLD_MS, ge=1, le=60_000, validation_alias="FERRY_ENVOY_REFUSAL_HOLD_MS"
     )
-    """How long Envoy holds a call from a connection past its share of refusals before it looks at
-    it (the default is the Retry-After each refusal gives: 1 s)."""
+    """The shortest hold of a call from a connection past its share of refusals before Envoy looks
+    at it (the default is the Retry-After each refusal gives: 1 s); the longest is 10 s."""
     envoy_max_held: int = Field(
         default=refusal_hold.MAX_HELD, ge=1, le=1_000_000, validation_alias="FERRY_ENVOY_MAX_HELD"
     )

@@ -251,6 +251,7 @@ def through_stack(downloads: int, lines: int, folder: Path) -> None:
                     return
                 ended.append(count)
 
+            seen = NatsSeen(Path(endpoints.logs_dir) / "nats.log")  # the gateways' connections' warnings
             gateways = {name: pid for name, pid in endpoints.pids.items() if name.startswith("gateway")}
             probes: dict[str, Callable[[], int]] = {
                 name: (lambda pid=pid: tree_rss(pid)) for name, pid in gateways.items()
@@ -276,6 +277,10 @@ def through_stack(downloads: int, lines: int, folder: Path) -> None:
                 print(f"  failed: {failure}")
             time.sleep(1)
             print(f"consumers left on the stream 1 s after: {asyncio.run(_consumers(endpoints.nats_url))}")
+            slow = seen.slow_consumer_lines()
+            print(f"NATS: {len(slow)} slow-consumer warnings (the gateways' connections)")
+            for line in slow[:3]:
+                print(f"  server: {line}")
     finally:
         stack.stop()
 

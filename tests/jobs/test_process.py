@@ -70,6 +70,16 @@ async def wait_health(target: str, process: ManagedProcess, wanted: int) -> None
         await asyncio.sleep(0.1)
 
 
+async def assert_an_item_runs(harness: Harness, content: bytes) -> None:
+    """Queues one item of a new job and checks the process under test ran and recorded it."""
+    job = uuid.uuid4()
+    await harness.publish_item(job, 0, content)
+    await harness.wait_drained(await harness.work_stream_last_seq())
+    [record] = await harness.records(job)
+    assert record.name == f"predictions/{item_record_id(job, 0)}"
+    assert record.state == prediction_pb2.PREDICTION_STATE_SUCCEEDED
+
+
 async def test_module_serves_health_runs_items_and_stops_cleanly(
     harness: Harness, inference: FailureInjectingInference, tmp_path: Path
 ) -> None:
@@ -79,12 +89,7 @@ async def test_module_serves_health_runs_items_and_stops_cleanly(
         # SERVING means the durable consumer exists, with the settings it was given.
         assert (await harness.consumer()).config.filter_subject == harness.settings.subject_filter
 
-        job = uuid.uuid4()
-        await harness.publish_item(job, 0, b"via the real process")
-        await harness.wait_drained(await harness.work_stream_last_seq())
-        [record] = await harness.records(job)
-        assert record.name == f"predictions/{item_record_id(job, 0)}"
-        assert record.state == prediction_pb2.PREDICTION_STATE_SUCCEEDED
+        await assert_an_item_runs(harness, b"via the real process")
     finally:
         code = await asyncio.to_thread(process.stop)
     assert code == 0, process.log_tail()
@@ -154,11 +159,7 @@ async def test_a_runner_process_runs_items_and_offers_no_job_queue(
         await asyncio.to_thread(wait_grpc_serving, target, process, 60)
         # The gateway balances over the JobQueueService health name: a runner must not offer it.
         assert await health_code(target, QUEUE_SERVICE) == grpc.StatusCode.NOT_FOUND
-        job = uuid.uuid4()
-        await harness.publish_item(job, 0, b"run by the runner alone")
-        await harness.wait_drained(await harness.work_stream_last_seq())
-        [record] = await harness.records(job)
-        assert record.state == prediction_pb2.PREDICTION_STATE_SUCCEEDED
+        await assert_an_item_runs(harness, b"run by the runner alone")
     finally:
         code = await asyncio.to_thread(process.stop)
     assert code == 0, process.log_tail()

@@ -127,6 +127,10 @@ async def test_a_source_one_gateway_caught_is_suspect_at_the_others(nats_url: st
             gateway = LiveGateways(nc, on_suspect=heard[n].append)
             await gateway.start(stack)
             gateways.append(gateway)
+        # Each has heard the others' heartbeats: every connection and subscription carries
+        # messages end to end (the fresh clone's CI twice missed a suspect told right after the
+        # starts, once before start() flushed its subscriptions and once after; never here in 25).
+        await wait_count(gateways, 3)
         await gateways[0].tell_suspect("10.4.0.1")
         async with asyncio.timeout(5):
             while heard[1:] != [["10.4.0.1"], ["10.4.0.1"]]:  # noqa: ASYNC110

@@ -7,8 +7,10 @@ test kills the real process at the failpoint fault tests use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -51,6 +53,16 @@ def start_runner_process(
     return ManagedProcess.start("jobs", argv, logs, {**base, **env}), f"127.0.0.1:{grpc_port}"
 
 
+@contextlib.asynccontextmanager
+async def stops_cleanly(process: ManagedProcess) -> AsyncIterator[None]:
+    """Runs the block, then stops ``process`` (SIGTERM) and checks that it exited 0."""
+    try:
+        yield
+    finally:
+        code = await asyncio.to_thread(process.stop)
+    assert code == 0, process.log_tail()
+
+
 async def health_of(target: str, service: str = "") -> int | None:
     """The runner's overall health status (or ``service``'s), or None while it does not answer."""
     async with grpc.aio.insecure_channel(target) as channel:
@@ -84,15 +96,12 @@ async def test_module_serves_health_runs_items_and_stops_cleanly(
     harness: Harness, inference: FailureInjectingInference, tmp_path: Path
 ) -> None:
     process, target = start_runner_process(harness, inference, tmp_path)
-    try:
+    async with stops_cleanly(process):
         await asyncio.to_thread(wait_grpc_serving, target, process, 60)
         # SERVING means the durable consumer exists, with the settings it was given.
         assert (await harness.consumer()).config.filter_subject == harness.settings.subject_filter
 
         await assert_an_item_runs(harness, b"via the real process")
-    finally:
-        code = await asyncio.to_thread(process.stop)
-    assert code == 0, process.log_tail()
     assert "stopped" in process.log_tail()
 
 
@@ -101,7 +110,7 @@ async def test_health_follows_inference(
 ) -> None:
     await inference.stop()
     process, target = start_runner_process(harness, inference, tmp_path)
-    try:
+    async with stops_cleanly(process):
         await wait_health(target, process, NOT_SERVING)  # started without its dependency
         await inference.start()
         await wait_health(target, process, SERVING)
@@ -113,9 +122,6 @@ async def test_health_follows_inference(
         assert await health_of(target, QUEUE_SERVICE) == SERVING
         await inference.start()
         await wait_health(target, process, SERVING)
-    finally:
-        code = await asyncio.to_thread(process.stop)
-    assert code == 0, process.log_tail()
 
 
 async def health_code(target: str, service: str) -> grpc.StatusCode:
@@ -135,7 +141,7 @@ async def test_a_queue_process_serves_the_api_without_inference_and_runs_no_item
 ) -> None:
     await inference.stop()
     process, target = start_runner_process(harness, inference, tmp_path, FERRY_JOBS_ROLES="queue")
-    try:
+    async with stops_cleanly(process):
         # Serving with inference down: the API needs NATS (and store) only.
         await wait_health(target, process, SERVING)
         assert await health_of(target, QUEUE_SERVICE) == SERVING
@@ -145,9 +151,6 @@ async def test_a_queue_process_serves_the_api_without_inference_and_runs_no_item
         assert inference.seen(b"left for a runner") == 0
         with pytest.raises(NotFoundError):  # no runner here made the work consumer
             await harness.consumer()
-    finally:
-        code = await asyncio.to_thread(process.stop)
-    assert code == 0, process.log_tail()
     assert "started: ferry.jobqueue.v1.JobQueueService" in process.log_tail()
 
 
@@ -155,14 +158,11 @@ async def test_a_runner_process_runs_items_and_offers_no_job_queue(
     harness: Harness, inference: FailureInjectingInference, tmp_path: Path
 ) -> None:
     process, target = start_runner_process(harness, inference, tmp_path, FERRY_JOBS_ROLES="runner")
-    try:
+    async with stops_cleanly(process):
         await asyncio.to_thread(wait_grpc_serving, target, process, 60)
         # The gateway balances over the JobQueueService health name: a runner must not offer it.
         assert await health_code(target, QUEUE_SERVICE) == grpc.StatusCode.NOT_FOUND
         await assert_an_item_runs(harness, b"run by the runner alone")
-    finally:
-        code = await asyncio.to_thread(process.stop)
-    assert code == 0, process.log_tail()
     assert "started: (health only)" in process.log_tail()
 
 

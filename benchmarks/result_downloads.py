@@ -16,8 +16,16 @@ into the Object Store), and ``--downloads`` clients calling ``GetJobResults`` th
 once, each from a thread of this process. It prints the gateways' and NATS's RSS before and at
 their peak (sampled every 20 ms) instead of this process's.
 
-Run it from two checkouts, alternated, to compare their reading. Not a test: nothing here asserts;
-figures depend on the machine and its load (printed at the end).
+``--build`` measures the writing instead (issue #17, session 12): it starts a nats-server the same
+way and has the gateway's ``JobResults.write`` build the result file of a finished job of
+``--lines`` (10,000) records at top_k 100 in this process, store stood in for by pages of records
+made as they are asked for (as a store's gRPC answer arrives: a page at a time). It prints this
+process's RSS before and at its peak (sampled every 10 ms) while the file is built and stored, the
+file's size and chunks as stored, and the builder's largest piece where the checkout keeps one.
+
+Run it from two checkouts, alternated, to compare their reading (or writing: run this file from a
+copy of the other checkout, ``git archive main | tar -x -C DIR``, since main's has no ``--build``).
+Not a test: nothing here asserts; figures depend on the machine and its load (printed at the end).
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from nats.js.object_store import OBJ_STREAM_TEMPLATE
 
 from devstack.infra import ManagedProcess, free_port, nats_command, nats_environment, wait_for_port
 from ferry.jobs.v1 import job_pb2
-from ferry.predictions.v1 import prediction_pb2
+from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.result_stores import BUCKET, result_store
 from services.gateway.job_results import JobResults, object_name, result_line, result_of
@@ -77,14 +85,19 @@ class Peaks(threading.Thread):
                     self.peak[name] = max(self.peak[name], probe())
 
 
-def the_file(lines: int, job: str) -> bytes:
-    """A result file of ``lines`` lines at top_k 100 (about 5.4 KB a line)."""
+def a_record(job: str) -> prediction_pb2.Prediction:
+    """A job item's record at top_k 100 (its result line is about 5.4 KB)."""
     classes = [types_pb2.ClassScore(label=f"label number {k}", score=k / 1000, index=k) for k in range(100)]
     record = prediction_pb2.Prediction(
         name=f"predictions/{uuid.uuid4()}", job=job, state=prediction_pb2.PREDICTION_STATE_SUCCEEDED
     )
     record.classes.extend(classes)
-    return result_line(result_of(record)) * lines
+    return record
+
+
+def the_file(lines: int, job: str) -> bytes:
+    """A result file of ``lines`` lines at top_k 100 (about 5.4 KB a line)."""
+    return result_line(result_of(a_record(job))) * lines
 
 
 class _Finished:
@@ -95,6 +108,63 @@ class _Finished:
 
     async def get_job(self, tenant: str, name: str) -> job_pb2.Job:
         return self._job
+
+
+class _Pages(_Finished):
+    """What store answers for a finished job of ``items`` records: pages of records made as asked
+    for, as a gRPC answer is read, so this process holds no more than the builder asks for."""
+
+    def __init__(self, job: job_pb2.Job, items: int) -> None:
+        super().__init__(job)
+        self._items = items
+        self._record = a_record(job.name)
+
+    async def list_predictions(
+        self, tenant: str, request: prediction_service_pb2.ListPredictionsRequest
+    ) -> prediction_service_pb2.ListPredictionsResponse:
+        start = int(request.page_token or 0)
+        end = min(start + request.page_size, self._items)
+        page = prediction_service_pb2.ListPredictionsResponse(
+            next_page_token=str(end) if end < self._items else ""
+        )
+        for index in range(start, end):
+            record = page.predictions.add()
+            record.CopyFrom(self._record)
+            record.item_index = index
+        return prediction_service_pb2.ListPredictionsResponse.FromString(page.SerializeToString())
+
+
+async def build(lines: int, folder: Path) -> None:
+    """The peak RSS of this process while ``JobResults.write`` builds and stores a new result file."""
+    server, port, _ = start_monitored_nats(folder)
+    try:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", name="result-build")
+        js = nc.jetstream()
+        store = result_store("", js)
+        await store.exists("none")  # the bucket, created before the measure
+        job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", state=job_pb2.JOB_STATE_SUCCEEDED, items_total=lines)
+        results = JobResults(_Pages(job, lines), store)  # type: ignore[arg-type]  # get_job and list_predictions
+        peaks = Peaks({"rss": rss_bytes, "nats_rss": lambda: rss_bytes(server.pid)}, 0.01)
+        peaks.start()
+        started = time.perf_counter()
+        name = await results.write("acme", job)
+        took = time.perf_counter() - started
+        peaks.done.set()
+        peaks.join()
+        info = await (await js.object_store(BUCKET)).get_info(name)
+        largest = getattr(results, "largest_piece", None)
+        held = f"{largest / MIB:.1f} MB" if largest is not None else "not kept by this checkout"
+        print(
+            f"built {name}: {(info.size or 0) / 1e6:.1f} MB in {info.chunks} chunks, {lines} lines, in "
+            f"{took:.1f} s; checkout {Path.cwd()}\n"
+            f"RSS {peaks.before['rss'] / MIB:.0f} -> peak {peaks.peak['rss'] / MIB:.0f} MB "
+            f"(+{(peaks.peak['rss'] - peaks.before['rss']) / MIB:.0f} MB); nats-server "
+            f"{peaks.before['nats_rss'] / MIB:.0f} -> {peaks.peak['nats_rss'] / MIB:.0f} MB; "
+            f"the builder's largest piece: {held}"
+        )
+        await nc.close()
+    finally:
+        server.stop()
 
 
 class NatsSeen:
@@ -321,10 +391,17 @@ def main() -> None:
         "--pause-ms", type=float, default=1.0, help="a reader's pause every 50 lines (in process)"
     )
     parser.add_argument("--stack", action="store_true", help="through a whole local stack and Envoy")
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="the memory of building a new file (in process), not reading it",
+    )
     args = parser.parse_args()
     print(f"load before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="ferry-bench-results-") as folder:
-        if args.stack:
+        if args.build:
+            asyncio.run(build(args.lines, Path(folder)))
+        elif args.stack:
             through_stack(args.downloads, args.lines, Path(folder))
         else:
             asyncio.run(in_process(args.downloads, args.lines, args.pause_ms, Path(folder)))

@@ -134,6 +134,14 @@ DEFAULT_TENANT_STREAMS = 32
 """Streams one tenant may hold open at once by default: a console, a few ``ferry job --wait`` and a
 CI pipeline watching its jobs, with room to spare."""
 
+# Result files.
+
+RESULT_FILE_PIECE_BYTES = 5 * MIB
+"""Most bytes of a job's result file (and a line) that a gateway holds while it builds the file:
+the lines go to the result store in pieces of this size as store's records are read, whatever the
+job's size (the whole file is about 55 MB at 10,000 items and top_k 100). It is S3's smallest part
+of a multipart upload, which each piece but the last becomes."""
+
 # Uploads (CreateUpload) and the jobs made from them.
 
 UPLOAD_MAX_ENTRIES = MAX_JOB_ITEMS

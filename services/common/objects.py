@@ -1,4 +1,5 @@
-"""Reading Object Store objects in bounded memory, paced by the reader.
+"""Reading and writing Object Store objects in bounded memory, paced by the reader (or the writer's
+source).
 
 nats.py's ``ObjectStore.get`` appends each chunk to one bytes object (``data += chunk``), so every
 chunk copies all those before it: for a 9.7 MB photo in 128 KB chunks that is 370 MB of copies
@@ -20,6 +21,16 @@ a reader that stopped and closed the iterator); one left behind (the process die
 NATS once it has had no pull for ``INACTIVE_S``. A consumer that NATS removed while its reader paused
 longer than that, or lost deliveries (a reconnection), is replaced by one that starts at the next
 chunk. The object's SHA-256 digest is checked after its last chunk, as ``get`` does.
+
+``put`` writes an object from pieces as its source makes them (a result file's lines, page after
+page of store's records), where nats.py's ``put`` wants bytes or a file: the pieces go out as
+chunks on a subject of their own, the digest is computed as they go, and the object exists only
+once its meta message is published after the last chunk, so no reader ever sees part of it. That
+meta message is published only if no other writer published one for the name since this one
+began (``Nats-Expected-Last-Subject-Sequence``): of two writers at once the first to finish wins,
+and the other deletes its own chunks, which nobody could have read. A write that fails midway
+deletes its chunks too (or, if NATS is gone, leaves chunks without a meta message: no object, and
+the bucket's age limit removes them).
 """
 
 from __future__ import annotations
@@ -27,16 +38,27 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterable
+from datetime import UTC, datetime
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ObjectInfo
-from nats.js.errors import DigestMismatchError, NotFoundError, ServiceUnavailableError
-from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_DIGEST_TYPE, OBJ_STREAM_TEMPLATE, ObjectStore
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, ObjectInfo, ObjectMetaOptions
+from nats.js.errors import APIError, DigestMismatchError, NotFoundError, ServiceUnavailableError
+from nats.js.object_store import (
+    OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_DEFAULT_CHUNK_SIZE,
+    OBJ_DIGEST_TEMPLATE,
+    OBJ_DIGEST_TYPE,
+    OBJ_META_PRE_TEMPLATE,
+    OBJ_STREAM_TEMPLATE,
+    ObjectStore,
+)
+from nats.nuid import NUID
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +68,9 @@ BATCH_BYTES = 1024 * 1024
 INACTIVE_S = 30.0
 #: Seconds a pull waits for its chunks.
 FETCH_TIMEOUT_S = 10.0
+
+# JetStream's answers to a publish whose expected last subject sequence is not the subject's last.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 # What a pull raises when its consumer is gone or its answer did not come (asyncio's and nats.py's
 # timeouts are TimeoutError): the read goes on with a new consumer from the next chunk, as long as
@@ -94,6 +119,77 @@ async def chunks(
     recorded = (info.digest or "").removeprefix(OBJ_DIGEST_TYPE).removeprefix(OBJ_DIGEST_TYPE.upper())
     if digest.digest() != base64.urlsafe_b64decode(recorded):
         raise DigestMismatchError
+
+
+async def put(
+    js: JetStreamContext,
+    bucket: str,
+    name: str,
+    pieces: AsyncIterable[bytes | bytearray],
+    chunk_bytes: int = OBJ_DEFAULT_CHUNK_SIZE,
+) -> ObjectInfo | None:
+    """Stores the ``pieces`` as object ``name`` of the Object Store ``bucket``, sent as they come in
+    chunks of ``chunk_bytes``; holds a piece at a time. The object is seen by readers only once
+    whole; one stored before under the name is replaced (and its chunks deleted).
+
+    Returns:
+        The object's info, or None when another writer stored ``name`` while this one wrote: its
+        object is kept and this one's chunks are deleted.
+
+    Raises:
+        Whatever the pieces or NATS raised: no object was stored, and the chunks sent are deleted.
+    """
+    stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
+    meta = OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(name.encode()).decode())
+    try:
+        last = await js.get_last_msg(stream, meta)
+        before, after = ObjectInfo.from_response(json.loads(last.data or b"{}")), last.seq or 0
+    except NotFoundError:
+        before, after = None, 0
+    nuid = NUID().next().decode()
+    chunks = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=nuid)
+    digest = hashlib.sha256()
+    size = count = 0
+    try:
+        async for piece in pieces:
+            view = memoryview(piece)
+            for start in range(0, len(view), chunk_bytes):
+                chunk = view[start : start + chunk_bytes]
+                digest.update(chunk)
+                await js.publish(chunks, chunk.tobytes())
+                size, count = size + len(chunk), count + 1
+        info = ObjectInfo(
+            name=name,
+            bucket=bucket,
+            nuid=nuid,
+            size=size,
+            chunks=count,
+            mtime=datetime.now(UTC).isoformat(),
+            digest=OBJ_DIGEST_TEMPLATE.format(digest=base64.urlsafe_b64encode(digest.digest()).decode()),
+            options=ObjectMetaOptions(max_chunk_size=chunk_bytes),
+        )
+        headers = {Header.ROLLUP.value: "sub", Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(after)}
+        await js.publish(meta, json.dumps(info.as_dict()).encode(), headers=headers)
+    except APIError as err:
+        await _purge(js, stream, chunks)
+        if err.err_code in _WRONG_LAST_SEQUENCE:
+            log.info("object %s/%s was stored by another writer meanwhile; kept it", bucket, name)
+            return None
+        raise
+    except BaseException:  # cancelled too: chunks without a meta message are no object, but take room
+        await _purge(js, stream, chunks)
+        raise
+    if before is not None and not before.deleted and before.nuid:
+        await _purge(js, stream, OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=before.nuid))
+    return info
+
+
+async def _purge(js: JetStreamContext, stream: str, subject: str) -> None:
+    """Deletes the messages of ``subject``; a failure is logged (the bucket's age limit removes them)."""
+    try:
+        await js.purge_stream(stream, subject=subject)
+    except Exception as err:  # must not hide why the write ended
+        log.warning("could not delete the chunks %s: %s", subject, err)
 
 
 async def _pulled(

@@ -6,13 +6,21 @@ uploads, ``FERRY_JOBS_RESULTS_URL`` for the runner's executed notebooks: the sam
 here because both gateway and jobs write to it. The Object Store needs no infrastructure
 beyond the NATS that jobs already use; S3 suits files that should outlive NATS's storage or be
 read by other tools. boto3 is synchronous, so its calls run in a worker thread.
+
+A file too large to hold (a job's result file: about 55 MB at 10,000 items and top_k 100) is
+written from pieces as they are made (``put_pieces``) and becomes visible only when whole: in
+the Object Store its meta message comes after its last chunk (``objects.put``: of two writers at
+once the first to finish wins); in S3 it is a multipart upload, which exists only once completed
+(of two writers the last to complete wins; both wrote the same lines, and a reader's GET reads one
+version whole). A write that fails midway deletes its chunks (aborts its upload).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -23,11 +31,15 @@ from nats.js.object_store import ObjectStore
 
 from services.common import objects
 
+log = logging.getLogger(__name__)
+
 BUCKET = "ferry_job_results"
 #: How long the Object Store keeps a result file (an S3 bucket's lifecycle rules decide there).
 KEEP_DAYS = 30
 #: Bytes of an S3 file read at a time by ``S3Results.chunks``.
 _S3_PIECE_BYTES = 1024 * 1024
+#: S3's smallest part of a multipart upload, but for the last: ``put_pieces``'s pieces must be as large.
+S3_MIN_PART_BYTES = 5 * 1024 * 1024
 
 
 class ResultStore(Protocol):
@@ -42,6 +54,18 @@ class ResultStore(Protocol):
 
     async def put(self, name: str, data: bytes) -> None:
         """Stores ``data`` as ``name`` (replacing any file of that name)."""
+        ...
+
+    async def put_pieces(self, name: str, pieces: AsyncIterable[bytes | bytearray]) -> bool:
+        """Stores the ``pieces`` as ``name``, one piece at a time, the file visible only once whole.
+        Every piece but the last must hold at least ``S3_MIN_PART_BYTES`` (S3's smallest part).
+
+        Returns:
+            False when another writer stored ``name`` meanwhile and its file was kept.
+
+        Raises:
+            Whatever the pieces or the store raised: nothing was stored under ``name``.
+        """
         ...
 
     async def get(self, name: str) -> bytes:
@@ -87,6 +111,10 @@ class NatsResults:
 
     async def put(self, name: str, data: bytes) -> None:
         await (await self._store()).put(name, data)
+
+    async def put_pieces(self, name: str, pieces: AsyncIterable[bytes | bytearray]) -> bool:
+        await self._store()  # the bucket, created on first use
+        return await objects.put(self._js, BUCKET, name, pieces) is not None
 
     async def get(self, name: str) -> bytes:
         try:
@@ -147,6 +175,38 @@ class S3Results:
             Body=data,
             ContentType="application/x-ndjson",
         )
+
+    async def put_pieces(self, name: str, pieces: AsyncIterable[bytes | bytearray]) -> bool:
+        # A multipart upload, its parts the pieces: the object exists only once it is completed.
+        key = dict(Bucket=self._bucket, Key=self._key(name))
+        started = await asyncio.to_thread(
+            self._client.create_multipart_upload, **key, ContentType="application/x-ndjson"
+        )
+        upload = started["UploadId"]
+        parts: list[dict[str, Any]] = []
+        try:
+            async for piece in pieces:
+                number = len(parts) + 1
+                sent = await asyncio.to_thread(
+                    self._client.upload_part, **key, UploadId=upload, PartNumber=number, Body=piece
+                )
+                parts.append({"ETag": sent["ETag"], "PartNumber": number})
+            if not parts:  # an empty file: S3 completes no upload of no parts
+                sent = await asyncio.to_thread(
+                    self._client.upload_part, **key, UploadId=upload, PartNumber=1, Body=b""
+                )
+                parts.append({"ETag": sent["ETag"], "PartNumber": 1})
+            done = {"Parts": parts}
+            await asyncio.to_thread(
+                self._client.complete_multipart_upload, **key, UploadId=upload, MultipartUpload=done
+            )
+        except BaseException:  # cancelled too: an upload left open keeps its parts (and costs)
+            try:
+                await asyncio.to_thread(self._client.abort_multipart_upload, **key, UploadId=upload)
+            except Exception as err:  # must not hide why the write ended
+                log.warning("could not abort the upload of %s: %s", self._key(name), err)
+            raise
+        return True
 
     async def _body(self, name: str) -> Any:
         """The object's streaming body (botocore's ``StreamingBody``), not read yet."""

@@ -1,4 +1,5 @@
-"""Fixtures for the runner's tests: real JetStream, a failure-injection inference double, a harness."""
+"""Fixtures for the runner's tests: real JetStream, a failure-injection inference double, a harness;
+and the result files' stores (the Object Store, and S3 on moto's server)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,25 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+import boto3
 import nats
 import pytest
 from google.protobuf.message import DecodeError
+from moto.server import ThreadedMotoServer
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, RawStreamMsg
 
+from devstack.infra import free_port
 from ferry.events.v1 import events_pb2
 from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from services.common import messaging
 from services.common.readiness import Readiness
+from services.common.result_stores import ResultStore, result_store
 from services.jobs.service import JobsService
 from services.jobs.settings import JobsSettings
 from tests.jobs.doubles import FailureInjectingInference
@@ -204,3 +209,36 @@ async def harness(nats_url: str, inference: FailureInjectingInference) -> AsyncI
         await h.stop_runners()
         await h.delete_consumer()
         await nc.close()
+
+
+@pytest.fixture
+async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
+    """A JetStream context on the session's nats-server."""
+    nc = await nats.connect(nats_url)
+    yield nc.jetstream()
+    await nc.close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 API server on a free port, with fake credentials (moto accepts any)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(params=["nats", "s3"])
+async def result_files(request: pytest.FixtureRequest, js: JetStreamContext) -> ResultStore:
+    """Each store a gateway can be configured with, by the URL a user would give."""
+    if request.param == "nats":
+        return result_store("", js)
+    request.getfixturevalue("s3_endpoint")
+    boto3.client("s3").create_bucket(Bucket="ferry-results")
+    return result_store("s3://ferry-results/jobs", js)

@@ -3,7 +3,8 @@ real nats-server, and S3 on moto's standalone S3 API server (an HTTP server spea
 process, installed offline with the dev extra).
 
 Store is stood in for by the records it would return (its listing is covered by tests/store and
-the whole path by tests/e2e/test_job_features.py); what is tested here is the file itself.
+the whole path by tests/e2e/test_job_features.py); what is tested here is the file itself. The
+stores' fixtures are in conftest.py; how a file is written, in test_result_file_writes.py.
 """
 
 from __future__ import annotations
@@ -11,17 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import boto3
 import grpc
-import nats
 import pytest
-from moto.server import ThreadedMotoServer
 from nats.js import JetStreamContext
 
-from devstack.infra import free_port
 from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
@@ -31,11 +29,12 @@ from services.gateway.job_results import JobResults, result_line
 
 
 class RecordsOf:
-    """What store answers for one job: the job and its records, in pages of two."""
+    """What store answers for one job: the job and its records, in pages of ``page`` (two)."""
 
-    def __init__(self, job: job_pb2.Job, predictions: list[prediction_pb2.Prediction]) -> None:
+    def __init__(self, job: job_pb2.Job, predictions: list[prediction_pb2.Prediction], page: int = 2) -> None:
         self.job = job
         self.predictions = predictions
+        self.page = page
         self.listings = 0
 
     async def get_job(self, tenant: str, name: str) -> job_pb2.Job:
@@ -48,43 +47,11 @@ class RecordsOf:
         assert request.job == self.job.name
         self.listings += 1
         start = int(request.page_token or 0)
-        page = self.predictions[start : start + 2]
-        more = start + 2 < len(self.predictions)
+        end = start + self.page
+        more = end < len(self.predictions)
         return prediction_service_pb2.ListPredictionsResponse(
-            predictions=page, next_page_token=str(start + 2) if more else ""
+            predictions=self.predictions[start:end], next_page_token=str(end) if more else ""
         )
-
-
-@pytest.fixture
-async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(nats_url)
-    yield nc.jetstream()
-    await nc.close()
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 API server on a free port, with fake credentials (moto accepts any)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
-        yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(params=["nats", "s3"])
-async def result_files(request: pytest.FixtureRequest, js: JetStreamContext) -> ResultStore:
-    """Each store a gateway can be configured with, by the URL a user would give."""
-    if request.param == "nats":
-        return result_store("", js)
-    request.getfixturevalue("s3_endpoint")
-    boto3.client("s3").create_bucket(Bucket="ferry-results")
-    return result_store("s3://ferry-results/jobs", js)
 
 
 def a_job(
@@ -227,6 +194,9 @@ class CountedChunks:
 
     async def put(self, name: str, data: bytes) -> None:
         await self.inner.put(name, data)
+
+    async def put_pieces(self, name: str, pieces: AsyncIterable[bytes | bytearray]) -> bool:
+        return await self.inner.put_pieces(name, pieces)
 
     async def get(self, name: str) -> bytes:
         return await self.inner.get(name)

@@ -111,15 +111,17 @@ class StackSettings(BaseSettings):
     processes keep the cores busy. A lower value (10: weight 110/1024) gives the job a larger
     share under such load, and the other tenants' calls less."""
     inference_job_lane_cpu_idle: CpuIdle = Field(
-        default="off", validation_alias="FERRY_INFERENCE_JOB_LANE_CPU_IDLE"
+        default="auto", validation_alias="FERRY_INFERENCE_JOB_LANE_CPU_IDLE"
     )
     """Whether the job lane's processes run in the machine's ``cpu.idle`` cgroup
-    (``services.common.cpu_idle``) instead of at their autogroup nice: an idle group is preempted
-    at once by any other waking thread, where a group at nice 19 only weighs less. ``auto``: where
-    the cgroup can be written (root), else one log line and the nice alone. ``off`` (the default):
-    the nice alone; the lane's job threads join the group anyway (``FERRY_INFERENCE_JOB_CPU_IDLE``),
-    and a whole lane process in it starves while it loads and warms up on a busy machine (at load
-    15-19 it was not serving within ``ferry up``'s 180 s, docs/benchmarks.md session 8)."""
+    (``services.common.cpu_idle``) once their models are loaded and warmed up, instead of at their
+    autogroup nice alone: an idle group is preempted at once by any other waking thread, where a
+    group at nice 19 only weighs less. A lane process starts outside the group and joins it itself
+    when it is ready (``FERRY_INFERENCE_CPU_IDLE_ONCE_LOADED``): a whole process in the group from
+    its start starved while it loaded on a busy machine (at load 15-19 it was not serving within
+    ``ferry up``'s 180 s, docs/benchmarks.md session 8). ``auto`` (the default): where the cgroup
+    can be written (root), else one log line and the nice alone; ``off``: the nice alone (the lane's
+    job threads join the group anyway, ``FERRY_INFERENCE_JOB_CPU_IDLE``)."""
     jobs_runner_cpu_idle: CpuIdle = Field(default="auto", validation_alias="FERRY_JOBS_RUNNER_CPU_IDLE")
     """Whether the jobs runners' processes run in the machine's ``cpu.idle`` cgroup
     (``services.common.cpu_idle``; ``auto``, the default, where it can be written: root) or at the

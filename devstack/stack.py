@@ -232,8 +232,11 @@ class LocalStack:
                     fields["TIME_SLICE_US"] = "0"  # its checks are throughput, not latency
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}
                 env |= replicas[name].env if name in replicas else {}
-                # A lane process runs on the first replica's device (and its torch threads).
-                env |= next(iter(replicas.values())).env if name in job_lane else {}
+                if name in job_lane:
+                    # On the first replica's device (and its torch threads); into the idle group
+                    # only once it serves, by itself (starting there, it starves on a busy machine).
+                    env |= next(iter(replicas.values())).env
+                    env["FERRY_INFERENCE_CPU_IDLE_ONCE_LOADED"] = s.inference_job_lane_cpu_idle
                 if service == "inference":
                     env[models.VARIABLE] = ",".join(self.models)
                 env["PYTHONUNBUFFERED"] = "1"
@@ -244,8 +247,7 @@ class LocalStack:
                 niceness = UPLOAD_NICENESS if name in lane else niceness
                 niceness = s.inference_niceness if service == "inference" else niceness
                 niceness = s.inference_job_lane_niceness if name in job_lane else niceness
-                idle = s.inference_job_lane_cpu_idle if name in job_lane else "off"
-                idle = s.gateway_uploads_cpu_idle if name in lane else idle
+                idle = s.gateway_uploads_cpu_idle if name in lane else "off"
                 idle = s.jobs_runner_cpu_idle if service == "jobs" and name not in queues else idle
                 program = Program(
                     name,

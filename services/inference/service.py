@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 
@@ -17,7 +18,7 @@ import grpc
 import torch
 
 from ferry.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from services.common import cpus, messaging
+from services.common import cpu_idle, cpus, messaging
 from services.common.boot import ConfigurationError
 from services.common.errors import FailedPrecondition
 from services.common.readiness import Readiness
@@ -207,6 +208,10 @@ class InferenceService:
                 f"{m.name}: {m.message}" for m in self.models.values() if isinstance(m, Unserved)
             )
             raise RuntimeError(f"no model could be loaded ({reasons})")
+        # Only now: a process in the idle group from its start loads and warms up on what the
+        # other processes leave, which on a busy machine is nothing for minutes.
+        if cpu_idle.join_process(os.getpid(), settings.cpu_idle_once_loaded):
+            log.info("models loaded: this process now runs in the cpu.idle cgroup (cpu_idle_once_loaded)")
 
     async def _kept_in_nats(self, stack: AsyncExitStack) -> DesiredStates | None:
         """Opens what inference keeps in NATS when FERRY_INFERENCE_NATS_URL is set: the loaded set

@@ -104,6 +104,13 @@ class InferenceSettings(ServiceSettings):
     ``FERRY_JOBS_CPUS``, the job's work then keeps to those cores and leaves the others to Envoy,
     the gateways and callers' Predicts, at the price of a job that uses only those cores even on an
     idle machine (docs/inference.md, *Batch jobs' CPU*)."""
+    cpu_idle_once_loaded: CpuIdle = "off"
+    """Whether this whole process joins the machine's ``cpu.idle`` cgroup once its models are
+    loaded and warmed up (``services.common.cpu_idle``): for a process that only batch jobs call
+    (``ferry up``'s job lane, ``FERRY_INFERENCE_JOB_LANE_CPU_IDLE``), so that any other waking
+    thread preempts its work at once, while its start (loading, warm-up) still runs at its nice and
+    cannot starve on a busy machine. ``auto``: where the cgroup can be written (root), else one log
+    line and nothing changes; ``off`` (the default): never."""
 
     @field_validator("job_cpus")
     @classmethod

@@ -51,7 +51,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
             "FERRY_DEV_API_KEY": API_KEY,
             "FERRY_INFERENCE_JOB_LANE": "1",
             "FERRY_INFERENCE_JOB_LANE_NICENESS": str(JOB_LANE_NICENESS),
-            "FERRY_INFERENCE_JOB_LANE_CPU_IDLE": "auto",  # off by default: its mechanism is tested here
             "FERRY_INFERENCE_MODELS": MODEL,
             # This module's stack also checks where the upload lane runs (one stack start fewer).
             "FERRY_GATEWAY_UPLOADS_CPU_IDLE": "auto",
@@ -132,12 +131,20 @@ def test_the_lane_is_its_own_process_in_a_group_as_nice_as_the_setting_says(stac
     assert os.getpriority(os.PRIO_PROCESS, lane.pid) == min(19, base + JOB_LANE_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, inference.pid) == base
     # Where a cpu.idle cgroup can be written (root, cgroup v1's cpu controller: here and in CI) the
-    # whole lane process runs in it (FERRY_INFERENCE_JOB_LANE_CPU_IDLE=auto); the callers' do not.
+    # whole lane process runs in it, every thread (FERRY_INFERENCE_JOB_LANE_CPU_IDLE=auto, the
+    # default); the callers' do not.
     idle = f"cpu:/{cpu_idle.GROUP}"
     in_idle = {
         pid: idle in Path(f"/proc/{pid}/cgroup").read_text() for pid in (lane.pid, inference.pid, gateway.pid)
     }
     assert in_idle == {lane.pid: WRITABLE, inference.pid: False, gateway.pid: False}
+    if WRITABLE:
+        assert _cpu_cgroups(lane.pid) == {f"/{cpu_idle.GROUP}"}
+    # It went there itself once its model served, not from its start (where it loaded on idle
+    # time and starved on a busy machine).
+    log = (Path(stack.endpoints["logs_dir"]) / f"{JOB_LANE}.log").read_text()
+    served, joined = log.find(f"serving {MODEL} "), log.find("now runs in the cpu.idle cgroup")
+    assert 0 <= served < joined if WRITABLE else joined == -1, log[-3000:]
     shown = subprocess.run([FERRY, "status"], env=stack.env, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     row = next(line.split() for line in shown.stdout.splitlines() if line.startswith(JOB_LANE))

@@ -6,6 +6,9 @@ PredictResponse at once, and gRPC health SERVING), and for each variant of the c
 Envoy's CPU (``/proc/<pid>/stat``) divided by the calls it answered, in three phases:
 
 * ``grpc``: closed-loop native gRPC Predict calls (the cat JPEG, about 40 KB);
+* ``infer``: closed-loop native gRPC Open Inference Protocol ``ModelInfer`` calls (the same JPEG
+  as one BYTES element): the route that looks itself up again once the body is held
+  (devstack/edge.py ``ROUTE_AGAIN_LUA``, variant ``noreroute`` without it);
 * ``rest``: closed-loop REST ``POST /v1/models/...:predict`` calls with the same image in JSON;
 * ``429``: the gateways' in-flight bound held full by calls the gateway never answers, then
   closed-loop gRPC Predict calls, each refused by Envoy itself (429 OVERLOADED).
@@ -41,19 +44,22 @@ import yaml
 from benchmarks.cpu import cpu_seconds
 from benchmarks.edge_refusals import envoy
 from benchmarks.overload import MODEL, cat_jpeg
+from devstack import edge
 from devstack.envoy import EnvoyOptions, render
 from devstack.infra import free_port
 from ferry.models.v1 import model_service_pb2
+from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.types.v1 import types_pb2
 
 PREDICT = "/ferry.models.v1.ModelService/Predict"
+MODEL_INFER = edge.OIP_GRPC_INFER["path"]
 REST_PATH = f"/v1/{MODEL}:predict"
 #: Calls a phase keeps in flight, and the bound Envoy enforces: the predict phases stay within it.
 IN_FLIGHT = 8
 #: gRPC health's HealthCheckResponse{status: SERVING}, as bytes.
 _SERVING = b"\x08\x01"
 HOLD_HEADER = "x-bench-hold"
-PHASES = ("grpc", "rest", "429")
+PHASES = ("grpc", "infer", "rest", "429")
 
 Config = dict[str, Any]
 
@@ -104,6 +110,7 @@ VARIANTS: dict[str, Callable[[Config], None]] = {
     "nomethod": _without_filters("envoy.filters.http.header_mutation"),
     "nohealth": _without_filters(HEALTH),
     "nobuffer": _without_filters("envoy.filters.http.buffer"),
+    "noreroute": _without_filters(edge.ROUTE_AGAIN_LUA),
     "plainroutes": _plain_routes,
 }
 
@@ -171,8 +178,10 @@ def gateway(port: int) -> None:
     asyncio.run(main())
 
 
-def grpc_load(target: str, body: bytes, clients: int, seconds: float) -> tuple[int, int, float]:
-    """Closed-loop gRPC Predict calls, a connection per client: (OK, other answers, own CPU s)."""
+def grpc_load(
+    target: str, body: bytes, clients: int, seconds: float, method: str = PREDICT
+) -> tuple[int, int, float]:
+    """Closed-loop gRPC calls of ``method``, a connection per client: (OK, other answers, own CPU s)."""
     started = time.process_time()
     counts = [0, 0]
 
@@ -184,7 +193,7 @@ def grpc_load(target: str, body: bytes, clients: int, seconds: float) -> tuple[i
         ]
 
         async def client(channel: grpc.aio.Channel) -> None:
-            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(PREDICT)
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
             while time.monotonic() < deadline:
                 try:
                     await call(body, timeout=10)
@@ -299,12 +308,12 @@ class Tally:
 
 
 def measure(
-    names: list[str], args: argparse.Namespace, bodies: tuple[bytes, bytes], pool: ProcessPoolExecutor
+    names: list[str], args: argparse.Namespace, bodies: tuple[bytes, bytes, bytes], pool: ProcessPoolExecutor
 ) -> dict[str, dict[str, Tally]]:
     """Every variant's Envoy at once, in front of one gateway; each phase's load sent to them in
     turn, ``--seconds`` at a time, ``--rounds`` times: each variant meets the same load on the
     machine, minutes apart at most. Its tallies by variant and phase."""
-    grpc_body, rest_body = bodies
+    grpc_body, infer_body, rest_body = bodies
     gateway_port = free_port()
     upstream = multiprocessing.get_context("spawn").Process(target=gateway, args=(gateway_port,), daemon=True)
     upstream.start()
@@ -335,6 +344,13 @@ def measure(
                     for _ in range(args.processes)
                 ]
 
+            def infer_phase(port: int) -> list[Future[tuple[int, int, float]]]:
+                target = f"127.0.0.1:{port}"
+                return [
+                    pool.submit(grpc_load, target, infer_body, share, args.seconds, MODEL_INFER)
+                    for _ in range(args.processes)
+                ]
+
             def rest_phase(port: int) -> list[Future[tuple[int, int, float]]]:
                 return [
                     pool.submit(rest_load, port, rest_body, share, args.seconds)
@@ -349,7 +365,7 @@ def measure(
                     for _ in range(args.processes)
                 ]
 
-            for phase, load in (("grpc", grpc_phase), ("rest", rest_phase)):
+            for phase, load in (("grpc", grpc_phase), ("infer", infer_phase), ("rest", rest_phase)):
                 for _ in range(args.rounds):
                     for name, (port, pid) in edges.items():
                         tallies[name][phase].add(*_phase(pool, pid, partial(load, port)))
@@ -387,12 +403,18 @@ def main() -> None:
     grpc_body = model_service_pb2.PredictRequest(
         model=MODEL, image=types_pb2.Image(content=image)
     ).SerializeToString()
+    image_input = oip.ModelInferRequest.InferInputTensor(name="IMAGE", datatype="BYTES", shape=[1])
+    image_input.contents.bytes_contents.append(image)
+    infer_body = oip.ModelInferRequest(model_name=MODEL, inputs=[image_input]).SerializeToString()
     rest_body = json.dumps({"image": {"content": base64.b64encode(image).decode()}}).encode()
-    print(f"bodies: gRPC {len(grpc_body)} bytes, REST {len(rest_body)} bytes; {IN_FLIGHT} calls in flight")
+    print(
+        f"bodies: gRPC {len(grpc_body)} bytes, ModelInfer {len(infer_body)} bytes,"
+        f" REST {len(rest_body)} bytes; {IN_FLIGHT} calls in flight"
+    )
     names = args.variants.split(",")
     print(f"load {open('/proc/loadavg').read().strip()}", flush=True)
     with ProcessPoolExecutor(args.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        tallies = measure(names, args, (grpc_body, rest_body), pool)
+        tallies = measure(names, args, (grpc_body, infer_body, rest_body), pool)
     print(f"load {open('/proc/loadavg').read().strip()}")
     seconds = args.rounds * args.seconds
     first = tallies[names[0]]

@@ -44,13 +44,15 @@ class BodyLimit:
     matches: tuple[Match, ...] = field(default=())
 
 
+#: The Open Inference Protocol's native gRPC inference call (its REST one is transcoded).
+OIP_GRPC_INFER: Match = {"path": "/inference.GRPCInferenceService/ModelInfer"}
 PREDICT_LIMIT = BodyLimit(
     "predict",
     limits.PREDICT_REQUEST_BYTES,
     "send a smaller or more compressed image",
     (
         {"path": "/ferry.models.v1.ModelService/Predict"},
-        {"path": "/inference.GRPCInferenceService/ModelInfer"},
+        OIP_GRPC_INFER,
         {"safe_regex": {"regex": "/v1/models/[^/]+:predict"}},
         {"safe_regex": {"regex": "/v2/models/[^/]+(/versions/[^/]+)?/infer"}},
     ),
@@ -114,6 +116,28 @@ def buffer_filter() -> str:
                       max_request_bytes: {DEFAULT_LIMIT.max_bytes}"""
 
 
+#: Chooses a request's route again, from its headers as they are now (devstack/envoy.py's lane of
+#: large native gRPC ModelInfer messages). Envoy chose the route from the request's headers as they
+#: arrived, before the buffer filter held the body and gave it a length: a native gRPC call has
+#: none before (the transcoder looks a REST call's route up again itself, for its new path). Placed
+#: after the filter that copies the length into a header; off unless a route turns it on (only
+#: those it concerns do: ``route_filter_config``'s ``enabled``), so no other call pays for a Lua
+#: coroutine, and no other route needs to name it. It reads no body.
+ROUTE_AGAIN_LUA = "ferry.route_again"
+
+
+def route_again_filter() -> str:
+    """The filter of ROUTE_AGAIN_LUA, as an http_filters list item."""
+    return f"""
+                  - name: {ROUTE_AGAIN_LUA}
+                    disabled: true
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+                      default_source_code:
+                        inline_string: |
+                          function envoy_on_request(handle) handle:clearRouteCache() end"""
+
+
 #: Requests that stream (gRPC reflection, which grpcurl uses, is bidirectional): the buffer filter
 #: would wait for an end the client only sends after the answers. Envoy's flow control bounds them.
 #: Uploads (CreateUpload, client-streamed) too: the gateway counts their bytes as they arrive and
@@ -122,10 +146,13 @@ UPLOADS: tuple[Match, ...] = ({"path": "/ferry.jobs.v1.JobService/CreateUpload"}
 STREAMED = BodyLimit("streamed", 0, "", ({"prefix": "/grpc.reflection."}, *UPLOADS))
 
 
-def route_filter_config(limit: BodyLimit | None, skipped: tuple[str, ...] = ()) -> str:
+def route_filter_config(
+    limit: BodyLimit | None, skipped: tuple[str, ...] = (), enabled: tuple[str, ...] = ()
+) -> str:
     """A route's typed_per_filter_config, as route YAML text: the buffer filter's limit (off for
-    STREAMED; none: the filter's default), and the filters named in ``skipped`` turned off."""
-    entries = "".join(_disabled(name) for name in skipped)
+    STREAMED; none: the filter's default), the filters named in ``skipped`` turned off, and those
+    in ``enabled`` (off unless a route says otherwise) turned on."""
+    entries = "".join(_disabled(name) for name in skipped) + "".join(_enabled(name) for name in enabled)
     if limit is not None and limit.max_bytes == 0:
         entries = _disabled("envoy.filters.http.buffer") + entries
     elif limit is not None:
@@ -137,6 +164,14 @@ def route_filter_config(limit: BodyLimit | None, skipped: tuple[str, ...] = ()) 
             + entries
         )
     return "\n                          typed_per_filter_config:" + entries if entries else ""
+
+
+def _enabled(name: str) -> str:
+    # An empty config turns on a filter that is off by default (HttpFilter.disabled).
+    return f"""
+                            {name}:
+                              "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                              config: {{}}"""
 
 
 def _disabled(name: str) -> str:

@@ -307,8 +307,14 @@ def _route(
                             # (retry!) to a gRPC client that left it out (curl over HTTP/1.1).
                             - header: {{key: te, value: trailers}}
                               append_action: OVERWRITE_IF_EXISTS_OR_ADD""" + edge.route_filter_config(
-        limit, _skipped(match)
+        limit, _skipped(match), _enabled(match)
     )
+
+
+def _enabled(match: edge.Match) -> tuple[str, ...]:
+    """The filters off by default that a route's requests need: native gRPC ModelInfer's route is
+    looked up again once its body is held (edge.ROUTE_AGAIN_LUA, _large_oip_grpc_route)."""
+    return (edge.ROUTE_AGAIN_LUA,) if match.get("path") == edge.OIP_GRPC_INFER["path"] else ()
 
 
 def _match_text(match: edge.Match) -> str:
@@ -358,7 +364,14 @@ def _routes(opts: EnvoyOptions) -> str:
         for match in limit.matches
     )
     catch_all = _route(CATCH_ALL, opts.upstream_timeout_s, opts.upstream_timeout_s)
-    return streams + limited + _model_load_routes() + _large_oip_route(opts) + catch_all
+    return (
+        streams
+        + _large_oip_grpc_route(opts)
+        + limited
+        + _model_load_routes()
+        + _large_oip_route(opts)
+        + catch_all
+    )
 
 
 #: Where the transcoder sends ``POST /v2/models/{m}[/versions/{v}]/infer``: the path the route is
@@ -380,9 +393,29 @@ def _large_oip_route(opts: EnvoyOptions) -> str:
     chose the body limit: the predict routes', devstack/edge.py)."""
     if not opts.upload_gateway_ports:
         return ""
-    large = {"name": BODY_BYTES_HEADER, "range_match": {"start": opts.oip_lane_bytes, "end": _INT64_END}}
-    match = {"path": OIP_REST_INFER_PATH, "headers": [large]}
+    match = {"path": OIP_REST_INFER_PATH, "headers": [_large_body(opts)]}
     return _route(match, opts.upstream_timeout_s, opts.upstream_timeout_s, cluster=LANE_CALLS_CLUSTER)
+
+
+def _large_body(opts: EnvoyOptions) -> edge.Match:
+    """A header match of a body of ``oip_lane_bytes`` or more (BODY_BYTES_HEADER)."""
+    return {"name": BODY_BYTES_HEADER, "range_match": {"start": opts.oip_lane_bytes, "end": _INT64_END}}
+
+
+def _large_oip_grpc_route(opts: EnvoyOptions) -> str:
+    """The route of large native gRPC ``ModelInfer`` messages to the upload lane, as route YAML
+    text; none without a lane. gRPC parses a message whole on the gateway's event loop before any
+    Ferry code sees it (5 million one-byte BYTES elements, 14 MiB: 0.5 s and 450 MB), so every
+    other call to that gateway waited. A gRPC call has no length when Envoy first picks its route:
+    the buffer filter holds the body (the predict limit) and gives it one, and the route is looked
+    up again then (edge.ROUTE_AGAIN_LUA), which this route, ahead of the predict routes, matches.
+    It has the predict limit too: a client's own BODY_BYTES_HEADER can make the first look-up
+    choose it, and the body limit comes from that one (the header is Envoy's by the second)."""
+    if not opts.upload_gateway_ports:
+        return ""
+    match = {**edge.OIP_GRPC_INFER, "headers": [_large_body(opts)]}
+    timeout = opts.upstream_timeout_s
+    return _route(match, timeout, timeout, edge.PREDICT_LIMIT, cluster=LANE_CALLS_CLUSTER)
 
 
 #: Writes BODY_BYTES_HEADER, after the buffer filter (which holds the whole body and gives one sent
@@ -559,7 +592,7 @@ static_resources:
                   # Load balancers that cannot speak gRPC health: GET /healthz is 200 while Envoy
                   # runs (503 once it drains), GET /readyz is 200 while a gateway answers SERVING
                   # to Envoy's own gRPC health checks (the gateway is SERVING only when its
-                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}{edge.buffer_filter()}{body_fields.lua_filter()}{BODY_BYTES_FILTER}
+                  # dependencies are). Both answer here, before the transcoder sees the path.{_health_filter(LIVE_PATH)}{_health_filter(READY_PATH, READY_NEEDS)}{edge.buffer_filter()}{body_fields.lua_filter()}{BODY_BYTES_FILTER}{edge.route_again_filter()}
                   - name: envoy.filters.http.grpc_json_transcoder
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder
@@ -604,7 +637,7 @@ def _upload_lane_switch(text: str, lane_clusters: str) -> str:
     text = text.replace(lane_clusters, f"{{{{- if {_LANE_ON} }}}}{lane_clusters}{{{{- end }}}}")
     for lane, instead, count in (
         (UPLOADS_CLUSTER, STREAMS_CLUSTER, len(edge.UPLOADS)),
-        (LANE_CALLS_CLUSTER, GATEWAY_CLUSTER, 1),
+        (LANE_CALLS_CLUSTER, GATEWAY_CLUSTER, 2),  # large OIP REST bodies, large gRPC ModelInfer
     ):
         routed = f"cluster: {lane}\n"
         assert text.count(routed) == count, "the routes to the lane moved: update chart_configs"

@@ -70,8 +70,9 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     1.3-2 s, during which every other caller of this gateway waited. 0: every one on a thread.
     A thread does not free the interpreter from a body of strings or nulls (``json`` holds the
     GIL), so Envoy sends a body of this size or more to the upload lane's gateways, when there is
-    a lane (``ferry up`` renders Envoy's route from this value; compose's and the chart's Envoy
-    configs have the default)."""
+    a lane, and a native gRPC ``ModelInfer`` message of this size or more too (gRPC parses it
+    whole on the event loop before any handler runs) (``ferry up`` renders Envoy's routes from
+    this value; compose's and the chart's Envoy configs have the default)."""
     max_job_items: int = Field(default=limits.MAX_JOB_ITEMS, ge=1)
     """Most inputs in one job."""
     max_upload_bytes: int = Field(default=limits.UPLOAD_FILE_BYTES, gt=0)

@@ -126,6 +126,28 @@ def test_filters_for_some_calls_are_off_on_the_routes_of_the_others() -> None:
     assert all("ferry.header_limits" not in filters for filters in disabled.values())
 
 
+def test_only_native_model_infer_looks_its_route_up_again() -> None:
+    """The filter that chooses a route again once the body is held (the lane of large ModelInfer
+    messages) is off by default and on only for ModelInfer's routes: no other call runs its Lua."""
+    config = yaml.safe_load(render(EnvoyOptions(upload_gateway_ports=(50061,))))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    [again] = [item for item in manager["http_filters"] if item["name"] == edge.ROUTE_AGAIN_LUA]
+    assert again["disabled"] is True
+    names = [item["name"] for item in manager["http_filters"]]
+    assert names.index("ferry.body_bytes") < names.index(
+        edge.ROUTE_AGAIN_LUA
+    )  # the header it routes by is set
+    on = [
+        route["match"]
+        for route in manager["route_config"]["virtual_hosts"][0]["routes"]
+        if "config" in route.get("typed_per_filter_config", {}).get(edge.ROUTE_AGAIN_LUA, {})
+    ]
+    assert [match["path"] for match in on] == [
+        edge.OIP_GRPC_INFER["path"]
+    ] * 2  # the lane's route, then the gateways'
+    assert "headers" in on[0] and "headers" not in on[1]
+
+
 def test_model_loads_get_their_long_timeout_after_the_transcoder_too() -> None:
     """A REST model load is routed again on the gRPC path the transcoder rewrites it to: that
     route, not the catch-all's 60 s, bounds the load."""

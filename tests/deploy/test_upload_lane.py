@@ -63,13 +63,17 @@ def only_uploads_go_to_the_lane(found: dict[str, Any]) -> None:
 
 
 def large_oip_bodies_go_to_the_lane(found: dict[str, Any]) -> None:
-    """Transcoded OIP REST inference calls of the gateways' off-loop size or more go to the lane's
-    unary cluster (tests/deploy/test_oip_lane_edge.py runs it), and only they."""
-    [route] = [r for r in found["every route"] if r["cluster"] == LANE_CALLS_CLUSTER]
-    assert route["path"] == OIP_REST_INFER_PATH
-    [header] = route["headers"]
-    assert header["name"] == BODY_BYTES_HEADER
-    assert header["range_match"]["start"] == GatewaySettings().oip_rest_off_loop_bytes
+    """Transcoded OIP REST inference calls and native gRPC ModelInfer calls of the gateways'
+    off-loop size or more go to the lane's unary cluster (tests/deploy/test_oip_lane_edge.py runs
+    it), and only they."""
+    routes = [r for r in found["every route"] if r["cluster"] == LANE_CALLS_CLUSTER]
+    assert sorted(route["path"] for route in routes) == sorted(
+        [OIP_REST_INFER_PATH, edge.OIP_GRPC_INFER["path"]]
+    )
+    for route in routes:
+        [header] = route["headers"]
+        assert header["name"] == BODY_BYTES_HEADER
+        assert header["range_match"]["start"] == GatewaySettings().oip_rest_off_loop_bytes
 
 
 def cpu_millicores(quantity: str | int | float) -> int:
@@ -202,5 +206,7 @@ def test_lane_off_sends_uploads_to_the_gateways_and_renders_no_lane(tmp_path: Pa
     assert {found["routes"][path] for path in UPLOAD_PATHS} == {STREAMS_CLUSTER}
     # Large OIP REST bodies: to the gateways, as every other unary call.
     assert found["routes"][OIP_REST_INFER_PATH] == "gateway"
+    grpc_infer = [r for r in found["every route"] if r["path"] == edge.OIP_GRPC_INFER["path"]]
+    assert len(grpc_infer) == 2 and {r["cluster"] for r in grpc_infer} == {"gateway"}
     done = envoy_validates(docs, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -532,6 +532,13 @@ def print_overbound(
         f" {len(over.probe)} refused with 429, p50 {ms(percentile(probed, 50))}"
         f"  p99 {ms(percentile(probed, 99))} (goal: p50 <= 5 ms)"
     )
+    served = sum(outcome == "OK" for outcome, _ in over.probe)
+    print(
+        f"  the probe's outcomes: {dict(Counter(outcome for outcome, _ in over.probe))}; predictions"
+        f" served to attackers and probe together {over.goodput + served / over.elapsed_s:.1f}/s ="
+        f" {(over.goodput + served / over.elapsed_s) / rate:.2f}x the sustainable rate (the goodput"
+        " above counts the attackers' alone: a probe's call admitted is one of theirs not)"
+    )
     if at_edge:
         print(
             f"  Envoy's own time for its {len(at_edge)} 429s (access log, client left out):"

@@ -625,6 +625,13 @@ _GATEWAY_STANDIN_PORT = 65051
 #: A stand-in in-flight bound (a value no other line has) replaced by the chart's own sizing.
 _INFLIGHT_STANDIN = 65432
 _UPLOADS_STANDIN = "uploads.standin.invalid"
+#: Stand-in refusal-hold settings (values no other line has) replaced by the chart's values
+#: (values.yaml ``envoy.refusalHold``).
+_REFUSAL_HOLD_STANDINS = {
+    "refusals_per_s": (65201, "refusalsPerS"),
+    "refusal_hold_ms": (65202, "holdMs"),
+    "max_held": (65203, "maxHeld"),
+}
 #: The chart's switch of the upload lane (values.yaml ``gatewayUploads.enabled``).
 _LANE_ON = ".Values.gatewayUploads.enabled"
 
@@ -642,6 +649,21 @@ def _upload_lane_switch(text: str, lane_clusters: str) -> str:
         routed = f"cluster: {lane}\n"
         assert text.count(routed) == count, "the routes to the lane moved: update chart_configs"
         text = text.replace(routed, f'cluster: {{{{ ternary "{lane}" "{instead}" {_LANE_ON} }}}}\n')
+    return text
+
+
+def _refusal_hold_values(text: str, options: EnvoyOptions) -> str:
+    """The chart's refusal hold follows ``envoy.refusalHold`` (devstack/refusal_hold.py): its filters
+    only where ``refusalsPerS`` is above 0 (``FERRY_ENVOY_REFUSALS_PER_S=0``), each stand-in setting
+    the value's number."""
+    hold = refusal_hold.filters(options.refusals_per_s, options.refusal_hold_ms, options.max_held)
+    assert text.count(hold) == 1, "the refusal hold's filters moved: update chart_configs"
+    on = "gt (int .Values.envoy.refusalHold.refusalsPerS) 0"
+    text = text.replace(hold, f"{{{{- if {on} }}}}{hold}{{{{- end }}}}")
+    for standin, value in _REFUSAL_HOLD_STANDINS.values():
+        # Each in the filters only (no other line has the number), and in them at least once.
+        assert text.count(str(standin)) == hold.count(str(standin)) > 0, "update chart_configs"
+        text = text.replace(str(standin), f"{{{{ int .Values.envoy.refusalHold.{value} }}}}")
     return text
 
 
@@ -693,8 +715,10 @@ def chart_configs() -> dict[str, str]:
             gateway_port=_GATEWAY_STANDIN_PORT,
             upload_gateway_ports=(_GATEWAY_STANDIN_PORT,),
             gateway_max_inflight=_INFLIGHT_STANDIN,
+            **{name: standin for name, (standin, _) in _REFUSAL_HOLD_STANDINS.items()},
         )
         text = _upload_lane_switch(render(options), _uploads_cluster(options))
+        text = _refusal_hold_values(text, options)
         text = text.replace(_UPLOADS_STANDIN, f'{{{{ include "ferry.fullname" . }}}}-{UPLOAD_LANE}')
         text = text.replace(_GATEWAY_STANDIN, gateway)
         # The public listener's TLS, when envoy.tls.secretName names a certificate (templates/_helpers.tpl).

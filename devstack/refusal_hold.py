@@ -30,7 +30,10 @@ So:
 - a connection that carries many users' calls (a frontend's channel, an open loop) gets a large
   share while few connections are refused: with 16 such connections refused, 200 / 8 a worker is
   25 refusals a second each before any is held. Only while many connections are refused at once
-  does each one's share fall to ``MIN_RATE_PER_S``;
+  does each one's share fall to ``MIN_RATE_PER_S``. And each answer that is not a refusal (an
+  admitted call's) leaves its connection at least one token: a connection whose calls are admitted
+  about as often as refused has its next call let through, not held, however many of its users'
+  other calls were refused (a hammering client gains one refusal per admitted call, no more);
 - held calls are streams Envoy keeps: at most ``max_held`` are held at once (the fault filter's
   ``max_active_faults``, past which a call is not held); a worker that alone holds that many
   closes the connection of the next one to hold instead (drain: HTTP/2 GOAWAY, HTTP/1.1
@@ -53,8 +56,10 @@ MAX_HELD = 512
 #: A connection is never held while it is refused at most this often: a caller that waits the
 #: ``Retry-After`` (1 s) of each refusal.
 MIN_RATE_PER_S = 1.0
-#: Refusals a connection gets at full speed before its rate counts.
-BURST = 10
+#: Refusals a connection gets at full speed before its rate counts: enough for a client that waits
+#: the Retry-After to send a little early now and then, and few, since every connection of a flood
+#: gets them (session 11's 10 were 4,000 refusals at full speed for 400 connections).
+BURST = 3
 #: A connection counts among those sharing ``refusals_per_s`` while it was refused this recently.
 ACTIVE_S = 10.0
 #: A connection that was held (it kept sending past its share) gets this fraction of its share from
@@ -63,6 +68,10 @@ ACTIVE_S = 10.0
 PENALTY = 4
 #: The longest hold: until the connection's bucket has a token again, within this.
 MAX_HOLD_MS = 10_000
+#: A connection is forgotten (its bucket full again, its penalty gone) once it goes this long
+#: without a refusal: not sooner than ACTIVE_S, or a held connection, refused once per hold, would
+#: lose its penalty during its hold and get its burst again.
+FORGET_MS = round(1000 * max(ACTIVE_S, BURST / MIN_RATE_PER_S))
 #: Connections a worker tracks at most; past it, it forgets them all (they get their burst again):
 #: a bound on the Lua state's memory under a flood of new connections.
 MAX_TRACKED = 65536
@@ -99,7 +108,7 @@ local function sweep(now)
   swept = now
   local n, kept = 0, 0
   for peer, c in pairs(conns) do
-    if now - c.last > {1000 * BURST / MIN_RATE_PER_S:.0f} then
+    if now - c.last > {FORGET_MS} then
       conns[peer] = nil
     else
       kept = kept + 1
@@ -134,12 +143,21 @@ function envoy_on_request(handle)
 end
 function envoy_on_response(handle)
   local headers = handle:headers()
-  if headers:get("retry-after") == nil then return end
-  if headers:get(":status") ~= "429" and headers:get("grpc-status") ~= "8" then return end
-  local now = handle:timestamp()
-  sweep(now)
   local peer = handle:streamInfo():downstreamDirectRemoteAddress()
   local c = conns[peer]
+  local refusal = headers:get("retry-after") ~= nil
+    and (headers:get(":status") == "429" or headers:get("grpc-status") == "8")
+  if not refusal then
+    -- An answer that is not a refusal (an admitted call's): a connection that carries many users'
+    -- calls has its next one let through, however many of the others were refused.
+    if c ~= nil and c.tokens < 1 then
+      refill(c, handle:timestamp())
+      c.tokens = max(c.tokens, 1)
+    end
+    return
+  end
+  local now = handle:timestamp()
+  sweep(now)
   if c == nil then
     if tracked >= {MAX_TRACKED} then
       conns, tracked = {{}}, 0

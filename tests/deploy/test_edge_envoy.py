@@ -359,21 +359,30 @@ def test_a_request_whose_headers_never_end_is_dropped_not_held(edge: str) -> Non
     assert b"EDGE_DEADLINE_EXCEEDED" in answer and b"request header timeout" in answer, answer
 
 
-@pytest.fixture(scope="module")
-def answering_gateway() -> Iterator[int]:
-    """A gRPC server as the gateway, SERVING, whose ListModels answers an empty message."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+@contextmanager
+def stand_in_gateway(methods: dict[str, Callable[[bytes, grpc.ServicerContext], bytes]]) -> Iterator[int]:
+    """A gRPC server as the gateway, SERVING, whose ModelService answers ``methods`` (by name, each
+    a handler of raw bytes) until the block ends; yields its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     health = HealthServicer()
     health.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("ferry.models.v1.ModelService", {"ListModels": handler})]
-    )
+    handlers = {name: grpc.unary_unary_rpc_method_handler(method) for name, method in methods.items()}
+    service = grpc.method_handlers_generic_handler("ferry.models.v1.ModelService", handlers)
+    server.add_generic_rpc_handlers([service])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield port
-    server.stop(None)
+    try:
+        yield port
+    finally:
+        server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def answering_gateway() -> Iterator[int]:
+    """A gRPC server as the gateway, SERVING, whose ListModels answers an empty message."""
+    with stand_in_gateway({"ListModels": lambda request, context: b""}) as port:
+        yield port
 
 
 def test_a_grpc_call_without_te_trailers_is_answered_not_unavailable(
@@ -584,19 +593,9 @@ def test_one_connection_carries_at_most_max_concurrent_streams_calls(bounded_edg
 def holding_gateway() -> Iterator[int]:
     """A gRPC server as the gateway, SERVING, whose GetModel never answers: a hung call."""
     released = threading.Event()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    health = HealthServicer()
-    health.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: released.wait(60) and b"")
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("ferry.models.v1.ModelService", {"GetModel": handler})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield port
-    released.set()
-    server.stop(None)
+    with stand_in_gateway({"GetModel": lambda request, context: released.wait(60) and b""}) as port:
+        yield port
+        released.set()
 
 
 def test_a_hung_call_without_a_deadline_ends_at_the_route_timeout(

@@ -23,6 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
+from devstack import refusal_hold
 from devstack.console import console_files as console_names
 from devstack.envoy import CHART_FILES, CONTAINER_CONSOLE_DIR, UPLOAD_LANE, chart_configs, container_options
 from devstack.envoy import render as render_envoy
@@ -399,20 +400,25 @@ def envoy_validates(docs: list[dict[str, Any]], tmp_path: Path) -> subprocess.Co
     )
 
 
-def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
-    manifests: list[dict[str, Any]], tmp_path: Path
-) -> None:
-    config = find(manifests, "ConfigMap", "ferry-envoy")
-    text = config["data"]["envoy.yaml"]
+def expected_envoy(**changes: Any) -> str:
+    """The chart's Envoy config of the default values as devstack/envoy.py renders it, with
+    ``changes`` to its options."""
     gateway = yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]
     options = container_options(
         admin_host="127.0.0.1", gateway_host="ferry-gateway", upload_gateway_host=f"ferry-{UPLOAD_LANE}"
     )
     # Envoy's bound on unary calls: each gateway's, for as many gateways as the HPA may run.
     bound = gateway["maxInflight"] * gateway["hpa"]["maxReplicas"]
-    expected = render_envoy(dataclasses.replace(options, gateway_max_inflight=bound))
+    return render_envoy(dataclasses.replace(options, gateway_max_inflight=bound, **changes))
+
+
+def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
+    manifests: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    config = find(manifests, "ConfigMap", "ferry-envoy")
+    text = config["data"]["envoy.yaml"]
     # The same config (the chart's has a TLS hook in the listener's filter chain, empty here).
-    assert yaml.safe_load(text) == yaml.safe_load(expected)
+    assert yaml.safe_load(text) == yaml.safe_load(expected_envoy())
     assert set(chart_configs()) == {"envoy.yaml", "envoy-traced.yaml"}
     pb = base64.b64decode(config["binaryData"]["ferry.pb"])
     assert pb == (ROOT / "deploy" / "envoy" / "ferry.pb").read_bytes()
@@ -422,6 +428,25 @@ def test_envoy_config_is_the_devstack_render_and_the_real_envoy_accepts_it(
     assert sorted(console_files) == console_names()
     done = envoy_validates(manifests, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("values", "options"),
+    [
+        ({"refusalsPerS": 0}, {"refusals_per_s": 0}),
+        (
+            {"refusalsPerS": 50, "holdMs": 2500, "maxHeld": 64},
+            {"refusals_per_s": 50, "refusal_hold_ms": 2500, "max_held": 64},
+        ),
+    ],
+)
+def test_envoys_refusal_hold_follows_its_values(values: dict[str, int], options: dict[str, int]) -> None:
+    """envoy.refusalHold sets what FERRY_ENVOY_REFUSALS_PER_S, _REFUSAL_HOLD_MS and _MAX_HELD set
+    locally (devstack/refusal_hold.py); refusalsPerS 0 renders neither of its filters."""
+    docs = render(profile_values("default", envoy={"refusalHold": values}))
+    text = find(docs, "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"]
+    assert yaml.safe_load(text) == yaml.safe_load(expected_envoy(**options))
+    assert (refusal_hold.LUA_FILTER in text) is bool(values["refusalsPerS"])
 
 
 def test_traced_envoy_config_points_at_the_otlp_endpoint() -> None:

@@ -25,7 +25,13 @@ from grpc_status import rpc_status
 from devstack import refusal_hold
 from devstack.envoy import EnvoyOptions, render
 from devstack.infra import free_port
-from tests.deploy.test_edge_envoy import _active_calls, _wait_until_ready, holding_gateway, running_envoy
+from tests.deploy.test_edge_envoy import (
+    _active_calls,
+    _wait_until_ready,
+    holding_gateway,
+    running_envoy,
+    stand_in_gateway,
+)
 
 __all__ = ["holding_gateway"]  # a fixture: a gRPC server as the gateway, whose GetModel never answers
 
@@ -36,6 +42,10 @@ HOLD_MS = 2000
 #: (refusal_hold.MIN_RATE_PER_S), so its calls past the burst are held.
 REFUSALS_PER_S = 1
 GET_MODEL = "/ferry.models.v1.ModelService/GetModel"
+LIST_MODELS = "/ferry.models.v1.ModelService/ListModels"
+#: Refusals a connection gets at full speed before its calls are held, as docs/reliability.md says
+#: (session 11's 10 were 4,000 at full speed for a flood of 400 connections).
+FAST_REFUSALS = 3
 
 
 def _channel(target: str) -> grpc.Channel:
@@ -128,8 +138,10 @@ def test_a_client_that_resends_at_once_gets_its_refusals_held_and_a_patient_one_
     # Every call is still answered OVERLOADED: a held call is refused late, not lost or reset.
     assert {reason for reason, _ in hammered + patient} == {"OVERLOADED"}, hammered + patient
     assert len(hammered) == refusal_hold.BURST + extra
-    # The burst is answered at full speed; past it, the client's calls wait their hold (the bucket
-    # refills during one, so every other call is held).
+    # The burst is answered at full speed, and the next call is held; past it, the client's calls
+    # wait their hold (the bucket refills during one, so every other call is held).
+    fast = [s < HOLD_MS / 1000 * 0.5 for _, s in hammered]
+    assert fast[: FAST_REFUSALS + 1] == [True] * FAST_REFUSALS + [False], hammered
     slow = [s for _, s in hammered if s >= HOLD_MS / 1000 * 0.9]
     assert len(slow) >= extra - 1, hammered
     assert hammer_s[0] >= (extra - 1) * HOLD_MS / 1000, hammered
@@ -194,3 +206,55 @@ def test_the_hold_comes_before_any_filter_that_reads_a_body_and_is_on_every_rout
     assert text.count(f"{refusal_hold.LUA_FILTER}:") == 0 and text.count(f"{refusal_hold.FAULT_FILTER}:") == 0
     off = chain(EnvoyOptions(refusals_per_s=0))
     assert refusal_hold.LUA_FILTER not in off and refusal_hold.FAULT_FILTER not in off
+
+
+@pytest.fixture(scope="module")
+def refusing_gateway() -> Iterator[int]:
+    """A gRPC server as the gateway whose GetModel it refuses itself (RESOURCE_EXHAUSTED with a
+    ``retry-after``, as a gateway's limiter does) and whose ListModels it answers."""
+
+    def refuse(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.set_trailing_metadata((("retry-after", "1"),))
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit")
+
+    with stand_in_gateway({"GetModel": refuse, "ListModels": lambda request, context: b""}) as port:
+        yield port
+
+
+def test_a_connection_whose_calls_are_admitted_as_often_as_refused_is_not_held(
+    tmp_path: Path, refusing_gateway: int
+) -> None:
+    """A connection that carries many users' calls (a frontend's channel), refused far past its
+    burst and its share (1 a second) but with an admitted call before each refusal: none of its
+    calls is held. The same connection refused with nothing admitted between is held past its
+    burst: the gateway's refusals count, as Envoy's do."""
+    admin = free_port()
+    options = EnvoyOptions(
+        listen_port=free_port(),
+        admin_port=admin,
+        gateway_port=refusing_gateway,
+        refusals_per_s=REFUSALS_PER_S,
+        refusal_hold_ms=HOLD_MS,
+    )
+    with running_envoy(tmp_path, options) as url:
+        _wait_until_ready(url)
+        admin_url = f"http://127.0.0.1:{admin}"
+
+        def refused(channel: grpc.Channel) -> float:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as error:
+                channel.unary_unary(GET_MODEL)(b"", timeout=60)
+            assert isinstance(error.value, grpc.Call)
+            assert error.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, error.value
+            return time.monotonic() - started
+
+        with _channel(url.removeprefix("http://")) as channel:
+            mixed = []
+            for _ in range(4 * refusal_hold.BURST):
+                channel.unary_unary(LIST_MODELS)(b"", timeout=60)
+                mixed.append(refused(channel))
+            assert all(s < HOLD_MS / 1000 * 0.5 for s in mixed), mixed
+            assert _held(admin_url) == 0
+            alone = [refused(channel) for _ in range(refusal_hold.BURST + 2)]
+        assert any(s >= HOLD_MS / 1000 * 0.9 for s in alone), alone
+        assert _held(admin_url) >= 1

@@ -19,8 +19,9 @@ refused in the last ``ACTIVE_S``: ``max(MIN_RATE_PER_S, refusals_per_s / connect
 burst of ``BURST``. A request that arrives on a connection whose bucket is empty is held (Envoy's
 fault filter, a timer: no thread waits) until the bucket has a token again, at least ``hold_ms``,
 before anything else looks at it, then goes on as any call: admitted if the bound has room by
-then, else refused. A connection that was held has ignored the ``Retry-After`` past its burst, so
-from then on it gets 1/``PENALTY`` of its share (until it goes ``ACTIVE_S`` without a refusal).
+then, else refused. A connection held has ignored the ``Retry-After`` past its burst, so from its
+first hold on it gets 1/``PENALTY`` of its share (until it goes ``ACTIVE_S`` without a refusal):
+the first hold already lasts until the penalised bucket has a token.
 So:
 
 - a closed-loop client's refusals come about once per ``PENALTY`` seconds, not once per round
@@ -62,8 +63,8 @@ MIN_RATE_PER_S = 1.0
 BURST = 3
 #: A connection counts among those sharing ``refusals_per_s`` while it was refused this recently.
 ACTIVE_S = 10.0
-#: A connection that was held (it kept sending past its share) gets this fraction of its share from
-#: then on, until it goes 10 s without a refusal: the bucket alone would let a closed loop that
+#: A connection held (it kept sending past its share) gets this fraction of its share from its first
+#: hold on, until it goes 10 s without a refusal: the bucket alone would let a closed loop that
 #: resends at once go on at one call a second per connection, each a refusal.
 PENALTY = 4
 #: The longest hold: until the connection's bucket has a token again, within this.
@@ -134,9 +135,10 @@ function envoy_on_request(handle)
     handle:streamInfo():drainConnectionUponCompletion()
     return
   end
-  -- Until the bucket has a token again: at least hold_ms, at most MAX_HOLD_MS.
-  local wait = math.floor(max({hold_ms}, min({MAX_HOLD_MS}, (1 - c.tokens) / rate(c))))
+  -- Past its burst, the connection has ignored the Retry-After: its penalty starts with this hold,
+  -- which lasts until the bucket has a token again (at least hold_ms, at most MAX_HOLD_MS).
   c.held = true
+  local wait = math.floor(max({hold_ms}, min({MAX_HOLD_MS}, (1 - c.tokens) / rate(c))))
   tail = tail + 1
   held[tail] = now + wait
   headers:add("{DELAY_HEADER}", tostring(wait))

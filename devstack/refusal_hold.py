@@ -32,9 +32,9 @@ So:
   share while few connections are refused: with 16 such connections refused, 200 / 8 a worker is
   25 refusals a second each before any is held. Only while many connections are refused at once
   does each one's share fall to ``MIN_RATE_PER_S``. And each answer that is not a refusal (an
-  admitted call's) leaves its connection at least one token: a connection whose calls are admitted
-  about as often as refused has its next call let through, not held, however many of its users'
-  other calls were refused (a hammering client gains one refusal per admitted call, no more);
+  admitted call's) gives its connection a token back: one whose calls are admitted as often as
+  refused is never held, however many of its users' calls were refused. Once a connection was
+  held, an admitted answer only keeps its next call from a hold (a closed loop gains no refusals);
 - held calls are streams Envoy keeps: at most ``max_held`` are held at once (the fault filter's
   ``max_active_faults``, past which a call is not held); a worker that alone holds that many
   closes the connection of the next one to hold instead (drain: HTTP/2 GOAWAY, HTTP/1.1
@@ -150,11 +150,16 @@ function envoy_on_response(handle)
   local refusal = headers:get("retry-after") ~= nil
     and (headers:get(":status") == "429" or headers:get("grpc-status") == "8")
   if not refusal then
-    -- An answer that is not a refusal (an admitted call's): a connection that carries many users'
-    -- calls has its next one let through, however many of the others were refused.
-    if c ~= nil and c.tokens < 1 then
+    -- An answer that is not a refusal (an admitted call's) earns its connection a refusal at full
+    -- speed: one that carries many users' calls, admitted as often as refused, is never held. Once
+    -- held (a closed loop past its burst) it only keeps its next call from a hold.
+    if c ~= nil and c.tokens < {BURST} then
       refill(c, handle:timestamp())
-      c.tokens = max(c.tokens, 1)
+      if c.held then
+        c.tokens = max(c.tokens, 1)
+      else
+        c.tokens = min({BURST}, c.tokens + 1)
+      end
     end
     return
   end

@@ -13,6 +13,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from devstack import body_fields, console, edge, header_limits, oip_rest_edge, refusal_hold
@@ -700,6 +701,7 @@ def chart_configs() -> dict[str, str]:
     on the public port), and the gateway is the chart's headless Service.
     """
     gateway = '{{ include "ferry.fullname" . }}-gateway'
+    hold_standins: dict[str, Any] = {field: standin for field, (standin, _) in _REFUSAL_HOLD_STANDINS.items()}
     configs = {}
     for name, otlp in (
         ("envoy.yaml", ""),
@@ -715,7 +717,7 @@ def chart_configs() -> dict[str, str]:
             gateway_port=_GATEWAY_STANDIN_PORT,
             upload_gateway_ports=(_GATEWAY_STANDIN_PORT,),
             gateway_max_inflight=_INFLIGHT_STANDIN,
-            **{name: standin for name, (standin, _) in _REFUSAL_HOLD_STANDINS.items()},
+            **hold_standins,
         )
         text = _upload_lane_switch(render(options), _uploads_cluster(options))
         text = _refusal_hold_values(text, options)

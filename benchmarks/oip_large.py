@@ -14,7 +14,8 @@ turn (``--kind strings,nulls,tensor,grpc-bytes``: a phase each):
 
 Each is refused (a shape, an item count or a type inference or the gateway does not take): the
 edge's and the gateways' work is what is measured. It prints each phase's p50/p99/max, the bodies'
-answer times and codes, and the gateways' RSS before and at their peak. Envoy sends a REST body of
+answer times and codes, the gateways' RSS before and at their peak, and the upload lane's after
+each body (what a refused body leaves behind). Envoy sends a REST body of
 ``FERRY_GATEWAY_OIP_REST_OFF_LOOP_BYTES`` or more to the upload lane; compare it with an older
 checkout by running this file from each (a copy of it there), alternated.
 
@@ -37,6 +38,7 @@ import grpc
 import numpy as np
 
 from benchmarks.bulk import MODEL, Watch
+from devstack.envoy import UPLOAD_LANE
 from devstack.infra import free_port
 from devstack.settings import StackSettings
 from devstack.stack import Endpoints, LocalStack
@@ -125,6 +127,16 @@ def _sender(
     return lambda: post(url, key, body)
 
 
+def _rss_mb(pid: int | None) -> str:
+    """A process's resident memory now, in MB (``-`` without one)."""
+    if pid is None:
+        return "-"
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return str(int(line.split()[1]) // 1024)
+    return "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -156,11 +168,17 @@ def main() -> None:
                 time.sleep(args.quiet_s)
                 watch.mark("quiet")
                 for kind, send in senders.items():
-                    answers = [send() for _ in range(args.bodies)]
+                    answers, kept = [], []
+                    for _ in range(args.bodies):
+                        answers.append(send())
+                        kept.append(_rss_mb(endpoints.pids.get(UPLOAD_LANE)))
                     watch.mark(f"{args.bodies} {kind} bodies")
                     codes = sorted({str(code) for code, _, _ in answers})
                     took = ", ".join(f"{s:.2f}" for _, s, _ in answers)
-                    outcomes.append(f"{kind}: answers {codes}, each took (s) {took}; first {answers[0][2]!r}")
+                    outcomes.append(
+                        f"{kind}: answers {codes}, each took (s) {took}; the upload lane's RSS after"
+                        f" each (MB): {', '.join(kept)}; first {answers[0][2]!r}"
+                    )
             print(watch.report("oip-large", "; ".join(kinds)))
             print("\n".join(outcomes))
         finally:

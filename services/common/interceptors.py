@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import grpc
@@ -36,6 +36,8 @@ StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterato
 Deserializer = Callable[[bytes], Any]
 #: Asked with the method before a call is read: the error to refuse it with at once, or None.
 Shed = Callable[[str], "FerryError | None"]
+#: Asked with a call's request bytes before they are parsed: the error to refuse it with, or None.
+Prescan = Callable[[bytes], "FerryError | None"]
 
 
 def _unread(data: bytes) -> None:
@@ -51,13 +53,18 @@ class Undecodable:
     like a bug of ours. The guarded deserializer returns this instead and the call refuses it.
     """
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "refused")
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, refused: FerryError | None = None) -> None:
         self.error = error
+        self.refused = refused
+        """The refusal a prescan of the bytes gave, when it was that and not the parse."""
 
-    def refusal(self) -> InvalidArgument:
-        """The INVALID_ARGUMENT to answer: NESTING_TOO_DEEP past protobuf's depth, else MALFORMED_REQUEST."""
+    def refusal(self) -> FerryError:
+        """What to answer: the prescan's refusal; else INVALID_ARGUMENT, NESTING_TOO_DEEP past
+        protobuf's depth, else MALFORMED_REQUEST."""
+        if self.refused is not None:
+            return self.refused
         if "MaxDepth" in self.error:
             return nesting.too_deep("the request")
         if "UTF-8" in self.error:
@@ -74,12 +81,16 @@ class Undecodable:
         )
 
 
-def guarded(deserialize: Deserializer | None) -> Deserializer | None:
-    """``deserialize``, returning an Undecodable instead of raising for bytes protobuf cannot parse."""
+def guarded(deserialize: Deserializer | None, prescan: Prescan | None = None) -> Deserializer | None:
+    """``deserialize``, returning an Undecodable instead of raising for bytes protobuf cannot parse,
+    or that ``prescan`` refuses before they are parsed."""
     if deserialize is None:
         return None
 
     def parse(data: bytes) -> Any:
+        refused = prescan(data) if prescan is not None else None
+        if refused is not None:
+            return Undecodable(refused.message, refused)
         try:
             return deserialize(data)
         except DecodeError as err:
@@ -125,13 +136,13 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             wrapped = grpc.unary_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
-                request_deserializer=self.deserializer(handler.request_deserializer),
+                request_deserializer=self.deserializer(method, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=self.deserializer(handler.request_deserializer),
+                request_deserializer=self.deserializer(method, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         elif handler.stream_unary is not None:
@@ -139,7 +150,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             # "request" is the iterator of the client's messages, passed through untouched.
             wrapped = grpc.stream_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.stream_unary),  # type: ignore[arg-type]
-                request_deserializer=self.deserializer(handler.request_deserializer),
+                request_deserializer=self.deserializer(method, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         else:
@@ -147,8 +158,9 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         self._handlers[method] = wrapped  # only registered methods get here: the dict stays small
         return wrapped
 
-    def deserializer(self, inner: Deserializer | None) -> Deserializer | None:
-        """The request deserializer the wrapped handler uses: ``inner`` unless a subclass guards it."""
+    def deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
+        """The request deserializer ``method``'s wrapped handler uses: ``inner`` unless a subclass
+        guards it."""
         return inner
 
     def wrap_unary(self, method: str, inner: Handler) -> Handler:
@@ -178,9 +190,12 @@ class ServerInterceptor(WrappingInterceptor):
         readiness: Readiness,
         access_log: bool | None = None,
         shed: Shed | None = None,
+        prescans: Mapping[str, Prescan] | None = None,
     ) -> None:
         super().__init__()
         self.shed = shed
+        self._prescans = dict(prescans or {})
+        """By method: a check of the request's bytes before they are parsed (see ``Prescan``)."""
         """Asked before each unary call is read: an error refuses it at once (see ``Shed``)."""
         self._refusals: dict[str, tuple[FerryError, grpc.RpcMethodHandler[Any, Any]]] = {}
         self._service = service
@@ -190,8 +205,8 @@ class ServerInterceptor(WrappingInterceptor):
         self._latency: dict[str, Any] = {}
         self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
 
-    def deserializer(self, inner: Deserializer | None) -> Deserializer | None:
-        return guarded(inner)
+    def deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
+        return guarded(inner, self._prescans.get(method))
 
     async def intercept_service(
         self,

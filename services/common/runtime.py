@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack, suppress
 from typing import Protocol, cast
 
@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.channels import server_options
-from services.common.interceptors import ServerInterceptor, Shed
+from services.common.interceptors import Prescan, ServerInterceptor, Shed
 from services.common.logs import setup_logging
 from services.common.metrics import start_metrics_server
 from services.common.readiness import Readiness
@@ -60,6 +60,13 @@ def _own_interceptors(service: FerryService) -> Sequence[grpc.aio.ServerIntercep
     return list(own()) if callable(own) else []
 
 
+def _prescans(service: FerryService) -> Mapping[str, Prescan]:
+    """A service's checks of requests' bytes before they are parsed, by method (an optional
+    ``request_checks()`` method): a request too costly to parse is refused unparsed."""
+    checks = getattr(service, "request_checks", None)
+    return dict(checks()) if callable(checks) else {}
+
+
 def _shedding(own: Sequence[grpc.aio.ServerInterceptor]) -> Shed | None:
     """The ``shed`` of a service's own interceptor (the gateway's in-flight bound), if one has it:
     the common interceptor asks it before a call is read."""
@@ -84,7 +91,10 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     readiness = Readiness(service.name, health_servicer, names)
     own = _own_interceptors(service)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(service.name, readiness, shed=_shedding(own)), *own],
+        interceptors=[
+            ServerInterceptor(service.name, readiness, shed=_shedding(own), prescans=_prescans(service)),
+            *own,
+        ],
         options=server_options(
             settings.max_message_bytes, settings.max_connection_age_s, settings.max_connection_age_grace_s
         ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import grpc
@@ -22,8 +22,10 @@ from ferry.store.v1 import store_service_pb2_grpc
 from services.common import messaging, time_slice
 from services.common.channels import open_channel
 from services.common.downstream import Backend
+from services.common.interceptors import Prescan
 from services.common.publisher import Publisher
 from services.common.readiness import Readiness
+from services.gateway import oip_wire
 from services.gateway.auth import Authenticator
 from services.gateway.catalog import followed_catalog
 from services.gateway.components import Components, ComponentsSlot
@@ -60,6 +62,8 @@ SERVICE_NAMES = (
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     open_inference_rest_pb2.DESCRIPTOR.services_by_name["OpenInferenceRestService"].full_name,
 )
+#: The Open Inference Protocol's native gRPC inference call, as gRPC names the method.
+MODEL_INFER = f"/{SERVICE_NAMES[3]}/ModelInfer"
 
 
 class GatewayService:
@@ -79,6 +83,11 @@ class GatewayService:
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
         """Authentication, scopes and admission control, once for every public call."""
         return [self._admission]
+
+    def request_checks(self) -> Mapping[str, Prescan]:
+        """Requests refused before they are parsed: a native gRPC ModelInfer of millions of BYTES
+        elements (``oip_wire``), which upb would take seconds and hundreds of MB to parse."""
+        return {MODEL_INFER: oip_wire.too_many_bytes_elements}
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the three public servicers to ``server``."""

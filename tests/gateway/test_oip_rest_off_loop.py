@@ -56,6 +56,14 @@ async def test_a_large_body_is_read_on_a_thread_while_the_loop_serves_others() -
     ticks, refused = await _ticks_while_read(off_loop_bytes=256 * 1024)
     assert "input 'TENSOR' is FP32: its data must be numbers" in refused.message
     assert ticks > 0  # on the loop, the handler read the whole body in one step: 0
+    # The refusal comes back without the worker's frames, which held the parsed body: raised
+    # across the thread, they stayed in cycles that only a full collection frees, and the upload
+    # lane grew by 230 MB for each refused 15 MiB body (docs/benchmarks.md, session 12).
+    frames, tb = set(), refused.__traceback__
+    while tb is not None:
+        frames.add(tb.tb_frame.f_code)
+        tb = tb.tb_next
+    assert oip_rest.infer_request.__code__ not in frames
 
 
 async def test_a_small_body_is_read_on_the_loop() -> None:

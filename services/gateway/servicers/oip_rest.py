@@ -9,6 +9,7 @@ their JSON into the protocol's ``{"error": "..."}`` on /v2 paths (``devstack/oip
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -18,7 +19,7 @@ from google.api import httpbody_pb2
 from ferry.oip.v2 import grpc_predict_v2_pb2 as oip
 from ferry.openinference.v1 import open_inference_rest_pb2 as rest
 from ferry.openinference.v1 import open_inference_rest_pb2_grpc as rest_grpc
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import FerryError, NotFound, Unavailable
 from services.gateway import identity, oip_rest
 from services.gateway.components import ComponentsSlot
 from services.gateway.idempotency import Edge
@@ -123,8 +124,28 @@ class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
         a small one is quicker done than handed to a thread."""
         if not large:
             return work(*args, **kwargs)
+
+        def apart() -> _T | FerryError:
+            # A refusal is returned, not raised, across the thread: raised, it would carry the
+            # worker's frames, and in them the parsed body (2.7 million strings of a 15 MiB body
+            # are about 230 MB), into the futures that hand it to the event loop. Those form
+            # cycles with frames old enough that only a full collection frees them, rarely: the
+            # upload lane grew by that much a body (73 MB to 1.3 GB over six; docs/benchmarks.md,
+            # session 12). The collection after the work frees what the previous ones left: a
+            # large body is this process's bulk work, and a full collection costs milliseconds.
+            try:
+                return work(*args, **kwargs)
+            except FerryError as err:
+                err.__traceback__ = None
+                return err
+            finally:
+                gc.collect()
+
         async with self._large:
-            return await asyncio.to_thread(work, *args, **kwargs)
+            outcome = await asyncio.to_thread(apart)
+        if isinstance(outcome, FerryError):
+            raise outcome
+        return outcome
 
     async def RepositoryIndex(
         self, request: rest.RepositoryIndexRequest, context: Context

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from google.protobuf import duration_pb2
@@ -420,3 +420,60 @@ def inference_seconds(answer: object) -> float | None:
         if p.HasField("timing")
     ]
     return max(times) / 1000.0 if times else None
+
+
+class Drain:
+    """How fast a gateway's predictions in flight finish: those finished a second over the last
+    ``window_s``, counted over at least a second (a burst of quick answers is no rate yet).
+
+    With the count in flight it says how long a new prediction would queue behind them (Little's
+    law), so a call whose deadline is shorter is refused at once, its slot left to one that can
+    finish: at 400 clients against a bound of 256 and 60 predictions a second the queue is about
+    4 s, and a caller with a 2 s deadline was admitted only to time out (160 of the overload
+    benchmark's 250 probe calls; docs/benchmarks.md, session 12).
+    """
+
+    def __init__(self, window_s: float = 2.0, clock: Clock = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._started = clock()
+        self._finished: deque[float] = deque()
+
+    def finished(self) -> None:
+        """Counts one prediction out (answered or failed)."""
+        now = self._clock()
+        self._finished.append(now)
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        while self._finished and self._finished[0] < now - self._window_s:
+            self._finished.popleft()
+
+    def per_s(self) -> float:
+        """Predictions finished a second lately; 0 before any."""
+        now = self._clock()
+        self._forget(now)
+        return len(self._finished) / max(1.0, min(self._window_s, now - self._started))
+
+    def refusal(self, ahead: int, deadline_s: float | None) -> ResourceExhausted | None:
+        """OVERLOADED when ``ahead`` predictions in flight (at least ``MIN_AHEAD``) would take
+        longer to finish than ``deadline_s``, the new call's time left; else None."""
+        if deadline_s is None or ahead < MIN_AHEAD:
+            return None
+        rate = self.per_s()
+        if rate <= 0 or ahead / rate <= deadline_s:
+            return None
+        wait_s = ahead / rate
+        return ResourceExhausted(
+            f"{ahead} predictions are in flight ahead of this one, about {wait_s:.1f} s of work at "
+            f"{rate:.0f} a second, more than its deadline of {deadline_s:.1f} s; retry shortly or "
+            "with a longer deadline",
+            reason="OVERLOADED",
+            metadata={"in_flight": str(ahead), "queue_ms": str(round(wait_s * 1000))},
+            retry_after=retry_after(1.0),
+        )
+
+
+#: Predictions in flight below which none is refused for its deadline: with few ahead the wait is
+#: short and its estimate least sure.
+MIN_AHEAD = 16

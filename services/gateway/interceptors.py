@@ -26,7 +26,14 @@ import grpc
 
 from services.common.errors import DeadlineExceeded, FerryError, Unauthenticated
 from services.common.interceptors import Handler, StreamHandler, WrappingInterceptor
-from services.gateway.admission import AdaptiveLimit, InFlight, RateLimits, TenantStreams, inference_seconds
+from services.gateway.admission import (
+    AdaptiveLimit,
+    Drain,
+    InFlight,
+    RateLimits,
+    TenantStreams,
+    inference_seconds,
+)
 from services.gateway.auth import api_key_from_metadata, key_digest
 from services.gateway.components import ComponentsSlot
 from services.gateway.identity import Caller, Route, RouteClass, check_scope, reset_caller, route, set_caller
@@ -71,6 +78,8 @@ class AdmissionInterceptor(WrappingInterceptor):
             settings.max_inflight_predict,
             settings.predict_latency_tolerance,
         )
+        self.drain = Drain()
+        """How fast predictions finish: a call whose deadline the queue ahead would outlast is refused."""
         self.limits = RateLimits(
             settings.rate_limit_per_s, settings.rate_limit_burst, settings.auth_failure_rate_per_s
         )
@@ -110,6 +119,10 @@ class AdmissionInterceptor(WrappingInterceptor):
         """As ``wrap_unary``, and within the learnt bound of predictions in flight (``AdaptiveLimit``)."""
 
         async def admitted(request: Any, context: Context) -> Any:
+            remaining = context.time_remaining()
+            too_late = self.drain.refusal(self.predictions.count, budget if remaining is None else remaining)
+            if too_late is not None:
+                raise too_late
             self.inflight.enter()
             try:
                 self.predictions.enter()
@@ -123,6 +136,7 @@ class AdmissionInterceptor(WrappingInterceptor):
                 return answer
             finally:
                 self.predictions.leave(latency)
+                self.drain.finished()
                 self.inflight.leave()
 
         return admitted

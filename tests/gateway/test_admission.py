@@ -25,7 +25,7 @@ from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from ferry.types.v1 import types_pb2
 from services.common.errors import FerryError, NotFound, ResourceExhausted
 from services.gateway import identity
-from services.gateway.admission import AdaptiveLimit, RateLimits, inference_seconds
+from services.gateway.admission import MIN_AHEAD, AdaptiveLimit, Drain, RateLimits, inference_seconds
 from services.gateway.identity import RouteClass, route
 from services.gateway.service import SERVICE_NAMES
 from tests.gateway.servers import admitting
@@ -217,6 +217,51 @@ async def test_calls_beyond_the_in_flight_bound_are_refused_at_once() -> None:
         await asyncio.gather(*held)
         # Once they finished, calls are admitted again.
         await stub.ListModels(model_service_pb2.ListModelsRequest(), metadata=bearer("key-all"))
+
+
+async def test_a_prediction_whose_deadline_the_queue_ahead_outlasts_is_refused_at_once() -> None:
+    async with gateway() as (stub, models, _, _):
+        predict = model_service_pb2.PredictRequest()
+        models.release.set()
+        for _ in range(MIN_AHEAD):  # finished: how fast predictions drain (at most MIN_AHEAD a second)
+            await stub.Predict(predict, metadata=bearer("key-all"))
+            models.entered.get_nowait()
+        models.release.clear()
+        held = [
+            asyncio.ensure_future(stub.Predict(predict, metadata=bearer("key-all"), timeout=60))
+            for _ in range(MIN_AHEAD)
+        ]
+        for _ in held:
+            await models.entered.get()
+        # MIN_AHEAD in flight at no more than MIN_AHEAD a second: a second of work or more ahead.
+        err = await refused(lambda: stub.Predict(predict, metadata=bearer("key-all"), timeout=0.5))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        assert details(err) == ("OVERLOADED", 1.0)
+        assert f"{MIN_AHEAD} predictions are in flight ahead of this one" in (err.details() or "")
+        assert models.entered.empty()  # never reached the handler
+        # A deadline the queue fits in is admitted, as is everything once the queue is gone.
+        late = asyncio.ensure_future(stub.Predict(predict, metadata=bearer("key-all"), timeout=60))
+        await models.entered.get()
+        models.release.set()
+        await asyncio.gather(late, *held)
+
+
+def test_the_drain_refuses_only_past_min_ahead_and_past_the_deadline() -> None:
+    clock = _Clock()
+    drain = Drain(window_s=2.0, clock=clock)
+    assert drain.refusal(1000, 0.1) is None  # nothing finished yet: no rate to judge by
+    for _ in range(40):
+        clock.now += 0.05
+        drain.finished()  # 20 a second over the last 2 s
+    assert drain.per_s() == pytest.approx(20.0)
+    assert drain.refusal(MIN_AHEAD - 1, 0.01) is None  # too few ahead to judge
+    assert drain.refusal(40, None) is None  # no deadline
+    assert drain.refusal(40, 2.5) is None  # 2 s of work fits in 2.5 s
+    refusal = drain.refusal(40, 1.5)
+    assert refusal is not None and refusal.reason == "OVERLOADED"
+    assert refusal.metadata == {"in_flight": "40", "queue_ms": "2000"}
+    clock.now += 10  # nothing finished lately: no rate, no refusal
+    assert drain.refusal(40, 0.1) is None
 
 
 async def test_a_call_without_a_deadline_gets_the_routes_default() -> None:

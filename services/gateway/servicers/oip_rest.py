@@ -131,15 +131,16 @@ class OpenInferenceRestServicer(rest_grpc.OpenInferenceRestServiceServicer):
             # are about 230 MB), into the futures that hand it to the event loop. Those form
             # cycles with frames old enough that only a full collection frees them, rarely: the
             # upload lane grew by that much a body (73 MB to 1.3 GB over six; docs/benchmarks.md,
-            # session 12). The collection after the work frees what the previous ones left: a
-            # large body is this process's bulk work, and a full collection costs milliseconds.
+            # session 12). After a refusal a full collection frees what such cycles still hold
+            # (a refusal of a large body is rare, and the collection costs milliseconds); a body
+            # that is served leaves none.
             try:
                 return work(*args, **kwargs)
             except FerryError as err:
                 err.__traceback__ = None
-                return err
-            finally:
-                gc.collect()
+                refused = err
+            gc.collect()
+            return refused
 
         async with self._large:
             outcome = await asyncio.to_thread(apart)

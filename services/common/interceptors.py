@@ -194,9 +194,9 @@ class ServerInterceptor(WrappingInterceptor):
     ) -> None:
         super().__init__()
         self.shed = shed
+        """Asked before each unary call is read: an error refuses it at once (see ``Shed``)."""
         self._prescans = dict(prescans or {})
         """By method: a check of the request's bytes before they are parsed (see ``Prescan``)."""
-        """Asked before each unary call is read: an error refuses it at once (see ``Shed``)."""
         self._refusals: dict[str, tuple[FerryError, grpc.RpcMethodHandler[Any, Any]]] = {}
         self._service = service
         self._readiness = readiness

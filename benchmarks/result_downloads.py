@@ -23,6 +23,16 @@ made as they are asked for (as a store's gRPC answer arrives: a page at a time).
 process's RSS before and at its peak (sampled every 10 ms) while the file is built and stored, the
 file's size and chunks as stored, and the builder's largest piece where the checkout keeps one.
 
+``--build --stack`` measures what the build costs the other tenants (issue #17, session 13): a whole
+local stack, a finished job of ``--lines`` (10,000) records at top_k 100 put straight into store
+(the job recorded through store's CreateJob, its records published to the records stream as a
+runner would), then another tenant's ``GetModel`` called in a loop (``benchmarks.bulk``'s probe, a
+process of its own) for ``--quiet-s`` (10) before the first ``GetJobResults`` of the job, which
+builds its file, and while it does. It prints the time to the first line (the build), the whole
+download, the peak RSS of gateway, jobs and NATS, and the probe's p50/p99 quiet against during the
+build, with their ratio. Whichever service builds the file (the gateway before session 13, the
+jobs service since), the call goes through Envoy the same way, so two checkouts compare as is.
+
 Run it from two checkouts, alternated, to compare their reading (or writing: run this file from a
 copy of the other checkout, ``git archive main | tar -x -C DIR``, since main's has no ``--build``).
 Not a test: nothing here asserts; figures depend on the machine and its load (printed at the end).
@@ -383,6 +393,100 @@ async def _consumers(url: str) -> int:
         await nc.close()
 
 
+def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
+    """Another tenant's GetModel p50/p99 quiet and during the build of a new result file."""
+    from benchmarks.bulk import Watch
+    from devstack.settings import StackSettings
+    from devstack.stack import LocalStack
+    from ferry_client import FerryClient
+
+    stack = LocalStack(StackSettings(state_dir=folder / "stack", http_port=free_port(), free_ports=True))
+    try:
+        endpoints = stack.start()
+        store = f"127.0.0.1:{endpoints.services['store']['grpc_port']}"
+        made = time.perf_counter()
+        job = asyncio.run(_finished_job(endpoints.nats_url, store, lines))
+        made = time.perf_counter() - made
+        print(f"{job} finished with {lines} records in {made:.1f} s; checkout {Path.cwd()}")
+        with (
+            FerryClient(endpoints.grpc_target, endpoints.dev_api_key, timeout_s=600) as ferry,
+            Watch(endpoints.pids, endpoints.grpc_target, endpoints.dev_api_key) as watch,
+        ):
+            time.sleep(quiet_s)
+            watch.mark("quiet")
+            started = time.perf_counter()
+            results = ferry.job_results(job)
+            next(results)  # the file is built before its first line is read
+            built = time.perf_counter() - started
+            watch.mark("build")
+            count = 1 + sum(1 for _ in results)
+            took = time.perf_counter() - started
+            watch.mark("download")
+        quiet, during = watch.during("quiet"), watch.during("build")
+        print(f"first line after {built:.1f} s (the build); {count} lines in {took:.1f} s")
+        print(watch.report("build", f"{len(quiet)} calls quiet, {len(during)} during the build"))
+        ratio = _percentile(during, 99) / _percentile(quiet, 99) if quiet and during else float("nan")
+        print(
+            f"other tenant's GetModel p50/p99: quiet {_spread_ms(quiet)}, during the build "
+            f"{_spread_ms(during)}: p99 x{ratio:.2f}"
+        )
+    finally:
+        stack.stop()
+
+
+def _spread_ms(values: list[float]) -> str:
+    return f"{_percentile(values, 50):.1f}/{_percentile(values, 99):.1f} ms"
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+async def _finished_job(nats_url: str, store_target: str, lines: int) -> str:
+    """A finished job of the dev key's tenant with ``lines`` records at top_k 100, put into store
+    as the runners would (its records published to the records stream); returns its name."""
+    import grpc
+
+    from ferry.events.v1 import events_pb2
+    from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
+    from services.common import messaging
+    from services.store.settings import StoreSettings
+
+    tenant = StoreSettings.model_fields["dev_tenant"].default
+    job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", model="models/efficientnet-lite0", items_total=lines)
+    job.top_k, job.state = 100, job_pb2.JOB_STATE_QUEUED
+    async with grpc.aio.insecure_channel(store_target) as channel:
+        stub = store_service_pb2_grpc.StoreServiceStub(channel)
+        await stub.CreateJob(store_service_pb2.CreateJobRequest(tenant=tenant, job=job), timeout=30)
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            record = a_record(job.name)
+            record.model = job.model
+            for first in range(0, lines, 100):
+                batch = events_pb2.PredictionsRecorded()
+                for index in range(first, min(first + 100, lines)):
+                    one = batch.records.add(tenant=tenant)
+                    one.prediction.CopyFrom(record)
+                    one.prediction.name = f"predictions/{uuid.uuid4()}"
+                    one.prediction.item_index = index
+                await js.publish(messaging.PREDICTION_BATCHES_SUBJECT, batch.SerializeToString(), timeout=30)
+        finally:
+            await nc.close()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            answer = await stub.GetJob(
+                store_service_pb2.GetJobRequest(tenant=tenant, id=job.name.removeprefix("jobs/")), timeout=30
+            )
+            if answer.job.state == job_pb2.JOB_STATE_SUCCEEDED:
+                return job.name
+            await asyncio.sleep(1)
+    raise RuntimeError(f"{job.name} did not finish in store within 600 s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--downloads", type=int, default=8, help="downloads at once")
@@ -396,10 +500,15 @@ def main() -> None:
         action="store_true",
         help="the memory of building a new file (in process), not reading it",
     )
+    parser.add_argument(
+        "--quiet-s", type=float, default=10.0, help="the probe's quiet phase (--build --stack)"
+    )
     args = parser.parse_args()
     print(f"load before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="ferry-bench-results-") as folder:
-        if args.build:
+        if args.build and args.stack:
+            build_through_stack(args.lines, Path(folder), args.quiet_s)
+        elif args.build:
             asyncio.run(build(args.lines, Path(folder)))
         elif args.stack:
             through_stack(args.downloads, args.lines, Path(folder))

@@ -17,7 +17,8 @@ once, each from a thread of this process. It prints the gateways' and NATS's RSS
 their peak (sampled every 20 ms) instead of this process's.
 
 ``--build`` measures the writing instead (issue #17, session 12): it starts a nats-server the same
-way and has the gateway's ``JobResults.write`` build the result file of a finished job of
+way and has the jobs service's ``ResultFiles.write`` (the gateway's ``JobResults.write`` before
+session 13) build the result file of a finished job of
 ``--lines`` (10,000) records at top_k 100 in this process, store stood in for by pages of records
 made as they are asked for (as a store's gRPC answer arrives: a page at a time). It prints this
 process's RSS before and at its peak (sampled every 10 ms) while the file is built and stored, the
@@ -61,7 +62,8 @@ from ferry.jobs.v1 import job_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.result_stores import BUCKET, result_store
-from services.gateway.job_results import JobResults, object_name, result_line, result_of
+from services.gateway.job_results import JobResults
+from services.jobs.result_files import ResultFiles, object_name, result_line, result_of
 
 MIB = 2**20
 
@@ -110,22 +112,12 @@ def the_file(lines: int, job: str) -> bytes:
     return result_line(result_of(a_record(job))) * lines
 
 
-class _Finished:
-    """What store answers for the job: finished (its file is already stored)."""
-
-    def __init__(self, job: job_pb2.Job) -> None:
-        self._job = job
-
-    async def get_job(self, tenant: str, name: str) -> job_pb2.Job:
-        return self._job
-
-
-class _Pages(_Finished):
+class _Pages:
     """What store answers for a finished job of ``items`` records: pages of records made as asked
     for, as a gRPC answer is read, so this process holds no more than the builder asks for."""
 
     def __init__(self, job: job_pb2.Job, items: int) -> None:
-        super().__init__(job)
+        self._job = job
         self._items = items
         self._record = a_record(job.name)
 
@@ -143,6 +135,9 @@ class _Pages(_Finished):
             record.item_index = index
         return prediction_service_pb2.ListPredictionsResponse.FromString(page.SerializeToString())
 
+    async def get_job(self, tenant: str, name: str) -> job_pb2.Job:
+        return self._job
+
 
 async def build(lines: int, folder: Path) -> None:
     """The peak RSS of this process while ``JobResults.write`` builds and stores a new result file."""
@@ -153,11 +148,11 @@ async def build(lines: int, folder: Path) -> None:
         store = result_store("", js)
         await store.exists("none")  # the bucket, created before the measure
         job = job_pb2.Job(name=f"jobs/{uuid.uuid4()}", state=job_pb2.JOB_STATE_SUCCEEDED, items_total=lines)
-        results = JobResults(_Pages(job, lines), store)  # type: ignore[arg-type]  # get_job and list_predictions
+        results = ResultFiles(_Pages(job, lines), store)
         peaks = Peaks({"rss": rss_bytes, "nats_rss": lambda: rss_bytes(server.pid)}, 0.01)
         peaks.start()
         started = time.perf_counter()
-        name = await results.write("acme", job)
+        name = (await results.write("acme", job.name)).name
         took = time.perf_counter() - started
         peaks.done.set()
         peaks.join()
@@ -255,7 +250,11 @@ async def in_process(downloads: int, lines: int, pause_ms: float, folder: Path) 
         await store.put(object_name(job), data)
         print(f"file: {len(data) / 1e6:.1f} MB, {lines} lines; checkout {Path.cwd()}")
         del data
-        results = JobResults(_Finished(job), store)  # type: ignore[arg-type]  # only get_job is asked
+
+        async def stored(tenant: str, name: str) -> str:  # the job queue's answer: the file exists
+            return object_name(job)
+
+        results = JobResults(stored, store)
 
         async def download() -> int | str:
             count = 0

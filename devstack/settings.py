@@ -33,6 +33,13 @@ class StackSettings(BaseSettings):
         default="", validation_alias=AliasChoices("FERRY_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     )
     """OTLP/gRPC endpoint every service exports traces to; empty exports nothing."""
+    results_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("FERRY_GATEWAY_RESULTS_URL", "FERRY_JOBS_RESULTS_URL"),
+    )
+    """Where jobs' result files and executed notebooks are kept (either service's variable), given
+    to the jobs service that writes them and the gateways that read them alike: empty for NATS
+    JetStream Object Store, ``s3://<bucket>[/<prefix>]`` for S3."""
     trace: bool = False
     """Receive every process's spans locally (``ferry up --trace``) into ``<state_dir>/traces.jsonl``
     for ``ferry trace``; ignored when ``otlp_endpoint`` names a collector of the user's."""

@@ -209,7 +209,7 @@ class LocalStack:
         targets[JOB_LANE] = ",".join(own[name] for name in job_lane) or targets["inference"]
         if queues:
             targets["jobs"] = ",".join(own[name] for name in queues)
-        extra = service_fields(targets, nats_url, s.stream_replicas, postgres.uri, api_key)
+        extra = service_fields(targets, nats_url, s.stream_replicas, postgres.uri, api_key, s.results_url)
         for service in START_ORDER:
             for name in processes[service]:
                 grpc_port, metrics_port = ports[name]
@@ -393,7 +393,12 @@ def process_names(service: str, count: int) -> list[str]:
 
 
 def service_fields(
-    targets: dict[str, str], nats_url: str, stream_replicas: int, database_url: str, api_key: str
+    targets: dict[str, str],
+    nats_url: str,
+    stream_replicas: int,
+    database_url: str,
+    api_key: str,
+    results_url: str = "",
 ) -> dict[str, dict[str, str]]:
     """The settings ``ferry up`` gives each service besides its ports, as ``FERRY_<SERVICE>_<KEY>``
     keys (tests/devstack checks every key against the service's settings class).
@@ -405,6 +410,8 @@ def service_fields(
         stream_replicas: copies of each stream.
         database_url: Postgres.
         api_key: the development key store makes sure exists.
+        results_url: the result store, one for the jobs service that writes result files and
+            the gateways that read them.
     """
     nats = {"NATS_URL": nats_url, "NATS_STREAM_REPLICAS": str(stream_replicas)}
     return {
@@ -412,6 +419,7 @@ def service_fields(
             "INFERENCE_TARGET": targets["inference"],
             "STORE_TARGET": targets["store"],
             "JOBS_TARGET": targets["jobs"],  # the job queue's processes (every runner without them)
+            "RESULTS_URL": results_url,
             **nats,
         },
         "inference": dict(nats),  # where the models loaded at runtime are kept
@@ -421,6 +429,7 @@ def service_fields(
         "jobs": {
             "INFERENCE_TARGET": targets.get(JOB_LANE, targets["inference"]),
             "STORE_TARGET": targets["store"],
+            "RESULTS_URL": results_url,
             **nats,
         },
     }

@@ -1,9 +1,9 @@
 """Where jobs' result files are kept: NATS JetStream Object Store (default) or an S3-compatible store.
 
 Both answer the same three questions (is the file there, store it, read it); which one is used
-is a ``results_url`` setting (``FERRY_GATEWAY_RESULTS_URL`` for the gateway's result files and
-uploads, ``FERRY_JOBS_RESULTS_URL`` for the runner's executed notebooks: the same store). Shared
-here because both gateway and jobs write to it. The Object Store needs no infrastructure
+is a ``results_url`` setting (``FERRY_JOBS_RESULTS_URL`` for the jobs service, which writes result
+files and executed notebooks; ``FERRY_GATEWAY_RESULTS_URL`` for the gateways, which read them: the
+same store). Shared here because both services use it. The Object Store needs no infrastructure
 beyond the NATS that jobs already use; S3 suits files that should outlive NATS's storage or be
 read by other tools. boto3 is synchronous, so its calls run in a worker thread.
 
@@ -239,7 +239,7 @@ def result_store(url: str, js: JetStreamContext) -> ResultStore:
     """The store ``url`` names: empty for the Object Store, ``s3://bucket[/prefix]`` for S3.
 
     Raises:
-        ValueError: another scheme, or ``s3://`` without a bucket (the gateway does not start).
+        ValueError: another scheme, or ``s3://`` without a bucket (the service does not start).
         ImportError: ``s3://`` without boto3 installed (the ``s3`` extra).
     """
     if not url:
@@ -247,8 +247,8 @@ def result_store(url: str, js: JetStreamContext) -> ResultStore:
     parsed = urlparse(url)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(
-            f"FERRY_GATEWAY_RESULTS_URL {url!r} is neither empty (NATS Object Store) nor s3://<bucket>[/<prefix>]"
+            f"results_url {url!r} is neither empty (NATS Object Store) nor s3://<bucket>[/<prefix>]"
         )
-    import boto3  # the s3 extra; only a gateway configured for S3 needs it
+    import boto3  # the s3 extra; only a service configured for S3 needs it
 
     return S3Results(parsed.netloc, parsed.path, boto3.client("s3"))

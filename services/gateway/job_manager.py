@@ -59,6 +59,8 @@ class JobQueueClient:
         backend: deadline, retries and error mapping of the calls.
         max_message_bytes: the largest call sent: a job's items go in as many SubmitJob calls as
             they need (URL images fetched here can make a job larger than the request that named it).
+        results_backend: the same channel with the longer deadline of WriteResultFile (a large
+            job's file takes a while to build); ``backend`` when not given.
     """
 
     def __init__(
@@ -66,9 +68,11 @@ class JobQueueClient:
         stub: job_queue_service_pb2_grpc.JobQueueServiceStub,
         backend: Backend,
         max_message_bytes: int,
+        results_backend: Backend | None = None,
     ) -> None:
         self._stub = stub
         self._backend = backend
+        self._results_backend = results_backend or backend
         self._budget = max(1, max_message_bytes - _SUBMIT_HEADROOM_BYTES)
 
     async def submit(self, tenant: str, job: job_pb2.Job, inputs: Sequence[JobInput]) -> job_pb2.Job:
@@ -122,6 +126,18 @@ class JobQueueClient:
         )
         return job_service_pb2.RetryJobResponse(job=answer.job, items_retried=answer.items_retried)
 
+    async def write_result_file(self, tenant: str, name: str) -> str:
+        """Has the jobs service make the result file of the finished job ``name`` of ``tenant``
+        (found, or built there); returns its name in the result store.
+
+        A call that outlasts its deadline leaves the build running there: asking again waits for
+        that build, it starts none.
+        """
+        answer: queue_pb2.WriteResultFileResponse = await self._results_backend.call(
+            self._stub.WriteResultFile, queue_pb2.WriteResultFileRequest(tenant=tenant, name=name)
+        )
+        return answer.object_name
+
 
 def _parts(inputs: Sequence[JobInput], budget: int) -> list[tuple[int, list[queue_pb2.ItemInput]]]:
     """Splits ``inputs`` into runs of consecutive items of at most ``budget`` bytes each (an item
@@ -169,8 +185,9 @@ class JobManager:
         self._queue = queue
         self._records = Records(store, backend)
         self._result_files = result_store(settings.results_url, js)
-        self.results = JobResults(self._records, self._result_files)
-        """The jobs' result files (GetJobResults, and WatchJob when it sees a job end)."""
+        self.results = JobResults(queue.write_result_file, self._result_files)
+        """The jobs' result files, made by the job queue (GetJobResults, and WatchJob when it sees
+        a job end)."""
         self.uploads = Uploads(js, settings)
         """Manifests and zips that jobs name by reference (CreateUpload, CreateJob.manifest)."""
 

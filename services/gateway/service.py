@@ -165,6 +165,7 @@ class GatewayService:
             job_queue_service_pb2_grpc.JobQueueServiceStub(jobs_channel),
             Backend("jobs", jobs_channel, s.jobs_timeout_s, own_unavailable=True),
             s.max_message_bytes,
+            Backend("jobs", jobs_channel, s.results_timeout_s, own_unavailable=True),
         )
         auth = Authenticator(store, store_backend, s.auth_cache_ttl_s, s.auth_stale_ttl_s)
         self._slot.fill(

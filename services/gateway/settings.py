@@ -164,10 +164,16 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     """A WatchJob stream answers its job again after this long without a change, so no proxy
     cuts it as idle (Envoy's stream_idle_timeout is 5 minutes) while an item is retried."""
     results_url: str = ""
-    """Where jobs' result files are kept: empty for NATS JetStream Object Store (bucket
-    ferry_job_results), or ``s3://<bucket>[/<prefix>]`` for an S3-compatible store (the ``s3``
-    extra; credentials and region from the usual AWS_* variables, ``AWS_ENDPOINT_URL`` for a
-    store other than AWS)."""
+    """Where jobs' result files (and executed notebooks) are read from: empty for NATS JetStream
+    Object Store (bucket ferry_job_results), or ``s3://<bucket>[/<prefix>]`` for an S3-compatible
+    store (the ``s3`` extra; credentials and region from the usual AWS_* variables,
+    ``AWS_ENDPOINT_URL`` for a store other than AWS). The jobs service writes them: give it the
+    same store (FERRY_JOBS_RESULTS_URL; the chart's ``results.url`` sets both)."""
+    results_timeout_s: float = Field(default=240.0, gt=0)
+    """Deadline of asking the job queue for a finished job's result file (WriteResultFile), which
+    builds it on first use; under Envoy's 5-minute stream idle timeout, since a download sends
+    nothing before its file exists. A build that outlasts it goes on in the jobs service, and the
+    next GetJobResults waits for that build."""
     startup_timeout_s: float = Field(default=180.0, gt=0)
     """How long start() waits for inference and store to report SERVING before giving up."""
 

@@ -39,6 +39,7 @@ from services.jobs.lanes import Room
 from services.jobs.notebooks import NotebookRunner
 from services.jobs.predictor import Predictor
 from services.jobs.queue_metrics import watch_queues
+from services.jobs.result_files import ResultFiles, StoreRecords
 from services.jobs.runner import Runner
 from services.jobs.servicer import JobQueueServicer
 from services.jobs.settings import JobsSettings
@@ -123,23 +124,24 @@ class JobsService:
         bucket = await open_cancelled_bucket(js, s.nats_stream_replicas)
         await watch_dependency(stack, readiness, "nats", nats_probe(nc), _PROBE_EVERY_S)
         if s.serves_queue:
-            self._queue.attach(_job_queue(s, stack, js, bucket))
+            self._queue.attach(*_job_queue(s, stack, js, bucket))
         if s.runs_work:
             await _start_work(s, stack, readiness, js, CancelledJobs(bucket, s.cancel_cache_s))
 
 
-def _job_queue(s: JobsSettings, stack: AsyncExitStack, js: JetStreamContext, bucket: KeyValue) -> JobQueue:
-    """The job queue's API's backend: store, where jobs are recorded, and the work stream."""
+def _job_queue(
+    s: JobsSettings, stack: AsyncExitStack, js: JetStreamContext, bucket: KeyValue
+) -> tuple[JobQueue, ResultFiles]:
+    """The job queue's API's backends: store, where jobs are recorded, the work stream, and the
+    result files built from store's records into the result store."""
     store_channel = open_channel(s.store_target, s.max_message_bytes)
     stack.push_async_callback(store_channel.close)
-    return JobQueue(
-        s,
-        store_service_pb2_grpc.StoreServiceStub(store_channel),
-        Backend("store", store_channel, s.store_timeout_s),
-        js,
-        Publisher(js, s.submit_publish_timeout_s),
-        bucket,
-    )
+    store = store_service_pb2_grpc.StoreServiceStub(store_channel)
+    backend = Backend("store", store_channel, s.store_timeout_s)
+    queue = JobQueue(s, store, backend, js, Publisher(js, s.submit_publish_timeout_s), bucket)
+    files = ResultFiles(StoreRecords(store, backend), result_store(s.results_url, js))
+    stack.push_async_callback(files.close)  # before the channel closes: builds stop first
+    return queue, files
 
 
 async def _start_work(

@@ -17,27 +17,37 @@ from ferry.jobs.v1 import job_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
 from services.common.ids import parse_name
+from services.jobs.result_files import ResultFiles
 from services.jobs.submission import JobInput, JobQueue
 
 Context = grpc.aio.ServicerContext[object, object]
 
 
 class JobQueueServicer(job_queue_service_pb2_grpc.JobQueueServiceServicer):
-    """Submits, cancels and retries jobs for the gateway (see ``submission.JobQueue``)."""
+    """Submits, cancels and retries jobs for the gateway (see ``submission.JobQueue``), and builds
+    their result files (``result_files.ResultFiles``)."""
 
-    def __init__(self, queue: JobQueue | None = None) -> None:
+    def __init__(self, queue: JobQueue | None = None, result_files: ResultFiles | None = None) -> None:
         self._queue = queue
+        self._result_files = result_files
 
-    def attach(self, queue: JobQueue) -> None:
-        """Gives the servicer its queue once the service's connections are up (the readiness
-        gate lets no call through before)."""
+    def attach(self, queue: JobQueue, result_files: ResultFiles) -> None:
+        """Gives the servicer its queue and result files once the service's connections are up
+        (the readiness gate lets no call through before)."""
         self._queue = queue
+        self._result_files = result_files
 
     @property
     def queue(self) -> JobQueue:
         if self._queue is None:
             raise RuntimeError("JobQueueService called before start() finished: the readiness gate is off")
         return self._queue
+
+    @property
+    def result_files(self) -> ResultFiles:
+        if self._result_files is None:
+            raise RuntimeError("JobQueueService called before start() finished: the readiness gate is off")
+        return self._result_files
 
     async def SubmitJob(self, request: pb.SubmitJobRequest, context: Context) -> pb.SubmitJobResponse:
         tenant = _tenant(request.tenant)
@@ -92,6 +102,14 @@ class JobQueueServicer(job_queue_service_pb2_grpc.JobQueueServiceServicer):
         tenant = _tenant(request.tenant)
         job_id = _job_id(request.name)
         return await self.queue.retry(tenant, job_id)
+
+    async def WriteResultFile(
+        self, request: pb.WriteResultFileRequest, context: Context
+    ) -> pb.WriteResultFileResponse:
+        tenant = _tenant(request.tenant)
+        _job_id(request.name)
+        written = await self.result_files.write(tenant, request.name)
+        return pb.WriteResultFileResponse(object_name=written.name, job=written.job, built=written.built)
 
 
 def _tenant(tenant: str) -> str:

@@ -139,8 +139,10 @@ class JobsSettings(ServiceSettings, NatsSettings, NotebookSettings, ImageFetchSe
     notebook_cell_timeout_s: float = Field(default=600.0, gt=0)
     """Longest one notebook cell may run; a cell that runs longer fails its job (NOTEBOOK_CELL_FAILED)."""
     results_url: str = ""
-    """Where executed notebooks are kept: empty for the NATS Object Store bucket of result files,
-    ``s3://bucket[/prefix]`` for S3; set it as the gateway's FERRY_GATEWAY_RESULTS_URL."""
+    """Where jobs' result files (built here: ``result_files.py``) and executed notebooks are kept:
+    empty for the NATS Object Store bucket ferry_job_results, ``s3://bucket[/prefix]`` for S3; the
+    gateways read them, so set it as their FERRY_GATEWAY_RESULTS_URL (the chart's ``results.url``
+    sets both)."""
 
     expander_consumer: str = "jobs-expander"
     """Durable consumer of manifest expansion requests, shared by every jobs process."""

@@ -207,6 +207,14 @@ def test_the_services_accept_the_rendered_environment(manifests: list[dict[str, 
     assert gateway["FERRY_GATEWAY_STORE_TARGET"] == "dns:///ferry-store:50053"
 
 
+def test_one_results_url_reaches_the_jobs_that_write_result_files_and_the_gateways_that_read_them() -> None:
+    assert "FERRY_JOBS_RESULTS_URL" not in env_of(render(profile_values("default")), "jobs")  # NATS's
+    docs = render(profile_values("default", results={"url": "s3://ferry-results/prod"}))
+    assert env_of(docs, "jobs")["FERRY_JOBS_RESULTS_URL"] == "s3://ferry-results/prod"
+    for gateway in ("gateway", "gateway-uploads"):
+        assert env_of(docs, gateway)["FERRY_GATEWAY_RESULTS_URL"] == "s3://ferry-results/prod"
+
+
 class _environ:
     def __init__(self, env: dict[str, str]) -> None:
         self.env, self.saved = env, dict(os.environ)

@@ -23,7 +23,7 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from ferry_client import FerryClient
 from services.common.result_stores import BUCKET, result_store
-from services.gateway.job_results import object_name, result_line, result_of
+from services.jobs.result_files import object_name, result_line, result_of
 from tests.e2e.conftest import API_KEY
 
 LINES = 3_000

@@ -1,6 +1,6 @@
-"""Result files (services/gateway/job_results.py) in both stores: JetStream Object Store on a
-real nats-server, and S3 on moto's standalone S3 API server (an HTTP server speaking S3, in
-process, installed offline with the dev extra).
+"""Result files (built by services/jobs/result_files.py, read by services/gateway/job_results.py)
+in both stores: JetStream Object Store on a real nats-server, and S3 on moto's standalone S3 API
+server (an HTTP server speaking S3, in process, installed offline with the dev extra).
 
 Store is stood in for by the records it would return (its listing is covered by tests/store and
 the whole path by tests/e2e/test_job_features.py); what is tested here is the file itself. The
@@ -20,12 +20,35 @@ import grpc
 import pytest
 from nats.js import JetStreamContext
 
-from ferry.jobs.v1 import job_pb2
+from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import FailedPrecondition, status_to_proto
 from services.common.result_stores import ResultStore, result_store
-from services.gateway.job_results import JobResults, result_line
+from services.gateway.job_results import JobResults
+from services.jobs.result_files import ResultFiles, result_line
+
+
+class Files:
+    """The jobs service's builder and a gateway's reader of one store, joined in process as
+    WriteResultFile joins them (``write`` builds the file of a job; ``read`` reads it, built first)."""
+
+    def __init__(self, records: Any, store: ResultStore, **options: Any) -> None:
+        self.builder = ResultFiles(records, store, **options)
+        self.reader = JobResults(self._write_file, store)
+
+    async def _write_file(self, tenant: str, name: str) -> str:
+        return (await self.builder.write(tenant, name)).name
+
+    async def write(self, tenant: str, job: job_pb2.Job) -> str:
+        return await self._write_file(tenant, job.name)
+
+    def read(self, tenant: str, name: str) -> AsyncIterator[job_service_pb2.GetJobResultsResponse]:
+        return self.reader.read(tenant, name)
+
+    @property
+    def largest_piece(self) -> int:
+        return self.builder.largest_piece
 
 
 class RecordsOf:
@@ -79,7 +102,7 @@ def a_job(
     return job, [records[0], failed, records[1]]
 
 
-async def lines(results: JobResults, name: str) -> list[Any]:
+async def lines(results: Files, name: str) -> list[Any]:
     return [result_line(r) async for r in results.read("acme", name)]
 
 
@@ -88,7 +111,7 @@ async def test_the_file_has_a_line_per_record_and_is_written_once_per_round(
 ) -> None:
     job, predictions = a_job()
     store = RecordsOf(job, predictions)
-    results = JobResults(store, result_files)  # type: ignore[arg-type]  # a stand-in for Records
+    results = Files(store, result_files)  # type: ignore[arg-type]  # a stand-in for Records
 
     first = await lines(results, job.name)
     assert [line.count(b"\n") for line in first] == [1, 1, 1]
@@ -118,7 +141,7 @@ async def test_a_line_names_its_upload_file_or_line_and_an_unnamed_record_its_pl
     job, predictions = a_job()
     predictions[0].input_name = "holiday/2024/IMG_0001.jpg"  # a zip's file
     predictions[2].input_name = "\\x1b[31mred.jpg"  # as the expander escaped it
-    results = JobResults(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
     inputs = [json.loads(line)["input"] for line in await lines(results, job.name)]
     # Item 1 has no name: listed in CreateJob, or recorded before names were kept.
     assert inputs == ["holiday/2024/IMG_0001.jpg", "inputs[1]", "\\x1b[31mred.jpg"]
@@ -127,7 +150,7 @@ async def test_a_line_names_its_upload_file_or_line_and_an_unnamed_record_its_pl
 async def test_s3_files_are_objects_under_the_urls_prefix(js: JetStreamContext, s3_endpoint: str) -> None:
     boto3.client("s3").create_bucket(Bucket="ferry-prefixed")
     job, predictions = a_job()
-    results = JobResults(RecordsOf(job, predictions), result_store("s3://ferry-prefixed/team-a/results", js))  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, predictions), result_store("s3://ferry-prefixed/team-a/results", js))  # type: ignore[arg-type]
     await lines(results, job.name)
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="ferry-prefixed")["Contents"]]
     assert keys == [f"team-a/results/{job.name.removeprefix('jobs/')}/round-0.jsonl"]
@@ -140,7 +163,7 @@ def test_a_results_url_of_another_kind_is_refused(js: JetStreamContext) -> None:
 
 async def test_a_running_job_has_no_result_file_yet(js: JetStreamContext) -> None:
     job, predictions = a_job(state=job_pb2.JOB_STATE_RUNNING)
-    results = JobResults(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
     with pytest.raises(FailedPrecondition) as refused:
         await lines(results, job.name)
     # What to do, with the job's own name (it said "GET /v1/{name}:watch", the placeholder itself).
@@ -161,7 +184,7 @@ async def test_lines_carry_embeddings_json_outputs_and_tensors(js: JetStreamCont
     tensors = prediction_pb2.Prediction(
         name=f"predictions/{uuid.uuid4()}", job=job.name, item_index=2, state=ok, tensors=[tensor]
     )
-    results = JobResults(RecordsOf(job, [embedded, answered, tensors]), result_store("", js))  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, [embedded, answered, tensors]), result_store("", js))  # type: ignore[arg-type]
 
     parsed = [r async for r in results.read("acme", job.name)]
     assert list(parsed[0].embedding) == pytest.approx([0.6, 0.8])
@@ -175,7 +198,7 @@ async def test_lines_carry_embeddings_json_outputs_and_tensors(js: JetStreamCont
 async def test_downloads_of_a_new_file_at_once_build_it_once(result_files: ResultStore) -> None:
     job, predictions = a_job()
     store = RecordsOf(job, predictions)
-    results = JobResults(store, result_files)  # type: ignore[arg-type]  # a stand-in for Records
+    results = Files(store, result_files)  # type: ignore[arg-type]  # a stand-in for Records
     read = await asyncio.gather(*(lines(results, job.name) for _ in range(4)))
     assert all(found == read[0] for found in read) and len(read[0]) == 3
     assert store.listings == 2  # one build: 3 records in pages of two (each download built it: 8)
@@ -217,7 +240,7 @@ async def test_a_download_reads_the_file_as_it_sends_it(js: JetStreamContext) ->
         for i in range(200)
     ]
     counted = CountedChunks(result_store("", js))
-    results = JobResults(RecordsOf(job, predictions), counted)  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, predictions), counted)  # type: ignore[arg-type]
     await results.write("acme", job)
     reading = results.read("acme", job.name)
     first = await anext(reading)
@@ -237,7 +260,7 @@ async def test_lines_longer_than_a_chunk_and_across_chunks_are_read_whole(result
         )
         for i, size in enumerate(sizes)
     ]
-    results = JobResults(RecordsOf(job, predictions), result_files)  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, predictions), result_files)  # type: ignore[arg-type]
     served = await lines(results, job.name)
     assert b"".join(served) == await result_files.get(f"{job.name.removeprefix('jobs/')}/round-0.jsonl")
     assert [len(json.loads(line)["embedding"]) for line in served] == sizes

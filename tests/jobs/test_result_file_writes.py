@@ -1,4 +1,4 @@
-"""How a result file is written (services/gateway/job_results.py): in pieces of a bounded size as
+"""How a result file is written (services/jobs/result_files.py): in pieces of a bounded size as
 store's records are read, seen by readers only once whole, in both stores (the Object Store on a
 real nats-server, S3 on moto's server: conftest.py).
 
@@ -25,8 +25,8 @@ from ferry.types.v1 import types_pb2
 from services.common import limits
 from services.common.errors import Unavailable
 from services.common.result_stores import BUCKET, NatsResults, ResultStore, S3Results, result_store
-from services.gateway.job_results import JobResults, object_name, result_line, result_of
-from tests.jobs.test_result_file import CountedChunks, RecordsOf
+from services.jobs.result_files import object_name, result_line, result_of
+from tests.jobs.test_result_file import CountedChunks, Files, RecordsOf
 
 WAIT_S = 30.0
 PAGE = 250
@@ -87,7 +87,7 @@ class Paused(RecordsOf):
         self, job: job_pb2.Job, predictions: list[prediction_pb2.Prediction], pages: int, fail: bool = False
     ) -> None:
         super().__init__(job, predictions, page=PAGE)
-        self._pages, self._fail = pages, fail
+        self._pages, self.fail = pages, fail
         self.paused = asyncio.Event()
         self.go = asyncio.Event()
 
@@ -96,7 +96,7 @@ class Paused(RecordsOf):
     ) -> prediction_service_pb2.ListPredictionsResponse:
         if self.listings == self._pages:
             self.paused.set()
-            if self._fail:
+            if self.fail:
                 raise Unavailable("store is unavailable", reason="STORE_UNAVAILABLE")
             await self.go.wait()
         return await super().list_predictions(tenant, request)
@@ -124,7 +124,7 @@ async def test_a_file_of_thousands_of_lines_is_written_in_pieces_and_read_back_w
 ) -> None:
     job, lines, expected = large.job(), large.lines, large.file
     counted = Counted(result_files)
-    results = JobResults(RecordsOf(job, large.predictions, page=PAGE), counted)  # type: ignore[arg-type]
+    results = Files(RecordsOf(job, large.predictions, page=PAGE), counted)  # type: ignore[arg-type]
 
     name = await results.write("acme", job)
 
@@ -147,7 +147,7 @@ async def test_small_pieces_hold_the_builder_to_their_size(js: JetStreamContext,
     job, lines = large.job(), large.lines
     counted = Counted(result_store("", js))
     records = RecordsOf(job, large.predictions, page=PAGE)
-    results = JobResults(records, counted, piece_bytes=256 * 1024)  # type: ignore[arg-type]
+    results = Files(records, counted, piece_bytes=256 * 1024)  # type: ignore[arg-type]
     name = await results.write("acme", job)
     assert counted.pieces >= len(large.file) // (256 * 1024 + len(lines[0]))  # about 60
     assert results.largest_piece <= 256 * 1024 + len(lines[0])
@@ -158,7 +158,7 @@ async def test_a_reader_during_the_write_finds_no_file(result_files: ResultStore
     job = large.job()
     records = Paused(job, large.predictions, pages=9)  # 2,250 lines, about 12 MB: two pieces stored
     counted = Counted(result_files)
-    results = JobResults(records, counted)  # type: ignore[arg-type]
+    results = Files(records, counted)  # type: ignore[arg-type]
     writing = asyncio.create_task(results.write("acme", job))
     try:
         await asyncio.wait_for(records.paused.wait(), WAIT_S)
@@ -175,21 +175,21 @@ async def test_a_reader_during_the_write_finds_no_file(result_files: ResultStore
     assert await result_files.get(name) == large.file
 
 
-@pytest.mark.parametrize("how", ["store fails", "cancelled"])
+@pytest.mark.parametrize("how", ["store fails", "the jobs service stops"])
 async def test_a_write_stopped_midway_leaves_no_file_nor_its_pieces(
     result_files: ResultStore, js: JetStreamContext, large: Large, how: str
 ) -> None:
     job = large.job()
     records = Paused(job, large.predictions, pages=9, fail=how == "store fails")
     counted = Counted(result_files)
-    results = JobResults(records, counted)  # type: ignore[arg-type]
+    results = Files(records, counted)  # type: ignore[arg-type]
     subjects = await chunk_subjects(js)
 
     writing = asyncio.create_task(results.write("acme", job))
     await asyncio.wait_for(records.paused.wait(), WAIT_S)
-    if how == "cancelled":  # the download that was building it went away
-        writing.cancel()
-    with pytest.raises(asyncio.CancelledError if how == "cancelled" else Unavailable):
+    if how == "the jobs service stops":
+        await results.builder.close()
+    with pytest.raises(Unavailable if how == "store fails" else asyncio.CancelledError):
         await writing
 
     assert counted.pieces == 2  # they had been stored ...
@@ -201,19 +201,43 @@ async def test_a_write_stopped_midway_leaves_no_file_nor_its_pieces(
         assert await chunk_subjects(js) == subjects  # its chunks are deleted
     else:
         assert open_uploads(result_files) == []  # its upload is aborted (S3 keeps open ones' parts)
-    again = JobResults(RecordsOf(job, large.predictions, page=PAGE), result_files)  # type: ignore[arg-type]
+    again = Files(RecordsOf(job, large.predictions, page=PAGE), result_files)  # type: ignore[arg-type]
     assert await result_files.get(await again.write("acme", job)) == large.file
 
 
-async def test_two_gateways_writing_a_file_at_once_leave_one_whole_file(
+async def test_a_caller_that_gives_up_leaves_the_build_running_and_its_retry_waits_for_it(
+    result_files: ResultStore, large: Large
+) -> None:
+    job = large.job()
+    records = Paused(job, large.predictions, pages=9)
+    counted = Counted(result_files)
+    results = Files(records, counted)  # type: ignore[arg-type]
+
+    first = asyncio.create_task(results.write("acme", job))
+    await asyncio.wait_for(records.paused.wait(), WAIT_S)
+    first.cancel()  # the gateway's deadline passed: its call is cancelled, not the build
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    retry = asyncio.create_task(results.write("acme", job))
+    await asyncio.sleep(0.1)
+    assert not retry.done()  # it waits for the build under way ...
+    records.go.set()
+    name = await asyncio.wait_for(retry, WAIT_S)
+
+    assert results.builder.builds == 1  # ... and starts none of its own
+    assert records.listings == -(-len(large.predictions) // PAGE)  # each page read once
+    assert await result_files.get(name) == large.file
+
+
+async def test_two_jobs_processes_writing_a_file_at_once_leave_one_whole_file(
     result_files: ResultStore, js: JetStreamContext, large: Large
 ) -> None:
     job = large.job()
     both = [Paused(job, large.predictions, pages=9) for _ in range(2)]
-    gateways = [JobResults(records, result_files) for records in both]  # type: ignore[arg-type]
+    processes = [Files(records, result_files) for records in both]  # type: ignore[arg-type]
     subjects = await chunk_subjects(js)
 
-    writing = [asyncio.create_task(g.write("acme", job)) for g in gateways]
+    writing = [asyncio.create_task(p.write("acme", job)) for p in processes]
     for records in both:  # each has stored two pieces of its own before either finishes
         await asyncio.wait_for(records.paused.wait(), WAIT_S)
     for records in both:

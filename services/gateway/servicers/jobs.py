@@ -61,7 +61,7 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         async for update in watch_job(
             c.records, tenant, request.name, s.watch_poll_s, s.watch_max_s, s.watch_keepalive_s
         ):
-            if update.job.state in FINISHED:
+            if update.job.state in FINISHED:  # the file is made before the watcher hears of the end
                 await c.jobs.results.write_quietly(tenant, update.job)
             yield update
 

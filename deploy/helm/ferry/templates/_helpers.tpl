@@ -181,6 +181,11 @@ affinity:
   value: {{ $root.Values.shutdownDelaySeconds | quote }}
 - name: FERRY_GATEWAY_MAX_INFLIGHT
   value: {{ $v.maxInflight | quote }}
+{{- with $root.Values.results.url }}
+{{- /* The gateway reads result files and executed notebooks; jobs writes them: one store. */}}
+- name: FERRY_GATEWAY_RESULTS_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- if eq .component "gateway-uploads" }}
 {{- /* The upload lane serves uploads only: counted among the gateways that split each key's
   rate limit, it would halve every serving gateway's share (services/gateway/peers.py). */}}
@@ -218,6 +223,10 @@ affinity:
   value: {{ include "ferry.jobsInferenceTarget" $root | quote }}
 - name: FERRY_JOBS_STORE_TARGET
   value: {{ include "ferry.target" (dict "root" $root "component" "store") | quote }}
+{{- with $root.Values.results.url }}
+- name: FERRY_JOBS_RESULTS_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- include "ferry.cpusEnv" (dict "name" "FERRY_JOBS_CPUS" "cores" (dig "cpus" "" $v)) }}
 {{- else if eq .component "store" -}}
 - name: FERRY_STORE_NATS_URL

@@ -96,3 +96,21 @@ class RetryJobResponse(_message.Message):
     job: _job_pb2.Job
     items_retried: int
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., items_retried: _Optional[int] = ...) -> None: ...
+
+class WriteResultFileRequest(_message.Message):
+    __slots__ = ("tenant", "name")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    name: str
+    def __init__(self, tenant: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class WriteResultFileResponse(_message.Message):
+    __slots__ = ("object_name", "job", "built")
+    OBJECT_NAME_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    BUILT_FIELD_NUMBER: _ClassVar[int]
+    object_name: str
+    job: _job_pb2.Job
+    built: bool
+    def __init__(self, object_name: _Optional[str] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., built: _Optional[bool] = ...) -> None: ...

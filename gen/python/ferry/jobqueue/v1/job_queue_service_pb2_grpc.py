@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class JobQueueServiceStub:
-    """JobQueueService is the one owner of the job queue, served by the jobs service: it records jobs in store and publishes their items to the work stream (subjects, msg ids, generations), cancels them and re-queues failed items. It is internal and reached only by gateway, which validates requests, resolves the caller's tenant and checks the model first.
+    """JobQueueService is the one owner of the job queue, served by the jobs service: it records jobs in store and publishes their items to the work stream (subjects, msg ids, generations), cancels them, re-queues failed items and builds finished jobs' result files. It is internal and reached only by gateway, which validates requests, resolves the caller's tenant and checks the model first.
     """
 
     def __init__(self, channel):
@@ -60,10 +60,15 @@ class JobQueueServiceStub:
                 request_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.WriteResultFile = channel.unary_unary(
+                '/ferry.jobqueue.v1.JobQueueService/WriteResultFile',
+                request_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.WriteResultFileRequest.SerializeToString,
+                response_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.WriteResultFileResponse.FromString,
+                _registered_method=True)
 
 
 class JobQueueServiceServicer:
-    """JobQueueService is the one owner of the job queue, served by the jobs service: it records jobs in store and publishes their items to the work stream (subjects, msg ids, generations), cancels them and re-queues failed items. It is internal and reached only by gateway, which validates requests, resolves the caller's tenant and checks the model first.
+    """JobQueueService is the one owner of the job queue, served by the jobs service: it records jobs in store and publishes their items to the work stream (subjects, msg ids, generations), cancels them, re-queues failed items and builds finished jobs' result files. It is internal and reached only by gateway, which validates requests, resolves the caller's tenant and checks the model first.
     """
 
     def SubmitJob(self, request, context):
@@ -101,6 +106,13 @@ class JobQueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteResultFile(self, request, context):
+        """WriteResultFile builds the JSONL result file of a finished job's current retry round from store's records and keeps it in the result store, or finds it there; one build per file runs in a jobs process, and a call that arrives (or is retried) during it waits for that build.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobQueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     request_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.RetryJobRequest.FromString,
                     response_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.RetryJobResponse.SerializeToString,
             ),
+            'WriteResultFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteResultFile,
+                    request_deserializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.WriteResultFileRequest.FromString,
+                    response_serializer=ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.WriteResultFileResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'ferry.jobqueue.v1.JobQueueService', rpc_method_handlers)
@@ -138,7 +155,7 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobQueueService:
-    """JobQueueService is the one owner of the job queue, served by the jobs service: it records jobs in store and publishes their items to the work stream (subjects, msg ids, generations), cancels them and re-queues failed items. It is internal and reached only by gateway, which validates requests, resolves the caller's tenant and checks the model first.
+    """JobQueueService is the one owner of the job queue, served by the jobs service: it records jobs in store and publishes their items to the work stream (subjects, msg ids, generations), cancels them, re-queues failed items and builds finished jobs' result files. It is internal and reached only by gateway, which validates requests, resolves the caller's tenant and checks the model first.
     """
 
     @staticmethod
@@ -266,6 +283,33 @@ class JobQueueService:
             '/ferry.jobqueue.v1.JobQueueService/RetryJob',
             ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.RetryJobRequest.SerializeToString,
             ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteResultFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.jobqueue.v1.JobQueueService/WriteResultFile',
+            ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.WriteResultFileRequest.SerializeToString,
+            ferry_dot_jobqueue_dot_v1_dot_job__queue__service__pb2.WriteResultFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,15 +100,18 @@ class StackSettings(BaseSettings):
     them beside Envoy, ahead of the jobs runner's and NATS's bursts during a bulk job
     (docs/benchmarks.md, session 10). Below 0 needs CAP_SYS_NICE (root); without it the gateways
     run at 0, with a warning. 0: an equal share."""
-    inference_job_lane: int = Field(default=0, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
+    inference_job_lane: int = Field(default=1, ge=0, le=16, validation_alias="FERRY_INFERENCE_JOB_LANE")
     """Inference processes (``inference-jobs``) that only the jobs runner calls, each in its own
-    scheduling group at nice ``inference_job_lane_niceness`` (``devstack.infra.lower_priority``), while
+    scheduling group at nice ``inference_job_lane_niceness`` (``devstack.infra.lower_priority``)
+    and, once serving, in the ``cpu.idle`` cgroup (``inference_job_lane_cpu_idle``), while
     callers' Predicts stay on the normal inference processes at normal priority: a bulk job's
     model compute then runs only on CPU the other tenants' calls leave (Envoy, the gateways and
     the normal inference come first across groups, which ``SCHED_IDLE`` inside one process does
     not give). Each costs a model process's memory (1.1-1.4 GB RSS on CPU with the default
-    models). 0 (the default: on a quiet machine it did not lower the other tenant's p99 in two
-    pairs, docs/benchmarks.md session 7): the jobs runner calls the normal inference processes."""
+    models). 1 (the default since session 13: in session 12's quiet runs the other tenant's p99
+    during a 200-photo job had a median of 1.20x quiet with the lane against 1.52x without it,
+    docs/benchmarks.md); 0: the jobs runner calls the normal inference processes (a machine
+    short of memory; test stacks, ``tests/e2e/stack.py``)."""
     inference_job_lane_niceness: int = Field(
         default=19, ge=1, le=19, validation_alias="FERRY_INFERENCE_JOB_LANE_NICENESS"
     )

@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -395,6 +396,7 @@ async def _consumers(url: str) -> int:
 def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
     """Another tenant's GetModel p50/p99 quiet and during the build of a new result file."""
     from benchmarks.bulk import Watch
+    from benchmarks.bulk import rss_bytes as tree_rss
     from devstack.settings import StackSettings
     from devstack.stack import LocalStack
     from ferry_client import FerryClient
@@ -407,12 +409,18 @@ def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
         job = asyncio.run(_finished_job(endpoints.nats_url, store, lines))
         made = time.perf_counter() - made
         print(f"{job} finished with {lines} records in {made:.1f} s; checkout {Path.cwd()}")
+        watched = {n: p for n, p in endpoints.pids.items() if n.startswith(("gateway", "jobs", "nats"))}
+        probes: dict[str, Callable[[], int]] = {
+            name: (lambda pid=pid: tree_rss(pid)) for name, pid in watched.items()
+        }
+        peaks = Peaks(probes, 0.02)
         with (
             FerryClient(endpoints.grpc_target, endpoints.dev_api_key, timeout_s=600) as ferry,
             Watch(endpoints.pids, endpoints.grpc_target, endpoints.dev_api_key) as watch,
         ):
             time.sleep(quiet_s)
             watch.mark("quiet")
+            peaks.start()
             started = time.perf_counter()
             results = ferry.job_results(job)
             next(results)  # the file is built before its first line is read
@@ -421,10 +429,17 @@ def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
             count = 1 + sum(1 for _ in results)
             took = time.perf_counter() - started
             watch.mark("download")
+            peaks.done.set()
+            peaks.join()
         quiet, during = watch.during("quiet"), watch.during("build")
-        print(f"first line after {built:.1f} s (the build); {count} lines in {took:.1f} s")
+        memory = ", ".join(
+            f"{n} {peaks.before[n] / MIB:.0f} -> {peaks.peak[n] / MIB:.0f} MB" for n in watched
+        )
+        print(
+            f"first line after {built:.1f} s (the build); {count} lines in {took:.1f} s; peak RSS: {memory}"
+        )
         print(watch.report("build", f"{len(quiet)} calls quiet, {len(during)} during the build"))
-        ratio = _percentile(during, 99) / _percentile(quiet, 99) if quiet and during else float("nan")
+        ratio = _p99(during) / _p99(quiet) if quiet and during else float("nan")
         print(
             f"other tenant's GetModel p50/p99: quiet {_spread_ms(quiet)}, during the build "
             f"{_spread_ms(during)}: p99 x{ratio:.2f}"
@@ -434,14 +449,13 @@ def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
 
 
 def _spread_ms(values: list[float]) -> str:
-    return f"{_percentile(values, 50):.1f}/{_percentile(values, 99):.1f} ms"
+    """p50/p99, as ``benchmarks.bulk``'s report computes them."""
+    return f"{statistics.median(values or [0.0]):.1f}/{_p99(values):.1f} ms"
 
 
-def _percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+def _p99(values: list[float]) -> float:
+    ordered = sorted(values) or [0.0]
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 async def _finished_job(nats_url: str, store_target: str, lines: int) -> str:

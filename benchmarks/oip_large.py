@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.bulk import MODEL, Watch
+from benchmarks.bulk import MODEL, Watch, over_quiet
 from devstack.envoy import UPLOAD_LANE
 from devstack.infra import free_port
 from devstack.settings import StackSettings
@@ -180,6 +180,9 @@ def main() -> None:
                         f" each (MB): {', '.join(kept)}; first {answers[0][2]!r}"
                     )
             print(watch.report("oip-large", "; ".join(kinds)))
+            for kind in kinds:
+                phase = f"{args.bodies} {kind} bodies"
+                print(f"  {phase}: {over_quiet(watch.during(phase), watch.during('quiet'))}")
             print("\n".join(outcomes))
         finally:
             stack.stop()

@@ -8,11 +8,13 @@ The gateway builds no file: formatting a large job's records (about 55 MB at 10,
 top_k 100) is CPU, and on the public gateway's loop every other tenant's call waited behind it.
 It asks the job queue's owner for the file (``JobQueueService.WriteResultFile``: found, or built
 there, once per file however many ask) when a WatchJob sees the job end or on a GetJobResults,
-then streams it from the result store a chunk at a time.
+then streams it from the result store a chunk at a time, each chunk's lines parsed in a worker
+thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -29,8 +31,9 @@ log = logging.getLogger(__name__)
 WriteFile = Callable[[str, str], Awaitable[str]]
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The lines of a file read in ``chunks`` (without their newlines), as the chunks come.
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """The lines of a file read in ``chunks`` (without their newlines), as the chunks come: the
+    lines each chunk ends, together.
 
     A line longer than a chunk (a record's tensors) is kept in pieces and joined once.
     """
@@ -40,12 +43,16 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         if lines and head:
             lines[0] = b"".join([*head, lines[0]])
             head = []
-        for line in lines:
-            yield line
+        if lines := [line for line in lines if line]:
+            yield lines
         if tail:
             head.append(tail)
     if head:
-        yield b"".join(head)
+        yield [b"".join(head)]
+
+
+def _parsed(lines: list[bytes]) -> list[job_service_pb2.GetJobResultsResponse]:
+    return [json_format.Parse(line, job_service_pb2.GetJobResultsResponse()) for line in lines]
 
 
 class JobResults:
@@ -79,5 +86,8 @@ class JobResults:
         """
         resource_id(name, "jobs")  # a bad name is the caller's, answered here
         async with contextlib.aclosing(self._store.chunks(await self._write_file(tenant, name))) as chunks:
-            async for line in _lines(chunks):
-                yield json_format.Parse(line, job_service_pb2.GetJobResultsResponse())
+            async for lines in _lines(chunks):
+                # Parsing is CPU (json_format, every field of every line): a chunk's lines in a
+                # worker thread let the loop serve other tenants' calls between them.
+                for result in await asyncio.to_thread(_parsed, lines):
+                    yield result

@@ -89,16 +89,23 @@ _NOT_YET = (
 #: NATS's error code for "no suitable peers for placement": with ", peer offline" it means a
 #: replicated stream asked for while a node of a forming cluster has not joined its routes yet.
 _NO_PLACEMENT = 10005
+#: How long a placement refused without "peer offline" is asked again: a forming cluster's
+#: peers report within seconds, while more replicas than nodes is said after this.
+UNPLACED_BUDGET_S = 20.0
 
 
 def _peers_offline(err: Exception) -> bool:
     """Whether ``err`` is a cluster still forming: the stream's replicas cannot be placed while a
-    peer is offline. (Without "offline" it is for good: more replicas than the cluster has nodes.)"""
-    return (
-        isinstance(err, BadRequestError)
-        and err.err_code == _NO_PLACEMENT
-        and "offline" in (err.description or "")
-    )
+    peer is offline."""
+    return _unplaced(err) and "offline" in (getattr(err, "description", None) or "")
+
+
+def _unplaced(err: Exception) -> bool:
+    """Whether ``err`` says a stream's replicas could not be placed. Without "peer offline" it is
+    for good where the stream asks more replicas than the cluster has nodes, but a cluster that
+    has just formed answered it too while its peers' reports had not reached the meta leader
+    (at load 10-13, a 3-node cluster's first stream a moment after every node served)."""
+    return isinstance(err, BadRequestError) and err.err_code == _NO_PLACEMENT
 
 
 T = TypeVar("T")
@@ -221,7 +228,7 @@ async def ensure_streams(
             try:
                 await js.add_stream(config)
             except BadRequestError as err:
-                if _peers_offline(err):
+                if _unplaced(err):
                     raise  # not "it exists": until_jetstream_answers tries again
                 await js.update_stream(config)
 
@@ -229,35 +236,44 @@ async def ensure_streams(
 
 
 async def until_jetstream_answers(
-    request: Callable[[], Awaitable[T]], what: str, budget_s: float = JETSTREAM_START_BUDGET_S
+    request: Callable[[], Awaitable[T]],
+    what: str,
+    budget_s: float = JETSTREAM_START_BUDGET_S,
+    unplaced_budget_s: float = UNPLACED_BUDGET_S,
 ) -> T:
     """Runs ``request`` (idempotent) again while JetStream cannot serve yet, for up to ``budget_s``.
 
     A cluster's node whose routes are not up yet is "not yet" too: `ferry up` with
     ``FERRY_NATS_NODES=3`` created its replicated streams a moment after the nodes started, was
-    answered "no suitable peers for placement, peer offline", and exited with a traceback.
+    answered "no suitable peers for placement, peer offline", and exited with a traceback. The
+    same answer without "peer offline" is asked again for ``unplaced_budget_s`` only (``_unplaced``).
 
     Raises:
         nats.errors.TimeoutError, NoRespondersError, ServiceUnavailableError, BadRequestError (a
-            peer still offline): JetStream still could not serve after ``budget_s``; any other
-            error at once.
+            peer still offline, or replicas still not placed): JetStream still could not serve
+            after ``budget_s`` (``unplaced_budget_s``); any other error at once.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_s
+    unplaced_deadline = loop.time() + min(budget_s, unplaced_budget_s)
     pause = 0.25
     while True:
         try:
             return await request()
         except Exception as err:
-            if not isinstance(err, _NOT_YET) and not _peers_offline(err):
+            if isinstance(err, _NOT_YET) or _peers_offline(err):
+                until = deadline
+            elif _unplaced(err):
+                until = unplaced_deadline
+            else:
                 raise
-            if loop.time() + pause >= deadline:
+            if loop.time() + pause >= until:
                 raise
             log.warning(
                 "JetStream could not serve %s yet (%s); trying again for up to %.0f s more",
                 what,
-                type(err).__name__,
-                deadline - loop.time(),
+                err,
+                until - loop.time(),
             )
             await asyncio.sleep(pause)
             pause = min(2 * pause, _START_RETRY_MAX_PAUSE_S)
@@ -307,7 +323,7 @@ async def open_key_value(
             try:
                 return await js.create_key_value(bucket=bucket, replicas=replicas, history=history, ttl=ttl_s)
             except BadRequestError as err:
-                if _peers_offline(err):
+                if _unplaced(err):
                     raise  # not "another made it": until_jetstream_answers tries again
                 kv = await js.key_value(bucket)
         if ttl_s is not None:

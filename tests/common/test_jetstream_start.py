@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import nats.errors
 import nats.js.errors
@@ -68,11 +69,26 @@ async def test_a_cluster_peer_not_joined_yet_is_waited_for() -> None:
     request = Flaky(peers_offline())
     assert await until_jetstream_answers(request, "the streams", budget_s=10) == "ok"
     assert request.calls == 2
-    # Without "offline" it is for good (more replicas than nodes): said at once.
-    for_good = "no suitable peers for placement"
-    request = Flaky(nats.js.errors.BadRequestError(code=400, err_code=10005, description=for_good))
+
+
+def unplaced() -> nats.js.errors.BadRequestError:
+    """What a cluster answers a stream of more replicas than it has nodes, and what a cluster that
+    has just formed answered while its peers' reports had not reached its meta leader."""
+    return nats.js.errors.BadRequestError(
+        code=400, err_code=10005, description="no suitable peers for placement"
+    )
+
+
+async def test_a_placement_refused_without_a_peer_offline_is_asked_again_for_a_while() -> None:
+    request = Flaky(unplaced())
+    assert await until_jetstream_answers(request, "the streams", budget_s=10) == "ok"
+    assert request.calls == 2
+    # For good (more replicas than nodes): said after the shorter budget, not the whole one.
+    request = Flaky(*[unplaced()] * 100)
+    started = time.monotonic()
     with pytest.raises(nats.js.errors.BadRequestError):
-        await until_jetstream_answers(request, "the streams", budget_s=10)
+        await until_jetstream_answers(request, "the streams", budget_s=60, unplaced_budget_s=1)
+    assert 1 < request.calls < 10 and time.monotonic() - started < 5
 
 
 class FormingCluster:

@@ -385,7 +385,8 @@ class PullConsumer:
     record either way).
 
     A fetch first asks for what the consumer has now (``no_wait``) and, only when that brought
-    nothing, once more waiting up to the rest of its timeout, as nats-py does. Each pull request
+    nothing, once more waiting up to the rest of its timeout: for one message, or (``fill``) for a
+    whole batch, as nats-py's fetch does. Each pull request
     has a reply subject of its own, so the late end (408) of an expired request cannot cut the
     next one short. A message that arrives after its request gave up is not lost: the next fetch
     hands it out first, and ``close`` hands any still held back to the server (nak).
@@ -538,8 +539,9 @@ class PullConsumer:
                 task.cancel()
             await asyncio.gather(*tasks, *([ticker] if ticker else []), return_exceptions=True)
 
-    async def next_batch(self, batch: int, timeout_s: float) -> list[Msg]:
-        """The next messages, at most ``batch``; [] when none came within ``timeout_s``.
+    async def next_batch(self, batch: int, timeout_s: float, *, fill: bool = False) -> list[Msg]:
+        """The next messages, at most ``batch``; [] when none came within ``timeout_s`` (``fill``:
+        as ``fetch``).
 
         The step of a consumer loop: a failure of NATS itself is logged, paused on, and the
         consumer re-created in case it was deleted under us, so the loop only pulls again. It
@@ -550,7 +552,7 @@ class PullConsumer:
         if me is not None and me.cancelling():
             raise asyncio.CancelledError
         try:
-            return await self.fetch(batch, timeout_s)
+            return await self.fetch(batch, timeout_s, fill=fill)
         except nats.errors.Error as err:
             log.warning("pulling %s failed, retrying in %gs: %r", self._what, FETCH_ERROR_PAUSE_S, err)
             await asyncio.sleep(FETCH_ERROR_PAUSE_S)
@@ -558,8 +560,13 @@ class PullConsumer:
                 await self.subscribe(budget_s=0)  # once: the loop comes back here anyway
             return []
 
-    async def fetch(self, batch: int, timeout_s: float) -> list[Msg]:
+    async def fetch(self, batch: int, timeout_s: float, *, fill: bool = False) -> list[Msg]:
         """Pulls up to ``batch`` messages, waiting at most ``timeout_s`` for the first.
+
+        When the consumer has nothing now, the first message to come ends the wait: a lone job
+        item or event is handed out at once, and what comes after it goes to the next fetch. With
+        ``fill`` the wait lasts until ``batch`` messages came or ``timeout_s`` passed: a window that
+        gathers a trickle into one batch (store's ingest writes each batch in one transaction).
 
         Raises:
             RuntimeError: not subscribed, or another fetch of this consumer is under way.
@@ -577,7 +584,7 @@ class PullConsumer:
         if len(self._arrived) < batch:
             await self._pull(batch - len(self._arrived), deadline, wait=False)
         if not self._arrived:
-            await self._pull(batch, deadline, wait=True)
+            await self._pull(batch if fill else 1, deadline, wait=True)
         taken, self._arrived = self._arrived[:batch], self._arrived[batch:]
         if not self._arrived:
             self._buffered.clear()

@@ -240,7 +240,7 @@ class Ingestor:
                     # out and JetStream sent them again (benchmarks.store: 2,000 of 10,000 rows
                     # committed a minute late).
                     await first_of(self._backlog.wait(), consumer.wait_buffered())
-                messages = await consumer.next_batch(self._batch, self._max_wait_s)
+                messages = await consumer.next_batch(self._batch, self._max_wait_s, fill=True)
                 if len(messages) >= self._batch:
                     self._backlog.set()
                 else:

@@ -81,6 +81,32 @@ async def test_an_idle_fetch_takes_a_message_published_while_it_waits(stream: St
     await consumer.close()
 
 
+async def test_an_idle_fetch_hands_out_the_first_message_without_waiting_out_its_timeout(
+    stream: Stream,
+) -> None:
+    # A lone job item or expansion event once waited the whole timeout (a second) for a batch that
+    # never filled, on every job. The deadline here is far beyond any load's scheduling delay.
+    consumer = stream.consumer()
+    await consumer.subscribe()
+    waiting = asyncio.create_task(consumer.fetch(10, timeout_s=60.0))
+    await asyncio.sleep(0.2)
+    await stream.publish(1, first=7)
+    assert [int(m.data) for m in await asyncio.wait_for(waiting, timeout=30.0)] == [7]
+    await consumer.close()
+
+
+async def test_a_filling_fetch_gathers_what_comes_within_its_window(stream: Stream) -> None:
+    consumer = stream.consumer()
+    await consumer.subscribe()
+    waiting = asyncio.create_task(consumer.fetch(3, timeout_s=60.0, fill=True))
+    await asyncio.sleep(0.2)
+    await stream.publish(1)
+    await asyncio.sleep(0.2)
+    await stream.publish(2, first=1)
+    assert [int(m.data) for m in await waiting] == [0, 1, 2]  # one batch: it waited for the rest
+    await consumer.close()
+
+
 async def test_naked_messages_come_back_and_acked_ones_do_not(stream: Stream) -> None:
     await stream.publish(10)
     consumer = stream.consumer()

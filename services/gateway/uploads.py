@@ -7,8 +7,10 @@ raw bytes through Envoy's transcoder) and a job names it (``CreateJob.manifest``
 
 Memory: the gateway never holds an upload whole. The pieces are written to a spool file as they
 arrive, at most ``upload_buffer_bytes`` held at a time, and refused once past
-``max_upload_bytes`` or the tenant's quota room. A zip's directory is at its end, so only the
-whole spooled file can be judged (``upload_checks``); then each of its files is copied into the
+``max_upload_bytes`` or the tenant's quota room. A JSONL manifest is checked as it is spooled
+(``upload_checks.ManifestScan``), so one past a limit is refused before the rest arrives. A
+zip's directory is at its end, so only the whole spooled file can be judged (``upload_checks``);
+then each of its files is copied into the
 Object Store as its own object, inflated in a worker thread 1 MiB at a time, its CRC checked
 at its end. A job item made from a zip file carries a reference to that object (a claim check,
 ``ferry.events.v1.ObjectRef``), never its bytes: the runner reads it when it runs the item.
@@ -98,8 +100,8 @@ class Uploads(UploadStore):
         """Stores the streamed bytes as a new upload of ``tenant`` and describes it.
 
         Raises:
-            InvalidArgument: UPLOAD_TOO_LARGE past ``max_upload_bytes`` (refused as soon as it is
-                exceeded, before the rest arrives), or a refusal of ``upload_checks``.
+            InvalidArgument: UPLOAD_TOO_LARGE past ``max_upload_bytes``, or a refusal of
+                ``upload_checks`` (a manifest's, and these, as soon as known: before the rest arrives).
             ResourceExhausted: UPLOAD_QUOTA_EXCEEDED.
         """
         room = await self._quota.room(tenant)
@@ -108,15 +110,14 @@ class Uploads(UploadStore):
             self._spool.hold() as spooled,
             tempfile.NamedTemporaryFile(prefix="ferry-upload-", dir=spool_dir) as spool,
         ):
-            size, head = await self._receive(pieces, spool, spooled, room)
+            size, scan = await self._receive(pieces, spool, spooled, room)
             upload_id = uuid.uuid4()
             path = Path(spool.name)
             skipped = 0
-            if upload_checks.kind_of(head) == ZIP:
+            if scan is None:
                 index, skipped = await self._store_zip(tenant, upload_id, path, size)
             else:
-                upload_checks.refuse_known_mistakes(head)
-                index = await self._store_manifest(tenant, upload_id, path, size)
+                index = await self._store_manifest(tenant, upload_id, path, size, scan.finish())
         count = len(index.entries) if index.kind == ZIP else index.lines
         return job_service_pb2.Upload(
             name=f"uploads/{upload_id}",
@@ -132,13 +133,15 @@ class Uploads(UploadStore):
         spool: IO[bytes],
         spooled: Held,
         room: int,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, upload_checks.ManifestScan | None]:
         """Writes the pieces to ``spool``, at most ``upload_buffer_bytes`` held at a time, each
-        write's bytes taken from the spool's budget first; returns the size and the first bytes
-        (what the upload is)."""
+        write's bytes taken from the spool's budget first; returns the size and, for a manifest,
+        its scan, fed every byte (None for a zip)."""
         buffered = bytearray()
         size = count = 0
         head = b""
+        scan: upload_checks.ManifestScan | None = None
+        known = False  # whether the upload's kind is known: at its first write (head whole by then)
         async for piece in pieces:
             data = piece.body.data
             size += len(data)
@@ -161,16 +164,32 @@ class Uploads(UploadStore):
             if len(head) < upload_checks.HEAD_BYTES:
                 head += data[: upload_checks.HEAD_BYTES - len(head)]
             buffered += data
-            if len(buffered) >= self._s.upload_buffer_bytes:
+            if len(buffered) >= self._s.upload_buffer_bytes:  # >= 64 KiB: the head is whole
+                if not known:
+                    scan, known = self._scan_of(head), True
                 spooled.take(len(buffered))
-                await asyncio.to_thread(spool.write, buffered)
+                await asyncio.to_thread(_write, spool, buffered, scan)
                 buffered = bytearray()
+        if not known:
+            scan = self._scan_of(head)
         spooled.take(len(buffered))
-        await asyncio.to_thread(spool.write, buffered)
+        await asyncio.to_thread(_write, spool, buffered, scan)
         await asyncio.to_thread(spool.flush)
         if not size:
             raise upload_checks.invalid("the upload is empty (0 bytes)")
-        return size, head
+        return size, scan
+
+    def _scan_of(self, head: bytes) -> upload_checks.ManifestScan | None:
+        """The scan of a manifest starting with ``head``, None for a zip.
+
+        Raises:
+            InvalidArgument: INVALID_UPLOAD for a known mistake (``refuse_known_mistakes``),
+                named before any scan could call it "not UTF-8".
+        """
+        if upload_checks.kind_of(head) == ZIP:
+            return None
+        upload_checks.refuse_known_mistakes(head)
+        return upload_checks.ManifestScan(self._bounds)
 
     async def _store_zip(self, tenant: str, upload_id: uuid.UUID, path: Path, size: int) -> tuple[Index, int]:
         """The stored zip's index, and how many of its files were an OS's bookkeeping (not stored)."""
@@ -223,8 +242,9 @@ class Uploads(UploadStore):
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
 
-    async def _store_manifest(self, tenant: str, upload_id: uuid.UUID, path: Path, size: int) -> Index:
-        lines = await asyncio.to_thread(upload_checks.manifest_lines, path, self._bounds)
+    async def _store_manifest(
+        self, tenant: str, upload_id: uuid.UUID, path: Path, size: int, lines: int
+    ) -> Index:
         index = Index(upload_id, tenant, JSONL, size, [], lines)
         await self._quota.charge(tenant, str(upload_id), size)
         bucket = await self.store()
@@ -339,6 +359,14 @@ def _read_whole(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     # size, checked against the limits) are read, so a file that inflates past it fails its CRC.
     with archive.open(info) as unpacking:
         return unpacking.read(info.file_size + 1)
+
+
+def _write(spool: IO[bytes], data: bytearray, scan: upload_checks.ManifestScan | None) -> None:
+    """Scans ``data`` (a manifest's), then writes it to the spool: one worker-thread call, so a
+    manifest past a limit is refused as the block that shows it arrives, off the event loop."""
+    if scan is not None:
+        scan.feed(data)
+    spool.write(data)
 
 
 def _chunked(name: str, chunk_bytes: int = OBJECT_CHUNK_BYTES) -> ObjectMeta:

@@ -804,3 +804,37 @@ def test_manifest_lines_are_counted_across_block_edges(tmp_path: Path, line_limi
                 upload_checks.manifest_lines(path, bounds)
         else:
             assert upload_checks.manifest_lines(path, bounds) == non_blank, data
+
+
+@pytest.mark.parametrize(
+    ("piece", "reason", "words"),
+    [
+        # 5,000 lines a piece: the 10,001st arrives in the third.
+        (b'{"text": "a"}\n' * 5_000, "UPLOAD_TOO_MANY_ENTRIES", "more than 10000 lines"),
+        # One line of 1 MiB a piece: past the 16 MiB line limit in the seventeenth.
+        (b"x" * (1 << 20), "INVALID_UPLOAD", "line 1 of the manifest is longer than 16 MiB"),
+        # A known mistake is named as its first bytes arrive, not called "not UTF-8".
+        (b"\xff\xd8\xff\xe0" + bytes(70_000), "INVALID_UPLOAD", "one JPEG image"),
+    ],
+)
+async def test_a_manifest_past_a_limit_is_refused_before_the_rest_arrives(
+    nats_url: str, piece: bytes, reason: str, words: str
+) -> None:
+    # A 200 MiB manifest of 16 million lines was read whole through Envoy and the upload lane
+    # before its refusal (issue #17): its pieces are no longer taken once the scan knows.
+    taken = 0
+
+    async def counted() -> AsyncIterator[job_service_pb2.CreateUploadRequest]:
+        nonlocal taken
+        for _ in range(60):
+            taken += 1
+            yield job_service_pb2.CreateUploadRequest(body=httpbody_pb2.HttpBody(data=piece))
+
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_url, "uploads-test", stack)
+        uploads = uploads_of(js, 100 << 20, upload_max_entries=10_000, upload_buffer_bytes=64 * 1024)
+        with pytest.raises(InvalidArgument) as refused:
+            await uploads.create("acme", counted())
+    assert refused.value.reason == reason, refused.value.message
+    assert words in refused.value.message, refused.value.message
+    assert taken < 20, taken

@@ -8,13 +8,11 @@ The gateway builds no file: formatting a large job's records (about 55 MB at 10,
 top_k 100) is CPU, and on the public gateway's loop every other tenant's call waited behind it.
 It asks the job queue's owner for the file (``JobQueueService.WriteResultFile``: found, or built
 there, once per file however many ask) when a WatchJob sees the job end or on a GetJobResults,
-then streams it from the result store a chunk at a time, each chunk's lines parsed in a worker
-thread.
+then streams it from the result store a chunk at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -31,9 +29,8 @@ log = logging.getLogger(__name__)
 WriteFile = Callable[[str, str], Awaitable[str]]
 
 
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
-    """The lines of a file read in ``chunks`` (without their newlines), as the chunks come: the
-    lines each chunk ends, together.
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a file read in ``chunks`` (without their newlines), as the chunks come.
 
     A line longer than a chunk (a record's tensors) is kept in pieces and joined once.
     """
@@ -43,16 +40,12 @@ async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
         if lines and head:
             lines[0] = b"".join([*head, lines[0]])
             head = []
-        if lines := [line for line in lines if line]:
-            yield lines
+        for line in lines:
+            yield line
         if tail:
             head.append(tail)
     if head:
-        yield [b"".join(head)]
-
-
-def _parsed(lines: list[bytes]) -> list[job_service_pb2.GetJobResultsResponse]:
-    return [json_format.Parse(line, job_service_pb2.GetJobResultsResponse()) for line in lines]
+        yield b"".join(head)
 
 
 class JobResults:
@@ -86,8 +79,5 @@ class JobResults:
         """
         resource_id(name, "jobs")  # a bad name is the caller's, answered here
         async with contextlib.aclosing(self._store.chunks(await self._write_file(tenant, name))) as chunks:
-            async for lines in _lines(chunks):
-                # Parsing is CPU (json_format, every field of every line): a chunk's lines in a
-                # worker thread let the loop serve other tenants' calls between them.
-                for result in await asyncio.to_thread(_parsed, lines):
-                    yield result
+            async for line in _lines(chunks):
+                yield json_format.Parse(line, job_service_pb2.GetJobResultsResponse())

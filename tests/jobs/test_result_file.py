@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -26,7 +25,6 @@ from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.errors import FailedPrecondition, status_to_proto
 from services.common.result_stores import ResultStore, result_store
-from services.gateway import job_results
 from services.gateway.job_results import JobResults
 from services.jobs.result_files import ResultFiles, result_line
 
@@ -266,21 +264,3 @@ async def test_lines_longer_than_a_chunk_and_across_chunks_are_read_whole(result
     served = await lines(results, job.name)
     assert b"".join(served) == await result_files.get(f"{job.name.removeprefix('jobs/')}/round-0.jsonl")
     assert [len(json.loads(line)["embedding"]) for line in served] == sizes
-
-
-async def test_a_download_parses_its_lines_off_the_event_loop(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    job, predictions = a_job()
-    results = Files(RecordsOf(job, predictions), result_store("", js))  # type: ignore[arg-type]
-    parsed_on: list[threading.Thread] = []
-    parse = job_results._parsed
-
-    def parsed(lines: list[bytes]) -> list[job_service_pb2.GetJobResultsResponse]:
-        parsed_on.append(threading.current_thread())
-        return parse(lines)
-
-    monkeypatch.setattr(job_results, "_parsed", parsed)
-    assert [r.index async for r in results.read("acme", job.name)] == [0, 1, 2]
-    # Parsing is CPU: on the loop's thread, every other tenant's call through the gateway waits.
-    assert parsed_on and threading.main_thread() not in parsed_on

@@ -465,6 +465,9 @@ def test_a_body_that_is_not_a_json_object_is_400_saying_so(edge: str, body: byte
 
 BOUND = 2
 """The gateway's in-flight bound the overload tests render Envoy with: two calls fill it."""
+HOLD_S = 8
+"""How long the calls that fill the bound are held: the blocks run in well under a second, and
+the last test waits until every holder, its own and the earlier tests', has ended."""
 
 
 @pytest.fixture(scope="module")
@@ -486,9 +489,9 @@ def _active_calls(admin: str) -> int:
 
 @contextmanager
 def bound_full(url: str, admin: str) -> Iterator[None]:
-    """BOUND calls the stalled gateway holds (for 20 s at most) while the block runs."""
+    """BOUND calls the stalled gateway holds (for HOLD_S at most) while the block runs."""
     holders = [
-        threading.Thread(target=post, args=(url, "/v1/jobs/x:cancel", b"{}", "20S"), daemon=True)
+        threading.Thread(target=post, args=(url, "/v1/jobs/x:cancel", b"{}", f"{HOLD_S}S"), daemon=True)
         for _ in range(BOUND)
     ]
     for holder in holders:

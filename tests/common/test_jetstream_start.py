@@ -58,25 +58,24 @@ async def test_any_other_error_is_raised_at_once() -> None:
     assert request.calls == 1
 
 
-def peers_offline() -> nats.js.errors.BadRequestError:
-    """What a forming cluster answers a replicated stream while a node's routes are not up yet."""
+def unplaced(but: str = "") -> nats.js.errors.BadRequestError:
+    """NATS's "no suitable peers for placement" (``but``: what follows it). With ", peer offline":
+    a forming cluster whose node's routes are not up yet; alone: a stream of more replicas than
+    the cluster has nodes, and a cluster just formed whose peers' reports had not reached its
+    meta leader."""
     return nats.js.errors.BadRequestError(
-        code=400, err_code=10005, description="no suitable peers for placement, peer offline"
+        code=400, err_code=10005, description=f"no suitable peers for placement{but}"
     )
+
+
+def peers_offline() -> nats.js.errors.BadRequestError:
+    return unplaced(", peer offline")
 
 
 async def test_a_cluster_peer_not_joined_yet_is_waited_for() -> None:
     request = Flaky(peers_offline())
     assert await until_jetstream_answers(request, "the streams", budget_s=10) == "ok"
     assert request.calls == 2
-
-
-def unplaced() -> nats.js.errors.BadRequestError:
-    """What a cluster answers a stream of more replicas than it has nodes, and what a cluster that
-    has just formed answered while its peers' reports had not reached its meta leader."""
-    return nats.js.errors.BadRequestError(
-        code=400, err_code=10005, description="no suitable peers for placement"
-    )
 
 
 async def test_a_placement_refused_without_a_peer_offline_is_asked_again_for_a_while() -> None:

@@ -157,10 +157,12 @@ async def test_a_store_that_dies_between_commit_and_ack_stores_and_counts_its_ba
     job_id = await create_job(store, TENANT, 4)
     records = [event(TENANT, prediction(job_id, i)) for i in range(4)]
     committed = asyncio.Event()
+    ours = [0]  # the batch's rows written so far: a batch met as poison is written one by one
 
     async def commit_then_hang(pool: asyncpg.Pool, rows: list[codec.PredictionRow]) -> int:
         written = await write_batch(pool, rows)
-        if any(row.job_id == job_id for row in rows):  # not the stream's earlier records
+        ours[0] += sum(row.job_id == job_id for row in rows)  # not the stream's earlier records
+        if ours[0] >= len(records):
             committed.set()
             await asyncio.Event().wait()  # killed here: committed, never acked
         return written

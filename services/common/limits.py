@@ -114,6 +114,12 @@ MAX_OIP_TENSORS = 64
 input and answers a few outputs). Each costs the gateway's event loop before anything else can be
 checked: 200,000 outputs of one REST body took it 12 s (and asked for the same output 200,000
 times), 200,000 inputs 6 s, 200,000 parameters 2 s, while every other call waited."""
+MAX_OIP_BODY_STRINGS = MAX_OIP_TENSORS * (MAX_INPUTS_PER_REQUEST + 32)
+"""Most JSON strings an Open Inference Protocol REST body may hold (18,432): room for every input's
+most BYTES items and the names, datatypes and parameters around them. Counted before the body is
+parsed (a C loop over its quotes, about 10 ms for 15 MiB), since the parse is what costs: 2.7
+million short strings in a 15 MiB body took the upload lane 0.5-1.7 s of CPU and about 230 MB
+each, before their count could be refused."""
 MAX_TENSOR_DIMS = 16
 """Most dimensions of one tensor's shape (an image batch has 4). Multiplying a shape out costs its
 size squared in big-integer digits: 10,000 dimensions of 2**62 are a product of 620,000 bits, and

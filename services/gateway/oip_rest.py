@@ -317,11 +317,45 @@ def infer_request(body: bytes, header_length: str | None, model_name: str, model
             sizes the inputs give, inputs mixing JSON and binary data, or values protobuf cannot
             hold (a number out of its datatype's range, a string with a lone surrogate).
     """
+    _refuse_string_flood(body if header_length is None else body[: _digits_or_all(header_length, body)])
     document, binary = split_body(body, header_length)
     try:
         return _infer_request(document, binary, model_name, model_version)
     except (ValueError, OverflowError, TypeError) as err:  # UnicodeEncodeError is a ValueError
         raise _bad_body(f"the request holds a value its field cannot take: {err}") from None
+
+
+def _digits_or_all(header_length: str, body: bytes) -> int:
+    """The JSON's length a valid Inference-Header-Content-Length gives, else the whole body's
+    (``split_body`` then refuses the header)."""
+    digits = header_length.strip()
+    return int(digits) if digits.isascii() and digits.isdigit() else len(body)
+
+
+def strings_at_least(text: bytes) -> int:
+    """How many strings JSON ``text`` holds at least, from its quotes alone (a C loop, no parse).
+
+    Quotes less escaped quotes (``\\"``) never count more than the JSON's real quotes, two per
+    string: a real quote after an escaped backslash (``\\\\"``) is left out too, so the count can
+    only fall short.
+    """
+    return (text.count(b'"') - text.count(b'\\"')) // 2
+
+
+def _refuse_string_flood(text: bytes) -> None:
+    """Refuses JSON holding more strings than ``limits.MAX_OIP_BODY_STRINGS``, before it is parsed.
+
+    Raises:
+        InvalidArgument: INVALID_OIP_REST_BODY, naming the limit.
+    """
+    strings = strings_at_least(text)
+    if strings > limits.MAX_OIP_BODY_STRINGS:
+        raise _bad_body(
+            f"the request holds at least {strings} JSON strings; a request may hold at most "
+            f"{limits.MAX_OIP_BODY_STRINGS} ({limits.MAX_OIP_TENSORS} inputs of at most "
+            f"{limits.MAX_INPUTS_PER_REQUEST} items each, and their names): send 1 to "
+            f"{limits.MAX_INPUTS_PER_REQUEST} items per input"
+        )
 
 
 def _few(value: Any, field: str) -> None:

@@ -127,14 +127,15 @@ def optional_object(body: bytes) -> dict[str, Any]:
     return _json_object(body, "the request body") if body.strip() else {}
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON object at the start of ``body`` and the binary data after it.
+def _json_part(body: bytes, header_length: str | None) -> tuple[bytes, bytes, str]:
+    """The JSON at the start of ``body`` (unparsed), the binary data after it, and how an error
+    names the JSON.
 
     Raises:
-        InvalidArgument: a header that is not a length within the body, or JSON that is not an object.
+        InvalidArgument: a header that is not a length within the body.
     """
     if header_length is None:
-        return _json_object(body, "the request body"), b""
+        return body, b"", "the request body"
     digits = header_length.strip()
     # ASCII digits only: str.isdigit() is true of '²', which int() refuses (a 500, with a traceback).
     if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
@@ -143,7 +144,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             f"of the JSON at the start of the body (the body has {len(body)} bytes)"
         )
     length = int(digits)
-    return _json_object(body[:length], f"the body's first {length} bytes"), body[length:]
+    return body[:length], body[length:], f"the body's first {length} bytes"
 
 
 def _parameter(name: str, value: Any) -> oip.InferParameter:
@@ -317,19 +318,13 @@ def infer_request(body: bytes, header_length: str | None, model_name: str, model
             sizes the inputs give, inputs mixing JSON and binary data, or values protobuf cannot
             hold (a number out of its datatype's range, a string with a lone surrogate).
     """
-    _refuse_string_flood(body if header_length is None else body[: _digits_or_all(header_length, body)])
-    document, binary = split_body(body, header_length)
+    text, binary, what = _json_part(body, header_length)
+    _refuse_string_flood(text)  # before the parse, which a flood of strings makes costly
+    document = _json_object(text, what)
     try:
         return _infer_request(document, binary, model_name, model_version)
     except (ValueError, OverflowError, TypeError) as err:  # UnicodeEncodeError is a ValueError
         raise _bad_body(f"the request holds a value its field cannot take: {err}") from None
-
-
-def _digits_or_all(header_length: str, body: bytes) -> int:
-    """The JSON's length a valid Inference-Header-Content-Length gives, else the whole body's
-    (``split_body`` then refuses the header)."""
-    digits = header_length.strip()
-    return int(digits) if digits.isascii() and digits.isdigit() else len(body)
 
 
 def strings_at_least(text: bytes) -> int:

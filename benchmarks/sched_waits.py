@@ -32,7 +32,8 @@ JOB_THREADS = "SCHED_IDLE"
 """The suffix of a process's name for its threads at ``SCHED_IDLE`` (inference's job threads)."""
 
 _LINE = re.compile(r"^\s*(.+?)-(\d+)\s+\(\s*([\d-]+)\)\s+\[(\d+)\]\s+\S+\s+([\d.]+):\s+(\w+):\s+(.*)$")
-_SWITCH = re.compile(r"prev_pid=(\d+) .*prev_state=(\S+) ==> next_comm=.* next_pid=(\d+) ")
+_SWITCH = re.compile(r"prev_pid=(\d+) .*prev_state=(\S+) ==> next_comm=(.*) next_pid=(\d+) ")
+_INSTANCE = re.compile(r"[/:-]?\d+(:\d+)?$")  # kworker/1:2, ksoftirqd/0, migration/1
 _WAKEUP = re.compile(r" pid=(\d+) prio=\d+ target_cpu=(\d+)")
 _MIGRATE = re.compile(r" pid=(\d+) prio=\d+ orig_cpu=\d+ dest_cpu=(\d+)")
 
@@ -58,6 +59,15 @@ class Trace:
 
     events: list[Event] = field(default_factory=list)
     tgids: dict[int, int] = field(default_factory=dict)
+    comms: dict[int, str] = field(default_factory=dict)
+    """Thread id -> its command as the switches named it, without a per-core number (``kworker``)."""
+
+    def name(self, tid: int, names: dict[int, str]) -> str:
+        """``names``' name for ``tid``, else ``idle`` or ``other <command>`` (the rest of the machine:
+        kernel threads such as ``ksoftirqd``, a tracer, another user's processes)."""
+        if tid in names:
+            return names[tid]
+        return "idle" if tid == 0 else f"other {self.comms.get(tid, '?')}"
 
 
 def parse(lines: list[str]) -> Trace:
@@ -71,7 +81,8 @@ def parse(lines: list[str]) -> Trace:
         if tgid.strip("-"):
             trace.tgids[int(tid)] = int(tgid)
         if kind == "sched_switch" and (switch := _SWITCH.search(rest)):
-            prev, state, nxt = switch.groups()
+            prev, state, comm, nxt = switch.groups()
+            trace.comms.setdefault(int(nxt), _INSTANCE.sub("", comm) or comm)
             trace.events.append(Event(float(at), int(cpu), kind, int(nxt), int(prev), state.startswith("R")))
         elif kind == "sched_wakeup" and (wakeup := _WAKEUP.search(rest)):
             trace.events.append(Event(float(at), int(wakeup.group(2)), kind, int(wakeup.group(1))))
@@ -127,6 +138,7 @@ class Occupancy:
     """Who ran on each core when: ``shares`` of a window by process."""
 
     def __init__(self, trace: Trace) -> None:
+        self._trace = trace
         self._runs: dict[int, list[tuple[float, float, int]]] = defaultdict(list)
         since: dict[int, tuple[float, int]] = {}
         for event in trace.events:
@@ -149,7 +161,7 @@ class Occupancy:
             began, ended, tid = runs[i]
             overlap = min(ended, end) - max(began, start)
             if overlap > 0:
-                into[name_of.get(tid, "idle" if tid == 0 else "other")] += overlap
+                into[self._trace.name(tid, name_of)] += overlap
             i += 1
 
     @property
@@ -175,7 +187,7 @@ def report(trace: Trace, names: dict[int, str], path: set[int]) -> str:
     Args:
         trace: the parsed events.
         names: thread id -> its process's name (job threads as ``<process> SCHED_IDLE``); a
-            thread missing here is ``other`` (the rest of the machine).
+            thread missing here is ``other <command>`` (the rest of the machine).
         path: the tgids of the other tenant's path (its client, Envoy, the gateways).
     """
     found = waits(trace, path)
@@ -195,7 +207,7 @@ def report(trace: Trace, names: dict[int, str], path: set[int]) -> str:
     long_s = sum(w.seconds for w in long) or 1e-9
     by_waiter = Counter[str]()
     for w in long:
-        by_waiter[names.get(w.tid, "other")] += w.seconds
+        by_waiter[trace.name(w.tid, names)] += w.seconds
     job_cores = [
         w.seconds for w in found if w.took_over and names.get(w.ran_on_wake, "").endswith(JOB_THREADS)
     ]

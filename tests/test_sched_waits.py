@@ -114,3 +114,28 @@ def test_the_slowest_calls_count_only_the_waits_within_them() -> None:
     assert "the slowest 1 of the other tenant's 2 calls in the trace" in text
     assert "6.5 ms (2.0 waiting)" in text
     assert "behind: jobs 100%" in text
+
+
+def test_a_thread_outside_the_stack_is_named_by_its_command_without_its_core_number() -> None:
+    softirq = line(
+        0,
+        0,
+        0,
+        3.000,
+        "sched_switch: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> "
+        "next_comm=ksoftirqd/0 next_pid=15 next_prio=120",
+    )
+    trace = sched_waits.parse(
+        [
+            softirq,  # the kernel's softirq thread holds core 0 ...
+            switch(1, 3.000, 0, "R", 301, 0),
+            wakeup(0, 3.001, 15, 0, 101),  # ... when the gateway wakes onto it
+            switch(0, 3.004, 15, "S", 101, 0),
+            switch(0, 3.005, 101, "S", 0, GATEWAY),
+        ]
+    )
+
+    text = sched_waits.report(trace, NAMES, {GATEWAY})
+
+    assert "3 ms in 1 waits" in text
+    assert "the core it waited on ran: other ksoftirqd 100%" in text

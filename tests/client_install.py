@@ -14,12 +14,10 @@ import re
 import subprocess
 import sys
 import venv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,9 +114,3 @@ def build_client(folder: Path) -> ClientBuild:
         kind: fresh_venv(folder / f"venv-{kind}", file) for kind, file in (("sdist", sdist), ("wheel", wheel))
     }
     return ClientBuild(sdist, wheel, venvs, changes)
-
-
-@pytest.fixture(scope="session")
-def client_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClientBuild]:
-    """The client built and installed once per test session."""
-    yield build_client(tmp_path_factory.mktemp("client-package"))

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from devstack.infra import Postgres, free_port, start_nats
 from tests import background
+from tests.client_install import ClientBuild, build_client
 
 # Keep CPU tests predictable on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -41,6 +42,14 @@ def postgres_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = Postgres(root)
     yield server.uri
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def client_build(tmp_path_factory: pytest.TempPathFactory) -> ClientBuild:
+    """The client built and installed once per test session (tests/test_client_package.py and
+    tests/e2e/test_installed_client.py). Defined here: a session fixture imported into two test
+    modules is two fixtures, and the build (15-18 s) ran once for each."""
+    return build_client(tmp_path_factory.mktemp("client-package"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

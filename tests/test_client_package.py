@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client_install import ROOT, ClientBuild, client_build, run
-
-__all__ = ["client_build"]  # the session fixture, imported for pytest
+from tests.client_install import ROOT, ClientBuild, run
 
 KINDS = ("sdist", "wheel")
 

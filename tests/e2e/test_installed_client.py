@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.client_install import ClientBuild, client_build
+from tests.client_install import ClientBuild
 from tests.e2e.conftest import API_KEY
 from tests.e2e.expectations import CAT_CLASSES
-
-__all__ = ["client_build"]  # the session fixture, imported for pytest
 
 pytestmark = pytest.mark.e2e
 

@@ -37,7 +37,8 @@ def coffee_jpeg() -> bytes:
     return _jpeg(skimage_data.coffee())
 
 
-#: The models the package's stack loads: the ensemble brings mobilenet-v2 along.
+#: The models the package's stack loads: the ensemble brings mobilenet-v2 along. The console's
+#: browser tests (tests/e2e/console) use efficientnet-lite0 and minilm of them.
 E2E_MODELS = "efficientnet-lite0,imagenet-ensemble,minilm,agree"
 
 

@@ -1,4 +1,9 @@
-"""A ``ferry up`` stack of its own and one headless Chromium for the console's browser tests."""
+"""One headless Chromium for the console's browser tests, against the e2e package's stack.
+
+The console's tests ran a ``ferry up`` of their own (efficientnet-lite0 and minilm), 15-25 s of
+the suite's CPU to start; the e2e stack serves both models and runs its tests after these (this
+folder sorts first in tests/e2e), so they share it.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,14 @@ import pytest
 from PIL import Image
 from skimage import data as skimage_data
 
-from tests.console.browser import Browser, missing
+from tests.e2e import conftest as e2e
+from tests.e2e.console.browser import Browser, missing
 from tests.e2e.rest import Rest
-from tests.e2e.stack import RunningStack
 
 #: Set both to run the tests against a stack that is already up (`ferry up`) instead of a new one.
 STACK_URL_ENV = "FERRY_CONSOLE_STACK_URL"
 STACK_KEY_ENV = "FERRY_CONSOLE_STACK_KEY"
-API_KEY = os.environ.get(STACK_KEY_ENV, "ferry-console-test-key-0123456789")
-#: An image classifier and the text model (its candidate labels carry the XSS check's markup).
-MODELS = "efficientnet-lite0,minilm"
+API_KEY = os.environ.get(STACK_KEY_ENV, e2e.API_KEY)
 
 
 #: Pictures in the job test's zip, besides one file that is not a picture.
@@ -36,16 +39,15 @@ def _jpeg(pixels: Any) -> bytes:
 
 
 @pytest.fixture(scope="package")
-def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def console_stack(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The e2e package's stack, which serves the tests' image classifier and text model (its
+    candidate labels carry the XSS check's markup), or the one ``STACK_URL_ENV`` names."""
     if why := missing():
         pytest.skip(why)
     if url := os.environ.get(STACK_URL_ENV):  # a stack already up: quicker while working on the console
-        yield {"http_url": url}
-        return
-    root = Path(tmp_path_factory.mktemp("console-stack"))
-    running = RunningStack(root / "state", {"FERRY_DEV_API_KEY": API_KEY, "FERRY_INFERENCE_MODELS": MODELS})
-    yield running.start()
-    running.stop()
+        return {"http_url": url}
+    stack: dict[str, Any] = request.getfixturevalue("stack")
+    return stack
 
 
 @pytest.fixture(scope="package")

@@ -12,8 +12,8 @@ from typing import Any
 from selenium.webdriver.support.ui import Select
 
 from devstack import console
-from tests.console.browser import Browser
-from tests.console.conftest import ZIP_PHOTOS, sign_in
+from tests.e2e.console.browser import Browser
+from tests.e2e.console.conftest import ZIP_PHOTOS, sign_in
 from tests.e2e.rest import Rest, b64
 
 #: ImageNet-1k's domestic cats (tests/e2e/expectations.py's CAT_CLASSES, by name).

@@ -66,7 +66,7 @@ lock:
 install: $(STAMP) $(PEER_STAMP)
 
 # promtool (Debian's `prometheus` package) checks deploy/prometheus/ in the suite, chromium the web
-# console (tests/console). Installed only when missing and we are root with apt-get; otherwise those tests skip and say why.
+# console (tests/e2e/console). Installed only when missing and we are root with apt-get; otherwise those tests skip and say why.
 deploy-tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -74,7 +74,7 @@ deploy-tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
 	      || echo "could not install promtool: its tests will be skipped"; \
 	  else echo "promtool missing and not root: its tests will be skipped"; fi; }
-	@# The console's browser tests (tests/console): Debian's chromium and its chromedriver.
+	@# The console's browser tests (tests/e2e/console): Debian's chromium and its chromedriver.
 	@command -v chromedriver >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing chromium and chromium-driver (apt-get)"; \

@@ -1,14 +1,15 @@
 """Memory of concurrent downloads of one large job result file (issue #17), and whether they all end.
 
 ``python -m benchmarks.result_downloads --downloads 8`` starts a nats-server in a temporary folder
-(with its monitoring port), stores a result file of ``--lines`` (10,000) lines at top_k 100 (about
-54 MB) in the Object Store bucket the gateway uses, and reads it ``--downloads`` times at once
-through the gateway's ``JobResults.read`` in this process, each reader pausing ``--pause-ms`` (1)
-every 50 lines, as a client taking them. It prints this process's RSS before and at its peak
-(sampled every 10 ms), the time taken, how many downloads ended whole, and what NATS saw: the most
-bytes nats-server held for this process's connection waiting to be read (``/connz``
-``pending_bytes``: what a reader that does not pace NATS lets pile up), its slow-consumer warnings,
-the client's errors and disconnections, and the consumers left on the bucket's stream afterwards.
+(with its monitoring port), stores a result file of ``--lines`` (10,000) items at top_k 100 (about
+27 MB; 54 MB as the JSON lines of before session 14) in the Object Store bucket the gateway uses,
+and reads it ``--downloads`` times at once through the gateway's ``JobResults.read`` in this
+process, each reader pausing ``--pause-ms`` (1) every 50 results, as a client taking them. It prints
+this process's RSS before and at its peak (sampled every 10 ms), the time taken, how many downloads
+ended whole, and what NATS saw: the most bytes nats-server held for this process's connection
+waiting to be read (``/connz`` ``pending_bytes``: what a reader that does not pace NATS lets pile
+up), its slow-consumer warnings, the client's errors and disconnections, and the consumers left on
+the bucket's stream afterwards.
 
 ``--stack`` does the same through a whole local stack (``ferry up``'s processes on free ports): a
 job of one photo run to its end, its result file then replaced by the large one (written directly
@@ -30,8 +31,9 @@ local stack, a finished job of ``--lines`` (10,000) records at top_k 100 put str
 runner would), then another tenant's ``GetModel`` called in a loop (``benchmarks.bulk``'s probe, a
 process of its own) for ``--quiet-s`` (10) before the first ``GetJobResults`` of the job, which
 builds its file, and while it does. It prints the time to the first line (the build), the whole
-download, the peak RSS of gateway, jobs and NATS, and the probe's p50/p99 quiet against during the
-build, with their ratio. Whichever service builds the file (the gateway before session 13, the
+download, the peak RSS of gateway, jobs and NATS and their CPU seconds during the build and during
+the download, and the probe's p50/p99 quiet against during the build (with their ratio) and during
+the download. Whichever service builds the file (the gateway before session 13, the
 jobs service since), the call goes through Envoy the same way, so two checkouts compare as is.
 
 Run it from two checkouts, alternated, to compare their reading (or writing: run this file from a
@@ -64,9 +66,18 @@ from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.types.v1 import types_pb2
 from services.common.result_stores import BUCKET, result_store
 from services.gateway.job_results import JobResults
-from services.jobs.result_files import ResultFiles, object_name, result_line, result_of
+from services.jobs.result_files import ResultFiles, object_name, result_of, result_record
 
 MIB = 2**20
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -109,8 +120,8 @@ def a_record(job: str) -> prediction_pb2.Prediction:
 
 
 def the_file(lines: int, job: str) -> bytes:
-    """A result file of ``lines`` lines at top_k 100 (about 5.4 KB a line)."""
-    return result_line(result_of(a_record(job))) * lines
+    """A result file of ``lines`` records at top_k 100 (about 5.4 KB a record)."""
+    return result_record(result_of(a_record(job))) * lines
 
 
 class _Pages:
@@ -421,14 +432,17 @@ def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
             time.sleep(quiet_s)
             watch.mark("quiet")
             peaks.start()
+            cpu = [{n: cpu_s(p) for n, p in watched.items()}]
             started = time.perf_counter()
             results = ferry.job_results(job)
             next(results)  # the file is built before its first line is read
             built = time.perf_counter() - started
             watch.mark("build")
+            cpu.append({n: cpu_s(p) for n, p in watched.items()})
             count = 1 + sum(1 for _ in results)
             took = time.perf_counter() - started
             watch.mark("download")
+            cpu.append({n: cpu_s(p) for n, p in watched.items()})
             peaks.done.set()
             peaks.join()
         quiet, during = watch.during("quiet"), watch.during("build")
@@ -438,11 +452,15 @@ def build_through_stack(lines: int, folder: Path, quiet_s: float) -> None:
         print(
             f"first line after {built:.1f} s (the build); {count} lines in {took:.1f} s; peak RSS: {memory}"
         )
+        for phase, (before, after) in (("build", cpu[:2]), ("download", cpu[1:])):
+            used = ", ".join(f"{n} {after[n] - before[n]:.1f}" for n in watched)
+            print(f"CPU seconds during the {phase}: {used}")
         print(watch.report("build", f"{len(quiet)} calls quiet, {len(during)} during the build"))
         ratio = _p99(during) / _p99(quiet) if quiet and during else float("nan")
+        downloading = watch.during("download")
         print(
             f"other tenant's GetModel p50/p99: quiet {_spread_ms(quiet)}, during the build "
-            f"{_spread_ms(during)}: p99 x{ratio:.2f}"
+            f"{_spread_ms(during)}: p99 x{ratio:.2f}; during the download {_spread_ms(downloading)}"
         )
     finally:
         stack.stop()

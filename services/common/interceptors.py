@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 import grpc
@@ -34,6 +34,7 @@ _UNOBSERVED_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 Deserializer = Callable[[bytes], Any]
+Serializer = Callable[[Any], bytes]
 #: Asked with the method before a call is read: the error to refuse it with at once, or None.
 Shed = Callable[[str], "FerryError | None"]
 #: Asked with a call's request bytes before they are parsed: the error to refuse it with, or None.
@@ -42,6 +43,11 @@ Prescan = Callable[[bytes], "FerryError | None"]
 
 def _unread(data: bytes) -> None:
     """The deserializer of a shed call: its request is never looked at."""
+
+
+def _as_is(message: bytes) -> bytes:
+    """The response serializer of a method whose handler yields its messages already serialized."""
+    return message
 
 
 class Undecodable:
@@ -137,13 +143,13 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             wrapped = grpc.unary_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]  # aio handlers are async
                 request_deserializer=self.deserializer(method, handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=self.serializer(method, handler.response_serializer),
             )
         elif handler.unary_stream is not None:
             wrapped = grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
                 request_deserializer=self.deserializer(method, handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=self.serializer(method, handler.response_serializer),
             )
         elif handler.stream_unary is not None:
             # Client streaming (CreateUpload): one answer, so it is wrapped as a unary call whose
@@ -151,7 +157,7 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
             wrapped = grpc.stream_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.stream_unary),  # type: ignore[arg-type]
                 request_deserializer=self.deserializer(method, handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=self.serializer(method, handler.response_serializer),
             )
         else:
             return handler
@@ -161,6 +167,11 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
     def deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
         """The request deserializer ``method``'s wrapped handler uses: ``inner`` unless a subclass
         guards it."""
+        return inner
+
+    def serializer(self, method: str, inner: Serializer | None) -> Serializer | None:
+        """The response serializer ``method``'s wrapped handler uses: ``inner`` unless a subclass
+        replaces it."""
         return inner
 
     def wrap_unary(self, method: str, inner: Handler) -> Handler:
@@ -191,12 +202,15 @@ class ServerInterceptor(WrappingInterceptor):
         access_log: bool | None = None,
         shed: Shed | None = None,
         prescans: Mapping[str, Prescan] | None = None,
+        serialized: Collection[str] = (),
     ) -> None:
         super().__init__()
         self.shed = shed
         """Asked before each unary call is read: an error refuses it at once (see ``Shed``)."""
         self._prescans = dict(prescans or {})
         """By method: a check of the request's bytes before they are parsed (see ``Prescan``)."""
+        self._serialized = frozenset(serialized)
+        """Methods whose handlers yield their responses already serialized: sent as they are."""
         self._refusals: dict[str, tuple[FerryError, grpc.RpcMethodHandler[Any, Any]]] = {}
         self._service = service
         self._readiness = readiness
@@ -207,6 +221,9 @@ class ServerInterceptor(WrappingInterceptor):
 
     def deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
         return guarded(inner, self._prescans.get(method))
+
+    def serializer(self, method: str, inner: Serializer | None) -> Serializer | None:
+        return _as_is if method in self._serialized else inner
 
     async def intercept_service(
         self,

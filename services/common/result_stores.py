@@ -11,7 +11,7 @@ A file too large to hold (a job's result file: about 55 MB at 10,000 items and t
 written from pieces as they are made (``put_pieces``) and becomes visible only when whole: in
 the Object Store its meta message comes after its last chunk (``objects.put``: of two writers at
 once the first to finish wins); in S3 it is a multipart upload, which exists only once completed
-(of two writers the last to complete wins; both wrote the same lines, and a reader's GET reads one
+(of two writers the last to complete wins; both wrote the same records, and a reader's GET reads one
 version whole). A write that fails midway deletes its chunks (aborts its upload).
 """
 
@@ -98,7 +98,7 @@ class NatsResults:
     async def _store(self) -> ObjectStore:
         if self._bucket is None:
             self._bucket = await object_store(
-                self._js, BUCKET, "Ferry: one JSONL result file per finished job", KEEP_DAYS
+                self._js, BUCKET, "Ferry: one result file per finished job", KEEP_DAYS
             )
         return self._bucket
 
@@ -180,7 +180,7 @@ class S3Results:
         # A multipart upload, its parts the pieces: the object exists only once it is completed.
         key = dict(Bucket=self._bucket, Key=self._key(name))
         started = await asyncio.to_thread(
-            self._client.create_multipart_upload, **key, ContentType="application/x-ndjson"
+            self._client.create_multipart_upload, **key, ContentType="application/octet-stream"
         )
         upload = started["UploadId"]
         parts: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack, suppress
 from typing import Protocol, cast
 
@@ -67,6 +67,13 @@ def _prescans(service: FerryService) -> Mapping[str, Prescan]:
     return dict(checks()) if callable(checks) else {}
 
 
+def _serialized(service: FerryService) -> Collection[str]:
+    """The methods whose handlers yield their responses already serialized (an optional
+    ``serialized_responses()`` method): gRPC sends those bytes as they are."""
+    serialized = getattr(service, "serialized_responses", None)
+    return frozenset(serialized()) if callable(serialized) else frozenset()
+
+
 def _shedding(own: Sequence[grpc.aio.ServerInterceptor]) -> Shed | None:
     """The ``shed`` of a service's own interceptor (the gateway's in-flight bound), if one has it:
     the common interceptor asks it before a call is read."""
@@ -75,6 +82,21 @@ def _shedding(own: Sequence[grpc.aio.ServerInterceptor]) -> Shed | None:
         if callable(shed):
             return cast(Shed, shed)
     return None
+
+
+def common_interceptor(
+    service: FerryService, readiness: Readiness, own: Sequence[grpc.aio.ServerInterceptor]
+) -> ServerInterceptor:
+    """The interceptor in front of every call of ``service``, ``own`` being its own interceptors:
+    readiness, spans, errors, and what the service asks of the wire (its checks of requests'
+    bytes, its methods whose responses are already serialized)."""
+    return ServerInterceptor(
+        service.name,
+        readiness,
+        shed=_shedding(own),
+        prescans=_prescans(service),
+        serialized=_serialized(service),
+    )
 
 
 async def run_service(service: FerryService, settings: ServiceSettings) -> None:
@@ -91,10 +113,7 @@ async def run_service(service: FerryService, settings: ServiceSettings) -> None:
     readiness = Readiness(service.name, health_servicer, names)
     own = _own_interceptors(service)
     server = grpc.aio.server(
-        interceptors=[
-            ServerInterceptor(service.name, readiness, shed=_shedding(own), prescans=_prescans(service)),
-            *own,
-        ],
+        interceptors=[common_interceptor(service, readiness, own), *own],
         options=server_options(
             settings.max_message_bytes, settings.max_connection_age_s, settings.max_connection_age_grace_s
         ),

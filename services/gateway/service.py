@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import grpc
@@ -64,6 +64,8 @@ SERVICE_NAMES = (
 )
 #: The Open Inference Protocol's native gRPC inference call, as gRPC names the method.
 MODEL_INFER = f"/{SERVICE_NAMES[3]}/ModelInfer"
+#: A job's results, streamed from its result file, as gRPC names the method.
+GET_JOB_RESULTS = f"/{SERVICE_NAMES[2]}/GetJobResults"
 
 
 class GatewayService:
@@ -88,6 +90,11 @@ class GatewayService:
         """Requests refused before they are parsed: a native gRPC ModelInfer of millions of BYTES
         elements (``oip_wire``), which upb would take seconds and hundreds of MB to parse."""
         return {MODEL_INFER: oip_wire.too_many_bytes_elements}
+
+    def serialized_responses(self) -> Collection[str]:
+        """Methods whose handlers yield their responses already serialized: GetJobResults sends the
+        messages of a job's result file as stored (``job_results``), unparsed."""
+        return (GET_JOB_RESULTS,)
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the three public servicers to ``server``."""

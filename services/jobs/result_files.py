@@ -1,20 +1,23 @@
-"""Result files: one JSONL file per finished job, built here by the job queue's owner and kept in
+"""Result files: one file per finished job, built here by the job queue's owner and kept in
 NATS JetStream Object Store or S3 (``services/common/result_stores.py``); the gateway only reads them.
 
-A line is a ``GetJobResultsResponse`` in proto JSON (field names as in the proto, enums by name,
-fields without presence printed even when empty), which is also how Envoy's transcoder prints
-each streamed message: the REST stream of ``GET /v1/jobs/{id}/results`` is the file, line by line.
+A file is the job's ``GetJobResultsResponse`` messages, one per item in index order, serialized and
+length-delimited (``services/common/delimited.py``): exactly the messages GetJobResults streams, so
+the gateway sends each one's bytes unparsed and Envoy's transcoder prints each as a JSON line for
+``GET /v1/jobs/{id}/results``. (Until session 14 a file was those lines, in proto JSON: the gateway
+parsed every line only for gRPC to serialize it again. Such a file, named ``round-<n>.jsonl``, is
+simply not read any more: its job's file is built again under the new name, ``object_name``.)
 
 The file is built when the gateway first needs it (``JobQueueService.WriteResultFile``): a WatchJob
 that sees the job end, or else the first GetJobResults. It is built from store's records, so it
 says exactly what ListJobItems says. Each retry round (``retry_count``) gets a file of its own, so
 a job that RetryJob reopened gets a new file when it ends again.
 
-A file is built in bounded memory: store's records are read a page at a time, a page's lines are
-formatted in a worker thread (formatting is CPU: this process's loop, the runners' too, keeps
-turning meanwhile), and the lines go to the result store in pieces of
-``limits.RESULT_FILE_PIECE_BYTES`` (and a line), never the whole file (about 55 MB at 10,000
-items and top_k 100). A build runs in a task of its own, not the call's: a caller that gives up
+A file is built in bounded memory: store's records are read a page at a time, and their messages go
+to the result store in pieces of ``limits.RESULT_FILE_PIECE_BYTES`` (and a message), never the
+whole file (tens of MB at 10,000 items and top_k 100), and a page's messages are made in a worker
+thread (copying records' fields is CPU: this process's loop, the runners' too, keeps turning
+meanwhile). A build runs in a task of its own, not the call's: a caller that gives up
 (its deadline passed) leaves it running, and its retry waits for the same build. The file is seen
 by readers only once whole, and two jobs processes that build it at once store one whole file
 (``result_stores.py``).
@@ -24,18 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from google.protobuf import json_format
-
 from ferry.jobs.v1 import job_pb2, job_service_pb2
 from ferry.predictions.v1 import prediction_pb2, prediction_service_pb2
 from ferry.store.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common import limits
+from services.common.delimited import framed
 from services.common.downstream import Backend
 from services.common.errors import FailedPrecondition
 from services.common.ids import parse_name
@@ -47,18 +48,17 @@ log = logging.getLogger(__name__)
 # Records read from store per page while a file is built: a record at top_k 100 is about 2.6 KB of
 # protobuf, so a page is about 0.7 MB, well under a piece (1000 a page were 2.6 MB).
 _PAGE = 250
+#: The end of a result file's name: length-delimited protobuf (``.jsonl`` before session 14).
+SUFFIX = ".pb"
 
 
-def result_line(result: job_service_pb2.GetJobResultsResponse) -> bytes:
-    """One line of a result file (compact proto JSON and a newline)."""
-    fields = json_format.MessageToDict(
-        result, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+def result_record(result: job_service_pb2.GetJobResultsResponse) -> bytes:
+    """One item's record in a result file: the message serialized, after its length."""
+    return framed(result.SerializeToString())
 
 
 def result_of(prediction: prediction_pb2.Prediction) -> job_service_pb2.GetJobResultsResponse:
-    """The result line of one item's record: its classes, embedding, JSON output or tensors."""
+    """The result of one item's record: its classes, embedding, JSON output or tensors."""
     result = job_service_pb2.GetJobResultsResponse(
         index=prediction.item_index,
         # An upload's item is named by its file or line; one listed in CreateJob (or recorded
@@ -77,13 +77,17 @@ def result_of(prediction: prediction_pb2.Prediction) -> job_service_pb2.GetJobRe
     return result
 
 
-def _page_lines(predictions: Sequence[prediction_pb2.Prediction]) -> list[bytes]:
-    return [result_line(result_of(prediction)) for prediction in predictions]
+def _page_records(predictions: Sequence[prediction_pb2.Prediction]) -> list[bytes]:
+    return [result_record(result_of(prediction)) for prediction in predictions]
 
 
 def object_name(job: job_pb2.Job) -> str:
-    """The file of the job's current retry round: ``<job id>/round-<retry_count>.jsonl``."""
-    return f"{job.name.removeprefix('jobs/')}/round-{job.retry_count}.jsonl"
+    """The file of the job's current retry round: ``<job id>/round-<retry_count>.pb``.
+
+    Not ``.jsonl``, the name of the JSON lines files of before session 14: a store that still holds
+    one builds the job's file again instead of serving a file of the other form.
+    """
+    return f"{job.name.removeprefix('jobs/')}/round-{job.retry_count}{SUFFIX}"
 
 
 class JobRecords(Protocol):
@@ -200,7 +204,7 @@ class ResultFiles:
         if await self._store.exists(file):  # another jobs process stored it meanwhile
             return False
         counted = [0]
-        pieces = self._pieces(self._lines_of(tenant, job.name, counted))
+        pieces = self._pieces(self._records_of(tenant, job.name, counted))
         async with contextlib.aclosing(pieces):
             kept = await self._store.put_pieces(file, pieces)
         if kept:
@@ -209,12 +213,12 @@ class ResultFiles:
             log.info("another jobs process wrote the result file %s/%s meanwhile", self._store.where, file)
         return kept
 
-    async def _pieces(self, lines: AsyncIterator[bytes]) -> AsyncGenerator[bytearray, None]:
-        """The ``lines`` joined into pieces of at least ``piece_bytes`` (the last may be smaller):
-        a piece holds at most ``piece_bytes`` and one line, and is handed on, not copied."""
+    async def _pieces(self, records: AsyncIterator[bytes]) -> AsyncGenerator[bytearray, None]:
+        """The ``records`` joined into pieces of at least ``piece_bytes`` (the last may be smaller):
+        a piece holds at most ``piece_bytes`` and one record, and is handed on, not copied."""
         held = bytearray()
-        async for line in lines:
-            held += line
+        async for record in records:
+            held += record
             if len(held) >= self._piece_bytes:
                 self.largest_piece = max(self.largest_piece, len(held))
                 piece, held = held, bytearray()
@@ -223,18 +227,19 @@ class ResultFiles:
             self.largest_piece = max(self.largest_piece, len(held))
             yield held
 
-    async def _lines_of(self, tenant: str, job: str, counted: list[int]) -> AsyncIterator[bytes]:
+    async def _records_of(self, tenant: str, job: str, counted: list[int]) -> AsyncIterator[bytes]:
         token = ""
         while True:
             page = await self._records.list_predictions(
                 tenant,
                 prediction_service_pb2.ListPredictionsRequest(job=job, page_size=_PAGE, page_token=token),
             )
-            # Formatting is CPU (MessageToDict and json.dumps of every record): a page's worth in a
-            # worker thread lets this process's loop run between its records.
-            for line in await asyncio.to_thread(_page_lines, page.predictions):
+            # Copying a record's fields into its result is CPU (its 100 classes cost far more than
+            # serializing them): a page's worth in a worker thread lets this process's loop run
+            # between its records.
+            for record in await asyncio.to_thread(_page_records, page.predictions):
                 counted[0] += 1
-                yield line
+                yield record
             token = page.next_page_token
             if not token:
                 return

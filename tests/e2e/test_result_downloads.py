@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import nats
 import pytest
-from google.protobuf import json_format
 from nats.js.object_store import OBJ_STREAM_TEMPLATE
 
 from ferry.jobs.v1 import job_pb2, job_service_pb2
@@ -23,25 +22,23 @@ from ferry.predictions.v1 import prediction_pb2
 from ferry.types.v1 import types_pb2
 from ferry_client import FerryClient
 from services.common.result_stores import BUCKET, result_store
-from services.jobs.result_files import object_name, result_line, result_of
+from services.jobs.result_files import object_name, result_of, result_record
 from tests.e2e.conftest import API_KEY
 
 LINES = 3_000
-"""Lines of the large file: about 16 MB at top_k 100, 128 of NATS's chunks."""
+"""Items of the large file: about 8 MB at top_k 100, 64 of NATS's chunks."""
 
 Results = list[job_service_pb2.GetJobResultsResponse]
 
 
-def lines_of(job: str) -> list[bytes]:
-    """The large file's lines: each item's 100 classes, told apart by its index."""
+def results_of(job: str) -> Results:
+    """The large file's results: each item's 100 classes, told apart by its index."""
     classes = [types_pb2.ClassScore(label=f"label number {k}", score=k / 1000, index=k) for k in range(100)]
     ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
     return [
-        result_line(
-            result_of(
-                prediction_pb2.Prediction(
-                    name=f"predictions/{i}", job=job, item_index=i, state=ok, classes=classes
-                )
+        result_of(
+            prediction_pb2.Prediction(
+                name=f"predictions/{i}", job=job, item_index=i, state=ok, classes=classes
             )
         )
         for i in range(LINES)
@@ -72,9 +69,9 @@ def large_job(stack: dict[str, Any], cat_jpeg: bytes) -> tuple[str, Results]:
     with FerryClient(stack["grpc_target"], API_KEY) as ferry:
         job = ferry.wait_job(ferry.create_job([cat_jpeg]).name, timeout_s=120)
         assert len(list(ferry.job_results(job.name))) == 1  # the gateway wrote the job's own file
-    lines = lines_of(job.name)
-    asyncio.run(stored_over(stack["nats_url"], job, b"".join(lines)))
-    return job.name, [json_format.Parse(line, job_service_pb2.GetJobResultsResponse()) for line in lines]
+    results = results_of(job.name)
+    asyncio.run(stored_over(stack["nats_url"], job, b"".join(result_record(r) for r in results)))
+    return job.name, results
 
 
 def download(stack: dict[str, Any], name: str, pause_every: int = 0) -> Results:

@@ -10,21 +10,30 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from ferry.jobqueue.v1 import job_queue_service_pb2_grpc
-from ferry.jobs.v1 import job_pb2
+from ferry.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from services.common.downstream import Backend
 from services.common.errors import FerryError
+from services.common.readiness import Readiness
 from services.common.result_stores import ResultStore
+from services.common.runtime import common_interceptor
 from services.gateway import job_results
+from services.gateway.components import ComponentsSlot
 from services.gateway.job_manager import JobQueueClient
 from services.gateway.job_results import JobResults
-from services.jobs.result_files import ResultFiles
+from services.gateway.service import GatewayService
+from services.gateway.servicers.jobs import JobServicer
+from services.gateway.settings import GatewaySettings
+from services.jobs.result_files import ResultFiles, result_of
 from services.jobs.servicer import JobQueueServicer
-from tests.jobs.test_result_file import RecordsOf, a_job
+from tests.jobs.test_result_file import RecordsOf, a_job, all_kinds
 from tests.jobs.test_result_file_writes import PAGE, WAIT_S, Large, Paused
 from tests.store.conftest import serving
 
@@ -62,11 +71,12 @@ async def gateway_and_jobs(
 
 
 async def indexes(results: JobResults, name: str) -> list[int]:
-    return [r.index async for r in results.read("acme", name)]
+    parse = job_service_pb2.GetJobResultsResponse.FromString
+    return [parse(message).index async for message in results.read("acme", name)]
 
 
 def test_the_gateway_keeps_no_builder() -> None:
-    assert not {"result_line", "result_of", "object_name"} & set(vars(job_results))
+    assert not {"result_record", "result_of", "object_name"} & set(vars(job_results))
 
 
 async def test_downloads_of_a_new_file_at_once_have_it_built_once_by_the_jobs_service(
@@ -137,3 +147,59 @@ async def test_a_build_longer_than_the_gateways_deadline_goes_on_and_its_retry_w
         assert await asyncio.wait_for(retry, WAIT_S) == list(range(len(large.predictions)))
         assert files.builds == 1  # the retry waited for the build the first call started
         assert records.listings == -(-len(large.predictions) // PAGE)
+
+
+@asynccontextmanager
+async def public_gateway(results: JobResults) -> AsyncIterator[grpc.aio.Channel]:
+    """The gateway's JobService on an in-process server with the interceptor its runtime puts in
+    front of it (``common_interceptor``), downloads read by ``results``; yields a channel to it."""
+    slot = ComponentsSlot()
+
+    async def tenant(context: Any) -> str:
+        return "acme"
+
+    slot.fill(SimpleNamespace(auth=SimpleNamespace(tenant=tenant), jobs=SimpleNamespace(results=results)))  # type: ignore[arg-type]
+    gateway = GatewayService(GatewaySettings())
+    server = grpc.aio.server(interceptors=[common_interceptor(gateway, Readiness.started("gateway"), [])])
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(slot), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
+async def test_a_download_through_the_gateway_parses_and_serializes_no_result(
+    result_files: ResultStore, large: Large, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetJobResults sends the stored messages' bytes as they are: no JSON or protobuf parse of a
+    result in the gateway, nor a serialization (gRPC's serializer passes the bytes through)."""
+    job, _ = a_job()
+    predictions = [*all_kinds(job), *large.predictions[:500]]
+    records = RecordsOf(job, predictions, page=PAGE)
+    async with gateway_and_jobs(records, result_files) as sides, public_gateway(sides.results) as channel:
+        await sides.files.write("acme", job.name)  # built beforehand: the builder serializes
+        calls: list[str] = []
+
+        def counted(name: str, real: Any) -> Any:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                calls.append(name)
+                return real(*args, **kwargs)
+
+            return call
+
+        response = job_service_pb2.GetJobResultsResponse
+        for name in ("FromString", "ParseFromString", "MergeFromString", "SerializeToString"):
+            monkeypatch.setattr(response, name, counted(name, getattr(response, name)))
+        for name in ("Parse", "ParseDict"):
+            monkeypatch.setattr(json_format, name, counted(name, getattr(json_format, name)))
+        download = channel.unary_stream(
+            "/ferry.jobs.v1.JobService/GetJobResults",
+            request_serializer=job_service_pb2.GetJobResultsRequest.SerializeToString,
+        )  # no response deserializer: the test sees the bytes sent
+        sent = [message async for message in download(job_service_pb2.GetJobResultsRequest(name=job.name))]
+        assert calls == []
+        monkeypatch.undo()
+    assert [response.FromString(message) for message in sent] == [result_of(p) for p in predictions]

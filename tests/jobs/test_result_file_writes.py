@@ -25,7 +25,7 @@ from ferry.types.v1 import types_pb2
 from services.common import limits
 from services.common.errors import Unavailable
 from services.common.result_stores import BUCKET, NatsResults, ResultStore, S3Results, result_store
-from services.jobs.result_files import object_name, result_line, result_of
+from services.jobs.result_files import object_name, result_of, result_record
 from tests.jobs.test_result_file import CountedChunks, Files, RecordsOf
 
 WAIT_S = 30.0
@@ -33,12 +33,12 @@ PAGE = 250
 
 
 class Large:
-    """A finished job's 3,000 records at top_k 100 (lines of about 5.4 KB: a 16 MB file) and its
-    file's lines, made once for the module (making them takes seconds); each test's job has a
-    name of its own, so a file of its own."""
+    """A finished job's 3,000 records at top_k 100 (about 5.4 KB each, their labels padded to the
+    size their JSON lines had: a 16 MB file) and its file's records, made once for the module;
+    each test's job has a name of its own, so a file of its own."""
 
     def __init__(self, items: int = 3000) -> None:
-        scores = [(f"label number {k}", k / 1000, k) for k in range(100)]
+        scores = [(f"label number {k}, padded as a JSON line was", k / 1000, k) for k in range(100)]
         classes = [types_pb2.ClassScore(label=label, score=score, index=k) for label, score, k in scores]
         ok = prediction_pb2.PREDICTION_STATE_SUCCEEDED
         self.predictions = [
@@ -47,8 +47,8 @@ class Large:
             )
             for i in range(items)
         ]
-        self.lines = [result_line(result_of(p)) for p in self.predictions]
-        self.file = b"".join(self.lines)
+        self.records = [result_record(result_of(p)) for p in self.predictions]
+        self.file = b"".join(self.records)
 
     def job(self) -> job_pb2.Job:
         return job_pb2.Job(
@@ -119,17 +119,17 @@ def open_uploads(store: ResultStore) -> list[str]:
     return [upload["Key"] for upload in answer.get("Uploads", [])]
 
 
-async def test_a_file_of_thousands_of_lines_is_written_in_pieces_and_read_back_whole(
+async def test_a_file_of_thousands_of_records_is_written_in_pieces_and_read_back_whole(
     result_files: ResultStore, js: JetStreamContext, large: Large
 ) -> None:
-    job, lines, expected = large.job(), large.lines, large.file
+    job, records, expected = large.job(), large.records, large.file
     counted = Counted(result_files)
     results = Files(RecordsOf(job, large.predictions, page=PAGE), counted)  # type: ignore[arg-type]
 
     name = await results.write("acme", job)
 
-    assert counted.pieces >= 3  # 5 MiB and a line each: never the whole file
-    bound = limits.RESULT_FILE_PIECE_BYTES + max(len(line) for line in lines)
+    assert counted.pieces >= 3  # 5 MiB and a record each: never the whole file
+    bound = limits.RESULT_FILE_PIECE_BYTES + max(len(record) for record in records)
     assert results.largest_piece <= bound and counted.largest <= bound, (results.largest_piece, bound)
     stored = await result_files.get(name)  # the Object Store's read checks the recorded digest
     assert len(stored) == len(expected) and stored == expected
@@ -144,19 +144,19 @@ async def test_a_file_of_thousands_of_lines_is_written_in_pieces_and_read_back_w
 
 
 async def test_small_pieces_hold_the_builder_to_their_size(js: JetStreamContext, large: Large) -> None:
-    job, lines = large.job(), large.lines
+    job, one = large.job(), len(large.records[0])
     counted = Counted(result_store("", js))
     records = RecordsOf(job, large.predictions, page=PAGE)
     results = Files(records, counted, piece_bytes=256 * 1024)  # type: ignore[arg-type]
     name = await results.write("acme", job)
-    assert counted.pieces >= len(large.file) // (256 * 1024 + len(lines[0]))  # about 60
-    assert results.largest_piece <= 256 * 1024 + len(lines[0])
+    assert counted.pieces >= len(large.file) // (256 * 1024 + one)  # about 60
+    assert results.largest_piece <= 256 * 1024 + one
     assert await counted.get(name) == large.file
 
 
 async def test_a_reader_during_the_write_finds_no_file(result_files: ResultStore, large: Large) -> None:
     job = large.job()
-    records = Paused(job, large.predictions, pages=9)  # 2,250 lines, about 12 MB: two pieces stored
+    records = Paused(job, large.predictions, pages=9)  # 2,250 records, about 12 MB: two pieces stored
     counted = Counted(result_files)
     results = Files(records, counted)  # type: ignore[arg-type]
     writing = asyncio.create_task(results.write("acme", job))

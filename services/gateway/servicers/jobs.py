@@ -67,7 +67,9 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def GetJobResults(
         self, request: job_service_pb2.GetJobResultsRequest, context: Context
-    ) -> AsyncIterator[job_service_pb2.GetJobResultsResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Yields each GetJobResultsResponse already serialized, as the result file holds it: the
+        method's serializer passes bytes through (``GatewayService.serialized_responses``)."""
         c = self._slot.get()
         tenant = await c.auth.tenant(context)
         # Closed at once when the caller goes away mid-download: that deletes its NATS consumer.

@@ -27,10 +27,10 @@ while the job runs each process's cores used and its threads' run-queue wait per
 they were runnable without a core: the other tenant's calls wait so in Envoy and the gateway),
 inference's ``SCHED_IDLE`` share apart, the kernel's share of each process's CPU (``[n% kernel]``),
 and what the machine's other processes (this benchmark's client and probe among them) used meanwhile.
-``--sched-trace`` (root) also traces the kernel's scheduler during the job and says what the other
-tenant's calls waited for a core behind (``benchmarks.sched_waits``). ``--job-cpus last`` keeps the job's
-threads (inference's job threads, the jobs service) to the last core (FERRY_INFERENCE_JOB_CPUS,
-FERRY_JOBS_CPUS); ``--job-cpus ''`` to none, for alternated runs.
+``--sched-trace`` (root) also traces the kernel's scheduler during the job (and the manifest cases) and
+says what the other tenant's calls waited for a core behind (``benchmarks.sched_waits``).
+``--job-cpus last`` keeps the job's threads (inference's job threads, the jobs service) to the last
+core (FERRY_INFERENCE_JOB_CPUS, FERRY_JOBS_CPUS); ``--job-cpus ''`` to none, for alternated runs.
 The other tenant calls from a process of its own (in this one it would share the uploading
 client's GIL). ``FERRY_UPLOAD_GATEWAYS=0`` runs the stack without the upload lane, for comparison;
 ``--job-lane 0`` (or ``FERRY_INFERENCE_JOB_LANE=0``) without the job lane (``inference-jobs``: the
@@ -485,6 +485,28 @@ JOB_PHASE = "CreateJob and the job's run"
 """The photos case's phase that #17's p99 is judged on."""
 
 
+@contextlib.contextmanager
+def sched_traced(watch: Watch, pids: dict[str, int], on: bool) -> Iterator[list[str]]:
+    """Traces the scheduler while the block runs (when ``on``); the list it gives ends up holding
+    what the other tenant's threads waited behind (``sched_waits.report``), and ``watch`` the trace
+    (``Watch.slowest_calls``)."""
+    waited: list[str] = []
+    tracer = SchedTrace()
+    if on:
+        tracer.start()
+    yield waited
+    if on:
+        # The other tenant's path: its client, Envoy and the gateways (not the upload lane).
+        front = {pid for name, pid in pids.items() if name == "envoy" or name.startswith("gateway")}
+        front = (front - {pids.get("gateway-uploads")}) | {watch.prober_pid}
+        # This benchmark's own process (its uploading client, the sampler) apart from the rest.
+        names = thread_names(pids | {"client": watch.prober_pid, "benchmark": os.getpid()})
+        tracer.stop()
+        trace = parse(tracer.lines)
+        watch.sched = (trace, names, front)
+        waited.append("\n" + (tracer.why_not or sched_report(trace, names, front)))
+
+
 def photo_job(
     ferry: FerryClient,
     path: Path,
@@ -500,37 +522,24 @@ def photo_job(
     watch.mark("the upload")
     spent = {name: used - before[name] for name, used in cpu().items()}
     spent["client (this benchmark)"] = time.process_time() - own
-    tracer = SchedTrace()
-    if sched_trace:
-        tracer.start()
-    sched_before, job_started = scheduled(pids), time.perf_counter()
-    job = ferry.create_job([], MODEL, top_k=1, manifest=upload.name)
-    created = time.perf_counter() - started - uploaded
-    for update in ferry.watch_job(job.name, timeout_s=3600):
-        job = update.job
-        if job.state in _FINISHED:
-            break
-    watch.mark(JOB_PHASE)
-    job_s = time.perf_counter() - job_started
-    usage = cores_used(sched_before, scheduled(pids), job_s)
-    waited = ""
-    if sched_trace:
-        # The other tenant's path: its client, Envoy and the gateways (not the upload lane).
-        front = {pid for name, pid in pids.items() if name == "envoy" or name.startswith("gateway")}
-        front = (front - {pids.get("gateway-uploads")}) | {watch.prober_pid}
-        # This benchmark's own process (its uploading client, the sampler) apart from the rest.
-        names = thread_names(pids | {"client": watch.prober_pid, "benchmark": os.getpid()})
-        tracer.stop()
-        trace = parse(tracer.lines)
-        watch.sched = (trace, names, front)
-        waited = "\n" + (tracer.why_not or sched_report(trace, names, front))
+    with sched_traced(watch, pids, sched_trace) as waited:
+        sched_before, job_started = scheduled(pids), time.perf_counter()
+        job = ferry.create_job([], MODEL, top_k=1, manifest=upload.name)
+        created = time.perf_counter() - started - uploaded
+        for update in ferry.watch_job(job.name, timeout_s=3600):
+            job = update.job
+            if job.state in _FINISHED:
+                break
+        watch.mark(JOB_PHASE)
+        job_s = time.perf_counter() - job_started
+        usage = cores_used(sched_before, scheduled(pids), job_s)
     megabytes = path.stat().st_size / 1e6
     return (
         f"{megabytes:.0f} MB zip uploaded in {uploaded:.1f} s (CPU per MB uploaded: "
         + ", ".join(f"{name} {1000 * used / megabytes:.1f} ms" for name, used in spent.items())
         + f"), CreateJob answered in {created * 1000:.0f} ms, job {job_pb2.JobState.Name(job.state)} "
         f"({job.items_succeeded}/{job.items_total} succeeded) in {job_s:.1f} s; meanwhile cores used / "
-        f"threads' run-queue wait per second: {usage}{waited}"
+        f"threads' run-queue wait per second: {usage}{''.join(waited)}"
     )
 
 
@@ -611,8 +620,8 @@ def main() -> None:
     parser.add_argument(
         "--sched-trace",
         action="store_true",
-        help="trace the kernel's scheduler during the photos job and say what the other tenant's "
-        "calls waited for a core behind (benchmarks.sched_waits; root)",
+        help="trace the kernel's scheduler during the photos job and the manifest cases and say what "
+        "the other tenant's calls waited for a core behind (benchmarks.sched_waits; root)",
     )
     parser.add_argument(
         "--spinners",
@@ -727,9 +736,11 @@ def main() -> None:
                                 )
                             )
                         elif name.startswith("manifest-"):
-                            outcome = timed(
-                                lambda u=upload: manifest_job(ferry, u, (small_client, small_upload))
-                            )
+                            with sched_traced(watch, endpoints.pids, args.sched_trace) as waited:
+                                outcome = timed(
+                                    lambda u=upload: manifest_job(ferry, u, (small_client, small_upload))
+                                )
+                            outcome += "".join(waited)
                         else:
                             # One line: the Upload message's text form has one per field.
                             outcome = timed(

@@ -127,25 +127,30 @@ async def put(
     name: str,
     pieces: AsyncIterable[bytes | bytearray],
     chunk_bytes: int = OBJ_DEFAULT_CHUNK_SIZE,
+    replace: bool = True,
 ) -> ObjectInfo | None:
     """Stores the ``pieces`` as object ``name`` of the Object Store ``bucket``, sent as they come in
     chunks of ``chunk_bytes``; holds a piece at a time. The object is seen by readers only once
-    whole; one stored before under the name is replaced (and its chunks deleted).
+    whole; one stored before under the name is replaced (and its chunks deleted), or with
+    ``replace=False`` kept: then nothing is asked before the chunks go (one round trip less, for a
+    writer that expects the name to be new), and a name already taken costs the chunks' deletion.
 
     Returns:
-        The object's info, or None when another writer stored ``name`` while this one wrote: its
-        object is kept and this one's chunks are deleted.
+        The object's info, or None when another writer stored ``name`` while this one wrote (or,
+        with ``replace=False``, before): its object is kept and this one's chunks are deleted.
 
     Raises:
         Whatever the pieces or NATS raised: no object was stored, and the chunks sent are deleted.
     """
     stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
     meta = OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(name.encode()).decode())
+    before, after = None, 0  # with replace=False: stored only if the name has no meta message yet
     try:
-        last = await js.get_last_msg(stream, meta)
-        before, after = ObjectInfo.from_response(json.loads(last.data or b"{}")), last.seq or 0
+        if replace:
+            last = await js.get_last_msg(stream, meta)
+            before, after = ObjectInfo.from_response(json.loads(last.data or b"{}")), last.seq or 0
     except NotFoundError:
-        before, after = None, 0
+        pass
     nuid = NUID().next().decode()
     chunks = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=nuid)
     digest = hashlib.sha256()

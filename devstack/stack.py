@@ -227,7 +227,7 @@ class LocalStack:
                 if name in balanced and len(balanced) > 1:
                     # Stopped alone, a replica must leave its balancers before refusing calls.
                     fields["SHUTDOWN_DELAY_S"] = str(REPLICA_SHUTDOWN_DELAY_S)
-                if name in lane:  # it serves uploads only: not a share of each key's rate limit
+                if name in lane:  # bulk bytes only: not a share of each key's rate limit
                     fields["SHARES_RATE_LIMITS"] = "false"
                     fields["TIME_SLICE_US"] = "0"  # its checks are throughput, not latency
                 env = {f"FERRY_{service.upper()}_{key}": value for key, value in fields.items()}

@@ -126,8 +126,9 @@ class GatewaySettings(ServiceSettings, NatsSettings, ImageFetchSettings):
     shares_rate_limits: bool = True
     """Whether this gateway counts among those that split each key's rate limit (it says so on
     NATS once a second: services/gateway/peers.py). The upload lane's gateways (``ferry up``,
-    compose and the chart's ``gateway-uploads``) do not: they serve only uploads, and counting
-    them would halve every other gateway's share."""
+    compose and the chart's ``gateway-uploads``) do not: they serve only bulk bytes (uploads,
+    result downloads, large OIP calls), and counting them would halve every other gateway's
+    share."""
     max_inflight: int = Field(default=256, ge=0)
     """Most unary calls one gateway works on at once; beyond it a call gets 429 OVERLOADED at once
     instead of waiting behind the others. Streams are not counted (``max_streams_per_tenant``

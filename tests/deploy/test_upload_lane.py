@@ -1,5 +1,6 @@
 """The upload lane in every deployment: compose and the Helm chart run `gateway-uploads` as
-`ferry up` does (FERRY_UPLOAD_GATEWAYS), and their Envoy sends uploads there and nothing else.
+`ferry up` does (FERRY_UPLOAD_GATEWAYS), and their Envoy sends the bulk bytes there (uploads, result
+downloads, large OIP bodies) and nothing else.
 
 What the lane is for (a bulk upload never shares the other tenants' gateway nor takes their CPU
 first) is measured on the local stack: tests/e2e/test_uploads.py, benchmarks/bulk.py.
@@ -20,6 +21,7 @@ from devstack.envoy import (
     COMMITTED_CONFIG,
     LANE_CALLS_CLUSTER,
     OIP_REST_INFER_PATH,
+    RESULT_ROUTES,
     STREAMS_CLUSTER,
     UPLOAD_LANE,
     UPLOADS_CLUSTER,
@@ -30,6 +32,8 @@ from tests.deploy.test_helm import SECRETS, _environ, env_of, envoy_validates, f
 
 #: Upload routes' exact paths: the gRPC method and REST's POST /v1/uploads.
 UPLOAD_PATHS = {match["path"] for match in edge.UPLOADS}
+#: Result downloads' routes as Envoy's route matches: GetJobResults and REST's GET /v1/jobs/{id}/results.
+RESULT_MATCHES = [{kind: value} for kind, value in RESULT_ROUTES]
 LANE_NAME = f"ferry-{UPLOAD_LANE}"
 
 
@@ -53,13 +57,20 @@ def address(cluster: dict[str, Any]) -> tuple[str, int]:
     return socket["address"], socket["port_value"]
 
 
-def only_uploads_go_to_the_lane(found: dict[str, Any]) -> None:
+def only_uploads_and_downloads_go_to_the_lane(found: dict[str, Any]) -> None:
     routes = found["routes"]
-    assert {path for path, cluster in routes.items() if cluster == UPLOADS_CLUSTER} == UPLOAD_PATHS
+    paths = UPLOAD_PATHS | {match["path"] for match in RESULT_MATCHES if "path" in match}
+    assert {path for path, cluster in routes.items() if cluster == UPLOADS_CLUSTER} == paths
     assert routes["/ferry.models.v1.ModelService/Predict"] == "gateway"
     assert routes["/ferry.jobs.v1.JobService/WatchJob"] == STREAMS_CLUSTER
-    # Nothing else reaches the lane: no other route (prefix, regex, catch-all) names its cluster.
-    assert [r["cluster"] for r in found["every route"]].count(UPLOADS_CLUSTER) == len(UPLOAD_PATHS)
+    # Nothing else reaches the lane's streams: no other route (prefix, regex, catch-all) names it.
+    lane = [
+        {k: v for k, v in r.items() if k != "cluster"}
+        for r in found["every route"]
+        if r["cluster"] == UPLOADS_CLUSTER
+    ]
+    assert len(lane) == len(UPLOAD_PATHS) + len(RESULT_MATCHES)
+    assert all(match in lane for match in RESULT_MATCHES)
 
 
 def large_oip_bodies_go_to_the_lane(found: dict[str, Any]) -> None:
@@ -110,9 +121,9 @@ def test_compose_runs_the_lane_as_a_gateway_that_serves_uploads_at_a_lower_cpu_w
     assert not lane.get("ports"), "only Envoy publishes a port"
 
 
-def test_composes_envoy_sends_uploads_and_only_uploads_to_the_lane() -> None:
+def test_composes_envoy_sends_uploads_and_downloads_and_only_those_to_the_lane() -> None:
     found = clusters(COMMITTED_CONFIG.read_text())
-    only_uploads_go_to_the_lane(found)
+    only_uploads_and_downloads_go_to_the_lane(found)
     large_oip_bodies_go_to_the_lane(found)
     assert address(found[UPLOADS_CLUSTER]) == (UPLOAD_LANE, GatewaySettings().grpc_port)
     assert address(found[LANE_CALLS_CLUSTER]) == (UPLOAD_LANE, GatewaySettings().grpc_port)
@@ -167,9 +178,9 @@ def test_the_lane_gets_less_cpu_than_the_gateway_so_it_cannot_starve_it() -> Non
     ]
 
 
-def test_charts_envoy_sends_uploads_and_only_uploads_to_the_lane() -> None:
+def test_charts_envoy_sends_uploads_and_downloads_and_only_those_to_the_lane() -> None:
     found = clusters(find(chart(), "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"])
-    only_uploads_go_to_the_lane(found)
+    only_uploads_and_downloads_go_to_the_lane(found)
     large_oip_bodies_go_to_the_lane(found)
     assert address(found[UPLOADS_CLUSTER]) == address(found[LANE_CALLS_CLUSTER]) == (LANE_NAME, 50051)
     assert address(found[STREAMS_CLUSTER]) == ("ferry-gateway", 50051)
@@ -204,6 +215,10 @@ def test_lane_off_sends_uploads_to_the_gateways_and_renders_no_lane(tmp_path: Pa
     found = clusters(find(docs, "ConfigMap", "ferry-envoy")["data"]["envoy.yaml"])
     assert UPLOADS_CLUSTER not in found and LANE_CALLS_CLUSTER not in found
     assert {found["routes"][path] for path in UPLOAD_PATHS} == {STREAMS_CLUSTER}
+    downloads = [
+        r for r in found["every route"] if {k: v for k, v in r.items() if k != "cluster"} in RESULT_MATCHES
+    ]
+    assert len(downloads) == 2 and {r["cluster"] for r in downloads} == {STREAMS_CLUSTER}
     # Large OIP REST bodies: to the gateways, as every other unary call.
     assert found["routes"][OIP_REST_INFER_PATH] == "gateway"
     grpc_infer = [r for r in found["every route"] if r.get("path") == edge.OIP_GRPC_INFER["path"]]

@@ -38,9 +38,7 @@ T = TypeVar("T")
 LARGE = GatewaySettings().oip_rest_off_loop_bytes
 
 
-def _logged_by(
-    stack: dict[str, Any], method: str, call: Callable[[str], T]
-) -> tuple[T, list[str], list[str]]:
+def logged_by(stack: dict[str, Any], method: str, call: Callable[[str], T]) -> tuple[T, list[str], list[str]]:
     """What ``call`` (given a traceparent) returned, and the codes the lane's and the callers'
     gateway logged for ``method`` in its trace."""
     logs = Path(stack["logs_dir"])
@@ -66,7 +64,7 @@ def _answered_by(stack: dict[str, Any], document: dict[str, Any]) -> tuple[int, 
         )
         return status, json.loads(answer)
 
-    (status, answer), lane, gateway = _logged_by(stack, "InferModel", post)
+    (status, answer), lane, gateway = logged_by(stack, "InferModel", post)
     return status, answer, lane, gateway
 
 
@@ -86,7 +84,7 @@ def _inferred_by(
             except grpc.RpcError as error:
                 return error
 
-    return _logged_by(stack, "ModelInfer", infer)
+    return logged_by(stack, "ModelInfer", infer)
 
 
 def test_a_large_tensor_body_is_served_by_the_lane(stack: dict[str, Any], cat_jpeg: bytes) -> None:

@@ -24,6 +24,8 @@ from ferry_client import FerryClient
 from services.common.result_stores import BUCKET, result_store
 from services.jobs.result_files import object_name, result_of, result_record
 from tests.e2e.conftest import API_KEY
+from tests.e2e.test_oip_lane import logged_by
+from tests.e2e.test_oip_rest import _http
 
 LINES = 3_000
 """Items of the large file: about 8 MB at top_k 100, 64 of NATS's chunks."""
@@ -90,6 +92,32 @@ def test_a_large_result_file_streams_whole_as_stored(
 ) -> None:
     name, expected = large_job
     assert download(stack, name) == expected
+
+
+def test_downloads_are_sent_by_the_upload_lane_not_the_callers_gateway(
+    stack: dict[str, Any], large_job: tuple[str, Results]
+) -> None:
+    """Envoy routes GetJobResults, native and REST, to the upload lane (devstack/envoy.py
+    RESULT_ROUTES): sending a large file kept the callers' gateway's loop busy."""
+    name, expected = large_job
+
+    def grpc_download(traceparent: str) -> Results:
+        with FerryClient(stack["grpc_target"], API_KEY) as ferry:
+            metadata = (("authorization", f"Bearer {API_KEY}"), ("traceparent", traceparent))
+            request = job_service_pb2.GetJobResultsRequest(name=name)
+            return list(ferry.jobs.GetJobResults(request, metadata=metadata, timeout=120))
+
+    got, lane, gateway = logged_by(stack, "GetJobResults", grpc_download)
+    assert got == expected
+    assert (lane, gateway) == (["OK"], [])
+
+    (status, _, body), lane, gateway = logged_by(
+        stack,
+        "GetJobResults",
+        lambda tp: _http(stack, "GET", f"/v1/{name}/results", headers={"traceparent": tp}),
+    )
+    assert status == 200 and len(body.splitlines()) == len(expected)
+    assert (lane, gateway) == (["OK"], [])
 
 
 def test_a_download_abandoned_midway_leaves_no_consumer_and_the_next_one_is_whole(

@@ -187,7 +187,7 @@ affinity:
   value: {{ . | quote }}
 {{- end }}
 {{- if eq .component "gateway-uploads" }}
-{{- /* The upload lane serves uploads only: counted among the gateways that split each key's
+{{- /* The upload lane serves only bulk bytes (uploads, downloads, large OIP calls): counted among the gateways that split each key's
   rate limit, it would halve every serving gateway's share (services/gateway/peers.py). */}}
 - name: FERRY_GATEWAY_SHARES_RATE_LIMITS
   value: "false"

@@ -6,21 +6,25 @@ chunk copies all those before it: for a 9.7 MB photo in 128 KB chunks that is 37
 (docs/benchmarks.md, session 10). ``read`` joins the chunks once; ``chunks`` hands them on as they
 come, for a reader that streams them (a result file of 10,000 lines at top_k 100 is about 55 MB).
 
-Both read an object's chunks through a **pull** consumer of their own that asks NATS for at most
-``batch_bytes`` of chunks at a time, and only when the reader has taken the last batch. nats.py's
-``get`` (and session 10's streamed read) used an ordered *push* consumer: NATS sends its chunks
-without being asked, up to a flow-control window that doubles to 32 MiB each time the client
-answers. Several slow readers on one connection (8 downloads of a 55 MB file in one gateway) so
-had up to 8 x 32 MiB on their way: the client's read loop fell behind, nats-server's buffer for the
-connection passed its limit and it closed the connection as a slow consumer, and requests waiting
-behind those bytes timed out (docs/benchmarks.md, session 11). With pulls, what a connection has on
-its way is at most a batch per reader.
+Both read an object's chunks one at a time, each asked of NATS when the reader has taken the one
+before: a JetStream *direct get* of the next message on the object's chunk subject from the
+sequence after the last chunk read (``next_by_subj``), so what a reader has on its way is a chunk,
+and nothing is left on the server when a read ends, however it ends. nats.py's ``get`` (and
+session 10's streamed read) used an ordered *push* consumer: NATS sends its chunks without being
+asked, up to a flow-control window that doubles to 32 MiB each time the client answers. Several
+slow readers on one connection (8 downloads of a 55 MB file in one gateway) so had up to 8 x 32 MiB
+on their way: the client's read loop fell behind, nats-server's buffer for the connection passed
+its limit and it closed the connection as a slow consumer, and requests waiting behind those bytes
+timed out (docs/benchmarks.md, session 11). Sessions 11-14 read through a pull consumer of each
+read's own: creating, pulling from and deleting it took three round trips beside the object's
+info for a one-chunk photo where a direct get takes one, and direct gets cost nats-server about
+a fifth less CPU per MB read (``python -m benchmarks.object_reads``, docs/benchmarks.md, session
+15).
 
-Each read deletes its consumer when it ends, however it ends (taken whole, failed, or abandoned by
-a reader that stopped and closed the iterator); one left behind (the process died) is removed by
-NATS once it has had no pull for ``INACTIVE_S``. A consumer that NATS removed while its reader paused
-longer than that, or lost deliveries (a reconnection), is replaced by one that starts at the next
-chunk. The object's SHA-256 digest is checked after its last chunk, as ``get`` does.
+A stream with replicas lets any of them answer a direct get, and one behind the leader may not
+have an object's chunks yet (the object's info comes from the leader): a chunk it does not find,
+or an answer that did not come, is asked of the leader (``STREAM.MSG.GET``) before the read gives
+up. The object's SHA-256 digest is checked after its last chunk, as ``get`` does.
 
 ``put`` writes an object from pieces as its source makes them (a result file's lines, page after
 page of store's records), where nats.py's ``put`` wants bytes or a file: the pieces go out as
@@ -36,18 +40,15 @@ the bucket's age limit removes them).
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterable
 from datetime import UTC, datetime
 
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header, ObjectInfo, ObjectMetaOptions
+from nats.js.api import Header, ObjectInfo, ObjectMetaOptions, RawStreamMsg
 from nats.js.errors import APIError, DigestMismatchError, NotFoundError, ServiceUnavailableError
 from nats.js.object_store import (
     OBJ_CHUNKS_PRE_TEMPLATE,
@@ -62,19 +63,11 @@ from nats.nuid import NUID
 
 log = logging.getLogger(__name__)
 
-#: Bytes of chunks one read asks NATS for at a time (at least one chunk): what it holds at most.
-BATCH_BYTES = 1024 * 1024
-#: Seconds without a pull after which NATS removes a read's consumer (one its reader left behind).
-INACTIVE_S = 30.0
-#: Seconds a pull waits for its chunks.
-FETCH_TIMEOUT_S = 10.0
-
 # JetStream's answers to a publish whose expected last subject sequence is not the subject's last.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
-# What a pull raises when its consumer is gone or its answer did not come (asyncio's and nats.py's
-# timeouts are TimeoutError): the read goes on with a new consumer from the next chunk, as long as
-# the consumer it replaces had delivered something.
+# What a direct get raises when the replica that answered has no such chunk, or no answer came
+# (asyncio's and nats.py's timeouts are TimeoutError): the leader is asked then.
 _LOST = (ServiceUnavailableError, NotFoundError, TimeoutError, nats.errors.NoRespondersError)
 
 
@@ -89,13 +82,12 @@ async def read(js: JetStreamContext, bucket: str, store: ObjectStore, name: str)
 
 
 async def chunks(
-    js: JetStreamContext, bucket: str, store: ObjectStore, name: str, batch_bytes: int = BATCH_BYTES
+    js: JetStreamContext, bucket: str, store: ObjectStore, name: str
 ) -> AsyncGenerator[bytes, None]:
-    """Object ``name``'s chunks, asked of NATS ``batch_bytes`` at a time as the reader takes them.
+    """Object ``name``'s chunks, each asked of NATS once the reader has taken the one before.
 
     The digest is checked after the last chunk: a reader that acts on chunks before then learns of
-    a mismatch at the end. Close the iterator (``contextlib.aclosing``) when stopping early, so its
-    consumer is deleted at once rather than when the iterator is collected.
+    a mismatch at the end. A reader that stops early just stops: nothing is left to delete.
 
     Raises:
         nats.js.errors.ObjectNotFoundError: no such object (or it was deleted).
@@ -108,11 +100,15 @@ async def chunks(
     if not info.size or not info.chunks:
         return
     digest = hashlib.sha256()
+    stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
+    subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=info.nuid)
+    after = 0  # the stream sequence of the last chunk read
     try:
-        async with contextlib.aclosing(_pulled(js, bucket, info, batch_bytes)) as pulled:
-            async for chunk in pulled:
-                digest.update(chunk)
-                yield chunk
+        for _ in range(info.chunks):
+            chunk = await _next_chunk(js, stream, subject, after + 1)
+            after = chunk.seq or after + 1
+            digest.update(chunk.data or b"")
+            yield chunk.data or b""
     except _LOST:
         await store.get_info(name)  # ObjectNotFoundError if it was deleted meanwhile
         raise
@@ -197,83 +193,14 @@ async def _purge(js: JetStreamContext, stream: str, subject: str) -> None:
         log.warning("could not delete the chunks %s: %s", subject, err)
 
 
-async def _pulled(
-    js: JetStreamContext, bucket: str, info: ObjectInfo, batch_bytes: int
-) -> AsyncGenerator[bytes, None]:
-    """The object's chunks in order, pulled ``batch_bytes`` at a time, through a consumer of its own
-    (replaced by one from the next chunk when it is lost), deleted when this ends however it ends."""
-    size, count = info.size or 0, info.chunks or 0
-    stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
-    subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=info.nuid)
-    per_pull = max(1, batch_bytes * count // max(size, 1))
-    left, start = count, 1
-    reader: _Reader | None = None
+async def _next_chunk(js: JetStreamContext, stream: str, subject: str, seq: int) -> RawStreamMsg:
+    """The first message on ``subject`` at stream sequence ``seq`` or after it: asked of any replica
+    (a direct get), then of the leader if that one had none or did not answer.
+
+    Raises:
+        NotFoundError: the leader has none either (the object was deleted meanwhile).
+    """
     try:
-        while left:
-            if reader is None:
-                reader = await _Reader.open(js, stream, subject, start)
-            try:
-                batch = await reader.pull(min(per_pull, left))
-            except _LOST:
-                if not reader.delivered:
-                    raise  # a new consumer got nothing either: the chunks are gone or NATS is
-                await reader.close()
-                reader = None
-                continue
-            for msg in batch:
-                left -= 1
-                start = msg.metadata.sequence.stream + 1
-                yield msg.data
-            if reader.skipped:
-                await reader.close()
-                reader = None
-    finally:
-        if reader is not None:
-            await reader.close()
-
-
-class _Reader:
-    """One pull consumer of an object's chunks from stream sequence ``start``, and its inbox."""
-
-    def __init__(
-        self, js: JetStreamContext, stream: str, sub: JetStreamContext.PullSubscription, name: str
-    ) -> None:
-        self._js, self._stream, self._sub, self._name = js, stream, sub, name
-        self.delivered = 0
-        """Chunks this consumer has delivered in order."""
-        self.skipped = False
-        """Whether a delivery was missing (lost in a reconnection): the rest of its batch was dropped."""
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, stream: str, subject: str, start: int) -> _Reader:
-        name = f"ferry-read-{uuid.uuid4().hex}"
-        config = ConsumerConfig(
-            name=name,
-            filter_subject=subject,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,  # nothing is redelivered: a lost chunk is asked again
-            inactive_threshold=INACTIVE_S,
-            num_replicas=1,
-            mem_storage=True,
-        )
-        await js.add_consumer(stream, config)
-        return cls(js, stream, await js.pull_subscribe_bind(consumer=name, stream=stream), name)
-
-    async def pull(self, count: int) -> list[Msg]:
-        """The next ``count`` chunks (fewer when a delivery was missing: ``skipped``)."""
-        batch = await self._sub.fetch(count, timeout=FETCH_TIMEOUT_S)
-        for i, msg in enumerate(batch):
-            if msg.metadata.sequence.consumer != self.delivered + 1:
-                self.skipped = True
-                return batch[:i]
-            self.delivered += 1
-        return batch
-
-    async def close(self) -> None:
-        """Unsubscribes and deletes the consumer; a failure is left to NATS's inactivity removal."""
-        try:
-            await self._sub.unsubscribe()
-            await self._js.delete_consumer(self._stream, self._name)
-        except Exception as err:  # closing must not hide why the read ended
-            log.debug("could not delete the read consumer %s: %s", self._name, err)
+        return await js.get_msg(stream, seq=seq, subject=subject, next=True, direct=True)
+    except _LOST:
+        return await js.get_msg(stream, seq=seq, subject=subject, next=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import os
@@ -18,8 +17,8 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig
-from nats.js.errors import DigestMismatchError, ObjectNotFoundError
+from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg
+from nats.js.errors import DigestMismatchError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
 from services.common import objects
@@ -84,62 +83,75 @@ async def test_chunks_that_do_not_hash_to_the_recorded_digest_are_refused(bucket
 
 
 async def consumers(bucket: Bucket) -> int:
-    """Consumers on the bucket's stream: the reads' own, while they read."""
+    """Consumers on the bucket's stream."""
     return (await bucket.js.stream_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket.name))).state.consumer_count
 
 
-async def test_chunks_are_pulled_a_batch_at_a_time_and_the_consumer_goes_with_the_read(
-    bucket: Bucket,
+@dataclass
+class Gets:
+    """The chunk gets a read made, by kind, with the chunk sequences they asked from."""
+
+    direct: list[int]
+    leader: list[int]
+
+
+def count_gets(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch, lost: dict[int, type[Exception]] | None = None
+) -> Gets:
+    """Counts the read's gets; a direct get whose chunk is the n-th asked raises ``lost[n]`` (as a
+    replica behind the leader, or a lost answer, would) instead of answering."""
+    gets = Gets([], [])
+    real = bucket.js.get_msg
+
+    async def get_msg(
+        stream: str, seq: int | None = None, subject: str = "", direct: bool = False, next: bool = False
+    ) -> RawStreamMsg:
+        if next:  # a chunk's get (an object's info is the last message on its meta subject)
+            (gets.direct if direct else gets.leader).append(seq or 0)
+            if direct and (error := (lost or {}).get(len(gets.direct))):
+                raise error
+        return await real(stream, seq=seq, subject=subject, direct=direct, next=next)
+
+    monkeypatch.setattr(bucket.js, "get_msg", get_msg)
+    return gets
+
+
+async def test_a_read_asks_for_a_chunk_at_a_time_and_leaves_nothing_on_the_server(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = os.urandom(3 * 1024 * 1024)  # 24 chunks of 128 KiB
     await bucket.store.put("results.jsonl", data)
-    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl", batch_bytes=256 * 1024)
+    gets = count_gets(bucket, monkeypatch)
+    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl")
     first = await anext(read)
-    [consumer] = await bucket.js.consumers_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket.name))
-    # NATS sent what was asked (2 chunks), not what a push consumer's window lets it (16 or more).
-    assert consumer.delivered.consumer_seq == 2 and consumer.num_pending == 22
+    # NATS was asked for what the reader took, not for what a push consumer's window lets it send.
+    assert len(gets.direct) == 1 and await consumers(bucket) == 0
     rest = [chunk async for chunk in read]
     assert b"".join([first, *rest]) == data and len(rest) == 23
-    assert await consumers(bucket) == 0
+    assert len(gets.direct) == 24 and gets.leader == [] and await consumers(bucket) == 0
 
 
-async def test_a_read_stopped_early_deletes_its_consumer(bucket: Bucket) -> None:
-    await bucket.store.put("results.jsonl", os.urandom(2 * 1024 * 1024))
-    async with contextlib.aclosing(
-        objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl")
-    ) as read:
-        await anext(read)
-        assert await consumers(bucket) == 1
-    assert await consumers(bucket) == 0  # at once: NATS would remove it only after INACTIVE_S
-
-
-async def test_a_read_whose_consumer_is_removed_goes_on_from_the_next_chunk(bucket: Bucket) -> None:
+@pytest.mark.parametrize("error", [NotFoundError, TimeoutError])
+async def test_a_chunk_a_replica_did_not_give_is_asked_of_the_leader(
+    bucket: Bucket, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
     data = os.urandom(2 * 1024 * 1024)
     await bucket.store.put("results.jsonl", data)
-    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl", batch_bytes=256 * 1024)
-    taken = [await anext(read) for _ in range(3)]
-    # As NATS does when a reader paused longer than INACTIVE_S, or after a restart of NATS.
-    stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket.name)
-    [consumer] = await bucket.js.consumers_info(stream)
-    await bucket.js.delete_consumer(stream, consumer.name)
-    taken += [chunk async for chunk in read]
-    assert b"".join(taken) == data
-    assert await consumers(bucket) == 0
+    gets = count_gets(bucket, monkeypatch, lost={3: error, 9: error})
+
+    assert await bucket.read("results.jsonl") == data
+    assert len(gets.direct) == 16 and gets.leader == [gets.direct[2], gets.direct[8]]
 
 
-async def test_an_object_deleted_while_it_is_read_is_not_found(
-    bucket: Bucket, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(objects, "FETCH_TIMEOUT_S", 0.5)
+async def test_an_object_deleted_while_it_is_read_is_not_found(bucket: Bucket) -> None:
     await bucket.store.put("results.jsonl", os.urandom(2 * 1024 * 1024))
-    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl", batch_bytes=256 * 1024)
+    read = objects.chunks(bucket.js, bucket.name, bucket.store, "results.jsonl")
     await anext(read)
     await anext(read)
     await bucket.store.delete("results.jsonl")
     with pytest.raises(ObjectNotFoundError):
         async for _ in read:
             pass
-    assert await consumers(bucket) == 0
 
 
 async def test_large_objects_read_at_once_on_one_connection_keep_it(bucket: Bucket, nats_url: str) -> None:

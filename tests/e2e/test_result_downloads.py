@@ -134,8 +134,8 @@ def test_a_download_abandoned_midway_leaves_no_consumer_and_the_next_one_is_whol
         call.cancel()
         with pytest.raises(grpc.RpcError):
             next(call)
-    # The gateway deleted the download's consumer as the call ended: NATS would remove one left
-    # behind only after objects.INACTIVE_S (30 s), an ordered push consumer after 5 s.
+    # A download reads by direct gets and leaves no consumer behind (an ordered push consumer, as
+    # nats.py's own get makes, stays 5 s after its reader went).
     deadline = time.monotonic() + 3
     while (left := asyncio.run(read_consumers(stack["nats_url"]))) and time.monotonic() < deadline:
         time.sleep(0.1)

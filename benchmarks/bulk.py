@@ -422,18 +422,10 @@ def content_manifest(folder: Path, name: str, lines: int, line_bytes: int) -> Pa
 
 def until_expanded(ferry: FerryClient, job: job_pb2.Job) -> job_pb2.Job:
     """The job once it is no longer EXPANDING (by name: the benchmark also runs against a
-    checkout from before jobs expanded, which has no such state), followed with WatchJob as
-    ``ferry job --wait`` does: the gateway reads it from store every ``watch_poll_s`` (0.5 s).
-
-    Until session 15 this polled GetJob every 50 ms, from both tenants' clients: 40 calls a second
-    through the other tenant's own front door, which its calls waited behind more than behind the
-    expansion (docs/benchmarks.md, sessions 14-15)."""
-    if job_pb2.JobState.Name(job.state) != "JOB_STATE_EXPANDING":
-        return job
-    for update in ferry.watch_job(job.name, timeout_s=3600):
-        job = update.job
-        if job_pb2.JobState.Name(job.state) != "JOB_STATE_EXPANDING":
-            break
+    checkout from before jobs expanded, which has no such state)."""
+    while job_pb2.JobState.Name(job.state) == "JOB_STATE_EXPANDING":
+        time.sleep(0.05)
+        job = ferry.get_job(job.name)
     return job
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
+import nats
 import nats.errors
 import nats.js.errors
+from nats.js.api import ObjectStoreConfig
 
-from services.common import messaging
+from services.common import messaging, objects
 from services.common.errors import FerryError
 from services.common.settings import NatsSettings
 from services.gateway.request_ids import REQUEST_IDS_BUCKET, RequestIds, digest
@@ -126,3 +130,37 @@ async def test_buckets_opened_at_once_by_every_service_on_a_new_cluster(
             assert (await bucket.get("written-through-node-0")).value == b"1"
         info = await contexts[2].stream_info("KV_ferry_start_race")
         assert info.config.num_replicas == 3 and info.config.max_age == 60.0
+
+
+async def test_an_object_is_read_whole_through_every_node_as_soon_as_it_is_stored(
+    nats_cluster: LocalNatsCluster,
+) -> None:
+    """Reads are direct gets, which any replica may answer, one behind the leader too: a chunk it
+    does not have yet is asked of the leader, so a reader on any node gets the object whole."""
+    async with AsyncExitStack() as stack:
+        _, js = await messaging.connect(nats_cluster.url, "test", stack)
+        await messaging.ensure_streams(js, 3)
+        bucket = await js.create_object_store(
+            "replica_reads", config=ObjectStoreConfig(bucket="replica_reads", replicas=3)
+        )
+        readers = []
+        for port in nats_cluster.ports:
+            nc = await nats.connect(f"nats://127.0.0.1:{port}")
+            stack.push_async_callback(nc.close)
+            readers.append(nc.jetstream())
+        for i in range(5):
+            data = os.urandom(3 * 1024 * 1024 + i)
+
+            async def one(piece: bytes = data) -> AsyncIterator[bytes]:
+                yield piece
+
+            await objects.put(js, "replica_reads", f"photo-{i}", one(), chunk_bytes=1024 * 1024)
+            stores = [await reader.object_store("replica_reads") for reader in readers]
+            got = await asyncio.gather(
+                *(
+                    objects.read(reader, "replica_reads", store, f"photo-{i}")
+                    for reader, store in zip(readers, stores, strict=True)
+                )
+            )
+            assert got == [data] * len(readers)
+        assert (await bucket.status()).stream_info.config.num_replicas == 3
